@@ -1,0 +1,176 @@
+//! The crate's error type.
+
+use std::fmt;
+
+use crate::message::MessageId;
+
+/// Result alias used throughout the crate.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Everything that can go wrong in this crate, except a publisher's own
+/// failure, which is a [`PublishError`](crate::PublishError).
+///
+/// Display speaks of this layer only; the underlying cause, where there is
+/// one, is reached through [`std::error::Error::source`].
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// A schema, table or prefix name from configuration is not a valid SQL
+    /// identifier. Nothing was sent to the database.
+    #[error("invalid {what} {value:?}: {reason}")]
+    InvalidIdentifier {
+        /// Which setting held the name (`schema`, `table prefix`, ...).
+        what: &'static str,
+        /// The rejected value.
+        value: String,
+        /// Why it was rejected.
+        reason: &'static str,
+    },
+    /// A configuration value is out of range or inconsistent.
+    #[error("invalid configuration: {field} {reason}")]
+    InvalidConfig {
+        /// The setting, as named by its builder method.
+        field: &'static str,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// A message was rejected before anything was written (empty topic,
+    /// oversized field, ...).
+    #[error("invalid message: {0}")]
+    InvalidMessage(String),
+    /// A payload could not be serialized; nothing was written.
+    #[error("payload could not be serialized")]
+    Serialize(#[source] serde_json::Error),
+    /// A stored payload could not be deserialized into the requested type.
+    #[error("payload of message {id} could not be deserialized")]
+    Deserialize {
+        /// The message whose payload failed.
+        id: MessageId,
+        /// The decoder's error.
+        #[source]
+        source: serde_json::Error,
+    },
+    /// The database reported an error.
+    #[error("database error")]
+    Database(#[source] sqlx::Error),
+    /// The outbox tables are at a newer migration version than this build of
+    /// the crate knows; running it against them could corrupt data.
+    #[error("outbox schema is at version {found}, newer than the {supported} this version of the crate supports")]
+    SchemaTooNew {
+        /// The version found in the database.
+        found: i64,
+        /// The newest version this crate knows.
+        supported: i64,
+    },
+    /// A dead letter with this id does not exist.
+    #[error("no dead letter with id {0}")]
+    DeadLetterNotFound(MessageId),
+    /// The relay task ended abnormally (it panicked or was aborted).
+    #[error("relay task ended abnormally")]
+    RelayTask(#[source] tokio::task::JoinError),
+}
+
+impl From<sqlx::Error> for Error {
+    fn from(e: sqlx::Error) -> Self {
+        Error::Database(e)
+    }
+}
+
+/// Whether a failed publish may succeed if tried again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum PublishErrorKind {
+    /// The destination was unreachable, overloaded or timed out: retry with
+    /// backoff.
+    Transient,
+    /// The destination rejected the message for good (malformed, too large,
+    /// forbidden): dead-letter it.
+    Permanent,
+}
+
+type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// A publisher's failure to deliver one message.
+///
+/// The kind decides what the relay does next: a transient failure is retried
+/// with exponential backoff, a permanent one dead-letters the message at
+/// once.
+#[derive(Debug)]
+pub struct PublishError {
+    kind: PublishErrorKind,
+    source: BoxError,
+    retry_after: Option<std::time::Duration>,
+}
+
+impl PublishError {
+    /// A failure that may pass if the message is sent again later.
+    pub fn transient(source: impl Into<BoxError>) -> Self {
+        Self {
+            kind: PublishErrorKind::Transient,
+            source: source.into(),
+            retry_after: None,
+        }
+    }
+
+    /// A failure that will not pass by retrying; the message is
+    /// dead-lettered.
+    pub fn permanent(source: impl Into<BoxError>) -> Self {
+        Self {
+            kind: PublishErrorKind::Permanent,
+            source: source.into(),
+            retry_after: None,
+        }
+    }
+
+    /// Asks the relay to wait at least this long before the next attempt
+    /// (for example an HTTP `Retry-After`). The wait is still capped by the
+    /// relay's maximum backoff.
+    #[must_use]
+    pub fn with_retry_after(mut self, delay: std::time::Duration) -> Self {
+        self.retry_after = Some(delay);
+        self
+    }
+
+    /// Transient or permanent.
+    pub fn kind(&self) -> PublishErrorKind {
+        self.kind
+    }
+
+    /// True if the relay will retry the message.
+    pub fn is_transient(&self) -> bool {
+        self.kind == PublishErrorKind::Transient
+    }
+
+    /// The delay the destination asked for, if any.
+    pub fn retry_after(&self) -> Option<std::time::Duration> {
+        self.retry_after
+    }
+}
+
+impl fmt::Display for PublishError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.kind {
+            PublishErrorKind::Transient => f.write_str("transient publish failure"),
+            PublishErrorKind::Permanent => f.write_str("permanent publish failure"),
+        }
+    }
+}
+
+impl std::error::Error for PublishError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&*self.source)
+    }
+}
+
+/// Renders an error and its chain of causes on one line, for storage as a
+/// dead letter's last error.
+pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut cur = e.source();
+    while let Some(s) = cur {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        cur = s.source();
+    }
+    out
+}

@@ -1,0 +1,97 @@
+//! # outbox
+//!
+//! The transactional outbox for [`sqlx`]: write a domain change and the
+//! event that describes it in **one** transaction; a relay that ships with
+//! the crate publishes committed events to a broker or webhook, per
+//! partition key in commit order, with the message id as idempotency key.
+//!
+//! ## Quick start (PostgreSQL)
+//!
+//! ```no_run
+//! use outbox::{Event, InMemoryPublisher, PgOutbox, Relay};
+//! use serde::Serialize;
+//!
+//! #[derive(Serialize)]
+//! struct CandidateHired {
+//!     candidate_id: i64,
+//! }
+//!
+//! impl Event for CandidateHired {
+//!     const EVENT_TYPE: &'static str = "CandidateHired";
+//!     fn topic(&self) -> std::borrow::Cow<'_, str> {
+//!         "recruiting.candidates".into()
+//!     }
+//!     fn partition_key(&self) -> Option<String> {
+//!         Some(self.candidate_id.to_string())
+//!     }
+//! }
+//!
+//! # async fn demo() -> outbox::Result<()> {
+//! let pool = sqlx::PgPool::connect("postgres://postgres@127.0.0.1/test").await?;
+//! let outbox = PgOutbox::new(pool.clone());
+//! outbox.migrate().await?; // creates schema `outbox` and its tables
+//!
+//! // Producer: the change and its event commit together, or not at all.
+//! let mut tx = pool.begin().await?;
+//! sqlx::query("UPDATE candidates SET status = 'hired' WHERE id = $1")
+//!     .bind(42_i64)
+//!     .execute(&mut *tx)
+//!     .await?;
+//! outbox.publish_event(&mut *tx, &CandidateHired { candidate_id: 42 }).await?;
+//! outbox.commit(tx).await?; // commit + wake the relay
+//!
+//! // Relay: usually in the same service, or its own process.
+//! let publisher = InMemoryPublisher::new();
+//! let relay = Relay::builder(outbox.clone(), publisher.clone()).spawn()?;
+//! // ...
+//! relay.shutdown().await?;
+//! # Ok(()) }
+//! ```
+//!
+//! ## Delivery guarantee
+//!
+//! **At least once, in commit order per partition key.** A message is
+//! published only if its transaction committed, and it stays in the outbox
+//! until the publisher confirmed it. Messages with the same partition key
+//! are published in the order their transactions committed, also with
+//! several relays and across retries (under [`OrderingPolicy::Ordered`]);
+//! different keys go in parallel. A message can be published more than once
+//! in exactly these windows: (1) the relay crashes or loses its database
+//! connection after the publisher confirmed and before the acknowledgement
+//! committed; (2) a relay stalls past its lease (default 10 s) after
+//! checking it and before publishing, and the new owner publishes too; (3)
+//! a publisher reports a failure for a message the destination in fact
+//! kept. Each redelivery carries the same [`MessageId`], so consumers that
+//! deduplicate on it apply every message exactly once.
+//!
+//! ## Backends and features
+//!
+//! | feature | type | notes |
+//! |---|---|---|
+//! | `postgres` (default) | [`PgOutbox`] | several relays share the work through fenced leases; LISTEN/NOTIFY wake-ups |
+//! | `sqlite` (default) | [`SqliteOutbox`] | embedded; one relay drains at a time |
+
+#![forbid(unsafe_code)]
+
+mod error;
+mod event;
+mod message;
+pub mod publisher;
+mod relay;
+mod store;
+
+pub use crate::error::{Error, PublishError, PublishErrorKind, Result};
+pub use crate::event::Event;
+pub use crate::message::{
+    BatchEnqueued, Enqueued, Headers, MessageId, NewMessage, OutboxMessage, CONTENT_TYPE_BYTES,
+    CONTENT_TYPE_JSON, MAX_NAME_LEN,
+};
+pub use crate::publisher::{FnPublisher, InMemoryPublisher, LogPublisher, Publisher};
+pub use crate::relay::{
+    Health, OrderingPolicy, Relay, RelayBuilder, RelayHandle, RelayState, Retention, RetryPolicy,
+};
+#[cfg(feature = "postgres")]
+pub use crate::store::postgres::{PgOutbox, PgOutboxBuilder, WakeUp};
+#[cfg(feature = "sqlite")]
+pub use crate::store::sqlite::{SqliteOutbox, SqliteOutboxBuilder};
+pub use crate::store::{DeadLetter, Store};

@@ -1,0 +1,404 @@
+//! Messages: what a producer enqueues ([`NewMessage`]) and what a publisher
+//! receives ([`OutboxMessage`]).
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::str::FromStr;
+
+use chrono::{DateTime, Utc};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::error::{Error, Result};
+use crate::event::Event;
+
+/// Content type stored for JSON payloads.
+pub const CONTENT_TYPE_JSON: &str = "application/json";
+/// Content type stored for raw byte payloads unless the caller sets one.
+pub const CONTENT_TYPE_BYTES: &str = "application/octet-stream";
+
+/// Longest topic, partition key, event type or header name accepted, in
+/// bytes. Longer values are a typed error at construction.
+pub const MAX_NAME_LEN: usize = 1024;
+
+/// A message's id: a UUIDv7 by default, and the idempotency key consumers
+/// deduplicate on.
+///
+/// UUIDv7 ids sort by creation time, which keeps the unique index compact.
+/// A caller that already has a natural idempotency key (a request id, a
+/// command id) sets it with [`NewMessage::with_id`]; enqueueing the same id
+/// twice is reported, never duplicated.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct MessageId(Uuid);
+
+impl MessageId {
+    /// A fresh, time-ordered (UUIDv7) id.
+    pub fn new() -> Self {
+        Self(Uuid::now_v7())
+    }
+
+    /// Wraps an existing UUID.
+    pub const fn from_uuid(uuid: Uuid) -> Self {
+        Self(uuid)
+    }
+
+    /// The id as a UUID.
+    pub const fn as_uuid(&self) -> Uuid {
+        self.0
+    }
+}
+
+impl Default for MessageId {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl From<Uuid> for MessageId {
+    fn from(u: Uuid) -> Self {
+        Self(u)
+    }
+}
+
+impl From<MessageId> for Uuid {
+    fn from(m: MessageId) -> Self {
+        m.0
+    }
+}
+
+impl fmt::Display for MessageId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(&self.0, f)
+    }
+}
+
+impl fmt::Debug for MessageId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "MessageId({})", self.0)
+    }
+}
+
+impl FromStr for MessageId {
+    type Err = uuid::Error;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Uuid::from_str(s).map(Self)
+    }
+}
+
+/// Headers carried with a message (trace context, correlation id, ...).
+pub type Headers = BTreeMap<String, String>;
+
+/// A message to enqueue.
+///
+/// Built from a typed [`Event`] with [`NewMessage::from_event`], from any
+/// serde value with [`NewMessage::json`], or from raw bytes with
+/// [`NewMessage::bytes`]. Serialization happens here, so a payload that
+/// cannot be encoded is an error before anything reaches the database.
+///
+/// ```
+/// use outbox::NewMessage;
+///
+/// let msg = NewMessage::json("candidates", &serde_json::json!({"id": 42, "status": "hired"}))?
+///     .with_partition_key("candidate-42")
+///     .with_event_type("CandidateHired")
+///     .with_schema_version(2)
+///     .with_header("correlation-id", "req-7");
+/// assert_eq!(msg.topic(), "candidates");
+/// # Ok::<(), outbox::Error>(())
+/// ```
+#[derive(Debug, Clone)]
+pub struct NewMessage {
+    pub(crate) id: MessageId,
+    pub(crate) topic: String,
+    pub(crate) partition_key: Option<String>,
+    pub(crate) event_type: String,
+    pub(crate) schema_version: i32,
+    pub(crate) payload: Vec<u8>,
+    pub(crate) content_type: String,
+    pub(crate) headers: Headers,
+}
+
+impl NewMessage {
+    /// A message whose payload is `value` encoded as JSON. The event type
+    /// defaults to the topic and the schema version to 1.
+    pub fn json<T: Serialize + ?Sized>(topic: impl Into<String>, value: &T) -> Result<Self> {
+        let payload = serde_json::to_vec(value).map_err(Error::Serialize)?;
+        let topic = topic.into();
+        Ok(Self {
+            id: MessageId::new(),
+            event_type: topic.clone(),
+            topic,
+            partition_key: None,
+            schema_version: 1,
+            payload,
+            content_type: CONTENT_TYPE_JSON.to_owned(),
+            headers: Headers::new(),
+        })
+    }
+
+    /// A message carrying raw bytes (content type
+    /// `application/octet-stream` unless set with
+    /// [`with_content_type`](Self::with_content_type)).
+    pub fn bytes(topic: impl Into<String>, payload: impl Into<Vec<u8>>) -> Self {
+        let topic = topic.into();
+        Self {
+            id: MessageId::new(),
+            event_type: topic.clone(),
+            topic,
+            partition_key: None,
+            schema_version: 1,
+            payload: payload.into(),
+            content_type: CONTENT_TYPE_BYTES.to_owned(),
+            headers: Headers::new(),
+        }
+    }
+
+    /// A message for a typed event: topic, event type, schema version and
+    /// partition key come from the [`Event`] implementation.
+    pub fn from_event<E: Event + ?Sized>(event: &E) -> Result<Self> {
+        let mut msg = Self::json(event.topic(), event)?;
+        msg.event_type = E::EVENT_TYPE.to_owned();
+        msg.schema_version = E::SCHEMA_VERSION;
+        msg.partition_key = event.partition_key();
+        Ok(msg)
+    }
+
+    /// Sets the id (the idempotency key).
+    #[must_use]
+    pub fn with_id(mut self, id: impl Into<MessageId>) -> Self {
+        self.id = id.into();
+        self
+    }
+
+    /// Sets the partition key: messages with the same key are published in
+    /// commit order. Usually the aggregate's id. Without a key a message is
+    /// ordered against nothing.
+    #[must_use]
+    pub fn with_partition_key(mut self, key: impl Into<String>) -> Self {
+        self.partition_key = Some(key.into());
+        self
+    }
+
+    /// Sets the event type (defaults to the topic).
+    #[must_use]
+    pub fn with_event_type(mut self, event_type: impl Into<String>) -> Self {
+        self.event_type = event_type.into();
+        self
+    }
+
+    /// Sets the payload's schema version (defaults to 1).
+    #[must_use]
+    pub fn with_schema_version(mut self, version: i32) -> Self {
+        self.schema_version = version;
+        self
+    }
+
+    /// Sets the payload's content type.
+    #[must_use]
+    pub fn with_content_type(mut self, content_type: impl Into<String>) -> Self {
+        self.content_type = content_type.into();
+        self
+    }
+
+    /// Adds a header, replacing one of the same name.
+    #[must_use]
+    pub fn with_header(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
+        self.headers.insert(name.into(), value.into());
+        self
+    }
+
+    /// The id.
+    pub fn id(&self) -> MessageId {
+        self.id
+    }
+
+    /// The topic.
+    pub fn topic(&self) -> &str {
+        &self.topic
+    }
+
+    /// The partition key, if any.
+    pub fn partition_key(&self) -> Option<&str> {
+        self.partition_key.as_deref()
+    }
+
+    /// The encoded payload.
+    pub fn payload(&self) -> &[u8] {
+        &self.payload
+    }
+
+    /// Checks what the database would otherwise reject with an opaque
+    /// error, so a bad message fails before the caller's transaction is
+    /// touched.
+    pub(crate) fn validate(&self) -> Result<()> {
+        fn name(field: &str, v: &str) -> Result<()> {
+            if v.is_empty() {
+                return Err(Error::InvalidMessage(format!("{field} is empty")));
+            }
+            check_text(field, v)
+        }
+        fn check_text(field: &str, v: &str) -> Result<()> {
+            if v.len() > MAX_NAME_LEN {
+                return Err(Error::InvalidMessage(format!(
+                    "{field} is {} bytes, more than {MAX_NAME_LEN}",
+                    v.len()
+                )));
+            }
+            if v.contains('\0') {
+                return Err(Error::InvalidMessage(format!("{field} contains a NUL byte")));
+            }
+            Ok(())
+        }
+        name("topic", &self.topic)?;
+        name("event type", &self.event_type)?;
+        name("content type", &self.content_type)?;
+        if let Some(k) = &self.partition_key {
+            name("partition key", k)?;
+        }
+        for (k, v) in &self.headers {
+            name("header name", k)?;
+            if v.contains('\0') {
+                return Err(Error::InvalidMessage(format!(
+                    "header {k:?} contains a NUL byte"
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    pub(crate) fn headers_json(&self) -> Option<String> {
+        if self.headers.is_empty() {
+            None
+        } else {
+            // A map of strings always serializes.
+            serde_json::to_string(&self.headers).ok()
+        }
+    }
+}
+
+/// A committed message handed to a [`Publisher`](crate::Publisher).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutboxMessage {
+    pub(crate) seq: i64,
+    pub(crate) id: MessageId,
+    pub(crate) topic: String,
+    pub(crate) partition_key: Option<String>,
+    pub(crate) event_type: String,
+    pub(crate) schema_version: i32,
+    pub(crate) payload: Vec<u8>,
+    pub(crate) content_type: String,
+    pub(crate) headers: Headers,
+    pub(crate) created_at: DateTime<Utc>,
+    pub(crate) attempt: i32,
+}
+
+impl OutboxMessage {
+    /// The id: pass it to the destination as the idempotency key.
+    pub fn id(&self) -> MessageId {
+        self.id
+    }
+
+    /// The message's position in the outbox. Within one partition key,
+    /// positions increase in commit order.
+    pub fn position(&self) -> i64 {
+        self.seq
+    }
+
+    /// The topic (destination).
+    pub fn topic(&self) -> &str {
+        &self.topic
+    }
+
+    /// The partition (ordering) key, if any.
+    pub fn partition_key(&self) -> Option<&str> {
+        self.partition_key.as_deref()
+    }
+
+    /// The event type.
+    pub fn event_type(&self) -> &str {
+        &self.event_type
+    }
+
+    /// The payload's schema version.
+    pub fn schema_version(&self) -> i32 {
+        self.schema_version
+    }
+
+    /// The encoded payload.
+    pub fn payload(&self) -> &[u8] {
+        &self.payload
+    }
+
+    /// The payload's content type (`application/json` for JSON payloads).
+    pub fn content_type(&self) -> &str {
+        &self.content_type
+    }
+
+    /// Decodes a JSON payload.
+    pub fn payload_json<T: DeserializeOwned>(&self) -> Result<T> {
+        serde_json::from_slice(&self.payload).map_err(|source| Error::Deserialize {
+            id: self.id,
+            source,
+        })
+    }
+
+    /// The headers.
+    pub fn headers(&self) -> &Headers {
+        &self.headers
+    }
+
+    /// When the message was enqueued (database clock).
+    pub fn created_at(&self) -> DateTime<Utc> {
+        self.created_at
+    }
+
+    /// Which attempt this is, starting at 1. Above 1 the destination may
+    /// already have the message.
+    pub fn attempt(&self) -> i32 {
+        self.attempt
+    }
+
+    pub(crate) fn headers_from_json(json: Option<&str>) -> Headers {
+        json.and_then(|s| serde_json::from_str(s).ok())
+            .unwrap_or_default()
+    }
+}
+
+/// What [`enqueue`](crate::PgOutbox::enqueue) did with a message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[must_use]
+pub enum Enqueued {
+    /// The message was written in the caller's transaction.
+    Inserted(MessageId),
+    /// A message with this id already exists in the outbox; nothing was
+    /// written and the caller's transaction is still usable. A producer's
+    /// retry loop treats this as success.
+    Duplicate(MessageId),
+}
+
+impl Enqueued {
+    /// The message's id.
+    pub fn id(&self) -> MessageId {
+        match *self {
+            Enqueued::Inserted(id) | Enqueued::Duplicate(id) => id,
+        }
+    }
+
+    /// True if the id was already present.
+    pub fn is_duplicate(&self) -> bool {
+        matches!(self, Enqueued::Duplicate(_))
+    }
+}
+
+/// What [`enqueue_batch`](crate::PgOutbox::enqueue_batch) did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[must_use]
+pub struct BatchEnqueued {
+    /// Ids written, in the order given.
+    pub inserted: Vec<MessageId>,
+    /// Ids that were already present (or repeated within the batch), in the
+    /// order given; nothing was written for them.
+    pub duplicates: Vec<MessageId>,
+}

@@ -1,0 +1,74 @@
+//! Publishers: where the relay sends committed messages.
+//!
+//! A [`Publisher`] receives a batch and returns one result per message, in
+//! the same order. The relay never puts two messages with the same partition
+//! key in one batch, so a publisher may send a batch's messages in parallel
+//! or pipelined without breaking per-key order.
+//!
+//! Built in: [`InMemoryPublisher`] (for tests), [`FnPublisher`] (a closure)
+//! and [`LogPublisher`] (tracing or stdout).
+
+mod closure;
+mod log;
+mod memory;
+
+use async_trait::async_trait;
+
+pub use self::closure::FnPublisher;
+pub use self::log::LogPublisher;
+pub use self::memory::InMemoryPublisher;
+use crate::error::PublishError;
+use crate::message::OutboxMessage;
+
+/// Sends committed messages to their destination.
+///
+/// Implementations must return exactly one result per message, in the order
+/// of `batch`. A result of `Ok(())` means the destination has the message
+/// durably; the relay then deletes (or archives) it. Pass
+/// [`OutboxMessage::id`] to the destination as its idempotency key: after a
+/// crash between publish and acknowledgement the relay sends the message
+/// again.
+///
+/// ```
+/// use async_trait::async_trait;
+/// use outbox::{OutboxMessage, PublishError, Publisher};
+///
+/// #[derive(Debug)]
+/// struct Stdout;
+///
+/// #[async_trait]
+/// impl Publisher for Stdout {
+///     async fn publish(&self, batch: &[OutboxMessage]) -> Vec<Result<(), PublishError>> {
+///         batch
+///             .iter()
+///             .map(|m| {
+///                 println!("{} {}", m.topic(), m.id());
+///                 Ok(())
+///             })
+///             .collect()
+///     }
+/// }
+/// ```
+#[async_trait]
+pub trait Publisher: Send + Sync + 'static {
+    /// Publishes a batch; one result per message, in order.
+    async fn publish(&self, batch: &[OutboxMessage]) -> Vec<Result<(), PublishError>>;
+}
+
+#[async_trait]
+impl<P: Publisher + ?Sized> Publisher for std::sync::Arc<P> {
+    async fn publish(&self, batch: &[OutboxMessage]) -> Vec<Result<(), PublishError>> {
+        (**self).publish(batch).await
+    }
+}
+
+#[async_trait]
+impl<P: Publisher + ?Sized> Publisher for Box<P> {
+    async fn publish(&self, batch: &[OutboxMessage]) -> Vec<Result<(), PublishError>> {
+        (**self).publish(batch).await
+    }
+}
+
+// The relay holds `Arc<dyn Publisher>`: this fails to compile if the trait
+// stops being object safe.
+fn _object_safe(_: &dyn Publisher) {}

@@ -1,0 +1,336 @@
+//! The relay: moves committed messages from the outbox to a publisher.
+//!
+//! ```no_run
+//! # async fn demo(pool: sqlx::PgPool) -> outbox::Result<()> {
+//! use outbox::{LogPublisher, PgOutbox, Relay};
+//!
+//! let outbox = PgOutbox::new(pool);
+//! outbox.migrate().await?;
+//! let relay = Relay::builder(outbox.clone(), LogPublisher::tracing()).spawn()?;
+//! // ... serve ...
+//! relay.shutdown().await?; // finishes the batch in flight, loses nothing
+//! # Ok(()) }
+//! ```
+//!
+//! # How it works
+//!
+//! The key space is split into virtual partitions (buckets). Each running
+//! relay leases a fair share of them, renews its leases every third of the
+//! lease TTL and picks up the buckets of relays that stopped renewing. A
+//! relay reads the due messages of its buckets in position order and
+//! publishes them in waves: one message per partition key per wave, so
+//! different keys go out together and the same key goes out in order.
+//! Every acknowledgement is fenced by the lease's epoch: if the bucket
+//! changed hands, the acknowledgement is refused and the new owner
+//! publishes the message again.
+
+mod retry;
+mod worker;
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use uuid::Uuid;
+
+pub use self::retry::RetryPolicy;
+use crate::error::{Error, Result};
+use crate::publisher::Publisher;
+use crate::store::sealed::StoreOps;
+use crate::store::Store;
+
+/// What a failing message does to the rest of its partition key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum OrderingPolicy {
+    /// A failing message holds back the later messages of its key until it
+    /// is published, or, once dead-lettered, until it is replayed or
+    /// discarded. Other keys keep flowing.
+    #[default]
+    Ordered,
+    /// A failing message is set aside for its retry and the later messages
+    /// of its key go on. Successful messages are still published in order.
+    Unordered,
+}
+
+/// What happens to a message once it is published.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum Retention {
+    /// Delete it (no bloat).
+    #[default]
+    Delete,
+    /// Move it to the published table and delete it after this long, in
+    /// bounded batches.
+    Keep(Duration),
+}
+
+#[derive(Debug, Clone)]
+pub(crate) struct RelayConfig {
+    pub(crate) relay_id: Uuid,
+    pub(crate) batch_size: usize,
+    pub(crate) poll_interval: Duration,
+    pub(crate) lease_ttl: Duration,
+    pub(crate) retry: RetryPolicy,
+    pub(crate) ordering: OrderingPolicy,
+    pub(crate) topic_ordering: HashMap<String, OrderingPolicy>,
+    pub(crate) retention: Retention,
+    pub(crate) stats_interval: Duration,
+    pub(crate) purge_batch: i64,
+}
+
+impl RelayConfig {
+    pub(crate) fn policy_for(&self, topic: &str) -> OrderingPolicy {
+        self.topic_ordering
+            .get(topic)
+            .copied()
+            .unwrap_or(self.ordering)
+    }
+}
+
+/// Entry point: `Relay::builder(store, publisher)`.
+#[derive(Debug)]
+pub struct Relay {
+    _private: (),
+}
+
+impl Relay {
+    /// A relay draining `store` into `publisher`, with defaults: batches of
+    /// 500, 1 s poll fallback, 10 s leases, [`RetryPolicy::default`],
+    /// [`OrderingPolicy::Ordered`], [`Retention::Delete`].
+    pub fn builder<S, P>(store: S, publisher: P) -> RelayBuilder
+    where
+        S: Store,
+        P: Publisher,
+    {
+        RelayBuilder {
+            store: Arc::new(store),
+            publisher: Arc::new(publisher),
+            config: RelayConfig {
+                relay_id: Uuid::now_v7(),
+                batch_size: 500,
+                poll_interval: Duration::from_secs(1),
+                lease_ttl: Duration::from_secs(10),
+                retry: RetryPolicy::default(),
+                ordering: OrderingPolicy::default(),
+                topic_ordering: HashMap::new(),
+                retention: Retention::default(),
+                stats_interval: Duration::from_secs(10),
+                purge_batch: 1000,
+            },
+        }
+    }
+}
+
+/// Configures and starts a relay.
+pub struct RelayBuilder {
+    store: Arc<dyn StoreOps>,
+    publisher: Arc<dyn Publisher>,
+    config: RelayConfig,
+}
+
+impl fmt::Debug for RelayBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RelayBuilder")
+            .field("store", &self.store)
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RelayBuilder {
+    /// Most messages read and published per round (default 500).
+    #[must_use]
+    pub fn batch_size(mut self, n: usize) -> Self {
+        self.config.batch_size = n;
+        self
+    }
+
+    /// How often to look for messages when no wake-up arrives (default
+    /// 1 s). Commits through `commit` and PostgreSQL notifications wake the
+    /// relay sooner.
+    #[must_use]
+    pub fn poll_interval(mut self, d: Duration) -> Self {
+        self.config.poll_interval = d;
+        self
+    }
+
+    /// How long a relay's leases last without renewal (default 10 s). A
+    /// crashed relay's keys wait at most this long before another relay
+    /// takes them.
+    #[must_use]
+    pub fn lease_ttl(mut self, d: Duration) -> Self {
+        self.config.lease_ttl = d;
+        self
+    }
+
+    /// Retry and dead-letter policy.
+    #[must_use]
+    pub fn retry(mut self, policy: RetryPolicy) -> Self {
+        self.config.retry = policy;
+        self
+    }
+
+    /// Default ordering policy on failure (default
+    /// [`OrderingPolicy::Ordered`]).
+    #[must_use]
+    pub fn ordering(mut self, policy: OrderingPolicy) -> Self {
+        self.config.ordering = policy;
+        self
+    }
+
+    /// Ordering policy for one topic, overriding the default.
+    #[must_use]
+    pub fn topic_ordering(mut self, topic: impl Into<String>, policy: OrderingPolicy) -> Self {
+        self.config.topic_ordering.insert(topic.into(), policy);
+        self
+    }
+
+    /// Delete published messages (default) or keep them for a while.
+    #[must_use]
+    pub fn retention(mut self, retention: Retention) -> Self {
+        self.config.retention = retention;
+        self
+    }
+
+    /// How often gauges (pending, oldest age, dead tuples) are refreshed and
+    /// retained messages purged (default 10 s).
+    #[must_use]
+    pub fn stats_interval(mut self, d: Duration) -> Self {
+        self.config.stats_interval = d;
+        self
+    }
+
+    /// This relay's id in the lease table (default: a fresh UUIDv7).
+    #[must_use]
+    pub fn relay_id(mut self, id: Uuid) -> Self {
+        self.config.relay_id = id;
+        self
+    }
+
+    fn validate(&self) -> Result<()> {
+        let c = &self.config;
+        let bad = |field, reason: &str| {
+            Err(Error::InvalidConfig {
+                field,
+                reason: reason.to_owned(),
+            })
+        };
+        if c.batch_size == 0 || c.batch_size > 100_000 {
+            return bad("batch_size", "must be between 1 and 100000");
+        }
+        if c.poll_interval.is_zero() {
+            return bad("poll_interval", "must be greater than zero");
+        }
+        if c.lease_ttl < Duration::from_millis(300) {
+            return bad("lease_ttl", "must be at least 300 ms");
+        }
+        if c.stats_interval.is_zero() {
+            return bad("stats_interval", "must be greater than zero");
+        }
+        if let Retention::Keep(d) = c.retention {
+            if d.is_zero() {
+                return bad("retention", "Keep needs a duration greater than zero");
+            }
+        }
+        c.retry.validate()
+    }
+
+    /// Validates the configuration and starts the relay on the current
+    /// tokio runtime. Database errors after start are retried with backoff
+    /// and reported through [`RelayHandle::health`].
+    ///
+    /// Dropping the handle asks the relay to stop, like
+    /// [`RelayHandle::shutdown`] without waiting.
+    pub fn spawn(self) -> Result<RelayHandle> {
+        self.validate()?;
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let (health_tx, health_rx) = watch::channel(Health::starting());
+        let worker = worker::Worker::new(self.store, self.publisher, self.config, stop_rx, health_tx);
+        let join = tokio::spawn(worker.run());
+        Ok(RelayHandle {
+            stop: stop_tx,
+            health: health_rx,
+            join: Some(join),
+        })
+    }
+}
+
+/// A running relay.
+#[derive(Debug)]
+pub struct RelayHandle {
+    stop: watch::Sender<bool>,
+    health: watch::Receiver<Health>,
+    join: Option<JoinHandle<()>>,
+}
+
+impl RelayHandle {
+    /// Stops the relay: the batch in flight is published and acknowledged,
+    /// leases are released so other relays take over at once, and nothing
+    /// is lost.
+    pub async fn shutdown(mut self) -> Result<()> {
+        let _ = self.stop.send(true);
+        match self.join.take() {
+            Some(j) => j.await.map_err(Error::RelayTask),
+            None => Ok(()),
+        }
+    }
+
+    /// The relay's current health.
+    pub fn health(&self) -> Health {
+        self.health.borrow().clone()
+    }
+
+    /// A receiver that sees every health change.
+    pub fn watch_health(&self) -> watch::Receiver<Health> {
+        self.health.clone()
+    }
+}
+
+impl Drop for RelayHandle {
+    fn drop(&mut self) {
+        let _ = self.stop.send(true);
+    }
+}
+
+/// A relay's state, for health checks.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Health {
+    /// The relay's phase.
+    pub state: RelayState,
+    /// Buckets (virtual partitions) currently leased.
+    pub leased_buckets: usize,
+    /// Messages published and acknowledged since start.
+    pub published: u64,
+    /// The last error, cleared by the next successful round.
+    pub last_error: Option<String>,
+}
+
+impl Health {
+    fn starting() -> Self {
+        Self {
+            state: RelayState::Starting,
+            leased_buckets: 0,
+            published: 0,
+            last_error: None,
+        }
+    }
+}
+
+/// A relay's phase.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum RelayState {
+    /// Connecting and checking the schema.
+    Starting,
+    /// Working normally.
+    Running,
+    /// The last database round failed; retrying with backoff.
+    Degraded,
+    /// Stopped after a shutdown request.
+    Stopped,
+}

@@ -1,0 +1,520 @@
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use tokio::sync::watch;
+use tokio::time::Instant;
+use tracing::Instrument;
+
+use super::{Health, OrderingPolicy, RelayConfig, RelayState, Retention};
+use crate::error::{error_chain, Result};
+use crate::message::OutboxMessage;
+use crate::publisher::Publisher;
+use crate::store::sealed::StoreOps;
+use crate::store::{Ack, Claimed, Disposition, Lease, WakeSource};
+
+/// Wall-clock time derived from tokio's clock, so retry schedules follow
+/// paused time in tests and never jump with the system clock.
+#[derive(Debug, Clone, Copy)]
+struct Clock {
+    wall: DateTime<Utc>,
+    at: Instant,
+}
+
+impl Clock {
+    fn new() -> Self {
+        Self {
+            wall: Utc::now(),
+            at: Instant::now(),
+        }
+    }
+
+    fn now(&self) -> DateTime<Utc> {
+        let elapsed = Instant::now().saturating_duration_since(self.at);
+        self.wall + chrono::Duration::from_std(elapsed).unwrap_or(chrono::Duration::MAX)
+    }
+
+    fn instant_of(&self, t: DateTime<Utc>) -> Instant {
+        let d = (t - self.wall).to_std().unwrap_or(Duration::ZERO);
+        self.at + d
+    }
+}
+
+pub(super) struct Worker {
+    store: Arc<dyn StoreOps>,
+    publisher: Arc<dyn Publisher>,
+    config: RelayConfig,
+    stop: watch::Receiver<bool>,
+    health_tx: watch::Sender<Health>,
+    health: Health,
+    clock: Clock,
+    bucket_count: i32,
+    leases: Vec<Lease>,
+    lease_deadline: Instant,
+    next_lease_tick: Instant,
+    next_stats: Instant,
+    next_retry: Option<Instant>,
+    listener: Option<Box<dyn WakeSource>>,
+    listener_retry_at: Instant,
+    error_backoff: Duration,
+}
+
+const MIN_ERROR_BACKOFF: Duration = Duration::from_millis(100);
+const MAX_ERROR_BACKOFF: Duration = Duration::from_secs(10);
+
+impl Worker {
+    pub(super) fn new(
+        store: Arc<dyn StoreOps>,
+        publisher: Arc<dyn Publisher>,
+        config: RelayConfig,
+        stop: watch::Receiver<bool>,
+        health_tx: watch::Sender<Health>,
+    ) -> Self {
+        let now = Instant::now();
+        let health = health_tx.borrow().clone();
+        Self {
+            store,
+            publisher,
+            config,
+            stop,
+            health,
+            health_tx,
+            clock: Clock::new(),
+            bucket_count: 0,
+            leases: Vec::new(),
+            lease_deadline: now,
+            next_lease_tick: now,
+            next_stats: now,
+            next_retry: None,
+            listener: None,
+            listener_retry_at: now,
+            error_backoff: MIN_ERROR_BACKOFF,
+        }
+    }
+
+    fn stopping(&self) -> bool {
+        *self.stop.borrow()
+    }
+
+    fn publish_health(&mut self) {
+        self.health.leased_buckets = self.leases.len();
+        let h = self.health.clone();
+        self.health_tx.send_if_modified(|old| {
+            if *old == h {
+                false
+            } else {
+                *old = h;
+                true
+            }
+        });
+    }
+
+    fn record_error(&mut self, what: &str, e: &crate::Error) {
+        tracing::warn!(relay = %self.config.relay_id, error = %error_chain(e), "outbox relay: {what} failed");
+        self.health.state = RelayState::Degraded;
+        self.health.last_error = Some(format!("{what}: {}", error_chain(e)));
+        self.publish_health();
+    }
+
+    fn record_success(&mut self) {
+        self.error_backoff = MIN_ERROR_BACKOFF;
+        if self.health.state != RelayState::Running || self.health.last_error.is_some() {
+            self.health.state = RelayState::Running;
+            self.health.last_error = None;
+        }
+        self.publish_health();
+    }
+
+    /// Sleeps after an error, growing the pause up to a cap; returns early
+    /// on shutdown.
+    async fn back_off(&mut self) {
+        let d = self.error_backoff;
+        self.error_backoff = (self.error_backoff * 2).min(MAX_ERROR_BACKOFF);
+        let mut stop = self.stop.clone();
+        tokio::select! {
+            _ = tokio::time::sleep(d) => {}
+            _ = stop.wait_for(|s| *s) => {}
+        }
+    }
+
+    pub(super) async fn run(mut self) {
+        let relay = self.config.relay_id;
+        // Start-up: the schema must exist and not be newer than this crate.
+        while !self.stopping() {
+            let started = async {
+                self.store.check_schema().await?;
+                self.store.bucket_count().await
+            }
+            .await;
+            match started {
+                Ok(n) => {
+                    self.bucket_count = n.max(1);
+                    break;
+                }
+                Err(e) => {
+                    self.record_error("start-up", &e);
+                    self.back_off().await;
+                }
+            }
+        }
+        let signal = self.store.local_signal();
+        while !self.stopping() {
+            let now = Instant::now();
+            if now >= self.next_lease_tick {
+                if let Err(e) = self.manage_leases().await {
+                    self.record_error("lease renewal", &e);
+                    if Instant::now() >= self.lease_deadline {
+                        self.leases.clear();
+                    }
+                    self.back_off().await;
+                    continue;
+                }
+            }
+            if Instant::now() >= self.next_stats {
+                self.refresh_stats().await;
+            }
+            if self.listener.is_none() && Instant::now() >= self.listener_retry_at {
+                match self.store.listen().await {
+                    Ok(l) => self.listener = l,
+                    Err(e) => {
+                        tracing::debug!(error = %error_chain(&e), "outbox relay: LISTEN failed; polling");
+                        self.listener_retry_at = Instant::now() + self.config.poll_interval * 5;
+                    }
+                }
+            }
+            if self.leases.is_empty() || Instant::now() >= self.lease_deadline {
+                self.leases.clear();
+                self.publish_health();
+                self.wait(&signal, self.next_lease_tick).await;
+                continue;
+            }
+            match self.round().await {
+                Ok(full) => {
+                    self.record_success();
+                    if !full {
+                        let until = self.wake_deadline();
+                        self.wait(&signal, until).await;
+                    }
+                }
+                Err(e) => {
+                    self.record_error("publish round", &e);
+                    self.back_off().await;
+                }
+            }
+        }
+        // Give the buckets back so other relays need not wait for expiry.
+        if let Err(e) = self.store.release(relay, &self.leases).await {
+            tracing::warn!(error = %error_chain(&e), "outbox relay: releasing leases failed; they expire on their own");
+        }
+        let _ = self.store.leave(relay).await;
+        self.leases.clear();
+        self.health.state = RelayState::Stopped;
+        self.publish_health();
+        tracing::info!(relay = %relay, "outbox relay stopped");
+    }
+
+    fn wake_deadline(&self) -> Instant {
+        let mut t = Instant::now() + self.config.poll_interval;
+        t = t.min(self.next_lease_tick);
+        if let Some(r) = self.next_retry {
+            t = t.min(r);
+        }
+        t
+    }
+
+    /// Waits for a wake-up: a local commit, a notification, the deadline or
+    /// shutdown.
+    async fn wait(&mut self, signal: &tokio::sync::Notify, until: Instant) {
+        let mut stop = self.stop.clone();
+        let sleep = tokio::time::sleep_until(until);
+        match self.listener.as_mut() {
+            Some(l) => {
+                tokio::select! {
+                    _ = sleep => {}
+                    _ = signal.notified() => {}
+                    _ = stop.wait_for(|s| *s) => {}
+                    r = l.next() => {
+                        if let Err(e) = r {
+                            // Notifications may have been missed: drop the
+                            // listener, reconnect later and look now.
+                            tracing::debug!(error = %error_chain(&e), "outbox relay: LISTEN connection lost");
+                            self.listener = None;
+                            self.listener_retry_at = Instant::now() + self.config.poll_interval;
+                        }
+                    }
+                }
+            }
+            None => {
+                tokio::select! {
+                    _ = sleep => {}
+                    _ = signal.notified() => {}
+                    _ = stop.wait_for(|s| *s) => {}
+                }
+            }
+        }
+        if self.next_retry.is_some_and(|r| r <= Instant::now()) {
+            self.next_retry = None;
+        }
+    }
+
+    async fn manage_leases(&mut self) -> Result<()> {
+        let relay = self.config.relay_id;
+        let ttl = self.config.lease_ttl;
+        // Deadlines count from before the request: the database's expiry is
+        // later than ours, so we stop publishing before anyone can take
+        // over.
+        let started = Instant::now();
+        let live = self.store.heartbeat(relay, ttl).await?;
+        let mut leases = self.store.renew(relay, &self.leases, ttl).await?;
+        if leases.len() < self.leases.len() {
+            tracing::info!(
+                relay = %relay,
+                lost = self.leases.len() - leases.len(),
+                "outbox relay: leases taken over by another relay"
+            );
+        }
+        let target = (self.bucket_count as usize).div_ceil(live.max(1));
+        if leases.len() < target {
+            let more = self.store.acquire(relay, target - leases.len(), ttl).await?;
+            leases.extend(more);
+        } else if leases.len() > target {
+            leases.sort_by_key(|l| l.bucket);
+            let extra = leases.split_off(target);
+            self.store.release(relay, &extra).await?;
+        }
+        leases.sort_by_key(|l| l.bucket);
+        self.leases = leases;
+        self.lease_deadline = started + ttl.mul_f64(0.8);
+        self.next_lease_tick = started + ttl / 3;
+        self.publish_health();
+        Ok(())
+    }
+
+    async fn refresh_stats(&mut self) {
+        self.next_stats = Instant::now() + self.config.stats_interval;
+        match self.store.stats().await {
+            Ok(s) => {
+                metrics::gauge!("outbox_pending").set(s.pending as f64);
+                metrics::gauge!("outbox_dead_letters").set(s.dead_letters as f64);
+                metrics::gauge!("outbox_oldest_pending_age_seconds")
+                    .set(s.oldest_pending_age.map_or(0.0, |d| d.as_secs_f64()));
+                if let Some(dead) = s.dead_tuples {
+                    metrics::gauge!("outbox_dead_tuples").set(dead as f64);
+                }
+                let xmin_age = s.oldest_xmin_age.unwrap_or_default();
+                metrics::gauge!("outbox_oldest_transaction_age_seconds")
+                    .set(xmin_age.as_secs_f64());
+                if xmin_age > Duration::from_secs(60) && s.dead_tuples.unwrap_or(0) > 50_000 {
+                    tracing::warn!(
+                        oldest_transaction_secs = xmin_age.as_secs(),
+                        dead_tuples = s.dead_tuples,
+                        "outbox: a transaction open for {}s keeps vacuum from removing {} dead \
+                         rows of the outbox table; claims slow down until it ends",
+                        xmin_age.as_secs(),
+                        s.dead_tuples.unwrap_or(0)
+                    );
+                }
+            }
+            Err(e) => {
+                tracing::debug!(error = %error_chain(&e), "outbox relay: stats query failed");
+            }
+        }
+        if let Retention::Keep(keep) = self.config.retention {
+            let cutoff = self.clock.now()
+                - chrono::Duration::from_std(keep).unwrap_or(chrono::Duration::MAX);
+            // Bounded work per tick, so a large backlog of expired rows never
+            // turns into one long-running delete.
+            for _ in 0..10 {
+                match self
+                    .store
+                    .purge_published(cutoff, self.config.purge_batch)
+                    .await
+                {
+                    Ok(n) if n as i64 >= self.config.purge_batch => continue,
+                    Ok(_) => break,
+                    Err(e) => {
+                        tracing::debug!(error = %error_chain(&e), "outbox relay: purge failed");
+                        break;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Claims one batch, publishes it and acknowledges it. Returns true if
+    /// the batch was full (more may be waiting).
+    async fn round(&mut self) -> Result<bool> {
+        let buckets: Option<Vec<i32>> = if self.leases.len() as i32 >= self.bucket_count {
+            None
+        } else {
+            Some(self.leases.iter().map(|l| l.bucket).collect())
+        };
+        let limit = self.config.batch_size as i64;
+        let claimed = self
+            .store
+            .claim(buckets.as_deref(), self.bucket_count, self.clock.now(), limit)
+            .await?;
+        if claimed.is_empty() {
+            return Ok(false);
+        }
+        let full = claimed.len() as i64 >= limit;
+        let span = tracing::info_span!(
+            "outbox.batch",
+            relay = %self.config.relay_id,
+            size = claimed.len(),
+            published = tracing::field::Empty,
+            failed = tracing::field::Empty,
+            fenced = tracing::field::Empty,
+        );
+        let acks = self.publish_batch(claimed).instrument(span.clone()).await;
+        let mut published = 0u64;
+        let (mut retried, mut dead) = (0u64, 0u64);
+        for a in &acks {
+            match &a.disposition {
+                Disposition::Published => published += 1,
+                Disposition::Retry { at, .. } => {
+                    retried += 1;
+                    let when = self.clock.instant_of(*at);
+                    self.next_retry = Some(self.next_retry.map_or(when, |r| r.min(when)));
+                }
+                Disposition::Dead { .. } => dead += 1,
+            }
+        }
+        let retain = matches!(self.config.retention, Retention::Keep(_));
+        let report = self
+            .store
+            .ack(
+                self.config.relay_id,
+                &self.leases,
+                &acks,
+                retain,
+                self.clock.now(),
+            )
+            .instrument(span.clone())
+            .await?;
+        span.record("published", published);
+        span.record("failed", retried + dead);
+        span.record("fenced", report.fenced);
+        if report.fenced > 0 {
+            metrics::counter!("outbox_fenced_total").increment(report.fenced as u64);
+            tracing::warn!(
+                relay = %self.config.relay_id,
+                fenced = report.fenced,
+                "outbox relay: acknowledgements refused, the lease changed hands; \
+                 the new owner publishes these messages again"
+            );
+            // Find out which leases are gone before the next round.
+            self.next_lease_tick = Instant::now();
+        } else {
+            metrics::counter!("outbox_published_total").increment(published);
+            metrics::counter!("outbox_retried_total").increment(retried);
+            metrics::counter!("outbox_dead_lettered_total").increment(dead);
+            self.health.published += published;
+        }
+        metrics::counter!("outbox_batches_total").increment(1);
+        Ok(full)
+    }
+
+    /// Publishes in waves of at most one message per partition key.
+    async fn publish_batch(&mut self, claimed: Vec<Claimed>) -> Vec<Ack> {
+        let mut queues: Vec<VecDeque<Claimed>> = Vec::new();
+        let mut by_key: HashMap<String, usize> = HashMap::new();
+        for c in claimed {
+            match c.message.partition_key.clone() {
+                Some(k) => {
+                    let i = *by_key.entry(k).or_insert_with(|| {
+                        queues.push(VecDeque::new());
+                        queues.len() - 1
+                    });
+                    queues[i].push_back(c);
+                }
+                None => queues.push(VecDeque::from([c])),
+            }
+        }
+        let mut acks = Vec::new();
+        let mut stopped: HashSet<usize> = HashSet::new();
+        loop {
+            let mut wave: Vec<(usize, Claimed)> = Vec::new();
+            for (i, q) in queues.iter_mut().enumerate() {
+                if stopped.contains(&i) {
+                    continue;
+                }
+                if let Some(c) = q.pop_front() {
+                    wave.push((i, c));
+                }
+            }
+            if wave.is_empty() {
+                break;
+            }
+            // A lease that may have run out means another relay may own these
+            // keys now: publish nothing more, acknowledge what is done.
+            if Instant::now() >= self.lease_deadline {
+                tracing::warn!(
+                    relay = %self.config.relay_id,
+                    "outbox relay: lease deadline reached mid-batch; leaving the rest"
+                );
+                break;
+            }
+            let batch: Vec<OutboxMessage> = wave.iter().map(|(_, c)| c.message.clone()).collect();
+            let mut results = self.publisher.publish(&batch).await;
+            if results.len() != batch.len() {
+                tracing::error!(
+                    expected = batch.len(),
+                    got = results.len(),
+                    "outbox relay: publisher returned the wrong number of results; \
+                     treating the missing ones as transient failures"
+                );
+                results.resize_with(batch.len(), || {
+                    Err(crate::PublishError::transient(
+                        "publisher returned no result for this message",
+                    ))
+                });
+                results.truncate(batch.len());
+            }
+            for ((qi, c), result) in wave.into_iter().zip(results) {
+                let m = &c.message;
+                let retried = m.attempt > 1;
+                let disposition = match result {
+                    Ok(()) => Disposition::Published,
+                    Err(e) => {
+                        let policy = self.config.policy_for(&m.topic);
+                        let block_key =
+                            policy == OrderingPolicy::Ordered && m.partition_key.is_some();
+                        let error = error_chain(&e);
+                        let attempt = m.attempt.max(1) as u32;
+                        if block_key {
+                            stopped.insert(qi);
+                        }
+                        if !e.is_transient() || self.config.retry.gives_up_after(attempt) {
+                            tracing::warn!(id = %m.id, topic = %m.topic, attempt, error = %error, "outbox: message dead-lettered");
+                            Disposition::Dead { error, block_key }
+                        } else {
+                            let delay = e
+                                .retry_after()
+                                .unwrap_or_else(|| self.config.retry.jittered_delay(attempt));
+                            tracing::debug!(id = %m.id, attempt, ?delay, error = %error, "outbox: publish failed, will retry");
+                            let at = self.clock.now()
+                                + chrono::Duration::from_std(delay)
+                                    .unwrap_or(chrono::Duration::MAX);
+                            Disposition::Retry {
+                                at,
+                                error,
+                                block_key,
+                            }
+                        }
+                    }
+                };
+                acks.push(Ack {
+                    seq: m.seq,
+                    bucket: c.bucket,
+                    partition_key: m.partition_key.clone(),
+                    attempts: m.attempt,
+                    retried,
+                    disposition,
+                });
+            }
+        }
+        acks
+    }
+}

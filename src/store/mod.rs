@@ -1,0 +1,276 @@
+//! Storage backends: one concrete type per database.
+//!
+//! [`PgOutbox`](crate::PgOutbox) and [`SqliteOutbox`](crate::SqliteOutbox)
+//! share no generic code a user has to see; the relay talks to them through
+//! the sealed [`Store`] trait.
+
+#[cfg(feature = "postgres")]
+pub(crate) mod postgres;
+#[cfg(feature = "sqlite")]
+pub(crate) mod sqlite;
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use uuid::Uuid;
+
+use crate::error::{Error, Result};
+use crate::message::{MessageId, OutboxMessage};
+
+/// Longest identifier PostgreSQL keeps without truncating.
+const MAX_IDENT_LEN: usize = 63;
+/// Longest table suffix the crate appends to the prefix.
+const LONGEST_TABLE: &str = "dead_letters";
+
+/// Validates a schema name or table prefix. Only lowercase ASCII letters,
+/// digits and underscores, not starting with a digit, so the quoted name
+/// means the same thing as the unquoted one and cannot carry SQL.
+pub(crate) fn validate_identifier(
+    what: &'static str,
+    value: &str,
+    allow_empty: bool,
+) -> Result<()> {
+    let fail = |reason| {
+        Err(Error::InvalidIdentifier {
+            what,
+            value: value.to_owned(),
+            reason,
+        })
+    };
+    if value.is_empty() {
+        return if allow_empty {
+            Ok(())
+        } else {
+            fail("must not be empty")
+        };
+    }
+    let limit = if what == "table prefix" {
+        MAX_IDENT_LEN - LONGEST_TABLE.len()
+    } else {
+        MAX_IDENT_LEN
+    };
+    if value.len() > limit {
+        return fail("is too long for a PostgreSQL identifier");
+    }
+    if value.as_bytes()[0].is_ascii_digit() {
+        return fail("must not start with a digit");
+    }
+    if !value
+        .bytes()
+        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+    {
+        return fail("may hold only lowercase ASCII letters, digits and '_'");
+    }
+    Ok(())
+}
+
+/// The quoted names of the crate's tables, built once from validated parts.
+#[derive(Debug, Clone)]
+pub(crate) struct TableNames {
+    pub(crate) schema: Option<String>,
+    pub(crate) prefix: String,
+    pub(crate) messages: String,
+    pub(crate) dead_letters: String,
+    pub(crate) published: String,
+    pub(crate) blocked: String,
+    pub(crate) leases: String,
+    pub(crate) relays: String,
+    pub(crate) migrations: String,
+}
+
+impl TableNames {
+    pub(crate) fn new(schema: Option<&str>, prefix: &str) -> Result<Self> {
+        if let Some(s) = schema {
+            validate_identifier("schema", s, false)?;
+        }
+        validate_identifier("table prefix", prefix, true)?;
+        let q = |t: &str| match schema {
+            Some(s) => format!("\"{s}\".\"{prefix}{t}\""),
+            None => format!("\"{prefix}{t}\""),
+        };
+        Ok(Self {
+            schema: schema.map(str::to_owned),
+            prefix: prefix.to_owned(),
+            messages: q("messages"),
+            dead_letters: q("dead_letters"),
+            published: q("published"),
+            blocked: q("blocked_keys"),
+            leases: q("leases"),
+            relays: q("relays"),
+            migrations: q("migrations"),
+        })
+    }
+
+    /// Replaces `{messages}`-style placeholders in a migration or query.
+    pub(crate) fn render(&self, sql: &str) -> String {
+        sql.replace("{schema}", self.schema.as_deref().unwrap_or(""))
+            .replace("{prefix}", &self.prefix)
+            .replace("{messages}", &self.messages)
+            .replace("{dead_letters}", &self.dead_letters)
+            .replace("{published}", &self.published)
+            .replace("{blocked}", &self.blocked)
+            .replace("{leases}", &self.leases)
+            .replace("{relays}", &self.relays)
+            .replace("{migrations}", &self.migrations)
+    }
+}
+
+/// A lease on one virtual partition (bucket) of the key space. The epoch is
+/// the fencing token: it grows each time the bucket changes hands, and every
+/// acknowledgement is checked against it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[allow(unreachable_pub)] // sealed: reachable only through `Store`
+pub struct Lease {
+    pub(crate) bucket: i32,
+    pub(crate) epoch: i64,
+}
+
+/// A claimed message and the bucket it belongs to.
+#[derive(Debug, Clone)]
+#[allow(unreachable_pub)] // sealed: reachable only through `Store`
+pub struct Claimed {
+    pub(crate) message: OutboxMessage,
+    pub(crate) bucket: i32,
+}
+
+/// What the relay decided for one claimed message.
+#[derive(Debug, Clone)]
+#[allow(unreachable_pub)] // sealed: reachable only through `Store`
+pub enum Disposition {
+    /// The publisher confirmed it.
+    Published,
+    /// Try again at `at`; if `block_key`, later messages of the key wait.
+    Retry {
+        at: DateTime<Utc>,
+        error: String,
+        block_key: bool,
+    },
+    /// Give up: move to the dead letters; if `block_key`, the key stays
+    /// blocked until the dead letter is replayed or discarded.
+    Dead { error: String, block_key: bool },
+}
+
+/// One acknowledgement.
+#[derive(Debug, Clone)]
+#[allow(unreachable_pub)] // sealed: reachable only through `Store`
+pub struct Ack {
+    pub(crate) seq: i64,
+    pub(crate) bucket: i32,
+    pub(crate) partition_key: Option<String>,
+    /// Attempts made, this one included.
+    pub(crate) attempts: i32,
+    /// True if the message had failed before (it may hold a key block).
+    pub(crate) retried: bool,
+    pub(crate) disposition: Disposition,
+}
+
+/// What an acknowledgement did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[allow(unreachable_pub)] // sealed: reachable only through `Store`
+pub struct AckReport {
+    /// Acks written.
+    pub(crate) applied: usize,
+    /// Acks refused because the bucket's lease changed hands (fencing).
+    pub(crate) fenced: usize,
+}
+
+/// Numbers the relay turns into gauges.
+#[derive(Debug, Clone, Copy, Default)]
+#[allow(unreachable_pub)] // sealed: reachable only through `Store`
+pub struct StoreStats {
+    pub(crate) pending: i64,
+    pub(crate) oldest_pending_age: Option<Duration>,
+    pub(crate) dead_letters: i64,
+    pub(crate) dead_tuples: Option<i64>,
+    /// Age of the oldest transaction that holds back vacuum, if any.
+    pub(crate) oldest_xmin_age: Option<Duration>,
+}
+
+/// A source of cross-process wake-ups (PostgreSQL LISTEN).
+#[async_trait]
+#[allow(unreachable_pub)] // sealed: reachable only through `Store`
+pub trait WakeSource: Send {
+    /// Resolves on the next notification; errors on connection loss.
+    async fn next(&mut self) -> Result<()>;
+}
+
+pub(crate) mod sealed {
+    use super::*;
+
+    #[allow(unreachable_pub)]
+    /// The operations the relay needs from a backend. Sealed: it may
+    /// change between minor versions.
+    #[async_trait]
+    pub trait StoreOps: Send + Sync + std::fmt::Debug + 'static {
+        /// Fails if the tables are missing or newer than this crate.
+        async fn check_schema(&self) -> Result<()>;
+        /// Number of virtual partitions.
+        async fn bucket_count(&self) -> Result<i32>;
+        /// Records the relay as alive; returns how many relays are alive.
+        async fn heartbeat(&self, relay: Uuid, ttl: Duration) -> Result<usize>;
+        /// Extends the leases still held with the same epoch; returns them.
+        async fn renew(&self, relay: Uuid, leases: &[Lease], ttl: Duration)
+            -> Result<Vec<Lease>>;
+        /// Takes up to `max` free or expired buckets.
+        async fn acquire(&self, relay: Uuid, max: usize, ttl: Duration) -> Result<Vec<Lease>>;
+        /// Gives buckets back so another relay can take them at once.
+        async fn release(&self, relay: Uuid, leases: &[Lease]) -> Result<()>;
+        /// Removes the relay's heartbeat row.
+        async fn leave(&self, relay: Uuid) -> Result<()>;
+        /// Reads up to `limit` messages of the given buckets (all if
+        /// `None`), in position order, skipping those not yet due and those
+        /// behind a blocked key.
+        async fn claim(
+            &self,
+            buckets: Option<&[i32]>,
+            bucket_count: i32,
+            now: DateTime<Utc>,
+            limit: i64,
+        ) -> Result<Vec<Claimed>>;
+        /// Applies acknowledgements, fenced by the leases' epochs.
+        async fn ack(
+            &self,
+            relay: Uuid,
+            leases: &[Lease],
+            acks: &[Ack],
+            retain: bool,
+            now: DateTime<Utc>,
+        ) -> Result<AckReport>;
+        /// Deletes up to `limit` retained published messages older than
+        /// `before`.
+        async fn purge_published(&self, before: DateTime<Utc>, limit: i64) -> Result<u64>;
+        /// Gauges for metrics.
+        async fn stats(&self) -> Result<StoreStats>;
+        /// The in-process wake-up signal raised by `commit`.
+        fn local_signal(&self) -> std::sync::Arc<tokio::sync::Notify>;
+        /// A cross-process wake-up source, if the backend has one.
+        async fn listen(&self) -> Result<Option<Box<dyn WakeSource>>>;
+    }
+}
+
+/// A storage backend the [`Relay`](crate::Relay) can drain. Implemented by
+/// [`PgOutbox`](crate::PgOutbox) and [`SqliteOutbox`](crate::SqliteOutbox);
+/// sealed.
+pub trait Store: sealed::StoreOps {}
+
+/// A dead-lettered message: kept with its last error until replayed or
+/// discarded.
+#[derive(Debug, Clone)]
+pub struct DeadLetter {
+    /// The message as it was last attempted.
+    pub message: OutboxMessage,
+    /// How many attempts were made.
+    pub attempts: i32,
+    /// The last error, with its causes.
+    pub last_error: String,
+    /// When it was dead-lettered.
+    pub dead_at: DateTime<Utc>,
+}
+
+impl DeadLetter {
+    /// The message's id.
+    pub fn id(&self) -> MessageId {
+        self.message.id()
+    }
+}
