@@ -368,7 +368,6 @@ impl OutboxMessage {
 
 /// What [`enqueue`](crate::PgOutbox::enqueue) did with a message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[must_use]
 pub enum Enqueued {
     /// The message was written in the caller's transaction.
     Inserted(MessageId),
@@ -394,7 +393,6 @@ impl Enqueued {
 
 /// What [`enqueue_batch`](crate::PgOutbox::enqueue_batch) did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-#[must_use]
 pub struct BatchEnqueued {
     /// Ids written, in the order given.
     pub inserted: Vec<MessageId>,

@@ -163,10 +163,10 @@ impl Worker {
             let now = Instant::now();
             if now >= self.next_lease_tick {
                 if let Err(e) = self.manage_leases().await {
+                    // Keep the leases: renewing them with the same epoch is
+                    // safe later, and the deadline keeps us from publishing
+                    // meanwhile.
                     self.record_error("lease renewal", &e);
-                    if Instant::now() >= self.lease_deadline {
-                        self.leases.clear();
-                    }
                     self.back_off().await;
                     continue;
                 }
@@ -183,9 +183,13 @@ impl Worker {
                     }
                 }
             }
-            if self.leases.is_empty() || Instant::now() >= self.lease_deadline {
-                self.leases.clear();
-                self.publish_health();
+            if Instant::now() >= self.lease_deadline && !self.leases.is_empty() {
+                // Our view of the leases is too old to publish on: renew them
+                // first (it fails for any bucket that changed hands).
+                self.next_lease_tick = Instant::now();
+                continue;
+            }
+            if self.leases.is_empty() {
                 self.wait(&signal, self.next_lease_tick).await;
                 continue;
             }
