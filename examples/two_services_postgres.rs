@@ -36,14 +36,19 @@ async fn main() -> outbox::Result<()> {
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned());
 
     // Set-up, once per deployment.
-    let pool = PgPoolOptions::new().max_connections(8).connect(&url).await?;
+    let pool = PgPoolOptions::new()
+        .max_connections(8)
+        .connect(&url)
+        .await?;
     let outbox = PgOutbox::builder(pool.clone())
         .schema("outbox_demo")
         .build()?;
     outbox.migrate().await?;
-    sqlx::query("CREATE TABLE IF NOT EXISTS demo_candidates (id bigint PRIMARY KEY, status text NOT NULL)")
-        .execute(&pool)
-        .await?;
+    sqlx::query(
+        "CREATE TABLE IF NOT EXISTS demo_candidates (id bigint PRIMARY KEY, status text NOT NULL)",
+    )
+    .execute(&pool)
+    .await?;
 
     // The relay service.
     let publisher = InMemoryPublisher::new();
@@ -57,7 +62,10 @@ async fn main() -> outbox::Result<()> {
     let producer = tokio::spawn(tracking_service(url.clone(), count));
     producer.await.expect("producer task")?;
     while publisher.len() < count as usize {
-        assert!(started.elapsed() < Duration::from_secs(30), "relay too slow");
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "relay too slow"
+        );
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     println!(
@@ -68,14 +76,22 @@ async fn main() -> outbox::Result<()> {
         String::from_utf8_lossy(publisher.messages()[0].payload())
     );
     relay.shutdown().await?;
-    println!("[relay]    stopped; pending = {}", outbox.pending_count().await?);
+    println!(
+        "[relay]    stopped; pending = {}",
+        outbox.pending_count().await?
+    );
     Ok(())
 }
 
 /// The candidate-tracking service: domain change + event, one transaction.
 async fn tracking_service(url: String, count: i64) -> outbox::Result<()> {
-    let pool = PgPoolOptions::new().max_connections(4).connect(&url).await?;
-    let outbox = PgOutbox::builder(pool.clone()).schema("outbox_demo").build()?;
+    let pool = PgPoolOptions::new()
+        .max_connections(4)
+        .connect(&url)
+        .await?;
+    let outbox = PgOutbox::builder(pool.clone())
+        .schema("outbox_demo")
+        .build()?;
     for id in 1..=count {
         let mut tx = pool.begin().await?;
         sqlx::query(

@@ -247,7 +247,9 @@ impl NewMessage {
                 )));
             }
             if v.contains('\0') {
-                return Err(Error::InvalidMessage(format!("{field} contains a NUL byte")));
+                return Err(Error::InvalidMessage(format!(
+                    "{field} contains a NUL byte"
+                )));
             }
             Ok(())
         }

@@ -8,16 +8,14 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use outbox::{
-    Enqueued, Error, Event, FnPublisher, InMemoryPublisher, MessageId, NewMessage,
-    OrderingPolicy, OutboxMessage, PgOutbox, PublishError, Relay, RelayHandle, Retention,
-    RetryPolicy, WakeUp,
+    Enqueued, Error, Event, FnPublisher, InMemoryPublisher, MessageId, NewMessage, OrderingPolicy,
+    OutboxMessage, PgOutbox, PublishError, Relay, RelayHandle, Retention, RetryPolicy, WakeUp,
 };
 use serde::Serialize;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{ConnectOptions, Connection, PgPool};
 
-const START_PG: &str =
-    "pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start";
+const START_PG: &str = "pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start";
 
 fn admin_url() -> String {
     std::env::var("OUTBOX_TEST_PG")
@@ -60,9 +58,12 @@ impl TestDb {
         self.pool.close().await;
         let admin: PgConnectOptions = admin_url().parse().unwrap();
         if let Ok(mut conn) = admin.connect().await {
-            let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name))
-                .execute(&mut conn)
-                .await;
+            let _ = sqlx::query(&format!(
+                "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+                self.name
+            ))
+            .execute(&mut conn)
+            .await;
         }
     }
 }
@@ -278,7 +279,10 @@ async fn payload_that_cannot_serialize_is_an_error_before_any_write() {
     let mut map = HashMap::new();
     map.insert((1, 1), 1);
     let mut tx = db.pool.begin().await.unwrap();
-    let err = outbox.publish_event(&mut *tx, &Bad { map }).await.unwrap_err();
+    let err = outbox
+        .publish_event(&mut *tx, &Bad { map })
+        .await
+        .unwrap_err();
     assert!(matches!(err, Error::Serialize(_)), "{err:?}");
     // Invalid messages are typed errors too, and the transaction lives on.
     let err = outbox
@@ -392,7 +396,10 @@ async fn custom_schema_and_prefix_keep_outboxes_apart() {
     .fetch_all(&db.pool)
     .await
     .unwrap();
-    assert!(tables.contains(&"billing_messages".to_owned()), "{tables:?}");
+    assert!(
+        tables.contains(&"billing_messages".to_owned()),
+        "{tables:?}"
+    );
     assert!(tables.contains(&"crm_messages".to_owned()), "{tables:?}");
 
     // The migration sets aggressive per-table autovacuum.
@@ -402,8 +409,14 @@ async fn custom_schema_and_prefix_keep_outboxes_apart() {
     .fetch_all(&db.pool)
     .await
     .unwrap();
-    assert!(opts.contains(&"autovacuum_vacuum_scale_factor=0".to_owned()), "{opts:?}");
-    assert!(opts.contains(&"autovacuum_vacuum_cost_delay=0".to_owned()), "{opts:?}");
+    assert!(
+        opts.contains(&"autovacuum_vacuum_scale_factor=0".to_owned()),
+        "{opts:?}"
+    );
+    assert!(
+        opts.contains(&"autovacuum_vacuum_cost_delay=0".to_owned()),
+        "{opts:?}"
+    );
 
     // A schema newer than this crate is refused.
     sqlx::query("INSERT INTO events.billing_migrations (version) VALUES (999)")
@@ -539,7 +552,11 @@ async fn transient_failures_are_retried_with_exponential_backoff() {
         );
     }
     let got: Vec<_> = published.messages().iter().map(|m| m.id()).collect();
-    assert_eq!(got, vec![ok.id(), later.id()], "key order kept across retries");
+    assert_eq!(
+        got,
+        vec![ok.id(), later.id()],
+        "key order kept across retries"
+    );
     assert_eq!(published.messages()[0].attempt(), 4);
     db.drop().await;
 }
@@ -547,9 +564,21 @@ async fn transient_failures_are_retried_with_exponential_backoff() {
 #[tokio::test]
 async fn permanent_failure_is_dead_lettered_then_replayed() {
     let (db, outbox) = setup().await;
-    let poison = outbox.enqueue(&db.pool, msg("t", "k", 1)).await.unwrap().id();
-    let behind = outbox.enqueue(&db.pool, msg("t", "k", 2)).await.unwrap().id();
-    let other_key = outbox.enqueue(&db.pool, msg("t", "j", 1)).await.unwrap().id();
+    let poison = outbox
+        .enqueue(&db.pool, msg("t", "k", 1))
+        .await
+        .unwrap()
+        .id();
+    let behind = outbox
+        .enqueue(&db.pool, msg("t", "k", 2))
+        .await
+        .unwrap()
+        .id();
+    let other_key = outbox
+        .enqueue(&db.pool, msg("t", "j", 1))
+        .await
+        .unwrap()
+        .id();
 
     let reject = Arc::new(Mutex::new(true));
     let published = InMemoryPublisher::new();
@@ -617,8 +646,16 @@ async fn permanent_failure_is_dead_lettered_then_replayed() {
 #[tokio::test]
 async fn unordered_topic_parks_the_failure_and_the_key_moves_on() {
     let (db, outbox) = setup().await;
-    let poison = outbox.enqueue(&db.pool, msg("metrics", "k", 1)).await.unwrap().id();
-    let behind = outbox.enqueue(&db.pool, msg("metrics", "k", 2)).await.unwrap().id();
+    let poison = outbox
+        .enqueue(&db.pool, msg("metrics", "k", 1))
+        .await
+        .unwrap()
+        .id();
+    let behind = outbox
+        .enqueue(&db.pool, msg("metrics", "k", 2))
+        .await
+        .unwrap()
+        .id();
     let published = InMemoryPublisher::new();
     let p2 = published.clone();
     let publisher = FnPublisher::new(move |m: OutboxMessage| {
@@ -715,7 +752,10 @@ async fn several_relays_never_publish_twice_and_keep_key_order() {
     let mut seen = HashSet::new();
     for m in &got {
         assert!(seen.insert(m.id()), "published twice: {}", m.id());
-        assert!(committed.contains(&m.id()), "from a rolled-back transaction");
+        assert!(
+            committed.contains(&m.id()),
+            "from a rolled-back transaction"
+        );
     }
     assert_eq!(seen.len(), n);
     // Per key, positions (commit order) increase in publish order.
@@ -723,7 +763,10 @@ async fn several_relays_never_publish_twice_and_keep_key_order() {
     for m in &got {
         let k = m.partition_key().unwrap().to_owned();
         let prev = last.insert(k.clone(), m.position());
-        assert!(prev.is_none_or(|p| p < m.position()), "key {k} out of order");
+        assert!(
+            prev.is_none_or(|p| p < m.position()),
+            "key {k} out of order"
+        );
     }
     db.drop().await;
 }
@@ -782,7 +825,10 @@ async fn shutdown_during_a_batch_loses_nothing() {
             }
         })
     };
-    let relay = fast_relay(&outbox, publisher).batch_size(50).spawn().unwrap();
+    let relay = fast_relay(&outbox, publisher)
+        .batch_size(50)
+        .spawn()
+        .unwrap();
     entered.notified().await; // a batch is in flight
     let stopping = tokio::spawn(relay.shutdown());
     tokio::time::sleep(Duration::from_millis(50)).await;
@@ -790,7 +836,10 @@ async fn shutdown_during_a_batch_loses_nothing() {
     gate.add_permits(10_000);
     stopping.await.unwrap().unwrap();
     let first = published.len();
-    assert_eq!(first, 50, "the in-flight batch finished, no new one started");
+    assert_eq!(
+        first, 50,
+        "the in-flight batch finished, no new one started"
+    );
     assert_eq!(pending(&outbox).await, 150, "its acknowledgement committed");
 
     let relay = fast_relay(&outbox, published.clone()).spawn().unwrap();
@@ -827,12 +876,7 @@ async fn commit_wakes_the_relay_without_polling() {
     // Another "process": a second outbox on its own pool, so only the
     // NOTIFY sent after its commit can reach the relay.
     let other_pool = PgPoolOptions::new()
-        .connect_with(
-            db.pool
-                .connect_options()
-                .as_ref()
-                .clone(),
-        )
+        .connect_with(db.pool.connect_options().as_ref().clone())
         .await
         .unwrap();
     let producer = PgOutbox::new(other_pool.clone());
@@ -853,7 +897,10 @@ async fn commit_wakes_the_relay_without_polling() {
         .await
         .unwrap();
     tx.commit().await.unwrap();
-    eventually("woken by NOTIFY in the transaction", || publisher.len() == 4).await;
+    eventually("woken by NOTIFY in the transaction", || {
+        publisher.len() == 4
+    })
+    .await;
     relay.shutdown().await.unwrap();
     other_pool.close().await;
     db.drop().await;

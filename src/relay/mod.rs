@@ -249,7 +249,8 @@ impl RelayBuilder {
         self.validate()?;
         let (stop_tx, stop_rx) = watch::channel(false);
         let (health_tx, health_rx) = watch::channel(Health::starting());
-        let worker = worker::Worker::new(self.store, self.publisher, self.config, stop_rx, health_tx);
+        let worker =
+            worker::Worker::new(self.store, self.publisher, self.config, stop_rx, health_tx);
         let join = tokio::spawn(worker.run());
         Ok(RelayHandle {
             stop: stop_tx,

@@ -136,7 +136,10 @@ mod tests {
         let p = RetryPolicy::new().initial_delay(Duration::from_secs(8));
         for _ in 0..1000 {
             let d = p.jittered_delay(1);
-            assert!(d >= Duration::from_secs(4) && d <= Duration::from_secs(8), "{d:?}");
+            assert!(
+                d >= Duration::from_secs(4) && d <= Duration::from_secs(8),
+                "{d:?}"
+            );
         }
     }
 

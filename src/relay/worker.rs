@@ -280,7 +280,10 @@ impl Worker {
         }
         let target = (self.bucket_count as usize).div_ceil(live.max(1));
         if leases.len() < target {
-            let more = self.store.acquire(relay, target - leases.len(), ttl).await?;
+            let more = self
+                .store
+                .acquire(relay, target - leases.len(), ttl)
+                .await?;
             leases.extend(more);
         } else if leases.len() > target {
             leases.sort_by_key(|l| l.bucket);
@@ -357,7 +360,12 @@ impl Worker {
         let limit = self.config.batch_size as i64;
         let claimed = self
             .store
-            .claim(buckets.as_deref(), self.bucket_count, self.clock.now(), limit)
+            .claim(
+                buckets.as_deref(),
+                self.bucket_count,
+                self.clock.now(),
+                limit,
+            )
             .await?;
         if claimed.is_empty() {
             return Ok(false);

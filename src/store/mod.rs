@@ -9,6 +9,8 @@ pub(crate) mod postgres;
 #[cfg(feature = "sqlite")]
 pub(crate) mod sqlite;
 
+#[cfg(any(feature = "postgres", feature = "sqlite"))]
+use std::collections::HashSet;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -16,6 +18,8 @@ use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
 use crate::error::{Error, Result};
+#[cfg(any(feature = "postgres", feature = "sqlite"))]
+use crate::message::BatchEnqueued;
 use crate::message::{MessageId, OutboxMessage};
 
 /// Longest identifier PostgreSQL keeps without truncating.
@@ -116,6 +120,23 @@ impl TableNames {
     }
 }
 
+/// Splits a batch's ids, in the order given, into those the database
+/// reports as inserted and the rest (already present, or repeated within the
+/// batch: only the first occurrence of an id can be inserted).
+#[cfg(any(feature = "postgres", feature = "sqlite"))]
+pub(crate) fn split_inserted(order: Vec<MessageId>, inserted: Vec<Uuid>) -> BatchEnqueued {
+    let mut fresh: HashSet<Uuid> = inserted.into_iter().collect();
+    let mut out = BatchEnqueued::default();
+    for id in order {
+        if fresh.remove(&id.as_uuid()) {
+            out.inserted.push(id);
+        } else {
+            out.duplicates.push(id);
+        }
+    }
+    out
+}
+
 /// A lease on one virtual partition (bucket) of the key space. The epoch is
 /// the fencing token: it grows each time the bucket changes hands, and every
 /// acknowledgement is checked against it.
@@ -210,8 +231,7 @@ pub(crate) mod sealed {
         /// Records the relay as alive; returns how many relays are alive.
         async fn heartbeat(&self, relay: Uuid, ttl: Duration) -> Result<usize>;
         /// Extends the leases still held with the same epoch; returns them.
-        async fn renew(&self, relay: Uuid, leases: &[Lease], ttl: Duration)
-            -> Result<Vec<Lease>>;
+        async fn renew(&self, relay: Uuid, leases: &[Lease], ttl: Duration) -> Result<Vec<Lease>>;
         /// Takes up to `max` free or expired buckets.
         async fn acquire(&self, relay: Uuid, max: usize, ttl: Duration) -> Result<Vec<Lease>>;
         /// Gives buckets back so another relay can take them at once.

@@ -14,8 +14,8 @@ use uuid::Uuid;
 
 use super::sealed::StoreOps;
 use super::{
-    Ack, AckReport, Claimed, DeadLetter, Disposition, Lease, Store, StoreStats, TableNames,
-    WakeSource,
+    split_inserted, Ack, AckReport, Claimed, DeadLetter, Disposition, Lease, Store, StoreStats,
+    TableNames, WakeSource,
 };
 use crate::error::{Error, Result};
 use crate::event::Event;
@@ -450,8 +450,7 @@ impl PgOutbox {
         if self.inner.wake_up == WakeUp::InTransaction {
             q = q.bind(&self.inner.channel);
         }
-        let seq: Option<i64> = q.fetch_optional(executor)
-            .await?;
+        let seq: Option<i64> = q.fetch_optional(executor).await?;
         Ok(match seq {
             Some(_) => Enqueued::Inserted(id),
             None => Enqueued::Duplicate(id),
@@ -512,8 +511,7 @@ impl PgOutbox {
         if self.inner.wake_up == WakeUp::InTransaction {
             q = q.bind(&self.inner.channel);
         }
-        let inserted: Vec<Uuid> = q.fetch_all(executor)
-            .await?;
+        let inserted: Vec<Uuid> = q.fetch_all(executor).await?;
         Ok(split_inserted(order, inserted))
     }
 
@@ -670,19 +668,6 @@ impl PgOutbox {
             .map(|r| message_from_row(r, "headers_text"))
             .collect()
     }
-}
-
-pub(crate) fn split_inserted(order: Vec<MessageId>, inserted: Vec<Uuid>) -> BatchEnqueued {
-    let mut fresh: HashSet<Uuid> = inserted.into_iter().collect();
-    let mut out = BatchEnqueued::default();
-    for id in order {
-        if fresh.remove(&id.as_uuid()) {
-            out.inserted.push(id);
-        } else {
-            out.duplicates.push(id);
-        }
-    }
-    out
 }
 
 fn message_from_row(r: &PgRow, headers_col: &str) -> Result<OutboxMessage> {
