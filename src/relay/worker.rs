@@ -380,19 +380,6 @@ impl Worker {
             fenced = tracing::field::Empty,
         );
         let acks = self.publish_batch(claimed).instrument(span.clone()).await;
-        let mut published = 0u64;
-        let (mut retried, mut dead) = (0u64, 0u64);
-        for a in &acks {
-            match &a.disposition {
-                Disposition::Published => published += 1,
-                Disposition::Retry { at, .. } => {
-                    retried += 1;
-                    let when = self.clock.instant_of(*at);
-                    self.next_retry = Some(self.next_retry.map_or(when, |r| r.min(when)));
-                }
-                Disposition::Dead { .. } => dead += 1,
-            }
-        }
         let retain = matches!(self.config.retention, Retention::Keep(_));
         let report = self
             .store
@@ -405,6 +392,22 @@ impl Worker {
             )
             .instrument(span.clone())
             .await?;
+        let mut published = 0u64;
+        let (mut retried, mut dead) = (0u64, 0u64);
+        for a in &acks {
+            if report.fenced_buckets.contains(&a.bucket) {
+                continue;
+            }
+            match &a.disposition {
+                Disposition::Published => published += 1,
+                Disposition::Retry { at, .. } => {
+                    retried += 1;
+                    let when = self.clock.instant_of(*at);
+                    self.next_retry = Some(self.next_retry.map_or(when, |r| r.min(when)));
+                }
+                Disposition::Dead { .. } => dead += 1,
+            }
+        }
         span.record("published", published);
         span.record("failed", retried + dead);
         span.record("fenced", report.fenced);
@@ -418,12 +421,11 @@ impl Worker {
             );
             // Find out which leases are gone before the next round.
             self.next_lease_tick = Instant::now();
-        } else {
-            metrics::counter!("outbox_published_total").increment(published);
-            metrics::counter!("outbox_retried_total").increment(retried);
-            metrics::counter!("outbox_dead_lettered_total").increment(dead);
-            self.health.published += published;
         }
+        metrics::counter!("outbox_published_total").increment(published);
+        metrics::counter!("outbox_retried_total").increment(retried);
+        metrics::counter!("outbox_dead_lettered_total").increment(dead);
+        self.health.published += published;
         metrics::counter!("outbox_batches_total").increment(1);
         Ok(full)
     }

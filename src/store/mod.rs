@@ -187,13 +187,15 @@ pub struct Ack {
 }
 
 /// What an acknowledgement did.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 #[allow(unreachable_pub)] // sealed: reachable only through `Store`
 pub struct AckReport {
     /// Acks written.
     pub(crate) applied: usize,
     /// Acks refused because the bucket's lease changed hands (fencing).
     pub(crate) fenced: usize,
+    /// The buckets whose acks were refused.
+    pub(crate) fenced_buckets: Vec<i32>,
 }
 
 /// Numbers the relay turns into gauges.

@@ -262,18 +262,21 @@ impl Sql {
             claim_all: claim(""),
             claim_buckets: claim(&format!("AND {bucket} = ANY($4)")),
             ack_delete: n.render(&format!(
-                "WITH {fence_cte} \
-                 DELETE FROM {{messages}} m USING unnest($4::bigint[], $5::int[]) a(seq, bucket) \
-                 WHERE m.seq = a.seq AND a.bucket IN (SELECT bucket FROM fence) RETURNING m.seq"
+                "WITH {fence_cte}, d AS (\
+                   DELETE FROM {{messages}} m USING unnest($4::bigint[], $5::int[]) a(seq, bucket) \
+                   WHERE m.seq = a.seq AND a.bucket IN (SELECT bucket FROM fence) \
+                   RETURNING m.seq) \
+                 SELECT ARRAY(SELECT bucket FROM fence), (SELECT count(*) FROM d)"
             )),
             ack_retain: n.render(&format!(
                 "WITH {fence_cte}, d AS (\
                    DELETE FROM {{messages}} m USING unnest($4::bigint[], $5::int[]) a(seq, bucket) \
                    WHERE m.seq = a.seq AND a.bucket IN (SELECT bucket FROM fence) \
-                   RETURNING m.*) \
-                 INSERT INTO {{published}} ({COLUMNS}, published_at) \
+                   RETURNING m.*), \
+                 ins AS (INSERT INTO {{published}} ({COLUMNS}, published_at) \
                  SELECT seq, id, topic, partition_key, event_type, schema_version, payload, \
-                        content_type, headers, created_at, attempts + 1, $6 FROM d RETURNING seq"
+                        content_type, headers, created_at, attempts + 1, $6 FROM d RETURNING seq) \
+                 SELECT ARRAY(SELECT bucket FROM fence), (SELECT count(*) FROM ins)"
             )),
             fence: n.render(&format!("WITH {fence_cte} SELECT bucket FROM fence")),
             delete_published: n.render("DELETE FROM {messages} WHERE seq = ANY($1)"),
@@ -549,17 +552,21 @@ impl PgOutbox {
         self.inner.notifier.get_or_init(|| {
             let pool = self.inner.pool.clone();
             let remote = self.inner.remote.clone();
-            let channel = self.inner.channel.clone();
+            // The channel is built from validated identifiers only, so it
+            // is safe as a literal. The NOTIFY's own transaction carries no
+            // data: it need not wait for its commit to reach disk, which
+            // would otherwise cost one more WAL flush per burst of commits.
+            let sql = format!(
+                "BEGIN; SET LOCAL synchronous_commit = off; \
+                 SELECT pg_notify('{}', ''); COMMIT;",
+                self.inner.channel
+            );
             handle.spawn(async move {
                 loop {
                     remote.notified().await;
                     // Bursts of commits collapse into one NOTIFY: while this
                     // one is in flight, further wake-ups leave one permit.
-                    if let Err(e) = sqlx::query("SELECT pg_notify($1, '')")
-                        .bind(&channel)
-                        .execute(&pool)
-                        .await
-                    {
+                    if let Err(e) = sqlx::raw_sql(&sql).execute(&pool).await {
                         tracing::debug!(error = %e, "outbox NOTIFY failed; relays will poll");
                     }
                 }
@@ -861,7 +868,7 @@ impl StoreOps for PgOutbox {
             } else {
                 &self.inner.sql.ack_delete
             };
-            let mut q = sqlx::query_scalar::<_, i64>(sql)
+            let mut q = sqlx::query_as::<_, (Vec<i32>, i64)>(sql)
                 .bind(relay)
                 .bind(lb)
                 .bind(le)
@@ -870,14 +877,21 @@ impl StoreOps for PgOutbox {
             if retain {
                 q = q.bind(now);
             }
-            let done = q.fetch_all(&self.inner.pool).await?;
-            // A fenced ack deletes nothing; a row already gone (deleted by
-            // an operator) is not fencing, but cannot be told apart here and
-            // is counted the same.
-            return Ok(AckReport {
-                applied: done.len(),
-                fenced: acks.len() - done.len(),
-            });
+            let (valid, _written) = q.fetch_one(&self.inner.pool).await?;
+            // Rows already gone (an operator deleted them) are not fencing.
+            let valid: HashSet<i32> = valid.into_iter().collect();
+            let mut report = AckReport::default();
+            for a in acks {
+                if valid.contains(&a.bucket) {
+                    report.applied += 1;
+                } else {
+                    report.fenced += 1;
+                    if !report.fenced_buckets.contains(&a.bucket) {
+                        report.fenced_buckets.push(a.bucket);
+                    }
+                }
+            }
+            return Ok(report);
         }
 
         let mut tx = self.inner.pool.begin().await?;
@@ -898,6 +912,9 @@ impl StoreOps for PgOutbox {
         for a in acks {
             if !valid.contains(&a.bucket) {
                 report.fenced += 1;
+                if !report.fenced_buckets.contains(&a.bucket) {
+                    report.fenced_buckets.push(a.bucket);
+                }
                 continue;
             }
             report.applied += 1;

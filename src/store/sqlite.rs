@@ -805,6 +805,7 @@ impl StoreOps for SqliteOutbox {
             return Ok(AckReport {
                 applied: 0,
                 fenced: acks.len(),
+                fenced_buckets: wanted.into_iter().collect(),
             });
         }
         let relay = relay.as_bytes().to_vec();
@@ -835,6 +836,9 @@ impl StoreOps for SqliteOutbox {
         for a in acks {
             if !valid.contains(&a.bucket) {
                 report.fenced += 1;
+                if !report.fenced_buckets.contains(&a.bucket) {
+                    report.fenced_buckets.push(a.bucket);
+                }
                 continue;
             }
             report.applied += 1;
@@ -1058,7 +1062,8 @@ mod tests {
                 rep,
                 AckReport {
                     applied: 0,
-                    fenced: 2
+                    fenced: 2,
+                    fenced_buckets: vec![0],
                 }
             );
         }
@@ -1084,7 +1089,8 @@ mod tests {
             rep,
             AckReport {
                 applied: 2,
-                fenced: 0
+                fenced: 0,
+                fenced_buckets: vec![],
             }
         );
         assert_eq!(o.pending_count().await.unwrap(), 0);
