@@ -80,6 +80,7 @@ struct Inner {
     signal: Arc<Notify>,
     remote: Arc<Notify>,
     notifier: OnceLock<()>,
+    notify_interval: Duration,
     sql: Sql,
 }
 
@@ -101,9 +102,21 @@ pub struct PgOutboxBuilder {
     prefix: String,
     wake_up: WakeUp,
     commit_order_lock: bool,
+    notify_interval: Duration,
 }
 
 impl PgOutboxBuilder {
+    /// With [`WakeUp::AfterCommit`], the least time between two `NOTIFY`s
+    /// (default 1 ms). Commits inside the interval share the next one, so
+    /// a busy producer sends at most one per interval; a relay that is
+    /// already draining needs none. Zero sends one per commit (still
+    /// coalescing commits that overlap a `NOTIFY` in flight).
+    #[must_use]
+    pub fn notify_interval(mut self, interval: Duration) -> Self {
+        self.notify_interval = interval;
+        self
+    }
+
     /// The schema holding the crate's tables (default `outbox`; created by
     /// [`PgOutbox::migrate`]). Lowercase letters, digits and `_` only.
     #[must_use]
@@ -164,6 +177,7 @@ impl PgOutboxBuilder {
                 signal: Arc::new(Notify::new()),
                 remote: Arc::new(Notify::new()),
                 notifier: OnceLock::new(),
+                notify_interval: self.notify_interval,
                 sql,
             }),
         })
@@ -376,6 +390,7 @@ impl PgOutbox {
             prefix: String::new(),
             wake_up: WakeUp::default(),
             commit_order_lock: true,
+            notify_interval: Duration::from_millis(1),
         }
     }
 
@@ -552,6 +567,7 @@ impl PgOutbox {
         self.inner.notifier.get_or_init(|| {
             let pool = self.inner.pool.clone();
             let remote = self.inner.remote.clone();
+            let interval = self.inner.notify_interval;
             // The channel is built from validated identifiers only, so it
             // is safe as a literal. The NOTIFY's own transaction carries no
             // data: it need not wait for its commit to reach disk, which
@@ -568,6 +584,12 @@ impl PgOutbox {
                     // one is in flight, further wake-ups leave one permit.
                     if let Err(e) = sqlx::raw_sql(&sql).execute(&pool).await {
                         tracing::debug!(error = %e, "outbox NOTIFY failed; relays will poll");
+                    }
+                    // Commits in the next `interval` share one NOTIFY, sent
+                    // when it ends: it bounds the NOTIFY rate, and so its cost
+                    // to the database, under load.
+                    if !interval.is_zero() {
+                        tokio::time::sleep(interval).await;
                     }
                 }
             });
