@@ -459,8 +459,8 @@ fn main() {
     let mut res = Results::default();
     let started = Instant::now();
     // `--only write|drain|latency` runs one part.
-    let only: Option<String> = std::env::args()
-        .find_map(|a| a.strip_prefix("--only=").map(str::to_owned));
+    let only: Option<String> =
+        std::env::args().find_map(|a| a.strip_prefix("--only=").map(str::to_owned));
     let run = |part: &str| only.as_deref().is_none_or(|o| o == part);
     rt.block_on(async {
         if run("write") {

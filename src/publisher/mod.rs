@@ -9,12 +9,14 @@
 //! and [`LogPublisher`] (tracing or stdout).
 
 mod closure;
+mod envelope;
 mod log;
 mod memory;
 
 use async_trait::async_trait;
 
 pub use self::closure::FnPublisher;
+pub use self::envelope::{Envelope, CLOUDEVENTS_JSON};
 pub use self::log::LogPublisher;
 pub use self::memory::InMemoryPublisher;
 use crate::error::PublishError;
