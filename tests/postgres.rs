@@ -12,61 +12,11 @@ use outbox::{
     OutboxMessage, PgOutbox, PublishError, Relay, RelayHandle, Retention, RetryPolicy, WakeUp,
 };
 use serde::Serialize;
-use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
-use sqlx::{ConnectOptions, Connection, PgPool};
+use sqlx::postgres::PgPoolOptions;
 
-const START_PG: &str = "pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start";
+mod support;
 
-fn admin_url() -> String {
-    std::env::var("OUTBOX_TEST_PG")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned())
-}
-
-/// A fresh database for one test.
-struct TestDb {
-    name: String,
-    pool: PgPool,
-}
-
-impl TestDb {
-    async fn new() -> Self {
-        Self::with_options(PgPoolOptions::new().max_connections(20)).await
-    }
-
-    async fn with_options(options: PgPoolOptions) -> Self {
-        let admin: PgConnectOptions = admin_url().parse().expect("OUTBOX_TEST_PG is a URL");
-        let mut conn = admin.connect().await.unwrap_or_else(|e| {
-            panic!(
-                "PostgreSQL is not reachable at {} ({e}). Start it with: {START_PG}",
-                admin_url()
-            )
-        });
-        let name = format!("outbox_test_{}", uuid::Uuid::now_v7().simple());
-        sqlx::query(&format!("CREATE DATABASE {name}"))
-            .execute(&mut conn)
-            .await
-            .expect("create test database");
-        conn.close().await.ok();
-        let pool = options
-            .connect_with(admin.database(&name))
-            .await
-            .expect("connect to test database");
-        Self { name, pool }
-    }
-
-    async fn drop(self) {
-        self.pool.close().await;
-        let admin: PgConnectOptions = admin_url().parse().unwrap();
-        if let Ok(mut conn) = admin.connect().await {
-            let _ = sqlx::query(&format!(
-                "DROP DATABASE IF EXISTS {} WITH (FORCE)",
-                self.name
-            ))
-            .execute(&mut conn)
-            .await;
-        }
-    }
-}
+use support::pg::TestDb;
 
 async fn setup() -> (TestDb, PgOutbox) {
     let db = TestDb::new().await;

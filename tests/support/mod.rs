@@ -1,6 +1,8 @@
 //! Test support shared by the integration tests: a TCP proxy that can cut
 //! a client off from a real service and let it back in, and polling helpers.
-#![allow(dead_code)]
+#![allow(dead_code, unreachable_pub)]
+
+pub mod pg;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
