@@ -60,9 +60,12 @@ impl TestDb {
         self.pool.close().await;
         let admin: PgConnectOptions = admin_url().parse().unwrap();
         if let Ok(mut conn) = admin.connect().await {
-            let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name))
-                .execute(&mut conn)
-                .await;
+            let _ = sqlx::query(&format!(
+                "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+                self.name
+            ))
+            .execute(&mut conn)
+            .await;
         }
     }
 }

@@ -1,0 +1,665 @@
+//! Per-key order in commit order, many relays with fenced leases, and crash
+//! safety, against the real local PostgreSQL (one database per test).
+
+mod support;
+
+use std::collections::{HashMap, HashSet};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering as AtomicOrdering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use outbox::{
+    FnPublisher, MessageId, NewMessage, OutboxMessage, PgOutbox, PublishError, Publisher, Relay,
+    RelayHandle, RetryPolicy,
+};
+use sqlx::postgres::PgPoolOptions;
+use sqlx::PgPool;
+use support::pg::TestDb;
+
+fn fast_retry() -> RetryPolicy {
+    RetryPolicy::new()
+        .initial_delay(Duration::from_millis(10))
+        .max_delay(Duration::from_millis(100))
+        .max_attempts(10_000)
+}
+
+/// What a consumer saw, in arrival order.
+#[derive(Default)]
+struct Received {
+    log: Mutex<Vec<MessageId>>,
+    /// Messages the destination kept although the publisher reported a
+    /// failure: the only ones allowed to arrive twice.
+    ambiguous: Mutex<HashSet<MessageId>>,
+}
+
+/// Fails about 5 % of messages before delivering them and about 1 % after
+/// (the broker kept the message, the confirmation was lost).
+struct ChaosPublisher {
+    received: Arc<Received>,
+    rng: Mutex<fastrand::Rng>,
+}
+
+#[async_trait]
+impl Publisher for ChaosPublisher {
+    async fn publish(&self, batch: &[OutboxMessage]) -> Vec<Result<(), PublishError>> {
+        let mut out = Vec::with_capacity(batch.len());
+        for m in batch {
+            let r = self.rng.lock().unwrap().f64();
+            if r < 0.05 {
+                out.push(Err(PublishError::transient(std::io::Error::other(
+                    "broker busy",
+                ))));
+                continue;
+            }
+            self.received.log.lock().unwrap().push(m.id());
+            if r < 0.06 {
+                self.received.ambiguous.lock().unwrap().insert(m.id());
+                out.push(Err(PublishError::transient(std::io::Error::other(
+                    "confirmation lost",
+                ))));
+            } else {
+                out.push(Ok(()));
+            }
+        }
+        out
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_writers_many_relays_random_failures_keep_commit_order() {
+    let db = TestDb::with_options(PgPoolOptions::new().max_connections(40)).await;
+    let outbox = PgOutbox::new(db.pool.clone());
+    outbox.migrate().await.unwrap();
+    sqlx::raw_sql(
+        "CREATE TABLE key_counters (key text PRIMARY KEY, n bigint NOT NULL);
+         CREATE TABLE key_log (key text NOT NULL, n bigint NOT NULL, msg uuid NOT NULL,
+                               PRIMARY KEY (key, n));
+         INSERT INTO key_counters SELECT 'key-' || g, 0 FROM generate_series(0, 299) g;",
+    )
+    .execute(&db.pool)
+    .await
+    .unwrap();
+
+    let received = Arc::new(Received::default());
+    let relays: Vec<RelayHandle> = (0..4)
+        .map(|i| {
+            Relay::builder(
+                outbox.clone(),
+                ChaosPublisher {
+                    received: received.clone(),
+                    rng: Mutex::new(fastrand::Rng::with_seed(i)),
+                },
+            )
+            .batch_size(50)
+            .poll_interval(Duration::from_millis(20))
+            .lease_ttl(Duration::from_secs(2))
+            .retry(fast_retry())
+            .spawn()
+            .unwrap()
+        })
+        .collect();
+
+    // 16 writers on their own connections. Each transaction writes one to
+    // three keys; half of them enqueue before touching the key's counter
+    // row, so the counter's lock alone does not order them; one in ten
+    // rolls back.
+    let mut writers = Vec::new();
+    for w in 0..16u64 {
+        let pool = db.pool.clone();
+        let outbox = outbox.clone();
+        writers.push(tokio::spawn(async move {
+            let mut rng = fastrand::Rng::with_seed(1000 + w);
+            let (mut committed, mut rolled_back) = (Vec::new(), Vec::new());
+            let mut deadlocks = 0u32;
+            let mut conn = pool.acquire().await.unwrap();
+            for _ in 0..150 {
+                let mut keys: Vec<String> = (0..rng.usize(1..=3))
+                    .map(|_| format!("key-{}", rng.usize(0..300)))
+                    .collect();
+                keys.sort();
+                keys.dedup();
+                let enqueue_first = rng.bool();
+                let rollback = rng.u8(0..10) == 0;
+                let mut ids = Vec::new();
+                let outcome: Result<bool, outbox::Error> = async {
+                    let mut tx = sqlx::Connection::begin(&mut *conn).await?;
+                    for k in &keys {
+                        let m = NewMessage::json("t", &serde_json::json!({ "key": k }))?
+                            .with_partition_key(k.clone());
+                        ids.push((k.clone(), m.id()));
+                        if !enqueue_first {
+                            // Touch the key's row first, enqueue after.
+                            sqlx::query("SELECT n FROM key_counters WHERE key = $1 FOR UPDATE")
+                                .bind(k)
+                                .execute(&mut *tx)
+                                .await?;
+                        }
+                        outbox.enqueue(&mut *tx, m).await?;
+                    }
+                    for (k, id) in &ids {
+                        sqlx::query(
+                            "WITH c AS (UPDATE key_counters SET n = n + 1 WHERE key = $1 \
+                             RETURNING n) INSERT INTO key_log SELECT $1, n, $2 FROM c",
+                        )
+                        .bind(k)
+                        .bind(id.as_uuid())
+                        .execute(&mut *tx)
+                        .await?;
+                    }
+                    if rollback {
+                        tx.rollback().await?;
+                        Ok(false)
+                    } else {
+                        outbox.commit(tx).await?;
+                        Ok(true)
+                    }
+                }
+                .await;
+                let ids = ids.into_iter().map(|(_, id)| id);
+                match outcome {
+                    Ok(true) => committed.extend(ids),
+                    Ok(false) => rolled_back.extend(ids),
+                    // The two code paths take the key's row lock and the
+                    // outbox's key lock in opposite orders, so PostgreSQL
+                    // breaks the odd deadlock by aborting one transaction,
+                    // which then counts as rolled back.
+                    Err(e) if is_deadlock(&e) => {
+                        deadlocks += 1;
+                        rolled_back.extend(ids)
+                    }
+                    Err(e) => panic!("writer failed: {e:?}"),
+                }
+            }
+            let _ = deadlocks;
+            (committed, rolled_back)
+        }));
+    }
+    let (mut committed, mut rolled_back) = (HashSet::new(), HashSet::new());
+    for w in writers {
+        let (c, r) = w.await.unwrap();
+        committed.extend(c);
+        rolled_back.extend(r);
+    }
+    assert!(committed.len() > 3000, "{}", committed.len());
+    assert!(!rolled_back.is_empty());
+
+    let start = Instant::now();
+    loop {
+        let seen: HashSet<MessageId> = received.log.lock().unwrap().iter().copied().collect();
+        if committed.iter().all(|id| seen.contains(id)) {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(120),
+            "not every committed message arrived: {} of {}",
+            committed.iter().filter(|id| seen.contains(id)).count(),
+            committed.len()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    for r in relays {
+        r.shutdown().await.unwrap();
+    }
+
+    let log = received.log.lock().unwrap().clone();
+    let ambiguous = received.ambiguous.lock().unwrap().clone();
+    // Nothing from a rolled-back transaction; nothing unknown.
+    for id in &log {
+        assert!(!rolled_back.contains(id), "{id} was rolled back");
+        assert!(committed.contains(id), "{id} was never committed");
+    }
+    // Duplicates only where the destination kept a message the publisher
+    // reported as failed.
+    let mut count: HashMap<MessageId, usize> = HashMap::new();
+    for id in &log {
+        *count.entry(*id).or_default() += 1;
+    }
+    let dups: Vec<_> = count
+        .iter()
+        .filter(|(_, c)| **c > 1)
+        .map(|(id, _)| *id)
+        .collect();
+    for id in &dups {
+        assert!(ambiguous.contains(id), "{id} duplicated without a failure");
+    }
+    // Per key, first deliveries follow commit order (the counter's order).
+    let commit_order: Vec<(String, i64, uuid::Uuid)> =
+        sqlx::query_as("SELECT key, n, msg FROM key_log ORDER BY key, n")
+            .fetch_all(&db.pool)
+            .await
+            .unwrap();
+    let mut first_delivery: HashMap<MessageId, usize> = HashMap::new();
+    for (i, id) in log.iter().enumerate() {
+        first_delivery.entry(*id).or_insert(i);
+    }
+    let mut violations = 0;
+    let mut last: HashMap<&str, usize> = HashMap::new();
+    for (key, _n, msg) in &commit_order {
+        let at = first_delivery[&MessageId::from_uuid(*msg)];
+        if let Some(prev) = last.insert(key, at) {
+            if prev > at {
+                violations += 1;
+            }
+        }
+    }
+    eprintln!(
+        "{} committed, {} rolled back, {} deliveries, {} duplicates ({} ambiguous failures), {} order violations",
+        committed.len(),
+        rolled_back.len(),
+        log.len(),
+        dups.len(),
+        ambiguous.len(),
+        violations
+    );
+    assert_eq!(violations, 0);
+    assert_eq!(outbox.pending_count().await.unwrap(), 0);
+    db.drop().await;
+}
+
+fn is_deadlock(e: &outbox::Error) -> bool {
+    match e {
+        outbox::Error::Database(sqlx::Error::Database(d)) => d.code().as_deref() == Some("40P01"),
+        _ => false,
+    }
+}
+
+/// Entry point of the relay process used by the crash test: does nothing
+/// unless started by that test with `OUTBOX_CRASH_CHILD_URL` set.
+#[test]
+fn crash_child_relay() {
+    let Ok(url) = std::env::var("OUTBOX_CRASH_CHILD_URL") else {
+        return;
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async move {
+        let pool = PgPoolOptions::new()
+            .max_connections(4)
+            .connect(&url)
+            .await
+            .unwrap();
+        let outbox = PgOutbox::new(pool.clone());
+        let _relay = crash_relay(&outbox, pool, std::process::id() as i32)
+            .spawn()
+            .unwrap();
+        // Runs until killed.
+        std::future::pending::<()>().await;
+    });
+}
+
+/// A relay whose publisher records deliveries in the database, so they
+/// survive the publishing process being killed.
+fn crash_relay(outbox: &PgOutbox, pool: PgPool, relay: i32) -> outbox::RelayBuilder {
+    let publisher = FnPublisherBatch { pool, relay };
+    Relay::builder(outbox.clone(), publisher)
+        .batch_size(200)
+        .poll_interval(Duration::from_millis(50))
+        .lease_ttl(Duration::from_secs(1))
+        .retry(fast_retry())
+}
+
+struct FnPublisherBatch {
+    pool: PgPool,
+    relay: i32,
+}
+
+#[async_trait]
+impl Publisher for FnPublisherBatch {
+    async fn publish(&self, batch: &[OutboxMessage]) -> Vec<Result<(), PublishError>> {
+        let ids: Vec<uuid::Uuid> = batch.iter().map(|m| m.id().as_uuid()).collect();
+        let keys: Vec<String> = batch
+            .iter()
+            .map(|m| m.partition_key().unwrap_or("").to_owned())
+            .collect();
+        let ns: Vec<i64> = batch
+            .iter()
+            .map(|m| {
+                m.payload_json::<serde_json::Value>().unwrap()["n"]
+                    .as_i64()
+                    .unwrap()
+            })
+            .collect();
+        let r = sqlx::query(
+            "INSERT INTO received (id, key, n, relay) \
+             SELECT i, k, n, $4 FROM unnest($1::uuid[], $2::text[], $3::bigint[]) AS u(i, k, n)",
+        )
+        .bind(ids)
+        .bind(keys)
+        .bind(ns)
+        .bind(self.relay)
+        .execute(&self.pool)
+        .await;
+        match r {
+            Ok(_) => batch.iter().map(|_| Ok(())).collect(),
+            Err(e) => {
+                let e = Arc::new(e);
+                batch
+                    .iter()
+                    .map(|_| Err(PublishError::transient(e.to_string())))
+                    .collect()
+            }
+        }
+    }
+}
+
+fn spawn_child(url: &str) -> Child {
+    Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "crash_child_relay",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env("OUTBOX_CRASH_CHILD_URL", url)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start relay process")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relay_processes_killed_at_random_lose_nothing_and_keep_order() {
+    const KEYS: i64 = 500;
+    const TXS: i64 = 500;
+    const PER_TX: i64 = 100;
+    let total = TXS * PER_TX;
+    let db = TestDb::with_options(PgPoolOptions::new().max_connections(30)).await;
+    let outbox = PgOutbox::new(db.pool.clone());
+    outbox.migrate().await.unwrap();
+    sqlx::query(
+        "CREATE TABLE received (seq bigserial PRIMARY KEY, id uuid NOT NULL, key text NOT NULL, \
+         n bigint NOT NULL, relay int NOT NULL)",
+    )
+    .execute(&db.pool)
+    .await
+    .unwrap();
+
+    // Two relays that are never killed.
+    let steady: Vec<RelayHandle> = (0..2)
+        .map(|_| crash_relay(&outbox, db.pool.clone(), 0).spawn().unwrap())
+        .collect();
+
+    // 10 writers; writer w owns the keys k with k % 10 == w, so each key's
+    // commit order is its writer's order, carried in the payload as n.
+    let mut writers = Vec::new();
+    for w in 0..10i64 {
+        let pool = db.pool.clone();
+        let outbox = outbox.clone();
+        writers.push(tokio::spawn(async move {
+            let mut next: HashMap<i64, i64> = HashMap::new();
+            let mut rng = fastrand::Rng::with_seed(w as u64);
+            for _ in 0..TXS / 10 {
+                let batch: Vec<NewMessage> = (0..PER_TX)
+                    .map(|_| {
+                        let k = rng.i64(0..KEYS / 10) * 10 + w;
+                        let n = next.entry(k).or_insert(0);
+                        *n += 1;
+                        NewMessage::json("t", &serde_json::json!({ "n": *n }))
+                            .unwrap()
+                            .with_partition_key(format!("key-{k}"))
+                    })
+                    .collect();
+                let mut tx = pool.begin().await.unwrap();
+                outbox.enqueue_batch(&mut *tx, batch).await.unwrap();
+                outbox.commit(tx).await.unwrap();
+                tokio::time::sleep(Duration::from_millis(rng.u64(0..20))).await;
+            }
+        }));
+    }
+
+    // Kill a relay process at random moments, at least 10 times, while the
+    // writers write and the steady relays keep going.
+    let url = db.url();
+    let mut kills = 0;
+    let mut rng = fastrand::Rng::with_seed(42);
+    let start = Instant::now();
+    loop {
+        let mut child = spawn_child(&url);
+        tokio::time::sleep(Duration::from_millis(rng.u64(200..1200))).await;
+        child.kill().expect("SIGKILL the relay process");
+        child.wait().unwrap();
+        kills += 1;
+        let delivered: i64 = sqlx::query_scalar("SELECT count(DISTINCT id) FROM received")
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
+        if kills >= 10 && delivered >= total {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(300),
+            "only {delivered} of {total} delivered after {kills} kills"
+        );
+    }
+    for w in writers {
+        w.await.unwrap();
+    }
+    loop {
+        let delivered: i64 = sqlx::query_scalar("SELECT count(DISTINCT id) FROM received")
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
+        if delivered >= total {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(400),
+            "lost messages: {delivered} of {total}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for r in steady {
+        r.shutdown().await.unwrap();
+    }
+
+    let rows: Vec<(uuid::Uuid, String, i64, i32)> =
+        sqlx::query_as("SELECT id, key, n, relay FROM received ORDER BY seq")
+            .fetch_all(&db.pool)
+            .await
+            .unwrap();
+    let mut seen = HashSet::new();
+    let mut last_first: HashMap<String, i64> = HashMap::new();
+    let mut violations = 0;
+    let mut by_children = 0;
+    for (id, key, n, relay) in &rows {
+        if *relay != 0 {
+            by_children += 1;
+        }
+        if seen.insert(*id) {
+            let prev = last_first.insert(key.clone(), *n);
+            if prev.is_some_and(|p| p >= *n) {
+                violations += 1;
+            }
+        }
+    }
+    let duplicates = rows.len() - seen.len();
+    eprintln!(
+        "{total} messages, {kills} relay processes killed, {} deliveries ({by_children} by killed processes), {duplicates} duplicates, {violations} order violations",
+        rows.len()
+    );
+    assert_eq!(seen.len() as i64, total, "no loss");
+    assert_eq!(violations, 0, "per-key order");
+    assert!(by_children > 0, "the killed relays took part");
+    assert_eq!(outbox.pending_count().await.unwrap(), 0);
+    db.drop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_relay_is_fenced_and_publishes_nothing_more() {
+    let db = TestDb::new().await;
+    let outbox = PgOutbox::new(db.pool.clone());
+    outbox.migrate().await.unwrap();
+    let ttl = Duration::from_millis(600);
+
+    // Relay A: its first publish stalls (a long GC pause, a frozen VM)
+    // after it checked its lease.
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    let entered = Arc::new(tokio::sync::Notify::new());
+    let a_calls = Arc::new(AtomicUsize::new(0));
+    let log: Arc<Mutex<Vec<(char, MessageId)>>> = Arc::default();
+    let a = {
+        let (gate, entered, a_calls, log) =
+            (gate.clone(), entered.clone(), a_calls.clone(), log.clone());
+        Relay::builder(
+            outbox.clone(),
+            FnPublisher::new(move |m: OutboxMessage| {
+                let (gate, entered, a_calls, log) =
+                    (gate.clone(), entered.clone(), a_calls.clone(), log.clone());
+                async move {
+                    a_calls.fetch_add(1, AtomicOrdering::SeqCst);
+                    entered.notify_one();
+                    gate.acquire().await.unwrap().forget();
+                    log.lock().unwrap().push(('a', m.id()));
+                    Ok(())
+                }
+            }),
+        )
+        .lease_ttl(ttl)
+        .poll_interval(Duration::from_millis(10))
+        .spawn()
+        .unwrap()
+    };
+    support::eventually("A holds every bucket", || a.health().leased_buckets == 64).await;
+    // Three messages of one key: three waves.
+    let ids: Vec<MessageId> = {
+        let batch: Vec<_> = (0..3)
+            .map(|i| {
+                NewMessage::json("t", &i)
+                    .unwrap()
+                    .with_partition_key("candidate-1")
+            })
+            .collect();
+        let ids = batch.iter().map(|m| m.id()).collect();
+        outbox.enqueue_batch(&db.pool, batch).await.unwrap();
+        outbox.wake();
+        ids
+    };
+    entered.notified().await; // A is stuck in its first wave
+
+    // Relay B takes over once A's leases expire, and publishes everything.
+    let b = {
+        let log = log.clone();
+        Relay::builder(
+            outbox.clone(),
+            FnPublisher::new(move |m: OutboxMessage| {
+                let log = log.clone();
+                async move {
+                    log.lock().unwrap().push(('b', m.id()));
+                    Ok(())
+                }
+            }),
+        )
+        .lease_ttl(ttl)
+        .poll_interval(Duration::from_millis(10))
+        .spawn()
+        .unwrap()
+    };
+    support::eventually("B published all three", || {
+        log.lock()
+            .unwrap()
+            .iter()
+            .filter(|(r, _)| *r == 'b')
+            .count()
+            == 3
+    })
+    .await;
+    let b_order: Vec<_> = log.lock().unwrap().iter().map(|(_, id)| *id).collect();
+    assert_eq!(b_order, ids, "B keeps the key's order");
+
+    // A resumes: the call in flight completes (the named duplicate window),
+    // then A must publish nothing more and its acknowledgement is refused.
+    gate.add_permits(100);
+    support::eventually("A back and renewing", || a.health().leased_buckets < 64).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let a_health = a.health();
+    a.shutdown().await.unwrap();
+    b.shutdown().await.unwrap();
+    assert_eq!(
+        a_calls.load(AtomicOrdering::SeqCst),
+        1,
+        "A published nothing after resuming"
+    );
+    assert_eq!(
+        a_health.published, 0,
+        "A's acknowledgement was refused by fencing"
+    );
+    let log = log.lock().unwrap().clone();
+    assert_eq!(log.iter().filter(|(r, _)| *r == 'a').count(), 1);
+    assert_eq!(outbox.pending_count().await.unwrap(), 0);
+    db.drop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relay_reconnects_after_its_connections_are_terminated() {
+    let db = TestDb::new().await;
+    let outbox = PgOutbox::new(db.pool.clone());
+    outbox.migrate().await.unwrap();
+    // The relay gets its own pool, recognisable by application name.
+    let relay_pool = PgPoolOptions::new()
+        .max_connections(4)
+        .connect_with(db.options().application_name("outbox-relay-under-test"))
+        .await
+        .unwrap();
+    let received = Arc::new(Mutex::new(Vec::new()));
+    let relay = {
+        let received = received.clone();
+        Relay::builder(
+            PgOutbox::new(relay_pool.clone()),
+            FnPublisher::new(move |m: OutboxMessage| {
+                let received = received.clone();
+                async move {
+                    received.lock().unwrap().push(m.id());
+                    Ok(())
+                }
+            }),
+        )
+        .poll_interval(Duration::from_millis(20))
+        .spawn()
+        .unwrap()
+    };
+    let mut all = HashSet::new();
+    let mut terminated = 0i64;
+    for round in 0..20 {
+        let batch: Vec<_> = (0..100)
+            .map(|i| {
+                NewMessage::json("t", &(round * 100 + i))
+                    .unwrap()
+                    .with_partition_key(format!("k{}", i % 7))
+            })
+            .collect();
+        all.extend(batch.iter().map(|m| m.id()));
+        outbox.enqueue_batch(&db.pool, batch).await.unwrap();
+        let n: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM (SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+             WHERE application_name = 'outbox-relay-under-test') t",
+        )
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+        terminated += n;
+        tokio::time::sleep(Duration::from_millis(30)).await;
+    }
+    assert!(
+        terminated > 5,
+        "the relay's connections were cut ({terminated})"
+    );
+    support::eventually("everything delivered after reconnecting", || {
+        let got: HashSet<_> = received.lock().unwrap().iter().copied().collect();
+        all.iter().all(|id| got.contains(id))
+    })
+    .await;
+    relay.shutdown().await.unwrap();
+    let got = received.lock().unwrap().clone();
+    eprintln!(
+        "{} messages, {terminated} connections terminated, {} duplicates",
+        all.len(),
+        got.len() - all.len()
+    );
+    assert_eq!(outbox.pending_count().await.unwrap(), 0);
+    relay_pool.close().await;
+    db.drop().await;
+}
