@@ -294,6 +294,7 @@ pub struct OutboxMessage {
     pub(crate) headers: Headers,
     pub(crate) created_at: DateTime<Utc>,
     pub(crate) attempt: i32,
+    pub(crate) key_sequence: Option<i64>,
 }
 
 impl OutboxMessage {
@@ -354,6 +355,20 @@ impl OutboxMessage {
     /// When the message was enqueued (database clock).
     pub fn created_at(&self) -> DateTime<Utc> {
         self.created_at
+    }
+
+    /// The message's number within its partition key: 1, 2, 3, ... in
+    /// commit order, assigned by the relay when it publishes (`None` for a
+    /// message without a key, or when the relay does not number keys).
+    ///
+    /// A consumer that remembers the last number it applied per key sees a
+    /// duplicate as a number not above it and a gap as a number more than
+    /// one above it. A redelivered message carries the same number. Under
+    /// [`OrderingPolicy::Unordered`](crate::OrderingPolicy) a message set
+    /// aside after a failure leaves a gap and arrives later with a higher
+    /// number.
+    pub fn key_sequence(&self) -> Option<i64> {
+        self.key_sequence
     }
 
     /// Which attempt this is, starting at 1. Above 1 the destination may

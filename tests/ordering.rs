@@ -32,6 +32,8 @@ struct Received {
     /// Messages the destination kept although the publisher reported a
     /// failure: the only ones allowed to arrive twice.
     ambiguous: Mutex<HashSet<MessageId>>,
+    /// The per-key number each delivery carried.
+    numbers: Mutex<Vec<(MessageId, i64)>>,
 }
 
 /// Fails about 5 % of messages before delivering them and about 1 % after
@@ -54,6 +56,10 @@ impl Publisher for ChaosPublisher {
                 continue;
             }
             self.received.log.lock().unwrap().push(m.id());
+            self.received.numbers.lock().unwrap().push((
+                m.id(),
+                m.key_sequence().expect("keyed messages are numbered"),
+            ));
             if r < 0.06 {
                 self.received.ambiguous.lock().unwrap().insert(m.id());
                 out.push(Err(PublishError::transient(std::io::Error::other(
@@ -244,6 +250,25 @@ async fn many_writers_many_relays_random_failures_keep_commit_order() {
             }
         }
     }
+    // Per key, the numbers of first deliveries are 1, 2, 3, ... and a
+    // redelivery carries its original number.
+    let numbers = received.numbers.lock().unwrap().clone();
+    let mut number_of: HashMap<MessageId, i64> = HashMap::new();
+    for (id, n) in &numbers {
+        let first = *number_of.entry(*id).or_insert(*n);
+        assert_eq!(first, *n, "{id} redelivered with another number");
+    }
+    let mut per_key: HashMap<&str, Vec<i64>> = HashMap::new();
+    for (key, _n, msg) in &commit_order {
+        per_key
+            .entry(key)
+            .or_default()
+            .push(number_of[&MessageId::from_uuid(*msg)]);
+    }
+    for (key, got) in per_key {
+        let want: Vec<i64> = (1..=got.len() as i64).collect();
+        assert_eq!(got, want, "key {key}: numbers follow commit order, no gap");
+    }
     eprintln!(
         "{} committed, {} rolled back, {} deliveries, {} duplicates ({} ambiguous failures), {} order violations",
         committed.len(),
@@ -323,13 +348,16 @@ impl Publisher for FnPublisherBatch {
                     .unwrap()
             })
             .collect();
+        let numbers: Vec<i64> = batch.iter().map(|m| m.key_sequence().unwrap()).collect();
         let r = sqlx::query(
-            "INSERT INTO received (id, key, n, relay) \
-             SELECT i, k, n, $4 FROM unnest($1::uuid[], $2::text[], $3::bigint[]) AS u(i, k, n)",
+            "INSERT INTO received (id, key, n, ks, relay) \
+             SELECT i, k, n, ks, $5 FROM unnest($1::uuid[], $2::text[], $3::bigint[], $4::bigint[]) \
+             AS u(i, k, n, ks)",
         )
         .bind(ids)
         .bind(keys)
         .bind(ns)
+        .bind(numbers)
         .bind(self.relay)
         .execute(&self.pool)
         .await;
@@ -372,7 +400,7 @@ async fn relay_processes_killed_at_random_lose_nothing_and_keep_order() {
     outbox.migrate().await.unwrap();
     sqlx::query(
         "CREATE TABLE received (seq bigserial PRIMARY KEY, id uuid NOT NULL, key text NOT NULL, \
-         n bigint NOT NULL, relay int NOT NULL)",
+         n bigint NOT NULL, ks bigint NOT NULL, relay int NOT NULL)",
     )
     .execute(&db.pool)
     .await
@@ -456,8 +484,8 @@ async fn relay_processes_killed_at_random_lose_nothing_and_keep_order() {
         r.shutdown().await.unwrap();
     }
 
-    let rows: Vec<(uuid::Uuid, String, i64, i32)> =
-        sqlx::query_as("SELECT id, key, n, relay FROM received ORDER BY seq")
+    let rows: Vec<(uuid::Uuid, String, i64, i64, i32)> =
+        sqlx::query_as("SELECT id, key, n, ks, relay FROM received ORDER BY seq")
             .fetch_all(&db.pool)
             .await
             .unwrap();
@@ -465,10 +493,15 @@ async fn relay_processes_killed_at_random_lose_nothing_and_keep_order() {
     let mut last_first: HashMap<String, i64> = HashMap::new();
     let mut violations = 0;
     let mut by_children = 0;
-    for (id, key, n, relay) in &rows {
+    let mut number_of: HashMap<uuid::Uuid, i64> = HashMap::new();
+    for (id, key, n, ks, relay) in &rows {
         if *relay != 0 {
             by_children += 1;
         }
+        // The writer's own count per key is its commit order; the relay's
+        // per-key number must match it, also on redelivery after a kill.
+        assert_eq!(ks, n, "key {key}: per-key number {ks} for the {n}th commit");
+        assert_eq!(*number_of.entry(*id).or_insert(*ks), *ks);
         if seen.insert(*id) {
             let prev = last_first.insert(key.clone(), *n);
             if prev.is_some_and(|p| p >= *n) {

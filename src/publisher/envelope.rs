@@ -18,7 +18,8 @@ use crate::message::{OutboxMessage, CONTENT_TYPE_JSON};
 /// CloudEvents attributes: `id` = message id, `source` = the configured
 /// source, `type` = event type, `subject` = partition key, `time` =
 /// created_at, `datacontenttype` = content type, and the extensions
-/// `schemaversion` and `sequence` (the outbox position).
+/// `schemaversion`, `sequence` (the outbox position) and `keysequence` (the
+/// per-key sequence number, see [`OutboxMessage::key_sequence`]).
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 #[non_exhaustive]
 pub enum Envelope {
@@ -45,8 +46,9 @@ impl Envelope {
     /// The outbox's own metadata as `(name, value)` pairs, for
     /// [`Envelope::Plain`]: `outbox-id`, `outbox-event-type`,
     /// `outbox-schema-version`, `outbox-partition-key` (if any),
-    /// `outbox-position`, `outbox-created-at` (RFC 3339), followed by the
-    /// message's own headers.
+    /// `outbox-position`, `outbox-key-sequence` (if numbered),
+    /// `outbox-created-at` (RFC 3339), followed by the message's own
+    /// headers.
     pub fn metadata(m: &OutboxMessage) -> Vec<(String, String)> {
         let mut out = vec![
             ("outbox-id".to_owned(), m.id().to_string()),
@@ -60,6 +62,9 @@ impl Envelope {
             out.push(("outbox-partition-key".to_owned(), k.to_owned()));
         }
         out.push(("outbox-position".to_owned(), m.position().to_string()));
+        if let Some(n) = m.key_sequence() {
+            out.push(("outbox-key-sequence".to_owned(), n.to_string()));
+        }
         out.push((
             "outbox-created-at".to_owned(),
             m.created_at().to_rfc3339_opts(SecondsFormat::Micros, true),
@@ -96,6 +101,9 @@ impl Envelope {
         ];
         if let Some(k) = m.partition_key() {
             out.push(("subject", k.to_owned()));
+        }
+        if let Some(n) = m.key_sequence() {
+            out.push(("keysequence", n.to_string()));
         }
         out
     }
@@ -172,6 +180,7 @@ mod tests {
             headers: [("traceparent".to_owned(), "00-1-2-01".to_owned())].into(),
             created_at: chrono::Utc::now(),
             attempt: 1,
+            key_sequence: Some(3),
         }
     }
 

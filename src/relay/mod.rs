@@ -80,6 +80,7 @@ pub(crate) struct RelayConfig {
     pub(crate) retention: Retention,
     pub(crate) stats_interval: Duration,
     pub(crate) purge_batch: i64,
+    pub(crate) key_sequences: bool,
 }
 
 impl RelayConfig {
@@ -120,6 +121,7 @@ impl Relay {
                 retention: Retention::default(),
                 stats_interval: Duration::from_secs(10),
                 purge_batch: 1000,
+                key_sequences: true,
             },
         }
     }
@@ -201,6 +203,16 @@ impl RelayBuilder {
     #[must_use]
     pub fn stats_interval(mut self, d: Duration) -> Self {
         self.config.stats_interval = d;
+        self
+    }
+
+    /// Whether to number each key's messages 1, 2, 3, ... (default on; see
+    /// [`OutboxMessage::key_sequence`](crate::OutboxMessage::key_sequence)).
+    /// Costs one indexed read per batch and one upsert per key published;
+    /// producers pay nothing.
+    #[must_use]
+    pub fn key_sequences(mut self, on: bool) -> Self {
+        self.config.key_sequences = on;
         self
     }
 

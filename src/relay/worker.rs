@@ -379,6 +379,11 @@ impl Worker {
             failed = tracing::field::Empty,
             fenced = tracing::field::Empty,
         );
+        let mut claimed = claimed;
+        if self.config.key_sequences {
+            let store = self.store.clone();
+            number_keys(&*store, &mut claimed).await?;
+        }
         let acks = self.publish_batch(claimed).instrument(span.clone()).await;
         let retain = matches!(self.config.retention, Retention::Keep(_));
         let report = self
@@ -525,10 +530,35 @@ impl Worker {
                     partition_key: m.partition_key.clone(),
                     attempts: m.attempt,
                     retried,
+                    key_sequence: m.key_sequence,
                     disposition,
                 });
             }
         }
         acks
     }
+}
+
+/// Gives each keyed message its per-key sequence number: the last one
+/// published for the key, plus its rank among the key's messages in this
+/// batch. Only the bucket's owner numbers a key, and a number is stored
+/// only with a successful, fenced acknowledgement, so a redelivery gets
+/// the same number and numbers stay dense.
+/// (A free function: the worker holds the listener, which is not `Sync`.)
+async fn number_keys(store: &dyn StoreOps, claimed: &mut [Claimed]) -> Result<()> {
+    let mut keys: Vec<String> = claimed
+        .iter()
+        .filter_map(|c| c.message.partition_key.clone())
+        .collect();
+    keys.sort_unstable();
+    keys.dedup();
+    let mut last = store.key_sequences(&keys).await?;
+    for c in claimed.iter_mut() {
+        if let Some(k) = &c.message.partition_key {
+            let n = last.entry(k.clone()).or_insert(0);
+            *n += 1;
+            c.message.key_sequence = Some(*n);
+        }
+    }
+    Ok(())
 }

@@ -9,6 +9,7 @@ pub(crate) mod postgres;
 #[cfg(feature = "sqlite")]
 pub(crate) mod sqlite;
 
+use std::collections::HashMap;
 #[cfg(any(feature = "postgres", feature = "sqlite"))]
 use std::collections::HashSet;
 use std::time::Duration;
@@ -80,6 +81,7 @@ pub(crate) struct TableNames {
     pub(crate) blocked: String,
     pub(crate) leases: String,
     pub(crate) relays: String,
+    pub(crate) key_sequences: String,
     pub(crate) migrations: String,
 }
 
@@ -102,6 +104,7 @@ impl TableNames {
             blocked: q("blocked_keys"),
             leases: q("leases"),
             relays: q("relays"),
+            key_sequences: q("key_sequences"),
             migrations: q("migrations"),
         })
     }
@@ -116,6 +119,7 @@ impl TableNames {
             .replace("{blocked}", &self.blocked)
             .replace("{leases}", &self.leases)
             .replace("{relays}", &self.relays)
+            .replace("{key_sequences}", &self.key_sequences)
             .replace("{migrations}", &self.migrations)
     }
 }
@@ -183,6 +187,8 @@ pub struct Ack {
     pub(crate) attempts: i32,
     /// True if the message had failed before (it may hold a key block).
     pub(crate) retried: bool,
+    /// The per-key sequence number it was published with, if numbered.
+    pub(crate) key_sequence: Option<i64>,
     pub(crate) disposition: Disposition,
 }
 
@@ -250,6 +256,9 @@ pub(crate) mod sealed {
             now: DateTime<Utc>,
             limit: i64,
         ) -> Result<Vec<Claimed>>;
+        /// The last published per-key sequence number of each key that has
+        /// one.
+        async fn key_sequences(&self, keys: &[String]) -> Result<HashMap<String, i64>>;
         /// Applies acknowledgements, fenced by the leases' epochs.
         async fn ack(
             &self,

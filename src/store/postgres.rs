@@ -1,6 +1,6 @@
 //! PostgreSQL backend.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
@@ -21,7 +21,13 @@ use crate::error::{Error, Result};
 use crate::event::Event;
 use crate::message::{BatchEnqueued, Enqueued, MessageId, NewMessage, OutboxMessage};
 
-const MIGRATIONS: &[(i64, &str)] = &[(1, include_str!("../../migrations/postgres/0001_core.sql"))];
+const MIGRATIONS: &[(i64, &str)] = &[
+    (1, include_str!("../../migrations/postgres/0001_core.sql")),
+    (
+        2,
+        include_str!("../../migrations/postgres/0002_key_sequences.sql"),
+    ),
+];
 
 /// How a commit wakes relays in other processes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -208,6 +214,8 @@ struct Sql {
     delete_published: String,
     move_published: String,
     unblock: String,
+    key_seq_upsert: String,
+    key_seq_read: String,
     retry: String,
     block: String,
     dead: String,
@@ -247,6 +255,12 @@ impl Sql {
                  ORDER BY m.seq LIMIT $3"
             ))
         };
+        let key_seq_cte = "ks AS (INSERT INTO {key_sequences} (partition_key, last_sequence) \
+             SELECT u.k, max(u.n) FROM unnest($6::text[], $7::bigint[], $8::int[]) u(k, n, b) \
+             WHERE u.b IN (SELECT bucket FROM fence) GROUP BY u.k \
+             ON CONFLICT (partition_key) DO UPDATE \
+             SET last_sequence = GREATEST({key_sequences}.last_sequence, excluded.last_sequence), \
+                 updated_at = now())";
         let fence_cte = "fence AS (SELECT l.bucket FROM {leases} l \
              JOIN unnest($2::int[], $3::bigint[]) o(bucket, epoch) \
              ON l.bucket = o.bucket AND l.epoch = o.epoch \
@@ -275,21 +289,23 @@ impl Sql {
             )),
             claim_all: claim(""),
             claim_buckets: claim(&format!("AND {bucket} = ANY($4)")),
+            // $6..$8: key, sequence number, bucket of each numbered message.
             ack_delete: n.render(&format!(
-                "WITH {fence_cte}, d AS (\
+                "WITH {fence_cte}, {key_seq_cte}, d AS (\
                    DELETE FROM {{messages}} m USING unnest($4::bigint[], $5::int[]) a(seq, bucket) \
                    WHERE m.seq = a.seq AND a.bucket IN (SELECT bucket FROM fence) \
                    RETURNING m.seq) \
                  SELECT ARRAY(SELECT bucket FROM fence), (SELECT count(*) FROM d)"
             )),
+            // $9: published_at.
             ack_retain: n.render(&format!(
-                "WITH {fence_cte}, d AS (\
+                "WITH {fence_cte}, {key_seq_cte}, d AS (\
                    DELETE FROM {{messages}} m USING unnest($4::bigint[], $5::int[]) a(seq, bucket) \
                    WHERE m.seq = a.seq AND a.bucket IN (SELECT bucket FROM fence) \
                    RETURNING m.*), \
                  ins AS (INSERT INTO {{published}} ({COLUMNS}, published_at) \
                  SELECT seq, id, topic, partition_key, event_type, schema_version, payload, \
-                        content_type, headers, created_at, attempts + 1, $6 FROM d RETURNING seq) \
+                        content_type, headers, created_at, attempts + 1, $9 FROM d RETURNING seq) \
                  SELECT ARRAY(SELECT bucket FROM fence), (SELECT count(*) FROM ins)"
             )),
             fence: n.render(&format!("WITH {fence_cte} SELECT bucket FROM fence")),
@@ -300,6 +316,18 @@ impl Sql {
                  SELECT seq, id, topic, partition_key, event_type, schema_version, payload, \
                         content_type, headers, created_at, attempts + 1, $2 FROM d"
             )),
+            key_seq_upsert: n.render(
+                "INSERT INTO {key_sequences} (partition_key, last_sequence) \
+                 SELECT u.k, max(u.n) FROM unnest($1::text[], $2::bigint[]) u(k, n) GROUP BY u.k \
+                 ON CONFLICT (partition_key) DO UPDATE \
+                 SET last_sequence = GREATEST({key_sequences}.last_sequence, \
+                                              excluded.last_sequence), \
+                     updated_at = now()",
+            ),
+            key_seq_read: n.render(
+                "SELECT partition_key, last_sequence FROM {key_sequences} \
+                 WHERE partition_key = ANY($1)",
+            ),
             unblock: n.render(
                 "DELETE FROM {blocked} b USING unnest($1::text[], $2::bigint[]) u(k, seq) \
                  WHERE b.partition_key = u.k AND b.seq = u.seq",
@@ -714,6 +742,7 @@ fn message_from_row(r: &PgRow, headers_col: &str) -> Result<OutboxMessage> {
         headers: OutboxMessage::headers_from_json(headers.as_deref()),
         created_at: r.try_get("created_at")?,
         attempt: attempts + 1,
+        key_sequence: None,
     })
 }
 
@@ -890,12 +919,23 @@ impl StoreOps for PgOutbox {
             } else {
                 &self.inner.sql.ack_delete
             };
+            let (mut ks_k, mut ks_n, mut ks_b) = (Vec::new(), Vec::new(), Vec::new());
+            for a in acks {
+                if let (Some(k), Some(n)) = (&a.partition_key, a.key_sequence) {
+                    ks_k.push(k.as_str());
+                    ks_n.push(n);
+                    ks_b.push(a.bucket);
+                }
+            }
             let mut q = sqlx::query_as::<_, (Vec<i32>, i64)>(sql)
                 .bind(relay)
                 .bind(lb)
                 .bind(le)
                 .bind(seqs)
-                .bind(buckets);
+                .bind(buckets)
+                .bind(ks_k)
+                .bind(ks_n)
+                .bind(ks_b);
             if retain {
                 q = q.bind(now);
             }
@@ -926,6 +966,7 @@ impl StoreOps for PgOutbox {
         let valid: HashSet<i32> = valid.into_iter().collect();
         let mut report = AckReport::default();
         let mut published = Vec::new();
+        let (mut ks_k, mut ks_n) = (Vec::new(), Vec::new());
         let (mut unblock_k, mut unblock_s) = (Vec::new(), Vec::new());
         let (mut block_k, mut block_s) = (Vec::new(), Vec::new());
         let (mut r_seq, mut r_att, mut r_at, mut r_err) =
@@ -943,6 +984,10 @@ impl StoreOps for PgOutbox {
             let blocks = match &a.disposition {
                 Disposition::Published => {
                     published.push(a.seq);
+                    if let (Some(k), Some(n)) = (&a.partition_key, a.key_sequence) {
+                        ks_k.push(k.clone());
+                        ks_n.push(n);
+                    }
                     false
                 }
                 Disposition::Retry {
@@ -987,6 +1032,13 @@ impl StoreOps for PgOutbox {
                     .await?;
             }
         }
+        if !ks_k.is_empty() {
+            sqlx::query(&self.inner.sql.key_seq_upsert)
+                .bind(ks_k)
+                .bind(ks_n)
+                .execute(&mut *tx)
+                .await?;
+        }
         if !unblock_k.is_empty() {
             sqlx::query(&self.inner.sql.unblock)
                 .bind(unblock_k)
@@ -1020,6 +1072,17 @@ impl StoreOps for PgOutbox {
         }
         tx.commit().await?;
         Ok(report)
+    }
+
+    async fn key_sequences(&self, keys: &[String]) -> Result<HashMap<String, i64>> {
+        if keys.is_empty() {
+            return Ok(HashMap::new());
+        }
+        let rows: Vec<(String, i64)> = sqlx::query_as(&self.inner.sql.key_seq_read)
+            .bind(keys)
+            .fetch_all(&self.inner.pool)
+            .await?;
+        Ok(rows.into_iter().collect())
     }
 
     async fn purge_published(&self, before: DateTime<Utc>, limit: i64) -> Result<u64> {

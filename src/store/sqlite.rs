@@ -10,7 +10,7 @@
 //! first and writes later can fail with `SQLITE_BUSY` instead of waiting for
 //! the busy timeout.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
@@ -31,7 +31,13 @@ use crate::error::{Error, Result};
 use crate::event::Event;
 use crate::message::{BatchEnqueued, Enqueued, MessageId, NewMessage, OutboxMessage};
 
-const MIGRATIONS: &[(i64, &str)] = &[(1, include_str!("../../migrations/sqlite/0001_core.sql"))];
+const MIGRATIONS: &[(i64, &str)] = &[
+    (1, include_str!("../../migrations/sqlite/0001_core.sql")),
+    (
+        2,
+        include_str!("../../migrations/sqlite/0002_key_sequences.sql"),
+    ),
+];
 
 /// The only bucket: SQLite has one writer, so one relay drains at a time.
 const BUCKET: i32 = 0;
@@ -158,6 +164,8 @@ struct Sql {
     delete_published: String,
     copy_published: String,
     unblock: String,
+    key_seq_read: String,
+    key_seq_upsert: String,
     retry: String,
     copy_dead: String,
     delete_seqs: String,
@@ -203,6 +211,19 @@ impl Sql {
                         content_type, headers, created_at, attempts + 1, ? \
                  FROM {{messages}} WHERE seq IN {seqs}"
             )),
+            key_seq_read: n.render(
+                "SELECT partition_key, last_sequence FROM {key_sequences} \
+                 WHERE partition_key IN (SELECT value FROM json_each(?))",
+            ),
+            // ?1: updated_at, ?2: [[key, number], ...]
+            key_seq_upsert: n.render(
+                "INSERT INTO {key_sequences} (partition_key, last_sequence, updated_at) \
+                 SELECT json_extract(value, '$[0]'), max(json_extract(value, '$[1]')), ? \
+                 FROM json_each(?) WHERE true GROUP BY 1 \
+                 ON CONFLICT (partition_key) DO UPDATE \
+                 SET last_sequence = max({key_sequences}.last_sequence, excluded.last_sequence), \
+                     updated_at = excluded.updated_at",
+            ),
             // [[key, seq], ...]
             unblock: n.render(
                 "DELETE FROM {blocked} WHERE EXISTS (SELECT 1 FROM json_each(?) u \
@@ -628,6 +649,7 @@ fn message_from_row(r: &SqliteRow) -> Result<OutboxMessage> {
         headers: OutboxMessage::headers_from_json(headers.as_deref()),
         created_at: time_from_micros(r.try_get("created_at")?)?,
         attempt: attempts + 1,
+        key_sequence: None,
     })
 }
 
@@ -828,6 +850,7 @@ impl StoreOps for SqliteOutbox {
         }
         let mut report = AckReport::default();
         let mut published = Vec::new();
+        let mut key_seqs = Vec::new();
         let mut unblock = Vec::new();
         let mut block = Vec::new();
         let mut retry = Vec::new();
@@ -845,6 +868,9 @@ impl StoreOps for SqliteOutbox {
             let blocks = match &a.disposition {
                 Disposition::Published => {
                     published.push(a.seq);
+                    if let (Some(k), Some(n)) = (&a.partition_key, a.key_sequence) {
+                        key_seqs.push(serde_json::json!([k, n]));
+                    }
                     false
                 }
                 Disposition::Retry {
@@ -887,6 +913,13 @@ impl StoreOps for SqliteOutbox {
                 .execute(&mut *tx)
                 .await?;
         }
+        if !key_seqs.is_empty() {
+            sqlx::query(&sql.key_seq_upsert)
+                .bind(micros(now))
+                .bind(json(&serde_json::Value::Array(key_seqs)))
+                .execute(&mut *tx)
+                .await?;
+        }
         if !unblock.is_empty() {
             sqlx::query(&sql.unblock)
                 .bind(json(&serde_json::Value::Array(unblock)))
@@ -919,6 +952,17 @@ impl StoreOps for SqliteOutbox {
         }
         tx.commit().await?;
         Ok(report)
+    }
+
+    async fn key_sequences(&self, keys: &[String]) -> Result<HashMap<String, i64>> {
+        if keys.is_empty() {
+            return Ok(HashMap::new());
+        }
+        let rows: Vec<(String, i64)> = sqlx::query_as(&self.inner.sql.key_seq_read)
+            .bind(json(&serde_json::json!(keys)))
+            .fetch_all(&self.inner.pool)
+            .await?;
+        Ok(rows.into_iter().collect())
     }
 
     async fn purge_published(&self, before: DateTime<Utc>, limit: i64) -> Result<u64> {
@@ -991,6 +1035,7 @@ mod tests {
             partition_key: c.message.partition_key.clone(),
             attempts: c.message.attempt,
             retried: c.message.attempt > 1,
+            key_sequence: None,
             disposition,
         }
     }
