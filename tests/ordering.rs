@@ -696,3 +696,51 @@ async fn relay_reconnects_after_its_connections_are_terminated() {
     relay_pool.close().await;
     db.drop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leases_rebalance_when_relays_join_and_leave() {
+    let db = TestDb::new().await;
+    let outbox = PgOutbox::new(db.pool.clone());
+    outbox.migrate().await.unwrap();
+    let relay = |outbox: &PgOutbox| {
+        Relay::builder(outbox.clone(), outbox::InMemoryPublisher::new())
+            .lease_ttl(Duration::from_millis(600))
+            .poll_interval(Duration::from_millis(20))
+            .spawn()
+            .unwrap()
+    };
+    let a = relay(&outbox);
+    support::eventually("A alone takes every bucket", || {
+        a.health().leased_buckets == 64
+    })
+    .await;
+    let b = relay(&outbox);
+    let c = relay(&outbox);
+    support::eventually("three relays share 64 buckets fairly", || {
+        let (x, y, z) = (
+            a.health().leased_buckets,
+            b.health().leased_buckets,
+            c.health().leased_buckets,
+        );
+        x + y + z == 64 && [x, y, z].iter().all(|n| (21..=22).contains(n))
+    })
+    .await;
+    // A clean shutdown hands its buckets over at once; a crash (dropping
+    // the runtime's task without releasing) after the lease expires.
+    b.shutdown().await.unwrap();
+    support::eventually("two relays share the leaver's buckets", || {
+        let (x, z) = (a.health().leased_buckets, c.health().leased_buckets);
+        x == 32 && z == 32
+    })
+    .await;
+    let owners: i64 = sqlx::query_scalar(
+        "SELECT count(DISTINCT owner) FROM outbox.leases WHERE expires_at > now()",
+    )
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(owners, 2);
+    a.shutdown().await.unwrap();
+    c.shutdown().await.unwrap();
+    db.drop().await;
+}
