@@ -62,6 +62,13 @@ pub enum Error {
         /// The newest version this crate knows.
         supported: i64,
     },
+    /// A change-log cursor could not be parsed (it is shown, cut to 200
+    /// characters).
+    #[error("invalid change cursor {0:?}")]
+    InvalidCursor(String),
+    /// A change-log cursor belongs to another backend.
+    #[error("change cursor {0} belongs to another database backend")]
+    CursorBackendMismatch(String),
     /// A dead letter with this id does not exist.
     #[error("no dead letter with id {0}")]
     DeadLetterNotFound(MessageId),

@@ -73,8 +73,10 @@
 
 #![forbid(unsafe_code)]
 
+pub mod change;
 mod error;
 mod event;
+pub mod export;
 mod message;
 pub mod publisher;
 mod relay;

@@ -82,6 +82,8 @@ pub(crate) struct TableNames {
     pub(crate) leases: String,
     pub(crate) relays: String,
     pub(crate) key_sequences: String,
+    pub(crate) changes: String,
+    pub(crate) export_cursors: String,
     pub(crate) migrations: String,
 }
 
@@ -105,6 +107,8 @@ impl TableNames {
             leases: q("leases"),
             relays: q("relays"),
             key_sequences: q("key_sequences"),
+            changes: q("changes"),
+            export_cursors: q("export_cursors"),
             migrations: q("migrations"),
         })
     }
@@ -120,6 +124,8 @@ impl TableNames {
             .replace("{leases}", &self.leases)
             .replace("{relays}", &self.relays)
             .replace("{key_sequences}", &self.key_sequences)
+            .replace("{changes}", &self.changes)
+            .replace("{export_cursors}", &self.export_cursors)
             .replace("{migrations}", &self.migrations)
     }
 }

@@ -27,6 +27,10 @@ const MIGRATIONS: &[(i64, &str)] = &[
         2,
         include_str!("../../migrations/postgres/0002_key_sequences.sql"),
     ),
+    (
+        3,
+        include_str!("../../migrations/postgres/0003_changes.sql"),
+    ),
 ];
 
 /// How a commit wakes relays in other processes.
@@ -188,6 +192,12 @@ impl PgOutboxBuilder {
             }),
         })
     }
+}
+
+/// The advisory-lock class of an outbox's per-key locks: changes of an
+/// entity take the same lock as messages of its partition key.
+pub(crate) fn change_lock_class(names: &TableNames) -> i32 {
+    fnv1a32(names.messages.as_bytes())
 }
 
 fn fnv1a32(bytes: &[u8]) -> i32 {
@@ -425,6 +435,10 @@ impl PgOutbox {
     /// The pool the relay and the administrative methods use.
     pub fn pool(&self) -> &PgPool {
         &self.inner.pool
+    }
+
+    pub(crate) fn names(&self) -> &TableNames {
+        &self.inner.names
     }
 
     /// Creates or upgrades the crate's schema and tables. Safe to run from

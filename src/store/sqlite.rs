@@ -37,6 +37,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
         2,
         include_str!("../../migrations/sqlite/0002_key_sequences.sql"),
     ),
+    (3, include_str!("../../migrations/sqlite/0003_changes.sql")),
 ];
 
 /// The only bucket: SQLite has one writer, so one relay drains at a time.
@@ -339,6 +340,10 @@ impl SqliteOutbox {
     /// The pool the relay and the administrative methods use.
     pub fn pool(&self) -> &SqlitePool {
         &self.inner.pool
+    }
+
+    pub(crate) fn names(&self) -> &TableNames {
+        &self.inner.names
     }
 
     /// Creates or upgrades the crate's tables, in one transaction. Safe to
