@@ -444,6 +444,83 @@ async fn latency(cfg: &Config, rate: f64, res: &mut Results) {
     pool.close().await;
 }
 
+/// Pull throughput: a change log of `rows` changes over 10,000 entities,
+/// read by `changes_since` in pages of 1,000, cursor committed each page.
+async fn bench_export(cfg: &Config, res: &mut Results) {
+    let pool = fresh_db("outbox_bench_export").await;
+    let outbox = PgOutbox::new(pool.clone());
+    outbox.migrate().await.unwrap();
+    let rows = cfg.drain_rows / 2;
+    let chunk = 50_000;
+    let mut done = 0;
+    while done < rows {
+        let n = chunk.min(rows - done);
+        sqlx::query(
+            "INSERT INTO outbox.changes (entity_type, entity_key, kind, data) \
+             SELECT 'candidate', (g % 10000)::text, CASE WHEN g <= 10000 THEN 'insert' ELSE 'update' END, \
+                    jsonb_build_object('status', 'hired', 'n', g) \
+             FROM generate_series($1::bigint + 1, $1::bigint + $2) g",
+        )
+        .bind(done)
+        .bind(n)
+        .execute(&pool)
+        .await
+        .unwrap();
+        done += n;
+    }
+    sqlx::query("VACUUM ANALYZE outbox.changes")
+        .execute(&pool)
+        .await
+        .unwrap();
+    // Raw floor: the same rows read by position in pages of 1,000.
+    let start = Instant::now();
+    let mut last = 0i64;
+    let mut read = 0i64;
+    loop {
+        let page: Vec<(i64, String)> = sqlx::query_as(
+            "SELECT seq, data::text FROM outbox.changes WHERE seq > $1 ORDER BY seq LIMIT 1000",
+        )
+        .bind(last)
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+        if page.is_empty() {
+            break;
+        }
+        read += page.len() as i64;
+        last = page.last().unwrap().0;
+    }
+    let raw = read as f64 / start.elapsed().as_secs_f64();
+    let start = Instant::now();
+    let mut read = 0usize;
+    let mut net = 0usize;
+    loop {
+        let page = outbox.changes_since("bench", 1000).await.unwrap();
+        if page.read() == 0 && !page.has_more() && read >= rows as usize {
+            break;
+        }
+        read += page.read();
+        net += page.changes().len();
+        outbox
+            .commit_cursor("bench", page.next_cursor())
+            .await
+            .unwrap();
+    }
+    let secs = start.elapsed().as_secs_f64();
+    let rate = read as f64 / secs;
+    res.put("export_changes_per_s", rate);
+    res.put("export_raw_rows_per_s", raw);
+    res.put("export_ratio_vs_raw", rate / raw);
+    res.row(
+        format!("export {read} changes, pages of 1000: changes_since / raw paged SELECT"),
+        format!(
+            "{:.2} ({rate:.0} vs {raw:.0} changes/s; {net} net changes after coalescing)",
+            rate / raw
+        ),
+    );
+    pool.close().await;
+}
+
 fn main() {
     let quick = std::env::args().any(|a| a == "--quick");
     let cfg = Config {
@@ -458,7 +535,7 @@ fn main() {
         .unwrap();
     let mut res = Results::default();
     let started = Instant::now();
-    // `--only write|drain|latency` runs one part.
+    // `--only write|drain|export|latency` runs one part.
     let only: Option<String> =
         std::env::args().find_map(|a| a.strip_prefix("--only=").map(str::to_owned));
     let run = |part: &str| only.as_deref().is_none_or(|o| o == part);
@@ -468,6 +545,9 @@ fn main() {
         }
         if run("drain") {
             bench_drain(&cfg, &mut res).await;
+        }
+        if run("export") {
+            bench_export(&cfg, &mut res).await;
         }
         if run("latency") {
             for rate in [10.0, 1000.0, 5000.0] {

@@ -176,22 +176,32 @@ impl PgOutbox {
         };
         // A new generation: everything committed as of now and not as of
         // `done`.
-        let reading = match reading {
-            Some(r) => r.clone(),
+        let (reading, last) = match reading {
+            Some(r) => (r.clone(), *last),
             None => {
-                sqlx::query_scalar("SELECT pg_current_snapshot()::text")
-                    .fetch_one(self.pool())
-                    .await?
+                // Where the generation starts, found once through the txid
+                // index, so that its pages walk positions from there.
+                let (snap, first): (String, Option<i64>) = sqlx::query_as(&self.names().render(
+                    "WITH s AS (SELECT pg_current_snapshot() AS cur) \
+                     SELECT s.cur::text, (SELECT min(seq) FROM {changes} \
+                       WHERE txid >= coalesce(pg_snapshot_xmin($1::text::pg_snapshot), '0'::xid8) \
+                         AND txid < pg_snapshot_xmax(s.cur) \
+                         AND pg_visible_in_snapshot(txid, s.cur) \
+                         AND ($1::text IS NULL \
+                              OR NOT pg_visible_in_snapshot(txid, $1::text::pg_snapshot))) \
+                     FROM s",
+                ))
+                .bind(done.as_deref())
+                .fetch_one(self.pool())
+                .await?;
+                (snap, first.map_or(i64::MAX - 1, |f| f - 1))
             }
         };
-        let last = *last;
         let rows = sqlx::query(&self.names().render(
             "SELECT seq, entity_type, entity_key, kind, data::text AS data, \
                     before::text AS before \
              FROM {changes} \
-             WHERE txid >= coalesce(pg_snapshot_xmin($1::text::pg_snapshot), '0'::xid8) \
-               AND txid < pg_snapshot_xmax($2::text::pg_snapshot) \
-               AND pg_visible_in_snapshot(txid, $2::text::pg_snapshot) \
+             WHERE pg_visible_in_snapshot(txid, $2::text::pg_snapshot) \
                AND ($1::text IS NULL \
                     OR NOT pg_visible_in_snapshot(txid, $1::text::pg_snapshot)) \
                AND seq > $3 \
