@@ -12,7 +12,12 @@
 //! Within a page, the changes of one entity are coalesced into their net
 //! effect: several updates merge into one, an insert followed by updates is
 //! one insert with the final fields, an update followed by a delete is a
-//! delete, and an insert followed by a delete is nothing.
+//! delete, and an insert followed by a delete is a bare tombstone (a delete
+//! with no data). The tombstone is not dropped: a consumer that crashed
+//! after applying part of an earlier read of the same changes (a smaller
+//! page, or a page read before more transactions committed) may hold the
+//! inserted entity; for one that does not, deleting an absent entity does
+//! nothing.
 //!
 //! **No change is skipped.** On PostgreSQL each change row records its
 //! transaction id; a page holds only changes whose transactions were
@@ -234,13 +239,11 @@ impl ChangePage {
 /// can say it in one change.
 enum Net {
     Change(Change),
-    /// Inserted then deleted within the page: nothing to send.
+    /// Placeholder while a slot is being merged.
     Nothing,
 }
 
-/// `fresh`: the run began with an insert, so the consumer did not have
-/// the entity before it.
-fn merge(acc: Net, next: Change, fresh: bool) -> Result<Net, (Net, Change)> {
+fn merge(acc: Net, next: Change) -> Result<Net, (Net, Change)> {
     use ChangeKind::*;
     let cur = match acc {
         Net::Nothing => {
@@ -277,9 +280,15 @@ fn merge(acc: Net, next: Change, fresh: bool) -> Result<Net, (Net, Change)> {
                 before,
             )))
         }
-        (Insert, Delete) if fresh => Ok(Net::Nothing),
-        // Deleted, inserted again, deleted: the consumer's copy must go.
-        (Insert, Delete) => Ok(Net::Change(keep_before(next))),
+        // A tombstone, even if the insert came in this page: see the module
+        // documentation.
+        (Insert, Delete) => Ok(Net::Change(Change::from_parts(
+            next.entity_type().to_owned(),
+            next.key().to_owned(),
+            Delete,
+            None,
+            None,
+        ))),
         (Update, Update) => match (cur.data(), next.data()) {
             (Some(a), Some(b)) => match compose(a, b) {
                 Some(p) => Ok(Net::Change(Change::from_parts(
@@ -307,7 +316,6 @@ fn merge(acc: Net, next: Change, fresh: bool) -> Result<Net, (Net, Change)> {
 pub(crate) fn coalesce(rows: Vec<(i64, Change)>) -> Vec<ExportedChange> {
     struct Slot {
         net: Net,
-        fresh: bool,
         first: i64,
         last: i64,
         merged: usize,
@@ -322,7 +330,7 @@ pub(crate) fn coalesce(rows: Vec<(i64, Change)>) -> Vec<ExportedChange> {
             Some(i) => {
                 let slot = &mut slots[i];
                 let acc = std::mem::replace(&mut slot.net, Net::Nothing);
-                match merge(acc, change, slot.fresh) {
+                match merge(acc, change) {
                     Ok(net) => {
                         slot.net = net;
                         slot.last = pos;
@@ -331,7 +339,6 @@ pub(crate) fn coalesce(rows: Vec<(i64, Change)>) -> Vec<ExportedChange> {
                     Err((acc, next)) => {
                         slot.net = acc;
                         slots.push(Slot {
-                            fresh: next.kind() == ChangeKind::Insert,
                             net: Net::Change(next),
                             first: pos,
                             last: pos,
@@ -343,7 +350,6 @@ pub(crate) fn coalesce(rows: Vec<(i64, Change)>) -> Vec<ExportedChange> {
             }
             None => {
                 slots.push(Slot {
-                    fresh: change.kind() == ChangeKind::Insert,
                     net: Net::Change(change),
                     first: pos,
                     last: pos,
@@ -415,8 +421,11 @@ mod tests {
         let out = coalesce(vec![(2, up1.clone()), (4, del.clone())]);
         assert_eq!(out.len(), 1);
         assert_eq!(out[0].change().kind(), ChangeKind::Delete);
-        // insert then delete = nothing
-        assert!(coalesce(vec![(1, ins.clone()), (2, up1), (4, del.clone())]).is_empty());
+        // insert then delete = a bare tombstone
+        let out = coalesce(vec![(1, ins.clone()), (2, up1), (4, del.clone())]);
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].change().kind(), ChangeKind::Delete);
+        assert_eq!(out[0].change().data(), None);
         // delete then insert = insert (replace)
         let out = coalesce(vec![(4, del), (5, ins)]);
         assert_eq!(out.len(), 1);
@@ -481,6 +490,30 @@ mod tests {
             }
             assert_eq!(replica, truth);
         }
+    }
+
+    #[test]
+    fn a_partial_read_then_a_longer_reread_still_converges() {
+        // The consumer applied the first change, crashed before committing,
+        // and reads again with a larger page.
+        let ins = Change::insert("c", "1", &json!({"a": 1})).unwrap();
+        let del = Change::delete("c", "1");
+        let mut replica = HashMap::new();
+        let first: Vec<Change> = coalesce(vec![(1, ins.clone())])
+            .into_iter()
+            .map(|c| c.into_change())
+            .collect();
+        apply_all(&first, &mut replica);
+        assert_eq!(replica.len(), 1);
+        let again: Vec<Change> = coalesce(vec![(1, ins), (2, del)])
+            .into_iter()
+            .map(|c| c.into_change())
+            .collect();
+        apply_all(&again, &mut replica);
+        assert!(
+            replica.is_empty(),
+            "the tombstone removes what the partial read left"
+        );
     }
 
     #[test]
