@@ -77,6 +77,7 @@ pub mod change;
 mod error;
 mod event;
 pub mod export;
+pub mod inbox;
 mod message;
 pub mod publisher;
 mod relay;
@@ -84,6 +85,11 @@ mod store;
 
 pub use crate::error::{Error, PublishError, PublishErrorKind, Result};
 pub use crate::event::Event;
+pub use crate::inbox::Receipt;
+#[cfg(feature = "postgres")]
+pub use crate::inbox::{PgInbox, PgInboxBuilder};
+#[cfg(feature = "sqlite")]
+pub use crate::inbox::{SqliteInbox, SqliteInboxBuilder};
 pub use crate::message::{
     BatchEnqueued, Enqueued, Headers, MessageId, NewMessage, OutboxMessage, CONTENT_TYPE_BYTES,
     CONTENT_TYPE_JSON, MAX_NAME_LEN,

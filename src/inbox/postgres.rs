@@ -1,0 +1,354 @@
+//! The inbox on PostgreSQL.
+
+use std::fmt;
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use sqlx::postgres::{PgPool, Postgres};
+use sqlx::Executor;
+
+use super::{classify, tracked, validate_batch, validate_consumer, InboxNames, Receipt};
+use crate::error::{Error, Result};
+use crate::message::{MessageId, OutboxMessage};
+
+const MIGRATIONS: &[(i64, &str)] = &[(
+    1,
+    include_str!("../../migrations/inbox_postgres/0001_inbox.sql"),
+)];
+
+/// The idempotent consumer on PostgreSQL: records which messages each
+/// consumer has received, in the consumer's own transaction (see the
+/// [module documentation](crate::inbox)).
+///
+/// Cheap to clone; clones share one pool. Its tables live in the
+/// consumer's database: by default `outbox.inbox_messages`,
+/// `outbox.inbox_keys` and `outbox.inbox_migrations`, which sit next to a
+/// [`PgOutbox`](crate::PgOutbox)'s tables without clashing if both use one
+/// database.
+///
+/// ```no_run
+/// # async fn demo(pool: sqlx::PgPool, message: outbox::OutboxMessage) -> outbox::Result<()> {
+/// use outbox::PgInbox;
+///
+/// let inbox = PgInbox::builder(pool.clone()).schema("payroll").build()?;
+/// inbox.migrate().await?;
+///
+/// let mut tx = pool.begin().await?;
+/// if inbox.receive(&mut *tx, "payroll", &message).await?.is_fresh() {
+///     // ... apply the message's effects with `&mut *tx` ...
+/// }
+/// tx.commit().await?;
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct PgInbox {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    pool: PgPool,
+    names: InboxNames,
+    sql: Sql,
+}
+
+impl fmt::Debug for PgInbox {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PgInbox")
+            .field("messages", &self.inner.names.messages)
+            .field("keys", &self.inner.names.keys)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Configures a [`PgInbox`].
+#[derive(Debug)]
+pub struct PgInboxBuilder {
+    pool: PgPool,
+    schema: String,
+    prefix: String,
+}
+
+impl PgInboxBuilder {
+    /// The schema holding the inbox's tables (default `outbox`; created by
+    /// [`PgInbox::migrate`]). Lowercase letters, digits and `_` only.
+    #[must_use]
+    pub fn schema(mut self, schema: impl Into<String>) -> Self {
+        self.schema = schema.into();
+        self
+    }
+
+    /// A prefix for the table names (default none), for several inboxes in
+    /// one schema. Lowercase letters, digits and `_` only.
+    #[must_use]
+    pub fn table_prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.prefix = prefix.into();
+        self
+    }
+
+    /// Validates the names and builds the inbox. Nothing is sent to the
+    /// database; an invalid schema or prefix is
+    /// [`Error::InvalidIdentifier`].
+    pub fn build(self) -> Result<PgInbox> {
+        let names = InboxNames::new(Some(&self.schema), &self.prefix)?;
+        let sql = Sql::new(&names);
+        Ok(PgInbox {
+            inner: Arc::new(Inner {
+                pool: self.pool,
+                names,
+                sql,
+            }),
+        })
+    }
+}
+
+/// SQL rendered once from the validated table names.
+struct Sql {
+    receive: String,
+    receive_id: String,
+    purge: String,
+    last_sequence: String,
+}
+
+impl Sql {
+    fn new(n: &InboxNames) -> Self {
+        Self {
+            // One round trip. The key's row is upserted only if the id is
+            // new, and advances only to a higher number; its RETURNING
+            // yields the number it replaced (NULL for a new key), or no row
+            // if the number is stale.
+            receive: n.render(
+                "WITH ins AS (\
+                   INSERT INTO {inbox_messages} (consumer, message_id) VALUES ($1, $2) \
+                   ON CONFLICT (consumer, message_id) DO NOTHING RETURNING 1), \
+                 k AS (\
+                   INSERT INTO {inbox_keys} AS k (consumer, partition_key, last_sequence) \
+                   SELECT $1, $3::text, $4::bigint FROM ins \
+                   WHERE $3::text IS NOT NULL AND $4::bigint IS NOT NULL \
+                   ON CONFLICT (consumer, partition_key) DO UPDATE \
+                   SET previous_sequence = k.last_sequence, \
+                       last_sequence = excluded.last_sequence, updated_at = now() \
+                   WHERE k.last_sequence < excluded.last_sequence \
+                   RETURNING k.previous_sequence) \
+                 SELECT EXISTS (SELECT 1 FROM ins), EXISTS (SELECT 1 FROM k), \
+                        (SELECT previous_sequence FROM k)",
+            ),
+            receive_id: n.render(
+                "INSERT INTO {inbox_messages} (consumer, message_id) VALUES ($1, $2) \
+                 ON CONFLICT (consumer, message_id) DO NOTHING RETURNING 1",
+            ),
+            purge: n.render(
+                "DELETE FROM {inbox_messages} WHERE (consumer, message_id) IN (\
+                   SELECT consumer, message_id FROM {inbox_messages} \
+                   WHERE received_at < $1 ORDER BY received_at LIMIT $2)",
+            ),
+            last_sequence: n.render(
+                "SELECT last_sequence FROM {inbox_keys} \
+                 WHERE consumer = $1 AND partition_key = $2",
+            ),
+        }
+    }
+}
+
+/// An FNV-1a hash of the migrations table's name: the advisory lock class
+/// that serializes migrations of one inbox.
+fn lock_class(name: &str) -> i32 {
+    let mut h: u32 = 0x811c_9dc5;
+    for b in name.as_bytes() {
+        h ^= u32::from(*b);
+        h = h.wrapping_mul(0x0100_0193);
+    }
+    h as i32
+}
+
+/// True for the error a concurrent `CREATE SCHEMA IF NOT EXISTS` of the
+/// same schema can raise (PostgreSQL checks for the schema before it
+/// inserts it, without a lock).
+fn is_schema_race(e: &Error) -> bool {
+    match e {
+        Error::Database(sqlx::Error::Database(db)) => {
+            matches!(db.code().as_deref(), Some("23505") | Some("42P06"))
+        }
+        _ => false,
+    }
+}
+
+impl PgInbox {
+    /// An inbox in schema `outbox` with default settings.
+    pub fn new(pool: PgPool) -> Self {
+        Self::builder(pool)
+            .build()
+            .expect("the default names are valid identifiers")
+    }
+
+    /// Configures an inbox.
+    pub fn builder(pool: PgPool) -> PgInboxBuilder {
+        PgInboxBuilder {
+            pool,
+            schema: "outbox".to_owned(),
+            prefix: String::new(),
+        }
+    }
+
+    /// The pool [`migrate`](Self::migrate), [`purge_before`](Self::purge_before)
+    /// and [`last_sequence`](Self::last_sequence) use.
+    pub fn pool(&self) -> &PgPool {
+        &self.inner.pool
+    }
+
+    /// Creates or upgrades the inbox's schema and tables, in one
+    /// transaction. Safe to run from several processes at once (serialized
+    /// by an advisory lock) and on every start. Tables at a newer version
+    /// than this crate knows are [`Error::SchemaTooNew`].
+    pub async fn migrate(&self) -> Result<()> {
+        // A schema created concurrently by someone else (a `PgOutbox`
+        // migrating the same schema, say) fails the first attempt; the
+        // second finds it.
+        let mut attempt = 0;
+        loop {
+            match self.migrate_once().await {
+                Err(e) if attempt < 2 && is_schema_race(&e) => attempt += 1,
+                other => return other,
+            }
+        }
+    }
+
+    async fn migrate_once(&self) -> Result<()> {
+        let n = &self.inner.names;
+        let mut tx = self.inner.pool.begin().await?;
+        sqlx::query("SELECT pg_advisory_xact_lock($1, 0)")
+            .bind(lock_class(&n.migrations))
+            .execute(&mut *tx)
+            .await?;
+        let schema = n.schema().unwrap_or("public");
+        tx.execute(format!("CREATE SCHEMA IF NOT EXISTS \"{schema}\"").as_str())
+            .await?;
+        tx.execute(
+            n.render(
+                "CREATE TABLE IF NOT EXISTS {inbox_migrations} (version bigint PRIMARY KEY, \
+                 applied_at timestamptz NOT NULL DEFAULT now())",
+            )
+            .as_str(),
+        )
+        .await?;
+        let current: Option<i64> =
+            sqlx::query_scalar(&n.render("SELECT max(version) FROM {inbox_migrations}"))
+                .fetch_one(&mut *tx)
+                .await?;
+        let current = current.unwrap_or(0);
+        let supported = MIGRATIONS.last().map_or(0, |m| m.0);
+        if current > supported {
+            return Err(Error::SchemaTooNew {
+                found: current,
+                supported,
+            });
+        }
+        for (version, sql) in MIGRATIONS.iter().filter(|m| m.0 > current) {
+            // A plain string: several statements, no parameters. (Not
+            // `raw_sql`, whose future is not `Send` for every lifetime, which
+            // keeps `migrate` out of `tokio::spawn`.)
+            tx.execute(n.render(sql).as_str()).await?;
+            sqlx::query(&n.render("INSERT INTO {inbox_migrations} (version) VALUES ($1)"))
+                .bind(version)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Records that `consumer` received `message`, with the caller's
+    /// executor: normally `&mut *tx` inside the transaction that applies
+    /// the message's effects. One statement, one round trip.
+    ///
+    /// - [`Receipt::Duplicate`] if this consumer already recorded the id,
+    ///   or if the message's per-key sequence number is not above the last
+    ///   one recorded for its key (a stale redelivery, even with an id that
+    ///   is new here; the id is then recorded too). Skip the effects. No
+    ///   error is raised, so the transaction stays usable.
+    /// - [`Receipt::Gap`] if the number skips ahead of the last one plus
+    ///   one: recorded as fresh; the caller decides.
+    /// - [`Receipt::Fresh`] otherwise.
+    ///
+    /// Messages without a partition key or without a sequence number are
+    /// deduplicated by id alone. Nothing is recorded unless the caller's
+    /// transaction commits.
+    pub async fn receive<'c, E>(
+        &self,
+        executor: E,
+        consumer: &str,
+        message: &OutboxMessage,
+    ) -> Result<Receipt>
+    where
+        E: Executor<'c, Database = Postgres>,
+    {
+        validate_consumer(consumer)?;
+        let key = tracked(message);
+        let (fresh, advanced, previous): (bool, bool, Option<i64>) =
+            sqlx::query_as(&self.inner.sql.receive)
+                .bind(consumer)
+                .bind(message.id().as_uuid())
+                .bind(key.map(|k| k.0))
+                .bind(key.map(|k| k.1))
+                .fetch_one(executor)
+                .await?;
+        Ok(classify(fresh, key.map(|k| k.1), advanced, previous))
+    }
+
+    /// Records that `consumer` received the message `id`, for messages
+    /// from other sources than the relay (no sequence tracking): returns
+    /// [`Receipt::Fresh`] or [`Receipt::Duplicate`], like
+    /// [`receive`](Self::receive).
+    pub async fn receive_id<'c, E>(
+        &self,
+        executor: E,
+        consumer: &str,
+        id: MessageId,
+    ) -> Result<Receipt>
+    where
+        E: Executor<'c, Database = Postgres>,
+    {
+        validate_consumer(consumer)?;
+        let inserted: Option<i32> = sqlx::query_scalar(&self.inner.sql.receive_id)
+            .bind(consumer)
+            .bind(id.as_uuid())
+            .fetch_optional(executor)
+            .await?;
+        Ok(classify(inserted.is_some(), None, false, None))
+    }
+
+    /// Deletes the ids of all consumers received before `before`, at most
+    /// `batch` per statement (each its own transaction), until a statement
+    /// deletes fewer. Returns how many were deleted. Pick `before` beyond
+    /// the longest time the broker may redeliver a message.
+    ///
+    /// The per-key sequence numbers are kept (one row per consumer and
+    /// key): after a keyed message's id is purged, its number still marks
+    /// a redelivery of it as stale. A purged message without a key is fresh
+    /// again if it is redelivered.
+    pub async fn purge_before(&self, before: DateTime<Utc>, batch: i64) -> Result<u64> {
+        validate_batch(batch)?;
+        let mut total = 0;
+        loop {
+            let deleted = sqlx::query(&self.inner.sql.purge)
+                .bind(before)
+                .bind(batch)
+                .execute(&self.inner.pool)
+                .await?
+                .rows_affected();
+            total += deleted;
+            if deleted < batch as u64 {
+                return Ok(total);
+            }
+        }
+    }
+
+    /// The last per-key sequence number `consumer` received for the
+    /// partition key `key` (committed), if any.
+    pub async fn last_sequence(&self, consumer: &str, key: &str) -> Result<Option<i64>> {
+        Ok(sqlx::query_scalar(&self.inner.sql.last_sequence)
+            .bind(consumer)
+            .bind(key)
+            .fetch_optional(&self.inner.pool)
+            .await?)
+    }
+}
