@@ -243,11 +243,19 @@ enum Net {
     Nothing,
 }
 
-fn merge(acc: Net, next: Change) -> Result<Net, (Net, Change)> {
+/// What merging one more change into a run gives.
+enum Merged {
+    /// One net change (or nothing) for the run so far.
+    Into(Net),
+    /// The two cannot be said as one change: keep both, in order.
+    Apart(Net, Change),
+}
+
+fn merge(acc: Net, next: Change) -> Merged {
     use ChangeKind::*;
     let cur = match acc {
         Net::Nothing => {
-            return Ok(match next.kind() {
+            return Merged::Into(match next.kind() {
                 Insert | Update | Delete => Net::Change(next),
             })
         }
@@ -272,7 +280,7 @@ fn merge(acc: Net, next: Change) -> Result<Net, (Net, Change)> {
             if let Some(p) = next.data() {
                 apply_patch(&mut doc, p);
             }
-            Ok(Net::Change(Change::from_parts(
+            Merged::Into(Net::Change(Change::from_parts(
                 cur.entity_type().to_owned(),
                 cur.key().to_owned(),
                 Insert,
@@ -282,7 +290,7 @@ fn merge(acc: Net, next: Change) -> Result<Net, (Net, Change)> {
         }
         // A tombstone, even if the insert came in this page: see the module
         // documentation.
-        (Insert, Delete) => Ok(Net::Change(Change::from_parts(
+        (Insert, Delete) => Merged::Into(Net::Change(Change::from_parts(
             next.entity_type().to_owned(),
             next.key().to_owned(),
             Delete,
@@ -291,23 +299,23 @@ fn merge(acc: Net, next: Change) -> Result<Net, (Net, Change)> {
         ))),
         (Update, Update) => match (cur.data(), next.data()) {
             (Some(a), Some(b)) => match compose(a, b) {
-                Some(p) => Ok(Net::Change(Change::from_parts(
+                Some(p) => Merged::Into(Net::Change(Change::from_parts(
                     cur.entity_type().to_owned(),
                     cur.key().to_owned(),
                     Update,
                     Some(p),
                     before,
                 ))),
-                None => Err((Net::Change(cur), next)),
+                None => Merged::Apart(Net::Change(cur), next),
             },
-            _ => Err((Net::Change(cur), next)),
+            _ => Merged::Apart(Net::Change(cur), next),
         },
-        (Update, Delete) | (Delete, Delete) => Ok(Net::Change(keep_before(next))),
+        (Update, Delete) | (Delete, Delete) => Merged::Into(Net::Change(keep_before(next))),
         (Delete, Insert) | (Update, Insert) | (Insert, Insert) => {
-            Ok(Net::Change(keep_before(next)))
+            Merged::Into(Net::Change(keep_before(next)))
         }
         // A log that updates a deleted entity: keep both, in order.
-        (Delete, Update) => Err((Net::Change(cur), next)),
+        (Delete, Update) => Merged::Apart(Net::Change(cur), next),
     }
 }
 
@@ -331,12 +339,12 @@ pub(crate) fn coalesce(rows: Vec<(i64, Change)>) -> Vec<ExportedChange> {
                 let slot = &mut slots[i];
                 let acc = std::mem::replace(&mut slot.net, Net::Nothing);
                 match merge(acc, change) {
-                    Ok(net) => {
+                    Merged::Into(net) => {
                         slot.net = net;
                         slot.last = pos;
                         slot.merged += 1;
                     }
-                    Err((acc, next)) => {
+                    Merged::Apart(acc, next) => {
                         slot.net = acc;
                         slots.push(Slot {
                             net: Net::Change(next),

@@ -445,6 +445,24 @@ impl PgOutbox {
     /// several processes at once (serialized by an advisory lock) and on
     /// every start.
     pub async fn migrate(&self) -> Result<()> {
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            match self.migrate_once().await {
+                // Another program created the same schema at the same
+                // moment (`CREATE SCHEMA IF NOT EXISTS` is not safe against
+                // that); the next attempt finds it.
+                Err(Error::Database(sqlx::Error::Database(e)))
+                    if attempt < 5 && matches!(e.code().as_deref(), Some("23505" | "42P06")) =>
+                {
+                    continue
+                }
+                other => return other,
+            }
+        }
+    }
+
+    async fn migrate_once(&self) -> Result<()> {
         let n = &self.inner.names;
         let mut tx = self.inner.pool.begin().await?;
         sqlx::query("SELECT pg_advisory_xact_lock($1, 0)")
@@ -475,7 +493,10 @@ impl PgOutbox {
             });
         }
         for (version, sql) in MIGRATIONS.iter().filter(|m| m.0 > current) {
-            sqlx::raw_sql(&n.render(sql)).execute(&mut *tx).await?;
+            // Several statements: `execute` on a string without arguments
+            // uses the simple query protocol (and, unlike `raw_sql`, keeps
+            // the future `Send` inside `tokio::spawn`).
+            tx.execute(n.render(sql).as_str()).await?;
             sqlx::query(&n.render("INSERT INTO {migrations} (version) VALUES ($1)"))
                 .bind(version)
                 .execute(&mut *tx)

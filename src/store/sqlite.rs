@@ -378,7 +378,9 @@ impl SqliteOutbox {
             });
         }
         for (version, sql) in MIGRATIONS.iter().filter(|m| m.0 > current) {
-            sqlx::raw_sql(&n.render(sql)).execute(&mut *tx).await?;
+            // Several statements: `execute` on a string without arguments
+            // runs them all (and, unlike `raw_sql`, keeps the future `Send`).
+            tx.execute(n.render(sql).as_str()).await?;
             sqlx::query(&n.render("INSERT INTO {migrations} (version, applied_at) VALUES (?, ?)"))
                 .bind(version)
                 .bind(micros(Utc::now()))
