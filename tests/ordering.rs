@@ -5,7 +5,6 @@ mod support;
 
 use std::collections::{HashMap, HashSet};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering as AtomicOrdering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -301,6 +300,15 @@ fn crash_child_relay() {
         .enable_all()
         .build()
         .unwrap();
+    // Warnings (fencing, lost leases) go to stderr for the parent to read.
+    let _ = tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter("outbox=warn")
+        .try_init();
+    let delay = std::env::var("OUTBOX_CRASH_CHILD_DELAY_MS")
+        .ok()
+        .and_then(|d| d.parse().ok())
+        .map(Duration::from_millis);
     rt.block_on(async move {
         let pool = PgPoolOptions::new()
             .max_connections(4)
@@ -308,9 +316,11 @@ fn crash_child_relay() {
             .await
             .unwrap();
         let outbox = PgOutbox::new(pool.clone());
-        let _relay = crash_relay(&outbox, pool, std::process::id() as i32)
-            .spawn()
-            .unwrap();
+        let mut relay = crash_relay(&outbox, pool, std::process::id() as i32);
+        if let Some(d) = delay {
+            relay = relay_with_delay(&outbox, d);
+        }
+        let _relay = relay.spawn().unwrap();
         // Runs until killed.
         std::future::pending::<()>().await;
     });
@@ -319,7 +329,11 @@ fn crash_child_relay() {
 /// A relay whose publisher records deliveries in the database, so they
 /// survive the publishing process being killed.
 fn crash_relay(outbox: &PgOutbox, pool: PgPool, relay: i32) -> outbox::RelayBuilder {
-    let publisher = FnPublisherBatch { pool, relay };
+    let publisher = FnPublisherBatch {
+        pool,
+        relay,
+        confirm_after: Duration::ZERO,
+    };
     Relay::builder(outbox.clone(), publisher)
         .batch_size(200)
         .poll_interval(Duration::from_millis(50))
@@ -330,6 +344,22 @@ fn crash_relay(outbox: &PgOutbox, pool: PgPool, relay: i32) -> outbox::RelayBuil
 struct FnPublisherBatch {
     pool: PgPool,
     relay: i32,
+    /// Time spent after delivering, before confirming: the window in which
+    /// the stall test freezes the process.
+    confirm_after: Duration,
+}
+
+fn relay_with_delay(outbox: &PgOutbox, confirm_after: Duration) -> outbox::RelayBuilder {
+    let publisher = FnPublisherBatch {
+        pool: outbox.pool().clone(),
+        relay: std::process::id() as i32,
+        confirm_after,
+    };
+    Relay::builder(outbox.clone(), publisher)
+        .batch_size(1)
+        .poll_interval(Duration::from_millis(20))
+        .lease_ttl(Duration::from_secs(1))
+        .retry(fast_retry())
 }
 
 #[async_trait]
@@ -361,6 +391,9 @@ impl Publisher for FnPublisherBatch {
         .bind(self.relay)
         .execute(&self.pool)
         .await;
+        if !self.confirm_after.is_zero() {
+            tokio::time::sleep(self.confirm_after).await;
+        }
         match r {
             Ok(_) => batch.iter().map(|_| Ok(())).collect(),
             Err(e) => {
@@ -375,18 +408,23 @@ impl Publisher for FnPublisherBatch {
 }
 
 fn spawn_child(url: &str) -> Child {
-    Command::new(std::env::current_exe().unwrap())
-        .args([
-            "--exact",
-            "crash_child_relay",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .env("OUTBOX_CRASH_CHILD_URL", url)
+    child_command(url)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
         .expect("start relay process")
+}
+
+fn child_command(url: &str) -> Command {
+    let mut c = Command::new(std::env::current_exe().unwrap());
+    c.args([
+        "--exact",
+        "crash_child_relay",
+        "--nocapture",
+        "--test-threads=1",
+    ])
+    .env("OUTBOX_CRASH_CHILD_URL", url);
+    c
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -521,107 +559,183 @@ async fn relay_processes_killed_at_random_lose_nothing_and_keep_order() {
     db.drop().await;
 }
 
+fn signal(child: &Child, sig: &str) {
+    let ok = Command::new("kill")
+        .args([sig, &child.id().to_string()])
+        .status()
+        .expect("run kill")
+        .success();
+    assert!(ok, "kill {sig} failed");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_stalled_relay_is_fenced_and_publishes_nothing_more() {
+async fn a_frozen_relay_is_fenced_and_publishes_nothing_after_it_thaws() {
     let db = TestDb::new().await;
     let outbox = PgOutbox::new(db.pool.clone());
     outbox.migrate().await.unwrap();
-    let ttl = Duration::from_millis(600);
+    sqlx::query(
+        "CREATE TABLE received (seq bigserial PRIMARY KEY, id uuid NOT NULL, key text NOT NULL, \
+         n bigint NOT NULL, ks bigint NOT NULL, relay int NOT NULL, at timestamptz NOT NULL DEFAULT clock_timestamp())",
+    )
+    .execute(&db.pool)
+    .await
+    .unwrap();
 
-    // Relay A: its first publish stalls (a long GC pause, a frozen VM)
-    // after it checked its lease.
-    let gate = Arc::new(tokio::sync::Semaphore::new(0));
-    let entered = Arc::new(tokio::sync::Notify::new());
-    let a_calls = Arc::new(AtomicUsize::new(0));
-    let log: Arc<Mutex<Vec<(char, MessageId)>>> = Arc::default();
-    let a = {
-        let (gate, entered, a_calls, log) =
-            (gate.clone(), entered.clone(), a_calls.clone(), log.clone());
-        Relay::builder(
-            outbox.clone(),
-            FnPublisher::new(move |m: OutboxMessage| {
-                let (gate, entered, a_calls, log) =
-                    (gate.clone(), entered.clone(), a_calls.clone(), log.clone());
-                async move {
-                    a_calls.fetch_add(1, AtomicOrdering::SeqCst);
-                    entered.notify_one();
-                    gate.acquire().await.unwrap().forget();
-                    log.lock().unwrap().push(('a', m.id()));
-                    Ok(())
-                }
-            }),
+    // Relay C, a separate process, delivers one message at a time and
+    // takes 400 ms to confirm each.
+    let mut child = child_command(&db.url())
+        .env("OUTBOX_CRASH_CHILD_DELAY_MS", "400")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start relay process");
+    let pid = child.id() as i32;
+    let start = Instant::now();
+    loop {
+        let owned: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM outbox.leases WHERE owner IS NOT NULL AND expires_at > now()",
         )
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+        if owned == 64 {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "relay process never leased"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let batch: Vec<_> = (1..=5)
+        .map(|n| {
+            NewMessage::json("t", &serde_json::json!({ "n": n }))
+                .unwrap()
+                .with_partition_key("candidate-1")
+        })
+        .collect();
+    outbox.enqueue_batch(&db.pool, batch).await.unwrap();
+
+    // Freeze C right after it delivered its first message, before it
+    // confirms (a GC pause, a frozen VM).
+    loop {
+        let by_c: i64 = sqlx::query_scalar("SELECT count(*) FROM received WHERE relay = $1")
+            .bind(pid)
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
+        if by_c > 0 {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "relay process never published"
+        );
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    signal(&child, "-STOP");
+    let frozen_with: i64 = sqlx::query_scalar("SELECT count(*) FROM received WHERE relay = $1")
+        .bind(pid)
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+
+    // Relay B takes over once C's leases expire and publishes everything.
+    let b = crash_relay(&outbox, db.pool.clone(), 0).spawn().unwrap();
+    loop {
+        let by_b: i64 =
+            sqlx::query_scalar("SELECT count(DISTINCT id) FROM received WHERE relay = 0")
+                .fetch_one(&db.pool)
+                .await
+                .unwrap();
+        if by_b == 5 {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "B did not take over"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    // C thaws: its confirmation arrives late, its acknowledgement must be
+    // refused, and it must publish nothing more.
+    signal(&child, "-CONT");
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let after: i64 = sqlx::query_scalar("SELECT count(*) FROM received WHERE relay = $1")
+        .bind(pid)
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    child.kill().unwrap();
+    let output = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    b.shutdown().await.unwrap();
+
+    assert_eq!(
+        after, frozen_with,
+        "the thawed relay published nothing more"
+    );
+    assert!(
+        stderr.contains("acknowledgements refused"),
+        "the thawed relay's acknowledgement was refused by fencing; its log:\n{stderr}"
+    );
+    // B published every message, in order, numbered 1..5.
+    let rows: Vec<(i64, i64)> =
+        sqlx::query_as("SELECT n, ks FROM received WHERE relay = 0 ORDER BY seq")
+            .fetch_all(&db.pool)
+            .await
+            .unwrap();
+    assert_eq!(rows, (1..=5).map(|n| (n, n)).collect::<Vec<_>>());
+    assert_eq!(outbox.pending_count().await.unwrap(), 0);
+    db.drop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_publisher_keeps_its_leases() {
+    // A publish call that takes longer than the lease: the relay renews
+    // while it waits, so no other relay takes the keys and nothing is
+    // published twice.
+    let db = TestDb::new().await;
+    let outbox = PgOutbox::new(db.pool.clone());
+    outbox.migrate().await.unwrap();
+    let log: Arc<Mutex<Vec<MessageId>>> = Arc::default();
+    let slow = |log: Arc<Mutex<Vec<MessageId>>>, pause: Duration| {
+        FnPublisher::new(move |m: OutboxMessage| {
+            let log = log.clone();
+            async move {
+                tokio::time::sleep(pause).await;
+                log.lock().unwrap().push(m.id());
+                Ok(())
+            }
+        })
+    };
+    let ttl = Duration::from_millis(600);
+    let a = Relay::builder(outbox.clone(), slow(log.clone(), ttl * 3))
         .lease_ttl(ttl)
         .poll_interval(Duration::from_millis(10))
         .spawn()
-        .unwrap()
-    };
+        .unwrap();
     support::eventually("A holds every bucket", || a.health().leased_buckets == 64).await;
-    // Three messages of one key: three waves.
+    let b = Relay::builder(outbox.clone(), slow(log.clone(), Duration::ZERO))
+        .lease_ttl(ttl)
+        .poll_interval(Duration::from_millis(10))
+        .spawn()
+        .unwrap();
     let ids: Vec<MessageId> = {
         let batch: Vec<_> = (0..3)
-            .map(|i| {
-                NewMessage::json("t", &i)
-                    .unwrap()
-                    .with_partition_key("candidate-1")
-            })
+            .map(|i| NewMessage::json("t", &i).unwrap().with_partition_key("k"))
             .collect();
         let ids = batch.iter().map(|m| m.id()).collect();
         outbox.enqueue_batch(&db.pool, batch).await.unwrap();
         outbox.wake();
         ids
     };
-    entered.notified().await; // A is stuck in its first wave
-
-    // Relay B takes over once A's leases expire, and publishes everything.
-    let b = {
-        let log = log.clone();
-        Relay::builder(
-            outbox.clone(),
-            FnPublisher::new(move |m: OutboxMessage| {
-                let log = log.clone();
-                async move {
-                    log.lock().unwrap().push(('b', m.id()));
-                    Ok(())
-                }
-            }),
-        )
-        .lease_ttl(ttl)
-        .poll_interval(Duration::from_millis(10))
-        .spawn()
-        .unwrap()
-    };
-    support::eventually("B published all three", || {
-        log.lock()
-            .unwrap()
-            .iter()
-            .filter(|(r, _)| *r == 'b')
-            .count()
-            == 3
-    })
-    .await;
-    let b_order: Vec<_> = log.lock().unwrap().iter().map(|(_, id)| *id).collect();
-    assert_eq!(b_order, ids, "B keeps the key's order");
-
-    // A resumes: the call in flight completes (the named duplicate window),
-    // then A must publish nothing more and its acknowledgement is refused.
-    gate.add_permits(100);
-    support::eventually("A back and renewing", || a.health().leased_buckets < 64).await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let a_health = a.health();
+    support::eventually("all published", || log.lock().unwrap().len() >= 3).await;
+    tokio::time::sleep(ttl).await;
     a.shutdown().await.unwrap();
     b.shutdown().await.unwrap();
-    assert_eq!(
-        a_calls.load(AtomicOrdering::SeqCst),
-        1,
-        "A published nothing after resuming"
-    );
-    assert_eq!(
-        a_health.published, 0,
-        "A's acknowledgement was refused by fencing"
-    );
-    let log = log.lock().unwrap().clone();
-    assert_eq!(log.iter().filter(|(r, _)| *r == 'a').count(), 1);
+    assert_eq!(*log.lock().unwrap(), ids, "once each, in order");
     assert_eq!(outbox.pending_count().await.unwrap(), 0);
     db.drop().await;
 }

@@ -8,7 +8,7 @@ use tokio::time::Instant;
 use tracing::Instrument;
 
 use super::{Health, OrderingPolicy, RelayConfig, RelayState, Retention};
-use crate::error::{error_chain, Result};
+use crate::error::{error_chain, PublishError, Result};
 use crate::message::OutboxMessage;
 use crate::publisher::Publisher;
 use crate::store::sealed::StoreOps;
@@ -435,6 +435,42 @@ impl Worker {
         Ok(full)
     }
 
+    /// Calls the publisher, renewing the leases while it works, so a slow
+    /// destination does not cost the relay its keys. A relay that is truly
+    /// stalled renews nothing, and its leases expire as they should.
+    async fn publish_renewing(&mut self, batch: &[OutboxMessage]) -> Vec<Result<(), PublishError>> {
+        let publisher = self.publisher.clone();
+        let publish = publisher.publish(batch);
+        tokio::pin!(publish);
+        let ttl = self.config.lease_ttl;
+        loop {
+            let renew_at = Instant::now() + ttl / 3;
+            tokio::select! {
+                results = &mut publish => return results,
+                _ = tokio::time::sleep_until(renew_at) => {
+                    let started = Instant::now();
+                    match self.store.renew(self.config.relay_id, &self.leases, ttl).await {
+                        Ok(kept) => {
+                            if kept.len() < self.leases.len() {
+                                tracing::warn!(
+                                    relay = %self.config.relay_id,
+                                    "outbox relay: leases lost while publishing"
+                                );
+                            }
+                            self.leases = kept;
+                            self.lease_deadline = started + ttl.mul_f64(0.8);
+                            self.next_lease_tick = started + ttl / 3;
+                        }
+                        Err(e) => tracing::warn!(
+                            error = %error_chain(&e),
+                            "outbox relay: lease renewal during publish failed"
+                        ),
+                    }
+                }
+            }
+        }
+    }
+
     /// Publishes in waves of at most one message per partition key.
     async fn publish_batch(&mut self, claimed: Vec<Claimed>) -> Vec<Ack> {
         let mut queues: Vec<VecDeque<Claimed>> = Vec::new();
@@ -476,7 +512,7 @@ impl Worker {
                 break;
             }
             let batch: Vec<OutboxMessage> = wave.iter().map(|(_, c)| c.message.clone()).collect();
-            let mut results = self.publisher.publish(&batch).await;
+            let mut results = self.publish_renewing(&batch).await;
             if results.len() != batch.len() {
                 tracing::error!(
                     expected = batch.len(),
