@@ -64,12 +64,25 @@
 //! kept. Each redelivery carries the same [`MessageId`], so consumers that
 //! deduplicate on it apply every message exactly once.
 //!
+//! ## What else is here
+//!
+//! - [`change`]: change events, where an update carries only the changed
+//!   fields (an RFC 7386 merge patch).
+//! - [`export`]: delta exports: a change log read page by page from a
+//!   cursor, coalesced per entity, never skipping a late commit, with a
+//!   snapshot-then-delta start for new consumers.
+//! - [`inbox`]: idempotent consumers that record each message id with
+//!   their effects, and spot gaps through per-key sequence numbers.
+//! - [`publisher`]: the [`Publisher`] trait and the built-in publishers.
+//!
 //! ## Backends and features
 //!
-//! | feature | type | notes |
-//! |---|---|---|
-//! | `postgres` (default) | [`PgOutbox`] | several relays share the work through fenced leases; LISTEN/NOTIFY wake-ups |
-//! | `sqlite` (default) | [`SqliteOutbox`] | embedded; one relay drains at a time |
+//! | feature | what |
+//! |---|---|
+//! | `postgres` (default) | [`PgOutbox`], [`PgInbox`]: several relays share the work through fenced leases; LISTEN/NOTIFY wake-ups |
+//! | `sqlite` (default) | [`SqliteOutbox`], [`SqliteInbox`]: embedded; one relay drains at a time |
+//! | `nats`, `amqp`, `redis`, `kafka`, `http` | publishers for NATS JetStream, RabbitMQ, Redis Streams, Kafka and HTTP webhooks |
+//! | `export-http` | `export::http::router`: the change log over HTTP, for an axum application |
 
 #![forbid(unsafe_code)]
 

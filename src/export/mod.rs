@@ -34,6 +34,8 @@
 //! cursor (`snapshot_cursor`), and continues from it: it sees exactly the
 //! changes its copy did not.
 
+#[cfg(feature = "export-http")]
+pub mod http;
 #[cfg(feature = "postgres")]
 mod postgres;
 #[cfg(feature = "sqlite")]

@@ -1,0 +1,220 @@
+//! The change log over HTTP, for consumers that can only make requests
+//! (feature `export-http`): an [`axum`] router to mount in the producer's
+//! own application.
+//!
+//! | request | answer |
+//! |---|---|
+//! | `GET /changes?consumer=crm&limit=500` | the next page after `crm`'s stored cursor |
+//! | `GET /changes?cursor=<cursor>&limit=500` | the next page after an explicit cursor |
+//! | `PUT /cursors/crm` with `{"cursor": "<next_cursor>"}` | commits `crm`'s cursor (204) |
+//!
+//! A page is JSON: `{"changes": [{"entity_type", "key", "kind", "data",
+//! "before", "first_position", "last_position", "merged"}], "next_cursor":
+//! "...", "has_more": bool}`. The consumer applies the changes, then commits
+//! `next_cursor`; re-reading a page it did not commit is safe. Bad
+//! parameters answer 400 with `{"error": "..."}`, database errors 503.
+//!
+//! ```no_run
+//! # async fn demo(outbox: outbox::PgOutbox) -> std::io::Result<()> {
+//! let app = axum::Router::new().nest("/exports", outbox::export::http::router(outbox));
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:8080").await?;
+//! axum::serve(listener, app).await
+//! # }
+//! ```
+//!
+//! Put it behind the application's own authentication: anyone who can call
+//! it reads every change and moves consumers' cursors.
+
+use async_trait::async_trait;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, put};
+use axum::{Json, Router};
+use serde::{Deserialize, Serialize};
+
+use super::{ChangePage, Cursor};
+use crate::change::ChangeKind;
+use crate::error::{Error, Result};
+
+/// Most changes one request may ask for.
+pub const MAX_LIMIT: i64 = 10_000;
+
+/// A change log that can be served: implemented by
+/// [`PgOutbox`](crate::PgOutbox) and [`SqliteOutbox`](crate::SqliteOutbox).
+#[async_trait]
+pub trait ChangeFeed: Clone + Send + Sync + 'static {
+    /// The page after `cursor`.
+    async fn page_after(&self, cursor: &Cursor, limit: i64) -> Result<ChangePage>;
+    /// The page after `consumer`'s stored cursor.
+    async fn page_for(&self, consumer: &str, limit: i64) -> Result<ChangePage>;
+    /// Stores `consumer`'s cursor.
+    async fn store_cursor(&self, consumer: &str, cursor: &Cursor) -> Result<()>;
+}
+
+macro_rules! feed {
+    ($t:ty) => {
+        #[async_trait]
+        impl ChangeFeed for $t {
+            async fn page_after(&self, cursor: &Cursor, limit: i64) -> Result<ChangePage> {
+                self.changes_after(cursor, limit).await
+            }
+            async fn page_for(&self, consumer: &str, limit: i64) -> Result<ChangePage> {
+                self.changes_since(consumer, limit).await
+            }
+            async fn store_cursor(&self, consumer: &str, cursor: &Cursor) -> Result<()> {
+                self.commit_cursor(consumer, cursor).await
+            }
+        }
+    };
+}
+
+#[cfg(feature = "postgres")]
+feed!(crate::PgOutbox);
+#[cfg(feature = "sqlite")]
+feed!(crate::SqliteOutbox);
+
+/// The router: `GET /changes` and `PUT /cursors/{consumer}`.
+pub fn router<F: ChangeFeed>(feed: F) -> Router {
+    Router::new()
+        .route("/changes", get(changes::<F>))
+        .route("/cursors/{consumer}", put(commit::<F>))
+        .with_state(feed)
+}
+
+#[derive(Debug, Deserialize)]
+struct PageQuery {
+    consumer: Option<String>,
+    cursor: Option<String>,
+    limit: Option<i64>,
+}
+
+#[derive(Debug, Serialize)]
+struct PageBody {
+    changes: Vec<ChangeBody>,
+    next_cursor: String,
+    has_more: bool,
+}
+
+#[derive(Debug, Serialize)]
+struct ChangeBody {
+    entity_type: String,
+    key: String,
+    kind: ChangeKind,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    data: Option<serde_json::Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    before: Option<serde_json::Value>,
+    first_position: i64,
+    last_position: i64,
+    merged: usize,
+}
+
+#[derive(Debug, Deserialize)]
+struct CommitBody {
+    cursor: String,
+}
+
+fn problem(status: StatusCode, message: String) -> Response {
+    (status, Json(serde_json::json!({ "error": message }))).into_response()
+}
+
+fn failure(e: Error) -> Response {
+    match e {
+        Error::InvalidCursor(_) | Error::CursorBackendMismatch(_) | Error::InvalidConfig { .. } => {
+            problem(StatusCode::BAD_REQUEST, e.to_string())
+        }
+        other => {
+            tracing::warn!(error = %crate::error::error_chain(&other), "change export failed");
+            problem(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the change log is unavailable".to_owned(),
+            )
+        }
+    }
+}
+
+/// The answer to give if the consumer name is unusable.
+fn bad_consumer(consumer: &str) -> Option<Response> {
+    (consumer.is_empty() || consumer.len() > 200 || consumer.contains('\0')).then(|| {
+        problem(
+            StatusCode::BAD_REQUEST,
+            "consumer must be 1 to 200 bytes without NUL".to_owned(),
+        )
+    })
+}
+
+async fn changes<F: ChangeFeed>(State(feed): State<F>, Query(q): Query<PageQuery>) -> Response {
+    let limit = q.limit.unwrap_or(500);
+    if !(1..=MAX_LIMIT).contains(&limit) {
+        return problem(
+            StatusCode::BAD_REQUEST,
+            format!("limit must be between 1 and {MAX_LIMIT}"),
+        );
+    }
+    let page = match (&q.cursor, &q.consumer) {
+        (Some(c), _) => match c.parse::<Cursor>() {
+            Ok(cursor) => feed.page_after(&cursor, limit).await,
+            Err(e) => return failure(e),
+        },
+        (None, Some(consumer)) => {
+            if let Some(r) = bad_consumer(consumer) {
+                return r;
+            }
+            feed.page_for(consumer, limit).await
+        }
+        (None, None) => {
+            return problem(
+                StatusCode::BAD_REQUEST,
+                "give a consumer or a cursor".to_owned(),
+            )
+        }
+    };
+    match page {
+        Ok(page) => {
+            let body = PageBody {
+                next_cursor: page.next_cursor().to_string(),
+                has_more: page.has_more(),
+                changes: page
+                    .into_changes()
+                    .into_iter()
+                    .map(|c| {
+                        let (first_position, last_position, merged) =
+                            (c.first_position(), c.last_position(), c.merged());
+                        let change = c.into_change();
+                        ChangeBody {
+                            entity_type: change.entity_type().to_owned(),
+                            key: change.key().to_owned(),
+                            kind: change.kind(),
+                            data: change.data().cloned(),
+                            before: change.before().cloned(),
+                            first_position,
+                            last_position,
+                            merged,
+                        }
+                    })
+                    .collect(),
+            };
+            Json(body).into_response()
+        }
+        Err(e) => failure(e),
+    }
+}
+
+async fn commit<F: ChangeFeed>(
+    State(feed): State<F>,
+    Path(consumer): Path<String>,
+    Json(body): Json<CommitBody>,
+) -> Response {
+    if let Some(r) = bad_consumer(&consumer) {
+        return r;
+    }
+    let cursor = match body.cursor.parse::<Cursor>() {
+        Ok(c) => c,
+        Err(e) => return failure(e),
+    };
+    match feed.store_cursor(&consumer, &cursor).await {
+        Ok(()) => StatusCode::NO_CONTENT.into_response(),
+        Err(e) => failure(e),
+    }
+}
