@@ -28,6 +28,7 @@ struct Config {
     write_secs: f64,
     drain_rows: i64,
     latency_secs: f64,
+    health_secs: f64,
 }
 
 #[derive(Default)]
@@ -82,11 +83,19 @@ const RAW_TABLE: &str = "CREATE TABLE raw_outbox (
     content_type text NOT NULL, headers jsonb, created_at timestamptz NOT NULL DEFAULT now(),
     attempts integer NOT NULL DEFAULT 0, available_at timestamptz, last_error text)";
 
-#[derive(Clone, Copy, PartialEq, Debug)]
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
 enum WriteMode {
+    /// One domain row, commit.
     BusinessOnly,
+    /// Plus one raw-SQL outbox INSERT of the same row shape.
     RawInsert,
+    /// Plus the crate's enqueue, committed with `tx.commit()`.
     Enqueue,
+    /// The same without the per-key commit-order lock.
+    EnqueueNoLock,
+    /// Plus the crate's enqueue, committed with `outbox.commit(tx)` (the
+    /// default wake-up: in-process signal and a coalesced NOTIFY).
+    EnqueueWake,
 }
 
 fn payload(i: u64) -> serde_json::Value {
@@ -144,16 +153,16 @@ async fn write_tps(
                         .unwrap();
                         tx.commit().await.unwrap();
                     }
-                    WriteMode::Enqueue => {
+                    WriteMode::Enqueue | WriteMode::EnqueueNoLock | WriteMode::EnqueueWake => {
                         let m = NewMessage::json("candidates", &payload(i))
                             .unwrap()
                             .with_partition_key(key)
                             .with_event_type("CandidateHired");
                         outbox.enqueue(&mut *tx, m).await.unwrap();
-                        if std::env::var_os("OUTBOX_BENCH_NOWAKE").is_some() {
-                            tx.commit().await.unwrap();
-                        } else {
+                        if mode == WriteMode::EnqueueWake {
                             outbox.commit(tx).await.unwrap();
+                        } else {
+                            tx.commit().await.unwrap();
                         }
                     }
                 }
@@ -177,8 +186,9 @@ async fn write_tps(
 
 async fn bench_writes(cfg: &Config, res: &mut Results) {
     let pool = fresh_db("outbox_bench_write").await;
-    let outbox = PgOutbox::builder(pool.clone())
-        .commit_order_lock(std::env::var_os("OUTBOX_BENCH_NOLOCK").is_none())
+    let outbox = PgOutbox::new(pool.clone());
+    let unlocked = PgOutbox::builder(pool.clone())
+        .commit_order_lock(false)
         .build()
         .unwrap();
     outbox.migrate().await.unwrap();
@@ -193,32 +203,58 @@ async fn bench_writes(cfg: &Config, res: &mut Results) {
             WriteMode::BusinessOnly,
             WriteMode::RawInsert,
             WriteMode::Enqueue,
+            WriteMode::EnqueueNoLock,
+            WriteMode::EnqueueWake,
         ] {
             sqlx::raw_sql("TRUNCATE business; TRUNCATE raw_outbox; TRUNCATE outbox.messages")
                 .execute(&pool)
                 .await
                 .unwrap();
-            let t = write_tps(&pool, &outbox, mode, writers, cfg.write_secs).await;
-            tps.insert(format!("{mode:?}"), t);
+            let o = if mode == WriteMode::EnqueueNoLock {
+                &unlocked
+            } else {
+                &outbox
+            };
+            let t = write_tps(&pool, o, mode, writers, cfg.write_secs).await;
+            tps.insert(mode, t);
         }
-        let business = tps["BusinessOnly"];
-        let raw = tps["RawInsert"];
-        let enq = tps["Enqueue"];
-        res.put(&format!("write_tps_business_{writers}"), business);
-        res.put(&format!("write_tps_raw_{writers}"), raw);
-        res.put(&format!("write_tps_enqueue_{writers}"), enq);
-        res.put(&format!("write_ratio_vs_raw_{writers}"), enq / raw);
+        let business = tps[&WriteMode::BusinessOnly];
+        let raw = tps[&WriteMode::RawInsert];
+        let enq = tps[&WriteMode::Enqueue];
+        let unlocked_tps = tps[&WriteMode::EnqueueNoLock];
+        let woken = tps[&WriteMode::EnqueueWake];
+        let w = writers;
+        res.put(&format!("write_tps_business_{w}"), business);
+        res.put(&format!("write_tps_raw_{w}"), raw);
+        res.put(&format!("write_tps_enqueue_{w}"), enq);
+        res.put(&format!("write_tps_enqueue_nolock_{w}"), unlocked_tps);
+        res.put(&format!("write_tps_enqueue_wake_{w}"), woken);
+        res.put(&format!("write_ratio_vs_raw_{w}"), enq / raw);
         res.put(
-            &format!("write_ratio_vs_business_{writers}"),
+            &format!("write_ratio_nolock_vs_raw_{w}"),
+            unlocked_tps / raw,
+        );
+        res.put(&format!("write_ratio_vs_business_{w}"), woken / business);
+        res.put(
+            &format!("write_ratio_vs_business_nowake_{w}"),
             enq / business,
         );
+        res.put(&format!("write_ratio_raw_vs_business_{w}"), raw / business);
         res.row(
-            format!("write, {writers} writers: enqueue / raw INSERT"),
+            format!("write, {w} writers: enqueue / raw INSERT"),
             format!("{:.2} ({enq:.0} vs {raw:.0} tx/s)", enq / raw),
         );
         res.row(
-            format!("write, {writers} writers: enqueue / business only"),
-            format!("{:.2} ({enq:.0} vs {business:.0} tx/s)", enq / business),
+            format!("write, {w} writers: enqueue without commit-order lock / raw INSERT"),
+            format!("{:.2} ({unlocked_tps:.0} tx/s)", unlocked_tps / raw),
+        );
+        res.row(
+            format!("write, {w} writers: enqueue + default wake-up / business only"),
+            format!("{:.2} ({woken:.0} vs {business:.0} tx/s)", woken / business),
+        );
+        res.row(
+            format!("write, {w} writers: raw INSERT / business only (the pattern's floor)"),
+            format!("{:.2}", raw / business),
         );
     }
     pool.close().await;
@@ -341,25 +377,64 @@ async fn bench_drain(cfg: &Config, res: &mut Results) {
     pool.close().await;
 }
 
+/// Records when each message reached the publisher (wall clock, shared by
+/// every process on the machine).
 #[derive(Default)]
-struct LatencyPublisher {
-    stamps: Mutex<HashMap<outbox::MessageId, Instant>>,
-    samples: Mutex<Vec<f64>>,
+struct StampingPublisher {
+    seen: Mutex<Vec<(outbox::MessageId, u128)>>,
+}
+
+fn now_micros() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_micros()
 }
 
 #[async_trait]
-impl Publisher for LatencyPublisher {
+impl Publisher for StampingPublisher {
     async fn publish(&self, batch: &[OutboxMessage]) -> Vec<Result<(), PublishError>> {
-        let now = Instant::now();
-        let stamps = self.stamps.lock().unwrap();
-        let mut samples = self.samples.lock().unwrap();
-        for m in batch {
-            if let Some(t) = stamps.get(&m.id()) {
-                samples.push(now.duration_since(*t).as_secs_f64() * 1000.0);
-            }
-        }
+        let now = now_micros();
+        self.seen
+            .lock()
+            .unwrap()
+            .extend(batch.iter().map(|m| (m.id(), now)));
         batch.iter().map(|_| Ok(())).collect()
     }
+}
+
+/// The relay process of the latency run: relays until its standard input
+/// closes, then prints `id micros` for every message it published.
+fn relay_child(url: &str) {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let pool = PgPoolOptions::new()
+            .max_connections(4)
+            .connect(url)
+            .await
+            .unwrap();
+        let publisher = Arc::new(StampingPublisher::default());
+        let relay = Relay::builder(PgOutbox::new(pool), publisher.clone())
+            .spawn()
+            .unwrap();
+        println!("ready");
+        tokio::task::spawn_blocking(|| {
+            let mut sink = String::new();
+            let _ = std::io::Read::read_to_string(&mut std::io::stdin(), &mut sink);
+        })
+        .await
+        .unwrap();
+        relay.shutdown().await.unwrap();
+        let mut out = String::new();
+        for (id, t) in publisher.seen.lock().unwrap().iter() {
+            out.push_str(&format!("{id} {t}\n"));
+        }
+        print!("{out}");
+    });
 }
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {
@@ -370,23 +445,29 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[i]
 }
 
-/// Open-loop producer at `rate` events/s; the relay runs on its own pool and
-/// outbox instance, so only the NOTIFY sent after each commit wakes it, as
-/// it would in another process.
+/// Open-loop producer at `rate` events/s in this process; the relay runs
+/// in another process with its own connections, woken only by the NOTIFY
+/// sent after each commit. Latency = publish time - time COMMIT returned,
+/// both from the machine's wall clock.
 async fn latency(cfg: &Config, rate: f64, res: &mut Results) {
     let pool = fresh_db("outbox_bench_latency").await;
     let producer = PgOutbox::new(pool.clone());
     producer.migrate().await.unwrap();
-    let relay_pool = PgPoolOptions::new()
-        .max_connections(4)
-        .connect_with(pool.connect_options().as_ref().clone())
-        .await
-        .unwrap();
-    let relay_outbox = PgOutbox::new(relay_pool.clone());
-    let publisher = Arc::new(LatencyPublisher::default());
-    let relay = Relay::builder(relay_outbox, publisher.clone())
+    let url = {
+        let base = admin_url();
+        let cut = base.rfind('/').unwrap();
+        format!("{}/outbox_bench_latency", &base[..cut])
+    };
+    let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["--relay-child", &url])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
         .spawn()
-        .unwrap();
+        .expect("start the relay process");
+    let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut stdout, &mut line).unwrap();
+    assert_eq!(line.trim(), "ready");
     tokio::time::sleep(Duration::from_millis(500)).await;
 
     let secs = if rate < 100.0 {
@@ -396,14 +477,13 @@ async fn latency(cfg: &Config, rate: f64, res: &mut Results) {
     };
     let total = (rate * secs) as u64;
     let interval = Duration::from_secs_f64(1.0 / rate);
+    let stamps: Arc<Mutex<HashMap<outbox::MessageId, u128>>> = Arc::default();
     let start = Instant::now();
     let mut tasks = Vec::new();
     for i in 0..total {
         let due = start + interval.mul_f64(i as f64);
         tokio::time::sleep_until(due.into()).await;
-        let pool = pool.clone();
-        let producer = producer.clone();
-        let publisher = publisher.clone();
+        let (pool, producer, stamps) = (pool.clone(), producer.clone(), stamps.clone());
         tasks.push(tokio::spawn(async move {
             let m = NewMessage::json("candidates", &payload(i))
                 .unwrap()
@@ -411,20 +491,31 @@ async fn latency(cfg: &Config, rate: f64, res: &mut Results) {
             let id = m.id();
             let mut tx = pool.begin().await.unwrap();
             producer.enqueue(&mut *tx, m).await.unwrap();
-            tx.commit().await.unwrap();
-            publisher.stamps.lock().unwrap().insert(id, Instant::now());
-            producer.wake();
+            producer.commit(tx).await.unwrap();
+            stamps.lock().unwrap().insert(id, now_micros());
         }));
     }
     for t in tasks {
         t.await.unwrap();
     }
     let deadline = Instant::now() + Duration::from_secs(10);
-    while publisher.samples.lock().unwrap().len() < total as usize && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(5)).await;
+    while producer.pending_count().await.unwrap() > 0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    relay.shutdown().await.unwrap();
-    let mut s = publisher.samples.lock().unwrap().clone();
+    drop(child.stdin.take()); // the relay stops and reports
+    let mut reported = String::new();
+    std::io::Read::read_to_string(&mut stdout, &mut reported).unwrap();
+    child.wait().unwrap();
+    let stamps = stamps.lock().unwrap().clone();
+    let mut s: Vec<f64> = reported
+        .lines()
+        .filter_map(|l| {
+            let (id, t) = l.split_once(' ')?;
+            let committed = stamps.get(&id.parse().ok()?)?;
+            let t: u128 = t.parse().ok()?;
+            Some(t.saturating_sub(*committed) as f64 / 1000.0)
+        })
+        .collect();
     s.sort_by(|a, b| a.partial_cmp(b).unwrap());
     let (p50, p99, max) = (
         percentile(&s, 0.5),
@@ -437,10 +528,108 @@ async fn latency(cfg: &Config, rate: f64, res: &mut Results) {
     res.put(&format!("latency_max_ms_{r}"), max);
     res.put(&format!("latency_samples_{r}"), s.len() as f64);
     res.row(
-        format!("commit-to-publish at {r} events/s (p50 / p99 / max)"),
-        format!("{p50:.2} / {p99:.2} / {max:.2} ms ({} samples)", s.len()),
+        format!("commit-to-publish at {r} events/s, relay in another process (p50 / p99 / max)"),
+        format!(
+            "{p50:.2} / {p99:.2} / {max:.2} ms ({} of {total} samples)",
+            s.len()
+        ),
     );
-    relay_pool.close().await;
+    pool.close().await;
+}
+
+/// Records when each publish call happened.
+#[derive(Default)]
+struct RoundClock {
+    calls: Mutex<Vec<(Instant, usize)>>,
+}
+
+#[async_trait]
+impl Publisher for RoundClock {
+    async fn publish(&self, batch: &[OutboxMessage]) -> Vec<Result<(), PublishError>> {
+        self.calls
+            .lock()
+            .unwrap()
+            .push((Instant::now(), batch.len()));
+        batch.iter().map(|_| Ok(())).collect()
+    }
+}
+
+/// A backlog plus a steady load: how the table and the claim time hold up.
+async fn table_health(cfg: &Config, res: &mut Results) {
+    let pool = fresh_db("outbox_bench_health").await;
+    let outbox = PgOutbox::new(pool.clone());
+    outbox.migrate().await.unwrap();
+    let backlog = cfg.drain_rows;
+    fill(&pool, "outbox.messages", backlog, 10_000).await;
+    let clock = Arc::new(RoundClock::default());
+    let relay = Relay::builder(outbox.clone(), clock.clone())
+        .batch_size(1000)
+        .spawn()
+        .unwrap();
+    let rate = 1000.0;
+    let secs = cfg.health_secs;
+    let start = Instant::now();
+    let interval = Duration::from_secs_f64(1.0 / rate);
+    let mut i = 0u64;
+    while start.elapsed().as_secs_f64() < secs {
+        let due = start + interval.mul_f64(i as f64);
+        tokio::time::sleep_until(due.into()).await;
+        let m = NewMessage::json("candidates", &payload(i))
+            .unwrap()
+            .with_partition_key(format!("candidate-{}", i % 1000));
+        let mut tx = pool.begin().await.unwrap();
+        outbox.enqueue(&mut *tx, m).await.unwrap();
+        outbox.commit(tx).await.unwrap();
+        i += 1;
+    }
+    while outbox.pending_count().await.unwrap() > 0 {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let drained_after = start.elapsed().as_secs_f64();
+    relay.shutdown().await.unwrap();
+    let (size, dead): (i64, i64) = sqlx::query_as(
+        "SELECT pg_total_relation_size('outbox.messages'), \
+                coalesce((SELECT n_dead_tup FROM pg_stat_user_tables \
+                          WHERE relid = 'outbox.messages'::regclass), 0)",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    // Time between publish calls while the relay had work, per tenth of the run.
+    let calls = clock.calls.lock().unwrap().clone();
+    let mut worst_p99 = 0.0f64;
+    let mut windows = Vec::new();
+    let n = 10usize;
+    let span = drained_after / n as f64;
+    for w in 0..n {
+        let lo = start + Duration::from_secs_f64(span * w as f64);
+        let hi = start + Duration::from_secs_f64(span * (w + 1) as f64);
+        let mut gaps: Vec<f64> = calls
+            .windows(2)
+            .filter(|p| p[0].0 >= lo && p[1].0 < hi)
+            .map(|p| (p[1].0 - p[0].0).as_secs_f64() * 1000.0)
+            .collect();
+        gaps.sort_by(|a, b| a.partial_cmp(b).unwrap());
+        let p99 = percentile(&gaps, 0.99);
+        if p99.is_finite() {
+            worst_p99 = worst_p99.max(p99);
+        }
+        windows.push(format!("{:.1}", percentile(&gaps, 0.5)));
+    }
+    res.put("health_backlog_rows", backlog as f64);
+    res.put("health_seconds_to_drain", drained_after);
+    res.put("health_table_bytes_end", size as f64);
+    res.put("health_dead_tuples_end", dead as f64);
+    res.put("health_round_p99_ms_worst_window", worst_p99);
+    res.row(
+        format!("table health: {backlog} backlog + {rate:.0} events/s for {secs:.0} s"),
+        format!(
+            "drained after {drained_after:.1} s; table {:.1} MB, {dead} dead tuples at the end; \
+             round time p50 per tenth of the run {} ms, worst p99 {worst_p99:.1} ms",
+            size as f64 / 1e6,
+            windows.join(" / ")
+        ),
+    );
     pool.close().await;
 }
 
@@ -522,12 +711,18 @@ async fn bench_export(cfg: &Config, res: &mut Results) {
 }
 
 fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    if let Some(i) = args.iter().position(|a| a == "--relay-child") {
+        relay_child(&args[i + 1]);
+        return;
+    }
     let quick = std::env::args().any(|a| a == "--quick");
     let cfg = Config {
         quick,
         write_secs: if quick { 2.0 } else { 5.0 },
         drain_rows: if quick { 100_000 } else { 1_000_000 },
         latency_secs: if quick { 5.0 } else { 20.0 },
+        health_secs: if quick { 15.0 } else { 180.0 },
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -535,7 +730,7 @@ fn main() {
         .unwrap();
     let mut res = Results::default();
     let started = Instant::now();
-    // `--only write|drain|export|latency` runs one part.
+    // `--only write|drain|export|health|latency` runs one part.
     let only: Option<String> =
         std::env::args().find_map(|a| a.strip_prefix("--only=").map(str::to_owned));
     let run = |part: &str| only.as_deref().is_none_or(|o| o == part);
@@ -548,6 +743,9 @@ fn main() {
         }
         if run("export") {
             bench_export(&cfg, &mut res).await;
+        }
+        if run("health") {
+            table_health(&cfg, &mut res).await;
         }
         if run("latency") {
             for rate in [10.0, 1000.0, 5000.0] {

@@ -48,7 +48,9 @@ async fn change_status(
     to: &str,
     commit: bool,
 ) -> outbox::Result<()> {
-    let mut tx = pool.begin().await?;
+    // SQLite: a transaction that reads before it writes must take the write
+    // lock up front, or a concurrent writer (the relay) makes it fail.
+    let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
     let row: Option<(String, String)> =
         sqlx::query_as("SELECT name, status FROM candidates WHERE id = ?")
             .bind(candidate_id)

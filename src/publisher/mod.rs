@@ -7,18 +7,49 @@
 //!
 //! Built in: [`InMemoryPublisher`] (for tests), [`FnPublisher`] (a closure)
 //! and [`LogPublisher`] (tracing or stdout).
+//!
+//! Behind features: `KafkaPublisher` (feature `kafka`: librdkafka's
+//! idempotent producer) and `WebhookPublisher` (feature `http`: signed
+//! HTTP `POST`s, with `verify_signature` for receivers).
+//! Also `NatsPublisher` (feature `nats`: JetStream with `Nats-Msg-Id`
+//! deduplication), `RabbitMqPublisher` (feature `amqp`: publisher confirms,
+//! mandatory routing) and `RedisStreamsPublisher` (feature `redis`: `XADD`
+//! behind an atomic deduplication guard).
 
+#[cfg(feature = "amqp")]
+mod amqp;
 mod closure;
 mod envelope;
+#[cfg(feature = "http")]
+mod http;
+#[cfg(feature = "kafka")]
+mod kafka;
 mod log;
 mod memory;
+#[cfg(feature = "nats")]
+mod nats;
+#[cfg(feature = "redis")]
+mod redis;
 
 use async_trait::async_trait;
 
+#[cfg(feature = "amqp")]
+pub use self::amqp::RabbitMqPublisher;
 pub use self::closure::FnPublisher;
 pub use self::envelope::{Envelope, CLOUDEVENTS_JSON};
+#[cfg(feature = "http")]
+pub use self::http::{
+    signature_header, verify_signature, WebhookPublisher, WebhookPublisherBuilder,
+    IDEMPOTENCY_KEY_HEADER, SIGNATURE_HEADER,
+};
+#[cfg(feature = "kafka")]
+pub use self::kafka::{KafkaPublisher, KafkaPublisherBuilder, KAFKA_ID_HEADER};
 pub use self::log::LogPublisher;
 pub use self::memory::InMemoryPublisher;
+#[cfg(feature = "nats")]
+pub use self::nats::NatsPublisher;
+#[cfg(feature = "redis")]
+pub use self::redis::RedisStreamsPublisher;
 use crate::error::PublishError;
 use crate::message::OutboxMessage;
 

@@ -1,0 +1,566 @@
+//! The RabbitMQ publisher against a real broker (127.0.0.1:5672,
+//! guest/guest), with the relay on an SQLite outbox.
+
+mod support;
+
+use std::collections::HashSet;
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use futures_util::StreamExt;
+use lapin::message::Delivery;
+use lapin::options::{
+    BasicAckOptions, BasicConsumeOptions, ExchangeDeclareOptions, ExchangeDeleteOptions,
+    QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions,
+};
+use lapin::types::{AMQPValue, FieldTable};
+use lapin::{Channel, Connection, ConnectionProperties, ExchangeKind};
+use outbox::publisher::{Envelope, RabbitMqPublisher};
+use outbox::{
+    MessageId, NewMessage, OutboxMessage, PublishError, Publisher, Relay, RetryPolicy, SqliteOutbox,
+};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions};
+
+const RABBIT: &str = "127.0.0.1:5672";
+const START_RABBIT: &str = "rabbitmq-server -detached";
+const TIMEOUT: Duration = Duration::from_secs(60);
+
+fn uri(addr: &str) -> String {
+    format!("amqp://guest:guest@{addr}/%2f")
+}
+
+// ---------------------------------------------------------------------------
+// Database
+
+/// A database file deleted (with its WAL files) when dropped.
+struct TempDb {
+    pool: SqlitePool,
+    path: PathBuf,
+}
+
+impl Drop for TempDb {
+    fn drop(&mut self) {
+        for suffix in ["", "-wal", "-shm", "-journal"] {
+            let mut p = self.path.clone().into_os_string();
+            p.push(suffix);
+            let _ = std::fs::remove_file(p);
+        }
+    }
+}
+
+async fn migrated() -> (TempDb, SqliteOutbox) {
+    let path = std::env::temp_dir().join(format!("outbox-amqp-{}.db", uuid::Uuid::now_v7()));
+    let options = SqliteConnectOptions::new()
+        .filename(&path)
+        .create_if_missing(true)
+        .journal_mode(SqliteJournalMode::Wal)
+        .busy_timeout(Duration::from_secs(10));
+    let pool = SqlitePoolOptions::new()
+        .max_connections(4)
+        .connect_with(options)
+        .await
+        .expect("open the test database");
+    let outbox = SqliteOutbox::new(pool.clone());
+    outbox.migrate().await.expect("migrate");
+    (TempDb { pool, path }, outbox)
+}
+
+async fn enqueue(db: &TempDb, outbox: &SqliteOutbox, messages: Vec<NewMessage>) {
+    let mut tx = db.pool.begin().await.unwrap();
+    outbox.enqueue_batch(&mut *tx, messages).await.unwrap();
+    outbox.commit(tx).await.unwrap();
+}
+
+async fn pending(outbox: &SqliteOutbox) -> i64 {
+    outbox.pending_count().await.expect("pending_count")
+}
+
+/// Polls `cond` every 10 ms until it holds; panics after [`TIMEOUT`].
+async fn wait_for<F, Fut>(what: &str, mut cond: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + TIMEOUT;
+    while !cond().await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+fn fast_retry() -> RetryPolicy {
+    RetryPolicy::new()
+        .initial_delay(Duration::from_millis(20))
+        .max_delay(Duration::from_millis(200))
+        .max_attempts(1000)
+}
+
+// ---------------------------------------------------------------------------
+// RabbitMQ
+
+/// An exchange and a queue bound to it with routing key `candidates`, both
+/// of their own for one test. The queue is exclusive and the exchange
+/// auto-deleted, so the broker removes both when the connection closes,
+/// also when the test fails.
+struct TestBroker {
+    conn: Connection,
+    channel: Channel,
+    exchange: String,
+    queue: String,
+}
+
+impl TestBroker {
+    async fn new() -> TestBroker {
+        support::require_service("RabbitMQ", RABBIT, START_RABBIT).await;
+        let conn = Connection::connect(&uri(RABBIT), ConnectionProperties::default())
+            .await
+            .expect("connect to RabbitMQ");
+        let channel = conn.create_channel().await.unwrap();
+        let id = uuid::Uuid::now_v7().simple().to_string();
+        let exchange = format!("outbox.test.{id}");
+        let queue = format!("outbox.test.{id}.candidates");
+        channel
+            .exchange_declare(
+                &exchange,
+                ExchangeKind::Topic,
+                ExchangeDeclareOptions {
+                    auto_delete: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .unwrap();
+        channel
+            .queue_declare(
+                &queue,
+                QueueDeclareOptions {
+                    exclusive: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .unwrap();
+        channel
+            .queue_bind(
+                &queue,
+                &exchange,
+                "candidates",
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .unwrap();
+        TestBroker {
+            conn,
+            channel,
+            exchange,
+            queue,
+        }
+    }
+
+    async fn count(&self) -> u32 {
+        self.channel
+            .queue_declare(
+                &self.queue,
+                QueueDeclareOptions {
+                    passive: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .unwrap()
+            .message_count()
+    }
+
+    /// Consumes `n` messages from the queue, acking each.
+    async fn consume(&self, n: usize) -> Vec<Delivery> {
+        let mut consumer = self
+            .channel
+            .basic_consume(
+                &self.queue,
+                "",
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .unwrap();
+        let mut out = Vec::new();
+        while out.len() < n {
+            let d = tokio::time::timeout(TIMEOUT, consumer.next())
+                .await
+                .unwrap_or_else(|_| panic!("consumer got {} of {n} messages", out.len()))
+                .expect("consumer open")
+                .expect("delivery");
+            d.ack(BasicAckOptions::default()).await.unwrap();
+            out.push(d);
+        }
+        out
+    }
+
+    async fn cleanup(self) {
+        let _ = self
+            .channel
+            .queue_delete(&self.queue, QueueDeleteOptions::default())
+            .await;
+        let _ = self
+            .channel
+            .exchange_delete(&self.exchange, ExchangeDeleteOptions::default())
+            .await;
+        let _ = self.conn.close(200, "test done").await;
+    }
+}
+
+fn header(d: &Delivery, name: &str) -> Option<String> {
+    let headers = d.properties.headers().as_ref()?;
+    match headers.inner().get(name)? {
+        AMQPValue::LongString(s) => Some(String::from_utf8_lossy(s.as_bytes()).into_owned()),
+        other => panic!("header {name} is not a long string: {other:?}"),
+    }
+}
+
+fn message_id(d: &Delivery) -> String {
+    d.properties
+        .message_id()
+        .as_ref()
+        .expect("message_id set")
+        .to_string()
+}
+
+fn candidate(topic: &str, n: u32) -> NewMessage {
+    NewMessage::json(
+        topic,
+        &serde_json::json!({ "candidate_id": n, "status": "offer" }),
+    )
+    .unwrap()
+    .with_partition_key(format!("candidate-{n}"))
+    .with_event_type("CandidateStatusChanged")
+    .with_schema_version(3)
+    .with_header("traceparent", format!("00-trace-{n}-01"))
+}
+
+/// Counts what the inner publisher is asked and how often it fails; can
+/// pretend the first acknowledgement of each message was lost.
+struct Probe<P> {
+    inner: P,
+    calls: Arc<AtomicU64>,
+    failures: Arc<AtomicU64>,
+    /// Nanoseconds spent inside the inner publisher.
+    busy: Arc<AtomicU64>,
+    lose_first_ack: bool,
+}
+
+impl<P> Probe<P> {
+    fn new(inner: P) -> Self {
+        Probe {
+            inner,
+            calls: Arc::default(),
+            failures: Arc::default(),
+            busy: Arc::default(),
+            lose_first_ack: false,
+        }
+    }
+}
+
+#[async_trait]
+impl<P: Publisher> Publisher for Probe<P> {
+    async fn publish(&self, batch: &[OutboxMessage]) -> Vec<Result<(), PublishError>> {
+        self.calls.fetch_add(batch.len() as u64, Ordering::SeqCst);
+        let started = std::time::Instant::now();
+        let mut results = self.inner.publish(batch).await;
+        self.busy
+            .fetch_add(started.elapsed().as_nanos() as u64, Ordering::SeqCst);
+        for (m, r) in batch.iter().zip(results.iter_mut()) {
+            if r.is_ok() && self.lose_first_ack && m.attempt() == 1 {
+                *r = Err(PublishError::transient("acknowledgement lost (simulated)"));
+            }
+            if r.is_err() {
+                self.failures.fetch_add(1, Ordering::SeqCst);
+            }
+        }
+        results
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Tests
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relay_publishes_to_a_queue_with_properties() {
+    let broker = TestBroker::new().await;
+    let (db, outbox) = migrated().await;
+    let messages: Vec<NewMessage> = (0..5).map(|n| candidate("candidates", n)).collect();
+    let ids: Vec<MessageId> = messages.iter().map(NewMessage::id).collect();
+    enqueue(&db, &outbox, messages).await;
+
+    let publisher = RabbitMqPublisher::new(uri(RABBIT), &broker.exchange);
+    let relay = Relay::builder(outbox.clone(), publisher).spawn().unwrap();
+    wait_for("the outbox to drain", || async {
+        pending(&outbox).await == 0
+    })
+    .await;
+    relay.shutdown().await.unwrap();
+
+    let got = broker.consume(5).await;
+    for (n, d) in got.iter().enumerate() {
+        let id = ids[n].to_string();
+        assert_eq!(d.routing_key.as_str(), "candidates");
+        let payload: serde_json::Value = serde_json::from_slice(&d.data).unwrap();
+        assert_eq!(payload["candidate_id"], n);
+        let p = &d.properties;
+        assert_eq!(message_id(d), id);
+        assert_eq!(*p.delivery_mode(), Some(2), "persistent");
+        assert_eq!(
+            p.content_type().as_ref().map(|s| s.to_string()),
+            Some("application/json".to_owned())
+        );
+        assert_eq!(
+            p.kind().as_ref().map(|s| s.to_string()),
+            Some("CandidateStatusChanged".to_owned())
+        );
+        assert!(p.timestamp().is_some_and(|t| t > 1_600_000_000));
+        assert_eq!(header(d, "outbox-id"), Some(id));
+        assert_eq!(header(d, "outbox-schema-version").as_deref(), Some("3"));
+        assert_eq!(
+            header(d, "outbox-partition-key"),
+            Some(format!("candidate-{n}"))
+        );
+        assert_eq!(header(d, "traceparent"), Some(format!("00-trace-{n}-01")));
+    }
+    assert!(outbox.dead_letters(10).await.unwrap().is_empty());
+    broker.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cloudevents_binary_mode_uses_amqp_binding_headers() {
+    let broker = TestBroker::new().await;
+    let (db, outbox) = migrated().await;
+    let m = candidate("candidates", 7);
+    let id = m.id().to_string();
+    enqueue(&db, &outbox, vec![m]).await;
+
+    let publisher = RabbitMqPublisher::new(uri(RABBIT), &broker.exchange).with_envelope(
+        Envelope::CloudEventsBinary {
+            source: "/recruiting/candidates".into(),
+        },
+    );
+    let relay = Relay::builder(outbox.clone(), publisher).spawn().unwrap();
+    wait_for("the outbox to drain", || async {
+        pending(&outbox).await == 0
+    })
+    .await;
+    relay.shutdown().await.unwrap();
+
+    let d = &broker.consume(1).await[0];
+    assert_eq!(message_id(d), id);
+    assert_eq!(header(d, "cloudEvents:specversion").as_deref(), Some("1.0"));
+    assert_eq!(header(d, "cloudEvents:id"), Some(id));
+    assert_eq!(
+        header(d, "cloudEvents:source").as_deref(),
+        Some("/recruiting/candidates")
+    );
+    assert_eq!(
+        header(d, "cloudEvents:type").as_deref(),
+        Some("CandidateStatusChanged")
+    );
+    assert_eq!(
+        header(d, "cloudEvents:subject").as_deref(),
+        Some("candidate-7")
+    );
+    assert!(header(d, "cloudEvents:time").is_some());
+    assert_eq!(header(d, "cloudEvents:datacontenttype"), None);
+    assert_eq!(
+        d.properties.content_type().as_ref().map(|s| s.to_string()),
+        Some("application/json".to_owned())
+    );
+    assert_eq!(header(d, "traceparent").as_deref(), Some("00-trace-7-01"));
+    let payload: serde_json::Value = serde_json::from_slice(&d.data).unwrap();
+    assert_eq!(payload["candidate_id"], 7);
+    broker.cleanup().await;
+}
+
+/// AMQP brokers do not deduplicate: a message sent twice is queued twice,
+/// with the same `message_id` for consumers to deduplicate on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_sent_twice_carries_one_message_id() {
+    let broker = TestBroker::new().await;
+    let (db, outbox) = migrated().await;
+    let messages: Vec<NewMessage> = (0..10).map(|n| candidate("candidates", n)).collect();
+    let ids: HashSet<String> = messages.iter().map(|m| m.id().to_string()).collect();
+    enqueue(&db, &outbox, messages).await;
+
+    let mut probe = Probe::new(RabbitMqPublisher::new(uri(RABBIT), &broker.exchange));
+    probe.lose_first_ack = true;
+    let calls = probe.calls.clone();
+    let relay = Relay::builder(outbox.clone(), probe)
+        .retry(fast_retry())
+        .spawn()
+        .unwrap();
+    wait_for("the outbox to drain", || async {
+        pending(&outbox).await == 0
+    })
+    .await;
+    relay.shutdown().await.unwrap();
+    assert_eq!(calls.load(Ordering::SeqCst), 20, "each message sent twice");
+
+    let got = broker.consume(20).await;
+    let mut per_id: std::collections::HashMap<String, usize> = Default::default();
+    for d in &got {
+        *per_id.entry(message_id(d)).or_default() += 1;
+    }
+    assert_eq!(per_id.keys().cloned().collect::<HashSet<_>>(), ids);
+    assert!(per_id.values().all(|&c| c == 2), "{per_id:?}");
+    // What a deduplicating consumer applies: one per id.
+    assert_eq!(per_id.len(), 10);
+    broker.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nothing_is_lost_while_the_broker_is_unreachable() {
+    let broker = TestBroker::new().await;
+    let proxy = support::Proxy::start(RABBIT).await;
+    let (db, outbox) = migrated().await;
+    let probe = Probe::new(
+        RabbitMqPublisher::new(uri(&proxy.addr.to_string()), &broker.exchange)
+            .with_confirm_timeout(Duration::from_secs(2))
+            .with_connect_timeout(Duration::from_secs(2)),
+    );
+    let failures = probe.failures.clone();
+    let relay = Relay::builder(outbox.clone(), probe)
+        .retry(fast_retry())
+        .spawn()
+        .unwrap();
+
+    let first = candidate("candidates", 0);
+    let mut ids = vec![first.id().to_string()];
+    enqueue(&db, &outbox, vec![first]).await;
+    wait_for("the first message", || async {
+        pending(&outbox).await == 0
+    })
+    .await;
+
+    proxy.cut();
+    let messages: Vec<NewMessage> = (1..=20).map(|n| candidate("candidates", n)).collect();
+    ids.extend(messages.iter().map(|m| m.id().to_string()));
+    enqueue(&db, &outbox, messages).await;
+    wait_for("failed attempts", || async {
+        failures.load(Ordering::SeqCst) >= 40
+    })
+    .await;
+    assert_eq!(
+        pending(&outbox).await,
+        20,
+        "nothing published during the outage"
+    );
+    assert_eq!(broker.count().await, 1);
+
+    proxy.restore();
+    wait_for("the backlog to drain", || async {
+        pending(&outbox).await == 0
+    })
+    .await;
+    relay.shutdown().await.unwrap();
+
+    assert!(outbox.dead_letters(10).await.unwrap().is_empty());
+    let got: HashSet<String> = broker.consume(21).await.iter().map(message_id).collect();
+    assert_eq!(got, ids.into_iter().collect::<HashSet<_>>());
+    broker.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unroutable_messages_are_dead_lettered() {
+    let broker = TestBroker::new().await;
+    let (db, outbox) = migrated().await;
+    // Interleaved, so that confirms of routable and returned messages mix.
+    let mut messages = Vec::new();
+    let mut unroutable = HashSet::new();
+    let mut routable = HashSet::new();
+    for n in 0..10 {
+        let m = if n % 2 == 0 {
+            candidate("nobody.listens", n)
+        } else {
+            candidate("candidates", n)
+        };
+        if n % 2 == 0 {
+            unroutable.insert(m.id());
+        } else {
+            routable.insert(m.id().to_string());
+        }
+        messages.push(m);
+    }
+    enqueue(&db, &outbox, messages).await;
+
+    let publisher = RabbitMqPublisher::new(uri(RABBIT), &broker.exchange);
+    let relay = Relay::builder(outbox.clone(), publisher)
+        .retry(fast_retry())
+        .spawn()
+        .unwrap();
+    wait_for("the outbox to drain", || async {
+        pending(&outbox).await == 0
+    })
+    .await;
+    relay.shutdown().await.unwrap();
+
+    let dead = outbox.dead_letters(100).await.unwrap();
+    assert_eq!(
+        dead.iter().map(|d| d.id()).collect::<HashSet<_>>(),
+        unroutable
+    );
+    for d in &dead {
+        assert_eq!(d.attempts, 1, "permanent: no retry");
+        assert!(
+            d.last_error
+                .contains("no queue bound for routing key \"nobody.listens\""),
+            "{}",
+            d.last_error
+        );
+    }
+    let got: HashSet<String> = broker.consume(5).await.iter().map(message_id).collect();
+    assert_eq!(got, routable);
+    broker.cleanup().await;
+}
+
+/// Drains 20,000 messages through RabbitMQ and prints the rate (no timing
+/// assertion: the number is for the record).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drains_a_large_backlog() {
+    const N: usize = 20_000;
+    let broker = TestBroker::new().await;
+    let (db, outbox) = migrated().await;
+    let messages: Vec<NewMessage> = (0..N as u32)
+        .map(|n| candidate("candidates", n).with_partition_key(format!("candidate-{}", n % 5000)))
+        .collect();
+    enqueue(&db, &outbox, messages).await;
+
+    let probe = Probe::new(RabbitMqPublisher::new(uri(RABBIT), &broker.exchange));
+    let busy = probe.busy.clone();
+    let started = std::time::Instant::now();
+    let relay = Relay::builder(outbox.clone(), probe)
+        .batch_size(500)
+        .spawn()
+        .unwrap();
+    wait_for("the backlog to drain", || async {
+        pending(&outbox).await == 0
+    })
+    .await;
+    let elapsed = started.elapsed();
+    relay.shutdown().await.unwrap();
+    assert_eq!(broker.count().await, N as u32);
+    let busy = Duration::from_nanos(busy.load(Ordering::SeqCst));
+    println!(
+        "RabbitMQ: {N} messages in {elapsed:?} = {:.0} events/s; \
+         {busy:?} ({:.0}%) inside the publisher, the rest in the relay and SQLite",
+        N as f64 / elapsed.as_secs_f64(),
+        100.0 * busy.as_secs_f64() / elapsed.as_secs_f64()
+    );
+    broker.cleanup().await;
+}

@@ -1,0 +1,657 @@
+//! The Kafka publisher against librdkafka's mock cluster (it speaks the
+//! real Kafka protocol in-process, so no broker is needed), driven by a
+//! relay on a fresh SQLite outbox, read back with a real consumer.
+
+mod support;
+
+use std::collections::{HashMap, HashSet};
+use std::future::Future;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use outbox::publisher::{Envelope, KafkaPublisher};
+use outbox::{
+    MessageId, NewMessage, OutboxMessage, PublishError, Publisher, Relay, RelayHandle, RetryPolicy,
+    SqliteOutbox,
+};
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::message::{Headers, Message};
+use rdkafka::mocking::MockCluster;
+use rdkafka::producer::{DefaultProducerContext, Producer};
+use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
+use rdkafka::{Offset, TopicPartitionList};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions};
+
+const TIMEOUT: Duration = Duration::from_secs(30);
+const PARTITIONS: i32 = 3;
+
+// ---------------------------------------------------------------- database
+
+/// A database file deleted (with its WAL files) when dropped.
+struct TempDb {
+    pool: SqlitePool,
+    path: PathBuf,
+}
+
+impl Drop for TempDb {
+    fn drop(&mut self) {
+        for suffix in ["", "-wal", "-shm", "-journal"] {
+            let mut p = self.path.clone().into_os_string();
+            p.push(suffix);
+            let _ = std::fs::remove_file(p);
+        }
+    }
+}
+
+async fn migrated() -> (TempDb, SqliteOutbox) {
+    let path = std::env::temp_dir().join(format!("outbox-kafka-{}.db", uuid::Uuid::now_v7()));
+    let options = SqliteConnectOptions::new()
+        .filename(&path)
+        .create_if_missing(true)
+        .journal_mode(SqliteJournalMode::Wal)
+        .busy_timeout(Duration::from_secs(10));
+    let pool = SqlitePoolOptions::new()
+        .max_connections(4)
+        .connect_with(options)
+        .await
+        .expect("open the test database");
+    let outbox = SqliteOutbox::new(pool.clone());
+    outbox.migrate().await.expect("migrate");
+    (TempDb { pool, path }, outbox)
+}
+
+/// Polls `cond` every 10 ms until it holds; panics after [`TIMEOUT`].
+async fn wait_for<F, Fut>(what: &str, mut cond: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = Instant::now() + TIMEOUT;
+    while !cond().await {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+fn fast_retries() -> RetryPolicy {
+    RetryPolicy::new()
+        .initial_delay(Duration::from_millis(20))
+        .max_delay(Duration::from_millis(200))
+}
+
+fn relay(outbox: &SqliteOutbox, publisher: impl Publisher, retry: RetryPolicy) -> RelayHandle {
+    Relay::builder(outbox.clone(), publisher)
+        .retry(retry)
+        .poll_interval(Duration::from_millis(50))
+        .spawn()
+        .expect("relay")
+}
+
+async fn enqueue(db: &TempDb, outbox: &SqliteOutbox, messages: Vec<NewMessage>) {
+    let mut tx = db.pool.begin().await.unwrap();
+    outbox.enqueue_batch(&mut *tx, messages).await.unwrap();
+    outbox.commit(tx).await.unwrap();
+}
+
+fn candidate(n: u32, key: &str) -> NewMessage {
+    NewMessage::json(
+        "candidates",
+        &serde_json::json!({ "n": n, "candidate": key }),
+    )
+    .unwrap()
+    .with_partition_key(key)
+    .with_event_type("CandidateStatusChanged")
+    .with_schema_version(2)
+}
+
+// ------------------------------------------------------------------- kafka
+
+fn cluster(topic: &str) -> MockCluster<'static, DefaultProducerContext> {
+    let cluster = MockCluster::new(1).expect("mock cluster");
+    cluster
+        .create_topic(topic, PARTITIONS, 1)
+        .expect("create topic");
+    cluster
+}
+
+/// A consumer reading every partition of `topic` from the beginning.
+fn consumer(bootstrap: &str, topic: &str) -> StreamConsumer {
+    let consumer: StreamConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", format!("test-{}", uuid::Uuid::now_v7()))
+        .set("enable.auto.commit", "false")
+        .set("auto.offset.reset", "earliest")
+        .create()
+        .expect("consumer");
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..PARTITIONS {
+        tpl.add_partition_offset(topic, p, Offset::Beginning)
+            .unwrap();
+    }
+    consumer.assign(&tpl).expect("assign");
+    consumer
+}
+
+/// A record as the consumer saw it.
+#[derive(Debug, Clone)]
+struct Record {
+    partition: i32,
+    offset: i64,
+    key: Vec<u8>,
+    payload: Vec<u8>,
+    headers: Vec<(String, String)>,
+}
+
+impl Record {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    fn id(&self) -> MessageId {
+        self.header("outbox-id")
+            .expect("outbox-id header")
+            .parse()
+            .unwrap()
+    }
+
+    fn n(&self) -> u64 {
+        let v: serde_json::Value = serde_json::from_slice(&self.payload).unwrap();
+        v["n"].as_u64().unwrap()
+    }
+}
+
+/// Reads until `n` records arrived; panics after [`TIMEOUT`].
+async fn consume(consumer: &StreamConsumer, n: usize) -> Vec<Record> {
+    let deadline = Instant::now() + TIMEOUT;
+    let mut out = Vec::new();
+    while out.len() < n {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let m = match tokio::time::timeout(left, consumer.recv()).await {
+            Err(_) => panic!("timed out after {} of {n} records", out.len()),
+            // Broker outages reach the consumer as errors; it reconnects.
+            Ok(Err(_)) => continue,
+            Ok(Ok(m)) => m,
+        };
+        let headers = m
+            .headers()
+            .map(|h| {
+                h.iter()
+                    .map(|h| {
+                        (
+                            h.key.to_owned(),
+                            String::from_utf8(h.value.unwrap_or_default().to_vec()).unwrap(),
+                        )
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        out.push(Record {
+            partition: m.partition(),
+            offset: m.offset(),
+            key: m.key().unwrap_or_default().to_vec(),
+            payload: m.payload().unwrap_or_default().to_vec(),
+            headers,
+        });
+    }
+    out
+}
+
+/// Checks that every key's records sit in one partition, in commit order.
+fn assert_key_order(records: &[Record]) {
+    let mut by_key: HashMap<Vec<u8>, Vec<&Record>> = HashMap::new();
+    for r in records {
+        by_key.entry(r.key.clone()).or_default().push(r);
+    }
+    for (key, rs) in by_key {
+        let partitions: HashSet<i32> = rs.iter().map(|r| r.partition).collect();
+        assert_eq!(
+            partitions.len(),
+            1,
+            "key {key:?} spread over {partitions:?}"
+        );
+        let mut rs = rs;
+        rs.sort_by_key(|r| r.offset);
+        let ns: Vec<u64> = rs.iter().map(|r| r.n()).collect();
+        assert!(
+            ns.windows(2).all(|w| w[0] < w[1]),
+            "key {key:?} out of order in its partition: {ns:?}"
+        );
+    }
+}
+
+// ------------------------------------------------------------------- tests
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plain_messages_arrive_keyed_with_metadata_headers_in_key_order() {
+    let topic = "test.candidates";
+    let cluster = cluster(topic);
+    let bootstrap = cluster.bootstrap_servers();
+    let (db, outbox) = migrated().await;
+    let publisher = KafkaPublisher::builder(&bootstrap)
+        .topic_prefix("test.")
+        .build()
+        .unwrap();
+    let relay = relay(&outbox, publisher, fast_retries());
+
+    // Four keys, five messages each, each in its own transaction, so the
+    // keys interleave in the outbox; plus one message without a key.
+    let mut ids = Vec::new();
+    for n in 0..20u32 {
+        let m = candidate(n, &format!("candidate-{}", n % 4))
+            .with_header("traceparent", format!("00-trace-{n}-01"));
+        ids.push(m.id());
+        enqueue(&db, &outbox, vec![m]).await;
+    }
+    let keyless = NewMessage::json("candidates", &serde_json::json!({ "n": 100 })).unwrap();
+    let keyless_id = keyless.id();
+    enqueue(&db, &outbox, vec![keyless]).await;
+
+    let consumer = consumer(&bootstrap, topic);
+    let records = consume(&consumer, 21).await;
+    wait_for("an empty outbox", || async {
+        outbox.pending_count().await.unwrap() == 0
+    })
+    .await;
+    relay.shutdown().await.unwrap();
+
+    let got: HashSet<MessageId> = records.iter().map(Record::id).collect();
+    assert_eq!(got.len(), 21, "each message once");
+    for r in &records {
+        let id = r.id();
+        if id == keyless_id {
+            assert_eq!(
+                r.key,
+                id.to_string().into_bytes(),
+                "no key: the id is the key"
+            );
+            assert_eq!(r.header("outbox-partition-key"), None);
+            continue;
+        }
+        let n = r.n() as u32;
+        let key = format!("candidate-{}", n % 4);
+        assert_eq!(id, ids[n as usize]);
+        assert_eq!(r.key, key.as_bytes(), "the partition key is the Kafka key");
+        assert_eq!(
+            serde_json::from_slice::<serde_json::Value>(&r.payload).unwrap(),
+            serde_json::json!({ "n": n, "candidate": key })
+        );
+        assert_eq!(r.header("content-type"), Some("application/json"));
+        assert_eq!(
+            r.header("outbox-event-type"),
+            Some("CandidateStatusChanged")
+        );
+        assert_eq!(r.header("outbox-schema-version"), Some("2"));
+        assert_eq!(r.header("outbox-partition-key"), Some(key.as_str()));
+        assert!(r.header("outbox-position").unwrap().parse::<i64>().is_ok());
+        let created = r.header("outbox-created-at").unwrap();
+        chrono::DateTime::parse_from_rfc3339(created).unwrap();
+        assert_eq!(
+            r.header("traceparent"),
+            Some(format!("00-trace-{n}-01").as_str())
+        );
+    }
+    let keyed: Vec<Record> = records
+        .into_iter()
+        .filter(|r| r.id() != keyless_id)
+        .collect();
+    assert_key_order(&keyed);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn binary_cloudevents_attributes_travel_as_ce_headers() {
+    let topic = "candidates";
+    let cluster = cluster(topic);
+    let bootstrap = cluster.bootstrap_servers();
+    let (db, outbox) = migrated().await;
+    let publisher = KafkaPublisher::builder(&bootstrap)
+        .envelope(Envelope::CloudEventsBinary {
+            source: "/recruiting/candidates".into(),
+        })
+        .build()
+        .unwrap();
+    let relay = relay(&outbox, publisher, fast_retries());
+    let m = candidate(1, "candidate-1").with_header("traceparent", "00-1-2-01");
+    let (id, payload) = (m.id(), m.payload().to_vec());
+    enqueue(&db, &outbox, vec![m]).await;
+
+    let records = consume(&consumer(&bootstrap, topic), 1).await;
+    relay.shutdown().await.unwrap();
+    let r = &records[0];
+    assert_eq!(r.payload, payload, "binary mode: the payload as enqueued");
+    assert_eq!(r.key, b"candidate-1");
+    assert_eq!(r.header("ce_specversion"), Some("1.0"));
+    assert_eq!(r.header("ce_id"), Some(id.to_string().as_str()));
+    assert_eq!(r.header("ce_source"), Some("/recruiting/candidates"));
+    assert_eq!(r.header("ce_type"), Some("CandidateStatusChanged"));
+    assert_eq!(r.header("ce_subject"), Some("candidate-1"));
+    assert_eq!(r.header("ce_schemaversion"), Some("2"));
+    assert!(r.header("ce_sequence").is_some());
+    chrono::DateTime::parse_from_rfc3339(r.header("ce_time").unwrap()).unwrap();
+    assert_eq!(r.header("content-type"), Some("application/json"));
+    assert_eq!(r.header("ce_datacontenttype"), None, "it is content-type");
+    assert_eq!(r.header("outbox-id"), Some(id.to_string().as_str()));
+    assert_eq!(r.header("traceparent"), Some("00-1-2-01"));
+}
+
+/// Publishes every batch twice: what the relay does after a crash between
+/// the broker's acknowledgement and its own.
+#[derive(Debug)]
+struct SendsTwice(KafkaPublisher);
+
+#[async_trait]
+impl Publisher for SendsTwice {
+    async fn publish(&self, batch: &[OutboxMessage]) -> Vec<Result<(), PublishError>> {
+        let first = self.0.publish(batch).await;
+        assert!(first.iter().all(Result::is_ok), "{first:?}");
+        self.0.publish(batch).await
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn producer_is_idempotent_and_application_resends_are_detectable() {
+    let topic = "candidates";
+    let cluster = cluster(topic);
+    let bootstrap = cluster.bootstrap_servers();
+
+    // Even a configuration that asks otherwise gets the idempotent producer.
+    let mut config = ClientConfig::new();
+    config
+        .set("bootstrap.servers", &bootstrap)
+        .set("enable.idempotence", "false")
+        .set("acks", "1");
+    let publisher = KafkaPublisher::builder_from_config(config).build().unwrap();
+    let c = publisher.config();
+    assert_eq!(c.get("enable.idempotence"), Some("true"));
+    assert_eq!(c.get("acks"), Some("all"));
+    assert_eq!(c.get("message.timeout.ms"), Some("5000"));
+    // And librdkafka took it so.
+    let native = c.create_native_config().unwrap();
+    assert_eq!(native.get("enable.idempotence").unwrap(), "true");
+    assert_eq!(native.get("acks").unwrap(), "-1");
+    let shown = format!("{publisher:?}");
+    assert!(shown.contains(&bootstrap), "{shown}");
+
+    // Kafka's idempotence deduplicates the producer's own retries, not a
+    // message the application sends again: the relay's re-send is a second
+    // record, recognisable by its id header.
+    let (db, outbox) = migrated().await;
+    let relay = relay(&outbox, SendsTwice(publisher), fast_retries());
+    let m = candidate(1, "candidate-1");
+    let id = m.id();
+    enqueue(&db, &outbox, vec![m]).await;
+    let records = consume(&consumer(&bootstrap, topic), 2).await;
+    relay.shutdown().await.unwrap();
+    assert_eq!(records.len(), 2);
+    assert!(records.iter().all(|r| r.id() == id));
+    assert_eq!(records[0].payload, records[1].payload);
+    assert_eq!(records[0].partition, records[1].partition);
+    let distinct: HashSet<MessageId> = records.iter().map(Record::id).collect();
+    assert_eq!(
+        distinct.len(),
+        1,
+        "a consumer deduplicating on outbox-id applies it once"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broker_down_fails_transiently_and_the_relay_retries_until_delivered() {
+    let topic = "candidates";
+    let cluster = cluster(topic);
+    let bootstrap = cluster.bootstrap_servers();
+    let (db, outbox) = migrated().await;
+    let publisher = KafkaPublisher::builder(&bootstrap)
+        .delivery_timeout(Duration::from_millis(500))
+        .set("reconnect.backoff.max.ms", "200")
+        .build()
+        .unwrap();
+    let relay = relay(&outbox, publisher, fast_retries().max_attempts(10_000));
+    let consumer = consumer(&bootstrap, topic);
+
+    // Warm up: the producer knows the cluster.
+    enqueue(&db, &outbox, vec![candidate(0, "warm-up")]).await;
+    assert_eq!(consume(&consumer, 1).await[0].n(), 0);
+
+    cluster.broker_down(1).unwrap();
+    let messages: Vec<NewMessage> = (1..=9)
+        .map(|n| candidate(n, &format!("candidate-{}", n % 3)))
+        .collect();
+    let ids: HashSet<MessageId> = messages.iter().map(NewMessage::id).collect();
+    enqueue(&db, &outbox, messages).await;
+    wait_for("failed attempts recorded as transient", || async {
+        let (attempts, error): (Option<i64>, Option<String>) =
+            sqlx::query_as("SELECT max(attempts), max(last_error) FROM outbox_messages")
+                .fetch_one(&db.pool)
+                .await
+                .unwrap();
+        attempts.unwrap_or(0) >= 2 && error.is_some_and(|e| e.contains("transient publish failure"))
+    })
+    .await;
+    assert!(outbox.dead_letters(10).await.unwrap().is_empty());
+
+    cluster.broker_up(1).unwrap();
+    wait_for("an empty outbox", || async {
+        outbox.pending_count().await.unwrap() == 0
+    })
+    .await;
+    relay.shutdown().await.unwrap();
+    assert!(outbox.dead_letters(10).await.unwrap().is_empty());
+
+    // Everything arrived; a record the broker stored before the failure was
+    // reported may arrive twice, which the id header tells.
+    let mut records = Vec::new();
+    let mut got = HashSet::new();
+    while !ids.is_subset(&got) {
+        let r = consume(&consumer, 1).await.remove(0);
+        got.insert(r.id());
+        records.push(r);
+    }
+    // First arrivals per key are in commit order.
+    let mut first: Vec<Record> = Vec::new();
+    let mut seen = HashSet::new();
+    for r in records {
+        if seen.insert(r.id()) {
+            first.push(r);
+        }
+    }
+    assert_key_order(&first);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn produce_errors_are_retried_by_the_producer_then_by_the_relay() {
+    let topic = "candidates";
+    let cluster = cluster(topic);
+    let bootstrap = cluster.bootstrap_servers();
+    let (db, outbox) = migrated().await;
+    let publisher = KafkaPublisher::builder(&bootstrap)
+        .delivery_timeout(Duration::from_millis(500))
+        .set("retry.backoff.ms", "20")
+        .set("retry.backoff.max.ms", "50")
+        .build()
+        .unwrap();
+    let relay = relay(&outbox, publisher, fast_retries().max_attempts(10_000));
+    let consumer = consumer(&bootstrap, topic);
+    enqueue(&db, &outbox, vec![candidate(0, "warm-up")]).await;
+    assert_eq!(consume(&consumer, 1).await[0].n(), 0);
+
+    // A retriable broker error the producer retries by itself until the
+    // delivery timeout: more of them than fit in one timeout, so the
+    // publisher reports a transient failure and the relay tries again.
+    cluster.request_errors(
+        RDKafkaApiKey::Produce,
+        &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_NOT_ENOUGH_REPLICAS; 40],
+    );
+    let messages: Vec<NewMessage> = (1..=4).map(|n| candidate(n, "candidate-1")).collect();
+    let ids: HashSet<MessageId> = messages.iter().map(NewMessage::id).collect();
+    enqueue(&db, &outbox, messages).await;
+    wait_for("a transient failure recorded", || async {
+        let (attempts, error): (Option<i64>, Option<String>) =
+            sqlx::query_as("SELECT max(attempts), max(last_error) FROM outbox_messages")
+                .fetch_one(&db.pool)
+                .await
+                .unwrap();
+        attempts.unwrap_or(0) >= 2 && error.is_some_and(|e| e.contains("transient publish failure"))
+    })
+    .await;
+    wait_for("an empty outbox", || async {
+        outbox.pending_count().await.unwrap() == 0
+    })
+    .await;
+    relay.shutdown().await.unwrap();
+    assert!(outbox.dead_letters(10).await.unwrap().is_empty());
+    let mut records = Vec::new();
+    let mut got = HashSet::new();
+    while !ids.is_subset(&got) {
+        let r = consume(&consumer, 1).await.remove(0);
+        if got.insert(r.id()) {
+            records.push(r);
+        }
+    }
+    assert_key_order(&records);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fatal_idempotence_error_replaces_the_producer_and_loses_nothing() {
+    let topic = "candidates";
+    let cluster = cluster(topic);
+    let bootstrap = cluster.bootstrap_servers();
+    let (db, outbox) = migrated().await;
+    let publisher = std::sync::Arc::new(
+        KafkaPublisher::builder(&bootstrap)
+            .delivery_timeout(Duration::from_millis(500))
+            .build()
+            .unwrap(),
+    );
+    let first_producer = publisher.producer();
+    let relay = relay(
+        &outbox,
+        publisher.clone(),
+        fast_retries().max_attempts(10_000),
+    );
+    let consumer = consumer(&bootstrap, topic);
+    enqueue(&db, &outbox, vec![candidate(0, "warm-up")]).await;
+    assert_eq!(consume(&consumer, 1).await[0].n(), 0);
+
+    // An out-of-order sequence number breaks the idempotent producer for
+    // good (librdkafka raises a fatal error): the publisher must replace it.
+    cluster.request_errors(
+        RDKafkaApiKey::Produce,
+        &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_OUT_OF_ORDER_SEQUENCE_NUMBER; 2],
+    );
+    let messages: Vec<NewMessage> = (1..=4).map(|n| candidate(n, "candidate-1")).collect();
+    let ids: HashSet<MessageId> = messages.iter().map(NewMessage::id).collect();
+    enqueue(&db, &outbox, messages).await;
+    wait_for("an empty outbox", || async {
+        outbox.pending_count().await.unwrap() == 0
+    })
+    .await;
+    relay.shutdown().await.unwrap();
+    assert!(outbox.dead_letters(10).await.unwrap().is_empty());
+
+    let fatal = first_producer.client().fatal_error();
+    assert!(fatal.is_some(), "the first producer hit a fatal error");
+    assert!(
+        publisher.producer().client().fatal_error().is_none(),
+        "a healthy producer took its place"
+    );
+    let mut records = Vec::new();
+    let mut got = HashSet::new();
+    while !ids.is_subset(&got) {
+        let r = consume(&consumer, 1).await.remove(0);
+        if got.insert(r.id()) {
+            records.push(r);
+        }
+    }
+    assert_key_order(&records);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn authorization_failure_is_permanent() {
+    let topic = "candidates";
+    let cluster = cluster(topic);
+    let bootstrap = cluster.bootstrap_servers();
+    let (db, outbox) = migrated().await;
+    let publisher = KafkaPublisher::new(&bootstrap).unwrap();
+    let relay = relay(&outbox, publisher, fast_retries());
+    cluster.request_errors(
+        RDKafkaApiKey::Produce,
+        &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_TOPIC_AUTHORIZATION_FAILED],
+    );
+    let m = candidate(1, "candidate-1");
+    let id = m.id();
+    enqueue(&db, &outbox, vec![m]).await;
+    wait_for("the dead letter", || async {
+        outbox.dead_letters(10).await.unwrap().len() == 1
+    })
+    .await;
+    relay.shutdown().await.unwrap();
+    let dead = outbox.dead_letters(10).await.unwrap();
+    assert_eq!((dead[0].id(), dead[0].attempts), (id, 1));
+    let e = &dead[0].last_error;
+    assert!(
+        e.contains("permanent publish failure") && e.contains("not authorized"),
+        "{e}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn message_over_max_bytes_is_dead_lettered() {
+    let topic = "candidates";
+    let cluster = cluster(topic);
+    let bootstrap = cluster.bootstrap_servers();
+    let (db, outbox) = migrated().await;
+    // librdkafka's default message.max.bytes is 1,000,000.
+    let publisher = KafkaPublisher::new(&bootstrap).unwrap();
+    let relay = relay(&outbox, publisher, fast_retries());
+
+    let huge = NewMessage::bytes("candidates", vec![b'x'; 1_100_000]).with_partition_key("cv-1");
+    let huge_id = huge.id();
+    let small = candidate(1, "candidate-1");
+    let small_id = small.id();
+    enqueue(&db, &outbox, vec![huge, small]).await;
+
+    let records = consume(&consumer(&bootstrap, topic), 1).await;
+    assert_eq!(records[0].id(), small_id, "other keys keep flowing");
+    wait_for("the dead letter", || async {
+        outbox.dead_letters(10).await.unwrap().len() == 1
+    })
+    .await;
+    relay.shutdown().await.unwrap();
+    let dead = outbox.dead_letters(10).await.unwrap();
+    assert_eq!(dead[0].id(), huge_id);
+    assert_eq!(dead[0].attempts, 1, "not retried");
+    let e = &dead[0].last_error;
+    assert!(
+        e.contains("permanent publish failure") && e.contains("too large"),
+        "{e}"
+    );
+    assert!(
+        e.contains("message.max.bytes"),
+        "the error says what to change: {e}"
+    );
+}
+
+#[test]
+fn invalid_configuration_is_rejected() {
+    match KafkaPublisher::new("") {
+        Err(outbox::Error::InvalidConfig { field, .. }) => assert_eq!(field, "bootstrap_servers"),
+        other => panic!("expected InvalidConfig, got {other:?}"),
+    }
+    match KafkaPublisher::builder("127.0.0.1:9")
+        .set("no.such.property", "1")
+        .build()
+    {
+        Err(outbox::Error::InvalidConfig { reason, .. }) => {
+            assert!(reason.contains("no.such.property"), "{reason}")
+        }
+        other => panic!("expected InvalidConfig, got {other:?}"),
+    }
+    assert!(KafkaPublisher::builder("127.0.0.1:9")
+        .delivery_timeout(Duration::ZERO)
+        .build()
+        .is_err());
+}

@@ -1,0 +1,589 @@
+//! The NATS JetStream publisher against a real nats-server (127.0.0.1:4222,
+//! JetStream enabled), with the relay on an SQLite outbox.
+
+mod support;
+
+use std::collections::HashSet;
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_nats::jetstream::{self, consumer, stream};
+use async_trait::async_trait;
+use futures_util::StreamExt;
+use outbox::publisher::{Envelope, NatsPublisher};
+use outbox::{
+    MessageId, NewMessage, OutboxMessage, PublishError, Publisher, Relay, RetryPolicy, SqliteOutbox,
+};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions};
+
+const NATS: &str = "127.0.0.1:4222";
+const START_NATS: &str = "start-stop-daemon --start --oknodo --background \
+    --exec /usr/sbin/nats-server -- -a 127.0.0.1 -p 4222 -js -sd /var/lib/nats-server \
+    -l /var/log/nats-server.log";
+const TIMEOUT: Duration = Duration::from_secs(60);
+
+// ---------------------------------------------------------------------------
+// Database
+
+/// A database file deleted (with its WAL files) when dropped.
+struct TempDb {
+    pool: SqlitePool,
+    path: PathBuf,
+}
+
+impl Drop for TempDb {
+    fn drop(&mut self) {
+        for suffix in ["", "-wal", "-shm", "-journal"] {
+            let mut p = self.path.clone().into_os_string();
+            p.push(suffix);
+            let _ = std::fs::remove_file(p);
+        }
+    }
+}
+
+async fn migrated() -> (TempDb, SqliteOutbox) {
+    let path = std::env::temp_dir().join(format!("outbox-nats-{}.db", uuid::Uuid::now_v7()));
+    let options = SqliteConnectOptions::new()
+        .filename(&path)
+        .create_if_missing(true)
+        .journal_mode(SqliteJournalMode::Wal)
+        .busy_timeout(Duration::from_secs(10));
+    let pool = SqlitePoolOptions::new()
+        .max_connections(4)
+        .connect_with(options)
+        .await
+        .expect("open the test database");
+    let outbox = SqliteOutbox::new(pool.clone());
+    outbox.migrate().await.expect("migrate");
+    (TempDb { pool, path }, outbox)
+}
+
+async fn enqueue(db: &TempDb, outbox: &SqliteOutbox, messages: Vec<NewMessage>) {
+    let mut tx = db.pool.begin().await.unwrap();
+    outbox.enqueue_batch(&mut *tx, messages).await.unwrap();
+    outbox.commit(tx).await.unwrap();
+}
+
+async fn pending(outbox: &SqliteOutbox) -> i64 {
+    outbox.pending_count().await.expect("pending_count")
+}
+
+/// Polls `cond` every 10 ms until it holds; panics after [`TIMEOUT`].
+async fn wait_for<F, Fut>(what: &str, mut cond: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + TIMEOUT;
+    while !cond().await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+fn fast_retry() -> RetryPolicy {
+    RetryPolicy::new()
+        .initial_delay(Duration::from_millis(20))
+        .max_delay(Duration::from_millis(200))
+        .max_attempts(1000)
+}
+
+// ---------------------------------------------------------------------------
+// NATS
+
+async fn nats() -> async_nats::Client {
+    support::require_service("NATS", NATS, START_NATS).await;
+    async_nats::connect(NATS).await.expect("connect to NATS")
+}
+
+/// A stream of its own for one test, capturing `<prefix>>`; deleted when
+/// dropped, also when the test fails.
+struct TestStream {
+    js: jetstream::Context,
+    name: String,
+    prefix: String,
+}
+
+impl TestStream {
+    async fn create(client: &async_nats::Client) -> TestStream {
+        let id = uuid::Uuid::now_v7().simple().to_string();
+        let name = format!("OUTBOX_TEST_{id}");
+        let prefix = format!("outboxtest.{id}.");
+        let js = jetstream::new(client.clone());
+        js.create_stream(stream::Config {
+            name: name.clone(),
+            subjects: vec![format!("{prefix}>")],
+            duplicate_window: Duration::from_secs(120),
+            ..Default::default()
+        })
+        .await
+        .expect("create stream");
+        TestStream { js, name, prefix }
+    }
+
+    async fn count(&self) -> u64 {
+        let mut s = self.js.get_stream(&self.name).await.expect("get stream");
+        s.info().await.expect("stream info").state.messages
+    }
+
+    /// Reads `n` messages through an ephemeral pull consumer, acking each.
+    async fn consume(&self, n: usize) -> Vec<async_nats::Message> {
+        let s = self.js.get_stream(&self.name).await.expect("get stream");
+        let consumer = s
+            .create_consumer(consumer::pull::Config {
+                ack_policy: consumer::AckPolicy::Explicit,
+                ..Default::default()
+            })
+            .await
+            .expect("create consumer");
+        let mut out = Vec::new();
+        let deadline = tokio::time::Instant::now() + TIMEOUT;
+        while out.len() < n {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "consumer got {} of {n} messages",
+                out.len()
+            );
+            let mut batch = consumer
+                .fetch()
+                .max_messages(n - out.len())
+                .expires(Duration::from_millis(500))
+                .messages()
+                .await
+                .expect("fetch");
+            while let Some(m) = batch.next().await {
+                let m = m.expect("message");
+                m.ack().await.expect("ack");
+                out.push(m.message.clone());
+            }
+        }
+        out
+    }
+}
+
+impl Drop for TestStream {
+    fn drop(&mut self) {
+        let name = self.name.clone();
+        // A runtime of its own: drop cannot await.
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async {
+                if let Ok(c) = async_nats::connect(NATS).await {
+                    let _ = jetstream::new(c).delete_stream(&name).await;
+                }
+            });
+        })
+        .join();
+    }
+}
+
+fn header<'a>(m: &'a async_nats::Message, name: &str) -> Option<&'a str> {
+    m.headers.as_ref()?.get(name).map(|v| v.as_str())
+}
+
+fn candidate(topic: &str, n: u32) -> NewMessage {
+    NewMessage::json(
+        topic,
+        &serde_json::json!({ "candidate_id": n, "status": "interviewing" }),
+    )
+    .unwrap()
+    .with_partition_key(format!("candidate-{n}"))
+    .with_event_type("CandidateStatusChanged")
+    .with_schema_version(2)
+    .with_header("traceparent", format!("00-trace-{n}-01"))
+}
+
+/// Counts what the inner publisher is asked and how often it fails; can
+/// pretend the first acknowledgement of each message was lost.
+struct Probe<P> {
+    inner: P,
+    calls: Arc<AtomicU64>,
+    failures: Arc<AtomicU64>,
+    /// Nanoseconds spent inside the inner publisher.
+    busy: Arc<AtomicU64>,
+    lose_first_ack: bool,
+    seen: Arc<Mutex<Vec<OutboxMessage>>>,
+}
+
+impl<P> Probe<P> {
+    fn new(inner: P) -> Self {
+        Probe {
+            inner,
+            calls: Arc::default(),
+            failures: Arc::default(),
+            busy: Arc::default(),
+            lose_first_ack: false,
+            seen: Arc::default(),
+        }
+    }
+}
+
+#[async_trait]
+impl<P: Publisher> Publisher for Probe<P> {
+    async fn publish(&self, batch: &[OutboxMessage]) -> Vec<Result<(), PublishError>> {
+        self.calls.fetch_add(batch.len() as u64, Ordering::SeqCst);
+        self.seen.lock().unwrap().extend(batch.iter().cloned());
+        let started = std::time::Instant::now();
+        let mut results = self.inner.publish(batch).await;
+        self.busy
+            .fetch_add(started.elapsed().as_nanos() as u64, Ordering::SeqCst);
+        for (m, r) in batch.iter().zip(results.iter_mut()) {
+            if r.is_ok() && self.lose_first_ack && m.attempt() == 1 {
+                *r = Err(PublishError::transient("acknowledgement lost (simulated)"));
+            }
+            if r.is_err() {
+                self.failures.fetch_add(1, Ordering::SeqCst);
+            }
+        }
+        results
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Tests
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relay_publishes_to_jetstream_with_headers() {
+    let client = nats().await;
+    let stream = TestStream::create(&client).await;
+    let (db, outbox) = migrated().await;
+    let messages: Vec<NewMessage> = (0..5).map(|n| candidate("candidates", n)).collect();
+    let ids: Vec<MessageId> = messages.iter().map(NewMessage::id).collect();
+    enqueue(&db, &outbox, messages).await;
+
+    let publisher = NatsPublisher::new(client.clone()).with_subject_prefix(&stream.prefix);
+    let relay = Relay::builder(outbox.clone(), publisher).spawn().unwrap();
+    wait_for("the outbox to drain", || async {
+        pending(&outbox).await == 0
+    })
+    .await;
+    relay.shutdown().await.unwrap();
+
+    let got = stream.consume(5).await;
+    assert_eq!(stream.count().await, 5);
+    for (n, m) in got.iter().enumerate() {
+        let n = n as u32;
+        assert_eq!(m.subject.as_str(), format!("{}candidates", stream.prefix));
+        let payload: serde_json::Value = serde_json::from_slice(&m.payload).unwrap();
+        assert_eq!(payload["candidate_id"], n);
+        assert_eq!(
+            header(m, "Nats-Msg-Id"),
+            Some(ids[n as usize].to_string().as_str())
+        );
+        assert_eq!(
+            header(m, "outbox-id"),
+            Some(ids[n as usize].to_string().as_str())
+        );
+        assert_eq!(
+            header(m, "outbox-event-type"),
+            Some("CandidateStatusChanged")
+        );
+        assert_eq!(header(m, "outbox-schema-version"), Some("2"));
+        assert_eq!(
+            header(m, "outbox-partition-key"),
+            Some(format!("candidate-{n}").as_str())
+        );
+        assert_eq!(header(m, "Content-Type"), Some("application/json"));
+        assert_eq!(
+            header(m, "traceparent"),
+            Some(format!("00-trace-{n}-01").as_str())
+        );
+    }
+    assert!(outbox.dead_letters(10).await.unwrap().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cloudevents_modes_over_jetstream() {
+    let client = nats().await;
+    let stream = TestStream::create(&client).await;
+    let (db, outbox) = migrated().await;
+    let binary = candidate("binary", 1);
+    let structured = candidate("structured", 2);
+    let (binary_id, structured_id) = (binary.id(), structured.id());
+
+    // Binary mode: payload as is, attributes in ce-* headers.
+    enqueue(&db, &outbox, vec![binary]).await;
+    let publisher = NatsPublisher::new(client.clone())
+        .with_subject_prefix(&stream.prefix)
+        .with_envelope(Envelope::CloudEventsBinary {
+            source: "/recruiting/candidates".into(),
+        });
+    let relay = Relay::builder(outbox.clone(), publisher).spawn().unwrap();
+    wait_for("the binary event", || async { pending(&outbox).await == 0 }).await;
+    relay.shutdown().await.unwrap();
+
+    // Structured mode: a CloudEvents JSON document as the body.
+    enqueue(&db, &outbox, vec![structured]).await;
+    let publisher = NatsPublisher::new(client.clone())
+        .with_subject_prefix(&stream.prefix)
+        .with_envelope(Envelope::CloudEventsStructured {
+            source: "/recruiting/candidates".into(),
+        });
+    let relay = Relay::builder(outbox.clone(), publisher).spawn().unwrap();
+    wait_for("the structured event", || async {
+        pending(&outbox).await == 0
+    })
+    .await;
+    relay.shutdown().await.unwrap();
+
+    let got = stream.consume(2).await;
+    let b = &got[0];
+    assert_eq!(b.subject.as_str(), format!("{}binary", stream.prefix));
+    assert_eq!(header(b, "ce-specversion"), Some("1.0"));
+    assert_eq!(header(b, "ce-id"), Some(binary_id.to_string().as_str()));
+    assert_eq!(header(b, "ce-source"), Some("/recruiting/candidates"));
+    assert_eq!(header(b, "ce-type"), Some("CandidateStatusChanged"));
+    assert_eq!(header(b, "ce-subject"), Some("candidate-1"));
+    assert_eq!(header(b, "ce-schemaversion"), Some("2"));
+    assert!(header(b, "ce-time").is_some());
+    assert_eq!(header(b, "Content-Type"), Some("application/json"));
+    assert_eq!(
+        header(b, "Nats-Msg-Id"),
+        Some(binary_id.to_string().as_str())
+    );
+    assert_eq!(header(b, "traceparent"), Some("00-trace-1-01"));
+    let payload: serde_json::Value = serde_json::from_slice(&b.payload).unwrap();
+    assert_eq!(payload["candidate_id"], 1);
+
+    let s = &got[1];
+    assert_eq!(
+        header(s, "Content-Type"),
+        Some("application/cloudevents+json")
+    );
+    assert_eq!(
+        header(s, "Nats-Msg-Id"),
+        Some(structured_id.to_string().as_str())
+    );
+    let doc: serde_json::Value = serde_json::from_slice(&s.payload).unwrap();
+    assert_eq!(doc["specversion"], "1.0");
+    assert_eq!(doc["id"], structured_id.to_string());
+    assert_eq!(doc["type"], "CandidateStatusChanged");
+    assert_eq!(doc["subject"], "candidate-2");
+    assert_eq!(doc["data"]["candidate_id"], 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_sent_twice_is_stored_once() {
+    let client = nats().await;
+    let stream = TestStream::create(&client).await;
+    let (db, outbox) = migrated().await;
+    let messages: Vec<NewMessage> = (0..10).map(|n| candidate("candidates", n)).collect();
+    let ids: HashSet<String> = messages.iter().map(|m| m.id().to_string()).collect();
+    enqueue(&db, &outbox, messages).await;
+
+    // Every message is published, its ack "lost", and published again.
+    let mut probe =
+        Probe::new(NatsPublisher::new(client.clone()).with_subject_prefix(&stream.prefix));
+    probe.lose_first_ack = true;
+    let calls = probe.calls.clone();
+    let seen = probe.seen.clone();
+    let relay = Relay::builder(outbox.clone(), probe)
+        .retry(fast_retry())
+        .spawn()
+        .unwrap();
+    wait_for("the outbox to drain", || async {
+        pending(&outbox).await == 0
+    })
+    .await;
+    relay.shutdown().await.unwrap();
+    assert_eq!(calls.load(Ordering::SeqCst), 20, "each message sent twice");
+
+    // JetStream dropped the second copies inside its duplicate window.
+    assert_eq!(stream.count().await, 10);
+    let got = stream.consume(10).await;
+    let got_ids: HashSet<String> = got
+        .iter()
+        .map(|m| header(m, "Nats-Msg-Id").unwrap().to_owned())
+        .collect();
+    assert_eq!(got_ids, ids);
+
+    // A third send of the same messages straight through the publisher:
+    // acknowledged (as duplicates), still nothing new in the stream.
+    let again: Vec<OutboxMessage> = seen.lock().unwrap().iter().take(10).cloned().collect();
+    let publisher = NatsPublisher::new(client.clone()).with_subject_prefix(&stream.prefix);
+    let results = publisher.publish(&again).await;
+    assert!(results.iter().all(Result::is_ok), "{results:?}");
+    assert_eq!(stream.count().await, 10);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nothing_is_lost_while_the_broker_is_unreachable() {
+    let direct = nats().await;
+    let stream = TestStream::create(&direct).await;
+    let proxy = support::Proxy::start(NATS).await;
+    let client = async_nats::ConnectOptions::new()
+        .reconnect_delay_callback(|_| Duration::from_millis(50))
+        .connect(proxy.addr.to_string())
+        .await
+        .expect("connect through the proxy");
+    let (db, outbox) = migrated().await;
+    let probe = Probe::new(
+        NatsPublisher::new(client.clone())
+            .with_subject_prefix(&stream.prefix)
+            .with_ack_timeout(Duration::from_secs(1)),
+    );
+    let failures = probe.failures.clone();
+    let relay = Relay::builder(outbox.clone(), probe)
+        .retry(fast_retry())
+        .spawn()
+        .unwrap();
+
+    let first = candidate("candidates", 0);
+    let mut ids = vec![first.id().to_string()];
+    enqueue(&db, &outbox, vec![first]).await;
+    wait_for("the first message", || async {
+        pending(&outbox).await == 0
+    })
+    .await;
+
+    proxy.cut();
+    support::eventually("the client to notice the outage", || {
+        client.connection_state() != async_nats::connection::State::Connected
+    })
+    .await;
+    let messages: Vec<NewMessage> = (1..=20).map(|n| candidate("candidates", n)).collect();
+    ids.extend(messages.iter().map(|m| m.id().to_string()));
+    enqueue(&db, &outbox, messages).await;
+    wait_for("failed attempts", || async {
+        failures.load(Ordering::SeqCst) >= 40
+    })
+    .await;
+    assert_eq!(
+        pending(&outbox).await,
+        20,
+        "nothing published during the outage"
+    );
+    assert_eq!(stream.count().await, 1);
+
+    proxy.restore();
+    wait_for("the backlog to drain", || async {
+        pending(&outbox).await == 0
+    })
+    .await;
+    relay.shutdown().await.unwrap();
+
+    assert!(outbox.dead_letters(10).await.unwrap().is_empty());
+    assert_eq!(stream.count().await, 21);
+    let got: HashSet<String> = stream
+        .consume(21)
+        .await
+        .iter()
+        .map(|m| header(m, "Nats-Msg-Id").unwrap().to_owned())
+        .collect();
+    assert_eq!(got, ids.into_iter().collect::<HashSet<_>>());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rejected_messages_are_dead_lettered() {
+    let client = nats().await;
+    let stream = TestStream::create(&client).await;
+    let (db, outbox) = migrated().await;
+    let max_payload = client.server_info().max_payload;
+    assert!(max_payload > 0);
+
+    let too_big = NewMessage::bytes("candidates", vec![b'x'; max_payload + 1])
+        .with_event_type("CandidateCvUploaded");
+    let fine = candidate("candidates", 1);
+    let (too_big_id, fine_id) = (too_big.id(), fine.id());
+    enqueue(&db, &outbox, vec![too_big, fine]).await;
+
+    let publisher = NatsPublisher::new(client.clone()).with_subject_prefix(&stream.prefix);
+    let relay = Relay::builder(outbox.clone(), publisher)
+        .retry(fast_retry())
+        .spawn()
+        .unwrap();
+    wait_for("the outbox to drain", || async {
+        pending(&outbox).await == 0
+    })
+    .await;
+    relay.shutdown().await.unwrap();
+
+    let dead = outbox.dead_letters(10).await.unwrap();
+    assert_eq!(dead.len(), 1, "{dead:?}");
+    assert_eq!(dead[0].id(), too_big_id);
+    assert_eq!(dead[0].attempts, 1, "permanent: no retry");
+    assert!(
+        dead[0].last_error.contains("max_payload"),
+        "{}",
+        dead[0].last_error
+    );
+    let got = stream.consume(1).await;
+    assert_eq!(
+        header(&got[0], "Nats-Msg-Id"),
+        Some(fine_id.to_string().as_str())
+    );
+
+    // A subject that no stream captures.
+    let orphan = candidate(&format!("nostream{}", uuid::Uuid::now_v7().simple()), 2);
+    let orphan_id = orphan.id();
+    enqueue(&db, &outbox, vec![orphan]).await;
+    let publisher = NatsPublisher::new(client.clone()).with_subject_prefix("outboxtest.orphans.");
+    let relay = Relay::builder(outbox.clone(), publisher)
+        .retry(fast_retry())
+        .spawn()
+        .unwrap();
+    wait_for("the orphan to be dead-lettered", || async {
+        pending(&outbox).await == 0
+    })
+    .await;
+    relay.shutdown().await.unwrap();
+    let dead = outbox.dead_letters(10).await.unwrap();
+    let orphan_dead = dead
+        .iter()
+        .find(|d| d.id() == orphan_id)
+        .expect("the orphan is a dead letter");
+    assert_eq!(orphan_dead.attempts, 1);
+    assert!(
+        orphan_dead
+            .last_error
+            .contains("no JetStream stream captures subject"),
+        "{}",
+        orphan_dead.last_error
+    );
+    assert_eq!(stream.count().await, 1);
+}
+
+/// Drains 20,000 messages through JetStream and prints the rate (no timing
+/// assertion: the number is for the record).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drains_a_large_backlog() {
+    const N: usize = 20_000;
+    let client = nats().await;
+    let stream = TestStream::create(&client).await;
+    let (db, outbox) = migrated().await;
+    let messages: Vec<NewMessage> = (0..N as u32)
+        .map(|n| candidate("candidates", n).with_partition_key(format!("candidate-{}", n % 5000)))
+        .collect();
+    enqueue(&db, &outbox, messages).await;
+
+    let probe = Probe::new(NatsPublisher::new(client.clone()).with_subject_prefix(&stream.prefix));
+    let busy = probe.busy.clone();
+    let started = std::time::Instant::now();
+    let relay = Relay::builder(outbox.clone(), probe)
+        .batch_size(500)
+        .spawn()
+        .unwrap();
+    wait_for("the backlog to drain", || async {
+        pending(&outbox).await == 0
+    })
+    .await;
+    let elapsed = started.elapsed();
+    relay.shutdown().await.unwrap();
+    assert_eq!(stream.count().await, N as u64);
+    let busy = Duration::from_nanos(busy.load(Ordering::SeqCst));
+    println!(
+        "NATS JetStream: {N} messages in {elapsed:?} = {:.0} events/s; \
+         {busy:?} ({:.0}%) inside the publisher, the rest in the relay and SQLite",
+        N as f64 / elapsed.as_secs_f64(),
+        100.0 * busy.as_secs_f64() / elapsed.as_secs_f64()
+    );
+}

@@ -1,0 +1,521 @@
+//! The Redis Streams publisher against a real server (127.0.0.1:6379),
+//! with the relay on an SQLite outbox.
+
+mod support;
+
+use std::collections::HashSet;
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use outbox::publisher::{Envelope, RedisStreamsPublisher};
+use outbox::{
+    MessageId, NewMessage, OutboxMessage, PublishError, Publisher, Relay, RetryPolicy, SqliteOutbox,
+};
+use redis::streams::{StreamId, StreamReadReply};
+use redis::AsyncCommands;
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions};
+
+const REDIS: &str = "127.0.0.1:6379";
+const START_REDIS: &str = "redis-server --daemonize yes --bind 127.0.0.1 -::1 --port 6379 \
+    --save \"\" --appendonly no --dir /var/lib/redis --logfile /var/log/redis/ci.log";
+const TIMEOUT: Duration = Duration::from_secs(60);
+
+// ---------------------------------------------------------------------------
+// Database
+
+/// A database file deleted (with its WAL files) when dropped.
+struct TempDb {
+    pool: SqlitePool,
+    path: PathBuf,
+}
+
+impl Drop for TempDb {
+    fn drop(&mut self) {
+        for suffix in ["", "-wal", "-shm", "-journal"] {
+            let mut p = self.path.clone().into_os_string();
+            p.push(suffix);
+            let _ = std::fs::remove_file(p);
+        }
+    }
+}
+
+async fn migrated() -> (TempDb, SqliteOutbox) {
+    let path = std::env::temp_dir().join(format!("outbox-redis-{}.db", uuid::Uuid::now_v7()));
+    let options = SqliteConnectOptions::new()
+        .filename(&path)
+        .create_if_missing(true)
+        .journal_mode(SqliteJournalMode::Wal)
+        .busy_timeout(Duration::from_secs(10));
+    let pool = SqlitePoolOptions::new()
+        .max_connections(4)
+        .connect_with(options)
+        .await
+        .expect("open the test database");
+    let outbox = SqliteOutbox::new(pool.clone());
+    outbox.migrate().await.expect("migrate");
+    (TempDb { pool, path }, outbox)
+}
+
+async fn enqueue(db: &TempDb, outbox: &SqliteOutbox, messages: Vec<NewMessage>) {
+    let mut tx = db.pool.begin().await.unwrap();
+    outbox.enqueue_batch(&mut *tx, messages).await.unwrap();
+    outbox.commit(tx).await.unwrap();
+}
+
+async fn pending(outbox: &SqliteOutbox) -> i64 {
+    outbox.pending_count().await.expect("pending_count")
+}
+
+/// Polls `cond` every 10 ms until it holds; panics after [`TIMEOUT`].
+async fn wait_for<F, Fut>(what: &str, mut cond: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + TIMEOUT;
+    while !cond().await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+fn fast_retry() -> RetryPolicy {
+    RetryPolicy::new()
+        .initial_delay(Duration::from_millis(20))
+        .max_delay(Duration::from_millis(200))
+        .max_attempts(1000)
+}
+
+// ---------------------------------------------------------------------------
+// Redis
+
+/// Keys of one test live under a prefix of their own and are deleted when
+/// this is dropped, also when the test fails.
+struct TestKeys {
+    prefix: String,
+    conn: redis::aio::MultiplexedConnection,
+}
+
+impl TestKeys {
+    async fn new() -> TestKeys {
+        support::require_service("Redis", REDIS, START_REDIS).await;
+        let client = redis::Client::open(format!("redis://{REDIS}")).unwrap();
+        let conn = client
+            .get_multiplexed_async_connection()
+            .await
+            .expect("connect to Redis");
+        TestKeys {
+            prefix: format!("outboxtest:{}:", uuid::Uuid::now_v7().simple()),
+            conn,
+        }
+    }
+
+    /// A publisher whose streams and dedupe keys live under the prefix.
+    fn publisher(&self, addr: &str) -> RedisStreamsPublisher {
+        RedisStreamsPublisher::from_url(&format!("redis://{addr}"))
+            .unwrap()
+            .with_stream_prefix(format!("{}stream:", self.prefix))
+            .with_dedupe_prefix(format!("{}dedupe:", self.prefix))
+    }
+
+    fn stream(&self, topic: &str) -> String {
+        format!("{}stream:{topic}", self.prefix)
+    }
+
+    async fn len(&self, topic: &str) -> u64 {
+        self.conn.clone().xlen(self.stream(topic)).await.unwrap()
+    }
+
+    /// Reads the whole stream with XREAD, as a consumer starting at 0.
+    async fn read(&self, topic: &str) -> Vec<StreamId> {
+        let reply: StreamReadReply = redis::cmd("XREAD")
+            .arg("COUNT")
+            .arg(100_000)
+            .arg("STREAMS")
+            .arg(self.stream(topic))
+            .arg("0")
+            .query_async(&mut self.conn.clone())
+            .await
+            .unwrap();
+        reply.keys.into_iter().flat_map(|k| k.ids).collect()
+    }
+}
+
+impl Drop for TestKeys {
+    fn drop(&mut self) {
+        let pattern = format!("{}*", self.prefix);
+        let Ok(client) = redis::Client::open(format!("redis://{REDIS}")) else {
+            return;
+        };
+        let Ok(mut con) = client.get_connection() else {
+            return;
+        };
+        let keys: Vec<String> = redis::Commands::scan_match::<_, String>(&mut con, &pattern)
+            .map(|it| it.collect())
+            .unwrap_or_default();
+        for chunk in keys.chunks(500) {
+            let _: Result<(), _> = redis::Commands::del(&mut con, chunk);
+        }
+    }
+}
+
+fn field(e: &StreamId, name: &str) -> Option<String> {
+    e.get::<String>(name)
+}
+
+fn candidate(topic: &str, n: u32) -> NewMessage {
+    NewMessage::json(
+        topic,
+        &serde_json::json!({ "candidate_id": n, "status": "hired" }),
+    )
+    .unwrap()
+    .with_partition_key(format!("candidate-{n}"))
+    .with_event_type("CandidateStatusChanged")
+    .with_schema_version(4)
+    .with_header("traceparent", format!("00-trace-{n}-01"))
+}
+
+/// Counts what the inner publisher is asked and how often it fails; can
+/// pretend the first acknowledgement of each message was lost.
+struct Probe<P> {
+    inner: P,
+    calls: Arc<AtomicU64>,
+    failures: Arc<AtomicU64>,
+    /// Nanoseconds spent inside the inner publisher.
+    busy: Arc<AtomicU64>,
+    lose_first_ack: bool,
+    seen: Arc<Mutex<Vec<OutboxMessage>>>,
+}
+
+impl<P> Probe<P> {
+    fn new(inner: P) -> Self {
+        Probe {
+            inner,
+            calls: Arc::default(),
+            failures: Arc::default(),
+            busy: Arc::default(),
+            lose_first_ack: false,
+            seen: Arc::default(),
+        }
+    }
+}
+
+#[async_trait]
+impl<P: Publisher> Publisher for Probe<P> {
+    async fn publish(&self, batch: &[OutboxMessage]) -> Vec<Result<(), PublishError>> {
+        self.calls.fetch_add(batch.len() as u64, Ordering::SeqCst);
+        self.seen.lock().unwrap().extend(batch.iter().cloned());
+        let started = std::time::Instant::now();
+        let mut results = self.inner.publish(batch).await;
+        self.busy
+            .fetch_add(started.elapsed().as_nanos() as u64, Ordering::SeqCst);
+        for (m, r) in batch.iter().zip(results.iter_mut()) {
+            if r.is_ok() && self.lose_first_ack && m.attempt() == 1 {
+                *r = Err(PublishError::transient("acknowledgement lost (simulated)"));
+            }
+            if r.is_err() {
+                self.failures.fetch_add(1, Ordering::SeqCst);
+            }
+        }
+        results
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Tests
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relay_appends_to_streams_with_fields() {
+    let keys = TestKeys::new().await;
+    let (db, outbox) = migrated().await;
+    let messages: Vec<NewMessage> = (0..5).map(|n| candidate("candidates", n)).collect();
+    let ids: Vec<MessageId> = messages.iter().map(NewMessage::id).collect();
+    enqueue(&db, &outbox, messages).await;
+
+    let relay = Relay::builder(outbox.clone(), keys.publisher(REDIS))
+        .spawn()
+        .unwrap();
+    wait_for("the outbox to drain", || async {
+        pending(&outbox).await == 0
+    })
+    .await;
+    relay.shutdown().await.unwrap();
+
+    let entries = keys.read("candidates").await;
+    assert_eq!(entries.len(), 5);
+    for (n, e) in entries.iter().enumerate() {
+        assert_eq!(field(e, "id"), Some(ids[n].to_string()));
+        assert_eq!(
+            field(e, "event_type").as_deref(),
+            Some("CandidateStatusChanged")
+        );
+        assert_eq!(field(e, "schema_version").as_deref(), Some("4"));
+        assert_eq!(field(e, "partition_key"), Some(format!("candidate-{n}")));
+        assert_eq!(
+            field(e, "content_type").as_deref(),
+            Some("application/json")
+        );
+        assert!(field(e, "position").is_some());
+        assert!(field(e, "created_at").is_some());
+        let headers: serde_json::Value =
+            serde_json::from_str(&field(e, "headers").unwrap()).unwrap();
+        assert_eq!(headers["traceparent"], format!("00-trace-{n}-01"));
+        let payload: serde_json::Value =
+            serde_json::from_slice(&e.get::<Vec<u8>>("payload").unwrap()).unwrap();
+        assert_eq!(payload["candidate_id"], n);
+
+        // The dedupe key names the entry and expires.
+        let mut conn = keys.conn.clone();
+        let guard: Option<String> = conn
+            .get(format!("{}dedupe:{}", keys.prefix, ids[n]))
+            .await
+            .unwrap();
+        assert_eq!(guard.as_deref(), Some(e.id.as_str()));
+        let ttl: i64 = conn
+            .pttl(format!("{}dedupe:{}", keys.prefix, ids[n]))
+            .await
+            .unwrap();
+        assert!(ttl > 0 && ttl <= 24 * 3600 * 1000, "{ttl}");
+    }
+    assert!(outbox.dead_letters(10).await.unwrap().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cloudevents_structured_mode_and_trimming() {
+    let keys = TestKeys::new().await;
+    let (db, outbox) = migrated().await;
+    let m = candidate("candidates", 9);
+    let id = m.id().to_string();
+    enqueue(&db, &outbox, vec![m]).await;
+
+    let publisher = keys
+        .publisher(REDIS)
+        .with_envelope(Envelope::CloudEventsStructured {
+            source: "/recruiting/candidates".into(),
+        })
+        .with_max_len(1000);
+    let relay = Relay::builder(outbox.clone(), publisher).spawn().unwrap();
+    wait_for("the outbox to drain", || async {
+        pending(&outbox).await == 0
+    })
+    .await;
+    relay.shutdown().await.unwrap();
+
+    let entries = keys.read("candidates").await;
+    assert_eq!(entries.len(), 1);
+    let e = &entries[0];
+    assert_eq!(field(e, "id"), Some(id.clone()));
+    assert_eq!(
+        field(e, "content_type").as_deref(),
+        Some("application/cloudevents+json")
+    );
+    let doc: serde_json::Value =
+        serde_json::from_slice(&e.get::<Vec<u8>>("payload").unwrap()).unwrap();
+    assert_eq!(doc["specversion"], "1.0");
+    assert_eq!(doc["id"], id);
+    assert_eq!(doc["source"], "/recruiting/candidates");
+    assert_eq!(doc["type"], "CandidateStatusChanged");
+    assert_eq!(doc["subject"], "candidate-9");
+    assert_eq!(doc["data"]["candidate_id"], 9);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_sent_twice_is_appended_once() {
+    let keys = TestKeys::new().await;
+    let (db, outbox) = migrated().await;
+    let messages: Vec<NewMessage> = (0..10).map(|n| candidate("candidates", n)).collect();
+    let ids: HashSet<String> = messages.iter().map(|m| m.id().to_string()).collect();
+    enqueue(&db, &outbox, messages).await;
+
+    let mut probe = Probe::new(keys.publisher(REDIS));
+    probe.lose_first_ack = true;
+    let calls = probe.calls.clone();
+    let seen = probe.seen.clone();
+    let relay = Relay::builder(outbox.clone(), probe)
+        .retry(fast_retry())
+        .spawn()
+        .unwrap();
+    wait_for("the outbox to drain", || async {
+        pending(&outbox).await == 0
+    })
+    .await;
+    relay.shutdown().await.unwrap();
+    assert_eq!(calls.load(Ordering::SeqCst), 20, "each message sent twice");
+    assert_eq!(keys.len("candidates").await, 10);
+    let got: HashSet<String> = keys
+        .read("candidates")
+        .await
+        .iter()
+        .map(|e| field(e, "id").unwrap())
+        .collect();
+    assert_eq!(got, ids);
+
+    // Once more, straight through the publisher: acknowledged, not appended.
+    let again: Vec<OutboxMessage> = seen.lock().unwrap().iter().take(10).cloned().collect();
+    let results = keys.publisher(REDIS).publish(&again).await;
+    assert!(results.iter().all(Result::is_ok), "{results:?}");
+    assert_eq!(keys.len("candidates").await, 10);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nothing_is_lost_while_the_server_is_unreachable() {
+    let keys = TestKeys::new().await;
+    let proxy = support::Proxy::start(REDIS).await;
+    let (db, outbox) = migrated().await;
+    let probe = Probe::new(
+        keys.publisher(&proxy.addr.to_string())
+            .with_timeout(Duration::from_secs(1)),
+    );
+    let failures = probe.failures.clone();
+    let relay = Relay::builder(outbox.clone(), probe)
+        .retry(fast_retry())
+        .spawn()
+        .unwrap();
+
+    let first = candidate("candidates", 0);
+    let mut ids = vec![first.id().to_string()];
+    enqueue(&db, &outbox, vec![first]).await;
+    wait_for("the first message", || async {
+        pending(&outbox).await == 0
+    })
+    .await;
+
+    proxy.cut();
+    let messages: Vec<NewMessage> = (1..=20).map(|n| candidate("candidates", n)).collect();
+    ids.extend(messages.iter().map(|m| m.id().to_string()));
+    enqueue(&db, &outbox, messages).await;
+    wait_for("failed attempts", || async {
+        failures.load(Ordering::SeqCst) >= 40
+    })
+    .await;
+    assert_eq!(
+        pending(&outbox).await,
+        20,
+        "nothing published during the outage"
+    );
+    assert_eq!(keys.len("candidates").await, 1);
+
+    proxy.restore();
+    wait_for("the backlog to drain", || async {
+        pending(&outbox).await == 0
+    })
+    .await;
+    relay.shutdown().await.unwrap();
+
+    assert!(outbox.dead_letters(10).await.unwrap().is_empty());
+    assert_eq!(keys.len("candidates").await, 21);
+    let got: HashSet<String> = keys
+        .read("candidates")
+        .await
+        .iter()
+        .map(|e| field(e, "id").unwrap())
+        .collect();
+    assert_eq!(got, ids.into_iter().collect::<HashSet<_>>());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rejected_messages_are_dead_lettered() {
+    let keys = TestKeys::new().await;
+    let (db, outbox) = migrated().await;
+    // Over the configured maximum payload.
+    let too_big = NewMessage::bytes("candidates", vec![b'x'; 2048]);
+    // The stream key holds a string: XADD fails with WRONGTYPE.
+    let mut conn = keys.conn.clone();
+    let _: () = conn.set(keys.stream("not-a-stream"), "oops").await.unwrap();
+    let wrong_type = candidate("not-a-stream", 1);
+    let fine = candidate("candidates", 2);
+    let (too_big_id, wrong_type_id, fine_id) = (too_big.id(), wrong_type.id(), fine.id());
+    enqueue(&db, &outbox, vec![too_big, wrong_type, fine]).await;
+
+    let publisher = keys.publisher(REDIS).with_max_payload(1024);
+    let relay = Relay::builder(outbox.clone(), publisher)
+        .retry(fast_retry())
+        .spawn()
+        .unwrap();
+    wait_for("the outbox to drain", || async {
+        pending(&outbox).await == 0
+    })
+    .await;
+    relay.shutdown().await.unwrap();
+
+    let dead = outbox.dead_letters(10).await.unwrap();
+    assert_eq!(dead.len(), 2, "{dead:?}");
+    let big = dead.iter().find(|d| d.id() == too_big_id).unwrap();
+    assert_eq!(big.attempts, 1, "permanent: no retry");
+    assert!(
+        big.last_error
+            .contains("over the configured maximum of 1024"),
+        "{}",
+        big.last_error
+    );
+    let wrong = dead.iter().find(|d| d.id() == wrong_type_id).unwrap();
+    assert_eq!(wrong.attempts, 1);
+    assert!(
+        wrong.last_error.contains("not a stream"),
+        "{}",
+        wrong.last_error
+    );
+    // The failed XADD left no dedupe key behind: a replay is not taken for
+    // a duplicate.
+    let guard: Option<String> = conn
+        .get(format!("{}dedupe:{}", keys.prefix, wrong_type_id))
+        .await
+        .unwrap();
+    assert_eq!(guard, None);
+
+    let entries = keys.read("candidates").await;
+    assert_eq!(entries.len(), 1);
+    assert_eq!(field(&entries[0], "id"), Some(fine_id.to_string()));
+
+    // Fix the key and replay: the dead letter goes through.
+    let _: () = conn.del(keys.stream("not-a-stream")).await.unwrap();
+    outbox.replay_dead_letter(wrong_type_id).await.unwrap();
+    let relay = Relay::builder(outbox.clone(), keys.publisher(REDIS))
+        .spawn()
+        .unwrap();
+    wait_for("the replay", || async { pending(&outbox).await == 0 }).await;
+    relay.shutdown().await.unwrap();
+    assert_eq!(keys.len("not-a-stream").await, 1);
+}
+
+/// Drains 20,000 messages into a stream and prints the rate (no timing
+/// assertion: the number is for the record).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drains_a_large_backlog() {
+    const N: usize = 20_000;
+    let keys = TestKeys::new().await;
+    let (db, outbox) = migrated().await;
+    let messages: Vec<NewMessage> = (0..N as u32)
+        .map(|n| candidate("candidates", n).with_partition_key(format!("candidate-{}", n % 5000)))
+        .collect();
+    enqueue(&db, &outbox, messages).await;
+
+    let probe = Probe::new(keys.publisher(REDIS));
+    let busy = probe.busy.clone();
+    let started = std::time::Instant::now();
+    let relay = Relay::builder(outbox.clone(), probe)
+        .batch_size(500)
+        .spawn()
+        .unwrap();
+    wait_for("the backlog to drain", || async {
+        pending(&outbox).await == 0
+    })
+    .await;
+    let elapsed = started.elapsed();
+    relay.shutdown().await.unwrap();
+    assert_eq!(keys.len("candidates").await, N as u64);
+    let busy = Duration::from_nanos(busy.load(Ordering::SeqCst));
+    println!(
+        "Redis Streams: {N} messages in {elapsed:?} = {:.0} events/s; \
+         {busy:?} ({:.0}%) inside the publisher, the rest in the relay and SQLite",
+        N as f64 / elapsed.as_secs_f64(),
+        100.0 * busy.as_secs_f64() / elapsed.as_secs_f64()
+    );
+}
