@@ -210,6 +210,70 @@ pub struct AckReport {
     pub(crate) fenced_buckets: Vec<i32>,
 }
 
+/// Acknowledgements sorted into what each backend writes, after fencing.
+#[derive(Debug, Default)]
+pub(crate) struct AckPlan<'a> {
+    pub(crate) report: AckReport,
+    /// Positions to delete (or move to the published table).
+    pub(crate) published: Vec<i64>,
+    /// (key, number) of each published numbered message.
+    pub(crate) key_sequences: Vec<(&'a str, i64)>,
+    /// (key, position) of heads whose block is lifted.
+    pub(crate) unblock: Vec<(&'a str, i64)>,
+    /// (key, position) of heads that now block their key.
+    pub(crate) block: Vec<(&'a str, i64)>,
+    /// (position, attempts, due, error) of messages to retry.
+    pub(crate) retry: Vec<(i64, i32, DateTime<Utc>, &'a str)>,
+    /// (position, attempts, error) of messages to dead-letter.
+    pub(crate) dead: Vec<(i64, i32, &'a str)>,
+}
+
+impl<'a> AckPlan<'a> {
+    /// Sorts `acks`; those whose bucket `still_owned` rejects are fenced.
+    pub(crate) fn new(acks: &'a [Ack], still_owned: impl Fn(i32) -> bool) -> Self {
+        let mut plan = AckPlan::default();
+        for a in acks {
+            if !still_owned(a.bucket) {
+                plan.report.fenced += 1;
+                if !plan.report.fenced_buckets.contains(&a.bucket) {
+                    plan.report.fenced_buckets.push(a.bucket);
+                }
+                continue;
+            }
+            plan.report.applied += 1;
+            let blocks = match &a.disposition {
+                Disposition::Published => {
+                    plan.published.push(a.seq);
+                    if let (Some(k), Some(n)) = (&a.partition_key, a.key_sequence) {
+                        plan.key_sequences.push((k, n));
+                    }
+                    false
+                }
+                Disposition::Retry {
+                    at,
+                    error,
+                    block_key,
+                } => {
+                    plan.retry.push((a.seq, a.attempts, *at, error));
+                    *block_key
+                }
+                Disposition::Dead { error, block_key } => {
+                    plan.dead.push((a.seq, a.attempts, error));
+                    *block_key
+                }
+            };
+            if let Some(k) = &a.partition_key {
+                if blocks {
+                    plan.block.push((k, a.seq));
+                } else if a.retried {
+                    plan.unblock.push((k, a.seq));
+                }
+            }
+        }
+        plan
+    }
+}
+
 /// Numbers the relay turns into gauges.
 #[derive(Debug, Clone, Copy, Default)]
 #[allow(unreachable_pub)] // sealed: reachable only through `Store`

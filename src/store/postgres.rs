@@ -14,8 +14,8 @@ use uuid::Uuid;
 
 use super::sealed::StoreOps;
 use super::{
-    split_inserted, Ack, AckReport, Claimed, DeadLetter, Disposition, Lease, Store, StoreStats,
-    TableNames, WakeSource,
+    split_inserted, Ack, AckPlan, AckReport, Claimed, DeadLetter, Disposition, Lease, Store,
+    StoreStats, TableNames, WakeSource,
 };
 use crate::error::{Error, Result};
 use crate::event::Event;
@@ -999,70 +999,28 @@ impl StoreOps for PgOutbox {
             .fetch_all(&mut *tx)
             .await?;
         let valid: HashSet<i32> = valid.into_iter().collect();
-        let mut report = AckReport::default();
-        let mut published = Vec::new();
-        let (mut ks_k, mut ks_n) = (Vec::new(), Vec::new());
-        let (mut unblock_k, mut unblock_s) = (Vec::new(), Vec::new());
-        let (mut block_k, mut block_s) = (Vec::new(), Vec::new());
-        let (mut r_seq, mut r_att, mut r_at, mut r_err) =
-            (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-        let (mut d_seq, mut d_att, mut d_err) = (Vec::new(), Vec::new(), Vec::new());
-        for a in acks {
-            if !valid.contains(&a.bucket) {
-                report.fenced += 1;
-                if !report.fenced_buckets.contains(&a.bucket) {
-                    report.fenced_buckets.push(a.bucket);
-                }
-                continue;
-            }
-            report.applied += 1;
-            let blocks = match &a.disposition {
-                Disposition::Published => {
-                    published.push(a.seq);
-                    if let (Some(k), Some(n)) = (&a.partition_key, a.key_sequence) {
-                        ks_k.push(k.clone());
-                        ks_n.push(n);
-                    }
-                    false
-                }
-                Disposition::Retry {
-                    at,
-                    error,
-                    block_key,
-                } => {
-                    r_seq.push(a.seq);
-                    r_att.push(a.attempts);
-                    r_at.push(*at);
-                    r_err.push(error.clone());
-                    *block_key
-                }
-                Disposition::Dead { error, block_key } => {
-                    d_seq.push(a.seq);
-                    d_att.push(a.attempts);
-                    d_err.push(error.clone());
-                    *block_key
-                }
-            };
-            if let Some(k) = &a.partition_key {
-                if blocks {
-                    block_k.push(k.clone());
-                    block_s.push(a.seq);
-                } else if a.retried {
-                    unblock_k.push(k.clone());
-                    unblock_s.push(a.seq);
-                }
-            }
-        }
+        let plan = AckPlan::new(acks, |b| valid.contains(&b));
+        let published = &plan.published;
+        let (ks_k, ks_n): (Vec<&str>, Vec<i64>) = plan.key_sequences.iter().copied().unzip();
+        let (unblock_k, unblock_s): (Vec<&str>, Vec<i64>) = plan.unblock.iter().copied().unzip();
+        let (block_k, block_s): (Vec<&str>, Vec<i64>) = plan.block.iter().copied().unzip();
+        let r_seq: Vec<i64> = plan.retry.iter().map(|r| r.0).collect();
+        let r_att: Vec<i32> = plan.retry.iter().map(|r| r.1).collect();
+        let r_at: Vec<DateTime<Utc>> = plan.retry.iter().map(|r| r.2).collect();
+        let r_err: Vec<&str> = plan.retry.iter().map(|r| r.3).collect();
+        let d_seq: Vec<i64> = plan.dead.iter().map(|d| d.0).collect();
+        let d_att: Vec<i32> = plan.dead.iter().map(|d| d.1).collect();
+        let d_err: Vec<&str> = plan.dead.iter().map(|d| d.2).collect();
         if !published.is_empty() {
             if retain {
                 sqlx::query(&self.inner.sql.move_published)
-                    .bind(&published)
+                    .bind(published)
                     .bind(now)
                     .execute(&mut *tx)
                     .await?;
             } else {
                 sqlx::query(&self.inner.sql.delete_published)
-                    .bind(&published)
+                    .bind(published)
                     .execute(&mut *tx)
                     .await?;
             }
@@ -1106,7 +1064,7 @@ impl StoreOps for PgOutbox {
                 .await?;
         }
         tx.commit().await?;
-        Ok(report)
+        Ok(plan.report)
     }
 
     async fn key_sequences(&self, keys: &[String]) -> Result<HashMap<String, i64>> {

@@ -24,7 +24,7 @@ use uuid::Uuid;
 
 use super::sealed::StoreOps;
 use super::{
-    split_inserted, Ack, AckReport, Claimed, DeadLetter, Disposition, Lease, Store, StoreStats,
+    split_inserted, Ack, AckPlan, AckReport, Claimed, DeadLetter, Lease, Store, StoreStats,
     TableNames, WakeSource,
 };
 use crate::error::{Error, Result};
@@ -855,53 +855,26 @@ impl StoreOps for SqliteOutbox {
                 valid.insert(l.bucket);
             }
         }
-        let mut report = AckReport::default();
-        let mut published = Vec::new();
-        let mut key_seqs = Vec::new();
-        let mut unblock = Vec::new();
-        let mut block = Vec::new();
-        let mut retry = Vec::new();
-        let mut dead = Vec::new();
-        let mut dead_seqs = Vec::new();
-        for a in acks {
-            if !valid.contains(&a.bucket) {
-                report.fenced += 1;
-                if !report.fenced_buckets.contains(&a.bucket) {
-                    report.fenced_buckets.push(a.bucket);
-                }
-                continue;
-            }
-            report.applied += 1;
-            let blocks = match &a.disposition {
-                Disposition::Published => {
-                    published.push(a.seq);
-                    if let (Some(k), Some(n)) = (&a.partition_key, a.key_sequence) {
-                        key_seqs.push(serde_json::json!([k, n]));
-                    }
-                    false
-                }
-                Disposition::Retry {
-                    at,
-                    error,
-                    block_key,
-                } => {
-                    retry.push(serde_json::json!([a.seq, a.attempts, micros(*at), error]));
-                    *block_key
-                }
-                Disposition::Dead { error, block_key } => {
-                    dead.push(serde_json::json!([a.seq, a.attempts, error]));
-                    dead_seqs.push(a.seq);
-                    *block_key
-                }
-            };
-            if let Some(k) = &a.partition_key {
-                if blocks {
-                    block.push(serde_json::json!([k, a.seq]));
-                } else if a.retried {
-                    unblock.push(serde_json::json!([k, a.seq]));
-                }
-            }
-        }
+        let plan = AckPlan::new(acks, |b| valid.contains(&b));
+        let report = plan.report.clone();
+        let published = &plan.published;
+        let pairs = |v: &[(&str, i64)]| serde_json::json!(v);
+        let key_seqs = &plan.key_sequences;
+        let unblock = &plan.unblock;
+        let block = &plan.block;
+        let retry: Vec<serde_json::Value> = plan
+            .retry
+            .iter()
+            .map(|(seq, attempts, at, error)| {
+                serde_json::json!([seq, attempts, micros(*at), error])
+            })
+            .collect();
+        let dead: Vec<serde_json::Value> = plan
+            .dead
+            .iter()
+            .map(|(seq, attempts, error)| serde_json::json!([seq, attempts, error]))
+            .collect();
+        let dead_seqs: Vec<i64> = plan.dead.iter().map(|d| d.0).collect();
         if report.applied == 0 {
             tx.rollback().await?;
             return Ok(report);
@@ -923,13 +896,13 @@ impl StoreOps for SqliteOutbox {
         if !key_seqs.is_empty() {
             sqlx::query(&sql.key_seq_upsert)
                 .bind(micros(now))
-                .bind(json(&serde_json::Value::Array(key_seqs)))
+                .bind(json(&pairs(key_seqs)))
                 .execute(&mut *tx)
                 .await?;
         }
         if !unblock.is_empty() {
             sqlx::query(&sql.unblock)
-                .bind(json(&serde_json::Value::Array(unblock)))
+                .bind(json(&pairs(unblock)))
                 .execute(&mut *tx)
                 .await?;
         }
@@ -953,7 +926,7 @@ impl StoreOps for SqliteOutbox {
         if !block.is_empty() {
             sqlx::query(&sql.block)
                 .bind(micros(now))
-                .bind(json(&serde_json::Value::Array(block)))
+                .bind(json(&pairs(block)))
                 .execute(&mut *tx)
                 .await?;
         }
@@ -1011,6 +984,7 @@ mod tests {
     use sqlx::sqlite::SqlitePoolOptions;
 
     use super::*;
+    use crate::store::Disposition;
 
     async fn outbox() -> SqliteOutbox {
         // One connection that never closes: the in-memory database lives
