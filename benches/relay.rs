@@ -318,7 +318,13 @@ impl Publisher for Noop {
     }
 }
 
-async fn relay_drain(pool: &PgPool, rows: i64, relays: usize, policy: OrderingPolicy) -> f64 {
+async fn relay_drain(
+    pool: &PgPool,
+    rows: i64,
+    relays: usize,
+    policy: OrderingPolicy,
+    numbered: bool,
+) -> f64 {
     let outbox = PgOutbox::new(pool.clone());
     let noop = Arc::new(Noop::default());
     let start = Instant::now();
@@ -327,6 +333,7 @@ async fn relay_drain(pool: &PgPool, rows: i64, relays: usize, policy: OrderingPo
             Relay::builder(outbox.clone(), noop.clone())
                 .batch_size(1000)
                 .ordering(policy)
+                .key_sequences(numbered)
                 .poll_interval(Duration::from_millis(50))
                 .spawn()
                 .unwrap()
@@ -357,19 +364,27 @@ async fn bench_drain(cfg: &Config, res: &mut Results) {
         format!("{raw:.0} rows/s"),
     );
     let relay_counts: &[usize] = if cfg.quick { &[1, 4] } else { &[1, 2, 4] };
-    for policy in [OrderingPolicy::Ordered, OrderingPolicy::Unordered] {
+    let variants = [
+        (OrderingPolicy::Ordered, false, ""),
+        (OrderingPolicy::Unordered, false, "_unordered"),
+        (OrderingPolicy::Ordered, true, "_numbered"),
+    ];
+    for (policy, numbered, tag) in variants {
         for &n in relay_counts {
+            if numbered && n > 1 {
+                continue;
+            }
             fill(&pool, "outbox.messages", rows, 10_000).await;
-            let r = relay_drain(&pool, rows, n, policy).await;
-            let tag = if policy == OrderingPolicy::Ordered {
-                ""
-            } else {
-                "_unordered"
-            };
+            let r = relay_drain(&pool, rows, n, policy, numbered).await;
             res.put(&format!("relay_rows_per_s_{n}{tag}"), r);
             res.put(&format!("relay_ratio_vs_drain_{n}{tag}"), r / raw);
+            let what = if numbered {
+                format!("{policy:?}, key sequences on")
+            } else {
+                format!("{policy:?}")
+            };
             res.row(
-                format!("drain: {n} relay(s), {policy:?} / raw"),
+                format!("drain: {n} relay(s), {what} / raw"),
                 format!("{:.2} ({r:.0} rows/s)", r / raw),
             );
         }

@@ -56,7 +56,10 @@ macro_rules! recruiting {
                     Ok(())
                 }
             });
-            let relay = Relay::builder(outbox.clone(), publisher).spawn()?;
+            // Numbered keys let payroll's inbox spot a gap, not just a duplicate.
+            let relay = Relay::builder(outbox.clone(), publisher)
+                .key_sequences(true)
+                .spawn()?;
 
             // --- payroll: applies each change once ------------------------
             let payroll_task = {

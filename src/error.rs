@@ -171,15 +171,46 @@ impl std::error::Error for PublishError {
     }
 }
 
+/// Longest error text stored with a message, in characters.
+const MAX_ERROR_CHARS: usize = 2000;
+
 /// Renders an error and its chain of causes on one line, for storage as a
-/// dead letter's last error.
+/// dead letter's last error: NUL characters (which PostgreSQL text cannot
+/// hold) are dropped and the text is cut to a bounded length, so storing an
+/// error can never fail.
 pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
     let mut out = e.to_string();
     let mut cur = e.source();
     while let Some(s) = cur {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
+        let next = s.to_string();
+        // Some errors repeat their source in their own message.
+        if !out.ends_with(&next) {
+            out.push_str(": ");
+            out.push_str(&next);
+        }
         cur = s.source();
     }
-    out
+    let mut clean: String = out
+        .chars()
+        .filter(|c| *c != '\0')
+        .take(MAX_ERROR_CHARS)
+        .collect();
+    if clean.len() < out.len() && out.chars().count() > MAX_ERROR_CHARS {
+        clean.push('…');
+    }
+    clean
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stored_errors_hold_no_nul_and_stay_bounded() {
+        let e = PublishError::transient(format!("bad\0body{}", "x".repeat(5000)));
+        let s = error_chain(&e);
+        assert!(!s.contains('\0'));
+        assert!(s.starts_with("transient publish failure: badbody"));
+        assert!(s.chars().count() <= MAX_ERROR_CHARS + 1);
+    }
 }

@@ -358,8 +358,12 @@ impl OutboxMessage {
     }
 
     /// The message's number within its partition key: 1, 2, 3, ... in
-    /// commit order, assigned by the relay when it publishes (`None` for a
-    /// message without a key, or when the relay does not number keys).
+    /// commit order, assigned by the relay when it publishes, if the relay
+    /// numbers keys ([`RelayBuilder::key_sequences`](crate::RelayBuilder::key_sequences));
+    /// `None` otherwise and for messages without a key. Numbers count per
+    /// partition key across all topics of the outbox: a consumer of one
+    /// topic sees the numbers of the others as gaps unless each key belongs
+    /// to one topic.
     ///
     /// A consumer that remembers the last number it applied per key sees a
     /// duplicate as a number not above it and a gap as a number more than

@@ -100,6 +100,7 @@ async fn many_writers_many_relays_random_failures_keep_commit_order() {
             .batch_size(50)
             .poll_interval(Duration::from_millis(20))
             .lease_ttl(Duration::from_secs(2))
+            .key_sequences(true)
             .retry(fast_retry())
             .spawn()
             .unwrap()
@@ -338,6 +339,7 @@ fn crash_relay(outbox: &PgOutbox, pool: PgPool, relay: i32) -> outbox::RelayBuil
         .batch_size(200)
         .poll_interval(Duration::from_millis(50))
         .lease_ttl(Duration::from_secs(1))
+        .key_sequences(true)
         .retry(fast_retry())
 }
 
@@ -359,6 +361,7 @@ fn relay_with_delay(outbox: &PgOutbox, confirm_after: Duration) -> outbox::Relay
         .batch_size(1)
         .poll_interval(Duration::from_millis(20))
         .lease_ttl(Duration::from_secs(1))
+        .key_sequences(true)
         .retry(fast_retry())
 }
 

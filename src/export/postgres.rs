@@ -270,6 +270,12 @@ impl PgOutbox {
                   WHERE created_at < $1), -1) \
                ORDER BY seq LIMIT $2)",
         );
+        if batch < 1 {
+            return Err(Error::InvalidConfig {
+                field: "batch",
+                reason: "must be at least 1".to_owned(),
+            });
+        }
         let mut total = 0;
         loop {
             let n = sqlx::query(&sql)

@@ -191,6 +191,12 @@ impl SqliteOutbox {
             "DELETE FROM {changes} WHERE seq IN (\
                SELECT seq FROM {changes} WHERE created_at < ? ORDER BY seq LIMIT ?)",
         );
+        if batch < 1 {
+            return Err(Error::InvalidConfig {
+                field: "batch",
+                reason: "must be at least 1".to_owned(),
+            });
+        }
         let mut total = 0;
         loop {
             let n = sqlx::query(&sql)

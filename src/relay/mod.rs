@@ -121,7 +121,7 @@ impl Relay {
                 retention: Retention::default(),
                 stats_interval: Duration::from_secs(10),
                 purge_batch: 1000,
-                key_sequences: true,
+                key_sequences: false,
             },
         }
     }
@@ -206,10 +206,12 @@ impl RelayBuilder {
         self
     }
 
-    /// Whether to number each key's messages 1, 2, 3, ... (default on; see
+    /// Whether to number each key's messages 1, 2, 3, ... (default off; see
     /// [`OutboxMessage::key_sequence`](crate::OutboxMessage::key_sequence)).
-    /// Costs one indexed read per batch and one upsert per key published;
-    /// producers pay nothing.
+    /// Costs one indexed read per batch and one upsert per key published,
+    /// which roughly halves the relay's throughput with a no-op publisher;
+    /// producers pay nothing. Turn it on when consumers check for gaps
+    /// (the [inbox](crate::inbox) does).
     #[must_use]
     pub fn key_sequences(mut self, on: bool) -> Self {
         self.config.key_sequences = on;
@@ -234,18 +236,22 @@ impl RelayBuilder {
         if c.batch_size == 0 || c.batch_size > 100_000 {
             return bad("batch_size", "must be between 1 and 100000");
         }
-        if c.poll_interval.is_zero() {
-            return bad("poll_interval", "must be greater than zero");
+        const DAY: Duration = Duration::from_secs(86_400);
+        if c.poll_interval.is_zero() || c.poll_interval > DAY {
+            return bad("poll_interval", "must be between 1 ns and one day");
         }
-        if c.lease_ttl < Duration::from_millis(300) {
-            return bad("lease_ttl", "must be at least 300 ms");
+        if c.lease_ttl < Duration::from_millis(300) || c.lease_ttl > Duration::from_secs(3600) {
+            return bad("lease_ttl", "must be between 300 ms and one hour");
         }
-        if c.stats_interval.is_zero() {
-            return bad("stats_interval", "must be greater than zero");
+        if c.stats_interval.is_zero() || c.stats_interval > DAY {
+            return bad("stats_interval", "must be between 1 ns and one day");
         }
         if let Retention::Keep(d) = c.retention {
-            if d.is_zero() {
-                return bad("retention", "Keep needs a duration greater than zero");
+            if d.is_zero() || d > 3650 * DAY {
+                return bad(
+                    "retention",
+                    "Keep needs a duration between 1 ns and ten years",
+                );
             }
         }
         c.retry.validate()
@@ -272,8 +278,9 @@ impl RelayBuilder {
     }
 }
 
-/// A running relay.
+/// A running relay. Dropping it stops the relay.
 #[derive(Debug)]
+#[must_use = "dropping the handle stops the relay"]
 pub struct RelayHandle {
     stop: watch::Sender<bool>,
     health: watch::Receiver<Health>,

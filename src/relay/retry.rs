@@ -20,6 +20,10 @@ pub struct RetryPolicy {
     pub(crate) jitter: bool,
 }
 
+/// The longest wait between two attempts, also for a destination's
+/// `Retry-After`.
+pub(crate) const MAX_RETRY_DELAY: Duration = Duration::from_secs(30 * 86_400);
+
 impl Default for RetryPolicy {
     /// 1 s, doubling, capped at 5 min, jittered, 10 attempts (about 17
     /// minutes from first failure to dead letter).
@@ -90,6 +94,9 @@ impl RetryPolicy {
         }
         if self.initial_delay > self.max_delay {
             return bad("retry.initial_delay", "must not exceed retry.max_delay");
+        }
+        if self.max_delay > MAX_RETRY_DELAY {
+            return bad("retry.max_delay", "must not exceed 30 days");
         }
         Ok(())
     }

@@ -438,9 +438,27 @@ impl Worker {
     /// Calls the publisher, renewing the leases while it works, so a slow
     /// destination does not cost the relay its keys. A relay that is truly
     /// stalled renews nothing, and its leases expire as they should.
-    async fn publish_renewing(&mut self, batch: &[OutboxMessage]) -> Vec<Result<(), PublishError>> {
+    ///
+    /// The call runs in its own task, so a publisher that panics fails its
+    /// batch (transiently) instead of taking the relay down.
+    async fn publish_renewing(
+        &mut self,
+        batch: Vec<OutboxMessage>,
+    ) -> Vec<Result<(), PublishError>> {
         let publisher = self.publisher.clone();
-        let publish = publisher.publish(batch);
+        let n = batch.len();
+        let publish = tokio::spawn(async move { publisher.publish(&batch).await });
+        let publish = async move {
+            match publish.await {
+                Ok(results) => results,
+                Err(e) => {
+                    tracing::error!(error = %e, "outbox relay: the publisher panicked");
+                    (0..n)
+                        .map(|_| Err(PublishError::transient("the publisher panicked")))
+                        .collect()
+                }
+            }
+        };
         tokio::pin!(publish);
         let ttl = self.config.lease_ttl;
         loop {
@@ -490,9 +508,17 @@ impl Worker {
         let mut acks = Vec::new();
         let mut stopped: HashSet<usize> = HashSet::new();
         loop {
+            // A bucket lost since the claim (a renewal during the last wave
+            // found it taken) belongs to another relay now: publish nothing
+            // more of it.
+            let owned: HashSet<i32> = self.leases.iter().map(|l| l.bucket).collect();
             let mut wave: Vec<(usize, Claimed)> = Vec::new();
             for (i, q) in queues.iter_mut().enumerate() {
                 if stopped.contains(&i) {
+                    continue;
+                }
+                if q.front().is_some_and(|c| !owned.contains(&c.bucket)) {
+                    stopped.insert(i);
                     continue;
                 }
                 if let Some(c) = q.pop_front() {
@@ -512,7 +538,7 @@ impl Worker {
                 break;
             }
             let batch: Vec<OutboxMessage> = wave.iter().map(|(_, c)| c.message.clone()).collect();
-            let mut results = self.publish_renewing(&batch).await;
+            let mut results = self.publish_renewing(batch.clone()).await;
             if results.len() != batch.len() {
                 tracing::error!(
                     expected = batch.len(),
@@ -547,7 +573,8 @@ impl Worker {
                         } else {
                             let delay = e
                                 .retry_after()
-                                .unwrap_or_else(|| self.config.retry.jittered_delay(attempt));
+                                .unwrap_or_else(|| self.config.retry.jittered_delay(attempt))
+                                .min(super::retry::MAX_RETRY_DELAY);
                             tracing::debug!(id = %m.id, attempt, ?delay, error = %error, "outbox: publish failed, will retry");
                             let at = self.clock.now()
                                 + chrono::Duration::from_std(delay)

@@ -70,6 +70,22 @@ pub(crate) fn validate_identifier(
     Ok(())
 }
 
+/// A message dead-lettered again under an id already in the dead letters
+/// (a producer re-enqueued it) replaces the older dead letter.
+pub(crate) const DEAD_LETTER_UPSERT: &str = "\
+    seq = excluded.seq, \
+     topic = excluded.topic, \
+     partition_key = excluded.partition_key, \
+     event_type = excluded.event_type, \
+     schema_version = excluded.schema_version, \
+     payload = excluded.payload, \
+     content_type = excluded.content_type, \
+     headers = excluded.headers, \
+     created_at = excluded.created_at, \
+     attempts = excluded.attempts, \
+     last_error = excluded.last_error, \
+     dead_at = excluded.dead_at";
+
 /// The quoted names of the crate's tables, built once from validated parts.
 #[derive(Debug, Clone)]
 pub(crate) struct TableNames {

@@ -361,7 +361,9 @@ impl Sql {
                    RETURNING m.*, u.attempts AS new_attempts, u.err) \
                  INSERT INTO {{dead_letters}} ({COLUMNS}, last_error, dead_at) \
                  SELECT seq, id, topic, partition_key, event_type, schema_version, payload, \
-                        content_type, headers, created_at, new_attempts, err, now() FROM d"
+                        content_type, headers, created_at, new_attempts, err, now() FROM d \
+                 ON CONFLICT (id) DO UPDATE SET {}",
+                super::DEAD_LETTER_UPSERT
             )),
             heartbeat: n.render(
                 "WITH up AS (INSERT INTO {relays} (relay_id, expires_at) \
@@ -640,9 +642,20 @@ impl PgOutbox {
                  SELECT pg_notify('{}', ''); COMMIT;",
                 self.inner.channel
             );
+            // The task holds the outbox weakly and ends soon after the last
+            // clone of it is dropped.
+            let alive = Arc::downgrade(&self.inner);
             handle.spawn(async move {
                 loop {
-                    remote.notified().await;
+                    if alive.strong_count() == 0 {
+                        return;
+                    }
+                    if tokio::time::timeout(Duration::from_secs(1), remote.notified())
+                        .await
+                        .is_err()
+                    {
+                        continue;
+                    }
                     // Bursts of commits collapse into one NOTIFY: while this
                     // one is in flight, further wake-ups leave one permit.
                     if let Err(e) = sqlx::raw_sql(&sql).execute(&pool).await {

@@ -251,7 +251,9 @@ impl Sql {
                  JOIN (SELECT json_extract(value, '$[0]') AS seq, \
                               json_extract(value, '$[1]') AS attempts, \
                               json_extract(value, '$[2]') AS err \
-                       FROM json_each(?)) u ON m.seq = u.seq"
+                       FROM json_each(?)) u ON m.seq = u.seq WHERE true \
+                 ON CONFLICT (id) DO UPDATE SET {}",
+                super::DEAD_LETTER_UPSERT
             )),
             delete_seqs: n.render(&format!("DELETE FROM {{messages}} WHERE seq IN {seqs}")),
             // ?1: since, ?2: [[key, seq], ...]. `WHERE true` resolves the
