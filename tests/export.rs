@@ -10,12 +10,13 @@ use std::time::Duration;
 
 use outbox::change::Change;
 use outbox::export::Cursor;
-use outbox::{PgOutbox, SqliteOutbox};
+use outbox::PgOutbox;
 use proptest::prelude::*;
 use serde_json::{json, Value};
 use sqlx::postgres::PgPoolOptions;
 use sqlx::Connection;
 use support::pg::TestDb;
+use support::sqlite::TempDb;
 
 fn strip_nulls(v: &Value) -> Value {
     match v {
@@ -190,7 +191,9 @@ async fn pull_until_drained(
     }
 }
 
-async fn concurrent_case(ops: Vec<(u16, u8, u32, u8)>, seed: u64) {
+/// A database for concurrent writers and consumers: a migrated outbox and
+/// the `source` table the writers change.
+async fn source_db() -> (TestDb, PgOutbox) {
     let db = TestDb::with_options(PgPoolOptions::new().max_connections(16)).await;
     let outbox = PgOutbox::new(db.pool.clone());
     outbox.migrate().await.unwrap();
@@ -198,6 +201,11 @@ async fn concurrent_case(ops: Vec<(u16, u8, u32, u8)>, seed: u64) {
         .execute(&db.pool)
         .await
         .unwrap();
+    (db, outbox)
+}
+
+async fn concurrent_case(ops: Vec<(u16, u8, u32, u8)>, seed: u64) {
+    let (db, outbox) = source_db().await;
     let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     // Eight writers share the keys.
     let mut writers = Vec::new();
@@ -268,13 +276,7 @@ proptest! {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_new_consumer_starts_from_a_snapshot_without_missing_or_repeating() {
-    let db = TestDb::with_options(PgPoolOptions::new().max_connections(16)).await;
-    let outbox = PgOutbox::new(db.pool.clone());
-    outbox.migrate().await.unwrap();
-    sqlx::query("CREATE TABLE source (key text PRIMARY KEY, doc jsonb NOT NULL)")
-        .execute(&db.pool)
-        .await
-        .unwrap();
+    let (db, outbox) = source_db().await;
     let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let mut writers = Vec::new();
     for w in 0..6u32 {
@@ -338,6 +340,14 @@ async fn a_new_consumer_starts_from_a_snapshot_without_missing_or_repeating() {
     db.drop().await;
 }
 
+/// The keys of a page's changes, in order.
+fn keys_of(page: &outbox::export::ChangePage) -> Vec<String> {
+    page.changes()
+        .iter()
+        .map(|c| c.change().key().to_owned())
+        .collect()
+}
+
 #[tokio::test]
 async fn a_late_commit_is_exported_later_not_skipped() {
     // The classic gap: T1 takes a position, T2 takes a later one and
@@ -365,12 +375,7 @@ async fn a_late_commit_is_exported_later_not_skipped() {
     t2.commit().await.unwrap();
 
     let page = outbox.changes_since("r", 100).await.unwrap();
-    let keys: Vec<_> = page
-        .changes()
-        .iter()
-        .map(|c| c.change().key().to_owned())
-        .collect();
-    assert_eq!(keys, vec!["late"]);
+    assert_eq!(keys_of(&page), vec!["late"]);
     outbox.commit_cursor("r", page.next_cursor()).await.unwrap();
     let page = outbox.changes_since("r", 100).await.unwrap();
     assert!(page.changes().is_empty());
@@ -378,12 +383,11 @@ async fn a_late_commit_is_exported_later_not_skipped() {
 
     t1.commit().await.unwrap();
     let page = outbox.changes_since("r", 100).await.unwrap();
-    let keys: Vec<_> = page
-        .changes()
-        .iter()
-        .map(|c| c.change().key().to_owned())
-        .collect();
-    assert_eq!(keys, vec!["early"], "the late commit is read, not skipped");
+    assert_eq!(
+        keys_of(&page),
+        vec!["early"],
+        "the late commit is read, not skipped"
+    );
     db.drop().await;
 }
 
@@ -410,19 +414,9 @@ async fn bad_cursors_are_typed_errors() {
 
 #[tokio::test]
 async fn sqlite_export_coalesces_and_resumes_from_its_cursor() {
-    let path = std::env::temp_dir().join(format!("outbox-export-{}.db", uuid::Uuid::now_v7()));
-    let pool = sqlx::sqlite::SqlitePoolOptions::new()
-        .max_connections(2)
-        .connect_with(
-            sqlx::sqlite::SqliteConnectOptions::new()
-                .filename(&path)
-                .create_if_missing(true)
-                .journal_mode(sqlx::sqlite::SqliteJournalMode::Wal),
-        )
-        .await
-        .unwrap();
-    let outbox = SqliteOutbox::new(pool.clone());
-    outbox.migrate().await.unwrap();
+    let db = TempDb::with_max_connections("outbox-export", 2).await;
+    let outbox = db.outbox().await;
+    let pool = &db.pool;
     let mut truth: HashMap<String, Value> = HashMap::new();
     let mut rng = fastrand::Rng::with_seed(3);
     for _ in 0..400 {
@@ -465,5 +459,4 @@ async fn sqlite_export_coalesces_and_resumes_from_its_cursor() {
     assert_eq!(replica, truth);
     assert!(coalesced > 0, "pages coalesced changes of the same entity");
     pool.close().await;
-    let _ = std::fs::remove_file(&path);
 }

@@ -1,10 +1,11 @@
 //! The change log served over HTTP by a real local server.
 
-use std::time::Duration;
+mod support;
 
 use outbox::change::Change;
 use outbox::SqliteOutbox;
 use serde_json::{json, Value};
+use support::sqlite::TempDb;
 
 async fn get_json(http: &reqwest::Client, url: &str) -> (u16, Value) {
     let r = http.get(url).send().await.unwrap();
@@ -24,30 +25,22 @@ async fn put_json(http: &reqwest::Client, url: &str, body: &Value) -> u16 {
         .as_u16()
 }
 
-async fn serve() -> (String, SqliteOutbox, std::path::PathBuf) {
-    let path = std::env::temp_dir().join(format!("outbox-export-http-{}.db", uuid::Uuid::now_v7()));
-    let pool = sqlx::sqlite::SqlitePoolOptions::new()
-        .connect_with(
-            sqlx::sqlite::SqliteConnectOptions::new()
-                .filename(&path)
-                .create_if_missing(true)
-                .journal_mode(sqlx::sqlite::SqliteJournalMode::Wal)
-                .busy_timeout(Duration::from_secs(5)),
-        )
-        .await
-        .unwrap();
-    let outbox = SqliteOutbox::new(pool);
-    outbox.migrate().await.unwrap();
+/// Serves the change log of a new database; returns the base URL, the
+/// outbox and the database (its files go when it is dropped).
+async fn serve() -> (String, SqliteOutbox, TempDb) {
+    // sqlx's default pool size.
+    let db = TempDb::with_max_connections("outbox-export-http", 10).await;
+    let outbox = db.outbox().await;
     let app = axum::Router::new().nest("/exports", outbox::export::http::router(outbox.clone()));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-    (format!("http://{addr}/exports"), outbox, path)
+    (format!("http://{addr}/exports"), outbox, db)
 }
 
 #[tokio::test]
 async fn a_consumer_pulls_pages_and_commits_its_cursor_over_http() {
-    let (base, outbox, path) = serve().await;
+    let (base, outbox, _db) = serve().await;
     let pool = outbox.pool().clone();
     for (i, change) in [
         Change::insert(
@@ -104,12 +97,11 @@ async fn a_consumer_pulls_pages_and_commits_its_cursor_over_http() {
     let cursor = page["next_cursor"].as_str().unwrap().replace('|', "%7C");
     let (_, by_cursor) = get_json(&http, &format!("{base}/changes?cursor={cursor}&limit=2")).await;
     assert_eq!(by_cursor, next);
-    let _ = std::fs::remove_file(path);
 }
 
 #[tokio::test]
 async fn bad_requests_are_400_with_a_reason() {
-    let (base, _outbox, path) = serve().await;
+    let (base, _outbox, _db) = serve().await;
     let http = reqwest::Client::new();
     for url in [
         format!("{base}/changes"),
@@ -132,5 +124,4 @@ async fn bad_requests_are_400_with_a_reason() {
     )
     .await;
     assert_eq!(status, 400);
-    let _ = std::fs::remove_file(path);
 }

@@ -18,6 +18,7 @@ use tokio::sync::Barrier;
 mod support;
 
 use support::pg::TestDb;
+use support::wait_for;
 
 const TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -59,22 +60,17 @@ impl Producer {
             self.outbox.enqueue(&mut *tx, m).await.unwrap();
             self.outbox.commit(tx).await.unwrap();
         }
-        let deadline = tokio::time::Instant::now() + TIMEOUT;
-        loop {
+        let found = || {
             let published = self.publisher.messages();
-            let found: Vec<OutboxMessage> = ids
-                .iter()
+            ids.iter()
                 .filter_map(|id| published.iter().find(|m| m.id() == *id).cloned())
-                .collect();
-            if found.len() == ids.len() {
-                return found;
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "timed out waiting for the relay"
-            );
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+                .collect::<Vec<OutboxMessage>>()
+        };
+        wait_for("the relay", TIMEOUT, || async {
+            found().len() == ids.len()
+        })
+        .await;
+        found()
     }
 
     async fn stop(self) {
@@ -127,6 +123,23 @@ async fn receive_committed(
     receipt
 }
 
+/// Receives `message` twice, each time in a transaction of its own: fresh,
+/// then a duplicate.
+async fn assert_fresh_then_duplicate(
+    inbox: &PgInbox,
+    pool: &PgPool,
+    consumer: &str,
+    message: &OutboxMessage,
+) {
+    assert_eq!(
+        receive_committed(inbox, pool, consumer, message).await,
+        Receipt::Fresh
+    );
+    let again = receive_committed(inbox, pool, consumer, message).await;
+    assert_eq!(again, Receipt::Duplicate);
+    assert!(again.is_duplicate() && !again.is_fresh());
+}
+
 async fn count(pool: &PgPool, sql: &str) -> i64 {
     sqlx::query_scalar(sql).fetch_one(pool).await.unwrap()
 }
@@ -149,13 +162,7 @@ async fn fresh_then_duplicate_in_separate_transactions() {
     assert_eq!(u.key_sequence(), None);
 
     for msg in [k, u] {
-        assert_eq!(
-            receive_committed(&inbox, &db.pool, "ledger", msg).await,
-            Receipt::Fresh
-        );
-        let again = receive_committed(&inbox, &db.pool, "ledger", msg).await;
-        assert_eq!(again, Receipt::Duplicate);
-        assert!(again.is_duplicate() && !again.is_fresh());
+        assert_fresh_then_duplicate(&inbox, &db.pool, "ledger", msg).await;
     }
     // Each consumer has its own record.
     assert_eq!(
@@ -274,14 +281,7 @@ async fn rolled_back_transaction_records_nothing() {
 
     // The redelivery is fresh, and once committed, a duplicate.
     for msg in &m {
-        assert_eq!(
-            receive_committed(&inbox, &db.pool, "ledger", msg).await,
-            Receipt::Fresh
-        );
-        assert_eq!(
-            receive_committed(&inbox, &db.pool, "ledger", msg).await,
-            Receipt::Duplicate
-        );
+        assert_fresh_then_duplicate(&inbox, &db.pool, "ledger", msg).await;
     }
     assert_eq!(inbox.last_sequence("ledger", "a").await.unwrap(), Some(1));
     db.drop().await;
@@ -442,14 +442,7 @@ async fn messages_without_numbers_are_deduplicated_by_id() {
     assert!(m.iter().all(|m| m.key_sequence().is_none()));
     // In any order, each once.
     for msg in [&m[1], &m[0]] {
-        assert_eq!(
-            receive_committed(&inbox, &db.pool, "ledger", msg).await,
-            Receipt::Fresh
-        );
-        assert_eq!(
-            receive_committed(&inbox, &db.pool, "ledger", msg).await,
-            Receipt::Duplicate
-        );
+        assert_fresh_then_duplicate(&inbox, &db.pool, "ledger", msg).await;
     }
     assert_eq!(inbox.last_sequence("ledger", "k").await.unwrap(), None);
     db.drop().await;

@@ -3,7 +3,8 @@
 //! publish them to an `InMemoryPublisher`, which also numbers each key's
 //! messages.
 
-use std::path::PathBuf;
+mod support;
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -11,45 +12,18 @@ use outbox::{
     Error, InMemoryPublisher, MessageId, NewMessage, OutboxMessage, Receipt, Relay, RelayHandle,
     SqliteInbox, SqliteOutbox,
 };
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions};
+use sqlx::SqlitePool;
+use support::sqlite::{migrated, TempDb};
+use support::wait_for;
 use tokio::sync::Barrier;
 
 const TIMEOUT: Duration = Duration::from_secs(10);
-
-/// A database file deleted (with its WAL files) when dropped.
-struct TempDb {
-    pool: SqlitePool,
-    path: PathBuf,
-}
-
-impl Drop for TempDb {
-    fn drop(&mut self) {
-        for suffix in ["", "-wal", "-shm", "-journal"] {
-            let mut p = self.path.clone().into_os_string();
-            p.push(suffix);
-            let _ = std::fs::remove_file(p);
-        }
-    }
-}
-
-async fn temp_db() -> TempDb {
-    let path = std::env::temp_dir().join(format!("outbox-inbox-{}.db", uuid::Uuid::now_v7()));
-    let options = SqliteConnectOptions::new()
-        .filename(&path)
-        .create_if_missing(true)
-        .journal_mode(SqliteJournalMode::Wal)
-        .busy_timeout(Duration::from_secs(10));
-    let pool = SqlitePoolOptions::new()
-        .max_connections(4)
-        .connect_with(options)
-        .await
-        .expect("open the test database");
-    TempDb { pool, path }
-}
+/// The prefix of the database files.
+const DB: &str = "outbox-inbox";
 
 /// The consumer's database, with the inbox migrated and an effects table.
 async fn consumer_db() -> (TempDb, SqliteInbox) {
-    let db = temp_db().await;
+    let db = TempDb::new(DB).await;
     let inbox = SqliteInbox::new(db.pool.clone());
     inbox.migrate().await.expect("migrate the inbox");
     sqlx::query("CREATE TABLE effects (message_id TEXT NOT NULL, consumer TEXT NOT NULL)")
@@ -73,9 +47,7 @@ impl Producer {
     }
 
     async fn with_key_sequences(on: bool) -> Self {
-        let db = temp_db().await;
-        let outbox = SqliteOutbox::new(db.pool.clone());
-        outbox.migrate().await.expect("migrate the outbox");
+        let (db, outbox) = migrated(DB).await;
         let publisher = InMemoryPublisher::new();
         let relay = Relay::builder(outbox.clone(), publisher.clone())
             .poll_interval(Duration::from_millis(20))
@@ -99,27 +71,30 @@ impl Producer {
             self.outbox.enqueue(&mut *tx, m).await.unwrap();
             self.outbox.commit(tx).await.unwrap();
         }
-        let deadline = tokio::time::Instant::now() + TIMEOUT;
-        loop {
+        let found = || {
             let published = self.publisher.messages();
-            let found: Vec<OutboxMessage> = ids
-                .iter()
+            ids.iter()
                 .filter_map(|id| published.iter().find(|m| m.id() == *id).cloned())
-                .collect();
-            if found.len() == ids.len() {
-                return found;
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "timed out waiting for the relay"
-            );
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+                .collect::<Vec<OutboxMessage>>()
+        };
+        wait_for("the relay", TIMEOUT, || async {
+            found().len() == ids.len()
+        })
+        .await;
+        found()
     }
 
     async fn stop(self) {
         self.relay.shutdown().await.expect("relay shutdown");
     }
+}
+
+/// Publishes `messages` through a producer of their own and stops it.
+async fn published(messages: Vec<NewMessage>) -> Vec<OutboxMessage> {
+    let producer = Producer::start().await;
+    let out = producer.publish(messages).await;
+    producer.stop().await;
+    out
 }
 
 fn keyed(key: &str, n: u32) -> NewMessage {
@@ -145,6 +120,32 @@ async fn receive_committed(
     receipt
 }
 
+/// Receives `message` twice, each time in a transaction of its own: fresh,
+/// then a duplicate.
+async fn assert_fresh_then_duplicate(
+    inbox: &SqliteInbox,
+    pool: &SqlitePool,
+    consumer: &str,
+    message: &OutboxMessage,
+) {
+    assert_eq!(
+        receive_committed(inbox, pool, consumer, message).await,
+        Receipt::Fresh
+    );
+    let again = receive_committed(inbox, pool, consumer, message).await;
+    assert_eq!(again, Receipt::Duplicate);
+    assert!(again.is_duplicate() && !again.is_fresh());
+}
+
+async fn record_effect(tx: &mut sqlx::SqliteConnection, message: &OutboxMessage, consumer: &str) {
+    sqlx::query("INSERT INTO effects VALUES (?, ?)")
+        .bind(message.id().to_string())
+        .bind(consumer)
+        .execute(tx)
+        .await
+        .unwrap();
+}
+
 async fn count(pool: &SqlitePool, sql: &str) -> i64 {
     sqlx::query_scalar(sql).fetch_one(pool).await.unwrap()
 }
@@ -152,21 +153,13 @@ async fn count(pool: &SqlitePool, sql: &str) -> i64 {
 #[tokio::test]
 async fn fresh_then_duplicate_in_separate_transactions() {
     let (db, inbox) = consumer_db().await;
-    let producer = Producer::start().await;
-    let published = producer.publish(vec![keyed("acct-1", 1), unkeyed(2)]).await;
-    producer.stop().await;
-    let (k, u) = (&published[0], &published[1]);
+    let m = published(vec![keyed("acct-1", 1), unkeyed(2)]).await;
+    let (k, u) = (&m[0], &m[1]);
     assert_eq!(k.key_sequence(), Some(1));
     assert_eq!(u.key_sequence(), None);
 
-    for m in [k, u] {
-        assert_eq!(
-            receive_committed(&inbox, &db.pool, "ledger", m).await,
-            Receipt::Fresh
-        );
-        let again = receive_committed(&inbox, &db.pool, "ledger", m).await;
-        assert_eq!(again, Receipt::Duplicate);
-        assert!(again.is_duplicate() && !again.is_fresh());
+    for msg in [k, u] {
+        assert_fresh_then_duplicate(&inbox, &db.pool, "ledger", msg).await;
     }
     // Each consumer has its own record.
     assert_eq!(
@@ -210,10 +203,8 @@ async fn fresh_then_duplicate_in_separate_transactions() {
 #[tokio::test]
 async fn duplicate_leaves_the_transaction_usable() {
     let (db, inbox) = consumer_db().await;
-    let producer = Producer::start().await;
-    let published = producer.publish(vec![keyed("a", 1), keyed("a", 2)]).await;
-    producer.stop().await;
-    let (first, second) = (&published[0], &published[1]);
+    let m = published(vec![keyed("a", 1), keyed("a", 2)]).await;
+    let (first, second) = (&m[0], &m[1]);
     receive_committed(&inbox, &db.pool, "ledger", first).await;
 
     let mut tx = db.pool.begin().await.unwrap();
@@ -222,11 +213,7 @@ async fn duplicate_leaves_the_transaction_usable() {
         Receipt::Duplicate
     );
     // The same transaction goes on: more statements, another receipt.
-    sqlx::query("INSERT INTO effects VALUES (?, 'ledger')")
-        .bind(second.id().to_string())
-        .execute(&mut *tx)
-        .await
-        .unwrap();
+    record_effect(&mut tx, second, "ledger").await;
     assert_eq!(
         inbox.receive(&mut *tx, "ledger", second).await.unwrap(),
         Receipt::Fresh
@@ -252,21 +239,15 @@ async fn duplicate_leaves_the_transaction_usable() {
 #[tokio::test]
 async fn rolled_back_transaction_records_nothing() {
     let (db, inbox) = consumer_db().await;
-    let producer = Producer::start().await;
-    let published = producer.publish(vec![keyed("a", 1), unkeyed(2)]).await;
-    producer.stop().await;
+    let m = published(vec![keyed("a", 1), unkeyed(2)]).await;
 
-    for m in &published {
+    for msg in &m {
         let mut tx = db.pool.begin().await.unwrap();
         assert_eq!(
-            inbox.receive(&mut *tx, "ledger", m).await.unwrap(),
+            inbox.receive(&mut *tx, "ledger", msg).await.unwrap(),
             Receipt::Fresh
         );
-        sqlx::query("INSERT INTO effects VALUES (?, 'ledger')")
-            .bind(m.id().to_string())
-            .execute(&mut *tx)
-            .await
-            .unwrap();
+        record_effect(&mut tx, msg, "ledger").await;
         tx.rollback().await.unwrap();
     }
     assert_eq!(count(&db.pool, "SELECT count(*) FROM effects").await, 0);
@@ -277,15 +258,8 @@ async fn rolled_back_transaction_records_nothing() {
     assert_eq!(inbox.last_sequence("ledger", "a").await.unwrap(), None);
 
     // The redelivery is fresh, and once committed, a duplicate.
-    for m in &published {
-        assert_eq!(
-            receive_committed(&inbox, &db.pool, "ledger", m).await,
-            Receipt::Fresh
-        );
-        assert_eq!(
-            receive_committed(&inbox, &db.pool, "ledger", m).await,
-            Receipt::Duplicate
-        );
+    for msg in &m {
+        assert_fresh_then_duplicate(&inbox, &db.pool, "ledger", msg).await;
     }
     assert_eq!(inbox.last_sequence("ledger", "a").await.unwrap(), Some(1));
 }
@@ -293,9 +267,7 @@ async fn rolled_back_transaction_records_nothing() {
 #[tokio::test]
 async fn concurrent_redeliveries_apply_once() {
     let (db, inbox) = consumer_db().await;
-    let producer = Producer::start().await;
-    let message = producer.publish(vec![keyed("a", 1)]).await.remove(0);
-    producer.stop().await;
+    let message = published(vec![keyed("a", 1)]).await.remove(0);
 
     let barrier = Arc::new(Barrier::new(8));
     let tasks: Vec<_> = (0..8)
@@ -311,11 +283,7 @@ async fn concurrent_redeliveries_apply_once() {
                 let mut tx = pool.begin().await.unwrap();
                 let receipt = inbox.receive(&mut *tx, "ledger", &message).await.unwrap();
                 if receipt.is_fresh() {
-                    sqlx::query("INSERT INTO effects VALUES (?, 'ledger')")
-                        .bind(message.id().to_string())
-                        .execute(&mut *tx)
-                        .await
-                        .unwrap();
+                    record_effect(&mut tx, &message, "ledger").await;
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
                 tx.commit().await.unwrap();
@@ -336,11 +304,7 @@ async fn concurrent_redeliveries_apply_once() {
 #[tokio::test]
 async fn gaps_and_stale_sequence_numbers() {
     let (db, inbox) = consumer_db().await;
-    let producer = Producer::start().await;
-    let m = producer
-        .publish((1..=4).map(|n| keyed("k", n)).collect())
-        .await;
-    producer.stop().await;
+    let m = published((1..=4).map(|n| keyed("k", n)).collect()).await;
     let seqs: Vec<Option<i64>> = m.iter().map(OutboxMessage::key_sequence).collect();
     assert_eq!(seqs, [Some(1), Some(2), Some(3), Some(4)]);
 
@@ -418,14 +382,7 @@ async fn messages_without_numbers_are_deduplicated_by_id() {
     assert!(m.iter().all(|m| m.key_sequence().is_none()));
     // In any order, each once.
     for msg in [&m[1], &m[0]] {
-        assert_eq!(
-            receive_committed(&inbox, &db.pool, "ledger", msg).await,
-            Receipt::Fresh
-        );
-        assert_eq!(
-            receive_committed(&inbox, &db.pool, "ledger", msg).await,
-            Receipt::Duplicate
-        );
+        assert_fresh_then_duplicate(&inbox, &db.pool, "ledger", msg).await;
     }
     assert_eq!(inbox.last_sequence("ledger", "k").await.unwrap(), None);
 }
@@ -433,11 +390,7 @@ async fn messages_without_numbers_are_deduplicated_by_id() {
 #[tokio::test]
 async fn purge_removes_old_ids_in_batches_and_keeps_key_sequences() {
     let (db, inbox) = consumer_db().await;
-    let producer = Producer::start().await;
-    let m = producer
-        .publish(vec![keyed("k", 1), keyed("k", 2), unkeyed(3)])
-        .await;
-    producer.stop().await;
+    let m = published(vec![keyed("k", 1), keyed("k", 2), unkeyed(3)]).await;
 
     // 25 + 3 old ids.
     let mut tx = db.pool.begin().await.unwrap();
@@ -518,7 +471,7 @@ async fn purge_removes_old_ids_in_batches_and_keeps_key_sequences() {
 
 #[tokio::test]
 async fn bad_prefix_is_rejected_and_custom_prefix_is_used() {
-    let db = temp_db().await;
+    let db = TempDb::new(DB).await;
     for bad in ["Outbox_", "x;drop", "9x", "a-b", &"p".repeat(46)] {
         match SqliteInbox::builder(db.pool.clone())
             .table_prefix(bad)
@@ -552,9 +505,7 @@ async fn bad_prefix_is_rejected_and_custom_prefix_is_used() {
 #[tokio::test]
 async fn migrate_is_idempotent_beside_an_outbox_and_rejects_newer_schemas() {
     // The inbox and an outbox in one database: the default names do not clash.
-    let db = temp_db().await;
-    let outbox = SqliteOutbox::new(db.pool.clone());
-    outbox.migrate().await.unwrap();
+    let (db, outbox) = migrated(DB).await;
     let inbox = SqliteInbox::new(db.pool.clone());
     let tasks: Vec<_> = (0..4)
         .map(|_| {
@@ -590,24 +541,21 @@ async fn migrate_is_idempotent_beside_an_outbox_and_rejects_newer_schemas() {
 #[tokio::test]
 async fn consumer_loop_applies_each_message_once_despite_redeliveries() {
     let (db, inbox) = consumer_db().await;
-    let producer = Producer::start().await;
-    let published = producer
-        .publish(
-            (0..20)
-                .map(|n| keyed(&format!("acct-{}", n % 4), n))
-                .collect(),
-        )
-        .await;
-    producer.stop().await;
+    let sent = published(
+        (0..20)
+            .map(|n| keyed(&format!("acct-{}", n % 4), n))
+            .collect(),
+    )
+    .await;
 
     // The broker delivers every message, then again, then everything once
     // more in reverse: at least once, with redeliveries out of order.
     let mut deliveries: Vec<&OutboxMessage> = Vec::new();
-    for m in &published {
+    for m in &sent {
         deliveries.push(m);
         deliveries.push(m);
     }
-    deliveries.extend(published.iter().rev());
+    deliveries.extend(sent.iter().rev());
     let mut applied = 0;
     for m in deliveries {
         let mut tx = db.pool.begin().await.unwrap();
@@ -619,11 +567,7 @@ async fn consumer_loop_applies_each_message_once_despite_redeliveries() {
             Receipt::Gap { expected, got } => panic!("gap {expected}..{got}"),
             Receipt::Fresh => {}
         }
-        sqlx::query("INSERT INTO effects VALUES (?, 'ledger')")
-            .bind(m.id().to_string())
-            .execute(&mut *tx)
-            .await
-            .unwrap();
+        record_effect(&mut tx, m, "ledger").await;
         tx.commit().await.unwrap();
         applied += 1;
     }

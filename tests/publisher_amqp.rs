@@ -4,13 +4,9 @@
 mod support;
 
 use std::collections::HashSet;
-use std::future::Future;
-use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use async_trait::async_trait;
 use futures_util::StreamExt;
 use lapin::message::Delivery;
 use lapin::options::{
@@ -20,86 +16,19 @@ use lapin::options::{
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{Channel, Connection, ConnectionProperties, ExchangeKind};
 use outbox::publisher::{Envelope, RabbitMqPublisher};
-use outbox::{
-    MessageId, NewMessage, OutboxMessage, PublishError, Publisher, Relay, RetryPolicy, SqliteOutbox,
-};
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions};
+use outbox::{MessageId, NewMessage, Relay};
+use support::probe::Probe;
+use support::sqlite::{drained, enqueue, migrated, pending};
+use support::{fast_retry, wait_for};
 
 const RABBIT: &str = "127.0.0.1:5672";
 const START_RABBIT: &str = "rabbitmq-server -detached";
 const TIMEOUT: Duration = Duration::from_secs(60);
+/// The prefix of the database files.
+const DB: &str = "outbox-amqp";
 
 fn uri(addr: &str) -> String {
     format!("amqp://guest:guest@{addr}/%2f")
-}
-
-// ---------------------------------------------------------------------------
-// Database
-
-/// A database file deleted (with its WAL files) when dropped.
-struct TempDb {
-    pool: SqlitePool,
-    path: PathBuf,
-}
-
-impl Drop for TempDb {
-    fn drop(&mut self) {
-        for suffix in ["", "-wal", "-shm", "-journal"] {
-            let mut p = self.path.clone().into_os_string();
-            p.push(suffix);
-            let _ = std::fs::remove_file(p);
-        }
-    }
-}
-
-async fn migrated() -> (TempDb, SqliteOutbox) {
-    let path = std::env::temp_dir().join(format!("outbox-amqp-{}.db", uuid::Uuid::now_v7()));
-    let options = SqliteConnectOptions::new()
-        .filename(&path)
-        .create_if_missing(true)
-        .journal_mode(SqliteJournalMode::Wal)
-        .busy_timeout(Duration::from_secs(10));
-    let pool = SqlitePoolOptions::new()
-        .max_connections(4)
-        .connect_with(options)
-        .await
-        .expect("open the test database");
-    let outbox = SqliteOutbox::new(pool.clone());
-    outbox.migrate().await.expect("migrate");
-    (TempDb { pool, path }, outbox)
-}
-
-async fn enqueue(db: &TempDb, outbox: &SqliteOutbox, messages: Vec<NewMessage>) {
-    let mut tx = db.pool.begin().await.unwrap();
-    outbox.enqueue_batch(&mut *tx, messages).await.unwrap();
-    outbox.commit(tx).await.unwrap();
-}
-
-async fn pending(outbox: &SqliteOutbox) -> i64 {
-    outbox.pending_count().await.expect("pending_count")
-}
-
-/// Polls `cond` every 10 ms until it holds; panics after [`TIMEOUT`].
-async fn wait_for<F, Fut>(what: &str, mut cond: F)
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = bool>,
-{
-    let deadline = tokio::time::Instant::now() + TIMEOUT;
-    while !cond().await {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
-
-fn fast_retry() -> RetryPolicy {
-    RetryPolicy::new()
-        .initial_delay(Duration::from_millis(20))
-        .max_delay(Duration::from_millis(200))
-        .max_attempts(1000)
 }
 
 // ---------------------------------------------------------------------------
@@ -248,66 +177,20 @@ fn candidate(topic: &str, n: u32) -> NewMessage {
     .with_header("traceparent", format!("00-trace-{n}-01"))
 }
 
-/// Counts what the inner publisher is asked and how often it fails; can
-/// pretend the first acknowledgement of each message was lost.
-struct Probe<P> {
-    inner: P,
-    calls: Arc<AtomicU64>,
-    failures: Arc<AtomicU64>,
-    /// Nanoseconds spent inside the inner publisher.
-    busy: Arc<AtomicU64>,
-    lose_first_ack: bool,
-}
-
-impl<P> Probe<P> {
-    fn new(inner: P) -> Self {
-        Probe {
-            inner,
-            calls: Arc::default(),
-            failures: Arc::default(),
-            busy: Arc::default(),
-            lose_first_ack: false,
-        }
-    }
-}
-
-#[async_trait]
-impl<P: Publisher> Publisher for Probe<P> {
-    async fn publish(&self, batch: &[OutboxMessage]) -> Vec<Result<(), PublishError>> {
-        self.calls.fetch_add(batch.len() as u64, Ordering::SeqCst);
-        let started = std::time::Instant::now();
-        let mut results = self.inner.publish(batch).await;
-        self.busy
-            .fetch_add(started.elapsed().as_nanos() as u64, Ordering::SeqCst);
-        for (m, r) in batch.iter().zip(results.iter_mut()) {
-            if r.is_ok() && self.lose_first_ack && m.attempt() == 1 {
-                *r = Err(PublishError::transient("acknowledgement lost (simulated)"));
-            }
-            if r.is_err() {
-                self.failures.fetch_add(1, Ordering::SeqCst);
-            }
-        }
-        results
-    }
-}
-
 // ---------------------------------------------------------------------------
 // Tests
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn relay_publishes_to_a_queue_with_properties() {
     let broker = TestBroker::new().await;
-    let (db, outbox) = migrated().await;
+    let (db, outbox) = migrated(DB).await;
     let messages: Vec<NewMessage> = (0..5).map(|n| candidate("candidates", n)).collect();
     let ids: Vec<MessageId> = messages.iter().map(NewMessage::id).collect();
     enqueue(&db, &outbox, messages).await;
 
     let publisher = RabbitMqPublisher::new(uri(RABBIT), &broker.exchange);
     let relay = Relay::builder(outbox.clone(), publisher).spawn().unwrap();
-    wait_for("the outbox to drain", || async {
-        pending(&outbox).await == 0
-    })
-    .await;
+    drained(&outbox, "the outbox to drain", TIMEOUT).await;
     relay.shutdown().await.unwrap();
 
     let got = broker.consume(5).await;
@@ -343,7 +226,7 @@ async fn relay_publishes_to_a_queue_with_properties() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cloudevents_binary_mode_uses_amqp_binding_headers() {
     let broker = TestBroker::new().await;
-    let (db, outbox) = migrated().await;
+    let (db, outbox) = migrated(DB).await;
     let m = candidate("candidates", 7);
     let id = m.id().to_string();
     enqueue(&db, &outbox, vec![m]).await;
@@ -354,10 +237,7 @@ async fn cloudevents_binary_mode_uses_amqp_binding_headers() {
         },
     );
     let relay = Relay::builder(outbox.clone(), publisher).spawn().unwrap();
-    wait_for("the outbox to drain", || async {
-        pending(&outbox).await == 0
-    })
-    .await;
+    drained(&outbox, "the outbox to drain", TIMEOUT).await;
     relay.shutdown().await.unwrap();
 
     let d = &broker.consume(1).await[0];
@@ -393,7 +273,7 @@ async fn cloudevents_binary_mode_uses_amqp_binding_headers() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_message_sent_twice_carries_one_message_id() {
     let broker = TestBroker::new().await;
-    let (db, outbox) = migrated().await;
+    let (db, outbox) = migrated(DB).await;
     let messages: Vec<NewMessage> = (0..10).map(|n| candidate("candidates", n)).collect();
     let ids: HashSet<String> = messages.iter().map(|m| m.id().to_string()).collect();
     enqueue(&db, &outbox, messages).await;
@@ -402,13 +282,10 @@ async fn a_message_sent_twice_carries_one_message_id() {
     probe.lose_first_ack = true;
     let calls = probe.calls.clone();
     let relay = Relay::builder(outbox.clone(), probe)
-        .retry(fast_retry())
+        .retry(fast_retry().max_attempts(1000))
         .spawn()
         .unwrap();
-    wait_for("the outbox to drain", || async {
-        pending(&outbox).await == 0
-    })
-    .await;
+    drained(&outbox, "the outbox to drain", TIMEOUT).await;
     relay.shutdown().await.unwrap();
     assert_eq!(calls.load(Ordering::SeqCst), 20, "each message sent twice");
 
@@ -428,7 +305,7 @@ async fn a_message_sent_twice_carries_one_message_id() {
 async fn nothing_is_lost_while_the_broker_is_unreachable() {
     let broker = TestBroker::new().await;
     let proxy = support::Proxy::start(RABBIT).await;
-    let (db, outbox) = migrated().await;
+    let (db, outbox) = migrated(DB).await;
     let probe = Probe::new(
         RabbitMqPublisher::new(uri(&proxy.addr.to_string()), &broker.exchange)
             .with_confirm_timeout(Duration::from_secs(2))
@@ -436,23 +313,20 @@ async fn nothing_is_lost_while_the_broker_is_unreachable() {
     );
     let failures = probe.failures.clone();
     let relay = Relay::builder(outbox.clone(), probe)
-        .retry(fast_retry())
+        .retry(fast_retry().max_attempts(1000))
         .spawn()
         .unwrap();
 
     let first = candidate("candidates", 0);
     let mut ids = vec![first.id().to_string()];
     enqueue(&db, &outbox, vec![first]).await;
-    wait_for("the first message", || async {
-        pending(&outbox).await == 0
-    })
-    .await;
+    drained(&outbox, "the first message", TIMEOUT).await;
 
     proxy.cut();
     let messages: Vec<NewMessage> = (1..=20).map(|n| candidate("candidates", n)).collect();
     ids.extend(messages.iter().map(|m| m.id().to_string()));
     enqueue(&db, &outbox, messages).await;
-    wait_for("failed attempts", || async {
+    wait_for("failed attempts", TIMEOUT, || async {
         failures.load(Ordering::SeqCst) >= 40
     })
     .await;
@@ -464,10 +338,7 @@ async fn nothing_is_lost_while_the_broker_is_unreachable() {
     assert_eq!(broker.count().await, 1);
 
     proxy.restore();
-    wait_for("the backlog to drain", || async {
-        pending(&outbox).await == 0
-    })
-    .await;
+    drained(&outbox, "the backlog to drain", TIMEOUT).await;
     relay.shutdown().await.unwrap();
 
     assert!(outbox.dead_letters(10).await.unwrap().is_empty());
@@ -479,7 +350,7 @@ async fn nothing_is_lost_while_the_broker_is_unreachable() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unroutable_messages_are_dead_lettered() {
     let broker = TestBroker::new().await;
-    let (db, outbox) = migrated().await;
+    let (db, outbox) = migrated(DB).await;
     // Interleaved, so that confirms of routable and returned messages mix.
     let mut messages = Vec::new();
     let mut unroutable = HashSet::new();
@@ -501,13 +372,10 @@ async fn unroutable_messages_are_dead_lettered() {
 
     let publisher = RabbitMqPublisher::new(uri(RABBIT), &broker.exchange);
     let relay = Relay::builder(outbox.clone(), publisher)
-        .retry(fast_retry())
+        .retry(fast_retry().max_attempts(1000))
         .spawn()
         .unwrap();
-    wait_for("the outbox to drain", || async {
-        pending(&outbox).await == 0
-    })
-    .await;
+    drained(&outbox, "the outbox to drain", TIMEOUT).await;
     relay.shutdown().await.unwrap();
 
     let dead = outbox.dead_letters(100).await.unwrap();
@@ -535,7 +403,7 @@ async fn unroutable_messages_are_dead_lettered() {
 async fn drains_a_large_backlog() {
     const N: usize = 20_000;
     let broker = TestBroker::new().await;
-    let (db, outbox) = migrated().await;
+    let (db, outbox) = migrated(DB).await;
     let messages: Vec<NewMessage> = (0..N as u32)
         .map(|n| candidate("candidates", n).with_partition_key(format!("candidate-{}", n % 5000)))
         .collect();
@@ -548,10 +416,7 @@ async fn drains_a_large_backlog() {
         .batch_size(500)
         .spawn()
         .unwrap();
-    wait_for("the backlog to drain", || async {
-        pending(&outbox).await == 0
-    })
-    .await;
+    drained(&outbox, "the backlog to drain", TIMEOUT).await;
     let elapsed = started.elapsed();
     relay.shutdown().await.unwrap();
     assert_eq!(broker.count().await, N as u32);

@@ -4,9 +4,7 @@
 mod support;
 
 use std::collections::{HashMap, HashSet};
-use std::future::Future;
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
@@ -19,80 +17,17 @@ use axum::Router;
 use outbox::publisher::{
     signature_header, verify_signature, Envelope, WebhookPublisher, CLOUDEVENTS_JSON,
 };
-use outbox::{MessageId, NewMessage, Relay, RelayHandle, RetryPolicy, SqliteOutbox};
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions};
+use outbox::{MessageId, NewMessage};
+use support::sqlite::{drained, enqueue, migrated, pending, relay, transient_failures};
+use support::{fast_retry, wait_for};
 
 const TIMEOUT: Duration = Duration::from_secs(20);
+/// The prefix of the database files.
+const DB: &str = "outbox-http";
 const SECRET: &[u8] = b"test-secret-0123456789abcdef0123";
 const TOLERANCE: Duration = Duration::from_secs(300);
 
 // ---------------------------------------------------------------- database
-
-/// A database file deleted (with its WAL files) when dropped.
-struct TempDb {
-    pool: SqlitePool,
-    path: PathBuf,
-}
-
-impl Drop for TempDb {
-    fn drop(&mut self) {
-        for suffix in ["", "-wal", "-shm", "-journal"] {
-            let mut p = self.path.clone().into_os_string();
-            p.push(suffix);
-            let _ = std::fs::remove_file(p);
-        }
-    }
-}
-
-async fn migrated() -> (TempDb, SqliteOutbox) {
-    let path = std::env::temp_dir().join(format!("outbox-http-{}.db", uuid::Uuid::now_v7()));
-    let options = SqliteConnectOptions::new()
-        .filename(&path)
-        .create_if_missing(true)
-        .journal_mode(SqliteJournalMode::Wal)
-        .busy_timeout(Duration::from_secs(10));
-    let pool = SqlitePoolOptions::new()
-        .max_connections(4)
-        .connect_with(options)
-        .await
-        .expect("open the test database");
-    let outbox = SqliteOutbox::new(pool.clone());
-    outbox.migrate().await.expect("migrate");
-    (TempDb { pool, path }, outbox)
-}
-
-/// Polls `cond` every 10 ms until it holds; panics after [`TIMEOUT`].
-async fn wait_for<F, Fut>(what: &str, mut cond: F)
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = bool>,
-{
-    let deadline = Instant::now() + TIMEOUT;
-    while !cond().await {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
-
-fn fast_retries() -> RetryPolicy {
-    RetryPolicy::new()
-        .initial_delay(Duration::from_millis(20))
-        .max_delay(Duration::from_millis(200))
-}
-
-fn relay(outbox: &SqliteOutbox, publisher: WebhookPublisher, retry: RetryPolicy) -> RelayHandle {
-    Relay::builder(outbox.clone(), publisher)
-        .retry(retry)
-        .poll_interval(Duration::from_millis(50))
-        .spawn()
-        .expect("relay")
-}
-
-async fn enqueue(db: &TempDb, outbox: &SqliteOutbox, messages: Vec<NewMessage>) {
-    let mut tx = db.pool.begin().await.unwrap();
-    outbox.enqueue_batch(&mut *tx, messages).await.unwrap();
-    outbox.commit(tx).await.unwrap();
-}
 
 fn candidate(n: u32, key: &str) -> NewMessage {
     NewMessage::json(
@@ -243,7 +178,7 @@ async fn handle(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn plain_messages_arrive_signed_with_idempotency_key_and_metadata() {
-    let (db, outbox) = migrated().await;
+    let (db, outbox) = migrated(DB).await;
     let server = Server::start(|_| Server::ok()).await;
     let publisher = WebhookPublisher::builder(server.url("/hooks/outbox"))
         .topic_url("recruiting.offers", server.url("/hooks/offers"))
@@ -268,9 +203,9 @@ async fn plain_messages_arrive_signed_with_idempotency_key_and_metadata() {
         .map(|m| (m.id(), m.payload().to_vec()))
         .collect();
     enqueue(&db, &outbox, messages).await;
-    let relay = relay(&outbox, publisher, fast_retries());
-    wait_for("three deliveries", || async {
-        server.seen().len() >= 3 && outbox.pending_count().await.unwrap() == 0
+    let relay = relay(&outbox, publisher, fast_retry());
+    wait_for("three deliveries", TIMEOUT, || async {
+        server.seen().len() >= 3 && pending(&outbox).await == 0
     })
     .await;
     relay.shutdown().await.unwrap();
@@ -341,7 +276,7 @@ async fn plain_messages_arrive_signed_with_idempotency_key_and_metadata() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn server_error_is_retried_then_delivered() {
-    let (db, outbox) = migrated().await;
+    let (db, outbox) = migrated(DB).await;
     let server = Server::start(|nth| {
         if nth == 1 {
             (
@@ -361,11 +296,8 @@ async fn server_error_is_retried_then_delivered() {
     let second = candidate(2, "candidate-1");
     let ids = [first.id(), second.id()];
     enqueue(&db, &outbox, vec![first, second]).await;
-    let relay = relay(&outbox, publisher, fast_retries());
-    wait_for("both delivered", || async {
-        outbox.pending_count().await.unwrap() == 0
-    })
-    .await;
+    let relay = relay(&outbox, publisher, fast_retry());
+    drained(&outbox, "both delivered", TIMEOUT).await;
     relay.shutdown().await.unwrap();
 
     let got: Vec<MessageId> = server.seen().iter().map(Seen::id).collect();
@@ -380,7 +312,7 @@ async fn server_error_is_retried_then_delivered() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn client_error_dead_letters_with_status_and_excerpt() {
-    let (db, outbox) = migrated().await;
+    let (db, outbox) = migrated(DB).await;
     let long_tail = "x".repeat(5000);
     let server = Server::start(move |_| {
         (
@@ -396,8 +328,8 @@ async fn client_error_dead_letters_with_status_and_excerpt() {
     let m = candidate(1, "candidate-1");
     let id = m.id();
     enqueue(&db, &outbox, vec![m]).await;
-    let relay = relay(&outbox, publisher, fast_retries());
-    wait_for("the dead letter", || async {
+    let relay = relay(&outbox, publisher, fast_retry());
+    wait_for("the dead letter", TIMEOUT, || async {
         outbox.dead_letters(10).await.unwrap().len() == 1
     })
     .await;
@@ -423,7 +355,7 @@ async fn client_error_dead_letters_with_status_and_excerpt() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn too_many_requests_waits_for_retry_after() {
-    let (db, outbox) = migrated().await;
+    let (db, outbox) = migrated(DB).await;
     let server = Server::start(|nth| {
         if nth == 1 {
             (
@@ -443,9 +375,9 @@ async fn too_many_requests_waits_for_retry_after() {
     enqueue(&db, &outbox, vec![m]).await;
     // The relay's own backoff is at most 200 ms: only Retry-After explains a
     // longer wait.
-    let relay = relay(&outbox, publisher, fast_retries());
-    wait_for("the second attempt", || async {
-        server.seen().len() >= 2 && outbox.pending_count().await.unwrap() == 0
+    let relay = relay(&outbox, publisher, fast_retry());
+    wait_for("the second attempt", TIMEOUT, || async {
+        server.seen().len() >= 2 && pending(&outbox).await == 0
     })
     .await;
     relay.shutdown().await.unwrap();
@@ -462,19 +394,19 @@ async fn too_many_requests_waits_for_retry_after() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unreachable_server_then_back_loses_nothing() {
-    let (db, outbox) = migrated().await;
+    let (db, outbox) = migrated(DB).await;
     let server = Server::start(|_| Server::ok()).await;
     let proxy = support::Proxy::start(&server.addr.to_string()).await;
     let publisher = WebhookPublisher::builder(format!("{}/in", proxy.url("http")))
         .timeout(Duration::from_secs(2))
         .build()
         .unwrap();
-    let relay = relay(&outbox, publisher, fast_retries().max_attempts(10_000));
+    let relay = relay(&outbox, publisher, fast_retry().max_attempts(10_000));
 
     // Warm up: one delivery through the proxy, so a pooled connection exists
     // and is cut too.
     enqueue(&db, &outbox, vec![candidate(0, "warm-up")]).await;
-    wait_for("the warm-up delivery", || async {
+    wait_for("the warm-up delivery", TIMEOUT, || async {
         server.seen().len() == 1
     })
     .await;
@@ -486,23 +418,15 @@ async fn unreachable_server_then_back_loses_nothing() {
     let ids: Vec<MessageId> = messages.iter().map(NewMessage::id).collect();
     enqueue(&db, &outbox, messages).await;
     // Failed attempts are recorded as transient, and nothing is dead.
-    wait_for("several failed attempts", || async {
-        let (attempts, error): (Option<i64>, Option<String>) =
-            sqlx::query_as("SELECT max(attempts), max(last_error) FROM outbox_messages")
-                .fetch_one(&db.pool)
-                .await
-                .unwrap();
-        attempts.unwrap_or(0) >= 3 && error.is_some_and(|e| e.contains("transient publish failure"))
+    wait_for("several failed attempts", TIMEOUT, || {
+        transient_failures(&db, 3)
     })
     .await;
     assert!(outbox.dead_letters(10).await.unwrap().is_empty());
     assert_eq!(server.seen().len(), 1, "nothing got through the cut");
 
     proxy.restore();
-    wait_for("all nine delivered", || async {
-        outbox.pending_count().await.unwrap() == 0
-    })
-    .await;
+    drained(&outbox, "all nine delivered", TIMEOUT).await;
     relay.shutdown().await.unwrap();
 
     let seen = server.seen();
@@ -525,7 +449,7 @@ async fn unreachable_server_then_back_loses_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn structured_cloudevents_body_is_a_valid_cloudevent() {
-    let (db, outbox) = migrated().await;
+    let (db, outbox) = migrated(DB).await;
     let server = Server::start(|_| Server::ok()).await;
     let publisher = WebhookPublisher::builder(server.url("/events"))
         .envelope(Envelope::CloudEventsStructured {
@@ -537,8 +461,8 @@ async fn structured_cloudevents_body_is_a_valid_cloudevent() {
     let m = candidate(7, "candidate-7").with_header("traceparent", "00-1-2-01");
     let (id, payload) = (m.id(), m.payload().to_vec());
     enqueue(&db, &outbox, vec![m]).await;
-    let relay = relay(&outbox, publisher, fast_retries());
-    wait_for("the event", || async { server.seen().len() == 1 }).await;
+    let relay = relay(&outbox, publisher, fast_retry());
+    wait_for("the event", TIMEOUT, || async { server.seen().len() == 1 }).await;
     relay.shutdown().await.unwrap();
 
     let s = &server.seen()[0];
@@ -574,7 +498,7 @@ async fn structured_cloudevents_body_is_a_valid_cloudevent() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn binary_cloudevents_attributes_travel_as_headers() {
-    let (db, outbox) = migrated().await;
+    let (db, outbox) = migrated(DB).await;
     let server = Server::start(|_| Server::ok()).await;
     let publisher = WebhookPublisher::builder(server.url("/events"))
         .envelope(Envelope::CloudEventsBinary {
@@ -585,8 +509,8 @@ async fn binary_cloudevents_attributes_travel_as_headers() {
     let m = candidate(8, "candidate 8 é");
     let (id, payload) = (m.id(), m.payload().to_vec());
     enqueue(&db, &outbox, vec![m]).await;
-    let relay = relay(&outbox, publisher, fast_retries());
-    wait_for("the event", || async { server.seen().len() == 1 }).await;
+    let relay = relay(&outbox, publisher, fast_retry());
+    wait_for("the event", TIMEOUT, || async { server.seen().len() == 1 }).await;
     relay.shutdown().await.unwrap();
 
     let s = &server.seen()[0];
@@ -612,7 +536,7 @@ async fn binary_cloudevents_attributes_travel_as_headers() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn batch_requests_run_in_parallel_up_to_the_limit() {
-    let (db, outbox) = migrated().await;
+    let (db, outbox) = migrated(DB).await;
     let server = Server::start_with_delay(|_| Server::ok(), Duration::from_millis(200)).await;
     let publisher = WebhookPublisher::builder(server.url("/in"))
         .concurrency(3)
@@ -621,11 +545,8 @@ async fn batch_requests_run_in_parallel_up_to_the_limit() {
     // Nine keys: one wave of nine messages.
     let messages: Vec<NewMessage> = (0..9).map(|n| candidate(n, &format!("c-{n}"))).collect();
     enqueue(&db, &outbox, messages).await;
-    let relay = relay(&outbox, publisher, fast_retries());
-    wait_for("nine deliveries", || async {
-        outbox.pending_count().await.unwrap() == 0
-    })
-    .await;
+    let relay = relay(&outbox, publisher, fast_retry());
+    drained(&outbox, "nine deliveries", TIMEOUT).await;
     relay.shutdown().await.unwrap();
     assert_eq!(server.seen().len(), 9);
     let max = server.state.max_in_flight.load(Ordering::SeqCst);

@@ -5,15 +5,12 @@
 mod support;
 
 use std::collections::{HashMap, HashSet};
-use std::future::Future;
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use outbox::publisher::{Envelope, KafkaPublisher};
 use outbox::{
-    MessageId, NewMessage, OutboxMessage, PublishError, Publisher, Relay, RelayHandle, RetryPolicy,
-    SqliteOutbox,
+    MessageId, NewMessage, OutboxMessage, PublishError, Publisher, RelayHandle, SqliteOutbox,
 };
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{Consumer, StreamConsumer};
@@ -22,78 +19,15 @@ use rdkafka::mocking::MockCluster;
 use rdkafka::producer::{DefaultProducerContext, Producer};
 use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
 use rdkafka::{Offset, TopicPartitionList};
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions};
+use support::sqlite::{drained, enqueue, migrated, relay, transient_failures, TempDb};
+use support::{fast_retry, wait_for};
 
 const TIMEOUT: Duration = Duration::from_secs(30);
+/// The prefix of the database files.
+const DB: &str = "outbox-kafka";
 const PARTITIONS: i32 = 3;
 
 // ---------------------------------------------------------------- database
-
-/// A database file deleted (with its WAL files) when dropped.
-struct TempDb {
-    pool: SqlitePool,
-    path: PathBuf,
-}
-
-impl Drop for TempDb {
-    fn drop(&mut self) {
-        for suffix in ["", "-wal", "-shm", "-journal"] {
-            let mut p = self.path.clone().into_os_string();
-            p.push(suffix);
-            let _ = std::fs::remove_file(p);
-        }
-    }
-}
-
-async fn migrated() -> (TempDb, SqliteOutbox) {
-    let path = std::env::temp_dir().join(format!("outbox-kafka-{}.db", uuid::Uuid::now_v7()));
-    let options = SqliteConnectOptions::new()
-        .filename(&path)
-        .create_if_missing(true)
-        .journal_mode(SqliteJournalMode::Wal)
-        .busy_timeout(Duration::from_secs(10));
-    let pool = SqlitePoolOptions::new()
-        .max_connections(4)
-        .connect_with(options)
-        .await
-        .expect("open the test database");
-    let outbox = SqliteOutbox::new(pool.clone());
-    outbox.migrate().await.expect("migrate");
-    (TempDb { pool, path }, outbox)
-}
-
-/// Polls `cond` every 10 ms until it holds; panics after [`TIMEOUT`].
-async fn wait_for<F, Fut>(what: &str, mut cond: F)
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = bool>,
-{
-    let deadline = Instant::now() + TIMEOUT;
-    while !cond().await {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
-
-fn fast_retries() -> RetryPolicy {
-    RetryPolicy::new()
-        .initial_delay(Duration::from_millis(20))
-        .max_delay(Duration::from_millis(200))
-}
-
-fn relay(outbox: &SqliteOutbox, publisher: impl Publisher, retry: RetryPolicy) -> RelayHandle {
-    Relay::builder(outbox.clone(), publisher)
-        .retry(retry)
-        .poll_interval(Duration::from_millis(50))
-        .spawn()
-        .expect("relay")
-}
-
-async fn enqueue(db: &TempDb, outbox: &SqliteOutbox, messages: Vec<NewMessage>) {
-    let mut tx = db.pool.begin().await.unwrap();
-    outbox.enqueue_batch(&mut *tx, messages).await.unwrap();
-    outbox.commit(tx).await.unwrap();
-}
 
 fn candidate(n: u32, key: &str) -> NewMessage {
     NewMessage::json(
@@ -224,6 +158,36 @@ fn assert_key_order(records: &[Record]) {
     }
 }
 
+/// Enqueues one message and reads it back: the producer then knows the
+/// cluster.
+async fn warm_up(db: &TempDb, outbox: &SqliteOutbox, consumer: &StreamConsumer) {
+    enqueue(db, outbox, vec![candidate(0, "warm-up")]).await;
+    assert_eq!(consume(consumer, 1).await[0].n(), 0);
+}
+
+/// Waits for an empty outbox, stops the relay and checks that nothing was
+/// dead-lettered.
+async fn drain_and_stop(outbox: &SqliteOutbox, relay: RelayHandle) {
+    drained(outbox, "an empty outbox", TIMEOUT).await;
+    relay.shutdown().await.unwrap();
+    assert!(outbox.dead_letters(10).await.unwrap().is_empty());
+}
+
+/// Reads until each of `ids` arrived and returns the first arrival of each,
+/// in arrival order: a record the broker stored before a failure was
+/// reported may arrive twice, which the id header tells.
+async fn first_arrivals(consumer: &StreamConsumer, ids: &HashSet<MessageId>) -> Vec<Record> {
+    let mut records = Vec::new();
+    let mut got = HashSet::new();
+    while !ids.is_subset(&got) {
+        let r = consume(consumer, 1).await.remove(0);
+        if got.insert(r.id()) {
+            records.push(r);
+        }
+    }
+    records
+}
+
 // ------------------------------------------------------------------- tests
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -231,12 +195,12 @@ async fn plain_messages_arrive_keyed_with_metadata_headers_in_key_order() {
     let topic = "test.candidates";
     let cluster = cluster(topic);
     let bootstrap = cluster.bootstrap_servers();
-    let (db, outbox) = migrated().await;
+    let (db, outbox) = migrated(DB).await;
     let publisher = KafkaPublisher::builder(&bootstrap)
         .topic_prefix("test.")
         .build()
         .unwrap();
-    let relay = relay(&outbox, publisher, fast_retries());
+    let relay = relay(&outbox, publisher, fast_retry());
 
     // Four keys, five messages each, each in its own transaction, so the
     // keys interleave in the outbox; plus one message without a key.
@@ -253,10 +217,7 @@ async fn plain_messages_arrive_keyed_with_metadata_headers_in_key_order() {
 
     let consumer = consumer(&bootstrap, topic);
     let records = consume(&consumer, 21).await;
-    wait_for("an empty outbox", || async {
-        outbox.pending_count().await.unwrap() == 0
-    })
-    .await;
+    drained(&outbox, "an empty outbox", TIMEOUT).await;
     relay.shutdown().await.unwrap();
 
     let got: HashSet<MessageId> = records.iter().map(Record::id).collect();
@@ -307,14 +268,14 @@ async fn binary_cloudevents_attributes_travel_as_ce_headers() {
     let topic = "candidates";
     let cluster = cluster(topic);
     let bootstrap = cluster.bootstrap_servers();
-    let (db, outbox) = migrated().await;
+    let (db, outbox) = migrated(DB).await;
     let publisher = KafkaPublisher::builder(&bootstrap)
         .envelope(Envelope::CloudEventsBinary {
             source: "/recruiting/candidates".into(),
         })
         .build()
         .unwrap();
-    let relay = relay(&outbox, publisher, fast_retries());
+    let relay = relay(&outbox, publisher, fast_retry());
     let m = candidate(1, "candidate-1").with_header("traceparent", "00-1-2-01");
     let (id, payload) = (m.id(), m.payload().to_vec());
     enqueue(&db, &outbox, vec![m]).await;
@@ -379,8 +340,8 @@ async fn producer_is_idempotent_and_application_resends_are_detectable() {
     // Kafka's idempotence deduplicates the producer's own retries, not a
     // message the application sends again: the relay's re-send is a second
     // record, recognisable by its id header.
-    let (db, outbox) = migrated().await;
-    let relay = relay(&outbox, SendsTwice(publisher), fast_retries());
+    let (db, outbox) = migrated(DB).await;
+    let relay = relay(&outbox, SendsTwice(publisher), fast_retry());
     let m = candidate(1, "candidate-1");
     let id = m.id();
     enqueue(&db, &outbox, vec![m]).await;
@@ -403,18 +364,16 @@ async fn broker_down_fails_transiently_and_the_relay_retries_until_delivered() {
     let topic = "candidates";
     let cluster = cluster(topic);
     let bootstrap = cluster.bootstrap_servers();
-    let (db, outbox) = migrated().await;
+    let (db, outbox) = migrated(DB).await;
     let publisher = KafkaPublisher::builder(&bootstrap)
         .delivery_timeout(Duration::from_millis(500))
         .set("reconnect.backoff.max.ms", "200")
         .build()
         .unwrap();
-    let relay = relay(&outbox, publisher, fast_retries().max_attempts(10_000));
+    let relay = relay(&outbox, publisher, fast_retry().max_attempts(10_000));
     let consumer = consumer(&bootstrap, topic);
 
-    // Warm up: the producer knows the cluster.
-    enqueue(&db, &outbox, vec![candidate(0, "warm-up")]).await;
-    assert_eq!(consume(&consumer, 1).await[0].n(), 0);
+    warm_up(&db, &outbox, &consumer).await;
 
     cluster.broker_down(1).unwrap();
     let messages: Vec<NewMessage> = (1..=9)
@@ -422,43 +381,17 @@ async fn broker_down_fails_transiently_and_the_relay_retries_until_delivered() {
         .collect();
     let ids: HashSet<MessageId> = messages.iter().map(NewMessage::id).collect();
     enqueue(&db, &outbox, messages).await;
-    wait_for("failed attempts recorded as transient", || async {
-        let (attempts, error): (Option<i64>, Option<String>) =
-            sqlx::query_as("SELECT max(attempts), max(last_error) FROM outbox_messages")
-                .fetch_one(&db.pool)
-                .await
-                .unwrap();
-        attempts.unwrap_or(0) >= 2 && error.is_some_and(|e| e.contains("transient publish failure"))
+    wait_for("failed attempts recorded as transient", TIMEOUT, || {
+        transient_failures(&db, 2)
     })
     .await;
     assert!(outbox.dead_letters(10).await.unwrap().is_empty());
 
     cluster.broker_up(1).unwrap();
-    wait_for("an empty outbox", || async {
-        outbox.pending_count().await.unwrap() == 0
-    })
-    .await;
-    relay.shutdown().await.unwrap();
-    assert!(outbox.dead_letters(10).await.unwrap().is_empty());
+    drain_and_stop(&outbox, relay).await;
 
-    // Everything arrived; a record the broker stored before the failure was
-    // reported may arrive twice, which the id header tells.
-    let mut records = Vec::new();
-    let mut got = HashSet::new();
-    while !ids.is_subset(&got) {
-        let r = consume(&consumer, 1).await.remove(0);
-        got.insert(r.id());
-        records.push(r);
-    }
-    // First arrivals per key are in commit order.
-    let mut first: Vec<Record> = Vec::new();
-    let mut seen = HashSet::new();
-    for r in records {
-        if seen.insert(r.id()) {
-            first.push(r);
-        }
-    }
-    assert_key_order(&first);
+    // Everything arrived; first arrivals per key are in commit order.
+    assert_key_order(&first_arrivals(&consumer, &ids).await);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -466,17 +399,16 @@ async fn produce_errors_are_retried_by_the_producer_then_by_the_relay() {
     let topic = "candidates";
     let cluster = cluster(topic);
     let bootstrap = cluster.bootstrap_servers();
-    let (db, outbox) = migrated().await;
+    let (db, outbox) = migrated(DB).await;
     let publisher = KafkaPublisher::builder(&bootstrap)
         .delivery_timeout(Duration::from_millis(500))
         .set("retry.backoff.ms", "20")
         .set("retry.backoff.max.ms", "50")
         .build()
         .unwrap();
-    let relay = relay(&outbox, publisher, fast_retries().max_attempts(10_000));
+    let relay = relay(&outbox, publisher, fast_retry().max_attempts(10_000));
     let consumer = consumer(&bootstrap, topic);
-    enqueue(&db, &outbox, vec![candidate(0, "warm-up")]).await;
-    assert_eq!(consume(&consumer, 1).await[0].n(), 0);
+    warm_up(&db, &outbox, &consumer).await;
 
     // A retriable broker error the producer retries by itself until the
     // delivery timeout: more of them than fit in one timeout, so the
@@ -488,30 +420,12 @@ async fn produce_errors_are_retried_by_the_producer_then_by_the_relay() {
     let messages: Vec<NewMessage> = (1..=4).map(|n| candidate(n, "candidate-1")).collect();
     let ids: HashSet<MessageId> = messages.iter().map(NewMessage::id).collect();
     enqueue(&db, &outbox, messages).await;
-    wait_for("a transient failure recorded", || async {
-        let (attempts, error): (Option<i64>, Option<String>) =
-            sqlx::query_as("SELECT max(attempts), max(last_error) FROM outbox_messages")
-                .fetch_one(&db.pool)
-                .await
-                .unwrap();
-        attempts.unwrap_or(0) >= 2 && error.is_some_and(|e| e.contains("transient publish failure"))
+    wait_for("a transient failure recorded", TIMEOUT, || {
+        transient_failures(&db, 2)
     })
     .await;
-    wait_for("an empty outbox", || async {
-        outbox.pending_count().await.unwrap() == 0
-    })
-    .await;
-    relay.shutdown().await.unwrap();
-    assert!(outbox.dead_letters(10).await.unwrap().is_empty());
-    let mut records = Vec::new();
-    let mut got = HashSet::new();
-    while !ids.is_subset(&got) {
-        let r = consume(&consumer, 1).await.remove(0);
-        if got.insert(r.id()) {
-            records.push(r);
-        }
-    }
-    assert_key_order(&records);
+    drain_and_stop(&outbox, relay).await;
+    assert_key_order(&first_arrivals(&consumer, &ids).await);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -519,7 +433,7 @@ async fn fatal_idempotence_error_replaces_the_producer_and_loses_nothing() {
     let topic = "candidates";
     let cluster = cluster(topic);
     let bootstrap = cluster.bootstrap_servers();
-    let (db, outbox) = migrated().await;
+    let (db, outbox) = migrated(DB).await;
     let publisher = std::sync::Arc::new(
         KafkaPublisher::builder(&bootstrap)
             .delivery_timeout(Duration::from_millis(500))
@@ -530,11 +444,10 @@ async fn fatal_idempotence_error_replaces_the_producer_and_loses_nothing() {
     let relay = relay(
         &outbox,
         publisher.clone(),
-        fast_retries().max_attempts(10_000),
+        fast_retry().max_attempts(10_000),
     );
     let consumer = consumer(&bootstrap, topic);
-    enqueue(&db, &outbox, vec![candidate(0, "warm-up")]).await;
-    assert_eq!(consume(&consumer, 1).await[0].n(), 0);
+    warm_up(&db, &outbox, &consumer).await;
 
     // An out-of-order sequence number breaks the idempotent producer for
     // good (librdkafka raises a fatal error): the publisher must replace it.
@@ -545,12 +458,7 @@ async fn fatal_idempotence_error_replaces_the_producer_and_loses_nothing() {
     let messages: Vec<NewMessage> = (1..=4).map(|n| candidate(n, "candidate-1")).collect();
     let ids: HashSet<MessageId> = messages.iter().map(NewMessage::id).collect();
     enqueue(&db, &outbox, messages).await;
-    wait_for("an empty outbox", || async {
-        outbox.pending_count().await.unwrap() == 0
-    })
-    .await;
-    relay.shutdown().await.unwrap();
-    assert!(outbox.dead_letters(10).await.unwrap().is_empty());
+    drain_and_stop(&outbox, relay).await;
 
     let fatal = first_producer.client().fatal_error();
     assert!(fatal.is_some(), "the first producer hit a fatal error");
@@ -558,15 +466,7 @@ async fn fatal_idempotence_error_replaces_the_producer_and_loses_nothing() {
         publisher.producer().client().fatal_error().is_none(),
         "a healthy producer took its place"
     );
-    let mut records = Vec::new();
-    let mut got = HashSet::new();
-    while !ids.is_subset(&got) {
-        let r = consume(&consumer, 1).await.remove(0);
-        if got.insert(r.id()) {
-            records.push(r);
-        }
-    }
-    assert_key_order(&records);
+    assert_key_order(&first_arrivals(&consumer, &ids).await);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -574,9 +474,9 @@ async fn authorization_failure_is_permanent() {
     let topic = "candidates";
     let cluster = cluster(topic);
     let bootstrap = cluster.bootstrap_servers();
-    let (db, outbox) = migrated().await;
+    let (db, outbox) = migrated(DB).await;
     let publisher = KafkaPublisher::new(&bootstrap).unwrap();
-    let relay = relay(&outbox, publisher, fast_retries());
+    let relay = relay(&outbox, publisher, fast_retry());
     cluster.request_errors(
         RDKafkaApiKey::Produce,
         &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_TOPIC_AUTHORIZATION_FAILED],
@@ -584,7 +484,7 @@ async fn authorization_failure_is_permanent() {
     let m = candidate(1, "candidate-1");
     let id = m.id();
     enqueue(&db, &outbox, vec![m]).await;
-    wait_for("the dead letter", || async {
+    wait_for("the dead letter", TIMEOUT, || async {
         outbox.dead_letters(10).await.unwrap().len() == 1
     })
     .await;
@@ -603,10 +503,10 @@ async fn message_over_max_bytes_is_dead_lettered() {
     let topic = "candidates";
     let cluster = cluster(topic);
     let bootstrap = cluster.bootstrap_servers();
-    let (db, outbox) = migrated().await;
+    let (db, outbox) = migrated(DB).await;
     // librdkafka's default message.max.bytes is 1,000,000.
     let publisher = KafkaPublisher::new(&bootstrap).unwrap();
-    let relay = relay(&outbox, publisher, fast_retries());
+    let relay = relay(&outbox, publisher, fast_retry());
 
     let huge = NewMessage::bytes("candidates", vec![b'x'; 1_100_000]).with_partition_key("cv-1");
     let huge_id = huge.id();
@@ -616,7 +516,7 @@ async fn message_over_max_bytes_is_dead_lettered() {
 
     let records = consume(&consumer(&bootstrap, topic), 1).await;
     assert_eq!(records[0].id(), small_id, "other keys keep flowing");
-    wait_for("the dead letter", || async {
+    wait_for("the dead letter", TIMEOUT, || async {
         outbox.dead_letters(10).await.unwrap().len() == 1
     })
     .await;

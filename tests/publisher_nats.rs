@@ -4,95 +4,24 @@
 mod support;
 
 use std::collections::HashSet;
-use std::future::Future;
-use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use async_nats::jetstream::{self, consumer, stream};
-use async_trait::async_trait;
 use futures_util::StreamExt;
 use outbox::publisher::{Envelope, NatsPublisher};
-use outbox::{
-    MessageId, NewMessage, OutboxMessage, PublishError, Publisher, Relay, RetryPolicy, SqliteOutbox,
-};
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions};
+use outbox::{MessageId, NewMessage, OutboxMessage, Publisher, Relay};
+use support::probe::Probe;
+use support::sqlite::{drained, enqueue, migrated, pending};
+use support::{fast_retry, wait_for};
 
 const NATS: &str = "127.0.0.1:4222";
 const START_NATS: &str = "start-stop-daemon --start --oknodo --background \
     --exec /usr/sbin/nats-server -- -a 127.0.0.1 -p 4222 -js -sd /var/lib/nats-server \
     -l /var/log/nats-server.log";
 const TIMEOUT: Duration = Duration::from_secs(60);
-
-// ---------------------------------------------------------------------------
-// Database
-
-/// A database file deleted (with its WAL files) when dropped.
-struct TempDb {
-    pool: SqlitePool,
-    path: PathBuf,
-}
-
-impl Drop for TempDb {
-    fn drop(&mut self) {
-        for suffix in ["", "-wal", "-shm", "-journal"] {
-            let mut p = self.path.clone().into_os_string();
-            p.push(suffix);
-            let _ = std::fs::remove_file(p);
-        }
-    }
-}
-
-async fn migrated() -> (TempDb, SqliteOutbox) {
-    let path = std::env::temp_dir().join(format!("outbox-nats-{}.db", uuid::Uuid::now_v7()));
-    let options = SqliteConnectOptions::new()
-        .filename(&path)
-        .create_if_missing(true)
-        .journal_mode(SqliteJournalMode::Wal)
-        .busy_timeout(Duration::from_secs(10));
-    let pool = SqlitePoolOptions::new()
-        .max_connections(4)
-        .connect_with(options)
-        .await
-        .expect("open the test database");
-    let outbox = SqliteOutbox::new(pool.clone());
-    outbox.migrate().await.expect("migrate");
-    (TempDb { pool, path }, outbox)
-}
-
-async fn enqueue(db: &TempDb, outbox: &SqliteOutbox, messages: Vec<NewMessage>) {
-    let mut tx = db.pool.begin().await.unwrap();
-    outbox.enqueue_batch(&mut *tx, messages).await.unwrap();
-    outbox.commit(tx).await.unwrap();
-}
-
-async fn pending(outbox: &SqliteOutbox) -> i64 {
-    outbox.pending_count().await.expect("pending_count")
-}
-
-/// Polls `cond` every 10 ms until it holds; panics after [`TIMEOUT`].
-async fn wait_for<F, Fut>(what: &str, mut cond: F)
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = bool>,
-{
-    let deadline = tokio::time::Instant::now() + TIMEOUT;
-    while !cond().await {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
-
-fn fast_retry() -> RetryPolicy {
-    RetryPolicy::new()
-        .initial_delay(Duration::from_millis(20))
-        .max_delay(Duration::from_millis(200))
-        .max_attempts(1000)
-}
+/// The prefix of the database files.
+const DB: &str = "outbox-nats";
 
 // ---------------------------------------------------------------------------
 // NATS
@@ -202,52 +131,6 @@ fn candidate(topic: &str, n: u32) -> NewMessage {
     .with_header("traceparent", format!("00-trace-{n}-01"))
 }
 
-/// Counts what the inner publisher is asked and how often it fails; can
-/// pretend the first acknowledgement of each message was lost.
-struct Probe<P> {
-    inner: P,
-    calls: Arc<AtomicU64>,
-    failures: Arc<AtomicU64>,
-    /// Nanoseconds spent inside the inner publisher.
-    busy: Arc<AtomicU64>,
-    lose_first_ack: bool,
-    seen: Arc<Mutex<Vec<OutboxMessage>>>,
-}
-
-impl<P> Probe<P> {
-    fn new(inner: P) -> Self {
-        Probe {
-            inner,
-            calls: Arc::default(),
-            failures: Arc::default(),
-            busy: Arc::default(),
-            lose_first_ack: false,
-            seen: Arc::default(),
-        }
-    }
-}
-
-#[async_trait]
-impl<P: Publisher> Publisher for Probe<P> {
-    async fn publish(&self, batch: &[OutboxMessage]) -> Vec<Result<(), PublishError>> {
-        self.calls.fetch_add(batch.len() as u64, Ordering::SeqCst);
-        self.seen.lock().unwrap().extend(batch.iter().cloned());
-        let started = std::time::Instant::now();
-        let mut results = self.inner.publish(batch).await;
-        self.busy
-            .fetch_add(started.elapsed().as_nanos() as u64, Ordering::SeqCst);
-        for (m, r) in batch.iter().zip(results.iter_mut()) {
-            if r.is_ok() && self.lose_first_ack && m.attempt() == 1 {
-                *r = Err(PublishError::transient("acknowledgement lost (simulated)"));
-            }
-            if r.is_err() {
-                self.failures.fetch_add(1, Ordering::SeqCst);
-            }
-        }
-        results
-    }
-}
-
 // ---------------------------------------------------------------------------
 // Tests
 
@@ -255,17 +138,14 @@ impl<P: Publisher> Publisher for Probe<P> {
 async fn relay_publishes_to_jetstream_with_headers() {
     let client = nats().await;
     let stream = TestStream::create(&client).await;
-    let (db, outbox) = migrated().await;
+    let (db, outbox) = migrated(DB).await;
     let messages: Vec<NewMessage> = (0..5).map(|n| candidate("candidates", n)).collect();
     let ids: Vec<MessageId> = messages.iter().map(NewMessage::id).collect();
     enqueue(&db, &outbox, messages).await;
 
     let publisher = NatsPublisher::new(client.clone()).with_subject_prefix(&stream.prefix);
     let relay = Relay::builder(outbox.clone(), publisher).spawn().unwrap();
-    wait_for("the outbox to drain", || async {
-        pending(&outbox).await == 0
-    })
-    .await;
+    drained(&outbox, "the outbox to drain", TIMEOUT).await;
     relay.shutdown().await.unwrap();
 
     let got = stream.consume(5).await;
@@ -305,7 +185,7 @@ async fn relay_publishes_to_jetstream_with_headers() {
 async fn cloudevents_modes_over_jetstream() {
     let client = nats().await;
     let stream = TestStream::create(&client).await;
-    let (db, outbox) = migrated().await;
+    let (db, outbox) = migrated(DB).await;
     let binary = candidate("binary", 1);
     let structured = candidate("structured", 2);
     let (binary_id, structured_id) = (binary.id(), structured.id());
@@ -318,7 +198,7 @@ async fn cloudevents_modes_over_jetstream() {
             source: "/recruiting/candidates".into(),
         });
     let relay = Relay::builder(outbox.clone(), publisher).spawn().unwrap();
-    wait_for("the binary event", || async { pending(&outbox).await == 0 }).await;
+    drained(&outbox, "the binary event", TIMEOUT).await;
     relay.shutdown().await.unwrap();
 
     // Structured mode: a CloudEvents JSON document as the body.
@@ -329,10 +209,7 @@ async fn cloudevents_modes_over_jetstream() {
             source: "/recruiting/candidates".into(),
         });
     let relay = Relay::builder(outbox.clone(), publisher).spawn().unwrap();
-    wait_for("the structured event", || async {
-        pending(&outbox).await == 0
-    })
-    .await;
+    drained(&outbox, "the structured event", TIMEOUT).await;
     relay.shutdown().await.unwrap();
 
     let got = stream.consume(2).await;
@@ -375,7 +252,7 @@ async fn cloudevents_modes_over_jetstream() {
 async fn a_message_sent_twice_is_stored_once() {
     let client = nats().await;
     let stream = TestStream::create(&client).await;
-    let (db, outbox) = migrated().await;
+    let (db, outbox) = migrated(DB).await;
     let messages: Vec<NewMessage> = (0..10).map(|n| candidate("candidates", n)).collect();
     let ids: HashSet<String> = messages.iter().map(|m| m.id().to_string()).collect();
     enqueue(&db, &outbox, messages).await;
@@ -387,13 +264,10 @@ async fn a_message_sent_twice_is_stored_once() {
     let calls = probe.calls.clone();
     let seen = probe.seen.clone();
     let relay = Relay::builder(outbox.clone(), probe)
-        .retry(fast_retry())
+        .retry(fast_retry().max_attempts(1000))
         .spawn()
         .unwrap();
-    wait_for("the outbox to drain", || async {
-        pending(&outbox).await == 0
-    })
-    .await;
+    drained(&outbox, "the outbox to drain", TIMEOUT).await;
     relay.shutdown().await.unwrap();
     assert_eq!(calls.load(Ordering::SeqCst), 20, "each message sent twice");
 
@@ -425,7 +299,7 @@ async fn nothing_is_lost_while_the_broker_is_unreachable() {
         .connect(proxy.addr.to_string())
         .await
         .expect("connect through the proxy");
-    let (db, outbox) = migrated().await;
+    let (db, outbox) = migrated(DB).await;
     let probe = Probe::new(
         NatsPublisher::new(client.clone())
             .with_subject_prefix(&stream.prefix)
@@ -433,17 +307,14 @@ async fn nothing_is_lost_while_the_broker_is_unreachable() {
     );
     let failures = probe.failures.clone();
     let relay = Relay::builder(outbox.clone(), probe)
-        .retry(fast_retry())
+        .retry(fast_retry().max_attempts(1000))
         .spawn()
         .unwrap();
 
     let first = candidate("candidates", 0);
     let mut ids = vec![first.id().to_string()];
     enqueue(&db, &outbox, vec![first]).await;
-    wait_for("the first message", || async {
-        pending(&outbox).await == 0
-    })
-    .await;
+    drained(&outbox, "the first message", TIMEOUT).await;
 
     proxy.cut();
     support::eventually("the client to notice the outage", || {
@@ -453,7 +324,7 @@ async fn nothing_is_lost_while_the_broker_is_unreachable() {
     let messages: Vec<NewMessage> = (1..=20).map(|n| candidate("candidates", n)).collect();
     ids.extend(messages.iter().map(|m| m.id().to_string()));
     enqueue(&db, &outbox, messages).await;
-    wait_for("failed attempts", || async {
+    wait_for("failed attempts", TIMEOUT, || async {
         failures.load(Ordering::SeqCst) >= 40
     })
     .await;
@@ -465,10 +336,7 @@ async fn nothing_is_lost_while_the_broker_is_unreachable() {
     assert_eq!(stream.count().await, 1);
 
     proxy.restore();
-    wait_for("the backlog to drain", || async {
-        pending(&outbox).await == 0
-    })
-    .await;
+    drained(&outbox, "the backlog to drain", TIMEOUT).await;
     relay.shutdown().await.unwrap();
 
     assert!(outbox.dead_letters(10).await.unwrap().is_empty());
@@ -486,7 +354,7 @@ async fn nothing_is_lost_while_the_broker_is_unreachable() {
 async fn rejected_messages_are_dead_lettered() {
     let client = nats().await;
     let stream = TestStream::create(&client).await;
-    let (db, outbox) = migrated().await;
+    let (db, outbox) = migrated(DB).await;
     let max_payload = client.server_info().max_payload;
     assert!(max_payload > 0);
 
@@ -498,13 +366,10 @@ async fn rejected_messages_are_dead_lettered() {
 
     let publisher = NatsPublisher::new(client.clone()).with_subject_prefix(&stream.prefix);
     let relay = Relay::builder(outbox.clone(), publisher)
-        .retry(fast_retry())
+        .retry(fast_retry().max_attempts(1000))
         .spawn()
         .unwrap();
-    wait_for("the outbox to drain", || async {
-        pending(&outbox).await == 0
-    })
-    .await;
+    drained(&outbox, "the outbox to drain", TIMEOUT).await;
     relay.shutdown().await.unwrap();
 
     let dead = outbox.dead_letters(10).await.unwrap();
@@ -528,13 +393,10 @@ async fn rejected_messages_are_dead_lettered() {
     enqueue(&db, &outbox, vec![orphan]).await;
     let publisher = NatsPublisher::new(client.clone()).with_subject_prefix("outboxtest.orphans.");
     let relay = Relay::builder(outbox.clone(), publisher)
-        .retry(fast_retry())
+        .retry(fast_retry().max_attempts(1000))
         .spawn()
         .unwrap();
-    wait_for("the orphan to be dead-lettered", || async {
-        pending(&outbox).await == 0
-    })
-    .await;
+    drained(&outbox, "the orphan to be dead-lettered", TIMEOUT).await;
     relay.shutdown().await.unwrap();
     let dead = outbox.dead_letters(10).await.unwrap();
     let orphan_dead = dead
@@ -559,7 +421,7 @@ async fn drains_a_large_backlog() {
     const N: usize = 20_000;
     let client = nats().await;
     let stream = TestStream::create(&client).await;
-    let (db, outbox) = migrated().await;
+    let (db, outbox) = migrated(DB).await;
     let messages: Vec<NewMessage> = (0..N as u32)
         .map(|n| candidate("candidates", n).with_partition_key(format!("candidate-{}", n % 5000)))
         .collect();
@@ -572,10 +434,7 @@ async fn drains_a_large_backlog() {
         .batch_size(500)
         .spawn()
         .unwrap();
-    wait_for("the backlog to drain", || async {
-        pending(&outbox).await == 0
-    })
-    .await;
+    drained(&outbox, "the backlog to drain", TIMEOUT).await;
     let elapsed = started.elapsed();
     relay.shutdown().await.unwrap();
     assert_eq!(stream.count().await, N as u64);

@@ -4,94 +4,23 @@
 mod support;
 
 use std::collections::HashSet;
-use std::future::Future;
-use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use async_trait::async_trait;
 use outbox::publisher::{Envelope, RedisStreamsPublisher};
-use outbox::{
-    MessageId, NewMessage, OutboxMessage, PublishError, Publisher, Relay, RetryPolicy, SqliteOutbox,
-};
+use outbox::{MessageId, NewMessage, OutboxMessage, Publisher, Relay};
 use redis::streams::{StreamId, StreamReadReply};
 use redis::AsyncCommands;
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions};
+use support::probe::Probe;
+use support::sqlite::{drained, enqueue, migrated, pending};
+use support::{fast_retry, wait_for};
 
 const REDIS: &str = "127.0.0.1:6379";
 const START_REDIS: &str = "redis-server --daemonize yes --bind 127.0.0.1 -::1 --port 6379 \
     --save \"\" --appendonly no --dir /var/lib/redis --logfile /var/log/redis/ci.log";
 const TIMEOUT: Duration = Duration::from_secs(60);
-
-// ---------------------------------------------------------------------------
-// Database
-
-/// A database file deleted (with its WAL files) when dropped.
-struct TempDb {
-    pool: SqlitePool,
-    path: PathBuf,
-}
-
-impl Drop for TempDb {
-    fn drop(&mut self) {
-        for suffix in ["", "-wal", "-shm", "-journal"] {
-            let mut p = self.path.clone().into_os_string();
-            p.push(suffix);
-            let _ = std::fs::remove_file(p);
-        }
-    }
-}
-
-async fn migrated() -> (TempDb, SqliteOutbox) {
-    let path = std::env::temp_dir().join(format!("outbox-redis-{}.db", uuid::Uuid::now_v7()));
-    let options = SqliteConnectOptions::new()
-        .filename(&path)
-        .create_if_missing(true)
-        .journal_mode(SqliteJournalMode::Wal)
-        .busy_timeout(Duration::from_secs(10));
-    let pool = SqlitePoolOptions::new()
-        .max_connections(4)
-        .connect_with(options)
-        .await
-        .expect("open the test database");
-    let outbox = SqliteOutbox::new(pool.clone());
-    outbox.migrate().await.expect("migrate");
-    (TempDb { pool, path }, outbox)
-}
-
-async fn enqueue(db: &TempDb, outbox: &SqliteOutbox, messages: Vec<NewMessage>) {
-    let mut tx = db.pool.begin().await.unwrap();
-    outbox.enqueue_batch(&mut *tx, messages).await.unwrap();
-    outbox.commit(tx).await.unwrap();
-}
-
-async fn pending(outbox: &SqliteOutbox) -> i64 {
-    outbox.pending_count().await.expect("pending_count")
-}
-
-/// Polls `cond` every 10 ms until it holds; panics after [`TIMEOUT`].
-async fn wait_for<F, Fut>(what: &str, mut cond: F)
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = bool>,
-{
-    let deadline = tokio::time::Instant::now() + TIMEOUT;
-    while !cond().await {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
-
-fn fast_retry() -> RetryPolicy {
-    RetryPolicy::new()
-        .initial_delay(Duration::from_millis(20))
-        .max_delay(Duration::from_millis(200))
-        .max_attempts(1000)
-}
+/// The prefix of the database files.
+const DB: &str = "outbox-redis";
 
 // ---------------------------------------------------------------------------
 // Redis
@@ -182,59 +111,13 @@ fn candidate(topic: &str, n: u32) -> NewMessage {
     .with_header("traceparent", format!("00-trace-{n}-01"))
 }
 
-/// Counts what the inner publisher is asked and how often it fails; can
-/// pretend the first acknowledgement of each message was lost.
-struct Probe<P> {
-    inner: P,
-    calls: Arc<AtomicU64>,
-    failures: Arc<AtomicU64>,
-    /// Nanoseconds spent inside the inner publisher.
-    busy: Arc<AtomicU64>,
-    lose_first_ack: bool,
-    seen: Arc<Mutex<Vec<OutboxMessage>>>,
-}
-
-impl<P> Probe<P> {
-    fn new(inner: P) -> Self {
-        Probe {
-            inner,
-            calls: Arc::default(),
-            failures: Arc::default(),
-            busy: Arc::default(),
-            lose_first_ack: false,
-            seen: Arc::default(),
-        }
-    }
-}
-
-#[async_trait]
-impl<P: Publisher> Publisher for Probe<P> {
-    async fn publish(&self, batch: &[OutboxMessage]) -> Vec<Result<(), PublishError>> {
-        self.calls.fetch_add(batch.len() as u64, Ordering::SeqCst);
-        self.seen.lock().unwrap().extend(batch.iter().cloned());
-        let started = std::time::Instant::now();
-        let mut results = self.inner.publish(batch).await;
-        self.busy
-            .fetch_add(started.elapsed().as_nanos() as u64, Ordering::SeqCst);
-        for (m, r) in batch.iter().zip(results.iter_mut()) {
-            if r.is_ok() && self.lose_first_ack && m.attempt() == 1 {
-                *r = Err(PublishError::transient("acknowledgement lost (simulated)"));
-            }
-            if r.is_err() {
-                self.failures.fetch_add(1, Ordering::SeqCst);
-            }
-        }
-        results
-    }
-}
-
 // ---------------------------------------------------------------------------
 // Tests
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn relay_appends_to_streams_with_fields() {
     let keys = TestKeys::new().await;
-    let (db, outbox) = migrated().await;
+    let (db, outbox) = migrated(DB).await;
     let messages: Vec<NewMessage> = (0..5).map(|n| candidate("candidates", n)).collect();
     let ids: Vec<MessageId> = messages.iter().map(NewMessage::id).collect();
     enqueue(&db, &outbox, messages).await;
@@ -242,10 +125,7 @@ async fn relay_appends_to_streams_with_fields() {
     let relay = Relay::builder(outbox.clone(), keys.publisher(REDIS))
         .spawn()
         .unwrap();
-    wait_for("the outbox to drain", || async {
-        pending(&outbox).await == 0
-    })
-    .await;
+    drained(&outbox, "the outbox to drain", TIMEOUT).await;
     relay.shutdown().await.unwrap();
 
     let entries = keys.read("candidates").await;
@@ -290,7 +170,7 @@ async fn relay_appends_to_streams_with_fields() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cloudevents_structured_mode_and_trimming() {
     let keys = TestKeys::new().await;
-    let (db, outbox) = migrated().await;
+    let (db, outbox) = migrated(DB).await;
     let m = candidate("candidates", 9);
     let id = m.id().to_string();
     enqueue(&db, &outbox, vec![m]).await;
@@ -302,10 +182,7 @@ async fn cloudevents_structured_mode_and_trimming() {
         })
         .with_max_len(1000);
     let relay = Relay::builder(outbox.clone(), publisher).spawn().unwrap();
-    wait_for("the outbox to drain", || async {
-        pending(&outbox).await == 0
-    })
-    .await;
+    drained(&outbox, "the outbox to drain", TIMEOUT).await;
     relay.shutdown().await.unwrap();
 
     let entries = keys.read("candidates").await;
@@ -329,7 +206,7 @@ async fn cloudevents_structured_mode_and_trimming() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_message_sent_twice_is_appended_once() {
     let keys = TestKeys::new().await;
-    let (db, outbox) = migrated().await;
+    let (db, outbox) = migrated(DB).await;
     let messages: Vec<NewMessage> = (0..10).map(|n| candidate("candidates", n)).collect();
     let ids: HashSet<String> = messages.iter().map(|m| m.id().to_string()).collect();
     enqueue(&db, &outbox, messages).await;
@@ -339,13 +216,10 @@ async fn a_message_sent_twice_is_appended_once() {
     let calls = probe.calls.clone();
     let seen = probe.seen.clone();
     let relay = Relay::builder(outbox.clone(), probe)
-        .retry(fast_retry())
+        .retry(fast_retry().max_attempts(1000))
         .spawn()
         .unwrap();
-    wait_for("the outbox to drain", || async {
-        pending(&outbox).await == 0
-    })
-    .await;
+    drained(&outbox, "the outbox to drain", TIMEOUT).await;
     relay.shutdown().await.unwrap();
     assert_eq!(calls.load(Ordering::SeqCst), 20, "each message sent twice");
     assert_eq!(keys.len("candidates").await, 10);
@@ -368,30 +242,27 @@ async fn a_message_sent_twice_is_appended_once() {
 async fn nothing_is_lost_while_the_server_is_unreachable() {
     let keys = TestKeys::new().await;
     let proxy = support::Proxy::start(REDIS).await;
-    let (db, outbox) = migrated().await;
+    let (db, outbox) = migrated(DB).await;
     let probe = Probe::new(
         keys.publisher(&proxy.addr.to_string())
             .with_timeout(Duration::from_secs(1)),
     );
     let failures = probe.failures.clone();
     let relay = Relay::builder(outbox.clone(), probe)
-        .retry(fast_retry())
+        .retry(fast_retry().max_attempts(1000))
         .spawn()
         .unwrap();
 
     let first = candidate("candidates", 0);
     let mut ids = vec![first.id().to_string()];
     enqueue(&db, &outbox, vec![first]).await;
-    wait_for("the first message", || async {
-        pending(&outbox).await == 0
-    })
-    .await;
+    drained(&outbox, "the first message", TIMEOUT).await;
 
     proxy.cut();
     let messages: Vec<NewMessage> = (1..=20).map(|n| candidate("candidates", n)).collect();
     ids.extend(messages.iter().map(|m| m.id().to_string()));
     enqueue(&db, &outbox, messages).await;
-    wait_for("failed attempts", || async {
+    wait_for("failed attempts", TIMEOUT, || async {
         failures.load(Ordering::SeqCst) >= 40
     })
     .await;
@@ -403,10 +274,7 @@ async fn nothing_is_lost_while_the_server_is_unreachable() {
     assert_eq!(keys.len("candidates").await, 1);
 
     proxy.restore();
-    wait_for("the backlog to drain", || async {
-        pending(&outbox).await == 0
-    })
-    .await;
+    drained(&outbox, "the backlog to drain", TIMEOUT).await;
     relay.shutdown().await.unwrap();
 
     assert!(outbox.dead_letters(10).await.unwrap().is_empty());
@@ -423,7 +291,7 @@ async fn nothing_is_lost_while_the_server_is_unreachable() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rejected_messages_are_dead_lettered() {
     let keys = TestKeys::new().await;
-    let (db, outbox) = migrated().await;
+    let (db, outbox) = migrated(DB).await;
     // Over the configured maximum payload.
     let too_big = NewMessage::bytes("candidates", vec![b'x'; 2048]);
     // The stream key holds a string: XADD fails with WRONGTYPE.
@@ -436,13 +304,10 @@ async fn rejected_messages_are_dead_lettered() {
 
     let publisher = keys.publisher(REDIS).with_max_payload(1024);
     let relay = Relay::builder(outbox.clone(), publisher)
-        .retry(fast_retry())
+        .retry(fast_retry().max_attempts(1000))
         .spawn()
         .unwrap();
-    wait_for("the outbox to drain", || async {
-        pending(&outbox).await == 0
-    })
-    .await;
+    drained(&outbox, "the outbox to drain", TIMEOUT).await;
     relay.shutdown().await.unwrap();
 
     let dead = outbox.dead_letters(10).await.unwrap();
@@ -480,7 +345,7 @@ async fn rejected_messages_are_dead_lettered() {
     let relay = Relay::builder(outbox.clone(), keys.publisher(REDIS))
         .spawn()
         .unwrap();
-    wait_for("the replay", || async { pending(&outbox).await == 0 }).await;
+    drained(&outbox, "the replay", TIMEOUT).await;
     relay.shutdown().await.unwrap();
     assert_eq!(keys.len("not-a-stream").await, 1);
 }
@@ -491,7 +356,7 @@ async fn rejected_messages_are_dead_lettered() {
 async fn drains_a_large_backlog() {
     const N: usize = 20_000;
     let keys = TestKeys::new().await;
-    let (db, outbox) = migrated().await;
+    let (db, outbox) = migrated(DB).await;
     let messages: Vec<NewMessage> = (0..N as u32)
         .map(|n| candidate("candidates", n).with_partition_key(format!("candidate-{}", n % 5000)))
         .collect();
@@ -504,10 +369,7 @@ async fn drains_a_large_backlog() {
         .batch_size(500)
         .spawn()
         .unwrap();
-    wait_for("the backlog to drain", || async {
-        pending(&outbox).await == 0
-    })
-    .await;
+    drained(&outbox, "the backlog to drain", TIMEOUT).await;
     let elapsed = started.elapsed();
     relay.shutdown().await.unwrap();
     assert_eq!(keys.len("candidates").await, N as u64);

@@ -1,8 +1,8 @@
 //! Integration tests of the SQLite backend, each on a fresh database file.
 
+mod support;
+
 use std::collections::{HashMap, HashSet};
-use std::future::Future;
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -11,67 +11,12 @@ use outbox::{
     Enqueued, Error, FnPublisher, InMemoryPublisher, MessageId, NewMessage, OrderingPolicy,
     OutboxMessage, PublishError, Relay, Retention, RetryPolicy, SqliteOutbox,
 };
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions};
+use support::sqlite::{migrated, pending, TempDb};
+use support::wait_for;
 
 const TIMEOUT: Duration = Duration::from_secs(10);
-
-/// A database file deleted (with its WAL files) when dropped.
-struct TempDb {
-    pool: SqlitePool,
-    path: PathBuf,
-}
-
-impl Drop for TempDb {
-    fn drop(&mut self) {
-        for suffix in ["", "-wal", "-shm", "-journal"] {
-            let mut p = self.path.clone().into_os_string();
-            p.push(suffix);
-            let _ = std::fs::remove_file(p);
-        }
-    }
-}
-
-async fn temp_db() -> TempDb {
-    let path = std::env::temp_dir().join(format!("outbox-test-{}.db", uuid::Uuid::now_v7()));
-    let options = SqliteConnectOptions::new()
-        .filename(&path)
-        .create_if_missing(true)
-        .journal_mode(SqliteJournalMode::Wal)
-        .busy_timeout(Duration::from_secs(10));
-    let pool = SqlitePoolOptions::new()
-        .max_connections(4)
-        .connect_with(options)
-        .await
-        .expect("open the test database");
-    TempDb { pool, path }
-}
-
-async fn migrated() -> (TempDb, SqliteOutbox) {
-    let db = temp_db().await;
-    let outbox = SqliteOutbox::new(db.pool.clone());
-    outbox.migrate().await.expect("migrate");
-    (db, outbox)
-}
-
-/// Polls `cond` every 10 ms until it holds; panics after [`TIMEOUT`].
-async fn wait_for<F, Fut>(what: &str, mut cond: F)
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = bool>,
-{
-    let deadline = tokio::time::Instant::now() + TIMEOUT;
-    while !cond().await {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
-
-async fn pending(outbox: &SqliteOutbox) -> i64 {
-    outbox.pending_count().await.expect("pending_count")
-}
+/// The prefix of the database files.
+const DB: &str = "outbox-test";
 
 fn msg(topic: &str, n: u32) -> NewMessage {
     NewMessage::json(topic, &serde_json::json!({ "n": n })).expect("json")
@@ -85,7 +30,7 @@ fn n_of(m: &OutboxMessage) -> u32 {
 
 #[tokio::test]
 async fn migrate_twice_is_fine() {
-    let (db, outbox) = migrated().await;
+    let (db, outbox) = migrated(DB).await;
     let count = || async {
         sqlx::query_scalar::<_, i64>("SELECT count(*) FROM outbox_migrations")
             .fetch_one(&db.pool)
@@ -101,7 +46,7 @@ async fn migrate_twice_is_fine() {
 
 #[tokio::test]
 async fn newer_schema_is_rejected() {
-    let (db, outbox) = migrated().await;
+    let (db, outbox) = migrated(DB).await;
     sqlx::query("INSERT INTO outbox_migrations (version, applied_at) VALUES (999, 0)")
         .execute(&db.pool)
         .await
@@ -117,7 +62,7 @@ async fn newer_schema_is_rejected() {
 
 #[tokio::test]
 async fn rollback_leaves_no_message() {
-    let (db, outbox) = migrated().await;
+    let (db, outbox) = migrated(DB).await;
     let mut tx = db.pool.begin().await.unwrap();
     let r = outbox.enqueue(&mut *tx, msg("t", 1)).await.unwrap();
     assert!(matches!(r, Enqueued::Inserted(_)));
@@ -132,7 +77,7 @@ async fn rollback_leaves_no_message() {
 
 #[tokio::test]
 async fn committed_messages_are_published_exactly_once() {
-    let (db, outbox) = migrated().await;
+    let (db, outbox) = migrated(DB).await;
     let publisher = InMemoryPublisher::new();
     let relay = Relay::builder(outbox.clone(), publisher.clone())
         .spawn()
@@ -153,7 +98,7 @@ async fn committed_messages_are_published_exactly_once() {
         outbox.commit(tx).await.unwrap();
     }
 
-    wait_for("all messages published", || async {
+    wait_for("all messages published", TIMEOUT, || async {
         publisher.len() >= expected.len() && pending(&outbox).await == 0
     })
     .await;
@@ -179,7 +124,7 @@ async fn committed_messages_are_published_exactly_once() {
 
 #[tokio::test]
 async fn duplicates_are_reported() {
-    let (db, outbox) = migrated().await;
+    let (db, outbox) = migrated(DB).await;
     let id = MessageId::new();
 
     let mut tx = db.pool.begin().await.unwrap();
@@ -225,7 +170,7 @@ async fn duplicates_are_reported() {
 
 #[tokio::test]
 async fn invalid_message_is_rejected_before_writing() {
-    let (db, outbox) = migrated().await;
+    let (db, outbox) = migrated(DB).await;
     let bad = NewMessage::bytes("", b"x".to_vec());
     assert!(matches!(
         outbox.enqueue(&db.pool, bad.clone()).await,
@@ -240,7 +185,7 @@ async fn invalid_message_is_rejected_before_writing() {
 
 #[tokio::test]
 async fn large_batch_is_chunked_and_published_in_order() {
-    let (db, outbox) = migrated().await;
+    let (db, outbox) = migrated(DB).await;
     let messages: Vec<NewMessage> = (0..5000).map(|n| msg("bulk", n)).collect();
     let order: Vec<MessageId> = messages.iter().map(NewMessage::id).collect();
 
@@ -255,7 +200,7 @@ async fn large_batch_is_chunked_and_published_in_order() {
     let relay = Relay::builder(outbox.clone(), publisher.clone())
         .spawn()
         .unwrap();
-    wait_for("5000 messages published", || async {
+    wait_for("5000 messages published", TIMEOUT, || async {
         publisher.len() >= 5000 && pending(&outbox).await == 0
     })
     .await;
@@ -294,7 +239,7 @@ fn switchable_publisher(
 
 #[tokio::test]
 async fn permanent_failure_dead_letters_then_replay_publishes() {
-    let (db, outbox) = migrated().await;
+    let (db, outbox) = migrated(DB).await;
     let fail = Arc::new(AtomicBool::new(true));
     let accepted = Arc::new(Mutex::new(Vec::new()));
     let relay = Relay::builder(
@@ -310,7 +255,7 @@ async fn permanent_failure_dead_letters_then_replay_publishes() {
     outbox.enqueue(&mut *tx, first).await.unwrap();
     outbox.commit(tx).await.unwrap();
 
-    wait_for("the dead letter", || async {
+    wait_for("the dead letter", TIMEOUT, || async {
         outbox.dead_letters(10).await.unwrap().len() == 1
     })
     .await;
@@ -337,7 +282,7 @@ async fn permanent_failure_dead_letters_then_replay_publishes() {
     outbox.enqueue(&mut *tx, second).await.unwrap();
     outbox.enqueue(&mut *tx, other).await.unwrap();
     outbox.commit(tx).await.unwrap();
-    wait_for("the other key's message", || async {
+    wait_for("the other key's message", TIMEOUT, || async {
         accepted.lock().unwrap().contains(&other_id)
     })
     .await;
@@ -350,9 +295,11 @@ async fn permanent_failure_dead_letters_then_replay_publishes() {
     ));
     outbox.replay_dead_letter(first_id).await.unwrap();
     assert!(outbox.dead_letters(10).await.unwrap().is_empty());
-    wait_for("the replayed message and the one behind it", || async {
-        pending(&outbox).await == 0 && accepted.lock().unwrap().len() == 3
-    })
+    wait_for(
+        "the replayed message and the one behind it",
+        TIMEOUT,
+        || async { pending(&outbox).await == 0 && accepted.lock().unwrap().len() == 3 },
+    )
     .await;
     relay.shutdown().await.unwrap();
 
@@ -366,7 +313,7 @@ async fn permanent_failure_dead_letters_then_replay_publishes() {
 
 #[tokio::test]
 async fn discard_and_replay_all() {
-    let (db, outbox) = migrated().await;
+    let (db, outbox) = migrated(DB).await;
     let fail = Arc::new(AtomicBool::new(true));
     let accepted = Arc::new(Mutex::new(Vec::new()));
     let relay = Relay::builder(
@@ -386,7 +333,7 @@ async fn discard_and_replay_all() {
         .await
         .unwrap();
     outbox.commit(tx).await.unwrap();
-    wait_for("three dead letters", || async {
+    wait_for("three dead letters", TIMEOUT, || async {
         outbox.dead_letters(10).await.unwrap().len() == 3
     })
     .await;
@@ -402,19 +349,22 @@ async fn discard_and_replay_all() {
     let next_id = next.id();
     outbox.enqueue(&db.pool, next).await.unwrap();
     outbox.wake();
-    wait_for("the key unblocked by the discard", || async {
+    wait_for("the key unblocked by the discard", TIMEOUT, || async {
         accepted.lock().unwrap().contains(&next_id)
     })
     .await;
 
     assert_eq!(outbox.replay_all_dead_letters().await.unwrap(), 2);
     assert_eq!(outbox.replay_all_dead_letters().await.unwrap(), 0);
-    wait_for("the replayed messages", || async {
+    wait_for("the replayed messages", TIMEOUT, || async {
         let got = accepted.lock().unwrap().clone();
         got.contains(&a_id) && got.contains(&b_id)
     })
     .await;
-    wait_for("an empty outbox", || async { pending(&outbox).await == 0 }).await;
+    wait_for("an empty outbox", TIMEOUT, || async {
+        pending(&outbox).await == 0
+    })
+    .await;
     relay.shutdown().await.unwrap();
     assert!(!accepted.lock().unwrap().contains(&doomed_id));
     assert!(outbox.dead_letters(10).await.unwrap().is_empty());
@@ -422,7 +372,7 @@ async fn discard_and_replay_all() {
 
 #[tokio::test]
 async fn transient_failures_are_retried_in_key_order() {
-    let (db, outbox) = migrated().await;
+    let (db, outbox) = migrated(DB).await;
     let calls = Arc::new(AtomicU32::new(0));
     let accepted = Arc::new(Mutex::new(Vec::<(MessageId, i32)>::new()));
     let publisher = {
@@ -462,7 +412,7 @@ async fn transient_failures_are_retried_in_key_order() {
         .unwrap();
     outbox.commit(tx).await.unwrap();
 
-    wait_for("both messages", || async {
+    wait_for("both messages", TIMEOUT, || async {
         accepted.lock().unwrap().len() == 2 && pending(&outbox).await == 0
     })
     .await;
@@ -474,7 +424,7 @@ async fn transient_failures_are_retried_in_key_order() {
 
 #[tokio::test]
 async fn retention_keep_moves_to_published() {
-    let (db, outbox) = migrated().await;
+    let (db, outbox) = migrated(DB).await;
     let publisher = InMemoryPublisher::new();
     let relay = Relay::builder(outbox.clone(), publisher.clone())
         .retention(Retention::Keep(Duration::from_secs(3600)))
@@ -488,7 +438,7 @@ async fn retention_keep_moves_to_published() {
     outbox.enqueue_batch(&mut *tx, messages).await.unwrap();
     outbox.commit(tx).await.unwrap();
 
-    wait_for("retained rows", || async {
+    wait_for("retained rows", TIMEOUT, || async {
         outbox.published(10).await.unwrap().len() == 3
     })
     .await;
@@ -508,7 +458,7 @@ async fn retention_keep_moves_to_published() {
 
 #[tokio::test]
 async fn standby_relay_takes_over() {
-    let (db, outbox) = migrated().await;
+    let (db, outbox) = migrated(DB).await;
     let (p1, p2) = (InMemoryPublisher::new(), InMemoryPublisher::new());
     let ttl = Duration::from_millis(600);
     let r1 = Relay::builder(outbox.clone(), p1.clone())
@@ -516,7 +466,7 @@ async fn standby_relay_takes_over() {
         .poll_interval(Duration::from_millis(50))
         .spawn()
         .unwrap();
-    wait_for("the first relay's lease", || async {
+    wait_for("the first relay's lease", TIMEOUT, || async {
         r1.health().leased_buckets == 1
     })
     .await;
@@ -531,7 +481,7 @@ async fn standby_relay_takes_over() {
         .await
         .unwrap();
     outbox.wake();
-    wait_for("the first batch", || async {
+    wait_for("the first batch", TIMEOUT, || async {
         p1.len() + p2.len() >= 50 && pending(&outbox).await == 0
     })
     .await;
@@ -543,7 +493,7 @@ async fn standby_relay_takes_over() {
 
     // Stopping the first relay releases its lease; the second takes over.
     r1.shutdown().await.unwrap();
-    wait_for("the second relay's lease", || async {
+    wait_for("the second relay's lease", TIMEOUT, || async {
         r2.health().leased_buckets == 1
     })
     .await;
@@ -552,7 +502,7 @@ async fn standby_relay_takes_over() {
         .await
         .unwrap();
     outbox.wake();
-    wait_for("the second batch", || async {
+    wait_for("the second batch", TIMEOUT, || async {
         p2.len() >= 30 && pending(&outbox).await == 0
     })
     .await;
@@ -563,7 +513,7 @@ async fn standby_relay_takes_over() {
 
 #[tokio::test]
 async fn table_prefix_is_validated_and_used() {
-    let db = temp_db().await;
+    let db = TempDb::new(DB).await;
     for bad in ["bad-prefix", "x; DROP TABLE", "Upper", "1abc"] {
         match SqliteOutbox::builder(db.pool.clone())
             .table_prefix(bad)
@@ -596,7 +546,7 @@ async fn table_prefix_is_validated_and_used() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn concurrent_producers_and_relay() {
-    let (db, outbox) = migrated().await;
+    let (db, outbox) = migrated(DB).await;
     let publisher = InMemoryPublisher::new();
     let relay = Relay::builder(outbox.clone(), publisher.clone())
         .batch_size(64)
@@ -623,7 +573,7 @@ async fn concurrent_producers_and_relay() {
     for t in tasks {
         t.await.unwrap();
     }
-    wait_for("240 messages", || async {
+    wait_for("240 messages", TIMEOUT, || async {
         publisher.len() >= 240 && pending(&outbox).await == 0
     })
     .await;

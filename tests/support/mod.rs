@@ -1,14 +1,21 @@
 //! Test support shared by the integration tests: a TCP proxy that can cut
-//! a client off from a real service and let it back in, and polling helpers.
+//! a client off from a real service and let it back in, polling helpers, a
+//! fast retry policy and a probing publisher; per backend, a fresh database
+//! per test ([`pg`], [`sqlite`]).
 #![allow(dead_code, unreachable_pub)]
 
 pub mod pg;
+pub mod probe;
+#[cfg(feature = "sqlite")]
+pub mod sqlite;
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use outbox::RetryPolicy;
 use tokio::io::copy_bidirectional;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Notify;
@@ -88,4 +95,29 @@ pub async fn eventually<F: FnMut() -> bool>(what: &str, mut cond: F) {
         );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+}
+
+/// Polls the async `cond` every 10 ms until it holds; panics naming `what`
+/// once `timeout` (real time) has passed.
+pub async fn wait_for<F, Fut>(what: &str, timeout: Duration, mut cond: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = std::time::Instant::now() + timeout;
+    while !cond().await {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Retries after 20 ms, backing off to at most 200 ms (the default number
+/// of attempts: chain `.max_attempts(n)` for another).
+pub fn fast_retry() -> RetryPolicy {
+    RetryPolicy::new()
+        .initial_delay(Duration::from_millis(20))
+        .max_delay(Duration::from_millis(200))
 }

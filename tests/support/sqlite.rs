@@ -1,0 +1,99 @@
+//! A fresh SQLite database file per test, and helpers for an outbox in it.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use outbox::{NewMessage, Publisher, Relay, RelayHandle, RetryPolicy, SqliteOutbox};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions};
+
+/// A database file in the temporary directory, opened in WAL mode with a
+/// busy timeout of 10 s; deleted (with its WAL files) when dropped.
+pub struct TempDb {
+    pub pool: SqlitePool,
+    pub path: PathBuf,
+}
+
+impl TempDb {
+    /// A database named `<prefix>-<uuid>.db`, with a pool of 4 connections.
+    pub async fn new(prefix: &str) -> TempDb {
+        Self::with_max_connections(prefix, 4).await
+    }
+
+    /// As [`TempDb::new`], with a pool of `max_connections`.
+    pub async fn with_max_connections(prefix: &str, max_connections: u32) -> TempDb {
+        let path = std::env::temp_dir().join(format!("{prefix}-{}.db", uuid::Uuid::now_v7()));
+        let options = SqliteConnectOptions::new()
+            .filename(&path)
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .busy_timeout(Duration::from_secs(10));
+        let pool = SqlitePoolOptions::new()
+            .max_connections(max_connections)
+            .connect_with(options)
+            .await
+            .expect("open the test database");
+        TempDb { pool, path }
+    }
+
+    /// An outbox with the default table names in this database, migrated.
+    pub async fn outbox(&self) -> SqliteOutbox {
+        let outbox = SqliteOutbox::new(self.pool.clone());
+        outbox.migrate().await.expect("migrate the outbox");
+        outbox
+    }
+}
+
+impl Drop for TempDb {
+    fn drop(&mut self) {
+        for suffix in ["", "-wal", "-shm", "-journal"] {
+            let mut p = self.path.clone().into_os_string();
+            p.push(suffix);
+            let _ = std::fs::remove_file(p);
+        }
+    }
+}
+
+/// A new database (see [`TempDb::new`]) with a migrated outbox.
+pub async fn migrated(prefix: &str) -> (TempDb, SqliteOutbox) {
+    let db = TempDb::new(prefix).await;
+    let outbox = db.outbox().await;
+    (db, outbox)
+}
+
+/// Enqueues `messages` in one transaction and commits it.
+pub async fn enqueue(db: &TempDb, outbox: &SqliteOutbox, messages: Vec<NewMessage>) {
+    let mut tx = db.pool.begin().await.unwrap();
+    outbox.enqueue_batch(&mut *tx, messages).await.unwrap();
+    outbox.commit(tx).await.unwrap();
+}
+
+/// The number of messages waiting in the outbox.
+pub async fn pending(outbox: &SqliteOutbox) -> i64 {
+    outbox.pending_count().await.expect("pending_count")
+}
+
+/// Waits until the outbox is empty; panics naming `what` after `timeout`.
+pub async fn drained(outbox: &SqliteOutbox, what: &str, timeout: Duration) {
+    super::wait_for(what, timeout, || async { pending(outbox).await == 0 }).await;
+}
+
+/// Whether some message has been attempted at least `min_attempts` times
+/// and the last error recorded is a transient publish failure.
+pub async fn transient_failures(db: &TempDb, min_attempts: i64) -> bool {
+    let (attempts, error): (Option<i64>, Option<String>) =
+        sqlx::query_as("SELECT max(attempts), max(last_error) FROM outbox_messages")
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
+    attempts.unwrap_or(0) >= min_attempts
+        && error.is_some_and(|e| e.contains("transient publish failure"))
+}
+
+/// A relay polling every 50 ms with `retry`.
+pub fn relay(outbox: &SqliteOutbox, publisher: impl Publisher, retry: RetryPolicy) -> RelayHandle {
+    Relay::builder(outbox.clone(), publisher)
+        .retry(retry)
+        .poll_interval(Duration::from_millis(50))
+        .spawn()
+        .expect("relay")
+}
