@@ -665,6 +665,197 @@ async fn table_health(cfg: &Config, res: &mut Results) {
     pool.close().await;
 }
 
+/// End to end through real brokers: the relay draining a backlog into
+/// NATS JetStream and RabbitMQ, against the broker's own publish ceiling
+/// (pipelined publishes awaiting acks/confirms) measured in the same run.
+#[cfg(all(feature = "nats", feature = "amqp"))]
+mod brokers {
+    use super::*;
+    use async_nats::jetstream;
+    use lapin::options::{
+        BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions, ExchangeDeleteOptions,
+        QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions,
+    };
+    use lapin::types::{FieldTable, ShortString};
+    use lapin::{BasicProperties, Connection, ConnectionProperties, ExchangeKind};
+    use outbox::publisher::{NatsPublisher, RabbitMqPublisher};
+
+    const AMQP: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+
+    async fn relay_into<P: Publisher>(pool: &PgPool, topic: &str, n: i64, publisher: P) -> f64 {
+        let outbox = PgOutbox::new(pool.clone());
+        sqlx::query(
+            "INSERT INTO outbox.messages (id, topic, partition_key, event_type, schema_version, \
+             payload, content_type) SELECT gen_random_uuid(), $1, 'candidate-' || (g % 10000), \
+             'CandidateHired', 1, convert_to('{\"candidate_id\": ' || g || '}', 'UTF8'), \
+             'application/json' FROM generate_series(1, $2) g",
+        )
+        .bind(topic)
+        .bind(n)
+        .execute(pool)
+        .await
+        .unwrap();
+        let start = Instant::now();
+        let relay = Relay::builder(outbox.clone(), publisher)
+            .batch_size(1000)
+            .spawn()
+            .unwrap();
+        while outbox.pending_count().await.unwrap() > 0 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let rate = n as f64 / start.elapsed().as_secs_f64();
+        relay.shutdown().await.unwrap();
+        rate
+    }
+
+    pub(super) async fn run(cfg: &Config, res: &mut Results) {
+        let n = cfg.drain_rows / 5;
+        let pool = fresh_db("outbox_bench_brokers").await;
+        PgOutbox::new(pool.clone()).migrate().await.unwrap();
+        let body = br#"{"candidate_id": 1}"#.to_vec();
+
+        // NATS JetStream.
+        let client = async_nats::connect("127.0.0.1:4222")
+            .await
+            .expect("NATS at 127.0.0.1:4222");
+        let js = jetstream::new(client.clone());
+        let id = uuid::Uuid::now_v7().simple().to_string();
+        let stream = format!("OUTBOX_BENCH_{id}");
+        js.create_stream(jetstream::stream::Config {
+            name: stream.clone(),
+            subjects: vec![format!("outboxbench.{id}.>")],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+        let start = Instant::now();
+        let mut acks = Vec::new();
+        for i in 0..n {
+            let mut headers = async_nats::HeaderMap::new();
+            headers.insert("Nats-Msg-Id", uuid::Uuid::now_v7().to_string().as_str());
+            acks.push(
+                js.publish_with_headers(
+                    format!("outboxbench.{id}.raw"),
+                    headers,
+                    body.clone().into(),
+                )
+                .await
+                .unwrap(),
+            );
+            if acks.len() == 1000 || i == n - 1 {
+                for a in acks.drain(..) {
+                    a.await.unwrap();
+                }
+            }
+        }
+        let raw = n as f64 / start.elapsed().as_secs_f64();
+        let relayed = relay_into(
+            &pool,
+            &format!("outboxbench.{id}.relay"),
+            n,
+            NatsPublisher::new(client.clone()),
+        )
+        .await;
+        js.delete_stream(&stream).await.unwrap();
+        res.put("broker_nats_raw_per_s", raw);
+        res.put("broker_nats_relay_per_s", relayed);
+        res.put("broker_nats_ratio", relayed / raw);
+        res.row(
+            format!("NATS JetStream, {n} messages: relay / raw pipelined publish"),
+            format!("{:.2} ({relayed:.0} vs {raw:.0} events/s)", relayed / raw),
+        );
+
+        // RabbitMQ.
+        let conn = Connection::connect(AMQP, ConnectionProperties::default())
+            .await
+            .expect("RabbitMQ at 127.0.0.1:5672");
+        let ch = conn.create_channel().await.unwrap();
+        ch.confirm_select(ConfirmSelectOptions::default())
+            .await
+            .unwrap();
+        let exchange = format!("outbox.bench.{id}");
+        let queue = format!("outbox.bench.{id}.q");
+        ch.exchange_declare(
+            &exchange,
+            ExchangeKind::Topic,
+            ExchangeDeclareOptions {
+                durable: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+        ch.queue_declare(
+            &queue,
+            QueueDeclareOptions {
+                durable: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+        ch.queue_bind(
+            &queue,
+            &exchange,
+            "#",
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+        let start = Instant::now();
+        let mut confirms = Vec::new();
+        for i in 0..n {
+            let props = BasicProperties::default()
+                .with_delivery_mode(2)
+                .with_message_id(ShortString::from(uuid::Uuid::now_v7().to_string()));
+            confirms.push(
+                ch.basic_publish(
+                    &exchange,
+                    "raw",
+                    BasicPublishOptions {
+                        mandatory: true,
+                        ..Default::default()
+                    },
+                    &body,
+                    props,
+                )
+                .await
+                .unwrap(),
+            );
+            if confirms.len() == 1000 || i == n - 1 {
+                for c in confirms.drain(..) {
+                    c.await.unwrap();
+                }
+            }
+        }
+        let raw = n as f64 / start.elapsed().as_secs_f64();
+        let relayed = relay_into(
+            &pool,
+            "relay",
+            n,
+            RabbitMqPublisher::new(AMQP, exchange.clone()),
+        )
+        .await;
+        ch.queue_delete(&queue, QueueDeleteOptions::default())
+            .await
+            .unwrap();
+        ch.exchange_delete(&exchange, ExchangeDeleteOptions::default())
+            .await
+            .unwrap();
+        res.put("broker_rabbitmq_raw_per_s", raw);
+        res.put("broker_rabbitmq_relay_per_s", relayed);
+        res.put("broker_rabbitmq_ratio", relayed / raw);
+        res.row(
+            format!("RabbitMQ, {n} persistent messages: relay / raw publish with confirms"),
+            format!("{:.2} ({relayed:.0} vs {raw:.0} events/s)", relayed / raw),
+        );
+        pool.close().await;
+    }
+}
+
 /// Pull throughput: a change log of `rows` changes over 10,000 entities,
 /// read by `changes_since` in pages of 1,000, cursor committed each page.
 async fn bench_export(cfg: &Config, res: &mut Results) {
@@ -763,7 +954,8 @@ fn main() {
         .unwrap();
     let mut res = Results::default();
     let started = Instant::now();
-    // `--only write|drain|export|health|latency` runs one part.
+    // `--only write|drain|export|health|brokers|latency` runs one part
+    // (brokers: with features `nats` and `amqp`).
     let only: Option<String> =
         std::env::args().find_map(|a| a.strip_prefix("--only=").map(str::to_owned));
     let run = |part: &str| only.as_deref().is_none_or(|o| o == part);
@@ -779,6 +971,10 @@ fn main() {
         }
         if run("health") {
             table_health(&cfg, &mut res).await;
+        }
+        #[cfg(all(feature = "nats", feature = "amqp"))]
+        if run("brokers") {
+            brokers::run(&cfg, &mut res).await;
         }
         if run("latency") {
             for rate in [10.0, 1000.0, 5000.0] {

@@ -110,7 +110,8 @@ async fn write_op(
         }
     };
     if let Some(c) = &change {
-        outbox.log_change(&mut *tx, c).await.unwrap();
+        // Into the change log and, as a message, into the outbox.
+        outbox.record_change(&mut tx, "candidates", c).await.unwrap();
     }
     // Hold some transactions open so commits land out of position order.
     if pause > 5 {
@@ -459,4 +460,123 @@ async fn sqlite_export_coalesces_and_resumes_from_its_cursor() {
     assert_eq!(replica, truth);
     assert!(coalesced > 0, "pages coalesced changes of the same entity");
     pool.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_fed_by_the_relay_through_an_inbox_equals_the_source() {
+    use outbox::{FnPublisher, OutboxMessage, PgInbox, Receipt, Relay};
+
+    let (db, outbox) = source_db().await;
+    // The consumer's own database: its replica and its inbox.
+    let consumer_db = TestDb::new().await;
+    let inbox = PgInbox::new(consumer_db.pool.clone());
+    inbox.migrate().await.unwrap();
+    sqlx::query("CREATE TABLE replica (key text PRIMARY KEY, doc jsonb NOT NULL)")
+        .execute(&consumer_db.pool)
+        .await
+        .unwrap();
+
+    // A broker that delivers every message twice, and every fifth time
+    // also delivers the previous message again, late.
+    let (deliver, mut deliveries) = tokio::sync::mpsc::unbounded_channel::<OutboxMessage>();
+    let previous: std::sync::Arc<std::sync::Mutex<Option<OutboxMessage>>> = Default::default();
+    let count = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let publisher = FnPublisher::new(move |m: OutboxMessage| {
+        let (deliver, previous, count) = (deliver.clone(), previous.clone(), count.clone());
+        async move {
+            let _ = deliver.send(m.clone());
+            let _ = deliver.send(m.clone());
+            let n = count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let old = previous.lock().unwrap().replace(m);
+            if n % 5 == 4 {
+                if let Some(old) = old {
+                    let _ = deliver.send(old);
+                }
+            }
+            Ok(())
+        }
+    });
+    let relay = Relay::builder(outbox.clone(), publisher)
+        .poll_interval(Duration::from_millis(20))
+        .spawn()
+        .unwrap();
+
+    let consumer = {
+        let (pool, inbox) = (consumer_db.pool.clone(), inbox.clone());
+        tokio::spawn(async move {
+            let (mut applied, mut skipped) = (0usize, 0usize);
+            while let Some(m) = deliveries.recv().await {
+                let mut tx = pool.begin().await.unwrap();
+                if inbox.receive(&mut *tx, "replica", &m).await.unwrap() == Receipt::Duplicate {
+                    skipped += 1;
+                    tx.rollback().await.unwrap();
+                    continue;
+                }
+                let change: Change = m.payload_json().unwrap();
+                let cur: Option<String> =
+                    sqlx::query_scalar("SELECT doc::text FROM replica WHERE key = $1 FOR UPDATE")
+                        .bind(change.key())
+                        .fetch_optional(&mut *tx)
+                        .await
+                        .unwrap();
+                let mut entity = cur.map(|c| serde_json::from_str::<Value>(&c).unwrap());
+                change.apply_to(&mut entity);
+                match entity {
+                    Some(doc) => sqlx::query(
+                        "INSERT INTO replica (key, doc) VALUES ($1, $2::jsonb) \
+                         ON CONFLICT (key) DO UPDATE SET doc = excluded.doc",
+                    )
+                    .bind(change.key())
+                    .bind(doc.to_string()),
+                    None => sqlx::query("DELETE FROM replica WHERE key = $1").bind(change.key()),
+                }
+                .execute(&mut *tx)
+                .await
+                .unwrap();
+                tx.commit().await.unwrap();
+                applied += 1;
+            }
+            (applied, skipped)
+        })
+    };
+
+    let mut writers = Vec::new();
+    for w in 0..6u64 {
+        let (pool, outbox) = (db.pool.clone(), outbox.clone());
+        writers.push(tokio::spawn(async move {
+            let mut rng = fastrand::Rng::with_seed(100 + w);
+            let mut conn = pool.acquire().await.unwrap();
+            for _ in 0..120 {
+                let (key, intent, seed, pause) =
+                    (format!("k{}", rng.u8(0..60)), rng.u8(0..6), rng.u32(..), rng.u8(0..8));
+                write_op(&mut conn, &outbox, key, intent, seed, pause).await;
+            }
+        }));
+    }
+    for w in writers {
+        w.await.unwrap();
+    }
+    support::wait_for("the outbox drained", Duration::from_secs(60), || async {
+        outbox.pending_count().await.unwrap() == 0
+    })
+    .await;
+    relay.shutdown().await.unwrap();
+    let (applied, skipped) = consumer.await.unwrap();
+    let source = source_rows(&db.pool).await;
+    let replica = source_rows_of(&consumer_db.pool, "replica").await;
+    assert_eq!(replica, source);
+    assert!(skipped > applied, "every message came at least twice: {applied} applied, {skipped} skipped");
+    consumer_db.drop().await;
+    db.drop().await;
+}
+
+async fn source_rows_of(pool: &sqlx::PgPool, table: &str) -> HashMap<String, Value> {
+    let rows: Vec<(String, String)> =
+        sqlx::query_as(&format!("SELECT key, doc::text FROM {table}"))
+            .fetch_all(pool)
+            .await
+            .unwrap();
+    rows.into_iter()
+        .map(|(k, d)| (k, strip_nulls(&serde_json::from_str(&d).unwrap())))
+        .collect()
 }

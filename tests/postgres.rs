@@ -909,3 +909,45 @@ async fn retention_keeps_published_rows_then_purges_them() {
     relay.shutdown().await.unwrap();
     db.drop().await;
 }
+
+#[tokio::test]
+async fn the_relay_vacuums_the_outbox_when_autovacuum_is_off_for_it() {
+    let (db, outbox) = setup().await;
+    // Whatever the server's setting, autovacuum is off for this table.
+    sqlx::query("ALTER TABLE outbox.messages SET (autovacuum_enabled = false)")
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    let publisher = InMemoryPublisher::new();
+    let relay = fast_relay(&outbox, publisher.clone())
+        .batch_size(1000)
+        .stats_interval(Duration::from_millis(200))
+        .spawn()
+        .unwrap();
+    for _ in 0..3 {
+        let batch: Vec<_> = (0..5000u64)
+            .map(|i| msg("t", &format!("k{i}"), i))
+            .collect();
+        outbox.enqueue_batch(&db.pool, batch).await.unwrap();
+    }
+    eventually("15,000 published", || publisher.len() == 15_000).await;
+    let start = std::time::Instant::now();
+    loop {
+        let vacuumed: Option<chrono::DateTime<chrono::Utc>> = sqlx::query_scalar(
+            "SELECT last_vacuum FROM pg_stat_user_tables WHERE relid = 'outbox.messages'::regclass",
+        )
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+        if vacuumed.is_some() {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "the relay never vacuumed the table"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    relay.shutdown().await.unwrap();
+    db.drop().await;
+}

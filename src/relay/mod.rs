@@ -81,6 +81,7 @@ pub(crate) struct RelayConfig {
     pub(crate) stats_interval: Duration,
     pub(crate) purge_batch: i64,
     pub(crate) key_sequences: bool,
+    pub(crate) vacuum_if_autovacuum_off: bool,
 }
 
 impl RelayConfig {
@@ -122,6 +123,7 @@ impl Relay {
                 stats_interval: Duration::from_secs(10),
                 purge_batch: 1000,
                 key_sequences: false,
+                vacuum_if_autovacuum_off: true,
             },
         }
     }
@@ -215,6 +217,17 @@ impl RelayBuilder {
     #[must_use]
     pub fn key_sequences(mut self, on: bool) -> Self {
         self.config.key_sequences = on;
+        self
+    }
+
+    /// Whether the relay vacuums the messages table itself, at most once
+    /// per stats interval and when it holds more than 10,000 dead rows, on
+    /// a PostgreSQL server whose `autovacuum` is off (default on). The
+    /// table's every row dies within moments; unvacuumed, it grows without
+    /// bound and claims slow down.
+    #[must_use]
+    pub fn vacuum_if_autovacuum_off(mut self, on: bool) -> Self {
+        self.config.vacuum_if_autovacuum_off = on;
         self
     }
 

@@ -58,9 +58,13 @@ pub(super) struct Worker {
     listener: Option<Box<dyn WakeSource>>,
     listener_retry_at: Instant,
     error_backoff: Duration,
+    warned_autovacuum_off: bool,
 }
 
 const MIN_ERROR_BACKOFF: Duration = Duration::from_millis(100);
+/// Dead rows in the messages table above which a relay vacuums it itself
+/// when the server's autovacuum is off.
+const SELF_VACUUM_DEAD_ROWS: i64 = 10_000;
 const MAX_ERROR_BACKOFF: Duration = Duration::from_secs(10);
 
 impl Worker {
@@ -90,6 +94,7 @@ impl Worker {
             listener: None,
             listener_retry_at: now,
             error_backoff: MIN_ERROR_BACKOFF,
+            warned_autovacuum_off: false,
         }
     }
 
@@ -312,6 +317,32 @@ impl Worker {
                 let xmin_age = s.oldest_xmin_age.unwrap_or_default();
                 metrics::gauge!("outbox_oldest_transaction_age_seconds")
                     .set(xmin_age.as_secs_f64());
+                let dead = s.dead_tuples.unwrap_or(0);
+                if s.autovacuum == Some(false) && dead > SELF_VACUUM_DEAD_ROWS {
+                    if self.config.vacuum_if_autovacuum_off {
+                        if !self.warned_autovacuum_off {
+                            self.warned_autovacuum_off = true;
+                            tracing::warn!(
+                                "outbox: autovacuum is off on this server; the relay vacuums \
+                                 the outbox table itself"
+                            );
+                        }
+                        match self.store.vacuum().await {
+                            Ok(()) => metrics::counter!("outbox_self_vacuums_total").increment(1),
+                            Err(e) => tracing::warn!(
+                                error = %error_chain(&e),
+                                "outbox relay: vacuum of the outbox table failed"
+                            ),
+                        }
+                    } else if !self.warned_autovacuum_off {
+                        self.warned_autovacuum_off = true;
+                        tracing::warn!(
+                            dead_tuples = dead,
+                            "outbox: autovacuum is off on this server and nothing vacuums the \
+                             outbox table: it will grow and claims will slow down"
+                        );
+                    }
+                }
                 if xmin_age > Duration::from_secs(60) && s.dead_tuples.unwrap_or(0) > 50_000 {
                     tracing::warn!(
                         oldest_transaction_secs = xmin_age.as_secs(),

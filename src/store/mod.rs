@@ -300,6 +300,8 @@ pub struct StoreStats {
     pub(crate) dead_tuples: Option<i64>,
     /// Age of the oldest transaction that holds back vacuum, if any.
     pub(crate) oldest_xmin_age: Option<Duration>,
+    /// Whether the server runs autovacuum at all (`None`: not applicable).
+    pub(crate) autovacuum: Option<bool>,
 }
 
 /// A source of cross-process wake-ups (PostgreSQL LISTEN).
@@ -359,6 +361,8 @@ pub(crate) mod sealed {
         async fn purge_published(&self, before: DateTime<Utc>, limit: i64) -> Result<u64>;
         /// Gauges for metrics.
         async fn stats(&self) -> Result<StoreStats>;
+        /// Vacuums the messages table now.
+        async fn vacuum(&self) -> Result<()>;
         /// The in-process wake-up signal raised by `commit`.
         fn local_signal(&self) -> std::sync::Arc<tokio::sync::Notify>;
         /// A cross-process wake-up source, if the backend has one.

@@ -403,7 +403,11 @@ impl Sql {
                         (SELECT n_dead_tup FROM pg_stat_user_tables WHERE relid = $1::regclass), \
                         (SELECT extract(epoch FROM now() - min(xact_start))::float8 \
                            FROM pg_stat_activity \
-                          WHERE backend_xmin IS NOT NULL AND pid <> pg_backend_pid())",
+                          WHERE backend_xmin IS NOT NULL AND pid <> pg_backend_pid()), \
+                        current_setting('autovacuum') = 'on' AND NOT EXISTS (\
+                          SELECT 1 FROM pg_class c, unnest(c.reloptions) o \
+                           WHERE c.oid = $1::regclass \
+                             AND o IN ('autovacuum_enabled=false', 'autovacuum_enabled=off'))",
             ),
             purge: n.render(
                 "DELETE FROM {published} WHERE seq IN (\
@@ -1114,7 +1118,16 @@ impl StoreOps for PgOutbox {
             dead_letters: row.try_get(2)?,
             dead_tuples: row.try_get(3)?,
             oldest_xmin_age: xmin_age.map(|s| Duration::from_secs_f64(s.max(0.0))),
+            autovacuum: row.try_get(5)?,
         })
+    }
+
+    async fn vacuum(&self) -> Result<()> {
+        // Not in a transaction (VACUUM refuses one); SKIP_LOCKED so it never
+        // waits behind a lock.
+        let sql = format!("VACUUM (SKIP_LOCKED) {}", self.inner.names.messages);
+        self.inner.pool.execute(sql.as_str()).await?;
+        Ok(())
     }
 
     fn local_signal(&self) -> Arc<Notify> {

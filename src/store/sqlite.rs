@@ -969,7 +969,12 @@ impl StoreOps for SqliteOutbox {
             dead_letters: row.try_get(2)?,
             dead_tuples: None,
             oldest_xmin_age: None,
+            autovacuum: None,
         })
+    }
+
+    async fn vacuum(&self) -> Result<()> {
+        Ok(())
     }
 
     fn local_signal(&self) -> Arc<Notify> {
