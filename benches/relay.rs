@@ -317,18 +317,34 @@ async fn raw_drain(pool: &PgPool, rows: i64) -> f64 {
     rows as f64 / start.elapsed().as_secs_f64()
 }
 
+/// Publishes nothing; counts, and checks that each key's positions only
+/// grow (an order violation otherwise).
 #[derive(Debug, Default)]
 struct Noop {
     count: AtomicU64,
+    last: Mutex<HashMap<String, i64>>,
+    violations: AtomicU64,
 }
 
 #[async_trait]
 impl Publisher for Noop {
     async fn publish(&self, batch: &[OutboxMessage]) -> Vec<Result<(), PublishError>> {
         self.count.fetch_add(batch.len() as u64, Ordering::Relaxed);
+        let mut last = self.last.lock().unwrap();
+        for m in batch {
+            if let Some(k) = m.partition_key() {
+                let prev = last.insert(k.to_owned(), m.position());
+                if prev.is_some_and(|p| p >= m.position()) {
+                    self.violations.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
         batch.iter().map(|_| Ok(())).collect()
     }
 }
+
+/// Order violations seen by every drain of the run.
+static VIOLATIONS: AtomicU64 = AtomicU64::new(0);
 
 async fn relay_drain(
     pool: &PgPool,
@@ -359,6 +375,7 @@ async fn relay_drain(
         h.shutdown().await.unwrap();
     }
     assert_eq!(outbox.pending_count().await.unwrap(), 0);
+    VIOLATIONS.fetch_add(noop.violations.load(Ordering::Relaxed), Ordering::Relaxed);
     rows as f64 / elapsed
 }
 
@@ -983,6 +1000,12 @@ fn main() {
         }
     });
     res.put("bench_seconds", started.elapsed().as_secs_f64());
+    let violations = VIOLATIONS.load(Ordering::Relaxed);
+    res.put("order_violations", violations as f64);
+    res.row(
+        "order violations (every drain of the run)",
+        violations.to_string(),
+    );
     res.put("quick", if quick { 1.0 } else { 0.0 });
 
     println!("\n| measurement | result |\n|---|---|");
