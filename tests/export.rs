@@ -111,7 +111,10 @@ async fn write_op(
     };
     if let Some(c) = &change {
         // Into the change log and, as a message, into the outbox.
-        outbox.record_change(&mut tx, "candidates", c).await.unwrap();
+        outbox
+            .record_change(&mut tx, "candidates", c)
+            .await
+            .unwrap();
     }
     // Hold some transactions open so commits land out of position order.
     if pause > 5 {
@@ -547,8 +550,12 @@ async fn a_replica_fed_by_the_relay_through_an_inbox_equals_the_source() {
             let mut rng = fastrand::Rng::with_seed(100 + w);
             let mut conn = pool.acquire().await.unwrap();
             for _ in 0..120 {
-                let (key, intent, seed, pause) =
-                    (format!("k{}", rng.u8(0..60)), rng.u8(0..6), rng.u32(..), rng.u8(0..8));
+                let (key, intent, seed, pause) = (
+                    format!("k{}", rng.u8(0..60)),
+                    rng.u8(0..6),
+                    rng.u32(..),
+                    rng.u8(0..8),
+                );
                 write_op(&mut conn, &outbox, key, intent, seed, pause).await;
             }
         }));
@@ -565,7 +572,10 @@ async fn a_replica_fed_by_the_relay_through_an_inbox_equals_the_source() {
     let source = source_rows(&db.pool).await;
     let replica = source_rows_of(&consumer_db.pool, "replica").await;
     assert_eq!(replica, source);
-    assert!(skipped > applied, "every message came at least twice: {applied} applied, {skipped} skipped");
+    assert!(
+        skipped > applied,
+        "every message came at least twice: {applied} applied, {skipped} skipped"
+    );
     consumer_db.drop().await;
     db.drop().await;
 }
