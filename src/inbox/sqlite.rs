@@ -43,7 +43,10 @@ const MIGRATIONS: &[(i64, &str)] = &[(
 /// outbox.migrate().await?;
 /// let publisher = InMemoryPublisher::new();
 /// let mut deliveries = publisher.channel();
-/// let relay = Relay::builder(outbox.clone(), publisher.clone()).spawn()?;
+/// // Numbered keys let the inbox tell a gap from a duplicate.
+/// let relay = Relay::builder(outbox.clone(), publisher.clone())
+///     .key_sequences(true)
+///     .spawn()?;
 /// let msg = NewMessage::json("payments", &serde_json::json!({"amount": 42}))?
 ///     .with_partition_key("account-7");
 /// let mut tx = producer.begin().await?;
