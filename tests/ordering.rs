@@ -205,6 +205,12 @@ async fn many_writers_many_relays_random_failures_keep_commit_order() {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    // Messages delivered but not acknowledged (a failure reported after
+    // delivery, a killed relay) are published again, then acknowledged.
+    support::wait_for("the outbox drained", Duration::from_secs(120), || async {
+        outbox.pending_count().await.unwrap() == 0
+    })
+    .await;
     for r in relays {
         r.shutdown().await.unwrap();
     }
@@ -521,6 +527,12 @@ async fn relay_processes_killed_at_random_lose_nothing_and_keep_order() {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    // Messages delivered but not acknowledged (a failure reported after
+    // delivery, a killed relay) are published again, then acknowledged.
+    support::wait_for("the outbox drained", Duration::from_secs(120), || async {
+        outbox.pending_count().await.unwrap() == 0
+    })
+    .await;
     for r in steady {
         r.shutdown().await.unwrap();
     }
@@ -773,7 +785,12 @@ async fn relay_reconnects_after_its_connections_are_terminated() {
     };
     let mut all = HashSet::new();
     let mut terminated = 0i64;
-    for round in 0..20 {
+    // Keep cutting while messages flow: at least 20 rounds and at least
+    // three cuts (the relay backs off after each, so not every round finds
+    // a connection to cut).
+    let mut round = 0;
+    while round < 20 || (terminated < 3 && round < 300) {
+        round += 1;
         let batch: Vec<_> = (0..100)
             .map(|i| {
                 NewMessage::json("t", &(round * 100 + i))
@@ -794,12 +811,18 @@ async fn relay_reconnects_after_its_connections_are_terminated() {
         tokio::time::sleep(Duration::from_millis(30)).await;
     }
     assert!(
-        terminated > 5,
+        terminated >= 3,
         "the relay's connections were cut ({terminated})"
     );
     support::eventually("everything delivered after reconnecting", || {
         let got: HashSet<_> = received.lock().unwrap().iter().copied().collect();
         all.iter().all(|id| got.contains(id))
+    })
+    .await;
+    // A cut between publish and acknowledgement leaves the message pending:
+    // it is published again (a duplicate) and then acknowledged.
+    support::wait_for("the outbox drained", Duration::from_secs(60), || async {
+        outbox.pending_count().await.unwrap() == 0
     })
     .await;
     relay.shutdown().await.unwrap();
