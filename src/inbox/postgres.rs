@@ -10,6 +10,7 @@ use sqlx::Executor;
 use super::{classify, tracked, validate_batch, validate_consumer, InboxNames, Receipt};
 use crate::error::{Error, Result};
 use crate::message::{MessageId, OutboxMessage};
+use crate::store::check_schema_version;
 
 const MIGRATIONS: &[(i64, &str)] = &[(
     1,
@@ -235,13 +236,7 @@ impl PgInbox {
                 .fetch_one(&mut *tx)
                 .await?;
         let current = current.unwrap_or(0);
-        let supported = MIGRATIONS.last().map_or(0, |m| m.0);
-        if current > supported {
-            return Err(Error::SchemaTooNew {
-                found: current,
-                supported,
-            });
-        }
+        check_schema_version(Some(current), MIGRATIONS)?;
         for (version, sql) in MIGRATIONS.iter().filter(|m| m.0 > current) {
             // A plain string: several statements, no parameters. (Not
             // `raw_sql`, whose future is not `Send` for every lifetime, which

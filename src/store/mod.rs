@@ -70,6 +70,19 @@ pub(crate) fn validate_identifier(
     Ok(())
 }
 
+/// Refuses a schema at a newer migration version than `migrations` knows:
+/// running against it could corrupt data.
+pub(crate) fn check_schema_version(found: Option<i64>, migrations: &[(i64, &str)]) -> Result<()> {
+    let supported = migrations.last().map_or(0, |m| m.0);
+    match found {
+        Some(v) if v > supported => Err(Error::SchemaTooNew {
+            found: v,
+            supported,
+        }),
+        _ => Ok(()),
+    }
+}
+
 /// A message dead-lettered again under an id already in the dead letters
 /// (a producer re-enqueued it) replaces the older dead letter.
 pub(crate) const DEAD_LETTER_UPSERT: &str = "\

@@ -24,8 +24,8 @@ use uuid::Uuid;
 
 use super::sealed::StoreOps;
 use super::{
-    split_inserted, Ack, AckPlan, AckReport, Claimed, DeadLetter, Lease, Store, StoreStats,
-    TableNames, WakeSource,
+    check_schema_version, split_inserted, Ack, AckPlan, AckReport, Claimed, DeadLetter, Lease,
+    Store, StoreStats, TableNames, WakeSource,
 };
 use crate::error::{Error, Result};
 use crate::event::Event;
@@ -372,13 +372,7 @@ impl SqliteOutbox {
                 .fetch_one(&mut *tx)
                 .await?;
         let current = current.unwrap_or(0);
-        let supported = MIGRATIONS.last().map_or(0, |m| m.0);
-        if current > supported {
-            return Err(Error::SchemaTooNew {
-                found: current,
-                supported,
-            });
-        }
+        check_schema_version(Some(current), MIGRATIONS)?;
         for (version, sql) in MIGRATIONS.iter().filter(|m| m.0 > current) {
             // Several statements: `execute` on a string without arguments
             // runs them all (and, unlike `raw_sql`, keeps the future `Send`).
@@ -690,14 +684,7 @@ impl StoreOps for SqliteOutbox {
         )
         .fetch_one(&self.inner.pool)
         .await?;
-        let supported = MIGRATIONS.last().map_or(0, |m| m.0);
-        match found {
-            Some(v) if v > supported => Err(Error::SchemaTooNew {
-                found: v,
-                supported,
-            }),
-            _ => Ok(()),
-        }
+        check_schema_version(found, MIGRATIONS)
     }
 
     async fn bucket_count(&self) -> Result<i32> {
