@@ -122,7 +122,7 @@ impl SqliteInboxBuilder {
     }
 
     /// Validates the names and builds the inbox. Nothing is sent to the
-    /// database; an invalid prefix is [`Error::InvalidIdentifier`].
+    /// database; an invalid prefix is [`Error::InvalidIdentifier`](crate::Error::InvalidIdentifier).
     pub fn build(self) -> Result<SqliteInbox> {
         let names = InboxNames::new(None, &self.prefix)?;
         let sql = Sql::new(&names);
@@ -205,7 +205,7 @@ impl SqliteInbox {
     /// Creates or upgrades the inbox's tables, in one transaction. Safe to
     /// run on every start and from several processes at once (SQLite
     /// serializes the writers). Tables at a newer version than this crate
-    /// knows are [`Error::SchemaTooNew`].
+    /// knows are [`Error::SchemaTooNew`](crate::Error::SchemaTooNew).
     pub async fn migrate(&self) -> Result<()> {
         let n = &self.inner.names;
         // Outside the transaction, so that the transaction can start with a
