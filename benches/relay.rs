@@ -30,6 +30,11 @@ struct Config {
     latency_secs: f64,
     health_secs: f64,
     write_rounds: usize,
+    /// `--rows=N`: backlog drained (default 1,000,000; quick 100,000).
+    /// `--relays=1,4`: relay counts in the drain part.
+    relays: Option<Vec<usize>>,
+    /// `--variants=ordered,unordered,numbered`: drain variants to run.
+    variants: Option<Vec<String>>,
 }
 
 #[derive(Default)]
@@ -385,24 +390,35 @@ async fn bench_drain(cfg: &Config, res: &mut Results) {
     outbox.migrate().await.unwrap();
     sqlx::query(RAW_TABLE).execute(&pool).await.unwrap();
     let rows = cfg.drain_rows;
-    fill(&pool, "raw_outbox", rows, 10_000).await;
-    let raw = raw_drain(&pool, rows).await;
-    res.put("drain_raw_rows_per_s", raw);
-    res.row(
-        format!("drain {rows} rows: raw SQL, batch 1000"),
-        format!("{raw:.0} rows/s"),
-    );
-    let relay_counts: &[usize] = if cfg.quick { &[1, 4] } else { &[1, 2, 4] };
+    let relay_counts: Vec<usize> = match &cfg.relays {
+        Some(r) => r.clone(),
+        None if cfg.quick => vec![1, 4],
+        None => vec![1, 2, 4],
+    };
     let variants = [
         (OrderingPolicy::Ordered, false, ""),
         (OrderingPolicy::Unordered, false, "_unordered"),
         (OrderingPolicy::Ordered, true, "_numbered"),
     ];
+    // Each relay drain is paired with a raw drain of the same backlog just
+    // before it: the machine's drift hits both sides of a ratio alike.
+    let mut raws = Vec::new();
     for (policy, numbered, tag) in variants {
-        for &n in relay_counts {
+        let name = if tag.is_empty() { "ordered" } else { &tag[1..] };
+        if cfg
+            .variants
+            .as_ref()
+            .is_some_and(|v| !v.iter().any(|x| x == name))
+        {
+            continue;
+        }
+        for &n in &relay_counts {
             if numbered && n > 1 {
                 continue;
             }
+            fill(&pool, "raw_outbox", rows, 10_000).await;
+            let raw = raw_drain(&pool, rows).await;
+            raws.push(raw);
             fill(&pool, "outbox.messages", rows, 10_000).await;
             let r = relay_drain(&pool, rows, n, policy, numbered).await;
             res.put(&format!("relay_rows_per_s_{n}{tag}"), r);
@@ -413,10 +429,14 @@ async fn bench_drain(cfg: &Config, res: &mut Results) {
                 format!("{policy:?}")
             };
             res.row(
-                format!("drain: {n} relay(s), {what} / raw"),
-                format!("{:.2} ({r:.0} rows/s)", r / raw),
+                format!("drain {rows} rows: {n} relay(s), {what} / raw SQL (batch 1000)"),
+                format!("{:.2} ({r:.0} vs {raw:.0} rows/s)", r / raw),
             );
         }
+    }
+    if !raws.is_empty() {
+        raws.sort_by(|a, b| a.partial_cmp(b).unwrap());
+        res.put("drain_raw_rows_per_s", raws[raws.len() / 2]);
     }
     pool.close().await;
 }
@@ -950,6 +970,12 @@ async fn bench_export(cfg: &Config, res: &mut Results) {
     pool.close().await;
 }
 
+/// The value of `--name=value` on the command line.
+fn arg(name: &str) -> Option<String> {
+    let prefix = format!("--{name}=");
+    std::env::args().find_map(|a| a.strip_prefix(&prefix).map(str::to_owned))
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     if let Some(i) = args.iter().position(|a| a == "--relay-child") {
@@ -960,10 +986,18 @@ fn main() {
     let cfg = Config {
         quick,
         write_secs: if quick { 2.0 } else { 5.0 },
-        drain_rows: if quick { 100_000 } else { 1_000_000 },
+        drain_rows: arg("rows")
+            .map(|r| r.parse().expect("--rows=N"))
+            .unwrap_or(if quick { 100_000 } else { 1_000_000 }),
         latency_secs: if quick { 5.0 } else { 20.0 },
         health_secs: if quick { 15.0 } else { 180.0 },
         write_rounds: if quick { 1 } else { 3 },
+        relays: arg("relays").map(|r| {
+            r.split(',')
+                .map(|n| n.parse().expect("--relays=1,2,4"))
+                .collect()
+        }),
+        variants: arg("variants").map(|v| v.split(',').map(str::to_owned).collect()),
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -973,8 +1007,7 @@ fn main() {
     let started = Instant::now();
     // `--only write|drain|export|health|brokers|latency` runs one part
     // (brokers: with features `nats` and `amqp`).
-    let only: Option<String> =
-        std::env::args().find_map(|a| a.strip_prefix("--only=").map(str::to_owned));
+    let only = arg("only");
     let run = |part: &str| only.as_deref().is_none_or(|o| o == part);
     rt.block_on(async {
         if run("write") {

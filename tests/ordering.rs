@@ -289,6 +289,85 @@ async fn many_writers_many_relays_random_failures_keep_commit_order() {
     db.drop().await;
 }
 
+/// A backlog drained in full batches: each relay claims the next batch while
+/// it publishes the current one, and a failure in the current batch must
+/// hold back the key's later messages that the early claim already holds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prefetched_batches_hold_back_keys_with_a_failed_message() {
+    let db = TestDb::new().await;
+    let outbox = PgOutbox::new(db.pool.clone());
+    outbox.migrate().await.unwrap();
+    // 40 keys, 75 messages each, interleaved, committed in this order.
+    let mut order: HashMap<String, Vec<MessageId>> = HashMap::new();
+    let mut messages = Vec::new();
+    for i in 0..3000u64 {
+        let key = format!("key-{}", i % 40);
+        let m = NewMessage::json("t", &serde_json::json!({ "i": i }))
+            .unwrap()
+            .with_partition_key(key.clone());
+        order.entry(key).or_default().push(m.id());
+        messages.push(m);
+    }
+    for chunk in messages.chunks(500) {
+        let mut tx = db.pool.begin().await.unwrap();
+        outbox
+            .enqueue_batch(&mut *tx, chunk.to_vec())
+            .await
+            .unwrap();
+        tx.commit().await.unwrap();
+    }
+
+    let received = Arc::new(Received::default());
+    let relays: Vec<RelayHandle> = (0..2)
+        .map(|i| {
+            Relay::builder(
+                outbox.clone(),
+                ChaosPublisher {
+                    received: received.clone(),
+                    rng: Mutex::new(fastrand::Rng::with_seed(77 + i)),
+                },
+            )
+            .batch_size(60)
+            .poll_interval(Duration::from_millis(20))
+            .key_sequences(true)
+            .retry(fast_retry())
+            .spawn()
+            .unwrap()
+        })
+        .collect();
+    support::wait_for("the outbox drained", Duration::from_secs(120), || async {
+        outbox.pending_count().await.unwrap() == 0
+    })
+    .await;
+    for r in relays {
+        r.shutdown().await.unwrap();
+    }
+
+    let log = received.log.lock().unwrap().clone();
+    let ambiguous = received.ambiguous.lock().unwrap().clone();
+    let mut first: HashMap<MessageId, usize> = HashMap::new();
+    for (i, id) in log.iter().enumerate() {
+        if first.insert(*id, i).is_some() {
+            assert!(ambiguous.contains(id), "{id} duplicated without a failure");
+        }
+    }
+    let mut violations = 0;
+    for (key, ids) in &order {
+        let at: Vec<usize> = ids
+            .iter()
+            .map(|id| {
+                *first
+                    .get(id)
+                    .unwrap_or_else(|| panic!("{id} of {key} lost"))
+            })
+            .collect();
+        violations += at.windows(2).filter(|w| w[0] > w[1]).count();
+    }
+    assert_eq!(first.len(), 3000);
+    assert_eq!(violations, 0, "first deliveries out of key order");
+    db.drop().await;
+}
+
 fn is_deadlock(e: &outbox::Error) -> bool {
     match e {
         outbox::Error::Database(sqlx::Error::Database(d)) => d.code().as_deref() == Some("40P01"),

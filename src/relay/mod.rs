@@ -82,6 +82,7 @@ pub(crate) struct RelayConfig {
     pub(crate) purge_batch: i64,
     pub(crate) key_sequences: bool,
     pub(crate) vacuum_if_autovacuum_off: bool,
+    pub(crate) prefetch: bool,
 }
 
 impl RelayConfig {
@@ -124,6 +125,7 @@ impl Relay {
                 purge_batch: 1000,
                 key_sequences: false,
                 vacuum_if_autovacuum_off: true,
+                prefetch: true,
             },
         }
     }
@@ -228,6 +230,24 @@ impl RelayBuilder {
     #[must_use]
     pub fn vacuum_if_autovacuum_off(mut self, on: bool) -> Self {
         self.config.vacuum_if_autovacuum_off = on;
+        self
+    }
+
+    /// Whether the relay claims the next batch while it publishes and
+    /// acknowledges the current one, when the current one was full (default
+    /// on). The database's claim then overlaps the publisher's and the
+    /// acknowledgement's time instead of adding to it.
+    ///
+    /// Order and delivery guarantees are the same either way: the early
+    /// claim leaves out the batch in flight, and the relay drops from it
+    /// every message of a key whose earlier message was not published
+    /// (failed, retried, or left when a lease ran out), and the whole of it
+    /// when its leases changed meanwhile; those messages stay pending and
+    /// are claimed again in order. Each relay then uses up to two pool
+    /// connections at once.
+    #[must_use]
+    pub fn prefetch(mut self, on: bool) -> Self {
+        self.config.prefetch = on;
         self
     }
 

@@ -59,6 +59,21 @@ pub(super) struct Worker {
     listener_retry_at: Instant,
     error_backoff: Duration,
     warned_autovacuum_off: bool,
+    /// The next batch, claimed while the current one was in flight.
+    prefetch: Option<Prefetch>,
+    /// Keys of the last batch with a message that was not published: the
+    /// prefetched batch may hold their later messages, which must wait.
+    unsettled: HashSet<String>,
+}
+
+/// A claim running while the batch before it is published and
+/// acknowledged; aborted when dropped.
+struct Prefetch(tokio::task::JoinHandle<Result<Vec<Claimed>>>);
+
+impl Drop for Prefetch {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 const MIN_ERROR_BACKOFF: Duration = Duration::from_millis(100);
@@ -95,6 +110,8 @@ impl Worker {
             listener_retry_at: now,
             error_backoff: MIN_ERROR_BACKOFF,
             warned_autovacuum_off: false,
+            prefetch: None,
+            unsettled: HashSet::new(),
         }
     }
 
@@ -207,11 +224,15 @@ impl Worker {
                     }
                 }
                 Err(e) => {
+                    // Whether the acknowledgement landed is unknown: claim
+                    // afresh.
+                    self.prefetch = None;
                     self.record_error("publish round", &e);
                     self.back_off().await;
                 }
             }
         }
+        self.prefetch = None;
         // Give the buckets back so other relays need not wait for expiry.
         if let Err(e) = self.store.release(relay, &self.leases).await {
             tracing::warn!(error = %error_chain(&e), "outbox relay: releasing leases failed; they expire on their own");
@@ -296,6 +317,10 @@ impl Worker {
             self.store.release(relay, &extra).await?;
         }
         leases.sort_by_key(|l| l.bucket);
+        if leases != self.leases {
+            // Claimed under other leases: its buckets may have changed hands.
+            self.prefetch = None;
+        }
         self.leases = leases;
         self.lease_deadline = started + ttl.mul_f64(0.8);
         self.next_lease_tick = started + ttl / 3;
@@ -383,25 +408,44 @@ impl Worker {
     /// Claims one batch, publishes it and acknowledges it. Returns true if
     /// the batch was full (more may be waiting).
     async fn round(&mut self) -> Result<bool> {
-        let buckets: Option<Vec<i32>> = if self.leases.len() as i32 >= self.bucket_count {
-            None
-        } else {
-            Some(self.leases.iter().map(|l| l.bucket).collect())
-        };
         let limit = self.config.batch_size as i64;
-        let claimed = self
-            .store
-            .claim(
-                buckets.as_deref(),
-                self.bucket_count,
-                self.clock.now(),
-                limit,
-            )
-            .await?;
+        let (claimed, full) = match self.prefetch.take() {
+            Some(mut p) => {
+                let got = (&mut p.0).await.map_err(crate::Error::RelayTask)??;
+                let full = got.len() as i64 >= limit;
+                // Later messages of a key whose earlier one is still pending
+                // (or now blocked) wait for the next claim.
+                let unsettled = std::mem::take(&mut self.unsettled);
+                let kept = got
+                    .into_iter()
+                    .filter(|c| {
+                        c.message
+                            .partition_key
+                            .as_ref()
+                            .is_none_or(|k| !unsettled.contains(k))
+                    })
+                    .collect();
+                (kept, full)
+            }
+            None => {
+                let got = self.claim(Vec::new()).await?;
+                let full = got.len() as i64 >= limit;
+                (got, full)
+            }
+        };
+        self.unsettled.clear();
         if claimed.is_empty() {
-            return Ok(false);
+            return Ok(full);
         }
-        let full = claimed.len() as i64 >= limit;
+        if full && self.config.prefetch {
+            let in_flight: Vec<i64> = claimed.iter().map(|c| c.message.seq).collect();
+            let claim = self.claim(in_flight);
+            self.prefetch = Some(Prefetch(tokio::spawn(claim)));
+        }
+        let batch_keys: Vec<(i64, Option<String>)> = claimed
+            .iter()
+            .map(|c| (c.message.seq, c.message.partition_key.clone()))
+            .collect();
         let span = tracing::info_span!(
             "outbox.batch",
             relay = %self.config.relay_id,
@@ -428,6 +472,20 @@ impl Worker {
             )
             .instrument(span.clone())
             .await?;
+        if report.fenced > 0 {
+            self.prefetch = None;
+        } else if self.prefetch.is_some() {
+            let done: HashSet<i64> = acks
+                .iter()
+                .filter(|a| matches!(a.disposition, Disposition::Published))
+                .map(|a| a.seq)
+                .collect();
+            self.unsettled = batch_keys
+                .into_iter()
+                .filter(|(seq, _)| !done.contains(seq))
+                .filter_map(|(_, k)| k)
+                .collect();
+        }
         let mut published = 0u64;
         let (mut retried, mut dead) = (0u64, 0u64);
         for a in &acks {
@@ -466,6 +524,31 @@ impl Worker {
         Ok(full)
     }
 
+    /// A claim of this relay's buckets, leaving out the positions in
+    /// `exclude` (a batch still in flight); it owns what it needs, so it can
+    /// run as a task of its own.
+    fn claim(
+        &self,
+        exclude: Vec<i64>,
+    ) -> impl std::future::Future<Output = Result<Vec<Claimed>>> + Send + 'static {
+        let buckets: Option<Vec<i32>> = if self.leases.len() as i32 >= self.bucket_count {
+            None
+        } else {
+            Some(self.leases.iter().map(|l| l.bucket).collect())
+        };
+        let store = self.store.clone();
+        let (count, now, limit) = (
+            self.bucket_count,
+            self.clock.now(),
+            self.config.batch_size as i64,
+        );
+        async move {
+            store
+                .claim(buckets.as_deref(), count, now, limit, &exclude)
+                .await
+        }
+    }
+
     /// Calls the publisher, renewing the leases while it works, so a slow
     /// destination does not cost the relay its keys. A relay that is truly
     /// stalled renews nothing, and its leases expire as they should.
@@ -501,6 +584,7 @@ impl Worker {
                     match self.store.renew(self.config.relay_id, &self.leases, ttl).await {
                         Ok(kept) => {
                             if kept.len() < self.leases.len() {
+                                self.prefetch = None;
                                 tracing::warn!(
                                     relay = %self.config.relay_id,
                                     "outbox relay: leases lost while publishing"

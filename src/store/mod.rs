@@ -356,6 +356,7 @@ pub(crate) mod sealed {
             bucket_count: i32,
             now: DateTime<Utc>,
             limit: i64,
+            exclude: &[i64],
         ) -> Result<Vec<Claimed>>;
         /// The last published per-key sequence number of each key that has
         /// one.

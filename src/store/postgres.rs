@@ -211,6 +211,9 @@ fn fnv1a32(bytes: &[u8]) -> i32 {
 
 const COLUMNS: &str = "seq, id, topic, partition_key, event_type, schema_version, payload, \
                        content_type, headers, created_at, attempts";
+/// Index of `headers::text` in the published and dead-letter reads.
+const PUBLISHED_HEADERS: usize = 11;
+const DEAD_HEADERS: usize = 13;
 
 /// SQL rendered once from the validated table names.
 struct Sql {
@@ -262,6 +265,7 @@ impl Sql {
                  WHERE (m.available_at IS NULL OR m.available_at <= $1) {filter} \
                  AND NOT EXISTS (SELECT 1 FROM {{blocked}} k \
                      WHERE k.partition_key = m.partition_key AND k.seq < m.seq) \
+                 AND NOT EXISTS (SELECT 1 FROM unnest($4::bigint[]) x(seq) WHERE x.seq = m.seq) \
                  ORDER BY m.seq LIMIT $3"
             ))
         };
@@ -298,7 +302,7 @@ impl Sql {
                  ON CONFLICT (id) DO NOTHING RETURNING id"
             )),
             claim_all: claim(""),
-            claim_buckets: claim(&format!("AND {bucket} = ANY($4)")),
+            claim_buckets: claim(&format!("AND {bucket} = ANY($5)")),
             // $6..$8: key, sequence number, bucket of each numbered message.
             ack_delete: n.render(&format!(
                 "WITH {fence_cte}, {key_seq_cte}, d AS (\
@@ -682,7 +686,7 @@ impl PgOutbox {
         rows.iter()
             .map(|r| {
                 Ok(DeadLetter {
-                    message: message_from_row(r, "headers_text")?,
+                    message: message_from_row(r, DEAD_HEADERS)?,
                     attempts: r.try_get("attempts")?,
                     last_error: r.try_get("last_error")?,
                     dead_at: r.try_get("dead_at")?,
@@ -768,25 +772,28 @@ impl PgOutbox {
         .fetch_all(&self.inner.pool)
         .await?;
         rows.iter()
-            .map(|r| message_from_row(r, "headers_text"))
+            .map(|r| message_from_row(r, PUBLISHED_HEADERS))
             .collect()
     }
 }
 
-fn message_from_row(r: &PgRow, headers_col: &str) -> Result<OutboxMessage> {
-    let headers: Option<String> = r.try_get(headers_col)?;
-    let attempts: i32 = r.try_get("attempts")?;
+/// Decodes a row that starts with [`COLUMNS`] in their order (by index: a
+/// claim decodes a thousand rows, and name lookups were a visible share of
+/// it), with the headers as text in column `headers_col`.
+fn message_from_row(r: &PgRow, headers_col: usize) -> Result<OutboxMessage> {
+    let headers: Option<&str> = r.try_get(headers_col)?;
+    let attempts: i32 = r.try_get(10)?;
     Ok(OutboxMessage {
-        seq: r.try_get("seq")?,
-        id: MessageId::from_uuid(r.try_get("id")?),
-        topic: r.try_get("topic")?,
-        partition_key: r.try_get("partition_key")?,
-        event_type: r.try_get("event_type")?,
-        schema_version: r.try_get("schema_version")?,
-        payload: r.try_get("payload")?,
-        content_type: r.try_get("content_type")?,
-        headers: OutboxMessage::headers_from_json(headers.as_deref()),
-        created_at: r.try_get("created_at")?,
+        seq: r.try_get(0)?,
+        id: MessageId::from_uuid(r.try_get(1)?),
+        topic: r.try_get(2)?,
+        partition_key: r.try_get(3)?,
+        event_type: r.try_get(4)?,
+        schema_version: r.try_get(5)?,
+        payload: r.try_get(6)?,
+        content_type: r.try_get(7)?,
+        headers: OutboxMessage::headers_from_json(headers),
+        created_at: r.try_get(9)?,
         attempt: attempts + 1,
         key_sequence: None,
     })
@@ -910,24 +917,27 @@ impl StoreOps for PgOutbox {
         bucket_count: i32,
         now: DateTime<Utc>,
         limit: i64,
+        exclude: &[i64],
     ) -> Result<Vec<Claimed>> {
         let q = match buckets {
             None => sqlx::query(&self.inner.sql.claim_all)
                 .bind(now)
                 .bind(bucket_count)
-                .bind(limit),
+                .bind(limit)
+                .bind(exclude),
             Some(b) => sqlx::query(&self.inner.sql.claim_buckets)
                 .bind(now)
                 .bind(bucket_count)
                 .bind(limit)
+                .bind(exclude)
                 .bind(b),
         };
         let rows = q.fetch_all(&self.inner.pool).await?;
         rows.iter()
             .map(|r| {
                 Ok(Claimed {
-                    message: message_from_row(r, "headers")?,
-                    bucket: r.try_get("bucket")?,
+                    message: message_from_row(r, 8)?,
+                    bucket: r.try_get(11)?,
                 })
             })
             .collect()

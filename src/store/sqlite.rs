@@ -198,6 +198,7 @@ impl Sql {
                  WHERE (m.available_at IS NULL OR m.available_at <= ?) \
                  AND NOT EXISTS (SELECT 1 FROM {{blocked}} k \
                      WHERE k.partition_key = m.partition_key AND k.seq < m.seq) \
+                 AND m.seq NOT IN (SELECT value FROM json_each(?)) \
                  ORDER BY m.seq LIMIT ?"
             )),
             // A write as the first statement of the acknowledgement: the
@@ -783,13 +784,25 @@ impl StoreOps for SqliteOutbox {
         _bucket_count: i32,
         now: DateTime<Utc>,
         limit: i64,
+        exclude: &[i64],
     ) -> Result<Vec<Claimed>> {
         // Every message is in the one bucket.
         if buckets.is_some_and(|b| !b.contains(&BUCKET)) {
             return Ok(Vec::new());
         }
+        // Positions as a JSON array: SQLite has no array parameters.
+        let mut excluded = String::with_capacity(exclude.len() * 8 + 2);
+        excluded.push('[');
+        for (i, seq) in exclude.iter().enumerate() {
+            if i > 0 {
+                excluded.push(',');
+            }
+            excluded.push_str(&seq.to_string());
+        }
+        excluded.push(']');
         let rows = sqlx::query(&self.inner.sql.claim)
             .bind(micros(now))
+            .bind(excluded)
             .bind(limit)
             .fetch_all(&self.inner.pool)
             .await?;
@@ -1048,18 +1061,28 @@ mod tests {
 
         enqueue(&o, Some("a")).await;
         enqueue(&o, None).await;
-        let claimed = o.claim(None, 1, Utc::now(), 10).await.unwrap();
+        let claimed = o.claim(None, 1, Utc::now(), 10, &[]).await.unwrap();
         assert_eq!(claimed.len(), 2);
         assert!(claimed.iter().all(|c| c.bucket == 0));
         assert!(o
-            .claim(Some(&[3]), 1, Utc::now(), 10)
+            .claim(Some(&[3]), 1, Utc::now(), 10, &[])
             .await
             .unwrap()
             .is_empty());
         assert_eq!(
-            o.claim(Some(&[0]), 1, Utc::now(), 10).await.unwrap().len(),
+            o.claim(Some(&[0]), 1, Utc::now(), 10, &[])
+                .await
+                .unwrap()
+                .len(),
             2
         );
+        // Positions in flight are left out of a claim.
+        let rest = o
+            .claim(None, 1, Utc::now(), 10, &[claimed[0].message.seq])
+            .await
+            .unwrap();
+        assert_eq!(rest.len(), 1);
+        assert_eq!(rest[0].message.seq, claimed[1].message.seq);
 
         // Wrong owner, wrong epoch, no lease: nothing applied.
         let acks = published(&claimed);
@@ -1151,7 +1174,7 @@ mod tests {
         let second = enqueue(&o, Some("k")).await;
         let free = enqueue(&o, None).await;
         let now = Utc::now();
-        let claimed = o.claim(None, 1, now, 10).await.unwrap();
+        let claimed = o.claim(None, 1, now, 10, &[]).await.unwrap();
         assert_eq!(claimed.len(), 3);
 
         let later = now + chrono::Duration::hours(1);
@@ -1176,8 +1199,11 @@ mod tests {
 
         // Not due yet, and the key is blocked behind it.
         let ids = |c: Vec<Claimed>| c.into_iter().map(|c| c.message.id).collect::<Vec<_>>();
-        assert_eq!(ids(o.claim(None, 1, now, 10).await.unwrap()), vec![free]);
-        let due = o.claim(None, 1, later, 10).await.unwrap();
+        assert_eq!(
+            ids(o.claim(None, 1, now, 10, &[]).await.unwrap()),
+            vec![free]
+        );
+        let due = o.claim(None, 1, later, 10, &[]).await.unwrap();
         assert_eq!(ids(due.clone()), vec![first, free]);
         assert_eq!(due[0].message.attempt, 2);
         let stats = o.stats().await.unwrap();
@@ -1191,7 +1217,7 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(rep.applied, 1);
-        let next = o.claim(None, 1, later, 10).await.unwrap();
+        let next = o.claim(None, 1, later, 10, &[]).await.unwrap();
         assert_eq!(ids(next.clone()), vec![second, free]);
         let kept = o.published(10).await.unwrap();
         assert_eq!(kept.len(), 1);
@@ -1208,14 +1234,17 @@ mod tests {
         );
         o.ack(r, &leases, &[dead], false, later).await.unwrap();
         let third = enqueue(&o, Some("k")).await;
-        assert_eq!(ids(o.claim(None, 1, later, 10).await.unwrap()), vec![free]);
+        assert_eq!(
+            ids(o.claim(None, 1, later, 10, &[]).await.unwrap()),
+            vec![free]
+        );
         let dl = o.dead_letters(10).await.unwrap();
         assert_eq!(dl.len(), 1);
         assert_eq!((dl[0].id(), dl[0].attempts), (second, 1));
         assert_eq!(dl[0].last_error, "rejected");
         assert_eq!(o.stats().await.unwrap().dead_letters, 1);
         o.replay_dead_letter(second).await.unwrap();
-        let after = o.claim(None, 1, later, 10).await.unwrap();
+        let after = o.claim(None, 1, later, 10, &[]).await.unwrap();
         assert_eq!(ids(after.clone()), vec![second, free, third]);
         assert_eq!(after[0].message.attempt, 1);
 
