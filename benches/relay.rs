@@ -35,6 +35,8 @@ struct Config {
     relays: Option<Vec<usize>>,
     /// `--variants=ordered,unordered,numbered`: drain variants to run.
     variants: Option<Vec<String>>,
+    /// `--writers=1,8,32`: writer counts in the write part.
+    writers: Option<Vec<usize>>,
 }
 
 #[derive(Default)]
@@ -203,7 +205,8 @@ async fn bench_writes(cfg: &Config, res: &mut Results) {
         .await
         .unwrap();
     sqlx::query(RAW_TABLE).execute(&pool).await.unwrap();
-    for writers in [1usize, 8, 32] {
+    let counts = cfg.writers.clone().unwrap_or_else(|| vec![1, 8, 32]);
+    for writers in counts {
         // Modes interleaved, `rounds` times, median per mode: the machine's
         // drift hits every mode alike.
         let mut runs: HashMap<WriteMode, Vec<f64>> = HashMap::new();
@@ -998,6 +1001,11 @@ fn main() {
                 .collect()
         }),
         variants: arg("variants").map(|v| v.split(',').map(str::to_owned).collect()),
+        writers: arg("writers").map(|r| {
+            r.split(',')
+                .map(|n| n.parse().expect("--writers=1,8,32"))
+                .collect()
+        }),
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
