@@ -993,7 +993,9 @@ fn main() {
             .map(|r| r.parse().expect("--rows=N"))
             .unwrap_or(if quick { 100_000 } else { 1_000_000 }),
         latency_secs: if quick { 5.0 } else { 20.0 },
-        health_secs: if quick { 15.0 } else { 180.0 },
+        health_secs: arg("health-secs")
+            .map(|r| r.parse().expect("--health-secs=N"))
+            .unwrap_or(if quick { 15.0 } else { 180.0 }),
         write_rounds: if quick { 1 } else { 3 },
         relays: arg("relays").map(|r| {
             r.split(',')
