@@ -814,10 +814,11 @@ async fn shutdown_during_a_batch_loses_nothing() {
 async fn commit_wakes_the_relay_without_polling() {
     let (db, outbox) = setup().await;
     let publisher = InMemoryPublisher::new();
-    // A poll interval of an hour: only a wake-up can explain a prompt
-    // publish.
+    // Neither a poll nor a lease renewal (every lease_ttl / 3) comes
+    // within the test's waits: only a wake-up can explain a prompt publish.
     let relay = Relay::builder(outbox.clone(), publisher.clone())
         .poll_interval(Duration::from_secs(3600))
+        .lease_ttl(Duration::from_secs(3600))
         .spawn()
         .unwrap();
     eventually("relay running", || relay.health().leased_buckets > 0).await;
@@ -860,6 +861,78 @@ async fn commit_wakes_the_relay_without_polling() {
         publisher.len() == 4
     })
     .await;
+    relay.shutdown().await.unwrap();
+    other_pool.close().await;
+    db.drop().await;
+}
+
+/// The default wake-up without a transaction of its own under load: an
+/// enqueue carries a `pg_notify` in its transaction at most once per
+/// interval, and `PgOutbox::commit` sends one of its own only for a commit
+/// that no later carried notification covered.
+#[tokio::test]
+async fn carried_notifications_wake_relays_in_other_processes() {
+    let (db, outbox) = setup().await;
+    let publisher = InMemoryPublisher::new();
+    // Neither a poll nor a lease renewal (every lease_ttl / 3) comes
+    // within the test's waits: only a wake-up can explain a prompt publish.
+    let relay = Relay::builder(outbox.clone(), publisher.clone())
+        .poll_interval(Duration::from_secs(3600))
+        .lease_ttl(Duration::from_secs(3600))
+        .spawn()
+        .unwrap();
+    eventually("relay running", || relay.health().leased_buckets > 0).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+
+    // The producer has a pool of its own: only a notification through
+    // PostgreSQL can reach the relay.
+    let other_pool = PgPoolOptions::new()
+        .connect_with(db.pool.connect_options().as_ref().clone())
+        .await
+        .unwrap();
+    let producer = PgOutbox::builder(other_pool.clone())
+        .notify_interval(Duration::from_millis(300))
+        .build()
+        .unwrap();
+    let enqueue = |key: &'static str| {
+        let producer = producer.clone();
+        let pool = other_pool.clone();
+        async move {
+            let mut tx = pool.begin().await.unwrap();
+            producer.enqueue(&mut *tx, msg("t", key, 1)).await.unwrap();
+            tx
+        }
+    };
+
+    // The first enqueue carries one: a plain commit wakes the relay.
+    enqueue("a").await.commit().await.unwrap();
+    eventually("woken by the carried notification", || publisher.len() == 1).await;
+
+    // Within the interval, an enqueue carries none: PgOutbox::commit sends
+    // a NOTIFY of its own once no later enqueue covered the commit.
+    producer.commit(enqueue("b").await).await.unwrap();
+    eventually("woken by the NOTIFY after the commit", || {
+        publisher.len() == 2
+    })
+    .await;
+
+    // A plain commit that carried nothing waits for the next carried
+    // notification, which covers it.
+    let uncovered = enqueue("c").await;
+    uncovered.commit().await.unwrap();
+    tokio::time::sleep(Duration::from_millis(350)).await;
+    enqueue("d").await.commit().await.unwrap();
+    eventually("both woken by the later carried notification", || {
+        publisher.len() == 4
+    })
+    .await;
+    let keys: HashSet<String> = publisher
+        .messages()
+        .iter()
+        .filter_map(|m| m.partition_key().map(str::to_owned))
+        .collect();
+    assert_eq!(keys.len(), 4);
+
     relay.shutdown().await.unwrap();
     other_pool.close().await;
     db.drop().await;

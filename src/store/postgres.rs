@@ -2,6 +2,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -38,15 +39,25 @@ const MIGRATIONS: &[(i64, &str)] = &[
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[non_exhaustive]
 pub enum WakeUp {
-    /// [`PgOutbox::commit`] wakes relays in this process at once and sends
-    /// one `NOTIFY` for relays elsewhere after the commit, coalescing bursts
-    /// (see [`PgOutboxBuilder::notify_interval`]). The `NOTIFY` goes out on
-    /// one connection of its own, outside the pool, opened at the first
-    /// commit and closed within a second of the outbox being dropped or its
-    /// pool closed. The producer's transaction carries no
-    /// `NOTIFY`, so commits are not serialized on PostgreSQL's notification
-    /// queue lock. Transactions committed without `PgOutbox::commit` are
-    /// found by the relay's poll.
+    /// Relays in this process wake at once on [`PgOutbox::commit`]; relays
+    /// elsewhere are woken by notifications spread thin over the commits:
+    ///
+    /// - The first enqueue after [`notify_interval`](PgOutboxBuilder::notify_interval)
+    ///   (1 ms) without one carries a `pg_notify` in the caller's
+    ///   transaction, delivered when it commits. Under load one transaction
+    ///   in every so many pays for it, and no transaction of its own is
+    ///   spent on waking relays.
+    /// - A commit made through `PgOutbox::commit` that no later enqueue
+    ///   covered within twice the interval (at least 1 ms), such as the
+    ///   last of a burst, gets a `NOTIFY` of its own, sent on one
+    ///   connection outside the pool (opened at the first such `NOTIFY`,
+    ///   closed within a second of the outbox being dropped or its pool
+    ///   closed).
+    ///
+    /// Transactions committed without `PgOutbox::commit` are woken by the
+    /// next carried notification or found by the relay's poll, and so are
+    /// commits just before an enqueue whose transaction rolled back with
+    /// its notification.
     #[default]
     AfterCommit,
     /// Each enqueue adds a `pg_notify` to the producer's transaction:
@@ -98,6 +109,13 @@ struct Inner {
     sql: Sql,
     /// Connections for the relay's claims, opened on first use.
     claim_pool: OnceLock<PgPool>,
+    /// Wake-up bookkeeping, in microseconds since `epoch` (0: never): when
+    /// the last enqueue that carried a `pg_notify` (or the last separate
+    /// `NOTIFY`) was sent, and when the last commit through
+    /// [`PgOutbox::commit`] returned.
+    epoch: std::time::Instant,
+    carried_at: AtomicU64,
+    committed_at: AtomicU64,
 }
 
 impl fmt::Debug for PgOutbox {
@@ -122,11 +140,11 @@ pub struct PgOutboxBuilder {
 }
 
 impl PgOutboxBuilder {
-    /// With [`WakeUp::AfterCommit`], the least time between two `NOTIFY`s
-    /// (default 1 ms). Commits inside the interval share the next one, so
-    /// a busy producer sends at most one per interval; a relay that is
-    /// already draining needs none. Zero sends one per commit (still
-    /// coalescing commits that overlap a `NOTIFY` in flight).
+    /// With [`WakeUp::AfterCommit`], the least time between two enqueues
+    /// that carry a `pg_notify` (default 1 ms; see [`WakeUp::AfterCommit`]).
+    /// A busy producer then adds about one notification per interval,
+    /// whatever its commit rate. Zero makes every enqueue carry one, as
+    /// [`WakeUp::InTransaction`] does.
     #[must_use]
     pub fn notify_interval(mut self, interval: Duration) -> Self {
         self.notify_interval = interval;
@@ -182,7 +200,7 @@ impl PgOutboxBuilder {
         let lock_class = self
             .commit_order_lock
             .then(|| fnv1a32(names.messages.as_bytes()));
-        let sql = Sql::new(&names, self.wake_up);
+        let sql = Sql::new(&names);
         Ok(PgOutbox {
             inner: Arc::new(Inner {
                 pool: self.pool,
@@ -196,6 +214,9 @@ impl PgOutboxBuilder {
                 notify_interval: self.notify_interval,
                 sql,
                 claim_pool: OnceLock::new(),
+                epoch: std::time::Instant::now(),
+                carried_at: AtomicU64::new(0),
+                committed_at: AtomicU64::new(0),
             }),
         })
     }
@@ -225,7 +246,9 @@ const DEAD_HEADERS: usize = 13;
 /// SQL rendered once from the validated table names.
 struct Sql {
     insert: String,
+    insert_notify: String,
     insert_batch: String,
+    insert_batch_notify: String,
     claim_all: String,
     claim_buckets: String,
     ack_delete: String,
@@ -250,17 +273,37 @@ struct Sql {
 }
 
 impl Sql {
-    fn new(n: &TableNames, wake_up: WakeUp) -> Self {
-        let notify = if wake_up == WakeUp::InTransaction {
-            ", n AS MATERIALIZED (SELECT pg_notify($10, ''))"
-        } else {
-            ""
+    fn new(n: &TableNames) -> Self {
+        // The same insert with a `pg_notify` in it ($10: channel), for
+        // enqueues that carry the wake-up in the caller's transaction.
+        let insert = |notify: &str, notify_ref: &str| {
+            n.render(&format!(
+                "WITH l AS MATERIALIZED (SELECT pg_advisory_xact_lock($9, hashtext($3))){notify} \
+                 INSERT INTO {{messages}} (id, topic, partition_key, event_type, schema_version, \
+                 payload, content_type, headers) \
+                 SELECT $1, $2, $3, $4, $5, $6, $7, $8::jsonb FROM l{notify_ref} \
+                 ON CONFLICT (id) DO NOTHING"
+            ))
         };
-        let notify_ref = if wake_up == WakeUp::InTransaction {
-            " CROSS JOIN n"
-        } else {
-            ""
+        let insert_batch = |notify: &str, notify_ref: &str| {
+            n.render(&format!(
+                "WITH l AS MATERIALIZED (SELECT pg_advisory_xact_lock($9, hashtext(k)) \
+                   FROM (SELECT DISTINCT k FROM unnest($3::text[]) k \
+                         WHERE k IS NOT NULL AND $9 IS NOT NULL ORDER BY k) s){notify} \
+                 INSERT INTO {{messages}} (id, topic, partition_key, event_type, schema_version, \
+                 payload, content_type, headers) \
+                 SELECT u.id, u.topic, u.k, u.et, u.v, u.p, u.ct, u.h::jsonb \
+                 FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::int[], \
+                             $6::bytea[], $7::text[], $8::text[]) \
+                      AS u(id, topic, k, et, v, p, ct, h){notify_ref} \
+                 WHERE (SELECT count(*) FROM l) >= 0 \
+                 ON CONFLICT (id) DO NOTHING RETURNING id"
+            ))
         };
+        let (notify, notify_ref) = (
+            ", n AS MATERIALIZED (SELECT pg_notify($10, ''))",
+            " CROSS JOIN n",
+        );
         let bucket = "CASE WHEN m.partition_key IS NULL THEN (m.seq % $2)::int \
                       ELSE (hashtext(m.partition_key) & 2147483647) % $2 END";
         let claim_cols = "m.seq, m.id, m.topic, m.partition_key, m.event_type, m.schema_version, \
@@ -288,26 +331,10 @@ impl Sql {
              WHERE l.owner = $1 FOR SHARE OF l)";
         Self {
             // $9: commit-order lock class (NULL: no lock), $10: channel.
-            insert: n.render(&format!(
-                "WITH l AS MATERIALIZED (SELECT pg_advisory_xact_lock($9, hashtext($3))){notify} \
-                 INSERT INTO {{messages}} (id, topic, partition_key, event_type, schema_version, \
-                 payload, content_type, headers) \
-                 SELECT $1, $2, $3, $4, $5, $6, $7, $8::jsonb FROM l{notify_ref} \
-                 ON CONFLICT (id) DO NOTHING"
-            )),
-            insert_batch: n.render(&format!(
-                "WITH l AS MATERIALIZED (SELECT pg_advisory_xact_lock($9, hashtext(k)) \
-                   FROM (SELECT DISTINCT k FROM unnest($3::text[]) k \
-                         WHERE k IS NOT NULL AND $9 IS NOT NULL ORDER BY k) s){notify} \
-                 INSERT INTO {{messages}} (id, topic, partition_key, event_type, schema_version, \
-                 payload, content_type, headers) \
-                 SELECT u.id, u.topic, u.k, u.et, u.v, u.p, u.ct, u.h::jsonb \
-                 FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::int[], \
-                             $6::bytea[], $7::text[], $8::text[]) \
-                      AS u(id, topic, k, et, v, p, ct, h){notify_ref} \
-                 WHERE (SELECT count(*) FROM l) >= 0 \
-                 ON CONFLICT (id) DO NOTHING RETURNING id"
-            )),
+            insert: insert("", ""),
+            insert_notify: insert(notify, notify_ref),
+            insert_batch: insert_batch("", ""),
+            insert_batch_notify: insert_batch(notify, notify_ref),
             claim_all: claim(""),
             claim_buckets: claim(&format!("AND {bucket} = ANY($5)")),
             // $6..$8: key, sequence number, bucket of each numbered message.
@@ -529,7 +556,13 @@ impl PgOutbox {
         message.validate()?;
         let id = message.id;
         let headers = message.headers_json();
-        let mut q = sqlx::query(&self.inner.sql.insert)
+        let carry = self.carries_wake_up();
+        let sql = if carry {
+            &self.inner.sql.insert_notify
+        } else {
+            &self.inner.sql.insert
+        };
+        let mut q = sqlx::query(sql)
             .bind(id.as_uuid())
             .bind(message.topic)
             .bind(message.partition_key)
@@ -539,7 +572,7 @@ impl PgOutbox {
             .bind(message.content_type)
             .bind(headers)
             .bind(self.inner.lock_class);
-        if self.inner.wake_up == WakeUp::InTransaction {
+        if carry {
             q = q.bind(&self.inner.channel);
         }
         // The row count tells an insert from a duplicate: no row to send
@@ -593,7 +626,13 @@ impl PgOutbox {
             payloads.push(m.payload);
             cts.push(m.content_type);
         }
-        let mut q = sqlx::query_scalar(&self.inner.sql.insert_batch)
+        let carry = self.carries_wake_up();
+        let sql = if carry {
+            &self.inner.sql.insert_batch_notify
+        } else {
+            &self.inner.sql.insert_batch
+        };
+        let mut q = sqlx::query_scalar(sql)
             .bind(ids)
             .bind(topics)
             .bind(keys)
@@ -603,7 +642,7 @@ impl PgOutbox {
             .bind(cts)
             .bind(headers)
             .bind(self.inner.lock_class);
-        if self.inner.wake_up == WakeUp::InTransaction {
+        if carry {
             q = q.bind(&self.inner.channel);
         }
         let inserted: Vec<Uuid> = q.fetch_all(executor).await?;
@@ -627,11 +666,45 @@ impl PgOutbox {
         Ok(())
     }
 
+    fn micros(&self) -> u64 {
+        // Never 0, which stands for "never".
+        self.inner.epoch.elapsed().as_micros() as u64 + 1
+    }
+
+    /// Whether this enqueue carries the wake-up: always with
+    /// [`WakeUp::InTransaction`]; with [`WakeUp::AfterCommit`], the first
+    /// enqueue after `notify_interval` without one. Its `pg_notify` is sent
+    /// when the caller's transaction commits: no transaction of its own,
+    /// and, under load, one in every so many transactions pays for it.
+    fn carries_wake_up(&self) -> bool {
+        match self.inner.wake_up {
+            WakeUp::InTransaction => true,
+            WakeUp::LocalOnly => false,
+            WakeUp::AfterCommit => {
+                let now = self.micros();
+                let last = self.inner.carried_at.load(Ordering::Acquire);
+                let interval = self.inner.notify_interval.as_micros() as u64;
+                if interval == 0 {
+                    return true;
+                }
+                (last == 0 || now.saturating_sub(last) >= interval)
+                    && self
+                        .inner
+                        .carried_at
+                        .compare_exchange(last, now, Ordering::AcqRel, Ordering::Relaxed)
+                        .is_ok()
+            }
+        }
+    }
+
     /// Wakes relays now, as after a commit.
     pub fn wake(&self) {
         self.inner.signal.notify_waiters();
         self.inner.signal.notify_one();
         if self.inner.wake_up == WakeUp::AfterCommit {
+            self.inner
+                .committed_at
+                .fetch_max(self.micros(), Ordering::AcqRel);
             self.spawn_notifier();
             self.inner.remote.notify_one();
         }
@@ -645,15 +718,25 @@ impl PgOutbox {
             let pool = self.inner.pool.clone();
             let remote = self.inner.remote.clone();
             let interval = self.inner.notify_interval;
-            // One prepared statement in its own implicit transaction. A
-            // transaction that only notifies writes no WAL of its own, so its
-            // commit never waits for a flush (measured: one WAL sync per
-            // thousand of them); an explicit BEGIN/SET/COMMIT around it cost
-            // four commands and about four times the server time.
+            // A NOTIFY of its own is one prepared statement in an implicit
+            // transaction. A transaction that only notifies writes no WAL of
+            // its own, so its commit never waits for a flush (measured: one
+            // WAL sync per thousand of them); an explicit BEGIN/SET/COMMIT
+            // around it cost four commands and about four times the server
+            // time.
             let channel = self.inner.channel.clone();
             // The task holds the outbox weakly and ends soon after the last
             // clone of it is dropped.
             let alive = Arc::downgrade(&self.inner);
+            // A commit is covered by any `pg_notify` carried by an enqueue
+            // made after it returned (that transaction commits later still,
+            // and its notification goes out then). Under load the next
+            // enqueue comes within `notify_interval` and carries one; this
+            // task sends a NOTIFY of its own only for commits that no such
+            // enqueue followed within twice the interval (at least 1 ms):
+            // the end of a burst, or commits of transactions that enqueued
+            // through another outbox.
+            let grace = (interval * 2).max(Duration::from_millis(1));
             handle.spawn(async move {
                 let mut conn: Option<PgConnection> = None;
                 loop {
@@ -666,9 +749,20 @@ impl PgOutbox {
                     {
                         continue;
                     }
-                    // Bursts of commits collapse into one NOTIFY: while this
-                    // one is in flight, further wake-ups leave one permit.
-                    let started = tokio::time::Instant::now();
+                    let Some(inner) = alive.upgrade() else { return };
+                    let committed = inner.committed_at.load(Ordering::Acquire);
+                    let due = inner.epoch + Duration::from_micros(committed) + grace;
+                    drop(inner);
+                    tokio::time::sleep_until(due.into()).await;
+                    let Some(inner) = alive.upgrade() else { return };
+                    if inner.carried_at.load(Ordering::Acquire) > committed {
+                        continue;
+                    }
+                    // Counts as carried from now: enqueues within the next
+                    // interval need not carry one.
+                    let now = inner.epoch.elapsed().as_micros() as u64 + 1;
+                    inner.carried_at.fetch_max(now, Ordering::AcqRel);
+                    drop(inner);
                     // On a connection of its own, outside the pool: no pool
                     // checkout and liveness ping per NOTIFY, and no pool slot
                     // taken from the application. A connection found broken
@@ -698,14 +792,6 @@ impl PgOutbox {
                                 conn = None;
                             }
                         }
-                    }
-                    // Commits until `interval` after this NOTIFY began share
-                    // the next one: it bounds the NOTIFY rate, and so its cost
-                    // to the database, under load. Counted from the start of
-                    // the send, so a commit that comes later goes out at once.
-                    let next = started + interval;
-                    if !interval.is_zero() && tokio::time::Instant::now() < next {
-                        tokio::time::sleep_until(next).await;
                     }
                 }
             });
