@@ -6,6 +6,11 @@
 //! cargo bench --bench relay -- --quick # reduced, under 3 minutes
 //! ```
 //!
+//! Parts and sizes for profiling one thing: `--only=write|drain|export|
+//! health|brokers|latency`, `--writers=1,8,32`, `--rows=N` (drain backlog),
+//! `--relays=1,2,4`, `--variants=ordered,unordered,numbered`,
+//! `--health-secs=N`.
+//!
 //! Results go to `target/outbox-bench/results.json` (flat keys) and a
 //! markdown table on stdout. `OUTBOX_BENCH_PG` overrides the admin URL
 //! (default `postgres://postgres@127.0.0.1:5432/postgres`).

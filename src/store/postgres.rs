@@ -813,9 +813,12 @@ impl PgOutbox {
                 ("enable_seqscan", "off"),
                 ("max_parallel_workers_per_gather", "0"),
             ]);
+            // No liveness ping before each claim: a broken connection fails
+            // its claim, the relay backs off and the pool replaces it.
             PgPoolOptions::new()
                 .max_connections(4)
                 .min_connections(0)
+                .test_before_acquire(false)
                 .idle_timeout(Duration::from_secs(60))
                 .connect_lazy_with(options)
         })
