@@ -810,12 +810,12 @@ async fn shutdown_during_a_batch_loses_nothing() {
     db.drop().await;
 }
 
-#[tokio::test]
-async fn commit_wakes_the_relay_without_polling() {
-    let (db, outbox) = setup().await;
-    let publisher = InMemoryPublisher::new();
-    // Neither a poll nor a lease renewal (every lease_ttl / 3) comes
-    // within the test's waits: only a wake-up can explain a prompt publish.
+/// A relay that neither polls nor renews its leases (every lease_ttl / 3)
+/// within a test's waits: only a wake-up can explain a prompt publish.
+async fn relay_woken_only_by_wake_ups(
+    outbox: &PgOutbox,
+    publisher: &InMemoryPublisher,
+) -> outbox::RelayHandle {
     let relay = Relay::builder(outbox.clone(), publisher.clone())
         .poll_interval(Duration::from_secs(3600))
         .lease_ttl(Duration::from_secs(3600))
@@ -823,6 +823,14 @@ async fn commit_wakes_the_relay_without_polling() {
         .unwrap();
     eventually("relay running", || relay.health().leased_buckets > 0).await;
     tokio::time::sleep(Duration::from_millis(100)).await;
+    relay
+}
+
+#[tokio::test]
+async fn commit_wakes_the_relay_without_polling() {
+    let (db, outbox) = setup().await;
+    let publisher = InMemoryPublisher::new();
+    let relay = relay_woken_only_by_wake_ups(&outbox, &publisher).await;
 
     // Same process: the in-process signal.
     let tx = {
@@ -874,15 +882,7 @@ async fn commit_wakes_the_relay_without_polling() {
 async fn carried_notifications_wake_relays_in_other_processes() {
     let (db, outbox) = setup().await;
     let publisher = InMemoryPublisher::new();
-    // Neither a poll nor a lease renewal (every lease_ttl / 3) comes
-    // within the test's waits: only a wake-up can explain a prompt publish.
-    let relay = Relay::builder(outbox.clone(), publisher.clone())
-        .poll_interval(Duration::from_secs(3600))
-        .lease_ttl(Duration::from_secs(3600))
-        .spawn()
-        .unwrap();
-    eventually("relay running", || relay.health().leased_buckets > 0).await;
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    let relay = relay_woken_only_by_wake_ups(&outbox, &publisher).await;
 
     // The producer has a pool of its own: only a notification through
     // PostgreSQL can reach the relay.
