@@ -685,6 +685,7 @@ impl PgOutbox {
                 let last = self.inner.carried_at.load(Ordering::Acquire);
                 let interval = self.inner.notify_interval.as_micros() as u64;
                 if interval == 0 {
+                    self.inner.carried_at.fetch_max(now, Ordering::AcqRel);
                     return true;
                 }
                 (last == 0 || now.saturating_sub(last) >= interval)
@@ -758,11 +759,9 @@ impl PgOutbox {
                     if inner.carried_at.load(Ordering::Acquire) > committed {
                         continue;
                     }
-                    // Counts as carried from now: enqueues within the next
-                    // interval need not carry one.
-                    let now = inner.epoch.elapsed().as_micros() as u64 + 1;
-                    inner.carried_at.fetch_max(now, Ordering::AcqRel);
+                    let started = inner.epoch.elapsed().as_micros() as u64 + 1;
                     drop(inner);
+                    let mut delivered = false;
                     // On a connection of its own, outside the pool: no pool
                     // checkout and liveness ping per NOTIFY, and no pool slot
                     // taken from the application. A connection found broken
@@ -786,12 +785,26 @@ impl PgOutbox {
                             .execute(&mut *c)
                             .await;
                         match sent {
-                            Ok(_) => break,
+                            Ok(_) => {
+                                delivered = true;
+                                break;
+                            }
                             Err(e) => {
                                 tracing::debug!(error = %e, "outbox NOTIFY failed");
                                 conn = None;
                             }
                         }
+                    }
+                    if delivered {
+                        // Counts as carried from its start: enqueues within
+                        // the next interval need not carry one.
+                        if let Some(inner) = alive.upgrade() {
+                            inner.carried_at.fetch_max(started, Ordering::AcqRel);
+                        }
+                    } else {
+                        // Not sent: try again shortly, for the same commits.
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        remote.notify_one();
                     }
                 }
             });
