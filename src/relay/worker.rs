@@ -12,7 +12,10 @@ use crate::error::{error_chain, PublishError, Result};
 use crate::message::OutboxMessage;
 use crate::publisher::Publisher;
 use crate::store::sealed::StoreOps;
-use crate::store::{Ack, Claimed, Disposition, Lease, WakeSource};
+use crate::store::{
+    Ack, AckBatch, Acquire, Claim, Claimed, Disposition, Heartbeat, Lease, Purge, Release, Renew,
+    WakeSource,
+};
 
 /// Wall-clock time derived from tokio's clock, so retry schedules follow
 /// paused time in tests and never jump with the system clock.
@@ -234,7 +237,11 @@ impl Worker {
         }
         self.prefetch = None;
         // Give the buckets back so other relays need not wait for expiry.
-        if let Err(e) = self.store.release(relay, &self.leases).await {
+        let release = Release {
+            relay,
+            leases: &self.leases,
+        };
+        if let Err(e) = self.store.release(release).await {
             tracing::warn!(error = %error_chain(&e), "outbox relay: releasing leases failed; they expire on their own");
         }
         let _ = self.store.leave(relay).await;
@@ -295,8 +302,13 @@ impl Worker {
         // later than ours, so we stop publishing before anyone can take
         // over.
         let started = Instant::now();
-        let live = self.store.heartbeat(relay, ttl).await?;
-        let mut leases = self.store.renew(relay, &self.leases, ttl).await?;
+        let live = self.store.heartbeat(Heartbeat { relay, ttl }).await?;
+        let renew = Renew {
+            relay,
+            leases: &self.leases,
+            ttl,
+        };
+        let mut leases = self.store.renew(renew).await?;
         if leases.len() < self.leases.len() {
             tracing::info!(
                 relay = %relay,
@@ -306,15 +318,17 @@ impl Worker {
         }
         let target = (self.bucket_count as usize).div_ceil(live.max(1));
         if leases.len() < target {
-            let more = self
-                .store
-                .acquire(relay, target - leases.len(), ttl)
-                .await?;
+            let max = target - leases.len();
+            let more = self.store.acquire(Acquire { relay, max, ttl }).await?;
             leases.extend(more);
         } else if leases.len() > target {
             leases.sort_by_key(|l| l.bucket);
             let extra = leases.split_off(target);
-            self.store.release(relay, &extra).await?;
+            let release = Release {
+                relay,
+                leases: &extra,
+            };
+            self.store.release(release).await?;
         }
         leases.sort_by_key(|l| l.bucket);
         if leases != self.leases {
@@ -389,11 +403,11 @@ impl Worker {
             // Bounded work per tick, so a large backlog of expired rows never
             // turns into one long-running delete.
             for _ in 0..10 {
-                match self
-                    .store
-                    .purge_published(cutoff, self.config.purge_batch)
-                    .await
-                {
+                let purge = Purge {
+                    before: cutoff,
+                    limit: self.config.purge_batch,
+                };
+                match self.store.purge_published(purge).await {
                     Ok(n) if n as i64 >= self.config.purge_batch => continue,
                     Ok(_) => break,
                     Err(e) => {
@@ -461,17 +475,14 @@ impl Worker {
         }
         let acks = self.publish_batch(claimed).instrument(span.clone()).await;
         let retain = matches!(self.config.retention, Retention::Keep(_));
-        let report = self
-            .store
-            .ack(
-                self.config.relay_id,
-                &self.leases,
-                &acks,
-                retain,
-                self.clock.now(),
-            )
-            .instrument(span.clone())
-            .await?;
+        let batch = AckBatch {
+            relay: self.config.relay_id,
+            leases: &self.leases,
+            acks: &acks,
+            retain,
+            now: self.clock.now(),
+        };
+        let report = self.store.ack(batch).instrument(span.clone()).await?;
         if report.fenced > 0 {
             self.prefetch = None;
         } else if self.prefetch.is_some() {
@@ -543,9 +554,14 @@ impl Worker {
             self.config.batch_size as i64,
         );
         async move {
-            store
-                .claim(buckets.as_deref(), count, now, limit, &exclude)
-                .await
+            let claim = Claim {
+                buckets: buckets.as_deref(),
+                bucket_count: count,
+                now,
+                limit,
+                exclude: &exclude,
+            };
+            store.claim(claim).await
         }
     }
 
@@ -581,7 +597,12 @@ impl Worker {
                 results = &mut publish => return results,
                 _ = tokio::time::sleep_until(renew_at) => {
                     let started = Instant::now();
-                    match self.store.renew(self.config.relay_id, &self.leases, ttl).await {
+                    let renew = Renew {
+                        relay: self.config.relay_id,
+                        leases: &self.leases,
+                        ttl,
+                    };
+                    match self.store.renew(renew).await {
                         Ok(kept) => {
                             if kept.len() < self.leases.len() {
                                 self.prefetch = None;

@@ -317,6 +317,93 @@ pub struct StoreStats {
     pub(crate) autovacuum: Option<bool>,
 }
 
+/// Parameters of [`StoreOps::heartbeat`](sealed::StoreOps::heartbeat).
+#[derive(Debug, Clone, Copy)]
+#[allow(unreachable_pub)] // sealed: reachable only through `Store`
+pub struct Heartbeat {
+    /// The relay that is alive.
+    pub(crate) relay: Uuid,
+    /// How long its heartbeat counts.
+    pub(crate) ttl: Duration,
+}
+
+/// Parameters of [`StoreOps::renew`](sealed::StoreOps::renew).
+#[derive(Debug, Clone, Copy)]
+#[allow(unreachable_pub)] // sealed: reachable only through `Store`
+pub struct Renew<'a> {
+    /// The relay that holds the leases.
+    pub(crate) relay: Uuid,
+    /// The leases it believes it holds; only those with the same epoch are
+    /// extended.
+    pub(crate) leases: &'a [Lease],
+    /// The new time to live, counted from the database's clock.
+    pub(crate) ttl: Duration,
+}
+
+/// Parameters of [`StoreOps::acquire`](sealed::StoreOps::acquire).
+#[derive(Debug, Clone, Copy)]
+#[allow(unreachable_pub)] // sealed: reachable only through `Store`
+pub struct Acquire {
+    /// The relay taking buckets.
+    pub(crate) relay: Uuid,
+    /// At most this many.
+    pub(crate) max: usize,
+    /// Their time to live.
+    pub(crate) ttl: Duration,
+}
+
+/// Parameters of [`StoreOps::release`](sealed::StoreOps::release).
+#[derive(Debug, Clone, Copy)]
+#[allow(unreachable_pub)] // sealed: reachable only through `Store`
+pub struct Release<'a> {
+    /// The relay giving buckets back.
+    pub(crate) relay: Uuid,
+    /// The leases it gives back (ignored where the epoch moved on).
+    pub(crate) leases: &'a [Lease],
+}
+
+/// Parameters of [`StoreOps::claim`](sealed::StoreOps::claim).
+#[derive(Debug, Clone, Copy)]
+#[allow(unreachable_pub)] // sealed: reachable only through `Store`
+pub struct Claim<'a> {
+    /// The buckets to read, or `None` for all of them.
+    pub(crate) buckets: Option<&'a [i32]>,
+    /// Number of buckets the key space is hashed into.
+    pub(crate) bucket_count: i32,
+    /// Messages due after this are left for later.
+    pub(crate) now: DateTime<Utc>,
+    /// At most this many messages.
+    pub(crate) limit: i64,
+    /// Positions still in flight (the batch being published), left out.
+    pub(crate) exclude: &'a [i64],
+}
+
+/// Parameters of [`StoreOps::ack`](sealed::StoreOps::ack).
+#[derive(Debug, Clone, Copy)]
+#[allow(unreachable_pub)] // sealed: reachable only through `Store`
+pub struct AckBatch<'a> {
+    /// The relay acknowledging.
+    pub(crate) relay: Uuid,
+    /// The leases it holds: the fencing tokens every ack is checked against.
+    pub(crate) leases: &'a [Lease],
+    /// The acknowledgements.
+    pub(crate) acks: &'a [Ack],
+    /// Keep published messages (retention) instead of deleting them.
+    pub(crate) retain: bool,
+    /// The relay's clock, stamped on retained messages.
+    pub(crate) now: DateTime<Utc>,
+}
+
+/// Parameters of [`StoreOps::purge_published`](sealed::StoreOps::purge_published).
+#[derive(Debug, Clone, Copy)]
+#[allow(unreachable_pub)] // sealed: reachable only through `Store`
+pub struct Purge {
+    /// Retained messages published before this go.
+    pub(crate) before: DateTime<Utc>,
+    /// At most this many in one call.
+    pub(crate) limit: i64,
+}
+
 /// A source of cross-process wake-ups (PostgreSQL LISTEN).
 #[async_trait]
 #[allow(unreachable_pub)] // sealed: reachable only through `Store`
@@ -338,41 +425,27 @@ pub(crate) mod sealed {
         /// Number of virtual partitions.
         async fn bucket_count(&self) -> Result<i32>;
         /// Records the relay as alive; returns how many relays are alive.
-        async fn heartbeat(&self, relay: Uuid, ttl: Duration) -> Result<usize>;
+        async fn heartbeat(&self, p: Heartbeat) -> Result<usize>;
         /// Extends the leases still held with the same epoch; returns them.
-        async fn renew(&self, relay: Uuid, leases: &[Lease], ttl: Duration) -> Result<Vec<Lease>>;
+        async fn renew(&self, p: Renew<'_>) -> Result<Vec<Lease>>;
         /// Takes up to `max` free or expired buckets.
-        async fn acquire(&self, relay: Uuid, max: usize, ttl: Duration) -> Result<Vec<Lease>>;
+        async fn acquire(&self, p: Acquire) -> Result<Vec<Lease>>;
         /// Gives buckets back so another relay can take them at once.
-        async fn release(&self, relay: Uuid, leases: &[Lease]) -> Result<()>;
+        async fn release(&self, p: Release<'_>) -> Result<()>;
         /// Removes the relay's heartbeat row.
         async fn leave(&self, relay: Uuid) -> Result<()>;
         /// Reads up to `limit` messages of the given buckets (all if
         /// `None`), in position order, skipping those not yet due and those
         /// behind a blocked key.
-        async fn claim(
-            &self,
-            buckets: Option<&[i32]>,
-            bucket_count: i32,
-            now: DateTime<Utc>,
-            limit: i64,
-            exclude: &[i64],
-        ) -> Result<Vec<Claimed>>;
+        async fn claim(&self, p: Claim<'_>) -> Result<Vec<Claimed>>;
         /// The last published per-key sequence number of each key that has
         /// one.
         async fn key_sequences(&self, keys: &[String]) -> Result<HashMap<String, i64>>;
         /// Applies acknowledgements, fenced by the leases' epochs.
-        async fn ack(
-            &self,
-            relay: Uuid,
-            leases: &[Lease],
-            acks: &[Ack],
-            retain: bool,
-            now: DateTime<Utc>,
-        ) -> Result<AckReport>;
+        async fn ack(&self, p: AckBatch<'_>) -> Result<AckReport>;
         /// Deletes up to `limit` retained published messages older than
         /// `before`.
-        async fn purge_published(&self, before: DateTime<Utc>, limit: i64) -> Result<u64>;
+        async fn purge_published(&self, p: Purge) -> Result<u64>;
         /// Gauges for metrics.
         async fn stats(&self) -> Result<StoreStats>;
         /// Vacuums the messages table now.

@@ -16,8 +16,9 @@ use uuid::Uuid;
 
 use super::sealed::StoreOps;
 use super::{
-    check_schema_version, split_inserted, Ack, AckPlan, AckReport, Claimed, DeadLetter,
-    Disposition, Lease, Store, StoreStats, TableNames, WakeSource,
+    check_schema_version, split_inserted, AckBatch, AckPlan, AckReport, Acquire, Claim, Claimed,
+    DeadLetter, Disposition, Heartbeat, Lease, Purge, Release, Renew, Store, StoreStats,
+    TableNames, WakeSource,
 };
 use crate::error::{Error, Result};
 use crate::event::Event;
@@ -1018,7 +1019,8 @@ impl StoreOps for PgOutbox {
             .await?)
     }
 
-    async fn heartbeat(&self, relay: Uuid, ttl: Duration) -> Result<usize> {
+    async fn heartbeat(&self, p: Heartbeat) -> Result<usize> {
+        let Heartbeat { relay, ttl } = p;
         let n: i64 = sqlx::query_scalar(&self.inner.sql.heartbeat)
             .bind(relay)
             .bind(secs(ttl))
@@ -1027,7 +1029,8 @@ impl StoreOps for PgOutbox {
         Ok(n.max(1) as usize)
     }
 
-    async fn renew(&self, relay: Uuid, leases: &[Lease], ttl: Duration) -> Result<Vec<Lease>> {
+    async fn renew(&self, p: Renew<'_>) -> Result<Vec<Lease>> {
+        let Renew { relay, leases, ttl } = p;
         if leases.is_empty() {
             return Ok(Vec::new());
         }
@@ -1042,7 +1045,8 @@ impl StoreOps for PgOutbox {
         leases_from_rows(rows)
     }
 
-    async fn acquire(&self, relay: Uuid, max: usize, ttl: Duration) -> Result<Vec<Lease>> {
+    async fn acquire(&self, p: Acquire) -> Result<Vec<Lease>> {
+        let Acquire { relay, max, ttl } = p;
         if max == 0 {
             return Ok(Vec::new());
         }
@@ -1055,7 +1059,8 @@ impl StoreOps for PgOutbox {
         leases_from_rows(rows)
     }
 
-    async fn release(&self, relay: Uuid, leases: &[Lease]) -> Result<()> {
+    async fn release(&self, p: Release<'_>) -> Result<()> {
+        let Release { relay, leases } = p;
         if leases.is_empty() {
             return Ok(());
         }
@@ -1077,14 +1082,14 @@ impl StoreOps for PgOutbox {
         Ok(())
     }
 
-    async fn claim(
-        &self,
-        buckets: Option<&[i32]>,
-        bucket_count: i32,
-        now: DateTime<Utc>,
-        limit: i64,
-        exclude: &[i64],
-    ) -> Result<Vec<Claimed>> {
+    async fn claim(&self, p: Claim<'_>) -> Result<Vec<Claimed>> {
+        let Claim {
+            buckets,
+            bucket_count,
+            now,
+            limit,
+            exclude,
+        } = p;
         let q = match buckets {
             None => sqlx::query(&self.inner.sql.claim_all)
                 .bind(now)
@@ -1116,14 +1121,14 @@ impl StoreOps for PgOutbox {
             .collect()
     }
 
-    async fn ack(
-        &self,
-        relay: Uuid,
-        leases: &[Lease],
-        acks: &[Ack],
-        retain: bool,
-        now: DateTime<Utc>,
-    ) -> Result<AckReport> {
+    async fn ack(&self, p: AckBatch<'_>) -> Result<AckReport> {
+        let AckBatch {
+            relay,
+            leases,
+            acks,
+            retain,
+            now,
+        } = p;
         if acks.is_empty() {
             return Ok(AckReport::default());
         }
@@ -1265,7 +1270,8 @@ impl StoreOps for PgOutbox {
         Ok(rows.into_iter().collect())
     }
 
-    async fn purge_published(&self, before: DateTime<Utc>, limit: i64) -> Result<u64> {
+    async fn purge_published(&self, p: Purge) -> Result<u64> {
+        let Purge { before, limit } = p;
         Ok(sqlx::query(&self.inner.sql.purge)
             .bind(before)
             .bind(limit)

@@ -24,8 +24,8 @@ use uuid::Uuid;
 
 use super::sealed::StoreOps;
 use super::{
-    check_schema_version, split_inserted, Ack, AckPlan, AckReport, Claimed, DeadLetter, Lease,
-    Store, StoreStats, TableNames, WakeSource,
+    check_schema_version, split_inserted, AckBatch, AckPlan, AckReport, Acquire, Claim, Claimed,
+    DeadLetter, Heartbeat, Lease, Purge, Release, Renew, Store, StoreStats, TableNames, WakeSource,
 };
 use crate::error::{Error, Result};
 use crate::event::Event;
@@ -694,7 +694,8 @@ impl StoreOps for SqliteOutbox {
             .await?)
     }
 
-    async fn heartbeat(&self, relay: Uuid, ttl: Duration) -> Result<usize> {
+    async fn heartbeat(&self, p: Heartbeat) -> Result<usize> {
+        let Heartbeat { relay, ttl } = p;
         let now = Utc::now();
         let relay = relay.as_bytes().to_vec();
         let mut tx = self.inner.pool.begin().await?;
@@ -719,7 +720,8 @@ impl StoreOps for SqliteOutbox {
         Ok((others + 1).max(1) as usize)
     }
 
-    async fn renew(&self, relay: Uuid, leases: &[Lease], ttl: Duration) -> Result<Vec<Lease>> {
+    async fn renew(&self, p: Renew<'_>) -> Result<Vec<Lease>> {
+        let Renew { relay, leases, ttl } = p;
         if leases.is_empty() {
             return Ok(Vec::new());
         }
@@ -741,7 +743,8 @@ impl StoreOps for SqliteOutbox {
         Ok(kept)
     }
 
-    async fn acquire(&self, relay: Uuid, max: usize, ttl: Duration) -> Result<Vec<Lease>> {
+    async fn acquire(&self, p: Acquire) -> Result<Vec<Lease>> {
+        let Acquire { relay, max, ttl } = p;
         if max == 0 {
             return Ok(Vec::new());
         }
@@ -757,7 +760,8 @@ impl StoreOps for SqliteOutbox {
         leases_from_rows(&rows)
     }
 
-    async fn release(&self, relay: Uuid, leases: &[Lease]) -> Result<()> {
+    async fn release(&self, p: Release<'_>) -> Result<()> {
+        let Release { relay, leases } = p;
         let relay = relay.as_bytes().to_vec();
         for l in leases {
             sqlx::query(&self.inner.sql.release)
@@ -778,14 +782,14 @@ impl StoreOps for SqliteOutbox {
         Ok(())
     }
 
-    async fn claim(
-        &self,
-        buckets: Option<&[i32]>,
-        _bucket_count: i32,
-        now: DateTime<Utc>,
-        limit: i64,
-        exclude: &[i64],
-    ) -> Result<Vec<Claimed>> {
+    async fn claim(&self, p: Claim<'_>) -> Result<Vec<Claimed>> {
+        let Claim {
+            buckets,
+            now,
+            limit,
+            exclude,
+            ..
+        } = p;
         // Every message is in the one bucket.
         if buckets.is_some_and(|b| !b.contains(&BUCKET)) {
             return Ok(Vec::new());
@@ -816,14 +820,14 @@ impl StoreOps for SqliteOutbox {
             .collect()
     }
 
-    async fn ack(
-        &self,
-        relay: Uuid,
-        leases: &[Lease],
-        acks: &[Ack],
-        retain: bool,
-        now: DateTime<Utc>,
-    ) -> Result<AckReport> {
+    async fn ack(&self, p: AckBatch<'_>) -> Result<AckReport> {
+        let AckBatch {
+            relay,
+            leases,
+            acks,
+            retain,
+            now,
+        } = p;
         if acks.is_empty() {
             return Ok(AckReport::default());
         }
@@ -947,7 +951,8 @@ impl StoreOps for SqliteOutbox {
         Ok(rows.into_iter().collect())
     }
 
-    async fn purge_published(&self, before: DateTime<Utc>, limit: i64) -> Result<u64> {
+    async fn purge_published(&self, p: Purge) -> Result<u64> {
+        let Purge { before, limit } = p;
         Ok(sqlx::query(&self.inner.sql.purge)
             .bind(micros(before))
             .bind(limit)
@@ -991,7 +996,7 @@ mod tests {
     use sqlx::sqlite::SqlitePoolOptions;
 
     use super::*;
-    use crate::store::Disposition;
+    use crate::store::{Ack, Disposition};
 
     async fn outbox() -> SqliteOutbox {
         // One connection that never closes: the in-memory database lives
@@ -1044,11 +1049,42 @@ mod tests {
         o.check_schema().await.unwrap();
         assert_eq!(o.bucket_count().await.unwrap(), 1);
         assert!(o.listen().await.unwrap().is_none());
-        assert_eq!(o.heartbeat(r1, TTL).await.unwrap(), 1);
-        assert_eq!(o.heartbeat(r2, TTL).await.unwrap(), 2);
-        assert_eq!(o.heartbeat(r1, TTL).await.unwrap(), 2);
+        assert_eq!(
+            o.heartbeat(Heartbeat {
+                relay: r1,
+                ttl: TTL
+            })
+            .await
+            .unwrap(),
+            1
+        );
+        assert_eq!(
+            o.heartbeat(Heartbeat {
+                relay: r2,
+                ttl: TTL
+            })
+            .await
+            .unwrap(),
+            2
+        );
+        assert_eq!(
+            o.heartbeat(Heartbeat {
+                relay: r1,
+                ttl: TTL
+            })
+            .await
+            .unwrap(),
+            2
+        );
 
-        let l1 = o.acquire(r1, 1, TTL).await.unwrap();
+        let l1 = o
+            .acquire(Acquire {
+                relay: r1,
+                max: 1,
+                ttl: TTL,
+            })
+            .await
+            .unwrap();
         assert_eq!(
             l1,
             vec![Lease {
@@ -1056,29 +1092,73 @@ mod tests {
                 epoch: 1
             }]
         );
-        assert!(o.acquire(r2, 1, TTL).await.unwrap().is_empty());
-        assert_eq!(o.renew(r1, &l1, TTL).await.unwrap(), l1);
-
-        enqueue(&o, Some("a")).await;
-        enqueue(&o, None).await;
-        let claimed = o.claim(None, 1, Utc::now(), 10, &[]).await.unwrap();
-        assert_eq!(claimed.len(), 2);
-        assert!(claimed.iter().all(|c| c.bucket == 0));
         assert!(o
-            .claim(Some(&[3]), 1, Utc::now(), 10, &[])
+            .acquire(Acquire {
+                relay: r2,
+                max: 1,
+                ttl: TTL
+            })
             .await
             .unwrap()
             .is_empty());
         assert_eq!(
-            o.claim(Some(&[0]), 1, Utc::now(), 10, &[])
-                .await
-                .unwrap()
-                .len(),
+            o.renew(Renew {
+                relay: r1,
+                leases: &l1,
+                ttl: TTL
+            })
+            .await
+            .unwrap(),
+            l1
+        );
+
+        enqueue(&o, Some("a")).await;
+        enqueue(&o, None).await;
+        let claimed = o
+            .claim(Claim {
+                buckets: None,
+                bucket_count: 1,
+                now: Utc::now(),
+                limit: 10,
+                exclude: &[],
+            })
+            .await
+            .unwrap();
+        assert_eq!(claimed.len(), 2);
+        assert!(claimed.iter().all(|c| c.bucket == 0));
+        assert!(o
+            .claim(Claim {
+                buckets: Some(&[3]),
+                bucket_count: 1,
+                now: Utc::now(),
+                limit: 10,
+                exclude: &[]
+            })
+            .await
+            .unwrap()
+            .is_empty());
+        assert_eq!(
+            o.claim(Claim {
+                buckets: Some(&[0]),
+                bucket_count: 1,
+                now: Utc::now(),
+                limit: 10,
+                exclude: &[]
+            })
+            .await
+            .unwrap()
+            .len(),
             2
         );
         // Positions in flight are left out of a claim.
         let rest = o
-            .claim(None, 1, Utc::now(), 10, &[claimed[0].message.seq])
+            .claim(Claim {
+                buckets: None,
+                bucket_count: 1,
+                now: Utc::now(),
+                limit: 10,
+                exclude: &[claimed[0].message.seq],
+            })
             .await
             .unwrap();
         assert_eq!(rest.len(), 1);
@@ -1098,7 +1178,13 @@ mod tests {
             (r1, vec![]),
         ] {
             let rep = o
-                .ack(relay, &leases, &acks, false, Utc::now())
+                .ack(AckBatch {
+                    relay,
+                    leases: &leases,
+                    acks: &acks,
+                    retain: false,
+                    now: Utc::now(),
+                })
                 .await
                 .unwrap();
             assert_eq!(
@@ -1113,10 +1199,35 @@ mod tests {
         assert_eq!(o.pending_count().await.unwrap(), 2);
 
         // Hand-over: the epoch grows and the old holder is fenced.
-        o.release(r2, &l1).await.unwrap(); // not r2's: no effect
-        assert!(o.acquire(r2, 1, TTL).await.unwrap().is_empty());
-        o.release(r1, &l1).await.unwrap();
-        let l2 = o.acquire(r2, 1, TTL).await.unwrap();
+        o.release(Release {
+            relay: r2,
+            leases: &l1,
+        })
+        .await
+        .unwrap(); // not r2's: no effect
+        assert!(o
+            .acquire(Acquire {
+                relay: r2,
+                max: 1,
+                ttl: TTL
+            })
+            .await
+            .unwrap()
+            .is_empty());
+        o.release(Release {
+            relay: r1,
+            leases: &l1,
+        })
+        .await
+        .unwrap();
+        let l2 = o
+            .acquire(Acquire {
+                relay: r2,
+                max: 1,
+                ttl: TTL,
+            })
+            .await
+            .unwrap();
         assert_eq!(
             l2,
             vec![Lease {
@@ -1124,10 +1235,36 @@ mod tests {
                 epoch: 2
             }]
         );
-        assert!(o.renew(r1, &l1, TTL).await.unwrap().is_empty());
-        let rep = o.ack(r1, &l1, &acks, false, Utc::now()).await.unwrap();
+        assert!(o
+            .renew(Renew {
+                relay: r1,
+                leases: &l1,
+                ttl: TTL
+            })
+            .await
+            .unwrap()
+            .is_empty());
+        let rep = o
+            .ack(AckBatch {
+                relay: r1,
+                leases: &l1,
+                acks: &acks,
+                retain: false,
+                now: Utc::now(),
+            })
+            .await
+            .unwrap();
         assert_eq!(rep.fenced, 2);
-        let rep = o.ack(r2, &l2, &acks, false, Utc::now()).await.unwrap();
+        let rep = o
+            .ack(AckBatch {
+                relay: r2,
+                leases: &l2,
+                acks: &acks,
+                retain: false,
+                now: Utc::now(),
+            })
+            .await
+            .unwrap();
         assert_eq!(
             rep,
             AckReport {
@@ -1139,10 +1276,29 @@ mod tests {
         assert_eq!(o.pending_count().await.unwrap(), 0);
 
         // An expired lease can be taken; a live one cannot.
-        let short = o.acquire(r1, 1, TTL).await.unwrap();
+        let short = o
+            .acquire(Acquire {
+                relay: r1,
+                max: 1,
+                ttl: TTL,
+            })
+            .await
+            .unwrap();
         assert!(short.is_empty(), "r2's lease is live");
-        o.release(r2, &l2).await.unwrap();
-        let l3 = o.acquire(r1, 1, Duration::from_millis(1)).await.unwrap();
+        o.release(Release {
+            relay: r2,
+            leases: &l2,
+        })
+        .await
+        .unwrap();
+        let l3 = o
+            .acquire(Acquire {
+                relay: r1,
+                max: 1,
+                ttl: Duration::from_millis(1),
+            })
+            .await
+            .unwrap();
         assert_eq!(
             l3,
             vec![Lease {
@@ -1151,7 +1307,14 @@ mod tests {
             }]
         );
         tokio::time::sleep(Duration::from_millis(5)).await;
-        let l4 = o.acquire(r2, 1, TTL).await.unwrap();
+        let l4 = o
+            .acquire(Acquire {
+                relay: r2,
+                max: 1,
+                ttl: TTL,
+            })
+            .await
+            .unwrap();
         assert_eq!(
             l4,
             vec![Lease {
@@ -1159,22 +1322,54 @@ mod tests {
                 epoch: 4
             }]
         );
-        assert!(o.renew(r1, &l3, TTL).await.unwrap().is_empty());
+        assert!(o
+            .renew(Renew {
+                relay: r1,
+                leases: &l3,
+                ttl: TTL
+            })
+            .await
+            .unwrap()
+            .is_empty());
 
         o.leave(r1).await.unwrap();
-        assert_eq!(o.heartbeat(r2, TTL).await.unwrap(), 1);
+        assert_eq!(
+            o.heartbeat(Heartbeat {
+                relay: r2,
+                ttl: TTL
+            })
+            .await
+            .unwrap(),
+            1
+        );
     }
 
     #[tokio::test]
     async fn retries_block_and_unblock_keys() {
         let o = outbox().await;
         let r = Uuid::now_v7();
-        let leases = o.acquire(r, 1, TTL).await.unwrap();
+        let leases = o
+            .acquire(Acquire {
+                relay: r,
+                max: 1,
+                ttl: TTL,
+            })
+            .await
+            .unwrap();
         let first = enqueue(&o, Some("k")).await;
         let second = enqueue(&o, Some("k")).await;
         let free = enqueue(&o, None).await;
         let now = Utc::now();
-        let claimed = o.claim(None, 1, now, 10, &[]).await.unwrap();
+        let claimed = o
+            .claim(Claim {
+                buckets: None,
+                bucket_count: 1,
+                now,
+                limit: 10,
+                exclude: &[],
+            })
+            .await
+            .unwrap();
         assert_eq!(claimed.len(), 3);
 
         let later = now + chrono::Duration::hours(1);
@@ -1186,7 +1381,16 @@ mod tests {
                 block_key: true,
             },
         );
-        let rep = o.ack(r, &leases, &[retry], false, now).await.unwrap();
+        let rep = o
+            .ack(AckBatch {
+                relay: r,
+                leases: &leases,
+                acks: &[retry],
+                retain: false,
+                now,
+            })
+            .await
+            .unwrap();
         assert_eq!(rep.applied, 1);
         let (attempts, at, err): (i32, i64, String) = sqlx::query_as(
             "SELECT attempts, available_at, last_error FROM outbox_messages ORDER BY seq LIMIT 1",
@@ -1200,10 +1404,28 @@ mod tests {
         // Not due yet, and the key is blocked behind it.
         let ids = |c: Vec<Claimed>| c.into_iter().map(|c| c.message.id).collect::<Vec<_>>();
         assert_eq!(
-            ids(o.claim(None, 1, now, 10, &[]).await.unwrap()),
+            ids(o
+                .claim(Claim {
+                    buckets: None,
+                    bucket_count: 1,
+                    now,
+                    limit: 10,
+                    exclude: &[]
+                })
+                .await
+                .unwrap()),
             vec![free]
         );
-        let due = o.claim(None, 1, later, 10, &[]).await.unwrap();
+        let due = o
+            .claim(Claim {
+                buckets: None,
+                bucket_count: 1,
+                now: later,
+                limit: 10,
+                exclude: &[],
+            })
+            .await
+            .unwrap();
         assert_eq!(ids(due.clone()), vec![first, free]);
         assert_eq!(due[0].message.attempt, 2);
         let stats = o.stats().await.unwrap();
@@ -1213,11 +1435,26 @@ mod tests {
 
         // Published after a retry: the key is unblocked.
         let rep = o
-            .ack(r, &leases, &published(&due[..1]), true, later)
+            .ack(AckBatch {
+                relay: r,
+                leases: &leases,
+                acks: &published(&due[..1]),
+                retain: true,
+                now: later,
+            })
             .await
             .unwrap();
         assert_eq!(rep.applied, 1);
-        let next = o.claim(None, 1, later, 10, &[]).await.unwrap();
+        let next = o
+            .claim(Claim {
+                buckets: None,
+                bucket_count: 1,
+                now: later,
+                limit: 10,
+                exclude: &[],
+            })
+            .await
+            .unwrap();
         assert_eq!(ids(next.clone()), vec![second, free]);
         let kept = o.published(10).await.unwrap();
         assert_eq!(kept.len(), 1);
@@ -1232,10 +1469,27 @@ mod tests {
                 block_key: true,
             },
         );
-        o.ack(r, &leases, &[dead], false, later).await.unwrap();
+        o.ack(AckBatch {
+            relay: r,
+            leases: &leases,
+            acks: &[dead],
+            retain: false,
+            now: later,
+        })
+        .await
+        .unwrap();
         let third = enqueue(&o, Some("k")).await;
         assert_eq!(
-            ids(o.claim(None, 1, later, 10, &[]).await.unwrap()),
+            ids(o
+                .claim(Claim {
+                    buckets: None,
+                    bucket_count: 1,
+                    now: later,
+                    limit: 10,
+                    exclude: &[]
+                })
+                .await
+                .unwrap()),
             vec![free]
         );
         let dl = o.dead_letters(10).await.unwrap();
@@ -1244,14 +1498,39 @@ mod tests {
         assert_eq!(dl[0].last_error, "rejected");
         assert_eq!(o.stats().await.unwrap().dead_letters, 1);
         o.replay_dead_letter(second).await.unwrap();
-        let after = o.claim(None, 1, later, 10, &[]).await.unwrap();
+        let after = o
+            .claim(Claim {
+                buckets: None,
+                bucket_count: 1,
+                now: later,
+                limit: 10,
+                exclude: &[],
+            })
+            .await
+            .unwrap();
         assert_eq!(ids(after.clone()), vec![second, free, third]);
         assert_eq!(after[0].message.attempt, 1);
 
         // Purge retained rows older than the cut-off.
-        assert_eq!(o.purge_published(later, 10).await.unwrap(), 0);
+        assert_eq!(
+            o.purge_published(Purge {
+                before: later,
+                limit: 10
+            })
+            .await
+            .unwrap(),
+            0
+        );
         let cutoff = later + chrono::Duration::seconds(1);
-        assert_eq!(o.purge_published(cutoff, 10).await.unwrap(), 1);
+        assert_eq!(
+            o.purge_published(Purge {
+                before: cutoff,
+                limit: 10
+            })
+            .await
+            .unwrap(),
+            1
+        );
         assert!(o.published(10).await.unwrap().is_empty());
     }
 }
