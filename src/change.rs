@@ -29,7 +29,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use crate::error::{Error, Result};
-use crate::message::NewMessage;
+use crate::message::{check_json, check_name, NewMessage};
 
 /// What happened to the entity.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -129,6 +129,20 @@ impl Change {
     pub fn with_before<T: Serialize + ?Sized>(mut self, before: &T) -> Result<Self> {
         self.before = Some(to_value(before)?);
         Ok(self)
+    }
+
+    /// Checks everything a database could refuse, before anything is
+    /// sent: a refused statement would abort the caller's transaction.
+    pub(crate) fn validate(&self) -> Result<()> {
+        check_name("entity type", &self.entity_type)?;
+        check_name("entity key", &self.key)?;
+        if let Some(d) = &self.data {
+            check_json("change data", d)?;
+        }
+        if let Some(b) = &self.before {
+            check_json("change before values", b)?;
+        }
+        Ok(())
     }
 
     /// The entity type (for example `candidate`).
@@ -313,6 +327,30 @@ mod tests {
     use serde_json::json;
 
     use super::*;
+
+    #[test]
+    fn changes_a_database_would_refuse_fail_validation() {
+        let ok = Change::insert("candidate", "42", &json!({"name": "Ada"})).unwrap();
+        assert!(ok.validate().is_ok());
+        let bad = [
+            Change::insert("candidate", "4\u{0}2", &json!({})).unwrap(),
+            Change::insert("cand\0idate", "42", &json!({})).unwrap(),
+            Change::insert("candidate", "", &json!({})).unwrap(),
+            Change::insert("candidate", "42", &json!({"name": "A\u{0}da"})).unwrap(),
+            Change::update("candidate", "42", &json!({"a": 1}), &json!({"a\u{0}": 2}))
+                .unwrap()
+                .unwrap(),
+            Change::delete("candidate", "42")
+                .with_before(&json!({"n": "\u{0}"}))
+                .unwrap(),
+        ];
+        for c in bad {
+            assert!(
+                matches!(c.validate(), Err(Error::InvalidMessage(_))),
+                "{c:?} passed"
+            );
+        }
+    }
 
     fn roundtrip(before: Value, after: Value) {
         match diff(&before, &after) {

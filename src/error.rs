@@ -50,9 +50,10 @@ pub enum Error {
         #[source]
         source: serde_json::Error,
     },
-    /// The database reported an error.
-    #[error("database error")]
-    Database(#[source] sqlx::Error),
+    /// The database reported an error. Its message is the driver's, with
+    /// the server's own words for errors the server returned.
+    #[error(transparent)]
+    Database(sqlx::Error),
     /// The outbox tables are at a newer migration version than this build of
     /// the crate knows; running it against them could corrupt data.
     #[error("outbox schema is at version {found}, newer than the {supported} this version of the crate supports")]

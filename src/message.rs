@@ -22,6 +22,10 @@ pub const CONTENT_TYPE_BYTES: &str = "application/octet-stream";
 /// bytes. Longer values are a typed error at construction.
 pub const MAX_NAME_LEN: usize = 1024;
 
+/// Longest header value, in bytes: well above what brokers and HTTP
+/// servers accept in one header (8 KiB is a common limit).
+pub const MAX_HEADER_VALUE_LEN: usize = 64 * 1024;
+
 /// A message's id: a UUIDv7 by default, and the idempotency key consumers
 /// deduplicate on.
 ///
@@ -233,39 +237,14 @@ impl NewMessage {
     /// error, so a bad message fails before the caller's transaction is
     /// touched.
     pub(crate) fn validate(&self) -> Result<()> {
-        fn name(field: &str, v: &str) -> Result<()> {
-            if v.is_empty() {
-                return Err(Error::InvalidMessage(format!("{field} is empty")));
-            }
-            check_text(field, v)
-        }
-        fn check_text(field: &str, v: &str) -> Result<()> {
-            if v.len() > MAX_NAME_LEN {
-                return Err(Error::InvalidMessage(format!(
-                    "{field} is {} bytes, more than {MAX_NAME_LEN}",
-                    v.len()
-                )));
-            }
-            if v.contains('\0') {
-                return Err(Error::InvalidMessage(format!(
-                    "{field} contains a NUL byte"
-                )));
-            }
-            Ok(())
-        }
-        name("topic", &self.topic)?;
-        name("event type", &self.event_type)?;
-        name("content type", &self.content_type)?;
+        check_name("topic", &self.topic)?;
+        check_name("event type", &self.event_type)?;
+        check_name("content type", &self.content_type)?;
         if let Some(k) = &self.partition_key {
-            name("partition key", k)?;
+            check_name("partition key", k)?;
         }
         for (k, v) in &self.headers {
-            name("header name", k)?;
-            if v.contains('\0') {
-                return Err(Error::InvalidMessage(format!(
-                    "header {k:?} contains a NUL byte"
-                )));
-            }
+            check_header(k, v)?;
         }
         Ok(())
     }
@@ -420,4 +399,144 @@ pub struct BatchEnqueued {
     /// Ids that were already present (or repeated within the batch), in the
     /// order given; nothing was written for them.
     pub duplicates: Vec<MessageId>,
+}
+
+/// A name the database stores as text: not empty, at most
+/// [`MAX_NAME_LEN`] bytes, no NUL (PostgreSQL's text refuses it, and the
+/// refusal would abort the caller's transaction).
+pub(crate) fn check_name(field: &str, v: &str) -> Result<()> {
+    if v.is_empty() {
+        return Err(Error::InvalidMessage(format!("{field} is empty")));
+    }
+    check_text(field, v)
+}
+
+/// Text the database stores: at most [`MAX_NAME_LEN`] bytes, no NUL.
+pub(crate) fn check_text(field: &str, v: &str) -> Result<()> {
+    if v.len() > MAX_NAME_LEN {
+        return Err(Error::InvalidMessage(format!(
+            "{field} is {} bytes, more than {MAX_NAME_LEN}",
+            v.len()
+        )));
+    }
+    if v.contains('\0') {
+        return Err(Error::InvalidMessage(format!(
+            "{field} contains a NUL byte"
+        )));
+    }
+    Ok(())
+}
+
+/// A header every built-in publisher can carry: HTTP and NATS refuse
+/// control characters (CR and LF above all, which would split a header),
+/// and a name with white space or `:`. Refused at enqueue rather than
+/// dead-lettered later, where under an ordered policy it would block its
+/// key.
+pub(crate) fn check_header(name: &str, value: &str) -> Result<()> {
+    check_name("header name", name)?;
+    if let Some(c) = name
+        .chars()
+        .find(|c| c.is_control() || c.is_whitespace() || *c == ':')
+    {
+        return Err(Error::InvalidMessage(format!(
+            "header name {name:?} contains {c:?}, which HTTP and NATS headers cannot carry"
+        )));
+    }
+    if value.len() > MAX_HEADER_VALUE_LEN {
+        return Err(Error::InvalidMessage(format!(
+            "header {name:?} is {} bytes, more than {MAX_HEADER_VALUE_LEN}",
+            value.len()
+        )));
+    }
+    // A tab is the one control character an HTTP field value may hold.
+    if let Some(c) = value.chars().find(|c| c.is_control() && *c != '\t') {
+        return Err(Error::InvalidMessage(format!(
+            "header {name:?} contains {c:?}, which HTTP and NATS headers cannot carry"
+        )));
+    }
+    Ok(())
+}
+
+/// Checks that a JSON value can be stored as PostgreSQL `jsonb`, which
+/// refuses the NUL character (`\u0000`) in any string or object key.
+pub(crate) fn check_json(field: &str, v: &serde_json::Value) -> Result<()> {
+    use serde_json::Value;
+    let nul = || {
+        Err(Error::InvalidMessage(format!(
+            "{field} contains a NUL character (\\u0000)"
+        )))
+    };
+    match v {
+        Value::String(s) if s.contains('\0') => nul(),
+        Value::Array(items) => items.iter().try_for_each(|i| check_json(field, i)),
+        Value::Object(map) => {
+            for (k, i) in map {
+                if k.contains('\0') {
+                    return nul();
+                }
+                check_json(field, i)?;
+            }
+            Ok(())
+        }
+        _ => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn refused(r: Result<()>) -> String {
+        match r {
+            Err(Error::InvalidMessage(m)) => m,
+            other => panic!("expected InvalidMessage, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn headers_publishers_cannot_carry_are_refused() {
+        assert!(check_header("traceparent", "00-abc-def-01").is_ok());
+        assert!(check_header("x-note", "tab\tinside is fine").is_ok());
+        assert!(check_header("x-utf8", "Zoë ✓").is_ok());
+        for (name, value) in [
+            ("x-split", "a\r\nInjected: yes"),
+            ("x-lf", "a\nb"),
+            ("x-bell", "a\u{7}"),
+            ("x-del", "a\u{7f}"),
+            ("x-c1", "a\u{85}"),
+            ("x-nul", "a\0"),
+            ("bad name", "v"),
+            ("bad:name", "v"),
+            ("bad\nname", "v"),
+            ("", "v"),
+        ] {
+            let m = refused(check_header(name, value));
+            assert!(m.contains("header"), "{m}");
+        }
+        let long = "v".repeat(MAX_HEADER_VALUE_LEN + 1);
+        assert!(refused(check_header("x-long", &long)).contains("bytes"));
+    }
+
+    #[test]
+    fn enqueue_validation_covers_headers() {
+        let ok = NewMessage::bytes("t", b"x".to_vec()).with_header("x-ok", "fine");
+        assert!(ok.validate().is_ok());
+        let bad = NewMessage::bytes("t", b"x".to_vec()).with_header("x-bad", "a\r\nb");
+        assert!(refused(bad.validate()).contains("x-bad"));
+    }
+
+    #[test]
+    fn json_with_nul_anywhere_is_refused() {
+        assert!(check_json("d", &json!({"a": ["b", {"c": 1}], "n": null})).is_ok());
+        for v in [
+            json!("a\u{0}b"),
+            json!({"k": "v\u{0}"}),
+            json!({"k\u{0}": 1}),
+            json!([1, [2, ["\u{0}"]]]),
+        ] {
+            assert!(refused(check_json("d", &v)).contains("NUL"));
+        }
+    }
 }

@@ -29,6 +29,7 @@ impl PgOutbox {
     where
         E: Executor<'c, Database = Postgres>,
     {
+        change.validate()?;
         let sql = self.names().render(
             "WITH l AS MATERIALIZED (SELECT pg_advisory_xact_lock($6, hashtext($7))) \
              INSERT INTO {changes} (entity_type, entity_key, kind, data, before) \
@@ -56,6 +57,8 @@ impl PgOutbox {
         topic: &str,
         change: &Change,
     ) -> Result<Enqueued> {
+        // Both writes are checked before the first is sent.
+        change.validate()?;
         let enqueued = self.enqueue(&mut *conn, change.to_message(topic)?).await?;
         self.log_change(&mut *conn, change).await?;
         Ok(enqueued)

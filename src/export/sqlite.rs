@@ -29,6 +29,7 @@ impl SqliteOutbox {
     where
         E: Executor<'c, Database = Sqlite>,
     {
+        change.validate()?;
         let sql = self.names().render(
             "INSERT INTO {changes} (entity_type, entity_key, kind, data, before, created_at) \
              VALUES (?, ?, ?, ?, ?, ?)",
@@ -54,6 +55,8 @@ impl SqliteOutbox {
         topic: &str,
         change: &Change,
     ) -> Result<Enqueued> {
+        // Both writes are checked before the first is sent.
+        change.validate()?;
         let enqueued = self.enqueue(&mut *conn, change.to_message(topic)?).await?;
         self.log_change(&mut *conn, change).await?;
         Ok(enqueued)

@@ -372,6 +372,7 @@ mod tests {
             (Some("Outbox"), ""),
             (Some(""), ""),
             (Some("a\"b"), ""),
+            (Some("pg_outbox"), ""),
             (None, "x;drop"),
             (None, "9x"),
         ] {

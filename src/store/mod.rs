@@ -61,6 +61,12 @@ pub(crate) fn validate_identifier(
     if value.as_bytes()[0].is_ascii_digit() {
         return fail("must not start with a digit");
     }
+    if what == "schema" && value.starts_with("pg_") {
+        // PostgreSQL reserves these for system schemas and refuses to
+        // create one: better said here than as an opaque error at
+        // `migrate()`.
+        return fail("must not start with 'pg_' (reserved for system schemas)");
+    }
     if !value
         .bytes()
         .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
