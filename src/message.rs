@@ -233,6 +233,26 @@ impl NewMessage {
         &self.payload
     }
 
+    /// The event type (defaults to the topic).
+    pub fn event_type(&self) -> &str {
+        &self.event_type
+    }
+
+    /// The payload's schema version (default 1).
+    pub fn schema_version(&self) -> i32 {
+        self.schema_version
+    }
+
+    /// The payload's media type.
+    pub fn content_type(&self) -> &str {
+        &self.content_type
+    }
+
+    /// The headers set so far.
+    pub fn headers(&self) -> &Headers {
+        &self.headers
+    }
+
     /// Checks what the database would otherwise reject with an opaque
     /// error, so a bad message fails before the caller's transaction is
     /// touched.
@@ -354,8 +374,15 @@ impl OutboxMessage {
         self.key_sequence
     }
 
-    /// Which attempt this is, starting at 1. Above 1 the destination may
-    /// already have the message.
+    /// How many failed publish attempts the relay recorded before this one,
+    /// plus one.
+    ///
+    /// It counts recorded failures, not deliveries: a message redelivered
+    /// because a relay crashed (or lost its lease) after publishing it but
+    /// before acknowledging it carries the same number again, 1 for a
+    /// message that never failed. So `attempt() == 1` does not mean "first
+    /// delivery": consumers must deduplicate by [`id`](Self::id) whatever
+    /// this says. Above 1 the destination may well have the message.
     pub fn attempt(&self) -> i32 {
         self.attempt
     }

@@ -79,6 +79,7 @@ async fn a_consumer_pulls_pages_and_commits_its_cursor_over_http() {
     );
     assert_eq!(page["changes"][0]["merged"], 2);
     assert_eq!(page["has_more"], true);
+    assert_eq!(page["caught_up"], false);
 
     // Not committed yet: the same page again.
     let (_, again) = get_json(&http, &format!("{base}/changes?consumer=crm&limit=2")).await;
@@ -93,6 +94,7 @@ async fn a_consumer_pulls_pages_and_commits_its_cursor_over_http() {
     assert_eq!(status, 204);
     let (_, next) = get_json(&http, &format!("{base}/changes?consumer=crm&limit=2")).await;
     assert_eq!(next["changes"][0]["key"], "2");
+    assert_eq!(next["caught_up"], true);
     // An explicit cursor reads without any stored state.
     let cursor = page["next_cursor"].as_str().unwrap().replace('|', "%7C");
     let (_, by_cursor) = get_json(&http, &format!("{base}/changes?cursor={cursor}&limit=2")).await;

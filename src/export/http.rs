@@ -10,7 +10,7 @@
 //!
 //! A page is JSON: `{"changes": [{"entity_type", "key", "kind", "data",
 //! "before", "first_position", "last_position", "merged"}], "next_cursor":
-//! "...", "has_more": bool}`. The consumer applies the changes, then commits
+//! "...", "has_more": bool, "caught_up": bool}`. The consumer applies the changes, then commits
 //! `next_cursor`; re-reading a page it did not commit is safe. Bad
 //! parameters answer 400 with `{"error": "..."}`, database errors 503.
 //!
@@ -94,6 +94,7 @@ struct PageBody {
     changes: Vec<ChangeBody>,
     next_cursor: String,
     has_more: bool,
+    caught_up: bool,
 }
 
 #[derive(Debug, Serialize)]
@@ -175,6 +176,7 @@ async fn changes<F: ChangeFeed>(State(feed): State<F>, Query(q): Query<PageQuery
             let body = PageBody {
                 next_cursor: page.next_cursor().to_string(),
                 has_more: page.has_more(),
+                caught_up: page.caught_up(),
                 changes: page
                     .into_changes()
                     .into_iter()

@@ -207,6 +207,7 @@ pub struct ChangePage {
     pub(crate) changes: Vec<ExportedChange>,
     pub(crate) next: Cursor,
     pub(crate) more: bool,
+    pub(crate) caught_up: bool,
     pub(crate) read: usize,
 }
 
@@ -229,6 +230,17 @@ impl ChangePage {
     /// True if more changes were ready when the page was read.
     pub fn has_more(&self) -> bool {
         self.more
+    }
+
+    /// True if the page ends at what was committed when it was read: a
+    /// consumer that applied it is up to date as of then.
+    ///
+    /// An empty page is not always caught up: on PostgreSQL a page can
+    /// finish reading an older snapshot (a generation, see [`Cursor`]),
+    /// and changes committed since then come on the next call. Poll until
+    /// this is true rather than until a page is empty.
+    pub fn caught_up(&self) -> bool {
+        self.caught_up
     }
 
     /// How many logged changes the page read (before coalescing).

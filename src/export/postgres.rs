@@ -51,6 +51,11 @@ impl PgOutbox {
     /// Records a change in the change log and enqueues it as a message to
     /// `topic` (see [`Change::to_message`]), both in the caller's
     /// transaction.
+    ///
+    /// Unlike [`log_change`](Self::log_change) it takes a connection, not
+    /// any executor: its two statements must run on the same connection
+    /// (a pool would run them on two, outside one transaction). Pass
+    /// `&mut *tx`.
     pub async fn record_change(
         &self,
         conn: &mut PgConnection,
@@ -179,6 +184,10 @@ impl PgOutbox {
         };
         // A new generation: everything committed as of now and not as of
         // `done`.
+        // A generation opened by this very call is as of now: a page that
+        // reads it to its end is caught up. One opened earlier may miss
+        // changes committed since.
+        let fresh = reading.is_none();
         let (reading, last) = match reading {
             Some(r) => (r.clone(), *last),
             None => {
@@ -253,6 +262,7 @@ impl PgOutbox {
             changes: coalesce(log),
             next: Cursor(next),
             more: full,
+            caught_up: fresh && !full,
             read,
         })
     }

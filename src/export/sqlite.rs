@@ -49,6 +49,11 @@ impl SqliteOutbox {
     /// Records a change in the change log and enqueues it as a message to
     /// `topic` (see [`Change::to_message`]), both in the caller's
     /// transaction.
+    ///
+    /// Unlike [`log_change`](Self::log_change) it takes a connection, not
+    /// any executor: its two statements must run on the same connection
+    /// (a pool would run them on two, outside one transaction). Pass
+    /// `&mut *tx`.
     pub async fn record_change(
         &self,
         conn: &mut SqliteConnection,
@@ -179,6 +184,9 @@ impl SqliteOutbox {
             changes: coalesce(log),
             next: Cursor(CursorState::Sqlite { last: next_last }),
             more: read as i64 >= limit,
+            // One writer at a time: positions follow commit order, and a
+            // short page reached the end of what is committed.
+            caught_up: (read as i64) < limit,
             read,
         })
     }
