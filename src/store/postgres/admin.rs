@@ -1,0 +1,107 @@
+//! The operator's side: dead letters listed, replayed and discarded, the
+//! pending count, retained published messages.
+
+use super::decode::{dead_letter_from_row, published_from_row};
+use super::PgOutbox;
+use crate::error::{Error, Result};
+use crate::message::{MessageId, OutboxMessage};
+use crate::store::DeadLetter;
+
+impl PgOutbox {
+    /// Dead letters, oldest first.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Database`] if the read fails (also for a negative `limit`).
+    pub async fn dead_letters(&self, limit: i64) -> Result<Vec<DeadLetter>> {
+        let rows = sqlx::query(&self.inner.sql.dead_letters)
+            .bind(limit)
+            .fetch_all(&self.inner.pool)
+            .await?;
+        rows.iter().map(dead_letter_from_row).collect()
+    }
+
+    /// Sends a dead letter again: it returns to the outbox at its original
+    /// position with its attempts reset, ahead of any later message of its
+    /// key. Writes in its own transaction.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::DeadLetterNotFound`] if there is no dead letter with this
+    /// id, and [`Error::Database`] if the write fails.
+    pub async fn replay_dead_letter(&self, id: MessageId) -> Result<()> {
+        let done = sqlx::query(&self.inner.sql.replay_dead_letter)
+            .bind(id.as_uuid())
+            .execute(&self.inner.pool)
+            .await?;
+        if self.replayed(done.rows_affected()) == 0 {
+            return Err(Error::DeadLetterNotFound(id));
+        }
+        Ok(())
+    }
+
+    /// Sends every dead letter again; returns how many. Writes in its own
+    /// transaction.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Database`] if the write fails; then none is replayed.
+    pub async fn replay_all_dead_letters(&self) -> Result<u64> {
+        let done = sqlx::query(&self.inner.sql.replay_all_dead_letters)
+            .execute(&self.inner.pool)
+            .await?;
+        Ok(self.replayed(done.rows_affected()))
+    }
+
+    /// Wakes the relays if anything came back to the outbox.
+    fn replayed(&self, n: u64) -> u64 {
+        if n > 0 {
+            self.wake();
+        }
+        n
+    }
+
+    /// Deletes a dead letter for good and unblocks its key. Writes in its
+    /// own transaction.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::DeadLetterNotFound`] if there is no dead letter with this
+    /// id, and [`Error::Database`] if the write fails.
+    pub async fn discard_dead_letter(&self, id: MessageId) -> Result<()> {
+        let n: i64 = sqlx::query_scalar(&self.inner.sql.discard_dead_letter)
+            .bind(id.as_uuid())
+            .fetch_one(&self.inner.pool)
+            .await?;
+        if n == 0 {
+            return Err(Error::DeadLetterNotFound(id));
+        }
+        self.wake();
+        Ok(())
+    }
+
+    /// Number of messages waiting to be published (dead letters excluded).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Database`] if the count fails.
+    pub async fn pending_count(&self) -> Result<i64> {
+        Ok(sqlx::query_scalar(&self.inner.sql.pending_count)
+            .fetch_one(&self.inner.pool)
+            .await?)
+    }
+
+    /// Retained published messages, oldest first (empty unless the relay
+    /// keeps published messages).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Database`] if the read fails (also for a negative `limit`).
+    pub async fn published(&self, limit: i64) -> Result<Vec<OutboxMessage>> {
+        let rows = sqlx::query(&self.inner.sql.published)
+            .bind(limit)
+            .fetch_all(&self.inner.pool)
+            .await?;
+        rows.iter().map(published_from_row).collect()
+    }
+}

@@ -1,0 +1,96 @@
+//! Rows into the crate's types, by column index: a claim decodes a thousand
+//! rows, and name lookups were a visible share of it. Each statement that
+//! is read here starts with the message columns, in this order: `seq, id,
+//! topic, partition_key, event_type, schema_version, payload, content_type,
+//! headers, created_at, attempts`.
+
+use std::time::Duration;
+
+use sqlx::postgres::PgRow;
+use sqlx::Row;
+
+use crate::error::Result;
+use crate::message::{MessageId, OutboxMessage};
+use crate::store::{Claimed, DeadLetter, Lease, StoreStats};
+
+/// Index of `headers::text` in a claim (`claim_all.sql`,
+/// `claim_buckets.sql`), where it replaces the JSON column.
+const CLAIM_HEADERS: usize = 8;
+/// Index of the bucket in a claim.
+const CLAIM_BUCKET: usize = 11;
+/// Index of `headers::text` in `published.sql`.
+const PUBLISHED_HEADERS: usize = 11;
+/// Index of `headers::text` in `dead_letters.sql`.
+const DEAD_HEADERS: usize = 13;
+
+/// Decodes a row that starts with the message columns in their order, with
+/// the headers as text in column `headers_col`.
+fn message_from_row(r: &PgRow, headers_col: usize) -> Result<OutboxMessage> {
+    let headers: Option<&str> = r.try_get(headers_col)?;
+    let attempts: i32 = r.try_get(10)?;
+    Ok(OutboxMessage {
+        seq: r.try_get(0)?,
+        id: MessageId::from_uuid(r.try_get(1)?),
+        topic: r.try_get(2)?,
+        partition_key: r.try_get(3)?,
+        event_type: r.try_get(4)?,
+        schema_version: r.try_get(5)?,
+        payload: r.try_get(6)?,
+        content_type: r.try_get(7)?,
+        headers: OutboxMessage::headers_from_json(headers),
+        created_at: r.try_get(9)?,
+        attempt: attempts + 1,
+        key_sequence: None,
+    })
+}
+
+/// A row of a claim.
+pub(super) fn claimed_from_row(r: &PgRow) -> Result<Claimed> {
+    Ok(Claimed {
+        message: message_from_row(r, CLAIM_HEADERS)?,
+        bucket: r.try_get(CLAIM_BUCKET)?,
+    })
+}
+
+/// A row of `published.sql`.
+pub(super) fn published_from_row(r: &PgRow) -> Result<OutboxMessage> {
+    message_from_row(r, PUBLISHED_HEADERS)
+}
+
+/// A row of `dead_letters.sql`.
+pub(super) fn dead_letter_from_row(r: &PgRow) -> Result<DeadLetter> {
+    Ok(DeadLetter {
+        message: message_from_row(r, DEAD_HEADERS)?,
+        attempts: r.try_get("attempts")?,
+        last_error: r.try_get("last_error")?,
+        dead_at: r.try_get("dead_at")?,
+    })
+}
+
+/// The rows of a lease statement (`renew.sql`, `acquire.sql`): bucket,
+/// epoch.
+pub(super) fn leases_from_rows(rows: Vec<PgRow>) -> Result<Vec<Lease>> {
+    rows.iter()
+        .map(|r| {
+            Ok(Lease {
+                bucket: r.try_get(0)?,
+                epoch: r.try_get(1)?,
+            })
+        })
+        .collect()
+}
+
+/// The row of `stats.sql`. Ages come in seconds; one below zero (a
+/// transaction begun after the statement read its clock) counts as zero.
+pub(super) fn stats_from_row(row: &PgRow) -> Result<StoreStats> {
+    let age: Option<f64> = row.try_get(1)?;
+    let xmin_age: Option<f64> = row.try_get(4)?;
+    Ok(StoreStats {
+        pending: row.try_get(0)?,
+        oldest_pending_age: age.map(|s| Duration::from_secs_f64(s.max(0.0))),
+        dead_letters: row.try_get(2)?,
+        dead_tuples: row.try_get(3)?,
+        oldest_xmin_age: xmin_age.map(|s| Duration::from_secs_f64(s.max(0.0))),
+        autovacuum: row.try_get(5)?,
+    })
+}

@@ -1,0 +1,114 @@
+//! PostgreSQL backend: [`PgOutbox`], its parts a file each.
+//!
+//! - `builder.rs`: [`PgOutboxBuilder`], the settings and their validation.
+//! - `statements.rs` and `sql/`: every statement, one `.sql` file each,
+//!   rendered once from the validated table names.
+//! - `locks.rs`: the advisory-lock classes (commit order, change log,
+//!   migrations).
+//! - `migrate.rs`: the embedded migrations and the schema version check.
+//! - `enqueue.rs`: the write side (`enqueue`, `enqueue_batch`,
+//!   `publish_event`, `commit`).
+//! - `wake.rs`: [`WakeUp`], carried notifications, the `NOTIFY` task and the
+//!   `LISTEN` wake source.
+//! - `claim_pool.rs`: the relay's claim connections.
+//! - `relay_ops.rs` and `ack.rs`: the operations the relay runs (leases,
+//!   claims, key sequences, maintenance; fenced acknowledgements).
+//! - `admin.rs`: dead letters, pending count, retained messages.
+//! - `decode.rs`: rows into messages, dead letters, leases and gauges.
+
+mod ack;
+mod admin;
+mod builder;
+mod claim_pool;
+mod decode;
+mod enqueue;
+mod locks;
+mod migrate;
+mod relay_ops;
+mod statements;
+mod wake;
+
+use std::fmt;
+use std::sync::Arc;
+
+use sqlx::postgres::PgPool;
+
+pub use self::builder::PgOutboxBuilder;
+pub(crate) use self::locks::change_lock_class;
+pub use self::wake::WakeUp;
+
+use self::claim_pool::ClaimPool;
+use self::statements::Sql;
+use self::wake::WakeState;
+use super::TableNames;
+
+/// The outbox on PostgreSQL.
+///
+/// Cheap to clone; all clones share one pool and one wake-up signal.
+///
+/// ```no_run
+/// # async fn demo(pool: sqlx::PgPool) -> outbox::Result<()> {
+/// use outbox::{NewMessage, PgOutbox};
+///
+/// let outbox = PgOutbox::builder(pool.clone()).schema("outbox").build()?;
+/// outbox.migrate().await?;
+///
+/// let mut tx = pool.begin().await?;
+/// sqlx::query("UPDATE candidates SET status = 'hired' WHERE id = 42")
+///     .execute(&mut *tx)
+///     .await?;
+/// let msg = NewMessage::json("candidates", &serde_json::json!({"id": 42, "status": "hired"}))?
+///     .with_partition_key("candidate-42");
+/// outbox.enqueue(&mut *tx, msg).await?;
+/// outbox.commit(tx).await?; // commits, then wakes the relay
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct PgOutbox {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    pool: PgPool,
+    names: TableNames,
+    /// The advisory-lock class of the per-key commit-order locks (`None`:
+    /// no lock).
+    lock_class: Option<i32>,
+    sql: Sql,
+    /// Connections for the relay's claims, opened on first use.
+    claim_pool: ClaimPool,
+    wake: WakeState,
+}
+
+impl fmt::Debug for PgOutbox {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PgOutbox")
+            .field("messages", &self.inner.names.messages)
+            .field("wake_up", &self.inner.wake.mode)
+            .field("commit_order_lock", &self.inner.lock_class.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl PgOutbox {
+    /// An outbox in schema `outbox` with default settings.
+    pub fn new(pool: PgPool) -> Self {
+        Self::builder(pool)
+            .build()
+            .expect("the default names are valid identifiers")
+    }
+
+    /// Configures an outbox.
+    pub fn builder(pool: PgPool) -> PgOutboxBuilder {
+        PgOutboxBuilder::new(pool)
+    }
+
+    /// The pool the relay and the administrative methods use.
+    pub fn pool(&self) -> &PgPool {
+        &self.inner.pool
+    }
+
+    pub(crate) fn names(&self) -> &TableNames {
+        &self.inner.names
+    }
+}

@@ -1,0 +1,18 @@
+-- Moves messages to the dead letters with their attempts and last error. A
+-- message dead-lettered again under an id already there replaces the older
+-- dead letter. The SET list is the one both backends share, filled in from
+-- DEAD_LETTER_UPSERT (store/mod.rs) before the table names.
+--
+-- $1 positions (bigint[]), $2 attempts made (int[]), $3 last errors (text[]).
+WITH d AS (
+    DELETE FROM {messages} m
+    USING unnest($1::bigint[], $2::int[], $3::text[]) u(seq, attempts, err)
+    WHERE m.seq = u.seq
+    RETURNING m.*, u.attempts AS new_attempts, u.err)
+INSERT INTO {dead_letters} (seq, id, topic, partition_key, event_type,
+                            schema_version, payload, content_type, headers,
+                            created_at, attempts, last_error, dead_at)
+SELECT seq, id, topic, partition_key, event_type, schema_version, payload,
+       content_type, headers, created_at, new_attempts, err, now()
+FROM d
+ON CONFLICT (id) DO UPDATE SET {dead_letter_upsert}

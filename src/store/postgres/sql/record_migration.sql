@@ -1,0 +1,4 @@
+-- Records a migration version as applied.
+--
+-- $1 version.
+INSERT INTO {migrations} (version) VALUES ($1)

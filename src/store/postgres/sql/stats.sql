@@ -1,0 +1,18 @@
+-- Gauges for metrics, by column: pending messages, age of the oldest in
+-- seconds, dead letters, dead tuples of the messages table, age in seconds
+-- of the oldest transaction that holds back vacuum (this session's own
+-- excluded), and whether autovacuum runs on the messages table.
+--
+-- $1 the messages table's quoted name (cast to regclass).
+SELECT (SELECT count(*) FROM {messages}),
+       (SELECT extract(epoch FROM now() - min(created_at))::float8
+          FROM {messages}),
+       (SELECT count(*) FROM {dead_letters}),
+       (SELECT n_dead_tup FROM pg_stat_user_tables WHERE relid = $1::regclass),
+       (SELECT extract(epoch FROM now() - min(xact_start))::float8
+          FROM pg_stat_activity
+         WHERE backend_xmin IS NOT NULL AND pid <> pg_backend_pid()),
+       current_setting('autovacuum') = 'on' AND NOT EXISTS (
+         SELECT 1 FROM pg_class c, unnest(c.reloptions) o
+          WHERE c.oid = $1::regclass
+            AND o IN ('autovacuum_enabled=false', 'autovacuum_enabled=off'))

@@ -1,0 +1,166 @@
+//! Every statement the PostgreSQL backend runs, each in its own file under
+//! `sql/` (named after the field that holds it) so it can be read and
+//! EXPLAINed on its own, rendered once from the validated table names.
+//!
+//! Table names are configurable, so the statements cannot be checked at
+//! compile time; `{messages}`-style placeholders are filled by
+//! [`TableNames::render`] from names validated as identifiers, and nothing
+//! else is ever spliced in but the constants in [`fill_constants`]. Values
+//! travel as `$n` parameters.
+
+use crate::store::{TableNames, DEAD_LETTER_UPSERT};
+
+/// Declares [`Sql`], one field per file `sql/<field>.sql`, and its
+/// constructor, so a field cannot drift from the file it is read from.
+macro_rules! statements {
+    ($($(#[$doc:meta])* $name:ident,)*) => {
+        /// SQL rendered once from the validated table names.
+        pub(super) struct Sql {
+            $($(#[$doc])* pub(super) $name: String,)*
+        }
+
+        impl Sql {
+            pub(super) fn new(names: &TableNames) -> Self {
+                Self {
+                    $($name: names.render(&fill_constants(include_str!(concat!(
+                        "sql/",
+                        stringify!($name),
+                        ".sql"
+                    )))),)*
+                }
+            }
+
+            /// Each statement with its name, for tests over all of them.
+            #[cfg(test)]
+            fn each(&self) -> Vec<(&'static str, &str)> {
+                vec![$((stringify!($name), self.$name.as_str()),)*]
+            }
+        }
+    };
+}
+
+statements! {
+    // Enqueue. The `_notify` forms carry a `pg_notify` in the caller's
+    // transaction (see `WakeUp`).
+    /// One message.
+    insert,
+    /// One message, with a `pg_notify`.
+    insert_notify,
+    /// Many messages in one statement.
+    insert_batch,
+    /// Many messages in one statement, with a `pg_notify`.
+    insert_batch_notify,
+
+    // Wake-up.
+    /// A `NOTIFY` of its own, outside any enqueue.
+    notify,
+
+    // Leases.
+    /// Records a relay as alive; counts the live relays.
+    heartbeat,
+    /// Extends leases still held with the same epoch.
+    renew,
+    /// Takes free or expired buckets.
+    acquire,
+    /// Gives buckets back.
+    release,
+    /// Removes a relay's heartbeat.
+    leave,
+    /// Number of buckets.
+    bucket_count,
+
+    // Claims.
+    /// Due messages of every bucket.
+    claim_all,
+    /// Due messages of some buckets.
+    claim_buckets,
+
+    // Acknowledgements: the common case (everything published, nothing
+    // retried) in one statement...
+    /// Fences, records key sequences and deletes published messages.
+    ack_delete,
+    /// Fences, records key sequences and moves published messages to the
+    /// published table.
+    ack_retain,
+    // ... and the general case, one statement per kind of outcome, in one
+    // transaction after the fence.
+    /// The buckets still held with the same epoch.
+    fence,
+    /// Deletes published messages.
+    delete_published,
+    /// Moves published messages to the published table.
+    move_published,
+    /// Records published per-key sequence numbers.
+    key_seq_upsert,
+    /// Lifts key blocks.
+    unblock,
+    /// Schedules retries.
+    retry,
+    /// Moves messages to the dead letters.
+    dead,
+    /// Blocks keys behind failing heads.
+    block,
+
+    // Key sequences and maintenance.
+    /// The last published sequence number of keys.
+    key_seq_read,
+    /// Deletes old retained messages.
+    purge,
+    /// Gauges for metrics.
+    stats,
+    /// Vacuums the messages table.
+    vacuum,
+
+    // Administration.
+    /// Dead letters, oldest first.
+    dead_letters,
+    /// Replays one dead letter.
+    replay_dead_letter,
+    /// Replays every dead letter.
+    replay_all_dead_letters,
+    /// Deletes one dead letter.
+    discard_dead_letter,
+    /// Number of pending messages.
+    pending_count,
+    /// Retained published messages, oldest first.
+    published,
+
+    // Migrations.
+    /// Serializes migrations across processes.
+    migration_lock,
+    /// Creates the schema.
+    create_schema,
+    /// Creates the table of applied versions.
+    create_migrations_table,
+    /// The newest applied version.
+    schema_version,
+    /// Records an applied version.
+    record_migration,
+}
+
+/// Fills the placeholders that stand for SQL shared with the other
+/// backends: constants of the crate, never input.
+fn fill_constants(sql: &str) -> String {
+    sql.replace("{dead_letter_upsert}", DEAD_LETTER_UPSERT)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every placeholder in every statement is filled: a misspelt one would
+    /// reach the server as a syntax error only when its statement first
+    /// runs.
+    #[test]
+    fn statements_hold_no_placeholder_after_rendering() {
+        let names = TableNames::new(Some("outbox"), "p_").unwrap();
+        let sql = Sql::new(&names);
+        for (name, s) in sql.each() {
+            let code: String = s
+                .lines()
+                .filter(|l| !l.trim_start().starts_with("--"))
+                .collect();
+            assert!(!code.contains('{') && !code.contains('}'), "{name}: {code}");
+        }
+    }
+}
