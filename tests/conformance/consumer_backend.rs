@@ -187,23 +187,26 @@ pub(crate) trait ExportBackend: ConsumerBackend {
 }
 
 /// Generates, for each backend, a module (`postgres`, `sqlite`) with one
-/// test per scenario named after it: a scenario is a generic
-/// `async fn name<B: InboxBackend + ExportBackend>()` in the invoking
-/// module. `name except backend` leaves a scenario out for the backends
-/// named, where it truly cannot apply; say why beside it.
+/// test per scenario named after it: a scenario is an
+/// `async fn name<B: ...>()` in the invoking module, generic over the
+/// backend traits it needs. `name except backend` leaves a scenario out for
+/// the backends named, where it truly cannot apply; say why beside it.
 ///
 /// Every test runs on a two-thread runtime, as services do.
 macro_rules! consumer_scenarios {
     ($($scenario:ident $(except $($skip:ident)+)?),* $(,)?) => {
-        // One line per backend: the module name and the type.
-        consumer_scenarios!(@backend ($) postgres crate::consumer_backend::PgConsumer; $($scenario [$($($skip)+)?]),*);
-        consumer_scenarios!(@backend ($) sqlite crate::consumer_backend::SqliteConsumer; $($scenario [$($($skip)+)?]),*);
+        // One line per backend: the module name and the type. `$` goes in
+        // as a token so that the arm below can define a macro of its own.
+        consumer_scenarios!(@backend ($) postgres crate::consumer_backend::PgConsumer;
+            $($scenario [$($($skip)+)?]),*);
+        consumer_scenarios!(@backend ($) sqlite crate::consumer_backend::SqliteConsumer;
+            $($scenario [$($($skip)+)?]),*);
     };
     (@backend ($d:tt) $backend:ident $ty:ty; $($scenario:ident [$($skip:ident)*]),*) => {
         mod $backend {
             $(
-                // A matcher per scenario: a backend named in its `except`
-                // list expands to nothing, any other to the test.
+                // A matcher per scenario: the backends named in its
+                // `except` list expand to nothing, any other to the test.
                 macro_rules! unless_skipped {
                     $( ($skip $d($d test:tt)*) => {}; )*
                     ($d other:ident $d($d test:tt)*) => { $d($d test)* };

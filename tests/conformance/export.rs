@@ -111,7 +111,7 @@ async fn write_op<B: ExportBackend>(db: &B, key: String, intent: u8, seed: u32, 
 }
 
 /// The entities of `table`, without null fields.
-async fn rows_of<B: ExportBackend>(db: &B, table: &str) -> HashMap<String, Value> {
+async fn entities_of<B: ExportBackend>(db: &B, table: &str) -> HashMap<String, Value> {
     let mut tx = db.begin().await;
     let rows = B::entities(&mut tx, table).await;
     tx.commit().await.unwrap();
@@ -267,7 +267,7 @@ async fn concurrent_case<B: ExportBackend>(ops: Vec<(u16, u8, u32, u8)>, seed: u
     }
     done.store(true, Ordering::SeqCst);
     let (replica, (pages, crashes)) = consumer.await.unwrap();
-    let source = rows_of(&*db, "source").await;
+    let source = entities_of(&*db, "source").await;
     assert_eq!(replica.len(), source.len());
     for (k, v) in &source {
         assert_eq!(replica.get(k), Some(v), "entity {k}");
@@ -359,7 +359,7 @@ async fn a_new_consumer_starts_from_a_snapshot_without_missing_or_repeating<B: E
         w.await.unwrap();
     }
     done.store(true, Ordering::SeqCst);
-    let source = rows_of(&*db, "source").await;
+    let source = entities_of(&*db, "source").await;
     for j in joins {
         let replica = j.await.unwrap();
         assert_eq!(replica, source);
@@ -515,8 +515,8 @@ async fn a_replica_fed_by_the_relay_through_an_inbox_equals_the_source<
     .await;
     relay.shutdown().await.unwrap();
     let (applied, skipped) = consumer.await.unwrap();
-    let source = rows_of(&*db, "source").await;
-    let replica = rows_of(&*consumer_db, "replica").await;
+    let source = entities_of(&*db, "source").await;
+    let replica = entities_of(&*consumer_db, "replica").await;
     assert_eq!(replica, source);
     assert!(
         skipped > applied,

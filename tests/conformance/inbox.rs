@@ -145,7 +145,7 @@ async fn assert_fresh_then_duplicate<B: InboxBackend>(
 }
 
 /// `SELECT count(*)` of one of the default inbox's tables.
-async fn rows_of<B: InboxBackend>(db: &B, table: &str) -> i64 {
+async fn inbox_rows<B: InboxBackend>(db: &B, table: &str) -> i64 {
     db.count(&format!("SELECT count(*) FROM {}", B::inbox_table(table)))
         .await
 }
@@ -189,7 +189,7 @@ async fn fresh_then_duplicate_in_separate_transactions<B: InboxBackend>() {
         db.receive_id_autocommit("ledger", id).await.unwrap(),
         Receipt::Duplicate
     );
-    assert_eq!(rows_of(&*db, "inbox_messages").await, 4);
+    assert_eq!(inbox_rows(&*db, "inbox_messages").await, 4);
     finish_shared(db).await;
 }
 
@@ -251,7 +251,7 @@ async fn rolled_back_transaction_records_nothing<B: InboxBackend>() {
         tx.rollback().await.unwrap();
     }
     assert_eq!(db.count("SELECT count(*) FROM effects").await, 0);
-    assert_eq!(rows_of(&*db, "inbox_messages").await, 0);
+    assert_eq!(inbox_rows(&*db, "inbox_messages").await, 0);
     assert_eq!(db.last_sequence("ledger", "a").await.unwrap(), None);
 
     // The redelivery is fresh, and once committed, a duplicate.
@@ -434,7 +434,7 @@ async fn purge_removes_old_ids_in_batches_and_keeps_key_sequences<B: InboxBacken
     }
     // 28 rows in batches of 10: the loop goes on past a full batch.
     assert_eq!(db.purge_inbox(cutoff, 10).await.unwrap(), 28);
-    assert_eq!(rows_of(&*db, "inbox_messages").await, 5);
+    assert_eq!(inbox_rows(&*db, "inbox_messages").await, 5);
     assert_eq!(db.purge_inbox(cutoff, 10).await.unwrap(), 0);
     assert_eq!(db.last_sequence("ledger", "k").await.unwrap(), Some(2));
 
@@ -467,8 +467,8 @@ async fn purge_removes_old_ids_in_batches_and_keeps_key_sequences<B: InboxBacken
     // statement.
     let everything = chrono::Utc::now() + chrono::Duration::seconds(1);
     assert_eq!(db.purge_inbox(everything, 4).await.unwrap(), 8);
-    assert_eq!(rows_of(&*db, "inbox_messages").await, 0);
-    assert_eq!(rows_of(&*db, "inbox_keys").await, 1);
+    assert_eq!(inbox_rows(&*db, "inbox_messages").await, 0);
+    assert_eq!(inbox_rows(&*db, "inbox_keys").await, 1);
     assert_eq!(db.last_sequence("ledger", "k").await.unwrap(), Some(2));
     finish_shared(db).await;
 }
@@ -549,7 +549,7 @@ async fn migrate_is_idempotent_and_concurrent_and_rejects_newer_schemas<B: Inbox
     });
     outbox_result.expect("outbox migrate beside concurrent inbox migrations");
     db.migrate_inbox().await.unwrap();
-    assert_eq!(rows_of(&*db, "inbox_migrations").await, 1);
+    assert_eq!(inbox_rows(&*db, "inbox_migrations").await, 1);
     db.migrate_outbox().await.unwrap();
 
     db.record_inbox_version(999).await;
