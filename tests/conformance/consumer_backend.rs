@@ -155,12 +155,6 @@ pub(crate) trait ExportBackend: ConsumerBackend {
     /// `snapshot_cursor` in `tx`.
     async fn snapshot_cursor(&self, tx: &mut Tx<Self>) -> Result<Cursor>;
 
-    /// Whether an empty page read from `cursor` shows that every change
-    /// committed before the read has been read. (On PostgreSQL only once
-    /// the cursor has finished reading the snapshot it took; a backend
-    /// whose positions follow commit order always.)
-    fn drained_at(cursor: &Cursor) -> bool;
-
     /// A well-formed cursor of another backend.
     fn foreign_cursor() -> Cursor;
 
@@ -431,13 +425,6 @@ impl ExportBackend for PgConsumer {
         self.outbox.snapshot_cursor(&mut **tx).await
     }
 
-    fn drained_at(cursor: &Cursor) -> bool {
-        // `pg1|done|reading|last`: with no snapshot being read, the next
-        // read takes a new one that sees every committed change.
-        let s = cursor.to_string();
-        s == "start" || s.split('|').nth(2) == Some("")
-    }
-
     fn foreign_cursor() -> Cursor {
         "sq1|5".parse().expect("a SQLite cursor")
     }
@@ -699,11 +686,6 @@ impl ExportBackend for SqliteConsumer {
 
     async fn snapshot_cursor(&self, tx: &mut Tx<Self>) -> Result<Cursor> {
         self.outbox.snapshot_cursor(&mut **tx).await
-    }
-
-    fn drained_at(_: &Cursor) -> bool {
-        // One writer at a time: positions follow commit order.
-        true
     }
 
     fn foreign_cursor() -> Cursor {

@@ -513,7 +513,15 @@ async fn bad_prefix_is_rejected_and_custom_prefix_is_used<B: InboxBackend>() {
 
 async fn bad_schema_is_rejected_and_custom_schema_is_used<B: InboxBackend>() {
     let db = B::fresh(CONNECTIONS).await;
-    for bad in ["Outbox", "", "a-b", "x\";drop", "9lives", &"s".repeat(64)] {
+    for bad in [
+        "Outbox",
+        "",
+        "a-b",
+        "x\";drop",
+        "9lives",
+        "pg_outbox",
+        &"s".repeat(64),
+    ] {
         assert_invalid_identifier(db.build_inbox(Some(bad), ""), "schema", bad);
     }
     // Valid custom names are used as given, at full length without
