@@ -24,7 +24,14 @@
 //! changed hands, the acknowledgement is refused and the new owner
 //! publishes the message again.
 
+mod clock;
+mod leases;
+mod maintenance;
+mod numbering;
+mod publish;
 mod retry;
+mod round;
+mod waves;
 mod worker;
 
 use std::collections::HashMap;
