@@ -31,6 +31,10 @@ mod numbering;
 mod publish;
 mod retry;
 mod round;
+#[cfg(test)]
+mod scenarios;
+#[cfg(test)]
+mod scripted;
 mod waves;
 mod worker;
 
