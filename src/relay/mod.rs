@@ -28,6 +28,8 @@ mod clock;
 mod leases;
 mod maintenance;
 mod numbering;
+#[cfg(test)]
+mod properties;
 mod publish;
 mod retry;
 mod round;

@@ -36,3 +36,22 @@ fn assign_numbers(claimed: &mut [Claimed], mut last: HashMap<String, i64>) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::memory::claimed;
+
+    #[test]
+    fn numbers_continue_from_the_last_published_one_in_batch_order() {
+        let mut batch = vec![
+            claimed(1, Some("a"), 0),
+            claimed(2, Some("b"), 0),
+            claimed(3, None, 0),
+            claimed(4, Some("a"), 0),
+        ];
+        assign_numbers(&mut batch, HashMap::from([("a".to_owned(), 5)]));
+        let numbers: Vec<Option<i64>> = batch.iter().map(|c| c.message.key_sequence).collect();
+        assert_eq!(numbers, [Some(6), Some(1), None, Some(7)]);
+    }
+}

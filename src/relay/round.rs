@@ -198,3 +198,95 @@ impl Worker {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::memory::claimed;
+
+    fn ack(seq: i64, bucket: i32, disposition: Disposition) -> Ack {
+        super::super::waves::ack_of(&claimed(seq, None, bucket), disposition)
+    }
+
+    fn retry(at: DateTime<Utc>) -> Disposition {
+        Disposition::Retry {
+            at,
+            error: "down".into(),
+            block_key: true,
+        }
+    }
+
+    #[test]
+    fn an_early_claim_loses_the_later_messages_of_unsettled_keys() {
+        let got = vec![
+            claimed(3, Some("a"), 0),
+            claimed(4, Some("b"), 0),
+            claimed(5, None, 0),
+            claimed(6, Some("a"), 0),
+        ];
+        let unsettled = HashSet::from(["a".to_owned()]);
+        let kept: Vec<i64> = without_unsettled(got, &unsettled)
+            .iter()
+            .map(|c| c.message.seq)
+            .collect();
+        assert_eq!(kept, [4, 5]);
+    }
+
+    #[test]
+    fn keys_with_a_message_not_published_stay_unsettled() {
+        let batch = vec![
+            (1, Some("a".to_owned())),
+            (2, Some("b".to_owned())),
+            (3, None),
+            (4, Some("c".to_owned())),
+            (5, Some("d".to_owned())),
+        ];
+        let acks = [
+            ack(1, 0, Disposition::Published),
+            ack(2, 0, retry(Utc::now())),
+            ack(3, 0, Disposition::Published),
+            // 4 never went out (its key stopped or the lease ran out).
+            ack(
+                5,
+                0,
+                Disposition::Dead {
+                    error: "no".into(),
+                    block_key: false,
+                },
+            ),
+        ];
+        let mut keys: Vec<String> = unsettled_keys(batch, &acks).into_iter().collect();
+        keys.sort();
+        assert_eq!(keys, ["b", "c", "d"]);
+    }
+
+    #[test]
+    fn a_tally_leaves_out_fenced_buckets_and_finds_the_first_retry() {
+        let now = Utc::now();
+        let later = now + chrono::Duration::seconds(5);
+        let acks = [
+            ack(1, 0, Disposition::Published),
+            ack(2, 1, Disposition::Published),
+            ack(3, 0, retry(later)),
+            ack(4, 0, retry(now + chrono::Duration::seconds(9))),
+            ack(5, 1, retry(now)),
+            ack(
+                6,
+                0,
+                Disposition::Dead {
+                    error: "no".into(),
+                    block_key: true,
+                },
+            ),
+        ];
+        assert_eq!(
+            tally(&acks, &[1]),
+            Tally {
+                published: 1,
+                retried: 2,
+                dead: 1,
+                next_retry: Some(later),
+            }
+        );
+    }
+}

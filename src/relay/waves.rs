@@ -172,3 +172,198 @@ impl Worker {
         acks
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::store::memory::claimed;
+
+    fn seqs(wave: &[(usize, Claimed)]) -> Vec<i64> {
+        wave.iter().map(|(_, c)| c.message.seq).collect()
+    }
+
+    fn batch() -> Vec<Claimed> {
+        vec![
+            claimed(1, Some("a"), 0),
+            claimed(2, Some("a"), 0),
+            claimed(3, Some("b"), 1),
+            claimed(4, None, 0),
+            claimed(5, Some("a"), 0),
+            claimed(6, None, 1),
+        ]
+    }
+
+    #[test]
+    fn a_wave_holds_one_message_per_key_and_keys_keep_their_order() {
+        let owned = HashSet::from([0, 1]);
+        let mut waves = Waves::new(batch());
+        assert_eq!(seqs(&waves.next(&owned)), [1, 3, 4, 6]);
+        assert_eq!(seqs(&waves.next(&owned)), [2]);
+        assert_eq!(seqs(&waves.next(&owned)), [5]);
+        assert!(waves.next(&owned).is_empty());
+    }
+
+    #[test]
+    fn a_stopped_key_sends_nothing_more_and_the_others_go_on() {
+        let owned = HashSet::from([0, 1]);
+        let mut waves = Waves::new(vec![
+            claimed(1, Some("a"), 0),
+            claimed(2, Some("b"), 0),
+            claimed(3, Some("a"), 0),
+            claimed(4, Some("b"), 0),
+        ]);
+        let first = waves.next(&owned);
+        let a = first[0].0;
+        waves.stop(a);
+        assert_eq!(seqs(&waves.next(&owned)), [4]);
+        assert!(waves.next(&owned).is_empty());
+    }
+
+    #[test]
+    fn a_bucket_lost_mid_batch_stops_its_keys_for_good() {
+        let mut waves = Waves::new(batch());
+        assert_eq!(seqs(&waves.next(&HashSet::from([1]))), [3, 6]);
+        // Owning it again later (a new lease) does not resume the old claim.
+        assert!(waves.next(&HashSet::from([0, 1])).is_empty());
+    }
+
+    fn policy() -> RetryPolicy {
+        RetryPolicy::new()
+            .initial_delay(Duration::from_secs(1))
+            .max_delay(Duration::from_secs(8))
+            .max_attempts(4)
+            .jitter(false)
+    }
+
+    fn at_attempt(key: Option<&str>, attempt: i32) -> OutboxMessage {
+        let mut m = claimed(1, key, 0).message;
+        m.attempt = attempt;
+        m
+    }
+
+    fn transient() -> Result<(), PublishError> {
+        Err(PublishError::transient("down"))
+    }
+
+    #[test]
+    fn transient_failures_retry_after_the_backoff_and_ordered_keys_block() {
+        let now = Utc::now();
+        let s = chrono::Duration::seconds;
+        for (attempt, delay) in [(1, s(1)), (2, s(2)), (3, s(4))] {
+            let m = at_attempt(Some("a"), attempt);
+            match disposition(transient(), &m, OrderingPolicy::Ordered, &policy(), now) {
+                Disposition::Retry {
+                    at,
+                    error,
+                    block_key,
+                } => {
+                    assert_eq!(at - now, delay, "attempt {attempt}");
+                    assert!(block_key);
+                    assert!(error.contains("down"), "{error}");
+                }
+                d => panic!("attempt {attempt}: {d:?}"),
+            }
+        }
+        let keyless = at_attempt(None, 1);
+        let d = disposition(
+            transient(),
+            &keyless,
+            OrderingPolicy::Ordered,
+            &policy(),
+            now,
+        );
+        assert!(!blocks_key(&d), "a keyless message has no key to block");
+        let m = at_attempt(Some("a"), 1);
+        let d = disposition(transient(), &m, OrderingPolicy::Unordered, &policy(), now);
+        assert!(matches!(d, Disposition::Retry { .. }) && !blocks_key(&d));
+    }
+
+    #[test]
+    fn the_last_attempt_and_permanent_failures_dead_letter() {
+        let now = Utc::now();
+        let last = at_attempt(Some("a"), 4);
+        let d = disposition(transient(), &last, OrderingPolicy::Ordered, &policy(), now);
+        assert!(
+            matches!(
+                d,
+                Disposition::Dead {
+                    block_key: true,
+                    ..
+                }
+            ),
+            "{d:?}"
+        );
+        let first = at_attempt(Some("a"), 1);
+        let permanent = Err(PublishError::permanent("rejected"));
+        let d = disposition(permanent, &first, OrderingPolicy::Unordered, &policy(), now);
+        assert!(
+            matches!(
+                d,
+                Disposition::Dead {
+                    block_key: false,
+                    ..
+                }
+            ),
+            "{d:?}"
+        );
+        let ok = disposition(Ok(()), &last, OrderingPolicy::Ordered, &policy(), now);
+        assert!(matches!(ok, Disposition::Published));
+    }
+
+    #[test]
+    fn retry_after_replaces_the_backoff_up_to_thirty_days() {
+        let now = Utc::now();
+        let m = at_attempt(Some("a"), 1);
+        let retry_at = |after: Duration| {
+            let e = Err(PublishError::transient("busy").with_retry_after(after));
+            match disposition(e, &m, OrderingPolicy::Ordered, &policy(), now) {
+                Disposition::Retry { at, .. } => at - now,
+                d => panic!("{d:?}"),
+            }
+        };
+        // Beyond the policy's 8 s cap: the destination knows when it is back.
+        assert_eq!(
+            retry_at(Duration::from_secs(20)),
+            chrono::Duration::seconds(20)
+        );
+        assert_eq!(
+            retry_at(Duration::from_secs(90 * 86_400)),
+            chrono::Duration::from_std(MAX_RETRY_DELAY).unwrap()
+        );
+    }
+
+    #[test]
+    fn jittered_retries_land_in_the_upper_half_of_the_backoff() {
+        let now = Utc::now();
+        let m = at_attempt(Some("a"), 2);
+        let jittered = policy().jitter(true);
+        for _ in 0..200 {
+            match disposition(transient(), &m, OrderingPolicy::Ordered, &jittered, now) {
+                Disposition::Retry { at, .. } => {
+                    let d = at - now;
+                    assert!(
+                        d >= chrono::Duration::seconds(1) && d <= chrono::Duration::seconds(2),
+                        "{d}"
+                    );
+                }
+                d => panic!("{d:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn an_ack_says_whether_the_message_failed_before() {
+        let mut c = claimed(7, Some("a"), 3);
+        let first = ack_of(&c, Disposition::Published);
+        assert_eq!((first.seq, first.bucket, first.attempts), (7, 3, 1));
+        assert!(!first.retried);
+        c.message.attempt = 2;
+        c.message.key_sequence = Some(9);
+        let again = ack_of(&c, Disposition::Published);
+        assert!(again.retried, "a retried message may hold its key's block");
+        assert_eq!(again.key_sequence, Some(9));
+        assert_eq!(again.partition_key.as_deref(), Some("a"));
+    }
+}

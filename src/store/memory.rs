@@ -59,8 +59,8 @@ struct Shared {
 
 /// Holds a store handle's operations while closed, before and after they
 /// apply: a stalled process, whose requests and replies are late.
-#[derive(Debug)]
-pub(crate) struct Gate(watch::Sender<bool>);
+#[derive(Debug, Clone)]
+pub(crate) struct Gate(Arc<watch::Sender<bool>>);
 
 impl Gate {
     pub(crate) fn close(&self) {
@@ -94,7 +94,6 @@ pub(crate) struct AckRecord {
 /// One call of `claim`, as the store saw it.
 #[derive(Debug, Clone)]
 pub(crate) struct ClaimRecord {
-    pub(crate) relay: Option<Uuid>,
     pub(crate) exclude: Vec<i64>,
     pub(crate) got: Vec<i64>,
 }
@@ -214,7 +213,7 @@ impl MemoryStore {
             relay: Some(relay),
             gate: Some(rx),
         };
-        (handle, Gate(tx))
+        (handle, Gate(Arc::new(tx)))
     }
 
     fn state(&self) -> MutexGuard<'_, State> {
@@ -604,7 +603,6 @@ impl StoreOps for MemoryStore {
                 }
             }
             s.claims.push(ClaimRecord {
-                relay: self.relay,
                 exclude: exclude.to_vec(),
                 got: got.iter().map(|c| c.message.seq).collect(),
             });
