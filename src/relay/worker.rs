@@ -15,6 +15,8 @@ use crate::publisher::Publisher;
 use crate::store::sealed::StoreOps;
 use crate::store::{Lease, Release, WakeSource};
 
+/// A relay's task: it holds the leases and the batch state between rounds;
+/// its methods live in the file of each concern.
 pub(super) struct Worker {
     pub(super) store: Arc<dyn StoreOps>,
     pub(super) publisher: Arc<dyn Publisher>,

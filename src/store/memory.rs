@@ -386,7 +386,16 @@ impl State {
 
     /// Applies an acknowledgement plan, in the order the SQLite backend
     /// writes it.
-    fn apply(&mut self, relay: Uuid, plan: &AckPlan<'_>, retain: bool, now: DateTime<Utc>) {
+    /// `now` is the relay's clock (stamped on retained messages), `dead_at`
+    /// the store's.
+    fn apply(
+        &mut self,
+        relay: Uuid,
+        plan: &AckPlan<'_>,
+        retain: bool,
+        now: DateTime<Utc>,
+        dead_at: DateTime<Utc>,
+    ) {
         for seq in &plan.published {
             if let Some(p) = self.messages.remove(seq) {
                 self.acked_published.push((relay, *seq));
@@ -424,7 +433,7 @@ impl State {
                     message,
                     attempts: *attempts,
                     last_error: (*error).to_owned(),
-                    dead_at: now,
+                    dead_at,
                 });
             }
         }
@@ -633,6 +642,7 @@ impl StoreOps for MemoryStore {
             now,
         } = p;
         self.pass_gate().await;
+        let dead_at = self.now();
         let report = {
             let mut s = self.state();
             let valid: Vec<i32> = leases
@@ -642,7 +652,7 @@ impl StoreOps for MemoryStore {
                 .collect();
             let plan = AckPlan::new(acks, |b| valid.contains(&b));
             s.check_fencing(relay, acks, |b| valid.contains(&b));
-            s.apply(relay, &plan, retain, now);
+            s.apply(relay, &plan, retain, now, dead_at);
             s.acks.push(AckRecord {
                 relay,
                 now,
