@@ -24,7 +24,20 @@
 //! changed hands, the acknowledgement is refused and the new owner
 //! publishes the message again.
 
+mod clock;
+mod leases;
+mod maintenance;
+mod numbering;
+#[cfg(test)]
+mod properties;
+mod publish;
 mod retry;
+mod round;
+#[cfg(test)]
+mod scenarios;
+#[cfg(test)]
+mod scripted;
+mod waves;
 mod worker;
 
 use std::collections::HashMap;

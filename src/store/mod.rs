@@ -4,6 +4,8 @@
 //! share no generic code a user has to see; the relay talks to them through
 //! the sealed [`Store`] trait.
 
+#[cfg(test)]
+pub(crate) mod memory;
 #[cfg(feature = "postgres")]
 pub(crate) mod postgres;
 #[cfg(feature = "sqlite")]

@@ -1,0 +1,136 @@
+//! Leases: this relay's fair share of the buckets, renewed in time, given
+//! up when the share shrinks, and watched while a batch is published.
+
+use tokio::time::Instant;
+
+use super::worker::Worker;
+use crate::error::{error_chain, Result};
+use crate::store::{Acquire, Heartbeat, Lease, Release, Renew};
+
+/// How many buckets each of `live` relays should hold: a fair share,
+/// rounded up so every bucket has an owner.
+pub(super) fn lease_target(bucket_count: i32, live: usize) -> usize {
+    (bucket_count.max(0) as usize).div_ceil(live.max(1))
+}
+
+/// The buckets a claim reads: `None` (all of them, the cheaper query) when
+/// this relay holds every bucket.
+pub(super) fn claim_scope(leases: &[Lease], bucket_count: i32) -> Option<Vec<i32>> {
+    if leases.len() as i32 >= bucket_count {
+        None
+    } else {
+        Some(leases.iter().map(|l| l.bucket).collect())
+    }
+}
+
+impl Worker {
+    /// Heartbeat, renewal, and acquiring or releasing buckets until this
+    /// relay holds its fair share.
+    pub(super) async fn manage_leases(&mut self) -> Result<()> {
+        let relay = self.config.relay_id;
+        let ttl = self.config.lease_ttl;
+        // Deadlines count from before the request: the database's expiry is
+        // later than ours, so we stop publishing before anyone can take
+        // over.
+        let started = Instant::now();
+        let live = self.store.heartbeat(Heartbeat { relay, ttl }).await?;
+        let renew = Renew {
+            relay,
+            leases: &self.leases,
+            ttl,
+        };
+        let mut leases = self.store.renew(renew).await?;
+        if leases.len() < self.leases.len() {
+            tracing::info!(
+                relay = %relay,
+                lost = self.leases.len() - leases.len(),
+                "outbox relay: leases taken over by another relay"
+            );
+        }
+        let target = lease_target(self.bucket_count, live);
+        if leases.len() < target {
+            let max = target - leases.len();
+            let more = self.store.acquire(Acquire { relay, max, ttl }).await?;
+            leases.extend(more);
+        } else if leases.len() > target {
+            leases.sort_by_key(|l| l.bucket);
+            let extra = leases.split_off(target);
+            let release = Release {
+                relay,
+                leases: &extra,
+            };
+            self.store.release(release).await?;
+        }
+        leases.sort_by_key(|l| l.bucket);
+        if leases != self.leases {
+            // Claimed under other leases: its buckets may have changed hands.
+            self.prefetch = None;
+        }
+        self.leases = leases;
+        self.renewed_at(started);
+        self.publish_health();
+        Ok(())
+    }
+
+    /// Renews the leases while the publisher works, so a slow destination
+    /// does not cost the relay its keys. Buckets found taken are dropped
+    /// from `self.leases`, which stops the batch's later waves for them.
+    pub(super) async fn renew_while_publishing(&mut self) {
+        let ttl = self.config.lease_ttl;
+        let started = Instant::now();
+        let renew = Renew {
+            relay: self.config.relay_id,
+            leases: &self.leases,
+            ttl,
+        };
+        match self.store.renew(renew).await {
+            Ok(kept) => {
+                if kept.len() < self.leases.len() {
+                    self.prefetch = None;
+                    tracing::warn!(
+                        relay = %self.config.relay_id,
+                        "outbox relay: leases lost while publishing"
+                    );
+                }
+                self.leases = kept;
+                self.renewed_at(started);
+            }
+            Err(e) => tracing::warn!(
+                error = %error_chain(&e),
+                "outbox relay: lease renewal during publish failed"
+            ),
+        }
+    }
+
+    /// Sets the deadlines that follow a renewal requested at `started`.
+    fn renewed_at(&mut self, started: Instant) {
+        let ttl = self.config.lease_ttl;
+        self.lease_deadline = started + ttl.mul_f64(0.8);
+        self.next_lease_tick = started + ttl / 3;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_bucket_has_an_owner_when_shares_do_not_divide() {
+        assert_eq!(lease_target(16, 1), 16);
+        assert_eq!(lease_target(16, 3), 6);
+        assert_eq!(lease_target(16, 16), 1);
+        assert_eq!(lease_target(16, 40), 1);
+        // A heartbeat that counted nobody still leaves this relay a share.
+        assert_eq!(lease_target(16, 0), 16);
+        for live in 1..=20 {
+            assert!(lease_target(16, live) * live >= 16, "{live} relays");
+        }
+    }
+
+    #[test]
+    fn a_relay_holding_every_bucket_claims_without_a_bucket_filter() {
+        let leases: Vec<Lease> = (0..4).map(|bucket| Lease { bucket, epoch: 1 }).collect();
+        assert_eq!(claim_scope(&leases, 4), None);
+        assert_eq!(claim_scope(&leases[1..3], 4), Some(vec![1, 2]));
+    }
+}

@@ -1,0 +1,292 @@
+//! One round: claim a batch (or take the one claimed early), publish it,
+//! acknowledge it, and report what happened.
+
+use std::collections::HashSet;
+
+use chrono::{DateTime, Utc};
+use tokio::time::Instant;
+use tracing::Instrument;
+
+use super::leases::claim_scope;
+use super::numbering::number_keys;
+use super::worker::Worker;
+use super::Retention;
+use crate::error::Result;
+use crate::store::{Ack, AckBatch, Claim, Claimed, Disposition};
+
+/// A claim running while the batch before it is published and
+/// acknowledged; aborted when dropped.
+pub(super) struct Prefetch(tokio::task::JoinHandle<Result<Vec<Claimed>>>);
+
+impl Drop for Prefetch {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Drops from a batch claimed early every message of a key in `unsettled`:
+/// the key's earlier message is still pending (or now blocked), so its
+/// later ones wait for the next claim.
+pub(super) fn without_unsettled(got: Vec<Claimed>, unsettled: &HashSet<String>) -> Vec<Claimed> {
+    got.into_iter()
+        .filter(|c| {
+            c.message
+                .partition_key
+                .as_ref()
+                .is_none_or(|k| !unsettled.contains(k))
+        })
+        .collect()
+}
+
+/// The keys of a batch (position, key) with a message that `acks` does not
+/// report published: failed, retried, or never sent because a lease ran out
+/// or the key stopped.
+pub(super) fn unsettled_keys(batch: Vec<(i64, Option<String>)>, acks: &[Ack]) -> HashSet<String> {
+    let done: HashSet<i64> = acks
+        .iter()
+        .filter(|a| matches!(a.disposition, Disposition::Published))
+        .map(|a| a.seq)
+        .collect();
+    batch
+        .into_iter()
+        .filter(|(seq, _)| !done.contains(seq))
+        .filter_map(|(_, k)| k)
+        .collect()
+}
+
+/// What an acknowledged batch amounted to, fenced acknowledgements left
+/// out.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub(super) struct Tally {
+    pub(super) published: u64,
+    pub(super) retried: u64,
+    pub(super) dead: u64,
+    /// The earliest retry scheduled.
+    pub(super) next_retry: Option<DateTime<Utc>>,
+}
+
+/// Counts `acks`, skipping those of `fenced_buckets` (they did not apply).
+pub(super) fn tally(acks: &[Ack], fenced_buckets: &[i32]) -> Tally {
+    let mut t = Tally::default();
+    for a in acks {
+        if fenced_buckets.contains(&a.bucket) {
+            continue;
+        }
+        match &a.disposition {
+            Disposition::Published => t.published += 1,
+            Disposition::Retry { at, .. } => {
+                t.retried += 1;
+                t.next_retry = Some(t.next_retry.map_or(*at, |r| r.min(*at)));
+            }
+            Disposition::Dead { .. } => t.dead += 1,
+        }
+    }
+    t
+}
+
+impl Worker {
+    /// Claims one batch, publishes it and acknowledges it. Returns true if
+    /// the batch was full (more may be waiting).
+    pub(super) async fn round(&mut self) -> Result<bool> {
+        let limit = self.config.batch_size as i64;
+        let (claimed, full) = match self.prefetch.take() {
+            Some(mut p) => {
+                let got = (&mut p.0).await.map_err(crate::Error::RelayTask)??;
+                let full = got.len() as i64 >= limit;
+                // Later messages of a key whose earlier one is still pending
+                // (or now blocked) wait for the next claim.
+                let unsettled = std::mem::take(&mut self.unsettled);
+                (without_unsettled(got, &unsettled), full)
+            }
+            None => {
+                let got = self.claim(Vec::new()).await?;
+                let full = got.len() as i64 >= limit;
+                (got, full)
+            }
+        };
+        self.unsettled.clear();
+        if claimed.is_empty() {
+            return Ok(full);
+        }
+        if full && self.config.prefetch {
+            let in_flight: Vec<i64> = claimed.iter().map(|c| c.message.seq).collect();
+            let claim = self.claim(in_flight);
+            self.prefetch = Some(Prefetch(tokio::spawn(claim)));
+        }
+        let batch_keys: Vec<(i64, Option<String>)> = claimed
+            .iter()
+            .map(|c| (c.message.seq, c.message.partition_key.clone()))
+            .collect();
+        let span = tracing::info_span!(
+            "outbox.batch",
+            relay = %self.config.relay_id,
+            size = claimed.len(),
+            published = tracing::field::Empty,
+            failed = tracing::field::Empty,
+            fenced = tracing::field::Empty,
+        );
+        let mut claimed = claimed;
+        if self.config.key_sequences {
+            let store = self.store.clone();
+            number_keys(&*store, &mut claimed).await?;
+        }
+        let acks = self.publish_batch(claimed).instrument(span.clone()).await;
+        let retain = matches!(self.config.retention, Retention::Keep(_));
+        let batch = AckBatch {
+            relay: self.config.relay_id,
+            leases: &self.leases,
+            acks: &acks,
+            retain,
+            now: self.clock.now(),
+        };
+        let report = self.store.ack(batch).instrument(span.clone()).await?;
+        if report.fenced > 0 {
+            self.prefetch = None;
+        } else if self.prefetch.is_some() {
+            self.unsettled = unsettled_keys(batch_keys, &acks);
+        }
+        let t = tally(&acks, &report.fenced_buckets);
+        if let Some(at) = t.next_retry {
+            let when = self.clock.instant_of(at);
+            self.next_retry = Some(self.next_retry.map_or(when, |r| r.min(when)));
+        }
+        span.record("published", t.published);
+        span.record("failed", t.retried + t.dead);
+        span.record("fenced", report.fenced);
+        if report.fenced > 0 {
+            metrics::counter!("outbox_fenced_total").increment(report.fenced as u64);
+            tracing::warn!(
+                relay = %self.config.relay_id,
+                fenced = report.fenced,
+                "outbox relay: acknowledgements refused, the lease changed hands; \
+                 the new owner publishes these messages again"
+            );
+            // Find out which leases are gone before the next round.
+            self.next_lease_tick = Instant::now();
+        }
+        metrics::counter!("outbox_published_total").increment(t.published);
+        metrics::counter!("outbox_retried_total").increment(t.retried);
+        metrics::counter!("outbox_dead_lettered_total").increment(t.dead);
+        self.health.published += t.published;
+        metrics::counter!("outbox_batches_total").increment(1);
+        Ok(full)
+    }
+
+    /// A claim of this relay's buckets, leaving out the positions in
+    /// `exclude` (a batch still in flight); it owns what it needs, so it can
+    /// run as a task of its own.
+    fn claim(
+        &self,
+        exclude: Vec<i64>,
+    ) -> impl std::future::Future<Output = Result<Vec<Claimed>>> + Send + 'static {
+        let buckets = claim_scope(&self.leases, self.bucket_count);
+        let store = self.store.clone();
+        let (count, now, limit) = (
+            self.bucket_count,
+            self.clock.now(),
+            self.config.batch_size as i64,
+        );
+        async move {
+            let claim = Claim {
+                buckets: buckets.as_deref(),
+                bucket_count: count,
+                now,
+                limit,
+                exclude: &exclude,
+            };
+            store.claim(claim).await
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::memory::claimed;
+
+    fn ack(seq: i64, bucket: i32, disposition: Disposition) -> Ack {
+        super::super::waves::ack_of(&claimed(seq, None, bucket), disposition)
+    }
+
+    fn retry(at: DateTime<Utc>) -> Disposition {
+        Disposition::Retry {
+            at,
+            error: "down".into(),
+            block_key: true,
+        }
+    }
+
+    #[test]
+    fn an_early_claim_loses_the_later_messages_of_unsettled_keys() {
+        let got = vec![
+            claimed(3, Some("a"), 0),
+            claimed(4, Some("b"), 0),
+            claimed(5, None, 0),
+            claimed(6, Some("a"), 0),
+        ];
+        let unsettled = HashSet::from(["a".to_owned()]);
+        let kept: Vec<i64> = without_unsettled(got, &unsettled)
+            .iter()
+            .map(|c| c.message.seq)
+            .collect();
+        assert_eq!(kept, [4, 5]);
+    }
+
+    #[test]
+    fn keys_with_a_message_not_published_stay_unsettled() {
+        let batch = vec![
+            (1, Some("a".to_owned())),
+            (2, Some("b".to_owned())),
+            (3, None),
+            (4, Some("c".to_owned())),
+            (5, Some("d".to_owned())),
+        ];
+        let acks = [
+            ack(1, 0, Disposition::Published),
+            ack(2, 0, retry(Utc::now())),
+            ack(3, 0, Disposition::Published),
+            // 4 never went out (its key stopped or the lease ran out).
+            ack(
+                5,
+                0,
+                Disposition::Dead {
+                    error: "no".into(),
+                    block_key: false,
+                },
+            ),
+        ];
+        let mut keys: Vec<String> = unsettled_keys(batch, &acks).into_iter().collect();
+        keys.sort();
+        assert_eq!(keys, ["b", "c", "d"]);
+    }
+
+    #[test]
+    fn a_tally_leaves_out_fenced_buckets_and_finds_the_first_retry() {
+        let now = Utc::now();
+        let later = now + chrono::Duration::seconds(5);
+        let acks = [
+            ack(1, 0, Disposition::Published),
+            ack(2, 1, Disposition::Published),
+            ack(3, 0, retry(later)),
+            ack(4, 0, retry(now + chrono::Duration::seconds(9))),
+            ack(5, 1, retry(now)),
+            ack(
+                6,
+                0,
+                Disposition::Dead {
+                    error: "no".into(),
+                    block_key: true,
+                },
+            ),
+        ];
+        assert_eq!(
+            tally(&acks, &[1]),
+            Tally {
+                published: 1,
+                retried: 2,
+                dead: 1,
+                next_retry: Some(later),
+            }
+        );
+    }
+}

@@ -1,0 +1,383 @@
+//! The relay's own rules, each driven through a real relay on the
+//! in-memory store and paused time, so they run in milliseconds.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use super::scripted::{message, spawn, tag, until, Counters, Journal};
+use super::{OrderingPolicy, RelayState, Retention};
+use crate::error::PublishError;
+use crate::store::memory::MemoryStore;
+use crate::store::Disposition;
+
+const LIMIT: Duration = Duration::from_secs(60);
+
+/// Tags of everything sent, failures marked with `!`.
+fn sent_tags(journal: &Journal) -> Vec<String> {
+    journal
+        .sent()
+        .iter()
+        .map(|s| {
+            let t = tag(&s.message);
+            if s.ok {
+                t
+            } else {
+                format!("{t}!")
+            }
+        })
+        .collect()
+}
+
+fn fails_first_attempt_of(
+    t: &'static str,
+) -> impl Fn(&crate::OutboxMessage) -> Result<(), PublishError> {
+    move |m| {
+        if tag(m) == t && m.attempt() == 1 {
+            Err(PublishError::transient("destination down"))
+        } else {
+            Ok(())
+        }
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_publisher_call_carries_one_message_per_key_in_commit_order() {
+    let store = MemoryStore::new(4);
+    let journal = Journal::new(&store);
+    for (t, k) in [
+        ("a1", Some("a")),
+        ("a2", Some("a")),
+        ("b1", Some("b")),
+        ("a3", Some("a")),
+        ("n1", None),
+        ("n2", None),
+        ("b2", Some("b")),
+    ] {
+        store.enqueue(message(t, k)).unwrap();
+    }
+    let (_relay, _gate, _) = spawn(&store, &journal, |b| b);
+    until("drained", LIMIT, || store.pending().is_empty()).await;
+
+    let mut calls: HashMap<usize, Vec<String>> = HashMap::new();
+    for s in journal.sent() {
+        let keys = calls.entry(s.call).or_default();
+        if let Some(k) = s.message.partition_key() {
+            assert!(
+                !keys.contains(&k.to_owned()),
+                "two messages of key {k} in call {}",
+                s.call
+            );
+            keys.push(k.to_owned());
+        }
+    }
+    // Different keys (and keyless messages) go out together.
+    assert_eq!(sent_tags(&journal)[..4], ["a1", "b1", "n1", "n2"]);
+    let of = |k: &str| -> Vec<String> {
+        journal
+            .sent()
+            .iter()
+            .filter(|s| s.message.partition_key() == Some(k))
+            .map(|s| tag(&s.message))
+            .collect()
+    };
+    assert_eq!(of("a"), ["a1", "a2", "a3"]);
+    assert_eq!(of("b"), ["b1", "b2"]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_ordered_failure_holds_back_the_rest_of_its_key_and_nothing_else() {
+    let store = MemoryStore::new(1);
+    let journal = Journal::new(&store);
+    for (t, k) in [
+        ("a1", "a"),
+        ("a2", "a"),
+        ("a3", "a"),
+        ("b1", "b"),
+        ("b2", "b"),
+    ] {
+        store.enqueue(message(t, Some(k))).unwrap();
+    }
+    journal.answer(fails_first_attempt_of("a1"));
+    let (_relay, _gate, _) = spawn(&store, &journal, |b| b);
+    until("drained", LIMIT, || store.pending().is_empty()).await;
+    assert_eq!(
+        sent_tags(&journal),
+        ["a1!", "b1", "b2", "a1", "a2", "a3"],
+        "a2 and a3 wait for a1 within the batch and across rounds"
+    );
+    assert!(store.blocked().is_empty(), "a1's block was lifted");
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_unordered_failure_lets_the_rest_of_its_key_go_on() {
+    let store = MemoryStore::new(1);
+    let journal = Journal::new(&store);
+    for (t, k) in [
+        ("a1", "a"),
+        ("a2", "a"),
+        ("a3", "a"),
+        ("b1", "b"),
+        ("b2", "b"),
+    ] {
+        store.enqueue(message(t, Some(k))).unwrap();
+    }
+    journal.answer(fails_first_attempt_of("a1"));
+    let (_relay, _gate, _) = spawn(&store, &journal, |b| {
+        b.topic_ordering("t", OrderingPolicy::Unordered)
+    });
+    until("drained", LIMIT, || store.pending().is_empty()).await;
+    assert_eq!(
+        sent_tags(&journal),
+        ["a1!", "b1", "a2", "b2", "a3", "a1"],
+        "the failure is set aside and the key moves on"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_prefetched_batch_never_overtakes_an_unpublished_message_of_its_key() {
+    let store = MemoryStore::new(1);
+    let journal = Journal::new(&store);
+    let mut seq = HashMap::new();
+    for (t, k) in [("a1", "a"), ("b1", "b"), ("a2", "a"), ("b2", "b")] {
+        seq.insert(t, store.enqueue(message(t, Some(k))).unwrap());
+    }
+    journal.answer(fails_first_attempt_of("a1"));
+    let (_relay, _gate, _) = spawn(&store, &journal, |b| b.batch_size(2));
+    until("drained", LIMIT, || store.pending().is_empty()).await;
+
+    // The early claim ran while a1 was in flight and did hand out a2: only
+    // the relay's own filter kept it back.
+    assert!(
+        store
+            .claims()
+            .iter()
+            .any(|c| c.exclude.contains(&seq["a1"]) && c.got.contains(&seq["a2"])),
+        "{:?}",
+        store.claims()
+    );
+    assert_eq!(sent_tags(&journal), ["a1!", "b1", "b2", "a1", "a2"]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_acknowledgement_after_the_lease_changed_hands_is_refused_and_counted() {
+    let counters = Counters::default();
+    let _recorder = metrics::set_default_local_recorder(&counters);
+    let store = MemoryStore::new(1);
+    let journal = Journal::new(&store);
+    let a1 = store.enqueue(message("a1", Some("a"))).unwrap();
+    // Too short for a renewal to notice the takeover before the ack.
+    journal.delay(|_| Duration::from_millis(100));
+    let (relay, _gate, id) = spawn(&store, &journal, |b| b);
+    journal.calls(1).await;
+    store.take_over(0, Duration::from_secs(3600));
+    until("acknowledged", LIMIT, || !store.acks().is_empty()).await;
+
+    let ack = &store.acks()[0];
+    assert_eq!(ack.relay, id);
+    assert_eq!(
+        (ack.report.applied, ack.report.fenced),
+        (0, 1),
+        "{:?}",
+        ack.report
+    );
+    assert_eq!(ack.report.fenced_buckets, vec![0]);
+    let pending = store.pending_message(a1).expect("still pending");
+    assert_eq!(pending.attempts, 0);
+    assert_eq!(counters.get("outbox_fenced_total"), 1);
+    assert_eq!(counters.get("outbox_published_total"), 0);
+    assert_eq!(relay.health().published, 0);
+    assert!(store.fencing_violations().is_empty());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_relay_that_lost_a_bucket_mid_batch_publishes_nothing_more_of_it() {
+    let store = MemoryStore::new(1);
+    let journal = Journal::new(&store);
+    for t in ["a1", "a2", "a3"] {
+        store.enqueue(message(t, Some("a"))).unwrap();
+    }
+    // Long enough for a renewal (every third of the 2 s lease) mid-call.
+    journal.delay(|_| Duration::from_secs(1));
+    let (_relay, _gate, _) = spawn(&store, &journal, |b| b);
+    journal.calls(1).await;
+    store.take_over(0, Duration::from_secs(3600));
+    until("acknowledged", LIMIT, || !store.acks().is_empty()).await;
+    tokio::time::sleep(Duration::from_secs(10)).await;
+
+    assert_eq!(
+        sent_tags(&journal),
+        ["a1"],
+        "a2 and a3 belong to the new owner"
+    );
+    let acks = store.acks();
+    assert_eq!(acks.len(), 1);
+    assert_eq!(acks[0].acks.len(), 1);
+    assert_eq!(acks[0].report.fenced, 1);
+    assert_eq!(store.pending().len(), 3);
+}
+
+#[tokio::test(start_paused = true)]
+async fn failures_back_off_exponentially_then_dead_letter_and_block_the_key() {
+    let counters = Counters::default();
+    let _recorder = metrics::set_default_local_recorder(&counters);
+    let store = MemoryStore::new(1);
+    let journal = Journal::new(&store);
+    let a1 = store.enqueue(message("a1", Some("a"))).unwrap();
+    store.enqueue(message("a2", Some("a"))).unwrap();
+    journal.answer(|m| {
+        if tag(m) == "a1" {
+            Err(PublishError::transient("destination down"))
+        } else {
+            Ok(())
+        }
+    });
+    let (_relay, _gate, _) = spawn(&store, &journal, |b| b);
+    until("dead-lettered", LIMIT, || !store.dead_letters().is_empty()).await;
+
+    let delays: Vec<Option<chrono::Duration>> = store
+        .acks()
+        .iter()
+        .flat_map(|r| r.acks.iter().map(move |a| (r.now, a.clone())))
+        .filter(|(_, a)| a.seq == a1)
+        .map(|(now, a)| match a.disposition {
+            Disposition::Retry { at, .. } => Some(at - now),
+            _ => None,
+        })
+        .collect();
+    let ms = chrono::Duration::milliseconds;
+    assert_eq!(delays, vec![Some(ms(100)), Some(ms(200)), None]);
+    let times: Vec<_> = journal.sent().iter().map(|s| s.at).collect();
+    assert_eq!(times.len(), 3, "{:?}", sent_tags(&journal));
+    assert!(times[1] - times[0] >= Duration::from_millis(100));
+    assert!(times[2] - times[1] >= Duration::from_millis(200));
+
+    let dead = &store.dead_letters()[0];
+    assert_eq!(dead.message.seq, a1);
+    assert_eq!(dead.attempts, 3);
+    assert!(
+        dead.last_error.contains("destination down"),
+        "{}",
+        dead.last_error
+    );
+    assert_eq!(counters.get("outbox_retried_total"), 2);
+    assert_eq!(counters.get("outbox_dead_lettered_total"), 1);
+
+    // The dead letter holds a2 back until it is discarded.
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    assert_eq!(journal.confirmed(), Vec::<String>::new());
+    assert_eq!(store.discard_dead_letters(), 1);
+    until("drained", LIMIT, || store.pending().is_empty()).await;
+    assert_eq!(journal.confirmed(), ["a2"]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn retry_after_replaces_the_backoff_and_permanent_failures_dead_letter_at_once() {
+    let store = MemoryStore::new(1);
+    let journal = Journal::new(&store);
+    let a1 = store.enqueue(message("a1", Some("a"))).unwrap();
+    let b1 = store.enqueue(message("b1", Some("b"))).unwrap();
+    journal.answer(|m| match (tag(m).as_str(), m.attempt()) {
+        // Longer than the policy's 1 s cap: the destination knows best.
+        ("a1", 1) => Err(PublishError::transient("busy").with_retry_after(Duration::from_secs(5))),
+        ("b1", _) => Err(PublishError::permanent("rejected")),
+        _ => Ok(()),
+    });
+    let (_relay, _gate, _) = spawn(&store, &journal, |b| b);
+    until("acknowledged", LIMIT, || !store.acks().is_empty()).await;
+    let first = &store.acks()[0];
+    for a in &first.acks {
+        match &a.disposition {
+            Disposition::Retry { at, block_key, .. } => {
+                assert_eq!(a.seq, a1);
+                assert_eq!(*at - first.now, chrono::Duration::seconds(5));
+                assert!(block_key);
+            }
+            Disposition::Dead { block_key, .. } => {
+                assert_eq!(a.seq, b1);
+                assert!(block_key);
+            }
+            Disposition::Published => panic!("nothing was published"),
+        }
+    }
+    let failed_at = journal.sent()[0].at;
+    until("drained", LIMIT, || store.pending().is_empty()).await;
+    let retried = journal.sent().into_iter().find(|s| s.ok).expect("a1 again");
+    assert!(retried.at - failed_at >= Duration::from_secs(5));
+    assert_eq!(store.dead_letters()[0].attempts, 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn each_key_is_numbered_densely_across_batches() {
+    let store = MemoryStore::new(2);
+    let journal = Journal::new(&store);
+    for (t, k) in [("a1", "a"), ("b1", "b"), ("a2", "a"), ("a3", "a")] {
+        store.enqueue(message(t, Some(k))).unwrap();
+    }
+    let (_relay, _gate, _) = spawn(&store, &journal, |b| b.batch_size(2).key_sequences(true));
+    until("drained", LIMIT, || store.pending().is_empty()).await;
+    let numbers: Vec<(String, Option<i64>)> = journal
+        .sent()
+        .iter()
+        .map(|s| (tag(&s.message), s.message.key_sequence()))
+        .collect();
+    for (t, n) in [("a1", 1), ("b1", 1), ("a2", 2), ("a3", 3)] {
+        assert!(numbers.contains(&(t.to_owned(), Some(n))), "{numbers:?}");
+    }
+    assert_eq!(store.key_sequence("a"), Some(3));
+    assert_eq!(store.key_sequence("b"), Some(1));
+}
+
+#[tokio::test(start_paused = true)]
+async fn retained_messages_are_purged_after_the_retention_window() {
+    let store = MemoryStore::new(1);
+    let journal = Journal::new(&store);
+    for t in ["a1", "a2", "a3"] {
+        store.enqueue(message(t, None)).unwrap();
+    }
+    let keep = Duration::from_secs(5);
+    let (_relay, _gate, _) = spawn(&store, &journal, |b| b.retention(Retention::Keep(keep)));
+    until("drained", LIMIT, || store.pending().is_empty()).await;
+    assert_eq!(store.published().len(), 3);
+    tokio::time::sleep(keep - Duration::from_secs(1)).await;
+    assert_eq!(store.published().len(), 3, "kept for the whole window");
+    until("purged", Duration::from_secs(3), || {
+        store.published().is_empty()
+    })
+    .await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_table_nothing_vacuums_is_vacuumed_by_the_relay_unless_told_not_to() {
+    for (allowed, expect) in [(true, true), (false, false)] {
+        let store = MemoryStore::new(1);
+        let journal = Journal::new(&store);
+        store.set_table_upkeep(Some(20_000), Some(false));
+        let (relay, _gate, _) = spawn(&store, &journal, |b| b.vacuum_if_autovacuum_off(allowed));
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        assert_eq!(
+            store.vacuums() > 0,
+            expect,
+            "vacuum_if_autovacuum_off({allowed})"
+        );
+        relay.shutdown().await.unwrap();
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn shutdown_finishes_the_batch_in_flight_and_gives_the_buckets_back() {
+    let store = MemoryStore::new(1);
+    let journal = Journal::new(&store);
+    store.enqueue(message("a1", Some("a"))).unwrap();
+    journal.delay(|_| Duration::from_secs(5));
+    let (relay, _gate, id) = spawn(&store, &journal, |b| b);
+    journal.calls(1).await;
+    assert_eq!(store.holder(0), Some(id));
+    let health = relay.watch_health();
+    relay.shutdown().await.unwrap();
+    assert!(
+        store.pending().is_empty(),
+        "the batch in flight was acknowledged"
+    );
+    assert_eq!(store.holder(0), None, "the bucket is free at once");
+    assert_eq!(health.borrow().state, RelayState::Stopped);
+}

@@ -1,0 +1,956 @@
+//! An in-memory store for unit tests of the relay's own rules (waves,
+//! prefetch, fencing, retries) in milliseconds and without a database.
+//!
+//! It keeps the contract the real backends keep: buckets hashed from the
+//! partition key (by position for keyless messages), leases with owner,
+//! epoch and expiry, acknowledgements fenced by owner and epoch through
+//! [`AckPlan`], blocked keys, retry due times, dead letters, per-key
+//! sequences, the claim's exclusion list and retention. Lease time follows
+//! tokio's clock, so tests run on paused time.
+//!
+//! A handle made by [`MemoryStore::for_relay`] attributes its claims to a
+//! relay, which lets the store check that no acknowledgement of a message
+//! applies after the bucket it was claimed in changed hands, and can be
+//! stalled with its [`Gate`] like a relay process that stops answering.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use tokio::sync::{watch, Notify};
+use tokio::time::Instant;
+use uuid::Uuid;
+
+use super::sealed::StoreOps;
+use super::{
+    Ack, AckBatch, AckPlan, AckReport, Acquire, Claim, Claimed, DeadLetter, Heartbeat, Lease,
+    Purge, Release, Renew, Store, StoreStats, WakeSource,
+};
+use crate::error::Result;
+use crate::message::{NewMessage, OutboxMessage};
+
+/// A shared in-memory outbox; clones share everything, gate included.
+#[derive(Clone)]
+pub(crate) struct MemoryStore {
+    shared: Arc<Shared>,
+    /// The relay this handle's claims are attributed to.
+    relay: Option<Uuid>,
+    gate: Option<watch::Receiver<bool>>,
+}
+
+impl fmt::Debug for MemoryStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MemoryStore")
+            .field("relay", &self.relay)
+            .finish_non_exhaustive()
+    }
+}
+
+struct Shared {
+    state: Mutex<State>,
+    signal: Arc<Notify>,
+    /// Wall time at `at`: the store's clock follows tokio's.
+    wall: DateTime<Utc>,
+    at: Instant,
+}
+
+/// Holds a store handle's operations while closed, before and after they
+/// apply: a stalled process, whose requests and replies are late.
+#[derive(Debug, Clone)]
+pub(crate) struct Gate(Arc<watch::Sender<bool>>);
+
+impl Gate {
+    pub(crate) fn close(&self) {
+        self.0.send_replace(false);
+    }
+
+    pub(crate) fn open(&self) {
+        self.0.send_replace(true);
+    }
+}
+
+/// A message waiting to be published.
+#[derive(Debug, Clone)]
+pub(crate) struct Pending {
+    pub(crate) message: OutboxMessage,
+    /// Attempts made so far.
+    pub(crate) attempts: i32,
+    pub(crate) available_at: Option<DateTime<Utc>>,
+    pub(crate) last_error: Option<String>,
+}
+
+/// One call of `ack`, as the store saw it.
+#[derive(Debug, Clone)]
+pub(crate) struct AckRecord {
+    pub(crate) relay: Uuid,
+    pub(crate) now: DateTime<Utc>,
+    pub(crate) acks: Vec<Ack>,
+    pub(crate) report: AckReport,
+}
+
+/// One call of `claim`, as the store saw it.
+#[derive(Debug, Clone)]
+pub(crate) struct ClaimRecord {
+    pub(crate) exclude: Vec<i64>,
+    pub(crate) got: Vec<i64>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct LeaseRow {
+    owner: Option<Uuid>,
+    epoch: i64,
+    /// `None`: released, free at once.
+    expires: Option<Instant>,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    bucket_count: i32,
+    next_seq: i64,
+    messages: BTreeMap<i64, Pending>,
+    /// Key -> position of the message that blocks it.
+    blocked: BTreeMap<String, i64>,
+    dead_letters: Vec<DeadLetter>,
+    discarded: Vec<DeadLetter>,
+    /// Retained published messages and when they were published.
+    published: Vec<(OutboxMessage, DateTime<Utc>)>,
+    leases: Vec<LeaseRow>,
+    relays: HashMap<Uuid, Instant>,
+    key_sequences: HashMap<String, i64>,
+    /// (relay, position) -> (owner, epoch) of the bucket when that relay
+    /// last claimed the message.
+    claimed_under: HashMap<(Uuid, i64), (Option<Uuid>, i64)>,
+    claims: Vec<ClaimRecord>,
+    acks: Vec<AckRecord>,
+    /// (relay, position) of every published acknowledgement that applied
+    /// to a message still pending.
+    acked_published: Vec<(Uuid, i64)>,
+    violations: Vec<String>,
+    dead_tuples: Option<i64>,
+    autovacuum: Option<bool>,
+    vacuums: usize,
+}
+
+/// FNV-1a: any stable hash spreads keys over buckets; this one is short.
+fn hash(key: &str) -> u32 {
+    key.bytes().fold(0x811c_9dc5_u32, |h, b| {
+        (h ^ u32::from(b)).wrapping_mul(0x0100_0193)
+    })
+}
+
+/// The bucket of a message: its key's hash, or its position if keyless.
+fn bucket_of(key: Option<&str>, seq: i64, bucket_count: i32) -> i32 {
+    let n = i64::from(bucket_count.max(1));
+    match key {
+        Some(k) => (i64::from(hash(k) & 0x7fff_ffff) % n) as i32,
+        None => seq.rem_euclid(n) as i32,
+    }
+}
+
+/// A claimed message with no store behind it, for tests of pure rules.
+pub(crate) fn claimed(seq: i64, key: Option<&str>, bucket: i32) -> Claimed {
+    let mut m = NewMessage::bytes("t", seq.to_be_bytes().to_vec());
+    m.partition_key = key.map(str::to_owned);
+    Claimed {
+        message: outbox_message(m, seq, DateTime::<Utc>::UNIX_EPOCH),
+        bucket,
+    }
+}
+
+fn outbox_message(m: NewMessage, seq: i64, created_at: DateTime<Utc>) -> OutboxMessage {
+    OutboxMessage {
+        seq,
+        id: m.id,
+        topic: m.topic,
+        partition_key: m.partition_key,
+        event_type: m.event_type,
+        schema_version: m.schema_version,
+        payload: m.payload,
+        content_type: m.content_type,
+        headers: m.headers,
+        created_at,
+        attempt: 1,
+        key_sequence: None,
+    }
+}
+
+impl MemoryStore {
+    /// An empty outbox whose key space is split into `bucket_count` buckets.
+    pub(crate) fn new(bucket_count: i32) -> Self {
+        let leases = (0..bucket_count)
+            .map(|_| LeaseRow {
+                owner: None,
+                epoch: 0,
+                expires: None,
+            })
+            .collect();
+        Self {
+            shared: Arc::new(Shared {
+                state: Mutex::new(State {
+                    bucket_count,
+                    next_seq: 1,
+                    leases,
+                    ..State::default()
+                }),
+                signal: Arc::new(Notify::new()),
+                wall: Utc::now(),
+                at: Instant::now(),
+            }),
+            relay: None,
+            gate: None,
+        }
+    }
+
+    /// A handle for `relay`: its claims are attributed to it, and its
+    /// operations wait while the returned gate is closed.
+    pub(crate) fn for_relay(&self, relay: Uuid) -> (Self, Gate) {
+        let (tx, rx) = watch::channel(true);
+        let handle = Self {
+            shared: self.shared.clone(),
+            relay: Some(relay),
+            gate: Some(rx),
+        };
+        (handle, Gate(Arc::new(tx)))
+    }
+
+    fn state(&self) -> MutexGuard<'_, State> {
+        self.shared.state.lock().expect("poisoned")
+    }
+
+    fn now(&self) -> DateTime<Utc> {
+        let elapsed = Instant::now().saturating_duration_since(self.shared.at);
+        self.shared.wall + chrono::Duration::from_std(elapsed).expect("elapsed time in range")
+    }
+
+    async fn pass_gate(&self) {
+        if let Some(gate) = &self.gate {
+            let mut gate = gate.clone();
+            // A dropped gate counts as open.
+            let _ = gate.wait_for(|open| *open).await;
+        }
+    }
+
+    /// Commits a message and wakes the relays, like `commit`; `None` if its
+    /// id is already pending (the real backends skip such a row too).
+    pub(crate) fn enqueue(&self, m: NewMessage) -> Option<i64> {
+        let now = self.now();
+        let seq = {
+            let mut s = self.state();
+            if s.messages.values().any(|p| p.message.id == m.id) {
+                return None;
+            }
+            let seq = s.next_seq;
+            s.next_seq += 1;
+            s.messages.insert(
+                seq,
+                Pending {
+                    message: outbox_message(m, seq, now),
+                    attempts: 0,
+                    available_at: None,
+                    last_error: None,
+                },
+            );
+            seq
+        };
+        self.shared.signal.notify_waiters();
+        self.shared.signal.notify_one();
+        Some(seq)
+    }
+
+    /// The bucket a message lies in.
+    pub(crate) fn bucket_of(&self, m: &OutboxMessage) -> i32 {
+        let n = self.state().bucket_count;
+        bucket_of(m.partition_key.as_deref(), m.seq, n)
+    }
+
+    /// Another owner takes `bucket` now, as if its lease had expired and a
+    /// relay this test does not run had acquired it; returns that lease.
+    pub(crate) fn take_over(&self, bucket: i32, ttl: Duration) -> Lease {
+        let mut s = self.state();
+        let row = &mut s.leases[bucket as usize];
+        row.owner = Some(Uuid::now_v7());
+        row.epoch += 1;
+        row.expires = Some(Instant::now() + ttl);
+        Lease {
+            bucket,
+            epoch: row.epoch,
+        }
+    }
+
+    /// Who holds `bucket` now (an expired lease counts as held by nobody).
+    pub(crate) fn holder(&self, bucket: i32) -> Option<Uuid> {
+        let s = self.state();
+        let row = s.leases[bucket as usize];
+        row.owner
+            .filter(|_| row.expires.is_some_and(|e| e > Instant::now()))
+    }
+
+    pub(crate) fn pending(&self) -> Vec<Pending> {
+        self.state().messages.values().cloned().collect()
+    }
+
+    pub(crate) fn pending_message(&self, seq: i64) -> Option<Pending> {
+        self.state().messages.get(&seq).cloned()
+    }
+
+    pub(crate) fn dead_letters(&self) -> Vec<DeadLetter> {
+        self.state().dead_letters.clone()
+    }
+
+    /// Dead letters discarded so far.
+    pub(crate) fn discarded(&self) -> Vec<DeadLetter> {
+        self.state().discarded.clone()
+    }
+
+    /// Discards every dead letter and lifts the blocks they hold, as
+    /// `discard_dead_letter` does; returns how many.
+    pub(crate) fn discard_dead_letters(&self) -> usize {
+        let n = {
+            let mut s = self.state();
+            let gone = std::mem::take(&mut s.dead_letters);
+            for d in &gone {
+                if let Some(k) = &d.message.partition_key {
+                    if s.blocked.get(k) == Some(&d.message.seq) {
+                        s.blocked.remove(k);
+                    }
+                }
+            }
+            let n = gone.len();
+            s.discarded.extend(gone);
+            n
+        };
+        self.shared.signal.notify_one();
+        n
+    }
+
+    /// Key -> position of the message that blocks it.
+    pub(crate) fn blocked(&self) -> BTreeMap<String, i64> {
+        self.state().blocked.clone()
+    }
+
+    /// Retained published messages.
+    pub(crate) fn published(&self) -> Vec<OutboxMessage> {
+        self.state()
+            .published
+            .iter()
+            .map(|(m, _)| m.clone())
+            .collect()
+    }
+
+    pub(crate) fn key_sequence(&self, key: &str) -> Option<i64> {
+        self.state().key_sequences.get(key).copied()
+    }
+
+    pub(crate) fn acks(&self) -> Vec<AckRecord> {
+        self.state().acks.clone()
+    }
+
+    pub(crate) fn claims(&self) -> Vec<ClaimRecord> {
+        self.state().claims.clone()
+    }
+
+    /// (relay, position) of every published acknowledgement that applied.
+    pub(crate) fn acked_published(&self) -> Vec<(Uuid, i64)> {
+        self.state().acked_published.clone()
+    }
+
+    /// Acknowledgements that applied although the bucket changed hands
+    /// between the relay's claim of the message and the acknowledgement.
+    pub(crate) fn fencing_violations(&self) -> Vec<String> {
+        self.state().violations.clone()
+    }
+
+    /// What `stats` reports about the table's upkeep.
+    pub(crate) fn set_table_upkeep(&self, dead_tuples: Option<i64>, autovacuum: Option<bool>) {
+        let mut s = self.state();
+        s.dead_tuples = dead_tuples;
+        s.autovacuum = autovacuum;
+    }
+
+    pub(crate) fn vacuums(&self) -> usize {
+        self.state().vacuums
+    }
+}
+
+impl State {
+    /// Whether `relay` holds `bucket` at `epoch`. Like the real backends,
+    /// expiry alone does not fence: only another owner does.
+    fn holds(&self, relay: Uuid, l: &Lease) -> bool {
+        self.leases
+            .get(l.bucket as usize)
+            .is_some_and(|row| row.owner == Some(relay) && row.epoch == l.epoch)
+    }
+
+    /// Applies an acknowledgement plan, in the order the SQLite backend
+    /// writes it.
+    /// `now` is the relay's clock (stamped on retained messages), `dead_at`
+    /// the store's.
+    fn apply(
+        &mut self,
+        relay: Uuid,
+        plan: &AckPlan<'_>,
+        retain: bool,
+        now: DateTime<Utc>,
+        dead_at: DateTime<Utc>,
+    ) {
+        for seq in &plan.published {
+            if let Some(p) = self.messages.remove(seq) {
+                self.acked_published.push((relay, *seq));
+                if retain {
+                    let mut m = p.message;
+                    m.attempt = p.attempts + 1;
+                    self.published.push((m, now));
+                }
+            }
+        }
+        for (k, n) in &plan.key_sequences {
+            let last = self.key_sequences.entry((*k).to_owned()).or_insert(0);
+            *last = (*last).max(*n);
+        }
+        for (k, seq) in &plan.unblock {
+            if self.blocked.get(*k) == Some(seq) {
+                self.blocked.remove(*k);
+            }
+        }
+        for (seq, attempts, at, error) in &plan.retry {
+            if let Some(p) = self.messages.get_mut(seq) {
+                p.attempts = *attempts;
+                p.available_at = Some(*at);
+                p.last_error = Some((*error).to_owned());
+            }
+        }
+        for (seq, attempts, error) in &plan.dead {
+            if let Some(p) = self.messages.remove(seq) {
+                let mut message = p.message;
+                message.attempt = *attempts;
+                // A message dead-lettered again under the same id replaces
+                // the older dead letter.
+                self.dead_letters.retain(|d| d.message.id != message.id);
+                self.dead_letters.push(DeadLetter {
+                    message,
+                    attempts: *attempts,
+                    last_error: (*error).to_owned(),
+                    dead_at,
+                });
+            }
+        }
+        for (k, seq) in &plan.block {
+            let b = self.blocked.entry((*k).to_owned()).or_insert(*seq);
+            *b = (*b).min(*seq);
+        }
+    }
+
+    /// Records acknowledgements that applied to a message `relay` claimed
+    /// while another relay held its bucket, or claimed under an epoch that
+    /// has moved on since.
+    fn check_fencing(&mut self, relay: Uuid, acks: &[Ack], applied: impl Fn(i32) -> bool) {
+        for a in acks.iter().filter(|a| applied(a.bucket)) {
+            let now = self.leases[a.bucket as usize];
+            match self.claimed_under.get(&(relay, a.seq)) {
+                Some(&(owner, epoch)) if owner == Some(relay) && epoch == now.epoch => {}
+                Some(&(owner, epoch)) => self.violations.push(format!(
+                    "relay {relay} acknowledged position {} of bucket {}: claimed while \
+                     {owner:?} held it at epoch {epoch}, acknowledged at epoch {}",
+                    a.seq, a.bucket, now.epoch
+                )),
+                // Unattributed handles are not checked.
+                None => {}
+            }
+        }
+    }
+}
+
+impl Store for MemoryStore {}
+
+#[async_trait]
+impl StoreOps for MemoryStore {
+    async fn check_schema(&self) -> Result<()> {
+        self.pass_gate().await;
+        Ok(())
+    }
+
+    async fn bucket_count(&self) -> Result<i32> {
+        self.pass_gate().await;
+        Ok(self.state().bucket_count)
+    }
+
+    async fn heartbeat(&self, p: Heartbeat) -> Result<usize> {
+        let Heartbeat { relay, ttl } = p;
+        self.pass_gate().await;
+        let live = {
+            let now = Instant::now();
+            let mut s = self.state();
+            s.relays.insert(relay, now + ttl);
+            let gone = now.checked_sub(ttl.saturating_mul(10));
+            s.relays
+                .retain(|_, expires| gone.is_none_or(|g| *expires >= g));
+            let others = s
+                .relays
+                .iter()
+                .filter(|(r, expires)| **r != relay && **expires > now)
+                .count();
+            others + 1
+        };
+        self.pass_gate().await;
+        Ok(live)
+    }
+
+    async fn renew(&self, p: Renew<'_>) -> Result<Vec<Lease>> {
+        let Renew { relay, leases, ttl } = p;
+        self.pass_gate().await;
+        let kept = {
+            let expires = Instant::now() + ttl;
+            let mut s = self.state();
+            let kept: Vec<Lease> = leases
+                .iter()
+                .filter(|l| s.holds(relay, l))
+                .copied()
+                .collect();
+            for l in &kept {
+                s.leases[l.bucket as usize].expires = Some(expires);
+            }
+            kept
+        };
+        self.pass_gate().await;
+        Ok(kept)
+    }
+
+    async fn acquire(&self, p: Acquire) -> Result<Vec<Lease>> {
+        let Acquire { relay, max, ttl } = p;
+        self.pass_gate().await;
+        let taken = {
+            let now = Instant::now();
+            let mut s = self.state();
+            let mut taken = Vec::new();
+            for (bucket, row) in s.leases.iter_mut().enumerate() {
+                if taken.len() >= max {
+                    break;
+                }
+                if row.expires.is_none_or(|e| e < now) {
+                    row.owner = Some(relay);
+                    row.epoch += 1;
+                    row.expires = Some(now + ttl);
+                    taken.push(Lease {
+                        bucket: bucket as i32,
+                        epoch: row.epoch,
+                    });
+                }
+            }
+            taken
+        };
+        self.pass_gate().await;
+        Ok(taken)
+    }
+
+    async fn release(&self, p: Release<'_>) -> Result<()> {
+        let Release { relay, leases } = p;
+        self.pass_gate().await;
+        {
+            let mut s = self.state();
+            for l in leases {
+                if s.holds(relay, l) {
+                    let row = &mut s.leases[l.bucket as usize];
+                    row.owner = None;
+                    row.expires = None;
+                }
+            }
+        }
+        self.pass_gate().await;
+        Ok(())
+    }
+
+    async fn leave(&self, relay: Uuid) -> Result<()> {
+        self.pass_gate().await;
+        self.state().relays.remove(&relay);
+        self.pass_gate().await;
+        Ok(())
+    }
+
+    async fn claim(&self, p: Claim<'_>) -> Result<Vec<Claimed>> {
+        let Claim {
+            buckets,
+            bucket_count,
+            now,
+            limit,
+            exclude,
+        } = p;
+        self.pass_gate().await;
+        let got = {
+            let mut s = self.state();
+            let mut got = Vec::new();
+            for p in s.messages.values() {
+                if got.len() as i64 >= limit {
+                    break;
+                }
+                let m = &p.message;
+                let bucket = bucket_of(m.partition_key.as_deref(), m.seq, bucket_count);
+                let due = p.available_at.is_none_or(|at| at <= now);
+                let behind_block = m
+                    .partition_key
+                    .as_ref()
+                    .and_then(|k| s.blocked.get(k))
+                    .is_some_and(|b| *b < m.seq);
+                if !due
+                    || behind_block
+                    || exclude.contains(&m.seq)
+                    || buckets.is_some_and(|b| !b.contains(&bucket))
+                {
+                    continue;
+                }
+                let mut message = m.clone();
+                message.attempt = p.attempts + 1;
+                got.push(Claimed { message, bucket });
+            }
+            if let Some(relay) = self.relay {
+                for c in &got {
+                    let row = s.leases[c.bucket as usize];
+                    s.claimed_under
+                        .insert((relay, c.message.seq), (row.owner, row.epoch));
+                }
+            }
+            s.claims.push(ClaimRecord {
+                exclude: exclude.to_vec(),
+                got: got.iter().map(|c| c.message.seq).collect(),
+            });
+            got
+        };
+        self.pass_gate().await;
+        Ok(got)
+    }
+
+    async fn key_sequences(&self, keys: &[String]) -> Result<HashMap<String, i64>> {
+        self.pass_gate().await;
+        let found = {
+            let s = self.state();
+            keys.iter()
+                .filter_map(|k| s.key_sequences.get(k).map(|n| (k.clone(), *n)))
+                .collect()
+        };
+        self.pass_gate().await;
+        Ok(found)
+    }
+
+    async fn ack(&self, p: AckBatch<'_>) -> Result<AckReport> {
+        let AckBatch {
+            relay,
+            leases,
+            acks,
+            retain,
+            now,
+        } = p;
+        self.pass_gate().await;
+        let dead_at = self.now();
+        let report = {
+            let mut s = self.state();
+            let valid: Vec<i32> = leases
+                .iter()
+                .filter(|l| s.holds(relay, l))
+                .map(|l| l.bucket)
+                .collect();
+            let plan = AckPlan::new(acks, |b| valid.contains(&b));
+            s.check_fencing(relay, acks, |b| valid.contains(&b));
+            s.apply(relay, &plan, retain, now, dead_at);
+            s.acks.push(AckRecord {
+                relay,
+                now,
+                acks: acks.to_vec(),
+                report: plan.report.clone(),
+            });
+            plan.report
+        };
+        self.pass_gate().await;
+        Ok(report)
+    }
+
+    async fn purge_published(&self, p: Purge) -> Result<u64> {
+        let Purge { before, limit } = p;
+        self.pass_gate().await;
+        let n = {
+            let mut s = self.state();
+            s.published.sort_by_key(|(_, at)| *at);
+            let n = s
+                .published
+                .iter()
+                .take_while(|(_, at)| *at < before)
+                .count()
+                .min(usize::try_from(limit).unwrap_or(0));
+            s.published.drain(..n);
+            n as u64
+        };
+        self.pass_gate().await;
+        Ok(n)
+    }
+
+    async fn stats(&self) -> Result<StoreStats> {
+        self.pass_gate().await;
+        let now = self.now();
+        let stats = {
+            let s = self.state();
+            StoreStats {
+                pending: s.messages.len() as i64,
+                oldest_pending_age: s
+                    .messages
+                    .values()
+                    .map(|p| p.message.created_at)
+                    .min()
+                    .map(|t| (now - t).to_std().unwrap_or_default()),
+                dead_letters: s.dead_letters.len() as i64,
+                dead_tuples: s.dead_tuples,
+                oldest_xmin_age: None,
+                autovacuum: s.autovacuum,
+            }
+        };
+        self.pass_gate().await;
+        Ok(stats)
+    }
+
+    async fn vacuum(&self) -> Result<()> {
+        self.pass_gate().await;
+        self.state().vacuums += 1;
+        self.pass_gate().await;
+        Ok(())
+    }
+
+    fn local_signal(&self) -> Arc<Notify> {
+        self.shared.signal.clone()
+    }
+
+    async fn listen(&self) -> Result<Option<Box<dyn WakeSource>>> {
+        Ok(None)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::Disposition;
+
+    fn message(key: Option<&str>) -> NewMessage {
+        let m = NewMessage::bytes("t", b"x".to_vec());
+        match key {
+            Some(k) => m.with_partition_key(k),
+            None => m,
+        }
+    }
+
+    fn claim_all<'a>(store: &MemoryStore, exclude: &'a [i64]) -> Claim<'a> {
+        Claim {
+            buckets: None,
+            bucket_count: store.state().bucket_count,
+            now: store.now(),
+            limit: 100,
+            exclude,
+        }
+    }
+
+    fn ack(c: &Claimed, disposition: Disposition) -> Ack {
+        Ack {
+            seq: c.message.seq,
+            bucket: c.bucket,
+            partition_key: c.message.partition_key.clone(),
+            attempts: c.message.attempt,
+            retried: c.message.attempt > 1,
+            key_sequence: c.message.key_sequence,
+            disposition,
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn keys_keep_their_bucket_and_keyless_messages_spread() {
+        let store = MemoryStore::new(4);
+        for _ in 0..3 {
+            store.enqueue(message(Some("a"))).unwrap();
+        }
+        for _ in 0..4 {
+            store.enqueue(message(None)).unwrap();
+        }
+        let got = store.claim(claim_all(&store, &[])).await.unwrap();
+        let a: Vec<i32> = got[..3].iter().map(|c| c.bucket).collect();
+        assert!(a.iter().all(|b| *b == a[0]), "{a:?}");
+        let mut keyless: Vec<i32> = got[3..].iter().map(|c| c.bucket).collect();
+        keyless.sort_unstable();
+        assert_eq!(keyless, vec![0, 1, 2, 3]);
+        let only = [a[0]];
+        let p = Claim {
+            buckets: Some(&only),
+            ..claim_all(&store, &[])
+        };
+        let in_bucket = store.claim(p).await.unwrap();
+        assert!(in_bucket.iter().all(|c| c.bucket == a[0]));
+        assert!(in_bucket.len() >= 3);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn leases_expire_change_hands_and_fence_the_old_owner() {
+        let store = MemoryStore::new(2);
+        let (a, b) = (Uuid::now_v7(), Uuid::now_v7());
+        let ttl = Duration::from_secs(2);
+        let held = store
+            .acquire(Acquire {
+                relay: a,
+                max: 5,
+                ttl,
+            })
+            .await
+            .unwrap();
+        assert_eq!(held.len(), 2);
+        let none = Acquire {
+            relay: b,
+            max: 5,
+            ttl,
+        };
+        assert!(store.acquire(none).await.unwrap().is_empty());
+        tokio::time::advance(Duration::from_secs(3)).await;
+        // Expired but not taken: renewing with the same epoch still works.
+        let renew = Renew {
+            relay: a,
+            leases: &held[..1],
+            ttl,
+        };
+        assert_eq!(store.renew(renew).await.unwrap(), held[..1].to_vec());
+        let taken = store.acquire(none).await.unwrap();
+        assert_eq!(
+            taken,
+            vec![Lease {
+                bucket: 1,
+                epoch: 2
+            }]
+        );
+
+        let seq = store.enqueue(message(None)).unwrap();
+        let c = store.claim(claim_all(&store, &[])).await.unwrap().remove(0);
+        assert_eq!(c.bucket, 1);
+        let acks = [ack(&c, Disposition::Published)];
+        let stale = AckBatch {
+            relay: a,
+            leases: &held,
+            acks: &acks,
+            retain: false,
+            now: store.now(),
+        };
+        let report = store.ack(stale).await.unwrap();
+        assert_eq!((report.applied, report.fenced), (0, 1));
+        assert_eq!(report.fenced_buckets, vec![1]);
+        assert!(store.pending_message(seq).is_some());
+        let fresh = AckBatch {
+            relay: b,
+            leases: &taken,
+            ..stale
+        };
+        assert_eq!(store.ack(fresh).await.unwrap().applied, 1);
+        assert!(store.pending_message(seq).is_none());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn blocks_retries_dead_letters_exclusion_and_retention() {
+        let store = MemoryStore::new(1);
+        let relay = Uuid::now_v7();
+        let ttl = Duration::from_secs(10);
+        let leases = store.acquire(Acquire { relay, max: 1, ttl }).await.unwrap();
+        let a1 = store.enqueue(message(Some("a"))).unwrap();
+        let a2 = store.enqueue(message(Some("a"))).unwrap();
+        let b1 = store.enqueue(message(Some("b"))).unwrap();
+        let now = store.now();
+        let got = store.claim(claim_all(&store, &[b1])).await.unwrap();
+        assert_eq!(
+            got.iter().map(|c| c.message.seq).collect::<Vec<_>>(),
+            vec![a1, a2]
+        );
+        let later = now + chrono::Duration::seconds(5);
+        let acks = [ack(
+            &got[0],
+            Disposition::Retry {
+                at: later,
+                error: "down".into(),
+                block_key: true,
+            },
+        )];
+        let batch = AckBatch {
+            relay,
+            leases: &leases,
+            acks: &acks,
+            retain: true,
+            now,
+        };
+        store.ack(batch).await.unwrap();
+        // a1 is not due and blocks a2; b is free.
+        let seqs = |got: Vec<Claimed>| got.iter().map(|c| c.message.seq).collect::<Vec<_>>();
+        assert_eq!(
+            seqs(
+                store
+                    .claim(Claim {
+                        now,
+                        ..claim_all(&store, &[])
+                    })
+                    .await
+                    .unwrap()
+            ),
+            vec![b1]
+        );
+        let retried = store
+            .claim(Claim {
+                now: later,
+                ..claim_all(&store, &[])
+            })
+            .await
+            .unwrap();
+        assert_eq!(seqs(retried.clone()), vec![a1, b1]);
+        assert_eq!(retried[0].message.attempt, 2);
+        let acks = [ack(
+            &retried[0],
+            Disposition::Dead {
+                error: "gone".into(),
+                block_key: true,
+            },
+        )];
+        store
+            .ack(AckBatch {
+                acks: &acks,
+                ..batch
+            })
+            .await
+            .unwrap();
+        assert_eq!(store.dead_letters()[0].attempts, 2);
+        assert_eq!(store.blocked().get("a"), Some(&a1));
+        assert_eq!(
+            seqs(
+                store
+                    .claim(Claim {
+                        now: later,
+                        ..claim_all(&store, &[])
+                    })
+                    .await
+                    .unwrap()
+            ),
+            vec![b1]
+        );
+        assert_eq!(store.discard_dead_letters(), 1);
+        let got = store
+            .claim(Claim {
+                now: later,
+                ..claim_all(&store, &[])
+            })
+            .await
+            .unwrap();
+        assert_eq!(seqs(got.clone()), vec![a2, b1]);
+        let acks: Vec<Ack> = got.iter().map(|c| ack(c, Disposition::Published)).collect();
+        store
+            .ack(AckBatch {
+                acks: &acks,
+                ..batch
+            })
+            .await
+            .unwrap();
+        assert_eq!(store.published().len(), 2);
+        let purge = Purge {
+            before: now + chrono::Duration::seconds(1),
+            limit: 1,
+        };
+        assert_eq!(store.purge_published(purge).await.unwrap(), 1);
+        assert_eq!(store.purge_published(purge).await.unwrap(), 1);
+        assert_eq!(store.purge_published(purge).await.unwrap(), 0);
+    }
+}
