@@ -13,7 +13,7 @@ pub(super) struct Sql {
     pub(super) insert: String,
     /// `insert_batch.sql` with its names rendered; the rows are filled in by
     /// [`Sql::insert_batch`].
-    insert_batch_template: String,
+    pub(super) insert_batch_template: String,
     pub(super) claim: String,
     pub(super) fence: String,
     pub(super) delete_seqs: String,

@@ -2,9 +2,11 @@ use std::time::Duration;
 
 use chrono::Utc;
 use sqlx::sqlite::SqlitePoolOptions;
+use sqlx::Executor;
 use uuid::Uuid;
 
 use super::decode::micros;
+use super::statements::Sql;
 use super::SqliteOutbox;
 use crate::message::{MessageId, NewMessage};
 use crate::store::sealed::StoreOps;
@@ -547,4 +549,92 @@ async fn retries_block_and_unblock_keys() {
         1
     );
     assert!(o.published(10).await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn every_statement_is_rendered_and_prepares() {
+    let o = outbox().await;
+    let sql = &o.inner.sql;
+    // Exhaustive, so a statement added to `Sql` cannot be left out here.
+    let Sql {
+        insert,
+        insert_batch_template: _,
+        claim,
+        fence,
+        delete_seqs,
+        copy_published,
+        unblock,
+        key_seq_read,
+        key_seq_upsert,
+        retry,
+        copy_dead,
+        block,
+        heartbeat_up,
+        heartbeat_gone,
+        heartbeat_count,
+        renew,
+        acquire,
+        release,
+        leave,
+        bucket_count,
+        stats,
+        purge,
+        migrations_create,
+        migrations_lock,
+        migrations_version,
+        migrations_record,
+        dead_letters,
+        replay_one,
+        replay_all,
+        discard_dead_letter,
+        discard_unblock,
+        pending_count,
+        published,
+    } = sql;
+    let batch = sql.insert_batch([2, 1].into_iter());
+    let mut batch_statements: Vec<&str> = batch.split_terminator(";\n").collect();
+    assert_eq!(batch_statements.len(), 2, "{batch}");
+    let mut all: Vec<&str> = vec![
+        insert,
+        claim,
+        fence,
+        delete_seqs,
+        copy_published,
+        unblock,
+        key_seq_read,
+        key_seq_upsert,
+        retry,
+        copy_dead,
+        block,
+        heartbeat_up,
+        heartbeat_gone,
+        heartbeat_count,
+        renew,
+        acquire,
+        release,
+        leave,
+        bucket_count,
+        stats,
+        purge,
+        migrations_create,
+        migrations_lock,
+        migrations_version,
+        migrations_record,
+        dead_letters,
+        discard_dead_letter,
+        discard_unblock,
+        pending_count,
+        published,
+    ];
+    all.extend(replay_one.iter().chain(replay_all).map(String::as_str));
+    all.append(&mut batch_statements);
+    for s in all {
+        // Every placeholder rendered, the file's opening comment and its
+        // closing `;` left out.
+        assert!(!s.contains('{') && !s.contains('}'), "{s}");
+        assert!(!s.starts_with("--") && !s.ends_with(';'), "{s}");
+        if let Err(e) = o.pool().prepare(s).await {
+            panic!("{s}: {e}");
+        }
+    }
 }
