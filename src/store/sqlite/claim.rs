@@ -1,0 +1,44 @@
+//! Claiming the next messages due.
+
+use super::decode::{message_from_row, micros};
+use super::{SqliteOutbox, BUCKET};
+use crate::error::Result;
+use crate::store::{Claim, Claimed};
+
+pub(super) async fn claim(outbox: &SqliteOutbox, p: Claim<'_>) -> Result<Vec<Claimed>> {
+    let Claim {
+        buckets,
+        now,
+        limit,
+        exclude,
+        ..
+    } = p;
+    // Every message is in the one bucket.
+    if buckets.is_some_and(|b| !b.contains(&BUCKET)) {
+        return Ok(Vec::new());
+    }
+    // Positions as a JSON array: SQLite has no array parameters.
+    let mut excluded = String::with_capacity(exclude.len() * 8 + 2);
+    excluded.push('[');
+    for (i, seq) in exclude.iter().enumerate() {
+        if i > 0 {
+            excluded.push(',');
+        }
+        excluded.push_str(&seq.to_string());
+    }
+    excluded.push(']');
+    let rows = sqlx::query(&outbox.inner.sql.claim)
+        .bind(micros(now))
+        .bind(excluded)
+        .bind(limit)
+        .fetch_all(&outbox.inner.pool)
+        .await?;
+    rows.iter()
+        .map(|r| {
+            Ok(Claimed {
+                message: message_from_row(r)?,
+                bucket: BUCKET,
+            })
+        })
+        .collect()
+}

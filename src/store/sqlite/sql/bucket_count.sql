@@ -1,0 +1,2 @@
+-- The number of buckets (one on SQLite).
+SELECT count(*) FROM {leases};

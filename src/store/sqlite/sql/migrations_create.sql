@@ -1,0 +1,5 @@
+-- The table of applied migration versions.
+CREATE TABLE IF NOT EXISTS {migrations} (
+    version    INTEGER PRIMARY KEY,
+    applied_at INTEGER NOT NULL
+);

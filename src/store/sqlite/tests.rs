@@ -1,0 +1,640 @@
+use std::time::Duration;
+
+use chrono::Utc;
+use sqlx::sqlite::SqlitePoolOptions;
+use sqlx::Executor;
+use uuid::Uuid;
+
+use super::decode::micros;
+use super::statements::Sql;
+use super::SqliteOutbox;
+use crate::message::{MessageId, NewMessage};
+use crate::store::sealed::StoreOps;
+use crate::store::{
+    Ack, AckBatch, AckReport, Acquire, Claim, Claimed, Disposition, Heartbeat, Lease, Purge,
+    Release, Renew,
+};
+
+async fn outbox() -> SqliteOutbox {
+    // One connection that never closes: the in-memory database lives
+    // as long as it does.
+    let pool = SqlitePoolOptions::new()
+        .max_connections(1)
+        .idle_timeout(None)
+        .max_lifetime(None)
+        .connect("sqlite::memory:")
+        .await
+        .unwrap();
+    let outbox = SqliteOutbox::new(pool);
+    outbox.migrate().await.unwrap();
+    outbox
+}
+
+async fn enqueue(outbox: &SqliteOutbox, key: Option<&str>) -> MessageId {
+    let mut m = NewMessage::bytes("t", b"x".to_vec());
+    if let Some(k) = key {
+        m = m.with_partition_key(k);
+    }
+    outbox.enqueue(outbox.pool(), m).await.unwrap().id()
+}
+
+fn ack(c: &Claimed, disposition: Disposition) -> Ack {
+    Ack {
+        seq: c.message.seq,
+        bucket: c.bucket,
+        partition_key: c.message.partition_key.clone(),
+        attempts: c.message.attempt,
+        retried: c.message.attempt > 1,
+        key_sequence: None,
+        disposition,
+    }
+}
+
+fn published(claimed: &[Claimed]) -> Vec<Ack> {
+    claimed
+        .iter()
+        .map(|c| ack(c, Disposition::Published))
+        .collect()
+}
+
+const TTL: Duration = Duration::from_secs(10);
+
+#[tokio::test]
+async fn one_bucket_with_fenced_leases() {
+    let o = outbox().await;
+    let (r1, r2) = (Uuid::now_v7(), Uuid::now_v7());
+    o.check_schema().await.unwrap();
+    assert_eq!(o.bucket_count().await.unwrap(), 1);
+    assert!(o.listen().await.unwrap().is_none());
+    assert_eq!(
+        o.heartbeat(Heartbeat {
+            relay: r1,
+            ttl: TTL
+        })
+        .await
+        .unwrap(),
+        1
+    );
+    assert_eq!(
+        o.heartbeat(Heartbeat {
+            relay: r2,
+            ttl: TTL
+        })
+        .await
+        .unwrap(),
+        2
+    );
+    assert_eq!(
+        o.heartbeat(Heartbeat {
+            relay: r1,
+            ttl: TTL
+        })
+        .await
+        .unwrap(),
+        2
+    );
+
+    let l1 = o
+        .acquire(Acquire {
+            relay: r1,
+            max: 1,
+            ttl: TTL,
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        l1,
+        vec![Lease {
+            bucket: 0,
+            epoch: 1
+        }]
+    );
+    assert!(o
+        .acquire(Acquire {
+            relay: r2,
+            max: 1,
+            ttl: TTL
+        })
+        .await
+        .unwrap()
+        .is_empty());
+    assert_eq!(
+        o.renew(Renew {
+            relay: r1,
+            leases: &l1,
+            ttl: TTL
+        })
+        .await
+        .unwrap(),
+        l1
+    );
+
+    enqueue(&o, Some("a")).await;
+    enqueue(&o, None).await;
+    let claimed = o
+        .claim(Claim {
+            buckets: None,
+            bucket_count: 1,
+            now: Utc::now(),
+            limit: 10,
+            exclude: &[],
+        })
+        .await
+        .unwrap();
+    assert_eq!(claimed.len(), 2);
+    assert!(claimed.iter().all(|c| c.bucket == 0));
+    assert!(o
+        .claim(Claim {
+            buckets: Some(&[3]),
+            bucket_count: 1,
+            now: Utc::now(),
+            limit: 10,
+            exclude: &[]
+        })
+        .await
+        .unwrap()
+        .is_empty());
+    assert_eq!(
+        o.claim(Claim {
+            buckets: Some(&[0]),
+            bucket_count: 1,
+            now: Utc::now(),
+            limit: 10,
+            exclude: &[]
+        })
+        .await
+        .unwrap()
+        .len(),
+        2
+    );
+    // Positions in flight are left out of a claim.
+    let rest = o
+        .claim(Claim {
+            buckets: None,
+            bucket_count: 1,
+            now: Utc::now(),
+            limit: 10,
+            exclude: &[claimed[0].message.seq],
+        })
+        .await
+        .unwrap();
+    assert_eq!(rest.len(), 1);
+    assert_eq!(rest[0].message.seq, claimed[1].message.seq);
+
+    // Wrong owner, wrong epoch, no lease: nothing applied.
+    let acks = published(&claimed);
+    for (relay, leases) in [
+        (r2, l1.clone()),
+        (
+            r1,
+            vec![Lease {
+                bucket: 0,
+                epoch: 2,
+            }],
+        ),
+        (r1, vec![]),
+    ] {
+        let rep = o
+            .ack(AckBatch {
+                relay,
+                leases: &leases,
+                acks: &acks,
+                retain: false,
+                now: Utc::now(),
+            })
+            .await
+            .unwrap();
+        assert_eq!(
+            rep,
+            AckReport {
+                applied: 0,
+                fenced: 2,
+                fenced_buckets: vec![0],
+            }
+        );
+    }
+    assert_eq!(o.pending_count().await.unwrap(), 2);
+
+    // Hand-over: the epoch grows and the old holder is fenced.
+    o.release(Release {
+        relay: r2,
+        leases: &l1,
+    })
+    .await
+    .unwrap(); // not r2's: no effect
+    assert!(o
+        .acquire(Acquire {
+            relay: r2,
+            max: 1,
+            ttl: TTL
+        })
+        .await
+        .unwrap()
+        .is_empty());
+    o.release(Release {
+        relay: r1,
+        leases: &l1,
+    })
+    .await
+    .unwrap();
+    let l2 = o
+        .acquire(Acquire {
+            relay: r2,
+            max: 1,
+            ttl: TTL,
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        l2,
+        vec![Lease {
+            bucket: 0,
+            epoch: 2
+        }]
+    );
+    assert!(o
+        .renew(Renew {
+            relay: r1,
+            leases: &l1,
+            ttl: TTL
+        })
+        .await
+        .unwrap()
+        .is_empty());
+    let rep = o
+        .ack(AckBatch {
+            relay: r1,
+            leases: &l1,
+            acks: &acks,
+            retain: false,
+            now: Utc::now(),
+        })
+        .await
+        .unwrap();
+    assert_eq!(rep.fenced, 2);
+    let rep = o
+        .ack(AckBatch {
+            relay: r2,
+            leases: &l2,
+            acks: &acks,
+            retain: false,
+            now: Utc::now(),
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        rep,
+        AckReport {
+            applied: 2,
+            fenced: 0,
+            fenced_buckets: vec![],
+        }
+    );
+    assert_eq!(o.pending_count().await.unwrap(), 0);
+
+    // An expired lease can be taken; a live one cannot.
+    let short = o
+        .acquire(Acquire {
+            relay: r1,
+            max: 1,
+            ttl: TTL,
+        })
+        .await
+        .unwrap();
+    assert!(short.is_empty(), "r2's lease is live");
+    o.release(Release {
+        relay: r2,
+        leases: &l2,
+    })
+    .await
+    .unwrap();
+    let l3 = o
+        .acquire(Acquire {
+            relay: r1,
+            max: 1,
+            ttl: Duration::from_millis(1),
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        l3,
+        vec![Lease {
+            bucket: 0,
+            epoch: 3
+        }]
+    );
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    let l4 = o
+        .acquire(Acquire {
+            relay: r2,
+            max: 1,
+            ttl: TTL,
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        l4,
+        vec![Lease {
+            bucket: 0,
+            epoch: 4
+        }]
+    );
+    assert!(o
+        .renew(Renew {
+            relay: r1,
+            leases: &l3,
+            ttl: TTL
+        })
+        .await
+        .unwrap()
+        .is_empty());
+
+    o.leave(r1).await.unwrap();
+    assert_eq!(
+        o.heartbeat(Heartbeat {
+            relay: r2,
+            ttl: TTL
+        })
+        .await
+        .unwrap(),
+        1
+    );
+}
+
+#[tokio::test]
+async fn retries_block_and_unblock_keys() {
+    let o = outbox().await;
+    let r = Uuid::now_v7();
+    let leases = o
+        .acquire(Acquire {
+            relay: r,
+            max: 1,
+            ttl: TTL,
+        })
+        .await
+        .unwrap();
+    let first = enqueue(&o, Some("k")).await;
+    let second = enqueue(&o, Some("k")).await;
+    let free = enqueue(&o, None).await;
+    let now = Utc::now();
+    let claimed = o
+        .claim(Claim {
+            buckets: None,
+            bucket_count: 1,
+            now,
+            limit: 10,
+            exclude: &[],
+        })
+        .await
+        .unwrap();
+    assert_eq!(claimed.len(), 3);
+
+    let later = now + chrono::Duration::hours(1);
+    let retry = ack(
+        &claimed[0],
+        Disposition::Retry {
+            at: later,
+            error: "down \"quoted\"\n".into(),
+            block_key: true,
+        },
+    );
+    let rep = o
+        .ack(AckBatch {
+            relay: r,
+            leases: &leases,
+            acks: &[retry],
+            retain: false,
+            now,
+        })
+        .await
+        .unwrap();
+    assert_eq!(rep.applied, 1);
+    let (attempts, at, err): (i32, i64, String) = sqlx::query_as(
+        "SELECT attempts, available_at, last_error FROM outbox_messages ORDER BY seq LIMIT 1",
+    )
+    .fetch_one(o.pool())
+    .await
+    .unwrap();
+    assert_eq!((attempts, at), (1, micros(later)));
+    assert_eq!(err, "down \"quoted\"\n");
+
+    // Not due yet, and the key is blocked behind it.
+    let ids = |c: Vec<Claimed>| c.into_iter().map(|c| c.message.id).collect::<Vec<_>>();
+    assert_eq!(
+        ids(o
+            .claim(Claim {
+                buckets: None,
+                bucket_count: 1,
+                now,
+                limit: 10,
+                exclude: &[]
+            })
+            .await
+            .unwrap()),
+        vec![free]
+    );
+    let due = o
+        .claim(Claim {
+            buckets: None,
+            bucket_count: 1,
+            now: later,
+            limit: 10,
+            exclude: &[],
+        })
+        .await
+        .unwrap();
+    assert_eq!(ids(due.clone()), vec![first, free]);
+    assert_eq!(due[0].message.attempt, 2);
+    let stats = o.stats().await.unwrap();
+    assert_eq!(stats.pending, 3);
+    assert!(stats.oldest_pending_age.is_some());
+    assert_eq!(stats.dead_letters, 0);
+
+    // Published after a retry: the key is unblocked.
+    let rep = o
+        .ack(AckBatch {
+            relay: r,
+            leases: &leases,
+            acks: &published(&due[..1]),
+            retain: true,
+            now: later,
+        })
+        .await
+        .unwrap();
+    assert_eq!(rep.applied, 1);
+    let next = o
+        .claim(Claim {
+            buckets: None,
+            bucket_count: 1,
+            now: later,
+            limit: 10,
+            exclude: &[],
+        })
+        .await
+        .unwrap();
+    assert_eq!(ids(next.clone()), vec![second, free]);
+    let kept = o.published(10).await.unwrap();
+    assert_eq!(kept.len(), 1);
+    assert_eq!(kept[0].id, first);
+
+    // Dead with a block: the key stays blocked until the dead letter
+    // is replayed.
+    let dead = ack(
+        &next[0],
+        Disposition::Dead {
+            error: "rejected".into(),
+            block_key: true,
+        },
+    );
+    o.ack(AckBatch {
+        relay: r,
+        leases: &leases,
+        acks: &[dead],
+        retain: false,
+        now: later,
+    })
+    .await
+    .unwrap();
+    let third = enqueue(&o, Some("k")).await;
+    assert_eq!(
+        ids(o
+            .claim(Claim {
+                buckets: None,
+                bucket_count: 1,
+                now: later,
+                limit: 10,
+                exclude: &[]
+            })
+            .await
+            .unwrap()),
+        vec![free]
+    );
+    let dl = o.dead_letters(10).await.unwrap();
+    assert_eq!(dl.len(), 1);
+    assert_eq!((dl[0].id(), dl[0].attempts), (second, 1));
+    assert_eq!(dl[0].last_error, "rejected");
+    assert_eq!(o.stats().await.unwrap().dead_letters, 1);
+    o.replay_dead_letter(second).await.unwrap();
+    let after = o
+        .claim(Claim {
+            buckets: None,
+            bucket_count: 1,
+            now: later,
+            limit: 10,
+            exclude: &[],
+        })
+        .await
+        .unwrap();
+    assert_eq!(ids(after.clone()), vec![second, free, third]);
+    assert_eq!(after[0].message.attempt, 1);
+
+    // Purge retained rows older than the cut-off.
+    assert_eq!(
+        o.purge_published(Purge {
+            before: later,
+            limit: 10
+        })
+        .await
+        .unwrap(),
+        0
+    );
+    let cutoff = later + chrono::Duration::seconds(1);
+    assert_eq!(
+        o.purge_published(Purge {
+            before: cutoff,
+            limit: 10
+        })
+        .await
+        .unwrap(),
+        1
+    );
+    assert!(o.published(10).await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn every_statement_is_rendered_and_prepares() {
+    let o = outbox().await;
+    let sql = &o.inner.sql;
+    // Exhaustive, so a statement added to `Sql` cannot be left out here.
+    let Sql {
+        insert,
+        insert_batch_template: _,
+        claim,
+        fence,
+        delete_seqs,
+        copy_published,
+        unblock,
+        key_seq_read,
+        key_seq_upsert,
+        retry,
+        copy_dead,
+        block,
+        heartbeat_up,
+        heartbeat_gone,
+        heartbeat_count,
+        renew,
+        acquire,
+        release,
+        leave,
+        bucket_count,
+        stats,
+        purge,
+        migrations_create,
+        migrations_lock,
+        migrations_version,
+        migrations_record,
+        dead_letters,
+        replay_one,
+        replay_all,
+        discard_dead_letter,
+        discard_unblock,
+        pending_count,
+        published,
+    } = sql;
+    let batch = sql.insert_batch([2, 1].into_iter());
+    let mut batch_statements: Vec<&str> = batch.split_terminator(";\n").collect();
+    assert_eq!(batch_statements.len(), 2, "{batch}");
+    let mut all: Vec<&str> = vec![
+        insert,
+        claim,
+        fence,
+        delete_seqs,
+        copy_published,
+        unblock,
+        key_seq_read,
+        key_seq_upsert,
+        retry,
+        copy_dead,
+        block,
+        heartbeat_up,
+        heartbeat_gone,
+        heartbeat_count,
+        renew,
+        acquire,
+        release,
+        leave,
+        bucket_count,
+        stats,
+        purge,
+        migrations_create,
+        migrations_lock,
+        migrations_version,
+        migrations_record,
+        dead_letters,
+        discard_dead_letter,
+        discard_unblock,
+        pending_count,
+        published,
+    ];
+    all.extend(replay_one.iter().chain(replay_all).map(String::as_str));
+    all.append(&mut batch_statements);
+    for s in all {
+        // Every placeholder rendered, the file's opening comment and its
+        // closing `;` left out.
+        assert!(!s.contains('{') && !s.contains('}'), "{s}");
+        assert!(!s.starts_with("--") && !s.ends_with(';'), "{s}");
+        if let Err(e) = o.pool().prepare(s).await {
+            panic!("{s}: {e}");
+        }
+    }
+}
