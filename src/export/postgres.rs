@@ -36,6 +36,7 @@ impl PgOutbox {
              SELECT $1, $2, $3, $4::jsonb, $5::jsonb FROM l",
         );
         sqlx::query(&sql)
+            .persistent(self.named())
             .bind(change.entity_type())
             .bind(change.key())
             .bind(change.kind().as_str())
@@ -92,6 +93,7 @@ impl PgOutbox {
         E: Executor<'c, Database = Postgres>,
     {
         let snap: String = sqlx::query_scalar("SELECT pg_current_snapshot()::text")
+            .persistent(self.named())
             .fetch_one(executor)
             .await?;
         Ok(Cursor(CursorState::Pg {
@@ -103,21 +105,26 @@ impl PgOutbox {
 
     /// The cursor stored for `consumer`, if it ever committed one.
     pub async fn cursor(&self, consumer: &str) -> Result<Option<Cursor>> {
+        let mut c = self.standalone().await?;
         let s: Option<String> = sqlx::query_scalar(
             &self
                 .names()
                 .render("SELECT cursor FROM {export_cursors} WHERE consumer = $1"),
         )
+        .persistent(self.named())
         .bind(consumer)
-        .fetch_optional(self.pool())
+        .fetch_optional(c.conn())
         .await?;
+        c.finish().await?;
         s.map(|s| s.parse()).transpose()
     }
 
     /// Stores `consumer`'s cursor: call after applying a page. Writes in its
     /// own statement.
     pub async fn commit_cursor(&self, consumer: &str, cursor: &Cursor) -> Result<()> {
-        self.commit_cursor_with(self.pool(), consumer, cursor).await
+        let mut c = self.standalone().await?;
+        self.commit_cursor_with(c.conn(), consumer, cursor).await?;
+        c.finish().await
     }
 
     /// Stores `consumer`'s cursor with the caller's executor: a consumer
@@ -139,6 +146,7 @@ impl PgOutbox {
             "INSERT INTO {export_cursors} (consumer, cursor) VALUES ($1, $2) \
              ON CONFLICT (consumer) DO UPDATE SET cursor = excluded.cursor, updated_at = now()",
         ))
+        .persistent(self.named())
         .bind(consumer)
         .bind(cursor.to_string())
         .execute(executor)
@@ -182,12 +190,13 @@ impl PgOutbox {
         else {
             return Err(Error::CursorBackendMismatch(cursor.to_string()));
         };
-        // A new generation: everything committed as of now and not as of
-        // `done`.
         // A generation opened by this very call is as of now: a page that
         // reads it to its end is caught up. One opened earlier may miss
         // changes committed since.
         let fresh = reading.is_none();
+        let mut c = self.standalone().await?;
+        // A new generation: everything committed as of now and not as of
+        // `done`.
         let (reading, last) = match reading {
             Some(r) => (r.clone(), *last),
             None => {
@@ -203,8 +212,9 @@ impl PgOutbox {
                               OR NOT pg_visible_in_snapshot(txid, $1::text::pg_snapshot))) \
                      FROM s",
                 ))
+                .persistent(self.named())
                 .bind(done.as_deref())
-                .fetch_one(self.pool())
+                .fetch_one(c.conn())
                 .await?;
                 (snap, first.map_or(i64::MAX - 1, |f| f - 1))
             }
@@ -219,12 +229,14 @@ impl PgOutbox {
                AND seq > $3 \
              ORDER BY seq LIMIT $4",
         ))
+        .persistent(self.named())
         .bind(done.as_deref())
         .bind(&reading)
         .bind(last)
         .bind(limit)
-        .fetch_all(self.pool())
+        .fetch_all(c.conn())
         .await?;
+        c.finish().await?;
         let read = rows.len();
         let mut log = Vec::with_capacity(read);
         for r in rows {
@@ -291,12 +303,15 @@ impl PgOutbox {
         }
         let mut total = 0;
         loop {
+            let mut c = self.standalone().await?;
             let n = sqlx::query(&sql)
+                .persistent(self.named())
                 .bind(before)
                 .bind(batch)
-                .execute(self.pool())
+                .execute(c.conn())
                 .await?
                 .rows_affected();
+            c.finish().await?;
             total += n;
             if (n as i64) < batch {
                 return Ok(total);

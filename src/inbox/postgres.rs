@@ -7,6 +7,8 @@ use chrono::{DateTime, Utc};
 use sqlx::postgres::{PgPool, Postgres};
 use sqlx::Executor;
 
+use crate::store::postgres::Statements;
+
 use super::{classify, tracked, validate_batch, validate_consumer, InboxNames, Receipt};
 use crate::error::{Error, Result};
 use crate::message::{MessageId, OutboxMessage};
@@ -50,6 +52,7 @@ struct Inner {
     pool: PgPool,
     names: InboxNames,
     sql: Sql,
+    statements: Statements,
 }
 
 impl fmt::Debug for PgInbox {
@@ -67,6 +70,7 @@ pub struct PgInboxBuilder {
     pool: PgPool,
     schema: String,
     prefix: String,
+    transaction_pooling: bool,
 }
 
 impl PgInboxBuilder {
@@ -86,6 +90,16 @@ impl PgInboxBuilder {
         self
     }
 
+    /// Whether the pool reaches PostgreSQL through a pooler in transaction
+    /// mode (default off): statements are then sent unnamed, and those
+    /// outside the caller's transaction run in one of their own. See
+    /// [`PgOutboxBuilder::transaction_pooling`](crate::PgOutboxBuilder::transaction_pooling).
+    #[must_use]
+    pub fn transaction_pooling(mut self, on: bool) -> Self {
+        self.transaction_pooling = on;
+        self
+    }
+
     /// Validates the names and builds the inbox. Nothing is sent to the
     /// database; an invalid schema or prefix is
     /// [`Error::InvalidIdentifier`].
@@ -97,6 +111,9 @@ impl PgInboxBuilder {
                 pool: self.pool,
                 names,
                 sql,
+                statements: Statements {
+                    transaction_pooling: self.transaction_pooling,
+                },
             }),
         })
     }
@@ -187,6 +204,7 @@ impl PgInbox {
             pool,
             schema: "outbox".to_owned(),
             prefix: String::new(),
+            transaction_pooling: false,
         }
     }
 
@@ -217,6 +235,7 @@ impl PgInbox {
         let n = &self.inner.names;
         let mut tx = self.inner.pool.begin().await?;
         sqlx::query("SELECT pg_advisory_xact_lock($1, 0)")
+            .persistent(self.inner.statements.named())
             .bind(lock_class(&n.migrations))
             .execute(&mut *tx)
             .await?;
@@ -233,6 +252,7 @@ impl PgInbox {
         .await?;
         let current: Option<i64> =
             sqlx::query_scalar(&n.render("SELECT max(version) FROM {inbox_migrations}"))
+                .persistent(self.inner.statements.named())
                 .fetch_one(&mut *tx)
                 .await?;
         let current = current.unwrap_or(0);
@@ -243,6 +263,7 @@ impl PgInbox {
             // keeps `migrate` out of `tokio::spawn`.)
             tx.execute(n.render(sql).as_str()).await?;
             sqlx::query(&n.render("INSERT INTO {inbox_migrations} (version) VALUES ($1)"))
+                .persistent(self.inner.statements.named())
                 .bind(version)
                 .execute(&mut *tx)
                 .await?;
@@ -280,6 +301,7 @@ impl PgInbox {
         let key = tracked(message);
         let (fresh, advanced, previous): (bool, bool, Option<i64>) =
             sqlx::query_as(&self.inner.sql.receive)
+                .persistent(self.inner.statements.named())
                 .bind(consumer)
                 .bind(message.id().as_uuid())
                 .bind(key.map(|k| k.0))
@@ -304,6 +326,7 @@ impl PgInbox {
     {
         validate_consumer(consumer)?;
         let inserted: Option<i32> = sqlx::query_scalar(&self.inner.sql.receive_id)
+            .persistent(self.inner.statements.named())
             .bind(consumer)
             .bind(id.as_uuid())
             .fetch_optional(executor)
@@ -324,12 +347,15 @@ impl PgInbox {
         validate_batch(batch)?;
         let mut total = 0;
         loop {
+            let mut c = self.inner.statements.standalone(&self.inner.pool).await?;
             let deleted = sqlx::query(&self.inner.sql.purge)
+                .persistent(self.inner.statements.named())
                 .bind(before)
                 .bind(batch)
-                .execute(&self.inner.pool)
+                .execute(c.conn())
                 .await?
                 .rows_affected();
+            c.finish().await?;
             total += deleted;
             if deleted < batch as u64 {
                 return Ok(total);
@@ -340,10 +366,14 @@ impl PgInbox {
     /// The last per-key sequence number `consumer` received for the
     /// partition key `key` (committed), if any.
     pub async fn last_sequence(&self, consumer: &str, key: &str) -> Result<Option<i64>> {
-        Ok(sqlx::query_scalar(&self.inner.sql.last_sequence)
+        let mut c = self.inner.statements.standalone(&self.inner.pool).await?;
+        let last = sqlx::query_scalar(&self.inner.sql.last_sequence)
+            .persistent(self.inner.statements.named())
             .bind(consumer)
             .bind(key)
-            .fetch_optional(&self.inner.pool)
-            .await?)
+            .fetch_optional(c.conn())
+            .await?;
+        c.finish().await?;
+        Ok(last)
     }
 }

@@ -46,6 +46,7 @@ impl PgOutbox {
                 }
             }
             let mut q = sqlx::query_as::<_, (Vec<i32>, i64)>(sql)
+                .persistent(self.named())
                 .bind(relay)
                 .bind(lb)
                 .bind(le)
@@ -57,7 +58,9 @@ impl PgOutbox {
             if retain {
                 q = q.bind(now);
             }
-            let (valid, _written) = q.fetch_one(&self.inner.pool).await?;
+            let mut c = self.relay_conn().await?;
+            let (valid, _written) = q.fetch_one(c.conn()).await?;
+            c.finish().await?;
             // Rows already gone (an operator deleted them) are not fencing.
             let valid: HashSet<i32> = valid.into_iter().collect();
             let mut report = AckReport::default();
@@ -74,8 +77,9 @@ impl PgOutbox {
             return Ok(report);
         }
 
-        let mut tx = self.inner.pool.begin().await?;
+        let mut tx = self.relay_pool().begin().await?;
         let valid: Vec<i32> = sqlx::query_scalar(&self.inner.sql.fence)
+            .persistent(self.named())
             .bind(relay)
             .bind(lb)
             .bind(le)
@@ -97,12 +101,14 @@ impl PgOutbox {
         if !published.is_empty() {
             if retain {
                 sqlx::query(&self.inner.sql.move_published)
+                    .persistent(self.named())
                     .bind(published)
                     .bind(now)
                     .execute(&mut *tx)
                     .await?;
             } else {
                 sqlx::query(&self.inner.sql.delete_published)
+                    .persistent(self.named())
                     .bind(published)
                     .execute(&mut *tx)
                     .await?;
@@ -110,6 +116,7 @@ impl PgOutbox {
         }
         if !ks_k.is_empty() {
             sqlx::query(&self.inner.sql.key_seq_upsert)
+                .persistent(self.named())
                 .bind(ks_k)
                 .bind(ks_n)
                 .execute(&mut *tx)
@@ -117,6 +124,7 @@ impl PgOutbox {
         }
         if !unblock_k.is_empty() {
             sqlx::query(&self.inner.sql.unblock)
+                .persistent(self.named())
                 .bind(unblock_k)
                 .bind(unblock_s)
                 .execute(&mut *tx)
@@ -124,6 +132,7 @@ impl PgOutbox {
         }
         if !r_seq.is_empty() {
             sqlx::query(&self.inner.sql.retry)
+                .persistent(self.named())
                 .bind(r_seq)
                 .bind(r_att)
                 .bind(r_at)
@@ -133,6 +142,7 @@ impl PgOutbox {
         }
         if !d_seq.is_empty() {
             sqlx::query(&self.inner.sql.dead)
+                .persistent(self.named())
                 .bind(d_seq)
                 .bind(d_att)
                 .bind(d_err)
@@ -141,6 +151,7 @@ impl PgOutbox {
         }
         if !block_k.is_empty() {
             sqlx::query(&self.inner.sql.block)
+                .persistent(self.named())
                 .bind(block_k)
                 .bind(block_s)
                 .execute(&mut *tx)

@@ -14,10 +14,13 @@ impl PgOutbox {
     ///
     /// [`Error::Database`] if the read fails (also for a negative `limit`).
     pub async fn dead_letters(&self, limit: i64) -> Result<Vec<DeadLetter>> {
+        let mut c = self.standalone().await?;
         let rows = sqlx::query(&self.inner.sql.dead_letters)
+            .persistent(self.named())
             .bind(limit)
-            .fetch_all(&self.inner.pool)
+            .fetch_all(c.conn())
             .await?;
+        c.finish().await?;
         rows.iter().map(dead_letter_from_row).collect()
     }
 
@@ -30,10 +33,13 @@ impl PgOutbox {
     /// [`Error::DeadLetterNotFound`] if there is no dead letter with this
     /// id, and [`Error::Database`] if the write fails.
     pub async fn replay_dead_letter(&self, id: MessageId) -> Result<()> {
+        let mut c = self.standalone().await?;
         let done = sqlx::query(&self.inner.sql.replay_dead_letter)
+            .persistent(self.named())
             .bind(id.as_uuid())
-            .execute(&self.inner.pool)
+            .execute(c.conn())
             .await?;
+        c.finish().await?;
         if self.replayed(done.rows_affected()) == 0 {
             return Err(Error::DeadLetterNotFound(id));
         }
@@ -47,9 +53,12 @@ impl PgOutbox {
     ///
     /// [`Error::Database`] if the write fails; then none is replayed.
     pub async fn replay_all_dead_letters(&self) -> Result<u64> {
+        let mut c = self.standalone().await?;
         let done = sqlx::query(&self.inner.sql.replay_all_dead_letters)
-            .execute(&self.inner.pool)
+            .persistent(self.named())
+            .execute(c.conn())
             .await?;
+        c.finish().await?;
         Ok(self.replayed(done.rows_affected()))
     }
 
@@ -69,10 +78,13 @@ impl PgOutbox {
     /// [`Error::DeadLetterNotFound`] if there is no dead letter with this
     /// id, and [`Error::Database`] if the write fails.
     pub async fn discard_dead_letter(&self, id: MessageId) -> Result<()> {
+        let mut c = self.standalone().await?;
         let n: i64 = sqlx::query_scalar(&self.inner.sql.discard_dead_letter)
+            .persistent(self.named())
             .bind(id.as_uuid())
-            .fetch_one(&self.inner.pool)
+            .fetch_one(c.conn())
             .await?;
+        c.finish().await?;
         if n == 0 {
             return Err(Error::DeadLetterNotFound(id));
         }
@@ -86,9 +98,13 @@ impl PgOutbox {
     ///
     /// [`Error::Database`] if the count fails.
     pub async fn pending_count(&self) -> Result<i64> {
-        Ok(sqlx::query_scalar(&self.inner.sql.pending_count)
-            .fetch_one(&self.inner.pool)
-            .await?)
+        let mut c = self.standalone().await?;
+        let n = sqlx::query_scalar(&self.inner.sql.pending_count)
+            .persistent(self.named())
+            .fetch_one(c.conn())
+            .await?;
+        c.finish().await?;
+        Ok(n)
     }
 
     /// Retained published messages, oldest first (empty unless the relay
@@ -98,10 +114,13 @@ impl PgOutbox {
     ///
     /// [`Error::Database`] if the read fails (also for a negative `limit`).
     pub async fn published(&self, limit: i64) -> Result<Vec<OutboxMessage>> {
+        let mut c = self.standalone().await?;
         let rows = sqlx::query(&self.inner.sql.published)
+            .persistent(self.named())
             .bind(limit)
-            .fetch_all(&self.inner.pool)
+            .fetch_all(c.conn())
             .await?;
+        c.finish().await?;
         rows.iter().map(published_from_row).collect()
     }
 }

@@ -3,9 +3,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use sqlx::postgres::PgPool;
+use sqlx::postgres::{PgConnectOptions, PgPool};
 
-use super::claim_pool::ClaimPool;
+use super::connection::Statements;
 use super::locks::commit_order_lock_class;
 use super::statements::Sql;
 use super::wake::{WakeState, WakeUp};
@@ -22,6 +22,9 @@ pub struct PgOutboxBuilder {
     wake_up: WakeUp,
     commit_order_lock: bool,
     notify_interval: Duration,
+    transaction_pooling: bool,
+    relay_pool: Option<PgPool>,
+    listen_options: Option<PgConnectOptions>,
 }
 
 impl PgOutboxBuilder {
@@ -35,6 +38,9 @@ impl PgOutboxBuilder {
             wake_up: WakeUp::default(),
             commit_order_lock: true,
             notify_interval: Duration::from_millis(1),
+            transaction_pooling: false,
+            relay_pool: None,
+            listen_options: None,
         }
     }
 
@@ -89,6 +95,51 @@ impl PgOutboxBuilder {
         self
     }
 
+    /// Whether the pool reaches PostgreSQL through a pooler in transaction
+    /// mode (PgBouncer's `pool_mode = transaction`, RDS Proxy, Supavisor's
+    /// transaction port; default off).
+    ///
+    /// Turned on, the crate sends its statements unnamed (a named prepared
+    /// statement would stay behind on a server connection the next
+    /// transaction may not get), and runs those that are not part of the
+    /// caller's transaction in a transaction of their own (a pooler may
+    /// otherwise parse and bind one unnamed statement on two server
+    /// connections). Enqueue inside a transaction, as always.
+    ///
+    /// `LISTEN` cannot work through such a pooler: give relays a direct
+    /// connection with [`listen_options`](Self::listen_options), or they
+    /// find messages committed in other processes at their poll interval
+    /// (they say so once at start). A pooler in session mode needs no
+    /// setting: the crate sends no start-up parameters and keeps no
+    /// session state beyond a transaction.
+    #[must_use]
+    pub fn transaction_pooling(mut self, on: bool) -> Self {
+        self.transaction_pooling = on;
+        self
+    }
+
+    /// Where relays `LISTEN` for notifications: a direct connection to the
+    /// server, bypassing a pooler in transaction mode (default: the pool's
+    /// own connect options, which is right without a pooler or with one in
+    /// session mode).
+    #[must_use]
+    pub fn listen_options(mut self, options: PgConnectOptions) -> Self {
+        self.listen_options = Some(options);
+        self
+    }
+
+    /// The pool the relay's own statements run on: claims,
+    /// acknowledgements, leases and maintenance (default: the pool the
+    /// outbox was built with). Give the relay a pool of its own to bound
+    /// the connections it takes apart from the application's; it needs
+    /// two (a claim runs while the previous batch is acknowledged). Its
+    /// `after_connect` hooks apply as to any pool.
+    #[must_use]
+    pub fn relay_pool(mut self, pool: PgPool) -> Self {
+        self.relay_pool = Some(pool);
+        self
+    }
+
     /// Validates the names and builds the outbox. Nothing is sent to the
     /// database.
     ///
@@ -116,7 +167,11 @@ impl PgOutboxBuilder {
                 names,
                 lock_class,
                 sql,
-                claim_pool: ClaimPool::default(),
+                statements: Statements {
+                    transaction_pooling: self.transaction_pooling,
+                },
+                relay_pool: self.relay_pool,
+                listen_options: self.listen_options,
                 wake,
             }),
         })

@@ -40,6 +40,7 @@ impl PgOutbox {
             &self.inner.sql.insert
         };
         let mut q = sqlx::query(sql)
+            .persistent(self.named())
             .bind(id.as_uuid())
             .bind(message.topic)
             .bind(message.partition_key)
@@ -117,6 +118,7 @@ impl PgOutbox {
             &self.inner.sql.insert_batch
         };
         let mut q = sqlx::query_scalar(sql)
+            .persistent(self.named())
             .bind(ids)
             .bind(topics)
             .bind(keys)

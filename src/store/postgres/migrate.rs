@@ -58,12 +58,14 @@ impl PgOutbox {
         let sql = &self.inner.sql;
         let mut tx = self.inner.pool.begin().await?;
         sqlx::query(&sql.migration_lock)
+            .persistent(self.named())
             .bind(migration_lock_class(n))
             .execute(&mut *tx)
             .await?;
         tx.execute(sql.create_schema.as_str()).await?;
         tx.execute(sql.create_migrations_table.as_str()).await?;
         let current: Option<i64> = sqlx::query_scalar(&sql.schema_version)
+            .persistent(self.named())
             .fetch_one(&mut *tx)
             .await?;
         let current = current.unwrap_or(0);
@@ -74,6 +76,7 @@ impl PgOutbox {
             // the future `Send` inside `tokio::spawn`).
             tx.execute(n.render(migration).as_str()).await?;
             sqlx::query(&sql.record_migration)
+                .persistent(self.named())
                 .bind(version)
                 .execute(&mut *tx)
                 .await?;
@@ -85,9 +88,12 @@ impl PgOutbox {
     /// Fails if the tables are missing or at a newer migration version than
     /// this crate knows.
     pub(super) async fn check_schema_is_known(&self) -> Result<()> {
+        let mut c = self.standalone().await?;
         let found: Option<i64> = sqlx::query_scalar(&self.inner.sql.schema_version)
-            .fetch_one(&self.inner.pool)
+            .persistent(self.named())
+            .fetch_one(c.conn())
             .await?;
+        c.finish().await?;
         check_schema_version(found, MIGRATIONS)
     }
 }

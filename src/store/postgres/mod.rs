@@ -10,7 +10,8 @@
 //!   `publish_event`, `commit`).
 //! - `wake.rs`: [`WakeUp`], carried notifications, the `NOTIFY` task and the
 //!   `LISTEN` wake source.
-//! - `claim_pool.rs`: the relay's claim connections.
+//! - `connection.rs`: how statements reach the server, directly or
+//!   through a pooler in transaction mode.
 //! - `relay_ops.rs` and `ack.rs`: the operations the relay runs (leases,
 //!   claims, key sequences, maintenance; fenced acknowledgements).
 //! - `admin.rs`: dead letters, pending count, retained messages.
@@ -19,7 +20,7 @@
 mod ack;
 mod admin;
 mod builder;
-mod claim_pool;
+mod connection;
 mod decode;
 mod enqueue;
 mod locks;
@@ -31,13 +32,13 @@ mod wake;
 use std::fmt;
 use std::sync::Arc;
 
-use sqlx::postgres::PgPool;
+use sqlx::postgres::{PgConnectOptions, PgPool};
 
 pub use self::builder::PgOutboxBuilder;
+pub(crate) use self::connection::{Standalone, Statements};
 pub(crate) use self::locks::change_lock_class;
 pub use self::wake::WakeUp;
 
-use self::claim_pool::ClaimPool;
 use self::statements::Sql;
 use self::wake::WakeState;
 use super::TableNames;
@@ -75,8 +76,14 @@ struct Inner {
     /// no lock).
     lock_class: Option<i32>,
     sql: Sql,
-    /// Connections for the relay's claims, opened on first use.
-    claim_pool: ClaimPool,
+    /// How statements are sent (named, or unnamed behind transaction
+    /// pooling).
+    statements: Statements,
+    /// The pool the relay's statements run on, if not the application's.
+    relay_pool: Option<PgPool>,
+    /// A direct connection for LISTEN, where the pool's connections cannot
+    /// hold one (transaction pooling).
+    listen_options: Option<PgConnectOptions>,
     wake: WakeState,
 }
 
@@ -86,6 +93,10 @@ impl fmt::Debug for PgOutbox {
             .field("messages", &self.inner.names.messages)
             .field("wake_up", &self.inner.wake.mode)
             .field("commit_order_lock", &self.inner.lock_class.is_some())
+            .field(
+                "transaction_pooling",
+                &self.inner.statements.transaction_pooling,
+            )
             .finish_non_exhaustive()
     }
 }
@@ -110,5 +121,26 @@ impl PgOutbox {
 
     pub(crate) fn names(&self) -> &TableNames {
         &self.inner.names
+    }
+
+    /// Whether statements may be prepared under a name.
+    pub(crate) fn named(&self) -> bool {
+        self.inner.statements.named()
+    }
+
+    /// The pool the relay's own statements run on.
+    fn relay_pool(&self) -> &PgPool {
+        self.inner.relay_pool.as_ref().unwrap_or(&self.inner.pool)
+    }
+
+    /// A connection for statements outside the caller's transaction, on
+    /// the application's pool.
+    pub(crate) async fn standalone(&self) -> crate::Result<Standalone> {
+        self.inner.statements.standalone(&self.inner.pool).await
+    }
+
+    /// A connection for the relay's statements, on the relay's pool.
+    async fn relay_conn(&self) -> crate::Result<Standalone> {
+        self.inner.statements.standalone(self.relay_pool()).await
     }
 }

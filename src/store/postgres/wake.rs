@@ -2,13 +2,13 @@
 //! the `NOTIFY` task for commits no enqueue covered, and the `LISTEN` wake
 //! source relays wait on.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use sqlx::postgres::{PgConnection, PgListener};
-use sqlx::Connection;
+use sqlx::postgres::{PgConnection, PgListener, PgPool, PgPoolOptions};
+use sqlx::{Connection, Executor};
 use tokio::sync::Notify;
 
 use super::PgOutbox;
@@ -62,6 +62,11 @@ pub(super) struct WakeState {
     remote: Arc<Notify>,
     /// Set once the `NOTIFY` task runs.
     notifier: OnceLock<()>,
+    /// The direct connection for `LISTEN`, with
+    /// [`listen_options`](super::PgOutboxBuilder::listen_options).
+    listen_pool: OnceLock<PgPool>,
+    /// Whether relays were told that `LISTEN` cannot work here.
+    said_no_listen: AtomicBool,
     /// Wake-up bookkeeping, in microseconds since `epoch` (0: never): when
     /// the last enqueue that carried a `pg_notify` (or the last separate
     /// `NOTIFY`) was sent, and when the last commit through
@@ -82,6 +87,8 @@ impl WakeState {
             signal: Arc::new(Notify::new()),
             remote: Arc::new(Notify::new()),
             notifier: OnceLock::new(),
+            listen_pool: OnceLock::new(),
+            said_no_listen: AtomicBool::new(false),
             epoch: Instant::now(),
             carried_at: AtomicU64::new(0),
             committed_at: AtomicU64::new(0),
@@ -149,6 +156,11 @@ impl PgOutbox {
             // time.
             let notify = self.inner.sql.notify.clone();
             let channel = self.inner.wake.channel.clone();
+            // Behind transaction pooling a prepared statement would not
+            // survive on the server connection: one simple query instead
+            // (one protocol message, so one server connection). The channel
+            // is built from validated identifiers.
+            let simple_notify = (!self.named()).then(|| format!("NOTIFY \"{channel}\""));
             // The task holds the outbox weakly and ends soon after the last
             // clone of it is dropped.
             let alive = Arc::downgrade(&self.inner);
@@ -203,7 +215,10 @@ impl PgOutbox {
                             }
                         }
                         let Some(c) = conn.as_mut() else { break };
-                        let sent = sqlx::query(&notify).bind(&channel).execute(&mut *c).await;
+                        let sent = match &simple_notify {
+                            Some(simple) => c.execute(simple.as_str()).await,
+                            None => sqlx::query(&notify).bind(&channel).execute(&mut *c).await,
+                        };
                         match sent {
                             Ok(_) => {
                                 delivered = true;
@@ -236,7 +251,28 @@ impl PgOutbox {
         if self.inner.wake.mode == WakeUp::LocalOnly {
             return Ok(None);
         }
-        let mut listener = PgListener::connect_with(&self.inner.pool).await?;
+        let mut listener = match &self.inner.listen_options {
+            Some(options) => {
+                let pool = self.inner.wake.listen_pool.get_or_init(|| {
+                    PgPoolOptions::new()
+                        .max_connections(1)
+                        .connect_lazy_with(options.clone())
+                });
+                PgListener::connect_with(pool).await?
+            }
+            None if self.inner.statements.transaction_pooling => {
+                if !self.inner.wake.said_no_listen.swap(true, Ordering::Relaxed) {
+                    tracing::warn!(
+                        "outbox relay: LISTEN cannot work through a pooler in transaction \
+                         mode; without `PgOutboxBuilder::listen_options` (a direct \
+                         connection) relays find messages committed in other processes \
+                         at their poll interval"
+                    );
+                }
+                return Ok(None);
+            }
+            None => PgListener::connect_with(&self.inner.pool).await?,
+        };
         listener.listen(&self.inner.wake.channel).await?;
         Ok(Some(Box::new(PgWake { listener })))
     }
