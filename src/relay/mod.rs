@@ -395,6 +395,9 @@ pub enum RelayState {
     Starting,
     /// Working normally.
     Running,
+    /// Healthy, but other relays hold every bucket (more relays run than
+    /// there is work to share): it takes over when one leaves or stalls.
+    StandingBy,
     /// The last database round failed; retrying with backoff.
     Degraded,
     /// Stopped after a shutdown request.

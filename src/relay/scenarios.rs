@@ -381,3 +381,34 @@ async fn shutdown_finishes_the_batch_in_flight_and_gives_the_buckets_back() {
     assert_eq!(store.holder(0), None, "the bucket is free at once");
     assert_eq!(health.borrow().state, RelayState::Stopped);
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_relay_without_buckets_stands_by_and_takes_over_when_the_holder_leaves() {
+    let store = MemoryStore::new(1);
+    let journal = Journal::new(&store);
+    let (first, _g1, first_id) = spawn(&store, &journal, |b| b);
+    until(
+        "the first relay holds the bucket",
+        Duration::from_secs(5),
+        || store.holder(0) == Some(first_id),
+    )
+    .await;
+    let (second, _g2, second_id) = spawn(&store, &journal, |b| b);
+    let health = second.watch_health();
+    until("the second relay stands by", Duration::from_secs(5), || {
+        health.borrow().state == RelayState::StandingBy
+    })
+    .await;
+    assert_eq!(health.borrow().leased_buckets, 0);
+    first.shutdown().await.unwrap();
+    store.enqueue(message("a1", Some("a"))).unwrap();
+    until(
+        "the second relay publishes",
+        Duration::from_secs(10),
+        || journal.confirmed() == vec!["a1".to_owned()],
+    )
+    .await;
+    assert_eq!(store.holder(0), Some(second_id));
+    assert_eq!(health.borrow().state, RelayState::Running);
+    second.shutdown().await.unwrap();
+}

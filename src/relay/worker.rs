@@ -95,8 +95,9 @@ impl Worker {
         });
     }
 
-    fn record_error(&mut self, what: &str, e: &crate::Error) {
+    fn record_error(&mut self, what: &'static str, e: &crate::Error) {
         tracing::warn!(relay = %self.config.relay_id, error = %error_chain(e), "outbox relay: {what} failed");
+        metrics::counter!("outbox_relay_errors_total", "operation" => what).increment(1);
         self.health.state = RelayState::Degraded;
         self.health.last_error = Some(format!("{what}: {}", error_chain(e)));
         self.publish_health();
@@ -175,6 +176,13 @@ impl Worker {
                 continue;
             }
             if self.leases.is_empty() {
+                // Other relays hold every bucket: stand by, and take over
+                // when one leaves or its leases expire.
+                if self.health.state != RelayState::StandingBy {
+                    self.health.state = RelayState::StandingBy;
+                    self.health.last_error = None;
+                    self.publish_health();
+                }
                 self.wait(&signal, self.next_lease_tick).await;
                 continue;
             }
