@@ -38,6 +38,15 @@ pub enum Error {
     /// oversized field, ...).
     #[error("invalid message: {0}")]
     InvalidMessage(String),
+    /// A payload is larger than the outbox accepts (its builder's
+    /// `max_payload_bytes`); nothing was written.
+    #[error("payload of {size} bytes is larger than the {limit} bytes the outbox accepts")]
+    PayloadTooLarge {
+        /// The payload's size in bytes.
+        size: usize,
+        /// The configured limit.
+        limit: usize,
+    },
     /// A payload could not be serialized; nothing was written.
     #[error("payload could not be serialized")]
     Serialize(#[source] serde_json::Error),

@@ -105,7 +105,7 @@ pub use crate::inbox::{PgInbox, PgInboxBuilder};
 pub use crate::inbox::{SqliteInbox, SqliteInboxBuilder};
 pub use crate::message::{
     BatchEnqueued, Enqueued, Headers, MessageId, NewMessage, OutboxMessage, CONTENT_TYPE_BYTES,
-    CONTENT_TYPE_JSON, MAX_HEADER_VALUE_LEN, MAX_NAME_LEN,
+    CONTENT_TYPE_JSON, DEFAULT_MAX_PAYLOAD_BYTES, MAX_HEADER_VALUE_LEN, MAX_NAME_LEN,
 };
 pub use crate::publisher::{FnPublisher, InMemoryPublisher, LogPublisher, Publisher};
 pub use crate::relay::{

@@ -22,6 +22,12 @@ pub const CONTENT_TYPE_BYTES: &str = "application/octet-stream";
 /// bytes. Longer values are a typed error at construction.
 pub const MAX_NAME_LEN: usize = 1024;
 
+/// The largest payload an outbox accepts unless its builder says
+/// otherwise (1 MiB): the relay holds a claimed batch in memory, and most
+/// brokers refuse larger messages anyway (NATS 1 MiB, Kafka 1 MB by
+/// default).
+pub const DEFAULT_MAX_PAYLOAD_BYTES: usize = 1024 * 1024;
+
 /// Longest header value, in bytes: well above what brokers and HTTP
 /// servers accept in one header (8 KiB is a common limit).
 pub const MAX_HEADER_VALUE_LEN: usize = 64 * 1024;
@@ -265,6 +271,17 @@ impl NewMessage {
         }
         for (k, v) in &self.headers {
             check_header(k, v)?;
+        }
+        Ok(())
+    }
+
+    /// Refuses a payload above `limit` bytes, before anything is written.
+    pub(crate) fn check_payload(&self, limit: usize) -> Result<()> {
+        if self.payload.len() > limit {
+            return Err(Error::PayloadTooLarge {
+                size: self.payload.len(),
+                limit,
+            });
         }
         Ok(())
     }

@@ -78,6 +78,21 @@ pub(crate) fn validate_identifier(
     Ok(())
 }
 
+/// The largest payload limit a builder accepts: PostgreSQL's `bytea`
+/// holds at most 1 GB.
+pub(crate) const MAX_PAYLOAD_LIMIT: usize = 1 << 30;
+
+/// Validates a builder's `max_payload_bytes`.
+pub(crate) fn validate_max_payload(limit: usize) -> Result<usize> {
+    if limit == 0 || limit > MAX_PAYLOAD_LIMIT {
+        return Err(Error::InvalidConfig {
+            field: "max_payload_bytes",
+            reason: format!("must be between 1 and {MAX_PAYLOAD_LIMIT}, not {limit}"),
+        });
+    }
+    Ok(limit)
+}
+
 /// Refuses a schema at a newer migration version than `migrations` knows:
 /// running against it could corrupt data.
 pub(crate) fn check_schema_version(found: Option<i64>, migrations: &[(i64, &str)]) -> Result<()> {

@@ -10,8 +10,11 @@ use super::locks::commit_order_lock_class;
 use super::statements::Sql;
 use super::wake::{WakeState, WakeUp};
 use super::{Inner, PgOutbox};
-use crate::error::Result;
-use crate::store::TableNames;
+use crate::error::{Error, Result};
+use crate::store::{validate_max_payload, TableNames};
+
+/// The longest notify interval a builder accepts.
+const MAX_NOTIFY_INTERVAL: Duration = Duration::from_secs(10);
 
 /// Configures a [`PgOutbox`].
 #[derive(Debug)]
@@ -25,6 +28,7 @@ pub struct PgOutboxBuilder {
     transaction_pooling: bool,
     relay_pool: Option<PgPool>,
     listen_options: Option<PgConnectOptions>,
+    max_payload: usize,
 }
 
 impl PgOutboxBuilder {
@@ -41,6 +45,7 @@ impl PgOutboxBuilder {
             transaction_pooling: false,
             relay_pool: None,
             listen_options: None,
+            max_payload: crate::DEFAULT_MAX_PAYLOAD_BYTES,
         }
     }
 
@@ -140,6 +145,18 @@ impl PgOutboxBuilder {
         self
     }
 
+    /// The largest payload [`enqueue`](PgOutbox::enqueue) accepts, in bytes
+    /// (default [`DEFAULT_MAX_PAYLOAD_BYTES`](crate::DEFAULT_MAX_PAYLOAD_BYTES),
+    /// 1 MiB). A larger one is [`Error::PayloadTooLarge`](crate::Error::PayloadTooLarge)
+    /// before anything is written. The relay holds a claimed batch in
+    /// memory, so this times the relay's batch size bounds what one batch
+    /// can take.
+    #[must_use]
+    pub fn max_payload_bytes(mut self, limit: usize) -> Self {
+        self.max_payload = limit;
+        self
+    }
+
     /// Validates the names and builds the outbox. Nothing is sent to the
     /// database.
     ///
@@ -148,9 +165,22 @@ impl PgOutboxBuilder {
     /// [`Error::InvalidIdentifier`](crate::Error::InvalidIdentifier) if the
     /// schema is empty, or the schema or table prefix is too long for a
     /// PostgreSQL identifier, starts with a digit or holds anything but
-    /// lowercase ASCII letters, digits and `_`.
+    /// lowercase ASCII letters, digits and `_`, or starts with `pg_`;
+    /// [`Error::InvalidConfig`](crate::Error::InvalidConfig) for a payload
+    /// limit of 0 or above 1 GiB, or a notify interval above 10 s.
     pub fn build(self) -> Result<PgOutbox> {
         let names = TableNames::new(Some(&self.schema), &self.prefix)?;
+        let max_payload = validate_max_payload(self.max_payload)?;
+        if self.notify_interval > MAX_NOTIFY_INTERVAL {
+            return Err(Error::InvalidConfig {
+                field: "notify_interval",
+                reason: format!(
+                    "must be at most {MAX_NOTIFY_INTERVAL:?}, not {:?}: relays in other \
+                     processes would wait that long for commits no later enqueue covers",
+                    self.notify_interval
+                ),
+            });
+        }
         let lock_class = self
             .commit_order_lock
             .then(|| commit_order_lock_class(&names));
@@ -172,6 +202,7 @@ impl PgOutboxBuilder {
                 },
                 relay_pool: self.relay_pool,
                 listen_options: self.listen_options,
+                max_payload,
                 wake,
             }),
         })

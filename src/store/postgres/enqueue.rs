@@ -21,7 +21,9 @@ impl PgOutbox {
     /// # Errors
     ///
     /// [`Error::InvalidMessage`](crate::Error::InvalidMessage) if a field
-    /// is empty, too long or holds a NUL byte; it is checked before
+    /// is empty, too long or holds a NUL byte, or a header holds what
+    /// publishers cannot carry, and [`Error::PayloadTooLarge`](crate::Error::PayloadTooLarge)
+    /// above the builder's `max_payload_bytes`; both are checked before
     /// anything is sent, so the caller's transaction stays usable.
     /// [`Error::Database`](crate::Error::Database) if the insert fails (the
     /// tables are missing, the connection is lost); PostgreSQL then aborts
@@ -31,6 +33,7 @@ impl PgOutbox {
         E: Executor<'c, Database = Postgres>,
     {
         message.validate()?;
+        message.check_payload(self.inner.max_payload)?;
         let id = message.id;
         let headers = message.headers_json();
         let carry = self.carries_wake_up();
@@ -68,8 +71,9 @@ impl PgOutbox {
     ///
     /// # Errors
     ///
-    /// [`Error::InvalidMessage`](crate::Error::InvalidMessage) if any
-    /// message is invalid (see [`enqueue`](Self::enqueue)); then none is
+    /// [`Error::InvalidMessage`](crate::Error::InvalidMessage) or
+    /// [`Error::PayloadTooLarge`](crate::Error::PayloadTooLarge) if any
+    /// message is refused (see [`enqueue`](Self::enqueue)); then none is
     /// written and nothing is sent. [`Error::Database`](crate::Error::Database)
     /// if the insert fails; PostgreSQL then aborts the caller's transaction.
     pub async fn enqueue_batch<'c, E>(
@@ -99,6 +103,7 @@ impl PgOutbox {
         );
         for m in &messages {
             m.validate()?;
+            m.check_payload(self.inner.max_payload)?;
         }
         let order: Vec<MessageId> = messages.iter().map(|m| m.id).collect();
         for m in messages {

@@ -84,6 +84,8 @@ struct Inner {
     /// A direct connection for LISTEN, where the pool's connections cannot
     /// hold one (transaction pooling).
     listen_options: Option<PgConnectOptions>,
+    /// The largest payload enqueue accepts.
+    max_payload: usize,
     wake: WakeState,
 }
 

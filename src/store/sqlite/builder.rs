@@ -8,13 +8,14 @@ use tokio::sync::Notify;
 use super::statements::Sql;
 use super::{Inner, SqliteOutbox};
 use crate::error::Result;
-use crate::store::TableNames;
+use crate::store::{validate_max_payload, TableNames};
 
 /// Configures a [`SqliteOutbox`].
 #[derive(Debug)]
 pub struct SqliteOutboxBuilder {
     pool: SqlitePool,
     prefix: String,
+    max_payload: usize,
 }
 
 impl SqliteOutboxBuilder {
@@ -22,6 +23,7 @@ impl SqliteOutboxBuilder {
         Self {
             pool,
             prefix: "outbox_".to_owned(),
+            max_payload: crate::DEFAULT_MAX_PAYLOAD_BYTES,
         }
     }
 
@@ -34,6 +36,18 @@ impl SqliteOutboxBuilder {
         self
     }
 
+    /// The largest payload [`enqueue`](SqliteOutbox::enqueue) accepts, in bytes
+    /// (default [`DEFAULT_MAX_PAYLOAD_BYTES`](crate::DEFAULT_MAX_PAYLOAD_BYTES),
+    /// 1 MiB). A larger one is [`Error::PayloadTooLarge`](crate::Error::PayloadTooLarge)
+    /// before anything is written. The relay holds a claimed batch in
+    /// memory, so this times the relay's batch size bounds what one batch
+    /// can take.
+    #[must_use]
+    pub fn max_payload_bytes(mut self, limit: usize) -> Self {
+        self.max_payload = limit;
+        self
+    }
+
     /// Validates the names and builds the outbox. Nothing is sent to the
     /// database.
     ///
@@ -41,9 +55,12 @@ impl SqliteOutboxBuilder {
     ///
     /// [`Error::InvalidIdentifier`](crate::Error::InvalidIdentifier) if the
     /// table prefix holds anything but lowercase ASCII letters, digits and
-    /// `_`, starts with a digit or is too long.
+    /// `_`, starts with a digit or is too long;
+    /// [`Error::InvalidConfig`](crate::Error::InvalidConfig) for a payload
+    /// limit of 0 or above 1 GiB.
     pub fn build(self) -> Result<SqliteOutbox> {
         let names = TableNames::new(None, &self.prefix)?;
+        let max_payload = validate_max_payload(self.max_payload)?;
         let sql = Sql::new(&names);
         Ok(SqliteOutbox {
             inner: Arc::new(Inner {
@@ -51,6 +68,7 @@ impl SqliteOutboxBuilder {
                 names,
                 signal: Arc::new(Notify::new()),
                 sql,
+                max_payload,
             }),
         })
     }

@@ -31,13 +31,17 @@ impl SqliteOutbox {
     ///
     /// [`Error::InvalidMessage`](crate::Error::InvalidMessage) if the
     /// message is refused before anything is sent (empty or oversized name,
-    /// NUL byte), so the caller's transaction is untouched;
+    /// NUL byte, a header publishers cannot carry), and
+    /// [`Error::PayloadTooLarge`](crate::Error::PayloadTooLarge) above the
+    /// builder's `max_payload_bytes`, so the caller's transaction is
+    /// untouched;
     /// [`Error::Database`](crate::Error::Database) if the insert fails.
     pub async fn enqueue<'c, E>(&self, executor: E, message: NewMessage) -> Result<Enqueued>
     where
         E: Executor<'c, Database = Sqlite>,
     {
         message.validate()?;
+        message.check_payload(self.inner.max_payload)?;
         let id = message.id;
         let headers = message.headers_json();
         let seq: Option<i64> = sqlx::query_scalar(&self.inner.sql.insert)
@@ -67,7 +71,8 @@ impl SqliteOutbox {
     ///
     /// # Errors
     ///
-    /// [`Error::InvalidMessage`](crate::Error::InvalidMessage) if any
+    /// [`Error::InvalidMessage`](crate::Error::InvalidMessage) or
+    /// [`Error::PayloadTooLarge`](crate::Error::PayloadTooLarge) if any
     /// message is refused before anything is sent, so nothing is written and
     /// the caller's transaction is untouched;
     /// [`Error::Database`](crate::Error::Database) if the insert fails.
@@ -85,6 +90,7 @@ impl SqliteOutbox {
         }
         for m in &messages {
             m.validate()?;
+            m.check_payload(self.inner.max_payload)?;
         }
         let order: Vec<MessageId> = messages.iter().map(|m| m.id).collect();
         let len = messages.len();

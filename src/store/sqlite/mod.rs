@@ -93,6 +93,8 @@ struct Inner {
     names: TableNames,
     signal: Arc<Notify>,
     sql: Sql,
+    /// The largest payload enqueue accepts.
+    max_payload: usize,
 }
 
 impl fmt::Debug for SqliteOutbox {
