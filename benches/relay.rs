@@ -834,7 +834,7 @@ mod brokers {
         let exchange = format!("outbox.bench.{id}");
         let queue = format!("outbox.bench.{id}.q");
         ch.exchange_declare(
-            &exchange,
+            exchange.as_str().into(),
             ExchangeKind::Topic,
             ExchangeDeclareOptions {
                 durable: true,
@@ -845,7 +845,7 @@ mod brokers {
         .await
         .unwrap();
         ch.queue_declare(
-            &queue,
+            queue.as_str().into(),
             QueueDeclareOptions {
                 durable: true,
                 ..Default::default()
@@ -855,9 +855,9 @@ mod brokers {
         .await
         .unwrap();
         ch.queue_bind(
-            &queue,
-            &exchange,
-            "#",
+            queue.as_str().into(),
+            exchange.as_str().into(),
+            "#".into(),
             QueueBindOptions::default(),
             FieldTable::default(),
         )
@@ -871,8 +871,8 @@ mod brokers {
                 .with_message_id(ShortString::from(uuid::Uuid::now_v7().to_string()));
             confirms.push(
                 ch.basic_publish(
-                    &exchange,
-                    "raw",
+                    exchange.as_str().into(),
+                    "raw".into(),
                     BasicPublishOptions {
                         mandatory: true,
                         ..Default::default()
@@ -897,10 +897,10 @@ mod brokers {
             RabbitMqPublisher::new(AMQP, exchange.clone()),
         )
         .await;
-        ch.queue_delete(&queue, QueueDeleteOptions::default())
+        ch.queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
             .await
             .unwrap();
-        ch.exchange_delete(&exchange, ExchangeDeleteOptions::default())
+        ch.exchange_delete(exchange.as_str().into(), ExchangeDeleteOptions::default())
             .await
             .unwrap();
         res.put("broker_rabbitmq_raw_per_s", raw);

@@ -117,7 +117,7 @@ async fn main() -> Result<(), Error> {
     let queue = format!("payroll.{run}");
     channel
         .exchange_declare(
-            &exchange,
+            exchange.as_str().into(),
             ExchangeKind::Topic,
             ExchangeDeclareOptions::default(),
             FieldTable::default(),
@@ -125,16 +125,16 @@ async fn main() -> Result<(), Error> {
         .await?;
     channel
         .queue_declare(
-            &queue,
+            queue.as_str().into(),
             QueueDeclareOptions::default(),
             FieldTable::default(),
         )
         .await?;
     channel
         .queue_bind(
-            &queue,
-            &exchange,
-            "candidates",
+            queue.as_str().into(),
+            exchange.as_str().into(),
+            "candidates".into(),
             QueueBindOptions::default(),
             FieldTable::default(),
         )
@@ -163,8 +163,8 @@ async fn main() -> Result<(), Error> {
     println!();
     let mut consumer = channel
         .basic_consume(
-            &queue,
-            "payroll",
+            queue.as_str().into(),
+            "payroll".into(),
             BasicConsumeOptions::default(),
             FieldTable::default(),
         )
@@ -196,12 +196,12 @@ async fn main() -> Result<(), Error> {
     }
 
     channel
-        .queue_delete(&queue, QueueDeleteOptions::default())
+        .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
         .await?;
     channel
-        .exchange_delete(&exchange, ExchangeDeleteOptions::default())
+        .exchange_delete(exchange.as_str().into(), ExchangeDeleteOptions::default())
         .await?;
-    conn.close(200, "done").await?;
+    conn.close(200, "done".into()).await?;
     pool.close().await;
     for suffix in ["", "-wal", "-shm"] {
         let mut p = path.clone().into_os_string();

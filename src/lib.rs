@@ -75,15 +75,21 @@
 //!   their effects, and spot gaps through per-key sequence numbers.
 //! - [`publisher`]: the [`Publisher`] trait and the built-in publishers.
 //!
-//! ## Backends and features
+//! ## Which sqlx
 //!
-//! | feature | what |
-//! |---|---|
-//! | `postgres` (default) | [`PgOutbox`], [`PgInbox`]: several relays share the work through fenced leases; LISTEN/NOTIFY wake-ups |
-//! | `sqlite` (default) | [`SqliteOutbox`], [`SqliteInbox`]: embedded; one relay drains at a time |
-//! | `nats`, `amqp`, `redis`, `kafka`, `http` | publishers for NATS JetStream, RabbitMQ, Redis Streams, Kafka and HTTP webhooks |
-//! | `export-http` | `export::http::router`: the change log over HTTP, for an axum application |
-
+//! The outbox is built on sqlx 0.8, and its methods take sqlx 0.8
+//! transactions, executors and pools, so the application's sqlx must be
+//! that same version. [`outbox::sqlx`](crate::sqlx) re-exports it: name
+//! its types through that path and they are the ones the outbox takes,
+//! whatever else the dependency graph holds. sqlx 0.9 needs Rust 1.94 and is young; the outbox moves to
+//! it once it has settled, in a release of its own that raises the minor
+//! version (sqlx's types are part of this API, so the move is a breaking
+//! change), with a note in the changelog. Until then, stay on sqlx 0.8.
+//!
+//! ## Features
+//!
+#![doc = document_features::document_features!()]
+#![cfg_attr(docsrs, feature(doc_cfg))]
 #![forbid(unsafe_code)]
 
 pub mod change;
@@ -116,3 +122,19 @@ pub use crate::store::postgres::{PgOutbox, PgOutboxBuilder, WakeUp};
 #[cfg(feature = "sqlite")]
 pub use crate::store::sqlite::{SqliteOutbox, SqliteOutboxBuilder};
 pub use crate::store::{DeadLetter, Store};
+
+/// The sqlx this crate is built on (0.8), so users can name its exact
+/// version: types named through this path (`outbox::sqlx::PgPool`,
+/// `outbox::sqlx::Transaction`) are the ones the outbox takes, whatever
+/// other sqlx the dependency graph holds.
+///
+/// ```no_run
+/// # async fn demo() -> outbox::Result<()> {
+/// use outbox::sqlx::sqlite::SqlitePoolOptions;
+///
+/// let pool = SqlitePoolOptions::new().connect("sqlite://tracking.db").await?;
+/// let outbox = outbox::SqliteOutbox::new(pool);
+/// # let _ = outbox;
+/// # Ok(()) }
+/// ```
+pub use sqlx;

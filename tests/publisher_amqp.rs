@@ -57,7 +57,7 @@ impl TestBroker {
         let queue = format!("outbox.test.{id}.candidates");
         channel
             .exchange_declare(
-                &exchange,
+                exchange.as_str().into(),
                 ExchangeKind::Topic,
                 ExchangeDeclareOptions {
                     auto_delete: true,
@@ -69,7 +69,7 @@ impl TestBroker {
             .unwrap();
         channel
             .queue_declare(
-                &queue,
+                queue.as_str().into(),
                 QueueDeclareOptions {
                     exclusive: true,
                     ..Default::default()
@@ -80,9 +80,9 @@ impl TestBroker {
             .unwrap();
         channel
             .queue_bind(
-                &queue,
-                &exchange,
-                "candidates",
+                queue.as_str().into(),
+                exchange.as_str().into(),
+                "candidates".into(),
                 QueueBindOptions::default(),
                 FieldTable::default(),
             )
@@ -99,7 +99,7 @@ impl TestBroker {
     async fn count(&self) -> u32 {
         self.channel
             .queue_declare(
-                &self.queue,
+                self.queue.as_str().into(),
                 QueueDeclareOptions {
                     passive: true,
                     ..Default::default()
@@ -116,8 +116,8 @@ impl TestBroker {
         let mut consumer = self
             .channel
             .basic_consume(
-                &self.queue,
-                "",
+                self.queue.as_str().into(),
+                "".into(),
                 BasicConsumeOptions::default(),
                 FieldTable::default(),
             )
@@ -139,13 +139,16 @@ impl TestBroker {
     async fn cleanup(self) {
         let _ = self
             .channel
-            .queue_delete(&self.queue, QueueDeleteOptions::default())
+            .queue_delete(self.queue.as_str().into(), QueueDeleteOptions::default())
             .await;
         let _ = self
             .channel
-            .exchange_delete(&self.exchange, ExchangeDeleteOptions::default())
+            .exchange_delete(
+                self.exchange.as_str().into(),
+                ExchangeDeleteOptions::default(),
+            )
             .await;
-        let _ = self.conn.close(200, "test done").await;
+        let _ = self.conn.close(200, "test done".into()).await;
     }
 }
 

@@ -8,9 +8,10 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
-use lapin::publisher_confirm::{Confirmation, PublisherConfirm};
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
-use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
+use lapin::{
+    BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, PublisherConfirm,
+};
 use tokio::time::Instant;
 
 use super::{Envelope, Publisher};
@@ -69,6 +70,7 @@ const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// | cannot connect, connection or channel lost, no confirm within the [confirm timeout](Self::with_confirm_timeout) | transient (reconnects on the next batch) |
 /// | broker `nack` (queue full with `reject-publish`, internal error) | transient |
 /// | the exchange does not exist (the broker closes the channel with 404) | transient: the whole publisher is misconfigured and dead-lettering every message would not help; declare the exchange and the messages flow (the retry policy still dead-letters them after `max_attempts`) |
+/// | the exchange name is over 255 bytes (no broker can hold such an exchange) | transient, for the same reason |
 /// | message returned as unroutable (`mandatory`: no queue bound for its routing key) | permanent (`no queue bound for routing key ...`) |
 /// | routing key, event type or content type over 255 bytes, header name over 255 bytes | permanent (AMQP short-string limit) |
 ///
@@ -254,18 +256,21 @@ impl RabbitMqPublisher {
         Ok(channel)
     }
 
-    fn prepare(&self, m: &OutboxMessage) -> Result<(Vec<u8>, BasicProperties), PublishError> {
+    /// The routing key, body and properties of a message, or why it cannot
+    /// be sent.
+    fn prepare(
+        &self,
+        m: &OutboxMessage,
+    ) -> Result<(ShortString, Vec<u8>, BasicProperties), PublishError> {
         let short = |what: &str, v: &str| -> Result<ShortString, PublishError> {
-            if v.len() > MAX_SHORT_STRING {
-                Err(permanent(format!(
+            ShortString::try_new(v).map_err(|_| {
+                permanent(format!(
                     "{what} is {} bytes; AMQP allows at most {MAX_SHORT_STRING}",
                     v.len()
-                )))
-            } else {
-                Ok(ShortString::from(v))
-            }
+                ))
+            })
         };
-        short("the routing key", self.routing_key_for(m))?;
+        let routing_key = short("the routing key", self.routing_key_for(m))?;
         let (body, content_type) = self.envelope.body(m);
         let mut pairs: Vec<(String, String)> = Vec::new();
         match &self.envelope {
@@ -299,7 +304,7 @@ impl RabbitMqPublisher {
             .with_type(short("the event type", m.event_type())?)
             .with_timestamp(timestamp)
             .with_headers(headers);
-        Ok((body, props))
+        Ok((routing_key, body, props))
     }
 }
 
@@ -350,6 +355,18 @@ impl std::error::Error for Failure {
 #[async_trait]
 impl Publisher for RabbitMqPublisher {
     async fn publish(&self, batch: &[OutboxMessage]) -> Vec<Result<(), PublishError>> {
+        // A name no broker accepts is a misconfigured publisher, like an
+        // exchange that does not exist: transient, as the table says.
+        let Ok(exchange) = ShortString::try_new(self.exchange.as_str()) else {
+            let reason = format!(
+                "the exchange name is {} bytes; AMQP allows at most {MAX_SHORT_STRING}",
+                self.exchange.len()
+            );
+            return batch
+                .iter()
+                .map(|_| Err(transient(reason.clone(), None)))
+                .collect();
+        };
         let mut link = self.state.lock().await;
         let channel = match self.channel(&mut link).await {
             Ok(c) => c,
@@ -370,7 +387,7 @@ impl Publisher for RabbitMqPublisher {
         };
         let deadline = Instant::now() + self.confirm_timeout;
         for (i, m) in batch.iter().enumerate() {
-            let (body, props) = match self.prepare(m) {
+            let (routing_key, body, props) = match self.prepare(m) {
                 Ok(p) => p,
                 Err(e) => {
                     results[i] = Some(Err(e));
@@ -386,13 +403,7 @@ impl Publisher for RabbitMqPublisher {
             }
             let sent = tokio::time::timeout_at(
                 deadline,
-                channel.basic_publish(
-                    &self.exchange,
-                    self.routing_key_for(m),
-                    options,
-                    &body,
-                    props,
-                ),
+                channel.basic_publish(exchange.clone(), routing_key, options, &body, props),
             )
             .await;
             match sent {
@@ -474,7 +485,7 @@ impl Publisher for RabbitMqPublisher {
                 if ch.status().connected() {
                     let _ = tokio::time::timeout(
                         Duration::from_secs(1),
-                        ch.close(200, "outbox: reopening"),
+                        ch.close(200, ShortString::from("outbox: reopening")),
                     )
                     .await;
                 }

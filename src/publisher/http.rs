@@ -76,8 +76,10 @@ impl fmt::Debug for Secret {
 ///
 /// Redirects are not followed (a `POST` turned into a `GET` by a `302`
 /// would lose the body yet look delivered): a `3xx` answer is a permanent
-/// failure; configure the final URL. TLS uses reqwest's defaults (rustls
-/// with the Mozilla root certificates).
+/// failure; configure the final URL. TLS uses reqwest's rustls backend
+/// (aws-lc-rs), which checks certificates against the operating system's
+/// trust store (`rustls-platform-verifier`): the image needs a CA bundle,
+/// or pass a [client](WebhookPublisherBuilder::client) with your own roots.
 ///
 /// # Response
 ///

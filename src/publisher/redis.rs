@@ -297,8 +297,8 @@ impl RedisStreamsPublisher {
             return Ok(c.clone());
         }
         let config = AsyncConnectionConfig::new()
-            .set_connection_timeout(self.timeout)
-            .set_response_timeout(self.timeout);
+            .set_connection_timeout(Some(self.timeout))
+            .set_response_timeout(Some(self.timeout));
         let c = self
             .client
             .get_multiplexed_async_connection_with_config(&config)
