@@ -2,13 +2,14 @@
 //! what of it reaches the publisher.
 
 use std::collections::{HashMap, HashSet};
+use std::time::Duration;
 
 use outbox::{Enqueued, Error, Event, InMemoryPublisher, MessageId, NewMessage, OutboxMessage};
 use serde::Serialize;
 
 use crate::backend::{Backend, TestOutbox};
 use crate::messages::{keyed, n_of, numbered, CandidateHired};
-use crate::support::eventually;
+use crate::support::{eventually, wait_for};
 
 /// A rolled-back transaction leaves neither its business row nor any of
 /// its messages; the committed one publishes its event once, intact.
@@ -46,11 +47,9 @@ pub async fn rollback_publishes_nothing<B: Backend>() {
     let publisher = InMemoryPublisher::new();
     let relay = outbox.fast_relay(publisher.clone()).spawn().unwrap();
     eventually("one message published", || publisher.len() == 1).await;
-    crate::support::wait_for(
-        "the outbox drained",
-        std::time::Duration::from_secs(10),
-        || async { outbox.pending().await == 0 },
-    )
+    wait_for("the outbox drained", Duration::from_secs(10), || async {
+        outbox.pending().await == 0
+    })
     .await;
     relay.shutdown().await.unwrap();
     let got = publisher.messages();
@@ -94,9 +93,9 @@ pub async fn commit_publishes_once<B: Backend>() {
         outbox.commit(tx).await.unwrap();
     }
 
-    crate::support::wait_for(
+    wait_for(
         "all messages published",
-        std::time::Duration::from_secs(10),
+        Duration::from_secs(10),
         || async { publisher.len() >= expected.len() && outbox.pending().await == 0 },
     )
     .await;
@@ -309,9 +308,9 @@ pub async fn large_batch_is_published_once_in_order<B: Backend>() {
 
     let publisher = InMemoryPublisher::new();
     let relay = outbox.relay(publisher.clone()).spawn().unwrap();
-    crate::support::wait_for(
+    wait_for(
         "5000 messages published",
-        std::time::Duration::from_secs(20),
+        Duration::from_secs(20),
         || async { publisher.len() >= 5000 && outbox.pending().await == 0 },
     )
     .await;
