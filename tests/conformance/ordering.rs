@@ -5,8 +5,8 @@
 //!
 //! These run at CI scale. Environment:
 //! - `OUTBOX_ORDERING_SCALE` (default 1): multiplies the transactions of
-//!   the two load scenarios (many writers, killed relay processes) for
-//!   longer runs, e.g. `OUTBOX_ORDERING_SCALE=10`.
+//!   the two load scenarios (many writers, killed relay processes), and
+//!   their time limits, for longer runs, e.g. `OUTBOX_ORDERING_SCALE=10`.
 //! - `OUTBOX_TEST_PG`: the PostgreSQL server (see `tests/support/pg.rs`).
 //! - `OUTBOX_CRASH_CHILD_BACKEND`, `OUTBOX_CRASH_CHILD_DB` and
 //!   `OUTBOX_CRASH_CHILD_DELAY_MS` are set by the scenarios for the relay
@@ -205,7 +205,7 @@ pub async fn many_writers_many_relays_random_failures_keep_commit_order<B: Backe
             break;
         }
         assert!(
-            start.elapsed() < Duration::from_secs(120),
+            start.elapsed() < Duration::from_secs(120 * scale()),
             "not every committed message arrived: {} of {}",
             committed.iter().filter(|id| seen.contains(id)).count(),
             committed.len()
@@ -214,9 +214,11 @@ pub async fn many_writers_many_relays_random_failures_keep_commit_order<B: Backe
     }
     // Messages delivered but not acknowledged (a failure reported after
     // delivery) are published again, then acknowledged.
-    wait_for("the outbox drained", Duration::from_secs(120), || async {
-        outbox.pending().await == 0
-    })
+    wait_for(
+        "the outbox drained",
+        Duration::from_secs(120 * scale()),
+        || async { outbox.pending().await == 0 },
+    )
     .await;
     for r in relays {
         r.shutdown().await.unwrap();
@@ -551,7 +553,7 @@ pub async fn relay_processes_killed_at_random_lose_nothing_and_keep_order<B: Bac
             break;
         }
         assert!(
-            start.elapsed() < Duration::from_secs(300),
+            start.elapsed() < Duration::from_secs(300 * scale()),
             "only {delivered} of {total} delivered after {kills} kills"
         );
     }
@@ -567,16 +569,18 @@ pub async fn relay_processes_killed_at_random_lose_nothing_and_keep_order<B: Bac
             break;
         }
         assert!(
-            start.elapsed() < Duration::from_secs(400),
+            start.elapsed() < Duration::from_secs(400 * scale()),
             "lost messages: {delivered} of {total}"
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     // Messages delivered but not acknowledged (a killed relay) are
     // published again, then acknowledged.
-    wait_for("the outbox drained", Duration::from_secs(120), || async {
-        outbox.pending().await == 0
-    })
+    wait_for(
+        "the outbox drained",
+        Duration::from_secs(120 * scale()),
+        || async { outbox.pending().await == 0 },
+    )
     .await;
     for r in steady {
         r.shutdown().await.unwrap();
@@ -689,6 +693,10 @@ pub async fn a_frozen_relay_is_fenced_and_publishes_nothing_after_it_thaws<B: Ba
         );
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
+    // Freeze it inside its 400 ms wait, not in the middle of a statement:
+    // on SQLite a process frozen while it holds the one write lock would
+    // stop every other writer, the relay that must take over included.
+    tokio::time::sleep(Duration::from_millis(100)).await;
     signal(&child, "-STOP");
     let frozen_with = by(pid).await.len();
 
