@@ -1,31 +1,24 @@
-//! What a scenario needs from a backend, and its implementation for each
-//! database the crate supports.
+//! What a scenario needs from a backend; each backend's implementation is
+//! in the file named after it (`backend/postgres.rs`, `backend/sqlite.rs`).
 //!
-//! A backend joins the suite with one [`Backend`] impl (its outbox type gets
-//! [`TestOutbox`] from one `test_outbox!` line) and one line in the
-//! `conformance!` invocation of `main.rs`.
+//! A backend joins the suite with one [`Backend`] impl in a file of its own
+//! (its outbox type gets [`TestOutbox`] from one `test_outbox!` line) and
+//! one line in the `conformance!` invocation of `main.rs`.
 //!
-//! The SQL here is the scenarios' own: business tables written in the
+//! The SQL of the implementations is the scenarios' own: business tables written in the
 //! caller's transaction, a table in which a relay process records what it
 //! delivered (it must survive that process being killed), and a few reads
 //! of the crate's tables that the public API has no call for.
 
-use std::path::PathBuf;
-use std::sync::Mutex;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use outbox::{
-    BatchEnqueued, DeadLetter, Enqueued, Event, MessageId, NewMessage, OutboxMessage, PgOutbox,
-    Publisher, Relay, RelayBuilder, SqliteOutbox,
+    BatchEnqueued, DeadLetter, Enqueued, Event, MessageId, NewMessage, OutboxMessage, Publisher,
+    RelayBuilder,
 };
-use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions};
-use sqlx::{Row, Transaction};
+use sqlx::Transaction;
 use uuid::Uuid;
-
-use crate::support::pg::TestDb;
-use crate::support::sqlite::TempDb;
 
 /// A transaction of backend `B`'s database.
 pub type Tx<B> = Transaction<'static, <B as Backend>::Db>;
@@ -226,616 +219,85 @@ pub trait TestOutbox: Clone + Send + Sync + 'static {
 /// methods of the same names.
 macro_rules! test_outbox {
     ($outbox:ty, $db:ty) => {
-        #[async_trait]
-        impl TestOutbox for $outbox {
+        #[::async_trait::async_trait]
+        impl crate::backend::TestOutbox for $outbox {
             type Db = $db;
 
-            fn relay(&self, publisher: impl Publisher) -> RelayBuilder {
-                Relay::builder(self.clone(), publisher)
+            fn relay(&self, publisher: impl ::outbox::Publisher) -> ::outbox::RelayBuilder {
+                ::outbox::Relay::builder(self.clone(), publisher)
             }
-            async fn migrate(&self) -> outbox::Result<()> {
+            async fn migrate(&self) -> ::outbox::Result<()> {
                 <$outbox>::migrate(self).await
             }
             async fn enqueue(
                 &self,
-                tx: &mut Transaction<'static, $db>,
-                message: NewMessage,
-            ) -> outbox::Result<Enqueued> {
+                tx: &mut ::sqlx::Transaction<'static, $db>,
+                message: ::outbox::NewMessage,
+            ) -> ::outbox::Result<::outbox::Enqueued> {
                 <$outbox>::enqueue(self, &mut **tx, message).await
             }
             async fn enqueue_batch(
                 &self,
-                tx: &mut Transaction<'static, $db>,
-                messages: Vec<NewMessage>,
-            ) -> outbox::Result<BatchEnqueued> {
+                tx: &mut ::sqlx::Transaction<'static, $db>,
+                messages: Vec<::outbox::NewMessage>,
+            ) -> ::outbox::Result<::outbox::BatchEnqueued> {
                 <$outbox>::enqueue_batch(self, &mut **tx, messages).await
             }
-            async fn publish_event<E: Event + Sync>(
+            async fn publish_event<E: ::outbox::Event + Sync>(
                 &self,
-                tx: &mut Transaction<'static, $db>,
+                tx: &mut ::sqlx::Transaction<'static, $db>,
                 event: &E,
-            ) -> outbox::Result<Enqueued> {
+            ) -> ::outbox::Result<::outbox::Enqueued> {
                 <$outbox>::publish_event(self, &mut **tx, event).await
             }
-            async fn enqueue_alone(&self, message: NewMessage) -> outbox::Result<Enqueued> {
+            async fn enqueue_alone(
+                &self,
+                message: ::outbox::NewMessage,
+            ) -> ::outbox::Result<::outbox::Enqueued> {
                 <$outbox>::enqueue(self, self.pool(), message).await
             }
             async fn enqueue_batch_alone(
                 &self,
-                messages: Vec<NewMessage>,
-            ) -> outbox::Result<BatchEnqueued> {
+                messages: Vec<::outbox::NewMessage>,
+            ) -> ::outbox::Result<::outbox::BatchEnqueued> {
                 <$outbox>::enqueue_batch(self, self.pool(), messages).await
             }
-            async fn commit(&self, tx: Transaction<'static, $db>) -> outbox::Result<()> {
+            async fn commit(&self, tx: ::sqlx::Transaction<'static, $db>) -> ::outbox::Result<()> {
                 <$outbox>::commit(self, tx).await
             }
             fn wake(&self) {
                 <$outbox>::wake(self)
             }
-            async fn dead_letters(&self, limit: i64) -> outbox::Result<Vec<DeadLetter>> {
+            async fn dead_letters(
+                &self,
+                limit: i64,
+            ) -> ::outbox::Result<Vec<::outbox::DeadLetter>> {
                 <$outbox>::dead_letters(self, limit).await
             }
-            async fn replay_dead_letter(&self, id: MessageId) -> outbox::Result<()> {
+            async fn replay_dead_letter(&self, id: ::outbox::MessageId) -> ::outbox::Result<()> {
                 <$outbox>::replay_dead_letter(self, id).await
             }
-            async fn replay_all_dead_letters(&self) -> outbox::Result<u64> {
+            async fn replay_all_dead_letters(&self) -> ::outbox::Result<u64> {
                 <$outbox>::replay_all_dead_letters(self).await
             }
-            async fn discard_dead_letter(&self, id: MessageId) -> outbox::Result<()> {
+            async fn discard_dead_letter(&self, id: ::outbox::MessageId) -> ::outbox::Result<()> {
                 <$outbox>::discard_dead_letter(self, id).await
             }
-            async fn pending_count(&self) -> outbox::Result<i64> {
+            async fn pending_count(&self) -> ::outbox::Result<i64> {
                 <$outbox>::pending_count(self).await
             }
-            async fn published(&self, limit: i64) -> outbox::Result<Vec<OutboxMessage>> {
+            async fn published(
+                &self,
+                limit: i64,
+            ) -> ::outbox::Result<Vec<::outbox::OutboxMessage>> {
                 <$outbox>::published(self, limit).await
             }
         }
     };
 }
 
-test_outbox!(PgOutbox, sqlx::Postgres);
-test_outbox!(SqliteOutbox, sqlx::Sqlite);
+mod postgres;
+mod sqlite;
 
-/// PostgreSQL: a database per test on the server at `OUTBOX_TEST_PG`.
-pub struct Postgres {
-    pool: PgPool,
-    url: String,
-    /// Set when this handle created the database, which `close` drops.
-    created: Mutex<Option<TestDb>>,
-}
-
-#[async_trait]
-impl Backend for Postgres {
-    const NAME: &'static str = "postgres";
-    const BUCKETS: usize = 64;
-
-    type Db = sqlx::Postgres;
-    type Outbox = PgOutbox;
-
-    async fn create(pool: Pool) -> Self {
-        let options = match pool {
-            Pool::Default => PgPoolOptions::new().max_connections(20),
-            Pool::Connections(n) => PgPoolOptions::new().max_connections(n),
-            Pool::PausedTime => PgPoolOptions::new()
-                .max_connections(10)
-                .min_connections(4)
-                .acquire_timeout(Duration::from_secs(365 * 24 * 3600))
-                .idle_timeout(None)
-                .max_lifetime(None)
-                .test_before_acquire(false),
-        };
-        let db = TestDb::with_options(options).await;
-        PgOutbox::new(db.pool.clone())
-            .migrate()
-            .await
-            .expect("migrate");
-        sqlx::query("CREATE TABLE candidates (id bigint PRIMARY KEY, status text NOT NULL)")
-            .execute(&db.pool)
-            .await
-            .unwrap();
-        Postgres {
-            pool: db.pool.clone(),
-            url: db.url(),
-            created: Mutex::new(Some(db)),
-        }
-    }
-
-    fn location(&self) -> String {
-        self.url.clone()
-    }
-
-    async fn open(location: &str) -> Self {
-        let options: PgConnectOptions = location.parse().expect("a PostgreSQL URL");
-        let pool = PgPoolOptions::new()
-            .max_connections(4)
-            .connect_with(options)
-            .await
-            .expect("connect to the test database");
-        Postgres {
-            pool,
-            url: location.to_owned(),
-            created: Mutex::new(None),
-        }
-    }
-
-    async fn close(&self) {
-        let created = self.created.lock().unwrap().take();
-        match created {
-            Some(db) => db.drop().await,
-            None => self.pool.close().await,
-        }
-    }
-
-    fn outbox(&self) -> PgOutbox {
-        PgOutbox::new(self.pool.clone())
-    }
-
-    fn outbox_with_prefix(&self, prefix: &str) -> outbox::Result<PgOutbox> {
-        PgOutbox::builder(self.pool.clone())
-            .table_prefix(prefix)
-            .build()
-    }
-
-    async fn begin(&self) -> Tx<Self> {
-        self.pool.begin().await.unwrap()
-    }
-
-    async fn insert_candidate(&self, tx: &mut Tx<Self>, id: i64, status: &str) -> sqlx::Result<()> {
-        sqlx::query("INSERT INTO candidates VALUES ($1, $2)")
-            .bind(id)
-            .bind(status)
-            .execute(&mut **tx)
-            .await
-            .map(drop)
-    }
-
-    async fn candidates(&self) -> i64 {
-        sqlx::query_scalar("SELECT count(*) FROM candidates")
-            .fetch_one(&self.pool)
-            .await
-            .unwrap()
-    }
-
-    async fn tables(&self) -> Vec<String> {
-        sqlx::query_scalar(
-            "SELECT tablename::text FROM pg_tables WHERE schemaname = 'outbox' ORDER BY 1",
-        )
-        .fetch_all(&self.pool)
-        .await
-        .unwrap()
-    }
-
-    async fn message_rows(&self, prefix: &str) -> i64 {
-        sqlx::query_scalar(&format!("SELECT count(*) FROM outbox.{prefix}messages"))
-            .fetch_one(&self.pool)
-            .await
-            .unwrap()
-    }
-
-    async fn migrations(&self) -> i64 {
-        sqlx::query_scalar("SELECT count(*) FROM outbox.migrations")
-            .fetch_one(&self.pool)
-            .await
-            .unwrap()
-    }
-
-    async fn record_migration(&self, version: i64) {
-        sqlx::query("INSERT INTO outbox.migrations (version) VALUES ($1)")
-            .bind(version)
-            .execute(&self.pool)
-            .await
-            .unwrap();
-    }
-
-    async fn backdate_published(&self, by: Duration) {
-        sqlx::query(
-            "UPDATE outbox.published SET published_at = published_at - make_interval(secs => $1)",
-        )
-        .bind(by.as_secs_f64())
-        .execute(&self.pool)
-        .await
-        .unwrap();
-    }
-
-    async fn owned_leases(&self) -> i64 {
-        sqlx::query_scalar(
-            "SELECT count(*) FROM outbox.leases WHERE owner IS NOT NULL AND expires_at > now()",
-        )
-        .fetch_one(&self.pool)
-        .await
-        .unwrap()
-    }
-
-    async fn lease_owners(&self) -> i64 {
-        sqlx::query_scalar(
-            "SELECT count(DISTINCT owner) FROM outbox.leases WHERE expires_at > now()",
-        )
-        .fetch_one(&self.pool)
-        .await
-        .unwrap()
-    }
-
-    async fn create_key_counters(&self, keys: usize) {
-        sqlx::raw_sql(&format!(
-            "CREATE TABLE key_counters (key text PRIMARY KEY, n bigint NOT NULL);
-             CREATE TABLE key_log (key text NOT NULL, n bigint NOT NULL, msg uuid NOT NULL,
-                                   PRIMARY KEY (key, n));
-             INSERT INTO key_counters SELECT 'key-' || g, 0 FROM generate_series(0, {}) g;",
-            keys - 1
-        ))
-        .execute(&self.pool)
-        .await
-        .unwrap();
-    }
-
-    async fn lock_key(&self, tx: &mut Tx<Self>, key: &str) -> sqlx::Result<()> {
-        sqlx::query("SELECT n FROM key_counters WHERE key = $1 FOR UPDATE")
-            .bind(key)
-            .execute(&mut **tx)
-            .await
-            .map(drop)
-    }
-
-    async fn log_key(&self, tx: &mut Tx<Self>, key: &str, message: MessageId) -> sqlx::Result<()> {
-        sqlx::query(
-            "WITH c AS (UPDATE key_counters SET n = n + 1 WHERE key = $1 \
-             RETURNING n) INSERT INTO key_log SELECT $1, n, $2 FROM c",
-        )
-        .bind(key)
-        .bind(message.as_uuid())
-        .execute(&mut **tx)
-        .await
-        .map(drop)
-    }
-
-    async fn key_log(&self) -> Vec<(String, i64, Uuid)> {
-        sqlx::query_as("SELECT key, n, msg FROM key_log ORDER BY key, n")
-            .fetch_all(&self.pool)
-            .await
-            .unwrap()
-    }
-
-    fn is_deadlock(error: &outbox::Error) -> bool {
-        match error {
-            outbox::Error::Database(sqlx::Error::Database(d)) => {
-                d.code().as_deref() == Some("40P01")
-            }
-            _ => false,
-        }
-    }
-
-    async fn create_received(&self) {
-        sqlx::query(
-            "CREATE TABLE received (seq bigserial PRIMARY KEY, id uuid NOT NULL, \
-             key text NOT NULL, n bigint NOT NULL, ks bigint NOT NULL, relay int NOT NULL, \
-             at timestamptz NOT NULL DEFAULT clock_timestamp())",
-        )
-        .execute(&self.pool)
-        .await
-        .unwrap();
-    }
-
-    async fn record(&self, deliveries: &[Delivery]) -> sqlx::Result<()> {
-        let ids: Vec<Uuid> = deliveries.iter().map(|d| d.id).collect();
-        let keys: Vec<&str> = deliveries.iter().map(|d| d.key.as_str()).collect();
-        let ns: Vec<i64> = deliveries.iter().map(|d| d.n).collect();
-        let kss: Vec<i64> = deliveries.iter().map(|d| d.ks).collect();
-        let relays: Vec<i32> = deliveries.iter().map(|d| d.relay).collect();
-        sqlx::query(
-            "INSERT INTO received (id, key, n, ks, relay) \
-             SELECT * FROM unnest($1::uuid[], $2::text[], $3::bigint[], $4::bigint[], $5::int[])",
-        )
-        .bind(ids)
-        .bind(keys)
-        .bind(ns)
-        .bind(kss)
-        .bind(relays)
-        .execute(&self.pool)
-        .await
-        .map(drop)
-    }
-
-    async fn delivered(&self) -> i64 {
-        sqlx::query_scalar("SELECT count(DISTINCT id) FROM received")
-            .fetch_one(&self.pool)
-            .await
-            .unwrap()
-    }
-
-    async fn deliveries(&self) -> Vec<Delivery> {
-        sqlx::query("SELECT id, key, n, ks, relay FROM received ORDER BY seq")
-            .fetch_all(&self.pool)
-            .await
-            .unwrap()
-            .iter()
-            .map(|r| Delivery {
-                id: r.get(0),
-                key: r.get(1),
-                n: r.get(2),
-                ks: r.get(3),
-                relay: r.get(4),
-            })
-            .collect()
-    }
-}
-
-/// SQLite: a database file per test in the temporary directory, in WAL
-/// mode with a busy timeout, as the crate asks of its users.
-pub struct Sqlite {
-    pool: SqlitePool,
-    path: PathBuf,
-    /// Set when this handle created the file, deleted when it drops.
-    _created: Option<TempDb>,
-}
-
-impl Sqlite {
-    fn connect_options(path: &std::path::Path) -> SqliteConnectOptions {
-        SqliteConnectOptions::new()
-            .filename(path)
-            .create_if_missing(true)
-            .journal_mode(SqliteJournalMode::Wal)
-            .busy_timeout(Duration::from_secs(10))
-    }
-
-    /// Now, as the crate stores times: microseconds since the Unix epoch.
-    fn now_micros() -> i64 {
-        chrono::Utc::now().timestamp_micros()
-    }
-}
-
-#[async_trait]
-impl Backend for Sqlite {
-    const NAME: &'static str = "sqlite";
-    const BUCKETS: usize = 1;
-
-    type Db = sqlx::Sqlite;
-    type Outbox = SqliteOutbox;
-
-    async fn create(pool: Pool) -> Self {
-        let path = std::env::temp_dir().join(format!("outbox-conformance-{}.db", Uuid::now_v7()));
-        let options = match pool {
-            Pool::Default => SqlitePoolOptions::new().max_connections(8),
-            Pool::Connections(n) => SqlitePoolOptions::new().max_connections(n),
-            Pool::PausedTime => SqlitePoolOptions::new()
-                .max_connections(8)
-                .min_connections(4)
-                .acquire_timeout(Duration::from_secs(365 * 24 * 3600))
-                .idle_timeout(None)
-                .max_lifetime(None)
-                .test_before_acquire(false),
-        };
-        let pool = options
-            .connect_with(Self::connect_options(&path))
-            .await
-            .expect("open the test database");
-        // From here on the file is deleted (with its WAL) when this drops.
-        let created = TempDb {
-            pool: pool.clone(),
-            path: path.clone(),
-        };
-        SqliteOutbox::new(pool.clone())
-            .migrate()
-            .await
-            .expect("migrate");
-        sqlx::query("CREATE TABLE candidates (id INTEGER PRIMARY KEY, status TEXT NOT NULL)")
-            .execute(&pool)
-            .await
-            .unwrap();
-        Sqlite {
-            pool,
-            path,
-            _created: Some(created),
-        }
-    }
-
-    fn location(&self) -> String {
-        self.path.to_str().expect("a UTF-8 path").to_owned()
-    }
-
-    async fn open(location: &str) -> Self {
-        let path = PathBuf::from(location);
-        let pool = SqlitePoolOptions::new()
-            .max_connections(4)
-            .connect_with(Self::connect_options(&path).create_if_missing(false))
-            .await
-            .expect("open the test database");
-        Sqlite {
-            pool,
-            path,
-            _created: None,
-        }
-    }
-
-    async fn close(&self) {
-        self.pool.close().await;
-    }
-
-    fn outbox(&self) -> SqliteOutbox {
-        SqliteOutbox::new(self.pool.clone())
-    }
-
-    fn outbox_with_prefix(&self, prefix: &str) -> outbox::Result<SqliteOutbox> {
-        SqliteOutbox::builder(self.pool.clone())
-            .table_prefix(prefix)
-            .build()
-    }
-
-    async fn begin(&self) -> Tx<Self> {
-        self.pool.begin().await.unwrap()
-    }
-
-    async fn insert_candidate(&self, tx: &mut Tx<Self>, id: i64, status: &str) -> sqlx::Result<()> {
-        sqlx::query("INSERT INTO candidates VALUES ($1, $2)")
-            .bind(id)
-            .bind(status)
-            .execute(&mut **tx)
-            .await
-            .map(drop)
-    }
-
-    async fn candidates(&self) -> i64 {
-        sqlx::query_scalar("SELECT count(*) FROM candidates")
-            .fetch_one(&self.pool)
-            .await
-            .unwrap()
-    }
-
-    async fn tables(&self) -> Vec<String> {
-        sqlx::query_scalar(
-            "SELECT name FROM sqlite_master WHERE type = 'table' \
-             AND name NOT LIKE 'sqlite_%' AND name <> 'candidates' ORDER BY 1",
-        )
-        .fetch_all(&self.pool)
-        .await
-        .unwrap()
-    }
-
-    async fn message_rows(&self, prefix: &str) -> i64 {
-        sqlx::query_scalar(&format!("SELECT count(*) FROM {prefix}messages"))
-            .fetch_one(&self.pool)
-            .await
-            .unwrap()
-    }
-
-    async fn migrations(&self) -> i64 {
-        sqlx::query_scalar("SELECT count(*) FROM outbox_migrations")
-            .fetch_one(&self.pool)
-            .await
-            .unwrap()
-    }
-
-    async fn record_migration(&self, version: i64) {
-        sqlx::query("INSERT INTO outbox_migrations (version, applied_at) VALUES ($1, 0)")
-            .bind(version)
-            .execute(&self.pool)
-            .await
-            .unwrap();
-    }
-
-    async fn backdate_published(&self, by: Duration) {
-        sqlx::query("UPDATE outbox_published SET published_at = published_at - $1")
-            .bind(by.as_micros() as i64)
-            .execute(&self.pool)
-            .await
-            .unwrap();
-    }
-
-    async fn owned_leases(&self) -> i64 {
-        sqlx::query_scalar(
-            "SELECT count(*) FROM outbox_leases WHERE owner IS NOT NULL AND expires_at > $1",
-        )
-        .bind(Self::now_micros())
-        .fetch_one(&self.pool)
-        .await
-        .unwrap()
-    }
-
-    async fn lease_owners(&self) -> i64 {
-        sqlx::query_scalar("SELECT count(DISTINCT owner) FROM outbox_leases WHERE expires_at > $1")
-            .bind(Self::now_micros())
-            .fetch_one(&self.pool)
-            .await
-            .unwrap()
-    }
-
-    async fn create_key_counters(&self, keys: usize) {
-        sqlx::raw_sql(&format!(
-            "CREATE TABLE key_counters (key TEXT PRIMARY KEY, n INTEGER NOT NULL);
-             CREATE TABLE key_log (key TEXT NOT NULL, n INTEGER NOT NULL, msg BLOB NOT NULL,
-                                   PRIMARY KEY (key, n));
-             WITH RECURSIVE g(i) AS (SELECT 0 UNION ALL SELECT i + 1 FROM g WHERE i < {})
-             INSERT INTO key_counters SELECT 'key-' || i, 0 FROM g;",
-            keys - 1
-        ))
-        .execute(&self.pool)
-        .await
-        .unwrap();
-    }
-
-    async fn lock_key(&self, tx: &mut Tx<Self>, key: &str) -> sqlx::Result<()> {
-        // SQLite locks the database, not rows: a write takes its one write
-        // lock, which a transaction that has not written yet must wait for.
-        sqlx::query("UPDATE key_counters SET n = n WHERE key = $1")
-            .bind(key)
-            .execute(&mut **tx)
-            .await
-            .map(drop)
-    }
-
-    async fn log_key(&self, tx: &mut Tx<Self>, key: &str, message: MessageId) -> sqlx::Result<()> {
-        let n: i64 =
-            sqlx::query_scalar("UPDATE key_counters SET n = n + 1 WHERE key = $1 RETURNING n")
-                .bind(key)
-                .fetch_one(&mut **tx)
-                .await?;
-        sqlx::query("INSERT INTO key_log VALUES ($1, $2, $3)")
-            .bind(key)
-            .bind(n)
-            .bind(message.as_uuid())
-            .execute(&mut **tx)
-            .await
-            .map(drop)
-    }
-
-    async fn key_log(&self) -> Vec<(String, i64, Uuid)> {
-        sqlx::query_as("SELECT key, n, msg FROM key_log ORDER BY key, n")
-            .fetch_all(&self.pool)
-            .await
-            .unwrap()
-    }
-
-    fn is_deadlock(_: &outbox::Error) -> bool {
-        // Transactions that begin with a write queue for the one write lock
-        // (for the busy timeout); none is ever aborted to break a cycle.
-        false
-    }
-
-    async fn create_received(&self) {
-        sqlx::query(
-            "CREATE TABLE received (seq INTEGER PRIMARY KEY AUTOINCREMENT, id BLOB NOT NULL, \
-             key TEXT NOT NULL, n INTEGER NOT NULL, ks INTEGER NOT NULL, relay INTEGER NOT NULL)",
-        )
-        .execute(&self.pool)
-        .await
-        .unwrap();
-    }
-
-    async fn record(&self, deliveries: &[Delivery]) -> sqlx::Result<()> {
-        if deliveries.is_empty() {
-            return Ok(());
-        }
-        // Five parameters a row: a batch of 200 stays far below SQLite's
-        // limit of bound parameters.
-        let rows = vec!["(?, ?, ?, ?, ?)"; deliveries.len()].join(", ");
-        let sql = format!("INSERT INTO received (id, key, n, ks, relay) VALUES {rows}");
-        let mut q = sqlx::query(&sql);
-        for d in deliveries {
-            q = q.bind(d.id).bind(&d.key).bind(d.n).bind(d.ks).bind(d.relay);
-        }
-        q.execute(&self.pool).await.map(drop)
-    }
-
-    async fn delivered(&self) -> i64 {
-        sqlx::query_scalar("SELECT count(DISTINCT id) FROM received")
-            .fetch_one(&self.pool)
-            .await
-            .unwrap()
-    }
-
-    async fn deliveries(&self) -> Vec<Delivery> {
-        sqlx::query("SELECT id, key, n, ks, relay FROM received ORDER BY seq")
-            .fetch_all(&self.pool)
-            .await
-            .unwrap()
-            .iter()
-            .map(|r| Delivery {
-                id: r.get(0),
-                key: r.get(1),
-                n: r.get(2),
-                ks: r.get(3),
-                relay: r.get(4),
-            })
-            .collect()
-    }
-}
+pub use postgres::Postgres;
+pub use sqlite::Sqlite;
