@@ -108,17 +108,37 @@ pub trait Backend: Send + Sync + Sized + 'static {
     /// Writes a business row in `tx`.
     async fn insert_candidate(&self, tx: &mut Tx<Self>, id: i64, status: &str) -> sqlx::Result<()>;
 
+    /// The table prefix of [`Backend::outbox`].
+    const DEFAULT_PREFIX: &'static str;
+
+    /// The name a query gives the crate's table `table` of the outbox with
+    /// `prefix`.
+    fn table(prefix: &str, table: &str) -> String;
+
+    /// Runs a query that returns one integer.
+    async fn count(&self, sql: &str) -> i64;
+
     /// The committed business rows.
-    async fn candidates(&self) -> i64;
+    async fn candidates(&self) -> i64 {
+        self.count("SELECT count(*) FROM candidates").await
+    }
 
     /// The tables of the outboxes in this database (those of every prefix).
     async fn tables(&self) -> Vec<String>;
 
     /// Rows in the messages table of the outbox with `prefix`.
-    async fn message_rows(&self, prefix: &str) -> i64;
+    async fn message_rows(&self, prefix: &str) -> i64 {
+        let messages = Self::table(prefix, "messages");
+        self.count(&format!("SELECT count(*) FROM {messages}"))
+            .await
+    }
 
     /// Migrations recorded by the default outbox.
-    async fn migrations(&self) -> i64;
+    async fn migrations(&self) -> i64 {
+        let migrations = Self::table(Self::DEFAULT_PREFIX, "migrations");
+        self.count(&format!("SELECT count(*) FROM {migrations}"))
+            .await
+    }
 
     /// Records a migration `version` as applied to the default outbox, as a
     /// newer release of the crate would.
@@ -157,7 +177,9 @@ pub trait Backend: Send + Sync + Sized + 'static {
     async fn record(&self, deliveries: &[Delivery]) -> sqlx::Result<()>;
 
     /// The distinct messages recorded as delivered.
-    async fn delivered(&self) -> i64;
+    async fn delivered(&self) -> i64 {
+        self.count("SELECT count(DISTINCT id) FROM received").await
+    }
 
     /// Every recorded delivery, in the order recorded.
     async fn deliveries(&self) -> Vec<Delivery>;

@@ -29,6 +29,15 @@ impl Backend for Postgres {
 
     type Db = sqlx::Postgres;
     type Outbox = PgOutbox;
+    const DEFAULT_PREFIX: &'static str = "";
+
+    fn table(prefix: &str, table: &str) -> String {
+        format!("outbox.{prefix}{table}")
+    }
+
+    async fn count(&self, sql: &str) -> i64 {
+        sqlx::query_scalar(sql).fetch_one(&self.pool).await.unwrap()
+    }
 
     async fn create(pool: Pool) -> Self {
         let options = match pool {
@@ -107,13 +116,6 @@ impl Backend for Postgres {
             .map(drop)
     }
 
-    async fn candidates(&self) -> i64 {
-        sqlx::query_scalar("SELECT count(*) FROM candidates")
-            .fetch_one(&self.pool)
-            .await
-            .unwrap()
-    }
-
     async fn tables(&self) -> Vec<String> {
         sqlx::query_scalar(
             "SELECT tablename::text FROM pg_tables WHERE schemaname = 'outbox' ORDER BY 1",
@@ -121,20 +123,6 @@ impl Backend for Postgres {
         .fetch_all(&self.pool)
         .await
         .unwrap()
-    }
-
-    async fn message_rows(&self, prefix: &str) -> i64 {
-        sqlx::query_scalar(&format!("SELECT count(*) FROM outbox.{prefix}messages"))
-            .fetch_one(&self.pool)
-            .await
-            .unwrap()
-    }
-
-    async fn migrations(&self) -> i64 {
-        sqlx::query_scalar("SELECT count(*) FROM outbox.migrations")
-            .fetch_one(&self.pool)
-            .await
-            .unwrap()
     }
 
     async fn record_migration(&self, version: i64) {
@@ -251,13 +239,6 @@ impl Backend for Postgres {
         .execute(&self.pool)
         .await
         .map(drop)
-    }
-
-    async fn delivered(&self) -> i64 {
-        sqlx::query_scalar("SELECT count(DISTINCT id) FROM received")
-            .fetch_one(&self.pool)
-            .await
-            .unwrap()
     }
 
     async fn deliveries(&self) -> Vec<Delivery> {

@@ -45,6 +45,15 @@ impl Backend for Sqlite {
 
     type Db = sqlx::Sqlite;
     type Outbox = SqliteOutbox;
+    const DEFAULT_PREFIX: &'static str = "outbox_";
+
+    fn table(prefix: &str, table: &str) -> String {
+        format!("{prefix}{table}")
+    }
+
+    async fn count(&self, sql: &str) -> i64 {
+        sqlx::query_scalar(sql).fetch_one(&self.pool).await.unwrap()
+    }
 
     async fn create(pool: Pool) -> Self {
         let path = std::env::temp_dir().join(format!("outbox-conformance-{}.db", Uuid::now_v7()));
@@ -128,13 +137,6 @@ impl Backend for Sqlite {
             .map(drop)
     }
 
-    async fn candidates(&self) -> i64 {
-        sqlx::query_scalar("SELECT count(*) FROM candidates")
-            .fetch_one(&self.pool)
-            .await
-            .unwrap()
-    }
-
     async fn tables(&self) -> Vec<String> {
         sqlx::query_scalar(
             "SELECT name FROM sqlite_master WHERE type = 'table' \
@@ -143,20 +145,6 @@ impl Backend for Sqlite {
         .fetch_all(&self.pool)
         .await
         .unwrap()
-    }
-
-    async fn message_rows(&self, prefix: &str) -> i64 {
-        sqlx::query_scalar(&format!("SELECT count(*) FROM {prefix}messages"))
-            .fetch_one(&self.pool)
-            .await
-            .unwrap()
-    }
-
-    async fn migrations(&self) -> i64 {
-        sqlx::query_scalar("SELECT count(*) FROM outbox_migrations")
-            .fetch_one(&self.pool)
-            .await
-            .unwrap()
     }
 
     async fn record_migration(&self, version: i64) {
@@ -268,13 +256,6 @@ impl Backend for Sqlite {
             q = q.bind(d.id).bind(&d.key).bind(d.n).bind(d.ks).bind(d.relay);
         }
         q.execute(&self.pool).await.map(drop)
-    }
-
-    async fn delivered(&self) -> i64 {
-        sqlx::query_scalar("SELECT count(DISTINCT id) FROM received")
-            .fetch_one(&self.pool)
-            .await
-            .unwrap()
     }
 
     async fn deliveries(&self) -> Vec<Delivery> {
