@@ -1,9 +1,130 @@
-//! The conformance suite: every behaviour stated once and run against each
-//! backend.
+//! The conformance suite: every behaviour of the outbox and its relay,
+//! stated once as a scenario generic over [`backend::Backend`] and run
+//! against each backend, so test names read `postgres::<scenario>` and
+//! `sqlite::<scenario>`.
+//!
+//! Each scenario gets a database of its own (PostgreSQL at `OUTBOX_TEST_PG`,
+//! default `postgres://postgres@127.0.0.1:5432/postgres`; SQLite in the
+//! temporary directory). A backend is done when it passes every scenario;
+//! adding one takes a [`backend::Backend`] impl (its outbox type gets
+//! `TestOutbox` from one `test_outbox!` line) and a line in the
+//! `conformance!` invocation below. Behaviour only one backend has
+//! (LISTEN/NOTIFY, SQLite's single writer) is tested in `tests/postgres.rs`
+//! and `tests/sqlite.rs`.
+
+// The modules of a test binary share items among themselves with `pub`;
+// nothing leaves the binary.
+#![allow(unreachable_pub)]
 
 #[path = "../support/mod.rs"]
 mod support;
 
+mod backend;
+mod config;
 mod consumer_backend;
 mod export;
 mod inbox;
+mod messages;
+mod ordering;
+mod relay;
+mod write;
+
+/// Declares one test per scenario per backend: `conformance!(Type, module;
+/// ...)`, one line per backend, gives tests named `module::scenario`.
+macro_rules! conformance {
+    ($($backend:ty, $module:ident);+ $(;)?) => {
+        $(
+            mod $module {
+                // `$` goes in as a token, so that `scenarios!` can define a
+                // macro of its own.
+                every_backend!(($) $module, $backend);
+            }
+        )+
+
+        /// The relay process the crash scenarios start (a re-run of this
+        /// test binary): does nothing unless started by one of them.
+        #[test]
+        fn crash_child_relay() {
+            let Ok(backend) = std::env::var("OUTBOX_CRASH_CHILD_BACKEND") else {
+                return;
+            };
+            let location =
+                std::env::var("OUTBOX_CRASH_CHILD_DB").expect("OUTBOX_CRASH_CHILD_DB is set");
+            $(
+                if backend == <$backend as crate::backend::Backend>::NAME {
+                    return ordering::crash_child_relay::<$backend>(&location);
+                }
+            )+
+            panic!("no backend named {backend}");
+        }
+    };
+}
+
+/// The scenarios, each run on every backend: `group::scenario` names the
+/// generic function; `[multi_thread]` before it runs it on two worker
+/// threads; `except module ...` after it leaves it out for the backends
+/// named, where it truly cannot apply (say why in a comment beside it).
+macro_rules! every_backend {
+    (($d:tt) $module:ident, $backend:ty) => {
+        scenarios!(($d) $module, $backend;
+            write::rollback_publishes_nothing,
+            write::commit_publishes_once,
+            write::duplicate_id_is_reported_and_the_transaction_stays_usable,
+            write::payload_that_cannot_serialize_is_an_error_before_any_write,
+            write::headers_raw_bytes_and_batch_order_survive_the_trip,
+            write::large_batch_is_published_once_in_order,
+            config::bad_identifiers_are_typed_errors,
+            config::bad_relay_configuration_is_a_typed_error,
+            config::prefix_keeps_outboxes_apart,
+            config::migrate_twice_is_fine,
+            config::newer_schema_is_rejected,
+            relay::transient_failures_back_off_exponentially_in_key_order,
+            relay::permanent_failure_is_dead_lettered_then_replayed,
+            relay::discard_and_replay_all,
+            relay::unordered_topic_parks_the_failure_and_the_key_moves_on,
+            relay::several_relays_never_publish_twice_and_keep_key_order,
+            relay::several_relays_share_thousands_without_duplicates,
+            relay::standby_takes_over,
+            relay::shutdown_during_a_batch_loses_nothing,
+            relay::retention_keeps_published_rows_then_purges_them,
+            relay::commit_wakes_the_relay_without_polling,
+            [multi_thread] ordering::many_writers_many_relays_random_failures_keep_commit_order,
+            [multi_thread] ordering::prefetched_batches_hold_back_keys_with_a_failed_message,
+            [multi_thread] ordering::relay_processes_killed_at_random_lose_nothing_and_keep_order,
+            [multi_thread] ordering::a_frozen_relay_is_fenced_and_publishes_nothing_after_it_thaws,
+            [multi_thread] ordering::a_slow_publisher_keeps_its_leases,
+            [multi_thread] ordering::leases_rebalance_when_relays_join_and_leave,
+        );
+    };
+}
+
+/// One `#[tokio::test]` per scenario of the list for `$backend`, unless its
+/// `except` list names `$module`.
+macro_rules! scenarios {
+    (($d:tt) $module:ident, $backend:ty;
+        $($([$flavor:ident])? $group:ident :: $name:ident $(except $($skip:ident)+)?),* $(,)?) => {
+        $(
+            // A matcher per scenario: the modules of its `except` list
+            // expand to nothing, any other to the test.
+            macro_rules! unless_skipped {
+                $($( ($skip $d($d test:tt)*) => {}; )+)?
+                ($d other:ident $d($d test:tt)*) => { $d($d test)* };
+            }
+            unless_skipped! { $module scenarios!(@test $backend, $($flavor)?, $group, $name); }
+        )*
+    };
+    (@test $backend:ty, , $group:ident, $name:ident) => {
+        #[tokio::test]
+        async fn $name() {
+            crate::$group::$name::<$backend>().await
+        }
+    };
+    (@test $backend:ty, multi_thread, $group:ident, $name:ident) => {
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $name() {
+            crate::$group::$name::<$backend>().await
+        }
+    };
+}
+
+conformance!(crate::backend::Postgres, postgres; crate::backend::Sqlite, sqlite);

@@ -1,0 +1,325 @@
+//! What a scenario needs from a backend; each backend's implementation is
+//! in the file named after it (`backend/postgres.rs`, `backend/sqlite.rs`).
+//!
+//! A backend joins the suite with one [`Backend`] impl in a file of its own
+//! (its outbox type gets [`TestOutbox`] from one `test_outbox!` line) and
+//! one line in the `conformance!` invocation of `main.rs`.
+//!
+//! The SQL of the implementations is the scenarios' own: business tables written in the
+//! caller's transaction, a table in which a relay process records what it
+//! delivered (it must survive that process being killed), and a few reads
+//! of the crate's tables that the public API has no call for.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use outbox::{
+    BatchEnqueued, DeadLetter, Enqueued, Event, MessageId, NewMessage, OutboxMessage, Publisher,
+    RelayBuilder,
+};
+use sqlx::Transaction;
+use uuid::Uuid;
+
+/// A transaction of backend `B`'s database.
+pub type Tx<B> = Transaction<'static, <B as Backend>::Db>;
+
+/// The pool a fresh database is opened with.
+#[derive(Debug, Clone, Copy)]
+pub enum Pool {
+    /// The backend's usual test pool.
+    Default,
+    /// At most this many connections.
+    Connections(u32),
+    /// For tests that pause tokio's clock: connections opened up front,
+    /// and no timeout, idle limit or ping that a jump of the paused clock
+    /// could trip.
+    PausedTime,
+}
+
+/// One delivery recorded by a relay process (see [`Backend::record`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Delivery {
+    pub id: Uuid,
+    pub key: String,
+    /// The writer's own per-key count, carried in the payload as `n`.
+    pub n: i64,
+    /// The relay's per-key sequence number.
+    pub ks: i64,
+    /// The recording process (0 for relays of the test process itself).
+    pub relay: i32,
+}
+
+impl Delivery {
+    /// What `message`, numbered `n` by its writer, delivered by `relay`.
+    pub fn of(message: &OutboxMessage, relay: i32) -> Delivery {
+        Delivery {
+            id: message.id().as_uuid(),
+            key: message.partition_key().unwrap_or("").to_owned(),
+            n: message.payload_json::<serde_json::Value>().unwrap()["n"]
+                .as_i64()
+                .expect("the payload carries n"),
+            ks: message.key_sequence().expect("keyed messages are numbered"),
+            relay,
+        }
+    }
+}
+
+/// A fresh database of one backend, with a migrated outbox (default table
+/// names) and the scenarios' business table `candidates`.
+#[async_trait]
+pub trait Backend: Send + Sync + Sized + 'static {
+    /// The name of the backend's module in the `conformance!` invocation.
+    const NAME: &'static str;
+    /// The buckets the key space is hashed into, each leased to one relay.
+    /// SQLite has one writer and one bucket: one relay publishes, others
+    /// stand by.
+    const BUCKETS: usize;
+
+    type Db: sqlx::Database;
+    type Outbox: TestOutbox<Db = Self::Db>;
+
+    /// A new database with `pool`, dropped by [`Backend::close`].
+    async fn create(pool: Pool) -> Self;
+
+    /// A new database with the usual pool.
+    async fn fresh() -> Self {
+        Self::create(Pool::Default).await
+    }
+
+    /// Where another process finds this database: see [`Backend::open`].
+    fn location(&self) -> String;
+
+    /// The database at `location`, opened from another process; closing it
+    /// leaves the database in place.
+    async fn open(location: &str) -> Self;
+
+    /// Drops the database (if this handle created it).
+    async fn close(&self);
+
+    /// The outbox with the default table names.
+    fn outbox(&self) -> Self::Outbox;
+
+    /// An outbox whose table names start with `prefix`, not migrated; the
+    /// builder's error for a bad prefix.
+    fn outbox_with_prefix(&self, prefix: &str) -> outbox::Result<Self::Outbox>;
+
+    async fn begin(&self) -> Tx<Self>;
+
+    /// Writes a business row in `tx`.
+    async fn insert_candidate(&self, tx: &mut Tx<Self>, id: i64, status: &str) -> sqlx::Result<()>;
+
+    /// The table prefix of [`Backend::outbox`].
+    const DEFAULT_PREFIX: &'static str;
+
+    /// The name a query gives the crate's table `table` of the outbox with
+    /// `prefix`.
+    fn table(prefix: &str, table: &str) -> String;
+
+    /// Runs a query that returns one integer.
+    async fn count(&self, sql: &str) -> i64;
+
+    /// The committed business rows.
+    async fn candidates(&self) -> i64 {
+        self.count("SELECT count(*) FROM candidates").await
+    }
+
+    /// The tables of the outboxes in this database (those of every prefix).
+    async fn tables(&self) -> Vec<String>;
+
+    /// Rows in the messages table of the outbox with `prefix`.
+    async fn message_rows(&self, prefix: &str) -> i64 {
+        let messages = Self::table(prefix, "messages");
+        self.count(&format!("SELECT count(*) FROM {messages}"))
+            .await
+    }
+
+    /// Migrations recorded by the default outbox.
+    async fn migrations(&self) -> i64 {
+        let migrations = Self::table(Self::DEFAULT_PREFIX, "migrations");
+        self.count(&format!("SELECT count(*) FROM {migrations}"))
+            .await
+    }
+
+    /// Records a migration `version` as applied to the default outbox, as a
+    /// newer release of the crate would.
+    async fn record_migration(&self, version: i64);
+
+    /// Moves every retained message of the default outbox `by` into the past.
+    async fn backdate_published(&self, by: Duration);
+
+    /// Leases of the default outbox held by some relay and not expired.
+    async fn owned_leases(&self) -> i64;
+
+    /// The relays holding an unexpired lease of the default outbox.
+    async fn lease_owners(&self) -> i64;
+
+    /// Creates `key_counters` (keys `key-0` .. `key-{keys - 1}`, each at 0)
+    /// and `key_log`, where writers number each key's messages in commit
+    /// order.
+    async fn create_key_counters(&self, keys: usize);
+
+    /// Takes the write lock on `key`'s counter row in `tx`.
+    async fn lock_key(&self, tx: &mut Tx<Self>, key: &str) -> sqlx::Result<()>;
+
+    /// Counts `key` up in `tx` and logs `message` under the new count.
+    async fn log_key(&self, tx: &mut Tx<Self>, key: &str, message: MessageId) -> sqlx::Result<()>;
+
+    /// `key_log` as (key, n, message), by key then n.
+    async fn key_log(&self) -> Vec<(String, i64, Uuid)>;
+
+    /// Whether the database aborted a writer to break a deadlock.
+    fn is_deadlock(error: &outbox::Error) -> bool;
+
+    /// Creates `received`, where relays record deliveries.
+    async fn create_received(&self);
+
+    /// Records `deliveries` in one statement.
+    async fn record(&self, deliveries: &[Delivery]) -> sqlx::Result<()>;
+
+    /// The distinct messages recorded as delivered.
+    async fn delivered(&self) -> i64 {
+        self.count("SELECT count(DISTINCT id) FROM received").await
+    }
+
+    /// Every recorded delivery, in the order recorded.
+    async fn deliveries(&self) -> Vec<Delivery>;
+}
+
+/// The outbox of one backend, as the scenarios use it: writes in the
+/// caller's transaction, the commit that wakes the relay, the admin calls.
+#[async_trait]
+pub trait TestOutbox: Clone + Send + Sync + 'static {
+    type Db: sqlx::Database;
+
+    /// `Relay::builder` for this outbox.
+    fn relay(&self, publisher: impl Publisher) -> RelayBuilder;
+
+    /// A relay that polls every 20 ms and holds its leases for 3 s.
+    fn fast_relay(&self, publisher: impl Publisher) -> RelayBuilder {
+        self.relay(publisher)
+            .poll_interval(Duration::from_millis(20))
+            .lease_ttl(Duration::from_secs(3))
+    }
+
+    /// The messages waiting in the outbox.
+    async fn pending(&self) -> i64 {
+        self.pending_count().await.expect("pending_count")
+    }
+    async fn migrate(&self) -> outbox::Result<()>;
+    async fn enqueue(
+        &self,
+        tx: &mut Transaction<'static, Self::Db>,
+        message: NewMessage,
+    ) -> outbox::Result<Enqueued>;
+    async fn enqueue_batch(
+        &self,
+        tx: &mut Transaction<'static, Self::Db>,
+        messages: Vec<NewMessage>,
+    ) -> outbox::Result<BatchEnqueued>;
+    async fn publish_event<E: Event + Sync>(
+        &self,
+        tx: &mut Transaction<'static, Self::Db>,
+        event: &E,
+    ) -> outbox::Result<Enqueued>;
+    /// `enqueue` on the pool: a transaction of its own.
+    async fn enqueue_alone(&self, message: NewMessage) -> outbox::Result<Enqueued>;
+    /// `enqueue_batch` on the pool: a transaction of its own.
+    async fn enqueue_batch_alone(&self, messages: Vec<NewMessage>)
+        -> outbox::Result<BatchEnqueued>;
+    /// Commits through the outbox, which wakes the relay.
+    async fn commit(&self, tx: Transaction<'static, Self::Db>) -> outbox::Result<()>;
+    fn wake(&self);
+    async fn dead_letters(&self, limit: i64) -> outbox::Result<Vec<DeadLetter>>;
+    async fn replay_dead_letter(&self, id: MessageId) -> outbox::Result<()>;
+    async fn replay_all_dead_letters(&self) -> outbox::Result<u64>;
+    async fn discard_dead_letter(&self, id: MessageId) -> outbox::Result<()>;
+    async fn pending_count(&self) -> outbox::Result<i64>;
+    async fn published(&self, limit: i64) -> outbox::Result<Vec<OutboxMessage>>;
+}
+
+/// Implements [`TestOutbox`] for an outbox type by calling its inherent
+/// methods of the same names.
+macro_rules! test_outbox {
+    ($outbox:ty, $db:ty) => {
+        #[::async_trait::async_trait]
+        impl crate::backend::TestOutbox for $outbox {
+            type Db = $db;
+
+            fn relay(&self, publisher: impl ::outbox::Publisher) -> ::outbox::RelayBuilder {
+                ::outbox::Relay::builder(self.clone(), publisher)
+            }
+            async fn migrate(&self) -> ::outbox::Result<()> {
+                <$outbox>::migrate(self).await
+            }
+            async fn enqueue(
+                &self,
+                tx: &mut ::sqlx::Transaction<'static, $db>,
+                message: ::outbox::NewMessage,
+            ) -> ::outbox::Result<::outbox::Enqueued> {
+                <$outbox>::enqueue(self, &mut **tx, message).await
+            }
+            async fn enqueue_batch(
+                &self,
+                tx: &mut ::sqlx::Transaction<'static, $db>,
+                messages: Vec<::outbox::NewMessage>,
+            ) -> ::outbox::Result<::outbox::BatchEnqueued> {
+                <$outbox>::enqueue_batch(self, &mut **tx, messages).await
+            }
+            async fn publish_event<E: ::outbox::Event + Sync>(
+                &self,
+                tx: &mut ::sqlx::Transaction<'static, $db>,
+                event: &E,
+            ) -> ::outbox::Result<::outbox::Enqueued> {
+                <$outbox>::publish_event(self, &mut **tx, event).await
+            }
+            async fn enqueue_alone(
+                &self,
+                message: ::outbox::NewMessage,
+            ) -> ::outbox::Result<::outbox::Enqueued> {
+                <$outbox>::enqueue(self, self.pool(), message).await
+            }
+            async fn enqueue_batch_alone(
+                &self,
+                messages: Vec<::outbox::NewMessage>,
+            ) -> ::outbox::Result<::outbox::BatchEnqueued> {
+                <$outbox>::enqueue_batch(self, self.pool(), messages).await
+            }
+            async fn commit(&self, tx: ::sqlx::Transaction<'static, $db>) -> ::outbox::Result<()> {
+                <$outbox>::commit(self, tx).await
+            }
+            fn wake(&self) {
+                <$outbox>::wake(self)
+            }
+            async fn dead_letters(
+                &self,
+                limit: i64,
+            ) -> ::outbox::Result<Vec<::outbox::DeadLetter>> {
+                <$outbox>::dead_letters(self, limit).await
+            }
+            async fn replay_dead_letter(&self, id: ::outbox::MessageId) -> ::outbox::Result<()> {
+                <$outbox>::replay_dead_letter(self, id).await
+            }
+            async fn replay_all_dead_letters(&self) -> ::outbox::Result<u64> {
+                <$outbox>::replay_all_dead_letters(self).await
+            }
+            async fn discard_dead_letter(&self, id: ::outbox::MessageId) -> ::outbox::Result<()> {
+                <$outbox>::discard_dead_letter(self, id).await
+            }
+            async fn pending_count(&self) -> ::outbox::Result<i64> {
+                <$outbox>::pending_count(self).await
+            }
+            async fn published(
+                &self,
+                limit: i64,
+            ) -> ::outbox::Result<Vec<::outbox::OutboxMessage>> {
+                <$outbox>::published(self, limit).await
+            }
+        }
+    };
+}
+
+mod postgres;
+mod sqlite;
+
+pub use postgres::Postgres;
+pub use sqlite::Sqlite;

@@ -1,0 +1,259 @@
+//! The PostgreSQL backend of the suite.
+
+use std::sync::Mutex;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use outbox::{MessageId, PgOutbox};
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use sqlx::Row;
+use uuid::Uuid;
+
+use super::{Backend, Delivery, Pool, Tx};
+use crate::support::pg::TestDb;
+
+test_outbox!(PgOutbox, sqlx::Postgres);
+
+/// PostgreSQL: a database per test on the server at `OUTBOX_TEST_PG`.
+pub struct Postgres {
+    pool: PgPool,
+    url: String,
+    /// Set when this handle created the database, which `close` drops.
+    created: Mutex<Option<TestDb>>,
+}
+
+#[async_trait]
+impl Backend for Postgres {
+    const NAME: &'static str = "postgres";
+    const BUCKETS: usize = 64;
+
+    type Db = sqlx::Postgres;
+    type Outbox = PgOutbox;
+    const DEFAULT_PREFIX: &'static str = "";
+
+    fn table(prefix: &str, table: &str) -> String {
+        format!("outbox.{prefix}{table}")
+    }
+
+    async fn count(&self, sql: &str) -> i64 {
+        sqlx::query_scalar(sql).fetch_one(&self.pool).await.unwrap()
+    }
+
+    async fn create(pool: Pool) -> Self {
+        let options = match pool {
+            Pool::Default => PgPoolOptions::new().max_connections(20),
+            Pool::Connections(n) => PgPoolOptions::new().max_connections(n),
+            Pool::PausedTime => PgPoolOptions::new()
+                .max_connections(10)
+                .min_connections(4)
+                .acquire_timeout(Duration::from_secs(365 * 24 * 3600))
+                .idle_timeout(None)
+                .max_lifetime(None)
+                .test_before_acquire(false),
+        };
+        let db = TestDb::with_options(options).await;
+        PgOutbox::new(db.pool.clone())
+            .migrate()
+            .await
+            .expect("migrate");
+        sqlx::query("CREATE TABLE candidates (id bigint PRIMARY KEY, status text NOT NULL)")
+            .execute(&db.pool)
+            .await
+            .unwrap();
+        Postgres {
+            pool: db.pool.clone(),
+            url: db.url(),
+            created: Mutex::new(Some(db)),
+        }
+    }
+
+    fn location(&self) -> String {
+        self.url.clone()
+    }
+
+    async fn open(location: &str) -> Self {
+        let options: PgConnectOptions = location.parse().expect("a PostgreSQL URL");
+        let pool = PgPoolOptions::new()
+            .max_connections(4)
+            .connect_with(options)
+            .await
+            .expect("connect to the test database");
+        Postgres {
+            pool,
+            url: location.to_owned(),
+            created: Mutex::new(None),
+        }
+    }
+
+    async fn close(&self) {
+        let created = self.created.lock().unwrap().take();
+        match created {
+            Some(db) => db.drop().await,
+            None => self.pool.close().await,
+        }
+    }
+
+    fn outbox(&self) -> PgOutbox {
+        PgOutbox::new(self.pool.clone())
+    }
+
+    fn outbox_with_prefix(&self, prefix: &str) -> outbox::Result<PgOutbox> {
+        PgOutbox::builder(self.pool.clone())
+            .table_prefix(prefix)
+            .build()
+    }
+
+    async fn begin(&self) -> Tx<Self> {
+        self.pool.begin().await.unwrap()
+    }
+
+    async fn insert_candidate(&self, tx: &mut Tx<Self>, id: i64, status: &str) -> sqlx::Result<()> {
+        sqlx::query("INSERT INTO candidates VALUES ($1, $2)")
+            .bind(id)
+            .bind(status)
+            .execute(&mut **tx)
+            .await
+            .map(drop)
+    }
+
+    async fn tables(&self) -> Vec<String> {
+        sqlx::query_scalar(
+            "SELECT tablename::text FROM pg_tables WHERE schemaname = 'outbox' ORDER BY 1",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .unwrap()
+    }
+
+    async fn record_migration(&self, version: i64) {
+        sqlx::query("INSERT INTO outbox.migrations (version) VALUES ($1)")
+            .bind(version)
+            .execute(&self.pool)
+            .await
+            .unwrap();
+    }
+
+    async fn backdate_published(&self, by: Duration) {
+        sqlx::query(
+            "UPDATE outbox.published SET published_at = published_at - make_interval(secs => $1)",
+        )
+        .bind(by.as_secs_f64())
+        .execute(&self.pool)
+        .await
+        .unwrap();
+    }
+
+    async fn owned_leases(&self) -> i64 {
+        sqlx::query_scalar(
+            "SELECT count(*) FROM outbox.leases WHERE owner IS NOT NULL AND expires_at > now()",
+        )
+        .fetch_one(&self.pool)
+        .await
+        .unwrap()
+    }
+
+    async fn lease_owners(&self) -> i64 {
+        sqlx::query_scalar(
+            "SELECT count(DISTINCT owner) FROM outbox.leases WHERE expires_at > now()",
+        )
+        .fetch_one(&self.pool)
+        .await
+        .unwrap()
+    }
+
+    async fn create_key_counters(&self, keys: usize) {
+        sqlx::raw_sql(&format!(
+            "CREATE TABLE key_counters (key text PRIMARY KEY, n bigint NOT NULL);
+             CREATE TABLE key_log (key text NOT NULL, n bigint NOT NULL, msg uuid NOT NULL,
+                                   PRIMARY KEY (key, n));
+             INSERT INTO key_counters SELECT 'key-' || g, 0 FROM generate_series(0, {}) g;",
+            keys - 1
+        ))
+        .execute(&self.pool)
+        .await
+        .unwrap();
+    }
+
+    async fn lock_key(&self, tx: &mut Tx<Self>, key: &str) -> sqlx::Result<()> {
+        sqlx::query("SELECT n FROM key_counters WHERE key = $1 FOR UPDATE")
+            .bind(key)
+            .execute(&mut **tx)
+            .await
+            .map(drop)
+    }
+
+    async fn log_key(&self, tx: &mut Tx<Self>, key: &str, message: MessageId) -> sqlx::Result<()> {
+        sqlx::query(
+            "WITH c AS (UPDATE key_counters SET n = n + 1 WHERE key = $1 \
+             RETURNING n) INSERT INTO key_log SELECT $1, n, $2 FROM c",
+        )
+        .bind(key)
+        .bind(message.as_uuid())
+        .execute(&mut **tx)
+        .await
+        .map(drop)
+    }
+
+    async fn key_log(&self) -> Vec<(String, i64, Uuid)> {
+        sqlx::query_as("SELECT key, n, msg FROM key_log ORDER BY key, n")
+            .fetch_all(&self.pool)
+            .await
+            .unwrap()
+    }
+
+    fn is_deadlock(error: &outbox::Error) -> bool {
+        match error {
+            outbox::Error::Database(sqlx::Error::Database(d)) => {
+                d.code().as_deref() == Some("40P01")
+            }
+            _ => false,
+        }
+    }
+
+    async fn create_received(&self) {
+        sqlx::query(
+            "CREATE TABLE received (seq bigserial PRIMARY KEY, id uuid NOT NULL, \
+             key text NOT NULL, n bigint NOT NULL, ks bigint NOT NULL, relay int NOT NULL, \
+             at timestamptz NOT NULL DEFAULT clock_timestamp())",
+        )
+        .execute(&self.pool)
+        .await
+        .unwrap();
+    }
+
+    async fn record(&self, deliveries: &[Delivery]) -> sqlx::Result<()> {
+        let ids: Vec<Uuid> = deliveries.iter().map(|d| d.id).collect();
+        let keys: Vec<&str> = deliveries.iter().map(|d| d.key.as_str()).collect();
+        let ns: Vec<i64> = deliveries.iter().map(|d| d.n).collect();
+        let kss: Vec<i64> = deliveries.iter().map(|d| d.ks).collect();
+        let relays: Vec<i32> = deliveries.iter().map(|d| d.relay).collect();
+        sqlx::query(
+            "INSERT INTO received (id, key, n, ks, relay) \
+             SELECT * FROM unnest($1::uuid[], $2::text[], $3::bigint[], $4::bigint[], $5::int[])",
+        )
+        .bind(ids)
+        .bind(keys)
+        .bind(ns)
+        .bind(kss)
+        .bind(relays)
+        .execute(&self.pool)
+        .await
+        .map(drop)
+    }
+
+    async fn deliveries(&self) -> Vec<Delivery> {
+        sqlx::query("SELECT id, key, n, ks, relay FROM received ORDER BY seq")
+            .fetch_all(&self.pool)
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| Delivery {
+                id: r.get(0),
+                key: r.get(1),
+                n: r.get(2),
+                ks: r.get(3),
+                relay: r.get(4),
+            })
+            .collect()
+    }
+}
