@@ -31,7 +31,7 @@ impl PgOutbox {
     {
         change.validate()?;
         let sql = self.names().render(
-            "WITH l AS MATERIALIZED (SELECT pg_advisory_xact_lock($6, hashtext($7) & 255)) \
+            "WITH l AS MATERIALIZED (SELECT pg_advisory_xact_lock($6, hashtext($7))) \
              INSERT INTO {changes} (entity_type, entity_key, kind, data, before) \
              SELECT $1, $2, $3, $4::jsonb, $5::jsonb FROM l",
         );

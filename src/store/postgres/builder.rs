@@ -91,14 +91,7 @@ impl PgOutboxBuilder {
     /// the order they enqueued, so positions follow commit order and the
     /// relay publishes each key in commit order even when the producer does
     /// not otherwise serialize writes to that key. The lock is held from the
-    /// enqueue to the commit and touches no table. Keys share 256 lock
-    /// slots, so a transaction takes at most 256 locks however many keys it
-    /// writes (a bulk import of a million events fits in the server's lock
-    /// table), and two writers of different keys in one slot wait for each
-    /// other's commit. A transaction that enqueues several keys one by one
-    /// takes their slots in that order: code paths that enqueue the same
-    /// keys in opposite orders can deadlock (PostgreSQL aborts one);
-    /// `enqueue_batch` takes its slots in a fixed order. Turn it off only if every
+    /// enqueue to the commit and touches no table. Turn it off only if every
     /// producer already serializes writes per key (for example by locking
     /// the aggregate's row before enqueueing).
     #[must_use]

@@ -1,9 +1,7 @@
 -- Writes one message, after taking the commit-order lock of its partition
--- key's slot: transaction-scoped, so it is held until the caller's
--- transaction ends, and two transactions enqueueing for one key commit in
--- the order they enqueued. Keys share 256 slots (hashtext & 255), so a
--- transaction of any size takes at most 256 locks from the server's shared
--- lock table; two keys of one slot merely serialize their writers' commits. A NULL class or key takes no lock (pg_advisory_xact_lock is
+-- key: transaction-scoped, so it is held until the caller's transaction
+-- ends, and two transactions enqueueing for one key commit in the order
+-- they enqueued. A NULL class or key takes no lock (pg_advisory_xact_lock is
 -- strict). MATERIALIZED and `FROM l` make the lock come before the insert.
 -- An id already present inserts nothing: the row count tells the caller.
 --
@@ -12,7 +10,7 @@
 -- $9 commit-order lock class (NULL: no lock).
 --
 -- insert_notify.sql is the same write carrying a pg_notify.
-WITH l AS MATERIALIZED (SELECT pg_advisory_xact_lock($9, hashtext($3) & 255))
+WITH l AS MATERIALIZED (SELECT pg_advisory_xact_lock($9, hashtext($3)))
 INSERT INTO {messages} (id, topic, partition_key, event_type, schema_version,
                         payload, content_type, headers)
 SELECT $1, $2, $3, $4, $5, $6, $7, $8::jsonb

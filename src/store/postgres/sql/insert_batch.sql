@@ -1,7 +1,6 @@
 -- Writes many messages in one statement, in array order, after taking the
--- commit-order lock of each distinct slot of its partition keys (in slot
--- order, so two batches sharing slots cannot deadlock; at most 256 locks
--- however many keys, see insert.sql). The count over l forces the locks
+-- commit-order lock of each distinct partition key (in key order, so two
+-- batches sharing keys cannot deadlock). The count over l forces the locks
 -- before the insert. Returns the ids actually inserted; the others were
 -- already present.
 --
@@ -11,9 +10,9 @@
 --
 -- insert_batch_notify.sql is the same write carrying a pg_notify.
 WITH l AS MATERIALIZED (
-    SELECT pg_advisory_xact_lock($9, slot)
-    FROM (SELECT DISTINCT hashtext(k) & 255 AS slot FROM unnest($3::text[]) k
-          WHERE k IS NOT NULL AND $9 IS NOT NULL ORDER BY slot) s)
+    SELECT pg_advisory_xact_lock($9, hashtext(k))
+    FROM (SELECT DISTINCT k FROM unnest($3::text[]) k
+          WHERE k IS NOT NULL AND $9 IS NOT NULL ORDER BY k) s)
 INSERT INTO {messages} (id, topic, partition_key, event_type, schema_version,
                         payload, content_type, headers)
 SELECT u.id, u.topic, u.k, u.et, u.v, u.p, u.ct, u.h::jsonb

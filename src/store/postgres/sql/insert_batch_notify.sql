@@ -6,9 +6,9 @@
 -- text); $9 commit-order lock class (NULL: no lock); $10 notification
 -- channel.
 WITH l AS MATERIALIZED (
-         SELECT pg_advisory_xact_lock($9, slot)
-         FROM (SELECT DISTINCT hashtext(k) & 255 AS slot FROM unnest($3::text[]) k
-               WHERE k IS NOT NULL AND $9 IS NOT NULL ORDER BY slot) s),
+         SELECT pg_advisory_xact_lock($9, hashtext(k))
+         FROM (SELECT DISTINCT k FROM unnest($3::text[]) k
+               WHERE k IS NOT NULL AND $9 IS NOT NULL ORDER BY k) s),
      n AS MATERIALIZED (SELECT pg_notify($10, ''))
 INSERT INTO {messages} (id, topic, partition_key, event_type, schema_version,
                         payload, content_type, headers)
