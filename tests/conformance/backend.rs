@@ -221,9 +221,9 @@ pub trait TestOutbox: Clone + Send + Sync + 'static {
         tx: &mut Transaction<'static, Self::Db>,
         event: &E,
     ) -> outbox::Result<Enqueued>;
-    /// `enqueue` on the pool: a transaction of its own.
+    /// `enqueue` in a transaction of its own.
     async fn enqueue_alone(&self, message: NewMessage) -> outbox::Result<Enqueued>;
-    /// `enqueue_batch` on the pool: a transaction of its own.
+    /// `enqueue_batch` in a transaction of its own.
     async fn enqueue_batch_alone(&self, messages: Vec<NewMessage>)
         -> outbox::Result<BatchEnqueued>;
     /// Commits through the outbox, which wakes the relay.
@@ -276,13 +276,23 @@ macro_rules! test_outbox {
                 &self,
                 message: ::outbox::NewMessage,
             ) -> ::outbox::Result<::outbox::Enqueued> {
-                <$outbox>::enqueue(self, self.pool(), message).await
+                // A transaction of its own, not the pool as executor: behind
+                // a pooler in transaction mode a statement outside a
+                // transaction may be parsed and bound on two server
+                // connections (the README says so to users too).
+                let mut tx = self.pool().begin().await?;
+                let done = <$outbox>::enqueue(self, &mut *tx, message).await?;
+                tx.commit().await?;
+                Ok(done)
             }
             async fn enqueue_batch_alone(
                 &self,
                 messages: Vec<::outbox::NewMessage>,
             ) -> ::outbox::Result<::outbox::BatchEnqueued> {
-                <$outbox>::enqueue_batch(self, self.pool(), messages).await
+                let mut tx = self.pool().begin().await?;
+                let done = <$outbox>::enqueue_batch(self, &mut *tx, messages).await?;
+                tx.commit().await?;
+                Ok(done)
             }
             async fn commit(&self, tx: ::sqlx::Transaction<'static, $db>) -> ::outbox::Result<()> {
                 <$outbox>::commit(self, tx).await
@@ -318,8 +328,8 @@ macro_rules! test_outbox {
     };
 }
 
-mod postgres;
+pub mod postgres;
 mod sqlite;
 
-pub use postgres::Postgres;
+pub use postgres::{PgBouncerSession, PgBouncerTransaction, Postgres};
 pub use sqlite::Sqlite;

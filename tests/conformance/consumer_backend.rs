@@ -20,9 +20,10 @@ use outbox::{
     RelayBuilder, Result, SqliteInbox, SqliteOutbox,
 };
 use serde_json::Value;
-use sqlx::postgres::PgPoolOptions;
+use sqlx::postgres::{PgPool, PgPoolOptions};
 use sqlx::{Postgres, Sqlite};
 
+use crate::backend::postgres::{BouncerSession, BouncerTransaction, Direct, Route};
 use crate::support::pg::TestDb;
 use crate::support::sqlite::TempDb;
 
@@ -195,6 +196,12 @@ macro_rules! consumer_scenarios {
             $($scenario [$($($skip)+)?]),*);
         consumer_scenarios!(@backend ($) sqlite crate::consumer_backend::SqliteConsumer;
             $($scenario [$($($skip)+)?]),*);
+        consumer_scenarios!(@backend ($) pgbouncer_session
+            crate::consumer_backend::PgBouncerSessionConsumer;
+            $($scenario [$($($skip)+)?]),*);
+        consumer_scenarios!(@backend ($) pgbouncer_transaction
+            crate::consumer_backend::PgBouncerTransactionConsumer;
+            $($scenario [$($($skip)+)?]),*);
     };
     (@backend ($d:tt) $backend:ident $ty:ty; $($scenario:ident [$($skip:ident)*]),*) => {
         mod $backend {
@@ -233,35 +240,72 @@ fn parse_doc(text: &str) -> Value {
 
 /// PostgreSQL: a database created for the test (see [`TestDb`]); the outbox
 /// and the inbox in their default schema `outbox`.
-pub(crate) struct PgConsumer {
+///
+/// The outbox, the inbox and the scenarios' transactions use `app`, which
+/// goes through the route's pooler (see [`Route`]); setting up and reading
+/// back use the direct `db.pool`. Statements the scenarios run inside their
+/// transactions go unnamed, as a pooler in transaction mode requires.
+pub(crate) struct PgConsumerVia<R: Route> {
     db: TestDb,
+    app: PgPool,
     outbox: PgOutbox,
     inbox: PgInbox,
+    route: std::marker::PhantomData<R>,
 }
 
+/// PostgreSQL directly.
+pub(crate) type PgConsumer = PgConsumerVia<Direct>;
+/// PostgreSQL through PgBouncer in session mode.
+pub(crate) type PgBouncerSessionConsumer = PgConsumerVia<BouncerSession>;
+/// PostgreSQL through PgBouncer in transaction mode.
+pub(crate) type PgBouncerTransactionConsumer = PgConsumerVia<BouncerTransaction>;
+
 #[async_trait]
-impl ConsumerBackend for PgConsumer {
+impl<R: Route> ConsumerBackend for PgConsumerVia<R> {
     type Db = Postgres;
 
     async fn fresh(connections: u32) -> Self {
-        let db = TestDb::with_options(PgPoolOptions::new().max_connections(connections)).await;
-        PgConsumer {
-            outbox: PgOutbox::new(db.pool.clone()),
-            inbox: PgInbox::new(db.pool.clone()),
+        let options = PgPoolOptions::new().max_connections(connections);
+        let db = TestDb::with_options(options.clone()).await;
+        let app = match R::POOLER_PORT {
+            Some(port) => options
+                .connect_with(db.options().port(port))
+                .await
+                .unwrap_or_else(|e| {
+                    panic!(
+                        "{} is not reachable ({e}): .ci/run starts PgBouncer",
+                        R::NAME
+                    )
+                }),
+            None => db.pool.clone(),
+        };
+        PgConsumerVia {
+            outbox: PgOutbox::builder(app.clone())
+                .transaction_pooling(R::TRANSACTION_POOLING)
+                .build()
+                .expect("default names"),
+            inbox: PgInbox::builder(app.clone())
+                .transaction_pooling(R::TRANSACTION_POOLING)
+                .build()
+                .expect("default names"),
+            app,
             db,
+            route: std::marker::PhantomData,
         }
     }
 
     async fn finish(self) {
+        self.app.close().await;
         self.db.drop().await;
     }
 
     async fn begin(&self) -> Tx<Self> {
-        self.db.pool.begin().await.expect("begin")
+        self.app.begin().await.expect("begin")
     }
 
     async fn select_one(tx: &mut Tx<Self>) -> i32 {
         sqlx::query_scalar("SELECT 1")
+            .persistent(false)
             .fetch_one(&mut **tx)
             .await
             .expect("SELECT 1")
@@ -283,7 +327,7 @@ impl ConsumerBackend for PgConsumer {
     }
 
     async fn enqueue_committed(&self, message: NewMessage) {
-        let mut tx = self.db.pool.begin().await.expect("begin");
+        let mut tx = self.app.begin().await.expect("begin");
         self.outbox
             .enqueue(&mut *tx, message)
             .await
@@ -297,7 +341,7 @@ impl ConsumerBackend for PgConsumer {
 }
 
 #[async_trait]
-impl InboxBackend for PgConsumer {
+impl<R: Route> InboxBackend for PgConsumerVia<R> {
     type Inbox = PgInbox;
 
     fn inbox_table(table: &str) -> String {
@@ -327,7 +371,15 @@ impl InboxBackend for PgConsumer {
     }
 
     async fn receive_id_autocommit(&self, consumer: &str, id: MessageId) -> Result<Receipt> {
-        self.inbox.receive_id(&self.db.pool, consumer, id).await
+        if R::TRANSACTION_POOLING {
+            // Behind transaction pooling every statement runs in a
+            // transaction (see the README): one of its own here.
+            let mut tx = self.app.begin().await?;
+            let receipt = self.inbox.receive_id(&mut *tx, consumer, id).await?;
+            tx.commit().await?;
+            return Ok(receipt);
+        }
+        self.inbox.receive_id(&self.app, consumer, id).await
     }
 
     async fn last_sequence(&self, consumer: &str, key: &str) -> Result<Option<i64>> {
@@ -347,7 +399,9 @@ impl InboxBackend for PgConsumer {
     }
 
     fn build_inbox(&self, schema: Option<&str>, prefix: &str) -> Result<PgInbox> {
-        let builder = PgInbox::builder(self.db.pool.clone()).table_prefix(prefix);
+        let builder = PgInbox::builder(self.app.clone())
+            .transaction_pooling(R::TRANSACTION_POOLING)
+            .table_prefix(prefix);
         match schema {
             Some(schema) => builder.schema(schema).build(),
             None => builder.build(),
@@ -377,6 +431,7 @@ impl InboxBackend for PgConsumer {
 
     async fn record_effect(tx: &mut Tx<Self>, message: &OutboxMessage, consumer: &str) {
         sqlx::query("INSERT INTO effects VALUES ($1, $2)")
+            .persistent(false)
             .bind(message.id().as_uuid())
             .bind(consumer)
             .execute(&mut **tx)
@@ -386,7 +441,7 @@ impl InboxBackend for PgConsumer {
 }
 
 #[async_trait]
-impl ExportBackend for PgConsumer {
+impl<R: Route> ExportBackend for PgConsumerVia<R> {
     async fn log_change(&self, tx: &mut Tx<Self>, change: &Change) -> Result<()> {
         self.outbox.log_change(&mut **tx, change).await
     }
@@ -415,6 +470,7 @@ impl ExportBackend for PgConsumer {
     async fn begin_snapshot(&self) -> Tx<Self> {
         let mut tx = self.begin().await;
         sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+            .persistent(false)
             .execute(&mut *tx)
             .await
             .expect("REPEATABLE READ");
@@ -447,6 +503,7 @@ impl ExportBackend for PgConsumer {
         let doc: Option<String> = sqlx::query_scalar(&format!(
             "SELECT doc::text FROM {table} WHERE key = $1 FOR UPDATE"
         ))
+        .persistent(false)
         .bind(key)
         .fetch_optional(&mut **tx)
         .await
@@ -458,6 +515,7 @@ impl ExportBackend for PgConsumer {
         sqlx::query(&format!(
             "INSERT INTO {table} (key, doc) VALUES ($1, $2::jsonb) ON CONFLICT DO NOTHING"
         ))
+        .persistent(false)
         .bind(key)
         .bind(doc.to_string())
         .execute(&mut **tx)
@@ -472,6 +530,7 @@ impl ExportBackend for PgConsumer {
             "INSERT INTO {table} (key, doc) VALUES ($1, $2::jsonb) \
              ON CONFLICT (key) DO UPDATE SET doc = excluded.doc"
         ))
+        .persistent(false)
         .bind(key)
         .bind(doc.to_string())
         .execute(&mut **tx)
@@ -481,6 +540,7 @@ impl ExportBackend for PgConsumer {
 
     async fn delete_entity(tx: &mut Tx<Self>, table: &str, key: &str) {
         sqlx::query(&format!("DELETE FROM {table} WHERE key = $1"))
+            .persistent(false)
             .bind(key)
             .execute(&mut **tx)
             .await
@@ -490,6 +550,7 @@ impl ExportBackend for PgConsumer {
     async fn entities(tx: &mut Tx<Self>, table: &str) -> HashMap<String, Value> {
         let rows: Vec<(String, String)> =
             sqlx::query_as(&format!("SELECT key, doc::text FROM {table}"))
+                .persistent(false)
                 .fetch_all(&mut **tx)
                 .await
                 .expect("read the entities");

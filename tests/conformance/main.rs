@@ -127,4 +127,9 @@ macro_rules! scenarios {
     };
 }
 
-conformance!(crate::backend::Postgres, postgres; crate::backend::Sqlite, sqlite);
+conformance!(
+    crate::backend::Postgres, postgres;
+    crate::backend::Sqlite, sqlite;
+    crate::backend::PgBouncerSession, pgbouncer_session;
+    crate::backend::PgBouncerTransaction, pgbouncer_transaction;
+);

@@ -14,17 +14,89 @@ use crate::support::pg::TestDb;
 
 test_outbox!(PgOutbox, sqlx::Postgres);
 
-/// PostgreSQL: a database per test on the server at `OUTBOX_TEST_PG`.
-pub struct Postgres {
+/// How the outbox reaches the test database: directly, or through
+/// PgBouncer (started by `.ci/run` from `.ci/pgbouncer/`).
+pub trait Route: Send + Sync + 'static {
+    /// The backend's name in test names and to child processes.
+    const NAME: &'static str;
+    /// PgBouncer's port, if the outbox goes through it.
+    const POOLER_PORT: Option<u16>;
+    /// Whether that pooler runs in transaction mode.
+    const TRANSACTION_POOLING: bool;
+}
+
+/// Straight to the server.
+pub struct Direct;
+impl Route for Direct {
+    const NAME: &'static str = "postgres";
+    const POOLER_PORT: Option<u16> = None;
+    const TRANSACTION_POOLING: bool = false;
+}
+
+/// Through PgBouncer in session mode (127.0.0.1:6432).
+pub struct BouncerSession;
+impl Route for BouncerSession {
+    const NAME: &'static str = "pgbouncer_session";
+    const POOLER_PORT: Option<u16> = Some(6432);
+    const TRANSACTION_POOLING: bool = false;
+}
+
+/// Through PgBouncer in transaction mode (127.0.0.1:6433).
+pub struct BouncerTransaction;
+impl Route for BouncerTransaction {
+    const NAME: &'static str = "pgbouncer_transaction";
+    const POOLER_PORT: Option<u16> = Some(6433);
+    const TRANSACTION_POOLING: bool = true;
+}
+
+/// PostgreSQL directly.
+pub type Postgres = PostgresVia<Direct>;
+/// PostgreSQL through PgBouncer in session mode.
+pub type PgBouncerSession = PostgresVia<BouncerSession>;
+/// PostgreSQL through PgBouncer in transaction mode.
+pub type PgBouncerTransaction = PostgresVia<BouncerTransaction>;
+
+/// Connect options that go through the route's pooler, if it has one.
+fn routed<R: Route>(options: PgConnectOptions) -> PgConnectOptions {
+    match R::POOLER_PORT {
+        Some(port) => options.port(port),
+        None => options,
+    }
+}
+
+/// PostgreSQL: a database per test on the server at `OUTBOX_TEST_PG`. The
+/// outbox and the scenarios' transactions use `app`, which goes through the
+/// route's pooler; the scenarios' own bookkeeping reads use `pool`, a
+/// direct connection.
+pub struct PostgresVia<R: Route> {
     pool: PgPool,
+    app: PgPool,
     url: String,
     /// Set when this handle created the database, which `close` drops.
     created: Mutex<Option<TestDb>>,
+    route: std::marker::PhantomData<R>,
+}
+
+impl<R: Route> PostgresVia<R> {
+    /// A pool like `options` describes, through the route's pooler.
+    async fn app_pool(options: PgPoolOptions, direct: &PgConnectOptions) -> PgPool {
+        let target = routed::<R>(direct.clone());
+        options.connect_with(target).await.unwrap_or_else(|e| {
+            panic!(
+                "{} is not reachable ({e}): .ci/run starts PgBouncer from .ci/pgbouncer/",
+                R::NAME
+            )
+        })
+    }
+
+    fn builder(&self) -> outbox::PgOutboxBuilder {
+        PgOutbox::builder(self.app.clone()).transaction_pooling(R::TRANSACTION_POOLING)
+    }
 }
 
 #[async_trait]
-impl Backend for Postgres {
-    const NAME: &'static str = "postgres";
+impl<R: Route> Backend for PostgresVia<R> {
+    const NAME: &'static str = R::NAME;
     const BUCKETS: usize = 64;
 
     type Db = sqlx::Postgres;
@@ -51,8 +123,15 @@ impl Backend for Postgres {
                 .max_lifetime(None)
                 .test_before_acquire(false),
         };
-        let db = TestDb::with_options(options).await;
-        PgOutbox::new(db.pool.clone())
+        let db = TestDb::with_options(options.clone()).await;
+        let app = match R::POOLER_PORT {
+            Some(_) => Self::app_pool(options, &db.options()).await,
+            None => db.pool.clone(),
+        };
+        PgOutbox::builder(app.clone())
+            .transaction_pooling(R::TRANSACTION_POOLING)
+            .build()
+            .unwrap()
             .migrate()
             .await
             .expect("migrate");
@@ -60,10 +139,12 @@ impl Backend for Postgres {
             .execute(&db.pool)
             .await
             .unwrap();
-        Postgres {
+        PostgresVia {
             pool: db.pool.clone(),
+            app,
             url: db.url(),
             created: Mutex::new(Some(db)),
+            route: std::marker::PhantomData,
         }
     }
 
@@ -75,18 +156,25 @@ impl Backend for Postgres {
         let options: PgConnectOptions = location.parse().expect("a PostgreSQL URL");
         let pool = PgPoolOptions::new()
             .max_connections(4)
-            .connect_with(options)
+            .connect_with(options.clone())
             .await
             .expect("connect to the test database");
-        Postgres {
+        let app = match R::POOLER_PORT {
+            Some(_) => Self::app_pool(PgPoolOptions::new().max_connections(4), &options).await,
+            None => pool.clone(),
+        };
+        PostgresVia {
             pool,
+            app,
             url: location.to_owned(),
             created: Mutex::new(None),
+            route: std::marker::PhantomData,
         }
     }
 
     async fn close(&self) {
         let created = self.created.lock().unwrap().take();
+        self.app.close().await;
         match created {
             Some(db) => db.drop().await,
             None => self.pool.close().await,
@@ -94,21 +182,20 @@ impl Backend for Postgres {
     }
 
     fn outbox(&self) -> PgOutbox {
-        PgOutbox::new(self.pool.clone())
+        self.builder().build().unwrap()
     }
 
     fn outbox_with_prefix(&self, prefix: &str) -> outbox::Result<PgOutbox> {
-        PgOutbox::builder(self.pool.clone())
-            .table_prefix(prefix)
-            .build()
+        self.builder().table_prefix(prefix).build()
     }
 
     async fn begin(&self) -> Tx<Self> {
-        self.pool.begin().await.unwrap()
+        self.app.begin().await.unwrap()
     }
 
     async fn insert_candidate(&self, tx: &mut Tx<Self>, id: i64, status: &str) -> sqlx::Result<()> {
         sqlx::query("INSERT INTO candidates VALUES ($1, $2)")
+            .persistent(false)
             .bind(id)
             .bind(status)
             .execute(&mut **tx)
@@ -176,6 +263,7 @@ impl Backend for Postgres {
 
     async fn lock_key(&self, tx: &mut Tx<Self>, key: &str) -> sqlx::Result<()> {
         sqlx::query("SELECT n FROM key_counters WHERE key = $1 FOR UPDATE")
+            .persistent(false)
             .bind(key)
             .execute(&mut **tx)
             .await
@@ -187,6 +275,7 @@ impl Backend for Postgres {
             "WITH c AS (UPDATE key_counters SET n = n + 1 WHERE key = $1 \
              RETURNING n) INSERT INTO key_log SELECT $1, n, $2 FROM c",
         )
+        .persistent(false)
         .bind(key)
         .bind(message.as_uuid())
         .execute(&mut **tx)
