@@ -20,6 +20,7 @@
 mod support;
 
 mod backend;
+mod bad_input;
 mod config;
 mod consumer_backend;
 mod export;
@@ -73,6 +74,8 @@ macro_rules! every_backend {
             write::payload_that_cannot_serialize_is_an_error_before_any_write,
             write::headers_raw_bytes_and_batch_order_survive_the_trip,
             write::large_batch_is_published_once_in_order,
+            bad_input::bad_input_never_costs_the_callers_transaction,
+            bad_input::the_payload_limit_is_the_outboxs_own,
             config::bad_identifiers_are_typed_errors,
             config::bad_relay_configuration_is_a_typed_error,
             config::prefix_keeps_outboxes_apart,
