@@ -237,6 +237,7 @@ pub trait TestOutbox: Clone + Send + Sync + 'static {
     async fn discard_dead_letter(&self, id: MessageId) -> outbox::Result<()>;
     async fn pending_count(&self) -> outbox::Result<i64>;
     async fn published(&self, limit: i64) -> outbox::Result<Vec<OutboxMessage>>;
+    async fn stats(&self) -> outbox::Result<outbox::StoreStats>;
     async fn log_change(
         &self,
         tx: &mut Transaction<'static, Self::Db>,
@@ -336,6 +337,9 @@ macro_rules! test_outbox {
                 limit: i64,
             ) -> ::outbox::Result<Vec<::outbox::OutboxMessage>> {
                 <$outbox>::published(self, limit).await
+            }
+            async fn stats(&self) -> ::outbox::Result<::outbox::StoreStats> {
+                <$outbox>::stats(self).await
             }
             async fn log_change(
                 &self,

@@ -28,6 +28,7 @@ mod inbox;
 mod messages;
 mod ordering;
 mod relay;
+mod stats;
 mod write;
 
 /// Declares one test per scenario per backend: `conformance!(Type, module;
@@ -76,6 +77,7 @@ macro_rules! every_backend {
             write::large_batch_is_published_once_in_order,
             bad_input::bad_input_never_costs_the_callers_transaction,
             bad_input::the_payload_limit_is_the_outboxs_own,
+            stats::stats_tell_ready_retry_waiting_and_parked_apart,
             config::bad_identifiers_are_typed_errors,
             config::bad_relay_configuration_is_a_typed_error,
             config::prefix_keeps_outboxes_apart,
