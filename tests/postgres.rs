@@ -450,3 +450,78 @@ async fn notifications_are_drained_while_the_relay_is_busy() {
     relay.shutdown().await.unwrap();
     db.drop().await;
 }
+
+/// A transaction of any size enqueues: a million messages over a hundred
+/// thousand keys in one transaction, while another producer keeps writing
+/// single messages beside it (a bulk import must not exhaust the server's
+/// shared lock table for everyone).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_transaction_enqueues_a_million_messages_over_many_keys() {
+    let (db, outbox) = setup().await;
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let beside = tokio::spawn({
+        let (pool, outbox, stop) = (db.pool.clone(), outbox.clone(), stop.clone());
+        async move {
+            let mut n = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                let mut tx = pool.begin().await.unwrap();
+                outbox
+                    .enqueue(&mut *tx, msg("beside", &format!("b{}", n % 10), n))
+                    .await
+                    .expect("a producer beside the bulk transaction enqueues");
+                tx.commit().await.unwrap();
+                n += 1;
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            n
+        }
+    });
+    let total: u64 = 1_000_000;
+    let mut tx = db.pool.begin().await.unwrap();
+    for chunk in 0..(total / 50_000) {
+        let batch: Vec<NewMessage> = (0..50_000u64)
+            .map(|i| {
+                let n = chunk * 50_000 + i;
+                NewMessage::bytes("bulk", n.to_le_bytes().to_vec())
+                    .with_partition_key(format!("k{}", n % 100_000))
+            })
+            .collect();
+        let done = outbox.enqueue_batch(&mut *tx, batch).await.unwrap();
+        assert_eq!(done.inserted.len(), 50_000);
+    }
+    tx.commit().await.unwrap();
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let beside = beside.await.unwrap();
+    assert!(beside > 0);
+    let bulk: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox.messages WHERE topic = 'bulk'")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(bulk, total as i64);
+    db.drop().await;
+}
+
+/// Eight producers each enqueue 20,000 distinct keys in one transaction at
+/// the same time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn eight_bulk_transactions_at_once_over_distinct_keys() {
+    let (db, outbox) = setup().await;
+    let mut writers = Vec::new();
+    for w in 0..8u64 {
+        let (pool, outbox) = (db.pool.clone(), outbox.clone());
+        writers.push(tokio::spawn(async move {
+            let mut tx = pool.begin().await.unwrap();
+            let batch: Vec<NewMessage> = (0..20_000u64)
+                .map(|i| msg("bulk", &format!("w{w}-k{i}"), i))
+                .collect();
+            outbox.enqueue_batch(&mut *tx, batch).await?;
+            tx.commit().await.unwrap();
+            Ok::<_, Error>(())
+        }));
+    }
+    for w in writers {
+        w.await.unwrap().expect("a bulk transaction enqueues");
+    }
+    assert_eq!(outbox.pending_count().await.unwrap(), 160_000);
+    db.drop().await;
+}

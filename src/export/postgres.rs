@@ -23,8 +23,9 @@ impl PgOutbox {
     /// Records a change in the change log, with the caller's executor
     /// (normally `&mut *tx`, the transaction that made the change).
     ///
-    /// Takes the entity's transaction-scoped lock, so changes of one entity
-    /// are logged in commit order.
+    /// Takes the entity's commit-order lock (the row lock an enqueue of its
+    /// partition key takes), so changes of one entity are logged in commit
+    /// order.
     ///
     /// # Errors
     ///
@@ -39,9 +40,10 @@ impl PgOutbox {
     {
         change.validate()?;
         let sql = self.names().render(
-            "WITH l AS MATERIALIZED (SELECT pg_advisory_xact_lock($6, hashtext($7))) \
+            "WITH l AS MATERIALIZED (SELECT 1 FROM {key_slots} \
+                 WHERE slot = hashtext($7) & 65535 AND $6 IS NOT NULL FOR NO KEY UPDATE) \
              INSERT INTO {changes} (entity_type, entity_key, kind, data, before) \
-             SELECT $1, $2, $3, $4::jsonb, $5::jsonb FROM l",
+             SELECT $1, $2, $3, $4::jsonb, $5::jsonb WHERE (SELECT count(*) FROM l) >= 0",
         );
         sqlx::query(&sql)
             .persistent(self.named())

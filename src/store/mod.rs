@@ -134,6 +134,7 @@ pub(crate) struct TableNames {
     pub(crate) leases: String,
     pub(crate) relays: String,
     pub(crate) key_sequences: String,
+    pub(crate) key_slots: String,
     pub(crate) changes: String,
     pub(crate) export_cursors: String,
     pub(crate) migrations: String,
@@ -159,6 +160,7 @@ impl TableNames {
             leases: q("leases"),
             relays: q("relays"),
             key_sequences: q("key_sequences"),
+            key_slots: q("key_slots"),
             changes: q("changes"),
             export_cursors: q("export_cursors"),
             migrations: q("migrations"),
@@ -176,6 +178,7 @@ impl TableNames {
             .replace("{leases}", &self.leases)
             .replace("{relays}", &self.relays)
             .replace("{key_sequences}", &self.key_sequences)
+            .replace("{key_slots}", &self.key_slots)
             .replace("{changes}", &self.changes)
             .replace("{export_cursors}", &self.export_cursors)
             .replace("{migrations}", &self.migrations)

@@ -84,16 +84,22 @@ impl PgOutboxBuilder {
         self
     }
 
-    /// Whether enqueue takes a transaction-scoped advisory lock per
-    /// partition key (default on).
+    /// Whether enqueue takes a commit-order lock per partition key (default
+    /// on).
     ///
     /// With it, two transactions that enqueue for the same key commit in
     /// the order they enqueued, so positions follow commit order and the
     /// relay publishes each key in commit order even when the producer does
-    /// not otherwise serialize writes to that key. The lock is held from the
-    /// enqueue to the commit and touches no table. Turn it off only if every
-    /// producer already serializes writes per key (for example by locking
-    /// the aggregate's row before enqueueing).
+    /// not otherwise serialize writes to that key. The lock is a row lock on
+    /// the key's slot in the outbox's `key_slots` table (65,536 rows), held
+    /// from the enqueue to the commit: it creates no row version and takes
+    /// no entry in the server's shared lock table, so a transaction may
+    /// enqueue any number of keys. Two keys sharing a slot merely serialize
+    /// their writers' commits. Code paths that enqueue several keys one by
+    /// one in opposite orders can deadlock, as with any row locks;
+    /// `enqueue_batch` takes its slots in a fixed order. Turn it off only if
+    /// every producer already serializes writes per key (for example by
+    /// locking the aggregate's row before enqueueing).
     #[must_use]
     pub fn commit_order_lock(mut self, on: bool) -> Self {
         self.commit_order_lock = on;

@@ -1,17 +1,21 @@
-//! The advisory-lock classes of an outbox: stable numbers derived from its
-//! table names, so every process using the same tables takes the same locks
-//! and outboxes with other names never contend.
+//! Lock identities of an outbox. Commit-order locks are row locks on the
+//! outbox's own `key_slots` table (see `sql/insert.sql`), so outboxes with
+//! other names never contend; the class below only says whether an
+//! enqueue takes one. Migrations serialize on an advisory lock whose class
+//! is a stable number derived from the table names, so every process using
+//! the same tables takes the same lock.
 
 use crate::store::TableNames;
 
-/// The advisory-lock class of the per-key commit-order locks an enqueue
-/// takes (see [`commit_order_lock`](super::PgOutboxBuilder::commit_order_lock)).
+/// The value bound to say "take the commit-order lock" (see
+/// [`commit_order_lock`](super::PgOutboxBuilder::commit_order_lock)); any
+/// non-NULL value would do.
 pub(super) fn commit_order_lock_class(names: &TableNames) -> i32 {
     fnv1a32(names.messages.as_bytes())
 }
 
-/// The advisory-lock class of an outbox's per-key locks: changes of an
-/// entity take the same lock as messages of its partition key.
+/// The same for the change log: changes of an entity take the same lock as
+/// messages of its partition key.
 pub(crate) fn change_lock_class(names: &TableNames) -> i32 {
     commit_order_lock_class(names)
 }

@@ -21,6 +21,10 @@ const MIGRATIONS: &[(i64, &str)] = &[
         3,
         include_str!("../../../migrations/postgres/0003_changes.sql"),
     ),
+    (
+        5,
+        include_str!("../../../migrations/postgres/0005_key_slots.sql"),
+    ),
 ];
 
 impl PgOutbox {

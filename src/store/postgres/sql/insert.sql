@@ -1,18 +1,23 @@
 -- Writes one message, after taking the commit-order lock of its partition
--- key: transaction-scoped, so it is held until the caller's transaction
--- ends, and two transactions enqueueing for one key commit in the order
--- they enqueued. A NULL class or key takes no lock (pg_advisory_xact_lock is
--- strict). MATERIALIZED and `FROM l` make the lock come before the insert.
+-- key: a row lock on the key's slot in key_slots (65,536 rows), held until
+-- the caller's transaction ends, so two transactions enqueueing for one key
+-- commit in the order they enqueued. A row lock takes no entry in the
+-- server's shared lock table, so a transaction may lock any number of
+-- slots. A NULL $9 (lock off) or key takes no lock. MATERIALIZED and the
+-- count over l make the lock come before the insert.
 -- An id already present inserts nothing: the row count tells the caller.
 --
 -- $1 id, $2 topic, $3 partition key, $4 event type, $5 schema version,
 -- $6 payload, $7 content type, $8 headers (JSON text),
--- $9 commit-order lock class (NULL: no lock).
+-- $9 any value to take the commit-order lock (NULL: no lock).
 --
 -- insert_notify.sql is the same write carrying a pg_notify.
-WITH l AS MATERIALIZED (SELECT pg_advisory_xact_lock($9, hashtext($3)))
+WITH l AS MATERIALIZED (
+    SELECT 1 FROM {key_slots}
+    WHERE slot = hashtext($3) & 65535 AND $9 IS NOT NULL
+    FOR NO KEY UPDATE)
 INSERT INTO {messages} (id, topic, partition_key, event_type, schema_version,
                         payload, content_type, headers)
 SELECT $1, $2, $3, $4, $5, $6, $7, $8::jsonb
-FROM l
+WHERE (SELECT count(*) FROM l) >= 0
 ON CONFLICT (id) DO NOTHING

@@ -1,18 +1,23 @@
 -- Writes many messages in one statement, in array order, after taking the
--- commit-order lock of each distinct partition key (in key order, so two
--- batches sharing keys cannot deadlock). The count over l forces the locks
+-- commit-order lock of each distinct partition key: row locks on their
+-- slots (see insert.sql), taken in slot order, so two batches sharing keys
+-- cannot deadlock, and however many keys, no entry in the server's shared
+-- lock table. The count over l forces the locks
 -- before the insert. Returns the ids actually inserted; the others were
 -- already present.
 --
 -- $1..$8 arrays of one element per message: ids, topics, partition keys,
 -- event types, schema versions, payloads, content types, headers (JSON
--- text); $9 commit-order lock class (NULL: no lock).
+-- text); $9 any value to take the commit-order locks (NULL: no lock).
 --
 -- insert_batch_notify.sql is the same write carrying a pg_notify.
 WITH l AS MATERIALIZED (
-    SELECT pg_advisory_xact_lock($9, hashtext(k))
-    FROM (SELECT DISTINCT k FROM unnest($3::text[]) k
-          WHERE k IS NOT NULL AND $9 IS NOT NULL ORDER BY k) s)
+    SELECT 1 FROM {key_slots}
+    WHERE slot IN (SELECT hashtext(k) & 65535 FROM unnest($3::text[]) k
+                   WHERE k IS NOT NULL)
+      AND $9 IS NOT NULL
+    ORDER BY slot
+    FOR NO KEY UPDATE)
 INSERT INTO {messages} (id, topic, partition_key, event_type, schema_version,
                         payload, content_type, headers)
 SELECT u.id, u.topic, u.k, u.et, u.v, u.p, u.ct, u.h::jsonb

@@ -3,12 +3,15 @@
 --
 -- $1..$8 arrays of one element per message: ids, topics, partition keys,
 -- event types, schema versions, payloads, content types, headers (JSON
--- text); $9 commit-order lock class (NULL: no lock); $10 notification
+-- text); $9 any value to take the commit-order locks (NULL: no lock); $10 notification
 -- channel.
 WITH l AS MATERIALIZED (
-         SELECT pg_advisory_xact_lock($9, hashtext(k))
-         FROM (SELECT DISTINCT k FROM unnest($3::text[]) k
-               WHERE k IS NOT NULL AND $9 IS NOT NULL ORDER BY k) s),
+         SELECT 1 FROM {key_slots}
+         WHERE slot IN (SELECT hashtext(k) & 65535 FROM unnest($3::text[]) k
+                        WHERE k IS NOT NULL)
+           AND $9 IS NOT NULL
+         ORDER BY slot
+         FOR NO KEY UPDATE),
      n AS MATERIALIZED (SELECT pg_notify($10, ''))
 INSERT INTO {messages} (id, topic, partition_key, event_type, schema_version,
                         payload, content_type, headers)
