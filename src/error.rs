@@ -72,6 +72,16 @@ pub enum Error {
         /// The newest version this crate knows.
         supported: i64,
     },
+    /// The outbox tables are at an older migration version than this build
+    /// of the crate needs: run `migrate()` (the relay does not start until
+    /// then).
+    #[error("outbox schema is at version {found}, older than the {required} this version of the crate needs: run migrate()")]
+    SchemaTooOld {
+        /// The version found in the database (0: no tables).
+        found: i64,
+        /// The version this crate needs.
+        required: i64,
+    },
     /// A change-log cursor could not be parsed (it is shown, cut to 200
     /// characters).
     #[error("invalid change cursor {0:?}")]

@@ -106,6 +106,18 @@ pub(crate) fn check_schema_version(found: Option<i64>, migrations: &[(i64, &str)
     }
 }
 
+/// Refuses tables that are not at the version this build needs: newer ones
+/// could be corrupted, older ones lack what its statements use.
+pub(crate) fn check_schema_current(found: Option<i64>, migrations: &[(i64, &str)]) -> Result<()> {
+    check_schema_version(found, migrations)?;
+    let required = migrations.last().map_or(0, |m| m.0);
+    let found = found.unwrap_or(0);
+    if found < required {
+        return Err(Error::SchemaTooOld { found, required });
+    }
+    Ok(())
+}
+
 /// A message dead-lettered again under an id already in the dead letters
 /// (a producer re-enqueued it) replaces the older dead letter.
 pub(crate) const DEAD_LETTER_UPSERT: &str = "\

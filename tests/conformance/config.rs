@@ -119,3 +119,32 @@ pub async fn newer_schema_is_rejected<B: Backend>() {
     }
     db.close().await;
 }
+
+/// A relay on tables that were never migrated (or migrated by an older
+/// version of the crate) does not start: its health says `Degraded` with
+/// an error naming `migrate()`, and it starts once they are migrated.
+pub async fn a_relay_on_unmigrated_tables_says_to_run_migrate<B: Backend>() {
+    let db = B::fresh().await;
+    let old = db.outbox_with_prefix("old_").unwrap();
+    let relay = old
+        .fast_relay(outbox::InMemoryPublisher::new())
+        .spawn()
+        .unwrap();
+    let health = relay.watch_health();
+    crate::support::eventually("the relay to report the old schema", || {
+        health
+            .borrow()
+            .last_error
+            .as_deref()
+            .is_some_and(|e| e.contains("run migrate()"))
+    })
+    .await;
+    assert_eq!(health.borrow().state, outbox::RelayState::Degraded);
+    old.migrate().await.unwrap();
+    crate::support::eventually("the relay to start once migrated", || {
+        health.borrow().leased_buckets > 0
+    })
+    .await;
+    relay.shutdown().await.unwrap();
+    db.close().await;
+}

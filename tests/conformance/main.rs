@@ -83,6 +83,7 @@ macro_rules! every_backend {
             config::prefix_keeps_outboxes_apart,
             config::migrate_twice_is_fine,
             config::newer_schema_is_rejected,
+            config::a_relay_on_unmigrated_tables_says_to_run_migrate,
             relay::transient_failures_back_off_exponentially_in_key_order,
             relay::permanent_failure_is_dead_lettered_then_replayed,
             relay::discard_and_replay_all,

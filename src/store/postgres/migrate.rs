@@ -6,7 +6,7 @@ use sqlx::Executor;
 use super::locks::migration_lock_class;
 use super::PgOutbox;
 use crate::error::{Error, Result};
-use crate::store::check_schema_version;
+use crate::store::{check_schema_current, check_schema_version};
 
 const MIGRATIONS: &[(i64, &str)] = &[
     (
@@ -93,11 +93,17 @@ impl PgOutbox {
     /// this crate knows.
     pub(super) async fn check_schema_is_known(&self) -> Result<()> {
         let mut c = self.standalone().await?;
-        let found: Option<i64> = sqlx::query_scalar(&self.inner.sql.schema_version)
+        let found: Option<i64> = match sqlx::query_scalar(&self.inner.sql.schema_version)
             .persistent(self.named())
             .fetch_one(c.conn())
-            .await?;
+            .await
+        {
+            Ok(v) => v,
+            // No tables at all: never migrated.
+            Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("42P01") => None,
+            Err(e) => return Err(e.into()),
+        };
         c.finish().await?;
-        check_schema_version(found, MIGRATIONS)
+        check_schema_current(found, MIGRATIONS)
     }
 }

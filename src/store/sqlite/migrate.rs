@@ -7,7 +7,7 @@ use sqlx::Executor;
 use super::decode::micros;
 use super::SqliteOutbox;
 use crate::error::Result;
-use crate::store::check_schema_version;
+use crate::store::{check_schema_current, check_schema_version};
 
 const MIGRATIONS: &[(i64, &str)] = &[
     (1, include_str!("../../../migrations/sqlite/0001_core.sql")),
@@ -64,10 +64,16 @@ impl SqliteOutbox {
     }
 }
 
-/// Refuses tables at a newer migration version than this build knows.
+/// Refuses tables at another migration version than this build needs.
 pub(super) async fn check_schema(outbox: &SqliteOutbox) -> Result<()> {
-    let found: Option<i64> = sqlx::query_scalar(&outbox.inner.sql.migrations_version)
+    let found: Option<i64> = match sqlx::query_scalar(&outbox.inner.sql.migrations_version)
         .fetch_one(&outbox.inner.pool)
-        .await?;
-    check_schema_version(found, MIGRATIONS)
+        .await
+    {
+        Ok(v) => v,
+        // No tables at all: never migrated.
+        Err(sqlx::Error::Database(e)) if e.message().starts_with("no such table") => None,
+        Err(e) => return Err(e.into()),
+    };
+    check_schema_current(found, MIGRATIONS)
 }
