@@ -555,6 +555,8 @@ async fn shutdown_returns_when_the_store_stops_answering() {
 
 #[tokio::test(start_paused = true)]
 async fn a_publisher_call_that_outlives_a_stalled_lease_is_abandoned_and_never_acknowledged() {
+    let counters = Counters::default();
+    let _recorder = metrics::set_default_local_recorder(&counters);
     let store = MemoryStore::new(1);
     let journal = Journal::new(&store);
     let a1 = store.enqueue(message("a1", Some("a"))).unwrap();
@@ -576,7 +578,10 @@ async fn a_publisher_call_that_outlives_a_stalled_lease_is_abandoned_and_never_a
         store.pending().is_empty()
     })
     .await;
-    // The first relay comes back after its call would have returned.
+    // The first relay stopped waiting at its lease deadline, although its
+    // renewal still hangs.
+    assert_eq!(counters.get("outbox_abandoned_calls_total"), 1);
+    // It comes back after its call would have returned.
     tokio::time::sleep(Duration::from_secs(6)).await;
     gate.open();
     tokio::time::sleep(Duration::from_secs(10)).await;
