@@ -467,7 +467,11 @@ async fn shutdown_abandons_a_publisher_call_that_outlives_the_grace_period() {
     let during = health.borrow().clone();
     assert_eq!(during.state, RelayState::Stopping, "{during:?}");
     assert_eq!(during.leased_buckets, 1, "still held while stopping");
-    stopping.await.expect("shutdown task").expect("relay task");
+    tokio::time::timeout(Duration::from_secs(60), stopping)
+        .await
+        .expect("a publisher that never returns holds the shutdown")
+        .expect("shutdown task")
+        .expect("relay task");
     assert_eq!(
         tokio::time::Instant::now() - asked,
         grace,
@@ -537,12 +541,13 @@ async fn shutdown_returns_when_the_store_stops_answering() {
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
         let asked = tokio::time::Instant::now();
-        running.shutdown().await.expect("relay task");
+        let bound = grace + Duration::from_secs(2);
+        tokio::time::timeout(bound + Duration::from_secs(1), running.shutdown())
+            .await
+            .unwrap_or_else(|_| panic!("{when}: shutdown still waiting after {bound:?}"))
+            .expect("relay task");
         let took = tokio::time::Instant::now() - asked;
-        assert!(
-            took <= grace + Duration::from_secs(2),
-            "{when}: shutdown took {took:?}"
-        );
+        assert!(took <= bound, "{when}: shutdown took {took:?}");
         assert_eq!(health.borrow().state, RelayState::Stopped, "{when}");
         if in_flight {
             assert!(

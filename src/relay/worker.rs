@@ -302,3 +302,45 @@ impl Worker {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::publisher::InMemoryPublisher;
+    use crate::relay::Relay;
+    use crate::store::memory::MemoryStore;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_relay_asked_to_stop_reports_stopping_whatever_its_rounds_say() {
+        let b = Relay::builder(MemoryStore::new(1), InMemoryPublisher::new());
+        let (stop, asked) = watch::channel(None);
+        let (health_tx, health) = watch::channel(Health::starting());
+        let shutdown = Shutdown::new(asked, Duration::from_secs(1));
+        let mut w = Worker::new(
+            b.store,
+            b.publisher,
+            b.config,
+            shutdown,
+            Arc::new(health_tx),
+        );
+        w.record_success();
+        assert_eq!(health.borrow().state, RelayState::Running);
+        stop.send_replace(Some(Instant::now()));
+        // A round that ends (well or badly) during the grace period.
+        w.record_success();
+        assert_eq!(health.borrow().state, RelayState::Stopping);
+        w.record_error(
+            "publish round",
+            &crate::Error::InvalidConfig {
+                field: "x",
+                reason: "y".into(),
+            },
+        );
+        let h = health.borrow().clone();
+        assert_eq!(h.state, RelayState::Stopping);
+        assert!(h.last_error.is_some(), "the error is still reported");
+        w.health.state = RelayState::Stopped;
+        w.publish_health();
+        assert_eq!(health.borrow().state, RelayState::Stopped);
+    }
+}
