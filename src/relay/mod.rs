@@ -512,3 +512,27 @@ pub enum RelayState {
     /// Stopped after a shutdown request.
     Stopped,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::publisher::InMemoryPublisher;
+    use crate::store::memory::MemoryStore;
+
+    #[tokio::test]
+    async fn a_shutdown_grace_outside_its_range_is_refused_at_spawn() {
+        for bad in [Duration::ZERO, Duration::from_secs(3601)] {
+            let spawned = Relay::builder(MemoryStore::new(1), InMemoryPublisher::new())
+                .shutdown_grace(bad)
+                .spawn();
+            match spawned {
+                Err(Error::InvalidConfig { field, .. }) => assert_eq!(field, "shutdown_grace"),
+                other => panic!("{bad:?}: {other:?}"),
+            }
+        }
+        let b = Relay::builder(MemoryStore::new(1), InMemoryPublisher::new());
+        assert_eq!(b.config.shutdown_grace, Duration::from_secs(10), "default");
+        let b = b.shutdown_grace(Duration::from_secs(3600));
+        assert!(b.validate().is_ok());
+    }
+}
