@@ -78,6 +78,12 @@ impl Worker {
                     return self.abandon(n, "the shutdown grace period is over", "shutdown");
                 }
                 joined = &mut call.0 => {
+                    // Timers that ran out together fire in no set order (a
+                    // process frozen past its deadline wakes to both): the
+                    // clock decides.
+                    if Instant::now() >= deadline {
+                        return self.abandon(n, "it returned after its lease ran out", "lease");
+                    }
                     let results = self.results_of(joined, n);
                     return Call::Returned(one_result_each(results, n));
                 }
