@@ -62,6 +62,19 @@ use crate::message::OutboxMessage;
 /// crash between publish and acknowledgement the relay sends the message
 /// again.
 ///
+/// A call the relay stops waiting for is abandoned: its messages are not
+/// acknowledged and are published again later. That happens when the call
+/// outlives the relay's lease on their keys (another relay may own them by
+/// then) or the shutdown grace period
+/// ([`RelayBuilder::shutdown_grace`](crate::RelayBuilder::shutdown_grace)).
+/// The call's future is dropped at its next await.
+///
+/// Return errors rather than panic. A call that panics anyway fails all of
+/// its messages transiently (they are retried) and the relay logs the
+/// panic once through `tracing`; but the process's panic hook runs first,
+/// and the default hook prints every panic to stderr. The crate does not
+/// replace the hook, which is process-wide and the application's to set.
+///
 /// ```
 /// use async_trait::async_trait;
 /// use outbox::{OutboxMessage, PublishError, Publisher};

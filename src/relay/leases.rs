@@ -1,6 +1,8 @@
 //! Leases: this relay's fair share of the buckets, renewed in time, given
 //! up when the share shrinks, and watched while a batch is published.
 
+use std::future::Future;
+
 use tokio::time::Instant;
 
 use super::worker::Worker;
@@ -72,18 +74,33 @@ impl Worker {
         Ok(())
     }
 
-    /// Renews the leases while the publisher works, so a slow destination
-    /// does not cost the relay its keys. Buckets found taken are dropped
-    /// from `self.leases`, which stops the batch's later waves for them.
-    pub(super) async fn renew_while_publishing(&mut self) {
-        let ttl = self.config.lease_ttl;
-        let started = Instant::now();
-        let renew = Renew {
-            relay: self.config.relay_id,
-            leases: &self.leases,
-            ttl,
-        };
-        match self.store.renew(renew).await {
+    /// A renewal of the leases while the publisher works, so a slow
+    /// destination does not cost the relay its keys. It owns what it needs,
+    /// so it runs beside the publisher call and a renewal that hangs never
+    /// keeps the relay from seeing the call end or its deadline pass.
+    /// Resolves with the instant it was asked at and the leases kept.
+    pub(super) fn renewal(
+        &self,
+    ) -> impl Future<Output = (Instant, Result<Vec<Lease>>)> + Send + 'static {
+        let store = self.store.clone();
+        let leases = self.leases.clone();
+        let (relay, ttl) = (self.config.relay_id, self.config.lease_ttl);
+        async move {
+            let started = Instant::now();
+            let renew = Renew {
+                relay,
+                leases: &leases,
+                ttl,
+            };
+            (started, store.renew(renew).await)
+        }
+    }
+
+    /// Takes in a renewal made while publishing. Buckets found taken are
+    /// dropped from `self.leases`, which stops the batch's later waves for
+    /// them.
+    pub(super) fn renewed_while_publishing(&mut self, started: Instant, kept: Result<Vec<Lease>>) {
+        match kept {
             Ok(kept) => {
                 if kept.len() < self.leases.len() {
                     self.prefetch = None;

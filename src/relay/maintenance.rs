@@ -1,14 +1,20 @@
-//! Maintenance between rounds: gauges from the store's statistics, a
+//! Maintenance beside the rounds: gauges from the store's statistics, a
 //! vacuum of the messages table where nothing else vacuums it, and the
-//! purge of retained messages.
+//! purge of retained messages. A pass runs in a task of its own, one at a
+//! time, so a slow statistics query, vacuum or purge never delays lease
+//! renewal or publishing; it reports back for the gauges and warnings.
 
+use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
+use super::clock::Clock;
 use super::worker::Worker;
 use super::Retention;
 use crate::error::error_chain;
+use crate::store::sealed::StoreOps;
 use crate::store::{Purge, StoreStats};
 
 /// Dead rows in the messages table above which a relay vacuums it itself
@@ -41,43 +47,132 @@ pub(super) fn unvacuumed(stats: &StoreStats, vacuum_if_autovacuum_off: bool) -> 
     })
 }
 
-impl Worker {
-    /// Refreshes the gauges, vacuums if needed and purges retained messages;
-    /// failures are logged and wait for the next tick.
-    pub(super) async fn refresh_stats(&mut self) {
-        self.next_stats = Instant::now() + self.config.stats_interval;
-        match self.store.stats().await {
-            Ok(s) => {
-                record_gauges(&s);
-                self.vacuum_if_unvacuumed(&s).await;
-                warn_of_held_back_vacuum(&s);
-            }
+/// A maintenance pass in its own task; aborted when dropped (a vacuum or
+/// purge cut short is done again by a later pass).
+pub(super) struct Upkeep(JoinHandle<Report>);
+
+impl Drop for Upkeep {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// What a pass found, for the worker's gauges and warnings.
+#[derive(Debug)]
+pub(super) struct Report {
+    /// `None` when the statistics query failed.
+    stats: Option<StoreStats>,
+    unvacuumed: Option<Unvacuumed>,
+}
+
+/// What a pass needs, owned, so it can run beside the rounds.
+struct Pass {
+    store: Arc<dyn StoreOps>,
+    clock: Clock,
+    retention: Retention,
+    purge_batch: i64,
+    vacuum_if_autovacuum_off: bool,
+}
+
+impl Pass {
+    /// Reads the statistics, vacuums if needed and purges retained
+    /// messages; failures are logged and wait for the next pass.
+    async fn run(self) -> Report {
+        let stats = match self.store.stats().await {
+            Ok(s) => Some(s),
             Err(e) => {
                 tracing::debug!(error = %error_chain(&e), "outbox relay: stats query failed");
+                None
+            }
+        };
+        let unvacuumed = stats
+            .as_ref()
+            .and_then(|s| unvacuumed(s, self.vacuum_if_autovacuum_off));
+        if unvacuumed == Some(Unvacuumed::Vacuum) {
+            match self.store.vacuum().await {
+                Ok(()) => metrics::counter!("outbox_self_vacuums_total").increment(1),
+                Err(e) => tracing::warn!(
+                    error = %error_chain(&e),
+                    "outbox relay: vacuum of the outbox table failed"
+                ),
             }
         }
-        if let Retention::Keep(keep) = self.config.retention {
+        if let Retention::Keep(keep) = self.retention {
             self.purge_published(keep).await;
+        }
+        Report { stats, unvacuumed }
+    }
+
+    /// Deletes retained messages published more than `keep` ago.
+    async fn purge_published(&self, keep: Duration) {
+        let cutoff =
+            self.clock.now() - chrono::Duration::from_std(keep).unwrap_or(chrono::Duration::MAX);
+        // Bounded work per tick, so a large backlog of expired rows never
+        // turns into one long-running delete.
+        for _ in 0..PURGES_PER_TICK {
+            let purge = Purge {
+                before: cutoff,
+                limit: self.purge_batch,
+            };
+            match self.store.purge_published(purge).await {
+                Ok(n) if n as i64 >= self.purge_batch => continue,
+                Ok(_) => break,
+                Err(e) => {
+                    tracing::debug!(error = %error_chain(&e), "outbox relay: purge failed");
+                    break;
+                }
+            }
+        }
+    }
+}
+
+impl Worker {
+    /// Starts a maintenance pass unless one is still running: a pass slower
+    /// than the stats interval delays the next one, never a round.
+    pub(super) fn start_maintenance(&mut self) {
+        if self.upkeep.is_some() {
+            return;
+        }
+        self.next_stats = Instant::now() + self.config.stats_interval;
+        let pass = Pass {
+            store: self.store.clone(),
+            clock: self.clock,
+            retention: self.config.retention,
+            purge_batch: self.config.purge_batch,
+            vacuum_if_autovacuum_off: self.config.vacuum_if_autovacuum_off,
+        };
+        self.upkeep = Some(Upkeep(tokio::spawn(pass.run())));
+    }
+
+    /// Takes in the report of a finished pass, if there is one.
+    pub(super) async fn collect_maintenance(&mut self) {
+        let Some(upkeep) = self.upkeep.as_mut() else {
+            return;
+        };
+        if !upkeep.0.is_finished() {
+            return;
+        }
+        // Finished: this does not wait.
+        let joined = (&mut upkeep.0).await;
+        self.upkeep = None;
+        match joined {
+            Ok(report) => self.report_maintenance(&report),
+            Err(e) => tracing::warn!(error = %e, "outbox relay: maintenance pass failed"),
         }
     }
 
-    async fn vacuum_if_unvacuumed(&mut self, s: &StoreStats) {
-        match unvacuumed(s, self.config.vacuum_if_autovacuum_off) {
-            Some(Unvacuumed::Vacuum) => {
-                if !self.warned_autovacuum_off {
-                    self.warned_autovacuum_off = true;
-                    tracing::warn!(
-                        "outbox: autovacuum is off on this server; the relay vacuums \
-                         the outbox table itself"
-                    );
-                }
-                match self.store.vacuum().await {
-                    Ok(()) => metrics::counter!("outbox_self_vacuums_total").increment(1),
-                    Err(e) => tracing::warn!(
-                        error = %error_chain(&e),
-                        "outbox relay: vacuum of the outbox table failed"
-                    ),
-                }
+    fn report_maintenance(&mut self, r: &Report) {
+        let Some(s) = &r.stats else {
+            return;
+        };
+        record_gauges(s);
+        match r.unvacuumed {
+            Some(Unvacuumed::Vacuum) if !self.warned_autovacuum_off => {
+                self.warned_autovacuum_off = true;
+                tracing::warn!(
+                    "outbox: autovacuum is off on this server; the relay vacuums \
+                     the outbox table itself"
+                );
             }
             Some(Unvacuumed::Warn) if !self.warned_autovacuum_off => {
                 self.warned_autovacuum_off = true;
@@ -87,30 +182,9 @@ impl Worker {
                      outbox table: it will grow and claims will slow down"
                 );
             }
-            Some(Unvacuumed::Warn) | None => {}
+            Some(Unvacuumed::Vacuum | Unvacuumed::Warn) | None => {}
         }
-    }
-
-    /// Deletes retained messages published more than `keep` ago.
-    async fn purge_published(&mut self, keep: Duration) {
-        let cutoff =
-            self.clock.now() - chrono::Duration::from_std(keep).unwrap_or(chrono::Duration::MAX);
-        // Bounded work per tick, so a large backlog of expired rows never
-        // turns into one long-running delete.
-        for _ in 0..PURGES_PER_TICK {
-            let purge = Purge {
-                before: cutoff,
-                limit: self.config.purge_batch,
-            };
-            match self.store.purge_published(purge).await {
-                Ok(n) if n as i64 >= self.config.purge_batch => continue,
-                Ok(_) => break,
-                Err(e) => {
-                    tracing::debug!(error = %error_chain(&e), "outbox relay: purge failed");
-                    break;
-                }
-            }
-        }
+        warn_of_held_back_vacuum(s);
     }
 }
 

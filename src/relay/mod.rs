@@ -8,7 +8,7 @@
 //! outbox.migrate().await?;
 //! let relay = Relay::builder(outbox.clone(), LogPublisher::tracing()).spawn()?;
 //! // ... serve ...
-//! relay.shutdown().await?; // finishes the batch in flight, loses nothing
+//! relay.shutdown().await?; // bounded: see RelayHandle::shutdown
 //! # Ok(()) }
 //! ```
 //!
@@ -23,6 +23,30 @@
 //! Every acknowledgement is fenced by the lease's epoch: if the bucket
 //! changed hands, the acknowledgement is refused and the new owner
 //! publishes the message again.
+//!
+//! A publisher call that outlives the lease it was made under (renewals
+//! fail or find the bucket taken, and the lease's local deadline passes) is
+//! abandoned: its messages stay pending, unacknowledged, for the bucket's
+//! next owner, and the relay never acknowledges them later.
+//!
+//! # Shutting down
+//!
+//! [`RelayHandle::shutdown`] stops claiming at once, gives the publisher
+//! call in flight a grace period
+//! ([`RelayBuilder::shutdown_grace`], 10 s by default) and then abandons it:
+//! its messages stay pending and are published again by the next owner of
+//! their buckets (a duplicate if the destination had received them). The
+//! relay then acknowledges what was published, gives its buckets back and
+//! returns, within the grace period plus at most 2 s for those last store
+//! calls, whatever the publisher or the database do.
+//!
+//! # Publisher panics
+//!
+//! A publisher call runs in a task of its own: a panic fails its messages
+//! transiently (they are retried like any transient failure) and is logged
+//! once, with its message, through `tracing`. The process's panic hook
+//! still runs first, and the default hook prints every panic to stderr; the
+//! library leaves the hook alone, since it belongs to the application.
 
 mod clock;
 mod leases;
@@ -37,6 +61,7 @@ mod round;
 mod scenarios;
 #[cfg(test)]
 mod scripted;
+mod shutdown;
 mod waves;
 mod worker;
 
@@ -96,6 +121,7 @@ pub(crate) struct RelayConfig {
     pub(crate) key_sequences: bool,
     pub(crate) vacuum_if_autovacuum_off: bool,
     pub(crate) prefetch: bool,
+    pub(crate) shutdown_grace: Duration,
 }
 
 impl RelayConfig {
@@ -116,7 +142,8 @@ pub struct Relay {
 impl Relay {
     /// A relay draining `store` into `publisher`, with defaults: batches of
     /// 500, 1 s poll fallback, 10 s leases, [`RetryPolicy::default`],
-    /// [`OrderingPolicy::Ordered`], [`Retention::Delete`].
+    /// [`OrderingPolicy::Ordered`], [`Retention::Delete`], and 10 s for a
+    /// publisher call in flight to finish at shutdown.
     pub fn builder<S, P>(store: S, publisher: P) -> RelayBuilder
     where
         S: Store,
@@ -139,6 +166,7 @@ impl Relay {
                 key_sequences: false,
                 vacuum_if_autovacuum_off: true,
                 prefetch: true,
+                shutdown_grace: Duration::from_secs(10),
             },
         }
     }
@@ -264,6 +292,23 @@ impl RelayBuilder {
         self
     }
 
+    /// How long [`RelayHandle::shutdown`] lets the publisher call in flight
+    /// run before abandoning it (default 10 s).
+    ///
+    /// An abandoned call's messages are not acknowledged: they stay pending
+    /// and the next owner of their buckets publishes them, again if the
+    /// destination had received them. The store calls that close the relay
+    /// (the last acknowledgement, giving the leases back) get at most 2 s
+    /// more, and no more than the grace itself, so `shutdown()` also returns
+    /// when the database refuses connections. Keep it below the time your
+    /// platform allows a stopping process (Kubernetes'
+    /// `terminationGracePeriodSeconds`, 30 s by default), less those 2 s.
+    #[must_use]
+    pub fn shutdown_grace(mut self, d: Duration) -> Self {
+        self.config.shutdown_grace = d;
+        self
+    }
+
     /// This relay's id in the lease table (default: a fresh UUIDv7).
     #[must_use]
     pub fn relay_id(mut self, id: Uuid) -> Self {
@@ -292,6 +337,9 @@ impl RelayBuilder {
         if c.stats_interval.is_zero() || c.stats_interval > DAY {
             return bad("stats_interval", "must be between 1 ns and one day");
         }
+        if c.shutdown_grace.is_zero() || c.shutdown_grace > Duration::from_secs(3600) {
+            return bad("shutdown_grace", "must be between 1 ns and one hour");
+        }
         if let Retention::Keep(d) = c.retention {
             if d.is_zero() || d > 3650 * DAY {
                 return bad(
@@ -311,13 +359,21 @@ impl RelayBuilder {
     /// [`RelayHandle::shutdown`] without waiting.
     pub fn spawn(self) -> Result<RelayHandle> {
         self.validate()?;
-        let (stop_tx, stop_rx) = watch::channel(false);
+        let (stop_tx, stop_rx) = watch::channel(None);
         let (health_tx, health_rx) = watch::channel(Health::starting());
-        let worker =
-            worker::Worker::new(self.store, self.publisher, self.config, stop_rx, health_tx);
+        let health_tx = Arc::new(health_tx);
+        let shutdown = shutdown::Shutdown::new(stop_rx, self.config.shutdown_grace);
+        let worker = worker::Worker::new(
+            self.store,
+            self.publisher,
+            self.config,
+            shutdown,
+            health_tx.clone(),
+        );
         let join = tokio::spawn(worker.run());
         Ok(RelayHandle {
             stop: stop_tx,
+            health_tx,
             health: health_rx,
             join: Some(join),
         })
@@ -328,21 +384,71 @@ impl RelayBuilder {
 #[derive(Debug)]
 #[must_use = "dropping the handle stops the relay"]
 pub struct RelayHandle {
-    stop: watch::Sender<bool>,
+    /// When the stop was asked for: the grace period counts from then.
+    stop: watch::Sender<Option<tokio::time::Instant>>,
+    health_tx: Arc<watch::Sender<Health>>,
     health: watch::Receiver<Health>,
     join: Option<JoinHandle<()>>,
 }
 
 impl RelayHandle {
-    /// Stops the relay: the batch in flight is published and acknowledged,
-    /// leases are released so other relays take over at once, and nothing
-    /// is lost.
+    /// Stops the relay, within a bounded time.
+    ///
+    /// The relay claims nothing more and makes no new publisher call. The
+    /// call in flight gets the grace period
+    /// ([`RelayBuilder::shutdown_grace`], 10 s by default) to finish; what
+    /// it publishes is acknowledged. A call still running then is
+    /// abandoned: its messages are not acknowledged and stay pending, so
+    /// the next owner of their buckets publishes them (again, if the
+    /// destination had received them: the duplicate window of a shutdown).
+    /// The relay gives its leases back so other relays take over at once,
+    /// and returns. The store calls that close it get at most 2 s past the
+    /// grace period (and no more than the grace itself): a database that
+    /// refuses connections cannot hold `shutdown()` for a pool's acquire
+    /// timeout; leases it could not give back expire on their own.
+    ///
+    /// Meanwhile [`health`](Self::health) reports [`RelayState::Stopping`],
+    /// with the buckets still held; once `shutdown()` returns it reports
+    /// [`RelayState::Stopped`]. Nothing committed is lost.
     pub async fn shutdown(mut self) -> Result<()> {
-        let _ = self.stop.send(true);
-        match self.join.take() {
+        self.ask_to_stop();
+        let joined = match self.join.take() {
             Some(j) => j.await.map_err(Error::RelayTask),
             None => Ok(()),
-        }
+        };
+        // The relay reports `Stopped` itself on its way out; a task that
+        // ended abnormally could not.
+        self.health_tx.send_if_modified(|h| {
+            let stopped = h.state == RelayState::Stopped && h.leased_buckets == 0;
+            if !stopped {
+                h.state = RelayState::Stopped;
+                h.leased_buckets = 0;
+            }
+            !stopped
+        });
+        joined
+    }
+
+    /// Asks the relay to stop, once: the first request's instant starts
+    /// the grace period.
+    fn ask_to_stop(&self) {
+        let now = tokio::time::Instant::now();
+        self.stop.send_if_modified(|asked| {
+            let first = asked.is_none();
+            if first {
+                *asked = Some(now);
+            }
+            first
+        });
+        // Said at once, also while the relay waits on a call it cannot
+        // interrupt; its own reports keep saying it until it has stopped.
+        self.health_tx.send_if_modified(|h| {
+            let running = h.state != RelayState::Stopped && h.state != RelayState::Stopping;
+            if running {
+                h.state = RelayState::Stopping;
+            }
+            running
+        });
     }
 
     /// The relay's current health.
@@ -358,7 +464,7 @@ impl RelayHandle {
 
 impl Drop for RelayHandle {
     fn drop(&mut self) {
-        let _ = self.stop.send(true);
+        self.ask_to_stop();
     }
 }
 
@@ -400,6 +506,33 @@ pub enum RelayState {
     StandingBy,
     /// The last database round failed; retrying with backoff.
     Degraded,
+    /// Asked to stop: finishing (or abandoning) the publisher call in
+    /// flight and giving its buckets back.
+    Stopping,
     /// Stopped after a shutdown request.
     Stopped,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::publisher::InMemoryPublisher;
+    use crate::store::memory::MemoryStore;
+
+    #[tokio::test]
+    async fn a_shutdown_grace_outside_its_range_is_refused_at_spawn() {
+        for bad in [Duration::ZERO, Duration::from_secs(3601)] {
+            let spawned = Relay::builder(MemoryStore::new(1), InMemoryPublisher::new())
+                .shutdown_grace(bad)
+                .spawn();
+            match spawned {
+                Err(Error::InvalidConfig { field, .. }) => assert_eq!(field, "shutdown_grace"),
+                other => panic!("{bad:?}: {other:?}"),
+            }
+        }
+        let b = Relay::builder(MemoryStore::new(1), InMemoryPublisher::new());
+        assert_eq!(b.config.shutdown_grace, Duration::from_secs(10), "default");
+        let b = b.shutdown_grace(Duration::from_secs(3600));
+        assert!(b.validate().is_ok());
+    }
 }

@@ -412,3 +412,359 @@ async fn a_relay_without_buckets_stands_by_and_takes_over_when_the_holder_leaves
     assert_eq!(health.borrow().state, RelayState::Running);
     second.shutdown().await.unwrap();
 }
+
+#[tokio::test(start_paused = true)]
+async fn shutdown_lets_the_call_in_flight_finish_and_makes_no_other() {
+    let store = MemoryStore::new(1);
+    let journal = Journal::new(&store);
+    let mut seq = Vec::new();
+    for t in ["a1", "a2", "a3"] {
+        seq.push(store.enqueue(message(t, Some("a"))).unwrap());
+    }
+    journal.delay(|_| Duration::from_secs(1));
+    let (relay, _gate, _) = spawn(&store, &journal, |b| b);
+    journal.calls(1).await;
+    let asked = tokio::time::Instant::now();
+    relay.shutdown().await.expect("relay task");
+    assert_eq!(
+        tokio::time::Instant::now() - asked,
+        Duration::from_secs(1),
+        "no longer than the call in flight"
+    );
+    assert_eq!(journal.confirmed(), ["a1"], "a2 and a3 were not sent");
+    assert!(store.pending_message(seq[0]).is_none(), "a1 acknowledged");
+    for s in &seq[1..] {
+        assert_eq!(store.pending_message(*s).map(|p| p.attempts), Some(0));
+    }
+    assert_eq!(store.holder(0), None);
+}
+
+#[tokio::test(start_paused = true)]
+async fn shutdown_abandons_a_publisher_call_that_outlives_the_grace_period() {
+    let store = MemoryStore::new(1);
+    let journal = Journal::new(&store);
+    let mut seq = HashMap::new();
+    for (t, k) in [("a1", "a"), ("b1", "b"), ("a2", "a")] {
+        seq.insert(t, store.enqueue(message(t, Some(k))).unwrap());
+    }
+    // The first wave (a1, b1) is confirmed at once; the second (a2) never
+    // returns.
+    journal.delay(|call| {
+        if call == 1 {
+            Duration::MAX
+        } else {
+            Duration::ZERO
+        }
+    });
+    let grace = Duration::from_secs(3);
+    let (relay, _gate, id) = spawn(&store, &journal, |b| b.shutdown_grace(grace));
+    journal.calls(2).await;
+    let health = relay.watch_health();
+    let asked = tokio::time::Instant::now();
+    let stopping = tokio::spawn(relay.shutdown());
+
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let during = health.borrow().clone();
+    assert_eq!(during.state, RelayState::Stopping, "{during:?}");
+    assert_eq!(during.leased_buckets, 1, "still held while stopping");
+    tokio::time::timeout(Duration::from_secs(60), stopping)
+        .await
+        .expect("a publisher that never returns holds the shutdown")
+        .expect("shutdown task")
+        .expect("relay task");
+    assert_eq!(
+        tokio::time::Instant::now() - asked,
+        grace,
+        "the call got its grace period, and no more"
+    );
+
+    assert!(store.pending_message(seq["a1"]).is_none());
+    assert!(store.pending_message(seq["b1"]).is_none());
+    assert_eq!(
+        store.pending_message(seq["a2"]).map(|p| p.attempts),
+        Some(0),
+        "the abandoned call's message stays pending, unacknowledged"
+    );
+    assert!(store
+        .acks()
+        .iter()
+        .filter(|r| r.relay == id)
+        .all(|r| r.acks.iter().all(|a| a.seq != seq["a2"])));
+    assert_eq!(store.holder(0), None, "the bucket is free at once");
+    let after = health.borrow().clone();
+    assert_eq!(
+        (after.state, after.leased_buckets),
+        (RelayState::Stopped, 0)
+    );
+
+    // The next relay publishes it (again: the destination may have it).
+    let (_next, _g, _) = spawn(&store, &journal, |b| b);
+    until("drained", LIMIT, || store.pending().is_empty()).await;
+    assert_eq!(journal.confirmed(), ["a1", "b1", "a2", "a2"]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn shutdown_returns_when_the_store_stops_answering() {
+    // (when the store stops answering, grace, whether a call is in flight)
+    let cases = [
+        ("before start-up", Duration::from_secs(3), false),
+        ("while idle", Duration::from_secs(10), false),
+        ("during a publisher call", Duration::from_secs(3), true),
+    ];
+    for (when, grace, in_flight) in cases {
+        let store = MemoryStore::new(1);
+        let journal = Journal::new(&store);
+        let a1 = store.enqueue(message("a1", Some("a"))).unwrap();
+        journal.delay(|_| Duration::from_secs(1));
+        let relay = uuid::Uuid::now_v7();
+        let (handle, gate) = store.for_relay(relay);
+        if when == "before start-up" {
+            gate.close();
+        }
+        let tuned = super::scripted::builder(handle, &journal, relay);
+        // The default grace is the one a relay stops with unless told.
+        let tuned = if grace == Duration::from_secs(10) {
+            tuned
+        } else {
+            tuned.shutdown_grace(grace)
+        };
+        let running = tuned.spawn().expect("valid settings");
+        let health = running.watch_health();
+        if when == "while idle" {
+            until("published", LIMIT, || store.pending().is_empty()).await;
+            gate.close();
+        }
+        if in_flight {
+            journal.calls(1).await;
+            // The call returns after 1 s; its acknowledgement never does.
+            gate.close();
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let asked = tokio::time::Instant::now();
+        let bound = grace + Duration::from_secs(2);
+        tokio::time::timeout(bound + Duration::from_secs(1), running.shutdown())
+            .await
+            .unwrap_or_else(|_| panic!("{when}: shutdown still waiting after {bound:?}"))
+            .expect("relay task");
+        let took = tokio::time::Instant::now() - asked;
+        assert!(took <= bound, "{when}: shutdown took {took:?}");
+        assert_eq!(health.borrow().state, RelayState::Stopped, "{when}");
+        if in_flight {
+            assert!(
+                store.pending_message(a1).is_some(),
+                "{when}: not acknowledged"
+            );
+        }
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_publisher_call_that_outlives_a_stalled_lease_is_abandoned_and_never_acknowledged() {
+    let counters = Counters::default();
+    let _recorder = metrics::set_default_local_recorder(&counters);
+    let store = MemoryStore::new(1);
+    let journal = Journal::new(&store);
+    let a1 = store.enqueue(message("a1", Some("a"))).unwrap();
+    store.enqueue(message("a2", Some("a"))).unwrap();
+    // The first relay's call outlives its 2 s lease and would confirm a1.
+    journal.delay(|call| {
+        if call == 0 {
+            Duration::from_secs(5)
+        } else {
+            Duration::ZERO
+        }
+    });
+    let (first, gate, first_id) = spawn(&store, &journal, |b| b);
+    journal.calls(1).await;
+    // Its renewals hang from now on: the lease expires in the store.
+    gate.close();
+    let (_second, _g, second_id) = spawn(&store, &journal, |b| b);
+    until("the second relay publishes", LIMIT, || {
+        store.pending().is_empty()
+    })
+    .await;
+    // The first relay stopped waiting at its lease deadline, although its
+    // renewal still hangs.
+    assert_eq!(counters.get("outbox_abandoned_calls_total"), 1);
+    // It comes back after its call would have returned.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    gate.open();
+    tokio::time::sleep(Duration::from_secs(10)).await;
+
+    let by_first: Vec<_> = store
+        .acks()
+        .into_iter()
+        .filter(|a| a.relay == first_id)
+        .collect();
+    assert!(
+        by_first.iter().all(|r| r.acks.iter().all(|a| a.seq != a1)),
+        "the abandoned call's a1 was acknowledged: {by_first:?}"
+    );
+    let published: Vec<(uuid::Uuid, i64)> = store.acked_published();
+    assert!(
+        published.iter().all(|(r, _)| *r == second_id),
+        "{published:?}"
+    );
+    assert_eq!(
+        journal
+            .sent()
+            .iter()
+            .filter(|s| s.relay == second_id && s.ok)
+            .map(|s| tag(&s.message))
+            .collect::<Vec<_>>(),
+        ["a1", "a2"]
+    );
+    assert!(store.fencing_violations().is_empty());
+    first.shutdown().await.expect("relay task");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_publisher_call_still_running_when_a_lost_lease_runs_out_is_abandoned() {
+    let counters = Counters::default();
+    let _recorder = metrics::set_default_local_recorder(&counters);
+    let store = MemoryStore::new(1);
+    let journal = Journal::new(&store);
+    let a1 = store.enqueue(message("a1", Some("a"))).unwrap();
+    journal.delay(|_| Duration::from_secs(5));
+    let (relay, _gate, id) = spawn(&store, &journal, |b| b);
+    journal.calls(1).await;
+    let lost_at = tokio::time::Instant::now();
+    // Renewals go on and find the bucket taken.
+    store.take_over(0, Duration::from_secs(3600));
+    until("the call is abandoned", LIMIT, || {
+        counters.get("outbox_abandoned_calls_total") == 1
+    })
+    .await;
+    // At the deadline of the lease it was made under (80 % of 2 s), not
+    // when the call would have returned.
+    assert!(tokio::time::Instant::now() - lost_at < Duration::from_secs(2));
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    assert!(
+        store
+            .acks()
+            .iter()
+            .all(|r| r.relay != id || r.acks.iter().all(|a| a.seq != a1)),
+        "{:?}",
+        store.acks()
+    );
+    assert_eq!(store.pending_message(a1).map(|p| p.attempts), Some(0));
+    assert_eq!(relay.health().published, 0);
+    relay.shutdown().await.expect("relay task");
+}
+
+#[tokio::test(start_paused = true)]
+async fn slow_maintenance_never_holds_up_publishing_or_lease_renewal() {
+    let store = MemoryStore::new(1);
+    let journal = Journal::new(&store);
+    store.set_table_upkeep(Some(20_000), Some(false));
+    let upkeep = store.maintenance_gate();
+    upkeep.close();
+    let (relay, _gate, id) = spawn(&store, &journal, |b| {
+        b.retention(Retention::Keep(Duration::from_secs(1)))
+    });
+    until("a pass is held", LIMIT, || store.maintenance_calls() == 1).await;
+    // Ten stats intervals and five lease lifetimes with the pass held.
+    for i in 0..10 {
+        let t = format!("m{i}");
+        store.enqueue(message(&t, None)).unwrap();
+        until("published promptly", Duration::from_millis(300), || {
+            journal.confirmed().contains(&t)
+        })
+        .await;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    assert_eq!(store.holder(0), Some(id), "leases renewed meanwhile");
+    assert_eq!(relay.health().state, RelayState::Running);
+    assert_eq!(store.maintenance_calls(), 1, "one pass at a time");
+    // Released, the pass goes on (vacuum, purge) and later ones follow.
+    upkeep.open();
+    until("later passes", LIMIT, || store.maintenance_calls() >= 6).await;
+    assert!(store.vacuums() > 0);
+    assert_eq!(store.most_maintenance_at_once(), 1);
+    // A pass held at shutdown does not hold the shutdown.
+    upkeep.close();
+    let held = store.maintenance_calls();
+    until("a pass is held again", LIMIT, || {
+        store.maintenance_calls() > held
+    })
+    .await;
+    let asked = tokio::time::Instant::now();
+    relay.shutdown().await.expect("relay task");
+    assert!(tokio::time::Instant::now() - asked < Duration::from_millis(100));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_panicking_publisher_fails_its_call_transiently_and_is_logged_once() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::{Arc, Mutex};
+
+    /// Panics on its first call, then confirms everything.
+    #[derive(Debug, Default)]
+    struct PanicsOnce(AtomicUsize);
+
+    #[async_trait::async_trait]
+    impl crate::Publisher for PanicsOnce {
+        async fn publish(&self, batch: &[crate::OutboxMessage]) -> Vec<Result<(), PublishError>> {
+            if self.0.fetch_add(1, Ordering::Relaxed) == 0 {
+                panic!("boom from the publisher");
+            }
+            batch.iter().map(|_| Ok(())).collect()
+        }
+    }
+
+    #[derive(Clone, Default)]
+    struct Log(Arc<Mutex<Vec<u8>>>);
+    impl std::io::Write for Log {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().expect("poisoned").extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let log = Log::default();
+    let writer = log.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(move || writer.clone())
+        .with_ansi(false)
+        .finish();
+    let _logging = tracing::subscriber::set_default(subscriber);
+
+    let store = MemoryStore::new(1);
+    let a1 = store.enqueue(message("a1", Some("a"))).unwrap();
+    let relay = uuid::Uuid::now_v7();
+    let (handle, _gate) = store.for_relay(relay);
+    let running = super::Relay::builder(handle, PanicsOnce::default())
+        .relay_id(relay)
+        .lease_ttl(Duration::from_secs(2))
+        .poll_interval(Duration::from_millis(100))
+        .retry(
+            super::RetryPolicy::new()
+                .initial_delay(Duration::from_millis(100))
+                .jitter(false),
+        )
+        .spawn()
+        .expect("valid settings");
+    until("published", LIMIT, || store.pending().is_empty()).await;
+    running.shutdown().await.expect("the relay survived");
+
+    let acks = store.acks();
+    match &acks[0].acks[0].disposition {
+        Disposition::Retry { error, .. } => {
+            assert!(error.contains("boom from the publisher"), "{error}");
+        }
+        d => panic!("a panic is a transient failure, not {d:?}"),
+    }
+    assert!(store
+        .acked_published()
+        .iter()
+        .any(|(r, s)| *r == relay && *s == a1));
+    let text = String::from_utf8(log.0.lock().expect("poisoned").clone()).expect("utf-8");
+    assert_eq!(
+        text.matches("the publisher panicked").count(),
+        1,
+        "reported once: {text}"
+    );
+    assert!(text.contains("boom from the publisher"), "{text}");
+}

@@ -47,7 +47,8 @@ pub(super) struct Journal {
 struct Inner {
     sent: Vec<Sent>,
     answer: Answer,
-    /// How long call `n` takes after the messages are handed over.
+    /// How long call `n` takes after the messages are handed over;
+    /// `Duration::MAX`: it never returns.
     delay: Arc<dyn Fn(usize) -> Duration + Send + Sync>,
 }
 
@@ -142,6 +143,9 @@ impl Publisher for ScriptedPublisher {
             (results, (inner.delay)(call))
         };
         j.calls.send_modify(|c| *c += 1);
+        if delay == Duration::MAX {
+            std::future::pending::<()>().await;
+        }
         if !delay.is_zero() {
             tokio::time::sleep(delay).await;
         }

@@ -6,6 +6,7 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use chrono::{DateTime, Utc};
 use tokio::time::Instant;
 
+use super::publish::Call;
 use super::retry::{RetryPolicy, MAX_RETRY_DELAY};
 use super::worker::Worker;
 use super::OrderingPolicy;
@@ -130,11 +131,18 @@ pub(super) fn ack_of(c: &Claimed, disposition: Disposition) -> Ack {
 }
 
 impl Worker {
-    /// Publishes in waves of at most one message per partition key.
+    /// Publishes in waves of at most one message per partition key. A
+    /// message left out (never sent, or sent in a call that was abandoned)
+    /// gets no acknowledgement: it stays pending.
     pub(super) async fn publish_batch(&mut self, claimed: Vec<Claimed>) -> Vec<Ack> {
         let mut waves = Waves::new(claimed);
         let mut acks = Vec::new();
         loop {
+            // Stopping: no new publisher call; what went out is
+            // acknowledged, the rest waits for the buckets' next owner.
+            if self.shutdown.requested() {
+                break;
+            }
             // A bucket lost since the claim (a renewal during the last wave
             // found it taken) belongs to another relay now: publish nothing
             // more of it.
@@ -153,7 +161,14 @@ impl Worker {
                 break;
             }
             let batch: Vec<OutboxMessage> = wave.iter().map(|(_, c)| c.message.clone()).collect();
-            let results = self.publish_renewing(batch).await;
+            let buckets: HashSet<i32> = wave.iter().map(|(_, c)| c.bucket).collect();
+            let results = match self.publish_renewing(batch, &buckets).await {
+                Call::Returned(results) => results,
+                // Its results may never be trusted: nothing of this wave is
+                // acknowledged, and the later waves of its keys must not go
+                // out ahead of it.
+                Call::Abandoned => break,
+            };
             for ((queue, c), result) in wave.into_iter().zip(results) {
                 let policy = self.config.policy_for(&c.message.topic);
                 let d = disposition(

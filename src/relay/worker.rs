@@ -8,7 +8,9 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use super::clock::Clock;
+use super::maintenance::Upkeep;
 use super::round::Prefetch;
+use super::shutdown::Shutdown;
 use super::{Health, RelayConfig, RelayState};
 use crate::error::error_chain;
 use crate::publisher::Publisher;
@@ -21,8 +23,8 @@ pub(super) struct Worker {
     pub(super) store: Arc<dyn StoreOps>,
     pub(super) publisher: Arc<dyn Publisher>,
     pub(super) config: RelayConfig,
-    stop: watch::Receiver<bool>,
-    health_tx: watch::Sender<Health>,
+    pub(super) shutdown: Shutdown,
+    health_tx: Arc<watch::Sender<Health>>,
     pub(super) health: Health,
     pub(super) clock: Clock,
     pub(super) bucket_count: i32,
@@ -35,6 +37,8 @@ pub(super) struct Worker {
     listener_retry_at: Instant,
     error_backoff: Duration,
     pub(super) warned_autovacuum_off: bool,
+    /// The maintenance pass running, if any: at most one at a time.
+    pub(super) upkeep: Option<Upkeep>,
     /// The next batch, claimed while the current one was in flight.
     pub(super) prefetch: Option<Prefetch>,
     /// Keys of the last batch with a message that was not published: the
@@ -50,8 +54,8 @@ impl Worker {
         store: Arc<dyn StoreOps>,
         publisher: Arc<dyn Publisher>,
         config: RelayConfig,
-        stop: watch::Receiver<bool>,
-        health_tx: watch::Sender<Health>,
+        shutdown: Shutdown,
+        health_tx: Arc<watch::Sender<Health>>,
     ) -> Self {
         let now = Instant::now();
         let health = health_tx.borrow().clone();
@@ -59,7 +63,7 @@ impl Worker {
             store,
             publisher,
             config,
-            stop,
+            shutdown,
             health,
             health_tx,
             clock: Clock::new(),
@@ -73,19 +77,28 @@ impl Worker {
             listener_retry_at: now,
             error_backoff: MIN_ERROR_BACKOFF,
             warned_autovacuum_off: false,
+            upkeep: None,
             prefetch: None,
             unsettled: HashSet::new(),
         }
     }
 
     fn stopping(&self) -> bool {
-        *self.stop.borrow()
+        self.shutdown.requested()
     }
 
     pub(super) fn publish_health(&mut self) {
         self.health.leased_buckets = self.leases.len();
-        let h = self.health.clone();
+        let mut h = self.health.clone();
+        let shutdown = &self.shutdown;
         self.health_tx.send_if_modified(|old| {
+            // A relay asked to stop says so until it has stopped, whatever
+            // its last rounds report. Read under the channel's lock: the
+            // handle asks to stop before it marks the relay `Stopping`, so
+            // a report racing with it cannot undo the mark.
+            if h.state != RelayState::Stopped && shutdown.requested() {
+                h.state = RelayState::Stopping;
+            }
             if *old == h {
                 false
             } else {
@@ -117,28 +130,28 @@ impl Worker {
     async fn back_off(&mut self) {
         let d = self.error_backoff;
         self.error_backoff = (self.error_backoff * 2).min(MAX_ERROR_BACKOFF);
-        let mut stop = self.stop.clone();
         tokio::select! {
             _ = tokio::time::sleep(d) => {}
-            _ = stop.wait_for(|s| *s) => {}
+            _ = self.shutdown.asked() => {}
         }
     }
 
     pub(super) async fn run(mut self) {
         let relay = self.config.relay_id;
+        let shutdown = self.shutdown.clone();
         // Start-up: the schema must exist and not be newer than this crate.
         while !self.stopping() {
             let started = async {
                 self.store.check_schema().await?;
                 self.store.bucket_count().await
-            }
-            .await;
-            match started {
-                Ok(n) => {
+            };
+            match shutdown.unless_asked(started).await {
+                None => break,
+                Some(Ok(n)) => {
                     self.bucket_count = n.max(1);
                     break;
                 }
-                Err(e) => {
+                Some(Err(e)) => {
                     self.record_error("start-up", &e);
                     self.back_off().await;
                 }
@@ -146,22 +159,30 @@ impl Worker {
         }
         let signal = self.store.local_signal();
         while !self.stopping() {
+            self.collect_maintenance().await;
             let now = Instant::now();
             if now >= self.next_lease_tick {
-                if let Err(e) = self.manage_leases().await {
-                    // Keep the leases: renewing them with the same epoch is
-                    // safe later, and the deadline keeps us from publishing
-                    // meanwhile.
-                    self.record_error("lease renewal", &e);
-                    self.back_off().await;
-                    continue;
+                match shutdown.bound(self.manage_leases()).await {
+                    None => break,
+                    Some(Ok(())) => {}
+                    Some(Err(e)) => {
+                        // Keep the leases: renewing them with the same epoch
+                        // is safe later, and the deadline keeps us from
+                        // publishing meanwhile.
+                        self.record_error("lease renewal", &e);
+                        self.back_off().await;
+                        continue;
+                    }
                 }
             }
             if Instant::now() >= self.next_stats {
-                self.refresh_stats().await;
+                self.start_maintenance();
             }
             if self.listener.is_none() && Instant::now() >= self.listener_retry_at {
-                match self.store.listen().await {
+                let Some(listened) = shutdown.unless_asked(self.store.listen()).await else {
+                    break;
+                };
+                match listened {
                     Ok(l) => self.listener = l,
                     Err(e) => {
                         tracing::debug!(error = %error_chain(&e), "outbox relay: LISTEN failed; polling");
@@ -186,15 +207,19 @@ impl Worker {
                 self.wait(&signal, self.next_lease_tick).await;
                 continue;
             }
-            match self.round().await {
-                Ok(full) => {
+            match shutdown.bound(self.round()).await {
+                // Stopping, and the round's store calls ran out of time:
+                // whether its acknowledgement landed is unknown, and the
+                // next owner publishes whatever it did not settle.
+                None => break,
+                Some(Ok(full)) => {
                     self.record_success();
                     if !full {
                         let until = self.wake_deadline();
                         self.wait(&signal, until).await;
                     }
                 }
-                Err(e) => {
+                Some(Err(e)) => {
                     // Whether the acknowledgement landed is unknown: claim
                     // afresh.
                     self.prefetch = None;
@@ -204,15 +229,29 @@ impl Worker {
             }
         }
         self.prefetch = None;
-        // Give the buckets back so other relays need not wait for expiry.
+        // A vacuum or purge cut short is harmless: the next relay's pass
+        // does it again.
+        self.upkeep = None;
+        self.publish_health();
+        // Give the buckets back so other relays need not wait for expiry;
+        // bounded, so a database that refuses connections cannot hold the
+        // shutdown for a pool's acquire timeout.
         let release = Release {
             relay,
             leases: &self.leases,
         };
-        if let Err(e) = self.store.release(release).await {
-            tracing::warn!(error = %error_chain(&e), "outbox relay: releasing leases failed; they expire on their own");
+        match shutdown.bound(self.store.release(release)).await {
+            Some(Ok(())) => {}
+            Some(Err(e)) => {
+                tracing::warn!(error = %error_chain(&e), "outbox relay: releasing leases failed; they expire on their own");
+            }
+            None => {
+                tracing::warn!(
+                    "outbox relay: releasing leases took too long; they expire on their own"
+                );
+            }
         }
-        let _ = self.store.leave(relay).await;
+        let _ = shutdown.bound(self.store.leave(relay)).await;
         self.leases.clear();
         self.health.state = RelayState::Stopped;
         self.publish_health();
@@ -231,14 +270,14 @@ impl Worker {
     /// Waits for a wake-up: a local commit, a notification, the deadline or
     /// shutdown.
     async fn wait(&mut self, signal: &tokio::sync::Notify, until: Instant) {
-        let mut stop = self.stop.clone();
+        let shutdown = self.shutdown.clone();
         let sleep = tokio::time::sleep_until(until);
         match self.listener.as_mut() {
             Some(l) => {
                 tokio::select! {
                     _ = sleep => {}
                     _ = signal.notified() => {}
-                    _ = stop.wait_for(|s| *s) => {}
+                    _ = shutdown.asked() => {}
                     r = l.next() => {
                         if let Err(e) = r {
                             // Notifications may have been missed: drop the
@@ -254,12 +293,54 @@ impl Worker {
                 tokio::select! {
                     _ = sleep => {}
                     _ = signal.notified() => {}
-                    _ = stop.wait_for(|s| *s) => {}
+                    _ = shutdown.asked() => {}
                 }
             }
         }
         if self.next_retry.is_some_and(|r| r <= Instant::now()) {
             self.next_retry = None;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::publisher::InMemoryPublisher;
+    use crate::relay::Relay;
+    use crate::store::memory::MemoryStore;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_relay_asked_to_stop_reports_stopping_whatever_its_rounds_say() {
+        let b = Relay::builder(MemoryStore::new(1), InMemoryPublisher::new());
+        let (stop, asked) = watch::channel(None);
+        let (health_tx, health) = watch::channel(Health::starting());
+        let shutdown = Shutdown::new(asked, Duration::from_secs(1));
+        let mut w = Worker::new(
+            b.store,
+            b.publisher,
+            b.config,
+            shutdown,
+            Arc::new(health_tx),
+        );
+        w.record_success();
+        assert_eq!(health.borrow().state, RelayState::Running);
+        stop.send_replace(Some(Instant::now()));
+        // A round that ends (well or badly) during the grace period.
+        w.record_success();
+        assert_eq!(health.borrow().state, RelayState::Stopping);
+        w.record_error(
+            "publish round",
+            &crate::Error::InvalidConfig {
+                field: "x",
+                reason: "y".into(),
+            },
+        );
+        let h = health.borrow().clone();
+        assert_eq!(h.state, RelayState::Stopping);
+        assert!(h.last_error.is_some(), "the error is still reported");
+        w.health.state = RelayState::Stopped;
+        w.publish_health();
+        assert_eq!(health.borrow().state, RelayState::Stopped);
     }
 }

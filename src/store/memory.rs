@@ -12,6 +12,9 @@
 //! relay, which lets the store check that no acknowledgement of a message
 //! applies after the bucket it was claimed in changed hands, and can be
 //! stalled with its [`Gate`] like a relay process that stops answering.
+//! [`MemoryStore::maintenance_gate`] holds only the maintenance calls
+//! (`stats`, `vacuum`, `purge_published`) of every handle, like a slow
+//! statistics query or vacuum.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
@@ -52,6 +55,8 @@ impl fmt::Debug for MemoryStore {
 struct Shared {
     state: Mutex<State>,
     signal: Arc<Notify>,
+    /// Open unless a test holds the maintenance calls.
+    maintenance: Arc<watch::Sender<bool>>,
     /// Wall time at `at`: the store's clock follows tokio's.
     wall: DateTime<Utc>,
     at: Instant,
@@ -132,6 +137,11 @@ struct State {
     dead_tuples: Option<i64>,
     autovacuum: Option<bool>,
     vacuums: usize,
+    /// Maintenance calls begun so far.
+    maintenance_calls: usize,
+    /// Maintenance calls in progress now, and the most ever at once.
+    maintenance_running: usize,
+    maintenance_most: usize,
 }
 
 /// FNV-1a: any stable hash spreads keys over buckets; this one is short.
@@ -196,6 +206,7 @@ impl MemoryStore {
                     ..State::default()
                 }),
                 signal: Arc::new(Notify::new()),
+                maintenance: Arc::new(watch::channel(true).0),
                 wall: Utc::now(),
                 at: Instant::now(),
             }),
@@ -231,6 +242,39 @@ impl MemoryStore {
             // A dropped gate counts as open.
             let _ = gate.wait_for(|open| *open).await;
         }
+    }
+
+    /// Starts a maintenance call: counted while it runs (also when it is
+    /// dropped half way), and held while the maintenance gate is closed.
+    async fn begin_maintenance(&self) -> MaintenanceCall {
+        {
+            let mut s = self.state();
+            s.maintenance_calls += 1;
+            s.maintenance_running += 1;
+            s.maintenance_most = s.maintenance_most.max(s.maintenance_running);
+        }
+        let call = MaintenanceCall(self.shared.clone());
+        self.pass_gate().await;
+        let mut gate = self.shared.maintenance.subscribe();
+        let _ = gate.wait_for(|open| *open).await;
+        call
+    }
+
+    /// A gate over the maintenance calls (`stats`, `vacuum`,
+    /// `purge_published`) of every handle of this store: while closed they
+    /// take as long as a slow vacuum.
+    pub(crate) fn maintenance_gate(&self) -> Gate {
+        Gate(self.shared.maintenance.clone())
+    }
+
+    /// Maintenance calls begun so far.
+    pub(crate) fn maintenance_calls(&self) -> usize {
+        self.state().maintenance_calls
+    }
+
+    /// The most maintenance calls that ever ran at once.
+    pub(crate) fn most_maintenance_at_once(&self) -> usize {
+        self.state().maintenance_most
     }
 
     /// Commits a message and wakes the relays, like `commit`; `None` if its
@@ -463,6 +507,17 @@ impl State {
     }
 }
 
+/// A maintenance call in progress; it ends when dropped.
+struct MaintenanceCall(Arc<Shared>);
+
+impl Drop for MaintenanceCall {
+    fn drop(&mut self) {
+        if let Ok(mut s) = self.0.state.lock() {
+            s.maintenance_running -= 1;
+        }
+    }
+}
+
 impl Store for MemoryStore {}
 
 #[async_trait]
@@ -667,7 +722,7 @@ impl StoreOps for MemoryStore {
 
     async fn purge_published(&self, p: Purge) -> Result<u64> {
         let Purge { before, limit } = p;
-        self.pass_gate().await;
+        let _call = self.begin_maintenance().await;
         let n = {
             let mut s = self.state();
             s.published.sort_by_key(|(_, at)| *at);
@@ -685,7 +740,7 @@ impl StoreOps for MemoryStore {
     }
 
     async fn stats(&self) -> Result<StoreStats> {
-        self.pass_gate().await;
+        let _call = self.begin_maintenance().await;
         let now = self.now();
         let stats = {
             let s = self.state();
@@ -724,7 +779,7 @@ impl StoreOps for MemoryStore {
     }
 
     async fn vacuum(&self) -> Result<()> {
-        self.pass_gate().await;
+        let _call = self.begin_maintenance().await;
         self.state().vacuums += 1;
         self.pass_gate().await;
         Ok(())
