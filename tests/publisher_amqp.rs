@@ -16,10 +16,9 @@ use lapin::options::{
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{Channel, Connection, ConnectionProperties, ExchangeKind};
 use outbox::publisher::{Envelope, RabbitMqPublisher};
-use outbox::{MessageId, NewMessage, Relay};
+use outbox::{MessageId, NewMessage};
 use support::broker::{self, candidate, TestBroker};
-use support::fast_retry;
-use support::sqlite::{drained, enqueue, migrated};
+use support::sqlite::{enqueue, migrated, relay_until_drained};
 
 const RABBIT: &str = "127.0.0.1:5672";
 const START_RABBIT: &str = "rabbitmq-server -detached";
@@ -196,9 +195,7 @@ async fn relay_publishes_to_a_queue_with_properties() {
     enqueue(&db, &outbox, messages).await;
 
     let publisher = RabbitMqPublisher::new(uri(RABBIT), &broker.exchange);
-    let relay = Relay::builder(outbox.clone(), publisher).spawn().unwrap();
-    drained(&outbox, "the outbox to drain", TIMEOUT).await;
-    relay.shutdown().await.unwrap();
+    relay_until_drained(&outbox, publisher, "the outbox to drain", TIMEOUT).await;
 
     let got = broker.consume(5).await;
     for (n, d) in got.iter().enumerate() {
@@ -243,9 +240,7 @@ async fn cloudevents_binary_mode_uses_amqp_binding_headers() {
             source: "/recruiting/candidates".into(),
         },
     );
-    let relay = Relay::builder(outbox.clone(), publisher).spawn().unwrap();
-    drained(&outbox, "the outbox to drain", TIMEOUT).await;
-    relay.shutdown().await.unwrap();
+    relay_until_drained(&outbox, publisher, "the outbox to drain", TIMEOUT).await;
 
     let d = &broker.consume(1).await[0];
     assert_eq!(message_id(d), id);
@@ -328,12 +323,7 @@ async fn unroutable_messages_are_dead_lettered() {
     enqueue(&db, &outbox, messages).await;
 
     let publisher = RabbitMqPublisher::new(uri(RABBIT), &broker.exchange);
-    let relay = Relay::builder(outbox.clone(), publisher)
-        .retry(fast_retry().max_attempts(1000))
-        .spawn()
-        .unwrap();
-    drained(&outbox, "the outbox to drain", TIMEOUT).await;
-    relay.shutdown().await.unwrap();
+    relay_until_drained(&outbox, publisher, "the outbox to drain", TIMEOUT).await;
 
     let dead = outbox.dead_letters(100).await.unwrap();
     assert_eq!(

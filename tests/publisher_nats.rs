@@ -9,10 +9,9 @@ use async_nats::jetstream::{self, consumer, stream};
 use async_trait::async_trait;
 use futures_util::StreamExt;
 use outbox::publisher::{Envelope, NatsPublisher};
-use outbox::{MessageId, NewMessage, Relay};
+use outbox::{MessageId, NewMessage};
 use support::broker::{self, candidate, TestBroker};
-use support::fast_retry;
-use support::sqlite::{drained, enqueue, migrated};
+use support::sqlite::{enqueue, migrated, relay_until_drained};
 
 const NATS: &str = "127.0.0.1:4222";
 const START_NATS: &str = "start-stop-daemon --start --oknodo --background \
@@ -156,9 +155,7 @@ async fn relay_publishes_to_jetstream_with_headers() {
     enqueue(&db, &outbox, messages).await;
 
     let publisher = NatsPublisher::new(client.clone()).with_subject_prefix(&stream.prefix);
-    let relay = Relay::builder(outbox.clone(), publisher).spawn().unwrap();
-    drained(&outbox, "the outbox to drain", TIMEOUT).await;
-    relay.shutdown().await.unwrap();
+    relay_until_drained(&outbox, publisher, "the outbox to drain", TIMEOUT).await;
 
     let got = stream.consume(5).await;
     assert_eq!(stream.count().await, 5);
@@ -209,9 +206,7 @@ async fn cloudevents_modes_over_jetstream() {
         .with_envelope(Envelope::CloudEventsBinary {
             source: "/recruiting/candidates".into(),
         });
-    let relay = Relay::builder(outbox.clone(), publisher).spawn().unwrap();
-    drained(&outbox, "the binary event", TIMEOUT).await;
-    relay.shutdown().await.unwrap();
+    relay_until_drained(&outbox, publisher, "the binary event", TIMEOUT).await;
 
     // Structured mode: a CloudEvents JSON document as the body.
     enqueue(&db, &outbox, vec![structured]).await;
@@ -220,9 +215,7 @@ async fn cloudevents_modes_over_jetstream() {
         .with_envelope(Envelope::CloudEventsStructured {
             source: "/recruiting/candidates".into(),
         });
-    let relay = Relay::builder(outbox.clone(), publisher).spawn().unwrap();
-    drained(&outbox, "the structured event", TIMEOUT).await;
-    relay.shutdown().await.unwrap();
+    relay_until_drained(&outbox, publisher, "the structured event", TIMEOUT).await;
 
     let got = stream.consume(2).await;
     let b = &got[0];
@@ -303,12 +296,7 @@ async fn rejected_messages_are_dead_lettered() {
     enqueue(&db, &outbox, vec![too_big, fine]).await;
 
     let publisher = NatsPublisher::new(client.clone()).with_subject_prefix(&stream.prefix);
-    let relay = Relay::builder(outbox.clone(), publisher)
-        .retry(fast_retry().max_attempts(1000))
-        .spawn()
-        .unwrap();
-    drained(&outbox, "the outbox to drain", TIMEOUT).await;
-    relay.shutdown().await.unwrap();
+    relay_until_drained(&outbox, publisher, "the outbox to drain", TIMEOUT).await;
 
     let dead = outbox.dead_letters(10).await.unwrap();
     assert_eq!(dead.len(), 1, "{dead:?}");
@@ -330,12 +318,13 @@ async fn rejected_messages_are_dead_lettered() {
     let orphan_id = orphan.id();
     enqueue(&db, &outbox, vec![orphan]).await;
     let publisher = NatsPublisher::new(client.clone()).with_subject_prefix("outboxtest.orphans.");
-    let relay = Relay::builder(outbox.clone(), publisher)
-        .retry(fast_retry().max_attempts(1000))
-        .spawn()
-        .unwrap();
-    drained(&outbox, "the orphan to be dead-lettered", TIMEOUT).await;
-    relay.shutdown().await.unwrap();
+    relay_until_drained(
+        &outbox,
+        publisher,
+        "the orphan to be dead-lettered",
+        TIMEOUT,
+    )
+    .await;
     let dead = outbox.dead_letters(10).await.unwrap();
     let orphan_dead = dead
         .iter()

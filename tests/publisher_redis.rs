@@ -7,12 +7,11 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use outbox::publisher::{Envelope, RedisStreamsPublisher};
-use outbox::{MessageId, NewMessage, Relay};
+use outbox::{MessageId, NewMessage};
 use redis::streams::{StreamId, StreamReadReply};
 use redis::AsyncCommands;
 use support::broker::{self, candidate, TestBroker};
-use support::fast_retry;
-use support::sqlite::{drained, enqueue, migrated};
+use support::sqlite::{enqueue, migrated, relay_until_drained};
 
 const REDIS: &str = "127.0.0.1:6379";
 const START_REDIS: &str = "redis-server --daemonize yes --bind 127.0.0.1 -::1 --port 6379 \
@@ -135,11 +134,7 @@ async fn relay_appends_to_streams_with_fields() {
     let ids: Vec<MessageId> = messages.iter().map(NewMessage::id).collect();
     enqueue(&db, &outbox, messages).await;
 
-    let relay = Relay::builder(outbox.clone(), keys.publisher())
-        .spawn()
-        .unwrap();
-    drained(&outbox, "the outbox to drain", TIMEOUT).await;
-    relay.shutdown().await.unwrap();
+    relay_until_drained(&outbox, keys.publisher(), "the outbox to drain", TIMEOUT).await;
 
     let entries = keys.read("candidates").await;
     assert_eq!(entries.len(), 5);
@@ -194,9 +189,7 @@ async fn cloudevents_structured_mode_and_trimming() {
             source: "/recruiting/candidates".into(),
         })
         .with_max_len(1000);
-    let relay = Relay::builder(outbox.clone(), publisher).spawn().unwrap();
-    drained(&outbox, "the outbox to drain", TIMEOUT).await;
-    relay.shutdown().await.unwrap();
+    relay_until_drained(&outbox, publisher, "the outbox to drain", TIMEOUT).await;
 
     let entries = keys.read("candidates").await;
     assert_eq!(entries.len(), 1);
@@ -247,12 +240,7 @@ async fn rejected_messages_are_dead_lettered() {
     enqueue(&db, &outbox, vec![too_big, wrong_type, fine]).await;
 
     let publisher = keys.publisher().with_max_payload(1024);
-    let relay = Relay::builder(outbox.clone(), publisher)
-        .retry(fast_retry().max_attempts(1000))
-        .spawn()
-        .unwrap();
-    drained(&outbox, "the outbox to drain", TIMEOUT).await;
-    relay.shutdown().await.unwrap();
+    relay_until_drained(&outbox, publisher, "the outbox to drain", TIMEOUT).await;
 
     let dead = outbox.dead_letters(10).await.unwrap();
     assert_eq!(dead.len(), 2, "{dead:?}");
@@ -286,11 +274,7 @@ async fn rejected_messages_are_dead_lettered() {
     // Fix the key and replay: the dead letter goes through.
     let _: () = conn.del(keys.stream("not-a-stream")).await.unwrap();
     outbox.replay_dead_letter(wrong_type_id).await.unwrap();
-    let relay = Relay::builder(outbox.clone(), keys.publisher())
-        .spawn()
-        .unwrap();
-    drained(&outbox, "the replay", TIMEOUT).await;
-    relay.shutdown().await.unwrap();
+    relay_until_drained(&outbox, keys.publisher(), "the replay", TIMEOUT).await;
     assert_eq!(keys.len("not-a-stream").await, 1);
 }
 

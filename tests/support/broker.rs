@@ -10,7 +10,7 @@ use async_trait::async_trait;
 use outbox::{NewMessage, OutboxMessage, Publisher, Relay};
 
 use super::probe::Probe;
-use super::sqlite::{drained, enqueue, migrated, pending};
+use super::sqlite::{drained, enqueue, migrated, pending, relay_until_drained};
 use super::{fast_retry, wait_for, Proxy};
 
 /// How long a scenario waits for the relay or the broker.
@@ -63,12 +63,7 @@ pub async fn publish_each_twice<B: TestBroker>(
     probe.lose_first_ack = true;
     let calls = probe.calls.clone();
     let seen = probe.seen.clone();
-    let relay = Relay::builder(outbox.clone(), probe)
-        .retry(fast_retry().max_attempts(1000))
-        .spawn()
-        .unwrap();
-    drained(&outbox, "the outbox to drain", TIMEOUT).await;
-    relay.shutdown().await.unwrap();
+    relay_until_drained(&outbox, probe, "the outbox to drain", TIMEOUT).await;
     assert_eq!(calls.load(Ordering::SeqCst), 20, "each message sent twice");
     let seen = seen.lock().unwrap().clone();
     (ids, seen)

@@ -97,3 +97,20 @@ pub fn relay(outbox: &SqliteOutbox, publisher: impl Publisher, retry: RetryPolic
         .spawn()
         .expect("relay")
 }
+
+/// Runs a relay with `publisher` until the outbox is empty, then stops it.
+/// Transient failures are retried within milliseconds, up to 1000 times,
+/// so what ends as a dead letter failed permanently.
+pub async fn relay_until_drained(
+    outbox: &SqliteOutbox,
+    publisher: impl Publisher,
+    what: &str,
+    timeout: Duration,
+) {
+    let relay = Relay::builder(outbox.clone(), publisher)
+        .retry(super::fast_retry().max_attempts(1000))
+        .spawn()
+        .expect("relay");
+    drained(outbox, what, timeout).await;
+    relay.shutdown().await.expect("relay shutdown");
+}
