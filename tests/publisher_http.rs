@@ -18,7 +18,9 @@ use outbox::publisher::{
     signature_header, verify_signature, Envelope, WebhookPublisher, CLOUDEVENTS_JSON,
 };
 use outbox::{MessageId, NewMessage};
-use support::sqlite::{drained, enqueue, migrated, pending, relay, transient_failures};
+use support::sqlite::{
+    drained, enqueue, migrated, pending, relay, the_dead_letter, transient_failures,
+};
 use support::{fast_retry, wait_for};
 
 const TIMEOUT: Duration = Duration::from_secs(20);
@@ -126,6 +128,23 @@ impl Server {
 
     fn seen(&self) -> Vec<Seen> {
         self.state.seen.lock().unwrap().clone()
+    }
+
+    /// A server that answers its first request with `status`, `headers`
+    /// and `body`, and every later one with 200.
+    async fn failing_first(
+        status: StatusCode,
+        headers: Vec<(&'static str, String)>,
+        body: &'static str,
+    ) -> Server {
+        Self::start(move |nth| {
+            if nth == 1 {
+                (status, headers.clone(), body.to_owned())
+            } else {
+                Server::ok()
+            }
+        })
+        .await
     }
 
     fn ok() -> (StatusCode, Vec<(&'static str, String)>, String) {
@@ -277,17 +296,11 @@ async fn plain_messages_arrive_signed_with_idempotency_key_and_metadata() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn server_error_is_retried_then_delivered() {
     let (db, outbox) = migrated(DB).await;
-    let server = Server::start(|nth| {
-        if nth == 1 {
-            (
-                StatusCode::INTERNAL_SERVER_ERROR,
-                vec![],
-                "database is down".into(),
-            )
-        } else {
-            Server::ok()
-        }
-    })
+    let server = Server::failing_first(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        vec![],
+        "database is down",
+    )
     .await;
     let publisher = WebhookPublisher::builder(server.url("/in"))
         .build()
@@ -329,16 +342,10 @@ async fn client_error_dead_letters_with_status_and_excerpt() {
     let id = m.id();
     enqueue(&db, &outbox, vec![m]).await;
     let relay = relay(&outbox, publisher, fast_retry());
-    wait_for("the dead letter", TIMEOUT, || async {
-        outbox.dead_letters(10).await.unwrap().len() == 1
-    })
-    .await;
-    relay.shutdown().await.unwrap();
-
-    let dead = outbox.dead_letters(10).await.unwrap();
-    assert_eq!(dead[0].id(), id);
-    assert_eq!(dead[0].attempts, 1, "no retry of a 400");
-    let e = &dead[0].last_error;
+    let dead = the_dead_letter(&outbox, relay, TIMEOUT).await;
+    assert_eq!(dead.id(), id);
+    assert_eq!(dead.attempts, 1, "no retry of a 400");
+    let e = &dead.last_error;
     assert!(e.contains("permanent publish failure"), "{e}");
     assert!(e.contains("400 Bad Request"), "{e}");
     assert!(
@@ -356,17 +363,11 @@ async fn client_error_dead_letters_with_status_and_excerpt() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn too_many_requests_waits_for_retry_after() {
     let (db, outbox) = migrated(DB).await;
-    let server = Server::start(|nth| {
-        if nth == 1 {
-            (
-                StatusCode::TOO_MANY_REQUESTS,
-                vec![("retry-after", "1".to_owned())],
-                "slow down".into(),
-            )
-        } else {
-            Server::ok()
-        }
-    })
+    let server = Server::failing_first(
+        StatusCode::TOO_MANY_REQUESTS,
+        vec![("retry-after", "1".to_owned())],
+        "slow down",
+    )
     .await;
     let publisher = WebhookPublisher::builder(server.url("/in"))
         .build()

@@ -19,7 +19,9 @@ use rdkafka::mocking::MockCluster;
 use rdkafka::producer::{DefaultProducerContext, Producer};
 use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
 use rdkafka::{Offset, TopicPartitionList};
-use support::sqlite::{drained, enqueue, migrated, relay, transient_failures, TempDb};
+use support::sqlite::{
+    drained, enqueue, migrated, relay, the_dead_letter, transient_failures, TempDb,
+};
 use support::{fast_retry, wait_for};
 
 const TIMEOUT: Duration = Duration::from_secs(30);
@@ -484,14 +486,9 @@ async fn authorization_failure_is_permanent() {
     let m = candidate(1, "candidate-1");
     let id = m.id();
     enqueue(&db, &outbox, vec![m]).await;
-    wait_for("the dead letter", TIMEOUT, || async {
-        outbox.dead_letters(10).await.unwrap().len() == 1
-    })
-    .await;
-    relay.shutdown().await.unwrap();
-    let dead = outbox.dead_letters(10).await.unwrap();
-    assert_eq!((dead[0].id(), dead[0].attempts), (id, 1));
-    let e = &dead[0].last_error;
+    let dead = the_dead_letter(&outbox, relay, TIMEOUT).await;
+    assert_eq!((dead.id(), dead.attempts), (id, 1));
+    let e = &dead.last_error;
     assert!(
         e.contains("permanent publish failure") && e.contains("not authorized"),
         "{e}"
@@ -516,15 +513,10 @@ async fn message_over_max_bytes_is_dead_lettered() {
 
     let records = consume(&consumer(&bootstrap, topic), 1).await;
     assert_eq!(records[0].id(), small_id, "other keys keep flowing");
-    wait_for("the dead letter", TIMEOUT, || async {
-        outbox.dead_letters(10).await.unwrap().len() == 1
-    })
-    .await;
-    relay.shutdown().await.unwrap();
-    let dead = outbox.dead_letters(10).await.unwrap();
-    assert_eq!(dead[0].id(), huge_id);
-    assert_eq!(dead[0].attempts, 1, "not retried");
-    let e = &dead[0].last_error;
+    let dead = the_dead_letter(&outbox, relay, TIMEOUT).await;
+    assert_eq!(dead.id(), huge_id);
+    assert_eq!(dead.attempts, 1, "not retried");
+    let e = &dead.last_error;
     assert!(
         e.contains("permanent publish failure") && e.contains("too large"),
         "{e}"

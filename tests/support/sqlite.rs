@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use outbox::{NewMessage, Publisher, Relay, RelayHandle, RetryPolicy, SqliteOutbox};
+use outbox::{DeadLetter, NewMessage, Publisher, Relay, RelayHandle, RetryPolicy, SqliteOutbox};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions};
 
 /// A database file in the temporary directory, opened in WAL mode with a
@@ -113,4 +113,21 @@ pub async fn relay_until_drained(
         .expect("relay");
     drained(outbox, what, timeout).await;
     relay.shutdown().await.expect("relay shutdown");
+}
+
+/// Waits until one message is a dead letter, stops `relay` and returns that
+/// dead letter.
+pub async fn the_dead_letter(
+    outbox: &SqliteOutbox,
+    relay: RelayHandle,
+    timeout: Duration,
+) -> DeadLetter {
+    super::wait_for("the dead letter", timeout, || async {
+        outbox.dead_letters(10).await.unwrap().len() == 1
+    })
+    .await;
+    relay.shutdown().await.expect("relay shutdown");
+    let mut dead = outbox.dead_letters(10).await.unwrap();
+    assert_eq!(dead.len(), 1, "{dead:?}");
+    dead.remove(0)
 }
