@@ -17,7 +17,7 @@ use axum::Router;
 use outbox::publisher::{
     signature_header, verify_signature, Envelope, WebhookPublisher, CLOUDEVENTS_JSON,
 };
-use outbox::{MessageId, NewMessage};
+use outbox::{MessageId, NewMessage, RelayHandle, SqliteOutbox};
 use support::sqlite::{
     drained, enqueue, migrated, pending, relay, the_dead_letter, transient_failures,
 };
@@ -126,6 +126,11 @@ impl Server {
         format!("http://{}{path}", self.addr)
     }
 
+    /// A publisher posting every message to `/in`, unsigned.
+    fn publisher(&self) -> WebhookPublisher {
+        WebhookPublisher::builder(self.url("/in")).build().unwrap()
+    }
+
     fn seen(&self) -> Vec<Seen> {
         self.state.seen.lock().unwrap().clone()
     }
@@ -145,6 +150,22 @@ impl Server {
             }
         })
         .await
+    }
+
+    /// Waits until this server has seen `n` requests and the outbox is
+    /// empty, stops `relay` and returns what the server saw.
+    async fn seen_once_drained(
+        &self,
+        outbox: &SqliteOutbox,
+        relay: RelayHandle,
+        n: usize,
+    ) -> Vec<Seen> {
+        wait_for(&format!("{n} requests"), TIMEOUT, || async {
+            self.seen().len() >= n && pending(outbox).await == 0
+        })
+        .await;
+        relay.shutdown().await.unwrap();
+        self.seen()
     }
 
     fn ok() -> (StatusCode, Vec<(&'static str, String)>, String) {
@@ -223,13 +244,7 @@ async fn plain_messages_arrive_signed_with_idempotency_key_and_metadata() {
         .collect();
     enqueue(&db, &outbox, messages).await;
     let relay = relay(&outbox, publisher, fast_retry());
-    wait_for("three deliveries", TIMEOUT, || async {
-        server.seen().len() >= 3 && pending(&outbox).await == 0
-    })
-    .await;
-    relay.shutdown().await.unwrap();
-
-    let seen = server.seen();
+    let seen = server.seen_once_drained(&outbox, relay, 3).await;
     assert_eq!(seen.len(), 3, "each message once: {seen:?}");
     let by_id: HashMap<MessageId, &Seen> = seen.iter().map(|s| (s.id(), s)).collect();
     for (i, (id, payload)) in expected.iter().enumerate() {
@@ -302,9 +317,7 @@ async fn server_error_is_retried_then_delivered() {
         "database is down",
     )
     .await;
-    let publisher = WebhookPublisher::builder(server.url("/in"))
-        .build()
-        .unwrap();
+    let publisher = server.publisher();
     let first = candidate(1, "candidate-1");
     let second = candidate(2, "candidate-1");
     let ids = [first.id(), second.id()];
@@ -335,9 +348,7 @@ async fn client_error_dead_letters_with_status_and_excerpt() {
         )
     })
     .await;
-    let publisher = WebhookPublisher::builder(server.url("/in"))
-        .build()
-        .unwrap();
+    let publisher = server.publisher();
     let m = candidate(1, "candidate-1");
     let id = m.id();
     enqueue(&db, &outbox, vec![m]).await;
@@ -369,21 +380,13 @@ async fn too_many_requests_waits_for_retry_after() {
         "slow down",
     )
     .await;
-    let publisher = WebhookPublisher::builder(server.url("/in"))
-        .build()
-        .unwrap();
+    let publisher = server.publisher();
     let m = candidate(1, "candidate-1");
     enqueue(&db, &outbox, vec![m]).await;
     // The relay's own backoff is at most 200 ms: only Retry-After explains a
     // longer wait.
     let relay = relay(&outbox, publisher, fast_retry());
-    wait_for("the second attempt", TIMEOUT, || async {
-        server.seen().len() >= 2 && pending(&outbox).await == 0
-    })
-    .await;
-    relay.shutdown().await.unwrap();
-
-    let seen = server.seen();
+    let seen = server.seen_once_drained(&outbox, relay, 2).await;
     assert_eq!(seen.len(), 2);
     let gap = seen[1].at - seen[0].at;
     assert!(
