@@ -466,10 +466,7 @@ async fn structured_cloudevents_body_is_a_valid_cloudevent() {
     let (id, payload) = (m.id(), m.payload().to_vec());
     enqueue(&db, &outbox, vec![m]).await;
     let relay = relay(&outbox, publisher, fast_retry());
-    wait_for("the event", TIMEOUT, || async { server.seen().len() == 1 }).await;
-    relay.shutdown().await.unwrap();
-
-    let s = &server.seen()[0];
+    let s = &server.seen_once_drained(&outbox, relay, 1).await[0];
     assert_eq!(s.header("content-type"), CLOUDEVENTS_JSON);
     assert_eq!(s.id(), id);
     assert_eq!(s.header("traceparent"), "00-1-2-01");
@@ -514,10 +511,7 @@ async fn binary_cloudevents_attributes_travel_as_headers() {
     let (id, payload) = (m.id(), m.payload().to_vec());
     enqueue(&db, &outbox, vec![m]).await;
     let relay = relay(&outbox, publisher, fast_retry());
-    wait_for("the event", TIMEOUT, || async { server.seen().len() == 1 }).await;
-    relay.shutdown().await.unwrap();
-
-    let s = &server.seen()[0];
+    let s = &server.seen_once_drained(&outbox, relay, 1).await[0];
     assert_eq!(&s.body[..], &payload[..]);
     assert_eq!(s.header("content-type"), "application/json");
     assert_eq!(s.header("ce-specversion"), "1.0");
