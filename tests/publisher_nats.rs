@@ -199,23 +199,22 @@ async fn cloudevents_modes_over_jetstream() {
     let structured = candidate("structured", 2);
     let (binary_id, structured_id) = (binary.id(), structured.id());
 
-    // Binary mode: payload as is, attributes in ce-* headers.
-    enqueue(&db, &outbox, vec![binary]).await;
-    let publisher = NatsPublisher::new(client.clone())
-        .with_subject_prefix(&stream.prefix)
-        .with_envelope(Envelope::CloudEventsBinary {
-            source: "/recruiting/candidates".into(),
-        });
-    relay_until_drained(&outbox, publisher, "the binary event", TIMEOUT).await;
-
-    // Structured mode: a CloudEvents JSON document as the body.
-    enqueue(&db, &outbox, vec![structured]).await;
-    let publisher = NatsPublisher::new(client.clone())
-        .with_subject_prefix(&stream.prefix)
-        .with_envelope(Envelope::CloudEventsStructured {
-            source: "/recruiting/candidates".into(),
-        });
-    relay_until_drained(&outbox, publisher, "the structured event", TIMEOUT).await;
+    // Binary mode: payload as is, attributes in ce-* headers. Structured
+    // mode: a CloudEvents JSON document as the body.
+    let source = "/recruiting/candidates".to_owned();
+    for (message, envelope) in [
+        (
+            binary,
+            Envelope::CloudEventsBinary {
+                source: source.clone(),
+            },
+        ),
+        (structured, Envelope::CloudEventsStructured { source }),
+    ] {
+        enqueue(&db, &outbox, vec![message]).await;
+        let publisher = stream.publisher().with_envelope(envelope);
+        relay_until_drained(&outbox, publisher, "the event", TIMEOUT).await;
+    }
 
     let got = stream.consume(2).await;
     let b = &got[0];
