@@ -20,7 +20,8 @@ use rdkafka::producer::{DefaultProducerContext, Producer};
 use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
 use rdkafka::{Offset, TopicPartitionList};
 use support::sqlite::{
-    drained, enqueue, migrated, relay, the_dead_letter, transient_failures, TempDb,
+    drained, enqueue, migrated, migrated_with_payload_limit, relay, the_dead_letter,
+    transient_failures, TempDb,
 };
 use support::{fast_retry, wait_for};
 
@@ -506,7 +507,7 @@ async fn authorization_failure_is_permanent() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn message_over_max_bytes_is_dead_lettered() {
     let kafka = MockKafka::start("candidates");
-    let (db, outbox) = migrated(DB).await;
+    let (db, outbox) = migrated_with_payload_limit(DB, 4 << 20).await;
     // librdkafka's default message.max.bytes is 1,000,000.
     let publisher = KafkaPublisher::new(&kafka.bootstrap).unwrap();
     let relay = relay(&outbox, publisher, fast_retry());

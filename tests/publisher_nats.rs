@@ -11,7 +11,7 @@ use futures_util::StreamExt;
 use outbox::publisher::{Envelope, NatsPublisher};
 use outbox::{MessageId, NewMessage};
 use support::broker::{self, candidate, TestBroker};
-use support::sqlite::{enqueue, migrated, relay_until_drained};
+use support::sqlite::{enqueue, migrated, migrated_with_payload_limit, relay_until_drained};
 
 const NATS: &str = "127.0.0.1:4222";
 const START_NATS: &str = "start-stop-daemon --start --oknodo --background \
@@ -284,7 +284,7 @@ async fn nothing_is_lost_while_the_broker_is_unreachable() {
 async fn rejected_messages_are_dead_lettered() {
     let client = nats().await;
     let stream = TestStream::create(&client).await;
-    let (db, outbox) = migrated(DB).await;
+    let (db, outbox) = migrated_with_payload_limit(DB, 4 << 20).await;
     let max_payload = client.server_info().max_payload;
     assert!(max_payload > 0);
 

@@ -60,6 +60,22 @@ pub async fn migrated(prefix: &str) -> (TempDb, SqliteOutbox) {
     (db, outbox)
 }
 
+/// As [`migrated`], with an outbox that takes payloads up to
+/// `max_payload_bytes`: for a test of what a broker refuses that the
+/// outbox's own default limit would refuse first.
+pub async fn migrated_with_payload_limit(
+    prefix: &str,
+    max_payload_bytes: usize,
+) -> (TempDb, SqliteOutbox) {
+    let db = TempDb::new(prefix).await;
+    let outbox = SqliteOutbox::builder(db.pool.clone())
+        .max_payload_bytes(max_payload_bytes)
+        .build()
+        .expect("outbox");
+    outbox.migrate().await.expect("migrate the outbox");
+    (db, outbox)
+}
+
 /// Enqueues `messages` in one transaction and commits it.
 pub async fn enqueue(db: &TempDb, outbox: &SqliteOutbox, messages: Vec<NewMessage>) {
     let mut tx = db.pool.begin().await.unwrap();
