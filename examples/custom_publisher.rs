@@ -9,6 +9,8 @@
 //!
 //! Run with `cargo run --example custom_publisher`.
 
+mod demo_db;
+
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::path::PathBuf;
@@ -16,8 +18,8 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use demo_db::DemoDb;
 use outbox::{NewMessage, OutboxMessage, PublishError, Publisher, Relay, SqliteOutbox};
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions};
 
 /// Appends messages to a JSON-lines file.
 #[derive(Debug)]
@@ -79,26 +81,14 @@ impl Publisher for JsonLinesPublisher {
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let dir = std::env::temp_dir();
-    let pid = std::process::id();
-    let db_path = dir.join(format!("outbox-custom-{pid}.db"));
-    let out_path = dir.join(format!("outbox-custom-{pid}.jsonl"));
-    let pool = SqlitePoolOptions::new()
-        .max_connections(4)
-        .connect_with(
-            SqliteConnectOptions::new()
-                .filename(&db_path)
-                .create_if_missing(true)
-                .journal_mode(SqliteJournalMode::Wal)
-                .busy_timeout(Duration::from_secs(5)),
-        )
-        .await?;
-    let outbox = SqliteOutbox::new(pool.clone());
+    let db = DemoDb::create("custom").await?;
+    let out_path = std::env::temp_dir().join(format!("outbox-custom-{}.jsonl", std::process::id()));
+    let outbox = SqliteOutbox::new(db.pool.clone());
     outbox.migrate().await?;
 
     let relay = Relay::builder(outbox.clone(), JsonLinesPublisher::open(&out_path)?).spawn()?;
 
-    let mut tx = pool.begin().await?;
+    let mut tx = db.pool.begin().await?;
     let good = [
         ("candidate-3", serde_json::json!({"status": "interviewing"})),
         ("candidate-3", serde_json::json!({"status": "offer"})),
@@ -142,12 +132,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     println!("(inspect it, then replay_dead_letter or discard_dead_letter)");
 
-    pool.close().await;
     let _ = std::fs::remove_file(&out_path);
-    for suffix in ["", "-wal", "-shm"] {
-        let mut p = db_path.clone().into_os_string();
-        p.push(suffix);
-        let _ = std::fs::remove_file(p);
-    }
+    db.remove().await;
     Ok(())
 }

@@ -7,12 +7,14 @@
 //!
 //! Run with `cargo run --example quickstart`.
 
+mod demo_db;
+
 use std::borrow::Cow;
 use std::time::Duration;
 
+use demo_db::DemoDb;
 use outbox::{Event, FnPublisher, OutboxMessage, Relay, SqliteOutbox};
 use serde::{Deserialize, Serialize};
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions};
 
 /// The event other services (payroll, applicant communication, the CRM)
 /// care about.
@@ -88,17 +90,8 @@ async fn change_status(
 #[tokio::main]
 async fn main() -> outbox::Result<()> {
     // A fresh database file in the temp directory.
-    let path = std::env::temp_dir().join(format!("outbox-quickstart-{}.db", std::process::id()));
-    let _ = std::fs::remove_file(&path);
-    let options = SqliteConnectOptions::new()
-        .filename(&path)
-        .create_if_missing(true)
-        .journal_mode(SqliteJournalMode::Wal)
-        .busy_timeout(Duration::from_secs(5));
-    let pool = SqlitePoolOptions::new()
-        .max_connections(4)
-        .connect_with(options)
-        .await?;
+    let db = DemoDb::create("quickstart").await?;
+    let pool = db.pool.clone();
 
     // The service's own table, and the outbox's tables beside it.
     sqlx::query("CREATE TABLE candidates (id INTEGER PRIMARY KEY, name TEXT NOT NULL, status TEXT NOT NULL)")
@@ -109,7 +102,7 @@ async fn main() -> outbox::Result<()> {
         .await?;
     let outbox = SqliteOutbox::new(pool.clone());
     outbox.migrate().await?;
-    println!("Database ready at {}\n", path.display());
+    println!("Database ready at {}\n", db.path().display());
 
     // The relay. Here the "broker" is a closure that prints what payroll
     // would receive; in production it is NATS, RabbitMQ, Kafka, a webhook...
@@ -160,12 +153,6 @@ async fn main() -> outbox::Result<()> {
     );
     println!("Two status changes committed -> two events published, in order.");
     println!("One status change rolled back -> no event, no change.");
-    pool.close().await;
-    let _ = std::fs::remove_file(&path);
-    for suffix in ["-wal", "-shm"] {
-        let mut p = path.clone().into_os_string();
-        p.push(suffix);
-        let _ = std::fs::remove_file(p);
-    }
+    db.remove().await;
     Ok(())
 }

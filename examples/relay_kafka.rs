@@ -11,15 +11,17 @@
 //!
 //! Run with `cargo run --example relay_kafka --features kafka`.
 
+mod demo_db;
+
 use std::time::Duration;
 
+use demo_db::DemoDb;
 use outbox::publisher::{Envelope, KafkaPublisher};
 use outbox::{NewMessage, Relay, SqliteOutbox};
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::{Headers, Message};
 use rdkafka::mocking::MockCluster;
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions};
 
 const TOPIC: &str = "recruiting.candidates";
 
@@ -32,18 +34,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("Mock Kafka cluster at {bootstrap}");
 
     // The service's database, with the outbox tables beside its own.
-    let path = std::env::temp_dir().join(format!("outbox-relay-kafka-{}.db", std::process::id()));
-    let pool = SqlitePoolOptions::new()
-        .max_connections(4)
-        .connect_with(
-            SqliteConnectOptions::new()
-                .filename(&path)
-                .create_if_missing(true)
-                .journal_mode(SqliteJournalMode::Wal)
-                .busy_timeout(Duration::from_secs(5)),
-        )
-        .await?;
-    let outbox = SqliteOutbox::new(pool.clone());
+    let db = DemoDb::create("relay-kafka").await?;
+    let outbox = SqliteOutbox::new(db.pool.clone());
     outbox.migrate().await?;
 
     // The publisher: idempotent producer (enable.idempotence, acks=all),
@@ -64,7 +56,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         ("candidate-2", "Alan Turing", "interviewing"),
     ];
     for (key, name, status) in changes {
-        let mut tx = pool.begin().await?;
+        let mut tx = db.pool.begin().await?;
         let event = NewMessage::json(
             TOPIC,
             &serde_json::json!({ "candidate": key, "name": name, "status": status }),
@@ -105,11 +97,6 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("Deduplicate on ce_id: the relay delivers at least once.");
 
     relay.shutdown().await?;
-    pool.close().await;
-    for suffix in ["", "-wal", "-shm"] {
-        let mut p = path.clone().into_os_string();
-        p.push(suffix);
-        let _ = std::fs::remove_file(p);
-    }
+    db.remove().await;
     Ok(())
 }

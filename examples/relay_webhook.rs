@@ -8,6 +8,8 @@
 //!
 //! Run with `cargo run --example relay_webhook --features http`.
 
+mod demo_db;
+
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -17,9 +19,9 @@ use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::Router;
+use demo_db::DemoDb;
 use outbox::publisher::{verify_signature, WebhookPublisher};
 use outbox::{NewMessage, Relay, RetryPolicy, SqliteOutbox};
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions};
 
 /// Shared between sender and receiver out of band (an environment
 /// variable or a secret store in real life).
@@ -89,18 +91,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("Receiver listening at {url}\n");
 
     // The recruiting service's database and outbox.
-    let path = std::env::temp_dir().join(format!("outbox-webhook-{}.db", std::process::id()));
-    let pool = SqlitePoolOptions::new()
-        .max_connections(4)
-        .connect_with(
-            SqliteConnectOptions::new()
-                .filename(&path)
-                .create_if_missing(true)
-                .journal_mode(SqliteJournalMode::Wal)
-                .busy_timeout(Duration::from_secs(5)),
-        )
-        .await?;
-    let outbox = SqliteOutbox::new(pool.clone());
+    let db = DemoDb::create("webhook").await?;
+    let outbox = SqliteOutbox::new(db.pool.clone());
     outbox.migrate().await?;
 
     let publisher = WebhookPublisher::builder(&url)
@@ -134,7 +126,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         ),
     ];
     for (key, event_type, payload) in &events {
-        let mut tx = pool.begin().await?;
+        let mut tx = db.pool.begin().await?;
         let m = NewMessage::json("recruiting.offers", payload)?
             .with_partition_key(*key)
             .with_event_type(*event_type);
@@ -157,11 +149,6 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         outbox.pending_count().await?
     );
 
-    pool.close().await;
-    for suffix in ["", "-wal", "-shm"] {
-        let mut p = path.clone().into_os_string();
-        p.push(suffix);
-        let _ = std::fs::remove_file(p);
-    }
+    db.remove().await;
     Ok(())
 }

@@ -161,10 +161,7 @@ async fn notify_wakes_the_relay_without_polling() {
 
     // Another "process": a second outbox on its own pool, so only the
     // NOTIFY sent after its commit can reach the relay.
-    let other_pool = PgPoolOptions::new()
-        .connect_with(db.pool.connect_options().as_ref().clone())
-        .await
-        .unwrap();
+    let other_pool = db.other_process_pool().await;
     let producer = PgOutbox::new(other_pool.clone());
     let mut tx = other_pool.begin().await.unwrap();
     producer.enqueue(&mut *tx, msg("t", "b", 1)).await.unwrap();
@@ -195,6 +192,7 @@ async fn notify_wakes_the_relay_without_polling() {
 /// The default wake-up without a transaction of its own under load: an
 /// enqueue carries a `pg_notify` in its transaction at most once per
 /// interval, and `PgOutbox::commit` sends one of its own only for a commit
+/// that no carried notification covers.
 
 #[tokio::test]
 async fn carried_notifications_wake_relays_in_other_processes() {
@@ -204,10 +202,7 @@ async fn carried_notifications_wake_relays_in_other_processes() {
 
     // The producer has a pool of its own: only a notification through
     // PostgreSQL can reach the relay.
-    let other_pool = PgPoolOptions::new()
-        .connect_with(db.pool.connect_options().as_ref().clone())
-        .await
-        .unwrap();
+    let other_pool = db.other_process_pool().await;
     let producer = PgOutbox::builder(other_pool.clone())
         .notify_interval(Duration::from_millis(300))
         .build()

@@ -3,10 +3,10 @@
 
 mod support;
 
-use std::collections::HashSet;
-use std::sync::atomic::Ordering;
+use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
+use async_trait::async_trait;
 use futures_util::StreamExt;
 use lapin::message::Delivery;
 use lapin::options::{
@@ -16,10 +16,9 @@ use lapin::options::{
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{Channel, Connection, ConnectionProperties, ExchangeKind};
 use outbox::publisher::{Envelope, RabbitMqPublisher};
-use outbox::{MessageId, NewMessage, Relay};
-use support::probe::Probe;
-use support::sqlite::{drained, enqueue, migrated, pending};
-use support::{fast_retry, wait_for};
+use outbox::{MessageId, NewMessage};
+use support::broker::{self, candidate, TestBroker};
+use support::sqlite::{enqueue, migrated, relay_until_drained};
 
 const RABBIT: &str = "127.0.0.1:5672";
 const START_RABBIT: &str = "rabbitmq-server -detached";
@@ -38,15 +37,15 @@ fn uri(addr: &str) -> String {
 /// of their own for one test. The queue is exclusive and the exchange
 /// auto-deleted, so the broker removes both when the connection closes,
 /// also when the test fails.
-struct TestBroker {
+struct TestQueue {
     conn: Connection,
     channel: Channel,
     exchange: String,
     queue: String,
 }
 
-impl TestBroker {
-    async fn new() -> TestBroker {
+impl TestQueue {
+    async fn new() -> TestQueue {
         support::require_service("RabbitMQ", RABBIT, START_RABBIT).await;
         let conn = Connection::connect(&uri(RABBIT), ConnectionProperties::default())
             .await
@@ -88,27 +87,12 @@ impl TestBroker {
             )
             .await
             .unwrap();
-        TestBroker {
+        TestQueue {
             conn,
             channel,
             exchange,
             queue,
         }
-    }
-
-    async fn count(&self) -> u32 {
-        self.channel
-            .queue_declare(
-                self.queue.as_str().into(),
-                QueueDeclareOptions {
-                    passive: true,
-                    ..Default::default()
-                },
-                FieldTable::default(),
-            )
-            .await
-            .unwrap()
-            .message_count()
     }
 
     /// Consumes `n` messages from the queue, acking each.
@@ -152,6 +136,37 @@ impl TestBroker {
     }
 }
 
+#[async_trait]
+impl TestBroker for TestQueue {
+    type Publisher = RabbitMqPublisher;
+    const NAME: &'static str = "RabbitMQ";
+    const DB: &'static str = DB;
+
+    fn publisher(&self) -> RabbitMqPublisher {
+        RabbitMqPublisher::new(uri(RABBIT), &self.exchange)
+    }
+
+    async fn count(&self) -> u64 {
+        self.channel
+            .queue_declare(
+                self.queue.as_str().into(),
+                QueueDeclareOptions {
+                    passive: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .unwrap()
+            .message_count()
+            .into()
+    }
+
+    async fn consume_ids(&self, n: usize) -> Vec<String> {
+        self.consume(n).await.iter().map(message_id).collect()
+    }
+}
+
 fn header(d: &Delivery, name: &str) -> Option<String> {
     let headers = d.properties.headers().as_ref()?;
     match headers.inner().get(name)? {
@@ -168,33 +183,19 @@ fn message_id(d: &Delivery) -> String {
         .to_string()
 }
 
-fn candidate(topic: &str, n: u32) -> NewMessage {
-    NewMessage::json(
-        topic,
-        &serde_json::json!({ "candidate_id": n, "status": "offer" }),
-    )
-    .unwrap()
-    .with_partition_key(format!("candidate-{n}"))
-    .with_event_type("CandidateStatusChanged")
-    .with_schema_version(3)
-    .with_header("traceparent", format!("00-trace-{n}-01"))
-}
-
 // ---------------------------------------------------------------------------
 // Tests
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn relay_publishes_to_a_queue_with_properties() {
-    let broker = TestBroker::new().await;
+    let broker = TestQueue::new().await;
     let (db, outbox) = migrated(DB).await;
     let messages: Vec<NewMessage> = (0..5).map(|n| candidate("candidates", n)).collect();
     let ids: Vec<MessageId> = messages.iter().map(NewMessage::id).collect();
     enqueue(&db, &outbox, messages).await;
 
     let publisher = RabbitMqPublisher::new(uri(RABBIT), &broker.exchange);
-    let relay = Relay::builder(outbox.clone(), publisher).spawn().unwrap();
-    drained(&outbox, "the outbox to drain", TIMEOUT).await;
-    relay.shutdown().await.unwrap();
+    relay_until_drained(&outbox, publisher, "the outbox to drain", TIMEOUT).await;
 
     let got = broker.consume(5).await;
     for (n, d) in got.iter().enumerate() {
@@ -215,7 +216,7 @@ async fn relay_publishes_to_a_queue_with_properties() {
         );
         assert!(p.timestamp().is_some_and(|t| t > 1_600_000_000));
         assert_eq!(header(d, "outbox-id"), Some(id));
-        assert_eq!(header(d, "outbox-schema-version").as_deref(), Some("3"));
+        assert_eq!(header(d, "outbox-schema-version").as_deref(), Some("2"));
         assert_eq!(
             header(d, "outbox-partition-key"),
             Some(format!("candidate-{n}"))
@@ -228,7 +229,7 @@ async fn relay_publishes_to_a_queue_with_properties() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cloudevents_binary_mode_uses_amqp_binding_headers() {
-    let broker = TestBroker::new().await;
+    let broker = TestQueue::new().await;
     let (db, outbox) = migrated(DB).await;
     let m = candidate("candidates", 7);
     let id = m.id().to_string();
@@ -239,9 +240,7 @@ async fn cloudevents_binary_mode_uses_amqp_binding_headers() {
             source: "/recruiting/candidates".into(),
         },
     );
-    let relay = Relay::builder(outbox.clone(), publisher).spawn().unwrap();
-    drained(&outbox, "the outbox to drain", TIMEOUT).await;
-    relay.shutdown().await.unwrap();
+    relay_until_drained(&outbox, publisher, "the outbox to drain", TIMEOUT).await;
 
     let d = &broker.consume(1).await[0];
     assert_eq!(message_id(d), id);
@@ -275,27 +274,12 @@ async fn cloudevents_binary_mode_uses_amqp_binding_headers() {
 /// with the same `message_id` for consumers to deduplicate on.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_message_sent_twice_carries_one_message_id() {
-    let broker = TestBroker::new().await;
-    let (db, outbox) = migrated(DB).await;
-    let messages: Vec<NewMessage> = (0..10).map(|n| candidate("candidates", n)).collect();
-    let ids: HashSet<String> = messages.iter().map(|m| m.id().to_string()).collect();
-    enqueue(&db, &outbox, messages).await;
+    let broker = TestQueue::new().await;
+    let (ids, _) = broker::publish_each_twice(&broker).await;
 
-    let mut probe = Probe::new(RabbitMqPublisher::new(uri(RABBIT), &broker.exchange));
-    probe.lose_first_ack = true;
-    let calls = probe.calls.clone();
-    let relay = Relay::builder(outbox.clone(), probe)
-        .retry(fast_retry().max_attempts(1000))
-        .spawn()
-        .unwrap();
-    drained(&outbox, "the outbox to drain", TIMEOUT).await;
-    relay.shutdown().await.unwrap();
-    assert_eq!(calls.load(Ordering::SeqCst), 20, "each message sent twice");
-
-    let got = broker.consume(20).await;
-    let mut per_id: std::collections::HashMap<String, usize> = Default::default();
-    for d in &got {
-        *per_id.entry(message_id(d)).or_default() += 1;
+    let mut per_id: HashMap<String, usize> = HashMap::new();
+    for id in broker.consume_ids(20).await {
+        *per_id.entry(id).or_default() += 1;
     }
     assert_eq!(per_id.keys().cloned().collect::<HashSet<_>>(), ids);
     assert!(per_id.values().all(|&c| c == 2), "{per_id:?}");
@@ -306,53 +290,18 @@ async fn a_message_sent_twice_carries_one_message_id() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nothing_is_lost_while_the_broker_is_unreachable() {
-    let broker = TestBroker::new().await;
+    let broker = TestQueue::new().await;
     let proxy = support::Proxy::start(RABBIT).await;
-    let (db, outbox) = migrated(DB).await;
-    let probe = Probe::new(
-        RabbitMqPublisher::new(uri(&proxy.addr.to_string()), &broker.exchange)
-            .with_confirm_timeout(Duration::from_secs(2))
-            .with_connect_timeout(Duration::from_secs(2)),
-    );
-    let failures = probe.failures.clone();
-    let relay = Relay::builder(outbox.clone(), probe)
-        .retry(fast_retry().max_attempts(1000))
-        .spawn()
-        .unwrap();
-
-    let first = candidate("candidates", 0);
-    let mut ids = vec![first.id().to_string()];
-    enqueue(&db, &outbox, vec![first]).await;
-    drained(&outbox, "the first message", TIMEOUT).await;
-
-    proxy.cut();
-    let messages: Vec<NewMessage> = (1..=20).map(|n| candidate("candidates", n)).collect();
-    ids.extend(messages.iter().map(|m| m.id().to_string()));
-    enqueue(&db, &outbox, messages).await;
-    wait_for("failed attempts", TIMEOUT, || async {
-        failures.load(Ordering::SeqCst) >= 40
-    })
-    .await;
-    assert_eq!(
-        pending(&outbox).await,
-        20,
-        "nothing published during the outage"
-    );
-    assert_eq!(broker.count().await, 1);
-
-    proxy.restore();
-    drained(&outbox, "the backlog to drain", TIMEOUT).await;
-    relay.shutdown().await.unwrap();
-
-    assert!(outbox.dead_letters(10).await.unwrap().is_empty());
-    let got: HashSet<String> = broker.consume(21).await.iter().map(message_id).collect();
-    assert_eq!(got, ids.into_iter().collect::<HashSet<_>>());
+    let publisher = RabbitMqPublisher::new(uri(&proxy.addr.to_string()), &broker.exchange)
+        .with_confirm_timeout(Duration::from_secs(2))
+        .with_connect_timeout(Duration::from_secs(2));
+    broker::nothing_is_lost_while_unreachable(&broker, &proxy, publisher, async || {}).await;
     broker.cleanup().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unroutable_messages_are_dead_lettered() {
-    let broker = TestBroker::new().await;
+    let broker = TestQueue::new().await;
     let (db, outbox) = migrated(DB).await;
     // Interleaved, so that confirms of routable and returned messages mix.
     let mut messages = Vec::new();
@@ -374,12 +323,7 @@ async fn unroutable_messages_are_dead_lettered() {
     enqueue(&db, &outbox, messages).await;
 
     let publisher = RabbitMqPublisher::new(uri(RABBIT), &broker.exchange);
-    let relay = Relay::builder(outbox.clone(), publisher)
-        .retry(fast_retry().max_attempts(1000))
-        .spawn()
-        .unwrap();
-    drained(&outbox, "the outbox to drain", TIMEOUT).await;
-    relay.shutdown().await.unwrap();
+    relay_until_drained(&outbox, publisher, "the outbox to drain", TIMEOUT).await;
 
     let dead = outbox.dead_letters(100).await.unwrap();
     assert_eq!(
@@ -400,35 +344,9 @@ async fn unroutable_messages_are_dead_lettered() {
     broker.cleanup().await;
 }
 
-/// Drains 20,000 messages through RabbitMQ and prints the rate (no timing
-/// assertion: the number is for the record).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn drains_a_large_backlog() {
-    const N: usize = 20_000;
-    let broker = TestBroker::new().await;
-    let (db, outbox) = migrated(DB).await;
-    let messages: Vec<NewMessage> = (0..N as u32)
-        .map(|n| candidate("candidates", n).with_partition_key(format!("candidate-{}", n % 5000)))
-        .collect();
-    enqueue(&db, &outbox, messages).await;
-
-    let probe = Probe::new(RabbitMqPublisher::new(uri(RABBIT), &broker.exchange));
-    let busy = probe.busy.clone();
-    let started = std::time::Instant::now();
-    let relay = Relay::builder(outbox.clone(), probe)
-        .batch_size(500)
-        .spawn()
-        .unwrap();
-    drained(&outbox, "the backlog to drain", TIMEOUT).await;
-    let elapsed = started.elapsed();
-    relay.shutdown().await.unwrap();
-    assert_eq!(broker.count().await, N as u32);
-    let busy = Duration::from_nanos(busy.load(Ordering::SeqCst));
-    println!(
-        "RabbitMQ: {N} messages in {elapsed:?} = {:.0} events/s; \
-         {busy:?} ({:.0}%) inside the publisher, the rest in the relay and SQLite",
-        N as f64 / elapsed.as_secs_f64(),
-        100.0 * busy.as_secs_f64() / elapsed.as_secs_f64()
-    );
+    let broker = TestQueue::new().await;
+    broker::drains_a_large_backlog(&broker).await;
     broker.cleanup().await;
 }

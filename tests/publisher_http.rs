@@ -17,8 +17,10 @@ use axum::Router;
 use outbox::publisher::{
     signature_header, verify_signature, Envelope, WebhookPublisher, CLOUDEVENTS_JSON,
 };
-use outbox::{MessageId, NewMessage};
-use support::sqlite::{drained, enqueue, migrated, pending, relay, transient_failures};
+use outbox::{MessageId, NewMessage, RelayHandle, SqliteOutbox};
+use support::sqlite::{
+    drained, enqueue, migrated, pending, relay, the_dead_letter, transient_failures,
+};
 use support::{fast_retry, wait_for};
 
 const TIMEOUT: Duration = Duration::from_secs(20);
@@ -124,8 +126,46 @@ impl Server {
         format!("http://{}{path}", self.addr)
     }
 
+    /// A publisher posting every message to `/in`, unsigned.
+    fn publisher(&self) -> WebhookPublisher {
+        WebhookPublisher::builder(self.url("/in")).build().unwrap()
+    }
+
     fn seen(&self) -> Vec<Seen> {
         self.state.seen.lock().unwrap().clone()
+    }
+
+    /// A server that answers its first request with `status`, `headers`
+    /// and `body`, and every later one with 200.
+    async fn failing_first(
+        status: StatusCode,
+        headers: Vec<(&'static str, String)>,
+        body: &'static str,
+    ) -> Server {
+        Self::start(move |nth| {
+            if nth == 1 {
+                (status, headers.clone(), body.to_owned())
+            } else {
+                Server::ok()
+            }
+        })
+        .await
+    }
+
+    /// Waits until this server has seen `n` requests and the outbox is
+    /// empty, stops `relay` and returns what the server saw.
+    async fn seen_once_drained(
+        &self,
+        outbox: &SqliteOutbox,
+        relay: RelayHandle,
+        n: usize,
+    ) -> Vec<Seen> {
+        wait_for(&format!("{n} requests"), TIMEOUT, || async {
+            self.seen().len() >= n && pending(outbox).await == 0
+        })
+        .await;
+        relay.shutdown().await.unwrap();
+        self.seen()
     }
 
     fn ok() -> (StatusCode, Vec<(&'static str, String)>, String) {
@@ -204,13 +244,7 @@ async fn plain_messages_arrive_signed_with_idempotency_key_and_metadata() {
         .collect();
     enqueue(&db, &outbox, messages).await;
     let relay = relay(&outbox, publisher, fast_retry());
-    wait_for("three deliveries", TIMEOUT, || async {
-        server.seen().len() >= 3 && pending(&outbox).await == 0
-    })
-    .await;
-    relay.shutdown().await.unwrap();
-
-    let seen = server.seen();
+    let seen = server.seen_once_drained(&outbox, relay, 3).await;
     assert_eq!(seen.len(), 3, "each message once: {seen:?}");
     let by_id: HashMap<MessageId, &Seen> = seen.iter().map(|s| (s.id(), s)).collect();
     for (i, (id, payload)) in expected.iter().enumerate() {
@@ -277,21 +311,13 @@ async fn plain_messages_arrive_signed_with_idempotency_key_and_metadata() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn server_error_is_retried_then_delivered() {
     let (db, outbox) = migrated(DB).await;
-    let server = Server::start(|nth| {
-        if nth == 1 {
-            (
-                StatusCode::INTERNAL_SERVER_ERROR,
-                vec![],
-                "database is down".into(),
-            )
-        } else {
-            Server::ok()
-        }
-    })
+    let server = Server::failing_first(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        vec![],
+        "database is down",
+    )
     .await;
-    let publisher = WebhookPublisher::builder(server.url("/in"))
-        .build()
-        .unwrap();
+    let publisher = server.publisher();
     let first = candidate(1, "candidate-1");
     let second = candidate(2, "candidate-1");
     let ids = [first.id(), second.id()];
@@ -322,23 +348,15 @@ async fn client_error_dead_letters_with_status_and_excerpt() {
         )
     })
     .await;
-    let publisher = WebhookPublisher::builder(server.url("/in"))
-        .build()
-        .unwrap();
+    let publisher = server.publisher();
     let m = candidate(1, "candidate-1");
     let id = m.id();
     enqueue(&db, &outbox, vec![m]).await;
     let relay = relay(&outbox, publisher, fast_retry());
-    wait_for("the dead letter", TIMEOUT, || async {
-        outbox.dead_letters(10).await.unwrap().len() == 1
-    })
-    .await;
-    relay.shutdown().await.unwrap();
-
-    let dead = outbox.dead_letters(10).await.unwrap();
-    assert_eq!(dead[0].id(), id);
-    assert_eq!(dead[0].attempts, 1, "no retry of a 400");
-    let e = &dead[0].last_error;
+    let dead = the_dead_letter(&outbox, relay, TIMEOUT).await;
+    assert_eq!(dead.id(), id);
+    assert_eq!(dead.attempts, 1, "no retry of a 400");
+    let e = &dead.last_error;
     assert!(e.contains("permanent publish failure"), "{e}");
     assert!(e.contains("400 Bad Request"), "{e}");
     assert!(
@@ -356,33 +374,19 @@ async fn client_error_dead_letters_with_status_and_excerpt() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn too_many_requests_waits_for_retry_after() {
     let (db, outbox) = migrated(DB).await;
-    let server = Server::start(|nth| {
-        if nth == 1 {
-            (
-                StatusCode::TOO_MANY_REQUESTS,
-                vec![("retry-after", "1".to_owned())],
-                "slow down".into(),
-            )
-        } else {
-            Server::ok()
-        }
-    })
+    let server = Server::failing_first(
+        StatusCode::TOO_MANY_REQUESTS,
+        vec![("retry-after", "1".to_owned())],
+        "slow down",
+    )
     .await;
-    let publisher = WebhookPublisher::builder(server.url("/in"))
-        .build()
-        .unwrap();
+    let publisher = server.publisher();
     let m = candidate(1, "candidate-1");
     enqueue(&db, &outbox, vec![m]).await;
     // The relay's own backoff is at most 200 ms: only Retry-After explains a
     // longer wait.
     let relay = relay(&outbox, publisher, fast_retry());
-    wait_for("the second attempt", TIMEOUT, || async {
-        server.seen().len() >= 2 && pending(&outbox).await == 0
-    })
-    .await;
-    relay.shutdown().await.unwrap();
-
-    let seen = server.seen();
+    let seen = server.seen_once_drained(&outbox, relay, 2).await;
     assert_eq!(seen.len(), 2);
     let gap = seen[1].at - seen[0].at;
     assert!(
@@ -462,10 +466,7 @@ async fn structured_cloudevents_body_is_a_valid_cloudevent() {
     let (id, payload) = (m.id(), m.payload().to_vec());
     enqueue(&db, &outbox, vec![m]).await;
     let relay = relay(&outbox, publisher, fast_retry());
-    wait_for("the event", TIMEOUT, || async { server.seen().len() == 1 }).await;
-    relay.shutdown().await.unwrap();
-
-    let s = &server.seen()[0];
+    let s = &server.seen_once_drained(&outbox, relay, 1).await[0];
     assert_eq!(s.header("content-type"), CLOUDEVENTS_JSON);
     assert_eq!(s.id(), id);
     assert_eq!(s.header("traceparent"), "00-1-2-01");
@@ -510,10 +511,7 @@ async fn binary_cloudevents_attributes_travel_as_headers() {
     let (id, payload) = (m.id(), m.payload().to_vec());
     enqueue(&db, &outbox, vec![m]).await;
     let relay = relay(&outbox, publisher, fast_retry());
-    wait_for("the event", TIMEOUT, || async { server.seen().len() == 1 }).await;
-    relay.shutdown().await.unwrap();
-
-    let s = &server.seen()[0];
+    let s = &server.seen_once_drained(&outbox, relay, 1).await[0];
     assert_eq!(&s.body[..], &payload[..]);
     assert_eq!(s.header("content-type"), "application/json");
     assert_eq!(s.header("ce-specversion"), "1.0");

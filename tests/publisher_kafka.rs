@@ -19,7 +19,10 @@ use rdkafka::mocking::MockCluster;
 use rdkafka::producer::{DefaultProducerContext, Producer};
 use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
 use rdkafka::{Offset, TopicPartitionList};
-use support::sqlite::{drained, enqueue, migrated, relay, transient_failures, TempDb};
+use support::sqlite::{
+    drained, enqueue, migrated, migrated_with_payload_limit, relay, the_dead_letter,
+    transient_failures, TempDb,
+};
 use support::{fast_retry, wait_for};
 
 const TIMEOUT: Duration = Duration::from_secs(30);
@@ -42,12 +45,45 @@ fn candidate(n: u32, key: &str) -> NewMessage {
 
 // ------------------------------------------------------------------- kafka
 
-fn cluster(topic: &str) -> MockCluster<'static, DefaultProducerContext> {
-    let cluster = MockCluster::new(1).expect("mock cluster");
-    cluster
-        .create_topic(topic, PARTITIONS, 1)
-        .expect("create topic");
-    cluster
+/// A one-broker mock cluster with one topic of [`PARTITIONS`] partitions.
+struct MockKafka {
+    cluster: MockCluster<'static, DefaultProducerContext>,
+    bootstrap: String,
+    topic: &'static str,
+}
+
+impl MockKafka {
+    fn start(topic: &'static str) -> MockKafka {
+        let cluster = MockCluster::new(1).expect("mock cluster");
+        cluster
+            .create_topic(topic, PARTITIONS, 1)
+            .expect("create topic");
+        let bootstrap = cluster.bootstrap_servers();
+        MockKafka {
+            cluster,
+            bootstrap,
+            topic,
+        }
+    }
+
+    /// A consumer reading every partition of the topic from the beginning.
+    fn consumer(&self) -> StreamConsumer {
+        consumer(&self.bootstrap, self.topic)
+    }
+
+    /// A relay that retries for as long as a test runs, started with a
+    /// consumer that has read the warm-up message (see [`warm_up`]).
+    async fn warmed_up(
+        &self,
+        db: &TempDb,
+        outbox: &SqliteOutbox,
+        publisher: impl Publisher,
+    ) -> (RelayHandle, StreamConsumer) {
+        let relay = relay(outbox, publisher, fast_retry().max_attempts(10_000));
+        let consumer = self.consumer();
+        warm_up(db, outbox, &consumer).await;
+        (relay, consumer)
+    }
 }
 
 /// A consumer reading every partition of `topic` from the beginning.
@@ -192,11 +228,9 @@ async fn first_arrivals(consumer: &StreamConsumer, ids: &HashSet<MessageId>) -> 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn plain_messages_arrive_keyed_with_metadata_headers_in_key_order() {
-    let topic = "test.candidates";
-    let cluster = cluster(topic);
-    let bootstrap = cluster.bootstrap_servers();
+    let kafka = MockKafka::start("test.candidates");
     let (db, outbox) = migrated(DB).await;
-    let publisher = KafkaPublisher::builder(&bootstrap)
+    let publisher = KafkaPublisher::builder(&kafka.bootstrap)
         .topic_prefix("test.")
         .build()
         .unwrap();
@@ -215,7 +249,7 @@ async fn plain_messages_arrive_keyed_with_metadata_headers_in_key_order() {
     let keyless_id = keyless.id();
     enqueue(&db, &outbox, vec![keyless]).await;
 
-    let consumer = consumer(&bootstrap, topic);
+    let consumer = kafka.consumer();
     let records = consume(&consumer, 21).await;
     drained(&outbox, "an empty outbox", TIMEOUT).await;
     relay.shutdown().await.unwrap();
@@ -265,11 +299,9 @@ async fn plain_messages_arrive_keyed_with_metadata_headers_in_key_order() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn binary_cloudevents_attributes_travel_as_ce_headers() {
-    let topic = "candidates";
-    let cluster = cluster(topic);
-    let bootstrap = cluster.bootstrap_servers();
+    let kafka = MockKafka::start("candidates");
     let (db, outbox) = migrated(DB).await;
-    let publisher = KafkaPublisher::builder(&bootstrap)
+    let publisher = KafkaPublisher::builder(&kafka.bootstrap)
         .envelope(Envelope::CloudEventsBinary {
             source: "/recruiting/candidates".into(),
         })
@@ -280,7 +312,7 @@ async fn binary_cloudevents_attributes_travel_as_ce_headers() {
     let (id, payload) = (m.id(), m.payload().to_vec());
     enqueue(&db, &outbox, vec![m]).await;
 
-    let records = consume(&consumer(&bootstrap, topic), 1).await;
+    let records = consume(&kafka.consumer(), 1).await;
     relay.shutdown().await.unwrap();
     let r = &records[0];
     assert_eq!(r.payload, payload, "binary mode: the payload as enqueued");
@@ -315,14 +347,12 @@ impl Publisher for SendsTwice {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn producer_is_idempotent_and_application_resends_are_detectable() {
-    let topic = "candidates";
-    let cluster = cluster(topic);
-    let bootstrap = cluster.bootstrap_servers();
+    let kafka = MockKafka::start("candidates");
 
     // Even a configuration that asks otherwise gets the idempotent producer.
     let mut config = ClientConfig::new();
     config
-        .set("bootstrap.servers", &bootstrap)
+        .set("bootstrap.servers", &kafka.bootstrap)
         .set("enable.idempotence", "false")
         .set("acks", "1");
     let publisher = KafkaPublisher::builder_from_config(config).build().unwrap();
@@ -335,7 +365,7 @@ async fn producer_is_idempotent_and_application_resends_are_detectable() {
     assert_eq!(native.get("enable.idempotence").unwrap(), "true");
     assert_eq!(native.get("acks").unwrap(), "-1");
     let shown = format!("{publisher:?}");
-    assert!(shown.contains(&bootstrap), "{shown}");
+    assert!(shown.contains(&kafka.bootstrap), "{shown}");
 
     // Kafka's idempotence deduplicates the producer's own retries, not a
     // message the application sends again: the relay's re-send is a second
@@ -345,7 +375,7 @@ async fn producer_is_idempotent_and_application_resends_are_detectable() {
     let m = candidate(1, "candidate-1");
     let id = m.id();
     enqueue(&db, &outbox, vec![m]).await;
-    let records = consume(&consumer(&bootstrap, topic), 2).await;
+    let records = consume(&kafka.consumer(), 2).await;
     relay.shutdown().await.unwrap();
     assert_eq!(records.len(), 2);
     assert!(records.iter().all(|r| r.id() == id));
@@ -361,21 +391,16 @@ async fn producer_is_idempotent_and_application_resends_are_detectable() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn broker_down_fails_transiently_and_the_relay_retries_until_delivered() {
-    let topic = "candidates";
-    let cluster = cluster(topic);
-    let bootstrap = cluster.bootstrap_servers();
+    let kafka = MockKafka::start("candidates");
     let (db, outbox) = migrated(DB).await;
-    let publisher = KafkaPublisher::builder(&bootstrap)
+    let publisher = KafkaPublisher::builder(&kafka.bootstrap)
         .delivery_timeout(Duration::from_millis(500))
         .set("reconnect.backoff.max.ms", "200")
         .build()
         .unwrap();
-    let relay = relay(&outbox, publisher, fast_retry().max_attempts(10_000));
-    let consumer = consumer(&bootstrap, topic);
+    let (relay, consumer) = kafka.warmed_up(&db, &outbox, publisher).await;
 
-    warm_up(&db, &outbox, &consumer).await;
-
-    cluster.broker_down(1).unwrap();
+    kafka.cluster.broker_down(1).unwrap();
     let messages: Vec<NewMessage> = (1..=9)
         .map(|n| candidate(n, &format!("candidate-{}", n % 3)))
         .collect();
@@ -387,7 +412,7 @@ async fn broker_down_fails_transiently_and_the_relay_retries_until_delivered() {
     .await;
     assert!(outbox.dead_letters(10).await.unwrap().is_empty());
 
-    cluster.broker_up(1).unwrap();
+    kafka.cluster.broker_up(1).unwrap();
     drain_and_stop(&outbox, relay).await;
 
     // Everything arrived; first arrivals per key are in commit order.
@@ -396,24 +421,20 @@ async fn broker_down_fails_transiently_and_the_relay_retries_until_delivered() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn produce_errors_are_retried_by_the_producer_then_by_the_relay() {
-    let topic = "candidates";
-    let cluster = cluster(topic);
-    let bootstrap = cluster.bootstrap_servers();
+    let kafka = MockKafka::start("candidates");
     let (db, outbox) = migrated(DB).await;
-    let publisher = KafkaPublisher::builder(&bootstrap)
+    let publisher = KafkaPublisher::builder(&kafka.bootstrap)
         .delivery_timeout(Duration::from_millis(500))
         .set("retry.backoff.ms", "20")
         .set("retry.backoff.max.ms", "50")
         .build()
         .unwrap();
-    let relay = relay(&outbox, publisher, fast_retry().max_attempts(10_000));
-    let consumer = consumer(&bootstrap, topic);
-    warm_up(&db, &outbox, &consumer).await;
+    let (relay, consumer) = kafka.warmed_up(&db, &outbox, publisher).await;
 
     // A retriable broker error the producer retries by itself until the
     // delivery timeout: more of them than fit in one timeout, so the
     // publisher reports a transient failure and the relay tries again.
-    cluster.request_errors(
+    kafka.cluster.request_errors(
         RDKafkaApiKey::Produce,
         &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_NOT_ENOUGH_REPLICAS; 40],
     );
@@ -430,28 +451,20 @@ async fn produce_errors_are_retried_by_the_producer_then_by_the_relay() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fatal_idempotence_error_replaces_the_producer_and_loses_nothing() {
-    let topic = "candidates";
-    let cluster = cluster(topic);
-    let bootstrap = cluster.bootstrap_servers();
+    let kafka = MockKafka::start("candidates");
     let (db, outbox) = migrated(DB).await;
     let publisher = std::sync::Arc::new(
-        KafkaPublisher::builder(&bootstrap)
+        KafkaPublisher::builder(&kafka.bootstrap)
             .delivery_timeout(Duration::from_millis(500))
             .build()
             .unwrap(),
     );
     let first_producer = publisher.producer();
-    let relay = relay(
-        &outbox,
-        publisher.clone(),
-        fast_retry().max_attempts(10_000),
-    );
-    let consumer = consumer(&bootstrap, topic);
-    warm_up(&db, &outbox, &consumer).await;
+    let (relay, consumer) = kafka.warmed_up(&db, &outbox, publisher.clone()).await;
 
     // An out-of-order sequence number breaks the idempotent producer for
     // good (librdkafka raises a fatal error): the publisher must replace it.
-    cluster.request_errors(
+    kafka.cluster.request_errors(
         RDKafkaApiKey::Produce,
         &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_OUT_OF_ORDER_SEQUENCE_NUMBER; 2],
     );
@@ -471,27 +484,20 @@ async fn fatal_idempotence_error_replaces_the_producer_and_loses_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn authorization_failure_is_permanent() {
-    let topic = "candidates";
-    let cluster = cluster(topic);
-    let bootstrap = cluster.bootstrap_servers();
+    let kafka = MockKafka::start("candidates");
     let (db, outbox) = migrated(DB).await;
-    let publisher = KafkaPublisher::new(&bootstrap).unwrap();
+    let publisher = KafkaPublisher::new(&kafka.bootstrap).unwrap();
     let relay = relay(&outbox, publisher, fast_retry());
-    cluster.request_errors(
+    kafka.cluster.request_errors(
         RDKafkaApiKey::Produce,
         &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_TOPIC_AUTHORIZATION_FAILED],
     );
     let m = candidate(1, "candidate-1");
     let id = m.id();
     enqueue(&db, &outbox, vec![m]).await;
-    wait_for("the dead letter", TIMEOUT, || async {
-        outbox.dead_letters(10).await.unwrap().len() == 1
-    })
-    .await;
-    relay.shutdown().await.unwrap();
-    let dead = outbox.dead_letters(10).await.unwrap();
-    assert_eq!((dead[0].id(), dead[0].attempts), (id, 1));
-    let e = &dead[0].last_error;
+    let dead = the_dead_letter(&outbox, relay, TIMEOUT).await;
+    assert_eq!((dead.id(), dead.attempts), (id, 1));
+    let e = &dead.last_error;
     assert!(
         e.contains("permanent publish failure") && e.contains("not authorized"),
         "{e}"
@@ -500,12 +506,10 @@ async fn authorization_failure_is_permanent() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn message_over_max_bytes_is_dead_lettered() {
-    let topic = "candidates";
-    let cluster = cluster(topic);
-    let bootstrap = cluster.bootstrap_servers();
-    let (db, outbox) = migrated(DB).await;
+    let kafka = MockKafka::start("candidates");
+    let (db, outbox) = migrated_with_payload_limit(DB, 4 << 20).await;
     // librdkafka's default message.max.bytes is 1,000,000.
-    let publisher = KafkaPublisher::new(&bootstrap).unwrap();
+    let publisher = KafkaPublisher::new(&kafka.bootstrap).unwrap();
     let relay = relay(&outbox, publisher, fast_retry());
 
     let huge = NewMessage::bytes("candidates", vec![b'x'; 1_100_000]).with_partition_key("cv-1");
@@ -514,17 +518,12 @@ async fn message_over_max_bytes_is_dead_lettered() {
     let small_id = small.id();
     enqueue(&db, &outbox, vec![huge, small]).await;
 
-    let records = consume(&consumer(&bootstrap, topic), 1).await;
+    let records = consume(&kafka.consumer(), 1).await;
     assert_eq!(records[0].id(), small_id, "other keys keep flowing");
-    wait_for("the dead letter", TIMEOUT, || async {
-        outbox.dead_letters(10).await.unwrap().len() == 1
-    })
-    .await;
-    relay.shutdown().await.unwrap();
-    let dead = outbox.dead_letters(10).await.unwrap();
-    assert_eq!(dead[0].id(), huge_id);
-    assert_eq!(dead[0].attempts, 1, "not retried");
-    let e = &dead[0].last_error;
+    let dead = the_dead_letter(&outbox, relay, TIMEOUT).await;
+    assert_eq!(dead.id(), huge_id);
+    assert_eq!(dead.attempts, 1, "not retried");
+    let e = &dead.last_error;
     assert!(
         e.contains("permanent publish failure") && e.contains("too large"),
         "{e}"

@@ -3,17 +3,15 @@
 
 mod support;
 
-use std::collections::HashSet;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use async_nats::jetstream::{self, consumer, stream};
+use async_trait::async_trait;
 use futures_util::StreamExt;
 use outbox::publisher::{Envelope, NatsPublisher};
-use outbox::{MessageId, NewMessage, OutboxMessage, Publisher, Relay};
-use support::probe::Probe;
-use support::sqlite::{drained, enqueue, migrated, pending};
-use support::{fast_retry, wait_for};
+use outbox::{MessageId, NewMessage};
+use support::broker::{self, candidate, TestBroker};
+use support::sqlite::{enqueue, migrated, migrated_with_payload_limit, relay_until_drained};
 
 const NATS: &str = "127.0.0.1:4222";
 const START_NATS: &str = "start-stop-daemon --start --oknodo --background \
@@ -34,6 +32,7 @@ async fn nats() -> async_nats::Client {
 /// A stream of its own for one test, capturing `<prefix>>`; deleted when
 /// dropped, also when the test fails.
 struct TestStream {
+    client: async_nats::Client,
     js: jetstream::Context,
     name: String,
     prefix: String,
@@ -53,12 +52,12 @@ impl TestStream {
         })
         .await
         .expect("create stream");
-        TestStream { js, name, prefix }
-    }
-
-    async fn count(&self) -> u64 {
-        let mut s = self.js.get_stream(&self.name).await.expect("get stream");
-        s.info().await.expect("stream info").state.messages
+        TestStream {
+            client: client.clone(),
+            js,
+            name,
+            prefix,
+        }
     }
 
     /// Reads `n` messages through an ephemeral pull consumer, acking each.
@@ -96,6 +95,30 @@ impl TestStream {
     }
 }
 
+#[async_trait]
+impl TestBroker for TestStream {
+    type Publisher = NatsPublisher;
+    const NAME: &'static str = "NATS JetStream";
+    const DB: &'static str = DB;
+
+    fn publisher(&self) -> NatsPublisher {
+        NatsPublisher::new(self.client.clone()).with_subject_prefix(&self.prefix)
+    }
+
+    async fn count(&self) -> u64 {
+        let mut s = self.js.get_stream(&self.name).await.expect("get stream");
+        s.info().await.expect("stream info").state.messages
+    }
+
+    async fn consume_ids(&self, n: usize) -> Vec<String> {
+        self.consume(n)
+            .await
+            .iter()
+            .map(|m| header(m, "Nats-Msg-Id").unwrap().to_owned())
+            .collect()
+    }
+}
+
 impl Drop for TestStream {
     fn drop(&mut self) {
         let name = self.name.clone();
@@ -119,18 +142,6 @@ fn header<'a>(m: &'a async_nats::Message, name: &str) -> Option<&'a str> {
     m.headers.as_ref()?.get(name).map(|v| v.as_str())
 }
 
-fn candidate(topic: &str, n: u32) -> NewMessage {
-    NewMessage::json(
-        topic,
-        &serde_json::json!({ "candidate_id": n, "status": "interviewing" }),
-    )
-    .unwrap()
-    .with_partition_key(format!("candidate-{n}"))
-    .with_event_type("CandidateStatusChanged")
-    .with_schema_version(2)
-    .with_header("traceparent", format!("00-trace-{n}-01"))
-}
-
 // ---------------------------------------------------------------------------
 // Tests
 
@@ -144,9 +155,7 @@ async fn relay_publishes_to_jetstream_with_headers() {
     enqueue(&db, &outbox, messages).await;
 
     let publisher = NatsPublisher::new(client.clone()).with_subject_prefix(&stream.prefix);
-    let relay = Relay::builder(outbox.clone(), publisher).spawn().unwrap();
-    drained(&outbox, "the outbox to drain", TIMEOUT).await;
-    relay.shutdown().await.unwrap();
+    relay_until_drained(&outbox, publisher, "the outbox to drain", TIMEOUT).await;
 
     let got = stream.consume(5).await;
     assert_eq!(stream.count().await, 5);
@@ -190,27 +199,22 @@ async fn cloudevents_modes_over_jetstream() {
     let structured = candidate("structured", 2);
     let (binary_id, structured_id) = (binary.id(), structured.id());
 
-    // Binary mode: payload as is, attributes in ce-* headers.
-    enqueue(&db, &outbox, vec![binary]).await;
-    let publisher = NatsPublisher::new(client.clone())
-        .with_subject_prefix(&stream.prefix)
-        .with_envelope(Envelope::CloudEventsBinary {
-            source: "/recruiting/candidates".into(),
-        });
-    let relay = Relay::builder(outbox.clone(), publisher).spawn().unwrap();
-    drained(&outbox, "the binary event", TIMEOUT).await;
-    relay.shutdown().await.unwrap();
-
-    // Structured mode: a CloudEvents JSON document as the body.
-    enqueue(&db, &outbox, vec![structured]).await;
-    let publisher = NatsPublisher::new(client.clone())
-        .with_subject_prefix(&stream.prefix)
-        .with_envelope(Envelope::CloudEventsStructured {
-            source: "/recruiting/candidates".into(),
-        });
-    let relay = Relay::builder(outbox.clone(), publisher).spawn().unwrap();
-    drained(&outbox, "the structured event", TIMEOUT).await;
-    relay.shutdown().await.unwrap();
+    // Binary mode: payload as is, attributes in ce-* headers. Structured
+    // mode: a CloudEvents JSON document as the body.
+    let source = "/recruiting/candidates".to_owned();
+    for (message, envelope) in [
+        (
+            binary,
+            Envelope::CloudEventsBinary {
+                source: source.clone(),
+            },
+        ),
+        (structured, Envelope::CloudEventsStructured { source }),
+    ] {
+        enqueue(&db, &outbox, vec![message]).await;
+        let publisher = stream.publisher().with_envelope(envelope);
+        relay_until_drained(&outbox, publisher, "the event", TIMEOUT).await;
+    }
 
     let got = stream.consume(2).await;
     let b = &got[0];
@@ -248,113 +252,39 @@ async fn cloudevents_modes_over_jetstream() {
     assert_eq!(doc["data"]["candidate_id"], 2);
 }
 
+/// JetStream drops a second copy within its duplicate window.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_message_sent_twice_is_stored_once() {
-    let client = nats().await;
-    let stream = TestStream::create(&client).await;
-    let (db, outbox) = migrated(DB).await;
-    let messages: Vec<NewMessage> = (0..10).map(|n| candidate("candidates", n)).collect();
-    let ids: HashSet<String> = messages.iter().map(|m| m.id().to_string()).collect();
-    enqueue(&db, &outbox, messages).await;
-
-    // Every message is published, its ack "lost", and published again.
-    let mut probe =
-        Probe::new(NatsPublisher::new(client.clone()).with_subject_prefix(&stream.prefix));
-    probe.lose_first_ack = true;
-    let calls = probe.calls.clone();
-    let seen = probe.seen.clone();
-    let relay = Relay::builder(outbox.clone(), probe)
-        .retry(fast_retry().max_attempts(1000))
-        .spawn()
-        .unwrap();
-    drained(&outbox, "the outbox to drain", TIMEOUT).await;
-    relay.shutdown().await.unwrap();
-    assert_eq!(calls.load(Ordering::SeqCst), 20, "each message sent twice");
-
-    // JetStream dropped the second copies inside its duplicate window.
-    assert_eq!(stream.count().await, 10);
-    let got = stream.consume(10).await;
-    let got_ids: HashSet<String> = got
-        .iter()
-        .map(|m| header(m, "Nats-Msg-Id").unwrap().to_owned())
-        .collect();
-    assert_eq!(got_ids, ids);
-
-    // A third send of the same messages straight through the publisher:
-    // acknowledged (as duplicates), still nothing new in the stream.
-    let again: Vec<OutboxMessage> = seen.lock().unwrap().iter().take(10).cloned().collect();
-    let publisher = NatsPublisher::new(client.clone()).with_subject_prefix(&stream.prefix);
-    let results = publisher.publish(&again).await;
-    assert!(results.iter().all(Result::is_ok), "{results:?}");
-    assert_eq!(stream.count().await, 10);
+    let stream = TestStream::create(&nats().await).await;
+    broker::a_message_sent_twice_is_stored_once(&stream).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nothing_is_lost_while_the_broker_is_unreachable() {
-    let direct = nats().await;
-    let stream = TestStream::create(&direct).await;
+    let stream = TestStream::create(&nats().await).await;
     let proxy = support::Proxy::start(NATS).await;
     let client = async_nats::ConnectOptions::new()
         .reconnect_delay_callback(|_| Duration::from_millis(50))
         .connect(proxy.addr.to_string())
         .await
         .expect("connect through the proxy");
-    let (db, outbox) = migrated(DB).await;
-    let probe = Probe::new(
-        NatsPublisher::new(client.clone())
-            .with_subject_prefix(&stream.prefix)
-            .with_ack_timeout(Duration::from_secs(1)),
-    );
-    let failures = probe.failures.clone();
-    let relay = Relay::builder(outbox.clone(), probe)
-        .retry(fast_retry().max_attempts(1000))
-        .spawn()
-        .unwrap();
-
-    let first = candidate("candidates", 0);
-    let mut ids = vec![first.id().to_string()];
-    enqueue(&db, &outbox, vec![first]).await;
-    drained(&outbox, "the first message", TIMEOUT).await;
-
-    proxy.cut();
-    support::eventually("the client to notice the outage", || {
-        client.connection_state() != async_nats::connection::State::Connected
-    })
-    .await;
-    let messages: Vec<NewMessage> = (1..=20).map(|n| candidate("candidates", n)).collect();
-    ids.extend(messages.iter().map(|m| m.id().to_string()));
-    enqueue(&db, &outbox, messages).await;
-    wait_for("failed attempts", TIMEOUT, || async {
-        failures.load(Ordering::SeqCst) >= 40
-    })
-    .await;
-    assert_eq!(
-        pending(&outbox).await,
-        20,
-        "nothing published during the outage"
-    );
-    assert_eq!(stream.count().await, 1);
-
-    proxy.restore();
-    drained(&outbox, "the backlog to drain", TIMEOUT).await;
-    relay.shutdown().await.unwrap();
-
-    assert!(outbox.dead_letters(10).await.unwrap().is_empty());
-    assert_eq!(stream.count().await, 21);
-    let got: HashSet<String> = stream
-        .consume(21)
+    let publisher = NatsPublisher::new(client.clone())
+        .with_subject_prefix(&stream.prefix)
+        .with_ack_timeout(Duration::from_secs(1));
+    broker::nothing_is_lost_while_unreachable(&stream, &proxy, publisher, async || {
+        support::eventually("the client to notice the outage", || {
+            client.connection_state() != async_nats::connection::State::Connected
+        })
         .await
-        .iter()
-        .map(|m| header(m, "Nats-Msg-Id").unwrap().to_owned())
-        .collect();
-    assert_eq!(got, ids.into_iter().collect::<HashSet<_>>());
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rejected_messages_are_dead_lettered() {
     let client = nats().await;
     let stream = TestStream::create(&client).await;
-    let (db, outbox) = migrated(DB).await;
+    let (db, outbox) = migrated_with_payload_limit(DB, 4 << 20).await;
     let max_payload = client.server_info().max_payload;
     assert!(max_payload > 0);
 
@@ -365,12 +295,7 @@ async fn rejected_messages_are_dead_lettered() {
     enqueue(&db, &outbox, vec![too_big, fine]).await;
 
     let publisher = NatsPublisher::new(client.clone()).with_subject_prefix(&stream.prefix);
-    let relay = Relay::builder(outbox.clone(), publisher)
-        .retry(fast_retry().max_attempts(1000))
-        .spawn()
-        .unwrap();
-    drained(&outbox, "the outbox to drain", TIMEOUT).await;
-    relay.shutdown().await.unwrap();
+    relay_until_drained(&outbox, publisher, "the outbox to drain", TIMEOUT).await;
 
     let dead = outbox.dead_letters(10).await.unwrap();
     assert_eq!(dead.len(), 1, "{dead:?}");
@@ -392,12 +317,13 @@ async fn rejected_messages_are_dead_lettered() {
     let orphan_id = orphan.id();
     enqueue(&db, &outbox, vec![orphan]).await;
     let publisher = NatsPublisher::new(client.clone()).with_subject_prefix("outboxtest.orphans.");
-    let relay = Relay::builder(outbox.clone(), publisher)
-        .retry(fast_retry().max_attempts(1000))
-        .spawn()
-        .unwrap();
-    drained(&outbox, "the orphan to be dead-lettered", TIMEOUT).await;
-    relay.shutdown().await.unwrap();
+    relay_until_drained(
+        &outbox,
+        publisher,
+        "the orphan to be dead-lettered",
+        TIMEOUT,
+    )
+    .await;
     let dead = outbox.dead_letters(10).await.unwrap();
     let orphan_dead = dead
         .iter()
@@ -414,35 +340,8 @@ async fn rejected_messages_are_dead_lettered() {
     assert_eq!(stream.count().await, 1);
 }
 
-/// Drains 20,000 messages through JetStream and prints the rate (no timing
-/// assertion: the number is for the record).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn drains_a_large_backlog() {
-    const N: usize = 20_000;
-    let client = nats().await;
-    let stream = TestStream::create(&client).await;
-    let (db, outbox) = migrated(DB).await;
-    let messages: Vec<NewMessage> = (0..N as u32)
-        .map(|n| candidate("candidates", n).with_partition_key(format!("candidate-{}", n % 5000)))
-        .collect();
-    enqueue(&db, &outbox, messages).await;
-
-    let probe = Probe::new(NatsPublisher::new(client.clone()).with_subject_prefix(&stream.prefix));
-    let busy = probe.busy.clone();
-    let started = std::time::Instant::now();
-    let relay = Relay::builder(outbox.clone(), probe)
-        .batch_size(500)
-        .spawn()
-        .unwrap();
-    drained(&outbox, "the backlog to drain", TIMEOUT).await;
-    let elapsed = started.elapsed();
-    relay.shutdown().await.unwrap();
-    assert_eq!(stream.count().await, N as u64);
-    let busy = Duration::from_nanos(busy.load(Ordering::SeqCst));
-    println!(
-        "NATS JetStream: {N} messages in {elapsed:?} = {:.0} events/s; \
-         {busy:?} ({:.0}%) inside the publisher, the rest in the relay and SQLite",
-        N as f64 / elapsed.as_secs_f64(),
-        100.0 * busy.as_secs_f64() / elapsed.as_secs_f64()
-    );
+    let stream = TestStream::create(&nats().await).await;
+    broker::drains_a_large_backlog(&stream).await;
 }

@@ -3,17 +3,15 @@
 
 mod support;
 
-use std::collections::HashSet;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use async_trait::async_trait;
 use outbox::publisher::{Envelope, RedisStreamsPublisher};
-use outbox::{MessageId, NewMessage, OutboxMessage, Publisher, Relay};
+use outbox::{MessageId, NewMessage};
 use redis::streams::{StreamId, StreamReadReply};
 use redis::AsyncCommands;
-use support::probe::Probe;
-use support::sqlite::{drained, enqueue, migrated, pending};
-use support::{fast_retry, wait_for};
+use support::broker::{self, candidate, TestBroker};
+use support::sqlite::{enqueue, migrated, relay_until_drained};
 
 const REDIS: &str = "127.0.0.1:6379";
 const START_REDIS: &str = "redis-server --daemonize yes --bind 127.0.0.1 -::1 --port 6379 \
@@ -47,7 +45,7 @@ impl TestKeys {
     }
 
     /// A publisher whose streams and dedupe keys live under the prefix.
-    fn publisher(&self, addr: &str) -> RedisStreamsPublisher {
+    fn publisher_at(&self, addr: &str) -> RedisStreamsPublisher {
         RedisStreamsPublisher::from_url(&format!("redis://{addr}"))
             .unwrap()
             .with_stream_prefix(format!("{}stream:", self.prefix))
@@ -96,20 +94,33 @@ impl Drop for TestKeys {
     }
 }
 
-fn field(e: &StreamId, name: &str) -> Option<String> {
-    e.get::<String>(name)
+#[async_trait]
+impl TestBroker for TestKeys {
+    type Publisher = RedisStreamsPublisher;
+    const NAME: &'static str = "Redis Streams";
+    const DB: &'static str = DB;
+
+    fn publisher(&self) -> RedisStreamsPublisher {
+        self.publisher_at(REDIS)
+    }
+
+    async fn count(&self) -> u64 {
+        self.len("candidates").await
+    }
+
+    async fn consume_ids(&self, n: usize) -> Vec<String> {
+        let entries = self.read("candidates").await;
+        assert!(entries.len() >= n, "{} of {n} entries", entries.len());
+        entries
+            .iter()
+            .take(n)
+            .map(|e| field(e, "id").unwrap())
+            .collect()
+    }
 }
 
-fn candidate(topic: &str, n: u32) -> NewMessage {
-    NewMessage::json(
-        topic,
-        &serde_json::json!({ "candidate_id": n, "status": "hired" }),
-    )
-    .unwrap()
-    .with_partition_key(format!("candidate-{n}"))
-    .with_event_type("CandidateStatusChanged")
-    .with_schema_version(4)
-    .with_header("traceparent", format!("00-trace-{n}-01"))
+fn field(e: &StreamId, name: &str) -> Option<String> {
+    e.get::<String>(name)
 }
 
 // ---------------------------------------------------------------------------
@@ -123,11 +134,7 @@ async fn relay_appends_to_streams_with_fields() {
     let ids: Vec<MessageId> = messages.iter().map(NewMessage::id).collect();
     enqueue(&db, &outbox, messages).await;
 
-    let relay = Relay::builder(outbox.clone(), keys.publisher(REDIS))
-        .spawn()
-        .unwrap();
-    drained(&outbox, "the outbox to drain", TIMEOUT).await;
-    relay.shutdown().await.unwrap();
+    relay_until_drained(&outbox, keys.publisher(), "the outbox to drain", TIMEOUT).await;
 
     let entries = keys.read("candidates").await;
     assert_eq!(entries.len(), 5);
@@ -137,7 +144,7 @@ async fn relay_appends_to_streams_with_fields() {
             field(e, "event_type").as_deref(),
             Some("CandidateStatusChanged")
         );
-        assert_eq!(field(e, "schema_version").as_deref(), Some("4"));
+        assert_eq!(field(e, "schema_version").as_deref(), Some("2"));
         assert_eq!(field(e, "partition_key"), Some(format!("candidate-{n}")));
         assert_eq!(
             field(e, "content_type").as_deref(),
@@ -177,14 +184,12 @@ async fn cloudevents_structured_mode_and_trimming() {
     enqueue(&db, &outbox, vec![m]).await;
 
     let publisher = keys
-        .publisher(REDIS)
+        .publisher()
         .with_envelope(Envelope::CloudEventsStructured {
             source: "/recruiting/candidates".into(),
         })
         .with_max_len(1000);
-    let relay = Relay::builder(outbox.clone(), publisher).spawn().unwrap();
-    drained(&outbox, "the outbox to drain", TIMEOUT).await;
-    relay.shutdown().await.unwrap();
+    relay_until_drained(&outbox, publisher, "the outbox to drain", TIMEOUT).await;
 
     let entries = keys.read("candidates").await;
     assert_eq!(entries.len(), 1);
@@ -204,89 +209,20 @@ async fn cloudevents_structured_mode_and_trimming() {
     assert_eq!(doc["data"]["candidate_id"], 9);
 }
 
+/// The publisher's guard appends each message id once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_message_sent_twice_is_appended_once() {
-    let keys = TestKeys::new().await;
-    let (db, outbox) = migrated(DB).await;
-    let messages: Vec<NewMessage> = (0..10).map(|n| candidate("candidates", n)).collect();
-    let ids: HashSet<String> = messages.iter().map(|m| m.id().to_string()).collect();
-    enqueue(&db, &outbox, messages).await;
-
-    let mut probe = Probe::new(keys.publisher(REDIS));
-    probe.lose_first_ack = true;
-    let calls = probe.calls.clone();
-    let seen = probe.seen.clone();
-    let relay = Relay::builder(outbox.clone(), probe)
-        .retry(fast_retry().max_attempts(1000))
-        .spawn()
-        .unwrap();
-    drained(&outbox, "the outbox to drain", TIMEOUT).await;
-    relay.shutdown().await.unwrap();
-    assert_eq!(calls.load(Ordering::SeqCst), 20, "each message sent twice");
-    assert_eq!(keys.len("candidates").await, 10);
-    let got: HashSet<String> = keys
-        .read("candidates")
-        .await
-        .iter()
-        .map(|e| field(e, "id").unwrap())
-        .collect();
-    assert_eq!(got, ids);
-
-    // Once more, straight through the publisher: acknowledged, not appended.
-    let again: Vec<OutboxMessage> = seen.lock().unwrap().iter().take(10).cloned().collect();
-    let results = keys.publisher(REDIS).publish(&again).await;
-    assert!(results.iter().all(Result::is_ok), "{results:?}");
-    assert_eq!(keys.len("candidates").await, 10);
+    broker::a_message_sent_twice_is_stored_once(&TestKeys::new().await).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nothing_is_lost_while_the_server_is_unreachable() {
     let keys = TestKeys::new().await;
     let proxy = support::Proxy::start(REDIS).await;
-    let (db, outbox) = migrated(DB).await;
-    let probe = Probe::new(
-        keys.publisher(&proxy.addr.to_string())
-            .with_timeout(Duration::from_secs(1)),
-    );
-    let failures = probe.failures.clone();
-    let relay = Relay::builder(outbox.clone(), probe)
-        .retry(fast_retry().max_attempts(1000))
-        .spawn()
-        .unwrap();
-
-    let first = candidate("candidates", 0);
-    let mut ids = vec![first.id().to_string()];
-    enqueue(&db, &outbox, vec![first]).await;
-    drained(&outbox, "the first message", TIMEOUT).await;
-
-    proxy.cut();
-    let messages: Vec<NewMessage> = (1..=20).map(|n| candidate("candidates", n)).collect();
-    ids.extend(messages.iter().map(|m| m.id().to_string()));
-    enqueue(&db, &outbox, messages).await;
-    wait_for("failed attempts", TIMEOUT, || async {
-        failures.load(Ordering::SeqCst) >= 40
-    })
-    .await;
-    assert_eq!(
-        pending(&outbox).await,
-        20,
-        "nothing published during the outage"
-    );
-    assert_eq!(keys.len("candidates").await, 1);
-
-    proxy.restore();
-    drained(&outbox, "the backlog to drain", TIMEOUT).await;
-    relay.shutdown().await.unwrap();
-
-    assert!(outbox.dead_letters(10).await.unwrap().is_empty());
-    assert_eq!(keys.len("candidates").await, 21);
-    let got: HashSet<String> = keys
-        .read("candidates")
-        .await
-        .iter()
-        .map(|e| field(e, "id").unwrap())
-        .collect();
-    assert_eq!(got, ids.into_iter().collect::<HashSet<_>>());
+    let publisher = keys
+        .publisher_at(&proxy.addr.to_string())
+        .with_timeout(Duration::from_secs(1));
+    broker::nothing_is_lost_while_unreachable(&keys, &proxy, publisher, async || {}).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -303,13 +239,8 @@ async fn rejected_messages_are_dead_lettered() {
     let (too_big_id, wrong_type_id, fine_id) = (too_big.id(), wrong_type.id(), fine.id());
     enqueue(&db, &outbox, vec![too_big, wrong_type, fine]).await;
 
-    let publisher = keys.publisher(REDIS).with_max_payload(1024);
-    let relay = Relay::builder(outbox.clone(), publisher)
-        .retry(fast_retry().max_attempts(1000))
-        .spawn()
-        .unwrap();
-    drained(&outbox, "the outbox to drain", TIMEOUT).await;
-    relay.shutdown().await.unwrap();
+    let publisher = keys.publisher().with_max_payload(1024);
+    relay_until_drained(&outbox, publisher, "the outbox to drain", TIMEOUT).await;
 
     let dead = outbox.dead_letters(10).await.unwrap();
     assert_eq!(dead.len(), 2, "{dead:?}");
@@ -343,42 +274,11 @@ async fn rejected_messages_are_dead_lettered() {
     // Fix the key and replay: the dead letter goes through.
     let _: () = conn.del(keys.stream("not-a-stream")).await.unwrap();
     outbox.replay_dead_letter(wrong_type_id).await.unwrap();
-    let relay = Relay::builder(outbox.clone(), keys.publisher(REDIS))
-        .spawn()
-        .unwrap();
-    drained(&outbox, "the replay", TIMEOUT).await;
-    relay.shutdown().await.unwrap();
+    relay_until_drained(&outbox, keys.publisher(), "the replay", TIMEOUT).await;
     assert_eq!(keys.len("not-a-stream").await, 1);
 }
 
-/// Drains 20,000 messages into a stream and prints the rate (no timing
-/// assertion: the number is for the record).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn drains_a_large_backlog() {
-    const N: usize = 20_000;
-    let keys = TestKeys::new().await;
-    let (db, outbox) = migrated(DB).await;
-    let messages: Vec<NewMessage> = (0..N as u32)
-        .map(|n| candidate("candidates", n).with_partition_key(format!("candidate-{}", n % 5000)))
-        .collect();
-    enqueue(&db, &outbox, messages).await;
-
-    let probe = Probe::new(keys.publisher(REDIS));
-    let busy = probe.busy.clone();
-    let started = std::time::Instant::now();
-    let relay = Relay::builder(outbox.clone(), probe)
-        .batch_size(500)
-        .spawn()
-        .unwrap();
-    drained(&outbox, "the backlog to drain", TIMEOUT).await;
-    let elapsed = started.elapsed();
-    relay.shutdown().await.unwrap();
-    assert_eq!(keys.len("candidates").await, N as u64);
-    let busy = Duration::from_nanos(busy.load(Ordering::SeqCst));
-    println!(
-        "Redis Streams: {N} messages in {elapsed:?} = {:.0} events/s; \
-         {busy:?} ({:.0}%) inside the publisher, the rest in the relay and SQLite",
-        N as f64 / elapsed.as_secs_f64(),
-        100.0 * busy.as_secs_f64() / elapsed.as_secs_f64()
-    );
+    broker::drains_a_large_backlog(&TestKeys::new().await).await;
 }

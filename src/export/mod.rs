@@ -333,6 +333,50 @@ fn merge(acc: Net, next: Change) -> Merged {
     }
 }
 
+/// A row of the change log as both backends select it: position, entity
+/// type, entity key, kind, and the JSON text of `data` and `before`.
+type LogRow = (i64, String, String, String, Option<String>, Option<String>);
+
+/// Decodes change-log rows into positions and changes.
+fn decode_log(rows: Vec<LogRow>) -> Result<Vec<(i64, Change)>, Error> {
+    rows.into_iter()
+        .map(|(seq, entity_type, key, kind, data, before)| {
+            let kind = ChangeKind::parse(&kind).ok_or_else(|| {
+                Error::InvalidMessage(format!("unknown change kind {kind:?} in the change log"))
+            })?;
+            let change = Change::from_parts(
+                entity_type,
+                key,
+                kind,
+                parse_json(data)?,
+                parse_json(before)?,
+            );
+            Ok((seq, change))
+        })
+        .collect()
+}
+
+/// A JSON value as the text the change log stores.
+fn json_text(v: Option<&serde_json::Value>) -> Option<String> {
+    v.map(|v| v.to_string())
+}
+
+fn parse_json(s: Option<String>) -> Result<Option<serde_json::Value>, Error> {
+    s.map(|s| serde_json::from_str(&s).map_err(Error::Serialize))
+        .transpose()
+}
+
+/// Page sizes and purge batches: zero or less would never make progress.
+fn at_least_one(field: &'static str, value: i64) -> Result<(), Error> {
+    if value < 1 {
+        return Err(Error::InvalidConfig {
+            field,
+            reason: "must be at least 1".to_owned(),
+        });
+    }
+    Ok(())
+}
+
 /// Coalesces a position-ordered run of logged changes into net changes per
 /// entity, in the order entities first appear.
 pub(crate) fn coalesce(rows: Vec<(i64, Change)>) -> Vec<ExportedChange> {

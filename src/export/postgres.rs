@@ -1,23 +1,16 @@
 //! The change log on PostgreSQL.
 
 use sqlx::postgres::PgConnection;
-use sqlx::{Executor, Postgres, Row};
+use sqlx::{Executor, Postgres};
 
-use super::{coalesce, ChangePage, Cursor, CursorState};
-use crate::change::{Change, ChangeKind};
+use super::{
+    at_least_one, coalesce, decode_log, json_text, ChangePage, Cursor, CursorState, LogRow,
+};
+use crate::change::Change;
 use crate::error::{Error, Result};
 use crate::message::Enqueued;
 use crate::store::postgres::change_lock_class;
 use crate::PgOutbox;
-
-fn json_text(v: Option<&serde_json::Value>) -> Option<String> {
-    v.map(|v| v.to_string())
-}
-
-fn parse_json(s: Option<String>) -> Result<Option<serde_json::Value>> {
-    s.map(|s| serde_json::from_str(&s).map_err(Error::Serialize))
-        .transpose()
-}
 
 impl PgOutbox {
     /// Records a change in the change log, with the caller's executor
@@ -216,12 +209,7 @@ impl PgOutbox {
     /// log row of an unknown kind; [`Error::Database`](crate::Error::Database) if the database
     /// fails.
     pub async fn changes_after(&self, cursor: &Cursor, limit: i64) -> Result<ChangePage> {
-        if limit <= 0 {
-            return Err(Error::InvalidConfig {
-                field: "limit",
-                reason: "must be at least 1".to_owned(),
-            });
-        }
+        at_least_one("limit", limit)?;
         let start = CursorState::Pg {
             done: None,
             reading: None,
@@ -268,7 +256,7 @@ impl PgOutbox {
                 (snap, first.map_or(i64::MAX - 1, |f| f - 1))
             }
         };
-        let rows = sqlx::query(&self.names().render(
+        let rows: Vec<LogRow> = sqlx::query_as(&self.names().render(
             "SELECT seq, entity_type, entity_key, kind, data::text AS data, \
                     before::text AS before \
              FROM {changes} \
@@ -287,23 +275,7 @@ impl PgOutbox {
         .await?;
         c.finish().await?;
         let read = rows.len();
-        let mut log = Vec::with_capacity(read);
-        for r in rows {
-            let kind: String = r.try_get("kind")?;
-            let kind = ChangeKind::parse(&kind).ok_or_else(|| {
-                Error::InvalidMessage(format!("unknown change kind {kind:?} in the change log"))
-            })?;
-            log.push((
-                r.try_get::<i64, _>("seq")?,
-                Change::from_parts(
-                    r.try_get("entity_type")?,
-                    r.try_get("entity_key")?,
-                    kind,
-                    parse_json(r.try_get("data")?)?,
-                    parse_json(r.try_get("before")?)?,
-                ),
-            ));
-        }
+        let log = decode_log(rows)?;
         let full = read as i64 >= limit;
         let next = if full {
             CursorState::Pg {
@@ -349,12 +321,7 @@ impl PgOutbox {
                   WHERE created_at < $1), -1) \
                ORDER BY seq LIMIT $2)",
         );
-        if batch < 1 {
-            return Err(Error::InvalidConfig {
-                field: "batch",
-                reason: "must be at least 1".to_owned(),
-            });
-        }
+        at_least_one("batch", batch)?;
         let mut total = 0;
         loop {
             let mut c = self.standalone().await?;

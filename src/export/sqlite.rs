@@ -1,22 +1,15 @@
 //! The change log on SQLite.
 
 use sqlx::sqlite::SqliteConnection;
-use sqlx::{Executor, Row, Sqlite};
+use sqlx::{Executor, Sqlite};
 
-use super::{coalesce, ChangePage, Cursor, CursorState};
-use crate::change::{Change, ChangeKind};
+use super::{
+    at_least_one, coalesce, decode_log, json_text, ChangePage, Cursor, CursorState, LogRow,
+};
+use crate::change::Change;
 use crate::error::{Error, Result};
 use crate::message::Enqueued;
 use crate::SqliteOutbox;
-
-fn json_text(v: Option<&serde_json::Value>) -> Option<String> {
-    v.map(|v| v.to_string())
-}
-
-fn parse_json(s: Option<String>) -> Result<Option<serde_json::Value>> {
-    s.map(|s| serde_json::from_str(&s).map_err(Error::Serialize))
-        .transpose()
-}
 
 fn micros_now() -> i64 {
     chrono::Utc::now().timestamp_micros()
@@ -189,18 +182,13 @@ impl SqliteOutbox {
     /// log row of an unknown kind; [`Error::Database`](crate::Error::Database) if the database
     /// fails.
     pub async fn changes_after(&self, cursor: &Cursor, limit: i64) -> Result<ChangePage> {
-        if limit <= 0 {
-            return Err(Error::InvalidConfig {
-                field: "limit",
-                reason: "must be at least 1".to_owned(),
-            });
-        }
+        at_least_one("limit", limit)?;
         let last = match &cursor.0 {
             CursorState::Start => 0,
             CursorState::Sqlite { last } => *last,
             CursorState::Pg { .. } => return Err(Error::CursorBackendMismatch(cursor.to_string())),
         };
-        let rows = sqlx::query(&self.names().render(
+        let rows: Vec<LogRow> = sqlx::query_as(&self.names().render(
             "SELECT seq, entity_type, entity_key, kind, data, before FROM {changes} \
              WHERE seq > ? ORDER BY seq LIMIT ?",
         ))
@@ -209,23 +197,7 @@ impl SqliteOutbox {
         .fetch_all(self.pool())
         .await?;
         let read = rows.len();
-        let mut log = Vec::with_capacity(read);
-        for r in rows {
-            let kind: String = r.try_get("kind")?;
-            let kind = ChangeKind::parse(&kind).ok_or_else(|| {
-                Error::InvalidMessage(format!("unknown change kind {kind:?} in the change log"))
-            })?;
-            log.push((
-                r.try_get::<i64, _>("seq")?,
-                Change::from_parts(
-                    r.try_get("entity_type")?,
-                    r.try_get("entity_key")?,
-                    kind,
-                    parse_json(r.try_get("data")?)?,
-                    parse_json(r.try_get("before")?)?,
-                ),
-            ));
-        }
+        let log = decode_log(rows)?;
         let next_last = log.last().map_or(last, |(s, _)| *s);
         Ok(ChangePage {
             changes: coalesce(log),
@@ -254,12 +226,7 @@ impl SqliteOutbox {
             "DELETE FROM {changes} WHERE seq IN (\
                SELECT seq FROM {changes} WHERE created_at < ? ORDER BY seq LIMIT ?)",
         );
-        if batch < 1 {
-            return Err(Error::InvalidConfig {
-                field: "batch",
-                reason: "must be at least 1".to_owned(),
-            });
-        }
+        at_least_one("batch", batch)?;
         let mut total = 0;
         loop {
             let n = sqlx::query(&sql)

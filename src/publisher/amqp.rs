@@ -14,11 +14,10 @@ use lapin::{
 };
 use tokio::time::Instant;
 
+use super::failure::{permanent, transient};
 use super::{Envelope, Publisher};
 use crate::error::PublishError;
 use crate::message::OutboxMessage;
-
-type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
 
 /// Longest AMQP short string (routing key, property values, header names).
 const MAX_SHORT_STRING: usize = 255;
@@ -272,25 +271,7 @@ impl RabbitMqPublisher {
         };
         let routing_key = short("the routing key", self.routing_key_for(m))?;
         let (body, content_type) = self.envelope.body(m);
-        let mut pairs: Vec<(String, String)> = Vec::new();
-        match &self.envelope {
-            Envelope::CloudEventsBinary { .. } => {
-                for (k, v) in m.headers() {
-                    pairs.push((k.clone(), v.clone()));
-                }
-                for (k, v) in self.envelope.cloudevents_attributes(m) {
-                    if k != "datacontenttype" {
-                        pairs.push((format!("cloudEvents:{k}"), v));
-                    }
-                }
-            }
-            Envelope::CloudEventsStructured { .. } => {
-                for (k, v) in m.headers() {
-                    pairs.push((k.clone(), v.clone()));
-                }
-            }
-            _ => pairs = Envelope::metadata(m),
-        }
+        let pairs = self.envelope.headers(m, "cloudEvents:");
         let mut headers = FieldTable::default();
         for (k, v) in pairs {
             let name = short(&format!("header name {k:?}"), &k)?;
@@ -318,38 +299,6 @@ async fn open_channel(conn: &Connection) -> Result<Channel, lapin::Error> {
         .confirm_select(ConfirmSelectOptions::default())
         .await?;
     Ok(channel)
-}
-
-fn permanent(reason: String) -> PublishError {
-    PublishError::permanent(Failure {
-        reason,
-        source: None,
-    })
-}
-
-fn transient(reason: String, source: Option<BoxError>) -> PublishError {
-    PublishError::transient(Failure { reason, source })
-}
-
-/// A failure with a readable reason and the client's error as its cause.
-#[derive(Debug)]
-struct Failure {
-    reason: String,
-    source: Option<BoxError>,
-}
-
-impl fmt::Display for Failure {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.reason)
-    }
-}
-
-impl std::error::Error for Failure {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        self.source
-            .as_deref()
-            .map(|s| s as &(dyn std::error::Error + 'static))
-    }
 }
 
 #[async_trait]

@@ -108,6 +108,29 @@ impl Envelope {
         out
     }
 
+    /// The headers of a message on a broker whose messages carry string
+    /// headers beside the body: in binary CloudEvents mode the message's own
+    /// headers, then the attributes named `<ce_prefix><attribute>` but
+    /// `datacontenttype` (the broker's content type says it); in structured
+    /// mode the message's own headers (the attributes are in the body);
+    /// otherwise [`Envelope::metadata`].
+    #[cfg(any(feature = "amqp", feature = "nats"))]
+    pub(crate) fn headers(&self, m: &OutboxMessage, ce_prefix: &str) -> Vec<(String, String)> {
+        let own = m.headers().iter().map(|(k, v)| (k.clone(), v.clone()));
+        match self {
+            Envelope::Plain => Envelope::metadata(m),
+            Envelope::CloudEventsStructured { .. } => own.collect(),
+            Envelope::CloudEventsBinary { .. } => own
+                .chain(
+                    self.cloudevents_attributes(m)
+                        .into_iter()
+                        .filter(|(k, _)| *k != "datacontenttype")
+                        .map(|(k, v)| (format!("{ce_prefix}{k}"), v)),
+                )
+                .collect(),
+        }
+    }
+
     /// The body to send and its content type.
     pub fn body(&self, m: &OutboxMessage) -> (Vec<u8>, String) {
         match self {

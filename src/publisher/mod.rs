@@ -20,6 +20,8 @@
 mod amqp;
 mod closure;
 mod envelope;
+#[cfg(any(feature = "amqp", feature = "nats", feature = "redis"))]
+mod failure;
 #[cfg(feature = "http")]
 mod http;
 #[cfg(feature = "kafka")]

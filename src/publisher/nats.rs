@@ -16,12 +16,12 @@ use async_nats::{HeaderMap, HeaderName, HeaderValue};
 use async_trait::async_trait;
 use tokio::time::Instant;
 
+use super::failure::{permanent, transient, Failure};
 use super::{Envelope, Publisher};
 use crate::error::PublishError;
 use crate::message::OutboxMessage;
 
 type NatsPublishError = jetstream::context::PublishError;
-type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
 
 /// Default wait for a stream's acknowledgement.
 const DEFAULT_ACK_TIMEOUT: Duration = Duration::from_secs(5);
@@ -202,25 +202,7 @@ impl NatsPublisher {
             )));
         }
         let (body, content_type) = self.envelope.body(m);
-        let mut pairs: Vec<(String, String)> = Vec::new();
-        match &self.envelope {
-            Envelope::CloudEventsBinary { .. } => {
-                for (k, v) in m.headers() {
-                    pairs.push((k.clone(), v.clone()));
-                }
-                for (k, v) in self.envelope.cloudevents_attributes(m) {
-                    if k != "datacontenttype" {
-                        pairs.push((format!("ce-{k}"), v));
-                    }
-                }
-            }
-            Envelope::CloudEventsStructured { .. } => {
-                for (k, v) in m.headers() {
-                    pairs.push((k.clone(), v.clone()));
-                }
-            }
-            _ => pairs = Envelope::metadata(m),
-        }
+        let mut pairs = self.envelope.headers(m, "ce-");
         pairs.push(("Content-Type".to_owned(), content_type));
         let mut headers = HeaderMap::new();
         for (k, v) in &pairs {
@@ -378,43 +360,6 @@ fn check_subject(subject: &str) -> Result<(), &'static str> {
     Ok(())
 }
 
-fn permanent(reason: String) -> PublishError {
-    PublishError::permanent(Failure {
-        reason,
-        source: None,
-    })
-}
-
-/// A failure with a readable reason and the client's error as its cause.
-#[derive(Debug)]
-struct Failure {
-    reason: String,
-    source: Option<BoxError>,
-}
-
-impl Failure {
-    fn new(reason: impl Into<String>, source: impl Into<BoxError>) -> Self {
-        Self {
-            reason: reason.into(),
-            source: Some(source.into()),
-        }
-    }
-}
-
-impl fmt::Display for Failure {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.reason)
-    }
-}
-
-impl std::error::Error for Failure {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        self.source
-            .as_deref()
-            .map(|s| s as &(dyn std::error::Error + 'static))
-    }
-}
-
 enum Outcome {
     Acked,
     Failed(NatsPublishError),
@@ -439,11 +384,10 @@ impl Publisher for NatsPublisher {
             return batch
                 .iter()
                 .map(|_| {
-                    Err(PublishError::transient(Failure {
-                        reason: "not connected to a NATS server (the client is reconnecting)"
-                            .to_owned(),
-                        source: None,
-                    }))
+                    Err(transient(
+                        "not connected to a NATS server (the client is reconnecting)".to_owned(),
+                        None,
+                    ))
                 })
                 .collect();
         }
@@ -456,13 +400,13 @@ impl Publisher for NatsPublisher {
             Outcome::Acked => outcomes[i] = Some(Ok(())),
             Outcome::Failed(e) => failed.push((i, e)),
             Outcome::Elapsed => {
-                outcomes[i] = Some(Err(PublishError::transient(Failure {
-                    reason: format!(
+                outcomes[i] = Some(Err(transient(
+                    format!(
                         "no acknowledgement from JetStream within {:?}",
                         self.ack_timeout
                     ),
-                    source: None,
-                })))
+                    None,
+                )))
             }
         };
         for (i, m) in batch.iter().enumerate() {
@@ -501,10 +445,10 @@ impl Publisher for NatsPublisher {
             .into_iter()
             .map(|o| {
                 o.unwrap_or_else(|| {
-                    Err(PublishError::transient(Failure {
-                        reason: "no outcome recorded for this message".to_owned(),
-                        source: None,
-                    }))
+                    Err(transient(
+                        "no outcome recorded for this message".to_owned(),
+                        None,
+                    ))
                 })
             })
             .collect()

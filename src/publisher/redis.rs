@@ -9,11 +9,10 @@ use ::redis::aio::MultiplexedConnection;
 use ::redis::{AsyncConnectionConfig, Client, RedisError, Script};
 use async_trait::async_trait;
 
+use super::failure::{permanent, transient};
 use super::{Envelope, Publisher};
 use crate::error::PublishError;
 use crate::message::OutboxMessage;
-
-type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
 
 const DEFAULT_DEDUPE_TTL: Duration = Duration::from_secs(24 * 60 * 60);
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -248,13 +247,10 @@ impl RedisStreamsPublisher {
         let (body, content_type) = self.envelope.body(m);
         if let Some(max) = self.max_payload {
             if body.len() > max {
-                return Err(PublishError::permanent(Failure {
-                    reason: format!(
-                        "payload is {} bytes, over the configured maximum of {max} bytes",
-                        body.len()
-                    ),
-                    source: None,
-                }));
+                return Err(permanent(format!(
+                    "payload is {} bytes, over the configured maximum of {max} bytes",
+                    body.len()
+                )));
             }
         }
         let mut f: Vec<(String, Vec<u8>)> = vec![
@@ -317,44 +313,14 @@ fn server_refusal(stream: &str, error: &str) -> PublishError {
     let code = error.split_whitespace().next().unwrap_or_default();
     let reason = match code {
         "WRONGTYPE" => {
-            return PublishError::permanent(Failure {
-                reason: format!("key {stream:?} holds a value that is not a stream: {error}"),
-                source: None,
-            })
+            return permanent(format!(
+                "key {stream:?} holds a value that is not a stream: {error}"
+            ))
         }
-        "NOPERM" => {
-            return PublishError::permanent(Failure {
-                reason: format!("not allowed to append to {stream:?}: {error}"),
-                source: None,
-            })
-        }
+        "NOPERM" => return permanent(format!("not allowed to append to {stream:?}: {error}")),
         _ => format!("Redis refused to append to {stream:?}: {error}"),
     };
-    PublishError::transient(Failure {
-        reason,
-        source: None,
-    })
-}
-
-/// A failure with a readable reason and the client's error as its cause.
-#[derive(Debug)]
-struct Failure {
-    reason: String,
-    source: Option<BoxError>,
-}
-
-impl fmt::Display for Failure {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.reason)
-    }
-}
-
-impl std::error::Error for Failure {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        self.source
-            .as_deref()
-            .map(|s| s as &(dyn std::error::Error + 'static))
-    }
+    transient(reason, None)
 }
 
 #[async_trait]
@@ -426,18 +392,12 @@ impl Publisher for RedisStreamsPublisher {
                         sent.len()
                     );
                     for &i in &sent {
-                        results[i] = Some(Err(PublishError::transient(Failure {
-                            reason: reason.clone(),
-                            source: None,
-                        })));
+                        results[i] = Some(Err(transient(reason.clone(), None)));
                     }
                 }
                 Err(reason) => {
                     for &i in &sent {
-                        results[i] = Some(Err(PublishError::transient(Failure {
-                            reason: reason.clone(),
-                            source: None,
-                        })));
+                        results[i] = Some(Err(transient(reason.clone(), None)));
                     }
                 }
             }
@@ -446,10 +406,10 @@ impl Publisher for RedisStreamsPublisher {
             .into_iter()
             .map(|r| {
                 r.unwrap_or_else(|| {
-                    Err(PublishError::transient(Failure {
-                        reason: "no outcome recorded for this message".to_owned(),
-                        source: None,
-                    }))
+                    Err(transient(
+                        "no outcome recorded for this message".to_owned(),
+                        None,
+                    ))
                 })
             })
             .collect()

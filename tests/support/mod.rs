@@ -1,9 +1,12 @@
 //! Test support shared by the integration tests: a TCP proxy that can cut
 //! a client off from a real service and let it back in, polling helpers, a
 //! fast retry policy and a probing publisher; per backend, a fresh database
-//! per test ([`pg`], [`sqlite`]).
+//! per test ([`pg`], [`sqlite`]); the scenarios every broker publisher
+//! passes ([`broker`]).
 #![allow(dead_code, unreachable_pub)]
 
+#[cfg(feature = "sqlite")]
+pub mod broker;
 pub mod pg;
 pub mod probe;
 #[cfg(feature = "sqlite")]

@@ -49,6 +49,15 @@ impl TestDb {
         admin.database(&self.name)
     }
 
+    /// A pool of its own to this database, as another process would open:
+    /// only what PostgreSQL carries (a NOTIFY) reaches a relay on `pool`.
+    pub async fn other_process_pool(&self) -> PgPool {
+        PgPoolOptions::new()
+            .connect_with(self.options())
+            .await
+            .expect("connect a second pool")
+    }
+
     /// The URL of this database.
     pub fn url(&self) -> String {
         let base = admin_url();

@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use outbox::{NewMessage, Publisher, Relay, RelayHandle, RetryPolicy, SqliteOutbox};
+use outbox::{DeadLetter, NewMessage, Publisher, Relay, RelayHandle, RetryPolicy, SqliteOutbox};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions};
 
 /// A database file in the temporary directory, opened in WAL mode with a
@@ -60,6 +60,22 @@ pub async fn migrated(prefix: &str) -> (TempDb, SqliteOutbox) {
     (db, outbox)
 }
 
+/// As [`migrated`], with an outbox that takes payloads up to
+/// `max_payload_bytes`: for a test of what a broker refuses that the
+/// outbox's own default limit would refuse first.
+pub async fn migrated_with_payload_limit(
+    prefix: &str,
+    max_payload_bytes: usize,
+) -> (TempDb, SqliteOutbox) {
+    let db = TempDb::new(prefix).await;
+    let outbox = SqliteOutbox::builder(db.pool.clone())
+        .max_payload_bytes(max_payload_bytes)
+        .build()
+        .expect("outbox");
+    outbox.migrate().await.expect("migrate the outbox");
+    (db, outbox)
+}
+
 /// Enqueues `messages` in one transaction and commits it.
 pub async fn enqueue(db: &TempDb, outbox: &SqliteOutbox, messages: Vec<NewMessage>) {
     let mut tx = db.pool.begin().await.unwrap();
@@ -96,4 +112,38 @@ pub fn relay(outbox: &SqliteOutbox, publisher: impl Publisher, retry: RetryPolic
         .poll_interval(Duration::from_millis(50))
         .spawn()
         .expect("relay")
+}
+
+/// Runs a relay with `publisher` until the outbox is empty, then stops it.
+/// Transient failures are retried within milliseconds, up to 1000 times,
+/// so what ends as a dead letter failed permanently.
+pub async fn relay_until_drained(
+    outbox: &SqliteOutbox,
+    publisher: impl Publisher,
+    what: &str,
+    timeout: Duration,
+) {
+    let relay = Relay::builder(outbox.clone(), publisher)
+        .retry(super::fast_retry().max_attempts(1000))
+        .spawn()
+        .expect("relay");
+    drained(outbox, what, timeout).await;
+    relay.shutdown().await.expect("relay shutdown");
+}
+
+/// Waits until one message is a dead letter, stops `relay` and returns that
+/// dead letter.
+pub async fn the_dead_letter(
+    outbox: &SqliteOutbox,
+    relay: RelayHandle,
+    timeout: Duration,
+) -> DeadLetter {
+    super::wait_for("the dead letter", timeout, || async {
+        outbox.dead_letters(10).await.unwrap().len() == 1
+    })
+    .await;
+    relay.shutdown().await.expect("relay shutdown");
+    let mut dead = outbox.dead_letters(10).await.unwrap();
+    assert_eq!(dead.len(), 1, "{dead:?}");
+    dead.remove(0)
 }
