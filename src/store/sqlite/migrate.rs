@@ -19,6 +19,10 @@ const MIGRATIONS: &[(i64, &str)] = &[
         3,
         include_str!("../../../migrations/sqlite/0003_changes.sql"),
     ),
+    (
+        4,
+        include_str!("../../../migrations/sqlite/0004_dead_letters_by_position.sql"),
+    ),
 ];
 
 impl SqliteOutbox {

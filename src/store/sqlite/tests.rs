@@ -584,10 +584,15 @@ async fn every_statement_is_rendered_and_prepares() {
         migrations_version,
         migrations_record,
         dead_letters,
-        replay_one,
-        replay_all,
+        dead_letters_matching,
+        replay_candidates,
+        replay_insert,
+        replay_unblock,
+        replay_delete,
         discard_dead_letter,
         discard_unblock,
+        blocked_keys,
+        unblock_key,
         pending_count,
         published,
     } = sql;
@@ -621,12 +626,18 @@ async fn every_statement_is_rendered_and_prepares() {
         migrations_version,
         migrations_record,
         dead_letters,
+        dead_letters_matching,
+        replay_candidates,
+        replay_insert,
+        replay_unblock,
+        replay_delete,
         discard_dead_letter,
         discard_unblock,
+        blocked_keys,
+        unblock_key,
         pending_count,
         published,
     ];
-    all.extend(replay_one.iter().chain(replay_all).map(String::as_str));
     all.append(&mut batch_statements);
     for s in all {
         // Every placeholder rendered, the file's opening comment and its
