@@ -209,8 +209,9 @@ pub async fn a_reenqueued_id_keeps_every_dead_letter_and_every_key_moves_again<B
 
 /// A block holds only while the message it names exists: a block left with
 /// no message at its position, or one whose dead letter was deleted outside
-/// the crate, lets its key move (and `blocked_keys` says it is gone); a new
-/// failure of the key then blocks it again at the new position.
+/// the crate, is shown as gone and swept away by the relay, and its key
+/// moves; a new failure of the key then blocks it again at the new
+/// position.
 pub async fn a_block_whose_message_is_gone_no_longer_holds_its_key<B: Backend>() {
     let db = B::fresh().await;
     let outbox = db.outbox();
@@ -230,7 +231,7 @@ pub async fn a_block_whose_message_is_gone_no_longer_holds_its_key<B: Backend>()
     let rejected = Arc::new(Mutex::new(HashSet::from([first_id, again_id])));
     let published = InMemoryPublisher::new();
     let relay = outbox
-        .fast_relay(rejecting(rejected, published.clone()))
+        .fast_relay(rejecting(rejected.clone(), published.clone()))
         .spawn()
         .unwrap();
     let orphan = outbox
@@ -268,7 +269,9 @@ pub async fn a_block_whose_message_is_gone_no_longer_holds_its_key<B: Backend>()
         Some((position, BlockingMessage::Dead))
     );
 
-    // An operator deletes the dead letter by hand, leaving its block.
+    // An operator deletes the dead letter by hand, leaving its block, while
+    // no relay runs (a running relay would sweep the block at once).
+    relay.shutdown().await.unwrap();
     let dead_letters = B::table(B::DEFAULT_PREFIX, "dead_letters");
     db.execute(&format!(
         "DELETE FROM {dead_letters} WHERE seq = {position}"
@@ -278,11 +281,21 @@ pub async fn a_block_whose_message_is_gone_no_longer_holds_its_key<B: Backend>()
         k_block(&outbox.blocked_keys().await.unwrap()),
         Some((position, BlockingMessage::Gone))
     );
-    outbox.wake();
+    let relay = outbox
+        .fast_relay(rejecting(rejected, published.clone()))
+        .spawn()
+        .unwrap();
     wait_for("k to move past the gone block", TIMEOUT, || async {
         ids(&published).contains(&second)
     })
     .await;
+    assert_eq!(k_block(&outbox.blocked_keys().await.unwrap()), None);
+    assert!(outbox
+        .blocked_keys()
+        .await
+        .unwrap()
+        .iter()
+        .all(|b| b.message != BlockingMessage::Gone));
 
     // The key fails again: the new failure blocks it, the gone block does
     // not stand in for it.

@@ -86,6 +86,8 @@ struct Inner {
     listen_options: Option<PgConnectOptions>,
     /// The largest payload enqueue accepts.
     max_payload: usize,
+    /// When the claim path last swept away blocks whose message is gone.
+    sweep: super::BlockSweep,
     wake: WakeState,
 }
 

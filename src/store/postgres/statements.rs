@@ -73,6 +73,8 @@ statements! {
     claim_all,
     /// Due messages of some buckets.
     claim_buckets,
+    /// Deletes key blocks whose message is gone.
+    sweep_gone_blocks,
 
     // Acknowledgements: the common case (everything published, nothing
     // retried) in one statement...

@@ -164,7 +164,8 @@ impl SqliteOutbox {
     /// The keys held back behind a failed message (ordered topics), by key:
     /// the position that blocks each, since when, and where the message at
     /// that position is. A block whose message is
-    /// [`Gone`](crate::BlockingMessage::Gone) no longer holds its key back.
+    /// [`Gone`](crate::BlockingMessage::Gone) is swept away by a relay's
+    /// next claim.
     ///
     /// # Errors
     ///

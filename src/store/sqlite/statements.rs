@@ -15,6 +15,7 @@ pub(super) struct Sql {
     /// [`Sql::insert_batch`].
     pub(super) insert_batch_template: String,
     pub(super) claim: String,
+    pub(super) sweep_gone_blocks: String,
     pub(super) fence: String,
     pub(super) delete_seqs: String,
     pub(super) copy_published: String,
@@ -60,6 +61,7 @@ impl Sql {
             insert: r(include_str!("sql/insert.sql")),
             insert_batch_template: r(include_str!("sql/insert_batch.sql")),
             claim: r(include_str!("sql/claim.sql")),
+            sweep_gone_blocks: r(include_str!("sql/sweep_gone_blocks.sql")),
             fence: r(include_str!("sql/fence.sql")),
             delete_seqs: r(include_str!("sql/delete_seqs.sql")),
             copy_published: r(include_str!("sql/copy_published.sql")),

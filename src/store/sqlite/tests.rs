@@ -560,6 +560,7 @@ async fn every_statement_is_rendered_and_prepares() {
         insert,
         insert_batch_template: _,
         claim,
+        sweep_gone_blocks,
         fence,
         delete_seqs,
         copy_published,
@@ -602,6 +603,7 @@ async fn every_statement_is_rendered_and_prepares() {
     let mut all: Vec<&str> = vec![
         insert,
         claim,
+        sweep_gone_blocks,
         fence,
         delete_seqs,
         copy_published,

@@ -1,10 +1,5 @@
 -- Reads the next messages of every bucket, in position order: due ones only,
--- none behind a blocked key's failing head, none still in flight. A block
--- holds only while the message it names exists (pending, or dead): one
--- whose message is gone (deleted outside the crate, or orphaned by a
--- version that overwrote dead letters) must not stop its key for good. The
--- check runs only for a block row that matches a message's key behind its
--- position, so a claim over unblocked keys costs no more than before. Each row
+-- none behind a blocked key's failing head, none still in flight. Each row
 -- carries its bucket: the key's hash, or for a message without a key its
 -- position, modulo the bucket count. Columns are decoded by index (see
 -- decode.rs): the message columns with headers as text, then the bucket.
@@ -20,11 +15,7 @@ SELECT m.seq, m.id, m.topic, m.partition_key, m.event_type, m.schema_version,
 FROM {messages} m
 WHERE (m.available_at IS NULL OR m.available_at <= $1)
   AND NOT EXISTS (SELECT 1 FROM {blocked} k
-                  WHERE k.partition_key = m.partition_key AND k.seq < m.seq
-                    AND EXISTS (SELECT 1 FROM {messages} h WHERE h.seq = k.seq
-                                UNION ALL
-                                SELECT 1 FROM {dead_letters} d
-                                WHERE d.seq = k.seq))
+                  WHERE k.partition_key = m.partition_key AND k.seq < m.seq)
   AND NOT EXISTS (SELECT 1 FROM unnest($4::bigint[]) x(seq) WHERE x.seq = m.seq)
 ORDER BY m.seq
 LIMIT $3

@@ -12,11 +12,7 @@ WHERE (m.available_at IS NULL OR m.available_at <= $1)
   AND CASE WHEN m.partition_key IS NULL THEN (m.seq % $2)::int
            ELSE (hashtext(m.partition_key) & 2147483647) % $2 END = ANY($5)
   AND NOT EXISTS (SELECT 1 FROM {blocked} k
-                  WHERE k.partition_key = m.partition_key AND k.seq < m.seq
-                    AND EXISTS (SELECT 1 FROM {messages} h WHERE h.seq = k.seq
-                                UNION ALL
-                                SELECT 1 FROM {dead_letters} d
-                                WHERE d.seq = k.seq))
+                  WHERE k.partition_key = m.partition_key AND k.seq < m.seq)
   AND NOT EXISTS (SELECT 1 FROM unnest($4::bigint[]) x(seq) WHERE x.seq = m.seq)
 ORDER BY m.seq
 LIMIT $3
