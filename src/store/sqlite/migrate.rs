@@ -9,7 +9,7 @@ use super::SqliteOutbox;
 use crate::error::Result;
 use crate::store::check_schema_version;
 
-const MIGRATIONS: &[(i64, &str)] = &[
+pub(super) const MIGRATIONS: &[(i64, &str)] = &[
     (1, include_str!("../../../migrations/sqlite/0001_core.sql")),
     (
         2,
