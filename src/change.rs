@@ -81,6 +81,10 @@ fn to_value<T: Serialize + ?Sized>(v: &T) -> Result<Value> {
 
 impl Change {
     /// An insert carrying the whole entity.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Serialize`] if `data` cannot be serialized as JSON.
     pub fn insert<T: Serialize + ?Sized>(
         entity_type: impl Into<String>,
         key: impl Into<String>,
@@ -97,6 +101,11 @@ impl Change {
 
     /// An update carrying the merge patch from `before` to `after`, or
     /// `None` if nothing changed.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Serialize`] if `before` or `after` cannot be
+    /// serialized as JSON.
     pub fn update<T: Serialize + ?Sized>(
         entity_type: impl Into<String>,
         key: impl Into<String>,
@@ -126,6 +135,10 @@ impl Change {
 
     /// Also carries the entity's values before the change (the whole
     /// entity, for audit or for consumers that check their state).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Serialize`] if `before` cannot be serialized as JSON.
     pub fn with_before<T: Serialize + ?Sized>(mut self, before: &T) -> Result<Self> {
         self.before = Some(to_value(before)?);
         Ok(self)
@@ -179,6 +192,11 @@ impl Change {
     /// A message carrying this change as its JSON payload, keyed by
     /// [`partition_key`](Self::partition_key), with event type
     /// `<entity_type>.<kind>` (e.g. `candidate.update`).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Serialize`] if the change cannot be serialized (it
+    /// always can, being JSON already).
     pub fn to_message(&self, topic: impl Into<String>) -> Result<NewMessage> {
         Ok(NewMessage::json(topic, self)?
             .with_partition_key(self.partition_key())

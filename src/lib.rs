@@ -123,6 +123,7 @@ pub use crate::store::postgres::{PgOutbox, PgOutboxBuilder, WakeUp};
 pub use crate::store::sqlite::{SqliteOutbox, SqliteOutboxBuilder};
 pub use crate::store::{
     BlockedKey, BlockingMessage, DeadLetter, DeadLetterFilter, NotReplayed, ReplayReport, Store,
+    StoreStats,
 };
 
 /// The sqlx this crate is built on (0.8), so users can name its exact

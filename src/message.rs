@@ -133,6 +133,10 @@ pub struct NewMessage {
 impl NewMessage {
     /// A message whose payload is `value` encoded as JSON. The event type
     /// defaults to the topic and the schema version to 1.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Serialize`](crate::Error::Serialize) if `value` cannot be serialized as JSON.
     pub fn json<T: Serialize + ?Sized>(topic: impl Into<String>, value: &T) -> Result<Self> {
         let payload = serde_json::to_vec(value).map_err(Error::Serialize)?;
         let topic = topic.into();
@@ -167,6 +171,10 @@ impl NewMessage {
 
     /// A message for a typed event: topic, event type, schema version and
     /// partition key come from the [`Event`] implementation.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Serialize`](crate::Error::Serialize) if the event cannot be serialized as JSON.
     pub fn from_event<E: Event + ?Sized>(event: &E) -> Result<Self> {
         let mut msg = Self::json(event.topic(), event)?;
         msg.event_type = E::EVENT_TYPE.to_owned();
@@ -356,6 +364,11 @@ impl OutboxMessage {
     }
 
     /// Decodes a JSON payload.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Deserialize`](crate::Error::Deserialize) if the payload is not JSON of type
+    /// `T`.
     pub fn payload_json<T: DeserializeOwned>(&self) -> Result<T> {
         serde_json::from_slice(&self.payload).map_err(|source| Error::Deserialize {
             id: self.id,

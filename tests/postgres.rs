@@ -379,3 +379,74 @@ async fn relay_reconnects_after_its_connections_are_terminated() {
     relay_pool.close().await;
     db.drop().await;
 }
+
+/// A relay busy with a long publish keeps reading its notifications: the
+/// server's NOTIFY queue (shared by the whole cluster, 8 GB, and producers'
+/// commits fail when it is full) drains while the relay does not wait for
+/// wake-ups.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn notifications_are_drained_while_the_relay_is_busy() {
+    let (db, outbox) = setup().await;
+    let busy = Arc::new(tokio::sync::Notify::new());
+    let release = Arc::new(tokio::sync::Notify::new());
+    let publisher = {
+        let (busy, release) = (busy.clone(), release.clone());
+        FnPublisher::new(move |_m: OutboxMessage| {
+            let (busy, release) = (busy.clone(), release.clone());
+            async move {
+                busy.notify_one();
+                release.notified().await;
+                Ok(())
+            }
+        })
+    };
+    let mut tx = db.pool.begin().await.unwrap();
+    outbox.enqueue(&mut *tx, msg("t", "k", 1)).await.unwrap();
+    tx.commit().await.unwrap();
+    let relay = Relay::builder(outbox.clone(), publisher)
+        .poll_interval(Duration::from_millis(50))
+        .lease_ttl(Duration::from_secs(60))
+        .spawn()
+        .unwrap();
+    tokio::time::timeout(Duration::from_secs(10), busy.notified())
+        .await
+        .expect("the relay calls the publisher");
+
+    // Far more than socket buffers hold: unread, they stay in the queue.
+    let channel: String =
+        sqlx::query_scalar("SELECT channel FROM pg_listening_channels() AS channel LIMIT 0")
+            .fetch_optional(&db.pool)
+            .await
+            .unwrap()
+            .unwrap_or_else(|| "outbox_outbox_".to_owned());
+    sqlx::query(
+        "SELECT count(pg_notify($1, repeat('x', 200) || g)) FROM generate_series(1, 100000) g",
+    )
+    .bind(channel)
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    let usage = || async {
+        sqlx::query_scalar::<_, f64>("SELECT pg_notification_queue_usage()")
+            .fetch_one(&db.pool)
+            .await
+            .unwrap()
+    };
+    let mut drained = false;
+    for _ in 0..100 {
+        if usage().await == 0.0 {
+            drained = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    release.notify_waiters();
+    release.notify_one();
+    assert!(
+        drained,
+        "the NOTIFY queue kept {} of its space while the relay was busy",
+        usage().await
+    );
+    relay.shutdown().await.unwrap();
+    db.drop().await;
+}

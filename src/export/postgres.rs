@@ -25,6 +25,14 @@ impl PgOutbox {
     ///
     /// Takes the entity's transaction-scoped lock, so changes of one entity
     /// are logged in commit order.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidMessage`](crate::Error::InvalidMessage) if the change holds what the
+    /// database would refuse (empty or oversized names, NUL in text or JSON), checked before
+    /// anything is sent so the caller's transaction stays usable;
+    /// [`Error::Database`](crate::Error::Database) if the database fails (the caller's
+    /// transaction is then aborted).
     pub async fn log_change<'c, E>(&self, executor: E, change: &Change) -> Result<()>
     where
         E: Executor<'c, Database = Postgres>,
@@ -57,6 +65,12 @@ impl PgOutbox {
     /// any executor: its two statements must run on the same connection
     /// (a pool would run them on two, outside one transaction). Pass
     /// `&mut *tx`.
+    ///
+    /// # Errors
+    ///
+    /// As [`enqueue`](Self::enqueue) and [`log_change`](Self::log_change): both are checked
+    /// before the first statement is sent; [`Error::Database`](crate::Error::Database) if the
+    /// database fails.
     pub async fn record_change(
         &self,
         conn: &mut PgConnection,
@@ -88,6 +102,10 @@ impl PgOutbox {
     /// outbox.commit_cursor("crm", &cursor).await?;
     /// # Ok(()) }
     /// ```
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Database`](crate::Error::Database) if the database fails.
     pub async fn snapshot_cursor<'c, E>(&self, executor: E) -> Result<Cursor>
     where
         E: Executor<'c, Database = Postgres>,
@@ -104,6 +122,11 @@ impl PgOutbox {
     }
 
     /// The cursor stored for `consumer`, if it ever committed one.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidCursor`](crate::Error::InvalidCursor) if the stored cursor cannot be
+    /// read; [`Error::Database`](crate::Error::Database) if the database fails.
     pub async fn cursor(&self, consumer: &str) -> Result<Option<Cursor>> {
         let mut c = self.standalone().await?;
         let s: Option<String> = sqlx::query_scalar(
@@ -121,6 +144,11 @@ impl PgOutbox {
 
     /// Stores `consumer`'s cursor: call after applying a page. Writes in its
     /// own statement.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::CursorBackendMismatch`](crate::Error::CursorBackendMismatch) for a cursor of
+    /// another backend; [`Error::Database`](crate::Error::Database) if the database fails.
     pub async fn commit_cursor(&self, consumer: &str, cursor: &Cursor) -> Result<()> {
         let mut c = self.standalone().await?;
         self.commit_cursor_with(c.conn(), consumer, cursor).await?;
@@ -130,6 +158,11 @@ impl PgOutbox {
     /// Stores `consumer`'s cursor with the caller's executor: a consumer
     /// whose replica lives in this database commits the cursor in the
     /// transaction that applied the page, and never re-reads a page.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::CursorBackendMismatch`](crate::Error::CursorBackendMismatch) for a cursor of
+    /// another backend; [`Error::Database`](crate::Error::Database) if the database fails.
     pub async fn commit_cursor_with<'c, E>(
         &self,
         executor: E,
@@ -157,6 +190,12 @@ impl PgOutbox {
     /// The next page after `consumer`'s stored cursor (the start of the log
     /// for a new consumer), at most `limit` logged changes before
     /// coalescing.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidConfig`](crate::Error::InvalidConfig) for a `limit` below 1;
+    /// [`Error::InvalidCursor`](crate::Error::InvalidCursor) if the stored cursor cannot be
+    /// read; [`Error::Database`](crate::Error::Database) if the database fails.
     pub async fn changes_since(&self, consumer: &str, limit: i64) -> Result<ChangePage> {
         let cursor = self
             .cursor(consumer)
@@ -166,6 +205,14 @@ impl PgOutbox {
     }
 
     /// The next page after `cursor`.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidConfig`](crate::Error::InvalidConfig) for a `limit` below 1;
+    /// [`Error::CursorBackendMismatch`](crate::Error::CursorBackendMismatch) for a cursor of
+    /// another backend; [`Error::InvalidMessage`](crate::Error::InvalidMessage) for a change
+    /// log row of an unknown kind; [`Error::Database`](crate::Error::Database) if the database
+    /// fails.
     pub async fn changes_after(&self, cursor: &Cursor, limit: i64) -> Result<ChangePage> {
         if limit <= 0 {
             return Err(Error::InvalidConfig {
@@ -282,6 +329,11 @@ impl PgOutbox {
     /// Deletes logged changes older than `before`, in batches of `batch`,
     /// oldest first; returns how many. Consumers whose cursor is older lose
     /// those changes: start them again from a snapshot.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidConfig`](crate::Error::InvalidConfig) for a `batch` below 1;
+    /// [`Error::Database`](crate::Error::Database) if the database fails.
     pub async fn purge_changes(
         &self,
         before: chrono::DateTime<chrono::Utc>,

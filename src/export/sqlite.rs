@@ -25,6 +25,14 @@ fn micros_now() -> i64 {
 impl SqliteOutbox {
     /// Records a change in the change log, with the caller's executor
     /// (normally `&mut *tx`, the transaction that made the change).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidMessage`](crate::Error::InvalidMessage) if the change holds what the
+    /// database would refuse (empty or oversized names, NUL in text or JSON), checked before
+    /// anything is sent so the caller's transaction stays usable;
+    /// [`Error::Database`](crate::Error::Database) if the database fails (the caller's
+    /// transaction is then aborted).
     pub async fn log_change<'c, E>(&self, executor: E, change: &Change) -> Result<()>
     where
         E: Executor<'c, Database = Sqlite>,
@@ -54,6 +62,12 @@ impl SqliteOutbox {
     /// any executor: its two statements must run on the same connection
     /// (a pool would run them on two, outside one transaction). Pass
     /// `&mut *tx`.
+    ///
+    /// # Errors
+    ///
+    /// As [`enqueue`](Self::enqueue) and [`log_change`](Self::log_change): both are checked
+    /// before the first statement is sent; [`Error::Database`](crate::Error::Database) if the
+    /// database fails.
     pub async fn record_change(
         &self,
         conn: &mut SqliteConnection,
@@ -70,6 +84,10 @@ impl SqliteOutbox {
     /// The cursor that continues exactly after what the caller's
     /// transaction sees: run the snapshot query and this call in one
     /// transaction.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Database`](crate::Error::Database) if the database fails.
     pub async fn snapshot_cursor<'c, E>(&self, executor: E) -> Result<Cursor>
     where
         E: Executor<'c, Database = Sqlite>,
@@ -85,6 +103,11 @@ impl SqliteOutbox {
     }
 
     /// The cursor stored for `consumer`, if it ever committed one.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidCursor`](crate::Error::InvalidCursor) if the stored cursor cannot be
+    /// read; [`Error::Database`](crate::Error::Database) if the database fails.
     pub async fn cursor(&self, consumer: &str) -> Result<Option<Cursor>> {
         let s: Option<String> = sqlx::query_scalar(
             &self
@@ -98,12 +121,22 @@ impl SqliteOutbox {
     }
 
     /// Stores `consumer`'s cursor: call after applying a page.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::CursorBackendMismatch`](crate::Error::CursorBackendMismatch) for a cursor of
+    /// another backend; [`Error::Database`](crate::Error::Database) if the database fails.
     pub async fn commit_cursor(&self, consumer: &str, cursor: &Cursor) -> Result<()> {
         self.commit_cursor_with(self.pool(), consumer, cursor).await
     }
 
     /// Stores `consumer`'s cursor with the caller's executor, for a replica
     /// in this database that commits the cursor with the applied page.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::CursorBackendMismatch`](crate::Error::CursorBackendMismatch) for a cursor of
+    /// another backend; [`Error::Database`](crate::Error::Database) if the database fails.
     pub async fn commit_cursor_with<'c, E>(
         &self,
         executor: E,
@@ -132,6 +165,12 @@ impl SqliteOutbox {
     /// The next page after `consumer`'s stored cursor (the start of the log
     /// for a new consumer), at most `limit` logged changes before
     /// coalescing.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidConfig`](crate::Error::InvalidConfig) for a `limit` below 1;
+    /// [`Error::InvalidCursor`](crate::Error::InvalidCursor) if the stored cursor cannot be
+    /// read; [`Error::Database`](crate::Error::Database) if the database fails.
     pub async fn changes_since(&self, consumer: &str, limit: i64) -> Result<ChangePage> {
         let cursor = self
             .cursor(consumer)
@@ -141,6 +180,14 @@ impl SqliteOutbox {
     }
 
     /// The next page after `cursor`.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidConfig`](crate::Error::InvalidConfig) for a `limit` below 1;
+    /// [`Error::CursorBackendMismatch`](crate::Error::CursorBackendMismatch) for a cursor of
+    /// another backend; [`Error::InvalidMessage`](crate::Error::InvalidMessage) for a change
+    /// log row of an unknown kind; [`Error::Database`](crate::Error::Database) if the database
+    /// fails.
     pub async fn changes_after(&self, cursor: &Cursor, limit: i64) -> Result<ChangePage> {
         if limit <= 0 {
             return Err(Error::InvalidConfig {
@@ -193,6 +240,11 @@ impl SqliteOutbox {
 
     /// Deletes logged changes older than `before`, in batches of `batch`,
     /// oldest first; returns how many.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidConfig`](crate::Error::InvalidConfig) for a `batch` below 1;
+    /// [`Error::Database`](crate::Error::Database) if the database fails.
     pub async fn purge_changes(
         &self,
         before: chrono::DateTime<chrono::Utc>,

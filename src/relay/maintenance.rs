@@ -116,6 +116,9 @@ impl Worker {
 
 fn record_gauges(s: &StoreStats) {
     metrics::gauge!("outbox_pending").set(s.pending as f64);
+    metrics::gauge!("outbox_ready").set(s.ready as f64);
+    metrics::gauge!("outbox_retry_waiting").set(s.retry_waiting as f64);
+    metrics::gauge!("outbox_parked").set(s.parked as f64);
     metrics::gauge!("outbox_dead_letters").set(s.dead_letters as f64);
     metrics::gauge!("outbox_oldest_pending_age_seconds")
         .set(s.oldest_pending_age.map_or(0.0, |d| d.as_secs_f64()));

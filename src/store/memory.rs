@@ -689,8 +689,24 @@ impl StoreOps for MemoryStore {
         let now = self.now();
         let stats = {
             let s = self.state();
+            let waiting = |p: &&Pending| p.available_at.is_some_and(|at| at > now);
+            let retry_waiting = s.messages.values().filter(waiting).count() as i64;
+            let parked =
+                s.messages
+                    .values()
+                    .filter(|p| !waiting(p))
+                    .filter(|p| {
+                        p.message.partition_key.as_ref().is_some_and(|k| {
+                            s.blocked.get(k).is_some_and(|&seq| seq < p.message.seq)
+                        })
+                    })
+                    .count() as i64;
+            let pending = s.messages.len() as i64;
             StoreStats {
-                pending: s.messages.len() as i64,
+                pending,
+                ready: pending - retry_waiting - parked,
+                retry_waiting,
+                parked,
                 oldest_pending_age: s
                     .messages
                     .values()

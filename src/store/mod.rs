@@ -311,18 +311,38 @@ impl<'a> AckPlan<'a> {
     }
 }
 
-/// Numbers the relay turns into gauges.
-#[derive(Debug, Clone, Copy, Default)]
-#[allow(unreachable_pub)] // sealed: reachable only through `Store`
+/// What is in an outbox right now: what `stats()` returns and the relay
+/// turns into gauges.
+///
+/// `pending` is everything not yet published nor dead-lettered, and splits
+/// into what a relay can publish now (`ready`), what waits for a retry
+/// (`retry_waiting`) and what waits behind an earlier message of its key
+/// that failed (`parked`). "Wait until pending is 0" hangs while a key is
+/// blocked; wait for `ready` instead, and alert on `parked`.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+#[non_exhaustive]
 pub struct StoreStats {
-    pub(crate) pending: i64,
-    pub(crate) oldest_pending_age: Option<Duration>,
-    pub(crate) dead_letters: i64,
-    pub(crate) dead_tuples: Option<i64>,
-    /// Age of the oldest transaction that holds back vacuum, if any.
-    pub(crate) oldest_xmin_age: Option<Duration>,
-    /// Whether the server runs autovacuum at all (`None`: not applicable).
-    pub(crate) autovacuum: Option<bool>,
+    /// Messages not yet published nor dead-lettered.
+    pub pending: i64,
+    /// Of those, the ones a relay may publish now.
+    pub ready: i64,
+    /// Of those, the ones whose retry is not due yet.
+    pub retry_waiting: i64,
+    /// Of those, the ones held back behind an earlier message of their
+    /// partition key that failed (ordered policy), due or not.
+    pub parked: i64,
+    /// How long the oldest pending message has waited.
+    pub oldest_pending_age: Option<Duration>,
+    /// Dead letters kept for an operator.
+    pub dead_letters: i64,
+    /// Dead tuples in the messages table (PostgreSQL).
+    pub dead_tuples: Option<i64>,
+    /// Age of the oldest transaction in this database that holds back
+    /// vacuum, if any (PostgreSQL).
+    pub oldest_xmin_age: Option<Duration>,
+    /// Whether autovacuum runs on the messages table (`None`: not
+    /// applicable).
+    pub autovacuum: Option<bool>,
 }
 
 /// Parameters of [`StoreOps::heartbeat`](sealed::StoreOps::heartbeat).

@@ -102,6 +102,8 @@ pub trait Backend: Send + Sync + Sized + 'static {
     /// An outbox whose table names start with `prefix`, not migrated; the
     /// builder's error for a bad prefix.
     fn outbox_with_prefix(&self, prefix: &str) -> outbox::Result<Self::Outbox>;
+    /// The outbox with its builder's `max_payload_bytes` set.
+    fn outbox_with_payload_limit(&self, limit: usize) -> outbox::Result<Self::Outbox>;
 
     async fn begin(&self) -> Tx<Self>;
 
@@ -250,6 +252,18 @@ pub trait TestOutbox: Clone + Send + Sync + 'static {
     async fn unblock(&self, key: &str) -> outbox::Result<bool>;
     async fn pending_count(&self) -> outbox::Result<i64>;
     async fn published(&self, limit: i64) -> outbox::Result<Vec<OutboxMessage>>;
+    async fn stats(&self) -> outbox::Result<outbox::StoreStats>;
+    async fn log_change(
+        &self,
+        tx: &mut Transaction<'static, Self::Db>,
+        change: &outbox::change::Change,
+    ) -> outbox::Result<()>;
+    async fn record_change(
+        &self,
+        tx: &mut Transaction<'static, Self::Db>,
+        topic: &str,
+        change: &outbox::change::Change,
+    ) -> outbox::Result<Enqueued>;
 }
 
 /// Implements [`TestOutbox`] for an outbox type by calling its inherent
@@ -356,6 +370,24 @@ macro_rules! test_outbox {
                 limit: i64,
             ) -> ::outbox::Result<Vec<::outbox::OutboxMessage>> {
                 <$outbox>::published(self, limit).await
+            }
+            async fn stats(&self) -> ::outbox::Result<::outbox::StoreStats> {
+                <$outbox>::stats(self).await
+            }
+            async fn log_change(
+                &self,
+                tx: &mut ::sqlx::Transaction<'static, $db>,
+                change: &::outbox::change::Change,
+            ) -> ::outbox::Result<()> {
+                <$outbox>::log_change(self, &mut **tx, change).await
+            }
+            async fn record_change(
+                &self,
+                tx: &mut ::sqlx::Transaction<'static, $db>,
+                topic: &str,
+                change: &::outbox::change::Change,
+            ) -> ::outbox::Result<::outbox::Enqueued> {
+                <$outbox>::record_change(self, &mut **tx, topic, change).await
             }
         }
     };

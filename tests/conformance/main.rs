@@ -20,6 +20,7 @@
 mod support;
 
 mod backend;
+mod bad_input;
 mod config;
 mod consumer_backend;
 mod dead_letters;
@@ -28,6 +29,7 @@ mod inbox;
 mod messages;
 mod ordering;
 mod relay;
+mod stats;
 mod write;
 
 /// Declares one test per scenario per backend: `conformance!(Type, module;
@@ -74,6 +76,9 @@ macro_rules! every_backend {
             write::payload_that_cannot_serialize_is_an_error_before_any_write,
             write::headers_raw_bytes_and_batch_order_survive_the_trip,
             write::large_batch_is_published_once_in_order,
+            bad_input::bad_input_never_costs_the_callers_transaction,
+            bad_input::the_payload_limit_is_the_outboxs_own,
+            stats::stats_tell_ready_retry_waiting_and_parked_apart,
             config::bad_identifiers_are_typed_errors,
             config::bad_relay_configuration_is_a_typed_error,
             config::prefix_keeps_outboxes_apart,

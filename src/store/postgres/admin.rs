@@ -241,6 +241,17 @@ impl PgOutbox {
         c.finish().await?;
         rows.iter().map(published_from_row).collect()
     }
+
+    /// What is in the outbox now: pending messages split into ready,
+    /// waiting for a retry and parked behind a blocked key, the oldest
+    /// one's age, dead letters, and on PostgreSQL the table's health.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Database`](crate::Error::Database) if the query fails.
+    pub async fn stats(&self) -> Result<crate::store::StoreStats> {
+        crate::store::sealed::StoreOps::stats(self).await
+    }
 }
 
 /// Binds a filter as the eight parameters of `dead_letters_matching.sql`

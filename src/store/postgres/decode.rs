@@ -85,8 +85,14 @@ pub(super) fn leases_from_rows(rows: Vec<PgRow>) -> Result<Vec<Lease>> {
 pub(super) fn stats_from_row(row: &PgRow) -> Result<StoreStats> {
     let age: Option<f64> = row.try_get(1)?;
     let xmin_age: Option<f64> = row.try_get(4)?;
+    let pending: i64 = row.try_get(0)?;
+    let retry_waiting: i64 = row.try_get(6)?;
+    let parked: i64 = row.try_get(7)?;
     Ok(StoreStats {
-        pending: row.try_get(0)?,
+        pending,
+        ready: (pending - retry_waiting - parked).max(0),
+        retry_waiting,
+        parked,
         oldest_pending_age: age.map(|s| Duration::from_secs_f64(s.max(0.0))),
         dead_letters: row.try_get(2)?,
         dead_tuples: row.try_get(3)?,

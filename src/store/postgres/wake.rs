@@ -274,22 +274,70 @@ impl PgOutbox {
             None => PgListener::connect_with(&self.inner.pool).await?,
         };
         listener.listen(&self.inner.wake.channel).await?;
-        Ok(Some(Box::new(PgWake { listener })))
+        Ok(Some(Box::new(PgWake::drain(listener))))
     }
 }
 
-/// Wakes a relay on each notification on the outbox's channel.
+/// Wakes a relay on notifications on the outbox's channel.
+///
+/// A task of its own reads the notifications as they come, whether or not
+/// the relay is waiting: a relay busy with a backlog for hours never polls
+/// its listener, and unread notifications would fill the server's NOTIFY
+/// queue until producers' commits fail. Any number of notifications
+/// received while the relay was busy leave one wake-up (a `Notify` permit),
+/// so a burst of stale ones costs at most one claim.
 struct PgWake {
-    listener: PgListener,
+    signal: Arc<Notify>,
+    /// Set by the task when the connection failed: the relay drops this
+    /// source, looks now, and listens again later.
+    failed: Arc<std::sync::Mutex<Option<sqlx::Error>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl PgWake {
+    fn drain(mut listener: PgListener) -> Self {
+        let signal = Arc::new(Notify::new());
+        let failed = Arc::new(std::sync::Mutex::new(None));
+        let task = tokio::spawn({
+            let (signal, failed) = (signal.clone(), failed.clone());
+            async move {
+                loop {
+                    match listener.try_recv().await {
+                        Ok(Some(_)) => signal.notify_one(),
+                        // The connection was lost (it is re-established on
+                        // the next call): notifications sent meanwhile are
+                        // gone, so the relay must look now.
+                        Ok(None) => signal.notify_one(),
+                        Err(e) => {
+                            *failed.lock().unwrap_or_else(|p| p.into_inner()) = Some(e);
+                            signal.notify_one();
+                            return;
+                        }
+                    }
+                }
+            }
+        });
+        Self {
+            signal,
+            failed,
+            task,
+        }
+    }
+}
+
+impl Drop for PgWake {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
 }
 
 #[async_trait]
 impl WakeSource for PgWake {
     async fn next(&mut self) -> Result<()> {
-        // `Ok(None)`: the connection was lost (and is re-established on the
-        // next call); notifications sent meanwhile are gone, so the relay
-        // must look now rather than wait for one.
-        self.listener.try_recv().await?;
-        Ok(())
+        self.signal.notified().await;
+        match self.failed.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            Some(e) => Err(e.into()),
+            None => Ok(()),
+        }
     }
 }

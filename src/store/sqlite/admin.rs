@@ -233,6 +233,17 @@ impl SqliteOutbox {
             .await?;
         rows.iter().map(message_from_row).collect()
     }
+
+    /// What is in the outbox now: pending messages split into ready,
+    /// waiting for a retry and parked behind a blocked key, the oldest
+    /// one's age, dead letters, and on PostgreSQL the table's health.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Database`](crate::Error::Database) if the query fails.
+    pub async fn stats(&self) -> Result<crate::store::StoreStats> {
+        crate::store::sealed::StoreOps::stats(self).await
+    }
 }
 
 fn dead_letter_from_row(r: &SqliteRow) -> Result<DeadLetter> {

@@ -82,13 +82,20 @@ impl StoreOps for SqliteOutbox {
     }
 
     async fn stats(&self) -> Result<StoreStats> {
+        let now = micros(Utc::now());
         let row = sqlx::query(&self.inner.sql.stats)
+            .bind(now)
             .fetch_one(&self.inner.pool)
             .await?;
         let oldest: Option<i64> = row.try_get(1)?;
-        let now = micros(Utc::now());
+        let pending: i64 = row.try_get(0)?;
+        let retry_waiting: i64 = row.try_get(3)?;
+        let parked: i64 = row.try_get(4)?;
         Ok(StoreStats {
-            pending: row.try_get(0)?,
+            pending,
+            ready: (pending - retry_waiting - parked).max(0),
+            retry_waiting,
+            parked,
             oldest_pending_age: oldest
                 .map(|t| Duration::from_micros(u64::try_from(now.saturating_sub(t)).unwrap_or(0))),
             dead_letters: row.try_get(2)?,

@@ -202,6 +202,10 @@ impl<R: Route> Backend for PostgresVia<R> {
         self.builder().table_prefix(prefix).build()
     }
 
+    fn outbox_with_payload_limit(&self, limit: usize) -> outbox::Result<PgOutbox> {
+        self.builder().max_payload_bytes(limit).build()
+    }
+
     async fn begin(&self) -> Tx<Self> {
         self.app.begin().await.unwrap()
     }

@@ -138,6 +138,12 @@ impl Backend for Sqlite {
             .build()
     }
 
+    fn outbox_with_payload_limit(&self, limit: usize) -> outbox::Result<SqliteOutbox> {
+        SqliteOutbox::builder(self.pool.clone())
+            .max_payload_bytes(limit)
+            .build()
+    }
+
     async fn begin(&self) -> Tx<Self> {
         self.pool.begin().await.unwrap()
     }

@@ -1,7 +1,10 @@
--- Gauges for metrics, by column: pending messages, age of the oldest in
+-- What is in the outbox, by column: pending messages, age of the oldest in
 -- seconds, dead letters, dead tuples of the messages table, age in seconds
--- of the oldest transaction that holds back vacuum (this session's own
--- excluded), and whether autovacuum runs on the messages table.
+-- of the oldest transaction in this database that holds back vacuum (this
+-- session's own excluded; transactions in other databases do not hold back
+-- vacuum of this database's tables), whether autovacuum runs on the
+-- messages table, messages whose retry is not due, and messages due but
+-- held back behind a blocked key.
 --
 -- $1 the messages table's quoted name (cast to regclass).
 SELECT (SELECT count(*) FROM {messages}),
@@ -11,8 +14,14 @@ SELECT (SELECT count(*) FROM {messages}),
        (SELECT n_dead_tup FROM pg_stat_user_tables WHERE relid = $1::regclass),
        (SELECT extract(epoch FROM now() - min(xact_start))::float8
           FROM pg_stat_activity
-         WHERE backend_xmin IS NOT NULL AND pid <> pg_backend_pid()),
+         WHERE backend_xmin IS NOT NULL AND pid <> pg_backend_pid()
+           AND datname = current_database()),
        current_setting('autovacuum') = 'on' AND NOT EXISTS (
          SELECT 1 FROM pg_class c, unnest(c.reloptions) o
           WHERE c.oid = $1::regclass
-            AND o IN ('autovacuum_enabled=false', 'autovacuum_enabled=off'))
+            AND o IN ('autovacuum_enabled=false', 'autovacuum_enabled=off')),
+       (SELECT count(*) FROM {messages} WHERE available_at > now()),
+       (SELECT count(*) FROM {messages} m
+         WHERE (m.available_at IS NULL OR m.available_at <= now())
+           AND EXISTS (SELECT 1 FROM {blocked} k
+                        WHERE k.partition_key = m.partition_key AND k.seq < m.seq))
