@@ -254,8 +254,8 @@ impl PgOutbox {
     }
 }
 
-/// Binds a filter as the eight parameters of `dead_letters_matching.sql`
-/// and `replay_dead_letters.sql`.
+/// The query types a filter is bound to: the listing decodes rows, the
+/// replay a tuple, and sqlx gives `Query` and `QueryAs` no common `bind`.
 trait BindFilter: Sized {
     fn bind_opt<T>(self, value: Option<T>) -> Self
     where
@@ -280,6 +280,8 @@ impl<'q, O> BindFilter for QueryAs<'q, Postgres, O, PgArguments> {
     }
 }
 
+/// Binds a filter as the eight parameters of `dead_letters_matching.sql`
+/// and `replay_dead_letters.sql`.
 fn bind_filter<Q: BindFilter>(q: Q, f: &DeadLetterFilter) -> Q {
     q.bind_opt(f.id.map(|id| id.as_uuid()))
         .bind_opt(f.topic.clone())

@@ -14,7 +14,8 @@
 //!   through a pooler in transaction mode.
 //! - `relay_ops.rs` and `ack.rs`: the operations the relay runs (leases,
 //!   claims, key sequences, maintenance; fenced acknowledgements).
-//! - `admin.rs`: dead letters, pending count, retained messages.
+//! - `admin.rs`: dead letters (filtered, paged, replayed, discarded),
+//!   blocked keys, pending count, retained messages.
 //! - `decode.rs`: rows into messages, dead letters, leases and gauges.
 
 mod ack;

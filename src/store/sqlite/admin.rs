@@ -269,7 +269,9 @@ fn bind_filter<'q, Q: BindFilter<'q>>(q: Q, f: &DeadLetterFilter) -> Q {
         .bind_opt(Some(f.limit.map_or(-1, i64::from)))
 }
 
-/// The query types a filter is bound to.
+/// The query types a filter is bound to: the listing decodes rows, the
+/// replay's candidates a tuple, and sqlx gives `Query` and `QueryAs` no
+/// common `bind`.
 trait BindFilter<'q>: Sized {
     fn bind_opt<T>(self, value: Option<T>) -> Self
     where
