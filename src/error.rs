@@ -92,6 +92,11 @@ pub enum Error {
     /// A dead letter with this id does not exist.
     #[error("no dead letter with id {0}")]
     DeadLetterNotFound(MessageId),
+    /// A dead letter cannot be replayed while a message with its id is
+    /// pending (ids are unique among pending messages); it stays in the
+    /// dead letters.
+    #[error("dead letter {0} cannot be replayed while a message with its id is pending")]
+    DeadLetterIdPending(MessageId),
     /// The relay task ended abnormally (it panicked or was aborted).
     #[error("relay task ended abnormally")]
     RelayTask(#[source] tokio::task::JoinError),

@@ -121,7 +121,10 @@ pub use crate::relay::{
 pub use crate::store::postgres::{PgOutbox, PgOutboxBuilder, WakeUp};
 #[cfg(feature = "sqlite")]
 pub use crate::store::sqlite::{SqliteOutbox, SqliteOutboxBuilder};
-pub use crate::store::{DeadLetter, Store, StoreStats};
+pub use crate::store::{
+    BlockedKey, BlockingMessage, DeadLetter, DeadLetterFilter, NotReplayed, ReplayReport, Store,
+    StoreStats,
+};
 
 /// The sqlx this crate is built on (0.8), so users can name its exact
 /// version: types named through this path (`outbox::sqlx::PgPool`,

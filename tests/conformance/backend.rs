@@ -14,8 +14,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use outbox::{
-    BatchEnqueued, DeadLetter, Enqueued, Event, MessageId, NewMessage, OutboxMessage, Publisher,
-    RelayBuilder,
+    BatchEnqueued, BlockedKey, DeadLetter, DeadLetterFilter, Enqueued, Event, MessageId,
+    NewMessage, OutboxMessage, Publisher, RelayBuilder, ReplayReport,
 };
 use sqlx::Transaction;
 use uuid::Uuid;
@@ -119,6 +119,14 @@ pub trait Backend: Send + Sync + Sized + 'static {
 
     /// Runs a query that returns one integer.
     async fn count(&self, sql: &str) -> i64;
+
+    /// Runs a statement that returns no rows, on the scenarios' own
+    /// connection (as an operator's SQL would, outside the crate).
+    async fn execute(&self, sql: &str);
+
+    /// Blocks `key` at `position` in the default outbox, as a block left by
+    /// an older version of the crate (whose message may be gone) would.
+    async fn insert_block(&self, key: &str, position: i64);
 
     /// The committed business rows.
     async fn candidates(&self) -> i64 {
@@ -235,6 +243,13 @@ pub trait TestOutbox: Clone + Send + Sync + 'static {
     async fn replay_dead_letter(&self, id: MessageId) -> outbox::Result<()>;
     async fn replay_all_dead_letters(&self) -> outbox::Result<u64>;
     async fn discard_dead_letter(&self, id: MessageId) -> outbox::Result<()>;
+    async fn dead_letters_matching(
+        &self,
+        filter: &DeadLetterFilter,
+    ) -> outbox::Result<Vec<DeadLetter>>;
+    async fn replay_dead_letters(&self, filter: &DeadLetterFilter) -> outbox::Result<ReplayReport>;
+    async fn blocked_keys(&self) -> outbox::Result<Vec<BlockedKey>>;
+    async fn unblock(&self, key: &str) -> outbox::Result<bool>;
     async fn pending_count(&self) -> outbox::Result<i64>;
     async fn published(&self, limit: i64) -> outbox::Result<Vec<OutboxMessage>>;
     async fn stats(&self) -> outbox::Result<outbox::StoreStats>;
@@ -328,6 +343,24 @@ macro_rules! test_outbox {
             }
             async fn discard_dead_letter(&self, id: ::outbox::MessageId) -> ::outbox::Result<()> {
                 <$outbox>::discard_dead_letter(self, id).await
+            }
+            async fn dead_letters_matching(
+                &self,
+                filter: &::outbox::DeadLetterFilter,
+            ) -> ::outbox::Result<Vec<::outbox::DeadLetter>> {
+                <$outbox>::dead_letters_matching(self, filter).await
+            }
+            async fn replay_dead_letters(
+                &self,
+                filter: &::outbox::DeadLetterFilter,
+            ) -> ::outbox::Result<::outbox::ReplayReport> {
+                <$outbox>::replay_dead_letters(self, filter).await
+            }
+            async fn blocked_keys(&self) -> ::outbox::Result<Vec<::outbox::BlockedKey>> {
+                <$outbox>::blocked_keys(self).await
+            }
+            async fn unblock(&self, key: &str) -> ::outbox::Result<bool> {
+                <$outbox>::unblock(self, key).await
             }
             async fn pending_count(&self) -> ::outbox::Result<i64> {
                 <$outbox>::pending_count(self).await

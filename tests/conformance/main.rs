@@ -23,6 +23,7 @@ mod backend;
 mod bad_input;
 mod config;
 mod consumer_backend;
+mod dead_letters;
 mod export;
 mod inbox;
 mod messages;
@@ -87,6 +88,9 @@ macro_rules! every_backend {
             relay::transient_failures_back_off_exponentially_in_key_order,
             relay::permanent_failure_is_dead_lettered_then_replayed,
             relay::discard_and_replay_all,
+            dead_letters::a_reenqueued_id_keeps_every_dead_letter_and_every_key_moves_again,
+            dead_letters::a_block_whose_message_is_gone_no_longer_holds_its_key,
+            dead_letters::dead_letters_filter_page_and_replay_by_filter,
             relay::unordered_topic_parks_the_failure_and_the_key_moves_on,
             relay::several_relays_never_publish_twice_and_keep_key_order,
             relay::several_relays_share_thousands_without_duplicates,

@@ -209,6 +209,7 @@ impl PgOutboxBuilder {
                 relay_pool: self.relay_pool,
                 listen_options: self.listen_options,
                 max_payload,
+                sweep: crate::store::BlockSweep::new(),
                 wake,
             }),
         })

@@ -22,6 +22,10 @@ const MIGRATIONS: &[(i64, &str)] = &[
         include_str!("../../../migrations/postgres/0003_changes.sql"),
     ),
     (
+        4,
+        include_str!("../../../migrations/postgres/0004_dead_letters_by_position.sql"),
+    ),
+    (
         5,
         include_str!("../../../migrations/postgres/0005_key_slots.sql"),
     ),

@@ -14,7 +14,8 @@
 //!   through a pooler in transaction mode.
 //! - `relay_ops.rs` and `ack.rs`: the operations the relay runs (leases,
 //!   claims, key sequences, maintenance; fenced acknowledgements).
-//! - `admin.rs`: dead letters, pending count, retained messages.
+//! - `admin.rs`: dead letters (filtered, paged, replayed, discarded),
+//!   blocked keys, pending count, retained messages.
 //! - `decode.rs`: rows into messages, dead letters, leases and gauges.
 
 mod ack;
@@ -86,6 +87,8 @@ struct Inner {
     listen_options: Option<PgConnectOptions>,
     /// The largest payload enqueue accepts.
     max_payload: usize,
+    /// When the claim path last swept away blocks whose message is gone.
+    sweep: super::BlockSweep,
     wake: WakeState,
 }
 

@@ -146,6 +146,12 @@ impl StoreOps for PgOutbox {
         // outlives it on a pooled connection, and no start-up parameter a
         // pooler would refuse is needed.
         let mut tx = self.relay_pool().begin_with(CLAIM_BEGIN).await?;
+        if self.inner.sweep.due() {
+            sqlx::query(&self.inner.sql.sweep_gone_blocks)
+                .persistent(self.named())
+                .execute(&mut *tx)
+                .await?;
+        }
         let rows = q.persistent(self.named()).fetch_all(&mut *tx).await?;
         tx.commit().await?;
         rows.iter().map(claimed_from_row).collect()

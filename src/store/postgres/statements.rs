@@ -5,10 +5,9 @@
 //! Table names are configurable, so the statements cannot be checked at
 //! compile time; `{messages}`-style placeholders are filled by
 //! [`TableNames::render`] from names validated as identifiers, and nothing
-//! else is ever spliced in but the constants in [`fill_constants`]. Values
-//! travel as `$n` parameters.
+//! else is ever spliced in. Values travel as `$n` parameters.
 
-use crate::store::{TableNames, DEAD_LETTER_UPSERT};
+use crate::store::TableNames;
 
 /// Declares [`Sql`], one field per file `sql/<field>.sql`, and its
 /// constructor, so a field cannot drift from the file it is read from.
@@ -22,11 +21,11 @@ macro_rules! statements {
         impl Sql {
             pub(super) fn new(names: &TableNames) -> Self {
                 Self {
-                    $($name: names.render(&fill_constants(include_str!(concat!(
+                    $($name: names.render(include_str!(concat!(
                         "sql/",
                         stringify!($name),
                         ".sql"
-                    )))),)*
+                    ))),)*
                 }
             }
 
@@ -74,6 +73,8 @@ statements! {
     claim_all,
     /// Due messages of some buckets.
     claim_buckets,
+    /// Deletes key blocks whose message is gone.
+    sweep_gone_blocks,
 
     // Acknowledgements: the common case (everything published, nothing
     // retried) in one statement...
@@ -114,12 +115,16 @@ statements! {
     // Administration.
     /// Dead letters, oldest first.
     dead_letters,
-    /// Replays one dead letter.
-    replay_dead_letter,
-    /// Replays every dead letter.
-    replay_all_dead_letters,
+    /// Dead letters that match a filter, oldest first.
+    dead_letters_matching,
+    /// Replays the dead letters that match a filter.
+    replay_dead_letters,
     /// Deletes one dead letter.
     discard_dead_letter,
+    /// Blocked keys and where their blocking messages are.
+    blocked_keys,
+    /// Lifts one key's block.
+    unblock_key,
     /// Number of pending messages.
     pending_count,
     /// Retained published messages, oldest first.
@@ -136,12 +141,6 @@ statements! {
     schema_version,
     /// Records an applied version.
     record_migration,
-}
-
-/// Fills the placeholders that stand for SQL shared with the other
-/// backends: constants of the crate, never input.
-fn fill_constants(sql: &str) -> String {
-    sql.replace("{dead_letter_upsert}", DEAD_LETTER_UPSERT)
 }
 
 #[cfg(test)]

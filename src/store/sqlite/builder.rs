@@ -69,6 +69,7 @@ impl SqliteOutboxBuilder {
                 signal: Arc::new(Notify::new()),
                 sql,
                 max_payload,
+                sweep: crate::store::BlockSweep::new(),
             }),
         })
     }

@@ -1,4 +1,5 @@
-//! Claiming the next messages due.
+//! Claiming the next messages due, and now and then sweeping away key
+//! blocks whose message is gone (see `BlockSweep`).
 
 use super::decode::{message_from_row, micros};
 use super::{SqliteOutbox, BUCKET};
@@ -27,6 +28,11 @@ pub(super) async fn claim(outbox: &SqliteOutbox, p: Claim<'_>) -> Result<Vec<Cla
         excluded.push_str(&seq.to_string());
     }
     excluded.push(']');
+    if outbox.inner.sweep.due() {
+        sqlx::query(&outbox.inner.sql.sweep_gone_blocks)
+            .execute(&outbox.inner.pool)
+            .await?;
+    }
     let rows = sqlx::query(&outbox.inner.sql.claim)
         .bind(micros(now))
         .bind(excluded)

@@ -9,7 +9,7 @@ use super::SqliteOutbox;
 use crate::error::Result;
 use crate::store::{check_schema_current, check_schema_version};
 
-const MIGRATIONS: &[(i64, &str)] = &[
+pub(super) const MIGRATIONS: &[(i64, &str)] = &[
     (1, include_str!("../../../migrations/sqlite/0001_core.sql")),
     (
         2,
@@ -18,6 +18,10 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (
         3,
         include_str!("../../../migrations/sqlite/0003_changes.sql"),
+    ),
+    (
+        4,
+        include_str!("../../../migrations/sqlite/0004_dead_letters_by_position.sql"),
     ),
 ];
 

@@ -95,6 +95,8 @@ struct Inner {
     sql: Sql,
     /// The largest payload enqueue accepts.
     max_payload: usize,
+    /// When the claim path last swept away blocks whose message is gone.
+    sweep: super::BlockSweep,
 }
 
 impl fmt::Debug for SqliteOutbox {

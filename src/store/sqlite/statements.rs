@@ -1,7 +1,7 @@
 //! The SQL this backend runs, one statement per file under `sql/`, rendered
 //! once from the validated table names.
 
-use crate::store::{TableNames, DEAD_LETTER_UPSERT};
+use crate::store::TableNames;
 
 /// Columns bound per row by an insert.
 pub(super) const INSERT_COLUMNS: usize = 9;
@@ -15,6 +15,7 @@ pub(super) struct Sql {
     /// [`Sql::insert_batch`].
     pub(super) insert_batch_template: String,
     pub(super) claim: String,
+    pub(super) sweep_gone_blocks: String,
     pub(super) fence: String,
     pub(super) delete_seqs: String,
     pub(super) copy_published: String,
@@ -39,12 +40,15 @@ pub(super) struct Sql {
     pub(super) migrations_version: String,
     pub(super) migrations_record: String,
     pub(super) dead_letters: String,
-    /// Copy back, unblock, delete: the insert comes first, so a replay's
-    /// transaction starts with a write.
-    pub(super) replay_one: [String; 3],
-    /// As `replay_one`, for every dead letter.
-    pub(super) replay_all: [String; 3],
+    pub(super) dead_letters_matching: String,
+    /// A replay: read the candidates, copy back, unblock, delete.
+    pub(super) replay_candidates: String,
+    pub(super) replay_insert: String,
+    pub(super) replay_unblock: String,
+    pub(super) replay_delete: String,
     pub(super) discard_dead_letter: String,
+    pub(super) blocked_keys: String,
+    pub(super) unblock_key: String,
     pub(super) discard_unblock: String,
     pub(super) pending_count: String,
     pub(super) published: String,
@@ -57,6 +61,7 @@ impl Sql {
             insert: r(include_str!("sql/insert.sql")),
             insert_batch_template: r(include_str!("sql/insert_batch.sql")),
             claim: r(include_str!("sql/claim.sql")),
+            sweep_gone_blocks: r(include_str!("sql/sweep_gone_blocks.sql")),
             fence: r(include_str!("sql/fence.sql")),
             delete_seqs: r(include_str!("sql/delete_seqs.sql")),
             copy_published: r(include_str!("sql/copy_published.sql")),
@@ -64,8 +69,7 @@ impl Sql {
             key_seq_read: r(include_str!("sql/key_seq_read.sql")),
             key_seq_upsert: r(include_str!("sql/key_seq_upsert.sql")),
             retry: r(include_str!("sql/retry.sql")),
-            copy_dead: r(include_str!("sql/copy_dead.sql"))
-                .replace("{dead_letter_upsert}", DEAD_LETTER_UPSERT),
+            copy_dead: r(include_str!("sql/copy_dead.sql")),
             block: r(include_str!("sql/block.sql")),
             heartbeat_up: r(include_str!("sql/heartbeat_up.sql")),
             heartbeat_gone: r(include_str!("sql/heartbeat_gone.sql")),
@@ -82,17 +86,14 @@ impl Sql {
             migrations_version: r(include_str!("sql/migrations_version.sql")),
             migrations_record: r(include_str!("sql/migrations_record.sql")),
             dead_letters: r(include_str!("sql/dead_letters.sql")),
-            replay_one: [
-                r(include_str!("sql/replay_one_insert.sql")),
-                r(include_str!("sql/replay_one_unblock.sql")),
-                r(include_str!("sql/replay_one_delete.sql")),
-            ],
-            replay_all: [
-                r(include_str!("sql/replay_all_insert.sql")),
-                r(include_str!("sql/replay_all_unblock.sql")),
-                r(include_str!("sql/replay_all_delete.sql")),
-            ],
+            dead_letters_matching: r(include_str!("sql/dead_letters_matching.sql")),
+            replay_candidates: r(include_str!("sql/replay_candidates.sql")),
+            replay_insert: r(include_str!("sql/replay_insert.sql")),
+            replay_unblock: r(include_str!("sql/replay_unblock.sql")),
+            replay_delete: r(include_str!("sql/replay_delete.sql")),
             discard_dead_letter: r(include_str!("sql/discard_dead_letter.sql")),
+            blocked_keys: r(include_str!("sql/blocked_keys.sql")),
+            unblock_key: r(include_str!("sql/unblock_key.sql")),
             discard_unblock: r(include_str!("sql/discard_unblock.sql")),
             pending_count: r(include_str!("sql/pending_count.sql")),
             published: r(include_str!("sql/published.sql")),

@@ -560,6 +560,7 @@ async fn every_statement_is_rendered_and_prepares() {
         insert,
         insert_batch_template: _,
         claim,
+        sweep_gone_blocks,
         fence,
         delete_seqs,
         copy_published,
@@ -584,10 +585,15 @@ async fn every_statement_is_rendered_and_prepares() {
         migrations_version,
         migrations_record,
         dead_letters,
-        replay_one,
-        replay_all,
+        dead_letters_matching,
+        replay_candidates,
+        replay_insert,
+        replay_unblock,
+        replay_delete,
         discard_dead_letter,
         discard_unblock,
+        blocked_keys,
+        unblock_key,
         pending_count,
         published,
     } = sql;
@@ -597,6 +603,7 @@ async fn every_statement_is_rendered_and_prepares() {
     let mut all: Vec<&str> = vec![
         insert,
         claim,
+        sweep_gone_blocks,
         fence,
         delete_seqs,
         copy_published,
@@ -621,12 +628,18 @@ async fn every_statement_is_rendered_and_prepares() {
         migrations_version,
         migrations_record,
         dead_letters,
+        dead_letters_matching,
+        replay_candidates,
+        replay_insert,
+        replay_unblock,
+        replay_delete,
         discard_dead_letter,
         discard_unblock,
+        blocked_keys,
+        unblock_key,
         pending_count,
         published,
     ];
-    all.extend(replay_one.iter().chain(replay_all).map(String::as_str));
     all.append(&mut batch_statements);
     for s in all {
         // Every placeholder rendered, the file's opening comment and its
@@ -637,4 +650,78 @@ async fn every_statement_is_rendered_and_prepares() {
             panic!("{s}: {e}");
         }
     }
+}
+
+/// Migration 4 on a populated table: the dead letters (and the blocks that
+/// name them) written under the old schema survive the rebuild, and the id
+/// is no longer unique among them.
+#[tokio::test]
+async fn dead_letters_keyed_by_position_migrate_with_their_rows() {
+    let pool = SqlitePoolOptions::new()
+        .max_connections(1)
+        .idle_timeout(None)
+        .max_lifetime(None)
+        .connect("sqlite::memory:")
+        .await
+        .unwrap();
+    let o = SqliteOutbox::new(pool.clone());
+    let n = &o.inner.names;
+    let sql = &o.inner.sql;
+    // The schema as the previous release left it.
+    pool.execute(sql.migrations_create.as_str()).await.unwrap();
+    for (version, migration) in super::migrate::MIGRATIONS.iter().filter(|m| m.0 <= 3) {
+        pool.execute(n.render(migration).as_str()).await.unwrap();
+        sqlx::query(&sql.migrations_record)
+            .bind(version)
+            .bind(micros(Utc::now()))
+            .execute(&pool)
+            .await
+            .unwrap();
+    }
+    let id = Uuid::now_v7();
+    let dead = |seq: i64, key: &str| {
+        format!(
+            "INSERT INTO outbox_dead_letters (seq, id, topic, partition_key, event_type, \
+             schema_version, payload, content_type, created_at, attempts, last_error, dead_at) \
+             VALUES ({seq}, x'{}', 't', '{key}', 'e', 1, x'00', 'x', 0, 1, 'err', 0)",
+            id.simple()
+        )
+    };
+    pool.execute(dead(7, "a").as_str()).await.unwrap();
+    assert!(
+        pool.execute(dead(9, "b").as_str()).await.is_err(),
+        "the old schema keeps one dead letter per id"
+    );
+    pool.execute("INSERT INTO outbox_blocked_keys VALUES ('a', 7, 0)")
+        .await
+        .unwrap();
+
+    o.migrate().await.unwrap();
+    pool.execute(dead(9, "b").as_str()).await.unwrap();
+    let kept: Vec<(i64, String)> = o
+        .dead_letters(10)
+        .await
+        .unwrap()
+        .iter()
+        .map(|d| {
+            (
+                d.message.position(),
+                d.message.partition_key().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    assert_eq!(kept, vec![(7, "a".to_owned()), (9, "b".to_owned())]);
+    let blocked = o.blocked_keys().await.unwrap();
+    assert_eq!(blocked.len(), 1);
+    assert_eq!(blocked[0].message, crate::store::BlockingMessage::Dead);
+    // By id, the oldest goes first; the second waits for the first.
+    o.replay_dead_letter(MessageId::from_uuid(id))
+        .await
+        .unwrap();
+    assert!(matches!(
+        o.replay_dead_letter(MessageId::from_uuid(id)).await,
+        Err(crate::Error::DeadLetterIdPending(_))
+    ));
+    assert!(o.blocked_keys().await.unwrap().is_empty());
+    assert_eq!(o.pending_count().await.unwrap(), 1);
 }

@@ -111,6 +111,19 @@ impl<R: Route> Backend for PostgresVia<R> {
         sqlx::query_scalar(sql).fetch_one(&self.pool).await.unwrap()
     }
 
+    async fn execute(&self, sql: &str) {
+        sqlx::raw_sql(sql).execute(&self.pool).await.unwrap();
+    }
+
+    async fn insert_block(&self, key: &str, position: i64) {
+        sqlx::query("INSERT INTO outbox.blocked_keys (partition_key, seq) VALUES ($1, $2)")
+            .bind(key)
+            .bind(position)
+            .execute(&self.pool)
+            .await
+            .unwrap();
+    }
+
     async fn create(pool: Pool) -> Self {
         let options = match pool {
             Pool::Default => PgPoolOptions::new().max_connections(20),

@@ -55,6 +55,20 @@ impl Backend for Sqlite {
         sqlx::query_scalar(sql).fetch_one(&self.pool).await.unwrap()
     }
 
+    async fn execute(&self, sql: &str) {
+        sqlx::raw_sql(sql).execute(&self.pool).await.unwrap();
+    }
+
+    async fn insert_block(&self, key: &str, position: i64) {
+        sqlx::query("INSERT INTO outbox_blocked_keys (partition_key, seq, since) VALUES (?, ?, ?)")
+            .bind(key)
+            .bind(position)
+            .bind(Self::now_micros())
+            .execute(&self.pool)
+            .await
+            .unwrap();
+    }
+
     async fn create(pool: Pool) -> Self {
         let path = std::env::temp_dir().join(format!("outbox-conformance-{}.db", Uuid::now_v7()));
         let options = match pool {

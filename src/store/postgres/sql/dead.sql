@@ -1,7 +1,7 @@
--- Moves messages to the dead letters with their attempts and last error. A
--- message dead-lettered again under an id already there replaces the older
--- dead letter. The SET list is the one both backends share, filled in from
--- DEAD_LETTER_UPSERT (store/mod.rs) before the table names.
+-- Moves messages to the dead letters with their attempts and last error.
+-- Dead letters are keyed by position, like key blocks: a message whose id is
+-- already among the dead letters (a producer enqueued it again) becomes a
+-- dead letter of its own and never replaces the older one.
 --
 -- $1 positions (bigint[]), $2 attempts made (int[]), $3 last errors (text[]).
 WITH d AS (
@@ -15,4 +15,3 @@ INSERT INTO {dead_letters} (seq, id, topic, partition_key, event_type,
 SELECT seq, id, topic, partition_key, event_type, schema_version, payload,
        content_type, headers, created_at, new_attempts, err, now()
 FROM d
-ON CONFLICT (id) DO UPDATE SET {dead_letter_upsert}

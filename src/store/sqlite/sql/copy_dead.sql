@@ -1,7 +1,8 @@
 -- Copies messages that failed for good to the dead letters, with their
--- attempts and last error. {dead_letter_upsert} is the SET list every
--- backend shares (`DEAD_LETTER_UPSERT` in src/store/mod.rs): a message
--- dead-lettered again under an id already there replaces the older one.
+-- attempts and last error. Dead letters are keyed by position, like key
+-- blocks: a message whose id is already among the dead letters (a producer
+-- enqueued it again) becomes a dead letter of its own and never replaces the
+-- older one.
 -- Binds, in order: dead_at (microseconds); [[seq, attempts, error], ...] as
 -- JSON.
 INSERT INTO {dead_letters} (seq, id, topic, partition_key, event_type,
@@ -13,8 +14,4 @@ FROM {messages} m
 JOIN (SELECT json_extract(value, '$[0]') AS seq,
              json_extract(value, '$[1]') AS attempts,
              json_extract(value, '$[2]') AS err
-      FROM json_each(?)) u ON m.seq = u.seq
--- `WHERE true` resolves the parser's ambiguity between a join's ON and the
--- upsert.
-WHERE true
-ON CONFLICT (id) DO UPDATE SET {dead_letter_upsert};
+      FROM json_each(?)) u ON m.seq = u.seq;

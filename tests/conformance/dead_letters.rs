@@ -1,0 +1,493 @@
+//! Dead letters and key blocks: a message id enqueued again after its first
+//! message was dead-lettered, replays that never abort, blocks whose message
+//! is gone, the operator's view of blocked keys, and dead letters filtered,
+//! paged and replayed by filter.
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use outbox::{
+    BlockingMessage, DeadLetter, DeadLetterFilter, Error, FnPublisher, InMemoryPublisher,
+    MessageId, OutboxMessage, PublishError, Publisher,
+};
+
+use crate::backend::{Backend, TestOutbox};
+use crate::messages::{keyed, n_of, numbered};
+use crate::support::wait_for;
+
+const TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Long enough for a polling relay to have claimed anything it could.
+const SETTLE: Duration = Duration::from_millis(300);
+
+/// Rejects for good every message whose id is in `rejected`; forwards the
+/// rest to `published`.
+fn rejecting(
+    rejected: Arc<Mutex<HashSet<MessageId>>>,
+    published: InMemoryPublisher,
+) -> impl Publisher {
+    FnPublisher::new(move |m: OutboxMessage| {
+        let reject = rejected.lock().unwrap().contains(&m.id());
+        let published = published.clone();
+        async move {
+            if reject {
+                return Err(PublishError::permanent("rejected by the broker"));
+            }
+            published.publish(std::slice::from_ref(&m)).await.remove(0)
+        }
+    })
+}
+
+fn ids(published: &InMemoryPublisher) -> Vec<MessageId> {
+    published.messages().iter().map(|m| m.id()).collect()
+}
+
+/// (key, position) of each dead letter.
+fn keys_and_positions(dead: &[DeadLetter]) -> Vec<(String, i64)> {
+    dead.iter()
+        .map(|d| {
+            (
+                d.message.partition_key().unwrap_or("").to_owned(),
+                d.message.position(),
+            )
+        })
+        .collect()
+}
+
+/// One message id, enqueued again each time its message was dead-lettered,
+/// dead-lettered under three keys: three dead letters, none overwritten,
+/// each blocking its own key. A replay of them all sends back the oldest
+/// and leaves (and reports) the two whose id is now pending, without an
+/// error; `replay_dead_letter` says the id is pending; discarding and
+/// unblocking release the other two keys; every key moves again, and the
+/// last dead letter goes back once its id is free.
+pub async fn a_reenqueued_id_keeps_every_dead_letter_and_every_key_moves_again<B: Backend>() {
+    let db = B::fresh().await;
+    let outbox = db.outbox();
+    let x = MessageId::new();
+    let published = InMemoryPublisher::new();
+    let rejected = Arc::new(Mutex::new(HashSet::from([x])));
+    let relay = outbox
+        .fast_relay(rejecting(rejected.clone(), published.clone()))
+        .spawn()
+        .unwrap();
+    let mut behind = Vec::new();
+    for (i, key) in ["a", "b", "c"].into_iter().enumerate() {
+        let again = outbox
+            .enqueue_alone(keyed("t", key, 1).with_id(x))
+            .await
+            .unwrap();
+        assert!(
+            !again.is_duplicate(),
+            "{x} is not pending when enqueued under {key}"
+        );
+        behind.push(outbox.enqueue_alone(keyed("t", key, 2)).await.unwrap().id());
+        outbox.wake();
+        wait_for(&format!("the dead letter under {key}"), TIMEOUT, || async {
+            outbox.dead_letters(10).await.unwrap().len() == i + 1
+        })
+        .await;
+    }
+    tokio::time::sleep(SETTLE).await;
+    relay.shutdown().await.unwrap();
+    assert!(
+        published.is_empty(),
+        "each key waits behind its dead letter: {:?}",
+        ids(&published)
+    );
+
+    let dead = outbox.dead_letters(10).await.unwrap();
+    assert!(dead.iter().all(|d| d.id() == x));
+    let dead_at = keys_and_positions(&dead);
+    assert_eq!(
+        dead_at.iter().map(|(k, _)| k.as_str()).collect::<Vec<_>>(),
+        ["a", "b", "c"],
+        "no dead letter overwritten: {dead_at:?}"
+    );
+    let blocked: Vec<(String, i64, BlockingMessage)> = outbox
+        .blocked_keys()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|b| (b.partition_key, b.position, b.message))
+        .collect();
+    let expected: Vec<(String, i64, BlockingMessage)> = dead_at
+        .iter()
+        .map(|(k, p)| (k.clone(), *p, BlockingMessage::Dead))
+        .collect();
+    assert_eq!(blocked, expected, "each block names its own dead letter");
+
+    // The relay is stopped, so what goes back stays pending.
+    let report = outbox
+        .replay_dead_letters(&DeadLetterFilter::new())
+        .await
+        .unwrap();
+    assert_eq!(report.replayed, 1, "one message per id can be pending");
+    let left: Vec<(MessageId, i64)> = report
+        .not_replayed
+        .iter()
+        .map(|n| (n.id, n.position))
+        .collect();
+    assert_eq!(left, vec![(x, dead_at[1].1), (x, dead_at[2].1)]);
+    assert_eq!(
+        outbox.replay_all_dead_letters().await.unwrap(),
+        0,
+        "a pending id leaves its dead letters in place, without an error"
+    );
+    assert!(matches!(
+        outbox.replay_dead_letter(x).await,
+        Err(Error::DeadLetterIdPending(id)) if id == x
+    ));
+    assert_eq!(
+        keys_and_positions(&outbox.dead_letters(10).await.unwrap()),
+        dead_at[1..]
+    );
+    let still: Vec<String> = outbox
+        .blocked_keys()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|b| b.partition_key)
+        .collect();
+    assert_eq!(still, ["b", "c"], "the replay lifted a's block only");
+
+    // Discard takes the oldest dead letter of the id: b's.
+    outbox.discard_dead_letter(x).await.unwrap();
+    assert_eq!(
+        keys_and_positions(&outbox.dead_letters(10).await.unwrap()),
+        dead_at[2..]
+    );
+    // Unblocking c leaves its dead letter where it is.
+    assert!(outbox.unblock("c").await.unwrap());
+    assert!(!outbox.unblock("c").await.unwrap(), "nothing left to lift");
+    assert!(outbox.blocked_keys().await.unwrap().is_empty());
+    assert_eq!(
+        keys_and_positions(&outbox.dead_letters(10).await.unwrap()),
+        dead_at[2..]
+    );
+
+    rejected.lock().unwrap().clear();
+    let relay = outbox.fast_relay(published.clone()).spawn().unwrap();
+    wait_for("every key to move again", TIMEOUT, || async {
+        outbox.pending().await == 0
+    })
+    .await;
+    let got = published.messages();
+    let key_a: Vec<MessageId> = got
+        .iter()
+        .filter(|m| m.partition_key() == Some("a"))
+        .map(|m| m.id())
+        .collect();
+    assert_eq!(key_a, vec![x, behind[0]], "the replay keeps a's order");
+    for (key, id) in ["b", "c"].into_iter().zip(&behind[1..]) {
+        let on_key: Vec<MessageId> = got
+            .iter()
+            .filter(|m| m.partition_key() == Some(key))
+            .map(|m| m.id())
+            .collect();
+        assert_eq!(on_key, vec![*id], "{key} moved past its released block");
+    }
+
+    // The id is free again: c's dead letter goes back too.
+    assert_eq!(outbox.replay_all_dead_letters().await.unwrap(), 1);
+    wait_for("c's dead letter published", TIMEOUT, || async {
+        outbox.pending().await == 0
+            && published
+                .messages()
+                .iter()
+                .any(|m| m.id() == x && m.partition_key() == Some("c"))
+    })
+    .await;
+    relay.shutdown().await.unwrap();
+    assert!(outbox.dead_letters(10).await.unwrap().is_empty());
+    assert!(outbox.blocked_keys().await.unwrap().is_empty());
+    assert_eq!(published.len(), 5, "{:?}", ids(&published));
+    db.close().await;
+}
+
+/// A block holds only while the message it names exists: a block left with
+/// no message at its position, or one whose dead letter was deleted outside
+/// the crate, is shown as gone and swept away by the relay, and its key
+/// moves; a new failure of the key then blocks it again at the new
+/// position.
+pub async fn a_block_whose_message_is_gone_no_longer_holds_its_key<B: Backend>() {
+    let db = B::fresh().await;
+    let outbox = db.outbox();
+    // Position 0 comes before every message and holds none.
+    db.insert_block("orphan", 0).await;
+    let blocked = outbox.blocked_keys().await.unwrap();
+    assert_eq!(blocked.len(), 1);
+    assert_eq!(
+        (blocked[0].partition_key.as_str(), blocked[0].position),
+        ("orphan", 0)
+    );
+    assert_eq!(blocked[0].message, BlockingMessage::Gone);
+
+    let first = keyed("t", "k", 1);
+    let again = keyed("t", "k", 3);
+    let (first_id, again_id) = (first.id(), again.id());
+    let rejected = Arc::new(Mutex::new(HashSet::from([first_id, again_id])));
+    let published = InMemoryPublisher::new();
+    let relay = outbox
+        .fast_relay(rejecting(rejected.clone(), published.clone()))
+        .spawn()
+        .unwrap();
+    let orphan = outbox
+        .enqueue_alone(keyed("t", "orphan", 1))
+        .await
+        .unwrap()
+        .id();
+    let first_at = outbox.enqueue_alone(first).await.unwrap();
+    let second = outbox.enqueue_alone(keyed("t", "k", 2)).await.unwrap().id();
+    outbox.wake();
+    wait_for("the orphaned block's key to move", TIMEOUT, || async {
+        published.messages().iter().any(|m| m.id() == orphan)
+    })
+    .await;
+    wait_for("the dead letter", TIMEOUT, || async {
+        outbox.dead_letters(10).await.unwrap().len() == 1
+    })
+    .await;
+    tokio::time::sleep(SETTLE).await;
+    assert!(
+        !ids(&published).contains(&second),
+        "k waits behind its dead letter"
+    );
+    let dead = outbox.dead_letters(10).await.unwrap();
+    assert_eq!(dead[0].id(), first_at.id());
+    let position = dead[0].message.position();
+    let k_block = |blocked: &[outbox::BlockedKey]| {
+        blocked
+            .iter()
+            .find(|b| b.partition_key == "k")
+            .map(|b| (b.position, b.message))
+    };
+    assert_eq!(
+        k_block(&outbox.blocked_keys().await.unwrap()),
+        Some((position, BlockingMessage::Dead))
+    );
+
+    // An operator deletes the dead letter by hand, leaving its block, while
+    // no relay runs (a running relay would sweep the block at once).
+    relay.shutdown().await.unwrap();
+    let dead_letters = B::table(B::DEFAULT_PREFIX, "dead_letters");
+    db.execute(&format!(
+        "DELETE FROM {dead_letters} WHERE seq = {position}"
+    ))
+    .await;
+    assert_eq!(
+        k_block(&outbox.blocked_keys().await.unwrap()),
+        Some((position, BlockingMessage::Gone))
+    );
+    let relay = outbox
+        .fast_relay(rejecting(rejected, published.clone()))
+        .spawn()
+        .unwrap();
+    wait_for("k to move past the gone block", TIMEOUT, || async {
+        ids(&published).contains(&second)
+    })
+    .await;
+    assert_eq!(k_block(&outbox.blocked_keys().await.unwrap()), None);
+    assert!(outbox
+        .blocked_keys()
+        .await
+        .unwrap()
+        .iter()
+        .all(|b| b.message != BlockingMessage::Gone));
+
+    // The key fails again: the new failure blocks it, the gone block does
+    // not stand in for it.
+    let again_at = outbox.enqueue_alone(again).await.unwrap();
+    assert_eq!(again_at.id(), again_id);
+    let fourth = outbox.enqueue_alone(keyed("t", "k", 4)).await.unwrap().id();
+    outbox.wake();
+    wait_for("the second dead letter", TIMEOUT, || async {
+        outbox
+            .dead_letters(10)
+            .await
+            .unwrap()
+            .iter()
+            .any(|d| d.id() == again_id)
+    })
+    .await;
+    tokio::time::sleep(SETTLE).await;
+    relay.shutdown().await.unwrap();
+    assert!(
+        !ids(&published).contains(&fourth),
+        "k waits behind its new dead letter"
+    );
+    let new_position = outbox.dead_letters(10).await.unwrap()[0].message.position();
+    assert!(new_position > position);
+    assert_eq!(
+        k_block(&outbox.blocked_keys().await.unwrap()),
+        Some((new_position, BlockingMessage::Dead))
+    );
+    db.close().await;
+}
+
+/// Six dead letters over two topics: filters by topic, key, error text and
+/// time select the right ones (alone and together), keyset pages of two
+/// walk them all once in position order, `dead_letters(limit)` still
+/// works, and a filtered replay sends back only what matches.
+pub async fn dead_letters_filter_page_and_replay_by_filter<B: Backend>() {
+    let db = B::fresh().await;
+    let outbox = db.outbox();
+    let fail = Arc::new(AtomicBool::new(true));
+    let published = InMemoryPublisher::new();
+    let publisher = {
+        let fail = fail.clone();
+        let published = published.clone();
+        FnPublisher::new(move |m: OutboxMessage| {
+            let fail = fail.load(Ordering::SeqCst);
+            let published = published.clone();
+            async move {
+                if fail {
+                    let why = format!("rejected {} #{}", m.topic(), n_of(&m));
+                    return Err(PublishError::permanent(why));
+                }
+                published.publish(std::slice::from_ref(&m)).await.remove(0)
+            }
+        })
+    };
+    let relay = outbox.fast_relay(publisher).spawn().unwrap();
+    // Distinct keys: a dead letter blocks its key, and each must fail on
+    // its own. Two batches, dead-lettered at two moments.
+    outbox
+        .enqueue_batch_alone(vec![
+            keyed("orders", "k1", 1),
+            keyed("orders", "k2", 2),
+            numbered("orders", 3),
+        ])
+        .await
+        .unwrap();
+    outbox.wake();
+    wait_for("three dead letters", TIMEOUT, || async {
+        outbox.dead_letters(10).await.unwrap().len() == 3
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    outbox
+        .enqueue_batch_alone(vec![
+            keyed("mail", "m1", 4),
+            numbered("mail", 5),
+            numbered("mail", 6),
+        ])
+        .await
+        .unwrap();
+    outbox.wake();
+    wait_for("six dead letters", TIMEOUT, || async {
+        outbox.dead_letters(10).await.unwrap().len() == 6
+    })
+    .await;
+
+    let ns = |dead: &[DeadLetter]| dead.iter().map(|d| n_of(&d.message)).collect::<Vec<_>>();
+    let matching = |filter: DeadLetterFilter| {
+        let outbox = outbox.clone();
+        async move { outbox.dead_letters_matching(&filter).await.unwrap() }
+    };
+    let all = matching(DeadLetterFilter::new()).await;
+    assert_eq!(ns(&all), [1, 2, 3, 4, 5, 6]);
+    assert!(all
+        .windows(2)
+        .all(|w| w[0].message.position() < w[1].message.position()));
+    assert_eq!(
+        ns(&matching(DeadLetterFilter::new().topic("orders")).await),
+        [1, 2, 3]
+    );
+    assert_eq!(
+        ns(&matching(DeadLetterFilter::new().partition_key("k2")).await),
+        [2]
+    );
+    assert_eq!(
+        ns(&matching(DeadLetterFilter::new().error_contains("mail #5")).await),
+        [5]
+    );
+    assert!(matching(DeadLetterFilter::new().error_contains("MAIL #5"))
+        .await
+        .is_empty());
+    assert_eq!(
+        ns(&matching(DeadLetterFilter::new().topic("mail").error_contains("#6")).await),
+        [6]
+    );
+    assert_eq!(
+        ns(&matching(DeadLetterFilter::new().id(all[3].id())).await),
+        [4]
+    );
+    assert!(
+        matching(DeadLetterFilter::new().topic("orders").partition_key("m1"))
+            .await
+            .is_empty()
+    );
+
+    // Time: the second batch died after the first.
+    let cut = all[3].dead_at;
+    assert!(all[2].dead_at < cut);
+    assert_eq!(
+        ns(&matching(DeadLetterFilter::new().dead_since(cut)).await),
+        [4, 5, 6]
+    );
+    assert_eq!(
+        ns(&matching(DeadLetterFilter::new().dead_before(cut)).await),
+        [1, 2, 3]
+    );
+    assert!(
+        matching(DeadLetterFilter::new().dead_before(all[0].dead_at))
+            .await
+            .is_empty()
+    );
+    assert_eq!(
+        ns(&matching(
+            DeadLetterFilter::new()
+                .dead_since(all[0].dead_at)
+                .dead_before(cut)
+                .partition_key("k2")
+        )
+        .await),
+        [2]
+    );
+
+    // Keyset pages of two.
+    let mut pages = Vec::new();
+    let mut page_filter = DeadLetterFilter::new().limit(2);
+    loop {
+        let page = matching(page_filter.clone()).await;
+        let Some(last) = page.last() else { break };
+        page_filter = page_filter.after_position(last.message.position());
+        pages.push(ns(&page));
+    }
+    assert_eq!(pages, [vec![1, 2], vec![3, 4], vec![5, 6]]);
+    assert_eq!(ns(&outbox.dead_letters(1).await.unwrap()), [1]);
+
+    // A filtered replay sends back only what matches.
+    fail.store(false, Ordering::SeqCst);
+    let report = outbox
+        .replay_dead_letters(&DeadLetterFilter::new().topic("orders"))
+        .await
+        .unwrap();
+    assert_eq!(report.replayed, 3);
+    assert!(report.not_replayed.is_empty());
+    assert_eq!(ns(&outbox.dead_letters(10).await.unwrap()), [4, 5, 6]);
+    let report = outbox
+        .replay_dead_letters(&DeadLetterFilter::new().topic("mail").error_contains("#5"))
+        .await
+        .unwrap();
+    assert_eq!(report.replayed, 1);
+    let nothing = outbox
+        .replay_dead_letters(&DeadLetterFilter::new().topic("no such topic"))
+        .await
+        .unwrap();
+    assert_eq!(nothing.replayed, 0);
+    assert!(nothing.not_replayed.is_empty());
+    wait_for("the replayed messages", TIMEOUT, || async {
+        outbox.pending().await == 0 && published.len() == 4
+    })
+    .await;
+    relay.shutdown().await.unwrap();
+    let mut sent: Vec<u64> = published.messages().iter().map(n_of).collect();
+    sent.sort_unstable();
+    assert_eq!(sent, [1, 2, 3, 5]);
+    assert_eq!(ns(&outbox.dead_letters(10).await.unwrap()), [4, 6]);
+    db.close().await;
+}
