@@ -103,6 +103,10 @@ impl PgInboxBuilder {
     /// Validates the names and builds the inbox. Nothing is sent to the
     /// database; an invalid schema or prefix is
     /// [`Error::InvalidIdentifier`].
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidIdentifier`] if the schema or table prefix is not a valid identifier.
     pub fn build(self) -> Result<PgInbox> {
         let names = InboxNames::new(Some(&self.schema), &self.prefix)?;
         let sql = Sql::new(&names);
@@ -218,6 +222,12 @@ impl PgInbox {
     /// transaction. Safe to run from several processes at once (serialized
     /// by an advisory lock) and on every start. Tables at a newer version
     /// than this crate knows are [`Error::SchemaTooNew`].
+    ///
+    /// # Errors
+    ///
+    /// [`Error::SchemaTooNew`] if the inbox tables are at a newer version than this crate
+    /// knows; [`Error::Database`] if the database fails (the migration's transaction is then
+    /// rolled back).
     pub async fn migrate(&self) -> Result<()> {
         // A schema created concurrently by someone else (a `PgOutbox`
         // migrating the same schema, say) fails the first attempt; the
@@ -288,6 +298,12 @@ impl PgInbox {
     /// Messages without a partition key or without a sequence number are
     /// deduplicated by id alone. Nothing is recorded unless the caller's
     /// transaction commits.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidMessage`] for an empty, oversized or NUL-holding consumer name, checked
+    /// before anything is sent; [`Error::Database`] if the database fails (the caller's
+    /// transaction is then aborted on PostgreSQL).
     pub async fn receive<'c, E>(
         &self,
         executor: E,
@@ -315,6 +331,11 @@ impl PgInbox {
     /// from other sources than the relay (no sequence tracking): returns
     /// [`Receipt::Fresh`] or [`Receipt::Duplicate`], like
     /// [`receive`](Self::receive).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidMessage`] for an empty, oversized or NUL-holding consumer name, checked
+    /// before anything is sent; [`Error::Database`] if the database fails.
     pub async fn receive_id<'c, E>(
         &self,
         executor: E,
@@ -343,6 +364,11 @@ impl PgInbox {
     /// key): after a keyed message's id is purged, its number still marks
     /// a redelivery of it as stale. A purged message without a key is fresh
     /// again if it is redelivered.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidConfig`] for a `batch` below 1; [`Error::Database`] if the database
+    /// fails.
     pub async fn purge_before(&self, before: DateTime<Utc>, batch: i64) -> Result<u64> {
         validate_batch(batch)?;
         let mut total = 0;
@@ -365,6 +391,10 @@ impl PgInbox {
 
     /// The last per-key sequence number `consumer` received for the
     /// partition key `key` (committed), if any.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Database`] if the database fails.
     pub async fn last_sequence(&self, consumer: &str, key: &str) -> Result<Option<i64>> {
         let mut c = self.inner.statements.standalone(&self.inner.pool).await?;
         let last = sqlx::query_scalar(&self.inner.sql.last_sequence)

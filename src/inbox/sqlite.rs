@@ -123,6 +123,10 @@ impl SqliteInboxBuilder {
 
     /// Validates the names and builds the inbox. Nothing is sent to the
     /// database; an invalid prefix is [`Error::InvalidIdentifier`](crate::Error::InvalidIdentifier).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidIdentifier`](crate::Error::InvalidIdentifier) if the schema or table prefix is not a valid identifier.
     pub fn build(self) -> Result<SqliteInbox> {
         let names = InboxNames::new(None, &self.prefix)?;
         let sql = Sql::new(&names);
@@ -206,6 +210,12 @@ impl SqliteInbox {
     /// run on every start and from several processes at once (SQLite
     /// serializes the writers). Tables at a newer version than this crate
     /// knows are [`Error::SchemaTooNew`](crate::Error::SchemaTooNew).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::SchemaTooNew`](crate::Error::SchemaTooNew) if the inbox tables are at a newer version than this crate
+    /// knows; [`Error::Database`](crate::Error::Database) if the database fails (the migration's transaction is then
+    /// rolled back).
     pub async fn migrate(&self) -> Result<()> {
         let n = &self.inner.names;
         // Outside the transaction, so that the transaction can start with a
@@ -263,6 +273,12 @@ impl SqliteInbox {
     /// Messages without a partition key or without a sequence number are
     /// deduplicated by id alone. Nothing is recorded unless the caller's
     /// transaction commits.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidMessage`](crate::Error::InvalidMessage) for an empty, oversized or NUL-holding consumer name, checked
+    /// before anything is sent; [`Error::Database`](crate::Error::Database) if the database fails (the caller's
+    /// transaction is then aborted on PostgreSQL).
     pub async fn receive<C>(
         &self,
         mut conn: C,
@@ -299,6 +315,11 @@ impl SqliteInbox {
     /// from other sources than the relay (no sequence tracking): returns
     /// [`Receipt::Fresh`] or [`Receipt::Duplicate`], like
     /// [`receive`](Self::receive).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidMessage`](crate::Error::InvalidMessage) for an empty, oversized or NUL-holding consumer name, checked
+    /// before anything is sent; [`Error::Database`](crate::Error::Database) if the database fails.
     pub async fn receive_id<'c, E>(
         &self,
         executor: E,
@@ -343,6 +364,11 @@ impl SqliteInbox {
     /// key): after a keyed message's id is purged, its number still marks
     /// a redelivery of it as stale. A purged message without a key is fresh
     /// again if it is redelivered.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidConfig`](crate::Error::InvalidConfig) for a `batch` below 1; [`Error::Database`](crate::Error::Database) if the database
+    /// fails.
     pub async fn purge_before(&self, before: DateTime<Utc>, batch: i64) -> Result<u64> {
         validate_batch(batch)?;
         let mut total = 0;
@@ -362,6 +388,10 @@ impl SqliteInbox {
 
     /// The last per-key sequence number `consumer` received for the
     /// partition key `key` (committed), if any.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Database`](crate::Error::Database) if the database fails.
     pub async fn last_sequence(&self, consumer: &str, key: &str) -> Result<Option<i64>> {
         Ok(sqlx::query_scalar(&self.inner.sql.last_sequence)
             .bind(consumer)

@@ -357,6 +357,11 @@ impl RelayBuilder {
     ///
     /// Dropping the handle asks the relay to stop, like
     /// [`RelayHandle::shutdown`] without waiting.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidConfig`] for a setting out of its range (batch size, intervals, lease
+    /// TTL, shutdown grace, retry policy), named in the error; nothing is started then.
     pub fn spawn(self) -> Result<RelayHandle> {
         self.validate()?;
         let (stop_tx, stop_rx) = watch::channel(None);
@@ -410,6 +415,11 @@ impl RelayHandle {
     /// Meanwhile [`health`](Self::health) reports [`RelayState::Stopping`],
     /// with the buckets still held; once `shutdown()` returns it reports
     /// [`RelayState::Stopped`]. Nothing committed is lost.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::RelayTask`] if the relay's task ended abnormally (it panicked); the relay is
+    /// stopped either way.
     pub async fn shutdown(mut self) -> Result<()> {
         self.ask_to_stop();
         let joined = match self.join.take() {
