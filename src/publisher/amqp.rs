@@ -129,6 +129,11 @@ impl RabbitMqPublisher {
 
     /// Like [`new`](Self::new), but connects (and opens the confirm-mode
     /// channel) now, so that a wrong address or password fails here.
+    ///
+    /// # Errors
+    ///
+    /// The client's error if the broker cannot be reached, refuses the
+    /// credentials, or the channel cannot be put in confirm mode.
     pub async fn connect(
         uri: impl Into<String>,
         exchange: impl Into<String>,

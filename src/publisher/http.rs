@@ -278,6 +278,12 @@ impl WebhookPublisherBuilder {
     }
 
     /// Checks the URLs and settings and builds the client.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidConfig`](crate::Error::InvalidConfig) naming the setting
+    /// that is wrong (a URL that is not http or https, a concurrency of 0, a
+    /// zero timeout) or if the HTTP client cannot be built.
     pub fn build(self) -> Result<WebhookPublisher> {
         let bad = |field: &'static str, reason: String| Error::InvalidConfig { field, reason };
         let parse = |field: &'static str, s: &str| -> Result<Url> {

@@ -109,6 +109,11 @@ impl KafkaPublisher {
     /// A publisher for the cluster at `bootstrap_servers`
     /// (`host:port[,host:port...]`) with the defaults of the module
     /// documentation.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidConfig`](crate::Error::InvalidConfig) if librdkafka
+    /// refuses the configuration.
     pub fn new(bootstrap_servers: impl Into<String>) -> Result<Self> {
         Self::builder(bootstrap_servers).build()
     }
@@ -298,6 +303,11 @@ impl KafkaPublisherBuilder {
 
     /// Creates the producer. Fails if the configuration is invalid; the
     /// brokers are contacted in the background, not here.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidConfig`](crate::Error::InvalidConfig) if librdkafka
+    /// refuses the configuration.
     pub fn build(self) -> Result<KafkaPublisher> {
         let mut config = self.config;
         let bad = |field: &'static str, reason: String| Error::InvalidConfig { field, reason };

@@ -121,6 +121,11 @@ impl NatsPublisher {
     /// client's default options; the client reconnects on its own after a
     /// connection loss. For credentials, TLS or reconnect settings, connect
     /// the client yourself and use [`NatsPublisher::new`].
+    ///
+    /// # Errors
+    ///
+    /// The client's [`ConnectError`](async_nats::ConnectError) if the URL is
+    /// invalid or no server answers.
     pub async fn connect(url: &str) -> Result<Self, async_nats::ConnectError> {
         let client = async_nats::connect(url).await?;
         Ok(Self::new(client))

@@ -155,6 +155,10 @@ impl RedisStreamsPublisher {
     /// A publisher for the server at `url` (`redis://[:password@]host:port[/db]`,
     /// `rediss://` for TLS if the `redis` crate is built with it). Only
     /// parses the URL; the connection opens on the first batch.
+    ///
+    /// # Errors
+    ///
+    /// The client's [`RedisError`] if the URL cannot be parsed.
     pub fn from_url(url: &str) -> Result<Self, RedisError> {
         Ok(Self::new(Client::open(url)?))
     }
