@@ -147,7 +147,7 @@ impl Worker {
             // found it taken) belongs to another relay now: publish nothing
             // more of it.
             let owned: HashSet<i32> = self.leases.iter().map(|l| l.bucket).collect();
-            let wave = waves.next(&owned);
+            let mut wave = waves.next(&owned);
             if wave.is_empty() {
                 break;
             }
@@ -160,7 +160,20 @@ impl Worker {
                 );
                 break;
             }
-            let batch: Vec<OutboxMessage> = wave.iter().map(|(_, c)| c.message.clone()).collect();
+            // The payloads and headers move to the publisher, never copied:
+            // what stays behind is all the acknowledgement needs.
+            let batch: Vec<OutboxMessage> = wave
+                .iter_mut()
+                .map(|(_, c)| {
+                    let payload = std::mem::take(&mut c.message.payload);
+                    let headers = std::mem::take(&mut c.message.headers);
+                    OutboxMessage {
+                        payload,
+                        headers,
+                        ..c.message.clone()
+                    }
+                })
+                .collect();
             let buckets: HashSet<i32> = wave.iter().map(|(_, c)| c.bucket).collect();
             let results = match self.publish_renewing(batch, &buckets).await {
                 Call::Returned(results) => results,
