@@ -417,9 +417,15 @@ impl OutboxMessage {
         self.attempt
     }
 
-    pub(crate) fn headers_from_json(json: Option<&str>) -> Headers {
-        json.and_then(|s| serde_json::from_str(s).ok())
-            .unwrap_or_default()
+    /// Reads stored headers: a JSON object of strings, or nothing. Anything
+    /// else was not written by this crate, and is refused rather than
+    /// dropped: a message must not leave without the headers it was given.
+    pub(crate) fn headers_from_json(json: Option<&str>) -> std::result::Result<Headers, String> {
+        match json {
+            None => Ok(Headers::new()),
+            Some(s) => serde_json::from_str(s)
+                .map_err(|e| format!("stored headers are not a JSON object of strings: {e}")),
+        }
     }
 }
 

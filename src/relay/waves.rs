@@ -87,7 +87,7 @@ pub(super) fn disposition(
         Ok(()) => return Disposition::Published,
         Err(e) => e,
     };
-    let block_key = policy == OrderingPolicy::Ordered && m.partition_key.is_some();
+    let block_key = blocks_on_failure(policy, m);
     let error = error_chain(&e);
     let attempt = m.attempt.max(1) as u32;
     if !e.is_transient() || retry.gives_up_after(attempt) {
@@ -106,6 +106,11 @@ pub(super) fn disposition(
             block_key,
         }
     }
+}
+
+/// Whether a failure of `m` holds back the later messages of its key.
+pub(super) fn blocks_on_failure(policy: OrderingPolicy, m: &OutboxMessage) -> bool {
+    policy == OrderingPolicy::Ordered && m.partition_key.is_some()
 }
 
 /// Whether a disposition holds back the later messages of its key.
@@ -150,6 +155,34 @@ impl Worker {
             let mut wave = waves.next(&owned);
             if wave.is_empty() {
                 break;
+            }
+            // A row that could not be read whole is dead-lettered with the
+            // reason, never published without what it lacks; under the
+            // ordered policy it blocks its key like any dead letter.
+            let (unreadable, readable): (Vec<_>, Vec<_>) =
+                wave.into_iter().partition(|(_, c)| c.undecodable.is_some());
+            wave = readable;
+            for (queue, c) in unreadable {
+                let why = c.undecodable.as_deref().unwrap_or_default();
+                let policy = self.config.policy_for(&c.message.topic);
+                let block_key = blocks_on_failure(policy, &c.message);
+                tracing::warn!(
+                    id = %c.message.id,
+                    position = c.message.seq,
+                    error = %why,
+                    "outbox: a stored message could not be read; dead-lettered"
+                );
+                let d = Disposition::Dead {
+                    error: format!("the stored message could not be read: {why}"),
+                    block_key,
+                };
+                if block_key {
+                    waves.stop(queue);
+                }
+                acks.push(ack_of(&c, d));
+            }
+            if wave.is_empty() {
+                continue;
             }
             // A lease that may have run out means another relay may own these
             // keys now: publish nothing more, acknowledge what is done.

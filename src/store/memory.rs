@@ -167,6 +167,7 @@ pub(crate) fn claimed(seq: i64, key: Option<&str>, bucket: i32) -> Claimed {
     Claimed {
         message: outbox_message(m, seq, DateTime::<Utc>::UNIX_EPOCH),
         bucket,
+        undecodable: None,
     }
 }
 
@@ -657,7 +658,11 @@ impl StoreOps for MemoryStore {
                 }
                 let mut message = m.clone();
                 message.attempt = p.attempts + 1;
-                got.push(Claimed { message, bucket });
+                got.push(Claimed {
+                    message,
+                    bucket,
+                    undecodable: None,
+                });
             }
             if let Some(relay) = self.relay {
                 for c in &got {

@@ -214,6 +214,10 @@ pub struct Lease {
 pub struct Claimed {
     pub(crate) message: OutboxMessage,
     pub(crate) bucket: i32,
+    /// Why the stored row could not be read whole, if it could not: the
+    /// relay dead-letters it with this error instead of publishing it (or
+    /// failing every claim on it).
+    pub(crate) undecodable: Option<String>,
 }
 
 /// What the relay decided for one claimed message.

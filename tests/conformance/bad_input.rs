@@ -11,6 +11,8 @@ use serde_json::json;
 use crate::backend::{Backend, TestOutbox};
 use crate::messages::{keyed, numbered};
 
+const TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Messages the outbox must refuse at enqueue, each with what the error
 /// must name.
 fn bad_messages() -> Vec<(NewMessage, &'static str)> {
@@ -201,5 +203,56 @@ pub async fn the_payload_limit_is_the_outboxs_own<B: Backend>() {
             "{err:?}"
         );
     }
+    db.close().await;
+}
+
+/// A stored message the relay cannot read whole (its headers were changed
+/// by hand into something this crate never writes) is dead-lettered with
+/// the reason instead of being published without them or failing every
+/// claim; under the ordered policy it holds back its key, and other keys
+/// flow.
+pub async fn a_stored_message_that_cannot_be_read_is_dead_lettered<B: Backend>() {
+    let db = B::fresh().await;
+    let outbox = db.outbox();
+    let broken = outbox
+        .enqueue_alone(keyed("t", "k", 1).with_header("x-trace", "abc"))
+        .await
+        .unwrap()
+        .id();
+    let behind = outbox.enqueue_alone(keyed("t", "k", 2)).await.unwrap().id();
+    let other = outbox.enqueue_alone(keyed("t", "j", 1)).await.unwrap().id();
+    let messages = B::table(B::DEFAULT_PREFIX, "messages");
+    db.execute(&format!(
+        "UPDATE {messages} SET headers = '[1, 2]' WHERE seq = (SELECT min(seq) FROM {messages})"
+    ))
+    .await;
+
+    let publisher = outbox::InMemoryPublisher::new();
+    let relay = outbox.fast_relay(publisher.clone()).spawn().unwrap();
+    crate::support::wait_for("the unreadable message's dead letter", TIMEOUT, || async {
+        !outbox.dead_letters(10).await.unwrap().is_empty()
+    })
+    .await;
+    crate::support::eventually("the other key flows", || {
+        publisher.messages().iter().any(|m| m.id() == other)
+    })
+    .await;
+    relay.shutdown().await.unwrap();
+
+    let dead = outbox.dead_letters(10).await.unwrap();
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0].id(), broken);
+    assert!(
+        dead[0].last_error.contains("headers"),
+        "the dead letter says why: {}",
+        dead[0].last_error
+    );
+    let sent: Vec<_> = publisher.messages().iter().map(|m| m.id()).collect();
+    assert!(
+        !sent.contains(&broken),
+        "never published without its headers"
+    );
+    assert!(!sent.contains(&behind), "its key is held back behind it");
+    assert_eq!(outbox.pending().await, 1);
     db.close().await;
 }

@@ -9,8 +9,8 @@ use std::time::Duration;
 use sqlx::postgres::PgRow;
 use sqlx::Row;
 
-use crate::error::Result;
-use crate::message::{MessageId, OutboxMessage};
+use crate::error::{Error, Result};
+use crate::message::{Headers, MessageId, OutboxMessage};
 use crate::store::{Claimed, DeadLetter, Lease, StoreStats};
 
 /// Index of `headers::text` in a claim (`claim_all.sql`,
@@ -25,10 +25,18 @@ const DEAD_HEADERS: usize = 13;
 
 /// Decodes a row that starts with the message columns in their order, with
 /// the headers as text in column `headers_col`.
-fn message_from_row(r: &PgRow, headers_col: usize) -> Result<OutboxMessage> {
+///
+/// Headers that do not decode are left empty and the reason returned
+/// beside the message: the relay dead-letters such a row, an operator's
+/// listing shows it.
+fn message_from_row(r: &PgRow, headers_col: usize) -> Result<(OutboxMessage, Option<String>)> {
     let headers: Option<&str> = r.try_get(headers_col)?;
+    let (headers, bad) = match OutboxMessage::headers_from_json(headers) {
+        Ok(h) => (h, None),
+        Err(e) => (Headers::new(), Some(e)),
+    };
     let attempts: i32 = r.try_get(10)?;
-    Ok(OutboxMessage {
+    let message = OutboxMessage {
         seq: r.try_get(0)?,
         id: MessageId::from_uuid(r.try_get(1)?),
         topic: r.try_get(2)?,
@@ -37,30 +45,41 @@ fn message_from_row(r: &PgRow, headers_col: usize) -> Result<OutboxMessage> {
         schema_version: r.try_get(5)?,
         payload: r.try_get(6)?,
         content_type: r.try_get(7)?,
-        headers: OutboxMessage::headers_from_json(headers),
+        headers,
         created_at: r.try_get(9)?,
         attempt: attempts + 1,
         key_sequence: None,
-    })
+    };
+    Ok((message, bad))
 }
 
 /// A row of a claim.
 pub(super) fn claimed_from_row(r: &PgRow) -> Result<Claimed> {
+    let (message, undecodable) = message_from_row(r, CLAIM_HEADERS)?;
     Ok(Claimed {
-        message: message_from_row(r, CLAIM_HEADERS)?,
+        message,
         bucket: r.try_get(CLAIM_BUCKET)?,
+        undecodable,
     })
 }
 
 /// A row of `published.sql`.
 pub(super) fn published_from_row(r: &PgRow) -> Result<OutboxMessage> {
-    message_from_row(r, PUBLISHED_HEADERS)
+    match message_from_row(r, PUBLISHED_HEADERS)? {
+        (message, None) => Ok(message),
+        (message, Some(bad)) => Err(Error::Database(sqlx::Error::Decode(
+            format!("published message {}: {bad}", message.id()).into(),
+        ))),
+    }
 }
 
 /// A row of `dead_letters.sql`.
+///
+/// A dead letter whose headers do not decode is listed without them: it was
+/// dead-lettered for that reason, which its last error says.
 pub(super) fn dead_letter_from_row(r: &PgRow) -> Result<DeadLetter> {
     Ok(DeadLetter {
-        message: message_from_row(r, DEAD_HEADERS)?,
+        message: message_from_row(r, DEAD_HEADERS)?.0,
         attempts: r.try_get("attempts")?,
         last_error: r.try_get("last_error")?,
         dead_at: r.try_get("dead_at")?,

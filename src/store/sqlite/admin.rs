@@ -5,7 +5,9 @@
 use sqlx::sqlite::{Sqlite, SqliteArguments, SqliteRow};
 use sqlx::Row;
 
-use super::decode::{json, message_from_row, micros, time_from_micros, uuid_from_bytes};
+use super::decode::{
+    json, message_from_row, micros, time_from_micros, uuid_from_bytes, whole_message_from_row,
+};
 use super::SqliteOutbox;
 use crate::error::{Error, Result};
 use crate::message::{MessageId, OutboxMessage};
@@ -231,7 +233,7 @@ impl SqliteOutbox {
             .bind(limit)
             .fetch_all(&self.inner.pool)
             .await?;
-        rows.iter().map(message_from_row).collect()
+        rows.iter().map(whole_message_from_row).collect()
     }
 
     /// What is in the outbox now: pending messages split into ready,
@@ -248,7 +250,7 @@ impl SqliteOutbox {
 
 fn dead_letter_from_row(r: &SqliteRow) -> Result<DeadLetter> {
     Ok(DeadLetter {
-        message: message_from_row(r)?,
+        message: message_from_row(r)?.0,
         attempts: r.try_get("attempts")?,
         last_error: r.try_get("last_error")?,
         dead_at: time_from_micros(r.try_get("dead_at")?)?,

@@ -41,9 +41,11 @@ pub(super) async fn claim(outbox: &SqliteOutbox, p: Claim<'_>) -> Result<Vec<Cla
         .await?;
     rows.iter()
         .map(|r| {
+            let (message, undecodable) = message_from_row(r)?;
             Ok(Claimed {
-                message: message_from_row(r)?,
+                message,
                 bucket: BUCKET,
+                undecodable,
             })
         })
         .collect()

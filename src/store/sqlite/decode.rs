@@ -10,7 +10,7 @@ use sqlx::Row;
 use uuid::Uuid;
 
 use crate::error::{Error, Result};
-use crate::message::{MessageId, OutboxMessage};
+use crate::message::{Headers, MessageId, OutboxMessage};
 use crate::store::Lease;
 
 pub(super) fn micros(t: DateTime<Utc>) -> i64 {
@@ -34,11 +34,18 @@ pub(super) fn uuid_from_bytes(b: &[u8]) -> Result<Uuid> {
     Uuid::from_slice(b).map_err(|e| decode_error(format!("invalid message id: {e}")))
 }
 
-pub(super) fn message_from_row(r: &SqliteRow) -> Result<OutboxMessage> {
+/// Decodes a message row. Headers that do not decode are left empty and
+/// the reason returned beside the message: the relay dead-letters such a
+/// row, an operator's listing shows it.
+pub(super) fn message_from_row(r: &SqliteRow) -> Result<(OutboxMessage, Option<String>)> {
     let id: Vec<u8> = r.try_get("id")?;
     let headers: Option<String> = r.try_get("headers")?;
+    let (headers, bad) = match OutboxMessage::headers_from_json(headers.as_deref()) {
+        Ok(h) => (h, None),
+        Err(e) => (Headers::new(), Some(e)),
+    };
     let attempts: i32 = r.try_get("attempts")?;
-    Ok(OutboxMessage {
+    let message = OutboxMessage {
         seq: r.try_get("seq")?,
         id: MessageId::from_uuid(uuid_from_bytes(&id)?),
         topic: r.try_get("topic")?,
@@ -47,11 +54,20 @@ pub(super) fn message_from_row(r: &SqliteRow) -> Result<OutboxMessage> {
         schema_version: r.try_get("schema_version")?,
         payload: r.try_get("payload")?,
         content_type: r.try_get("content_type")?,
-        headers: OutboxMessage::headers_from_json(headers.as_deref()),
+        headers,
         created_at: time_from_micros(r.try_get("created_at")?)?,
         attempt: attempts + 1,
         key_sequence: None,
-    })
+    };
+    Ok((message, bad))
+}
+
+/// A message row that must decode whole (retained published messages).
+pub(super) fn whole_message_from_row(r: &SqliteRow) -> Result<OutboxMessage> {
+    match message_from_row(r)? {
+        (message, None) => Ok(message),
+        (message, Some(bad)) => Err(decode_error(format!("message {}: {bad}", message.id()))),
+    }
 }
 
 pub(super) fn leases_from_rows(rows: &[SqliteRow]) -> Result<Vec<Lease>> {
