@@ -4,12 +4,21 @@
 -- session's own excluded; transactions in other databases do not hold back
 -- vacuum of this database's tables), whether autovacuum runs on the
 -- messages table, messages whose retry is not due, and messages due but
--- held back behind a blocked key.
+-- held back behind a blocked key. The messages table is read once.
 --
 -- $1 the messages table's quoted name (cast to regclass).
-SELECT (SELECT count(*) FROM {messages}),
-       (SELECT extract(epoch FROM now() - min(created_at))::float8
-          FROM {messages}),
+WITH m AS (
+    SELECT count(*) AS pending,
+           extract(epoch FROM now() - min(m.created_at))::float8 AS age,
+           count(*) FILTER (WHERE m.available_at > now()) AS retry_waiting,
+           count(*) FILTER (
+               WHERE (m.available_at IS NULL OR m.available_at <= now())
+                 AND EXISTS (SELECT 1 FROM {blocked} k
+                              WHERE k.partition_key = m.partition_key
+                                AND k.seq < m.seq)) AS parked
+    FROM {messages} m)
+SELECT m.pending,
+       m.age,
        (SELECT count(*) FROM {dead_letters}),
        (SELECT n_dead_tup FROM pg_stat_user_tables WHERE relid = $1::regclass),
        (SELECT extract(epoch FROM now() - min(xact_start))::float8
@@ -20,8 +29,6 @@ SELECT (SELECT count(*) FROM {messages}),
          SELECT 1 FROM pg_class c, unnest(c.reloptions) o
           WHERE c.oid = $1::regclass
             AND o IN ('autovacuum_enabled=false', 'autovacuum_enabled=off')),
-       (SELECT count(*) FROM {messages} WHERE available_at > now()),
-       (SELECT count(*) FROM {messages} m
-         WHERE (m.available_at IS NULL OR m.available_at <= now())
-           AND EXISTS (SELECT 1 FROM {blocked} k
-                        WHERE k.partition_key = m.partition_key AND k.seq < m.seq))
+       m.retry_waiting,
+       m.parked
+FROM m
