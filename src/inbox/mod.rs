@@ -253,6 +253,13 @@ impl InboxNames {
     /// Replaces `{inbox_messages}`-style placeholders in a migration or
     /// query.
     pub(crate) fn render(&self, sql: &str) -> String {
+        crate::store::RenderNames::render(self, sql)
+    }
+}
+
+#[cfg(any(feature = "postgres", feature = "sqlite"))]
+impl crate::store::RenderNames for InboxNames {
+    fn render(&self, sql: &str) -> String {
         sql.replace("{schema}", self.schema.as_deref().unwrap_or(""))
             .replace("{prefix}", &self.prefix)
             .replace("{inbox_messages}", &self.messages)

@@ -7,12 +7,12 @@ use chrono::{DateTime, Utc};
 use sqlx::postgres::{PgPool, Postgres};
 use sqlx::Executor;
 
-use crate::store::postgres::Statements;
+use crate::store::postgres::{apply_migrations, Statements};
 
 use super::{classify, tracked, validate_batch, validate_consumer, InboxNames, Receipt};
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::message::{MessageId, OutboxMessage};
-use crate::store::check_schema_version;
+use crate::store::MigrationSet;
 
 const MIGRATIONS: &[(i64, &str)] = &[(
     1,
@@ -171,29 +171,6 @@ impl Sql {
     }
 }
 
-/// An FNV-1a hash of the migrations table's name: the advisory lock class
-/// that serializes migrations of one inbox.
-fn lock_class(name: &str) -> i32 {
-    let mut h: u32 = 0x811c_9dc5;
-    for b in name.as_bytes() {
-        h ^= u32::from(*b);
-        h = h.wrapping_mul(0x0100_0193);
-    }
-    h as i32
-}
-
-/// True for the error a concurrent `CREATE SCHEMA IF NOT EXISTS` of the
-/// same schema can raise (PostgreSQL checks for the schema before it
-/// inserts it, without a lock).
-fn is_schema_race(e: &Error) -> bool {
-    match e {
-        Error::Database(sqlx::Error::Database(db)) => {
-            matches!(db.code().as_deref(), Some("23505") | Some("42P06"))
-        }
-        _ => false,
-    }
-}
-
 impl PgInbox {
     /// An inbox in schema `outbox` with default settings.
     pub fn new(pool: PgPool) -> Self {
@@ -229,57 +206,14 @@ impl PgInbox {
     /// knows; [`Error::Database`] if the database fails (the migration's transaction is then
     /// rolled back).
     pub async fn migrate(&self) -> Result<()> {
-        // A schema created concurrently by someone else (a `PgOutbox`
-        // migrating the same schema, say) fails the first attempt; the
-        // second finds it.
-        let mut attempt = 0;
-        loop {
-            match self.migrate_once().await {
-                Err(e) if attempt < 2 && is_schema_race(&e) => attempt += 1,
-                other => return other,
-            }
-        }
-    }
-
-    async fn migrate_once(&self) -> Result<()> {
         let n = &self.inner.names;
-        let mut tx = self.inner.pool.begin().await?;
-        sqlx::query("SELECT pg_advisory_xact_lock($1, 0)")
-            .persistent(self.inner.statements.named())
-            .bind(lock_class(&n.migrations))
-            .execute(&mut *tx)
-            .await?;
-        let schema = n.schema().unwrap_or("public");
-        tx.execute(format!("CREATE SCHEMA IF NOT EXISTS \"{schema}\"").as_str())
-            .await?;
-        tx.execute(
-            n.render(
-                "CREATE TABLE IF NOT EXISTS {inbox_migrations} (version bigint PRIMARY KEY, \
-                 applied_at timestamptz NOT NULL DEFAULT now())",
-            )
-            .as_str(),
-        )
-        .await?;
-        let current: Option<i64> =
-            sqlx::query_scalar(&n.render("SELECT max(version) FROM {inbox_migrations}"))
-                .persistent(self.inner.statements.named())
-                .fetch_one(&mut *tx)
-                .await?;
-        let current = current.unwrap_or(0);
-        check_schema_version(Some(current), MIGRATIONS)?;
-        for (version, sql) in MIGRATIONS.iter().filter(|m| m.0 > current) {
-            // A plain string: several statements, no parameters. (Not
-            // `raw_sql`, whose future is not `Send` for every lifetime, which
-            // keeps `migrate` out of `tokio::spawn`.)
-            tx.execute(n.render(sql).as_str()).await?;
-            sqlx::query(&n.render("INSERT INTO {inbox_migrations} (version) VALUES ($1)"))
-                .persistent(self.inner.statements.named())
-                .bind(version)
-                .execute(&mut *tx)
-                .await?;
-        }
-        tx.commit().await?;
-        Ok(())
+        let set = MigrationSet {
+            migrations: MIGRATIONS,
+            table: &n.migrations,
+            schema: n.schema(),
+            names: n,
+        };
+        apply_migrations(&self.inner.pool, self.inner.statements, &set).await
     }
 
     /// Records that `consumer` received `message`, with the caller's

@@ -12,7 +12,8 @@ use sqlx::Executor;
 use super::{classify, tracked, validate_batch, validate_consumer, InboxNames, Receipt};
 use crate::error::Result;
 use crate::message::{MessageId, OutboxMessage};
-use crate::store::check_schema_version;
+use crate::store::sqlite::apply_migrations;
+use crate::store::MigrationSet;
 
 const MIGRATIONS: &[(i64, &str)] = &[(
     1,
@@ -218,41 +219,13 @@ impl SqliteInbox {
     /// rolled back).
     pub async fn migrate(&self) -> Result<()> {
         let n = &self.inner.names;
-        // Outside the transaction, so that the transaction can start with a
-        // write. Harmless if the rest fails.
-        sqlx::query(&n.render(
-            "CREATE TABLE IF NOT EXISTS {inbox_migrations} (version INTEGER PRIMARY KEY, \
-             applied_at INTEGER NOT NULL)",
-        ))
-        .execute(&self.inner.pool)
-        .await?;
-        let mut tx = self.inner.pool.begin().await?;
-        // Takes the write lock: concurrent migrations wait here, so only one
-        // applies each version.
-        sqlx::query(&n.render("DELETE FROM {inbox_migrations} WHERE version < 0"))
-            .execute(&mut *tx)
-            .await?;
-        let current: Option<i64> =
-            sqlx::query_scalar(&n.render("SELECT max(version) FROM {inbox_migrations}"))
-                .fetch_one(&mut *tx)
-                .await?;
-        let current = current.unwrap_or(0);
-        check_schema_version(Some(current), MIGRATIONS)?;
-        for (version, sql) in MIGRATIONS.iter().filter(|m| m.0 > current) {
-            // A plain string: several statements, no parameters. (Not
-            // `raw_sql`, whose future is not `Send` for every lifetime, which
-            // keeps `migrate` out of `tokio::spawn`.)
-            tx.execute(n.render(sql).as_str()).await?;
-            sqlx::query(
-                &n.render("INSERT INTO {inbox_migrations} (version, applied_at) VALUES (?, ?)"),
-            )
-            .bind(version)
-            .bind(micros(Utc::now()))
-            .execute(&mut *tx)
-            .await?;
-        }
-        tx.commit().await?;
-        Ok(())
+        let set = MigrationSet {
+            migrations: MIGRATIONS,
+            table: &n.migrations,
+            schema: None,
+            names: n,
+        };
+        apply_migrations(&self.inner.pool, &set).await
     }
 
     /// Records that `consumer` received `message`, on the caller's

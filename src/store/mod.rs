@@ -11,6 +11,8 @@ pub(crate) mod memory;
 pub(crate) mod postgres;
 #[cfg(feature = "sqlite")]
 pub(crate) mod sqlite;
+#[cfg(any(feature = "postgres", feature = "sqlite"))]
+pub(crate) mod statements;
 
 use std::collections::HashMap;
 #[cfg(any(feature = "postgres", feature = "sqlite"))]
@@ -117,6 +119,59 @@ pub(crate) fn check_schema_current(found: Option<i64>, migrations: &[(i64, &str)
         return Err(Error::SchemaTooOld { found, required });
     }
     Ok(())
+}
+
+/// One set of embedded migrations (an outbox's, or an inbox's) and the
+/// table that records which of them are applied: what each backend's
+/// migration runner applies.
+#[cfg(any(feature = "postgres", feature = "sqlite"))]
+pub(crate) struct MigrationSet<'a> {
+    /// `(version, statements)`, in version order.
+    pub(crate) migrations: &'static [(i64, &'static str)],
+    /// The quoted name of the table of applied versions.
+    pub(crate) table: &'a str,
+    /// The schema the tables live in, if the backend has schemas.
+    pub(crate) schema: Option<&'a str>,
+    /// Fills the table-name placeholders of a migration.
+    pub(crate) names: &'a dyn RenderNames,
+}
+
+#[cfg(any(feature = "postgres", feature = "sqlite"))]
+impl MigrationSet<'_> {
+    /// A bookkeeping statement of the runner, its `{migrations}` and
+    /// `{schema}` filled from this set.
+    pub(crate) fn bookkeeping(&self, file: &str) -> String {
+        statements::body(file)
+            .replace("{migrations}", self.table)
+            .replace("{schema}", self.schema.unwrap_or(""))
+    }
+
+    /// Refuses an applied version newer than this build knows.
+    pub(crate) fn check_not_newer(&self, found: i64) -> Result<()> {
+        check_schema_version(Some(found), self.migrations)
+    }
+
+    /// The migrations after `current`, rendered.
+    pub(crate) fn pending(&self, current: i64) -> impl Iterator<Item = (i64, String)> + '_ {
+        self.migrations
+            .iter()
+            .filter(move |m| m.0 > current)
+            .map(|(v, sql)| (*v, self.names.render(sql)))
+    }
+}
+
+/// Validated table names that fill a statement's placeholders.
+#[cfg(any(feature = "postgres", feature = "sqlite"))]
+pub(crate) trait RenderNames: Sync {
+    /// Replaces `{messages}`-style placeholders in a migration or query.
+    fn render(&self, sql: &str) -> String;
+}
+
+#[cfg(any(feature = "postgres", feature = "sqlite"))]
+impl RenderNames for TableNames {
+    fn render(&self, sql: &str) -> String {
+        TableNames::render(self, sql)
+    }
 }
 
 /// The quoted names of the crate's tables, built once from validated parts.

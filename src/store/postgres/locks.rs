@@ -20,12 +20,10 @@ pub(crate) fn change_lock_class(names: &TableNames) -> i32 {
     commit_order_lock_class(names)
 }
 
-/// The advisory-lock class that serializes migrations of one outbox.
-pub(super) fn migration_lock_class(names: &TableNames) -> i32 {
-    fnv1a32(names.migrations.as_bytes())
-}
-
-fn fnv1a32(bytes: &[u8]) -> i32 {
+/// A stable 32-bit hash (FNV-1a) of a name: the advisory-lock class that
+/// serializes migrations of one set of tables is that of the name of its
+/// table of versions.
+pub(crate) fn fnv1a32(bytes: &[u8]) -> i32 {
     let mut h: u32 = 0x811c_9dc5;
     for b in bytes {
         h ^= u32::from(*b);

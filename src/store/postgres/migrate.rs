@@ -1,12 +1,15 @@
-//! The embedded migrations of the PostgreSQL schema, [`PgOutbox::migrate`]
-//! and the check that the tables are not newer than this crate.
+//! Migrations on PostgreSQL: the runner that applies a [`MigrationSet`]
+//! (the outbox's here, the inbox's in `inbox/postgres.rs`), the outbox's
+//! embedded migrations, [`PgOutbox::migrate`] and the check that the tables
+//! are at the version this build needs.
 
+use sqlx::postgres::PgPool;
 use sqlx::Executor;
 
-use super::locks::migration_lock_class;
-use super::PgOutbox;
+use super::locks::fnv1a32;
+use super::{PgOutbox, Standalone, Statements};
 use crate::error::{Error, Result};
-use crate::store::{check_schema_current, check_schema_version};
+use crate::store::{check_schema_current, MigrationSet};
 
 const MIGRATIONS: &[(i64, &str)] = &[
     (
@@ -31,7 +34,97 @@ const MIGRATIONS: &[(i64, &str)] = &[
     ),
 ];
 
+const LOCK: &str = include_str!("sql/migrations/lock.sql");
+const CREATE_SCHEMA: &str = include_str!("sql/migrations/create_schema.sql");
+const CREATE_TABLE: &str = include_str!("sql/migrations/create_table.sql");
+const VERSION: &str = include_str!("sql/migrations/version.sql");
+const RECORD: &str = include_str!("sql/migrations/record.sql");
+
+/// Creates or upgrades the schema and tables of `set`, in one transaction
+/// serialized across processes by an advisory lock derived from the name
+/// of its table of versions. A schema created by another program at the
+/// same moment (`CREATE SCHEMA IF NOT EXISTS` is not safe against that)
+/// fails an attempt; the next one finds it.
+pub(crate) async fn apply(
+    pool: &PgPool,
+    statements: Statements,
+    set: &MigrationSet<'_>,
+) -> Result<()> {
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        match apply_once(pool, statements, set).await {
+            Err(Error::Database(sqlx::Error::Database(e)))
+                if attempt < 5 && matches!(e.code().as_deref(), Some("23505" | "42P06")) =>
+            {
+                continue
+            }
+            other => return other,
+        }
+    }
+}
+
+async fn apply_once(pool: &PgPool, statements: Statements, set: &MigrationSet<'_>) -> Result<()> {
+    let named = statements.named();
+    let mut tx = pool.begin().await?;
+    sqlx::query(&set.bookkeeping(LOCK))
+        .persistent(named)
+        .bind(fnv1a32(set.table.as_bytes()))
+        .execute(&mut *tx)
+        .await?;
+    tx.execute(set.bookkeeping(CREATE_SCHEMA).as_str()).await?;
+    tx.execute(set.bookkeeping(CREATE_TABLE).as_str()).await?;
+    let current: Option<i64> = sqlx::query_scalar(&set.bookkeeping(VERSION))
+        .persistent(named)
+        .fetch_one(&mut *tx)
+        .await?;
+    let current = current.unwrap_or(0);
+    set.check_not_newer(current)?;
+    let record = set.bookkeeping(RECORD);
+    for (version, migration) in set.pending(current) {
+        // Several statements: `execute` on a string without arguments
+        // uses the simple query protocol (and, unlike `raw_sql`, keeps
+        // the future `Send` inside `tokio::spawn`).
+        tx.execute(migration.as_str()).await?;
+        sqlx::query(&record)
+            .persistent(named)
+            .bind(version)
+            .execute(&mut *tx)
+            .await?;
+    }
+    tx.commit().await?;
+    Ok(())
+}
+
+/// The newest version of `set` applied, `None` if its tables are missing.
+async fn applied_version(
+    c: &mut Standalone,
+    named: bool,
+    set: &MigrationSet<'_>,
+) -> Result<Option<i64>> {
+    match sqlx::query_scalar(&set.bookkeeping(VERSION))
+        .persistent(named)
+        .fetch_one(c.conn())
+        .await
+    {
+        Ok(v) => Ok(v),
+        // No tables at all: never migrated.
+        Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("42P01") => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
+
 impl PgOutbox {
+    fn migrations(&self) -> MigrationSet<'_> {
+        let n = &self.inner.names;
+        MigrationSet {
+            migrations: MIGRATIONS,
+            table: &n.migrations,
+            schema: n.schema.as_deref(),
+            names: n,
+        }
+    }
+
     /// Creates or upgrades the crate's schema and tables. Safe to run from
     /// several processes at once (serialized by an advisory lock) and on
     /// every start.
@@ -44,69 +137,14 @@ impl PgOutbox {
     /// the privilege to create the schema; the migration's transaction is
     /// then rolled back.
     pub async fn migrate(&self) -> Result<()> {
-        let mut attempt = 0;
-        loop {
-            attempt += 1;
-            match self.migrate_once().await {
-                // Another program created the same schema at the same
-                // moment (`CREATE SCHEMA IF NOT EXISTS` is not safe against
-                // that); the next attempt finds it.
-                Err(Error::Database(sqlx::Error::Database(e)))
-                    if attempt < 5 && matches!(e.code().as_deref(), Some("23505" | "42P06")) =>
-                {
-                    continue
-                }
-                other => return other,
-            }
-        }
-    }
-
-    async fn migrate_once(&self) -> Result<()> {
-        let n = &self.inner.names;
-        let sql = &self.inner.sql;
-        let mut tx = self.inner.pool.begin().await?;
-        sqlx::query(&sql.migration_lock)
-            .persistent(self.named())
-            .bind(migration_lock_class(n))
-            .execute(&mut *tx)
-            .await?;
-        tx.execute(sql.create_schema.as_str()).await?;
-        tx.execute(sql.create_migrations_table.as_str()).await?;
-        let current: Option<i64> = sqlx::query_scalar(&sql.schema_version)
-            .persistent(self.named())
-            .fetch_one(&mut *tx)
-            .await?;
-        let current = current.unwrap_or(0);
-        check_schema_version(Some(current), MIGRATIONS)?;
-        for (version, migration) in MIGRATIONS.iter().filter(|m| m.0 > current) {
-            // Several statements: `execute` on a string without arguments
-            // uses the simple query protocol (and, unlike `raw_sql`, keeps
-            // the future `Send` inside `tokio::spawn`).
-            tx.execute(n.render(migration).as_str()).await?;
-            sqlx::query(&sql.record_migration)
-                .persistent(self.named())
-                .bind(version)
-                .execute(&mut *tx)
-                .await?;
-        }
-        tx.commit().await?;
-        Ok(())
+        apply(&self.inner.pool, self.inner.statements, &self.migrations()).await
     }
 
     /// Fails if the tables are missing or at a newer migration version than
     /// this crate knows.
     pub(super) async fn check_schema_is_known(&self) -> Result<()> {
         let mut c = self.standalone().await?;
-        let found: Option<i64> = match sqlx::query_scalar(&self.inner.sql.schema_version)
-            .persistent(self.named())
-            .fetch_one(c.conn())
-            .await
-        {
-            Ok(v) => v,
-            // No tables at all: never migrated.
-            Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("42P01") => None,
-            Err(e) => return Err(e.into()),
-        };
+        let found = applied_version(&mut c, self.named(), &self.migrations()).await?;
         c.finish().await?;
         check_schema_current(found, MIGRATIONS)
     }

@@ -3,9 +3,9 @@
 //! - `builder.rs`: [`PgOutboxBuilder`], the settings and their validation.
 //! - `statements.rs` and `sql/`: every statement, one `.sql` file each,
 //!   rendered once from the validated table names.
-//! - `locks.rs`: the advisory-lock classes (commit order, change log,
-//!   migrations).
-//! - `migrate.rs`: the embedded migrations and the schema version check.
+//! - `locks.rs`: the lock classes (commit order, change log, migrations).
+//! - `migrate.rs`: the migration runner (the inbox's too), the embedded
+//!   migrations and the schema version check.
 //! - `enqueue.rs`: the write side (`enqueue`, `enqueue_batch`,
 //!   `publish_event`, `commit`).
 //! - `wake.rs`: [`WakeUp`], carried notifications, the `NOTIFY` task and the
@@ -38,6 +38,7 @@ use sqlx::postgres::{PgConnectOptions, PgPool};
 pub use self::builder::PgOutboxBuilder;
 pub(crate) use self::connection::{Standalone, Statements};
 pub(crate) use self::locks::change_lock_class;
+pub(crate) use self::migrate::apply as apply_migrations;
 pub use self::wake::WakeUp;
 
 use self::statements::Sql;

@@ -1,42 +1,8 @@
 //! Every statement the PostgreSQL backend runs, each in its own file under
 //! `sql/` (named after the field that holds it) so it can be read and
-//! EXPLAINed on its own, rendered once from the validated table names.
-//!
-//! Table names are configurable, so the statements cannot be checked at
-//! compile time; `{messages}`-style placeholders are filled by
-//! [`TableNames::render`] from names validated as identifiers, and nothing
-//! else is ever spliced in. Values travel as `$n` parameters.
+//! EXPLAINed on its own; see [`statements`] for how they are rendered.
 
-use crate::store::TableNames;
-
-/// Declares [`Sql`], one field per file `sql/<field>.sql`, and its
-/// constructor, so a field cannot drift from the file it is read from.
-macro_rules! statements {
-    ($($(#[$doc:meta])* $name:ident,)*) => {
-        /// SQL rendered once from the validated table names.
-        pub(super) struct Sql {
-            $($(#[$doc])* pub(super) $name: String,)*
-        }
-
-        impl Sql {
-            pub(super) fn new(names: &TableNames) -> Self {
-                Self {
-                    $($name: names.render(include_str!(concat!(
-                        "sql/",
-                        stringify!($name),
-                        ".sql"
-                    ))),)*
-                }
-            }
-
-            /// Each statement with its name, for tests over all of them.
-            #[cfg(test)]
-            fn each(&self) -> Vec<(&'static str, &str)> {
-                vec![$((stringify!($name), self.$name.as_str()),)*]
-            }
-        }
-    };
-}
+use crate::store::statements::statements;
 
 statements! {
     // Enqueue. The `_notify` forms carry a `pg_notify` in the caller's
@@ -129,23 +95,12 @@ statements! {
     pending_count,
     /// Retained published messages, oldest first.
     published,
-
-    // Migrations.
-    /// Serializes migrations across processes.
-    migration_lock,
-    /// Creates the schema.
-    create_schema,
-    /// Creates the table of applied versions.
-    create_migrations_table,
-    /// The newest applied version.
-    schema_version,
-    /// Records an applied version.
-    record_migration,
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::TableNames;
 
     /// Every placeholder in every statement is filled: a misspelt one would
     /// reach the server as a syntax error only when its statement first

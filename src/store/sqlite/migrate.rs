@@ -1,13 +1,16 @@
-//! The schema: the embedded migrations, applying them, and the check that
-//! the tables are not newer than this build.
+//! Migrations on SQLite: the runner that applies a [`MigrationSet`] (the
+//! outbox's here, the inbox's in `inbox/sqlite.rs`), the outbox's embedded
+//! migrations, [`SqliteOutbox::migrate`] and the check that the tables are
+//! at the version this build needs.
 
 use chrono::Utc;
+use sqlx::sqlite::SqlitePool;
 use sqlx::Executor;
 
 use super::decode::micros;
 use super::SqliteOutbox;
 use crate::error::Result;
-use crate::store::{check_schema_current, check_schema_version};
+use crate::store::{check_schema_current, MigrationSet};
 
 pub(super) const MIGRATIONS: &[(i64, &str)] = &[
     (1, include_str!("../../../migrations/sqlite/0001_core.sql")),
@@ -25,7 +28,57 @@ pub(super) const MIGRATIONS: &[(i64, &str)] = &[
     ),
 ];
 
+pub(super) const CREATE_TABLE: &str = include_str!("sql/migrations/create_table.sql");
+const LOCK: &str = include_str!("sql/migrations/lock.sql");
+const VERSION: &str = include_str!("sql/migrations/version.sql");
+pub(super) const RECORD: &str = include_str!("sql/migrations/record.sql");
+
+/// Creates or upgrades the tables of `set`, in one transaction. Safe to
+/// run on every start and from several processes at once: SQLite
+/// serializes the writers, and the transaction starts with a write, so
+/// only one applies each version.
+pub(crate) async fn apply(pool: &SqlitePool, set: &MigrationSet<'_>) -> Result<()> {
+    // Outside the transaction, so that the transaction can start with a
+    // write (see the module documentation). Harmless if the rest fails.
+    sqlx::query(&set.bookkeeping(CREATE_TABLE))
+        .execute(pool)
+        .await?;
+    let mut tx = pool.begin().await?;
+    // Takes the write lock: concurrent migrations wait here.
+    sqlx::query(&set.bookkeeping(LOCK))
+        .execute(&mut *tx)
+        .await?;
+    let current: Option<i64> = sqlx::query_scalar(&set.bookkeeping(VERSION))
+        .fetch_one(&mut *tx)
+        .await?;
+    let current = current.unwrap_or(0);
+    set.check_not_newer(current)?;
+    let record = set.bookkeeping(RECORD);
+    for (version, migration) in set.pending(current) {
+        // Several statements: `execute` on a string without arguments
+        // runs them all (and, unlike `raw_sql`, keeps the future `Send`).
+        tx.execute(migration.as_str()).await?;
+        sqlx::query(&record)
+            .bind(version)
+            .bind(micros(Utc::now()))
+            .execute(&mut *tx)
+            .await?;
+    }
+    tx.commit().await?;
+    Ok(())
+}
+
 impl SqliteOutbox {
+    pub(super) fn migrations(&self) -> MigrationSet<'_> {
+        let n = &self.inner.names;
+        MigrationSet {
+            migrations: MIGRATIONS,
+            table: &n.migrations,
+            schema: None,
+            names: n,
+        }
+    }
+
     /// Creates or upgrades the crate's tables, in one transaction. Safe to
     /// run on every start and from several processes at once (SQLite
     /// serializes the writers).
@@ -37,40 +90,14 @@ impl SqliteOutbox {
     /// changed); [`Error::Database`](crate::Error::Database) if a statement
     /// fails, in which case no version of this run is applied.
     pub async fn migrate(&self) -> Result<()> {
-        let n = &self.inner.names;
-        let sql = &self.inner.sql;
-        // Outside the transaction, so that the transaction can start with a
-        // write (see the module documentation). Harmless if the rest fails.
-        sqlx::query(&sql.migrations_create)
-            .execute(&self.inner.pool)
-            .await?;
-        let mut tx = self.inner.pool.begin().await?;
-        // Takes the write lock: concurrent migrations wait here, so only one
-        // applies each version.
-        sqlx::query(&sql.migrations_lock).execute(&mut *tx).await?;
-        let current: Option<i64> = sqlx::query_scalar(&sql.migrations_version)
-            .fetch_one(&mut *tx)
-            .await?;
-        let current = current.unwrap_or(0);
-        check_schema_version(Some(current), MIGRATIONS)?;
-        for (version, migration) in MIGRATIONS.iter().filter(|m| m.0 > current) {
-            // Several statements: `execute` on a string without arguments
-            // runs them all (and, unlike `raw_sql`, keeps the future `Send`).
-            tx.execute(n.render(migration).as_str()).await?;
-            sqlx::query(&sql.migrations_record)
-                .bind(version)
-                .bind(micros(Utc::now()))
-                .execute(&mut *tx)
-                .await?;
-        }
-        tx.commit().await?;
-        Ok(())
+        apply(&self.inner.pool, &self.migrations()).await
     }
 }
 
 /// Refuses tables at another migration version than this build needs.
 pub(super) async fn check_schema(outbox: &SqliteOutbox) -> Result<()> {
-    let found: Option<i64> = match sqlx::query_scalar(&outbox.inner.sql.migrations_version)
+    let version = outbox.migrations().bookkeeping(VERSION);
+    let found: Option<i64> = match sqlx::query_scalar(&version)
         .fetch_one(&outbox.inner.pool)
         .await
     {

@@ -30,6 +30,7 @@ use sqlx::sqlite::SqlitePool;
 use tokio::sync::Notify;
 
 pub use self::builder::SqliteOutboxBuilder;
+pub(crate) use self::migrate::apply as apply_migrations;
 use self::statements::Sql;
 use super::TableNames;
 

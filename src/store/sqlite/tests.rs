@@ -6,7 +6,6 @@ use sqlx::Executor;
 use uuid::Uuid;
 
 use super::decode::micros;
-use super::statements::Sql;
 use super::SqliteOutbox;
 use crate::message::{MessageId, NewMessage};
 use crate::store::sealed::StoreOps;
@@ -555,91 +554,15 @@ async fn retries_block_and_unblock_keys() {
 async fn every_statement_is_rendered_and_prepares() {
     let o = outbox().await;
     let sql = &o.inner.sql;
-    // Exhaustive, so a statement added to `Sql` cannot be left out here.
-    let Sql {
-        insert,
-        insert_batch_template: _,
-        claim,
-        sweep_gone_blocks,
-        fence,
-        delete_seqs,
-        copy_published,
-        unblock,
-        key_seq_read,
-        key_seq_upsert,
-        retry,
-        copy_dead,
-        block,
-        heartbeat_up,
-        heartbeat_gone,
-        heartbeat_count,
-        renew,
-        acquire,
-        release,
-        leave,
-        bucket_count,
-        stats,
-        purge,
-        migrations_create,
-        migrations_lock,
-        migrations_version,
-        migrations_record,
-        dead_letters,
-        dead_letters_matching,
-        replay_candidates,
-        replay_insert,
-        replay_unblock,
-        replay_delete,
-        discard_dead_letter,
-        discard_unblock,
-        blocked_keys,
-        unblock_key,
-        pending_count,
-        published,
-    } = sql;
     let batch = sql.insert_batch([2, 1].into_iter());
     let mut batch_statements: Vec<&str> = batch.split_terminator(";\n").collect();
     assert_eq!(batch_statements.len(), 2, "{batch}");
-    let mut all: Vec<&str> = vec![
-        insert,
-        claim,
-        sweep_gone_blocks,
-        fence,
-        delete_seqs,
-        copy_published,
-        unblock,
-        key_seq_read,
-        key_seq_upsert,
-        retry,
-        copy_dead,
-        block,
-        heartbeat_up,
-        heartbeat_gone,
-        heartbeat_count,
-        renew,
-        acquire,
-        release,
-        leave,
-        bucket_count,
-        stats,
-        purge,
-        migrations_create,
-        migrations_lock,
-        migrations_version,
-        migrations_record,
-        dead_letters,
-        dead_letters_matching,
-        replay_candidates,
-        replay_insert,
-        replay_unblock,
-        replay_delete,
-        discard_dead_letter,
-        discard_unblock,
-        blocked_keys,
-        unblock_key,
-        pending_count,
-        published,
-    ];
+    let mut all: Vec<&str> = sql
+        .each()
+        .into_iter()
+        .filter(|(name, _)| *name != "insert_batch_template")
+        .map(|(_, s)| s)
+        .collect();
     all.append(&mut batch_statements);
     for s in all {
         // Every placeholder rendered, the file's opening comment and its
@@ -666,12 +589,14 @@ async fn dead_letters_keyed_by_position_migrate_with_their_rows() {
         .unwrap();
     let o = SqliteOutbox::new(pool.clone());
     let n = &o.inner.names;
-    let sql = &o.inner.sql;
+    let set = o.migrations();
     // The schema as the previous release left it.
-    pool.execute(sql.migrations_create.as_str()).await.unwrap();
+    pool.execute(set.bookkeeping(super::migrate::CREATE_TABLE).as_str())
+        .await
+        .unwrap();
     for (version, migration) in super::migrate::MIGRATIONS.iter().filter(|m| m.0 <= 3) {
         pool.execute(n.render(migration).as_str()).await.unwrap();
-        sqlx::query(&sql.migrations_record)
+        sqlx::query(&set.bookkeeping(super::migrate::RECORD))
             .bind(version)
             .bind(micros(Utc::now()))
             .execute(&pool)

@@ -1,0 +1,2 @@
+-- Creates the schema if it is missing.
+CREATE SCHEMA IF NOT EXISTS "{schema}"
