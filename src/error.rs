@@ -154,15 +154,13 @@ impl PublishError {
         }
     }
 
-    /// Asks the relay to wait this long before the next attempt (for
-    /// example an HTTP `Retry-After`). It replaces the relay's computed
-    /// backoff for this attempt and is not capped by the retry policy's
-    /// maximum delay: the destination knows when it will take the message
-    /// again. A publisher that cannot trust its destination caps it.
-    #[must_use]
-    pub fn with_retry_after(mut self, delay: std::time::Duration) -> Self {
-        self.retry_after = Some(delay);
-        self
+    setters! {
+        /// Asks the relay to wait this long before the next attempt (for
+        /// example an HTTP `Retry-After`). It replaces the relay's computed
+        /// backoff for this attempt and is not capped by the retry policy's
+        /// maximum delay: the destination knows when it will take the message
+        /// again. A publisher that cannot trust its destination caps it.
+        pub fn with_retry_after(delay: std::time::Duration) => retry_after = Some(delay);
     }
 
     /// Transient or permanent.

@@ -92,6 +92,9 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 #![forbid(unsafe_code)]
 
+#[macro_use]
+mod setters;
+
 pub mod change;
 mod error;
 mod event;

@@ -183,41 +183,23 @@ impl NewMessage {
         Ok(msg)
     }
 
-    /// Sets the id (the idempotency key).
-    #[must_use]
-    pub fn with_id(mut self, id: impl Into<MessageId>) -> Self {
-        self.id = id.into();
-        self
-    }
+    setters! {
+        /// Sets the id (the idempotency key).
+        pub fn with_id(id: impl Into<MessageId>) => id = id.into();
 
-    /// Sets the partition key: messages with the same key are published in
-    /// commit order. Usually the aggregate's id. Without a key a message is
-    /// ordered against nothing.
-    #[must_use]
-    pub fn with_partition_key(mut self, key: impl Into<String>) -> Self {
-        self.partition_key = Some(key.into());
-        self
-    }
+        /// Sets the partition key: messages with the same key are published in
+        /// commit order. Usually the aggregate's id. Without a key a message is
+        /// ordered against nothing.
+        pub fn with_partition_key(key: impl Into<String>) => partition_key = Some(key.into());
 
-    /// Sets the event type (defaults to the topic).
-    #[must_use]
-    pub fn with_event_type(mut self, event_type: impl Into<String>) -> Self {
-        self.event_type = event_type.into();
-        self
-    }
+        /// Sets the event type (defaults to the topic).
+        pub fn with_event_type(event_type: impl Into<String>) => event_type = event_type.into();
 
-    /// Sets the payload's schema version (defaults to 1).
-    #[must_use]
-    pub fn with_schema_version(mut self, version: i32) -> Self {
-        self.schema_version = version;
-        self
-    }
+        /// Sets the payload's schema version (defaults to 1).
+        pub fn with_schema_version(version: i32) => schema_version = version;
 
-    /// Sets the payload's content type.
-    #[must_use]
-    pub fn with_content_type(mut self, content_type: impl Into<String>) -> Self {
-        self.content_type = content_type.into();
-        self
+        /// Sets the payload's content type.
+        pub fn with_content_type(content_type: impl Into<String>) => content_type = content_type.into();
     }
 
     /// Adds a header, replacing one of the same name.

@@ -74,39 +74,29 @@ pub struct PgInboxBuilder {
 }
 
 impl PgInboxBuilder {
-    /// The schema holding the inbox's tables (default `outbox`; created by
-    /// [`PgInbox::migrate`]). Lowercase letters, digits and `_` only.
-    #[must_use]
-    pub fn schema(mut self, schema: impl Into<String>) -> Self {
-        self.schema = schema.into();
-        self
-    }
+    setters! {
+        /// The schema holding the inbox's tables (default `outbox`; created by
+        /// [`PgInbox::migrate`]). Lowercase letters, digits and `_` only.
+        pub fn schema(schema: impl Into<String>) => schema = schema.into();
 
-    /// A prefix for the table names (default none), for several inboxes in
-    /// one schema. Lowercase letters, digits and `_` only.
-    #[must_use]
-    pub fn table_prefix(mut self, prefix: impl Into<String>) -> Self {
-        self.prefix = prefix.into();
-        self
-    }
+        /// A prefix for the table names (default none), for several inboxes in
+        /// one schema. Lowercase letters, digits and `_` only.
+        pub fn table_prefix(prefix: impl Into<String>) => prefix = prefix.into();
 
-    /// Whether the pool reaches PostgreSQL through a pooler in transaction
-    /// mode (default off): statements are then sent unnamed, and those
-    /// outside the caller's transaction run in one of their own. See
-    /// [`PgOutboxBuilder::transaction_pooling`](crate::PgOutboxBuilder::transaction_pooling).
-    #[must_use]
-    pub fn transaction_pooling(mut self, on: bool) -> Self {
-        self.transaction_pooling = on;
-        self
+        /// Whether the pool reaches PostgreSQL through a pooler in transaction
+        /// mode (default off): statements are then sent unnamed, and those
+        /// outside the caller's transaction run in one of their own. See
+        /// [`PgOutboxBuilder::transaction_pooling`](crate::PgOutboxBuilder::transaction_pooling).
+        pub fn transaction_pooling(on: bool) => transaction_pooling = on;
     }
 
     /// Validates the names and builds the inbox. Nothing is sent to the
     /// database; an invalid schema or prefix is
-    /// [`Error::InvalidIdentifier`].
+    /// [`Error::InvalidIdentifier`](crate::Error::InvalidIdentifier).
     ///
     /// # Errors
     ///
-    /// [`Error::InvalidIdentifier`] if the schema or table prefix is not a valid identifier.
+    /// [`Error::InvalidIdentifier`](crate::Error::InvalidIdentifier) if the schema or table prefix is not a valid identifier.
     pub fn build(self) -> Result<PgInbox> {
         let names = InboxNames::new(Some(&self.schema), &self.prefix)?;
         let sql = Sql::new(&names);
@@ -198,12 +188,12 @@ impl PgInbox {
     /// Creates or upgrades the inbox's schema and tables, in one
     /// transaction. Safe to run from several processes at once (serialized
     /// by an advisory lock) and on every start. Tables at a newer version
-    /// than this crate knows are [`Error::SchemaTooNew`].
+    /// than this crate knows are [`Error::SchemaTooNew`](crate::Error::SchemaTooNew).
     ///
     /// # Errors
     ///
-    /// [`Error::SchemaTooNew`] if the inbox tables are at a newer version than this crate
-    /// knows; [`Error::Database`] if the database fails (the migration's transaction is then
+    /// [`Error::SchemaTooNew`](crate::Error::SchemaTooNew) if the inbox tables are at a newer version than this crate
+    /// knows; [`Error::Database`](crate::Error::Database) if the database fails (the migration's transaction is then
     /// rolled back).
     pub async fn migrate(&self) -> Result<()> {
         let n = &self.inner.names;
@@ -235,8 +225,8 @@ impl PgInbox {
     ///
     /// # Errors
     ///
-    /// [`Error::InvalidMessage`] for an empty, oversized or NUL-holding consumer name, checked
-    /// before anything is sent; [`Error::Database`] if the database fails (the caller's
+    /// [`Error::InvalidMessage`](crate::Error::InvalidMessage) for an empty, oversized or NUL-holding consumer name, checked
+    /// before anything is sent; [`Error::Database`](crate::Error::Database) if the database fails (the caller's
     /// transaction is then aborted on PostgreSQL).
     pub async fn receive<'c, E>(
         &self,
@@ -268,8 +258,8 @@ impl PgInbox {
     ///
     /// # Errors
     ///
-    /// [`Error::InvalidMessage`] for an empty, oversized or NUL-holding consumer name, checked
-    /// before anything is sent; [`Error::Database`] if the database fails.
+    /// [`Error::InvalidMessage`](crate::Error::InvalidMessage) for an empty, oversized or NUL-holding consumer name, checked
+    /// before anything is sent; [`Error::Database`](crate::Error::Database) if the database fails.
     pub async fn receive_id<'c, E>(
         &self,
         executor: E,
@@ -301,7 +291,7 @@ impl PgInbox {
     ///
     /// # Errors
     ///
-    /// [`Error::InvalidConfig`] for a `batch` below 1; [`Error::Database`] if the database
+    /// [`Error::InvalidConfig`](crate::Error::InvalidConfig) for a `batch` below 1; [`Error::Database`](crate::Error::Database) if the database
     /// fails.
     pub async fn purge_before(&self, before: DateTime<Utc>, batch: i64) -> Result<u64> {
         validate_batch(batch)?;
@@ -328,7 +318,7 @@ impl PgInbox {
     ///
     /// # Errors
     ///
-    /// [`Error::Database`] if the database fails.
+    /// [`Error::Database`](crate::Error::Database) if the database fails.
     pub async fn last_sequence(&self, consumer: &str, key: &str) -> Result<Option<i64>> {
         let mut c = self.inner.statements.standalone(&self.inner.pool).await?;
         let last = sqlx::query_scalar(&self.inner.sql.last_sequence)

@@ -113,13 +113,11 @@ pub struct SqliteInboxBuilder {
 }
 
 impl SqliteInboxBuilder {
-    /// A prefix for the table names (default `outbox_`), for several
-    /// inboxes in one database. Lowercase letters, digits and `_` only; may
-    /// be empty.
-    #[must_use]
-    pub fn table_prefix(mut self, prefix: impl Into<String>) -> Self {
-        self.prefix = prefix.into();
-        self
+    setters! {
+        /// A prefix for the table names (default `outbox_`), for several
+        /// inboxes in one database. Lowercase letters, digits and `_` only; may
+        /// be empty.
+        pub fn table_prefix(prefix: impl Into<String>) => prefix = prefix.into();
     }
 
     /// Validates the names and builds the inbox. Nothing is sent to the

@@ -188,27 +188,17 @@ impl RabbitMqPublisher {
         self
     }
 
-    /// How messages are wrapped (default [`Envelope::Plain`]).
-    #[must_use]
-    pub fn with_envelope(mut self, envelope: Envelope) -> Self {
-        self.envelope = envelope;
-        self
-    }
+    setters! {
+        /// How messages are wrapped (default [`Envelope::Plain`]).
+        pub fn with_envelope(envelope: Envelope) => envelope = envelope;
 
-    /// How long to wait for the broker's confirms of a batch (default
-    /// 10 s); a message not confirmed in time is a transient failure and
-    /// the channel is reopened.
-    #[must_use]
-    pub fn with_confirm_timeout(mut self, timeout: Duration) -> Self {
-        self.confirm_timeout = timeout;
-        self
-    }
+        /// How long to wait for the broker's confirms of a batch (default
+        /// 10 s); a message not confirmed in time is a transient failure and
+        /// the channel is reopened.
+        pub fn with_confirm_timeout(timeout: Duration) => confirm_timeout = timeout;
 
-    /// How long connecting and opening the channel may take (default 5 s).
-    #[must_use]
-    pub fn with_connect_timeout(mut self, timeout: Duration) -> Self {
-        self.connect_timeout = timeout;
-        self
+        /// How long connecting and opening the channel may take (default 5 s).
+        pub fn with_connect_timeout(timeout: Duration) => connect_timeout = timeout;
     }
 
     /// The routing key a message is published with.

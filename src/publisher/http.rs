@@ -225,56 +225,34 @@ impl WebhookPublisherBuilder {
         self
     }
 
-    /// Signs every request with HMAC-SHA256 under this secret (header
-    /// `Outbox-Signature`; see the module documentation). Without a secret
-    /// no signature is sent. Use at least 32 random bytes.
-    #[must_use]
-    pub fn signing_secret(mut self, secret: impl Into<Vec<u8>>) -> Self {
-        self.secret = Some(Secret(secret.into().into()));
-        self
-    }
+    setters! {
+        /// Signs every request with HMAC-SHA256 under this secret (header
+        /// `Outbox-Signature`; see the module documentation). Without a secret
+        /// no signature is sent. Use at least 32 random bytes.
+        pub fn signing_secret(secret: impl Into<Vec<u8>>) => secret = Some(Secret(secret.into().into()));
 
-    /// How messages are wrapped (default [`Envelope::Plain`]).
-    #[must_use]
-    pub fn envelope(mut self, envelope: Envelope) -> Self {
-        self.envelope = envelope;
-        self
-    }
+        /// How messages are wrapped (default [`Envelope::Plain`]).
+        pub fn envelope(envelope: Envelope) => envelope = envelope;
 
-    /// Time limit of one request, from connecting to the end of the
-    /// response (default 10 s). Keep the worst case of a batch
-    /// (`batch size / concurrency * timeout`) below the relay's lease TTL,
-    /// e.g. with a smaller relay batch size.
-    #[must_use]
-    pub fn timeout(mut self, timeout: Duration) -> Self {
-        self.timeout = timeout;
-        self
-    }
+        /// Time limit of one request, from connecting to the end of the
+        /// response (default 10 s). Keep the worst case of a batch
+        /// (`batch size / concurrency * timeout`) below the relay's lease TTL,
+        /// e.g. with a smaller relay batch size.
+        pub fn timeout(timeout: Duration) => timeout = timeout;
 
-    /// Most requests in flight at once (default 16).
-    #[must_use]
-    pub fn concurrency(mut self, n: usize) -> Self {
-        self.concurrency = n;
-        self
-    }
+        /// Most requests in flight at once (default 16).
+        pub fn concurrency(n: usize) => concurrency = n;
 
-    /// Upper bound on a `Retry-After` the publisher passes to the relay
-    /// (default 5 minutes), so a misbehaving receiver cannot park messages
-    /// for days.
-    #[must_use]
-    pub fn max_retry_after(mut self, d: Duration) -> Self {
-        self.max_retry_after = d;
-        self
-    }
+        /// Upper bound on a `Retry-After` the publisher passes to the relay
+        /// (default 5 minutes), so a misbehaving receiver cannot park messages
+        /// for days.
+        pub fn max_retry_after(d: Duration) => max_retry_after = d;
 
-    /// Uses your own client (proxy, custom roots, client certificates).
-    /// Build it with `redirect(reqwest::redirect::Policy::none())`: a
-    /// followed redirect can turn the `POST` into a body-less `GET`. The
-    /// [timeout](Self::timeout) still applies per request.
-    #[must_use]
-    pub fn client(mut self, client: reqwest::Client) -> Self {
-        self.client = Some(client);
-        self
+        /// Uses your own client (proxy, custom roots, client certificates).
+        /// Build it with `redirect(reqwest::redirect::Policy::none())`: a
+        /// followed redirect can turn the `POST` into a body-less `GET`. The
+        /// [timeout](Self::timeout) still applies per request.
+        pub fn client(client: reqwest::Client) => client = Some(client);
     }
 
     /// Checks the URLs and settings and builds the client.

@@ -269,28 +269,18 @@ impl fmt::Debug for KafkaPublisherBuilder {
 }
 
 impl KafkaPublisherBuilder {
-    /// Prepended to every message's topic (default: none), e.g. `prod.`.
-    #[must_use]
-    pub fn topic_prefix(mut self, prefix: impl Into<String>) -> Self {
-        self.topic_prefix = prefix.into();
-        self
-    }
+    setters! {
+        /// Prepended to every message's topic (default: none), e.g. `prod.`.
+        pub fn topic_prefix(prefix: impl Into<String>) => topic_prefix = prefix.into();
 
-    /// How messages are wrapped (default [`Envelope::Plain`]).
-    #[must_use]
-    pub fn envelope(mut self, envelope: Envelope) -> Self {
-        self.envelope = envelope;
-        self
-    }
+        /// How messages are wrapped (default [`Envelope::Plain`]).
+        pub fn envelope(envelope: Envelope) => envelope = envelope;
 
-    /// How long the producer tries to deliver a message before reporting
-    /// it failed (librdkafka's `message.timeout.ms`; default 5 s unless the
-    /// configuration sets it). Keep it well below the relay's lease TTL:
-    /// the relay waits for the whole batch's delivery reports.
-    #[must_use]
-    pub fn delivery_timeout(mut self, timeout: Duration) -> Self {
-        self.delivery_timeout = Some(timeout);
-        self
+        /// How long the producer tries to deliver a message before reporting
+        /// it failed (librdkafka's `message.timeout.ms`; default 5 s unless the
+        /// configuration sets it). Keep it well below the relay's lease TTL:
+        /// the relay waits for the whole batch's delivery reports.
+        pub fn delivery_timeout(timeout: Duration) => delivery_timeout = Some(timeout);
     }
 
     /// Sets any librdkafka property (overrides the configuration given so

@@ -152,20 +152,14 @@ impl NatsPublisher {
         }
     }
 
-    /// Prepends `prefix` to every topic to form the subject (default empty):
-    /// `with_subject_prefix("outbox.")` sends topic `candidates` to subject
-    /// `outbox.candidates`.
-    #[must_use]
-    pub fn with_subject_prefix(mut self, prefix: impl Into<String>) -> Self {
-        self.subject_prefix = prefix.into();
-        self
-    }
+    setters! {
+        /// Prepends `prefix` to every topic to form the subject (default empty):
+        /// `with_subject_prefix("outbox.")` sends topic `candidates` to subject
+        /// `outbox.candidates`.
+        pub fn with_subject_prefix(prefix: impl Into<String>) => subject_prefix = prefix.into();
 
-    /// How messages are wrapped (default [`Envelope::Plain`]).
-    #[must_use]
-    pub fn with_envelope(mut self, envelope: Envelope) -> Self {
-        self.envelope = envelope;
-        self
+        /// How messages are wrapped (default [`Envelope::Plain`]).
+        pub fn with_envelope(envelope: Envelope) => envelope = envelope;
     }
 
     /// How long to wait for a stream's acknowledgement of each message
@@ -179,13 +173,11 @@ impl NatsPublisher {
         self
     }
 
-    /// Most messages of one batch sent and not yet acknowledged (default
-    /// 1024, at least 1). Keep it at or below the JetStream context's
-    /// `max_ack_inflight` (5000 by default).
-    #[must_use]
-    pub fn with_max_in_flight(mut self, n: usize) -> Self {
-        self.max_in_flight = n.max(1);
-        self
+    setters! {
+        /// Most messages of one batch sent and not yet acknowledged (default
+        /// 1024, at least 1). Keep it at or below the JetStream context's
+        /// `max_ack_inflight` (5000 by default).
+        pub fn with_max_in_flight(n: usize) => max_in_flight = n.max(1);
     }
 
     /// The subject a message is published to.

@@ -179,60 +179,34 @@ impl RedisStreamsPublisher {
         }
     }
 
-    /// Prepends `prefix` to every topic to form the stream key (default
-    /// empty).
-    #[must_use]
-    pub fn with_stream_prefix(mut self, prefix: impl Into<String>) -> Self {
-        self.stream_prefix = prefix.into();
-        self
-    }
+    setters! {
+        /// Prepends `prefix` to every topic to form the stream key (default
+        /// empty).
+        pub fn with_stream_prefix(prefix: impl Into<String>) => stream_prefix = prefix.into();
 
-    /// Prefix of the dedupe keys (default `outbox:dedupe:`).
-    #[must_use]
-    pub fn with_dedupe_prefix(mut self, prefix: impl Into<String>) -> Self {
-        self.dedupe_prefix = prefix.into();
-        self
-    }
+        /// Prefix of the dedupe keys (default `outbox:dedupe:`).
+        pub fn with_dedupe_prefix(prefix: impl Into<String>) => dedupe_prefix = prefix.into();
 
-    /// How long a message's dedupe key lives (default 24 hours, at least
-    /// 1 ms). Longer than any plausible redelivery delay, shorter than
-    /// memory allows: each key costs about 100 bytes.
-    #[must_use]
-    pub fn with_dedupe_ttl(mut self, ttl: Duration) -> Self {
-        self.dedupe_ttl = ttl.max(Duration::from_millis(1));
-        self
-    }
+        /// How long a message's dedupe key lives (default 24 hours, at least
+        /// 1 ms). Longer than any plausible redelivery delay, shorter than
+        /// memory allows: each key costs about 100 bytes.
+        pub fn with_dedupe_ttl(ttl: Duration) => dedupe_ttl = ttl.max(Duration::from_millis(1));
 
-    /// Trims each stream to about `n` entries on every append
-    /// (`MAXLEN ~ n`); unbounded by default. `0` turns trimming off.
-    #[must_use]
-    pub fn with_max_len(mut self, n: u64) -> Self {
-        self.max_len = (n > 0).then_some(n);
-        self
-    }
+        /// Trims each stream to about `n` entries on every append
+        /// (`MAXLEN ~ n`); unbounded by default. `0` turns trimming off.
+        pub fn with_max_len(n: u64) => max_len = (n > 0).then_some(n);
 
-    /// Refuses (permanently) a message whose stream `payload` field would
-    /// be larger than `bytes`; unlimited by default (Redis itself accepts
-    /// up to 512 MB).
-    #[must_use]
-    pub fn with_max_payload(mut self, bytes: usize) -> Self {
-        self.max_payload = Some(bytes);
-        self
-    }
+        /// Refuses (permanently) a message whose stream `payload` field would
+        /// be larger than `bytes`; unlimited by default (Redis itself accepts
+        /// up to 512 MB).
+        pub fn with_max_payload(bytes: usize) => max_payload = Some(bytes);
 
-    /// How long connecting, and each batch's round trip, may take
-    /// (default 5 s).
-    #[must_use]
-    pub fn with_timeout(mut self, timeout: Duration) -> Self {
-        self.timeout = timeout;
-        self
-    }
+        /// How long connecting, and each batch's round trip, may take
+        /// (default 5 s).
+        pub fn with_timeout(timeout: Duration) => timeout = timeout;
 
-    /// How messages are wrapped (default [`Envelope::Plain`]).
-    #[must_use]
-    pub fn with_envelope(mut self, envelope: Envelope) -> Self {
-        self.envelope = envelope;
-        self
+        /// How messages are wrapped (default [`Envelope::Plain`]).
+        pub fn with_envelope(envelope: Envelope) => envelope = envelope;
     }
 
     /// The stream key a message is appended to.

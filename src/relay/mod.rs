@@ -189,44 +189,26 @@ impl fmt::Debug for RelayBuilder {
 }
 
 impl RelayBuilder {
-    /// Most messages read and published per round (default 500).
-    #[must_use]
-    pub fn batch_size(mut self, n: usize) -> Self {
-        self.config.batch_size = n;
-        self
-    }
+    setters! {
+        /// Most messages read and published per round (default 500).
+        pub fn batch_size(n: usize) => config.batch_size = n;
 
-    /// How often to look for messages when no wake-up arrives (default
-    /// 1 s). Commits through `commit` and PostgreSQL notifications wake the
-    /// relay sooner.
-    #[must_use]
-    pub fn poll_interval(mut self, d: Duration) -> Self {
-        self.config.poll_interval = d;
-        self
-    }
+        /// How often to look for messages when no wake-up arrives (default
+        /// 1 s). Commits through `commit` and PostgreSQL notifications wake the
+        /// relay sooner.
+        pub fn poll_interval(d: Duration) => config.poll_interval = d;
 
-    /// How long a relay's leases last without renewal (default 10 s). A
-    /// crashed relay's keys wait at most this long before another relay
-    /// takes them.
-    #[must_use]
-    pub fn lease_ttl(mut self, d: Duration) -> Self {
-        self.config.lease_ttl = d;
-        self
-    }
+        /// How long a relay's leases last without renewal (default 10 s). A
+        /// crashed relay's keys wait at most this long before another relay
+        /// takes them.
+        pub fn lease_ttl(d: Duration) => config.lease_ttl = d;
 
-    /// Retry and dead-letter policy.
-    #[must_use]
-    pub fn retry(mut self, policy: RetryPolicy) -> Self {
-        self.config.retry = policy;
-        self
-    }
+        /// Retry and dead-letter policy.
+        pub fn retry(policy: RetryPolicy) => config.retry = policy;
 
-    /// Default ordering policy on failure (default
-    /// [`OrderingPolicy::Ordered`]).
-    #[must_use]
-    pub fn ordering(mut self, policy: OrderingPolicy) -> Self {
-        self.config.ordering = policy;
-        self
+        /// Default ordering policy on failure (default
+        /// [`OrderingPolicy::Ordered`]).
+        pub fn ordering(policy: OrderingPolicy) => config.ordering = policy;
     }
 
     /// Ordering policy for one topic, overriding the default.
@@ -236,84 +218,58 @@ impl RelayBuilder {
         self
     }
 
-    /// Delete published messages (default) or keep them for a while.
-    #[must_use]
-    pub fn retention(mut self, retention: Retention) -> Self {
-        self.config.retention = retention;
-        self
-    }
+    setters! {
+        /// Delete published messages (default) or keep them for a while.
+        pub fn retention(retention: Retention) => config.retention = retention;
 
-    /// How often gauges (pending, oldest age, dead tuples) are refreshed and
-    /// retained messages purged (default 10 s).
-    #[must_use]
-    pub fn stats_interval(mut self, d: Duration) -> Self {
-        self.config.stats_interval = d;
-        self
-    }
+        /// How often gauges (pending, oldest age, dead tuples) are refreshed and
+        /// retained messages purged (default 10 s).
+        pub fn stats_interval(d: Duration) => config.stats_interval = d;
 
-    /// Whether to number each key's messages 1, 2, 3, ... (default off; see
-    /// [`OutboxMessage::key_sequence`](crate::OutboxMessage::key_sequence)).
-    /// Costs one indexed read per batch and one upsert per key published,
-    /// which roughly halves the relay's throughput with a no-op publisher;
-    /// producers pay nothing. Turn it on when consumers check for gaps
-    /// (the [inbox](crate::inbox) does).
-    #[must_use]
-    pub fn key_sequences(mut self, on: bool) -> Self {
-        self.config.key_sequences = on;
-        self
-    }
+        /// Whether to number each key's messages 1, 2, 3, ... (default off; see
+        /// [`OutboxMessage::key_sequence`](crate::OutboxMessage::key_sequence)).
+        /// Costs one indexed read per batch and one upsert per key published,
+        /// which roughly halves the relay's throughput with a no-op publisher;
+        /// producers pay nothing. Turn it on when consumers check for gaps
+        /// (the [inbox](crate::inbox) does).
+        pub fn key_sequences(on: bool) => config.key_sequences = on;
 
-    /// Whether the relay vacuums the messages table itself, at most once
-    /// per stats interval and when it holds more than 10,000 dead rows, on
-    /// a PostgreSQL server whose `autovacuum` is off (default on). The
-    /// table's every row dies within moments; unvacuumed, it grows without
-    /// bound and claims slow down.
-    #[must_use]
-    pub fn vacuum_if_autovacuum_off(mut self, on: bool) -> Self {
-        self.config.vacuum_if_autovacuum_off = on;
-        self
-    }
+        /// Whether the relay vacuums the messages table itself, at most once
+        /// per stats interval and when it holds more than 10,000 dead rows, on
+        /// a PostgreSQL server whose `autovacuum` is off (default on). The
+        /// table's every row dies within moments; unvacuumed, it grows without
+        /// bound and claims slow down.
+        pub fn vacuum_if_autovacuum_off(on: bool) => config.vacuum_if_autovacuum_off = on;
 
-    /// Whether the relay claims the next batch while it publishes and
-    /// acknowledges the current one, when the current one was full (default
-    /// on). The database's claim then overlaps the publisher's and the
-    /// acknowledgement's time instead of adding to it.
-    ///
-    /// Order and delivery guarantees are the same either way: the early
-    /// claim leaves out the batch in flight, and the relay drops from it
-    /// every message of a key whose earlier message was not published
-    /// (failed, retried, or left when a lease ran out), and the whole of it
-    /// when its leases changed meanwhile; those messages stay pending and
-    /// are claimed again in order. Each relay then uses up to two pool
-    /// connections at once.
-    #[must_use]
-    pub fn prefetch(mut self, on: bool) -> Self {
-        self.config.prefetch = on;
-        self
-    }
+        /// Whether the relay claims the next batch while it publishes and
+        /// acknowledges the current one, when the current one was full (default
+        /// on). The database's claim then overlaps the publisher's and the
+        /// acknowledgement's time instead of adding to it.
+        ///
+        /// Order and delivery guarantees are the same either way: the early
+        /// claim leaves out the batch in flight, and the relay drops from it
+        /// every message of a key whose earlier message was not published
+        /// (failed, retried, or left when a lease ran out), and the whole of it
+        /// when its leases changed meanwhile; those messages stay pending and
+        /// are claimed again in order. Each relay then uses up to two pool
+        /// connections at once.
+        pub fn prefetch(on: bool) => config.prefetch = on;
 
-    /// How long [`RelayHandle::shutdown`] lets the publisher call in flight
-    /// run before abandoning it (default 10 s).
-    ///
-    /// An abandoned call's messages are not acknowledged: they stay pending
-    /// and the next owner of their buckets publishes them, again if the
-    /// destination had received them. The store calls that close the relay
-    /// (the last acknowledgement, giving the leases back) get at most 2 s
-    /// more, and no more than the grace itself, so `shutdown()` also returns
-    /// when the database refuses connections. Keep it below the time your
-    /// platform allows a stopping process (Kubernetes'
-    /// `terminationGracePeriodSeconds`, 30 s by default), less those 2 s.
-    #[must_use]
-    pub fn shutdown_grace(mut self, d: Duration) -> Self {
-        self.config.shutdown_grace = d;
-        self
-    }
+        /// How long [`RelayHandle::shutdown`] lets the publisher call in flight
+        /// run before abandoning it (default 10 s).
+        ///
+        /// An abandoned call's messages are not acknowledged: they stay pending
+        /// and the next owner of their buckets publishes them, again if the
+        /// destination had received them. The store calls that close the relay
+        /// (the last acknowledgement, giving the leases back) get at most 2 s
+        /// more, and no more than the grace itself, so `shutdown()` also returns
+        /// when the database refuses connections. Keep it below the time your
+        /// platform allows a stopping process (Kubernetes'
+        /// `terminationGracePeriodSeconds`, 30 s by default), less those 2 s.
+        pub fn shutdown_grace(d: Duration) => config.shutdown_grace = d;
 
-    /// This relay's id in the lease table (default: a fresh UUIDv7).
-    #[must_use]
-    pub fn relay_id(mut self, id: Uuid) -> Self {
-        self.config.relay_id = id;
-        self
+        /// This relay's id in the lease table (default: a fresh UUIDv7).
+        pub fn relay_id(id: Uuid) => config.relay_id = id;
     }
 
     fn validate(&self) -> Result<()> {

@@ -44,39 +44,21 @@ impl RetryPolicy {
         Self::default()
     }
 
-    /// Delay after the first failure.
-    #[must_use]
-    pub fn initial_delay(mut self, d: Duration) -> Self {
-        self.initial_delay = d;
-        self
-    }
+    setters! {
+        /// Delay after the first failure.
+        pub fn initial_delay(d: Duration) => initial_delay = d;
 
-    /// Cap on any computed delay.
-    #[must_use]
-    pub fn max_delay(mut self, d: Duration) -> Self {
-        self.max_delay = d;
-        self
-    }
+        /// Cap on any computed delay.
+        pub fn max_delay(d: Duration) => max_delay = d;
 
-    /// Growth factor per attempt (at least 1).
-    #[must_use]
-    pub fn multiplier(mut self, m: f64) -> Self {
-        self.multiplier = m;
-        self
-    }
+        /// Growth factor per attempt (at least 1).
+        pub fn multiplier(m: f64) => multiplier = m;
 
-    /// Attempts before a message is dead-lettered (at least 1).
-    #[must_use]
-    pub fn max_attempts(mut self, n: u32) -> Self {
-        self.max_attempts = n;
-        self
-    }
+        /// Attempts before a message is dead-lettered (at least 1).
+        pub fn max_attempts(n: u32) => max_attempts = n;
 
-    /// Turns jitter on or off (on by default; off gives exact delays).
-    #[must_use]
-    pub fn jitter(mut self, on: bool) -> Self {
-        self.jitter = on;
-        self
+        /// Turns jitter on or off (on by default; off gives exact delays).
+        pub fn jitter(on: bool) => jitter = on;
     }
 
     pub(crate) fn validate(&self) -> Result<()> {

@@ -66,63 +66,33 @@ impl DeadLetterFilter {
         Self::default()
     }
 
-    /// Only dead letters of this message id (a re-enqueued id can have
-    /// several).
-    #[must_use]
-    pub fn id(mut self, id: MessageId) -> Self {
-        self.id = Some(id);
-        self
-    }
+    setters! {
+        /// Only dead letters of this message id (a re-enqueued id can have
+        /// several).
+        pub fn id(id: MessageId) => id = Some(id);
 
-    /// Only dead letters of this topic.
-    #[must_use]
-    pub fn topic(mut self, topic: impl Into<String>) -> Self {
-        self.topic = Some(topic.into());
-        self
-    }
+        /// Only dead letters of this topic.
+        pub fn topic(topic: impl Into<String>) => topic = Some(topic.into());
 
-    /// Only dead letters of this partition key.
-    #[must_use]
-    pub fn partition_key(mut self, key: impl Into<String>) -> Self {
-        self.partition_key = Some(key.into());
-        self
-    }
+        /// Only dead letters of this partition key.
+        pub fn partition_key(key: impl Into<String>) => partition_key = Some(key.into());
 
-    /// Only dead letters whose last error contains this text (case
-    /// sensitive, no wildcards).
-    #[must_use]
-    pub fn error_contains(mut self, text: impl Into<String>) -> Self {
-        self.error_contains = Some(text.into());
-        self
-    }
+        /// Only dead letters whose last error contains this text (case
+        /// sensitive, no wildcards).
+        pub fn error_contains(text: impl Into<String>) => error_contains = Some(text.into());
 
-    /// Only dead letters dead-lettered at or after this time.
-    #[must_use]
-    pub fn dead_since(mut self, t: DateTime<Utc>) -> Self {
-        self.dead_since = Some(t);
-        self
-    }
+        /// Only dead letters dead-lettered at or after this time.
+        pub fn dead_since(t: DateTime<Utc>) => dead_since = Some(t);
 
-    /// Only dead letters dead-lettered before this time.
-    #[must_use]
-    pub fn dead_before(mut self, t: DateTime<Utc>) -> Self {
-        self.dead_before = Some(t);
-        self
-    }
+        /// Only dead letters dead-lettered before this time.
+        pub fn dead_before(t: DateTime<Utc>) => dead_before = Some(t);
 
-    /// Only dead letters at a position after this one: the keyset cursor
-    /// of the next page.
-    #[must_use]
-    pub fn after_position(mut self, position: i64) -> Self {
-        self.after_position = Some(position);
-        self
-    }
+        /// Only dead letters at a position after this one: the keyset cursor
+        /// of the next page.
+        pub fn after_position(position: i64) => after_position = Some(position);
 
-    /// At most this many (the oldest positions that match).
-    #[must_use]
-    pub fn limit(mut self, n: u32) -> Self {
-        self.limit = Some(n);
-        self
+        /// At most this many (the oldest positions that match).
+        pub fn limit(n: u32) => limit = Some(n);
     }
 }
 

@@ -49,118 +49,84 @@ impl PgOutboxBuilder {
         }
     }
 
-    /// With [`WakeUp::AfterCommit`], the least time between two enqueues
-    /// that carry a `pg_notify` (default 1 ms; see [`WakeUp::AfterCommit`]).
-    /// A busy producer then adds about one notification per interval,
-    /// whatever its commit rate. Zero makes every enqueue carry one, as
-    /// [`WakeUp::InTransaction`] does.
-    #[must_use]
-    pub fn notify_interval(mut self, interval: Duration) -> Self {
-        self.notify_interval = interval;
-        self
-    }
+    setters! {
+        /// With [`WakeUp::AfterCommit`], the least time between two enqueues
+        /// that carry a `pg_notify` (default 1 ms; see [`WakeUp::AfterCommit`]).
+        /// A busy producer then adds about one notification per interval,
+        /// whatever its commit rate. Zero makes every enqueue carry one, as
+        /// [`WakeUp::InTransaction`] does.
+        pub fn notify_interval(interval: Duration) => notify_interval = interval;
 
-    /// The schema holding the crate's tables (default `outbox`; created by
-    /// [`PgOutbox::migrate`]). Lowercase letters, digits and `_` only.
-    #[must_use]
-    pub fn schema(mut self, schema: impl Into<String>) -> Self {
-        self.schema = schema.into();
-        self
-    }
+        /// The schema holding the crate's tables (default `outbox`; created by
+        /// [`PgOutbox::migrate`]). Lowercase letters, digits and `_` only.
+        pub fn schema(schema: impl Into<String>) => schema = schema.into();
 
-    /// A prefix for the table names (default none), for several outboxes
-    /// in one schema.
-    #[must_use]
-    pub fn table_prefix(mut self, prefix: impl Into<String>) -> Self {
-        self.prefix = prefix.into();
-        self
-    }
+        /// A prefix for the table names (default none), for several outboxes
+        /// in one schema.
+        pub fn table_prefix(prefix: impl Into<String>) => prefix = prefix.into();
 
-    /// How commits wake relays in other processes (default
-    /// [`WakeUp::AfterCommit`]).
-    #[must_use]
-    pub fn wake_up(mut self, wake_up: WakeUp) -> Self {
-        self.wake_up = wake_up;
-        self
-    }
+        /// How commits wake relays in other processes (default
+        /// [`WakeUp::AfterCommit`]).
+        pub fn wake_up(wake_up: WakeUp) => wake_up = wake_up;
 
-    /// Whether enqueue takes a commit-order lock per partition key (default
-    /// on).
-    ///
-    /// With it, two transactions that enqueue for the same key commit in
-    /// the order they enqueued, so positions follow commit order and the
-    /// relay publishes each key in commit order even when the producer does
-    /// not otherwise serialize writes to that key. The lock is a row lock on
-    /// the key's slot in the outbox's `key_slots` table (65,536 rows), held
-    /// from the enqueue to the commit: it creates no row version and takes
-    /// no entry in the server's shared lock table, so a transaction may
-    /// enqueue any number of keys. Two keys sharing a slot merely serialize
-    /// their writers' commits. Code paths that enqueue several keys one by
-    /// one in opposite orders can deadlock, as with any row locks;
-    /// `enqueue_batch` takes its slots in a fixed order. Turn it off only if
-    /// every producer already serializes writes per key (for example by
-    /// locking the aggregate's row before enqueueing).
-    #[must_use]
-    pub fn commit_order_lock(mut self, on: bool) -> Self {
-        self.commit_order_lock = on;
-        self
-    }
+        /// Whether enqueue takes a commit-order lock per partition key (default
+        /// on).
+        ///
+        /// With it, two transactions that enqueue for the same key commit in
+        /// the order they enqueued, so positions follow commit order and the
+        /// relay publishes each key in commit order even when the producer does
+        /// not otherwise serialize writes to that key. The lock is a row lock on
+        /// the key's slot in the outbox's `key_slots` table (65,536 rows), held
+        /// from the enqueue to the commit: it creates no row version and takes
+        /// no entry in the server's shared lock table, so a transaction may
+        /// enqueue any number of keys. Two keys sharing a slot merely serialize
+        /// their writers' commits. Code paths that enqueue several keys one by
+        /// one in opposite orders can deadlock, as with any row locks;
+        /// `enqueue_batch` takes its slots in a fixed order. Turn it off only if
+        /// every producer already serializes writes per key (for example by
+        /// locking the aggregate's row before enqueueing).
+        pub fn commit_order_lock(on: bool) => commit_order_lock = on;
 
-    /// Whether the pool reaches PostgreSQL through a pooler in transaction
-    /// mode (PgBouncer's `pool_mode = transaction`, RDS Proxy, Supavisor's
-    /// transaction port; default off).
-    ///
-    /// Turned on, the crate sends its statements unnamed (a named prepared
-    /// statement would stay behind on a server connection the next
-    /// transaction may not get), and runs those that are not part of the
-    /// caller's transaction in a transaction of their own (a pooler may
-    /// otherwise parse and bind one unnamed statement on two server
-    /// connections). Enqueue inside a transaction, as always.
-    ///
-    /// `LISTEN` cannot work through such a pooler: give relays a direct
-    /// connection with [`listen_options`](Self::listen_options), or they
-    /// find messages committed in other processes at their poll interval
-    /// (they say so once at start). A pooler in session mode needs no
-    /// setting: the crate sends no start-up parameters and keeps no
-    /// session state beyond a transaction.
-    #[must_use]
-    pub fn transaction_pooling(mut self, on: bool) -> Self {
-        self.transaction_pooling = on;
-        self
-    }
+        /// Whether the pool reaches PostgreSQL through a pooler in transaction
+        /// mode (PgBouncer's `pool_mode = transaction`, RDS Proxy, Supavisor's
+        /// transaction port; default off).
+        ///
+        /// Turned on, the crate sends its statements unnamed (a named prepared
+        /// statement would stay behind on a server connection the next
+        /// transaction may not get), and runs those that are not part of the
+        /// caller's transaction in a transaction of their own (a pooler may
+        /// otherwise parse and bind one unnamed statement on two server
+        /// connections). Enqueue inside a transaction, as always.
+        ///
+        /// `LISTEN` cannot work through such a pooler: give relays a direct
+        /// connection with [`listen_options`](Self::listen_options), or they
+        /// find messages committed in other processes at their poll interval
+        /// (they say so once at start). A pooler in session mode needs no
+        /// setting: the crate sends no start-up parameters and keeps no
+        /// session state beyond a transaction.
+        pub fn transaction_pooling(on: bool) => transaction_pooling = on;
 
-    /// Where relays `LISTEN` for notifications: a direct connection to the
-    /// server, bypassing a pooler in transaction mode (default: the pool's
-    /// own connect options, which is right without a pooler or with one in
-    /// session mode).
-    #[must_use]
-    pub fn listen_options(mut self, options: PgConnectOptions) -> Self {
-        self.listen_options = Some(options);
-        self
-    }
+        /// Where relays `LISTEN` for notifications: a direct connection to the
+        /// server, bypassing a pooler in transaction mode (default: the pool's
+        /// own connect options, which is right without a pooler or with one in
+        /// session mode).
+        pub fn listen_options(options: PgConnectOptions) => listen_options = Some(options);
 
-    /// The pool the relay's own statements run on: claims,
-    /// acknowledgements, leases and maintenance (default: the pool the
-    /// outbox was built with). Give the relay a pool of its own to bound
-    /// the connections it takes apart from the application's; it needs
-    /// two (a claim runs while the previous batch is acknowledged). Its
-    /// `after_connect` hooks apply as to any pool.
-    #[must_use]
-    pub fn relay_pool(mut self, pool: PgPool) -> Self {
-        self.relay_pool = Some(pool);
-        self
-    }
+        /// The pool the relay's own statements run on: claims,
+        /// acknowledgements, leases and maintenance (default: the pool the
+        /// outbox was built with). Give the relay a pool of its own to bound
+        /// the connections it takes apart from the application's; it needs
+        /// two (a claim runs while the previous batch is acknowledged). Its
+        /// `after_connect` hooks apply as to any pool.
+        pub fn relay_pool(pool: PgPool) => relay_pool = Some(pool);
 
-    /// The largest payload [`enqueue`](PgOutbox::enqueue) accepts, in bytes
-    /// (default [`DEFAULT_MAX_PAYLOAD_BYTES`](crate::DEFAULT_MAX_PAYLOAD_BYTES),
-    /// 1 MiB). A larger one is [`Error::PayloadTooLarge`](crate::Error::PayloadTooLarge)
-    /// before anything is written. The relay holds a claimed batch in
-    /// memory, so this times the relay's batch size bounds what one batch
-    /// can take.
-    #[must_use]
-    pub fn max_payload_bytes(mut self, limit: usize) -> Self {
-        self.max_payload = limit;
-        self
+        /// The largest payload [`enqueue`](PgOutbox::enqueue) accepts, in bytes
+        /// (default [`DEFAULT_MAX_PAYLOAD_BYTES`](crate::DEFAULT_MAX_PAYLOAD_BYTES),
+        /// 1 MiB). A larger one is [`Error::PayloadTooLarge`](crate::Error::PayloadTooLarge)
+        /// before anything is written. The relay holds a claimed batch in
+        /// memory, so this times the relay's batch size bounds what one batch
+        /// can take.
+        pub fn max_payload_bytes(limit: usize) => max_payload = limit;
     }
 
     /// Validates the names and builds the outbox. Nothing is sent to the

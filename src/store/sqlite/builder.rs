@@ -27,25 +27,19 @@ impl SqliteOutboxBuilder {
         }
     }
 
-    /// A prefix for the table names (default `outbox_`), for several
-    /// outboxes in one database. Lowercase letters, digits and `_` only; may
-    /// be empty.
-    #[must_use]
-    pub fn table_prefix(mut self, prefix: impl Into<String>) -> Self {
-        self.prefix = prefix.into();
-        self
-    }
+    setters! {
+        /// A prefix for the table names (default `outbox_`), for several
+        /// outboxes in one database. Lowercase letters, digits and `_` only; may
+        /// be empty.
+        pub fn table_prefix(prefix: impl Into<String>) => prefix = prefix.into();
 
-    /// The largest payload [`enqueue`](SqliteOutbox::enqueue) accepts, in bytes
-    /// (default [`DEFAULT_MAX_PAYLOAD_BYTES`](crate::DEFAULT_MAX_PAYLOAD_BYTES),
-    /// 1 MiB). A larger one is [`Error::PayloadTooLarge`](crate::Error::PayloadTooLarge)
-    /// before anything is written. The relay holds a claimed batch in
-    /// memory, so this times the relay's batch size bounds what one batch
-    /// can take.
-    #[must_use]
-    pub fn max_payload_bytes(mut self, limit: usize) -> Self {
-        self.max_payload = limit;
-        self
+        /// The largest payload [`enqueue`](SqliteOutbox::enqueue) accepts, in bytes
+        /// (default [`DEFAULT_MAX_PAYLOAD_BYTES`](crate::DEFAULT_MAX_PAYLOAD_BYTES),
+        /// 1 MiB). A larger one is [`Error::PayloadTooLarge`](crate::Error::PayloadTooLarge)
+        /// before anything is written. The relay holds a claimed batch in
+        /// memory, so this times the relay's batch size bounds what one batch
+        /// can take.
+        pub fn max_payload_bytes(limit: usize) => max_payload = limit;
     }
 
     /// Validates the names and builds the outbox. Nothing is sent to the
