@@ -3,7 +3,7 @@
 /// Declares setters that each store one value in a field of the builder
 /// (or message) and hand it back, `#[must_use]`:
 ///
-/// ```ignore
+/// ```text
 /// setters! {
 ///     /// Its documentation.
 ///     pub fn table_prefix(prefix: impl Into<String>) => prefix = prefix.into();

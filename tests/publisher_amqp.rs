@@ -140,7 +140,6 @@ impl TestQueue {
 impl TestBroker for TestQueue {
     type Publisher = RabbitMqPublisher;
     const NAME: &'static str = "RabbitMQ";
-    const DB: &'static str = DB;
 
     fn publisher(&self) -> RabbitMqPublisher {
         RabbitMqPublisher::new(uri(RABBIT), &self.exchange)

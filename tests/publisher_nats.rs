@@ -99,7 +99,6 @@ impl TestStream {
 impl TestBroker for TestStream {
     type Publisher = NatsPublisher;
     const NAME: &'static str = "NATS JetStream";
-    const DB: &'static str = DB;
 
     fn publisher(&self) -> NatsPublisher {
         NatsPublisher::new(self.client.clone()).with_subject_prefix(&self.prefix)

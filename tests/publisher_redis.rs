@@ -98,7 +98,6 @@ impl Drop for TestKeys {
 impl TestBroker for TestKeys {
     type Publisher = RedisStreamsPublisher;
     const NAME: &'static str = "Redis Streams";
-    const DB: &'static str = DB;
 
     fn publisher(&self) -> RedisStreamsPublisher {
         self.publisher_at(REDIS)

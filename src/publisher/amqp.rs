@@ -3,7 +3,6 @@
 //! the error classification.
 
 use std::collections::HashMap;
-use std::fmt;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -15,6 +14,7 @@ use lapin::{
 use tokio::time::Instant;
 
 use super::failure::{permanent, transient};
+use super::hidden::Hidden;
 use super::{Envelope, Publisher};
 use crate::error::PublishError;
 use crate::message::OutboxMessage;
@@ -88,34 +88,23 @@ const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// # relay.shutdown().await?;
 /// # Ok(()) }
 /// ```
+#[derive(Debug)]
 pub struct RabbitMqPublisher {
     /// Where to reconnect; `None` for a publisher built on a connection.
-    uri: Option<String>,
+    /// Hidden: it may hold a password.
+    uri: Hidden<Option<String>>,
     exchange: String,
     by_partition_key: bool,
     envelope: Envelope,
     confirm_timeout: Duration,
     connect_timeout: Duration,
-    state: tokio::sync::Mutex<Link>,
+    state: Hidden<tokio::sync::Mutex<Link>>,
 }
 
 #[derive(Default)]
 struct Link {
     conn: Option<Connection>,
     channel: Option<Channel>,
-}
-
-impl fmt::Debug for RabbitMqPublisher {
-    // The URI is left out: it may hold a password.
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("RabbitMqPublisher")
-            .field("exchange", &self.exchange)
-            .field("by_partition_key", &self.by_partition_key)
-            .field("envelope", &self.envelope)
-            .field("confirm_timeout", &self.confirm_timeout)
-            .field("connect_timeout", &self.connect_timeout)
-            .finish_non_exhaustive()
-    }
 }
 
 impl RabbitMqPublisher {
@@ -168,13 +157,13 @@ impl RabbitMqPublisher {
 
     fn with_link(uri: Option<String>, exchange: String, link: Link) -> Self {
         Self {
-            uri,
+            uri: Hidden(uri),
             exchange,
             by_partition_key: false,
             envelope: Envelope::Plain,
             confirm_timeout: DEFAULT_CONFIRM_TIMEOUT,
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
-            state: tokio::sync::Mutex::new(link),
+            state: Hidden(tokio::sync::Mutex::new(link)),
         }
     }
 
@@ -220,7 +209,7 @@ impl RabbitMqPublisher {
         link.channel = None;
         if !link.conn.as_ref().is_some_and(|c| c.status().connected()) {
             link.conn = None;
-            let Some(uri) = &self.uri else {
+            let Some(uri) = &*self.uri else {
                 return Err(
                     "the AMQP connection is lost and this publisher, built on a \
                             connection, has no URI to reconnect with"

@@ -22,6 +22,8 @@ mod closure;
 mod envelope;
 #[cfg(any(feature = "amqp", feature = "nats", feature = "redis"))]
 mod failure;
+#[cfg(any(feature = "amqp", feature = "nats", feature = "redis"))]
+mod hidden;
 #[cfg(feature = "http")]
 mod http;
 #[cfg(feature = "kafka")]

@@ -2,7 +2,6 @@
 //! whose documentation holds the mapping table and the error classification.
 
 use std::collections::{HashMap, VecDeque};
-use std::fmt;
 use std::time::Duration;
 
 use async_nats::connection::State;
@@ -17,6 +16,7 @@ use async_trait::async_trait;
 use tokio::time::Instant;
 
 use super::failure::{permanent, transient, Failure};
+use super::hidden::Hidden;
 use super::{Envelope, Publisher};
 use crate::error::PublishError;
 use crate::message::OutboxMessage;
@@ -93,26 +93,15 @@ const DEFAULT_MAX_IN_FLIGHT: usize = 1024;
 /// # relay.shutdown().await?;
 /// # Ok(()) }
 /// ```
-#[derive(Clone)]
+#[derive(Clone, Debug)]
 pub struct NatsPublisher {
-    client: async_nats::Client,
-    js: jetstream::Context,
+    /// Hidden: its options may hold credentials.
+    client: Hidden<async_nats::Client>,
+    js: Hidden<jetstream::Context>,
     subject_prefix: String,
     envelope: Envelope,
     ack_timeout: Duration,
     max_in_flight: usize,
-}
-
-impl fmt::Debug for NatsPublisher {
-    // The client is left out: its options may hold credentials.
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("NatsPublisher")
-            .field("subject_prefix", &self.subject_prefix)
-            .field("envelope", &self.envelope)
-            .field("ack_timeout", &self.ack_timeout)
-            .field("max_in_flight", &self.max_in_flight)
-            .finish_non_exhaustive()
-    }
 }
 
 impl NatsPublisher {
@@ -143,8 +132,8 @@ impl NatsPublisher {
     pub fn from_jetstream(mut js: jetstream::Context) -> Self {
         js.set_timeout(DEFAULT_ACK_TIMEOUT);
         Self {
-            client: js.client(),
-            js,
+            client: Hidden(js.client()),
+            js: Hidden(js),
             subject_prefix: String::new(),
             envelope: Envelope::Plain,
             ack_timeout: DEFAULT_ACK_TIMEOUT,

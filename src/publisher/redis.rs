@@ -2,7 +2,6 @@
 //! [`RedisStreamsPublisher`], whose documentation holds the mapping table,
 //! the deduplication guard and the error classification.
 
-use std::fmt;
 use std::time::Duration;
 
 use ::redis::aio::MultiplexedConnection;
@@ -10,6 +9,7 @@ use ::redis::{AsyncConnectionConfig, Client, RedisError, Script};
 use async_trait::async_trait;
 
 use super::failure::{permanent, transient};
+use super::hidden::Hidden;
 use super::{Envelope, Publisher};
 use crate::error::PublishError;
 use crate::message::OutboxMessage;
@@ -123,9 +123,11 @@ return {1, id}
 /// # relay.shutdown().await?;
 /// # Ok(()) }
 /// ```
+#[derive(Debug)]
 pub struct RedisStreamsPublisher {
-    client: Client,
-    script: Script,
+    /// Hidden: its connection info may hold a password.
+    client: Hidden<Client>,
+    script: Hidden<Script>,
     stream_prefix: String,
     dedupe_prefix: String,
     dedupe_ttl: Duration,
@@ -133,22 +135,7 @@ pub struct RedisStreamsPublisher {
     max_payload: Option<usize>,
     timeout: Duration,
     envelope: Envelope,
-    conn: tokio::sync::Mutex<Option<MultiplexedConnection>>,
-}
-
-impl fmt::Debug for RedisStreamsPublisher {
-    // The client is left out: its connection info may hold a password.
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("RedisStreamsPublisher")
-            .field("stream_prefix", &self.stream_prefix)
-            .field("dedupe_prefix", &self.dedupe_prefix)
-            .field("dedupe_ttl", &self.dedupe_ttl)
-            .field("max_len", &self.max_len)
-            .field("max_payload", &self.max_payload)
-            .field("timeout", &self.timeout)
-            .field("envelope", &self.envelope)
-            .finish_non_exhaustive()
-    }
+    conn: Hidden<tokio::sync::Mutex<Option<MultiplexedConnection>>>,
 }
 
 impl RedisStreamsPublisher {
@@ -166,8 +153,8 @@ impl RedisStreamsPublisher {
     /// A publisher on an existing client.
     pub fn new(client: Client) -> Self {
         Self {
-            client,
-            script: Script::new(DEDUPE_XADD),
+            client: Hidden(client),
+            script: Hidden(Script::new(DEDUPE_XADD)),
             stream_prefix: String::new(),
             dedupe_prefix: "outbox:dedupe:".to_owned(),
             dedupe_ttl: DEFAULT_DEDUPE_TTL,
@@ -175,7 +162,7 @@ impl RedisStreamsPublisher {
             max_payload: None,
             timeout: DEFAULT_TIMEOUT,
             envelope: Envelope::Plain,
-            conn: tokio::sync::Mutex::new(None),
+            conn: Hidden(tokio::sync::Mutex::new(None)),
         }
     }
 

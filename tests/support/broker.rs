@@ -20,10 +20,9 @@ const TIMEOUT: Duration = Duration::from_secs(60);
 #[async_trait]
 pub trait TestBroker: Sync {
     type Publisher: Publisher + 'static;
-    /// How the printed rates name the broker.
+    /// How the printed rates name the broker; also the prefix of the
+    /// SQLite database files.
     const NAME: &'static str;
-    /// The prefix of the SQLite database files.
-    const DB: &'static str;
 
     /// A publisher straight to this destination.
     fn publisher(&self) -> Self::Publisher;
@@ -54,7 +53,7 @@ pub fn candidate(topic: &str, n: u32) -> NewMessage {
 pub async fn publish_each_twice<B: TestBroker>(
     broker: &B,
 ) -> (HashSet<String>, Vec<OutboxMessage>) {
-    let (db, outbox) = migrated(B::DB).await;
+    let (db, outbox) = migrated(B::NAME).await;
     let messages: Vec<NewMessage> = (0..10).map(|n| candidate("candidates", n)).collect();
     let ids: HashSet<String> = messages.iter().map(|m| m.id().to_string()).collect();
     enqueue(&db, &outbox, messages).await;
@@ -95,7 +94,7 @@ pub async fn nothing_is_lost_while_unreachable<B: TestBroker, P: Publisher + 'st
     through_proxy: P,
     after_cut: impl AsyncFnOnce(),
 ) {
-    let (db, outbox) = migrated(B::DB).await;
+    let (db, outbox) = migrated(B::NAME).await;
     let probe = Probe::new(through_proxy);
     let failures = probe.failures.clone();
     let relay = Relay::builder(outbox.clone(), probe)
@@ -138,7 +137,7 @@ pub async fn nothing_is_lost_while_unreachable<B: TestBroker, P: Publisher + 'st
 /// timing assertion: the number is for the record).
 pub async fn drains_a_large_backlog<B: TestBroker>(broker: &B) {
     const N: usize = 20_000;
-    let (db, outbox) = migrated(B::DB).await;
+    let (db, outbox) = migrated(B::NAME).await;
     let messages: Vec<NewMessage> = (0..N as u32)
         .map(|n| candidate("candidates", n).with_partition_key(format!("candidate-{}", n % 5000)))
         .collect();

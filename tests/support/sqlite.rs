@@ -21,6 +21,14 @@ impl TempDb {
 
     /// As [`TempDb::new`], with a pool of `max_connections`.
     pub async fn with_max_connections(prefix: &str, max_connections: u32) -> TempDb {
+        let prefix: String = prefix
+            .chars()
+            .map(|c| match c {
+                'a'..='z' | '0'..='9' | '-' => c,
+                'A'..='Z' => c.to_ascii_lowercase(),
+                _ => '-',
+            })
+            .collect();
         let path = std::env::temp_dir().join(format!("{prefix}-{}.db", uuid::Uuid::now_v7()));
         let options = SqliteConnectOptions::new()
             .filename(&path)
