@@ -14,8 +14,15 @@ use super::TableNames;
 /// path is relative to the file that invokes the macro), its constructor,
 /// and `each()`, so a field cannot drift from the file it is read from and
 /// a test can reach every statement.
+///
+/// A part that several statements must state alike (a filter, a fence)
+/// is a fragment, `sql/fragments/<name>.sql`, listed first in
+/// `@fragments(...);`; a statement names it as `{name}`.
 macro_rules! statements {
-    ($($(#[$doc:meta])* $name:ident,)*) => {
+    (
+        $(@fragments($($fragment:ident),* $(,)?);)?
+        $($(#[$doc:meta])* $name:ident,)*
+    ) => {
         /// SQL rendered once from the validated table names.
         pub(super) struct Sql {
             $($(#[$doc])* pub(super) $name: String,)*
@@ -23,9 +30,14 @@ macro_rules! statements {
 
         impl Sql {
             pub(super) fn new(names: &$crate::store::TableNames) -> Self {
+                let fragments: &[(&str, &str)] = &[$($((
+                    concat!("{", stringify!($fragment), "}"),
+                    include_str!(concat!("sql/fragments/", stringify!($fragment), ".sql")),
+                ),)*)?];
                 Self {
                     $($name: $crate::store::statements::render(
                         names,
+                        fragments,
                         include_str!(concat!("sql/", stringify!($name), ".sql")),
                     ),)*
                 }
@@ -41,12 +53,17 @@ macro_rules! statements {
 }
 pub(crate) use statements;
 
-/// Renders one statement file. The comment lines that open it are there for
-/// its reader and are not sent, nor is the closing `;`, which only ends the
-/// statement for a reader who runs the file on its own; comments inside the
-/// statement stay with the line they explain.
-pub(crate) fn render(names: &TableNames, file: &str) -> String {
-    names.render(&body(file))
+/// Renders one statement file: its fragments placed, its table names
+/// filled. The comment lines that open a file are there for its reader and
+/// are not sent, nor is the closing `;`, which only ends the statement for
+/// a reader who runs the file on its own; comments inside the statement
+/// stay with the line they explain.
+pub(crate) fn render(names: &TableNames, fragments: &[(&str, &str)], file: &str) -> String {
+    let mut sql = body(file);
+    for (placeholder, fragment) in fragments {
+        sql = sql.replace(placeholder, &body(fragment));
+    }
+    names.render(&sql)
 }
 
 /// A statement file without its opening comment lines and closing `;`.

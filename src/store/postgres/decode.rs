@@ -13,8 +13,8 @@ use crate::error::{Error, Result};
 use crate::message::{Headers, MessageId, OutboxMessage};
 use crate::store::{Claimed, DeadLetter, Lease, StoreStats};
 
-/// Index of `headers::text` in a claim (`claim_all.sql`,
-/// `claim_buckets.sql`), where it replaces the JSON column.
+/// Index of `headers::text` in a claim (`claim.sql`),
+/// where it replaces the JSON column.
 const CLAIM_HEADERS: usize = 8;
 /// Index of the bucket in a claim.
 const CLAIM_BUCKET: usize = 11;

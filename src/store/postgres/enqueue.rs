@@ -36,13 +36,7 @@ impl PgOutbox {
         message.check_payload(self.inner.max_payload)?;
         let id = message.id;
         let headers = message.headers_json();
-        let carry = self.carries_wake_up();
-        let sql = if carry {
-            &self.inner.sql.insert_notify
-        } else {
-            &self.inner.sql.insert
-        };
-        let mut q = sqlx::query(sql)
+        let inserted = sqlx::query(&self.inner.sql.insert)
             .persistent(self.named())
             .bind(id.as_uuid())
             .bind(message.topic)
@@ -52,13 +46,13 @@ impl PgOutbox {
             .bind(message.payload)
             .bind(message.content_type)
             .bind(headers)
-            .bind(self.inner.lock_class);
-        if carry {
-            q = q.bind(&self.inner.wake.channel);
-        }
-        // The row count tells an insert from a duplicate: no row to send
-        // back and decode on the hot path.
-        let inserted = q.execute(executor).await?.rows_affected();
+            .bind(self.inner.lock_class)
+            .bind(self.carried_channel())
+            // The row count tells an insert from a duplicate: no row to
+            // send back and decode on the hot path.
+            .execute(executor)
+            .await?
+            .rows_affected();
         Ok(if inserted == 1 {
             Enqueued::Inserted(id)
         } else {
@@ -116,13 +110,7 @@ impl PgOutbox {
             payloads.push(m.payload);
             cts.push(m.content_type);
         }
-        let carry = self.carries_wake_up();
-        let sql = if carry {
-            &self.inner.sql.insert_batch_notify
-        } else {
-            &self.inner.sql.insert_batch
-        };
-        let mut q = sqlx::query_scalar(sql)
+        let inserted: Vec<Uuid> = sqlx::query_scalar(&self.inner.sql.insert_batch)
             .persistent(self.named())
             .bind(ids)
             .bind(topics)
@@ -132,11 +120,10 @@ impl PgOutbox {
             .bind(payloads)
             .bind(cts)
             .bind(headers)
-            .bind(self.inner.lock_class);
-        if carry {
-            q = q.bind(&self.inner.wake.channel);
-        }
-        let inserted: Vec<Uuid> = q.fetch_all(executor).await?;
+            .bind(self.inner.lock_class)
+            .bind(self.carried_channel())
+            .fetch_all(executor)
+            .await?;
         Ok(split_inserted(order, inserted))
     }
 

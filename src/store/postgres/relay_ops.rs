@@ -122,19 +122,12 @@ impl StoreOps for PgOutbox {
             limit,
             exclude,
         } = p;
-        let q = match buckets {
-            None => sqlx::query(&self.inner.sql.claim_all)
-                .bind(now)
-                .bind(bucket_count)
-                .bind(limit)
-                .bind(exclude),
-            Some(b) => sqlx::query(&self.inner.sql.claim_buckets)
-                .bind(now)
-                .bind(bucket_count)
-                .bind(limit)
-                .bind(exclude)
-                .bind(b),
-        };
+        let q = sqlx::query(&self.inner.sql.claim)
+            .bind(now)
+            .bind(bucket_count)
+            .bind(limit)
+            .bind(exclude)
+            .bind(buckets);
         // The claim reads the messages table in position order through its
         // primary key, and must keep doing so when the table's statistics
         // mislead the planner: after a large backlog drains, the table

@@ -5,16 +5,14 @@
 use crate::store::statements::statements;
 
 statements! {
-    // Enqueue. The `_notify` forms carry a `pg_notify` in the caller's
+    @fragments(dead_letter_filter, ack_fence);
+
+    // Enqueue. Given a channel, both carry a `pg_notify` in the caller's
     // transaction (see `WakeUp`).
     /// One message.
     insert,
-    /// One message, with a `pg_notify`.
-    insert_notify,
     /// Many messages in one statement.
     insert_batch,
-    /// Many messages in one statement, with a `pg_notify`.
-    insert_batch_notify,
 
     // Wake-up.
     /// A `NOTIFY` of its own, outside any enqueue.
@@ -35,10 +33,8 @@ statements! {
     bucket_count,
 
     // Claims.
-    /// Due messages of every bucket.
-    claim_all,
-    /// Due messages of some buckets.
-    claim_buckets,
+    /// Due messages of some buckets, or of all.
+    claim,
     /// Deletes key blocks whose message is gone.
     sweep_gone_blocks,
 

@@ -102,12 +102,19 @@ impl WakeState {
 }
 
 impl PgOutbox {
+    /// The channel an enqueue's statement notifies, if it carries the
+    /// wake-up (see [`carries_wake_up`](Self::carries_wake_up)).
+    pub(super) fn carried_channel(&self) -> Option<&str> {
+        self.carries_wake_up()
+            .then_some(self.inner.wake.channel.as_str())
+    }
+
     /// Whether this enqueue carries the wake-up: always with
     /// [`WakeUp::InTransaction`]; with [`WakeUp::AfterCommit`], the first
     /// enqueue after `notify_interval` without one. Its `pg_notify` is sent
     /// when the caller's transaction commits: no transaction of its own,
     /// and, under load, one in every so many transactions pays for it.
-    pub(super) fn carries_wake_up(&self) -> bool {
+    fn carries_wake_up(&self) -> bool {
         let w = &self.inner.wake;
         match w.mode {
             WakeUp::InTransaction => true,

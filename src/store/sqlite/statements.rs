@@ -5,6 +5,8 @@
 pub(super) const INSERT_COLUMNS: usize = 9;
 
 crate::store::statements::statements! {
+    @fragments(dead_letter_filter);
+
     insert,
     /// A multi-row insert whose `{rows}` are filled in by
     /// [`Sql::insert_batch`].

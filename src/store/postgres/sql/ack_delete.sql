@@ -1,8 +1,7 @@
 -- Acknowledges published messages in one statement: checks the relay's
--- leases (fence: the buckets whose epoch is unchanged, locked FOR SHARE so
--- they cannot change hands until this commits), records the per-key
--- sequence numbers of numbered messages, and deletes the messages, all only
--- in the buckets that passed. Returns the buckets that passed and the number
+-- leases and records the per-key sequence numbers of numbered messages
+-- (fragments/ack_fence.sql), and deletes the messages, all only in the
+-- buckets that passed. Returns the buckets that passed and the number
 -- of rows deleted.
 --
 -- $1 relay id, $2 leased buckets (int[]), $3 their epochs (bigint[]),
@@ -11,22 +10,7 @@
 -- (bigint[]), $8 their buckets (int[]).
 --
 -- ack_retain.sql moves the messages to the published table instead.
-WITH fence AS (
-         SELECT l.bucket FROM {leases} l
-         JOIN unnest($2::int[], $3::bigint[]) o(bucket, epoch)
-           ON l.bucket = o.bucket AND l.epoch = o.epoch
-         WHERE l.owner = $1
-         FOR SHARE OF l),
-     ks AS (
-         INSERT INTO {key_sequences} (partition_key, last_sequence)
-         SELECT u.k, max(u.n)
-         FROM unnest($6::text[], $7::bigint[], $8::int[]) u(k, n, b)
-         WHERE u.b IN (SELECT bucket FROM fence)
-         GROUP BY u.k
-         ON CONFLICT (partition_key) DO UPDATE
-         SET last_sequence = GREATEST({key_sequences}.last_sequence,
-                                      excluded.last_sequence),
-             updated_at = now()),
+WITH {ack_fence},
      d AS (
          DELETE FROM {messages} m
          USING unnest($4::bigint[], $5::int[]) a(seq, bucket)

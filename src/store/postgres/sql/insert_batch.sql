@@ -1,29 +1,29 @@
 -- Writes many messages in one statement, in array order, after taking the
 -- commit-order lock of each distinct partition key: row locks on their
--- slots (see insert.sql), taken in slot order, so two batches sharing keys
+-- slots (see insert.sql), taken in slot order so two batches sharing keys
 -- cannot deadlock, and however many keys, no entry in the server's shared
--- lock table. The count over l forces the locks
--- before the insert. Returns the ids actually inserted; the others were
--- already present.
+-- lock table. MATERIALIZED and the count over l make the locks come before
+-- the insert. Returns the ids actually inserted; the others were already
+-- present. With a channel, it carries a pg_notify as insert.sql does.
 --
 -- $1..$8 arrays of one element per message: ids, topics, partition keys,
 -- event types, schema versions, payloads, content types, headers (JSON
--- text); $9 any value to take the commit-order locks (NULL: no lock).
---
--- insert_batch_notify.sql is the same write carrying a pg_notify.
+-- text); $9 any value to take the commit-order locks (NULL: no lock);
+-- $10 notification channel (NULL: none).
 WITH l AS MATERIALIZED (
-    SELECT 1 FROM {key_slots}
-    WHERE slot IN (SELECT hashtext(k) & 65535 FROM unnest($3::text[]) k
-                   WHERE k IS NOT NULL)
-      AND $9 IS NOT NULL
-    ORDER BY slot
-    FOR NO KEY UPDATE)
+         SELECT 1 FROM {key_slots}
+         WHERE slot IN (SELECT hashtext(k) & 65535 FROM unnest($3::text[]) k
+                        WHERE k IS NOT NULL)
+           AND $9 IS NOT NULL
+         ORDER BY slot
+         FOR NO KEY UPDATE),
+     n AS MATERIALIZED (SELECT pg_notify($10::text, '') WHERE $10::text IS NOT NULL)
 INSERT INTO {messages} (id, topic, partition_key, event_type, schema_version,
                         payload, content_type, headers)
 SELECT u.id, u.topic, u.k, u.et, u.v, u.p, u.ct, u.h::jsonb
 FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::int[],
             $6::bytea[], $7::text[], $8::text[])
      AS u(id, topic, k, et, v, p, ct, h)
-WHERE (SELECT count(*) FROM l) >= 0
+WHERE (SELECT count(*) FROM l) + (SELECT count(*) FROM n) >= 0
 ON CONFLICT (id) DO NOTHING
 RETURNING id

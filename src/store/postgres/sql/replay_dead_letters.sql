@@ -1,4 +1,4 @@
--- Sends dead letters that match a filter (as in dead_letters_matching.sql)
+-- Sends dead letters that match a filter (fragments/dead_letter_filter.sql)
 -- back to the messages, at their original positions with their attempts
 -- reset, ahead of any later message of their keys, whose blocks they lift.
 --
@@ -13,18 +13,10 @@
 -- Returns how many went back, then the positions and ids of the matching
 -- dead letters left in place, oldest first.
 --
--- $1 id, $2 topic, $3 partition key, $4 text the last error contains,
--- $5 dead at or after, $6 dead before, $7 positions after this, $8 at most
--- this many (NULL: no limit).
+-- $1..$7 the filter, $8 at most this many (NULL: no limit).
 WITH cand AS MATERIALIZED (
          SELECT seq, id FROM {dead_letters}
-         WHERE ($1::uuid IS NULL OR id = $1)
-           AND ($2::text IS NULL OR topic = $2)
-           AND ($3::text IS NULL OR partition_key = $3)
-           AND ($4::text IS NULL OR strpos(last_error, $4) > 0)
-           AND ($5::timestamptz IS NULL OR dead_at >= $5)
-           AND ($6::timestamptz IS NULL OR dead_at < $6)
-           AND ($7::bigint IS NULL OR seq > $7)
+         WHERE {dead_letter_filter}
          ORDER BY seq
          LIMIT $8
          FOR UPDATE),
