@@ -4,6 +4,8 @@
 //! share no generic code a user has to see; the relay talks to them through
 //! the sealed [`Store`] trait.
 
+#[cfg(any(feature = "postgres", feature = "sqlite"))]
+pub(crate) mod admin;
 pub(crate) mod dead_letters;
 #[cfg(test)]
 pub(crate) mod memory;

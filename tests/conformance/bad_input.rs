@@ -144,6 +144,27 @@ pub async fn bad_input_never_costs_the_callers_transaction<B: Backend>() {
     db.close().await;
 }
 
+/// A negative limit on a listing is a typed error on every backend, not
+/// "no limit" on one and a database error on another.
+pub async fn negative_listing_limits_are_refused<B: Backend>() {
+    let db = B::fresh().await;
+    let outbox = db.outbox();
+    for (what, err) in [
+        ("dead_letters", outbox.dead_letters(-1).await.unwrap_err()),
+        ("published", outbox.published(-5).await.unwrap_err()),
+    ] {
+        match err {
+            Error::InvalidConfig { field, reason } => {
+                assert_eq!(field, "limit", "{what}");
+                assert!(reason.contains("negative"), "{what}: {reason}");
+            }
+            other => panic!("{what}: {other:?}"),
+        }
+    }
+    assert!(outbox.dead_letters(0).await.unwrap().is_empty());
+    db.close().await;
+}
+
 /// A payload limit of the outbox's own is applied, and a bad limit is a
 /// typed error at build time.
 pub async fn the_payload_limit_is_the_outboxs_own<B: Backend>() {

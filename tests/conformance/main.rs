@@ -78,6 +78,7 @@ macro_rules! every_backend {
             write::large_batch_is_published_once_in_order,
             bad_input::bad_input_never_costs_the_callers_transaction,
             bad_input::the_payload_limit_is_the_outboxs_own,
+            bad_input::negative_listing_limits_are_refused,
             bad_input::a_stored_message_that_cannot_be_read_is_dead_lettered,
             stats::stats_tell_ready_retry_waiting_and_parked_apart,
             config::bad_identifiers_are_typed_errors,

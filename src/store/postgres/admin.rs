@@ -1,7 +1,8 @@
-//! The operator's side: dead letters listed (filtered, paged), replayed and
-//! discarded, blocked keys listed and lifted, the pending count, retained
-//! published messages.
+//! The operator's side on PostgreSQL: the statements behind
+//! [`AdminOps`], the public methods declared on [`PgOutbox`] by
+//! `admin_api!` (see `store/admin.rs`).
 
+use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use sqlx::postgres::{PgArguments, Postgres};
 use sqlx::query::{Query, QueryAs};
@@ -9,41 +10,20 @@ use uuid::Uuid;
 
 use super::decode::{dead_letter_from_row, published_from_row};
 use super::PgOutbox;
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::message::{MessageId, OutboxMessage};
+use crate::store::admin::{admin_api, AdminOps};
 use crate::store::{
-    blocking_message, warn_not_replayed, BlockedKey, DeadLetter, DeadLetterFilter, NotReplayed,
-    ReplayReport,
+    blocking_message, BlockedKey, DeadLetter, DeadLetterFilter, NotReplayed, ReplayReport,
 };
 
 impl PgOutbox {
-    /// Dead letters, oldest first.
-    ///
-    /// # Errors
-    ///
-    /// [`Error::Database`] if the read fails (also for a negative `limit`).
-    pub async fn dead_letters(&self, limit: i64) -> Result<Vec<DeadLetter>> {
-        let mut c = self.standalone().await?;
-        let rows = sqlx::query(&self.inner.sql.dead_letters)
-            .persistent(self.named())
-            .bind(limit)
-            .fetch_all(c.conn())
-            .await?;
-        c.finish().await?;
-        rows.iter().map(dead_letter_from_row).collect()
-    }
+    admin_api!();
+}
 
-    /// Dead letters that match `filter`, oldest position first: filter by
-    /// topic, key, error text and time, and page with its limit and
-    /// keyset cursor.
-    ///
-    /// # Errors
-    ///
-    /// [`Error::Database`] if the read fails.
-    pub async fn dead_letters_matching(
-        &self,
-        filter: &DeadLetterFilter,
-    ) -> Result<Vec<DeadLetter>> {
+#[async_trait]
+impl AdminOps for PgOutbox {
+    async fn select_dead_letters(&self, filter: &DeadLetterFilter) -> Result<Vec<DeadLetter>> {
         let mut c = self.standalone().await?;
         let rows = bind_filter(
             sqlx::query(&self.inner.sql.dead_letters_matching).persistent(self.named()),
@@ -55,56 +35,7 @@ impl PgOutbox {
         rows.iter().map(dead_letter_from_row).collect()
     }
 
-    /// Sends a dead letter again: it returns to the outbox at its original
-    /// position with its attempts reset, ahead of any later message of its
-    /// key, whose block it lifts. Of several dead letters of one id (the id
-    /// was enqueued again after its first message was dead-lettered) the
-    /// oldest goes back. Writes in its own transaction.
-    ///
-    /// # Errors
-    ///
-    /// [`Error::DeadLetterNotFound`] if there is no dead letter with this
-    /// id; [`Error::DeadLetterIdPending`] if a message with this id is
-    /// pending (the dead letter stays: replay it once that message is
-    /// published, or discard it); [`Error::Database`] if the write fails.
-    pub async fn replay_dead_letter(&self, id: MessageId) -> Result<()> {
-        let report = self
-            .replay_dead_letters(&DeadLetterFilter::new().id(id).limit(1))
-            .await?;
-        match (report.replayed, report.not_replayed.is_empty()) {
-            (0, true) => Err(Error::DeadLetterNotFound(id)),
-            (0, false) => Err(Error::DeadLetterIdPending(id)),
-            _ => Ok(()),
-        }
-    }
-
-    /// Sends every dead letter again (see [`replay_dead_letters`] for the
-    /// rule); returns how many went back. A dead letter whose id is pending
-    /// stays in the dead letters, with a warning logged; the filtered form
-    /// reports each. Writes in its own transaction.
-    ///
-    /// [`replay_dead_letters`]: Self::replay_dead_letters
-    ///
-    /// # Errors
-    ///
-    /// [`Error::Database`] if the write fails; then none is replayed.
-    pub async fn replay_all_dead_letters(&self) -> Result<u64> {
-        let report = self.replay_dead_letters(&DeadLetterFilter::new()).await?;
-        warn_not_replayed(&report);
-        Ok(report.replayed)
-    }
-
-    /// Sends the dead letters that match `filter` again, oldest first, each
-    /// to its original position with its attempts reset, lifting the block
-    /// it holds on its key. A dead letter goes back only while no message
-    /// with its id is pending, and of several dead letters of one id only
-    /// the oldest goes back in one call: the others stay, unchanged, and
-    /// are listed in the report. Writes in its own transaction.
-    ///
-    /// # Errors
-    ///
-    /// [`Error::Database`] if the write fails; then none is replayed.
-    pub async fn replay_dead_letters(&self, filter: &DeadLetterFilter) -> Result<ReplayReport> {
+    async fn replay_matching(&self, filter: &DeadLetterFilter) -> Result<ReplayReport> {
         let mut c = self.standalone().await?;
         let (replayed, positions, ids): (i64, Vec<i64>, Vec<Uuid>) = bind_filter(
             sqlx::query_as(&self.inner.sql.replay_dead_letters).persistent(self.named()),
@@ -113,9 +44,8 @@ impl PgOutbox {
         .fetch_one(c.conn())
         .await?;
         c.finish().await?;
-        let replayed = self.replayed(replayed as u64);
         Ok(ReplayReport {
-            replayed,
+            replayed: replayed as u64,
             not_replayed: positions
                 .into_iter()
                 .zip(ids)
@@ -127,22 +57,7 @@ impl PgOutbox {
         })
     }
 
-    /// Wakes the relays if anything came back to the outbox.
-    fn replayed(&self, n: u64) -> u64 {
-        if n > 0 {
-            self.wake();
-        }
-        n
-    }
-
-    /// Deletes a dead letter for good and unblocks its key. Of several dead
-    /// letters of one id, the oldest goes. Writes in its own transaction.
-    ///
-    /// # Errors
-    ///
-    /// [`Error::DeadLetterNotFound`] if there is no dead letter with this
-    /// id, and [`Error::Database`] if the write fails.
-    pub async fn discard_dead_letter(&self, id: MessageId) -> Result<()> {
+    async fn delete_dead_letter(&self, id: MessageId) -> Result<bool> {
         let mut c = self.standalone().await?;
         let n: i64 = sqlx::query_scalar(&self.inner.sql.discard_dead_letter)
             .persistent(self.named())
@@ -150,23 +65,10 @@ impl PgOutbox {
             .fetch_one(c.conn())
             .await?;
         c.finish().await?;
-        if n == 0 {
-            return Err(Error::DeadLetterNotFound(id));
-        }
-        self.wake();
-        Ok(())
+        Ok(n > 0)
     }
 
-    /// The keys held back behind a failed message (ordered topics), by key:
-    /// the position that blocks each, since when, and where the message at
-    /// that position is. A block whose message is
-    /// [`Gone`](crate::BlockingMessage::Gone) is swept away by a relay's
-    /// next claim.
-    ///
-    /// # Errors
-    ///
-    /// [`Error::Database`] if the read fails.
-    pub async fn blocked_keys(&self) -> Result<Vec<BlockedKey>> {
+    async fn select_blocked_keys(&self) -> Result<Vec<BlockedKey>> {
         let mut c = self.standalone().await?;
         let rows: Vec<(String, i64, DateTime<Utc>, String)> =
             sqlx::query_as(&self.inner.sql.blocked_keys)
@@ -185,17 +87,7 @@ impl PgOutbox {
             .collect())
     }
 
-    /// Lifts the block on `key`, whatever message it names, and wakes the
-    /// relays; returns whether there was one. The message stays where it
-    /// is: a dead letter stays dead, and a message still being retried
-    /// blocks its key again if it fails again. The key's later messages may
-    /// then be published before it: this is the operator's call. Writes in
-    /// its own transaction.
-    ///
-    /// # Errors
-    ///
-    /// [`Error::Database`] if the write fails.
-    pub async fn unblock(&self, key: &str) -> Result<bool> {
+    async fn delete_block(&self, key: &str) -> Result<bool> {
         let mut c = self.standalone().await?;
         let done = sqlx::query(&self.inner.sql.unblock_key)
             .persistent(self.named())
@@ -203,19 +95,10 @@ impl PgOutbox {
             .execute(c.conn())
             .await?;
         c.finish().await?;
-        let lifted = done.rows_affected() > 0;
-        if lifted {
-            self.wake();
-        }
-        Ok(lifted)
+        Ok(done.rows_affected() > 0)
     }
 
-    /// Number of messages waiting to be published (dead letters excluded).
-    ///
-    /// # Errors
-    ///
-    /// [`Error::Database`] if the count fails.
-    pub async fn pending_count(&self) -> Result<i64> {
+    async fn count_pending(&self) -> Result<i64> {
         let mut c = self.standalone().await?;
         let n = sqlx::query_scalar(&self.inner.sql.pending_count)
             .persistent(self.named())
@@ -225,13 +108,7 @@ impl PgOutbox {
         Ok(n)
     }
 
-    /// Retained published messages, oldest first (empty unless the relay
-    /// keeps published messages).
-    ///
-    /// # Errors
-    ///
-    /// [`Error::Database`] if the read fails (also for a negative `limit`).
-    pub async fn published(&self, limit: i64) -> Result<Vec<OutboxMessage>> {
+    async fn select_published(&self, limit: i64) -> Result<Vec<OutboxMessage>> {
         let mut c = self.standalone().await?;
         let rows = sqlx::query(&self.inner.sql.published)
             .persistent(self.named())
@@ -240,17 +117,6 @@ impl PgOutbox {
             .await?;
         c.finish().await?;
         rows.iter().map(published_from_row).collect()
-    }
-
-    /// What is in the outbox now: pending messages split into ready,
-    /// waiting for a retry and parked behind a blocked key, the oldest
-    /// one's age, dead letters, and on PostgreSQL the table's health.
-    ///
-    /// # Errors
-    ///
-    /// [`Error::Database`](crate::Error::Database) if the query fails.
-    pub async fn stats(&self) -> Result<crate::store::StoreStats> {
-        crate::store::sealed::StoreOps::stats(self).await
     }
 }
 

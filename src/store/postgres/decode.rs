@@ -20,7 +20,7 @@ const CLAIM_HEADERS: usize = 8;
 const CLAIM_BUCKET: usize = 11;
 /// Index of `headers::text` in `published.sql`.
 const PUBLISHED_HEADERS: usize = 11;
-/// Index of `headers::text` in `dead_letters.sql`.
+/// Index of `headers::text` in `dead_letters_matching.sql`.
 const DEAD_HEADERS: usize = 13;
 
 /// Decodes a row that starts with the message columns in their order, with
@@ -73,7 +73,7 @@ pub(super) fn published_from_row(r: &PgRow) -> Result<OutboxMessage> {
     }
 }
 
-/// A row of `dead_letters.sql`.
+/// A row of `dead_letters_matching.sql`.
 ///
 /// A dead letter whose headers do not decode is listed without them: it was
 /// dead-lettered for that reason, which its last error says.

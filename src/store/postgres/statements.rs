@@ -75,8 +75,6 @@ statements! {
     vacuum,
 
     // Administration.
-    /// Dead letters, oldest first.
-    dead_letters,
     /// Dead letters that match a filter, oldest first.
     dead_letters_matching,
     /// Replays the dead letters that match a filter.

@@ -1,7 +1,8 @@
-//! The administrative API: dead letters (list with filters and paging,
-//! replay, discard), blocked keys (list, lift), the pending count and
-//! retained published messages.
+//! The operator's side on SQLite: the statements behind [`AdminOps`], the
+//! public methods declared on [`SqliteOutbox`] by `admin_api!` (see
+//! `store/admin.rs`).
 
+use async_trait::async_trait;
 use sqlx::sqlite::{Sqlite, SqliteArguments, SqliteRow};
 use sqlx::Row;
 
@@ -9,97 +10,28 @@ use super::decode::{
     json, message_from_row, micros, time_from_micros, uuid_from_bytes, whole_message_from_row,
 };
 use super::SqliteOutbox;
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::message::{MessageId, OutboxMessage};
+use crate::store::admin::{admin_api, AdminOps};
 use crate::store::{
-    blocking_message, first_of_each_id, replay_report, warn_not_replayed, BlockedKey, DeadLetter,
-    DeadLetterFilter, ReplayReport,
+    blocking_message, first_of_each_id, replay_report, BlockedKey, DeadLetter, DeadLetterFilter,
+    ReplayReport,
 };
 
 impl SqliteOutbox {
-    /// Dead letters, oldest first.
-    ///
-    /// # Errors
-    ///
-    /// [`Error::Database`] if the query fails or a stored row cannot be
-    /// decoded.
-    pub async fn dead_letters(&self, limit: i64) -> Result<Vec<DeadLetter>> {
-        let rows = sqlx::query(&self.inner.sql.dead_letters)
-            .bind(limit)
-            .fetch_all(&self.inner.pool)
-            .await?;
-        rows.iter().map(dead_letter_from_row).collect()
-    }
+    admin_api!();
+}
 
-    /// Dead letters that match `filter`, oldest position first: filter by
-    /// topic, key, error text and time, and page with its limit and
-    /// keyset cursor.
-    ///
-    /// # Errors
-    ///
-    /// [`Error::Database`] if the query fails or a stored row cannot be
-    /// decoded.
-    pub async fn dead_letters_matching(
-        &self,
-        filter: &DeadLetterFilter,
-    ) -> Result<Vec<DeadLetter>> {
+#[async_trait]
+impl AdminOps for SqliteOutbox {
+    async fn select_dead_letters(&self, filter: &DeadLetterFilter) -> Result<Vec<DeadLetter>> {
         let rows = bind_filter(sqlx::query(&self.inner.sql.dead_letters_matching), filter)
             .fetch_all(&self.inner.pool)
             .await?;
         rows.iter().map(dead_letter_from_row).collect()
     }
 
-    /// Sends a dead letter again: it returns to the outbox at its original
-    /// position with its attempts reset, ahead of any later message of its
-    /// key, whose block it lifts. Of several dead letters of one id (the id
-    /// was enqueued again after its first message was dead-lettered) the
-    /// oldest goes back. Writes in its own transaction.
-    ///
-    /// # Errors
-    ///
-    /// [`Error::DeadLetterNotFound`] if no dead letter has this id;
-    /// [`Error::DeadLetterIdPending`] if a message with this id is pending
-    /// (the dead letter stays: replay it once that message is published, or
-    /// discard it); [`Error::Database`] if a statement fails (nothing is
-    /// changed).
-    pub async fn replay_dead_letter(&self, id: MessageId) -> Result<()> {
-        let report = self
-            .replay_dead_letters(&DeadLetterFilter::new().id(id).limit(1))
-            .await?;
-        match (report.replayed, report.not_replayed.is_empty()) {
-            (0, true) => Err(Error::DeadLetterNotFound(id)),
-            (0, false) => Err(Error::DeadLetterIdPending(id)),
-            _ => Ok(()),
-        }
-    }
-
-    /// Sends every dead letter again (see [`replay_dead_letters`] for the
-    /// rule); returns how many went back. A dead letter whose id is pending
-    /// stays in the dead letters, with a warning logged; the filtered form
-    /// reports each. Writes in its own transaction.
-    ///
-    /// [`replay_dead_letters`]: Self::replay_dead_letters
-    ///
-    /// # Errors
-    ///
-    /// [`Error::Database`] if a statement fails (nothing is changed).
-    pub async fn replay_all_dead_letters(&self) -> Result<u64> {
-        let report = self.replay_dead_letters(&DeadLetterFilter::new()).await?;
-        warn_not_replayed(&report);
-        Ok(report.replayed)
-    }
-
-    /// Sends the dead letters that match `filter` again, oldest first, each
-    /// to its original position with its attempts reset, lifting the block
-    /// it holds on its key. A dead letter goes back only while no message
-    /// with its id is pending, and of several dead letters of one id only
-    /// the oldest goes back in one call: the others stay, unchanged, and
-    /// are listed in the report. Writes in its own transaction.
-    ///
-    /// # Errors
-    ///
-    /// [`Error::Database`] if a statement fails (nothing is changed).
-    pub async fn replay_dead_letters(&self, filter: &DeadLetterFilter) -> Result<ReplayReport> {
+    async fn replay_matching(&self, filter: &DeadLetterFilter) -> Result<ReplayReport> {
         let sql = &self.inner.sql;
         // IMMEDIATE: the replay reads before it writes, and a deferred
         // transaction could then fail with SQLITE_BUSY instead of waiting.
@@ -128,20 +60,10 @@ impl SqliteOutbox {
                 .await?;
         }
         tx.commit().await?;
-        if !inserted.is_empty() {
-            self.wake();
-        }
         Ok(replay_report(&candidates, &inserted))
     }
 
-    /// Deletes a dead letter for good and unblocks its key. Of several dead
-    /// letters of one id, the oldest goes. Writes in its own transaction.
-    ///
-    /// # Errors
-    ///
-    /// [`Error::DeadLetterNotFound`] if no dead letter has this id;
-    /// [`Error::Database`] if a statement fails (nothing is changed).
-    pub async fn discard_dead_letter(&self, id: MessageId) -> Result<()> {
+    async fn delete_dead_letter(&self, id: MessageId) -> Result<bool> {
         let sql = &self.inner.sql;
         let mut tx = self.inner.pool.begin().await?;
         let gone: Option<(Option<String>, i64)> = sqlx::query_as(&sql.discard_dead_letter)
@@ -149,7 +71,7 @@ impl SqliteOutbox {
             .fetch_optional(&mut *tx)
             .await?;
         let Some((key, seq)) = gone else {
-            return Err(Error::DeadLetterNotFound(id));
+            return Ok(false);
         };
         if let Some(key) = key {
             sqlx::query(&sql.discard_unblock)
@@ -159,21 +81,10 @@ impl SqliteOutbox {
                 .await?;
         }
         tx.commit().await?;
-        self.wake();
-        Ok(())
+        Ok(true)
     }
 
-    /// The keys held back behind a failed message (ordered topics), by key:
-    /// the position that blocks each, since when, and where the message at
-    /// that position is. A block whose message is
-    /// [`Gone`](crate::BlockingMessage::Gone) is swept away by a relay's
-    /// next claim.
-    ///
-    /// # Errors
-    ///
-    /// [`Error::Database`] if the query fails or a stored time is out of
-    /// range.
-    pub async fn blocked_keys(&self) -> Result<Vec<BlockedKey>> {
+    async fn select_blocked_keys(&self) -> Result<Vec<BlockedKey>> {
         let rows: Vec<(String, i64, i64, String)> = sqlx::query_as(&self.inner.sql.blocked_keys)
             .fetch_all(&self.inner.pool)
             .await?;
@@ -189,62 +100,26 @@ impl SqliteOutbox {
             .collect()
     }
 
-    /// Lifts the block on `key`, whatever message it names, and wakes the
-    /// relay; returns whether there was one. The message stays where it
-    /// is: a dead letter stays dead, and a message still being retried
-    /// blocks its key again if it fails again. The key's later messages may
-    /// then be published before it: this is the operator's call.
-    ///
-    /// # Errors
-    ///
-    /// [`Error::Database`] if the write fails.
-    pub async fn unblock(&self, key: &str) -> Result<bool> {
+    async fn delete_block(&self, key: &str) -> Result<bool> {
         let done = sqlx::query(&self.inner.sql.unblock_key)
             .bind(key)
             .execute(&self.inner.pool)
             .await?;
-        let lifted = done.rows_affected() > 0;
-        if lifted {
-            self.wake();
-        }
-        Ok(lifted)
+        Ok(done.rows_affected() > 0)
     }
 
-    /// Number of messages waiting to be published (dead letters excluded).
-    ///
-    /// # Errors
-    ///
-    /// [`Error::Database`] if the query fails.
-    pub async fn pending_count(&self) -> Result<i64> {
+    async fn count_pending(&self) -> Result<i64> {
         Ok(sqlx::query_scalar(&self.inner.sql.pending_count)
             .fetch_one(&self.inner.pool)
             .await?)
     }
 
-    /// Retained published messages, oldest first (empty unless the relay
-    /// keeps published messages).
-    ///
-    /// # Errors
-    ///
-    /// [`Error::Database`] if the query fails or a stored row cannot be
-    /// decoded.
-    pub async fn published(&self, limit: i64) -> Result<Vec<OutboxMessage>> {
+    async fn select_published(&self, limit: i64) -> Result<Vec<OutboxMessage>> {
         let rows = sqlx::query(&self.inner.sql.published)
             .bind(limit)
             .fetch_all(&self.inner.pool)
             .await?;
         rows.iter().map(whole_message_from_row).collect()
-    }
-
-    /// What is in the outbox now: pending messages split into ready,
-    /// waiting for a retry and parked behind a blocked key, the oldest
-    /// one's age, dead letters, and on PostgreSQL the table's health.
-    ///
-    /// # Errors
-    ///
-    /// [`Error::Database`](crate::Error::Database) if the query fails.
-    pub async fn stats(&self) -> Result<crate::store::StoreStats> {
-        crate::store::sealed::StoreOps::stats(self).await
     }
 }
 

@@ -32,7 +32,6 @@ crate::store::statements::statements! {
     bucket_count,
     stats,
     purge,
-    dead_letters,
     dead_letters_matching,
     /// A replay: read the candidates, copy back, unblock, delete.
     replay_candidates,

@@ -1,6 +1,7 @@
 -- Dead letters that match a filter (DeadLetterFilter, conditions in
--- fragments/dead_letter_filter.sql), oldest position first. Columns as in
--- dead_letters.sql (decoded by index, see decode.rs).
+-- fragments/dead_letter_filter.sql), oldest position first. Columns are
+-- decoded by index (see decode.rs): the message columns, then last_error,
+-- dead_at and the headers as text.
 --
 -- $1..$7 the filter, $8 at most this many (NULL: no limit).
 SELECT seq, id, topic, partition_key, event_type, schema_version, payload,
