@@ -18,12 +18,11 @@
 use std::time::Duration;
 
 use async_nats::jetstream::{self, consumer, stream};
-use demo_db::DemoDb;
 use futures_util::StreamExt;
 use outbox::publisher::{Envelope, NatsPublisher};
-use outbox::{Relay, SqliteOutbox};
+use outbox::Relay;
 use tracking_service::{
-    create_candidates, record_four_changes, wait_until_published, CandidateStatusChanged,
+    record_four_changes, service_database, wait_until_published, CandidateStatusChanged,
 };
 
 mod demo_db;
@@ -37,10 +36,7 @@ async fn main() -> Result<(), Error> {
     let run = uuid::Uuid::now_v7().simple().to_string();
 
     // The service's database, with the outbox beside its own table.
-    let db = DemoDb::create("relay-nats").await?;
-    create_candidates(&db.pool, ["Ada Lovelace", "Alan Turing"]).await?;
-    let outbox = SqliteOutbox::new(db.pool.clone());
-    outbox.migrate().await?;
+    let (db, outbox) = service_database("relay-nats", ["Ada Lovelace", "Alan Turing"]).await?;
 
     // A stream for this run (in production it is set up once, by ops).
     let client = async_nats::connect(&url).await?;

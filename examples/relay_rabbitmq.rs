@@ -17,7 +17,6 @@
 
 use std::time::Duration;
 
-use demo_db::DemoDb;
 use futures_util::StreamExt;
 use lapin::options::{
     BasicAckOptions, BasicConsumeOptions, ExchangeDeclareOptions, ExchangeDeleteOptions,
@@ -26,9 +25,9 @@ use lapin::options::{
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{Connection, ConnectionProperties, ExchangeKind};
 use outbox::publisher::RabbitMqPublisher;
-use outbox::{Relay, SqliteOutbox};
+use outbox::Relay;
 use tracking_service::{
-    create_candidates, record_four_changes, wait_until_published, CandidateStatusChanged,
+    record_four_changes, service_database, wait_until_published, CandidateStatusChanged,
 };
 
 mod demo_db;
@@ -43,10 +42,8 @@ async fn main() -> Result<(), Error> {
     let run = uuid::Uuid::now_v7().simple().to_string();
 
     // The service's database, with the outbox beside its own table.
-    let db = DemoDb::create("relay-rabbitmq").await?;
-    create_candidates(&db.pool, ["Grace Hopper", "Edsger Dijkstra"]).await?;
-    let outbox = SqliteOutbox::new(db.pool.clone());
-    outbox.migrate().await?;
+    let (db, outbox) =
+        service_database("relay-rabbitmq", ["Grace Hopper", "Edsger Dijkstra"]).await?;
 
     // Topology for this run (in production it is declared once, by ops):
     // a topic exchange and payroll's queue bound to `candidates`.

@@ -14,12 +14,11 @@
 //! Needs Redis at `$REDIS_URL` (default `redis://127.0.0.1:6379`).
 //! Run with `cargo run --example relay_redis --features redis`.
 
-use demo_db::DemoDb;
 use outbox::publisher::RedisStreamsPublisher;
-use outbox::{Relay, SqliteOutbox};
+use outbox::Relay;
 use redis::streams::StreamReadReply;
 use tracking_service::{
-    create_candidates, record_four_changes, wait_until_published, CandidateStatusChanged,
+    record_four_changes, service_database, wait_until_published, CandidateStatusChanged,
 };
 
 mod demo_db;
@@ -33,10 +32,7 @@ async fn main() -> Result<(), Error> {
     let run = uuid::Uuid::now_v7().simple().to_string();
 
     // The service's database, with the outbox beside its own table.
-    let db = DemoDb::create("relay-redis").await?;
-    create_candidates(&db.pool, ["Barbara Liskov", "Donald Knuth"]).await?;
-    let outbox = SqliteOutbox::new(db.pool.clone());
-    outbox.migrate().await?;
+    let (db, outbox) = service_database("relay-redis", ["Barbara Liskov", "Donald Knuth"]).await?;
 
     let prefix = format!("recruiting:{run}:");
     let dedupe_prefix = format!("recruiting:{run}:dedupe:");

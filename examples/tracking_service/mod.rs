@@ -8,6 +8,8 @@ use outbox::{Event, SqliteOutbox};
 use serde::{Deserialize, Serialize};
 use sqlx::SqlitePool;
 
+use crate::demo_db::DemoDb;
+
 /// The event other services care about.
 #[derive(Debug, Serialize, Deserialize)]
 pub(crate) struct CandidateStatusChanged {
@@ -30,8 +32,22 @@ impl Event for CandidateStatusChanged {
     }
 }
 
+/// The service's database for one run of an example (see [`DemoDb`]): its
+/// table with two candidates, ids 1 and 2, and the outbox's tables beside
+/// it.
+pub(crate) async fn service_database(
+    run: &str,
+    names: [&str; 2],
+) -> Result<(DemoDb, SqliteOutbox), Box<dyn std::error::Error + Send + Sync>> {
+    let db = DemoDb::create(run).await?;
+    create_candidates(&db.pool, names).await?;
+    let outbox = SqliteOutbox::new(db.pool.clone());
+    outbox.migrate().await?;
+    Ok((db, outbox))
+}
+
 /// Creates the service's own table with two candidates, ids 1 and 2.
-pub(crate) async fn create_candidates(pool: &SqlitePool, names: [&str; 2]) -> sqlx::Result<()> {
+async fn create_candidates(pool: &SqlitePool, names: [&str; 2]) -> sqlx::Result<()> {
     sqlx::query("CREATE TABLE candidates (id INTEGER PRIMARY KEY, name TEXT NOT NULL, status TEXT NOT NULL)")
         .execute(pool)
         .await?;

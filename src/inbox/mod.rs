@@ -220,10 +220,7 @@ pub(crate) struct InboxNames {
 #[cfg(any(feature = "postgres", feature = "sqlite"))]
 impl InboxNames {
     pub(crate) fn new(schema: Option<&str>, prefix: &str) -> Result<Self> {
-        if let Some(s) = schema {
-            crate::store::validate_identifier("schema", s, false)?;
-        }
-        crate::store::validate_identifier("table prefix", prefix, true)?;
+        let q = crate::store::qualifier(schema, prefix)?;
         if prefix.len() + LONGEST_NAME.len() > MAX_IDENT_LEN {
             return Err(Error::InvalidIdentifier {
                 what: "table prefix",
@@ -231,10 +228,6 @@ impl InboxNames {
                 reason: "is too long for a PostgreSQL identifier",
             });
         }
-        let q = |t: &str| match schema {
-            Some(s) => format!("\"{s}\".\"{prefix}{t}\""),
-            None => format!("\"{prefix}{t}\""),
-        };
         Ok(Self {
             schema: schema.map(str::to_owned),
             prefix: prefix.to_owned(),

@@ -83,6 +83,20 @@ pub(crate) fn validate_identifier(
     Ok(())
 }
 
+/// Validates a schema (if any) and table prefix, and returns what makes a
+/// table's quoted, qualified name from its suffix.
+pub(crate) fn qualifier(schema: Option<&str>, prefix: &str) -> Result<impl Fn(&str) -> String> {
+    if let Some(s) = schema {
+        validate_identifier("schema", s, false)?;
+    }
+    validate_identifier("table prefix", prefix, true)?;
+    let (schema, prefix) = (schema.map(str::to_owned), prefix.to_owned());
+    Ok(move |table: &str| match &schema {
+        Some(s) => format!("\"{s}\".\"{prefix}{table}\""),
+        None => format!("\"{prefix}{table}\""),
+    })
+}
+
 /// The largest payload limit a builder accepts: PostgreSQL's `bytea`
 /// holds at most 1 GB.
 pub(crate) const MAX_PAYLOAD_LIMIT: usize = 1 << 30;
@@ -196,14 +210,7 @@ pub(crate) struct TableNames {
 
 impl TableNames {
     pub(crate) fn new(schema: Option<&str>, prefix: &str) -> Result<Self> {
-        if let Some(s) = schema {
-            validate_identifier("schema", s, false)?;
-        }
-        validate_identifier("table prefix", prefix, true)?;
-        let q = |t: &str| match schema {
-            Some(s) => format!("\"{s}\".\"{prefix}{t}\""),
-            None => format!("\"{prefix}{t}\""),
-        };
+        let q = qualifier(schema, prefix)?;
         Ok(Self {
             schema: schema.map(str::to_owned),
             prefix: prefix.to_owned(),
