@@ -13,9 +13,11 @@
 use std::time::Duration;
 
 use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use outbox::export::{ChangePage, Cursor};
 use outbox::{
     BatchEnqueued, BlockedKey, DeadLetter, DeadLetterFilter, Enqueued, Event, MessageId,
-    NewMessage, OutboxMessage, Publisher, RelayBuilder, ReplayReport,
+    NewMessage, OutboxMessage, Publisher, Receipt, RelayBuilder, ReplayReport,
 };
 use sqlx::Transaction;
 use uuid::Uuid;
@@ -78,8 +80,19 @@ pub trait Backend: Send + Sync + Sized + 'static {
     type Db: sqlx::Database;
     type Outbox: TestOutbox<Db = Self::Db>;
 
-    /// A new database with `pool`, dropped by [`Backend::close`].
-    async fn create(pool: Pool) -> Self;
+    /// A new, empty database with `pool`, dropped by [`Backend::close`].
+    async fn create_bare(pool: Pool) -> Self;
+
+    /// A new database with `pool`, the default outbox migrated and the
+    /// scenarios' business table `candidates` created; dropped by
+    /// [`Backend::close`].
+    async fn create(pool: Pool) -> Self {
+        let db = Self::create_bare(pool).await;
+        db.outbox().migrate().await.expect("migrate");
+        db.execute("CREATE TABLE candidates (id BIGINT PRIMARY KEY, status TEXT NOT NULL)")
+            .await;
+        db
+    }
 
     /// A new database with the usual pool.
     async fn fresh() -> Self {
@@ -264,6 +277,81 @@ pub trait TestOutbox: Clone + Send + Sync + 'static {
         topic: &str,
         change: &outbox::change::Change,
     ) -> outbox::Result<Enqueued>;
+    async fn snapshot_cursor(
+        &self,
+        tx: &mut Transaction<'static, Self::Db>,
+    ) -> outbox::Result<Cursor>;
+    async fn changes_since(&self, consumer: &str, limit: i64) -> outbox::Result<ChangePage>;
+    async fn changes_after(&self, cursor: &Cursor, limit: i64) -> outbox::Result<ChangePage>;
+    async fn cursor(&self, consumer: &str) -> outbox::Result<Option<Cursor>>;
+    async fn commit_cursor(&self, consumer: &str, cursor: &Cursor) -> outbox::Result<()>;
+}
+
+/// The inbox of one backend, as the scenarios use it.
+#[async_trait]
+pub trait TestInbox: std::fmt::Debug + Send + Sync + 'static {
+    type Db: sqlx::Database;
+
+    async fn migrate(&self) -> outbox::Result<()>;
+    async fn receive(
+        &self,
+        tx: &mut Transaction<'static, Self::Db>,
+        consumer: &str,
+        message: &OutboxMessage,
+    ) -> outbox::Result<Receipt>;
+    async fn receive_id(
+        &self,
+        tx: &mut Transaction<'static, Self::Db>,
+        consumer: &str,
+        id: MessageId,
+    ) -> outbox::Result<Receipt>;
+    async fn last_sequence(&self, consumer: &str, key: &str) -> outbox::Result<Option<i64>>;
+    async fn purge_before(&self, before: DateTime<Utc>, batch: i64) -> outbox::Result<u64>;
+}
+
+/// Implements [`TestInbox`] for an inbox type by calling its inherent
+/// methods of the same names.
+macro_rules! test_inbox {
+    ($inbox:ty, $db:ty) => {
+        #[::async_trait::async_trait]
+        impl crate::backend::TestInbox for $inbox {
+            type Db = $db;
+
+            async fn migrate(&self) -> ::outbox::Result<()> {
+                <$inbox>::migrate(self).await
+            }
+            async fn receive(
+                &self,
+                tx: &mut ::sqlx::Transaction<'static, $db>,
+                consumer: &str,
+                message: &::outbox::OutboxMessage,
+            ) -> ::outbox::Result<::outbox::Receipt> {
+                <$inbox>::receive(self, &mut **tx, consumer, message).await
+            }
+            async fn receive_id(
+                &self,
+                tx: &mut ::sqlx::Transaction<'static, $db>,
+                consumer: &str,
+                id: ::outbox::MessageId,
+            ) -> ::outbox::Result<::outbox::Receipt> {
+                <$inbox>::receive_id(self, &mut **tx, consumer, id).await
+            }
+            async fn last_sequence(
+                &self,
+                consumer: &str,
+                key: &str,
+            ) -> ::outbox::Result<Option<i64>> {
+                <$inbox>::last_sequence(self, consumer, key).await
+            }
+            async fn purge_before(
+                &self,
+                before: ::chrono::DateTime<::chrono::Utc>,
+                batch: i64,
+            ) -> ::outbox::Result<u64> {
+                <$inbox>::purge_before(self, before, batch).await
+            }
+        }
+    };
 }
 
 /// Implements [`TestOutbox`] for an outbox type by calling its inherent
@@ -388,6 +476,39 @@ macro_rules! test_outbox {
                 change: &::outbox::change::Change,
             ) -> ::outbox::Result<::outbox::Enqueued> {
                 <$outbox>::record_change(self, &mut **tx, topic, change).await
+            }
+            async fn snapshot_cursor(
+                &self,
+                tx: &mut ::sqlx::Transaction<'static, $db>,
+            ) -> ::outbox::Result<::outbox::export::Cursor> {
+                <$outbox>::snapshot_cursor(self, &mut **tx).await
+            }
+            async fn changes_since(
+                &self,
+                consumer: &str,
+                limit: i64,
+            ) -> ::outbox::Result<::outbox::export::ChangePage> {
+                <$outbox>::changes_since(self, consumer, limit).await
+            }
+            async fn changes_after(
+                &self,
+                cursor: &::outbox::export::Cursor,
+                limit: i64,
+            ) -> ::outbox::Result<::outbox::export::ChangePage> {
+                <$outbox>::changes_after(self, cursor, limit).await
+            }
+            async fn cursor(
+                &self,
+                consumer: &str,
+            ) -> ::outbox::Result<Option<::outbox::export::Cursor>> {
+                <$outbox>::cursor(self, consumer).await
+            }
+            async fn commit_cursor(
+                &self,
+                consumer: &str,
+                cursor: &::outbox::export::Cursor,
+            ) -> ::outbox::Result<()> {
+                <$outbox>::commit_cursor(self, consumer, cursor).await
             }
         }
     };

@@ -169,7 +169,7 @@ async fn pull_until_drained<B: ExportBackend>(
 /// A database for concurrent writers and consumers: a migrated outbox and
 /// the `source` table the writers change.
 async fn source_db<B: ExportBackend>() -> Arc<B> {
-    let db = B::fresh(CONNECTIONS).await;
+    let db = B::bare(CONNECTIONS).await;
     db.migrate_outbox().await.unwrap();
     db.create_entity_table("source").await;
     Arc::new(db)
@@ -187,7 +187,7 @@ fn keys_of(page: &ChangePage) -> Vec<String> {
 /// sometimes crashes before committing its cursor ends with the source,
 /// and pages merged changes of one entity.
 async fn pages_coalesce_and_resume_from_the_cursor<B: ExportBackend>() {
-    let db = B::fresh(2).await;
+    let db = B::bare(2).await;
     db.migrate_outbox().await.unwrap();
     let mut truth: HashMap<String, Value> = HashMap::new();
     let mut rng = fastrand::Rng::with_seed(3);
@@ -368,7 +368,7 @@ async fn a_new_consumer_starts_from_a_snapshot_without_missing_or_repeating<B: E
 /// first; a reader that moves past T2's position must still get T1's
 /// change once it commits.
 async fn a_late_commit_is_exported_later_not_skipped<B: ExportBackend>() {
-    let db = B::fresh(4).await;
+    let db = B::bare(4).await;
     db.migrate_outbox().await.unwrap();
     let mut t1 = db.begin().await;
     db.log_change(
@@ -404,7 +404,7 @@ async fn a_late_commit_is_exported_later_not_skipped<B: ExportBackend>() {
 }
 
 async fn bad_cursors_are_typed_errors<B: ExportBackend>() {
-    let db = B::fresh(4).await;
+    let db = B::bare(4).await;
     db.migrate_outbox().await.unwrap();
     assert!(matches!(
         "pg1|1:2:;DROP TABLE x|1:2:|0".parse::<Cursor>(),
@@ -431,7 +431,7 @@ async fn a_replica_fed_by_the_relay_through_an_inbox_equals_the_source<
 >() {
     let db = source_db::<B>().await;
     // The consumer's own database: its replica and its inbox.
-    let consumer_db = Arc::new(B::fresh(4).await);
+    let consumer_db = Arc::new(B::bare(4).await);
     consumer_db.migrate_inbox().await.unwrap();
     consumer_db.create_entity_table("replica").await;
 

@@ -10,6 +10,7 @@ use outbox::{
 };
 use tokio::sync::Barrier;
 
+use crate::backend::TestInbox;
 use crate::consumer_backend::{consumer_scenarios, finish_shared, ConsumerBackend, InboxBackend};
 use crate::support::wait_for;
 
@@ -92,7 +93,7 @@ impl<'a, B: ConsumerBackend> Producer<'a, B> {
 /// table. Producers share it (the outbox's default names do not clash with
 /// the inbox's) unless a scenario gives them a database of their own.
 async fn setup<B: InboxBackend>() -> Arc<B> {
-    let db = B::fresh(CONNECTIONS).await;
+    let db = B::bare(CONNECTIONS).await;
     db.migrate_inbox().await.expect("migrate the inbox");
     db.create_effects_table().await;
     Arc::new(db)
@@ -489,7 +490,7 @@ fn assert_invalid_identifier<T: std::fmt::Debug>(
 }
 
 async fn bad_prefix_is_rejected_and_custom_prefix_is_used<B: InboxBackend>() {
-    let db = B::fresh(CONNECTIONS).await;
+    let db = B::bare(CONNECTIONS).await;
     for bad in [
         "Svc_",
         "Outbox_",
@@ -505,14 +506,14 @@ async fn bad_prefix_is_rejected_and_custom_prefix_is_used<B: InboxBackend>() {
     // truncation; several inboxes live side by side.
     for good in ["", "svc_", &"p".repeat(45)] {
         let inbox = db.build_inbox(None, good).unwrap();
-        B::migrate_built_inbox(&inbox).await.unwrap();
+        inbox.migrate().await.unwrap();
         assert_eq!(db.inbox_relations(None, good).await, 4, "prefix {good:?}");
     }
     db.finish().await;
 }
 
 async fn bad_schema_is_rejected_and_custom_schema_is_used<B: InboxBackend>() {
-    let db = B::fresh(CONNECTIONS).await;
+    let db = B::bare(CONNECTIONS).await;
     for bad in [
         "Outbox",
         "",
@@ -529,7 +530,7 @@ async fn bad_schema_is_rejected_and_custom_schema_is_used<B: InboxBackend>() {
     let long = "p".repeat(45);
     for (schema, prefix) in [("consumer", "svc_"), ("consumer", long.as_str())] {
         let inbox = db.build_inbox(Some(schema), prefix).unwrap();
-        B::migrate_built_inbox(&inbox).await.unwrap();
+        inbox.migrate().await.unwrap();
         assert_eq!(
             db.inbox_relations(Some(schema), prefix).await,
             4,
@@ -540,7 +541,7 @@ async fn bad_schema_is_rejected_and_custom_schema_is_used<B: InboxBackend>() {
 }
 
 async fn migrate_is_idempotent_and_concurrent_and_rejects_newer_schemas<B: InboxBackend>() {
-    let db = Arc::new(B::fresh(CONNECTIONS).await);
+    let db = Arc::new(B::bare(CONNECTIONS).await);
     // Eight inbox migrations (spawned: the future is `Send`) and the
     // outbox's, all at once, into the same new database; the default names
     // do not clash.
@@ -576,7 +577,7 @@ async fn migrate_is_idempotent_and_concurrent_and_rejects_newer_schemas<B: Inbox
 /// The consumer has its own database; the broker delivers each message
 /// twice, then everything again in reverse order.
 async fn consumer_loop_in_its_own_database_applies_each_message_once<B: InboxBackend>() {
-    let producer_db = B::fresh(CONNECTIONS).await;
+    let producer_db = B::bare(CONNECTIONS).await;
     let db = setup::<B>().await;
     let producer = Producer::start(&producer_db).await;
     let mut deliveries = producer.publisher.channel();

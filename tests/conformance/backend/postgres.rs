@@ -1,18 +1,23 @@
 //! The PostgreSQL backend of the suite.
 
+use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use outbox::{MessageId, PgOutbox};
+use outbox::export::Cursor;
+use outbox::{MessageId, OutboxMessage, PgInbox, PgOutbox, Receipt, Result};
+use serde_json::Value;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::Row;
 use uuid::Uuid;
 
 use super::{Backend, Delivery, Pool, Tx};
+use crate::consumer_backend::{parse_doc, ConsumerBackend, ExportBackend, InboxBackend};
 use crate::support::pg::TestDb;
 
 test_outbox!(PgOutbox, sqlx::Postgres);
+test_inbox!(PgInbox, sqlx::Postgres);
 
 /// How the outbox reaches the test database: directly, or through
 /// PgBouncer (started by `.ci/run` from `.ci/pgbouncer/`).
@@ -124,7 +129,7 @@ impl<R: Route> Backend for PostgresVia<R> {
             .unwrap();
     }
 
-    async fn create(pool: Pool) -> Self {
+    async fn create_bare(pool: Pool) -> Self {
         let options = match pool {
             Pool::Default => PgPoolOptions::new().max_connections(20),
             Pool::Connections(n) => PgPoolOptions::new().max_connections(n),
@@ -141,17 +146,6 @@ impl<R: Route> Backend for PostgresVia<R> {
             Some(_) => Self::app_pool(options, &db.options()).await,
             None => db.pool.clone(),
         };
-        PgOutbox::builder(app.clone())
-            .transaction_pooling(R::TRANSACTION_POOLING)
-            .build()
-            .unwrap()
-            .migrate()
-            .await
-            .expect("migrate");
-        sqlx::query("CREATE TABLE candidates (id bigint PRIMARY KEY, status text NOT NULL)")
-            .execute(&db.pool)
-            .await
-            .unwrap();
         PostgresVia {
             pool: db.pool.clone(),
             app,
@@ -361,5 +355,178 @@ impl<R: Route> Backend for PostgresVia<R> {
                 relay: r.get(4),
             })
             .collect()
+    }
+}
+
+#[async_trait]
+impl<R: Route> ConsumerBackend for PostgresVia<R> {
+    async fn select_one(tx: &mut Tx<Self>) -> i32 {
+        sqlx::query_scalar("SELECT 1")
+            .persistent(false)
+            .fetch_one(&mut **tx)
+            .await
+            .expect("SELECT 1")
+    }
+}
+
+#[async_trait]
+impl<R: Route> InboxBackend for PostgresVia<R> {
+    type Inbox = PgInbox;
+
+    fn inbox(&self) -> PgInbox {
+        PgInbox::builder(self.app.clone())
+            .transaction_pooling(R::TRANSACTION_POOLING)
+            .build()
+            .expect("default names")
+    }
+
+    fn inbox_table(table: &str) -> String {
+        format!("outbox.{table}")
+    }
+
+    async fn receive_id_autocommit(&self, consumer: &str, id: MessageId) -> Result<Receipt> {
+        if R::TRANSACTION_POOLING {
+            // Behind transaction pooling every statement runs in a
+            // transaction (see the README): one of its own here.
+            let mut tx = self.app.begin().await?;
+            let receipt = self.inbox().receive_id(&mut *tx, consumer, id).await?;
+            tx.commit().await?;
+            return Ok(receipt);
+        }
+        self.inbox().receive_id(&self.app, consumer, id).await
+    }
+
+    async fn record_inbox_version(&self, version: i64) {
+        sqlx::query("INSERT INTO outbox.inbox_migrations (version) VALUES ($1)")
+            .bind(version)
+            .execute(&self.pool)
+            .await
+            .expect("record an inbox version");
+    }
+
+    fn build_inbox(&self, schema: Option<&str>, prefix: &str) -> Result<PgInbox> {
+        let builder = PgInbox::builder(self.app.clone())
+            .transaction_pooling(R::TRANSACTION_POOLING)
+            .table_prefix(prefix);
+        match schema {
+            Some(schema) => builder.schema(schema).build(),
+            None => builder.build(),
+        }
+    }
+
+    async fn inbox_relations(&self, schema: Option<&str>, prefix: &str) -> i64 {
+        let schema = schema.unwrap_or("outbox");
+        self.count(&format!(
+            "SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+             WHERE n.nspname = '{schema}' AND c.relname IN ('{prefix}inbox_messages', \
+             '{prefix}inbox_keys', '{prefix}inbox_migrations', '{prefix}inbox_received_idx')"
+        ))
+        .await
+    }
+
+    async fn create_effects_table(&self) {
+        sqlx::query("CREATE TABLE effects (message_id uuid NOT NULL, consumer text NOT NULL)")
+            .execute(&self.pool)
+            .await
+            .expect("create the effects table");
+    }
+
+    async fn record_effect(tx: &mut Tx<Self>, message: &OutboxMessage, consumer: &str) {
+        sqlx::query("INSERT INTO effects VALUES ($1, $2)")
+            .persistent(false)
+            .bind(message.id().as_uuid())
+            .bind(consumer)
+            .execute(&mut **tx)
+            .await
+            .expect("record an effect");
+    }
+}
+
+#[async_trait]
+impl<R: Route> ExportBackend for PostgresVia<R> {
+    async fn begin_snapshot(&self) -> Tx<Self> {
+        let mut tx = self.begin().await;
+        sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+            .persistent(false)
+            .execute(&mut *tx)
+            .await
+            .expect("REPEATABLE READ");
+        tx
+    }
+
+    fn foreign_cursor() -> Cursor {
+        "sq1|5".parse().expect("a SQLite cursor")
+    }
+
+    async fn create_entity_table(&self, table: &str) {
+        sqlx::query(&format!(
+            "CREATE TABLE {table} (key text PRIMARY KEY, doc jsonb NOT NULL)"
+        ))
+        .execute(&self.pool)
+        .await
+        .expect("create an entity table");
+    }
+
+    async fn begin_write(&self) -> Tx<Self> {
+        // Row locks (`FOR UPDATE`) order the writers of one entity.
+        self.begin().await
+    }
+
+    async fn entity_for_update(tx: &mut Tx<Self>, table: &str, key: &str) -> Option<Value> {
+        let doc: Option<String> = sqlx::query_scalar(&format!(
+            "SELECT doc::text FROM {table} WHERE key = $1 FOR UPDATE"
+        ))
+        .persistent(false)
+        .bind(key)
+        .fetch_optional(&mut **tx)
+        .await
+        .expect("read an entity");
+        doc.as_deref().map(parse_doc)
+    }
+
+    async fn insert_entity(tx: &mut Tx<Self>, table: &str, key: &str, doc: &Value) -> bool {
+        sqlx::query(&format!(
+            "INSERT INTO {table} (key, doc) VALUES ($1, $2::jsonb) ON CONFLICT DO NOTHING"
+        ))
+        .persistent(false)
+        .bind(key)
+        .bind(doc.to_string())
+        .execute(&mut **tx)
+        .await
+        .expect("insert an entity")
+        .rows_affected()
+            == 1
+    }
+
+    async fn put_entity(tx: &mut Tx<Self>, table: &str, key: &str, doc: &Value) {
+        sqlx::query(&format!(
+            "INSERT INTO {table} (key, doc) VALUES ($1, $2::jsonb) \
+             ON CONFLICT (key) DO UPDATE SET doc = excluded.doc"
+        ))
+        .persistent(false)
+        .bind(key)
+        .bind(doc.to_string())
+        .execute(&mut **tx)
+        .await
+        .expect("put an entity");
+    }
+
+    async fn delete_entity(tx: &mut Tx<Self>, table: &str, key: &str) {
+        sqlx::query(&format!("DELETE FROM {table} WHERE key = $1"))
+            .persistent(false)
+            .bind(key)
+            .execute(&mut **tx)
+            .await
+            .expect("delete an entity");
+    }
+
+    async fn entities(tx: &mut Tx<Self>, table: &str) -> HashMap<String, Value> {
+        let rows: Vec<(String, String)> =
+            sqlx::query_as(&format!("SELECT key, doc::text FROM {table}"))
+                .persistent(false)
+                .fetch_all(&mut **tx)
+                .await
+                .expect("read the entities");
+        rows.into_iter().map(|(k, d)| (k, parse_doc(&d))).collect()
     }
 }

@@ -1,18 +1,23 @@
 //! The SQLite backend of the suite.
 
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use outbox::{MessageId, SqliteOutbox};
+use outbox::export::Cursor;
+use outbox::{MessageId, OutboxMessage, Receipt, Result, SqliteInbox, SqliteOutbox};
+use serde_json::Value;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions};
 use sqlx::Row;
 use uuid::Uuid;
 
 use super::{Backend, Delivery, Pool, Tx};
+use crate::consumer_backend::{parse_doc, ConsumerBackend, ExportBackend, InboxBackend};
 use crate::support::sqlite::TempDb;
 
 test_outbox!(SqliteOutbox, sqlx::Sqlite);
+test_inbox!(SqliteInbox, sqlx::Sqlite);
 
 /// SQLite: a database file per test in the temporary directory, in WAL
 /// mode with a busy timeout, as the crate asks of its users.
@@ -69,7 +74,7 @@ impl Backend for Sqlite {
             .unwrap();
     }
 
-    async fn create(pool: Pool) -> Self {
+    async fn create_bare(pool: Pool) -> Self {
         let path = std::env::temp_dir().join(format!("outbox-conformance-{}.db", Uuid::now_v7()));
         let options = match pool {
             Pool::Default => SqlitePoolOptions::new().max_connections(8),
@@ -91,14 +96,6 @@ impl Backend for Sqlite {
             pool: pool.clone(),
             path: path.clone(),
         };
-        SqliteOutbox::new(pool.clone())
-            .migrate()
-            .await
-            .expect("migrate");
-        sqlx::query("CREATE TABLE candidates (id INTEGER PRIMARY KEY, status TEXT NOT NULL)")
-            .execute(&pool)
-            .await
-            .unwrap();
         Sqlite {
             pool,
             path,
@@ -292,5 +289,156 @@ impl Backend for Sqlite {
                 relay: r.get(4),
             })
             .collect()
+    }
+}
+
+#[async_trait]
+impl ConsumerBackend for Sqlite {
+    async fn select_one(tx: &mut Tx<Self>) -> i32 {
+        sqlx::query_scalar("SELECT 1")
+            .fetch_one(&mut **tx)
+            .await
+            .expect("SELECT 1")
+    }
+}
+
+#[async_trait]
+impl InboxBackend for Sqlite {
+    type Inbox = SqliteInbox;
+
+    fn inbox(&self) -> SqliteInbox {
+        SqliteInbox::new(self.pool.clone())
+    }
+
+    fn inbox_table(table: &str) -> String {
+        format!("outbox_{table}")
+    }
+
+    async fn receive_id_autocommit(&self, consumer: &str, id: MessageId) -> Result<Receipt> {
+        self.inbox().receive_id(&self.pool, consumer, id).await
+    }
+
+    async fn record_inbox_version(&self, version: i64) {
+        sqlx::query("INSERT INTO outbox_inbox_migrations (version, applied_at) VALUES (?, 0)")
+            .bind(version)
+            .execute(&self.pool)
+            .await
+            .expect("record an inbox version");
+    }
+
+    fn build_inbox(&self, schema: Option<&str>, prefix: &str) -> Result<SqliteInbox> {
+        assert!(schema.is_none(), "SQLite has no schemas");
+        SqliteInbox::builder(self.pool.clone())
+            .table_prefix(prefix)
+            .build()
+    }
+
+    async fn inbox_relations(&self, schema: Option<&str>, prefix: &str) -> i64 {
+        assert!(schema.is_none(), "SQLite has no schemas");
+        self.count(&format!(
+            "SELECT count(*) FROM sqlite_master WHERE type IN ('table', 'index') AND name IN \
+             ('{prefix}inbox_messages', '{prefix}inbox_keys', '{prefix}inbox_migrations', \
+             '{prefix}inbox_received_idx')"
+        ))
+        .await
+    }
+
+    async fn create_effects_table(&self) {
+        sqlx::query("CREATE TABLE effects (message_id TEXT NOT NULL, consumer TEXT NOT NULL)")
+            .execute(&self.pool)
+            .await
+            .expect("create the effects table");
+    }
+
+    async fn record_effect(tx: &mut Tx<Self>, message: &OutboxMessage, consumer: &str) {
+        sqlx::query("INSERT INTO effects VALUES (?, ?)")
+            .bind(message.id().to_string())
+            .bind(consumer)
+            .execute(&mut **tx)
+            .await
+            .expect("record an effect");
+    }
+}
+
+#[async_trait]
+impl ExportBackend for Sqlite {
+    async fn begin_snapshot(&self) -> Tx<Self> {
+        // In WAL mode a transaction reads one snapshot from its first read
+        // to its end.
+        self.begin().await
+    }
+
+    fn foreign_cursor() -> Cursor {
+        "pg1|||0".parse().expect("a PostgreSQL cursor")
+    }
+
+    async fn create_entity_table(&self, table: &str) {
+        sqlx::query(&format!(
+            "CREATE TABLE {table} (key TEXT PRIMARY KEY, doc TEXT NOT NULL)"
+        ))
+        .execute(&self.pool)
+        .await
+        .expect("create an entity table");
+    }
+
+    async fn begin_write(&self) -> Tx<Self> {
+        // Takes the write lock up front: a transaction that read first
+        // could not upgrade once another writer committed after its read.
+        self.pool
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .expect("BEGIN IMMEDIATE")
+    }
+
+    async fn entity_for_update(tx: &mut Tx<Self>, table: &str, key: &str) -> Option<Value> {
+        // The transaction holds the database's write lock already.
+        let doc: Option<String> =
+            sqlx::query_scalar(&format!("SELECT doc FROM {table} WHERE key = ?"))
+                .bind(key)
+                .fetch_optional(&mut **tx)
+                .await
+                .expect("read an entity");
+        doc.as_deref().map(parse_doc)
+    }
+
+    async fn insert_entity(tx: &mut Tx<Self>, table: &str, key: &str, doc: &Value) -> bool {
+        sqlx::query(&format!(
+            "INSERT INTO {table} (key, doc) VALUES (?, ?) ON CONFLICT DO NOTHING"
+        ))
+        .bind(key)
+        .bind(doc.to_string())
+        .execute(&mut **tx)
+        .await
+        .expect("insert an entity")
+        .rows_affected()
+            == 1
+    }
+
+    async fn put_entity(tx: &mut Tx<Self>, table: &str, key: &str, doc: &Value) {
+        sqlx::query(&format!(
+            "INSERT INTO {table} (key, doc) VALUES (?, ?) \
+             ON CONFLICT (key) DO UPDATE SET doc = excluded.doc"
+        ))
+        .bind(key)
+        .bind(doc.to_string())
+        .execute(&mut **tx)
+        .await
+        .expect("put an entity");
+    }
+
+    async fn delete_entity(tx: &mut Tx<Self>, table: &str, key: &str) {
+        sqlx::query(&format!("DELETE FROM {table} WHERE key = ?"))
+            .bind(key)
+            .execute(&mut **tx)
+            .await
+            .expect("delete an entity");
+    }
+
+    async fn entities(tx: &mut Tx<Self>, table: &str) -> HashMap<String, Value> {
+        let rows: Vec<(String, String)> = sqlx::query_as(&format!("SELECT key, doc FROM {table}"))
+            .fetch_all(&mut **tx)
+            .await
+            .expect("read the entities");
+        rows.into_iter().map(|(k, d)| (k, parse_doc(&d))).collect()
     }
 }
