@@ -11,6 +11,8 @@ pub(crate) mod dead_letters;
 pub(crate) mod memory;
 #[cfg(feature = "postgres")]
 pub(crate) mod postgres;
+#[cfg(test)]
+pub(crate) mod shorthand;
 #[cfg(feature = "sqlite")]
 pub(crate) mod sqlite;
 #[cfg(any(feature = "postgres", feature = "sqlite"))]
@@ -317,6 +319,22 @@ pub struct Ack {
     /// The per-key sequence number it was published with, if numbered.
     pub(crate) key_sequence: Option<i64>,
     pub(crate) disposition: Disposition,
+}
+
+#[cfg(test)]
+impl Ack {
+    /// The acknowledgement of `c` with `disposition`, as the relay writes it.
+    pub(crate) fn of(c: &Claimed, disposition: Disposition) -> Ack {
+        Ack {
+            seq: c.message.seq,
+            bucket: c.bucket,
+            partition_key: c.message.partition_key.clone(),
+            attempts: c.message.attempt,
+            retried: c.message.attempt > 1,
+            key_sequence: c.message.key_sequence,
+            disposition,
+        }
+    }
 }
 
 /// What an acknowledgement did.

@@ -1,6 +1,7 @@
 //! The memory store keeps the contract of the real backends.
 
 use super::*;
+use crate::store::shorthand::Shorthand;
 use crate::store::Disposition;
 
 fn message(key: Option<&str>) -> NewMessage {
@@ -21,16 +22,19 @@ fn claim_all<'a>(store: &MemoryStore, exclude: &'a [i64]) -> Claim<'a> {
     }
 }
 
+/// The positions of every message due at `now`, in claim order.
+async fn due_at(store: &MemoryStore, now: DateTime<Utc>) -> Vec<Claimed> {
+    store
+        .claim(Claim {
+            now,
+            ..claim_all(store, &[])
+        })
+        .await
+        .unwrap()
+}
+
 fn ack(c: &Claimed, disposition: Disposition) -> Ack {
-    Ack {
-        seq: c.message.seq,
-        bucket: c.bucket,
-        partition_key: c.message.partition_key.clone(),
-        attempts: c.message.attempt,
-        retried: c.message.attempt > 1,
-        key_sequence: c.message.key_sequence,
-        disposition,
-    }
+    Ack::of(c, disposition)
 }
 
 #[tokio::test(start_paused = true)]
@@ -153,25 +157,8 @@ async fn blocks_retries_dead_letters_exclusion_and_retention() {
     store.ack(batch).await.unwrap();
     // a1 is not due and blocks a2; b is free.
     let seqs = |got: Vec<Claimed>| got.iter().map(|c| c.message.seq).collect::<Vec<_>>();
-    assert_eq!(
-        seqs(
-            store
-                .claim(Claim {
-                    now,
-                    ..claim_all(&store, &[])
-                })
-                .await
-                .unwrap()
-        ),
-        vec![b1]
-    );
-    let retried = store
-        .claim(Claim {
-            now: later,
-            ..claim_all(&store, &[])
-        })
-        .await
-        .unwrap();
+    assert_eq!(seqs(due_at(&store, now).await), vec![b1]);
+    let retried = due_at(&store, later).await;
     assert_eq!(seqs(retried.clone()), vec![a1, b1]);
     assert_eq!(retried[0].message.attempt, 2);
     let acks = [ack(
@@ -181,44 +168,15 @@ async fn blocks_retries_dead_letters_exclusion_and_retention() {
             block_key: true,
         },
     )];
-    store
-        .ack(AckBatch {
-            acks: &acks,
-            ..batch
-        })
-        .await
-        .unwrap();
+    store.ack_at(relay, &leases, &acks, true, now).await;
     assert_eq!(store.dead_letters()[0].attempts, 2);
     assert_eq!(store.blocked().get("a"), Some(&a1));
-    assert_eq!(
-        seqs(
-            store
-                .claim(Claim {
-                    now: later,
-                    ..claim_all(&store, &[])
-                })
-                .await
-                .unwrap()
-        ),
-        vec![b1]
-    );
+    assert_eq!(seqs(due_at(&store, later).await), vec![b1]);
     assert_eq!(store.discard_dead_letters(), 1);
-    let got = store
-        .claim(Claim {
-            now: later,
-            ..claim_all(&store, &[])
-        })
-        .await
-        .unwrap();
+    let got = due_at(&store, later).await;
     assert_eq!(seqs(got.clone()), vec![a2, b1]);
     let acks: Vec<Ack> = got.iter().map(|c| ack(c, Disposition::Published)).collect();
-    store
-        .ack(AckBatch {
-            acks: &acks,
-            ..batch
-        })
-        .await
-        .unwrap();
+    store.ack_at(relay, &leases, &acks, true, now).await;
     assert_eq!(store.published().len(), 2);
     let purge = Purge {
         before: now + chrono::Duration::seconds(1),

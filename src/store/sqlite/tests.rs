@@ -9,10 +9,8 @@ use super::decode::micros;
 use super::SqliteOutbox;
 use crate::message::{MessageId, NewMessage};
 use crate::store::sealed::StoreOps;
-use crate::store::{
-    Ack, AckBatch, AckReport, Acquire, Claim, Claimed, Disposition, Heartbeat, Lease, Purge,
-    Release, Renew,
-};
+use crate::store::shorthand::Shorthand;
+use crate::store::{Ack, AckReport, Claimed, Disposition, Lease, Purge};
 
 async fn outbox() -> SqliteOutbox {
     // One connection that never closes: the in-memory database lives
@@ -38,15 +36,7 @@ async fn enqueue(outbox: &SqliteOutbox, key: Option<&str>) -> MessageId {
 }
 
 fn ack(c: &Claimed, disposition: Disposition) -> Ack {
-    Ack {
-        seq: c.message.seq,
-        bucket: c.bucket,
-        partition_key: c.message.partition_key.clone(),
-        attempts: c.message.attempt,
-        retried: c.message.attempt > 1,
-        key_sequence: None,
-        disposition,
-    }
+    Ack::of(c, disposition)
 }
 
 fn published(claimed: &[Claimed]) -> Vec<Ack> {
@@ -65,42 +55,11 @@ async fn one_bucket_with_fenced_leases() {
     o.check_schema().await.unwrap();
     assert_eq!(o.bucket_count().await.unwrap(), 1);
     assert!(o.listen().await.unwrap().is_none());
-    assert_eq!(
-        o.heartbeat(Heartbeat {
-            relay: r1,
-            ttl: TTL
-        })
-        .await
-        .unwrap(),
-        1
-    );
-    assert_eq!(
-        o.heartbeat(Heartbeat {
-            relay: r2,
-            ttl: TTL
-        })
-        .await
-        .unwrap(),
-        2
-    );
-    assert_eq!(
-        o.heartbeat(Heartbeat {
-            relay: r1,
-            ttl: TTL
-        })
-        .await
-        .unwrap(),
-        2
-    );
+    assert_eq!(o.beat(r1, TTL).await, 1);
+    assert_eq!(o.beat(r2, TTL).await, 2);
+    assert_eq!(o.beat(r1, TTL).await, 2);
 
-    let l1 = o
-        .acquire(Acquire {
-            relay: r1,
-            max: 1,
-            ttl: TTL,
-        })
-        .await
-        .unwrap();
+    let l1 = o.take(r1, 1, TTL).await;
     assert_eq!(
         l1,
         vec![Lease {
@@ -108,75 +67,18 @@ async fn one_bucket_with_fenced_leases() {
             epoch: 1
         }]
     );
-    assert!(o
-        .acquire(Acquire {
-            relay: r2,
-            max: 1,
-            ttl: TTL
-        })
-        .await
-        .unwrap()
-        .is_empty());
-    assert_eq!(
-        o.renew(Renew {
-            relay: r1,
-            leases: &l1,
-            ttl: TTL
-        })
-        .await
-        .unwrap(),
-        l1
-    );
+    assert!(o.take(r2, 1, TTL).await.is_empty());
+    assert_eq!(o.extend(r1, &l1, TTL).await, l1);
 
     enqueue(&o, Some("a")).await;
     enqueue(&o, None).await;
-    let claimed = o
-        .claim(Claim {
-            buckets: None,
-            bucket_count: 1,
-            now: Utc::now(),
-            limit: 10,
-            exclude: &[],
-        })
-        .await
-        .unwrap();
+    let claimed = o.claim_now(None, 10, &[]).await;
     assert_eq!(claimed.len(), 2);
     assert!(claimed.iter().all(|c| c.bucket == 0));
-    assert!(o
-        .claim(Claim {
-            buckets: Some(&[3]),
-            bucket_count: 1,
-            now: Utc::now(),
-            limit: 10,
-            exclude: &[]
-        })
-        .await
-        .unwrap()
-        .is_empty());
-    assert_eq!(
-        o.claim(Claim {
-            buckets: Some(&[0]),
-            bucket_count: 1,
-            now: Utc::now(),
-            limit: 10,
-            exclude: &[]
-        })
-        .await
-        .unwrap()
-        .len(),
-        2
-    );
+    assert!(o.claim_now(Some(&[3]), 10, &[]).await.is_empty());
+    assert_eq!(o.claim_now(Some(&[0]), 10, &[]).await.len(), 2);
     // Positions in flight are left out of a claim.
-    let rest = o
-        .claim(Claim {
-            buckets: None,
-            bucket_count: 1,
-            now: Utc::now(),
-            limit: 10,
-            exclude: &[claimed[0].message.seq],
-        })
-        .await
-        .unwrap();
+    let rest = o.claim_now(None, 10, &[claimed[0].message.seq]).await;
     assert_eq!(rest.len(), 1);
     assert_eq!(rest[0].message.seq, claimed[1].message.seq);
 
@@ -193,16 +95,7 @@ async fn one_bucket_with_fenced_leases() {
         ),
         (r1, vec![]),
     ] {
-        let rep = o
-            .ack(AckBatch {
-                relay,
-                leases: &leases,
-                acks: &acks,
-                retain: false,
-                now: Utc::now(),
-            })
-            .await
-            .unwrap();
+        let rep = o.ack_as(relay, &leases, &acks).await;
         assert_eq!(
             rep,
             AckReport {
@@ -215,35 +108,10 @@ async fn one_bucket_with_fenced_leases() {
     assert_eq!(o.pending_count().await.unwrap(), 2);
 
     // Hand-over: the epoch grows and the old holder is fenced.
-    o.release(Release {
-        relay: r2,
-        leases: &l1,
-    })
-    .await
-    .unwrap(); // not r2's: no effect
-    assert!(o
-        .acquire(Acquire {
-            relay: r2,
-            max: 1,
-            ttl: TTL
-        })
-        .await
-        .unwrap()
-        .is_empty());
-    o.release(Release {
-        relay: r1,
-        leases: &l1,
-    })
-    .await
-    .unwrap();
-    let l2 = o
-        .acquire(Acquire {
-            relay: r2,
-            max: 1,
-            ttl: TTL,
-        })
-        .await
-        .unwrap();
+    o.give_back(r2, &l1).await; // not r2's: no effect
+    assert!(o.take(r2, 1, TTL).await.is_empty());
+    o.give_back(r1, &l1).await;
+    let l2 = o.take(r2, 1, TTL).await;
     assert_eq!(
         l2,
         vec![Lease {
@@ -251,36 +119,10 @@ async fn one_bucket_with_fenced_leases() {
             epoch: 2
         }]
     );
-    assert!(o
-        .renew(Renew {
-            relay: r1,
-            leases: &l1,
-            ttl: TTL
-        })
-        .await
-        .unwrap()
-        .is_empty());
-    let rep = o
-        .ack(AckBatch {
-            relay: r1,
-            leases: &l1,
-            acks: &acks,
-            retain: false,
-            now: Utc::now(),
-        })
-        .await
-        .unwrap();
+    assert!(o.extend(r1, &l1, TTL).await.is_empty());
+    let rep = o.ack_as(r1, &l1, &acks).await;
     assert_eq!(rep.fenced, 2);
-    let rep = o
-        .ack(AckBatch {
-            relay: r2,
-            leases: &l2,
-            acks: &acks,
-            retain: false,
-            now: Utc::now(),
-        })
-        .await
-        .unwrap();
+    let rep = o.ack_as(r2, &l2, &acks).await;
     assert_eq!(
         rep,
         AckReport {
@@ -292,29 +134,10 @@ async fn one_bucket_with_fenced_leases() {
     assert_eq!(o.pending_count().await.unwrap(), 0);
 
     // An expired lease can be taken; a live one cannot.
-    let short = o
-        .acquire(Acquire {
-            relay: r1,
-            max: 1,
-            ttl: TTL,
-        })
-        .await
-        .unwrap();
+    let short = o.take(r1, 1, TTL).await;
     assert!(short.is_empty(), "r2's lease is live");
-    o.release(Release {
-        relay: r2,
-        leases: &l2,
-    })
-    .await
-    .unwrap();
-    let l3 = o
-        .acquire(Acquire {
-            relay: r1,
-            max: 1,
-            ttl: Duration::from_millis(1),
-        })
-        .await
-        .unwrap();
+    o.give_back(r2, &l2).await;
+    let l3 = o.take(r1, 1, Duration::from_millis(1)).await;
     assert_eq!(
         l3,
         vec![Lease {
@@ -323,14 +146,7 @@ async fn one_bucket_with_fenced_leases() {
         }]
     );
     tokio::time::sleep(Duration::from_millis(5)).await;
-    let l4 = o
-        .acquire(Acquire {
-            relay: r2,
-            max: 1,
-            ttl: TTL,
-        })
-        .await
-        .unwrap();
+    let l4 = o.take(r2, 1, TTL).await;
     assert_eq!(
         l4,
         vec![Lease {
@@ -338,54 +154,22 @@ async fn one_bucket_with_fenced_leases() {
             epoch: 4
         }]
     );
-    assert!(o
-        .renew(Renew {
-            relay: r1,
-            leases: &l3,
-            ttl: TTL
-        })
-        .await
-        .unwrap()
-        .is_empty());
+    assert!(o.extend(r1, &l3, TTL).await.is_empty());
 
     o.leave(r1).await.unwrap();
-    assert_eq!(
-        o.heartbeat(Heartbeat {
-            relay: r2,
-            ttl: TTL
-        })
-        .await
-        .unwrap(),
-        1
-    );
+    assert_eq!(o.beat(r2, TTL).await, 1);
 }
 
 #[tokio::test]
 async fn retries_block_and_unblock_keys() {
     let o = outbox().await;
     let r = Uuid::now_v7();
-    let leases = o
-        .acquire(Acquire {
-            relay: r,
-            max: 1,
-            ttl: TTL,
-        })
-        .await
-        .unwrap();
+    let leases = o.take(r, 1, TTL).await;
     let first = enqueue(&o, Some("k")).await;
     let second = enqueue(&o, Some("k")).await;
     let free = enqueue(&o, None).await;
     let now = Utc::now();
-    let claimed = o
-        .claim(Claim {
-            buckets: None,
-            bucket_count: 1,
-            now,
-            limit: 10,
-            exclude: &[],
-        })
-        .await
-        .unwrap();
+    let claimed = o.claim_at(now).await;
     assert_eq!(claimed.len(), 3);
 
     let later = now + chrono::Duration::hours(1);
@@ -397,16 +181,7 @@ async fn retries_block_and_unblock_keys() {
             block_key: true,
         },
     );
-    let rep = o
-        .ack(AckBatch {
-            relay: r,
-            leases: &leases,
-            acks: &[retry],
-            retain: false,
-            now,
-        })
-        .await
-        .unwrap();
+    let rep = o.ack_at(r, &leases, &[retry], false, now).await;
     assert_eq!(rep.applied, 1);
     let (attempts, at, err): (i32, i64, String) = sqlx::query_as(
         "SELECT attempts, available_at, last_error FROM outbox_messages ORDER BY seq LIMIT 1",
@@ -419,29 +194,8 @@ async fn retries_block_and_unblock_keys() {
 
     // Not due yet, and the key is blocked behind it.
     let ids = |c: Vec<Claimed>| c.into_iter().map(|c| c.message.id).collect::<Vec<_>>();
-    assert_eq!(
-        ids(o
-            .claim(Claim {
-                buckets: None,
-                bucket_count: 1,
-                now,
-                limit: 10,
-                exclude: &[]
-            })
-            .await
-            .unwrap()),
-        vec![free]
-    );
-    let due = o
-        .claim(Claim {
-            buckets: None,
-            bucket_count: 1,
-            now: later,
-            limit: 10,
-            exclude: &[],
-        })
-        .await
-        .unwrap();
+    assert_eq!(ids(o.claim_at(now).await), vec![free]);
+    let due = o.claim_at(later).await;
     assert_eq!(ids(due.clone()), vec![first, free]);
     assert_eq!(due[0].message.attempt, 2);
     let stats = o.stats().await.unwrap();
@@ -451,26 +205,10 @@ async fn retries_block_and_unblock_keys() {
 
     // Published after a retry: the key is unblocked.
     let rep = o
-        .ack(AckBatch {
-            relay: r,
-            leases: &leases,
-            acks: &published(&due[..1]),
-            retain: true,
-            now: later,
-        })
-        .await
-        .unwrap();
+        .ack_at(r, &leases, &published(&due[..1]), true, later)
+        .await;
     assert_eq!(rep.applied, 1);
-    let next = o
-        .claim(Claim {
-            buckets: None,
-            bucket_count: 1,
-            now: later,
-            limit: 10,
-            exclude: &[],
-        })
-        .await
-        .unwrap();
+    let next = o.claim_at(later).await;
     assert_eq!(ids(next.clone()), vec![second, free]);
     let kept = o.published(10).await.unwrap();
     assert_eq!(kept.len(), 1);
@@ -485,45 +223,16 @@ async fn retries_block_and_unblock_keys() {
             block_key: true,
         },
     );
-    o.ack(AckBatch {
-        relay: r,
-        leases: &leases,
-        acks: &[dead],
-        retain: false,
-        now: later,
-    })
-    .await
-    .unwrap();
+    o.ack_at(r, &leases, &[dead], false, later).await;
     let third = enqueue(&o, Some("k")).await;
-    assert_eq!(
-        ids(o
-            .claim(Claim {
-                buckets: None,
-                bucket_count: 1,
-                now: later,
-                limit: 10,
-                exclude: &[]
-            })
-            .await
-            .unwrap()),
-        vec![free]
-    );
+    assert_eq!(ids(o.claim_at(later).await), vec![free]);
     let dl = o.dead_letters(10).await.unwrap();
     assert_eq!(dl.len(), 1);
     assert_eq!((dl[0].id(), dl[0].attempts), (second, 1));
     assert_eq!(dl[0].last_error, "rejected");
     assert_eq!(o.stats().await.unwrap().dead_letters, 1);
     o.replay_dead_letter(second).await.unwrap();
-    let after = o
-        .claim(Claim {
-            buckets: None,
-            bucket_count: 1,
-            now: later,
-            limit: 10,
-            exclude: &[],
-        })
-        .await
-        .unwrap();
+    let after = o.claim_at(later).await;
     assert_eq!(ids(after.clone()), vec![second, free, third]);
     assert_eq!(after[0].message.attempt, 1);
 
