@@ -34,6 +34,8 @@
 //! cursor (`snapshot_cursor`), and continues from it: it sees exactly the
 //! changes its copy did not.
 
+#[cfg(any(feature = "postgres", feature = "sqlite"))]
+mod api;
 #[cfg(feature = "export-http")]
 pub mod http;
 #[cfg(feature = "postgres")]
@@ -367,7 +369,7 @@ fn parse_json(s: Option<String>) -> Result<Option<serde_json::Value>, Error> {
 }
 
 /// Page sizes and purge batches: zero or less would never make progress.
-fn at_least_one(field: &'static str, value: i64) -> Result<(), Error> {
+pub(crate) fn at_least_one(field: &'static str, value: i64) -> Result<(), Error> {
     if value < 1 {
         return Err(Error::InvalidConfig {
             field,

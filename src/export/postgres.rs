@@ -3,16 +3,16 @@
 use sqlx::postgres::PgConnection;
 use sqlx::{Executor, Postgres};
 
-use super::{
-    at_least_one, coalesce, decode_log, json_text, ChangePage, Cursor, CursorState, LogRow,
-};
+use super::api::export_api;
+use super::{coalesce, decode_log, json_text, ChangePage, Cursor, CursorState, LogRow};
 use crate::change::Change;
 use crate::error::{Error, Result};
-use crate::message::Enqueued;
 use crate::store::postgres::change_lock_class;
 use crate::PgOutbox;
 
 impl PgOutbox {
+    export_api!(Postgres, PgConnection);
+
     /// Records a change in the change log, with the caller's executor
     /// (normally `&mut *tx`, the transaction that made the change).
     ///
@@ -52,33 +52,6 @@ impl PgOutbox {
         Ok(())
     }
 
-    /// Records a change in the change log and enqueues it as a message to
-    /// `topic` (see [`Change::to_message`]), both in the caller's
-    /// transaction.
-    ///
-    /// Unlike [`log_change`](Self::log_change) it takes a connection, not
-    /// any executor: its two statements must run on the same connection
-    /// (a pool would run them on two, outside one transaction). Pass
-    /// `&mut *tx`.
-    ///
-    /// # Errors
-    ///
-    /// As [`enqueue`](Self::enqueue) and [`log_change`](Self::log_change): both are checked
-    /// before the first statement is sent; [`Error::Database`](crate::Error::Database) if the
-    /// database fails.
-    pub async fn record_change(
-        &self,
-        conn: &mut PgConnection,
-        topic: &str,
-        change: &Change,
-    ) -> Result<Enqueued> {
-        // Both writes are checked before the first is sent.
-        change.validate()?;
-        let enqueued = self.enqueue(&mut *conn, change.to_message(topic)?).await?;
-        self.log_change(&mut *conn, change).await?;
-        Ok(enqueued)
-    }
-
     /// The cursor that continues exactly after what the caller's
     /// transaction sees. Run the snapshot query and this call in one
     /// `REPEATABLE READ` transaction: the changes after the cursor are
@@ -116,13 +89,7 @@ impl PgOutbox {
         }))
     }
 
-    /// The cursor stored for `consumer`, if it ever committed one.
-    ///
-    /// # Errors
-    ///
-    /// [`Error::InvalidCursor`](crate::Error::InvalidCursor) if the stored cursor cannot be
-    /// read; [`Error::Database`](crate::Error::Database) if the database fails.
-    pub async fn cursor(&self, consumer: &str) -> Result<Option<Cursor>> {
+    async fn stored_cursor(&self, consumer: &str) -> Result<Option<String>> {
         let mut c = self.standalone().await?;
         let s: Option<String> = sqlx::query_scalar(
             &self
@@ -134,42 +101,27 @@ impl PgOutbox {
         .fetch_optional(c.conn())
         .await?;
         c.finish().await?;
-        s.map(|s| s.parse()).transpose()
+        Ok(s)
     }
 
-    /// Stores `consumer`'s cursor: call after applying a page. Writes in its
-    /// own statement.
-    ///
-    /// # Errors
-    ///
-    /// [`Error::CursorBackendMismatch`](crate::Error::CursorBackendMismatch) for a cursor of
-    /// another backend; [`Error::Database`](crate::Error::Database) if the database fails.
-    pub async fn commit_cursor(&self, consumer: &str, cursor: &Cursor) -> Result<()> {
+    async fn commit_cursor_alone(&self, consumer: &str, cursor: &Cursor) -> Result<()> {
         let mut c = self.standalone().await?;
-        self.commit_cursor_with(c.conn(), consumer, cursor).await?;
+        self.store_cursor(c.conn(), consumer, cursor).await?;
         c.finish().await
     }
 
-    /// Stores `consumer`'s cursor with the caller's executor: a consumer
-    /// whose replica lives in this database commits the cursor in the
-    /// transaction that applied the page, and never re-reads a page.
-    ///
-    /// # Errors
-    ///
-    /// [`Error::CursorBackendMismatch`](crate::Error::CursorBackendMismatch) for a cursor of
-    /// another backend; [`Error::Database`](crate::Error::Database) if the database fails.
-    pub async fn commit_cursor_with<'c, E>(
-        &self,
-        executor: E,
-        consumer: &str,
-        cursor: &Cursor,
-    ) -> Result<()>
+    /// Refuses a cursor of another backend.
+    fn check_cursor(&self, cursor: &Cursor) -> Result<()> {
+        match cursor.0 {
+            CursorState::Sqlite { .. } => Err(Error::CursorBackendMismatch(cursor.to_string())),
+            _ => Ok(()),
+        }
+    }
+
+    async fn store_cursor<'c, E>(&self, executor: E, consumer: &str, cursor: &Cursor) -> Result<()>
     where
         E: Executor<'c, Database = Postgres>,
     {
-        if matches!(cursor.0, CursorState::Sqlite { .. }) {
-            return Err(Error::CursorBackendMismatch(cursor.to_string()));
-        }
         sqlx::query(&self.names().render(
             "INSERT INTO {export_cursors} (consumer, cursor) VALUES ($1, $2) \
              ON CONFLICT (consumer) DO UPDATE SET cursor = excluded.cursor, updated_at = now()",
@@ -182,34 +134,9 @@ impl PgOutbox {
         Ok(())
     }
 
-    /// The next page after `consumer`'s stored cursor (the start of the log
-    /// for a new consumer), at most `limit` logged changes before
-    /// coalescing.
-    ///
-    /// # Errors
-    ///
-    /// [`Error::InvalidConfig`](crate::Error::InvalidConfig) for a `limit` below 1;
-    /// [`Error::InvalidCursor`](crate::Error::InvalidCursor) if the stored cursor cannot be
-    /// read; [`Error::Database`](crate::Error::Database) if the database fails.
-    pub async fn changes_since(&self, consumer: &str, limit: i64) -> Result<ChangePage> {
-        let cursor = self
-            .cursor(consumer)
-            .await?
-            .unwrap_or_else(Cursor::beginning);
-        self.changes_after(&cursor, limit).await
-    }
-
-    /// The next page after `cursor`.
-    ///
-    /// # Errors
-    ///
-    /// [`Error::InvalidConfig`](crate::Error::InvalidConfig) for a `limit` below 1;
-    /// [`Error::CursorBackendMismatch`](crate::Error::CursorBackendMismatch) for a cursor of
-    /// another backend; [`Error::InvalidMessage`](crate::Error::InvalidMessage) for a change
-    /// log row of an unknown kind; [`Error::Database`](crate::Error::Database) if the database
-    /// fails.
-    pub async fn changes_after(&self, cursor: &Cursor, limit: i64) -> Result<ChangePage> {
-        at_least_one("limit", limit)?;
+    /// The next page after `cursor` (of this backend), at most `limit`
+    /// logged changes before coalescing.
+    async fn read_page(&self, cursor: &Cursor, limit: i64) -> Result<ChangePage> {
         let start = CursorState::Pg {
             done: None,
             reading: None,
@@ -300,15 +227,9 @@ impl PgOutbox {
         })
     }
 
-    /// Deletes logged changes older than `before`, in batches of `batch`,
-    /// oldest first; returns how many. Consumers whose cursor is older lose
-    /// those changes: start them again from a snapshot.
-    ///
-    /// # Errors
-    ///
-    /// [`Error::InvalidConfig`](crate::Error::InvalidConfig) for a `batch` below 1;
-    /// [`Error::Database`](crate::Error::Database) if the database fails.
-    pub async fn purge_changes(
+    /// Deletes up to `batch` logged changes older than `before`, oldest
+    /// first, in a statement of its own; returns how many.
+    async fn purge_changes_once(
         &self,
         before: chrono::DateTime<chrono::Utc>,
         batch: i64,
@@ -321,22 +242,15 @@ impl PgOutbox {
                   WHERE created_at < $1), -1) \
                ORDER BY seq LIMIT $2)",
         );
-        at_least_one("batch", batch)?;
-        let mut total = 0;
-        loop {
-            let mut c = self.standalone().await?;
-            let n = sqlx::query(&sql)
-                .persistent(self.named())
-                .bind(before)
-                .bind(batch)
-                .execute(c.conn())
-                .await?
-                .rows_affected();
-            c.finish().await?;
-            total += n;
-            if (n as i64) < batch {
-                return Ok(total);
-            }
-        }
+        let mut c = self.standalone().await?;
+        let n = sqlx::query(&sql)
+            .persistent(self.named())
+            .bind(before)
+            .bind(batch)
+            .execute(c.conn())
+            .await?
+            .rows_affected();
+        c.finish().await?;
+        Ok(n)
     }
 }

@@ -3,12 +3,10 @@
 use sqlx::sqlite::SqliteConnection;
 use sqlx::{Executor, Sqlite};
 
-use super::{
-    at_least_one, coalesce, decode_log, json_text, ChangePage, Cursor, CursorState, LogRow,
-};
+use super::api::export_api;
+use super::{coalesce, decode_log, json_text, ChangePage, Cursor, CursorState, LogRow};
 use crate::change::Change;
 use crate::error::{Error, Result};
-use crate::message::Enqueued;
 use crate::SqliteOutbox;
 
 fn micros_now() -> i64 {
@@ -16,6 +14,8 @@ fn micros_now() -> i64 {
 }
 
 impl SqliteOutbox {
+    export_api!(Sqlite, SqliteConnection);
+
     /// Records a change in the change log, with the caller's executor
     /// (normally `&mut *tx`, the transaction that made the change).
     ///
@@ -47,33 +47,6 @@ impl SqliteOutbox {
         Ok(())
     }
 
-    /// Records a change in the change log and enqueues it as a message to
-    /// `topic` (see [`Change::to_message`]), both in the caller's
-    /// transaction.
-    ///
-    /// Unlike [`log_change`](Self::log_change) it takes a connection, not
-    /// any executor: its two statements must run on the same connection
-    /// (a pool would run them on two, outside one transaction). Pass
-    /// `&mut *tx`.
-    ///
-    /// # Errors
-    ///
-    /// As [`enqueue`](Self::enqueue) and [`log_change`](Self::log_change): both are checked
-    /// before the first statement is sent; [`Error::Database`](crate::Error::Database) if the
-    /// database fails.
-    pub async fn record_change(
-        &self,
-        conn: &mut SqliteConnection,
-        topic: &str,
-        change: &Change,
-    ) -> Result<Enqueued> {
-        // Both writes are checked before the first is sent.
-        change.validate()?;
-        let enqueued = self.enqueue(&mut *conn, change.to_message(topic)?).await?;
-        self.log_change(&mut *conn, change).await?;
-        Ok(enqueued)
-    }
-
     /// The cursor that continues exactly after what the caller's
     /// transaction sees: run the snapshot query and this call in one
     /// transaction.
@@ -95,53 +68,33 @@ impl SqliteOutbox {
         Ok(Cursor(CursorState::Sqlite { last }))
     }
 
-    /// The cursor stored for `consumer`, if it ever committed one.
-    ///
-    /// # Errors
-    ///
-    /// [`Error::InvalidCursor`](crate::Error::InvalidCursor) if the stored cursor cannot be
-    /// read; [`Error::Database`](crate::Error::Database) if the database fails.
-    pub async fn cursor(&self, consumer: &str) -> Result<Option<Cursor>> {
-        let s: Option<String> = sqlx::query_scalar(
+    async fn stored_cursor(&self, consumer: &str) -> Result<Option<String>> {
+        Ok(sqlx::query_scalar(
             &self
                 .names()
                 .render("SELECT cursor FROM {export_cursors} WHERE consumer = ?"),
         )
         .bind(consumer)
         .fetch_optional(self.pool())
-        .await?;
-        s.map(|s| s.parse()).transpose()
+        .await?)
     }
 
-    /// Stores `consumer`'s cursor: call after applying a page.
-    ///
-    /// # Errors
-    ///
-    /// [`Error::CursorBackendMismatch`](crate::Error::CursorBackendMismatch) for a cursor of
-    /// another backend; [`Error::Database`](crate::Error::Database) if the database fails.
-    pub async fn commit_cursor(&self, consumer: &str, cursor: &Cursor) -> Result<()> {
-        self.commit_cursor_with(self.pool(), consumer, cursor).await
+    async fn commit_cursor_alone(&self, consumer: &str, cursor: &Cursor) -> Result<()> {
+        self.store_cursor(self.pool(), consumer, cursor).await
     }
 
-    /// Stores `consumer`'s cursor with the caller's executor, for a replica
-    /// in this database that commits the cursor with the applied page.
-    ///
-    /// # Errors
-    ///
-    /// [`Error::CursorBackendMismatch`](crate::Error::CursorBackendMismatch) for a cursor of
-    /// another backend; [`Error::Database`](crate::Error::Database) if the database fails.
-    pub async fn commit_cursor_with<'c, E>(
-        &self,
-        executor: E,
-        consumer: &str,
-        cursor: &Cursor,
-    ) -> Result<()>
+    /// Refuses a cursor of another backend.
+    fn check_cursor(&self, cursor: &Cursor) -> Result<()> {
+        match cursor.0 {
+            CursorState::Pg { .. } => Err(Error::CursorBackendMismatch(cursor.to_string())),
+            _ => Ok(()),
+        }
+    }
+
+    async fn store_cursor<'c, E>(&self, executor: E, consumer: &str, cursor: &Cursor) -> Result<()>
     where
         E: Executor<'c, Database = Sqlite>,
     {
-        if matches!(cursor.0, CursorState::Pg { .. }) {
-            return Err(Error::CursorBackendMismatch(cursor.to_string()));
-        }
         sqlx::query(&self.names().render(
             "INSERT INTO {export_cursors} (consumer, cursor, updated_at) VALUES (?, ?, ?) \
              ON CONFLICT (consumer) DO UPDATE SET cursor = excluded.cursor, \
@@ -155,34 +108,9 @@ impl SqliteOutbox {
         Ok(())
     }
 
-    /// The next page after `consumer`'s stored cursor (the start of the log
-    /// for a new consumer), at most `limit` logged changes before
-    /// coalescing.
-    ///
-    /// # Errors
-    ///
-    /// [`Error::InvalidConfig`](crate::Error::InvalidConfig) for a `limit` below 1;
-    /// [`Error::InvalidCursor`](crate::Error::InvalidCursor) if the stored cursor cannot be
-    /// read; [`Error::Database`](crate::Error::Database) if the database fails.
-    pub async fn changes_since(&self, consumer: &str, limit: i64) -> Result<ChangePage> {
-        let cursor = self
-            .cursor(consumer)
-            .await?
-            .unwrap_or_else(Cursor::beginning);
-        self.changes_after(&cursor, limit).await
-    }
-
-    /// The next page after `cursor`.
-    ///
-    /// # Errors
-    ///
-    /// [`Error::InvalidConfig`](crate::Error::InvalidConfig) for a `limit` below 1;
-    /// [`Error::CursorBackendMismatch`](crate::Error::CursorBackendMismatch) for a cursor of
-    /// another backend; [`Error::InvalidMessage`](crate::Error::InvalidMessage) for a change
-    /// log row of an unknown kind; [`Error::Database`](crate::Error::Database) if the database
-    /// fails.
-    pub async fn changes_after(&self, cursor: &Cursor, limit: i64) -> Result<ChangePage> {
-        at_least_one("limit", limit)?;
+    /// The next page after `cursor` (of this backend), at most `limit`
+    /// logged changes before coalescing.
+    async fn read_page(&self, cursor: &Cursor, limit: i64) -> Result<ChangePage> {
         let last = match &cursor.0 {
             CursorState::Start => 0,
             CursorState::Sqlite { last } => *last,
@@ -210,14 +138,9 @@ impl SqliteOutbox {
         })
     }
 
-    /// Deletes logged changes older than `before`, in batches of `batch`,
-    /// oldest first; returns how many.
-    ///
-    /// # Errors
-    ///
-    /// [`Error::InvalidConfig`](crate::Error::InvalidConfig) for a `batch` below 1;
-    /// [`Error::Database`](crate::Error::Database) if the database fails.
-    pub async fn purge_changes(
+    /// Deletes up to `batch` logged changes older than `before`, oldest
+    /// first, in a statement of its own; returns how many.
+    async fn purge_changes_once(
         &self,
         before: chrono::DateTime<chrono::Utc>,
         batch: i64,
@@ -226,19 +149,11 @@ impl SqliteOutbox {
             "DELETE FROM {changes} WHERE seq IN (\
                SELECT seq FROM {changes} WHERE created_at < ? ORDER BY seq LIMIT ?)",
         );
-        at_least_one("batch", batch)?;
-        let mut total = 0;
-        loop {
-            let n = sqlx::query(&sql)
-                .bind(before.timestamp_micros())
-                .bind(batch)
-                .execute(self.pool())
-                .await?
-                .rows_affected();
-            total += n;
-            if (n as i64) < batch {
-                return Ok(total);
-            }
-        }
+        Ok(sqlx::query(&sql)
+            .bind(before.timestamp_micros())
+            .bind(batch)
+            .execute(self.pool())
+            .await?
+            .rows_affected())
     }
 }
