@@ -1,14 +1,55 @@
 //! The export methods every outbox type has alike, declared once by
 //! `export_api!` over what each backend provides (in `postgres.rs`,
-//! `sqlite.rs`): `stored_cursor`, `commit_cursor_alone`, `check_cursor`,
-//! `store_cursor`, `read_page` and `purge_changes_once`.
+//! `sqlite.rs`): `insert_change`, `current_cursor`, `stored_cursor`,
+//! `commit_cursor_alone`, `check_cursor`, `store_cursor`, `read_page` and
+//! `purge_changes_once`.
 
-/// Declares `record_change`, `cursor`, `commit_cursor`,
-/// `commit_cursor_with`, `changes_since`, `changes_after` and
-/// `purge_changes` on an outbox type of database `$db` whose connection
-/// type is `$conn`.
+/// Declares the export methods on an outbox type of database `$db` whose
+/// connection type is `$conn`; the documentation given after `snapshot:`
+/// tells how to take a snapshot on that database.
 macro_rules! export_api {
-    ($db:ty, $conn:ty) => {
+    ($db:ty, $conn:ty, snapshot: { $(#[$snapshot:meta])* }) => {
+        /// Records a change in the change log, with the caller's executor
+        /// (normally `&mut *tx`, the transaction that made the change).
+        /// Changes of one entity are logged in commit order: where writers
+        /// run concurrently (PostgreSQL), the entity takes the commit-order
+        /// lock an enqueue of its partition key takes.
+        ///
+        /// # Errors
+        ///
+        /// [`Error::InvalidMessage`](crate::Error::InvalidMessage) if the
+        /// change holds what the database would refuse (empty or oversized
+        /// names, NUL in text or JSON), checked before anything is sent so
+        /// the caller's transaction stays usable;
+        /// [`Error::Database`](crate::Error::Database) if the database fails
+        /// (the caller's transaction is then aborted).
+        pub async fn log_change<'c, E>(
+            &self,
+            executor: E,
+            change: &crate::change::Change,
+        ) -> crate::Result<()>
+        where
+            E: sqlx::Executor<'c, Database = $db>,
+        {
+            change.validate()?;
+            self.insert_change(executor, change).await
+        }
+
+        /// The cursor that continues exactly after what the caller's
+        /// transaction sees: the changes after it are exactly those the
+        /// caller's snapshot query did not see.
+        $(#[$snapshot])*
+        ///
+        /// # Errors
+        ///
+        /// [`Error::Database`](crate::Error::Database) if the database fails.
+        pub async fn snapshot_cursor<'c, E>(&self, executor: E) -> crate::Result<crate::export::Cursor>
+        where
+            E: sqlx::Executor<'c, Database = $db>,
+        {
+            self.current_cursor(executor).await
+        }
+
         /// Records a change in the change log and enqueues it as a message
         /// to `topic` (see [`Change::to_message`](crate::change::Change::to_message)),
         /// both in the caller's transaction.

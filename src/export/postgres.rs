@@ -11,27 +11,30 @@ use crate::store::postgres::change_lock_class;
 use crate::PgOutbox;
 
 impl PgOutbox {
-    export_api!(Postgres, PgConnection);
+    export_api!(Postgres, PgConnection, snapshot: {
+        /// Run the snapshot query and this call in one `REPEATABLE READ`
+        /// transaction, so both see one snapshot.
+        ///
+        /// ```no_run
+        /// # async fn demo(outbox: outbox::PgOutbox, pool: sqlx::PgPool) -> outbox::Result<()> {
+        /// let mut tx = pool.begin().await?;
+        /// sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ").execute(&mut *tx).await?;
+        /// let rows: Vec<(i64, String)> = sqlx::query_as("SELECT id, status FROM candidates")
+        ///     .fetch_all(&mut *tx)
+        ///     .await?;
+        /// let cursor = outbox.snapshot_cursor(&mut *tx).await?;
+        /// tx.commit().await?;
+        /// // ... load `rows` into the replica, then:
+        /// outbox.commit_cursor("crm", &cursor).await?;
+        /// # Ok(()) }
+        /// ```
+    });
 
-    /// Records a change in the change log, with the caller's executor
-    /// (normally `&mut *tx`, the transaction that made the change).
-    ///
-    /// Takes the entity's commit-order lock (the row lock an enqueue of its
-    /// partition key takes), so changes of one entity are logged in commit
-    /// order.
-    ///
-    /// # Errors
-    ///
-    /// [`Error::InvalidMessage`](crate::Error::InvalidMessage) if the change holds what the
-    /// database would refuse (empty or oversized names, NUL in text or JSON), checked before
-    /// anything is sent so the caller's transaction stays usable;
-    /// [`Error::Database`](crate::Error::Database) if the database fails (the caller's
-    /// transaction is then aborted).
-    pub async fn log_change<'c, E>(&self, executor: E, change: &Change) -> Result<()>
+    /// Writes `change` to the log (validated by the caller).
+    async fn insert_change<'c, E>(&self, executor: E, change: &Change) -> Result<()>
     where
         E: Executor<'c, Database = Postgres>,
     {
-        change.validate()?;
         let sql = self.names().render(
             "WITH l AS MATERIALIZED (SELECT 1 FROM {key_slots} \
                  WHERE slot = hashtext($7) & 65535 AND $6 IS NOT NULL FOR NO KEY UPDATE) \
@@ -52,29 +55,8 @@ impl PgOutbox {
         Ok(())
     }
 
-    /// The cursor that continues exactly after what the caller's
-    /// transaction sees. Run the snapshot query and this call in one
-    /// `REPEATABLE READ` transaction: the changes after the cursor are
-    /// exactly those the snapshot does not contain.
-    ///
-    /// ```no_run
-    /// # async fn demo(outbox: outbox::PgOutbox, pool: sqlx::PgPool) -> outbox::Result<()> {
-    /// let mut tx = pool.begin().await?;
-    /// sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ").execute(&mut *tx).await?;
-    /// let rows: Vec<(i64, String)> = sqlx::query_as("SELECT id, status FROM candidates")
-    ///     .fetch_all(&mut *tx)
-    ///     .await?;
-    /// let cursor = outbox.snapshot_cursor(&mut *tx).await?;
-    /// tx.commit().await?;
-    /// // ... load `rows` into the replica, then:
-    /// outbox.commit_cursor("crm", &cursor).await?;
-    /// # Ok(()) }
-    /// ```
-    ///
-    /// # Errors
-    ///
-    /// [`Error::Database`](crate::Error::Database) if the database fails.
-    pub async fn snapshot_cursor<'c, E>(&self, executor: E) -> Result<Cursor>
+    /// The cursor as of the caller's transaction.
+    async fn current_cursor<'c, E>(&self, executor: E) -> Result<Cursor>
     where
         E: Executor<'c, Database = Postgres>,
     {

@@ -14,23 +14,17 @@ fn micros_now() -> i64 {
 }
 
 impl SqliteOutbox {
-    export_api!(Sqlite, SqliteConnection);
+    export_api!(Sqlite, SqliteConnection, snapshot: {
+        /// Run the snapshot query and this call in one transaction: in WAL
+        /// mode a transaction reads one snapshot from its first read to its
+        /// end.
+    });
 
-    /// Records a change in the change log, with the caller's executor
-    /// (normally `&mut *tx`, the transaction that made the change).
-    ///
-    /// # Errors
-    ///
-    /// [`Error::InvalidMessage`](crate::Error::InvalidMessage) if the change holds what the
-    /// database would refuse (empty or oversized names, NUL in text or JSON), checked before
-    /// anything is sent so the caller's transaction stays usable;
-    /// [`Error::Database`](crate::Error::Database) if the database fails (the caller's
-    /// transaction is then aborted).
-    pub async fn log_change<'c, E>(&self, executor: E, change: &Change) -> Result<()>
+    /// Writes `change` to the log (validated by the caller).
+    async fn insert_change<'c, E>(&self, executor: E, change: &Change) -> Result<()>
     where
         E: Executor<'c, Database = Sqlite>,
     {
-        change.validate()?;
         let sql = self.names().render(
             "INSERT INTO {changes} (entity_type, entity_key, kind, data, before, created_at) \
              VALUES (?, ?, ?, ?, ?, ?)",
@@ -47,14 +41,8 @@ impl SqliteOutbox {
         Ok(())
     }
 
-    /// The cursor that continues exactly after what the caller's
-    /// transaction sees: run the snapshot query and this call in one
-    /// transaction.
-    ///
-    /// # Errors
-    ///
-    /// [`Error::Database`](crate::Error::Database) if the database fails.
-    pub async fn snapshot_cursor<'c, E>(&self, executor: E) -> Result<Cursor>
+    /// The cursor as of the caller's transaction.
+    async fn current_cursor<'c, E>(&self, executor: E) -> Result<Cursor>
     where
         E: Executor<'c, Database = Sqlite>,
     {
