@@ -189,6 +189,13 @@ impl fmt::Debug for RelayBuilder {
 }
 
 impl RelayBuilder {
+    /// Ordering policy for one topic, overriding the default.
+    #[must_use]
+    pub fn topic_ordering(mut self, topic: impl Into<String>, policy: OrderingPolicy) -> Self {
+        self.config.topic_ordering.insert(topic.into(), policy);
+        self
+    }
+
     setters! {
         /// Most messages read and published per round (default 500).
         pub fn batch_size(n: usize) => config.batch_size = n;
@@ -209,16 +216,7 @@ impl RelayBuilder {
         /// Default ordering policy on failure (default
         /// [`OrderingPolicy::Ordered`]).
         pub fn ordering(policy: OrderingPolicy) => config.ordering = policy;
-    }
 
-    /// Ordering policy for one topic, overriding the default.
-    #[must_use]
-    pub fn topic_ordering(mut self, topic: impl Into<String>, policy: OrderingPolicy) -> Self {
-        self.config.topic_ordering.insert(topic.into(), policy);
-        self
-    }
-
-    setters! {
         /// Delete published messages (default) or keep them for a while.
         pub fn retention(retention: Retention) => config.retention = retention;
 

@@ -183,25 +183,20 @@ impl StoreOps for MemoryStore {
     }
 
     async fn ack(&self, p: AckBatch<'_>) -> Result<AckReport> {
-        let AckBatch {
-            relay,
-            leases,
-            acks,
-            retain,
-            now,
-        } = p;
+        let (relay, acks, now) = (p.relay, p.acks, p.now);
         self.pass_gate().await;
         let dead_at = self.now();
         let report = {
             let mut s = self.state();
-            let valid: Vec<i32> = leases
+            let valid: Vec<i32> = p
+                .leases
                 .iter()
                 .filter(|l| s.holds(relay, l))
                 .map(|l| l.bucket)
                 .collect();
             let plan = AckPlan::new(acks, |b| valid.contains(&b));
             s.check_fencing(relay, acks, |b| valid.contains(&b));
-            s.apply(relay, &plan, retain, now, dead_at);
+            s.apply(relay, &plan, p.retain, now, dead_at);
             s.acks.push(AckRecord {
                 relay,
                 now,

@@ -115,19 +115,12 @@ impl StoreOps for PgOutbox {
     }
 
     async fn claim(&self, p: Claim<'_>) -> Result<Vec<Claimed>> {
-        let Claim {
-            buckets,
-            bucket_count,
-            now,
-            limit,
-            exclude,
-        } = p;
         let q = sqlx::query(&self.inner.sql.claim)
-            .bind(now)
-            .bind(bucket_count)
-            .bind(limit)
-            .bind(exclude)
-            .bind(buckets);
+            .bind(p.now)
+            .bind(p.bucket_count)
+            .bind(p.limit)
+            .bind(p.exclude)
+            .bind(p.buckets);
         // The claim reads the messages table in position order through its
         // primary key, and must keep doing so when the table's statistics
         // mislead the planner: after a large backlog drains, the table

@@ -12,18 +12,13 @@ use crate::error::Result;
 use crate::store::{AckBatch, AckPlan, AckReport, Lease};
 
 pub(super) async fn ack(outbox: &SqliteOutbox, p: AckBatch<'_>) -> Result<AckReport> {
-    let AckBatch {
-        relay,
-        leases,
-        acks,
-        retain,
-        now,
-    } = p;
-    if acks.is_empty() {
+    if p.acks.is_empty() {
         return Ok(AckReport::default());
     }
+    let (relay, acks, retain, now) = (p.relay, p.acks, p.retain, p.now);
     let wanted: HashSet<i32> = acks.iter().map(|a| a.bucket).collect();
-    let held: Vec<&Lease> = leases
+    let held: Vec<&Lease> = p
+        .leases
         .iter()
         .filter(|l| wanted.contains(&l.bucket))
         .collect();
