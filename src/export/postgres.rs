@@ -72,18 +72,12 @@ impl PgOutbox {
     }
 
     async fn stored_cursor(&self, consumer: &str) -> Result<Option<String>> {
-        let mut c = self.standalone().await?;
-        let s: Option<String> = sqlx::query_scalar(
-            &self
-                .names()
-                .render("SELECT cursor FROM {export_cursors} WHERE consumer = $1"),
-        )
-        .persistent(self.named())
-        .bind(consumer)
-        .fetch_optional(c.conn())
-        .await?;
-        c.finish().await?;
-        Ok(s)
+        let sql = self
+            .names()
+            .render("SELECT cursor FROM {export_cursors} WHERE consumer = $1");
+        self.on_app()
+            .scalar(sqlx::query_scalar(&sql).bind(consumer))
+            .await
     }
 
     async fn commit_cursor_alone(&self, consumer: &str, cursor: &Cursor) -> Result<()> {
@@ -224,15 +218,8 @@ impl PgOutbox {
                   WHERE created_at < $1), -1) \
                ORDER BY seq LIMIT $2)",
         );
-        let mut c = self.standalone().await?;
-        let n = sqlx::query(&sql)
-            .persistent(self.named())
-            .bind(before)
-            .bind(batch)
-            .execute(c.conn())
-            .await?
-            .rows_affected();
-        c.finish().await?;
-        Ok(n)
+        self.on_app()
+            .execute(sqlx::query(&sql).bind(before).bind(batch))
+            .await
     }
 }

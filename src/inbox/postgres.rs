@@ -179,6 +179,11 @@ impl PgInbox {
         }
     }
 
+    /// Single statements outside any transaction of the caller's.
+    fn alone(&self) -> crate::store::postgres::Alone<'_> {
+        self.inner.statements.alone(&self.inner.pool)
+    }
+
     /// The pool [`migrate`](Self::migrate), [`purge_before`](Self::purge_before)
     /// and [`last_sequence`](Self::last_sequence) use.
     pub fn pool(&self) -> &PgPool {
@@ -297,15 +302,8 @@ impl PgInbox {
         validate_batch(batch)?;
         let mut total = 0;
         loop {
-            let mut c = self.inner.statements.standalone(&self.inner.pool).await?;
-            let deleted = sqlx::query(&self.inner.sql.purge)
-                .persistent(self.inner.statements.named())
-                .bind(before)
-                .bind(batch)
-                .execute(c.conn())
-                .await?
-                .rows_affected();
-            c.finish().await?;
+            let q = sqlx::query(&self.inner.sql.purge).bind(before).bind(batch);
+            let deleted = self.alone().execute(q).await?;
             total += deleted;
             if deleted < batch as u64 {
                 return Ok(total);
@@ -320,14 +318,10 @@ impl PgInbox {
     ///
     /// [`Error::Database`](crate::Error::Database) if the database fails.
     pub async fn last_sequence(&self, consumer: &str, key: &str) -> Result<Option<i64>> {
-        let mut c = self.inner.statements.standalone(&self.inner.pool).await?;
-        let last = sqlx::query_scalar(&self.inner.sql.last_sequence)
-            .persistent(self.inner.statements.named())
+        let q = sqlx::query_scalar(&self.inner.sql.last_sequence)
             .bind(consumer)
-            .bind(key)
-            .fetch_optional(c.conn())
-            .await?;
-        c.finish().await?;
+            .bind(key);
+        let last = self.alone().scalar(q).await?;
         Ok(last)
     }
 }

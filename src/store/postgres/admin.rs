@@ -58,14 +58,9 @@ impl AdminOps for PgOutbox {
     }
 
     async fn delete_dead_letter(&self, id: MessageId) -> Result<bool> {
-        let mut c = self.standalone().await?;
-        let n: i64 = sqlx::query_scalar(&self.inner.sql.discard_dead_letter)
-            .persistent(self.named())
-            .bind(id.as_uuid())
-            .fetch_one(c.conn())
-            .await?;
-        c.finish().await?;
-        Ok(n > 0)
+        let q = sqlx::query_scalar(&self.inner.sql.discard_dead_letter).bind(id.as_uuid());
+        let n: Option<i64> = self.on_app().scalar(q).await?;
+        Ok(n.unwrap_or(0) > 0)
     }
 
     async fn select_blocked_keys(&self) -> Result<Vec<BlockedKey>> {
@@ -88,34 +83,18 @@ impl AdminOps for PgOutbox {
     }
 
     async fn delete_block(&self, key: &str) -> Result<bool> {
-        let mut c = self.standalone().await?;
-        let done = sqlx::query(&self.inner.sql.unblock_key)
-            .persistent(self.named())
-            .bind(key)
-            .execute(c.conn())
-            .await?;
-        c.finish().await?;
-        Ok(done.rows_affected() > 0)
+        let q = sqlx::query(&self.inner.sql.unblock_key).bind(key);
+        Ok(self.on_app().execute(q).await? > 0)
     }
 
     async fn count_pending(&self) -> Result<i64> {
-        let mut c = self.standalone().await?;
-        let n = sqlx::query_scalar(&self.inner.sql.pending_count)
-            .persistent(self.named())
-            .fetch_one(c.conn())
-            .await?;
-        c.finish().await?;
-        Ok(n)
+        let q = sqlx::query_scalar(&self.inner.sql.pending_count);
+        Ok(self.on_app().scalar(q).await?.unwrap_or(0))
     }
 
     async fn select_published(&self, limit: i64) -> Result<Vec<OutboxMessage>> {
-        let mut c = self.standalone().await?;
-        let rows = sqlx::query(&self.inner.sql.published)
-            .persistent(self.named())
-            .bind(limit)
-            .fetch_all(c.conn())
-            .await?;
-        c.finish().await?;
+        let q = sqlx::query(&self.inner.sql.published).bind(limit);
+        let rows = self.on_app().rows(q).await?;
         rows.iter().map(published_from_row).collect()
     }
 }

@@ -15,8 +15,9 @@
 //!   transaction runs in a transaction of its own.
 
 use sqlx::pool::PoolConnection;
-use sqlx::postgres::{PgConnection, PgPool, Postgres};
-use sqlx::Transaction;
+use sqlx::postgres::{PgArguments, PgConnection, PgPool, PgRow, Postgres};
+use sqlx::query::{Query, QueryScalar};
+use sqlx::{FromRow, Transaction};
 
 use crate::error::Result;
 
@@ -43,6 +44,67 @@ impl Statements {
         } else {
             Standalone::Pooled(pool.acquire().await?)
         })
+    }
+
+    /// Statements run one at a time, each on a standalone connection of
+    /// `pool`.
+    pub(crate) fn alone(self, pool: &PgPool) -> Alone<'_> {
+        Alone {
+            statements: self,
+            pool,
+        }
+    }
+}
+
+/// Runs single statements outside the caller's transaction, each on a
+/// [`Standalone`] connection of its pool, named or not as the
+/// [`Statements`] say.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Alone<'a> {
+    statements: Statements,
+    pool: &'a PgPool,
+}
+
+impl Alone<'_> {
+    /// Runs a statement that returns no rows; the number of rows it
+    /// touched.
+    pub(crate) async fn execute(self, query: Query<'_, Postgres, PgArguments>) -> Result<u64> {
+        let mut c = self.statements.standalone(self.pool).await?;
+        let done = query
+            .persistent(self.statements.named())
+            .execute(c.conn())
+            .await?;
+        c.finish().await?;
+        Ok(done.rows_affected())
+    }
+
+    /// Runs a statement that returns rows.
+    pub(crate) async fn rows(self, query: Query<'_, Postgres, PgArguments>) -> Result<Vec<PgRow>> {
+        let mut c = self.statements.standalone(self.pool).await?;
+        let rows = query
+            .persistent(self.statements.named())
+            .fetch_all(c.conn())
+            .await?;
+        c.finish().await?;
+        Ok(rows)
+    }
+
+    /// Runs a statement that returns one value, if any.
+    pub(crate) async fn scalar<O>(
+        self,
+        query: QueryScalar<'_, Postgres, O, PgArguments>,
+    ) -> Result<Option<O>>
+    where
+        O: Send + Unpin,
+        (O,): for<'r> FromRow<'r, PgRow>,
+    {
+        let mut c = self.statements.standalone(self.pool).await?;
+        let value = query
+            .persistent(self.statements.named())
+            .fetch_optional(c.conn())
+            .await?;
+        c.finish().await?;
+        Ok(value)
     }
 }
 

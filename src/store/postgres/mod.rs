@@ -36,7 +36,7 @@ use std::sync::Arc;
 use sqlx::postgres::{PgConnectOptions, PgPool};
 
 pub use self::builder::PgOutboxBuilder;
-pub(crate) use self::connection::{Standalone, Statements};
+pub(crate) use self::connection::{Alone, Standalone, Statements};
 pub(crate) use self::locks::change_lock_class;
 pub(crate) use self::migrate::apply as apply_migrations;
 pub use self::wake::WakeUp;
@@ -143,6 +143,16 @@ impl PgOutbox {
     /// the application's pool.
     pub(crate) async fn standalone(&self) -> crate::Result<Standalone> {
         self.inner.statements.standalone(&self.inner.pool).await
+    }
+
+    /// Single statements on the application's pool, each alone.
+    pub(crate) fn on_app(&self) -> Alone<'_> {
+        self.inner.statements.alone(&self.inner.pool)
+    }
+
+    /// Single statements on the relay's pool, each alone.
+    fn on_relay(&self) -> Alone<'_> {
+        self.inner.statements.alone(self.relay_pool())
     }
 
     /// A connection for the relay's statements, on the relay's pool.

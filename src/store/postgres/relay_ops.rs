@@ -29,25 +29,19 @@ impl StoreOps for PgOutbox {
     }
 
     async fn bucket_count(&self) -> Result<i32> {
-        let mut c = self.relay_conn().await?;
-        let n = sqlx::query_scalar(&self.inner.sql.bucket_count)
-            .persistent(self.named())
-            .fetch_one(c.conn())
+        let n = self
+            .on_relay()
+            .scalar(sqlx::query_scalar(&self.inner.sql.bucket_count))
             .await?;
-        c.finish().await?;
-        Ok(n)
+        n.ok_or_else(|| crate::Error::Database(sqlx::Error::RowNotFound))
     }
 
     async fn heartbeat(&self, p: Heartbeat) -> Result<usize> {
         let Heartbeat { relay, ttl } = p;
-        let mut c = self.relay_conn().await?;
-        let n: i64 = sqlx::query_scalar(&self.inner.sql.heartbeat)
-            .persistent(self.named())
+        let q = sqlx::query_scalar(&self.inner.sql.heartbeat)
             .bind(relay)
-            .bind(secs(ttl))
-            .fetch_one(c.conn())
-            .await?;
-        c.finish().await?;
+            .bind(secs(ttl));
+        let n: i64 = self.on_relay().scalar(q).await?.unwrap_or(1);
         Ok(n.max(1) as usize)
     }
 
@@ -57,17 +51,12 @@ impl StoreOps for PgOutbox {
             return Ok(Vec::new());
         }
         let (b, e) = lease_arrays(leases);
-        let mut c = self.relay_conn().await?;
-        let rows = sqlx::query(&self.inner.sql.renew)
-            .persistent(self.named())
+        let q = sqlx::query(&self.inner.sql.renew)
             .bind(relay)
             .bind(secs(ttl))
             .bind(b)
-            .bind(e)
-            .fetch_all(c.conn())
-            .await?;
-        c.finish().await?;
-        leases_from_rows(rows)
+            .bind(e);
+        leases_from_rows(self.on_relay().rows(q).await?)
     }
 
     async fn acquire(&self, p: Acquire) -> Result<Vec<Lease>> {
@@ -75,16 +64,11 @@ impl StoreOps for PgOutbox {
         if max == 0 {
             return Ok(Vec::new());
         }
-        let mut c = self.relay_conn().await?;
-        let rows = sqlx::query(&self.inner.sql.acquire)
-            .persistent(self.named())
+        let q = sqlx::query(&self.inner.sql.acquire)
             .bind(relay)
             .bind(secs(ttl))
-            .bind(max as i64)
-            .fetch_all(c.conn())
-            .await?;
-        c.finish().await?;
-        leases_from_rows(rows)
+            .bind(max as i64);
+        leases_from_rows(self.on_relay().rows(q).await?)
     }
 
     async fn release(&self, p: Release<'_>) -> Result<()> {
@@ -93,25 +77,16 @@ impl StoreOps for PgOutbox {
             return Ok(());
         }
         let (b, e) = lease_arrays(leases);
-        let mut c = self.relay_conn().await?;
-        sqlx::query(&self.inner.sql.release)
-            .persistent(self.named())
+        let q = sqlx::query(&self.inner.sql.release)
             .bind(relay)
             .bind(b)
-            .bind(e)
-            .execute(c.conn())
-            .await?;
-        c.finish().await
+            .bind(e);
+        self.on_relay().execute(q).await.map(drop)
     }
 
     async fn leave(&self, relay: Uuid) -> Result<()> {
-        let mut c = self.relay_conn().await?;
-        sqlx::query(&self.inner.sql.leave)
-            .persistent(self.named())
-            .bind(relay)
-            .execute(c.conn())
-            .await?;
-        c.finish().await
+        let q = sqlx::query(&self.inner.sql.leave).bind(relay);
+        self.on_relay().execute(q).await.map(drop)
     }
 
     async fn claim(&self, p: Claim<'_>) -> Result<Vec<Claimed>> {
@@ -162,17 +137,10 @@ impl StoreOps for PgOutbox {
     }
 
     async fn purge_published(&self, p: Purge) -> Result<u64> {
-        let Purge { before, limit } = p;
-        let mut c = self.relay_conn().await?;
-        let n = sqlx::query(&self.inner.sql.purge)
-            .persistent(self.named())
-            .bind(before)
-            .bind(limit)
-            .execute(c.conn())
-            .await?
-            .rows_affected();
-        c.finish().await?;
-        Ok(n)
+        let q = sqlx::query(&self.inner.sql.purge)
+            .bind(p.before)
+            .bind(p.limit);
+        self.on_relay().execute(q).await
     }
 
     async fn stats(&self) -> Result<StoreStats> {
