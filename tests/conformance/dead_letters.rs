@@ -9,12 +9,12 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use outbox::{
-    BlockingMessage, DeadLetter, DeadLetterFilter, Error, FnPublisher, InMemoryPublisher,
-    MessageId, OutboxMessage, PublishError, Publisher,
+    BlockingMessage, DeadLetter, DeadLetterFilter, Error, InMemoryPublisher, MessageId,
+    PublishError, Publisher,
 };
 
 use crate::backend::{Backend, TestOutbox};
-use crate::messages::{keyed, n_of, numbered};
+use crate::messages::{judged, keyed, n_of, numbered};
 use crate::support::wait_for;
 
 const TIMEOUT: Duration = Duration::from_secs(10);
@@ -28,15 +28,12 @@ fn rejecting(
     rejected: Arc<Mutex<HashSet<MessageId>>>,
     published: InMemoryPublisher,
 ) -> impl Publisher {
-    FnPublisher::new(move |m: OutboxMessage| {
-        let reject = rejected.lock().unwrap().contains(&m.id());
-        let published = published.clone();
-        async move {
-            if reject {
-                return Err(PublishError::permanent("rejected by the broker"));
-            }
-            published.publish(std::slice::from_ref(&m)).await.remove(0)
-        }
+    judged(&published, move |m| {
+        rejected
+            .lock()
+            .unwrap()
+            .contains(&m.id())
+            .then(|| PublishError::permanent("rejected by the broker"))
     })
 }
 
@@ -338,17 +335,9 @@ pub async fn dead_letters_filter_page_and_replay_by_filter<B: Backend>() {
     let published = InMemoryPublisher::new();
     let publisher = {
         let fail = fail.clone();
-        let published = published.clone();
-        FnPublisher::new(move |m: OutboxMessage| {
-            let fail = fail.load(Ordering::SeqCst);
-            let published = published.clone();
-            async move {
-                if fail {
-                    let why = format!("rejected {} #{}", m.topic(), n_of(&m));
-                    return Err(PublishError::permanent(why));
-                }
-                published.publish(std::slice::from_ref(&m)).await.remove(0)
-            }
+        judged(&published, move |m| {
+            fail.load(Ordering::SeqCst)
+                .then(|| PublishError::permanent(format!("rejected {} #{}", m.topic(), n_of(m))))
         })
     };
     let relay = outbox.fast_relay(publisher).spawn().unwrap();

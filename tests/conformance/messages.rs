@@ -1,8 +1,11 @@
 //! The messages and events the scenarios write.
 
 use std::borrow::Cow;
+use std::sync::Arc;
 
-use outbox::{Event, NewMessage, OutboxMessage};
+use outbox::{
+    Event, FnPublisher, InMemoryPublisher, NewMessage, OutboxMessage, PublishError, Publisher,
+};
 use serde::Serialize;
 
 /// A JSON message numbered `n` under partition key `key`.
@@ -22,6 +25,26 @@ pub fn n_of(m: &OutboxMessage) -> u64 {
     m.payload_json::<serde_json::Value>().expect("payload")["n"]
         .as_u64()
         .expect("n")
+}
+
+/// A publisher that asks `verdict` about each message: an error fails the
+/// message with it; `None` publishes it to `published`.
+pub fn judged<V>(published: &InMemoryPublisher, verdict: V) -> impl Publisher
+where
+    V: Fn(&OutboxMessage) -> Option<PublishError> + Send + Sync + 'static,
+{
+    let published = published.clone();
+    let verdict = Arc::new(verdict);
+    FnPublisher::new(move |m: OutboxMessage| {
+        let failure = verdict(&m);
+        let published = published.clone();
+        async move {
+            match failure {
+                Some(e) => Err(e),
+                None => published.publish(std::slice::from_ref(&m)).await.remove(0),
+            }
+        }
+    })
 }
 
 /// The recruiting domain's typed event.

@@ -12,7 +12,7 @@ use outbox::{
 };
 
 use crate::backend::{Backend, Pool, TestOutbox};
-use crate::messages::{keyed, n_of, numbered};
+use crate::messages::{judged, keyed, n_of, numbered};
 use crate::support::{eventually, wait_for};
 
 const TIMEOUT: Duration = Duration::from_secs(10);
@@ -50,25 +50,20 @@ fn flaky_publisher(
     log: Arc<Mutex<Vec<(MessageId, tokio::time::Instant)>>>,
     published: InMemoryPublisher,
 ) -> impl Publisher {
-    let tries = Arc::new(AtomicUsize::new(0));
-    FnPublisher::new(move |m: OutboxMessage| {
-        let log = log.clone();
-        let tries = tries.clone();
-        let published = published.clone();
-        async move {
-            log.lock()
-                .unwrap()
-                .push((m.id(), tokio::time::Instant::now()));
-            if m.id() == failing {
-                let n = tries.fetch_add(1, Ordering::SeqCst) + 1;
-                if n <= failures {
-                    return Err(PublishError::transient(std::io::Error::other(format!(
-                        "broker unavailable (attempt {n})"
-                    ))));
-                }
-            }
-            published.publish(std::slice::from_ref(&m)).await.remove(0)
+    let tries = AtomicUsize::new(0);
+    judged(&published, move |m| {
+        log.lock()
+            .unwrap()
+            .push((m.id(), tokio::time::Instant::now()));
+        if m.id() != failing {
+            return None;
         }
+        let n = tries.fetch_add(1, Ordering::SeqCst) + 1;
+        (n <= failures).then(|| {
+            PublishError::transient(std::io::Error::other(format!(
+                "broker unavailable (attempt {n})"
+            )))
+        })
     })
 }
 
@@ -174,18 +169,10 @@ pub async fn permanent_failure_is_dead_lettered_then_replayed<B: Backend>() {
     let published = InMemoryPublisher::new();
     let publisher = {
         let reject = reject.clone();
-        let published = published.clone();
-        FnPublisher::new(move |m: OutboxMessage| {
-            let reject = reject.load(Ordering::SeqCst);
-            let published = published.clone();
-            async move {
-                if reject && m.id() == poison {
-                    return Err(PublishError::permanent(std::io::Error::other(
-                        "schema rejected by broker",
-                    )));
-                }
-                published.publish(std::slice::from_ref(&m)).await.remove(0)
-            }
+        judged(&published, move |m| {
+            (reject.load(Ordering::SeqCst) && m.id() == poison).then(|| {
+                PublishError::permanent(std::io::Error::other("schema rejected by broker"))
+            })
         })
     };
     let relay = outbox.fast_relay(publisher).spawn().unwrap();

@@ -3,10 +3,10 @@
 
 use std::time::Duration;
 
-use outbox::{FnPublisher, InMemoryPublisher, OutboxMessage, PublishError, Publisher};
+use outbox::{InMemoryPublisher, PublishError};
 
 use crate::backend::{Backend, TestOutbox};
-use crate::messages::keyed;
+use crate::messages::{judged, keyed};
 use crate::support::wait_for;
 
 const TIMEOUT: Duration = Duration::from_secs(10);
@@ -36,19 +36,12 @@ pub async fn stats_tell_ready_retry_waiting_and_parked_apart<B: Backend>() {
     assert!(fresh.oldest_pending_age.is_some());
 
     let published = InMemoryPublisher::new();
-    let publisher = {
-        let published = published.clone();
-        FnPublisher::new(move |m: OutboxMessage| {
-            let published = published.clone();
-            async move {
-                if m.id() == head {
-                    return Err(PublishError::transient(std::io::Error::other("busy"))
-                        .with_retry_after(Duration::from_secs(3600)));
-                }
-                published.publish(std::slice::from_ref(&m)).await.remove(0)
-            }
+    let publisher = judged(&published, move |m| {
+        (m.id() == head).then(|| {
+            PublishError::transient(std::io::Error::other("busy"))
+                .with_retry_after(Duration::from_secs(3600))
         })
-    };
+    });
     let relay = outbox.fast_relay(publisher).spawn().unwrap();
     wait_for("the head to wait for its retry", TIMEOUT, || async {
         let s = outbox.stats().await.unwrap();
