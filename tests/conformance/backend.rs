@@ -228,6 +228,23 @@ pub trait TestOutbox: Clone + Send + Sync + 'static {
     async fn pending(&self) -> i64 {
         self.pending_count().await.expect("pending_count")
     }
+
+    /// `enqueue` in a transaction of its own; the message's id.
+    async fn enqueue_id(&self, message: NewMessage) -> MessageId {
+        self.enqueue_alone(message).await.expect("enqueue").id()
+    }
+
+    /// The dead letters, once there are exactly `n` of them (waiting up to
+    /// a minute).
+    async fn dead_letters_when(&self, n: usize) -> Vec<DeadLetter> {
+        crate::support::wait_for(
+            &format!("{n} dead letters"),
+            Duration::from_secs(60),
+            || async { self.dead_letters(100).await.expect("dead_letters").len() == n },
+        )
+        .await;
+        self.dead_letters(100).await.expect("dead_letters")
+    }
     async fn migrate(&self) -> outbox::Result<()>;
     async fn enqueue(
         &self,

@@ -236,12 +236,10 @@ pub async fn a_stored_message_that_cannot_be_read_is_dead_lettered<B: Backend>()
     let db = B::fresh().await;
     let outbox = db.outbox();
     let broken = outbox
-        .enqueue_alone(keyed("t", "k", 1).with_header("x-trace", "abc"))
-        .await
-        .unwrap()
-        .id();
-    let behind = outbox.enqueue_alone(keyed("t", "k", 2)).await.unwrap().id();
-    let other = outbox.enqueue_alone(keyed("t", "j", 1)).await.unwrap().id();
+        .enqueue_id(keyed("t", "k", 1).with_header("x-trace", "abc"))
+        .await;
+    let behind = outbox.enqueue_id(keyed("t", "k", 2)).await;
+    let other = outbox.enqueue_id(keyed("t", "j", 1)).await;
     let messages = B::table(B::DEFAULT_PREFIX, "messages");
     db.execute(&format!(
         "UPDATE {messages} SET headers = '[1, 2]' WHERE seq = (SELECT min(seq) FROM {messages})"

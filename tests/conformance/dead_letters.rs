@@ -80,7 +80,7 @@ pub async fn a_reenqueued_id_keeps_every_dead_letter_and_every_key_moves_again<B
             !again.is_duplicate(),
             "{x} is not pending when enqueued under {key}"
         );
-        behind.push(outbox.enqueue_alone(keyed("t", key, 2)).await.unwrap().id());
+        behind.push(outbox.enqueue_id(keyed("t", key, 2)).await);
         outbox.wake();
         wait_for(&format!("the dead letter under {key}"), TIMEOUT, || async {
             outbox.dead_letters(10).await.unwrap().len() == i + 1
@@ -231,22 +231,15 @@ pub async fn a_block_whose_message_is_gone_no_longer_holds_its_key<B: Backend>()
         .fast_relay(rejecting(rejected.clone(), published.clone()))
         .spawn()
         .unwrap();
-    let orphan = outbox
-        .enqueue_alone(keyed("t", "orphan", 1))
-        .await
-        .unwrap()
-        .id();
+    let orphan = outbox.enqueue_id(keyed("t", "orphan", 1)).await;
     let first_at = outbox.enqueue_alone(first).await.unwrap();
-    let second = outbox.enqueue_alone(keyed("t", "k", 2)).await.unwrap().id();
+    let second = outbox.enqueue_id(keyed("t", "k", 2)).await;
     outbox.wake();
     wait_for("the orphaned block's key to move", TIMEOUT, || async {
         published.messages().iter().any(|m| m.id() == orphan)
     })
     .await;
-    wait_for("the dead letter", TIMEOUT, || async {
-        outbox.dead_letters(10).await.unwrap().len() == 1
-    })
-    .await;
+    outbox.dead_letters_when(1).await;
     tokio::time::sleep(SETTLE).await;
     assert!(
         !ids(&published).contains(&second),
@@ -298,7 +291,7 @@ pub async fn a_block_whose_message_is_gone_no_longer_holds_its_key<B: Backend>()
     // not stand in for it.
     let again_at = outbox.enqueue_alone(again).await.unwrap();
     assert_eq!(again_at.id(), again_id);
-    let fourth = outbox.enqueue_alone(keyed("t", "k", 4)).await.unwrap().id();
+    let fourth = outbox.enqueue_id(keyed("t", "k", 4)).await;
     outbox.wake();
     wait_for("the second dead letter", TIMEOUT, || async {
         outbox
@@ -352,10 +345,7 @@ pub async fn dead_letters_filter_page_and_replay_by_filter<B: Backend>() {
         .await
         .unwrap();
     outbox.wake();
-    wait_for("three dead letters", TIMEOUT, || async {
-        outbox.dead_letters(10).await.unwrap().len() == 3
-    })
-    .await;
+    outbox.dead_letters_when(3).await;
     tokio::time::sleep(Duration::from_millis(20)).await;
     outbox
         .enqueue_batch_alone(vec![
@@ -366,10 +356,7 @@ pub async fn dead_letters_filter_page_and_replay_by_filter<B: Backend>() {
         .await
         .unwrap();
     outbox.wake();
-    wait_for("six dead letters", TIMEOUT, || async {
-        outbox.dead_letters(10).await.unwrap().len() == 6
-    })
-    .await;
+    outbox.dead_letters_when(6).await;
 
     let ns = |dead: &[DeadLetter]| dead.iter().map(|d| n_of(&d.message)).collect::<Vec<_>>();
     let matching = |filter: DeadLetterFilter| {

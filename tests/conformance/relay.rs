@@ -161,9 +161,9 @@ pub async fn transient_failures_back_off_exponentially_in_key_order<B: Backend>(
 pub async fn permanent_failure_is_dead_lettered_then_replayed<B: Backend>() {
     let db = B::fresh().await;
     let outbox = db.outbox();
-    let poison = outbox.enqueue_alone(keyed("t", "k", 1)).await.unwrap().id();
-    let behind = outbox.enqueue_alone(keyed("t", "k", 2)).await.unwrap().id();
-    let other_key = outbox.enqueue_alone(keyed("t", "j", 1)).await.unwrap().id();
+    let poison = outbox.enqueue_id(keyed("t", "k", 1)).await;
+    let behind = outbox.enqueue_id(keyed("t", "k", 2)).await;
+    let other_key = outbox.enqueue_id(keyed("t", "j", 1)).await;
 
     let reject = Arc::new(AtomicBool::new(true));
     let published = InMemoryPublisher::new();
@@ -180,11 +180,7 @@ pub async fn permanent_failure_is_dead_lettered_then_replayed<B: Backend>() {
         published.messages().iter().any(|m| m.id() == other_key)
     })
     .await;
-    wait_for("the dead letter", TIMEOUT, || async {
-        !outbox.dead_letters(10).await.unwrap().is_empty()
-    })
-    .await;
-    let dead = outbox.dead_letters(10).await.unwrap();
+    let dead = outbox.dead_letters_when(1).await;
     assert_eq!(dead.len(), 1);
     assert_eq!(dead[0].id(), poison);
     assert_eq!(dead[0].attempts, 1, "permanent: no retry");
@@ -202,7 +198,7 @@ pub async fn permanent_failure_is_dead_lettered_then_replayed<B: Backend>() {
     assert!(!published.messages().iter().any(|m| m.id() == behind));
     assert_eq!(outbox.pending().await, 1);
     // Other keys still flow.
-    let other_later = outbox.enqueue_alone(keyed("t", "j", 2)).await.unwrap().id();
+    let other_later = outbox.enqueue_id(keyed("t", "j", 2)).await;
     outbox.wake();
     eventually("the other key's later message", || {
         published.messages().iter().any(|m| m.id() == other_later)
@@ -279,10 +275,7 @@ pub async fn discard_and_replay_all<B: Backend>() {
         .await
         .unwrap();
     outbox.commit(tx).await.unwrap();
-    wait_for("three dead letters", TIMEOUT, || async {
-        outbox.dead_letters(10).await.unwrap().len() == 3
-    })
-    .await;
+    outbox.dead_letters_when(3).await;
     fail.store(false, Ordering::SeqCst);
 
     outbox.discard_dead_letter(doomed_id).await.unwrap();
@@ -324,16 +317,8 @@ pub async fn discard_and_replay_all<B: Backend>() {
 pub async fn unordered_topic_parks_the_failure_and_the_key_moves_on<B: Backend>() {
     let db = B::fresh().await;
     let outbox = db.outbox();
-    let poison = outbox
-        .enqueue_alone(keyed("metrics", "k", 1))
-        .await
-        .unwrap()
-        .id();
-    let behind = outbox
-        .enqueue_alone(keyed("metrics", "k", 2))
-        .await
-        .unwrap()
-        .id();
+    let poison = outbox.enqueue_id(keyed("metrics", "k", 1)).await;
+    let behind = outbox.enqueue_id(keyed("metrics", "k", 2)).await;
     let published = InMemoryPublisher::new();
     let p2 = published.clone();
     let publisher = FnPublisher::new(move |m: OutboxMessage| {
@@ -360,11 +345,7 @@ pub async fn unordered_topic_parks_the_failure_and_the_key_moves_on<B: Backend>(
         published.messages().iter().any(|m| m.id() == behind)
     })
     .await;
-    wait_for("the dead letter", TIMEOUT, || async {
-        !outbox.dead_letters(10).await.unwrap().is_empty()
-    })
-    .await;
-    let dead = outbox.dead_letters(10).await.unwrap();
+    let dead = outbox.dead_letters_when(1).await;
     relay.shutdown().await.unwrap();
     assert_eq!(dead[0].id(), poison);
     assert_eq!(dead[0].attempts, 3, "dead after max attempts");

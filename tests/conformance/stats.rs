@@ -18,7 +18,7 @@ const TIMEOUT: Duration = Duration::from_secs(10);
 pub async fn stats_tell_ready_retry_waiting_and_parked_apart<B: Backend>() {
     let db = B::fresh().await;
     let outbox = db.outbox();
-    let head = outbox.enqueue_alone(keyed("t", "k", 1)).await.unwrap().id();
+    let head = outbox.enqueue_id(keyed("t", "k", 1)).await;
     outbox.enqueue_alone(keyed("t", "k", 2)).await.unwrap();
     outbox.enqueue_alone(keyed("t", "j", 1)).await.unwrap();
 
