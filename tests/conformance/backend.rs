@@ -126,6 +126,9 @@ pub trait Backend: Send + Sync + Sized + 'static {
     /// The table prefix of [`Backend::outbox`].
     const DEFAULT_PREFIX: &'static str;
 
+    /// The database's clock, in the form the crate stores times in.
+    const NOW: &'static str;
+
     /// The name a query gives the crate's table `table` of the outbox with
     /// `prefix`.
     fn table(prefix: &str, table: &str) -> String;
@@ -165,16 +168,37 @@ pub trait Backend: Send + Sync + Sized + 'static {
 
     /// Records a migration `version` as applied to the default outbox, as a
     /// newer release of the crate would.
-    async fn record_migration(&self, version: i64);
+    async fn record_migration(&self, version: i64) {
+        let migrations = Self::table(Self::DEFAULT_PREFIX, "migrations");
+        self.execute(&format!(
+            "INSERT INTO {migrations} (version, applied_at) VALUES ({version}, {})",
+            Self::NOW
+        ))
+        .await;
+    }
 
     /// Moves every retained message of the default outbox `by` into the past.
     async fn backdate_published(&self, by: Duration);
 
     /// Leases of the default outbox held by some relay and not expired.
-    async fn owned_leases(&self) -> i64;
+    async fn owned_leases(&self) -> i64 {
+        let leases = Self::table(Self::DEFAULT_PREFIX, "leases");
+        self.count(&format!(
+            "SELECT count(*) FROM {leases} WHERE owner IS NOT NULL AND expires_at > {}",
+            Self::NOW
+        ))
+        .await
+    }
 
     /// The relays holding an unexpired lease of the default outbox.
-    async fn lease_owners(&self) -> i64;
+    async fn lease_owners(&self) -> i64 {
+        let leases = Self::table(Self::DEFAULT_PREFIX, "leases");
+        self.count(&format!(
+            "SELECT count(DISTINCT owner) FROM {leases} WHERE expires_at > {}",
+            Self::NOW
+        ))
+        .await
+    }
 
     /// Creates `key_counters` (keys `key-0` .. `key-{keys - 1}`, each at 0)
     /// and `key_log`, where writers number each key's messages in commit

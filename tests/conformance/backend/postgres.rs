@@ -106,6 +106,7 @@ impl<R: Route> Backend for PostgresVia<R> {
 
     type Db = sqlx::Postgres;
     type Outbox = PgOutbox;
+    const NOW: &'static str = "now()";
     const DEFAULT_PREFIX: &'static str = "";
 
     fn table(prefix: &str, table: &str) -> String {
@@ -223,14 +224,6 @@ impl<R: Route> Backend for PostgresVia<R> {
         .unwrap()
     }
 
-    async fn record_migration(&self, version: i64) {
-        sqlx::query("INSERT INTO outbox.migrations (version) VALUES ($1)")
-            .bind(version)
-            .execute(&self.pool)
-            .await
-            .unwrap();
-    }
-
     async fn backdate_published(&self, by: Duration) {
         sqlx::query(
             "UPDATE outbox.published SET published_at = published_at - make_interval(secs => $1)",
@@ -239,24 +232,6 @@ impl<R: Route> Backend for PostgresVia<R> {
         .execute(&self.pool)
         .await
         .unwrap();
-    }
-
-    async fn owned_leases(&self) -> i64 {
-        sqlx::query_scalar(
-            "SELECT count(*) FROM outbox.leases WHERE owner IS NOT NULL AND expires_at > now()",
-        )
-        .fetch_one(&self.pool)
-        .await
-        .unwrap()
-    }
-
-    async fn lease_owners(&self) -> i64 {
-        sqlx::query_scalar(
-            "SELECT count(DISTINCT owner) FROM outbox.leases WHERE expires_at > now()",
-        )
-        .fetch_one(&self.pool)
-        .await
-        .unwrap()
     }
 
     async fn create_key_counters(&self, keys: usize) {

@@ -50,6 +50,7 @@ impl Backend for Sqlite {
 
     type Db = sqlx::Sqlite;
     type Outbox = SqliteOutbox;
+    const NOW: &'static str = "CAST((julianday('now') - 2440587.5) * 86400000000 AS INTEGER)";
     const DEFAULT_PREFIX: &'static str = "outbox_";
 
     fn table(prefix: &str, table: &str) -> String {
@@ -164,38 +165,12 @@ impl Backend for Sqlite {
         .unwrap()
     }
 
-    async fn record_migration(&self, version: i64) {
-        sqlx::query("INSERT INTO outbox_migrations (version, applied_at) VALUES ($1, 0)")
-            .bind(version)
-            .execute(&self.pool)
-            .await
-            .unwrap();
-    }
-
     async fn backdate_published(&self, by: Duration) {
         sqlx::query("UPDATE outbox_published SET published_at = published_at - $1")
             .bind(by.as_micros() as i64)
             .execute(&self.pool)
             .await
             .unwrap();
-    }
-
-    async fn owned_leases(&self) -> i64 {
-        sqlx::query_scalar(
-            "SELECT count(*) FROM outbox_leases WHERE owner IS NOT NULL AND expires_at > $1",
-        )
-        .bind(Self::now_micros())
-        .fetch_one(&self.pool)
-        .await
-        .unwrap()
-    }
-
-    async fn lease_owners(&self) -> i64 {
-        sqlx::query_scalar("SELECT count(DISTINCT owner) FROM outbox_leases WHERE expires_at > $1")
-            .bind(Self::now_micros())
-            .fetch_one(&self.pool)
-            .await
-            .unwrap()
     }
 
     async fn create_key_counters(&self, keys: usize) {
