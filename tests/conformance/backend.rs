@@ -123,6 +123,16 @@ pub trait Backend: Send + Sync + Sized + 'static {
     /// Writes a business row in `tx`.
     async fn insert_candidate(&self, tx: &mut Tx<Self>, id: i64, status: &str) -> sqlx::Result<()>;
 
+    /// A transaction that has hired candidate `id`: its business row
+    /// written, nothing else yet.
+    async fn begin_hiring(&self, id: i64) -> Tx<Self> {
+        let mut tx = self.begin().await;
+        self.insert_candidate(&mut tx, id, "hired")
+            .await
+            .expect("insert a candidate");
+        tx
+    }
+
     /// The table prefix of [`Backend::outbox`].
     const DEFAULT_PREFIX: &'static str;
 

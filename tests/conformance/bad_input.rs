@@ -98,8 +98,7 @@ fn assert_refused(what: &str, err: &Error, names: &str) {
 pub async fn bad_input_never_costs_the_callers_transaction<B: Backend>() {
     let db = B::fresh().await;
     let outbox = db.outbox();
-    let mut tx = db.begin().await;
-    db.insert_candidate(&mut tx, 1, "hired").await.unwrap();
+    let mut tx = db.begin_hiring(1).await;
 
     for (message, names) in bad_messages() {
         let what = format!("enqueue of {:?}", message.topic());

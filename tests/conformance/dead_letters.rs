@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use outbox::{
     BlockingMessage, DeadLetter, DeadLetterFilter, Error, InMemoryPublisher, MessageId,
-    PublishError, Publisher,
+    PublishError, Publisher, ReplayReport,
 };
 
 use crate::backend::{Backend, TestOutbox};
@@ -35,6 +35,11 @@ fn rejecting(
             .contains(&m.id())
             .then(|| PublishError::permanent("rejected by the broker"))
     })
+}
+
+/// Replays the dead letters that match `filter`.
+async fn replay<O: TestOutbox>(outbox: &O, filter: DeadLetterFilter) -> ReplayReport {
+    outbox.replay_dead_letters(&filter).await.expect("replay")
 }
 
 fn ids(published: &InMemoryPublisher) -> Vec<MessageId> {
@@ -117,10 +122,7 @@ pub async fn a_reenqueued_id_keeps_every_dead_letter_and_every_key_moves_again<B
     assert_eq!(blocked, expected, "each block names its own dead letter");
 
     // The relay is stopped, so what goes back stays pending.
-    let report = outbox
-        .replay_dead_letters(&DeadLetterFilter::new())
-        .await
-        .unwrap();
+    let report = replay(&outbox, DeadLetterFilter::new()).await;
     assert_eq!(report.replayed, 1, "one message per id can be pending");
     let left: Vec<(MessageId, i64)> = report
         .not_replayed
@@ -438,22 +440,17 @@ pub async fn dead_letters_filter_page_and_replay_by_filter<B: Backend>() {
 
     // A filtered replay sends back only what matches.
     fail.store(false, Ordering::SeqCst);
-    let report = outbox
-        .replay_dead_letters(&DeadLetterFilter::new().topic("orders"))
-        .await
-        .unwrap();
+    let report = replay(&outbox, DeadLetterFilter::new().topic("orders")).await;
     assert_eq!(report.replayed, 3);
     assert!(report.not_replayed.is_empty());
     assert_eq!(ns(&outbox.dead_letters(10).await.unwrap()), [4, 5, 6]);
-    let report = outbox
-        .replay_dead_letters(&DeadLetterFilter::new().topic("mail").error_contains("#5"))
-        .await
-        .unwrap();
+    let report = replay(
+        &outbox,
+        DeadLetterFilter::new().topic("mail").error_contains("#5"),
+    )
+    .await;
     assert_eq!(report.replayed, 1);
-    let nothing = outbox
-        .replay_dead_letters(&DeadLetterFilter::new().topic("no such topic"))
-        .await
-        .unwrap();
+    let nothing = replay(&outbox, DeadLetterFilter::new().topic("no such topic")).await;
     assert_eq!(nothing.replayed, 0);
     assert!(nothing.not_replayed.is_empty());
     wait_for("the replayed messages", TIMEOUT, || async {

@@ -649,8 +649,7 @@ pub async fn commit_wakes_the_relay_without_polling<B: Backend>() {
     tokio::time::sleep(Duration::from_millis(100)).await;
 
     for n in 1..=2 {
-        let mut tx = db.begin().await;
-        db.insert_candidate(&mut tx, n, "hired").await.unwrap();
+        let mut tx = db.begin_hiring(n).await;
         outbox
             .enqueue(&mut tx, keyed("t", "a", n as u64))
             .await

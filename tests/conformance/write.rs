@@ -16,8 +16,7 @@ use crate::support::{eventually, wait_for};
 pub async fn rollback_publishes_nothing<B: Backend>() {
     let db = B::fresh().await;
     let outbox = db.outbox();
-    let mut tx = db.begin().await;
-    db.insert_candidate(&mut tx, 1, "hired").await.unwrap();
+    let mut tx = db.begin_hiring(1).await;
     let rolled_back = outbox
         .publish_event(&mut tx, &CandidateHired { candidate_id: 1 })
         .await
@@ -34,8 +33,7 @@ pub async fn rollback_publishes_nothing<B: Backend>() {
     assert_eq!(db.candidates().await, 0);
 
     // Committed: the change and its event together.
-    let mut tx = db.begin().await;
-    db.insert_candidate(&mut tx, 2, "hired").await.unwrap();
+    let mut tx = db.begin_hiring(2).await;
     let committed = outbox
         .publish_event(&mut tx, &CandidateHired { candidate_id: 2 })
         .await
@@ -225,8 +223,7 @@ pub async fn payload_that_cannot_serialize_is_an_error_before_any_write<B: Backe
     }
     let mut map = HashMap::new();
     map.insert((1, 1), 1);
-    let mut tx = db.begin().await;
-    db.insert_candidate(&mut tx, 1, "hired").await.unwrap();
+    let mut tx = db.begin_hiring(1).await;
     let err = outbox
         .publish_event(&mut tx, &Bad { map })
         .await
