@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use outbox::{Event, InMemoryPublisher, PgOutbox, Relay};
 use serde::Serialize;
-use sqlx::postgres::PgPoolOptions;
+use sqlx::postgres::{PgPool, PgPoolOptions};
 
 #[derive(Serialize)]
 struct CandidateHired {
@@ -36,13 +36,7 @@ async fn main() -> outbox::Result<()> {
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned());
 
     // Set-up, once per deployment.
-    let pool = PgPoolOptions::new()
-        .max_connections(8)
-        .connect(&url)
-        .await?;
-    let outbox = PgOutbox::builder(pool.clone())
-        .schema("outbox_demo")
-        .build()?;
+    let (pool, outbox) = connect(&url, 8).await?;
     outbox.migrate().await?;
     sqlx::query(
         "CREATE TABLE IF NOT EXISTS demo_candidates (id bigint PRIMARY KEY, status text NOT NULL)",
@@ -83,15 +77,22 @@ async fn main() -> outbox::Result<()> {
     Ok(())
 }
 
-/// The candidate-tracking service: domain change + event, one transaction.
-async fn tracking_service(url: String, count: i64) -> outbox::Result<()> {
+/// A service's pool of `connections` and its outbox, in schema
+/// `outbox_demo`.
+async fn connect(url: &str, connections: u32) -> outbox::Result<(PgPool, PgOutbox)> {
     let pool = PgPoolOptions::new()
-        .max_connections(4)
-        .connect(&url)
+        .max_connections(connections)
+        .connect(url)
         .await?;
     let outbox = PgOutbox::builder(pool.clone())
         .schema("outbox_demo")
         .build()?;
+    Ok((pool, outbox))
+}
+
+/// The candidate-tracking service: domain change + event, one transaction.
+async fn tracking_service(url: String, count: i64) -> outbox::Result<()> {
+    let (pool, outbox) = connect(&url, 4).await?;
     for id in 1..=count {
         let mut tx = pool.begin().await?;
         sqlx::query(

@@ -190,24 +190,25 @@ pub trait Backend: Send + Sync + Sized + 'static {
     /// Moves every retained message of the default outbox `by` into the past.
     async fn backdate_published(&self, by: Duration);
 
-    /// Leases of the default outbox held by some relay and not expired.
-    async fn owned_leases(&self) -> i64 {
+    /// `what` (an aggregate) over the unexpired leases of the default
+    /// outbox.
+    async fn over_live_leases(&self, what: &str) -> i64 {
         let leases = Self::table(Self::DEFAULT_PREFIX, "leases");
         self.count(&format!(
-            "SELECT count(*) FROM {leases} WHERE owner IS NOT NULL AND expires_at > {}",
+            "SELECT {what} FROM {leases} WHERE expires_at > {}",
             Self::NOW
         ))
         .await
     }
 
+    /// Leases of the default outbox held by some relay and not expired.
+    async fn owned_leases(&self) -> i64 {
+        self.over_live_leases("count(owner)").await
+    }
+
     /// The relays holding an unexpired lease of the default outbox.
     async fn lease_owners(&self) -> i64 {
-        let leases = Self::table(Self::DEFAULT_PREFIX, "leases");
-        self.count(&format!(
-            "SELECT count(DISTINCT owner) FROM {leases} WHERE expires_at > {}",
-            Self::NOW
-        ))
-        .await
+        self.over_live_leases("count(DISTINCT owner)").await
     }
 
     /// Creates `key_counters` (keys `key-0` .. `key-{keys - 1}`, each at 0)
@@ -263,6 +264,30 @@ pub trait TestOutbox: Clone + Send + Sync + 'static {
         self.pending_count().await.expect("pending_count")
     }
 
+    /// `n` fast relays publishing to clones of `publisher`, `batch` at a
+    /// time.
+    fn fast_relays<P: Publisher + Clone>(
+        &self,
+        n: usize,
+        publisher: &P,
+        batch: usize,
+    ) -> Vec<outbox::RelayHandle> {
+        (0..n)
+            .map(|_| {
+                let relay = self.fast_relay(publisher.clone()).batch_size(batch);
+                relay.spawn().expect("spawn a relay")
+            })
+            .collect()
+    }
+
+    /// Waits up to `within` for the outbox to drain.
+    async fn drained(&self, within: Duration) {
+        crate::support::wait_for("the outbox drained", within, || async {
+            self.pending().await == 0
+        })
+        .await;
+    }
+
     /// `enqueue` in a transaction of its own; the message's id.
     async fn enqueue_id(&self, message: NewMessage) -> MessageId {
         self.enqueue_alone(message).await.expect("enqueue").id()
@@ -271,13 +296,19 @@ pub trait TestOutbox: Clone + Send + Sync + 'static {
     /// The dead letters, once there are exactly `n` of them (waiting up to
     /// a minute).
     async fn dead_letters_when(&self, n: usize) -> Vec<DeadLetter> {
-        crate::support::wait_for(
-            &format!("{n} dead letters"),
-            Duration::from_secs(60),
-            || async { self.dead_letters(100).await.expect("dead_letters").len() == n },
-        )
-        .await;
-        self.dead_letters(100).await.expect("dead_letters")
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            let dead = self.dead_letters(100).await.expect("dead_letters");
+            if dead.len() == n {
+                return dead;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "waited for {n} dead letters; {} so far",
+                dead.len()
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
     }
     async fn migrate(&self) -> outbox::Result<()>;
     async fn enqueue(

@@ -16,6 +16,7 @@ use proptest::prelude::*;
 use proptest::test_runner::{Config, TestRunner};
 use serde_json::{json, Value};
 
+use crate::backend::Tx;
 use crate::consumer_backend::{consumer_scenarios, finish_shared, ExportBackend, InboxBackend};
 use crate::support::wait_for;
 
@@ -367,23 +368,19 @@ async fn a_new_consumer_starts_from_a_snapshot_without_missing_or_repeating<B: E
 /// The classic gap: T1 takes a position, T2 takes a later one and commits
 /// first; a reader that moves past T2's position must still get T1's
 /// change once it commits.
+/// A transaction that has logged the insert of entity `c`/`key`, open.
+async fn begin_insert<B: ExportBackend>(db: &B, key: &str, doc: Value) -> Tx<B> {
+    let mut tx = db.begin().await;
+    let change = Change::insert("c", key, &doc).unwrap();
+    db.log_change(&mut tx, &change).await.unwrap();
+    tx
+}
+
 async fn a_late_commit_is_exported_later_not_skipped<B: ExportBackend>() {
     let db = B::bare(4).await;
     db.migrate_outbox().await.unwrap();
-    let mut t1 = db.begin().await;
-    db.log_change(
-        &mut t1,
-        &Change::insert("c", "early", &json!({"a": 1})).unwrap(),
-    )
-    .await
-    .unwrap();
-    let mut t2 = db.begin().await;
-    db.log_change(
-        &mut t2,
-        &Change::insert("c", "late", &json!({"a": 2})).unwrap(),
-    )
-    .await
-    .unwrap();
+    let t1 = begin_insert(&db, "early", json!({"a": 1})).await;
+    let t2 = begin_insert(&db, "late", json!({"a": 2})).await;
     t2.commit().await.unwrap();
 
     let page = db.changes_since("r", 100).await.unwrap();

@@ -115,16 +115,9 @@ pub async fn many_writers_many_relays_random_failures_keep_commit_order<B: Backe
     let received = Arc::new(Received::default());
     let relays: Vec<RelayHandle> = (0..4)
         .map(|i| {
-            outbox
-                .relay(ChaosPublisher {
-                    received: received.clone(),
-                    rng: Mutex::new(fastrand::Rng::with_seed(i)),
-                })
+            chaos_relay(&outbox, &received, i)
                 .batch_size(50)
-                .poll_interval(Duration::from_millis(20))
                 .lease_ttl(Duration::from_secs(2))
-                .key_sequences(true)
-                .retry(fast_retry())
                 .spawn()
                 .unwrap()
         })
@@ -214,12 +207,7 @@ pub async fn many_writers_many_relays_random_failures_keep_commit_order<B: Backe
     }
     // Messages delivered but not acknowledged (a failure reported after
     // delivery) are published again, then acknowledged.
-    wait_for(
-        "the outbox drained",
-        Duration::from_secs(120 * scale()),
-        || async { outbox.pending().await == 0 },
-    )
-    .await;
+    outbox.drained(Duration::from_secs(120 * scale())).await;
     for r in relays {
         r.shutdown().await.unwrap();
     }
@@ -321,15 +309,8 @@ pub async fn prefetched_batches_hold_back_keys_with_a_failed_message<B: Backend>
     let received = Arc::new(Received::default());
     let relays: Vec<RelayHandle> = (0..2)
         .map(|i| {
-            outbox
-                .relay(ChaosPublisher {
-                    received: received.clone(),
-                    rng: Mutex::new(fastrand::Rng::with_seed(77 + i)),
-                })
+            chaos_relay(&outbox, &received, 77 + i)
                 .batch_size(60)
-                .poll_interval(Duration::from_millis(20))
-                .key_sequences(true)
-                .retry(fast_retry())
                 .spawn()
                 .unwrap()
         })
@@ -399,18 +380,37 @@ impl<B: Backend> Publisher for Recorder<B> {
     }
 }
 
+/// A relay whose [`ChaosPublisher`] draws from seed `seed`; per-key
+/// numbers on, polling every 20 ms.
+fn chaos_relay<O: TestOutbox>(outbox: &O, received: &Arc<Received>, seed: u64) -> RelayBuilder {
+    outbox
+        .relay(ChaosPublisher {
+            received: received.clone(),
+            rng: Mutex::new(fastrand::Rng::with_seed(seed)),
+        })
+        .poll_interval(Duration::from_millis(20))
+        .key_sequences(true)
+        .retry(fast_retry())
+}
+
 /// A relay recording its deliveries as process `relay`: leases of 1 s,
 /// per-key numbers on.
 fn recording_relay<B: Backend>(db: &Arc<B>, relay: i32) -> RelayBuilder {
+    recorder(db, relay, Duration::ZERO)
+        .batch_size(200)
+        .poll_interval(Duration::from_millis(50))
+}
+
+/// A relay publishing to a [`Recorder`] as `relay`, which confirms each
+/// message after `confirm_after`; per-key numbers on, short leases.
+fn recorder<B: Backend>(db: &Arc<B>, relay: i32, confirm_after: Duration) -> RelayBuilder {
     let publisher = Recorder {
         db: db.clone(),
         relay,
-        confirm_after: Duration::ZERO,
+        confirm_after,
     };
     db.outbox()
         .relay(publisher)
-        .batch_size(200)
-        .poll_interval(Duration::from_millis(50))
         .lease_ttl(Duration::from_secs(1))
         .key_sequences(true)
         .retry(fast_retry())
@@ -419,18 +419,9 @@ fn recording_relay<B: Backend>(db: &Arc<B>, relay: i32) -> RelayBuilder {
 /// A recording relay that publishes one message at a time and waits
 /// `confirm_after` before confirming each.
 fn slow_recording_relay<B: Backend>(db: &Arc<B>, confirm_after: Duration) -> RelayBuilder {
-    let publisher = Recorder {
-        db: db.clone(),
-        relay: std::process::id() as i32,
-        confirm_after,
-    };
-    db.outbox()
-        .relay(publisher)
+    recorder(db, std::process::id() as i32, confirm_after)
         .batch_size(1)
         .poll_interval(Duration::from_millis(20))
-        .lease_ttl(Duration::from_secs(1))
-        .key_sequences(true)
-        .retry(fast_retry())
 }
 
 /// The body of a relay process started by the crash scenarios: a recording
@@ -576,12 +567,7 @@ pub async fn relay_processes_killed_at_random_lose_nothing_and_keep_order<B: Bac
     }
     // Messages delivered but not acknowledged (a killed relay) are
     // published again, then acknowledged.
-    wait_for(
-        "the outbox drained",
-        Duration::from_secs(120 * scale()),
-        || async { outbox.pending().await == 0 },
-    )
-    .await;
+    outbox.drained(Duration::from_secs(120 * scale())).await;
     for r in steady {
         r.shutdown().await.unwrap();
     }

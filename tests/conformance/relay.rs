@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use outbox::{
     Error, FnPublisher, InMemoryPublisher, MessageId, OrderingPolicy, OutboxMessage, PublishError,
-    Publisher, RelayHandle, Retention, RetryPolicy,
+    Publisher, Retention, RetryPolicy,
 };
 
 use crate::backend::{Backend, Pool, TestOutbox};
@@ -155,14 +155,28 @@ pub async fn transient_failures_back_off_exponentially_in_key_order<B: Backend>(
     db.close().await;
 }
 
+/// Enqueues messages numbered `range` on topic `t`, without keys, and
+/// wakes the relays.
+async fn enqueue_numbered<O: TestOutbox>(outbox: &O, range: std::ops::Range<u64>) {
+    let messages = range.map(|n| numbered("t", n)).collect();
+    outbox.enqueue_batch_alone(messages).await.unwrap();
+    outbox.wake();
+}
+
+/// Two messages of key `k` on `topic`: the first to fail, the one behind
+/// it.
+async fn poison_and_behind<O: TestOutbox>(outbox: &O, topic: &str) -> (MessageId, MessageId) {
+    let poison = outbox.enqueue_id(keyed(topic, "k", 1)).await;
+    (poison, outbox.enqueue_id(keyed(topic, "k", 2)).await)
+}
+
 /// A permanent failure is dead-lettered at once with its error; under the
 /// ordered policy its key stays blocked (other keys flow) until the dead
 /// letter is replayed, which publishes it before the key's later messages.
 pub async fn permanent_failure_is_dead_lettered_then_replayed<B: Backend>() {
     let db = B::fresh().await;
     let outbox = db.outbox();
-    let poison = outbox.enqueue_id(keyed("t", "k", 1)).await;
-    let behind = outbox.enqueue_id(keyed("t", "k", 2)).await;
+    let (poison, behind) = poison_and_behind(&outbox, "t").await;
     let other_key = outbox.enqueue_id(keyed("t", "j", 1)).await;
 
     let reject = Arc::new(AtomicBool::new(true));
@@ -317,8 +331,7 @@ pub async fn discard_and_replay_all<B: Backend>() {
 pub async fn unordered_topic_parks_the_failure_and_the_key_moves_on<B: Backend>() {
     let db = B::fresh().await;
     let outbox = db.outbox();
-    let poison = outbox.enqueue_id(keyed("metrics", "k", 1)).await;
-    let behind = outbox.enqueue_id(keyed("metrics", "k", 2)).await;
+    let (poison, behind) = poison_and_behind(&outbox, "metrics").await;
     let published = InMemoryPublisher::new();
     let p2 = published.clone();
     let publisher = FnPublisher::new(move |m: OutboxMessage| {
@@ -361,15 +374,7 @@ pub async fn several_relays_never_publish_twice_and_keep_key_order<B: Backend>()
     let db = Arc::new(B::create(Pool::Connections(20)).await);
     let outbox = db.outbox();
     let publisher = InMemoryPublisher::new();
-    let relays: Vec<RelayHandle> = (0..4)
-        .map(|_| {
-            outbox
-                .fast_relay(publisher.clone())
-                .batch_size(100)
-                .spawn()
-                .unwrap()
-        })
-        .collect();
+    let relays = outbox.fast_relays(4, &publisher, 100);
     let mut writers = Vec::new();
     for w in 0..8u64 {
         let outbox = outbox.clone();
@@ -440,15 +445,7 @@ pub async fn several_relays_share_thousands_without_duplicates<B: Backend>() {
     outbox.enqueue_batch(&mut tx, batch).await.unwrap();
     tx.commit().await.unwrap();
     let publisher = InMemoryPublisher::new();
-    let relays: Vec<RelayHandle> = (0..3)
-        .map(|_| {
-            outbox
-                .fast_relay(publisher.clone())
-                .batch_size(50)
-                .spawn()
-                .unwrap()
-        })
-        .collect();
+    let relays = outbox.fast_relays(3, &publisher, 50);
     eventually("all 5000 published", || publisher.len() >= 5000).await;
     for r in relays {
         r.shutdown().await.unwrap();
@@ -466,23 +463,19 @@ pub async fn standby_takes_over<B: Backend>() {
     let db = B::fresh().await;
     let outbox = db.outbox();
     let (p1, p2) = (InMemoryPublisher::new(), InMemoryPublisher::new());
-    let ttl = Duration::from_millis(600);
-    let r1 = outbox
-        .relay(p1.clone())
-        .lease_ttl(ttl)
-        .poll_interval(Duration::from_millis(50))
-        .spawn()
-        .unwrap();
+    let start = |publisher: InMemoryPublisher| {
+        let relay = outbox
+            .relay(publisher)
+            .lease_ttl(Duration::from_millis(600));
+        let relay = relay.poll_interval(Duration::from_millis(50));
+        relay.spawn().unwrap()
+    };
+    let r1 = start(p1.clone());
     wait_for("the first relay's leases", TIMEOUT, || async {
         r1.health().leased_buckets == B::BUCKETS
     })
     .await;
-    let r2 = outbox
-        .relay(p2.clone())
-        .lease_ttl(ttl)
-        .poll_interval(Duration::from_millis(50))
-        .spawn()
-        .unwrap();
+    let r2 = start(p2.clone());
     // Two relays split the buckets, the first keeping the larger half.
     let (first_share, second_share) = (B::BUCKETS.div_ceil(2), B::BUCKETS / 2);
     wait_for("the buckets split", TIMEOUT, || async {
@@ -490,11 +483,7 @@ pub async fn standby_takes_over<B: Backend>() {
     })
     .await;
 
-    outbox
-        .enqueue_batch_alone((0..50).map(|n| numbered("t", n)).collect())
-        .await
-        .unwrap();
-    outbox.wake();
+    enqueue_numbered(&outbox, 0..50).await;
     wait_for("the first batch", TIMEOUT, || async {
         p1.len() + p2.len() >= 50 && outbox.pending().await == 0
     })
@@ -514,11 +503,7 @@ pub async fn standby_takes_over<B: Backend>() {
         r2.health().leased_buckets == B::BUCKETS
     })
     .await;
-    outbox
-        .enqueue_batch_alone((50..80).map(|n| numbered("t", n)).collect())
-        .await
-        .unwrap();
-    outbox.wake();
+    enqueue_numbered(&outbox, 50..80).await;
     wait_for("the second batch", TIMEOUT, || async {
         p2.len() >= before2 + 30 && outbox.pending().await == 0
     })
