@@ -119,6 +119,7 @@ pub use crate::message::{
 pub use crate::publisher::{FnPublisher, InMemoryPublisher, LogPublisher, Publisher};
 pub use crate::relay::{
     Health, OrderingPolicy, Relay, RelayBuilder, RelayHandle, RelayState, Retention, RetryPolicy,
+    DEFAULT_MAX_BATCH_BYTES,
 };
 #[cfg(feature = "postgres")]
 pub use crate::store::postgres::{PgOutbox, PgOutboxBuilder, WakeUp};

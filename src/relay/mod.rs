@@ -106,10 +106,14 @@ pub enum Retention {
     Keep(Duration),
 }
 
+/// The default of [`RelayBuilder::max_batch_bytes`]: 64 MiB.
+pub const DEFAULT_MAX_BATCH_BYTES: usize = 64 << 20;
+
 #[derive(Debug, Clone)]
 pub(crate) struct RelayConfig {
     pub(crate) relay_id: Uuid,
     pub(crate) batch_size: usize,
+    pub(crate) max_batch_bytes: usize,
     pub(crate) poll_interval: Duration,
     pub(crate) lease_ttl: Duration,
     pub(crate) retry: RetryPolicy,
@@ -155,6 +159,7 @@ impl Relay {
             config: RelayConfig {
                 relay_id: Uuid::now_v7(),
                 batch_size: 500,
+                max_batch_bytes: DEFAULT_MAX_BATCH_BYTES,
                 poll_interval: Duration::from_secs(1),
                 lease_ttl: Duration::from_secs(10),
                 retry: RetryPolicy::default(),
@@ -199,6 +204,15 @@ impl RelayBuilder {
     setters! {
         /// Most messages read and published per round (default 500).
         pub fn batch_size(n: usize) => config.batch_size = n;
+
+        /// Most payload bytes a round holds (default
+        /// [`DEFAULT_MAX_BATCH_BYTES`], 64 MiB): a claim stops at the first
+        /// message that takes it past this, that message included, so a
+        /// round holds at most this plus one payload, and always at least
+        /// one message. With prefetch on, two rounds' claims can be in
+        /// memory at once. Bounds the relay's memory whatever the payload
+        /// sizes: 500 messages of 20 MB each are published a few at a time.
+        pub fn max_batch_bytes(n: usize) => config.max_batch_bytes = n;
 
         /// How often to look for messages when no wake-up arrives (default
         /// 1 s). Commits through `commit` and PostgreSQL notifications wake the
@@ -280,6 +294,9 @@ impl RelayBuilder {
         };
         if c.batch_size == 0 || c.batch_size > 100_000 {
             return bad("batch_size", "must be between 1 and 100000");
+        }
+        if c.max_batch_bytes == 0 || c.max_batch_bytes > i64::MAX as usize {
+            return bad("max_batch_bytes", "must be at least 1");
         }
         const DAY: Duration = Duration::from_secs(86_400);
         if c.poll_interval.is_zero() || c.poll_interval > DAY {

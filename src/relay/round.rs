@@ -12,11 +12,11 @@ use super::numbering::number_keys;
 use super::worker::Worker;
 use super::Retention;
 use crate::error::Result;
-use crate::store::{Ack, AckBatch, AckReport, Claim, Claimed, Disposition};
+use crate::store::{Ack, AckBatch, AckReport, Claim, Claimed, ClaimedBatch, Disposition};
 
 /// A claim running while the batch before it is published and
 /// acknowledged; aborted when dropped.
-pub(super) struct Prefetch(tokio::task::JoinHandle<Result<Vec<Claimed>>>);
+pub(super) struct Prefetch(tokio::task::JoinHandle<Result<ClaimedBatch>>);
 
 impl Drop for Prefetch {
     fn drop(&mut self) {
@@ -88,20 +88,19 @@ impl Worker {
     /// Claims one batch, publishes it and acknowledges it. Returns true if
     /// the batch was full (more may be waiting).
     pub(super) async fn round(&mut self) -> Result<bool> {
-        let limit = self.config.batch_size as i64;
         let (claimed, full) = match self.prefetch.take() {
             Some(mut p) => {
                 let got = (&mut p.0).await.map_err(crate::Error::RelayTask)??;
-                let full = got.len() as i64 >= limit;
+                let full = got.more;
                 // Later messages of a key whose earlier one is still pending
                 // (or now blocked) wait for the next claim.
                 let unsettled = std::mem::take(&mut self.unsettled);
-                (without_unsettled(got, &unsettled), full)
+                (without_unsettled(got.messages, &unsettled), full)
             }
             None => {
                 let got = self.claim(Vec::new()).await?;
-                let full = got.len() as i64 >= limit;
-                (got, full)
+                let full = got.more;
+                (got.messages, full)
             }
         };
         self.unsettled.clear();
@@ -184,13 +183,14 @@ impl Worker {
     fn claim(
         &self,
         exclude: Vec<i64>,
-    ) -> impl std::future::Future<Output = Result<Vec<Claimed>>> + Send + 'static {
+    ) -> impl std::future::Future<Output = Result<ClaimedBatch>> + Send + 'static {
         let buckets = claim_scope(&self.leases, self.bucket_count);
         let store = self.store.clone();
-        let (count, now, limit) = (
+        let (count, now, limit, max_bytes) = (
             self.bucket_count,
             self.clock.now(),
             self.config.batch_size as i64,
+            self.config.max_batch_bytes as i64,
         );
         async move {
             let claim = Claim {
@@ -199,6 +199,7 @@ impl Worker {
                 now,
                 limit,
                 exclude: &exclude,
+                max_bytes,
             };
             store.claim(claim).await
         }

@@ -287,6 +287,48 @@ pub struct Claimed {
     pub(crate) undecodable: Option<String>,
 }
 
+/// What one claim read: the messages, and whether it stopped before it ran
+/// out of due messages (at its limit or its byte budget), so that more may
+/// be waiting. Reads as the list of messages.
+#[derive(Debug, Clone, Default)]
+#[allow(unreachable_pub)] // sealed: reachable only through `Store`
+pub struct ClaimedBatch {
+    pub(crate) messages: Vec<Claimed>,
+    pub(crate) more: bool,
+}
+
+impl ClaimedBatch {
+    /// `messages`, of `read` rows the claim's scan took before the byte
+    /// budget cut it, under a claim of at most `limit`.
+    pub(crate) fn new(messages: Vec<Claimed>, read: i64, limit: i64) -> Self {
+        let more = read >= limit || (messages.len() as i64) < read;
+        Self { messages, more }
+    }
+}
+
+impl std::ops::Deref for ClaimedBatch {
+    type Target = Vec<Claimed>;
+
+    fn deref(&self) -> &Vec<Claimed> {
+        &self.messages
+    }
+}
+
+impl std::ops::DerefMut for ClaimedBatch {
+    fn deref_mut(&mut self) -> &mut Vec<Claimed> {
+        &mut self.messages
+    }
+}
+
+impl IntoIterator for ClaimedBatch {
+    type Item = Claimed;
+    type IntoIter = std::vec::IntoIter<Claimed>;
+
+    fn into_iter(self) -> Self::IntoIter {
+        self.messages.into_iter()
+    }
+}
+
 /// What the relay decided for one claimed message.
 #[derive(Debug, Clone)]
 #[allow(unreachable_pub)] // sealed: reachable only through `Store`
@@ -506,6 +548,10 @@ pub struct Claim<'a> {
     pub(crate) limit: i64,
     /// Positions still in flight (the batch being published), left out.
     pub(crate) exclude: &'a [i64],
+    /// The claim stops at the first message that takes the payloads it
+    /// holds past this many bytes (that message included, so a claim
+    /// always takes at least one).
+    pub(crate) max_bytes: i64,
 }
 
 /// Parameters of [`StoreOps::ack`](sealed::StoreOps::ack).
@@ -566,8 +612,8 @@ pub(crate) mod sealed {
         async fn leave(&self, relay: Uuid) -> Result<()>;
         /// Reads up to `limit` messages of the given buckets (all if
         /// `None`), in position order, skipping those not yet due and those
-        /// behind a blocked key.
-        async fn claim(&self, p: Claim<'_>) -> Result<Vec<Claimed>>;
+        /// behind a blocked key, and stopping at the byte budget.
+        async fn claim(&self, p: Claim<'_>) -> Result<ClaimedBatch>;
         /// The last published per-key sequence number of each key that has
         /// one.
         async fn key_sequences(&self, keys: &[String]) -> Result<HashMap<String, i64>>;

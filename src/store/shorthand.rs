@@ -48,9 +48,11 @@ pub(crate) trait Shorthand: StoreOps {
             now: Utc::now(),
             limit,
             exclude,
+            max_bytes: i64::MAX,
         })
         .await
         .unwrap()
+        .messages
     }
 
     /// Claims every message due at `now`, in position order.
@@ -62,9 +64,11 @@ pub(crate) trait Shorthand: StoreOps {
             now,
             limit: 1000,
             exclude: &[],
+            max_bytes: i64::MAX,
         })
         .await
         .unwrap()
+        .messages
     }
 
     /// Acknowledges `acks` under `leases`, deleting what was published.

@@ -45,6 +45,7 @@ pub async fn bad_relay_configuration_is_a_typed_error<B: Backend>() {
     let builder = || outbox.relay(InMemoryPublisher::new());
     let bad: Vec<(&str, RelayBuilder)> = vec![
         ("batch_size", builder().batch_size(0)),
+        ("max_batch_bytes", builder().max_batch_bytes(0)),
         ("poll_interval", builder().poll_interval(Duration::ZERO)),
         ("lease_ttl", builder().lease_ttl(Duration::from_millis(1))),
         (

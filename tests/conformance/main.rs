@@ -99,6 +99,7 @@ macro_rules! every_backend {
             relay::standby_takes_over,
             relay::shutdown_during_a_batch_loses_nothing,
             relay::retention_keeps_published_rows_then_purges_them,
+            relay::rounds_stop_at_the_byte_budget,
             relay::commit_wakes_the_relay_without_polling,
             [multi_thread] ordering::many_writers_many_relays_random_failures_keep_commit_order,
             [multi_thread] ordering::prefetched_batches_hold_back_keys_with_a_failed_message,

@@ -566,6 +566,51 @@ pub async fn shutdown_during_a_batch_loses_nothing<B: Backend>() {
     db.close().await;
 }
 
+/// Records the payload sizes of every publisher call, and publishes.
+#[derive(Clone, Default)]
+struct CallSizes {
+    calls: Arc<Mutex<Vec<Vec<usize>>>>,
+}
+
+#[async_trait::async_trait]
+impl Publisher for CallSizes {
+    async fn publish(&self, batch: &[OutboxMessage]) -> Vec<Result<(), PublishError>> {
+        let sizes = batch.iter().map(|m| m.payload().len()).collect();
+        self.calls.lock().unwrap().push(sizes);
+        batch.iter().map(|_| Ok(())).collect()
+    }
+}
+
+/// A relay's rounds hold at most its byte budget plus one payload: a
+/// message larger than the whole budget goes alone, and twenty keyless
+/// messages of 1,000 bytes under a 2,500-byte budget go at most three at a
+/// time (the third starts within the budget), each once.
+pub async fn rounds_stop_at_the_byte_budget<B: Backend>() {
+    let db = B::fresh().await;
+    let outbox = db.outbox();
+    let mut messages = vec![outbox::NewMessage::bytes("t", vec![99; 10_000])];
+    messages.extend((0..20u8).map(|n| outbox::NewMessage::bytes("t", vec![n; 1000])));
+    outbox.enqueue_batch_alone(messages).await.unwrap();
+    let publisher = CallSizes::default();
+    let relay = outbox
+        .fast_relay(publisher.clone())
+        .max_batch_bytes(2_500)
+        .spawn()
+        .unwrap();
+    outbox.drained(TIMEOUT).await;
+    relay.shutdown().await.unwrap();
+    let calls = publisher.calls.lock().unwrap().clone();
+    assert_eq!(calls[0], [10_000], "the large message alone: {calls:?}");
+    let sizes: Vec<usize> = calls.iter().flatten().copied().collect();
+    assert_eq!(sizes.len(), 21, "each message once: {calls:?}");
+    for call in &calls {
+        let before_last: usize = call[..call.len() - 1].iter().sum();
+        assert!(before_last < 2_500, "a call past its budget: {calls:?}");
+    }
+    assert!(calls.len() >= 8, "{calls:?}");
+    db.close().await;
+}
+
 /// With a retention window, published messages are kept (in order, intact)
 /// instead of deleted, then purged once older than the window.
 pub async fn retention_keeps_published_rows_then_purges_them<B: Backend>() {

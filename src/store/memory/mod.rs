@@ -28,8 +28,8 @@ use uuid::Uuid;
 
 use super::sealed::StoreOps;
 use super::{
-    Ack, AckBatch, AckPlan, AckReport, Acquire, Claim, Claimed, DeadLetter, Heartbeat, Lease,
-    Purge, Release, Renew, Store, StoreStats, WakeSource,
+    Ack, AckBatch, AckPlan, AckReport, Acquire, Claim, Claimed, ClaimedBatch, DeadLetter,
+    Heartbeat, Lease, Purge, Release, Renew, Store, StoreStats, WakeSource,
 };
 use crate::error::Result;
 use crate::message::{NewMessage, OutboxMessage};

@@ -114,20 +114,24 @@ impl StoreOps for MemoryStore {
         Ok(())
     }
 
-    async fn claim(&self, p: Claim<'_>) -> Result<Vec<Claimed>> {
+    async fn claim(&self, p: Claim<'_>) -> Result<ClaimedBatch> {
         let Claim {
             buckets,
             bucket_count,
             now,
             limit,
             exclude,
+            max_bytes,
         } = p;
         self.pass_gate().await;
         let got = {
             let mut s = self.state();
             let mut got = Vec::new();
+            // As the databases do: the rows a scan of `limit` reads, of
+            // which those that start within the byte budget are taken.
+            let (mut read, mut bytes) = (0i64, 0i64);
             for p in s.messages.values() {
-                if got.len() as i64 >= limit {
+                if read >= limit {
                     break;
                 }
                 let m = &p.message;
@@ -145,6 +149,11 @@ impl StoreOps for MemoryStore {
                 {
                     continue;
                 }
+                read += 1;
+                if bytes >= max_bytes {
+                    continue;
+                }
+                bytes += m.payload.len() as i64;
                 let mut message = m.clone();
                 message.attempt = p.attempts + 1;
                 got.push(Claimed {
@@ -164,7 +173,7 @@ impl StoreOps for MemoryStore {
                 exclude: exclude.to_vec(),
                 got: got.iter().map(|c| c.message.seq).collect(),
             });
-            got
+            ClaimedBatch::new(got, read, limit)
         };
         self.pass_gate().await;
         Ok(got)

@@ -19,6 +19,7 @@ fn claim_all<'a>(store: &MemoryStore, exclude: &'a [i64]) -> Claim<'a> {
         now: store.now(),
         limit: 100,
         exclude,
+        max_bytes: i64::MAX,
     }
 }
 
@@ -31,6 +32,7 @@ async fn due_at(store: &MemoryStore, now: DateTime<Utc>) -> Vec<Claimed> {
         })
         .await
         .unwrap()
+        .messages
 }
 
 fn ack(c: &Claimed, disposition: Disposition) -> Ack {

@@ -11,13 +11,15 @@ use sqlx::Row;
 
 use crate::error::{Error, Result};
 use crate::message::{Headers, MessageId, OutboxMessage};
-use crate::store::{Claimed, DeadLetter, Lease, StoreStats};
+use crate::store::{Claimed, ClaimedBatch, DeadLetter, Lease, StoreStats};
 
 /// Index of `headers::text` in a claim (`claim.sql`),
 /// where it replaces the JSON column.
 const CLAIM_HEADERS: usize = 8;
 /// Index of the bucket in a claim.
 const CLAIM_BUCKET: usize = 11;
+/// Index of the number of rows a claim's scan read.
+const CLAIM_READ: usize = 14;
 /// Index of `headers::text` in `published.sql`.
 const PUBLISHED_HEADERS: usize = 11;
 /// Index of `headers::text` in `dead_letters_matching.sql`.
@@ -54,7 +56,17 @@ fn message_from_row(r: &PgRow, headers_col: usize) -> Result<(OutboxMessage, Opt
 }
 
 /// A row of a claim.
-pub(super) fn claimed_from_row(r: &PgRow) -> Result<Claimed> {
+/// The rows of `claim.sql`, under a claim of at most `limit`.
+pub(super) fn claimed_batch(rows: &[PgRow], limit: i64) -> Result<ClaimedBatch> {
+    let read = match rows.first() {
+        Some(r) => r.try_get(CLAIM_READ)?,
+        None => 0,
+    };
+    let messages = rows.iter().map(claimed_from_row).collect::<Result<_>>()?;
+    Ok(ClaimedBatch::new(messages, read, limit))
+}
+
+fn claimed_from_row(r: &PgRow) -> Result<Claimed> {
     let (message, undecodable) = message_from_row(r, CLAIM_HEADERS)?;
     Ok(Claimed {
         message,

@@ -11,13 +11,13 @@ use sqlx::Executor;
 use tokio::sync::Notify;
 use uuid::Uuid;
 
-use super::decode::{claimed_from_row, leases_from_rows, stats_from_row};
+use super::decode::{claimed_batch, leases_from_rows, stats_from_row};
 use super::PgOutbox;
 use crate::error::Result;
 use crate::store::sealed::StoreOps;
 use crate::store::{
-    AckBatch, AckReport, Acquire, Claim, Claimed, Heartbeat, Lease, Purge, Release, Renew, Store,
-    StoreStats, WakeSource,
+    AckBatch, AckReport, Acquire, Claim, ClaimedBatch, Heartbeat, Lease, Purge, Release, Renew,
+    Store, StoreStats, WakeSource,
 };
 
 impl Store for PgOutbox {}
@@ -89,13 +89,14 @@ impl StoreOps for PgOutbox {
         self.on_relay().execute(q).await.map(drop)
     }
 
-    async fn claim(&self, p: Claim<'_>) -> Result<Vec<Claimed>> {
+    async fn claim(&self, p: Claim<'_>) -> Result<ClaimedBatch> {
         let q = sqlx::query(&self.inner.sql.claim)
             .bind(p.now)
             .bind(p.bucket_count)
             .bind(p.limit)
             .bind(p.exclude)
-            .bind(p.buckets);
+            .bind(p.buckets)
+            .bind(p.max_bytes);
         // The claim reads the messages table in position order through its
         // primary key, and must keep doing so when the table's statistics
         // mislead the planner: after a large backlog drains, the table
@@ -115,7 +116,7 @@ impl StoreOps for PgOutbox {
         }
         let rows = q.persistent(self.named()).fetch_all(&mut *tx).await?;
         tx.commit().await?;
-        rows.iter().map(claimed_from_row).collect()
+        claimed_batch(&rows, p.limit)
     }
 
     async fn ack(&self, p: AckBatch<'_>) -> Result<AckReport> {

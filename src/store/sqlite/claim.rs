@@ -4,19 +4,22 @@
 use super::decode::{message_from_row, micros};
 use super::{SqliteOutbox, BUCKET};
 use crate::error::Result;
-use crate::store::{Claim, Claimed};
+use sqlx::Row;
 
-pub(super) async fn claim(outbox: &SqliteOutbox, p: Claim<'_>) -> Result<Vec<Claimed>> {
+use crate::store::{Claim, Claimed, ClaimedBatch};
+
+pub(super) async fn claim(outbox: &SqliteOutbox, p: Claim<'_>) -> Result<ClaimedBatch> {
     let Claim {
         buckets,
         now,
         limit,
         exclude,
+        max_bytes,
         ..
     } = p;
     // Every message is in the one bucket.
     if buckets.is_some_and(|b| !b.contains(&BUCKET)) {
-        return Ok(Vec::new());
+        return Ok(ClaimedBatch::default());
     }
     // Positions as a JSON array: SQLite has no array parameters.
     let mut excluded = String::with_capacity(exclude.len() * 8 + 2);
@@ -37,9 +40,15 @@ pub(super) async fn claim(outbox: &SqliteOutbox, p: Claim<'_>) -> Result<Vec<Cla
         .bind(micros(now))
         .bind(excluded)
         .bind(limit)
+        .bind(max_bytes)
         .fetch_all(&outbox.inner.pool)
         .await?;
-    rows.iter()
+    let read: i64 = match rows.first() {
+        Some(r) => r.try_get("read")?,
+        None => 0,
+    };
+    let messages = rows
+        .iter()
         .map(|r| {
             let (message, undecodable) = message_from_row(r)?;
             Ok(Claimed {
@@ -48,5 +57,6 @@ pub(super) async fn claim(outbox: &SqliteOutbox, p: Claim<'_>) -> Result<Vec<Cla
                 undecodable,
             })
         })
-        .collect()
+        .collect::<Result<_>>()?;
+    Ok(ClaimedBatch::new(messages, read, limit))
 }

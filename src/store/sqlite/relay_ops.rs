@@ -16,8 +16,8 @@ use super::{ack, claim, leases, migrate, SqliteOutbox};
 use crate::error::Result;
 use crate::store::sealed::StoreOps;
 use crate::store::{
-    AckBatch, AckReport, Acquire, Claim, Claimed, Heartbeat, Lease, Purge, Release, Renew, Store,
-    StoreStats, WakeSource,
+    AckBatch, AckReport, Acquire, Claim, ClaimedBatch, Heartbeat, Lease, Purge, Release, Renew,
+    Store, StoreStats, WakeSource,
 };
 
 impl Store for SqliteOutbox {}
@@ -52,7 +52,7 @@ impl StoreOps for SqliteOutbox {
         leases::leave(self, relay).await
     }
 
-    async fn claim(&self, p: Claim<'_>) -> Result<Vec<Claimed>> {
+    async fn claim(&self, p: Claim<'_>) -> Result<ClaimedBatch> {
         claim::claim(self, p).await
     }
 

@@ -1,28 +1,46 @@
 -- Reads the next messages of the given buckets (all if $5 is NULL), in
 -- position order: due ones only, none behind a blocked key's failing head,
--- none still in flight. Each row carries its bucket: the key's hash, or for
--- a message without a key its position, modulo the bucket count. Columns
--- are decoded by index (see decode.rs): the message columns with headers as
--- text, then the bucket.
+-- none still in flight, and no more than the byte budget holds. Each row
+-- carries its bucket: the key's hash, or for a message without a key its
+-- position, modulo the bucket count. Columns are decoded by index (see
+-- decode.rs): the message columns with headers as text, the bucket, the
+-- payload's size, the bytes of the rows before it, and how many rows the
+-- scan read.
 --
 -- The bucket test cannot use an index either way (the read walks the
 -- primary key in position order and filters), so one statement serves a
 -- relay holding some buckets and one reading all of them.
 --
+-- The budget: `l` reads up to $3 rows; the running sum of their payload
+-- sizes (octet_length reads a stored value's size without fetching it)
+-- keeps the rows that start within $6 bytes, so a claim holds at most the
+-- budget plus one message, and always at least one message. A payload
+-- dropped here is never fetched.
+--
 -- $1 now, $2 bucket count, $3 limit, $4 positions in flight (bigint[]),
--- $5 the buckets to read (int[]; NULL: every bucket).
-SELECT m.seq, m.id, m.topic, m.partition_key, m.event_type, m.schema_version,
-       m.payload, m.content_type, m.headers::text AS headers, m.created_at,
-       m.attempts, b.bucket
-FROM {messages} m
-CROSS JOIN LATERAL (
-    SELECT CASE WHEN m.partition_key IS NULL THEN (m.seq % $2)::int
-                ELSE (hashtext(m.partition_key) & 2147483647) % $2 END AS bucket
-) b
-WHERE (m.available_at IS NULL OR m.available_at <= $1)
-  AND ($5::int[] IS NULL OR b.bucket = ANY($5))
-  AND NOT EXISTS (SELECT 1 FROM {blocked} k
-                  WHERE k.partition_key = m.partition_key AND k.seq < m.seq)
-  AND NOT EXISTS (SELECT 1 FROM unnest($4::bigint[]) x(seq) WHERE x.seq = m.seq)
-ORDER BY m.seq
-LIMIT $3
+-- $5 the buckets to read (int[]; NULL: every bucket), $6 the byte budget.
+SELECT c.*
+FROM (SELECT l.*,
+             (sum(l.size) OVER (ORDER BY l.seq))::bigint - l.size AS bytes_before,
+             count(*) OVER () AS read
+      FROM (SELECT m.seq, m.id, m.topic, m.partition_key, m.event_type,
+                   m.schema_version, m.payload, m.content_type,
+                   m.headers::text AS headers, m.created_at, m.attempts,
+                   b.bucket, octet_length(m.payload)::bigint AS size
+            FROM {messages} m
+            CROSS JOIN LATERAL (
+                SELECT CASE WHEN m.partition_key IS NULL THEN (m.seq % $2)::int
+                            ELSE (hashtext(m.partition_key) & 2147483647) % $2
+                       END AS bucket
+            ) b
+            WHERE (m.available_at IS NULL OR m.available_at <= $1)
+              AND ($5::int[] IS NULL OR b.bucket = ANY($5))
+              AND NOT EXISTS (SELECT 1 FROM {blocked} k
+                              WHERE k.partition_key = m.partition_key
+                                AND k.seq < m.seq)
+              AND NOT EXISTS (SELECT 1 FROM unnest($4::bigint[]) x(seq)
+                              WHERE x.seq = m.seq)
+            ORDER BY m.seq
+            LIMIT $3) l) c
+WHERE c.bytes_before < $6
+ORDER BY c.seq
