@@ -100,6 +100,7 @@ macro_rules! every_backend {
             relay::shutdown_during_a_batch_loses_nothing,
             relay::retention_keeps_published_rows_then_purges_them,
             relay::rounds_stop_at_the_byte_budget,
+            relay::shutdown_abandons_a_publisher_that_never_returns,
             relay::commit_wakes_the_relay_without_polling,
             [multi_thread] ordering::many_writers_many_relays_random_failures_keep_commit_order,
             [multi_thread] ordering::prefetched_batches_hold_back_keys_with_a_failed_message,

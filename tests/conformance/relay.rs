@@ -566,6 +566,46 @@ pub async fn shutdown_during_a_batch_loses_nothing<B: Backend>() {
     db.close().await;
 }
 
+/// A publisher call that never returns cannot hang `shutdown()`: after the
+/// grace period the call is abandoned, the relay gives its leases back and
+/// returns, and the message stays pending for the next relay, which
+/// publishes it. Prints how long `shutdown()` took.
+pub async fn shutdown_abandons_a_publisher_that_never_returns<B: Backend>() {
+    let db = B::fresh().await;
+    let outbox = db.outbox();
+    let id = outbox.enqueue_id(keyed("t", "k", 1)).await;
+    let entered = Arc::new(tokio::sync::Notify::new());
+    let hung = {
+        let entered = entered.clone();
+        FnPublisher::new(move |_: OutboxMessage| {
+            entered.notify_one();
+            std::future::pending::<Result<(), PublishError>>()
+        })
+    };
+    let relay = outbox
+        .fast_relay(hung)
+        .shutdown_grace(Duration::from_secs(1))
+        .spawn()
+        .unwrap();
+    entered.notified().await;
+    let watchdog = real_time_watchdog("shutdown with a hung publisher", Duration::from_secs(30));
+    let started = std::time::Instant::now();
+    relay.shutdown().await.unwrap();
+    println!(
+        "{}: shutdown with a hung publisher and a 1 s grace took {:?}",
+        B::NAME,
+        started.elapsed()
+    );
+    drop(watchdog);
+    assert_eq!(outbox.pending().await, 1, "the abandoned message stays");
+    let published = InMemoryPublisher::new();
+    let next = outbox.fast_relay(published.clone()).spawn().unwrap();
+    eventually("the next relay publishes it", || published.len() == 1).await;
+    next.shutdown().await.unwrap();
+    assert_eq!(published.messages()[0].id(), id);
+    db.close().await;
+}
+
 /// Records the payload sizes of every publisher call, and publishes.
 #[derive(Clone, Default)]
 struct CallSizes {
