@@ -7,7 +7,7 @@
 //! ```
 //!
 //! Parts and sizes for profiling one thing: `--only=write|drain|export|
-//! health|brokers|latency`, `--writers=1,8,32`, `--rows=N` (drain backlog),
+//! blocked|health|brokers|latency`, `--writers=1,8,32`, `--rows=N` (drain backlog),
 //! `--relays=1,2,4`, `--variants=ordered,unordered,numbered`,
 //! `--health-secs=N`.
 //!
@@ -400,7 +400,6 @@ async fn relay_drain(
     for h in handles {
         h.shutdown().await.unwrap();
     }
-    assert_eq!(outbox.pending_count().await.unwrap(), 0);
     VIOLATIONS.fetch_add(noop.violations.load(Ordering::Relaxed), Ordering::Relaxed);
     rows as f64 / elapsed
 }
@@ -442,6 +441,7 @@ async fn bench_drain(cfg: &Config, res: &mut Results) {
             raws.push(raw);
             fill(&pool, "outbox.messages", rows, 10_000).await;
             let r = relay_drain(&pool, rows, n, policy, numbered).await;
+            assert_eq!(outbox.pending_count().await.unwrap(), 0);
             res.put(&format!("relay_rows_per_s_{n}{tag}"), r);
             res.put(&format!("relay_ratio_vs_drain_{n}{tag}"), r / raw);
             let what = if numbered {
@@ -459,6 +459,61 @@ async fn bench_drain(cfg: &Config, res: &mut Results) {
         raws.sort_by(|a, b| a.partial_cmp(b).unwrap());
         res.put("drain_raw_rows_per_s", raws[raws.len() / 2]);
     }
+    pool.close().await;
+}
+
+/// Other keys' drain with a blocked hot key: `hot` messages of one key sit
+/// behind its dead-lettered head (an ordered topic's unhandled dead
+/// letter), ahead of `rows` messages over 1,000 other keys. The relay's
+/// rate over the other keys, against the same drain without the blocked
+/// messages, measured just before.
+async fn bench_blocked(cfg: &Config, res: &mut Results) {
+    let pool = fresh_db("outbox_bench_blocked").await;
+    let outbox = PgOutbox::new(pool.clone());
+    outbox.migrate().await.unwrap();
+    let (hot, rows) = if cfg.quick {
+        (100_000, 20_000)
+    } else {
+        (1_000_000, 100_000)
+    };
+    fill(&pool, "outbox.messages", rows, 1_000).await;
+    let free = relay_drain(&pool, rows, 1, OrderingPolicy::Ordered, false).await;
+    assert_eq!(outbox.pending_count().await.unwrap(), 0);
+
+    // The hot key: its messages first, its head dead-lettered and blocking.
+    sqlx::query(
+        "INSERT INTO outbox.messages (id, topic, partition_key, event_type, schema_version, \
+         payload, content_type) SELECT gen_random_uuid(), 'candidates', 'hot', \
+         'CandidateHired', 1, '\\x00'::bytea, 'application/json' \
+         FROM generate_series(1, $1::bigint)",
+    )
+    .bind(hot)
+    .execute(&pool)
+    .await
+    .unwrap();
+    sqlx::raw_sql(
+        "WITH head AS (DELETE FROM outbox.messages WHERE seq = \
+           (SELECT min(seq) FROM outbox.messages WHERE partition_key = 'hot') RETURNING *) \
+         INSERT INTO outbox.dead_letters (seq, id, topic, partition_key, event_type, \
+           schema_version, payload, content_type, headers, created_at, attempts, last_error) \
+         SELECT seq, id, topic, partition_key, event_type, schema_version, payload, \
+           content_type, headers, created_at, 1, 'rejected' FROM head; \
+         INSERT INTO outbox.blocked_keys (partition_key, seq) \
+           SELECT partition_key, seq FROM outbox.dead_letters;",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    fill(&pool, "outbox.messages", rows, 1_000).await;
+    let blocked = relay_drain(&pool, rows, 1, OrderingPolicy::Ordered, false).await;
+    assert_eq!(outbox.pending_count().await.unwrap(), hot - 1);
+    let ratio = blocked / free;
+    res.put("blocked_key_drain_ratio", ratio);
+    res.put("blocked_key_rows_per_s", blocked);
+    res.row(
+        format!("drain {rows} rows over 1,000 keys behind {hot} blocked messages of one key / without them"),
+        format!("{ratio:.2} ({blocked:.0} vs {free:.0} rows/s)"),
+    );
     pool.close().await;
 }
 
@@ -1049,7 +1104,7 @@ fn main() {
         .unwrap();
     let mut res = Results::default();
     let started = Instant::now();
-    // `--only write|drain|export|health|brokers|latency` runs one part
+    // `--only write|drain|export|blocked|health|brokers|latency` runs one part
     // (brokers: with features `nats` and `amqp`).
     let only = arg("only");
     let run = |part: &str| only.as_deref().is_none_or(|o| o == part);
@@ -1062,6 +1117,9 @@ fn main() {
         }
         if run("export") {
             bench_export(&cfg, &mut res).await;
+        }
+        if run("blocked") {
+            bench_blocked(&cfg, &mut res).await;
         }
         if run("health") {
             table_health(&cfg, &mut res).await;
