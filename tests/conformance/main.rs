@@ -6,9 +6,11 @@
 //! Each scenario gets a database of its own (PostgreSQL at `OUTBOX_TEST_PG`,
 //! default `postgres://postgres@127.0.0.1:5432/postgres`; SQLite in the
 //! temporary directory). A backend is done when it passes every scenario;
-//! adding one takes a [`backend::Backend`] impl (its outbox type gets
-//! `TestOutbox` from one `test_outbox!` line) and a line in the
-//! `conformance!` invocation below. Behaviour only one backend has
+//! adding one takes one file under `backend/`: a [`backend::Backend`] impl
+//! (its outbox type gets `TestOutbox` from one `test_outbox!` line, its
+//! inbox `TestInbox` from one `test_inbox!` line) and the consumer traits
+//! of `consumer_backend.rs` for the inbox and export scenarios; then a line
+//! in the `conformance!` invocation below and one in `consumer_scenarios!`. Behaviour only one backend has
 //! (LISTEN/NOTIFY, SQLite's single writer) is tested in `tests/postgres.rs`
 //! and `tests/sqlite.rs`.
 
