@@ -1,3 +1,6 @@
+//! [`FnPublisher`]: a publisher made from an async closure, one message at
+//! a time.
+
 use std::fmt;
 use std::future::Future;
 

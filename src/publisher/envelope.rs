@@ -1,3 +1,6 @@
+//! [`Envelope`]: how a broker publisher wraps a message's payload (plain,
+//! or a CloudEvents envelope).
+
 use chrono::SecondsFormat;
 
 use crate::message::{OutboxMessage, CONTENT_TYPE_JSON};

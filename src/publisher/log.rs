@@ -1,3 +1,6 @@
+//! [`LogPublisher`]: writes each message as a line, for trying the relay
+//! out.
+
 use std::io::Write;
 
 use async_trait::async_trait;

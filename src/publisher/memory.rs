@@ -1,3 +1,5 @@
+//! [`InMemoryPublisher`]: keeps what it is given, for tests.
+
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;

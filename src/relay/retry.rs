@@ -1,3 +1,6 @@
+//! [`RetryPolicy`]: attempts, exponential backoff with jitter, and when a
+//! failure becomes a dead letter.
+
 use std::time::Duration;
 
 use crate::error::{Error, Result};

@@ -1,3 +1,6 @@
+//! The SQLite backend's operations driven one by one: leases and fencing,
+//! claims, retries, blocks, dead letters, retention, statements, migrations.
+
 use std::time::Duration;
 
 use chrono::Utc;
