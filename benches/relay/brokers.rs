@@ -1,0 +1,201 @@
+//! End to end through real brokers: the relay draining a backlog into
+//! NATS JetStream and RabbitMQ, against the broker's own publish ceiling
+//! (pipelined publishes awaiting acks/confirms) measured in the same run.
+
+use super::*;
+use async_nats::jetstream;
+use lapin::options::{
+    BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions, ExchangeDeleteOptions,
+    QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions,
+};
+use lapin::types::{FieldTable, ShortString};
+use lapin::{BasicProperties, Connection, ConnectionProperties, ExchangeKind};
+use outbox::publisher::{NatsPublisher, RabbitMqPublisher};
+
+const AMQP: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+
+async fn relay_into<P: Publisher>(pool: &PgPool, topic: &str, n: i64, publisher: P) -> f64 {
+    let outbox = PgOutbox::new(pool.clone());
+    sqlx::query(
+        "INSERT INTO outbox.messages (id, topic, partition_key, event_type, schema_version, \
+         payload, content_type) SELECT gen_random_uuid(), $1, 'candidate-' || (g % 10000), \
+         'CandidateHired', 1, convert_to('{\"candidate_id\": ' || g || '}', 'UTF8'), \
+         'application/json' FROM generate_series(1, $2) g",
+    )
+    .bind(topic)
+    .bind(n)
+    .execute(pool)
+    .await
+    .unwrap();
+    let start = Instant::now();
+    let relay = Relay::builder(outbox.clone(), publisher)
+        .batch_size(1000)
+        .spawn()
+        .unwrap();
+    while outbox.pending_count().await.unwrap() > 0 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let rate = n as f64 / start.elapsed().as_secs_f64();
+    relay.shutdown().await.unwrap();
+    rate
+}
+
+/// The broker's own ceiling: `n` publishes through `publish`, which
+/// sends one message and gives back what acknowledges (or confirms) it;
+/// those are awaited a thousand at a time. Messages per second.
+async fn raw_publish_rate<A, T, E, F>(n: i64, mut publish: impl AsyncFnMut() -> Result<A, F>) -> f64
+where
+    A: std::future::IntoFuture<Output = Result<T, E>>,
+    E: std::fmt::Debug,
+    F: std::fmt::Debug,
+{
+    let start = Instant::now();
+    let mut pending = Vec::new();
+    for i in 0..n {
+        pending.push(publish().await.unwrap().into_future());
+        if pending.len() == 1000 || i == n - 1 {
+            for ack in pending.drain(..) {
+                ack.await.unwrap();
+            }
+        }
+    }
+    n as f64 / start.elapsed().as_secs_f64()
+}
+
+/// Records the relay's rate against the broker's raw rate under `key`.
+fn record(res: &mut Results, key: &str, what: String, raw: f64, relayed: f64) {
+    res.put(&format!("broker_{key}_raw_per_s"), raw);
+    res.put(&format!("broker_{key}_relay_per_s"), relayed);
+    res.put(&format!("broker_{key}_ratio"), relayed / raw);
+    res.row(
+        what,
+        format!("{:.2} ({relayed:.0} vs {raw:.0} events/s)", relayed / raw),
+    );
+}
+
+pub(super) async fn run(cfg: &Config, res: &mut Results) {
+    let n = cfg.drain_rows / 5;
+    let pool = fresh_db("outbox_bench_brokers").await;
+    PgOutbox::new(pool.clone()).migrate().await.unwrap();
+    let body = br#"{"candidate_id": 1}"#.to_vec();
+
+    // NATS JetStream.
+    let client = async_nats::connect("127.0.0.1:4222")
+        .await
+        .expect("NATS at 127.0.0.1:4222");
+    let js = jetstream::new(client.clone());
+    let id = uuid::Uuid::now_v7().simple().to_string();
+    let stream = format!("OUTBOX_BENCH_{id}");
+    js.create_stream(jetstream::stream::Config {
+        name: stream.clone(),
+        subjects: vec![format!("outboxbench.{id}.>")],
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let raw = raw_publish_rate(n, async || {
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert("Nats-Msg-Id", uuid::Uuid::now_v7().to_string().as_str());
+        js.publish_with_headers(
+            format!("outboxbench.{id}.raw"),
+            headers,
+            body.clone().into(),
+        )
+        .await
+    })
+    .await;
+    let relayed = relay_into(
+        &pool,
+        &format!("outboxbench.{id}.relay"),
+        n,
+        NatsPublisher::new(client.clone()),
+    )
+    .await;
+    js.delete_stream(&stream).await.unwrap();
+    record(
+        res,
+        "nats",
+        format!("NATS JetStream, {n} messages: relay / raw pipelined publish"),
+        raw,
+        relayed,
+    );
+
+    // RabbitMQ.
+    let conn = Connection::connect(AMQP, ConnectionProperties::default())
+        .await
+        .expect("RabbitMQ at 127.0.0.1:5672");
+    let ch = conn.create_channel().await.unwrap();
+    ch.confirm_select(ConfirmSelectOptions::default())
+        .await
+        .unwrap();
+    let exchange = format!("outbox.bench.{id}");
+    let queue = format!("outbox.bench.{id}.q");
+    ch.exchange_declare(
+        exchange.as_str().into(),
+        ExchangeKind::Topic,
+        ExchangeDeclareOptions {
+            durable: true,
+            ..Default::default()
+        },
+        FieldTable::default(),
+    )
+    .await
+    .unwrap();
+    ch.queue_declare(
+        queue.as_str().into(),
+        QueueDeclareOptions {
+            durable: true,
+            ..Default::default()
+        },
+        FieldTable::default(),
+    )
+    .await
+    .unwrap();
+    ch.queue_bind(
+        queue.as_str().into(),
+        exchange.as_str().into(),
+        "#".into(),
+        QueueBindOptions::default(),
+        FieldTable::default(),
+    )
+    .await
+    .unwrap();
+    let raw = raw_publish_rate(n, async || {
+        let props = BasicProperties::default()
+            .with_delivery_mode(2)
+            .with_message_id(ShortString::from(uuid::Uuid::now_v7().to_string()));
+        ch.basic_publish(
+            exchange.as_str().into(),
+            "raw".into(),
+            BasicPublishOptions {
+                mandatory: true,
+                ..Default::default()
+            },
+            &body,
+            props,
+        )
+        .await
+    })
+    .await;
+    let relayed = relay_into(
+        &pool,
+        "relay",
+        n,
+        RabbitMqPublisher::new(AMQP, exchange.clone()),
+    )
+    .await;
+    ch.queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
+        .await
+        .unwrap();
+    ch.exchange_delete(exchange.as_str().into(), ExchangeDeleteOptions::default())
+        .await
+        .unwrap();
+    record(
+        res,
+        "rabbitmq",
+        format!("RabbitMQ, {n} persistent messages: relay / raw publish with confirms"),
+        raw,
+        relayed,
+    );
+    pool.close().await;
+}
