@@ -36,9 +36,9 @@ impl SqliteOutboxBuilder {
         /// The largest payload [`enqueue`](SqliteOutbox::enqueue) accepts, in bytes
         /// (default [`DEFAULT_MAX_PAYLOAD_BYTES`](crate::DEFAULT_MAX_PAYLOAD_BYTES),
         /// 1 MiB). A larger one is [`Error::PayloadTooLarge`](crate::Error::PayloadTooLarge)
-        /// before anything is written. The relay holds a claimed batch in
-        /// memory, so this times the relay's batch size bounds what one batch
-        /// can take.
+        /// before anything is written. A relay's round holds at most its
+        /// [`max_batch_bytes`](crate::RelayBuilder::max_batch_bytes) plus one
+        /// such payload.
         pub fn max_payload_bytes(limit: usize) => max_payload = limit;
     }
 
