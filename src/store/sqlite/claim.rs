@@ -15,9 +15,10 @@ pub(super) async fn claim(outbox: &SqliteOutbox, p: Claim<'_>) -> Result<Claimed
         limit,
         exclude,
         max_bytes,
-        ..
+        bucket_count,
     } = p;
-    // Every message is in the one bucket.
+    // Every message is in the one bucket, the count this store reports.
+    debug_assert_eq!(bucket_count, 1, "SQLite outboxes have one bucket");
     if buckets.is_some_and(|b| !b.contains(&BUCKET)) {
         return Ok(ClaimedBatch::default());
     }
