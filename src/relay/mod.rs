@@ -296,7 +296,7 @@ impl RelayBuilder {
             return bad("batch_size", "must be between 1 and 100000");
         }
         if c.max_batch_bytes == 0 || c.max_batch_bytes > i64::MAX as usize {
-            return bad("max_batch_bytes", "must be at least 1");
+            return bad("max_batch_bytes", "must be between 1 and i64::MAX");
         }
         const DAY: Duration = Duration::from_secs(86_400);
         if c.poll_interval.is_zero() || c.poll_interval > DAY {

@@ -298,10 +298,11 @@ pub struct ClaimedBatch {
 }
 
 impl ClaimedBatch {
-    /// `messages`, of `read` rows the claim's scan took before the byte
-    /// budget cut it, under a claim of at most `limit`.
-    pub(crate) fn new(messages: Vec<Claimed>, read: i64, limit: i64) -> Self {
-        let more = read >= limit || (messages.len() as i64) < read;
+    /// `messages`, a prefix of what the claim's scan read, under a claim
+    /// of at most `limit`; `cut` if the scan read a row after the last
+    /// one kept (the byte budget left it out).
+    pub(crate) fn new(messages: Vec<Claimed>, cut: bool, limit: i64) -> Self {
+        let more = cut || messages.len() as i64 >= limit;
         Self { messages, more }
     }
 }
@@ -317,15 +318,6 @@ impl std::ops::Deref for ClaimedBatch {
 impl std::ops::DerefMut for ClaimedBatch {
     fn deref_mut(&mut self) -> &mut Vec<Claimed> {
         &mut self.messages
-    }
-}
-
-impl IntoIterator for ClaimedBatch {
-    type Item = Claimed;
-    type IntoIter = std::vec::IntoIter<Claimed>;
-
-    fn into_iter(self) -> Self::IntoIter {
-        self.messages.into_iter()
     }
 }
 

@@ -41,34 +41,32 @@ pub(crate) trait Shorthand: StoreOps {
         limit: i64,
         exclude: &[i64],
     ) -> Vec<Claimed> {
+        self.claim_due(Utc::now(), buckets, limit, exclude).await
+    }
+
+    /// Claims every message due at `now` (up to 1,000), in position order.
+    async fn claim_at(&self, now: DateTime<Utc>) -> Vec<Claimed> {
+        self.claim_due(now, None, 1000, &[]).await
+    }
+
+    /// Claims up to `limit` messages due at `now`, without a byte budget.
+    async fn claim_due(
+        &self,
+        now: DateTime<Utc>,
+        buckets: Option<&[i32]>,
+        limit: i64,
+        exclude: &[i64],
+    ) -> Vec<Claimed> {
         let bucket_count = self.bucket_count().await.unwrap();
-        self.claim(Claim {
+        let claim = Claim {
             buckets,
             bucket_count,
-            now: Utc::now(),
+            now,
             limit,
             exclude,
             max_bytes: i64::MAX,
-        })
-        .await
-        .unwrap()
-        .messages
-    }
-
-    /// Claims every message due at `now`, in position order.
-    async fn claim_at(&self, now: DateTime<Utc>) -> Vec<Claimed> {
-        let bucket_count = self.bucket_count().await.unwrap();
-        self.claim(Claim {
-            buckets: None,
-            bucket_count,
-            now,
-            limit: 1000,
-            exclude: &[],
-            max_bytes: i64::MAX,
-        })
-        .await
-        .unwrap()
-        .messages
+        };
+        self.claim(claim).await.unwrap().messages
     }
 
     /// Acknowledges `acks` under `leases`, deleting what was published.

@@ -127,11 +127,11 @@ impl StoreOps for MemoryStore {
         let got = {
             let mut s = self.state();
             let mut got = Vec::new();
-            // As the databases do: the rows a scan of `limit` reads, of
-            // which those that start within the byte budget are taken.
-            let (mut read, mut bytes) = (0i64, 0i64);
+            // As the databases do: the rows that start within the byte
+            // budget, and whether a due row was left out for it.
+            let (mut cut, mut bytes) = (false, 0i64);
             for p in s.messages.values() {
-                if read >= limit {
+                if got.len() as i64 >= limit {
                     break;
                 }
                 let m = &p.message;
@@ -149,9 +149,9 @@ impl StoreOps for MemoryStore {
                 {
                     continue;
                 }
-                read += 1;
                 if bytes >= max_bytes {
-                    continue;
+                    cut = true;
+                    break;
                 }
                 bytes += m.payload.len() as i64;
                 let mut message = m.clone();
@@ -173,7 +173,7 @@ impl StoreOps for MemoryStore {
                 exclude: exclude.to_vec(),
                 got: got.iter().map(|c| c.message.seq).collect(),
             });
-            ClaimedBatch::new(got, read, limit)
+            ClaimedBatch::new(got, cut, limit)
         };
         self.pass_gate().await;
         Ok(got)

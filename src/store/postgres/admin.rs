@@ -59,8 +59,8 @@ impl AdminOps for PgOutbox {
 
     async fn delete_dead_letter(&self, id: MessageId) -> Result<bool> {
         let q = sqlx::query_scalar(&self.inner.sql.discard_dead_letter).bind(id.as_uuid());
-        let n: Option<i64> = self.on_app().scalar(q).await?;
-        Ok(n.unwrap_or(0) > 0)
+        let n: i64 = self.on_app().one(q).await?;
+        Ok(n > 0)
     }
 
     async fn select_blocked_keys(&self) -> Result<Vec<BlockedKey>> {
@@ -89,7 +89,7 @@ impl AdminOps for PgOutbox {
 
     async fn count_pending(&self) -> Result<i64> {
         let q = sqlx::query_scalar(&self.inner.sql.pending_count);
-        Ok(self.on_app().scalar(q).await?.unwrap_or(0))
+        self.on_app().one(q).await
     }
 
     async fn select_published(&self, limit: i64) -> Result<Vec<OutboxMessage>> {

@@ -89,6 +89,17 @@ impl Alone<'_> {
         Ok(rows)
     }
 
+    /// Runs a statement that returns exactly one value (a count, say).
+    pub(crate) async fn one<O>(self, query: QueryScalar<'_, Postgres, O, PgArguments>) -> Result<O>
+    where
+        O: Send + Unpin,
+        (O,): for<'r> FromRow<'r, PgRow>,
+    {
+        self.scalar(query)
+            .await?
+            .ok_or(crate::Error::Database(sqlx::Error::RowNotFound))
+    }
+
     /// Runs a statement that returns one value, if any.
     pub(crate) async fn scalar<O>(
         self,

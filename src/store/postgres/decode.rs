@@ -18,8 +18,8 @@ use crate::store::{Claimed, ClaimedBatch, DeadLetter, Lease, StoreStats};
 const CLAIM_HEADERS: usize = 8;
 /// Index of the bucket in a claim.
 const CLAIM_BUCKET: usize = 11;
-/// Index of the number of rows a claim's scan read.
-const CLAIM_READ: usize = 14;
+/// Index of whether a claim's scan read a row after this one.
+const CLAIM_FOLLOWED: usize = 14;
 /// Index of `headers::text` in `published.sql`.
 const PUBLISHED_HEADERS: usize = 11;
 /// Index of `headers::text` in `dead_letters_matching.sql`.
@@ -58,12 +58,12 @@ fn message_from_row(r: &PgRow, headers_col: usize) -> Result<(OutboxMessage, Opt
 /// A row of a claim.
 /// The rows of `claim.sql`, under a claim of at most `limit`.
 pub(super) fn claimed_batch(rows: &[PgRow], limit: i64) -> Result<ClaimedBatch> {
-    let read = match rows.first() {
-        Some(r) => r.try_get(CLAIM_READ)?,
-        None => 0,
+    let cut = match rows.last() {
+        Some(r) => r.try_get(CLAIM_FOLLOWED)?,
+        None => false,
     };
     let messages = rows.iter().map(claimed_from_row).collect::<Result<_>>()?;
-    Ok(ClaimedBatch::new(messages, read, limit))
+    Ok(ClaimedBatch::new(messages, cut, limit))
 }
 
 fn claimed_from_row(r: &PgRow) -> Result<Claimed> {

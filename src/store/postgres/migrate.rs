@@ -7,7 +7,7 @@ use sqlx::postgres::PgPool;
 use sqlx::Executor;
 
 use super::locks::fnv1a32;
-use super::{PgOutbox, Standalone, Statements};
+use super::{PgOutbox, Statements};
 use crate::error::{Error, Result};
 use crate::store::{check_schema_current, MigrationSet};
 
@@ -96,24 +96,6 @@ async fn apply_once(pool: &PgPool, statements: Statements, set: &MigrationSet<'_
     Ok(())
 }
 
-/// The newest version of `set` applied, `None` if its tables are missing.
-async fn applied_version(
-    c: &mut Standalone,
-    named: bool,
-    set: &MigrationSet<'_>,
-) -> Result<Option<i64>> {
-    match sqlx::query_scalar(&set.bookkeeping(VERSION))
-        .persistent(named)
-        .fetch_one(c.conn())
-        .await
-    {
-        Ok(v) => Ok(v),
-        // No tables at all: never migrated.
-        Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("42P01") => Ok(None),
-        Err(e) => Err(e.into()),
-    }
-}
-
 impl PgOutbox {
     fn migrations(&self) -> MigrationSet<'_> {
         let n = &self.inner.names;
@@ -143,9 +125,17 @@ impl PgOutbox {
     /// Fails if the tables are missing or at a newer migration version than
     /// this crate knows.
     pub(super) async fn check_schema_is_known(&self) -> Result<()> {
-        let mut c = self.standalone().await?;
-        let found = applied_version(&mut c, self.named(), &self.migrations()).await?;
-        c.finish().await?;
+        let version = self.migrations().bookkeeping(VERSION);
+        let found: Option<i64> = match self.on_app().one(sqlx::query_scalar(&version)).await {
+            Ok(v) => v,
+            // No tables at all: never migrated.
+            Err(Error::Database(sqlx::Error::Database(e)))
+                if e.code().as_deref() == Some("42P01") =>
+            {
+                None
+            }
+            Err(e) => return Err(e),
+        };
         check_schema_current(found, MIGRATIONS)
     }
 }

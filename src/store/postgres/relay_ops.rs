@@ -29,11 +29,8 @@ impl StoreOps for PgOutbox {
     }
 
     async fn bucket_count(&self) -> Result<i32> {
-        let n = self
-            .on_relay()
-            .scalar(sqlx::query_scalar(&self.inner.sql.bucket_count))
-            .await?;
-        n.ok_or_else(|| crate::Error::Database(sqlx::Error::RowNotFound))
+        let q = sqlx::query_scalar(&self.inner.sql.bucket_count);
+        self.on_relay().one(q).await
     }
 
     async fn heartbeat(&self, p: Heartbeat) -> Result<usize> {
@@ -41,7 +38,7 @@ impl StoreOps for PgOutbox {
         let q = sqlx::query_scalar(&self.inner.sql.heartbeat)
             .bind(relay)
             .bind(secs(ttl));
-        let n: i64 = self.on_relay().scalar(q).await?.unwrap_or(1);
+        let n: i64 = self.on_relay().one(q).await?;
         Ok(n.max(1) as usize)
     }
 

@@ -44,9 +44,9 @@ pub(super) async fn claim(outbox: &SqliteOutbox, p: Claim<'_>) -> Result<Claimed
         .bind(max_bytes)
         .fetch_all(&outbox.inner.pool)
         .await?;
-    let read: i64 = match rows.first() {
-        Some(r) => r.try_get("read")?,
-        None => 0,
+    let cut: bool = match rows.last() {
+        Some(r) => r.try_get("followed")?,
+        None => false,
     };
     let messages = rows
         .iter()
@@ -59,5 +59,5 @@ pub(super) async fn claim(outbox: &SqliteOutbox, p: Claim<'_>) -> Result<Claimed
             })
         })
         .collect::<Result<_>>()?;
-    Ok(ClaimedBatch::new(messages, read, limit))
+    Ok(ClaimedBatch::new(messages, cut, limit))
 }

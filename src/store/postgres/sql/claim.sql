@@ -4,29 +4,31 @@
 -- carries its bucket: the key's hash, or for a message without a key its
 -- position, modulo the bucket count. Columns are decoded by index (see
 -- decode.rs): the message columns with headers as text, the bucket, the
--- payload's size, the bytes of the rows before it, and how many rows the
--- scan read.
+-- payload's size, the bytes of the rows before it, and whether the scan
+-- read a row after it.
 --
 -- The bucket test cannot use an index either way (the read walks the
 -- primary key in position order and filters), so one statement serves a
 -- relay holding some buckets and one reading all of them.
 --
--- The budget: `l` reads the positions, buckets and payload sizes of up to
--- $3 rows (octet_length reads a stored value's size without fetching it);
--- `w` keeps the running sum of the sizes, and only the rows that start
--- within $6 bytes are read whole, so a claim holds at most the budget plus
--- one message, and always at least one message. A payload dropped here is
--- never fetched.
+-- The budget: `l` reads up to $3 rows; the running sum of their payload
+-- sizes (octet_length reads a stored value's size without fetching it)
+-- keeps the rows that start within $6 bytes, so a claim holds at most the
+-- budget plus one message, and always at least one message. The rows kept
+-- are a prefix of `l`, so `cut` on the last one tells whether the budget
+-- left rows out. One window pass, streamed: a payload dropped here is
+-- never fetched (large ones stay out of line until sent).
 --
 -- $1 now, $2 bucket count, $3 limit, $4 positions in flight (bigint[]),
 -- $5 the buckets to read (int[]; NULL: every bucket), $6 the byte budget.
-SELECT m.seq, m.id, m.topic, m.partition_key, m.event_type, m.schema_version,
-       m.payload, m.content_type, m.headers::text AS headers, m.created_at,
-       m.attempts, w.bucket, w.size, w.bytes_before, w.read
-FROM (SELECT l.seq, l.bucket, l.size,
-             (sum(l.size) OVER (ORDER BY l.seq))::bigint - l.size AS bytes_before,
-             count(*) OVER () AS read
-      FROM (SELECT m.seq, b.bucket, octet_length(m.payload)::bigint AS size
+SELECT c.*
+FROM (SELECT l.*,
+             sum(l.size) OVER w - l.size AS bytes_before,
+             lead(l.seq) OVER w IS NOT NULL AS followed
+      FROM (SELECT m.seq, m.id, m.topic, m.partition_key, m.event_type,
+                   m.schema_version, m.payload, m.content_type,
+                   m.headers::text AS headers, m.created_at, m.attempts,
+                   b.bucket, octet_length(m.payload) AS size
             FROM {messages} m
             CROSS JOIN LATERAL (
                 SELECT CASE WHEN m.partition_key IS NULL THEN (m.seq % $2)::int
@@ -41,7 +43,7 @@ FROM (SELECT l.seq, l.bucket, l.size,
               AND NOT EXISTS (SELECT 1 FROM unnest($4::bigint[]) x(seq)
                               WHERE x.seq = m.seq)
             ORDER BY m.seq
-            LIMIT $3) l) w
-JOIN {messages} m ON m.seq = w.seq
-WHERE w.bytes_before < $6
-ORDER BY w.seq
+            LIMIT $3) l
+      WINDOW w AS (ORDER BY l.seq)) c
+WHERE c.bytes_before < $6
+ORDER BY c.seq

@@ -4,15 +4,15 @@
 -- sizes of up to the limit (length() of a blob reads its size, not its
 -- content), `w` keeps their running sum, and only the rows that start
 -- within the budget are read whole (so a claim holds at most the budget
--- plus one message, and always at least one). Each row also carries how
--- many rows the scan read.
+-- plus one message, and always at least one). Each row also says whether
+-- the scan read a row after it (on the last row kept: the budget cut).
 -- Binds, in order: now (microseconds); the positions in flight as a JSON
 -- array; the limit; the byte budget.
 SELECT m.seq, m.id, m.topic, m.partition_key, m.event_type, m.schema_version,
-       m.payload, m.content_type, m.headers, m.created_at, m.attempts, w.read
+       m.payload, m.content_type, m.headers, m.created_at, m.attempts, w.followed
 FROM (SELECT l.seq,
-             sum(l.size) OVER (ORDER BY l.seq) - l.size AS bytes_before,
-             count(*) OVER () AS read
+             sum(l.size) OVER w - l.size AS bytes_before,
+             lead(l.seq) OVER w IS NOT NULL AS followed
       FROM (SELECT m.seq, length(m.payload) AS size
             FROM {messages} m
             WHERE (m.available_at IS NULL OR m.available_at <= ?)
@@ -21,7 +21,8 @@ FROM (SELECT l.seq,
                                 AND k.seq < m.seq)
               AND m.seq NOT IN (SELECT value FROM json_each(?))
             ORDER BY m.seq
-            LIMIT ?) l) w
+            LIMIT ?) l
+      WINDOW w AS (ORDER BY l.seq)) w
 JOIN {messages} m ON m.seq = w.seq
 WHERE w.bytes_before < ?
 ORDER BY w.seq;
