@@ -432,19 +432,21 @@ async fn produce_errors_are_retried_by_the_producer_then_by_the_relay() {
     let (relay, consumer) = kafka.warmed_up(&db, &outbox, publisher).await;
 
     // A retriable broker error the producer retries by itself until the
-    // delivery timeout: more of them than fit in one timeout, so the
-    // publisher reports a transient failure and the relay tries again.
+    // delivery timeout, for as long as it takes the relay to record two
+    // transient failures (the error list outlasts any number of timeouts
+    // until it is cleared); then the broker recovers.
     kafka.cluster.request_errors(
         RDKafkaApiKey::Produce,
-        &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_NOT_ENOUGH_REPLICAS; 40],
+        &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_NOT_ENOUGH_REPLICAS; 100_000],
     );
     let messages: Vec<NewMessage> = (1..=4).map(|n| candidate(n, "candidate-1")).collect();
     let ids: HashSet<MessageId> = messages.iter().map(NewMessage::id).collect();
     enqueue(&db, &outbox, messages).await;
-    wait_for("a transient failure recorded", TIMEOUT, || {
+    wait_for("two transient failures recorded", TIMEOUT, || {
         transient_failures(&db, 2)
     })
     .await;
+    kafka.cluster.clear_request_errors(RDKafkaApiKey::Produce);
     drain_and_stop(&outbox, relay).await;
     assert_key_order(&first_arrivals(&consumer, &ids).await);
 }

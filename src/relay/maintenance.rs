@@ -1,8 +1,10 @@
-//! Maintenance beside the rounds: gauges from the store's statistics, a
-//! vacuum of the messages table where nothing else vacuums it, and the
-//! purge of retained messages. A pass runs in a task of its own, one at a
-//! time, so a slow statistics query, vacuum or purge never delays lease
-//! renewal or publishing; it reports back for the gauges and warnings.
+//! Maintenance beside the rounds: the parking of messages held behind
+//! blocked keys (about once a second), and at each stats interval gauges
+//! from the store's statistics, a vacuum of the messages table where
+//! nothing else vacuums it, and the purge of retained messages. A pass runs
+//! in a task of its own, one at a time, so a slow statistics query, vacuum,
+//! purge or parking never delays lease renewal or publishing; it reports
+//! back for the gauges and warnings.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -23,6 +25,17 @@ pub(super) const SELF_VACUUM_DEAD_ROWS: i64 = 10_000;
 
 /// Most purge statements per stats tick.
 const PURGES_PER_TICK: usize = 10;
+
+/// How often a relay parks the messages held behind blocked keys.
+pub(super) const PARK_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Most messages one parking statement parks.
+const PARK_BATCH: i64 = 10_000;
+
+/// Most parking statements per pass: a million messages behind a newly
+/// blocked key leave the claims' path in a few passes, each statement a
+/// short transaction of its own.
+const PARKS_PER_PASS: usize = 20;
 
 /// What the relay does about a messages table the server does not vacuum.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -60,7 +73,7 @@ impl Drop for Upkeep {
 /// What a pass found, for the worker's gauges and warnings.
 #[derive(Debug)]
 pub(super) struct Report {
-    /// `None` when the statistics query failed.
+    /// `None` when the statistics were not due or their query failed.
     stats: Option<StoreStats>,
     unvacuumed: Option<Unvacuumed>,
 }
@@ -68,6 +81,9 @@ pub(super) struct Report {
 /// What a pass needs, owned, so it can run beside the rounds.
 struct Pass {
     store: Arc<dyn StoreOps>,
+    /// Whether the statistics, vacuum and purge are due (else it parks
+    /// only).
+    stats_due: bool,
     clock: Clock,
     retention: Retention,
     purge_batch: i64,
@@ -75,9 +91,17 @@ struct Pass {
 }
 
 impl Pass {
-    /// Reads the statistics, vacuums if needed and purges retained
-    /// messages; failures are logged and wait for the next pass.
+    /// Parks what blocked keys hold back; when due, reads the statistics,
+    /// vacuums if needed and purges retained messages. Failures are logged
+    /// and wait for the next pass.
     async fn run(self) -> Report {
+        self.park().await;
+        if !self.stats_due {
+            return Report {
+                stats: None,
+                unvacuumed: None,
+            };
+        }
         let stats = match self.store.stats().await {
             Ok(s) => Some(s),
             Err(e) => {
@@ -101,6 +125,24 @@ impl Pass {
             self.purge_published(keep).await;
         }
         Report { stats, unvacuumed }
+    }
+
+    /// Parks the messages held behind blocked keys, a batch at a time.
+    async fn park(&self) {
+        for _ in 0..PARKS_PER_PASS {
+            match self.store.park(PARK_BATCH).await {
+                Ok(n) => {
+                    metrics::counter!("outbox_parked_total").increment(n);
+                    if (n as i64) < PARK_BATCH {
+                        break;
+                    }
+                }
+                Err(e) => {
+                    tracing::debug!(error = %error_chain(&e), "outbox relay: parking failed");
+                    break;
+                }
+            }
+        }
     }
 
     /// Deletes retained messages published more than `keep` ago.
@@ -127,15 +169,27 @@ impl Pass {
 }
 
 impl Worker {
+    /// Whether a maintenance pass is due: the parking's or the stats'.
+    pub(super) fn maintenance_due(&self) -> bool {
+        let now = Instant::now();
+        now >= self.next_park || now >= self.next_stats
+    }
+
     /// Starts a maintenance pass unless one is still running: a pass slower
     /// than the stats interval delays the next one, never a round.
     pub(super) fn start_maintenance(&mut self) {
         if self.upkeep.is_some() {
             return;
         }
-        self.next_stats = Instant::now() + self.config.stats_interval;
+        let now = Instant::now();
+        let stats_due = now >= self.next_stats;
+        if stats_due {
+            self.next_stats = now + self.config.stats_interval;
+        }
+        self.next_park = now + PARK_INTERVAL;
         let pass = Pass {
             store: self.store.clone(),
+            stats_due,
             clock: self.clock,
             retention: self.config.retention,
             purge_batch: self.config.purge_batch,

@@ -32,6 +32,8 @@ pub(super) struct Worker {
     pub(super) lease_deadline: Instant,
     pub(super) next_lease_tick: Instant,
     pub(super) next_stats: Instant,
+    /// When the next parking of messages behind blocked keys is due.
+    pub(super) next_park: Instant,
     pub(super) next_retry: Option<Instant>,
     listener: Option<Box<dyn WakeSource>>,
     listener_retry_at: Instant,
@@ -72,6 +74,7 @@ impl Worker {
             lease_deadline: now,
             next_lease_tick: now,
             next_stats: now,
+            next_park: now,
             next_retry: None,
             listener: None,
             listener_retry_at: now,
@@ -175,7 +178,7 @@ impl Worker {
                     }
                 }
             }
-            if Instant::now() >= self.next_stats {
+            if self.maintenance_due() {
                 self.start_maintenance();
             }
             if self.listener.is_none() && Instant::now() >= self.listener_retry_at {

@@ -618,6 +618,11 @@ pub(crate) mod sealed {
         async fn stats(&self) -> Result<StoreStats>;
         /// Vacuums the messages table now.
         async fn vacuum(&self) -> Result<()>;
+        /// Unparks the keys whose blocks were lifted, then parks up to
+        /// `limit` messages held behind blocked keys, so claims no longer
+        /// read them; returns how many it parked. A relay's upkeep calls it
+        /// about once a second, again at once while a call parks `limit`.
+        async fn park(&self, limit: i64) -> Result<u64>;
         /// The in-process wake-up signal raised by `commit`.
         fn local_signal(&self) -> std::sync::Arc<tokio::sync::Notify>;
         /// A cross-process wake-up source, if the backend has one.

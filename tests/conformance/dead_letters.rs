@@ -1,7 +1,8 @@
 //! Dead letters and key blocks: a message id enqueued again after its first
 //! message was dead-lettered, replays that never abort, blocks whose message
 //! is gone, the operator's view of blocked keys, and dead letters filtered,
-//! paged and replayed by filter.
+//! paged and replayed by filter, and the messages parked behind blocked
+//! keys.
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -10,7 +11,7 @@ use std::time::Duration;
 
 use outbox::{
     BlockingMessage, DeadLetter, DeadLetterFilter, Error, InMemoryPublisher, MessageId,
-    PublishError, Publisher, ReplayReport,
+    PublishError, Publisher, ReplayReport, RetryPolicy,
 };
 
 use crate::backend::{Backend, TestOutbox};
@@ -463,4 +464,114 @@ pub async fn dead_letters_filter_page_and_replay_by_filter<B: Backend>() {
     assert_eq!(sent, [1, 2, 3, 5]);
     assert_eq!(ns(&outbox.dead_letters(10).await.unwrap()), [4, 6]);
     db.close().await;
+}
+
+/// The messages of `key` that `published` received, in order.
+fn published_on(published: &InMemoryPublisher, key: &str) -> Vec<MessageId> {
+    published
+        .messages()
+        .iter()
+        .filter(|m| m.partition_key() == Some(key))
+        .map(|m| m.id())
+        .collect()
+}
+
+/// Messages held behind a blocked key leave the claims' path (they are
+/// parked) a moment after the block, while other keys keep moving; every
+/// way a block lifts sends them on, in their order: a head that goes
+/// through after retrying, a replayed dead letter, a discarded one, an
+/// operator's unblock. Parking is bookkeeping only: nothing is published
+/// out of order before, during or after it.
+pub async fn messages_behind_a_blocked_key_are_parked_and_move_again_in_order<B: Backend>() {
+    const BEHIND: usize = 5;
+    let db = B::fresh().await;
+    let outbox = db.outbox();
+    let messages = B::table(B::DEFAULT_PREFIX, "messages");
+    let parked = |key: &str| format!("SELECT count(*) FROM {messages} WHERE parked = true AND partition_key = '{key}'");
+    let published = InMemoryPublisher::new();
+    let rejected = Arc::new(Mutex::new(HashSet::new()));
+    let down = Arc::new(AtomicBool::new(true));
+    let retrying = Arc::new(Mutex::new(None::<MessageId>));
+    let publisher = {
+        let (rejected, down, retrying) = (rejected.clone(), down.clone(), retrying.clone());
+        judged(&published, move |m| {
+            if rejected.lock().unwrap().contains(&m.id()) {
+                return Some(PublishError::permanent("rejected by the broker"));
+            }
+            let is_retrying = *retrying.lock().unwrap() == Some(m.id());
+            (is_retrying && down.load(Ordering::SeqCst))
+                .then(|| PublishError::transient("the broker is away"))
+        })
+    };
+    let retry = RetryPolicy::new()
+        .initial_delay(Duration::from_millis(50))
+        .max_delay(Duration::from_millis(100))
+        .max_attempts(10_000);
+
+    // Four keys, each a head that fails and messages behind it; r's head
+    // fails for as long as the broker is away, the others' for good.
+    let mut heads = Vec::new();
+    let mut expected = Vec::new();
+    for key in ["r", "a", "d", "u"] {
+        let head = MessageId::new();
+        if key == "r" {
+            *retrying.lock().unwrap() = Some(head);
+        } else {
+            rejected.lock().unwrap().insert(head);
+        }
+        outbox
+            .enqueue_alone(keyed("t", key, 0).with_id(head))
+            .await
+            .unwrap();
+        let mut order = vec![head];
+        for n in 1..=BEHIND {
+            order.push(outbox.enqueue_id(keyed("t", key, n as u64)).await);
+        }
+        heads.push(head);
+        expected.push((key, order));
+    }
+    let relay = outbox.fast_relay(publisher).retry(retry).spawn().unwrap();
+    outbox.dead_letters_when(3).await;
+    for key in ["r", "a", "d", "u"] {
+        wait_for(&format!("the messages behind {key} parked"), TIMEOUT, || async {
+            db.count(&parked(key)).await == BEHIND as i64
+        })
+        .await;
+    }
+    // Other keys move meanwhile.
+    let free = outbox.enqueue_id(keyed("t", "free", 1)).await;
+    outbox.wake();
+    wait_for("a free key published", TIMEOUT, || async {
+        published_on(&published, "free") == [free]
+    })
+    .await;
+    for (key, _) in &expected {
+        let on_key = published_on(&published, key);
+        assert!(on_key.is_empty(), "{key} moved past its block: {on_key:?}");
+    }
+
+    // The broker is back: r's head goes through, and its messages follow.
+    down.store(false, Ordering::SeqCst);
+    // The dead letters go: a's replayed, d's discarded, u's left in place
+    // and its key unblocked.
+    rejected.lock().unwrap().clear();
+    outbox.replay_dead_letter(heads[1]).await.unwrap();
+    outbox.discard_dead_letter(heads[2]).await.unwrap();
+    assert!(outbox.unblock("u").await.unwrap());
+    outbox.wake();
+    for (key, order) in &expected {
+        let want: Vec<MessageId> = match *key {
+            // The discarded head and the one left dead are not published.
+            "d" | "u" => order[1..].to_vec(),
+            _ => order.clone(),
+        };
+        wait_for(&format!("{key} moving again"), TIMEOUT, || async {
+            published_on(&published, key).len() >= want.len()
+        })
+        .await;
+        assert_eq!(published_on(&published, key), want, "{key} in order");
+        assert_eq!(db.count(&parked(key)).await, 0, "{key} unparked");
+    }
+    relay.shutdown().await.unwrap();
+    assert_eq!(outbox.pending().await, 0);
 }

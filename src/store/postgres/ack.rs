@@ -125,8 +125,15 @@ impl PgOutbox {
         if !unblock_k.is_empty() {
             sqlx::query(&self.inner.sql.unblock)
                 .persistent(self.named())
-                .bind(unblock_k)
+                .bind(&unblock_k)
                 .bind(unblock_s)
+                .execute(&mut *tx)
+                .await?;
+            // A statement of its own, after the lift: it sees what a
+            // parking that the lift waited for committed (unpark.sql).
+            sqlx::query(&self.inner.sql.unpark)
+                .persistent(self.named())
+                .bind(unblock_k)
                 .execute(&mut *tx)
                 .await?;
         }

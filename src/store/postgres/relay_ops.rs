@@ -116,6 +116,14 @@ impl StoreOps for PgOutbox {
         claimed_batch(&rows, p.limit)
     }
 
+    async fn park(&self, limit: i64) -> Result<u64> {
+        let q = sqlx::query_scalar(&self.inner.sql.unpark_lifted);
+        let _: i64 = self.on_relay().one(q).await?;
+        let q = sqlx::query_scalar(&self.inner.sql.park).bind(limit);
+        let parked: i64 = self.on_relay().one(q).await?;
+        Ok(parked as u64)
+    }
+
     async fn ack(&self, p: AckBatch<'_>) -> Result<AckReport> {
         self.apply_acks(p).await
     }

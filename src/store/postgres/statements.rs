@@ -37,6 +37,12 @@ statements! {
     claim,
     /// Deletes key blocks whose message is gone.
     sweep_gone_blocks,
+    /// Parks messages held behind blocked keys.
+    park,
+    /// Unparks the keys of the blocks an acknowledgement lifted.
+    unpark,
+    /// Unparks the keys no block holds any longer.
+    unpark_lifted,
 
     // Acknowledgements: the common case (everything published, nothing
     // retried) in one statement...

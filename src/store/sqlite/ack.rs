@@ -91,8 +91,13 @@ pub(super) async fn ack(outbox: &SqliteOutbox, p: AckBatch<'_>) -> Result<AckRep
             .await?;
     }
     if !unblock.is_empty() {
+        let lifted = json(&pairs(unblock));
         sqlx::query(&sql.unblock)
-            .bind(json(&pairs(unblock)))
+            .bind(&lifted)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query(&sql.unpark)
+            .bind(lifted)
             .execute(&mut *tx)
             .await?;
     }

@@ -109,6 +109,18 @@ impl StoreOps for SqliteOutbox {
         Ok(())
     }
 
+    async fn park(&self, limit: i64) -> Result<u64> {
+        let pool = &self.inner.pool;
+        sqlx::query(&self.inner.sql.unpark_lifted)
+            .execute(pool)
+            .await?;
+        let parked = sqlx::query(&self.inner.sql.park)
+            .bind(limit)
+            .execute(pool)
+            .await?;
+        Ok(parked.rows_affected())
+    }
+
     fn local_signal(&self) -> Arc<Notify> {
         self.inner.signal.clone()
     }

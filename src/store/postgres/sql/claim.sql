@@ -7,9 +7,14 @@
 -- payload's size, the bytes of the rows before it, and whether the scan
 -- read a row after it.
 --
--- The bucket test cannot use an index either way (the read walks the
--- primary key in position order and filters), so one statement serves a
--- relay holding some buckets and one reading all of them.
+-- The read walks messages_ready_idx in position order, which leaves out
+-- the messages parked behind blocked keys (migration 6), and filters. Two
+-- tests keep the order of a key whatever the parking's progress: the block
+-- itself holds back what arrived behind it since the last parking, and a
+-- parked message of the key holds back every later one (a block lifted
+-- without its key unparked yet: until then the key waits). The bucket
+-- test cannot use an index either way, so one statement serves a relay
+-- holding some buckets and one reading all of them.
 --
 -- The budget: `l` reads up to $3 rows; the running sum of their payload
 -- sizes (octet_length reads a stored value's size without fetching it)
@@ -35,11 +40,16 @@ FROM (SELECT l.*,
                             ELSE (hashtext(m.partition_key) & 2147483647) % $2
                        END AS bucket
             ) b
-            WHERE (m.available_at IS NULL OR m.available_at <= $1)
+            WHERE NOT m.parked
+              AND (m.available_at IS NULL OR m.available_at <= $1)
               AND ($5::int[] IS NULL OR b.bucket = ANY($5))
               AND NOT EXISTS (SELECT 1 FROM {blocked} k
                               WHERE k.partition_key = m.partition_key
                                 AND k.seq < m.seq)
+              AND NOT EXISTS (SELECT 1 FROM {messages} p
+                              WHERE p.parked
+                                AND p.partition_key = m.partition_key
+                                AND p.seq < m.seq)
               AND NOT EXISTS (SELECT 1 FROM unnest($4::bigint[]) x(seq)
                               WHERE x.seq = m.seq)
             ORDER BY m.seq

@@ -1,5 +1,8 @@
--- The next messages due, by position, leaving out every message whose key
--- is blocked at an earlier position and the positions still in flight, and
+-- The next messages due, by position, read through messages_ready_idx
+-- (which leaves out the messages parked behind blocked keys, migration 5),
+-- leaving out every message whose key is blocked, or has a parked message,
+-- at an earlier position (the PostgreSQL claim says why both), and the
+-- positions still in flight, and
 -- no more than the byte budget holds: `l` reads the positions and payload
 -- sizes of up to the limit (length() of a blob reads its size, not its
 -- content), `w` keeps their running sum, and only the rows that start
@@ -15,10 +18,15 @@ FROM (SELECT l.seq,
              lead(l.seq) OVER w IS NOT NULL AS followed
       FROM (SELECT m.seq, length(m.payload) AS size
             FROM {messages} m
-            WHERE (m.available_at IS NULL OR m.available_at <= ?)
+            WHERE m.parked = 0
+              AND (m.available_at IS NULL OR m.available_at <= ?)
               AND NOT EXISTS (SELECT 1 FROM {blocked} k
                               WHERE k.partition_key = m.partition_key
                                 AND k.seq < m.seq)
+              AND NOT EXISTS (SELECT 1 FROM {messages} p
+                              WHERE p.parked = 1
+                                AND p.partition_key = m.partition_key
+                                AND p.seq < m.seq)
               AND m.seq NOT IN (SELECT value FROM json_each(?))
             ORDER BY m.seq
             LIMIT ?) l

@@ -1,0 +1,11 @@
+-- Unparks the messages of the given keys that no block holds any longer:
+-- run in the transaction that lifted the blocks, as a statement of its own
+-- after it (so it sees what a concurrent park.sql committed while the lift
+-- waited for it).
+--
+-- $1 keys (text[]).
+UPDATE {messages} m SET parked = false
+WHERE m.parked
+  AND m.partition_key = ANY($1)
+  AND NOT EXISTS (SELECT 1 FROM {blocked} k
+                  WHERE k.partition_key = m.partition_key AND k.seq < m.seq)
