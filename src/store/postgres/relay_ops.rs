@@ -117,11 +117,20 @@ impl StoreOps for PgOutbox {
     }
 
     async fn park(&self, limit: i64) -> Result<u64> {
-        let q = sqlx::query_scalar(&self.inner.sql.unpark_lifted);
-        let _: i64 = self.on_relay().one(q).await?;
-        let q = sqlx::query_scalar(&self.inner.sql.park).bind(limit);
-        let parked: i64 = self.on_relay().one(q).await?;
-        Ok(parked as u64)
+        // Planner settings for this transaction alone (park.sql says why).
+        let mut tx = self.relay_pool().begin_with(PARK_BEGIN).await?;
+        sqlx::query(&self.inner.sql.unpark_lifted)
+            .persistent(self.named())
+            .execute(&mut *tx)
+            .await?;
+        let parked = sqlx::query(&self.inner.sql.park)
+            .persistent(self.named())
+            .bind(limit)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        tx.commit().await?;
+        Ok(parked)
     }
 
     async fn ack(&self, p: AckBatch<'_>) -> Result<AckReport> {
@@ -183,6 +192,11 @@ impl StoreOps for PgOutbox {
 /// Opens a claim's transaction with the planner settings it needs.
 const CLAIM_BEGIN: &str =
     "BEGIN; SET LOCAL enable_seqscan = off; SET LOCAL max_parallel_workers_per_gather = 0";
+
+/// Opens a parking transaction with the planner settings it needs.
+const PARK_BEGIN: &str = "BEGIN; SET LOCAL enable_seqscan = off; \
+     SET LOCAL enable_bitmapscan = off; SET LOCAL enable_sort = off; \
+     SET LOCAL enable_hashjoin = off; SET LOCAL enable_mergejoin = off";
 
 /// A time to live as the seconds `make_interval` takes.
 fn secs(d: Duration) -> f64 {

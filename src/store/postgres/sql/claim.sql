@@ -12,7 +12,13 @@
 -- tests keep the order of a key whatever the parking's progress: the block
 -- itself holds back what arrived behind it since the last parking, and a
 -- parked message of the key holds back every later one (a block lifted
--- without its key unparked yet: until then the key waits). The bucket
+-- without its key unparked yet: until then the key waits). Both are
+-- probes per row, through the blocks' primary key and messages_parked_idx,
+-- in a CASE so they stay probes and run in this order: the block first,
+-- the test that holds back the messages not parked yet behind a new block
+-- (as anti-joins, the planner would scan every block or the whole parked
+-- index for each row; as two filters, it would run the parked test first,
+-- measured 8 us a row against under 1 us). The bucket
 -- test cannot use an index either way, so one statement serves a relay
 -- holding some buckets and one reading all of them.
 --
@@ -43,13 +49,16 @@ FROM (SELECT l.*,
             WHERE NOT m.parked
               AND (m.available_at IS NULL OR m.available_at <= $1)
               AND ($5::int[] IS NULL OR b.bucket = ANY($5))
-              AND NOT EXISTS (SELECT 1 FROM {blocked} k
-                              WHERE k.partition_key = m.partition_key
-                                AND k.seq < m.seq)
-              AND NOT EXISTS (SELECT 1 FROM {messages} p
-                              WHERE p.parked
-                                AND p.partition_key = m.partition_key
-                                AND p.seq < m.seq)
+              AND CASE
+                  WHEN m.partition_key IS NULL THEN true
+                  WHEN EXISTS (SELECT 1 FROM {blocked} k
+                               WHERE k.partition_key = m.partition_key
+                                 AND k.seq < m.seq) THEN false
+                  ELSE NOT EXISTS (SELECT 1 FROM {messages} p
+                                   WHERE p.parked
+                                     AND p.partition_key = m.partition_key
+                                     AND p.seq < m.seq)
+                  END
               AND NOT EXISTS (SELECT 1 FROM unnest($4::bigint[]) x(seq)
                               WHERE x.seq = m.seq)
             ORDER BY m.seq

@@ -1,7 +1,5 @@
 -- Unparks the messages of the given keys that no block holds any longer:
--- run in the transaction that lifted the blocks, as a statement of its own
--- after it (so it sees what a concurrent park.sql committed while the lift
--- waited for it).
+-- run in the transaction that lifted the blocks, after it.
 --
 -- $1 keys (text[]).
 UPDATE {messages} m SET parked = false

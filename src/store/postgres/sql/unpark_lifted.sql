@@ -1,15 +1,19 @@
 -- Unparks every key whose parked messages no block holds any longer: keys
--- whose block an operator lifted (replay, discard, unblock), or that the
--- sweep of gone blocks (sweep_gone_blocks.sql) freed. One look per parked
--- key, not per parked message: the parked keys are walked through
--- messages_parked_idx one at a time, and a key stays parked while a block
--- stands before its earliest parked message (everything after it is
--- behind that block too). Returns how many messages it unparked.
+-- whose block an operator lifted (replay, discard, unblock), that the
+-- sweep of gone blocks (sweep_gone_blocks.sql) freed, or that a parking
+-- call raced with a lift (park.sql). One look per parked key, not per
+-- parked message: the parked keys are walked through messages_parked_idx
+-- one at a time, and a key stays parked while a block stands before its
+-- earliest parked message (everything after it is behind that block too).
+-- Returns how many messages it unparked.
 WITH RECURSIVE k(key) AS (
-         SELECT min(partition_key) FROM {messages} WHERE parked
+         SELECT (SELECT m.partition_key FROM {messages} m
+                 WHERE m.parked AND m.partition_key IS NOT NULL
+                 ORDER BY m.partition_key LIMIT 1)
          UNION ALL
-         SELECT (SELECT min(m.partition_key) FROM {messages} m
-                 WHERE m.parked AND m.partition_key > k.key)
+         SELECT (SELECT m.partition_key FROM {messages} m
+                 WHERE m.parked AND m.partition_key > k.key
+                 ORDER BY m.partition_key LIMIT 1)
          FROM k WHERE k.key IS NOT NULL),
      lifted AS (
          SELECT k.key FROM k
@@ -17,10 +21,12 @@ WITH RECURSIVE k(key) AS (
            AND NOT EXISTS (
                SELECT 1 FROM {blocked} b
                WHERE b.partition_key = k.key
-                 AND b.seq < (SELECT min(m.seq) FROM {messages} m
-                              WHERE m.parked AND m.partition_key = k.key))),
+                 AND b.seq < (SELECT m.seq FROM {messages} m
+                              WHERE m.parked AND m.partition_key = k.key
+                              ORDER BY m.partition_key, m.seq LIMIT 1))),
      u AS (
          UPDATE {messages} m SET parked = false
-         FROM lifted WHERE m.parked AND m.partition_key = lifted.key
+         WHERE m.parked
+           AND m.partition_key = ANY(ARRAY(SELECT key FROM lifted))
          RETURNING 1)
 SELECT count(*) FROM u

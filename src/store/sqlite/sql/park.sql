@@ -4,7 +4,7 @@
 -- Binds: the most messages to park.
 UPDATE {messages} SET parked = 1
 WHERE seq IN (
-    SELECT m.seq FROM {messages} m
+    SELECT m.seq FROM {messages} m INDEXED BY "{prefix}messages_ready_idx"
     WHERE m.parked = 0
       AND m.seq > (SELECT min(seq) FROM {blocked})
       AND EXISTS (SELECT 1 FROM {blocked} b
