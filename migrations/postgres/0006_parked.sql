@@ -1,21 +1,34 @@
--- Messages held behind a blocked key leave the claims' path. A claim walks
+-- Messages that cannot be sent now leave the claims' path. A claim walks
 -- the pending messages in position order and used to re-read, on every
 -- claim, each message waiting behind a key whose head is blocked (an
 -- ordered topic's dead letter waiting for an operator, a head waiting for
--- its retry): a million of them made every claim read a million rows.
+-- its retry) and each message waiting for a retry: a million of them made
+-- every claim read a million rows.
 --
--- A relay's upkeep marks such messages `parked` (in bounded batches, a
--- second or so after the block appears), and every statement that lifts a
--- block unparks its key's messages in the same transaction. Claims read
--- through `messages_ready_idx`, which holds only the messages not parked;
--- they still test each row against the blocks, so a message that arrived
--- behind a block since the last upkeep is held back all the same.
--- `messages_parked_idx` finds a key's parked messages when its block lifts;
--- it holds nothing while no key is blocked.
+-- `parked`: held behind a blocked key. A relay's upkeep marks such
+-- messages (in bounded batches, a second or so after the block appears),
+-- and every statement that lifts a block unparks its key's messages in the
+-- same transaction (or the next upkeep does). `sleeping`: waiting for a
+-- retry due more than a moment from now; the acknowledgement that
+-- schedules the retry sets it, and the upkeep wakes the message shortly
+-- before it is due.
+--
+-- Claims read through `messages_ready_idx`, which holds only the messages
+-- neither parked nor sleeping; they still test each row against the
+-- blocks, so a message that arrived behind a block since the last upkeep
+-- is held back all the same. `messages_parked_idx` finds a key's parked
+-- messages when its block lifts, `messages_sleeping_idx` the messages
+-- about to be due; both are empty while nothing is stuck.
 --
 -- Adding a column with a constant default rewrites nothing; building the
 -- indexes reads the table once, under a lock that holds producers back
 -- while it lasts (run `migrate()` before the traffic, as for any version).
-ALTER TABLE {messages} ADD COLUMN parked boolean NOT NULL DEFAULT false;
-CREATE INDEX {prefix}messages_ready_idx ON {messages} (seq) WHERE NOT parked;
-CREATE INDEX {prefix}messages_parked_idx ON {messages} (partition_key, seq) WHERE parked;
+ALTER TABLE {messages}
+    ADD COLUMN parked boolean NOT NULL DEFAULT false,
+    ADD COLUMN sleeping boolean NOT NULL DEFAULT false;
+CREATE INDEX {prefix}messages_ready_idx ON {messages} (seq)
+    WHERE NOT parked AND NOT sleeping;
+CREATE INDEX {prefix}messages_parked_idx ON {messages} (partition_key, seq)
+    WHERE parked;
+CREATE INDEX {prefix}messages_sleeping_idx ON {messages} (available_at)
+    WHERE sleeping;

@@ -1,8 +1,14 @@
--- Messages held behind a blocked key leave the claims' path (see the
--- PostgreSQL migration of the same name): a relay's upkeep marks them
--- `parked` in bounded batches, every statement that lifts a block unparks
--- its key's messages in the same transaction, and claims read through
--- `messages_ready_idx`, which holds only the messages not parked.
+-- Messages that cannot be sent now leave the claims' path (see the
+-- PostgreSQL migration of the same name): `parked` behind a blocked key,
+-- marked by a relay's upkeep and unparked when the block lifts;
+-- `sleeping` until shortly before a retry due later than a moment from
+-- now. Claims read through `messages_ready_idx`, which holds only the
+-- messages neither parked nor sleeping.
 ALTER TABLE {messages} ADD COLUMN parked INTEGER NOT NULL DEFAULT 0;
-CREATE INDEX "{prefix}messages_ready_idx" ON {messages} (seq) WHERE parked = 0;
-CREATE INDEX "{prefix}messages_parked_idx" ON {messages} (partition_key, seq) WHERE parked = 1;
+ALTER TABLE {messages} ADD COLUMN sleeping INTEGER NOT NULL DEFAULT 0;
+CREATE INDEX "{prefix}messages_ready_idx" ON {messages} (seq)
+    WHERE parked = 0 AND sleeping = 0;
+CREATE INDEX "{prefix}messages_parked_idx" ON {messages} (partition_key, seq)
+    WHERE parked = 1;
+CREATE INDEX "{prefix}messages_sleeping_idx" ON {messages} (available_at)
+    WHERE sleeping = 1;

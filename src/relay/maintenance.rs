@@ -17,7 +17,7 @@ use super::worker::Worker;
 use super::Retention;
 use crate::error::error_chain;
 use crate::store::sealed::StoreOps;
-use crate::store::{Purge, StoreStats};
+use crate::store::{sleep_horizon, Park, Purge, StoreStats};
 
 /// Dead rows in the messages table above which a relay vacuums it itself
 /// when the server's autovacuum is off.
@@ -130,7 +130,11 @@ impl Pass {
     /// Parks the messages held behind blocked keys, a batch at a time.
     async fn park(&self) {
         for _ in 0..PARKS_PER_PASS {
-            match self.store.park(PARK_BATCH).await {
+            let park = Park {
+                wake_by: sleep_horizon(self.clock.now()),
+                limit: PARK_BATCH,
+            };
+            match self.store.park(park).await {
                 Ok(n) => {
                     metrics::counter!("outbox_parked_total").increment(n);
                     if (n as i64) < PARK_BATCH {

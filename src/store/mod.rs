@@ -572,6 +572,27 @@ pub struct Purge {
     pub(crate) limit: i64,
 }
 
+/// How far ahead a retry must be due for its message to sleep out of the
+/// claims' path (and how early a relay's upkeep, run about once a second,
+/// wakes it).
+pub(crate) const SLEEP_BEYOND: Duration = Duration::from_secs(2);
+
+/// The time after which a retry scheduled at `now` sleeps, and by which
+/// the upkeep wakes sleeping messages.
+pub(crate) fn sleep_horizon(now: DateTime<Utc>) -> DateTime<Utc> {
+    now + chrono::Duration::from_std(SLEEP_BEYOND).unwrap_or(chrono::Duration::MAX)
+}
+
+/// Parameters of [`StoreOps::park`](sealed::StoreOps::park).
+#[derive(Debug, Clone, Copy)]
+#[allow(unreachable_pub)] // sealed: reachable only through `Store`
+pub struct Park {
+    /// Wake the sleeping messages due by then.
+    pub(crate) wake_by: DateTime<Utc>,
+    /// Park at most this many.
+    pub(crate) limit: i64,
+}
+
 /// A source of cross-process wake-ups (PostgreSQL LISTEN).
 #[async_trait]
 #[allow(unreachable_pub)] // sealed: reachable only through `Store`
@@ -618,11 +639,12 @@ pub(crate) mod sealed {
         async fn stats(&self) -> Result<StoreStats>;
         /// Vacuums the messages table now.
         async fn vacuum(&self) -> Result<()>;
-        /// Unparks the keys whose blocks were lifted, then parks up to
-        /// `limit` messages held behind blocked keys, so claims no longer
-        /// read them; returns how many it parked. A relay's upkeep calls it
+        /// Wakes the sleeping messages due by `p.wake_by`, unparks the
+        /// keys whose blocks were lifted, then parks up to `p.limit`
+        /// messages held behind blocked keys, so claims no longer read
+        /// them; returns how many it parked. A relay's upkeep calls it
         /// about once a second, again at once while a call parks `limit`.
-        async fn park(&self, limit: i64) -> Result<u64>;
+        async fn park(&self, p: Park) -> Result<u64>;
         /// The in-process wake-up signal raised by `commit`.
         fn local_signal(&self) -> std::sync::Arc<tokio::sync::Notify>;
         /// A cross-process wake-up source, if the backend has one.

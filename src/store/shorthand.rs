@@ -94,6 +94,13 @@ pub(crate) trait Shorthand: StoreOps {
         .await
         .unwrap()
     }
+
+    /// The upkeep's parking as at `now`: wakes what is due by then and a
+    /// little more, parks up to `limit`; how many it parked.
+    async fn park_at(&self, now: DateTime<Utc>, limit: i64) -> u64 {
+        let wake_by = super::sleep_horizon(now);
+        self.park(super::Park { wake_by, limit }).await.unwrap()
+    }
 }
 
 impl<T: StoreOps + ?Sized> Shorthand for T {}

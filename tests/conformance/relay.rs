@@ -366,6 +366,61 @@ pub async fn unordered_topic_parks_the_failure_and_the_key_moves_on<B: Backend>(
     db.close().await;
 }
 
+/// A message whose retry is due seconds away sleeps out of the claims'
+/// path (claims no longer read it) while its key moves on under the
+/// unordered policy, then wakes and is published on time; under the
+/// ordered policy the key's later messages wait for it.
+pub async fn a_distant_retry_sleeps_then_wakes_in_time<B: Backend>() {
+    let db = B::fresh().await;
+    let outbox = db.outbox();
+    let messages = B::table(B::DEFAULT_PREFIX, "messages");
+    let sleeping = format!("SELECT count(*) FROM {messages} WHERE sleeping = true");
+    let (loose, loose_behind) = poison_and_behind(&outbox, "metrics").await;
+    let (strict, strict_behind) = poison_and_behind(&outbox, "t").await;
+    let first_try = Arc::new(Mutex::new(HashSet::new()));
+    let published = InMemoryPublisher::new();
+    let publisher = {
+        let first_try = first_try.clone();
+        judged(&published, move |m| {
+            // Each of the two heads fails its first attempt.
+            ((m.id() == loose || m.id() == strict) && first_try.lock().unwrap().insert(m.id()))
+                .then(|| PublishError::transient("the broker is away"))
+        })
+    };
+    let relay = outbox
+        .fast_relay(publisher)
+        .topic_ordering("metrics", OrderingPolicy::Unordered)
+        .retry(
+            RetryPolicy::new()
+                .initial_delay(Duration::from_secs(4))
+                .jitter(false),
+        )
+        .spawn()
+        .unwrap();
+    wait_for("both heads asleep", TIMEOUT, || async {
+        db.count(&sleeping).await == 2
+    })
+    .await;
+    let ids = || published.messages().iter().map(|m| m.id()).collect::<Vec<_>>();
+    wait_for("the unordered key moving on", TIMEOUT, || async {
+        ids().contains(&loose_behind)
+    })
+    .await;
+    assert!(!ids().contains(&strict_behind), "the ordered key waits");
+    wait_for("both heads woken and published", TIMEOUT, || async {
+        let ids = ids();
+        ids.contains(&loose) && ids.contains(&strict_behind)
+    })
+    .await;
+    relay.shutdown().await.unwrap();
+    let ids = ids();
+    let at = |id| ids.iter().position(|x| *x == id).unwrap();
+    assert!(at(strict) < at(strict_behind), "ordered key in order");
+    assert_eq!(db.count(&sleeping).await, 0);
+    assert_eq!(outbox.pending().await, 0);
+    db.close().await;
+}
+
 /// Four relays and eight concurrent writers (5,000 messages over 50 keys,
 /// one transaction in five rolled back): every committed message is
 /// published exactly once, nothing rolled back is, and each key goes out in

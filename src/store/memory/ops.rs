@@ -283,7 +283,7 @@ impl StoreOps for MemoryStore {
         Ok(())
     }
 
-    async fn park(&self, _limit: i64) -> Result<u64> {
+    async fn park(&self, _p: crate::store::Park) -> Result<u64> {
         // Claims here look up each key's block directly: nothing to park.
         Ok(0)
     }

@@ -8,7 +8,7 @@ use chrono::{DateTime, Utc};
 use super::relay_ops::lease_arrays;
 use super::PgOutbox;
 use crate::error::Result;
-use crate::store::{AckBatch, AckPlan, AckReport, Disposition};
+use crate::store::{sleep_horizon, AckBatch, AckPlan, AckReport, Disposition};
 
 impl PgOutbox {
     /// Applies acknowledgements, fenced by the leases' epochs.
@@ -144,6 +144,7 @@ impl PgOutbox {
                 .bind(r_att)
                 .bind(r_at)
                 .bind(r_err)
+                .bind(sleep_horizon(now))
                 .execute(&mut *tx)
                 .await?;
         }

@@ -16,7 +16,8 @@ use super::PgOutbox;
 use crate::error::Result;
 use crate::store::sealed::StoreOps;
 use crate::store::{
-    AckBatch, AckReport, Acquire, Claim, ClaimedBatch, Heartbeat, Lease, Purge, Release, Renew,
+    AckBatch, AckReport, Acquire, Claim, ClaimedBatch, Heartbeat, Lease, Park, Purge, Release,
+    Renew,
     Store, StoreStats, WakeSource,
 };
 
@@ -116,16 +117,21 @@ impl StoreOps for PgOutbox {
         claimed_batch(&rows, p.limit)
     }
 
-    async fn park(&self, limit: i64) -> Result<u64> {
+    async fn park(&self, p: Park) -> Result<u64> {
         // Planner settings for this transaction alone (park.sql says why).
         let mut tx = self.relay_pool().begin_with(PARK_BEGIN).await?;
+        sqlx::query(&self.inner.sql.wake_sleeping)
+            .persistent(self.named())
+            .bind(p.wake_by)
+            .execute(&mut *tx)
+            .await?;
         sqlx::query(&self.inner.sql.unpark_lifted)
             .persistent(self.named())
             .execute(&mut *tx)
             .await?;
         let parked = sqlx::query(&self.inner.sql.park)
             .persistent(self.named())
-            .bind(limit)
+            .bind(p.limit)
             .execute(&mut *tx)
             .await?
             .rows_affected();

@@ -43,6 +43,8 @@ statements! {
     unpark,
     /// Unparks the keys no block holds any longer.
     unpark_lifted,
+    /// Wakes the messages whose retry is about due.
+    wake_sleeping,
 
     // Acknowledgements: the common case (everything published, nothing
     // retried) in one statement...

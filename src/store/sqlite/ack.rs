@@ -9,7 +9,7 @@ use chrono::Utc;
 use super::decode::{json, micros};
 use super::SqliteOutbox;
 use crate::error::Result;
-use crate::store::{AckBatch, AckPlan, AckReport, Lease};
+use crate::store::{sleep_horizon, AckBatch, AckPlan, AckReport, Lease};
 
 pub(super) async fn ack(outbox: &SqliteOutbox, p: AckBatch<'_>) -> Result<AckReport> {
     if p.acks.is_empty() {
@@ -104,6 +104,7 @@ pub(super) async fn ack(outbox: &SqliteOutbox, p: AckBatch<'_>) -> Result<AckRep
     if !retry.is_empty() {
         sqlx::query(&sql.retry)
             .bind(json(&serde_json::Value::Array(retry)))
+            .bind(micros(sleep_horizon(now)))
             .execute(&mut *tx)
             .await?;
     }

@@ -16,8 +16,8 @@ use super::{ack, claim, leases, migrate, SqliteOutbox};
 use crate::error::Result;
 use crate::store::sealed::StoreOps;
 use crate::store::{
-    AckBatch, AckReport, Acquire, Claim, ClaimedBatch, Heartbeat, Lease, Purge, Release, Renew,
-    Store, StoreStats, WakeSource,
+    AckBatch, AckReport, Acquire, Claim, ClaimedBatch, Heartbeat, Lease, Park, Purge, Release,
+    Renew, Store, StoreStats, WakeSource,
 };
 
 impl Store for SqliteOutbox {}
@@ -109,13 +109,17 @@ impl StoreOps for SqliteOutbox {
         Ok(())
     }
 
-    async fn park(&self, limit: i64) -> Result<u64> {
+    async fn park(&self, p: Park) -> Result<u64> {
         let pool = &self.inner.pool;
+        sqlx::query(&self.inner.sql.wake_sleeping)
+            .bind(micros(p.wake_by))
+            .execute(pool)
+            .await?;
         sqlx::query(&self.inner.sql.unpark_lifted)
             .execute(pool)
             .await?;
         let parked = sqlx::query(&self.inner.sql.park)
-            .bind(limit)
+            .bind(p.limit)
             .execute(pool)
             .await?;
         Ok(parked.rows_affected())

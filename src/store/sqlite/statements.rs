@@ -16,6 +16,7 @@ crate::store::statements::statements! {
     park,
     unpark,
     unpark_lifted,
+    wake_sleeping,
     fence,
     delete_seqs,
     copy_published,

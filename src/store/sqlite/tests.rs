@@ -195,9 +195,24 @@ async fn retries_block_and_unblock_keys() {
     assert_eq!((attempts, at), (1, micros(later)));
     assert_eq!(err, "down \"quoted\"\n");
 
-    // Not due yet, and the key is blocked behind it.
+    // Not due yet, and the key is blocked behind it. Due in an hour, it
+    // sleeps out of the claims' path until the upkeep wakes it, shortly
+    // before it is due.
     let ids = |c: Vec<Claimed>| c.into_iter().map(|c| c.message.id).collect::<Vec<_>>();
     assert_eq!(ids(o.claim_at(now).await), vec![free]);
+    let sleeping = || async {
+        let n: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox_messages WHERE sleeping = 1")
+            .fetch_one(o.pool())
+            .await
+            .unwrap();
+        n
+    };
+    assert_eq!(sleeping().await, 1);
+    assert_eq!(ids(o.claim_at(later).await), vec![free], "asleep");
+    o.park_at(now, 100).await;
+    assert_eq!(sleeping().await, 1, "not woken an hour early");
+    o.park_at(later - chrono::Duration::seconds(1), 100).await;
+    assert_eq!(sleeping().await, 0, "woken a moment before it is due");
     let due = o.claim_at(later).await;
     assert_eq!(ids(due.clone()), vec![first, free]);
     assert_eq!(due[0].message.attempt, 2);
@@ -385,11 +400,11 @@ async fn parked_messages_leave_the_claims_and_keep_their_keys_order() {
     let head = enqueue(&o, Some("k")).await;
     let behind = [enqueue(&o, Some("k")).await, enqueue(&o, Some("k")).await];
     let other = enqueue(&o, Some("o")).await;
-    assert_eq!(o.park(100).await.unwrap(), 0, "no block, nothing to park");
+    let now = Utc::now();
+    assert_eq!(o.park_at(now, 100).await, 0, "no block, nothing to park");
 
     // The head fails and blocks its key: the two behind it are parked,
     // in batches of the size asked.
-    let now = Utc::now();
     let claimed = o.claim_at(now).await;
     let retry = ack(
         &claimed[0],
@@ -400,9 +415,9 @@ async fn parked_messages_leave_the_claims_and_keep_their_keys_order() {
         },
     );
     o.ack_at(r, &leases, &[retry], false, now).await;
-    assert_eq!(o.park(1).await.unwrap(), 1);
-    assert_eq!(o.park(100).await.unwrap(), 1);
-    assert_eq!(o.park(100).await.unwrap(), 0);
+    assert_eq!(o.park_at(now, 1).await, 1);
+    assert_eq!(o.park_at(now, 100).await, 1);
+    assert_eq!(o.park_at(now, 100).await, 0);
     assert_eq!(parked(o.clone()).await, 2);
     assert_eq!(ids(o.claim_at(now).await), vec![head, other]);
 
@@ -424,7 +439,7 @@ async fn parked_messages_leave_the_claims_and_keep_their_keys_order() {
         },
     );
     o.ack_at(r, &leases, &[dead], false, now).await;
-    assert_eq!(o.park(100).await.unwrap(), 1);
+    assert_eq!(o.park_at(now, 100).await, 1);
     let last = enqueue(&o, Some("k")).await;
     sqlx::query("DELETE FROM outbox_blocked_keys")
         .execute(o.pool())
@@ -432,7 +447,7 @@ async fn parked_messages_leave_the_claims_and_keep_their_keys_order() {
         .unwrap();
     assert_eq!(ids(o.claim_at(now).await), vec![other]);
     // The next parking call finds the key free and unparks it.
-    assert_eq!(o.park(100).await.unwrap(), 0);
+    assert_eq!(o.park_at(now, 100).await, 0);
     assert_eq!(parked(o.clone()).await, 0);
     assert_eq!(ids(o.claim_at(now).await), vec![behind[1], other, last]);
 }

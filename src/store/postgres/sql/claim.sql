@@ -8,7 +8,8 @@
 -- read a row after it.
 --
 -- The read walks messages_ready_idx in position order, which leaves out
--- the messages parked behind blocked keys (migration 6), and filters. Two
+-- the messages parked behind blocked keys and those sleeping until a
+-- retry (migration 6), and filters. Two
 -- tests keep the order of a key whatever the parking's progress: the block
 -- itself holds back what arrived behind it since the last parking, and a
 -- parked message of the key holds back every later one (a block lifted
@@ -46,7 +47,7 @@ FROM (SELECT l.*,
                             ELSE (hashtext(m.partition_key) & 2147483647) % $2
                        END AS bucket
             ) b
-            WHERE NOT m.parked
+            WHERE NOT m.parked AND NOT m.sleeping
               AND (m.available_at IS NULL OR m.available_at <= $1)
               AND ($5::int[] IS NULL OR b.bucket = ANY($5))
               AND CASE

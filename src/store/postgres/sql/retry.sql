@@ -1,9 +1,12 @@
--- Schedules messages for another attempt, with their last error.
+-- Schedules messages for another attempt, with their last error; one due
+-- after $5 sleeps (migration 6) until the relays' upkeep wakes it.
 --
 -- $1 positions (bigint[]), $2 attempts made (int[]), $3 when each is due
--- again (timestamptz[]), $4 last errors (text[]).
+-- again (timestamptz[]), $4 last errors (text[]), $5 the time after which
+-- a retry sleeps.
 UPDATE {messages} m
-SET attempts = u.attempts, available_at = u.at, last_error = u.err
+SET attempts = u.attempts, available_at = u.at, last_error = u.err,
+    sleeping = u.at > $5
 FROM unnest($1::bigint[], $2::int[], $3::timestamptz[], $4::text[])
      u(seq, attempts, at, err)
 WHERE m.seq = u.seq

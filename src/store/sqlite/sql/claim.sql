@@ -1,5 +1,6 @@
 -- The next messages due, by position, read through messages_ready_idx
--- (which leaves out the messages parked behind blocked keys, migration 5),
+-- (which leaves out the messages parked behind blocked keys and those
+-- sleeping until a retry, migration 5),
 -- leaving out every message whose key is blocked, or has a parked message,
 -- at an earlier position (the PostgreSQL claim says why both), and the
 -- positions still in flight, and
@@ -21,7 +22,7 @@ FROM (SELECT l.seq,
              lead(l.seq) OVER w IS NOT NULL AS followed
       FROM (SELECT m.seq, length(m.payload) AS size
             FROM {messages} m INDEXED BY "{prefix}messages_ready_idx"
-            WHERE m.parked = 0
+            WHERE m.parked = 0 AND m.sleeping = 0
               AND (m.available_at IS NULL OR m.available_at <= ?)
               AND NOT EXISTS (SELECT 1 FROM {blocked} k
                               WHERE k.partition_key = m.partition_key

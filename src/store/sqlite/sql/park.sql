@@ -5,7 +5,7 @@
 UPDATE {messages} SET parked = 1
 WHERE seq IN (
     SELECT m.seq FROM {messages} m INDEXED BY "{prefix}messages_ready_idx"
-    WHERE m.parked = 0
+    WHERE m.parked = 0 AND m.sleeping = 0
       AND m.seq > (SELECT min(seq) FROM {blocked})
       AND EXISTS (SELECT 1 FROM {blocked} b
                   WHERE b.partition_key = m.partition_key AND b.seq < m.seq)
