@@ -513,11 +513,10 @@ async fn bench_blocked(cfg: &Config, res: &mut Results) {
         .spawn()
         .unwrap();
     loop {
-        let parked: i64 =
-            sqlx::query_scalar("SELECT count(*) FROM outbox.messages WHERE parked")
-                .fetch_one(&pool)
-                .await
-                .unwrap();
+        let parked: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox.messages WHERE parked")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
         if parked == hot - 1 {
             break;
         }

@@ -487,7 +487,9 @@ pub async fn messages_behind_a_blocked_key_are_parked_and_move_again_in_order<B:
     let db = B::fresh().await;
     let outbox = db.outbox();
     let messages = B::table(B::DEFAULT_PREFIX, "messages");
-    let parked = |key: &str| format!("SELECT count(*) FROM {messages} WHERE parked = true AND partition_key = '{key}'");
+    let parked = |key: &str| {
+        format!("SELECT count(*) FROM {messages} WHERE parked = true AND partition_key = '{key}'")
+    };
     let published = InMemoryPublisher::new();
     let rejected = Arc::new(Mutex::new(HashSet::new()));
     let down = Arc::new(AtomicBool::new(true));
@@ -533,9 +535,11 @@ pub async fn messages_behind_a_blocked_key_are_parked_and_move_again_in_order<B:
     let relay = outbox.fast_relay(publisher).retry(retry).spawn().unwrap();
     outbox.dead_letters_when(3).await;
     for key in ["r", "a", "d", "u"] {
-        wait_for(&format!("the messages behind {key} parked"), TIMEOUT, || async {
-            db.count(&parked(key)).await == BEHIND as i64
-        })
+        wait_for(
+            &format!("the messages behind {key} parked"),
+            TIMEOUT,
+            || async { db.count(&parked(key)).await == BEHIND as i64 },
+        )
         .await;
     }
     // Other keys move meanwhile.

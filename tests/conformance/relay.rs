@@ -401,7 +401,13 @@ pub async fn a_distant_retry_sleeps_then_wakes_in_time<B: Backend>() {
         db.count(&sleeping).await == 2
     })
     .await;
-    let ids = || published.messages().iter().map(|m| m.id()).collect::<Vec<_>>();
+    let ids = || {
+        published
+            .messages()
+            .iter()
+            .map(|m| m.id())
+            .collect::<Vec<_>>()
+    };
     wait_for("the unordered key moving on", TIMEOUT, || async {
         ids().contains(&loose_behind)
     })

@@ -32,7 +32,10 @@ const MIGRATIONS: &[(i64, &str)] = &[
         5,
         include_str!("../../../migrations/postgres/0005_key_slots.sql"),
     ),
-    (6, include_str!("../../../migrations/postgres/0006_parked.sql")),
+    (
+        6,
+        include_str!("../../../migrations/postgres/0006_parked.sql"),
+    ),
 ];
 
 const LOCK: &str = include_str!("sql/migrations/lock.sql");

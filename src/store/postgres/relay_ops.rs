@@ -17,8 +17,7 @@ use crate::error::Result;
 use crate::store::sealed::StoreOps;
 use crate::store::{
     AckBatch, AckReport, Acquire, Claim, ClaimedBatch, Heartbeat, Lease, Park, Purge, Release,
-    Renew,
-    Store, StoreStats, WakeSource,
+    Renew, Store, StoreStats, WakeSource,
 };
 
 impl Store for PgOutbox {}

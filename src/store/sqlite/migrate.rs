@@ -26,7 +26,10 @@ pub(super) const MIGRATIONS: &[(i64, &str)] = &[
         4,
         include_str!("../../../migrations/sqlite/0004_dead_letters_by_position.sql"),
     ),
-    (5, include_str!("../../../migrations/sqlite/0005_parked.sql")),
+    (
+        5,
+        include_str!("../../../migrations/sqlite/0005_parked.sql"),
+    ),
 ];
 
 pub(super) const CREATE_TABLE: &str = include_str!("sql/migrations/create_table.sql");

@@ -423,9 +423,13 @@ async fn parked_messages_leave_the_claims_and_keep_their_keys_order() {
 
     // Published after its retry: the acknowledgement unparks the key.
     let due = o.claim_at(now).await;
-    o.ack_at(r, &leases, &published(&due[..1]), false, now).await;
+    o.ack_at(r, &leases, &published(&due[..1]), false, now)
+        .await;
     assert_eq!(parked(o.clone()).await, 0);
-    assert_eq!(ids(o.claim_at(now).await), vec![behind[0], behind[1], other]);
+    assert_eq!(
+        ids(o.claim_at(now).await),
+        vec![behind[0], behind[1], other]
+    );
 
     // Blocked again and parked; then a later message arrives (not parked)
     // and the block is deleted by hand: nothing of the key is claimed
