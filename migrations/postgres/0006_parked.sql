@@ -6,9 +6,10 @@
 -- every claim read a million rows.
 --
 -- `parked`: held behind a blocked key. A relay's upkeep marks such
--- messages (in bounded batches, a second or so after the block appears),
--- and every statement that lifts a block unparks its key's messages in the
--- same transaction (or the next upkeep does). `sleeping`: waiting for a
+-- messages (in bounded batches, a second or so after the block appears);
+-- an acknowledgement that lifts a block unparks its key's messages in the
+-- same transaction, and the next upkeep unparks the keys an operator
+-- freed. `sleeping`: waiting for a
 -- retry due more than a moment from now; the acknowledgement that
 -- schedules the retry sets it, and the upkeep wakes the message shortly
 -- before it is due.

@@ -1,10 +1,11 @@
-//! Maintenance beside the rounds: the parking of messages held behind
-//! blocked keys (about once a second), and at each stats interval gauges
-//! from the store's statistics, a vacuum of the messages table where
-//! nothing else vacuums it, and the purge of retained messages. A pass runs
-//! in a task of its own, one at a time, so a slow statistics query, vacuum,
-//! purge or parking never delays lease renewal or publishing; it reports
-//! back for the gauges and warnings.
+//! Maintenance beside the rounds: at each stats interval, gauges from the
+//! store's statistics, a vacuum of the messages table where nothing else
+//! vacuums it, and the purge of retained messages; about once a second, the
+//! parking (messages held behind blocked keys out of the claims' path,
+//! sleeping retries woken when due). Each runs in a task of its own, one
+//! pass of each at a time, so a slow statistics query, vacuum, purge or
+//! parking never delays lease renewal or publishing, nor one the other;
+//! the stats pass reports back for the gauges and warnings.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -78,12 +79,45 @@ pub(super) struct Report {
     unvacuumed: Option<Unvacuumed>,
 }
 
+/// A parking pass in its own task; aborted when dropped.
+pub(super) struct Parking(JoinHandle<()>);
+
+impl Drop for Parking {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Wakes the sleeping retries about due, unparks the keys whose blocks
+/// lifted and parks what blocked keys hold back, a batch at a time. A
+/// failure waits for the next pass, a second later; it is logged at `warn`,
+/// since while it lasts retries stay asleep and lifted keys wait.
+async fn park(store: Arc<dyn StoreOps>, clock: Clock) {
+    for _ in 0..PARKS_PER_PASS {
+        let park = Park {
+            wake_by: sleep_horizon(clock.now()),
+            limit: PARK_BATCH,
+        };
+        match store.park(park).await {
+            Ok(n) => {
+                metrics::counter!("outbox_parked_total").increment(n);
+                if (n as i64) < PARK_BATCH {
+                    break;
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %error_chain(&e), "outbox relay: parking failed");
+                metrics::counter!("outbox_relay_errors_total", "operation" => "parking")
+                    .increment(1);
+                break;
+            }
+        }
+    }
+}
+
 /// What a pass needs, owned, so it can run beside the rounds.
 struct Pass {
     store: Arc<dyn StoreOps>,
-    /// Whether the statistics, vacuum and purge are due (else it parks
-    /// only).
-    stats_due: bool,
     clock: Clock,
     retention: Retention,
     purge_batch: i64,
@@ -91,17 +125,9 @@ struct Pass {
 }
 
 impl Pass {
-    /// Parks what blocked keys hold back; when due, reads the statistics,
-    /// vacuums if needed and purges retained messages. Failures are logged
-    /// and wait for the next pass.
+    /// Reads the statistics, vacuums if needed and purges retained
+    /// messages; failures are logged and wait for the next pass.
     async fn run(self) -> Report {
-        self.park().await;
-        if !self.stats_due {
-            return Report {
-                stats: None,
-                unvacuumed: None,
-            };
-        }
         let stats = match self.store.stats().await {
             Ok(s) => Some(s),
             Err(e) => {
@@ -125,28 +151,6 @@ impl Pass {
             self.purge_published(keep).await;
         }
         Report { stats, unvacuumed }
-    }
-
-    /// Parks the messages held behind blocked keys, a batch at a time.
-    async fn park(&self) {
-        for _ in 0..PARKS_PER_PASS {
-            let park = Park {
-                wake_by: sleep_horizon(self.clock.now()),
-                limit: PARK_BATCH,
-            };
-            match self.store.park(park).await {
-                Ok(n) => {
-                    metrics::counter!("outbox_parked_total").increment(n);
-                    if (n as i64) < PARK_BATCH {
-                        break;
-                    }
-                }
-                Err(e) => {
-                    tracing::debug!(error = %error_chain(&e), "outbox relay: parking failed");
-                    break;
-                }
-            }
-        }
     }
 
     /// Deletes retained messages published more than `keep` ago.
@@ -173,27 +177,22 @@ impl Pass {
 }
 
 impl Worker {
-    /// Whether a maintenance pass is due: the parking's or the stats'.
-    pub(super) fn maintenance_due(&self) -> bool {
-        let now = Instant::now();
-        now >= self.next_park || now >= self.next_stats
-    }
-
-    /// Starts a maintenance pass unless one is still running: a pass slower
-    /// than the stats interval delays the next one, never a round.
+    /// Starts the passes that are due: a parking pass unless one still
+    /// runs, a stats pass unless one still runs (a pass slower than its
+    /// interval delays the next one, never a round).
     pub(super) fn start_maintenance(&mut self) {
-        if self.upkeep.is_some() {
+        let now = Instant::now();
+        if now >= self.next_park && self.parking.as_ref().is_none_or(|p| p.0.is_finished()) {
+            self.next_park = now + PARK_INTERVAL;
+            let task = park(self.store.clone(), self.clock);
+            self.parking = Some(Parking(tokio::spawn(task)));
+        }
+        if now < self.next_stats || self.upkeep.is_some() {
             return;
         }
-        let now = Instant::now();
-        let stats_due = now >= self.next_stats;
-        if stats_due {
-            self.next_stats = now + self.config.stats_interval;
-        }
-        self.next_park = now + PARK_INTERVAL;
+        self.next_stats = now + self.config.stats_interval;
         let pass = Pass {
             store: self.store.clone(),
-            stats_due,
             clock: self.clock,
             retention: self.config.retention,
             purge_batch: self.config.purge_batch,

@@ -8,7 +8,7 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use super::clock::Clock;
-use super::maintenance::Upkeep;
+use super::maintenance::{Parking, Upkeep};
 use super::round::Prefetch;
 use super::shutdown::Shutdown;
 use super::{Health, RelayConfig, RelayState};
@@ -41,6 +41,8 @@ pub(super) struct Worker {
     pub(super) warned_autovacuum_off: bool,
     /// The maintenance pass running, if any: at most one at a time.
     pub(super) upkeep: Option<Upkeep>,
+    /// The parking pass running, if any: at most one at a time.
+    pub(super) parking: Option<Parking>,
     /// The next batch, claimed while the current one was in flight.
     pub(super) prefetch: Option<Prefetch>,
     /// Keys of the last batch with a message that was not published: the
@@ -81,6 +83,7 @@ impl Worker {
             error_backoff: MIN_ERROR_BACKOFF,
             warned_autovacuum_off: false,
             upkeep: None,
+            parking: None,
             prefetch: None,
             unsettled: HashSet::new(),
         }
@@ -178,9 +181,7 @@ impl Worker {
                     }
                 }
             }
-            if self.maintenance_due() {
-                self.start_maintenance();
-            }
+            self.start_maintenance();
             if self.listener.is_none() && Instant::now() >= self.listener_retry_at {
                 let Some(listened) = shutdown.unless_asked(self.store.listen()).await else {
                     break;
@@ -235,6 +236,7 @@ impl Worker {
         // A vacuum or purge cut short is harmless: the next relay's pass
         // does it again.
         self.upkeep = None;
+        self.parking = None;
         self.publish_health();
         // Give the buckets back so other relays need not wait for expiry;
         // bounded, so a database that refuses connections cannot hold the
@@ -264,6 +266,9 @@ impl Worker {
     fn wake_deadline(&self) -> Instant {
         let mut t = Instant::now() + self.config.poll_interval;
         t = t.min(self.next_lease_tick);
+        // The parking pass wakes sleeping retries before they are due:
+        // the loop turns to start it, whatever the poll interval.
+        t = t.min(self.next_park);
         if let Some(r) = self.next_retry {
             t = t.min(r);
         }

@@ -129,8 +129,9 @@ impl PgOutbox {
                 .bind(unblock_s)
                 .execute(&mut *tx)
                 .await?;
-            // A statement of its own, after the lift: it sees what a
-            // parking that the lift waited for committed (unpark.sql).
+            // After the lift, in its transaction: the key's messages move
+            // on with it. A parking that raced with the lift (it locks no
+            // block) is undone by the next upkeep (unpark_lifted.sql).
             sqlx::query(&self.inner.sql.unpark)
                 .persistent(self.named())
                 .bind(unblock_k)

@@ -117,7 +117,9 @@ impl StoreOps for PgOutbox {
     }
 
     async fn park(&self, p: Park) -> Result<u64> {
-        // Planner settings for this transaction alone (park.sql says why).
+        // Planner settings for these transactions alone (park.sql says
+        // why). Waking and unparking commit on their own, so a parking
+        // that fails cannot hold them back.
         let mut tx = self.relay_pool().begin_with(PARK_BEGIN).await?;
         sqlx::query(&self.inner.sql.wake_sleeping)
             .persistent(self.named())
@@ -128,6 +130,8 @@ impl StoreOps for PgOutbox {
             .persistent(self.named())
             .execute(&mut *tx)
             .await?;
+        tx.commit().await?;
+        let mut tx = self.relay_pool().begin_with(PARK_BEGIN).await?;
         let parked = sqlx::query(&self.inner.sql.park)
             .persistent(self.named())
             .bind(p.limit)

@@ -380,8 +380,8 @@ async fn dead_letters_keyed_by_position_migrate_with_their_rows() {
 
 /// Parking takes what stands behind a block out of the claims' path,
 /// never the blocking head nor another key; a parked message holds back
-/// the later messages of its key even once its block is gone (lifted by
-/// hand here, as no statement of the crate does), until the next parking
+/// the later messages of its key even once its block is gone (deleted by
+/// hand here; so it is after an operator's lift), until the next parking
 /// call unparks the key; the unpark of an acknowledgement that lifts a
 /// block is immediate.
 #[tokio::test]

@@ -1,5 +1,6 @@
 -- Unparks the messages of the given keys that no block holds any longer:
--- run in the transaction that lifted the blocks, after it.
+-- run in the acknowledgement's transaction that lifted the blocks, after
+-- the lift.
 --
 -- $1 keys (text[]).
 UPDATE {messages} m SET parked = false
