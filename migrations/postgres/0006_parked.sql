@@ -33,3 +33,18 @@ CREATE INDEX {prefix}messages_parked_idx ON {messages} (partition_key, seq)
     WHERE parked;
 CREATE INDEX {prefix}messages_sleeping_idx ON {messages} (available_at)
     WHERE sleeping;
+
+-- A key may be blocked by several failing heads at once: an older dead
+-- letter replayed while a newer one still blocks its key. Each head holds
+-- the key until it goes through (or is discarded, or an operator lifts
+-- the key), so blocks are kept per (key, position) rather than the
+-- earliest per key, which forgot the newer head: once the older one went
+-- through, the key moved past the newer dead letter.
+DO $$
+DECLARE pkey text;
+BEGIN
+    SELECT conname INTO pkey FROM pg_constraint
+    WHERE conrelid = '{blocked}'::regclass AND contype = 'p';
+    EXECUTE format('ALTER TABLE {blocked} DROP CONSTRAINT %I, '
+                   'ADD PRIMARY KEY (partition_key, seq)', pkey);
+END $$;

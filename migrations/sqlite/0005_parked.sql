@@ -12,3 +12,16 @@ CREATE INDEX "{prefix}messages_parked_idx" ON {messages} (partition_key, seq)
     WHERE parked = 1;
 CREATE INDEX "{prefix}messages_sleeping_idx" ON {messages} (available_at)
     WHERE sleeping = 1;
+
+-- A key may be blocked by several failing heads at once (see the
+-- PostgreSQL migration of the same name): blocks are kept per (key,
+-- position). SQLite cannot change a primary key, so the table is rebuilt.
+CREATE TABLE "{prefix}blocked_keys_rebuilt" (
+    partition_key TEXT    NOT NULL,
+    seq           INTEGER NOT NULL,
+    since         INTEGER NOT NULL,
+    PRIMARY KEY (partition_key, seq)
+);
+INSERT INTO "{prefix}blocked_keys_rebuilt" SELECT partition_key, seq, since FROM {blocked};
+DROP TABLE {blocked};
+ALTER TABLE "{prefix}blocked_keys_rebuilt" RENAME TO "{prefix}blocked_keys";

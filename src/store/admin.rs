@@ -176,8 +176,11 @@ macro_rules! admin_api {
         }
 
         /// The keys held back behind a failed message (ordered topics), by
-        /// key: the position that blocks each, since when, and where the
-        /// message at that position is. A block whose message is
+        /// key then position: the position that blocks each, since when,
+        /// and where the message at that position is. A key appears once
+        /// per failing head that blocks it (an older dead letter replayed
+        /// while a newer one blocks the key: each holds the key until it
+        /// goes through). A block whose message is
         /// [`Gone`](crate::BlockingMessage::Gone) is swept away by a relay's
         /// next claim.
         ///
@@ -189,7 +192,7 @@ macro_rules! admin_api {
             crate::store::admin::AdminOps::select_blocked_keys(self).await
         }
 
-        /// Lifts the block on `key`, whatever message it names, and wakes
+        /// Lifts every block on `key`, whatever messages they name, and wakes
         /// the relays; returns whether there was one. The message stays
         /// where it is: a dead letter stays dead, and a message still being
         /// retried blocks its key again if it fails again. The key's later

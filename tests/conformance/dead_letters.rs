@@ -579,3 +579,88 @@ pub async fn messages_behind_a_blocked_key_are_parked_and_move_again_in_order<B:
     relay.shutdown().await.unwrap();
     assert_eq!(outbox.pending().await, 0);
 }
+
+/// A key blocked twice stays blocked until each block is dealt with: an
+/// older dead letter replayed while a newer one blocks its key fails again
+/// (blocking the key at its own, earlier position), then goes through,
+/// which lifts its own block only; the newer dead letter still holds the
+/// rest of the key until it is replayed in turn.
+pub async fn a_replayed_older_message_lifts_only_its_own_block<B: Backend>() {
+    let db = B::fresh().await;
+    let outbox = db.outbox();
+    let published = InMemoryPublisher::new();
+    let rejected = Arc::new(Mutex::new(HashSet::new()));
+    let flaky = Arc::new(Mutex::new(HashSet::new()));
+    let publisher = {
+        let (rejected, flaky) = (rejected.clone(), flaky.clone());
+        judged(&published, move |m| {
+            if rejected.lock().unwrap().contains(&m.id()) {
+                return Some(PublishError::permanent("rejected by the broker"));
+            }
+            // A flaky message fails its next attempt, once.
+            flaky
+                .lock()
+                .unwrap()
+                .remove(&m.id())
+                .then(|| PublishError::transient("the broker is away"))
+        })
+    };
+    let retry = RetryPolicy::new()
+        .initial_delay(Duration::from_millis(20))
+        .max_delay(Duration::from_millis(50));
+    let relay = outbox.fast_relay(publisher).retry(retry).spawn().unwrap();
+    let enqueue = |n: u64, reject: bool| {
+        let (outbox, rejected) = (&outbox, &rejected);
+        async move {
+            let m = keyed("t", "k", n);
+            if reject {
+                rejected.lock().unwrap().insert(m.id());
+            }
+            let id = outbox.enqueue_id(m).await;
+            outbox.wake();
+            id
+        }
+    };
+    let older = enqueue(1, true).await;
+    outbox.dead_letters_when(1).await;
+    // The operator lets the key move on past the first dead letter.
+    assert!(outbox.unblock("k").await.unwrap());
+    let second = enqueue(2, false).await;
+    let newer = enqueue(3, true).await;
+    outbox.dead_letters_when(2).await;
+    let last = enqueue(4, false).await;
+    // The older one goes back, fails once more, then goes through.
+    rejected.lock().unwrap().remove(&older);
+    flaky.lock().unwrap().insert(older);
+    outbox.replay_dead_letter(older).await.unwrap();
+    outbox.wake();
+    wait_for("the older message published", TIMEOUT, || async {
+        published_on(&published, "k").contains(&older)
+    })
+    .await;
+    tokio::time::sleep(SETTLE).await;
+    assert_eq!(
+        published_on(&published, "k"),
+        [second, older],
+        "the newer dead letter still holds the key"
+    );
+    let blocked: Vec<i64> = outbox
+        .blocked_keys()
+        .await
+        .unwrap()
+        .iter()
+        .map(|b| b.position)
+        .collect();
+    let newer_position = outbox.dead_letters(10).await.unwrap()[0].message.position();
+    assert_eq!(blocked, [newer_position]);
+
+    rejected.lock().unwrap().clear();
+    outbox.replay_dead_letter(newer).await.unwrap();
+    outbox.wake();
+    wait_for("the key drained", TIMEOUT, || async {
+        published_on(&published, "k").len() == 4
+    })
+    .await;
+    relay.shutdown().await.unwrap();
+    assert_eq!(published_on(&published, "k"), [second, older, newer, last]);
+}

@@ -96,6 +96,7 @@ macro_rules! every_backend {
             dead_letters::a_block_whose_message_is_gone_no_longer_holds_its_key,
             dead_letters::dead_letters_filter_page_and_replay_by_filter,
             dead_letters::messages_behind_a_blocked_key_are_parked_and_move_again_in_order,
+            dead_letters::a_replayed_older_message_lifts_only_its_own_block,
             relay::unordered_topic_parks_the_failure_and_the_key_moves_on,
             relay::a_distant_retry_sleeps_then_wakes_in_time,
             relay::several_relays_never_publish_twice_and_keep_key_order,

@@ -16,7 +16,7 @@
 //! (`stats`, `vacuum`, `purge_published`) of every handle, like a slow
 //! statistics query or vacuum.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -115,8 +115,9 @@ struct State {
     bucket_count: i32,
     next_seq: i64,
     messages: BTreeMap<i64, Pending>,
-    /// Key -> position of the message that blocks it.
-    blocked: BTreeMap<String, i64>,
+    /// Key -> positions of the messages that block it (each failing head
+    /// blocks the key until it goes through).
+    blocked: BTreeMap<String, BTreeSet<i64>>,
     dead_letters: Vec<DeadLetter>,
     discarded: Vec<DeadLetter>,
     /// Retained published messages and when they were published.
@@ -357,9 +358,7 @@ impl MemoryStore {
             let gone = std::mem::take(&mut s.dead_letters);
             for d in &gone {
                 if let Some(k) = &d.message.partition_key {
-                    if s.blocked.get(k) == Some(&d.message.seq) {
-                        s.blocked.remove(k);
-                    }
+                    s.lift(k, d.message.seq);
                 }
             }
             let n = gone.len();
@@ -370,9 +369,13 @@ impl MemoryStore {
         n
     }
 
-    /// Key -> position of the message that blocks it.
+    /// Key -> position of the earliest message that blocks it.
     pub(crate) fn blocked(&self) -> BTreeMap<String, i64> {
-        self.state().blocked.clone()
+        let s = self.state();
+        s.blocked
+            .iter()
+            .filter_map(|(k, seqs)| Some((k.clone(), *seqs.first()?)))
+            .collect()
     }
 
     /// Retained published messages.
@@ -455,9 +458,7 @@ impl State {
             *last = (*last).max(*n);
         }
         for (k, seq) in &plan.unblock {
-            if self.blocked.get(*k) == Some(seq) {
-                self.blocked.remove(*k);
-            }
+            self.lift(k, *seq);
         }
         for (seq, attempts, at, error) in &plan.retry {
             if let Some(p) = self.messages.get_mut(seq) {
@@ -482,9 +483,28 @@ impl State {
             }
         }
         for (k, seq) in &plan.block {
-            let b = self.blocked.entry((*k).to_owned()).or_insert(*seq);
-            *b = (*b).min(*seq);
+            self.blocked
+                .entry((*k).to_owned())
+                .or_default()
+                .insert(*seq);
         }
+    }
+
+    /// Lifts the block the message at `seq` holds on `key`, if any.
+    fn lift(&mut self, key: &str, seq: i64) {
+        if let Some(seqs) = self.blocked.get_mut(key) {
+            seqs.remove(&seq);
+            if seqs.is_empty() {
+                self.blocked.remove(key);
+            }
+        }
+    }
+
+    /// Whether a block on `key` stands before `seq`.
+    fn blocked_before(&self, key: Option<&str>, seq: i64) -> bool {
+        key.and_then(|k| self.blocked.get(k))
+            .and_then(|seqs| seqs.first())
+            .is_some_and(|&b| b < seq)
     }
 
     /// Records acknowledgements that applied to a message `relay` claimed

@@ -137,11 +137,7 @@ impl StoreOps for MemoryStore {
                 let m = &p.message;
                 let bucket = bucket_of(m.partition_key.as_deref(), m.seq, bucket_count);
                 let due = p.available_at.is_none_or(|at| at <= now);
-                let behind_block = m
-                    .partition_key
-                    .as_ref()
-                    .and_then(|k| s.blocked.get(k))
-                    .is_some_and(|b| *b < m.seq);
+                let behind_block = s.blocked_before(m.partition_key.as_deref(), m.seq);
                 if !due
                     || behind_block
                     || exclude.contains(&m.seq)
@@ -244,16 +240,12 @@ impl StoreOps for MemoryStore {
             let s = self.state();
             let waiting = |p: &&Pending| p.available_at.is_some_and(|at| at > now);
             let retry_waiting = s.messages.values().filter(waiting).count() as i64;
-            let parked =
-                s.messages
-                    .values()
-                    .filter(|p| !waiting(p))
-                    .filter(|p| {
-                        p.message.partition_key.as_ref().is_some_and(|k| {
-                            s.blocked.get(k).is_some_and(|&seq| seq < p.message.seq)
-                        })
-                    })
-                    .count() as i64;
+            let parked = s
+                .messages
+                .values()
+                .filter(|p| !waiting(p))
+                .filter(|p| s.blocked_before(p.message.partition_key.as_deref(), p.message.seq))
+                .count() as i64;
             let pending = s.messages.len() as i64;
             StoreStats {
                 pending,

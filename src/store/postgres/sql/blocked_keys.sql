@@ -1,6 +1,6 @@
 -- Every blocked key with the position that blocks it, since when, and where
 -- the message at that position is: 'retrying' (pending), 'dead', or 'gone'.
--- By key.
+-- By key, then position (a key may hold several blocks).
 SELECT b.partition_key, b.seq, b.since,
        CASE WHEN EXISTS (SELECT 1 FROM {messages} m WHERE m.seq = b.seq)
             THEN 'retrying'
@@ -8,4 +8,4 @@ SELECT b.partition_key, b.seq, b.since,
             THEN 'dead'
             ELSE 'gone' END
 FROM {blocked} b
-ORDER BY b.partition_key
+ORDER BY b.partition_key, b.seq

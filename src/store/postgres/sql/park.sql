@@ -21,7 +21,7 @@ WHERE m.seq = ANY(ARRAY(
           SELECT c.seq FROM {messages} c
           WHERE NOT c.parked AND NOT c.sleeping
             AND c.seq > (SELECT min(seq) FROM {blocked})
-            AND (SELECT k.seq FROM {blocked} k
+            AND (SELECT min(k.seq) FROM {blocked} k
                  WHERE k.partition_key = c.partition_key) < c.seq
           ORDER BY c.seq
           LIMIT $1))

@@ -1,5 +1,5 @@
--- Blocks keys behind a failed message, at the earliest blocked position of
--- each key.
+-- Blocks keys behind a failed message; each failing head blocks its key
+-- until it goes through, so a key may hold several blocks.
 -- Binds, in order: since (microseconds); [[key, seq], ...] as JSON.
 INSERT INTO {blocked} (partition_key, seq, since)
 SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]'), ?
@@ -7,5 +7,4 @@ FROM json_each(?)
 -- `WHERE true` resolves the parser's ambiguity between a join's ON and the
 -- upsert.
 WHERE true
-ON CONFLICT (partition_key) DO UPDATE
-SET seq = min({blocked}.seq, excluded.seq);
+ON CONFLICT (partition_key, seq) DO NOTHING;
