@@ -93,9 +93,9 @@ impl Drop for Parking {
 /// failure waits for the next pass, a second later; it is logged at `warn`,
 /// since while it lasts retries stay asleep and lifted keys wait.
 async fn park(store: Arc<dyn StoreOps>, clock: Clock) {
-    for _ in 0..PARKS_PER_PASS {
+    for call in 0..PARKS_PER_PASS {
         let park = Park {
-            wake_by: sleep_horizon(clock.now()),
+            wake_by: (call == 0).then(|| sleep_horizon(clock.now())),
             limit: PARK_BATCH,
         };
         match store.park(park).await {

@@ -587,8 +587,10 @@ pub(crate) fn sleep_horizon(now: DateTime<Utc>) -> DateTime<Utc> {
 #[derive(Debug, Clone, Copy)]
 #[allow(unreachable_pub)] // sealed: reachable only through `Store`
 pub struct Park {
-    /// Wake the sleeping messages due by then.
-    pub(crate) wake_by: DateTime<Utc>,
+    /// On a pass's first call: wake the sleeping messages due by then,
+    /// and unpark the keys whose blocks lifted. `None` on the calls that
+    /// only park more.
+    pub(crate) wake_by: Option<DateTime<Utc>>,
     /// Park at most this many.
     pub(crate) limit: i64,
 }
@@ -639,8 +641,8 @@ pub(crate) mod sealed {
         async fn stats(&self) -> Result<StoreStats>;
         /// Vacuums the messages table now.
         async fn vacuum(&self) -> Result<()>;
-        /// Wakes the sleeping messages due by `p.wake_by`, unparks the
-        /// keys whose blocks were lifted, then parks up to `p.limit`
+        /// With `p.wake_by`, wakes the sleeping messages due by then and
+        /// unparks the keys whose blocks were lifted; then parks up to `p.limit`
         /// messages held behind blocked keys, so claims no longer read
         /// them; returns how many it parked. A relay's upkeep calls it
         /// about once a second, again at once while a call parks `limit`.

@@ -98,7 +98,7 @@ pub(crate) trait Shorthand: StoreOps {
     /// The upkeep's parking as at `now`: wakes what is due by then and a
     /// little more, parks up to `limit`; how many it parked.
     async fn park_at(&self, now: DateTime<Utc>, limit: i64) -> u64 {
-        let wake_by = super::sleep_horizon(now);
+        let wake_by = Some(super::sleep_horizon(now));
         self.park(super::Park { wake_by, limit }).await.unwrap()
     }
 }

@@ -120,17 +120,19 @@ impl StoreOps for PgOutbox {
         // Planner settings for these transactions alone (park.sql says
         // why). Waking and unparking commit on their own, so a parking
         // that fails cannot hold them back.
-        let mut tx = self.relay_pool().begin_with(PARK_BEGIN).await?;
-        sqlx::query(&self.inner.sql.wake_sleeping)
-            .persistent(self.named())
-            .bind(p.wake_by)
-            .execute(&mut *tx)
-            .await?;
-        sqlx::query(&self.inner.sql.unpark_lifted)
-            .persistent(self.named())
-            .execute(&mut *tx)
-            .await?;
-        tx.commit().await?;
+        if let Some(wake_by) = p.wake_by {
+            let mut tx = self.relay_pool().begin_with(PARK_BEGIN).await?;
+            sqlx::query(&self.inner.sql.wake_sleeping)
+                .persistent(self.named())
+                .bind(wake_by)
+                .execute(&mut *tx)
+                .await?;
+            sqlx::query(&self.inner.sql.unpark_lifted)
+                .persistent(self.named())
+                .execute(&mut *tx)
+                .await?;
+            tx.commit().await?;
+        }
         let mut tx = self.relay_pool().begin_with(PARK_BEGIN).await?;
         let parked = sqlx::query(&self.inner.sql.park)
             .persistent(self.named())

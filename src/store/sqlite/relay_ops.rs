@@ -111,13 +111,15 @@ impl StoreOps for SqliteOutbox {
 
     async fn park(&self, p: Park) -> Result<u64> {
         let pool = &self.inner.pool;
-        sqlx::query(&self.inner.sql.wake_sleeping)
-            .bind(micros(p.wake_by))
-            .execute(pool)
-            .await?;
-        sqlx::query(&self.inner.sql.unpark_lifted)
-            .execute(pool)
-            .await?;
+        if let Some(wake_by) = p.wake_by {
+            sqlx::query(&self.inner.sql.wake_sleeping)
+                .bind(micros(wake_by))
+                .execute(pool)
+                .await?;
+            sqlx::query(&self.inner.sql.unpark_lifted)
+                .execute(pool)
+                .await?;
+        }
         let parked = sqlx::query(&self.inner.sql.park)
             .bind(p.limit)
             .execute(pool)
