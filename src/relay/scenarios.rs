@@ -346,6 +346,28 @@ async fn retained_messages_are_purged_after_the_retention_window() {
     .await;
 }
 
+/// Parking passes (which wake sleeping retries before they are due) run
+/// about once a second whatever the poll interval, without a claim each.
+#[tokio::test(start_paused = true)]
+async fn parking_runs_every_second_without_claiming_at_that_pace() {
+    let store = MemoryStore::new(1);
+    let journal = Journal::new(&store);
+    let (_relay, _gate, _) = spawn(&store, &journal, |b| {
+        b.poll_interval(Duration::from_secs(30))
+            .lease_ttl(Duration::from_secs(60))
+    });
+    until("running", LIMIT, || store.claim_count() > 0).await;
+    let (parks, claims) = (store.parks(), store.claim_count());
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let parks = store.parks() - parks;
+    assert!((8..=12).contains(&parks), "{parks} parking passes in 10 s");
+    assert_eq!(
+        store.claim_count(),
+        claims,
+        "no claim before the poll interval"
+    );
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_table_nothing_vacuums_is_vacuumed_by_the_relay_unless_told_not_to() {
     for (allowed, expect) in [(true, true), (false, false)] {

@@ -266,9 +266,6 @@ impl Worker {
     fn wake_deadline(&self) -> Instant {
         let mut t = Instant::now() + self.config.poll_interval;
         t = t.min(self.next_lease_tick);
-        // The parking pass wakes sleeping retries before they are due:
-        // the loop turns to start it, whatever the poll interval.
-        t = t.min(self.next_park);
         if let Some(r) = self.next_retry {
             t = t.min(r);
         }
@@ -276,16 +273,34 @@ impl Worker {
     }
 
     /// Waits for a wake-up: a local commit, a notification, the deadline or
-    /// shutdown.
+    /// shutdown. Parking passes due meanwhile are started on time (they
+    /// wake sleeping retries before they are due, whatever the poll
+    /// interval), without a claim.
     async fn wait(&mut self, signal: &tokio::sync::Notify, until: Instant) {
+        loop {
+            let park_first = self.next_park < until;
+            let deadline = if park_first { self.next_park } else { until };
+            let timed_out = self.wait_once(signal, deadline).await;
+            if !(timed_out && park_first) {
+                break;
+            }
+            self.start_maintenance();
+        }
+        if self.next_retry.is_some_and(|r| r <= Instant::now()) {
+            self.next_retry = None;
+        }
+    }
+
+    /// Waits until `until` (true) or an earlier wake-up (false).
+    async fn wait_once(&mut self, signal: &tokio::sync::Notify, until: Instant) -> bool {
         let shutdown = self.shutdown.clone();
         let sleep = tokio::time::sleep_until(until);
         match self.listener.as_mut() {
             Some(l) => {
                 tokio::select! {
-                    _ = sleep => {}
-                    _ = signal.notified() => {}
-                    _ = shutdown.asked() => {}
+                    _ = sleep => true,
+                    _ = signal.notified() => false,
+                    _ = shutdown.asked() => false,
                     r = l.next() => {
                         if let Err(e) = r {
                             // Notifications may have been missed: drop the
@@ -294,19 +309,17 @@ impl Worker {
                             self.listener = None;
                             self.listener_retry_at = Instant::now() + self.config.poll_interval;
                         }
+                        false
                     }
                 }
             }
             None => {
                 tokio::select! {
-                    _ = sleep => {}
-                    _ = signal.notified() => {}
-                    _ = shutdown.asked() => {}
+                    _ = sleep => true,
+                    _ = signal.notified() => false,
+                    _ = shutdown.asked() => false,
                 }
             }
-        }
-        if self.next_retry.is_some_and(|r| r <= Instant::now()) {
-            self.next_retry = None;
         }
     }
 }

@@ -137,6 +137,8 @@ struct State {
     dead_tuples: Option<i64>,
     autovacuum: Option<bool>,
     vacuums: usize,
+    /// Parking calls so far.
+    parks: usize,
     /// Maintenance calls begun so far.
     maintenance_calls: usize,
     /// Maintenance calls in progress now, and the most ever at once.
@@ -419,6 +421,16 @@ impl MemoryStore {
 
     pub(crate) fn vacuums(&self) -> usize {
         self.state().vacuums
+    }
+
+    /// Parking calls so far.
+    pub(crate) fn parks(&self) -> usize {
+        self.state().parks
+    }
+
+    /// Claims so far.
+    pub(crate) fn claim_count(&self) -> usize {
+        self.state().claims.len()
     }
 }
 
