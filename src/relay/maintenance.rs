@@ -182,10 +182,17 @@ impl Worker {
     /// interval delays the next one, never a round).
     pub(super) fn start_maintenance(&mut self) {
         let now = Instant::now();
-        if now >= self.next_park && self.parking.as_ref().is_none_or(|p| p.0.is_finished()) {
+        if now >= self.next_park {
+            // Due again a period later, whether or not a pass starts now:
+            // a pass still running (a large parking, a slow connection)
+            // skips this turn.
             self.next_park = now + PARK_INTERVAL;
-            let task = park(self.store.clone(), self.clock);
-            self.parking = Some(Parking(tokio::spawn(task)));
+            // A standby relay leaves it to those that hold buckets.
+            let idle = self.parking.as_ref().is_none_or(|p| p.0.is_finished());
+            if idle && !self.leases.is_empty() {
+                let task = park(self.store.clone(), self.clock);
+                self.parking = Some(Parking(tokio::spawn(task)));
+            }
         }
         if now < self.next_stats || self.upkeep.is_some() {
             return;

@@ -368,6 +368,41 @@ async fn parking_runs_every_second_without_claiming_at_that_pace() {
     );
 }
 
+/// A parking pass slower than its period (a million messages to park, a
+/// slow connection) delays only the next pass: the relay keeps claiming at
+/// its poll interval meanwhile (it used to spin, on frozen test time:
+/// hanging, which the watchdog turns into a failure).
+#[tokio::test(start_paused = true)]
+async fn a_slow_parking_pass_holds_up_nothing_but_the_next_one() {
+    let (done, watched) = std::sync::mpsc::channel::<()>();
+    std::thread::spawn(move || {
+        if let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
+            watched.recv_timeout(Duration::from_secs(20))
+        {
+            eprintln!("the relay spun while a parking pass ran");
+            std::process::exit(1);
+        }
+    });
+    let store = MemoryStore::new(1);
+    store.set_park_delay(Duration::from_secs(10));
+    let journal = Journal::new(&store);
+    let (_relay, _gate, _) = spawn(&store, &journal, |b| {
+        b.poll_interval(Duration::from_secs(3))
+            .lease_ttl(Duration::from_secs(60))
+    });
+    until("running", LIMIT, || store.parks() > 0).await;
+    let claims = store.claim_count();
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    let claims = store.claim_count() - claims;
+    assert!((8..=12).contains(&claims), "{claims} claims in 30 s");
+    assert!(
+        store.parks() <= 4,
+        "{} passes, one at a time",
+        store.parks()
+    );
+    drop(done);
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_table_nothing_vacuums_is_vacuumed_by_the_relay_unless_told_not_to() {
     for (allowed, expect) in [(true, true), (false, false)] {

@@ -278,12 +278,13 @@ impl Worker {
     /// interval), without a claim.
     async fn wait(&mut self, signal: &tokio::sync::Notify, until: Instant) {
         loop {
-            let park_first = self.next_park < until;
-            let deadline = if park_first { self.next_park } else { until };
+            let deadline = self.next_park.min(until);
             let timed_out = self.wait_once(signal, deadline).await;
-            if !(timed_out && park_first) {
+            if !timed_out || Instant::now() >= until {
                 break;
             }
+            // Starting the pass moves `next_park` a period on, so this
+            // never spins.
             self.start_maintenance();
         }
         if self.next_retry.is_some_and(|r| r <= Instant::now()) {

@@ -139,6 +139,8 @@ struct State {
     vacuums: usize,
     /// Parking calls so far.
     parks: usize,
+    /// How long each parking call takes.
+    park_delay: Duration,
     /// Maintenance calls begun so far.
     maintenance_calls: usize,
     /// Maintenance calls in progress now, and the most ever at once.
@@ -426,6 +428,12 @@ impl MemoryStore {
     /// Parking calls so far.
     pub(crate) fn parks(&self) -> usize {
         self.state().parks
+    }
+
+    /// Makes each parking call take `delay` (a large parking, a slow
+    /// connection).
+    pub(crate) fn set_park_delay(&self, delay: Duration) {
+        self.state().park_delay = delay;
     }
 
     /// Claims so far.

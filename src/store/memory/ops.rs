@@ -278,7 +278,12 @@ impl StoreOps for MemoryStore {
     async fn park(&self, _p: crate::store::Park) -> Result<u64> {
         // Claims here look up each key's block directly: nothing to park,
         // only the call to count.
-        self.state().parks += 1;
+        let delay = {
+            let mut s = self.state();
+            s.parks += 1;
+            s.park_delay
+        };
+        tokio::time::sleep(delay).await;
         Ok(0)
     }
 

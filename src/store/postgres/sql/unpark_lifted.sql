@@ -4,7 +4,9 @@
 -- call raced with a lift (park.sql). One look per parked key, not per
 -- parked message: the parked keys are walked through messages_parked_idx
 -- one at a time, and a key stays parked while a block stands before its
--- earliest parked message (everything after it is behind that block too).
+-- earliest parked message (everything after it is behind that block too);
+-- a key whose earliest parked message is free is unparked whole, and what
+-- a later block of it still holds is parked again by the next pass.
 -- Returns how many messages it unparked.
 WITH RECURSIVE k(key) AS (
          SELECT (SELECT m.partition_key FROM {messages} m

@@ -1,6 +1,7 @@
 -- Parks up to ? messages held behind a blocked key (migration 5), oldest
 -- first. SQLite runs one writer at a time, so no lift of a block can
--- interleave with it (the PostgreSQL statement locks the blocks instead).
+-- interleave with it (on PostgreSQL one can, and the next pass's
+-- unpark_lifted.sql repairs what it leaves).
 -- Binds: the most messages to park.
 UPDATE {messages} SET parked = 1
 WHERE seq IN (
