@@ -435,11 +435,6 @@ impl MemoryStore {
     pub(crate) fn set_park_delay(&self, delay: Duration) {
         self.state().park_delay = delay;
     }
-
-    /// Claims so far.
-    pub(crate) fn claim_count(&self) -> usize {
-        self.state().claims.len()
-    }
 }
 
 impl State {
