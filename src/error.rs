@@ -82,6 +82,15 @@ pub enum Error {
         /// The version this crate needs.
         required: i64,
     },
+    /// The database server is a version or kind this backend does not
+    /// support (found at `migrate()`, before anything is changed).
+    #[error("unsupported database server {found:?}: this backend needs {required}")]
+    UnsupportedDatabase {
+        /// The server's version string.
+        found: String,
+        /// What the backend needs.
+        required: &'static str,
+    },
     /// A change-log cursor could not be parsed (it is shown, cut to 200
     /// characters).
     #[error("invalid change cursor {0:?}")]

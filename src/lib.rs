@@ -108,6 +108,8 @@ mod store;
 pub use crate::error::{Error, PublishError, PublishErrorKind, Result};
 pub use crate::event::Event;
 pub use crate::inbox::Receipt;
+#[cfg(feature = "mysql")]
+pub use crate::inbox::{MySqlInbox, MySqlInboxBuilder};
 #[cfg(feature = "postgres")]
 pub use crate::inbox::{PgInbox, PgInboxBuilder};
 #[cfg(feature = "sqlite")]
@@ -121,6 +123,8 @@ pub use crate::relay::{
     Health, OrderingPolicy, Relay, RelayBuilder, RelayHandle, RelayState, Retention, RetryPolicy,
     DEFAULT_MAX_BATCH_BYTES,
 };
+#[cfg(feature = "mysql")]
+pub use crate::store::mysql::{MySqlOutbox, MySqlOutboxBuilder};
 #[cfg(feature = "postgres")]
 pub use crate::store::postgres::{PgOutbox, PgOutboxBuilder, WakeUp};
 #[cfg(feature = "sqlite")]

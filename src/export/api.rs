@@ -1,6 +1,6 @@
 //! The export methods every outbox type has alike, declared once by
 //! `export_api!` over what each backend provides (in `postgres.rs`,
-//! `sqlite.rs`): `insert_change`, `current_cursor`, `stored_cursor`,
+//! `sqlite.rs`, `mysql.rs`): `insert_change`, `current_cursor`, `stored_cursor`,
 //! `commit_cursor_alone`, `check_cursor`, `store_cursor`, `read_page` and
 //! `purge_changes_once`.
 
@@ -8,7 +8,8 @@
 /// connection type is `$conn`; the documentation given after `snapshot:`
 /// tells how to take a snapshot on that database.
 macro_rules! export_api {
-    ($db:ty, $conn:ty, snapshot: { $(#[$snapshot:meta])* }) => {
+    // `log_change` takes any executor where one statement logs a change.
+    (@log_change executor, $db:ty, $conn:ty) => {
         /// Records a change in the change log, with the caller's executor
         /// (normally `&mut *tx`, the transaction that made the change).
         /// Changes of one entity are logged in commit order: where writers
@@ -34,6 +35,37 @@ macro_rules! export_api {
             change.validate()?;
             self.insert_change(executor, change).await
         }
+    };
+    // It takes a connection where logging is two statements (MySQL: the
+    // entity's commit-order lock, then the insert).
+    (@log_change connection, $db:ty, $conn:ty) => {
+        /// Records a change in the change log, on the caller's connection
+        /// (`&mut *tx`, the transaction that made the change). Changes of
+        /// one entity are logged in commit order: the entity first takes
+        /// the commit-order lock an enqueue of its partition key takes,
+        /// held until the caller's transaction ends.
+        ///
+        /// # Errors
+        ///
+        /// [`Error::InvalidMessage`](crate::Error::InvalidMessage) if the
+        /// change holds what the database would refuse (empty or oversized
+        /// names, NUL in text or JSON), checked before anything is sent so
+        /// the caller's transaction stays usable;
+        /// [`Error::Database`](crate::Error::Database) if the database fails.
+        pub async fn log_change(
+            &self,
+            conn: &mut $conn,
+            change: &crate::change::Change,
+        ) -> crate::Result<()> {
+            change.validate()?;
+            self.insert_change(conn, change).await
+        }
+    };
+    ($db:ty, $conn:ty, snapshot: { $(#[$snapshot:meta])* }) => {
+        $crate::export::api::export_api!($db, $conn, log: executor, snapshot: { $(#[$snapshot])* });
+    };
+    ($db:ty, $conn:ty, log: $log:ident, snapshot: { $(#[$snapshot:meta])* }) => {
+        $crate::export::api::export_api!(@log_change $log, $db, $conn);
 
         /// The cursor that continues exactly after what the caller's
         /// transaction sees: the changes after it are exactly those the

@@ -73,6 +73,8 @@ macro_rules! feed {
 feed!(crate::PgOutbox);
 #[cfg(feature = "sqlite")]
 feed!(crate::SqliteOutbox);
+#[cfg(feature = "mysql")]
+feed!(crate::MySqlOutbox);
 
 /// The router: `GET /changes` and `PUT /cursors/{consumer}`.
 pub fn router<F: ChangeFeed>(feed: F) -> Router {

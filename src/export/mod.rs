@@ -34,10 +34,12 @@
 //! cursor (`snapshot_cursor`), and continues from it: it sees exactly the
 //! changes its copy did not.
 
-#[cfg(any(feature = "postgres", feature = "sqlite"))]
+#[cfg(any(feature = "postgres", feature = "sqlite", feature = "mysql"))]
 mod api;
 #[cfg(feature = "export-http")]
 pub mod http;
+#[cfg(feature = "mysql")]
+mod mysql;
 #[cfg(feature = "postgres")]
 mod postgres;
 #[cfg(feature = "sqlite")]
@@ -73,6 +75,10 @@ pub(crate) enum CursorState {
     },
     /// SQLite: the last position read.
     Sqlite { last: i64 },
+    /// MySQL: the last stamp read (the order the sequencer gave committed
+    /// changes), and the positions of changes after it that the consumer
+    /// has already seen (in its snapshot) and must not read again.
+    MySql { stamp: i64, skip: Vec<i64> },
 }
 
 impl Cursor {
@@ -98,6 +104,16 @@ impl fmt::Display for Cursor {
                 reading.as_deref().unwrap_or("")
             ),
             CursorState::Sqlite { last } => write!(f, "sq1|{last}"),
+            CursorState::MySql { stamp, skip } => {
+                write!(f, "my1|{stamp}|")?;
+                for (i, s) in skip.iter().enumerate() {
+                    if i > 0 {
+                        f.write_str(",")?;
+                    }
+                    write!(f, "{s}")?;
+                }
+                Ok(())
+            }
             CursorState::Start => f.write_str("start"),
         }
     }
@@ -148,6 +164,16 @@ impl FromStr for Cursor {
             ["start"] => Ok(Cursor(CursorState::Start)),
             ["sq1", last] => Ok(Cursor(CursorState::Sqlite {
                 last: last.parse().map_err(|_| bad())?,
+            })),
+            ["my1", stamp, skip] => Ok(Cursor(CursorState::MySql {
+                stamp: stamp.parse().map_err(|_| bad())?,
+                skip: if skip.is_empty() {
+                    Vec::new()
+                } else {
+                    skip.split(',')
+                        .map(|p| p.parse().map_err(|_| bad()))
+                        .collect::<Result<_, _>>()?
+                },
             })),
             _ => Err(bad()),
         }
@@ -586,7 +612,14 @@ mod tests {
 
     #[test]
     fn cursors_round_trip_and_reject_garbage() {
-        for s in ["start", "pg1|||0", "pg1|10:20:12,15|30:30:|99", "sq1|42"] {
+        for s in [
+            "start",
+            "pg1|||0",
+            "pg1|10:20:12,15|30:30:|99",
+            "sq1|42",
+            "my1|7|",
+            "my1|7|9,12",
+        ] {
             let c: Cursor = s.parse().unwrap();
             assert_eq!(c.to_string(), s);
         }
@@ -596,6 +629,9 @@ mod tests {
             "pg1|1:2:|1:2:|z",
             "sq1|",
             "pg1|1:2:3;DROP|1:2:|1",
+            "my1|x|",
+            "my1|1|2,,3",
+            "my1|1",
             "other",
         ] {
             assert!(

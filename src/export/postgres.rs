@@ -89,7 +89,9 @@ impl PgOutbox {
     /// Refuses a cursor of another backend.
     fn check_cursor(&self, cursor: &Cursor) -> Result<()> {
         match cursor.0 {
-            CursorState::Sqlite { .. } => Err(Error::CursorBackendMismatch(cursor.to_string())),
+            CursorState::Sqlite { .. } | CursorState::MySql { .. } => {
+                Err(Error::CursorBackendMismatch(cursor.to_string()))
+            }
             _ => Ok(()),
         }
     }

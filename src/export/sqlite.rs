@@ -74,7 +74,9 @@ impl SqliteOutbox {
     /// Refuses a cursor of another backend.
     fn check_cursor(&self, cursor: &Cursor) -> Result<()> {
         match cursor.0 {
-            CursorState::Pg { .. } => Err(Error::CursorBackendMismatch(cursor.to_string())),
+            CursorState::Pg { .. } | CursorState::MySql { .. } => {
+                Err(Error::CursorBackendMismatch(cursor.to_string()))
+            }
             _ => Ok(()),
         }
     }
@@ -102,7 +104,9 @@ impl SqliteOutbox {
         let last = match &cursor.0 {
             CursorState::Start => 0,
             CursorState::Sqlite { last } => *last,
-            CursorState::Pg { .. } => return Err(Error::CursorBackendMismatch(cursor.to_string())),
+            CursorState::Pg { .. } | CursorState::MySql { .. } => {
+                return Err(Error::CursorBackendMismatch(cursor.to_string()))
+            }
         };
         let rows: Vec<LogRow> = sqlx::query_as(&self.names().render(
             "SELECT seq, entity_type, entity_key, kind, data, before FROM {changes} \

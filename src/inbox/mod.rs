@@ -131,21 +131,25 @@
 //! still recognizes a stale redelivery of a keyed message whose id was
 //! purged. A message without a key whose id was purged is fresh again.
 
+#[cfg(feature = "mysql")]
+mod mysql;
 #[cfg(feature = "postgres")]
 mod postgres;
 #[cfg(feature = "sqlite")]
 mod sqlite;
 
+#[cfg(feature = "mysql")]
+pub use self::mysql::{MySqlInbox, MySqlInboxBuilder};
 #[cfg(feature = "postgres")]
 pub use self::postgres::{PgInbox, PgInboxBuilder};
 #[cfg(feature = "sqlite")]
 pub use self::sqlite::{SqliteInbox, SqliteInboxBuilder};
 
-#[cfg(any(feature = "postgres", feature = "sqlite"))]
+#[cfg(any(feature = "postgres", feature = "sqlite", feature = "mysql"))]
 use crate::error::{Error, Result};
-#[cfg(any(feature = "postgres", feature = "sqlite"))]
+#[cfg(any(feature = "postgres", feature = "sqlite", feature = "mysql"))]
 use crate::message::OutboxMessage;
-#[cfg(any(feature = "postgres", feature = "sqlite"))]
+#[cfg(any(feature = "postgres", feature = "sqlite", feature = "mysql"))]
 use crate::message::MAX_NAME_LEN;
 
 /// What `receive` found for a message.
@@ -200,14 +204,14 @@ impl Receipt {
 }
 
 /// Longest identifier PostgreSQL keeps without truncating.
-#[cfg(any(feature = "postgres", feature = "sqlite"))]
+#[cfg(any(feature = "postgres", feature = "sqlite", feature = "mysql"))]
 const MAX_IDENT_LEN: usize = 63;
 /// Longest name the inbox appends to the prefix.
-#[cfg(any(feature = "postgres", feature = "sqlite"))]
+#[cfg(any(feature = "postgres", feature = "sqlite", feature = "mysql"))]
 const LONGEST_NAME: &str = "inbox_received_idx";
 
 /// The quoted names of the inbox's tables, built from validated parts.
-#[cfg(any(feature = "postgres", feature = "sqlite"))]
+#[cfg(any(feature = "postgres", feature = "sqlite", feature = "mysql"))]
 #[derive(Debug, Clone)]
 pub(crate) struct InboxNames {
     schema: Option<String>,
@@ -217,10 +221,21 @@ pub(crate) struct InboxNames {
     pub(crate) migrations: String,
 }
 
-#[cfg(any(feature = "postgres", feature = "sqlite"))]
+#[cfg(any(feature = "postgres", feature = "sqlite", feature = "mysql"))]
 impl InboxNames {
+    #[cfg_attr(not(any(feature = "postgres", feature = "sqlite")), allow(dead_code))]
     pub(crate) fn new(schema: Option<&str>, prefix: &str) -> Result<Self> {
-        let q = crate::store::qualifier(schema, prefix)?;
+        Self::quoted(schema, prefix, '"')
+    }
+
+    /// The names of an inbox on MySQL: quoted with backticks.
+    #[cfg(feature = "mysql")]
+    pub(crate) fn mysql(prefix: &str) -> Result<Self> {
+        Self::quoted(None, prefix, '`')
+    }
+
+    fn quoted(schema: Option<&str>, prefix: &str, quote: char) -> Result<Self> {
+        let q = crate::store::quoted_qualifier(schema, prefix, quote)?;
         if prefix.len() + LONGEST_NAME.len() > MAX_IDENT_LEN {
             return Err(Error::InvalidIdentifier {
                 what: "table prefix",
@@ -250,7 +265,7 @@ impl InboxNames {
     }
 }
 
-#[cfg(any(feature = "postgres", feature = "sqlite"))]
+#[cfg(any(feature = "postgres", feature = "sqlite", feature = "mysql"))]
 impl crate::store::RenderNames for InboxNames {
     fn render(&self, sql: &str) -> String {
         sql.replace("{schema}", self.schema.as_deref().unwrap_or(""))
@@ -263,7 +278,7 @@ impl crate::store::RenderNames for InboxNames {
 
 /// Checks a consumer name before the caller's transaction is touched: the
 /// database would otherwise reject a NUL byte with an error that aborts it.
-#[cfg(any(feature = "postgres", feature = "sqlite"))]
+#[cfg(any(feature = "postgres", feature = "sqlite", feature = "mysql"))]
 pub(crate) fn validate_consumer(consumer: &str) -> Result<()> {
     let reason = if consumer.is_empty() {
         "must not be empty".to_owned()
@@ -281,7 +296,7 @@ pub(crate) fn validate_consumer(consumer: &str) -> Result<()> {
 }
 
 /// Checks `purge_before`'s batch size.
-#[cfg(any(feature = "postgres", feature = "sqlite"))]
+#[cfg(any(feature = "postgres", feature = "sqlite", feature = "mysql"))]
 pub(crate) fn validate_batch(batch: i64) -> Result<()> {
     if batch < 1 {
         return Err(Error::InvalidConfig {
@@ -296,7 +311,7 @@ pub(crate) fn validate_batch(batch: i64) -> Result<()> {
 /// `sequence` is the message's per-key number if the key is tracked;
 /// `advanced` tells whether the key's last number moved to it, and
 /// `previous` is the number it replaced (`None` for a new key).
-#[cfg(any(feature = "postgres", feature = "sqlite"))]
+#[cfg(any(feature = "postgres", feature = "sqlite", feature = "mysql"))]
 pub(crate) fn classify(
     fresh_id: bool,
     sequence: Option<i64>,
@@ -322,12 +337,12 @@ pub(crate) fn classify(
 
 /// The partition key and sequence number `receive` tracks for a message,
 /// if it has both.
-#[cfg(any(feature = "postgres", feature = "sqlite"))]
+#[cfg(any(feature = "postgres", feature = "sqlite", feature = "mysql"))]
 pub(crate) fn tracked(message: &OutboxMessage) -> Option<(&str, i64)> {
     Some((message.partition_key()?, message.key_sequence()?))
 }
 
-#[cfg(all(test, any(feature = "postgres", feature = "sqlite")))]
+#[cfg(all(test, any(feature = "postgres", feature = "sqlite", feature = "mysql")))]
 mod tests {
     use super::*;
 

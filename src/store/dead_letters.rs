@@ -2,7 +2,7 @@
 //! replay reports, blocked keys, and the sweep of blocks whose message is
 //! gone. Backend-neutral; each backend's `admin.rs` runs the statements.
 
-#[cfg(feature = "sqlite")]
+#[cfg(any(feature = "sqlite", feature = "mysql"))]
 use std::collections::HashSet;
 use std::time::Duration;
 
@@ -156,7 +156,7 @@ pub struct BlockedKey {
 }
 
 /// How often a claim path sweeps away key blocks whose message is gone.
-#[cfg(any(feature = "postgres", feature = "sqlite"))]
+#[cfg(any(feature = "postgres", feature = "sqlite", feature = "mysql"))]
 pub(crate) const GONE_BLOCK_SWEEP: Duration = Duration::from_secs(1);
 
 /// When an outbox last swept away key blocks whose message is gone.
@@ -173,13 +173,13 @@ pub(crate) const GONE_BLOCK_SWEEP: Duration = Duration::from_secs(1);
 /// probe into a nested loop over every block, 4 ms instead of 1 ms, and
 /// 2,000 a hash anti-join over the whole table and a sort, 44 ms instead
 /// of 2 ms), so every claim would pay for a rare case.
-#[cfg(any(feature = "postgres", feature = "sqlite"))]
+#[cfg(any(feature = "postgres", feature = "sqlite", feature = "mysql"))]
 #[derive(Debug)]
 pub(crate) struct BlockSweep {
     next: std::sync::Mutex<Option<std::time::Instant>>,
 }
 
-#[cfg(any(feature = "postgres", feature = "sqlite"))]
+#[cfg(any(feature = "postgres", feature = "sqlite", feature = "mysql"))]
 impl BlockSweep {
     pub(crate) fn new() -> Self {
         Self {
@@ -202,7 +202,7 @@ impl BlockSweep {
 
 /// Where a blocked key's message is, from the word the `blocked_keys`
 /// statements give: `retrying`, `dead` or `gone`.
-#[cfg(any(feature = "postgres", feature = "sqlite"))]
+#[cfg(any(feature = "postgres", feature = "sqlite", feature = "mysql"))]
 pub(crate) fn blocking_message(word: &str) -> BlockingMessage {
     match word {
         "retrying" => BlockingMessage::Retrying,
@@ -213,7 +213,7 @@ pub(crate) fn blocking_message(word: &str) -> BlockingMessage {
 
 /// Logs the dead letters a replay of every dead letter left in place: the
 /// caller gets only a count, and they must not go unnoticed.
-#[cfg(any(feature = "postgres", feature = "sqlite"))]
+#[cfg(any(feature = "postgres", feature = "sqlite", feature = "mysql"))]
 pub(crate) fn warn_not_replayed(report: &ReplayReport) {
     if let Some(first) = report.not_replayed.first() {
         tracing::warn!(
@@ -227,7 +227,7 @@ pub(crate) fn warn_not_replayed(report: &ReplayReport) {
 
 /// The positions a replay sends back, from its candidates (position, id)
 /// in position order: the oldest dead letter of each id.
-#[cfg(feature = "sqlite")]
+#[cfg(any(feature = "sqlite", feature = "mysql"))]
 pub(crate) fn first_of_each_id(candidates: &[(i64, MessageId)]) -> Vec<i64> {
     let mut seen = HashSet::new();
     candidates
@@ -239,7 +239,7 @@ pub(crate) fn first_of_each_id(candidates: &[(i64, MessageId)]) -> Vec<i64> {
 
 /// The report of a replay whose candidates (position, id) matched and of
 /// which the positions `inserted` went back to the outbox.
-#[cfg(feature = "sqlite")]
+#[cfg(any(feature = "sqlite", feature = "mysql"))]
 pub(crate) fn replay_report(candidates: &[(i64, MessageId)], inserted: &[i64]) -> ReplayReport {
     let inserted: HashSet<i64> = inserted.iter().copied().collect();
     ReplayReport {

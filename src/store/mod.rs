@@ -4,22 +4,24 @@
 //! share no generic code a user has to see; the relay talks to them through
 //! the sealed [`Store`] trait.
 
-#[cfg(any(feature = "postgres", feature = "sqlite"))]
+#[cfg(any(feature = "postgres", feature = "sqlite", feature = "mysql"))]
 pub(crate) mod admin;
 pub(crate) mod dead_letters;
 #[cfg(test)]
 pub(crate) mod memory;
+#[cfg(feature = "mysql")]
+pub(crate) mod mysql;
 #[cfg(feature = "postgres")]
 pub(crate) mod postgres;
 #[cfg(test)]
 pub(crate) mod shorthand;
 #[cfg(feature = "sqlite")]
 pub(crate) mod sqlite;
-#[cfg(any(feature = "postgres", feature = "sqlite"))]
+#[cfg(any(feature = "postgres", feature = "sqlite", feature = "mysql"))]
 pub(crate) mod statements;
 
 use std::collections::HashMap;
-#[cfg(any(feature = "postgres", feature = "sqlite"))]
+#[cfg(any(feature = "postgres", feature = "sqlite", feature = "mysql"))]
 use std::collections::HashSet;
 use std::time::Duration;
 
@@ -28,7 +30,7 @@ use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
 use crate::error::{Error, Result};
-#[cfg(any(feature = "postgres", feature = "sqlite"))]
+#[cfg(any(feature = "postgres", feature = "sqlite", feature = "mysql"))]
 use crate::message::BatchEnqueued;
 use crate::message::{MessageId, OutboxMessage};
 
@@ -86,16 +88,23 @@ pub(crate) fn validate_identifier(
 }
 
 /// Validates a schema (if any) and table prefix, and returns what makes a
-/// table's quoted, qualified name from its suffix.
-pub(crate) fn qualifier(schema: Option<&str>, prefix: &str) -> Result<impl Fn(&str) -> String> {
+/// table's quoted, qualified name from its suffix, quoting with `quote`:
+/// `"` in standard SQL, a backtick on MySQL (whose double quotes delimit
+/// strings unless the server runs with `ANSI_QUOTES`).
+pub(crate) fn quoted_qualifier(
+    schema: Option<&str>,
+    prefix: &str,
+    quote: char,
+) -> Result<impl Fn(&str) -> String> {
     if let Some(s) = schema {
         validate_identifier("schema", s, false)?;
     }
     validate_identifier("table prefix", prefix, true)?;
     let (schema, prefix) = (schema.map(str::to_owned), prefix.to_owned());
+    let q = quote;
     Ok(move |table: &str| match &schema {
-        Some(s) => format!("\"{s}\".\"{prefix}{table}\""),
-        None => format!("\"{prefix}{table}\""),
+        Some(s) => format!("{q}{s}{q}.{q}{prefix}{table}{q}"),
+        None => format!("{q}{prefix}{table}{q}"),
     })
 }
 
@@ -142,7 +151,7 @@ pub(crate) fn check_schema_current(found: Option<i64>, migrations: &[(i64, &str)
 /// One set of embedded migrations (an outbox's, or an inbox's) and the
 /// table that records which of them are applied: what each backend's
 /// migration runner applies.
-#[cfg(any(feature = "postgres", feature = "sqlite"))]
+#[cfg(any(feature = "postgres", feature = "sqlite", feature = "mysql"))]
 pub(crate) struct MigrationSet<'a> {
     /// `(version, statements)`, in version order.
     pub(crate) migrations: &'static [(i64, &'static str)],
@@ -154,7 +163,7 @@ pub(crate) struct MigrationSet<'a> {
     pub(crate) names: &'a dyn RenderNames,
 }
 
-#[cfg(any(feature = "postgres", feature = "sqlite"))]
+#[cfg(any(feature = "postgres", feature = "sqlite", feature = "mysql"))]
 impl MigrationSet<'_> {
     /// A bookkeeping statement of the runner, its `{migrations}` and
     /// `{schema}` filled from this set.
@@ -179,13 +188,13 @@ impl MigrationSet<'_> {
 }
 
 /// Validated table names that fill a statement's placeholders.
-#[cfg(any(feature = "postgres", feature = "sqlite"))]
+#[cfg(any(feature = "postgres", feature = "sqlite", feature = "mysql"))]
 pub(crate) trait RenderNames: Sync {
     /// Replaces `{messages}`-style placeholders in a migration or query.
     fn render(&self, sql: &str) -> String;
 }
 
-#[cfg(any(feature = "postgres", feature = "sqlite"))]
+#[cfg(any(feature = "postgres", feature = "sqlite", feature = "mysql"))]
 impl RenderNames for TableNames {
     fn render(&self, sql: &str) -> String {
         TableNames::render(self, sql)
@@ -205,14 +214,21 @@ pub(crate) struct TableNames {
     pub(crate) relays: String,
     pub(crate) key_sequences: String,
     pub(crate) key_slots: String,
+    pub(crate) sequencer: String,
     pub(crate) changes: String,
     pub(crate) export_cursors: String,
     pub(crate) migrations: String,
 }
 
 impl TableNames {
+    #[cfg_attr(not(any(feature = "postgres", feature = "sqlite")), allow(dead_code))]
     pub(crate) fn new(schema: Option<&str>, prefix: &str) -> Result<Self> {
-        let q = qualifier(schema, prefix)?;
+        Self::quoted(schema, prefix, '"')
+    }
+
+    /// The names quoted with `quote` (see [`quoted_qualifier`]).
+    pub(crate) fn quoted(schema: Option<&str>, prefix: &str, quote: char) -> Result<Self> {
+        let q = quoted_qualifier(schema, prefix, quote)?;
         Ok(Self {
             schema: schema.map(str::to_owned),
             prefix: prefix.to_owned(),
@@ -224,6 +240,7 @@ impl TableNames {
             relays: q("relays"),
             key_sequences: q("key_sequences"),
             key_slots: q("key_slots"),
+            sequencer: q("sequencer"),
             changes: q("changes"),
             export_cursors: q("export_cursors"),
             migrations: q("migrations"),
@@ -242,6 +259,7 @@ impl TableNames {
             .replace("{relays}", &self.relays)
             .replace("{key_sequences}", &self.key_sequences)
             .replace("{key_slots}", &self.key_slots)
+            .replace("{sequencer}", &self.sequencer)
             .replace("{changes}", &self.changes)
             .replace("{export_cursors}", &self.export_cursors)
             .replace("{migrations}", &self.migrations)
@@ -251,7 +269,7 @@ impl TableNames {
 /// Splits a batch's ids, in the order given, into those the database
 /// reports as inserted and the rest (already present, or repeated within the
 /// batch: only the first occurrence of an id can be inserted).
-#[cfg(any(feature = "postgres", feature = "sqlite"))]
+#[cfg(any(feature = "postgres", feature = "sqlite", feature = "mysql"))]
 pub(crate) fn split_inserted(order: Vec<MessageId>, inserted: Vec<Uuid>) -> BatchEnqueued {
     let mut fresh: HashSet<Uuid> = inserted.into_iter().collect();
     let mut out = BatchEnqueued::default();
@@ -659,9 +677,9 @@ pub(crate) mod sealed {
 /// sealed.
 pub trait Store: sealed::StoreOps {}
 
-#[cfg(any(feature = "postgres", feature = "sqlite"))]
+#[cfg(any(feature = "postgres", feature = "sqlite", feature = "mysql"))]
 pub(crate) use self::dead_letters::{blocking_message, warn_not_replayed, BlockSweep};
-#[cfg(feature = "sqlite")]
+#[cfg(any(feature = "sqlite", feature = "mysql"))]
 pub(crate) use self::dead_letters::{first_of_each_id, replay_report};
 pub use self::dead_letters::{
     BlockedKey, BlockingMessage, DeadLetter, DeadLetterFilter, NotReplayed, ReplayReport,

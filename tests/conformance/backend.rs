@@ -1,5 +1,6 @@
 //! What a scenario needs from a backend; each backend's implementation is
-//! in the file named after it (`backend/postgres.rs`, `backend/sqlite.rs`).
+//! in the file named after it (`backend/mysql.rs`, `backend/postgres.rs`,
+//! `backend/sqlite.rs`).
 //!
 //! A backend joins the suite with one [`Backend`] impl in a file of its own
 //! (its outbox type gets [`TestOutbox`] from one `test_outbox!` line) and
@@ -598,8 +599,10 @@ macro_rules! test_outbox {
     };
 }
 
+mod mysql;
 pub mod postgres;
 mod sqlite;
 
+pub use mysql::MySql;
 pub use postgres::{PgBouncerSession, PgBouncerTransaction, Postgres};
 pub use sqlite::Sqlite;

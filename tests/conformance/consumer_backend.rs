@@ -207,7 +207,7 @@ pub(crate) trait ExportBackend: ConsumerBackend {
     async fn entities(tx: &mut Tx<Self>, table: &str) -> HashMap<String, Value>;
 }
 
-/// Generates, for each backend, a module (`postgres`, `sqlite`) with one
+/// Generates, for each backend, a module (`postgres`, `sqlite`, ...) with one
 /// test per scenario named after it: a scenario is an
 /// `async fn name<B: ...>()` in the invoking module, generic over the
 /// backend traits it needs. `name except backend` leaves a scenario out for
@@ -221,6 +221,8 @@ macro_rules! consumer_scenarios {
         consumer_scenarios!(@backend ($) postgres crate::backend::Postgres;
             $($scenario [$($($skip)+)?]),*);
         consumer_scenarios!(@backend ($) sqlite crate::backend::Sqlite;
+            $($scenario [$($($skip)+)?]),*);
+        consumer_scenarios!(@backend ($) mysql crate::backend::MySql;
             $($scenario [$($($skip)+)?]),*);
         consumer_scenarios!(@backend ($) pgbouncer_session
             crate::backend::PgBouncerSession;

@@ -23,8 +23,9 @@ consumer_scenarios! {
     messages_without_numbers_are_deduplicated_by_id,
     purge_removes_old_ids_in_batches_and_keeps_key_sequences,
     bad_prefix_is_rejected_and_custom_prefix_is_used,
-    // SQLite has no schemas: its inbox builder takes a table prefix only.
-    bad_schema_is_rejected_and_custom_schema_is_used except sqlite,
+    // SQLite has no schemas, and MySQL's schemas are its databases: their
+    // inbox builders take a table prefix only.
+    bad_schema_is_rejected_and_custom_schema_is_used except sqlite mysql,
     migrate_is_idempotent_and_concurrent_and_rejects_newer_schemas,
     consumer_loop_in_its_own_database_applies_each_message_once,
 }

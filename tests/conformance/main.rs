@@ -1,16 +1,18 @@
 //! The conformance suite: every behaviour of the outbox and its relay,
 //! stated once as a scenario generic over [`backend::Backend`] and run
-//! against each backend, so test names read `postgres::<scenario>` and
-//! `sqlite::<scenario>`.
+//! against each backend, so test names read `postgres::<scenario>`,
+//! `mysql::<scenario>` and `sqlite::<scenario>`.
 //!
 //! Each scenario gets a database of its own (PostgreSQL at `OUTBOX_TEST_PG`,
-//! default `postgres://postgres@127.0.0.1:5432/postgres`; SQLite in the
-//! temporary directory). A backend is done when it passes every scenario;
-//! adding one takes one file under `backend/`: a [`backend::Backend`] impl
-//! (its outbox type gets `TestOutbox` from one `test_outbox!` line, its
-//! inbox `TestInbox` from one `test_inbox!` line) and the consumer traits
-//! of `consumer_backend.rs` for the inbox and export scenarios; then a line
-//! in the `conformance!` invocation below and one in `consumer_scenarios!`. Behaviour only one backend has
+//! default `postgres://postgres@127.0.0.1:5432/postgres`; MySQL or MariaDB
+//! at `OUTBOX_TEST_MYSQL`, default `mysql://root@127.0.0.1:3306/test`;
+//! SQLite in the temporary directory). A backend is done when it passes
+//! every scenario; adding one takes one file under `backend/`: a
+//! [`backend::Backend`] impl (its outbox type gets `TestOutbox` from one
+//! `test_outbox!` line, its inbox `TestInbox` from one `test_inbox!` line)
+//! and the consumer traits of `consumer_backend.rs` for the inbox and
+//! export scenarios; then a line in the `conformance!` invocation below and
+//! one in `consumer_scenarios!`. Behaviour only one backend has
 //! (LISTEN/NOTIFY, SQLite's single writer) is tested in `tests/postgres.rs`
 //! and `tests/sqlite.rs`.
 
@@ -149,6 +151,7 @@ macro_rules! scenarios {
 conformance!(
     crate::backend::Postgres, postgres;
     crate::backend::Sqlite, sqlite;
+    crate::backend::MySql, mysql;
     crate::backend::PgBouncerSession, pgbouncer_session;
     crate::backend::PgBouncerTransaction, pgbouncer_transaction;
 );

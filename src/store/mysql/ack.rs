@@ -1,0 +1,142 @@
+//! Acknowledging a batch under its fenced leases: published, retried and
+//! dead-lettered messages, the keys they block and unblock, and the per-key
+//! sequence numbers, all in one `READ COMMITTED` transaction that writes
+//! by primary key.
+
+use std::collections::HashSet;
+
+use chrono::Utc;
+use sqlx::Row;
+
+use super::decode::{json, json_time};
+use super::statements::with_list;
+use super::{begin, read_committed, MySqlOutbox};
+use crate::error::Result;
+use crate::store::{sleep_horizon, AckBatch, AckPlan, AckReport};
+
+pub(super) async fn ack(outbox: &MySqlOutbox, p: AckBatch<'_>) -> Result<AckReport> {
+    if p.acks.is_empty() {
+        return Ok(AckReport::default());
+    }
+    let (relay, acks, retain, now) = (p.relay, p.acks, p.retain, p.now);
+    let sql = &outbox.inner.sql;
+    let mut conn = read_committed(&outbox.inner.pool).await?;
+    let mut tx = begin(&mut conn).await?;
+    // The fence: the relay's leases, locked in share mode until the
+    // commit, so none changes hands before then; a bucket counts only
+    // with the epoch the relay holds.
+    let rows = sqlx::query(&sql.fence)
+        .bind(relay.as_bytes().to_vec())
+        .fetch_all(&mut *tx)
+        .await?;
+    let mut locked = HashSet::new();
+    for r in &rows {
+        let bucket: i32 = r.try_get(0)?;
+        let epoch: i64 = r.try_get(1)?;
+        locked.insert((bucket, epoch));
+    }
+    let valid: HashSet<i32> = p
+        .leases
+        .iter()
+        .filter(|l| locked.contains(&(l.bucket, l.epoch)))
+        .map(|l| l.bucket)
+        .collect();
+    let plan = AckPlan::new(acks, |b| valid.contains(&b));
+    let report = plan.report.clone();
+    if report.applied == 0 {
+        tx.rollback().await?;
+        return Ok(report);
+    }
+    let pairs = |v: &[(&str, i64)]| json(&serde_json::json!(v));
+    if !plan.published.is_empty() {
+        let seqs = &plan.published;
+        if retain {
+            let text = with_list(&sql.copy_published, seqs.len());
+            let mut q = sqlx::query(&text).bind(now);
+            for s in seqs {
+                q = q.bind(*s);
+            }
+            q.persistent(false).execute(&mut *tx).await?;
+        }
+        delete(&mut tx, &sql.delete_seqs, seqs).await?;
+    }
+    if !plan.key_sequences.is_empty() {
+        sqlx::query(&sql.key_seq_upsert)
+            .bind(now)
+            .bind(pairs(&plan.key_sequences))
+            .execute(&mut *tx)
+            .await?;
+    }
+    if !plan.unblock.is_empty() {
+        let lifted = pairs(&plan.unblock);
+        sqlx::query(&sql.unblock)
+            .bind(&lifted)
+            .execute(&mut *tx)
+            .await?;
+        let keys: Vec<&str> = plan.unblock.iter().map(|(k, _)| *k).collect();
+        let text = with_list(&sql.unpark, keys.len());
+        let mut q = sqlx::query(&text);
+        for k in keys {
+            q = q.bind(k);
+        }
+        q.persistent(false).execute(&mut *tx).await?;
+    }
+    if !plan.retry.is_empty() {
+        let retry: Vec<serde_json::Value> = plan
+            .retry
+            .iter()
+            .map(|(seq, attempts, at, error)| {
+                serde_json::json!([seq, attempts, json_time(*at), error])
+            })
+            .collect();
+        let text = with_list(&sql.retry, plan.retry.len());
+        let mut q = sqlx::query(&text)
+            .bind(json(&serde_json::Value::Array(retry)))
+            .bind(sleep_horizon(now));
+        for r in &plan.retry {
+            q = q.bind(r.0);
+        }
+        q.persistent(false).execute(&mut *tx).await?;
+    }
+    if !plan.dead.is_empty() {
+        let dead: Vec<serde_json::Value> = plan
+            .dead
+            .iter()
+            .map(|(seq, attempts, error)| serde_json::json!([seq, attempts, error]))
+            .collect();
+        let dead_seqs: Vec<i64> = plan.dead.iter().map(|d| d.0).collect();
+        let text = with_list(&sql.copy_dead, dead_seqs.len());
+        let mut q = sqlx::query(&text)
+            .bind(Utc::now())
+            .bind(json(&serde_json::Value::Array(dead)));
+        for s in &dead_seqs {
+            q = q.bind(*s);
+        }
+        q.persistent(false).execute(&mut *tx).await?;
+        delete(&mut tx, &sql.delete_seqs, &dead_seqs).await?;
+    }
+    if !plan.block.is_empty() {
+        sqlx::query(&sql.block)
+            .bind(now)
+            .bind(pairs(&plan.block))
+            .execute(&mut *tx)
+            .await?;
+    }
+    tx.commit().await?;
+    Ok(report)
+}
+
+/// Deletes the messages at `seqs` (see `delete_seqs.sql`).
+async fn delete(
+    tx: &mut sqlx::Transaction<'_, sqlx::MySql>,
+    statement: &str,
+    seqs: &[i64],
+) -> Result<()> {
+    let text = with_list(statement, seqs.len());
+    let mut q = sqlx::query(&text);
+    for s in seqs {
+        q = q.bind(*s);
+    }
+    q.persistent(false).execute(&mut **tx).await?;
+    Ok(())
+}

@@ -1,0 +1,83 @@
+//! Claiming the next messages due, and now and then sweeping away key
+//! blocks whose message is gone (see `BlockSweep`).
+
+use sqlx::Row;
+
+use super::decode::message_from_row;
+use super::statements::with_list;
+use super::MySqlOutbox;
+use crate::error::{Error, Result};
+use crate::store::{Claim, Claimed, ClaimedBatch};
+
+/// The most buckets a claim's mask can name.
+const MAX_BUCKETS: i32 = 64;
+
+pub(super) async fn claim(outbox: &MySqlOutbox, p: Claim<'_>) -> Result<ClaimedBatch> {
+    let Claim {
+        buckets,
+        bucket_count,
+        now,
+        limit,
+        exclude,
+        max_bytes,
+    } = p;
+    if !(1..=MAX_BUCKETS).contains(&bucket_count) {
+        return Err(Error::InvalidConfig {
+            field: "bucket count",
+            reason: format!("must be between 1 and {MAX_BUCKETS} on MySQL, not {bucket_count}"),
+        });
+    }
+    let mask: u64 = match buckets {
+        None => u64::MAX,
+        Some(b) => b
+            .iter()
+            .filter(|b| (0..MAX_BUCKETS).contains(*b))
+            .fold(0, |m, b| m | (1u64 << b)),
+    };
+    if mask == 0 {
+        return Ok(ClaimedBatch::default());
+    }
+    let pool = &outbox.inner.pool;
+    if outbox.inner.sweep.due() {
+        sqlx::query(&outbox.inner.sql.sweep_gone_blocks)
+            .execute(pool)
+            .await?;
+    }
+    // The text depends on the number of positions in flight: kept in the
+    // statement cache only without any.
+    let text = with_list(&outbox.inner.sql.claim, exclude.len());
+    let mut q = sqlx::query(&text)
+        .bind(bucket_count)
+        .bind(bucket_count)
+        .bind(now);
+    if exclude.is_empty() {
+        q = q.bind(-1i64);
+    }
+    for s in exclude {
+        q = q.bind(*s);
+    }
+    let rows = q
+        .bind(mask)
+        .bind(limit)
+        .bind(max_bytes)
+        .persistent(exclude.is_empty())
+        .fetch_all(pool)
+        .await?;
+    let cut = match rows.last() {
+        Some(r) => r.try_get::<i64, _>("followed")? != 0,
+        None => false,
+    };
+    let messages = rows
+        .iter()
+        .map(|r| {
+            let (message, undecodable) = message_from_row(r)?;
+            let bucket: i64 = r.try_get("bucket")?;
+            Ok(Claimed {
+                message,
+                bucket: bucket as i32,
+                undecodable,
+            })
+        })
+        .collect::<Result<_>>()?;
+    Ok(ClaimedBatch::new(messages, cut, limit))
+}

@@ -1,0 +1,129 @@
+//! Relay membership and bucket leases: heartbeats, renewing, acquiring and
+//! releasing leases, leaving. Lease times are the database's, so relays
+//! on several hosts agree on them.
+
+use std::time::Duration;
+
+use uuid::Uuid;
+
+use super::decode::{json, leases_from_rows};
+use super::{begin, read_committed, MySqlOutbox};
+use crate::error::Result;
+use crate::store::{Acquire, Heartbeat, Lease, Release, Renew};
+
+/// A duration in microseconds, as `INTERVAL ? MICROSECOND` takes it.
+fn micros(d: Duration) -> i64 {
+    i64::try_from(d.as_micros()).unwrap_or(i64::MAX)
+}
+
+/// Leases as `[[bucket, epoch], ...]`.
+fn lease_pairs(leases: &[Lease]) -> String {
+    let pairs: Vec<(i32, i64)> = leases.iter().map(|l| (l.bucket, l.epoch)).collect();
+    json(&serde_json::json!(pairs))
+}
+
+pub(super) async fn bucket_count(outbox: &MySqlOutbox) -> Result<i32> {
+    let n: i64 = sqlx::query_scalar(&outbox.inner.sql.bucket_count)
+        .fetch_one(&outbox.inner.pool)
+        .await?;
+    Ok(i32::try_from(n).unwrap_or(i32::MAX))
+}
+
+pub(super) async fn heartbeat(outbox: &MySqlOutbox, p: Heartbeat) -> Result<usize> {
+    let Heartbeat { relay, ttl } = p;
+    let relay = relay.as_bytes().to_vec();
+    let sql = &outbox.inner.sql;
+    let pool = &outbox.inner.pool;
+    sqlx::query(&sql.heartbeat_up)
+        .bind(&relay)
+        .bind(micros(ttl))
+        .execute(pool)
+        .await?;
+    sqlx::query(&sql.heartbeat_gone)
+        .bind(micros(ttl.saturating_mul(9)))
+        .execute(pool)
+        .await?;
+    let others: i64 = sqlx::query_scalar(&sql.heartbeat_count)
+        .bind(&relay)
+        .fetch_one(pool)
+        .await?;
+    Ok((others + 1).max(1) as usize)
+}
+
+pub(super) async fn renew(outbox: &MySqlOutbox, p: Renew<'_>) -> Result<Vec<Lease>> {
+    let Renew { relay, leases, ttl } = p;
+    if leases.is_empty() {
+        return Ok(Vec::new());
+    }
+    let relay = relay.as_bytes().to_vec();
+    let pairs = lease_pairs(leases);
+    let sql = &outbox.inner.sql;
+    let mut conn = read_committed(&outbox.inner.pool).await?;
+    let mut tx = begin(&mut conn).await?;
+    sqlx::query(&sql.renew)
+        .bind(&pairs)
+        .bind(micros(ttl))
+        .bind(&relay)
+        .execute(&mut *tx)
+        .await?;
+    let rows = sqlx::query(&sql.renewed)
+        .bind(&pairs)
+        .bind(&relay)
+        .fetch_all(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    leases_from_rows(&rows)
+}
+
+pub(super) async fn acquire(outbox: &MySqlOutbox, p: Acquire) -> Result<Vec<Lease>> {
+    let Acquire { relay, max, ttl } = p;
+    if max == 0 {
+        return Ok(Vec::new());
+    }
+    let sql = &outbox.inner.sql;
+    let mut conn = read_committed(&outbox.inner.pool).await?;
+    let mut tx = begin(&mut conn).await?;
+    let free: Vec<i32> = sqlx::query_scalar(&sql.acquire_free)
+        .bind(i64::try_from(max).unwrap_or(i64::MAX))
+        .fetch_all(&mut *tx)
+        .await?;
+    if free.is_empty() {
+        tx.rollback().await?;
+        return Ok(Vec::new());
+    }
+    let buckets = json(&serde_json::json!(free));
+    sqlx::query(&sql.acquire)
+        .bind(&buckets)
+        .bind(relay.as_bytes().to_vec())
+        .bind(micros(ttl))
+        .execute(&mut *tx)
+        .await?;
+    let rows = sqlx::query(&sql.acquired)
+        .bind(&buckets)
+        .fetch_all(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    leases_from_rows(&rows)
+}
+
+pub(super) async fn release(outbox: &MySqlOutbox, p: Release<'_>) -> Result<()> {
+    let Release { relay, leases } = p;
+    let relay = relay.as_bytes().to_vec();
+    for l in leases {
+        sqlx::query(&outbox.inner.sql.release)
+            .bind(l.bucket)
+            .bind(l.epoch)
+            .bind(&relay)
+            .execute(&outbox.inner.pool)
+            .await?;
+    }
+    Ok(())
+}
+
+pub(super) async fn leave(outbox: &MySqlOutbox, relay: Uuid) -> Result<()> {
+    sqlx::query(&outbox.inner.sql.leave)
+        .bind(relay.as_bytes().to_vec())
+        .execute(&outbox.inner.pool)
+        .await?;
+    Ok(())
+}

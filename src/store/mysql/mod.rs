@@ -1,0 +1,174 @@
+//! MySQL and MariaDB backend.
+//!
+//! The same guarantees as PostgreSQL, by other means:
+//!
+//! - **Commit order per key.** MySQL has no transaction-scoped advisory
+//!   lock (`GET_LOCK` belongs to the session: it outlives the commit and
+//!   travels with pooled connections). An enqueue takes a row lock instead,
+//!   on its key's slot in `key_slots` (65,536 rows), before it inserts;
+//!   the lock lasts until the producer's transaction ends, so the position
+//!   the insert takes follows the commit of the previous message of the
+//!   key. A batch locks its slots in ascending order.
+//! - **Positions given at insert.** `AUTO_INCREMENT` numbers rows when they
+//!   are inserted, not when they commit. The relay never reads "after the
+//!   last position": each claim reads the ready index from its start, and
+//!   the change log is paged by a stamp the sequencer gives committed rows
+//!   (see `export/mysql.rs`).
+//! - **Locking.** Claims read without locking (leases say which relay owns
+//!   a bucket) through an index in their `ORDER BY`; acknowledgements write
+//!   by primary key in `READ COMMITTED` transactions, so no gap lock meets
+//!   a producer's insert.
+//! - **Wake-ups.** No LISTEN/NOTIFY: [`MySqlOutbox::commit`] wakes the
+//!   relays of its process; others find new messages on their poll.
+//!
+//! Times are `DATETIME(6)` in UTC: the relay's for message times, the
+//! database's for leases and heartbeats (relays on several hosts share its
+//! clock). Ids are 16-byte binaries; lists travel as JSON, read with
+//! `JSON_TABLE`.
+
+mod ack;
+mod admin;
+mod builder;
+mod claim;
+pub(crate) mod decode;
+mod enqueue;
+mod leases;
+mod migrate;
+mod relay_ops;
+mod statements;
+#[cfg(test)]
+mod tests;
+
+use std::fmt;
+use std::sync::{Arc, OnceLock};
+
+use sqlx::mysql::{MySql, MySqlConnection, MySqlPool};
+use sqlx::pool::PoolConnection;
+use sqlx::{Connection, Executor, Transaction};
+use tokio::sync::Notify;
+
+pub use self::builder::MySqlOutboxBuilder;
+pub(crate) use self::migrate::apply as apply_migrations;
+pub(crate) use self::migrate::Flavor;
+pub(crate) use self::statements::with_list;
+use self::statements::Sql;
+use super::TableNames;
+use crate::error::Result;
+
+/// The slots of the commit-order locks (rows of `key_slots`).
+const KEY_SLOTS: u32 = 65_536;
+
+/// The commit-order lock slot of a partition key (or an entity of the
+/// change log: the same lock as messages of its key).
+pub(crate) fn key_slot(key: &str) -> u32 {
+    // FNV-1a: stable across processes and versions, as the slots must be.
+    let mut h: u32 = 0x811c_9dc5;
+    for b in key.as_bytes() {
+        h ^= u32::from(*b);
+        h = h.wrapping_mul(0x0100_0193);
+    }
+    h % KEY_SLOTS
+}
+
+/// The outbox on MySQL 8.0+ or MariaDB 10.6+.
+///
+/// Cheap to clone; all clones share one pool and one wake-up signal.
+///
+/// Methods that write in the caller's transaction take the transaction's
+/// connection, `&mut *tx`: an enqueue is two statements (the commit-order
+/// lock of its key, then the insert), which must run on one connection,
+/// inside the caller's transaction (outside one, the lock would end with
+/// its statement).
+///
+/// ```no_run
+/// # async fn demo() -> outbox::Result<()> {
+/// use outbox::{MySqlOutbox, NewMessage};
+/// use sqlx::mysql::MySqlPool;
+///
+/// let pool = MySqlPool::connect("mysql://root@127.0.0.1:3306/test").await?;
+/// let outbox = MySqlOutbox::new(pool.clone());
+/// outbox.migrate().await?;
+///
+/// let mut tx = pool.begin().await?;
+/// sqlx::query("UPDATE candidates SET status = 'hired' WHERE id = 42")
+///     .execute(&mut *tx)
+///     .await?;
+/// let msg = NewMessage::json("candidates", &serde_json::json!({"id": 42, "status": "hired"}))?
+///     .with_partition_key("candidate-42");
+/// outbox.enqueue(&mut *tx, msg).await?;
+/// outbox.commit(tx).await?; // commits, then wakes the relays of this process
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct MySqlOutbox {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    pool: MySqlPool,
+    names: TableNames,
+    signal: Arc<Notify>,
+    sql: Sql,
+    /// The largest payload enqueue accepts.
+    max_payload: usize,
+    /// When the claim path last swept away blocks whose message is gone.
+    sweep: super::BlockSweep,
+    /// MySQL or MariaDB, found on first need.
+    flavor: OnceLock<Flavor>,
+}
+
+impl fmt::Debug for MySqlOutbox {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MySqlOutbox")
+            .field("messages", &self.inner.names.messages)
+            .finish_non_exhaustive()
+    }
+}
+
+impl MySqlOutbox {
+    /// An outbox with default settings: tables prefixed `outbox_`.
+    pub fn new(pool: MySqlPool) -> Self {
+        Self::builder(pool)
+            .build()
+            .expect("the default prefix is a valid identifier")
+    }
+
+    /// Configures an outbox.
+    pub fn builder(pool: MySqlPool) -> MySqlOutboxBuilder {
+        MySqlOutboxBuilder::new(pool)
+    }
+
+    /// The pool the relay and the administrative methods use.
+    pub fn pool(&self) -> &MySqlPool {
+        &self.inner.pool
+    }
+
+    pub(crate) fn names(&self) -> &TableNames {
+        &self.inner.names
+    }
+
+    /// The server's flavor, asked once on `conn`.
+    async fn flavor(&self, conn: &mut MySqlConnection) -> Result<Flavor> {
+        if let Some(f) = self.inner.flavor.get() {
+            return Ok(*f);
+        }
+        let f = Flavor::of(conn).await?;
+        Ok(*self.inner.flavor.get_or_init(|| f))
+    }
+}
+
+/// A pooled connection whose next transaction runs at `READ COMMITTED`,
+/// as every transaction of the relay does: no gap locks, and each
+/// statement sees what is committed when it starts.
+pub(crate) async fn read_committed(pool: &MySqlPool) -> Result<PoolConnection<MySql>> {
+    let mut conn = pool.acquire().await?;
+    conn.execute("SET TRANSACTION ISOLATION LEVEL READ COMMITTED")
+        .await?;
+    Ok(conn)
+}
+
+/// Begins the `READ COMMITTED` transaction on a connection from
+/// [`read_committed`].
+pub(crate) async fn begin(conn: &mut PoolConnection<MySql>) -> Result<Transaction<'_, MySql>> {
+    Ok(Connection::begin(&mut **conn).await?)
+}

@@ -1,0 +1,2 @@
+-- The number of buckets.
+SELECT COUNT(*) FROM {leases};

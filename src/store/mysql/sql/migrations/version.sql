@@ -1,0 +1,2 @@
+-- The newest migration version applied; NULL if none.
+SELECT MAX(version) FROM {migrations};

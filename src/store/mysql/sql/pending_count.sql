@@ -1,0 +1,2 @@
+-- Messages waiting to be published (dead letters are elsewhere).
+SELECT COUNT(*) FROM {messages};

@@ -1,0 +1,122 @@
+//! Tests of what only this backend has: every statement prepared by the
+//! server, against migrated tables (the scenarios of the conformance
+//! suite run the rest).
+
+use sqlx::mysql::MySqlPoolOptions;
+use sqlx::Executor;
+use uuid::Uuid;
+
+use super::MySqlOutbox;
+use crate::store::sealed::StoreOps;
+use crate::store::{Ack, AckBatch, Acquire, Claim, Disposition};
+use crate::NewMessage;
+
+/// The server the tests use: `OUTBOX_TEST_MYSQL`, default the local MariaDB.
+fn server_url() -> String {
+    std::env::var("OUTBOX_TEST_MYSQL")
+        .unwrap_or_else(|_| "mysql://root@127.0.0.1:3306/test".to_owned())
+}
+
+#[tokio::test]
+async fn every_statement_is_accepted_by_the_server() {
+    let url = server_url();
+    let admin = MySqlPoolOptions::new()
+        .max_connections(1)
+        .connect(&url)
+        .await
+        .unwrap_or_else(|e| panic!("MariaDB/MySQL at {url} is unreachable: {e}"));
+    let db = format!("outbox_unit_{}", Uuid::now_v7().simple());
+    admin
+        .execute(format!("CREATE DATABASE `{db}`").as_str())
+        .await
+        .unwrap();
+    let (base, query) = match url.split_once('?') {
+        Some((b, q)) => (b.to_owned(), format!("?{q}")),
+        None => (url.clone(), String::new()),
+    };
+    let base = base.rsplit_once('/').map_or(base.as_str(), |(b, _)| b);
+    let pool = MySqlPoolOptions::new()
+        .max_connections(2)
+        .connect(&format!("{base}/{db}{query}"))
+        .await
+        .unwrap();
+    let o = MySqlOutbox::builder(pool.clone())
+        .table_prefix("p_")
+        .build()
+        .unwrap();
+    o.migrate().await.unwrap();
+    // Twice: a second run finds the version recorded and changes nothing.
+    o.migrate().await.unwrap();
+    let sql = &o.inner.sql;
+    let mut all: Vec<String> = sql
+        .each()
+        .into_iter()
+        .filter(|(name, _)| !name.ends_with("_template") && *name != "insert_batch_returning")
+        .map(|(_, s)| super::statements::with_list(s, 3))
+        .collect();
+    all.push(sql.insert_batch(3, false));
+    all.push(sql.insert_batch(3, true));
+    all.push(sql.lock_slots(3));
+    // One message through the relay's operations.
+    let mut tx = pool.begin().await.unwrap();
+    let msg = NewMessage::json("t", &serde_json::json!({"n": 1}))
+        .unwrap()
+        .with_partition_key("k");
+    o.enqueue(&mut tx, msg).await.unwrap();
+    o.commit(tx).await.unwrap();
+    let relay = Uuid::now_v7();
+    let ttl = std::time::Duration::from_secs(5);
+    let leases = o
+        .acquire(Acquire {
+            relay,
+            max: 64,
+            ttl,
+        })
+        .await
+        .unwrap();
+    assert_eq!(leases.len(), 64);
+    let buckets: Vec<i32> = leases.iter().map(|l| l.bucket).collect();
+    let claimed = o
+        .claim(Claim {
+            buckets: Some(&buckets),
+            bucket_count: 64,
+            now: chrono::Utc::now(),
+            limit: 10,
+            exclude: &[],
+            max_bytes: 1 << 20,
+        })
+        .await
+        .unwrap();
+    assert_eq!(claimed.len(), 1);
+    let acks = [Ack::of(&claimed[0], Disposition::Published)];
+    let report = o
+        .ack(AckBatch {
+            relay,
+            leases: &leases,
+            acks: &acks,
+            retain: true,
+            now: chrono::Utc::now(),
+        })
+        .await
+        .unwrap();
+    assert_eq!(report.applied, 1);
+    assert_eq!(o.pending_count().await.unwrap(), 0);
+    assert_eq!(o.published(10).await.unwrap().len(), 1);
+
+    let mut failures = Vec::new();
+    for s in &all {
+        // Every placeholder rendered, the file's opening comment and its
+        // closing `;` left out.
+        assert!(!s.contains('{') && !s.contains('}'), "{s}");
+        assert!(!s.starts_with("--") && !s.ends_with(';'), "{s}");
+        if let Err(e) = (&pool).prepare(s.as_str()).await {
+            failures.push(format!("{s}\n  -> {e}"));
+        }
+    }
+    pool.close().await;
+    admin
+        .execute(format!("DROP DATABASE `{db}`").as_str())
+        .await
+        .unwrap();
+    assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+}
