@@ -6,22 +6,25 @@
 //! ```text
 //! cargo run --example recruiting                  # embedded SQLite, no server
 //! DATABASE_URL=postgres://postgres@127.0.0.1:5432/test cargo run --example recruiting
+//! DATABASE_URL=mysql://root@127.0.0.1:3306/test cargo run --example recruiting
 //! ```
 
 use std::time::Duration;
 
 use outbox::change::Change;
 use outbox::{
-    FnPublisher, OutboxMessage, PgInbox, PgOutbox, Receipt, Relay, SqliteInbox, SqliteOutbox,
+    FnPublisher, MySqlInbox, MySqlOutbox, OutboxMessage, PgInbox, PgOutbox, Receipt, Relay,
+    SqliteInbox, SqliteOutbox,
 };
 use serde_json::{json, Value};
 
 const TOPIC: &str = "recruiting.candidates";
 
-/// The same program for both backends: the outbox and inbox types differ,
-/// the calls do not.
+/// The same program for every backend: the outbox and inbox types differ,
+/// and the placeholders of the payroll's insert (`$1` or `?`); the calls do
+/// not.
 macro_rules! recruiting {
-    ($run:ident, $Outbox:ty, $Inbox:ty, $Pool:ty) => {
+    ($run:ident, $Outbox:ty, $Inbox:ty, $Pool:ty, $hire:expr) => {
         async fn $run(
             tracking: $Pool,
             payroll: $Pool,
@@ -39,7 +42,7 @@ macro_rules! recruiting {
             }
             inbox.migrate().await?;
             for sql in [
-                "CREATE TABLE IF NOT EXISTS recruiting_payroll (candidate_id TEXT PRIMARY KEY, \
+                "CREATE TABLE IF NOT EXISTS recruiting_payroll (candidate_id VARCHAR(64) PRIMARY KEY, \
                  name TEXT NOT NULL, start_date TEXT NOT NULL)",
                 "DELETE FROM recruiting_payroll",
             ] {
@@ -79,10 +82,7 @@ macro_rules! recruiting {
                             == Some(&json!("hired"));
                         if hired {
                             let data = change.data().cloned().unwrap_or_default();
-                            sqlx::query(
-                                "INSERT INTO recruiting_payroll (candidate_id, name, start_date) \
-                                 VALUES ($1, $2, $3)",
-                            )
+                            sqlx::query($hire)
                             .bind(change.key())
                             .bind(
                                 data["name"]
@@ -194,8 +194,24 @@ macro_rules! recruiting {
     };
 }
 
-recruiting!(run_sqlite, SqliteOutbox, SqliteInbox, sqlx::SqlitePool);
-recruiting!(run_postgres, PgOutbox, PgInbox, sqlx::PgPool);
+const HIRE_NUMBERED: &str =
+    "INSERT INTO recruiting_payroll (candidate_id, name, start_date) VALUES ($1, $2, $3)";
+
+recruiting!(
+    run_sqlite,
+    SqliteOutbox,
+    SqliteInbox,
+    sqlx::SqlitePool,
+    HIRE_NUMBERED
+);
+recruiting!(run_postgres, PgOutbox, PgInbox, sqlx::PgPool, HIRE_NUMBERED);
+recruiting!(
+    run_mysql,
+    MySqlOutbox,
+    MySqlInbox,
+    sqlx::MySqlPool,
+    "INSERT INTO recruiting_payroll (candidate_id, name, start_date) VALUES (?, ?, ?)"
+);
 
 trait KindStr {
     fn kind_str(&self) -> &'static str;
@@ -233,6 +249,29 @@ async fn main() -> outbox::Result<()> {
                 .schema("recruiting_demo")
                 .build()?;
             run_postgres(pool.clone(), pool, outbox, inbox).await
+        }
+        Ok(url) if url.starts_with("mysql") || url.starts_with("mariadb") => {
+            println!("Running on MySQL/MariaDB ({url})\n");
+            // A database of its own, fresh on every run.
+            let admin = sqlx::mysql::MySqlPoolOptions::new()
+                .max_connections(1)
+                .connect(&url)
+                .await?;
+            for sql in [
+                "DROP DATABASE IF EXISTS recruiting_demo",
+                "CREATE DATABASE recruiting_demo CHARACTER SET utf8mb4",
+            ] {
+                sqlx::query(sql).execute(&admin).await?;
+            }
+            admin.close().await;
+            let options: sqlx::mysql::MySqlConnectOptions = url.parse()?;
+            let pool = sqlx::mysql::MySqlPoolOptions::new()
+                .max_connections(8)
+                .connect_with(options.database("recruiting_demo"))
+                .await?;
+            let outbox = MySqlOutbox::new(pool.clone());
+            let inbox = MySqlInbox::new(pool.clone());
+            run_mysql(pool.clone(), pool, outbox, inbox).await
         }
         _ => {
             let dir = std::env::temp_dir();

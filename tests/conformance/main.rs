@@ -110,6 +110,7 @@ macro_rules! every_backend {
             relay::shutdown_abandons_a_publisher_that_never_returns,
             relay::commit_wakes_the_relay_without_polling,
             [multi_thread] ordering::many_writers_many_relays_random_failures_keep_commit_order,
+            [multi_thread] ordering::writers_never_deadlock_with_busy_relays,
             [multi_thread] ordering::prefetched_batches_hold_back_keys_with_a_failed_message,
             [multi_thread] ordering::relay_processes_killed_at_random_lose_nothing_and_keep_order,
             [multi_thread] ordering::a_frozen_relay_is_fenced_and_publishes_nothing_after_it_thaws,
