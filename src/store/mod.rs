@@ -1,7 +1,7 @@
 //! Storage backends: one concrete type per database.
 //!
-//! [`PgOutbox`](crate::PgOutbox) and [`SqliteOutbox`](crate::SqliteOutbox)
-//! share no generic code a user has to see; the relay talks to them through
+//! [`PgOutbox`](crate::PgOutbox), [`SqliteOutbox`](crate::SqliteOutbox) and
+//! `MySqlOutbox` share no generic code a user has to see; the relay talks to them through
 //! the sealed [`Store`] trait.
 
 #[cfg(any(feature = "postgres", feature = "sqlite", feature = "mysql"))]
@@ -673,8 +673,8 @@ pub(crate) mod sealed {
 }
 
 /// A storage backend the [`Relay`](crate::Relay) can drain. Implemented by
-/// [`PgOutbox`](crate::PgOutbox) and [`SqliteOutbox`](crate::SqliteOutbox);
-/// sealed.
+/// [`PgOutbox`](crate::PgOutbox), [`SqliteOutbox`](crate::SqliteOutbox) and
+/// `MySqlOutbox` (feature `mysql`); sealed.
 pub trait Store: sealed::StoreOps {}
 
 #[cfg(any(feature = "postgres", feature = "sqlite", feature = "mysql"))]
