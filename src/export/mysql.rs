@@ -15,7 +15,11 @@
 //!
 //! A snapshot cursor is the largest stamp the caller's snapshot sees plus
 //! the positions of the changes it sees that had no stamp yet: they will
-//! be stamped above it, and are skipped when met.
+//! be stamped above it, and are skipped when met. Those include the
+//! changes the caller's own transaction logged before taking the cursor:
+//! its snapshot query saw them, so the pages after it do not repeat them.
+//! A page that reaches the end of the log forgets the positions still to
+//! skip (each was met, or purged unread).
 
 use std::collections::HashSet;
 
@@ -27,7 +31,7 @@ use super::{coalesce, decode_log, json_text, ChangePage, Cursor, CursorState};
 use crate::change::Change;
 use crate::error::{Error, Result};
 use crate::store::mysql::decode::text;
-use crate::store::mysql::{begin, key_slot, read_committed, with_list};
+use crate::store::mysql::{begin, execute_read_committed, key_slot, read_committed, with_list};
 use crate::MySqlOutbox;
 
 /// Changes stamped per sequencer transaction.
@@ -163,7 +167,10 @@ impl MySqlOutbox {
         // earlier batch (gaps are harmless). By primary key over a list:
         // read through the stamp index, or joined from JSON_TABLE, the
         // update would wait for every open transaction's unstamped change.
-        let stamp = names.render("UPDATE {changes} SET stamp = ? + seq WHERE seq IN ({list})");
+        // Only the sequencer stamps, under its lock, so the rows read are
+        // still unstamped; the condition says so to the reader.
+        let stamp = names
+            .render("UPDATE {changes} SET stamp = ? + seq WHERE seq IN ({list}) AND stamp IS NULL");
         let advance = names.render("UPDATE {sequencer} SET last_stamp = ? WHERE id = 1");
         let mut conn = read_committed(self.pool()).await?;
         loop {
@@ -237,7 +244,15 @@ impl MySqlOutbox {
             ));
         }
         let log = decode_log(log)?;
-        let skip = skip.into_iter().filter(|s| !met.contains(s)).collect();
+        // A short page read everything stamped, and the sequencer stamped
+        // every committed change: a position still to skip and not met was
+        // purged before this consumer read so far. Forget it.
+        let caught_up = (read as i64) < limit;
+        let skip = if caught_up {
+            Vec::new()
+        } else {
+            skip.into_iter().filter(|s| !met.contains(s)).collect()
+        };
         Ok(ChangePage {
             changes: coalesce(log),
             next: Cursor(CursorState::MySql {
@@ -247,7 +262,7 @@ impl MySqlOutbox {
             more: read as i64 >= limit,
             // The sequencer stamped everything committed before the read:
             // a short page reached its end.
-            caught_up: (read as i64) < limit,
+            caught_up,
             read,
         })
     }
@@ -263,10 +278,8 @@ impl MySqlOutbox {
             "DELETE FROM {changes} WHERE stamp IS NOT NULL AND created_at < ? \
              ORDER BY stamp LIMIT ?",
         );
-        Ok(sqlx::query(&sql)
-            .bind(before)
-            .bind(batch)
-            .execute(self.pool())
+        let q = sqlx::query(&sql).bind(before).bind(batch);
+        Ok(execute_read_committed(self.pool(), q)
             .await?
             .rows_affected())
     }

@@ -14,7 +14,7 @@ use sqlx::Executor;
 use super::{classify, tracked, validate_batch, validate_consumer, InboxNames, Receipt};
 use crate::error::Result;
 use crate::message::{MessageId, OutboxMessage};
-use crate::store::mysql::apply_migrations;
+use crate::store::mysql::{apply_migrations, execute_read_committed};
 use crate::store::MigrationSet;
 
 const MIGRATIONS: &[(i64, &str)] = &[(
@@ -358,10 +358,9 @@ impl MySqlInbox {
         validate_batch(batch)?;
         let mut total = 0;
         loop {
-            let deleted = sqlx::query(&self.inner.sql.purge)
-                .bind(before)
-                .bind(batch)
-                .execute(&self.inner.pool)
+            // At READ COMMITTED: no gap lock holds consumers' receipts.
+            let q = sqlx::query(&self.inner.sql.purge).bind(before).bind(batch);
+            let deleted = execute_read_committed(&self.inner.pool, q)
                 .await?
                 .rows_affected();
             total += deleted;

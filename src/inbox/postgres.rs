@@ -230,7 +230,7 @@ impl PgInbox {
     ///
     /// # Errors
     ///
-    /// [`Error::InvalidMessage`](crate::Error::InvalidMessage) for an empty, oversized or NUL-holding consumer name, checked
+    /// [`Error::InvalidConfig`](crate::Error::InvalidConfig) for an empty, oversized or NUL-holding consumer name, checked
     /// before anything is sent; [`Error::Database`](crate::Error::Database) if the database fails (the caller's
     /// transaction is then aborted on PostgreSQL).
     pub async fn receive<'c, E>(
@@ -263,7 +263,7 @@ impl PgInbox {
     ///
     /// # Errors
     ///
-    /// [`Error::InvalidMessage`](crate::Error::InvalidMessage) for an empty, oversized or NUL-holding consumer name, checked
+    /// [`Error::InvalidConfig`](crate::Error::InvalidConfig) for an empty, oversized or NUL-holding consumer name, checked
     /// before anything is sent; [`Error::Database`](crate::Error::Database) if the database fails.
     pub async fn receive_id<'c, E>(
         &self,

@@ -241,7 +241,10 @@ pub async fn a_stored_message_that_cannot_be_read_is_dead_lettered<B: Backend>()
     let other = outbox.enqueue_id(keyed("t", "j", 1)).await;
     let messages = B::table(B::DEFAULT_PREFIX, "messages");
     db.execute(&format!(
-        "UPDATE {messages} SET headers = '[1, 2]' WHERE seq = (SELECT min(seq) FROM {messages})"
+        // The subquery through a derived table: MySQL refuses a subquery
+        // on the table being updated (error 1093) unless it is materialized.
+        "UPDATE {messages} SET headers = '[1, 2]' \
+         WHERE seq = (SELECT s FROM (SELECT min(seq) AS s FROM {messages}) AS first)"
     ))
     .await;
 

@@ -9,7 +9,7 @@ use chrono::Utc;
 use sqlx::Row;
 
 use super::decode::{json, json_time};
-use super::statements::with_list;
+use super::statements::{with_list, with_pairs};
 use super::{begin, read_committed, MySqlOutbox};
 use crate::error::Result;
 use crate::store::{sleep_horizon, AckBatch, AckPlan, AckReport};
@@ -25,8 +25,17 @@ pub(super) async fn ack(outbox: &MySqlOutbox, p: AckBatch<'_>) -> Result<AckRepo
     // The fence: the relay's leases, locked in share mode until the
     // commit, so none changes hands before then; a bucket counts only
     // with the epoch the relay holds.
-    let rows = sqlx::query(&sql.fence)
+    let text = with_list(&sql.fence, p.leases.len());
+    let mut q = sqlx::query(&text);
+    if p.leases.is_empty() {
+        q = q.bind(-1i32);
+    }
+    for l in p.leases {
+        q = q.bind(l.bucket);
+    }
+    let rows = q
         .bind(relay.as_bytes().to_vec())
+        .persistent(false)
         .fetch_all(&mut *tx)
         .await?;
     let mut locked = HashSet::new();
@@ -68,11 +77,12 @@ pub(super) async fn ack(outbox: &MySqlOutbox, p: AckBatch<'_>) -> Result<AckRepo
             .await?;
     }
     if !plan.unblock.is_empty() {
-        let lifted = pairs(&plan.unblock);
-        sqlx::query(&sql.unblock)
-            .bind(&lifted)
-            .execute(&mut *tx)
-            .await?;
+        let text = with_pairs(&sql.unblock, plan.unblock.len());
+        let mut q = sqlx::query(&text);
+        for (k, seq) in &plan.unblock {
+            q = q.bind(*k).bind(*seq);
+        }
+        q.persistent(false).execute(&mut *tx).await?;
         let keys: Vec<&str> = plan.unblock.iter().map(|(k, _)| *k).collect();
         let text = with_list(&sql.unpark, keys.len());
         let mut q = sqlx::query(&text);

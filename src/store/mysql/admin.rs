@@ -7,10 +7,9 @@ use chrono::{DateTime, Utc};
 use sqlx::mysql::{MySql, MySqlArguments, MySqlRow};
 use sqlx::Row;
 
-use super::decode::{
-    json_positions, message_from_row, req_text, text, uuid_from_bytes, whole_message_from_row,
-};
-use super::{begin, read_committed, MySqlOutbox};
+use super::decode::{message_from_row, req_text, text, uuid_from_bytes, whole_message_from_row};
+use super::statements::{with_list, with_pairs};
+use super::{begin, execute_read_committed, read_committed, MySqlOutbox};
 use crate::error::Result;
 use crate::message::{MessageId, OutboxMessage};
 use crate::store::admin::{admin_api, AdminOps};
@@ -18,6 +17,10 @@ use crate::store::{
     blocking_message, first_of_each_id, replay_report, BlockedKey, DeadLetter, DeadLetterFilter,
     ReplayReport,
 };
+
+/// Positions per statement of a replay (two parameters each in the
+/// lifted blocks), within MySQL's 65,535 parameters per statement.
+const REPLAY_CHUNK: usize = 10_000;
 
 impl MySqlOutbox {
     admin_api!();
@@ -45,27 +48,40 @@ impl AdminOps for MySqlOutbox {
             .collect::<Result<Vec<_>>>()?;
         let offered = first_of_each_id(&candidates);
         let mut inserted: Vec<i64> = Vec::new();
-        if !offered.is_empty() {
-            let offered = json_positions(&offered);
-            sqlx::query(&sql.replay_insert)
-                .bind(&offered)
+        for chunk in offered.chunks(REPLAY_CHUNK) {
+            sqlx::query(&with_list(&sql.replay_insert, chunk.len()))
+                .persistent(false)
+                .bind_all(chunk)
                 .execute(&mut *tx)
                 .await?;
-            inserted = sqlx::query_scalar(&sql.replay_back)
-                .bind(&offered)
+            let back: Vec<i64> = sqlx::query_scalar(&with_list(&sql.replay_back, chunk.len()))
+                .persistent(false)
+                .bind_all(chunk)
                 .fetch_all(&mut *tx)
                 .await?;
-        }
-        if !inserted.is_empty() {
-            let back = json_positions(&inserted);
-            sqlx::query(&sql.replay_unblock)
-                .bind(&back)
+            if back.is_empty() {
+                continue;
+            }
+            let blocks: Vec<(Vec<u8>, i64)> =
+                sqlx::query_as(&with_list(&sql.replay_blocks, back.len()))
+                    .persistent(false)
+                    .bind_all(&back)
+                    .fetch_all(&mut *tx)
+                    .await?;
+            if !blocks.is_empty() {
+                let text = with_pairs(&sql.unblock, blocks.len());
+                let mut q = sqlx::query(&text).persistent(false);
+                for (key, seq) in blocks {
+                    q = q.bind(key).bind(seq);
+                }
+                q.execute(&mut *tx).await?;
+            }
+            sqlx::query(&with_list(&sql.replay_delete, back.len()))
+                .persistent(false)
+                .bind_all(&back)
                 .execute(&mut *tx)
                 .await?;
-            sqlx::query(&sql.replay_delete)
-                .bind(&back)
-                .execute(&mut *tx)
-                .await?;
+            inserted.extend(back);
         }
         tx.commit().await?;
         Ok(replay_report(&candidates, &inserted))
@@ -116,10 +132,8 @@ impl AdminOps for MySqlOutbox {
     }
 
     async fn delete_block(&self, key: &str) -> Result<bool> {
-        let done = sqlx::query(&self.inner.sql.unblock_key)
-            .bind(key)
-            .execute(&self.inner.pool)
-            .await?;
+        let q = sqlx::query(&self.inner.sql.unblock_key).bind(key);
+        let done = execute_read_committed(&self.inner.pool, q).await?;
         Ok(done.rows_affected() > 0)
     }
 
@@ -161,13 +175,18 @@ fn bind_filter<'q, Q: BindFilter<'q>>(q: Q, f: &DeadLetterFilter) -> Q {
         .bind_one(f.limit.map_or(i64::MAX, i64::from))
 }
 
-/// The query types a filter is bound to: the listing decodes rows, the
-/// replay's candidates a tuple, and sqlx gives `Query` and `QueryAs` no
-/// common `bind`.
+/// The query types a filter or a list of positions is bound to: the
+/// listing decodes rows, the replay's candidates tuples, and sqlx gives
+/// `Query`, `QueryAs` and `QueryScalar` no common `bind`.
 trait BindFilter<'q>: Sized {
     fn bind_one<T>(self, value: T) -> Self
     where
         T: sqlx::Encode<'q, MySql> + sqlx::Type<MySql> + Send + 'q;
+
+    /// Binds each position of a list.
+    fn bind_all(self, positions: &[i64]) -> Self {
+        positions.iter().fold(self, |q, p| q.bind_one(*p))
+    }
 
     fn bind_twice<T>(self, value: Option<T>) -> Self
     where
@@ -178,6 +197,15 @@ trait BindFilter<'q>: Sized {
 }
 
 impl<'q> BindFilter<'q> for sqlx::query::Query<'q, MySql, MySqlArguments> {
+    fn bind_one<T>(self, value: T) -> Self
+    where
+        T: sqlx::Encode<'q, MySql> + sqlx::Type<MySql> + Send + 'q,
+    {
+        self.bind(value)
+    }
+}
+
+impl<'q, O> BindFilter<'q> for sqlx::query::QueryScalar<'q, MySql, O, MySqlArguments> {
     fn bind_one<T>(self, value: T) -> Self
     where
         T: sqlx::Encode<'q, MySql> + sqlx::Type<MySql> + Send + 'q,

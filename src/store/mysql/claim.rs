@@ -4,8 +4,8 @@
 use sqlx::Row;
 
 use super::decode::message_from_row;
-use super::statements::with_list;
-use super::MySqlOutbox;
+use super::statements::{with_list, with_pairs};
+use super::{execute_read_committed, MySqlOutbox};
 use crate::error::{Error, Result};
 use crate::store::{Claim, Claimed, ClaimedBatch};
 
@@ -39,9 +39,7 @@ pub(super) async fn claim(outbox: &MySqlOutbox, p: Claim<'_>) -> Result<ClaimedB
     }
     let pool = &outbox.inner.pool;
     if outbox.inner.sweep.due() {
-        sqlx::query(&outbox.inner.sql.sweep_gone_blocks)
-            .execute(pool)
-            .await?;
+        sweep_gone_blocks(outbox).await?;
     }
     // The text depends on the number of positions in flight: kept in the
     // statement cache only without any.
@@ -80,4 +78,25 @@ pub(super) async fn claim(outbox: &MySqlOutbox, p: Claim<'_>) -> Result<ClaimedB
         })
         .collect::<Result<_>>()?;
     Ok(ClaimedBatch::new(messages, cut, limit))
+}
+
+/// Deletes the key blocks whose message is gone: read without locking,
+/// then deleted by primary key, so the sweep locks no message row and
+/// waits for no transaction but one holding those blocks.
+async fn sweep_gone_blocks(outbox: &MySqlOutbox) -> Result<()> {
+    let pool = &outbox.inner.pool;
+    let sql = &outbox.inner.sql;
+    let gone: Vec<(Vec<u8>, i64)> = sqlx::query_as(&sql.sweep_gone_blocks)
+        .fetch_all(pool)
+        .await?;
+    if gone.is_empty() {
+        return Ok(());
+    }
+    let text = with_pairs(&sql.unblock, gone.len());
+    let mut q = sqlx::query(&text);
+    for (key, seq) in gone {
+        q = q.bind(key).bind(seq);
+    }
+    execute_read_committed(pool, q.persistent(false)).await?;
+    Ok(())
 }

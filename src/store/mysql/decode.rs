@@ -93,8 +93,3 @@ pub(super) fn leases_from_rows(rows: &[MySqlRow]) -> Result<Vec<Lease>> {
 pub(super) fn json(value: &serde_json::Value) -> String {
     value.to_string()
 }
-
-/// Positions as a JSON array.
-pub(super) fn json_positions(seqs: &[i64]) -> String {
-    json(&serde_json::json!(seqs))
-}

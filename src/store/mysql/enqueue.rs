@@ -20,6 +20,11 @@ use crate::store::split_inserted;
 /// Rows per insert statement in [`MySqlOutbox::enqueue_batch`], well below
 /// MySQL's 65,535 parameters per prepared statement.
 const BATCH_CHUNK: usize = 2000;
+/// Bytes of values per insert statement, at most (a message larger than
+/// this goes alone): every value of a prepared statement travels in one
+/// packet, which the server refuses above `max_allowed_packet` (4 MiB by
+/// default on MySQL 5.7, 16 MiB on MariaDB, 64 MiB on MySQL 8).
+const BATCH_BYTES: usize = 3 << 20;
 /// Slots locked per statement.
 const SLOT_CHUNK: usize = 4096;
 
@@ -82,7 +87,9 @@ impl MySqlOutbox {
     /// Writes many messages in the given order (so messages of one key keep
     /// their order) on the caller's connection: the commit-order locks of
     /// all their keys first, in ascending slot order, then one multi-row
-    /// insert per 2000 messages.
+    /// insert per 2000 messages or 3 MiB of values, whichever comes first
+    /// (so a batch of large payloads stays within the server's
+    /// `max_allowed_packet`, which must still hold the largest message).
     ///
     /// Ids already present, or repeated within the batch, are reported in
     /// [`BatchEnqueued::duplicates`]. On MariaDB the insert returns the ids
@@ -131,18 +138,17 @@ impl MySqlOutbox {
         let order: Vec<MessageId> = messages.iter().map(|m| m.id).collect();
         let created_at = Utc::now();
         let mut inserted: Vec<Uuid> = Vec::with_capacity(messages.len());
-        let mut rest = messages.into_iter();
+        let mut rest = messages.into_iter().peekable();
         loop {
-            let chunk: Vec<NewMessage> = rest.by_ref().take(BATCH_CHUNK).collect();
+            let chunk = next_chunk(&mut rest);
             if chunk.is_empty() {
                 break;
             }
             let returning = flavor == Flavor::MariaDb;
             let text = sql.insert_batch(chunk.len(), returning);
-            let ids: Vec<Uuid> = chunk.iter().map(|m| m.id.as_uuid()).collect();
+            let ids: Vec<Uuid> = chunk.iter().map(|(m, _)| m.id.as_uuid()).collect();
             let mut q = sqlx::query(&text);
-            for m in chunk {
-                let headers = m.headers_json();
+            for (m, headers) in chunk {
                 q = q
                     .bind(m.id.as_uuid().as_bytes().to_vec())
                     .bind(m.topic)
@@ -216,4 +222,40 @@ impl MySqlOutbox {
         self.inner.signal.notify_waiters();
         self.inner.signal.notify_one();
     }
+}
+
+/// The next rows of one insert statement, each with its headers as JSON:
+/// at most [`BATCH_CHUNK`] rows and [`BATCH_BYTES`] of values, and at least
+/// one row while any is left.
+fn next_chunk(
+    rest: &mut std::iter::Peekable<std::vec::IntoIter<NewMessage>>,
+) -> Vec<(NewMessage, Option<String>)> {
+    let mut chunk = Vec::new();
+    let mut bytes = 0usize;
+    while chunk.len() < BATCH_CHUNK {
+        let Some(next) = rest.peek() else { break };
+        let headers = next.headers_json();
+        let size = row_bytes(next, headers.as_deref());
+        if !chunk.is_empty() && bytes + size > BATCH_BYTES {
+            break;
+        }
+        bytes += size;
+        if let Some(m) = rest.next() {
+            chunk.push((m, headers));
+        }
+    }
+    chunk
+}
+
+/// The bytes a message's values take in an insert, about (each value's
+/// length and a few bytes of framing).
+fn row_bytes(m: &NewMessage, headers: Option<&str>) -> usize {
+    const FRAMING: usize = 64;
+    m.payload.len()
+        + m.topic.len()
+        + m.event_type.len()
+        + m.content_type.len()
+        + m.partition_key.as_ref().map_or(0, String::len)
+        + headers.map_or(0, str::len)
+        + FRAMING
 }

@@ -6,20 +6,15 @@ use std::time::Duration;
 
 use uuid::Uuid;
 
-use super::decode::{json, leases_from_rows};
-use super::{begin, read_committed, MySqlOutbox};
+use super::decode::leases_from_rows;
+use super::statements::{with_list, with_pairs};
+use super::{begin, execute_read_committed, read_committed, MySqlOutbox};
 use crate::error::Result;
 use crate::store::{Acquire, Heartbeat, Lease, Release, Renew};
 
 /// A duration in microseconds, as `INTERVAL ? MICROSECOND` takes it.
 fn micros(d: Duration) -> i64 {
     i64::try_from(d.as_micros()).unwrap_or(i64::MAX)
-}
-
-/// Leases as `[[bucket, epoch], ...]`.
-fn lease_pairs(leases: &[Lease]) -> String {
-    let pairs: Vec<(i32, i64)> = leases.iter().map(|l| (l.bucket, l.epoch)).collect();
-    json(&serde_json::json!(pairs))
 }
 
 pub(super) async fn bucket_count(outbox: &MySqlOutbox) -> Result<i32> {
@@ -34,15 +29,18 @@ pub(super) async fn heartbeat(outbox: &MySqlOutbox, p: Heartbeat) -> Result<usiz
     let relay = relay.as_bytes().to_vec();
     let sql = &outbox.inner.sql;
     let pool = &outbox.inner.pool;
-    sqlx::query(&sql.heartbeat_up)
-        .bind(&relay)
-        .bind(micros(ttl))
-        .execute(pool)
-        .await?;
-    sqlx::query(&sql.heartbeat_gone)
-        .bind(micros(ttl.saturating_mul(9)))
-        .execute(pool)
-        .await?;
+    execute_read_committed(
+        pool,
+        sqlx::query(&sql.heartbeat_up)
+            .bind(&relay)
+            .bind(micros(ttl)),
+    )
+    .await?;
+    execute_read_committed(
+        pool,
+        sqlx::query(&sql.heartbeat_gone).bind(micros(ttl.saturating_mul(9))),
+    )
+    .await?;
     let others: i64 = sqlx::query_scalar(&sql.heartbeat_count)
         .bind(&relay)
         .fetch_one(pool)
@@ -56,21 +54,21 @@ pub(super) async fn renew(outbox: &MySqlOutbox, p: Renew<'_>) -> Result<Vec<Leas
         return Ok(Vec::new());
     }
     let relay = relay.as_bytes().to_vec();
-    let pairs = lease_pairs(leases);
     let sql = &outbox.inner.sql;
     let mut conn = read_committed(&outbox.inner.pool).await?;
     let mut tx = begin(&mut conn).await?;
-    sqlx::query(&sql.renew)
-        .bind(&pairs)
-        .bind(micros(ttl))
-        .bind(&relay)
-        .execute(&mut *tx)
-        .await?;
-    let rows = sqlx::query(&sql.renewed)
-        .bind(&pairs)
-        .bind(&relay)
-        .fetch_all(&mut *tx)
-        .await?;
+    let text = with_pairs(&sql.renew, leases.len());
+    let mut q = sqlx::query(&text).bind(micros(ttl));
+    for l in leases {
+        q = q.bind(l.bucket).bind(l.epoch);
+    }
+    q.bind(&relay).persistent(false).execute(&mut *tx).await?;
+    let text = with_pairs(&sql.renewed, leases.len());
+    let mut q = sqlx::query(&text);
+    for l in leases {
+        q = q.bind(l.bucket).bind(l.epoch);
+    }
+    let rows = q.bind(&relay).persistent(false).fetch_all(&mut *tx).await?;
     tx.commit().await?;
     leases_from_rows(&rows)
 }
@@ -91,17 +89,20 @@ pub(super) async fn acquire(outbox: &MySqlOutbox, p: Acquire) -> Result<Vec<Leas
         tx.rollback().await?;
         return Ok(Vec::new());
     }
-    let buckets = json(&serde_json::json!(free));
-    sqlx::query(&sql.acquire)
-        .bind(&buckets)
+    let text = with_list(&sql.acquire, free.len());
+    let mut q = sqlx::query(&text)
         .bind(relay.as_bytes().to_vec())
-        .bind(micros(ttl))
-        .execute(&mut *tx)
-        .await?;
-    let rows = sqlx::query(&sql.acquired)
-        .bind(&buckets)
-        .fetch_all(&mut *tx)
-        .await?;
+        .bind(micros(ttl));
+    for b in &free {
+        q = q.bind(*b);
+    }
+    q.persistent(false).execute(&mut *tx).await?;
+    let text = with_list(&sql.acquired, free.len());
+    let mut q = sqlx::query(&text);
+    for b in &free {
+        q = q.bind(*b);
+    }
+    let rows = q.persistent(false).fetch_all(&mut *tx).await?;
     tx.commit().await?;
     leases_from_rows(&rows)
 }
@@ -110,20 +111,23 @@ pub(super) async fn release(outbox: &MySqlOutbox, p: Release<'_>) -> Result<()> 
     let Release { relay, leases } = p;
     let relay = relay.as_bytes().to_vec();
     for l in leases {
-        sqlx::query(&outbox.inner.sql.release)
-            .bind(l.bucket)
-            .bind(l.epoch)
-            .bind(&relay)
-            .execute(&outbox.inner.pool)
-            .await?;
+        execute_read_committed(
+            &outbox.inner.pool,
+            sqlx::query(&outbox.inner.sql.release)
+                .bind(l.bucket)
+                .bind(l.epoch)
+                .bind(&relay),
+        )
+        .await?;
     }
     Ok(())
 }
 
 pub(super) async fn leave(outbox: &MySqlOutbox, relay: Uuid) -> Result<()> {
-    sqlx::query(&outbox.inner.sql.leave)
-        .bind(relay.as_bytes().to_vec())
-        .execute(&outbox.inner.pool)
-        .await?;
+    execute_read_committed(
+        &outbox.inner.pool,
+        sqlx::query(&outbox.inner.sql.leave).bind(relay.as_bytes().to_vec()),
+    )
+    .await?;
     Ok(())
 }

@@ -15,16 +15,27 @@
 //!   the change log is paged by a stamp the sequencer gives committed rows
 //!   (see `export/mysql.rs`).
 //! - **Locking.** Claims read without locking (leases say which relay owns
-//!   a bucket) through an index in their `ORDER BY`; acknowledgements write
-//!   by primary key in `READ COMMITTED` transactions, so no gap lock meets
-//!   a producer's insert.
+//!   a bucket) through an index in their `ORDER BY`. Every statement of
+//!   the relay and the operator's API that writes runs at `READ COMMITTED`
+//!   (whatever the server's default), so no gap lock meets a producer's
+//!   insert, and writes rows named by primary key (`IN` lists of positions,
+//!   buckets or `(key, position)` pairs), so it waits for no row it does
+//!   not change.
+//! - **Deployments.** Commit order rests on row locks that make the second
+//!   producer of a key wait: multi-primary clusters that certify writes at
+//!   commit instead (Galera with writes on several nodes, Group
+//!   Replication multi-primary, TiDB's optimistic mode) do not keep it.
+//!   `READ COMMITTED` writes need row-based or mixed binary logging; with
+//!   `binlog_format=STATEMENT` the server refuses them (error 1665).
 //! - **Wake-ups.** No LISTEN/NOTIFY: [`MySqlOutbox::commit`] wakes the
 //!   relays of its process; others find new messages on their poll.
 //!
 //! Times are `DATETIME(6)` in UTC: the relay's for message times, the
 //! database's for leases and heartbeats (relays on several hosts share its
-//! clock). Ids are 16-byte binaries; lists travel as JSON, read with
-//! `JSON_TABLE`.
+//! clock). Ids are 16-byte binaries. Lists of rows to change travel as
+//! `IN` lists of parameters; lists of values to write or insert (the
+//! attempts and errors of retries, new blocks) as JSON, read with
+//! `JSON_TABLE` and joined to rows named by an `IN` list.
 
 mod ack;
 mod admin;
@@ -42,7 +53,7 @@ mod tests;
 use std::fmt;
 use std::sync::{Arc, OnceLock};
 
-use sqlx::mysql::{MySql, MySqlConnection, MySqlPool};
+use sqlx::mysql::{MySql, MySqlArguments, MySqlConnection, MySqlPool, MySqlQueryResult};
 use sqlx::pool::PoolConnection;
 use sqlx::{Connection, Executor, Transaction};
 use tokio::sync::Notify;
@@ -165,6 +176,17 @@ pub(crate) async fn read_committed(pool: &MySqlPool) -> Result<PoolConnection<My
     conn.execute("SET TRANSACTION ISOLATION LEVEL READ COMMITTED")
         .await?;
     Ok(conn)
+}
+
+/// Runs one statement that writes in a `READ COMMITTED` transaction of its
+/// own, on a connection of `pool`: the pool's default isolation may be
+/// `REPEATABLE READ`, whose gap locks would hold producers' inserts.
+pub(crate) async fn execute_read_committed(
+    pool: &MySqlPool,
+    query: sqlx::query::Query<'_, MySql, MySqlArguments>,
+) -> Result<MySqlQueryResult> {
+    let mut conn = read_committed(pool).await?;
+    Ok(query.execute(&mut *conn).await?)
 }
 
 /// Begins the `READ COMMITTED` transaction on a connection from

@@ -13,7 +13,7 @@ use uuid::Uuid;
 
 use super::decode::text;
 use super::statements::with_list;
-use super::{ack, claim, leases, migrate, MySqlOutbox};
+use super::{ack, claim, execute_read_committed, leases, migrate, MySqlOutbox};
 use crate::error::Result;
 use crate::store::sealed::StoreOps;
 use crate::store::{
@@ -76,10 +76,8 @@ impl StoreOps for MySqlOutbox {
 
     async fn purge_published(&self, p: Purge) -> Result<u64> {
         let Purge { before, limit } = p;
-        Ok(sqlx::query(&self.inner.sql.purge)
-            .bind(before)
-            .bind(limit)
-            .execute(&self.inner.pool)
+        let q = sqlx::query(&self.inner.sql.purge).bind(before).bind(limit);
+        Ok(execute_read_committed(&self.inner.pool, q)
             .await?
             .rows_affected())
     }
@@ -117,10 +115,7 @@ impl StoreOps for MySqlOutbox {
         let pool = &self.inner.pool;
         let sql = &self.inner.sql;
         if let Some(wake_by) = p.wake_by {
-            sqlx::query(&sql.wake_sleeping)
-                .bind(wake_by)
-                .execute(pool)
-                .await?;
+            execute_read_committed(pool, sqlx::query(&sql.wake_sleeping).bind(wake_by)).await?;
             let keys: Vec<Vec<u8>> = sqlx::query_scalar(&sql.lifted_keys).fetch_all(pool).await?;
             if !keys.is_empty() {
                 let statement = with_list(&sql.unpark, keys.len());
@@ -128,7 +123,7 @@ impl StoreOps for MySqlOutbox {
                 for k in keys {
                     q = q.bind(k);
                 }
-                q.persistent(false).execute(pool).await?;
+                execute_read_committed(pool, q.persistent(false)).await?;
             }
         }
         let seqs: Vec<i64> = sqlx::query_scalar(&sql.park_candidates)
@@ -143,7 +138,7 @@ impl StoreOps for MySqlOutbox {
         for s in &seqs {
             q = q.bind(*s);
         }
-        q.persistent(false).execute(pool).await?;
+        execute_read_committed(pool, q.persistent(false)).await?;
         // Counted as read: a pass parks again at once while it reads its
         // limit, whether or not a row changed under it meanwhile.
         Ok(seqs.len() as u64)

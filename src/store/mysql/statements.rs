@@ -49,11 +49,11 @@ crate::store::statements::statements! {
     purge,
     dead_letters_matching,
     /// A replay: read the candidates, copy back, see which went back,
-    /// unblock, delete.
+    /// unblock (`replay_blocks` read, `unblock` run), delete.
     replay_candidates,
     replay_insert,
     replay_back,
-    replay_unblock,
+    replay_blocks,
     replay_delete,
     discard_candidate,
     discard_dead_letter,
@@ -94,6 +94,14 @@ impl Sql {
 /// `n`: run it with `persistent(false)`.
 pub(crate) fn with_list(statement: &str, n: usize) -> String {
     statement.replace("{list}", &vec!["?"; n.max(1)].join(", "))
+}
+
+/// `statement` with its `{pairs}` filled with `n` row constructors
+/// `(?, ?)` (at least one), for a composite primary key read as ranges
+/// the way [`with_list`] reads a simple one. Run it with
+/// `persistent(false)`.
+pub(crate) fn with_pairs(statement: &str, n: usize) -> String {
+    statement.replace("{pairs}", &vec!["(?, ?)"; n.max(1)].join(", "))
 }
 
 impl Sql {

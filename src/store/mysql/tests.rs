@@ -17,8 +17,10 @@ fn server_url() -> String {
         .unwrap_or_else(|_| "mysql://root@127.0.0.1:3306/test".to_owned())
 }
 
-#[tokio::test]
-async fn every_statement_is_accepted_by_the_server() {
+/// A fresh database on the test server with a migrated outbox in it
+/// (prefix `p_`): the server's admin pool, the outbox and the database's
+/// name, to drop with [`drop_database`].
+async fn fresh_outbox() -> (sqlx::MySqlPool, MySqlOutbox, String) {
     let url = server_url();
     let admin = MySqlPoolOptions::new()
         .max_connections(1)
@@ -40,11 +42,65 @@ async fn every_statement_is_accepted_by_the_server() {
         .connect(&format!("{base}/{db}{query}"))
         .await
         .unwrap();
-    let o = MySqlOutbox::builder(pool.clone())
+    let o = MySqlOutbox::builder(pool)
         .table_prefix("p_")
         .build()
         .unwrap();
     o.migrate().await.unwrap();
+    (admin, o, db)
+}
+
+async fn drop_database(admin: &sqlx::MySqlPool, o: MySqlOutbox, db: &str) {
+    o.pool().close().await;
+    admin
+        .execute(format!("DROP DATABASE `{db}`").as_str())
+        .await
+        .unwrap();
+}
+
+/// A batch whose payloads add up to more than the server's
+/// `max_allowed_packet` goes in, split into statements that each fit.
+#[tokio::test]
+async fn a_batch_larger_than_the_servers_packet_limit_goes_in_whole() {
+    let (admin, o, db) = fresh_outbox().await;
+    let packet: i64 = sqlx::query_scalar("SELECT CAST(@@max_allowed_packet AS SIGNED)")
+        .fetch_one(o.pool())
+        .await
+        .unwrap();
+    let size = 1 << 20;
+    let count = usize::try_from(packet).unwrap() / size + 4;
+    let messages: Vec<NewMessage> = (0..count)
+        .map(|i| {
+            let mut payload = vec![b'x'; size - 16];
+            payload[..8].copy_from_slice(&(i as u64).to_be_bytes());
+            NewMessage::bytes("big", payload).with_partition_key(format!("k{}", i % 3))
+        })
+        .collect();
+    let mut tx = o.pool().begin().await.unwrap();
+    let done = o.enqueue_batch(&mut tx, messages).await.unwrap();
+    tx.commit().await.unwrap();
+    assert_eq!(done.inserted.len(), count);
+    assert_eq!(o.pending_count().await.unwrap(), count as i64);
+    let rows: Vec<(i64, Vec<u8>)> =
+        sqlx::query_as("SELECT CAST(LENGTH(payload) AS SIGNED), SUBSTRING(payload, 1, 8) FROM p_messages ORDER BY seq")
+            .fetch_all(o.pool())
+            .await
+            .unwrap();
+    for (i, (len, head)) in rows.iter().enumerate() {
+        assert_eq!(*len as usize, size - 16);
+        assert_eq!(
+            head.as_slice(),
+            &(i as u64).to_be_bytes(),
+            "row {i} out of order"
+        );
+    }
+    drop_database(&admin, o, &db).await;
+}
+
+#[tokio::test]
+async fn every_statement_is_accepted_by_the_server() {
+    let (admin, o, db) = fresh_outbox().await;
+    let pool = o.pool().clone();
     // Twice: a second run finds the version recorded and changes nothing.
     o.migrate().await.unwrap();
     let sql = &o.inner.sql;
@@ -52,7 +108,7 @@ async fn every_statement_is_accepted_by_the_server() {
         .each()
         .into_iter()
         .filter(|(name, _)| !name.ends_with("_template") && *name != "insert_batch_returning")
-        .map(|(_, s)| super::statements::with_list(s, 3))
+        .map(|(_, s)| super::statements::with_pairs(&super::statements::with_list(s, 3), 3))
         .collect();
     all.push(sql.insert_batch(3, false));
     all.push(sql.insert_batch(3, true));
@@ -113,10 +169,6 @@ async fn every_statement_is_accepted_by_the_server() {
             failures.push(format!("{s}\n  -> {e}"));
         }
     }
-    pool.close().await;
-    admin
-        .execute(format!("DROP DATABASE `{db}`").as_str())
-        .await
-        .unwrap();
+    drop_database(&admin, o, &db).await;
     assert!(failures.is_empty(), "{}", failures.join("\n\n"));
 }

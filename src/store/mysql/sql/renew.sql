@@ -1,9 +1,8 @@
--- Extends the leases the relay still holds at their epochs.
+-- Extends the leases the relay still holds at their epochs, read by
+-- primary key: only the relay's own rows are locked.
 -- renewed.sql, in the same transaction, reads which.
--- Binds, in order: [[bucket, epoch], ...] as JSON; the time to live
--- (microseconds); the relay's id.
-UPDATE {leases} l FORCE INDEX (PRIMARY)
-JOIN JSON_TABLE(?, '$[*]' COLUMNS (bucket INT PATH '$[0]', epoch BIGINT PATH '$[1]')) o
-  ON l.bucket = o.bucket AND l.epoch = o.epoch
-SET l.expires_at = UTC_TIMESTAMP(6) + INTERVAL ? MICROSECOND
-WHERE l.owner = ?;
+-- Binds, in order: the time to live (microseconds); each lease's bucket
+-- and epoch, pair by pair; the relay's id.
+UPDATE {leases}
+SET expires_at = UTC_TIMESTAMP(6) + INTERVAL ? MICROSECOND
+WHERE (bucket, epoch) IN ({pairs}) AND owner = ?;
