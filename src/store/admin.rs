@@ -11,7 +11,9 @@ use async_trait::async_trait;
 
 use crate::error::{Error, Result};
 use crate::message::{MessageId, OutboxMessage};
-use crate::store::{BlockedKey, DeadLetter, DeadLetterFilter, ReplayReport};
+use crate::store::{
+    BlockedKey, DeadLetter, DeadLetterFilter, RelayStatus, ReplayReport, TopicStats,
+};
 
 /// What a backend runs for the operator's API. Each method is one read or
 /// one write in a transaction of its own; none wakes the relays.
@@ -33,6 +35,10 @@ pub(crate) trait AdminOps: Sync {
     async fn count_pending(&self) -> Result<i64>;
     /// Up to `limit` retained published messages, oldest first.
     async fn select_published(&self, limit: i64) -> Result<Vec<OutboxMessage>>;
+    /// Pending messages per topic, by topic.
+    async fn select_topics(&self) -> Result<Vec<TopicStats>>;
+    /// The relays with a recorded heartbeat, by id.
+    async fn select_relays(&self) -> Result<Vec<RelayStatus>>;
 }
 
 /// Refuses a negative `limit` before anything is sent (one database would
@@ -242,6 +248,63 @@ macro_rules! admin_api {
         /// [`Error::Database`](crate::Error::Database) if the query fails.
         pub async fn stats(&self) -> crate::Result<crate::StoreStats> {
             crate::store::sealed::StoreOps::stats(self).await
+        }
+
+        /// Deletes retained published messages published before `before`,
+        /// in batches of `batch`, oldest first; returns how many. The
+        /// relay purges by itself when retention is set; this is the
+        /// operator's own call (`outbox purge`).
+        ///
+        /// # Errors
+        ///
+        /// [`Error::InvalidConfig`](crate::Error::InvalidConfig) for a
+        /// `batch` below 1; [`Error::Database`](crate::Error::Database) if
+        /// the database fails.
+        pub async fn purge_published(
+            &self,
+            before: chrono::DateTime<chrono::Utc>,
+            batch: i64,
+        ) -> crate::Result<u64> {
+            if batch < 1 {
+                return Err(crate::Error::InvalidConfig {
+                    field: "batch",
+                    reason: format!("must be at least 1, not {batch}"),
+                });
+            }
+            let mut total = 0;
+            loop {
+                let p = crate::store::Purge {
+                    before,
+                    limit: batch,
+                };
+                let n = crate::store::sealed::StoreOps::purge_published(self, p).await?;
+                total += n;
+                if (n as i64) < batch {
+                    return Ok(total);
+                }
+            }
+        }
+
+        /// Pending messages per topic (count and oldest), by topic: which
+        /// stream is behind. Reads the whole messages table once.
+        ///
+        /// # Errors
+        ///
+        /// [`Error::Database`](crate::Error::Database) if the query fails.
+        pub async fn topic_stats(&self) -> crate::Result<Vec<crate::TopicStats>> {
+            crate::store::admin::AdminOps::select_topics(self).await
+        }
+
+        /// The relays that recorded a heartbeat, with the leases each
+        /// holds: who is draining this outbox, and who died holding
+        /// buckets (an expired heartbeat; its leases pass to the others
+        /// when they expire).
+        ///
+        /// # Errors
+        ///
+        /// [`Error::Database`](crate::Error::Database) if the query fails.
+        pub async fn relays(&self) -> crate::Result<Vec<crate::RelayStatus>> {
+            crate::store::admin::AdminOps::select_relays(self).await
         }
     };
 }

@@ -499,6 +499,36 @@ pub struct StoreStats {
     pub autovacuum: Option<bool>,
 }
 
+/// Pending messages of one topic, from the `topic_stats` method of each
+/// outbox.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub struct TopicStats {
+    /// The topic.
+    pub topic: String,
+    /// Its messages not yet published nor dead-lettered.
+    pub pending: i64,
+    /// When the oldest of them was written.
+    pub oldest_created_at: DateTime<Utc>,
+}
+
+/// A relay that recorded a heartbeat, from the `relays` method of each
+/// outbox. A relay that stopped cleanly is forgotten at once; one
+/// that died stays listed, its heartbeat expired, until another relay
+/// forgets it.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub struct RelayStatus {
+    /// The relay's id.
+    pub relay: Uuid,
+    /// When its last heartbeat expires (the database's clock).
+    pub heartbeat_expires_at: DateTime<Utc>,
+    /// Whether that heartbeat is still current.
+    pub alive: bool,
+    /// The buckets whose unexpired leases it holds.
+    pub leases: i64,
+}
+
 /// Parameters of [`StoreOps::heartbeat`](sealed::StoreOps::heartbeat).
 #[derive(Debug, Clone, Copy)]
 #[allow(unreachable_pub)] // sealed: reachable only through `Store`

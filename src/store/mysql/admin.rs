@@ -15,7 +15,7 @@ use crate::message::{MessageId, OutboxMessage};
 use crate::store::admin::{admin_api, AdminOps};
 use crate::store::{
     blocking_message, first_of_each_id, replay_report, BlockedKey, DeadLetter, DeadLetterFilter,
-    ReplayReport,
+    RelayStatus, ReplayReport, TopicStats,
 };
 
 /// Positions per statement of a replay (two parameters each in the
@@ -149,6 +149,37 @@ impl AdminOps for MySqlOutbox {
             .fetch_all(&self.inner.pool)
             .await?;
         rows.iter().map(whole_message_from_row).collect()
+    }
+
+    async fn select_topics(&self) -> Result<Vec<TopicStats>> {
+        let rows: Vec<(Vec<u8>, i64, DateTime<Utc>)> = sqlx::query_as(&self.inner.sql.topic_stats)
+            .fetch_all(&self.inner.pool)
+            .await?;
+        rows.into_iter()
+            .map(|(topic, pending, oldest_created_at)| {
+                Ok(TopicStats {
+                    topic: text(topic)?,
+                    pending,
+                    oldest_created_at,
+                })
+            })
+            .collect()
+    }
+
+    async fn select_relays(&self) -> Result<Vec<RelayStatus>> {
+        let rows: Vec<(Vec<u8>, DateTime<Utc>, bool, i64)> = sqlx::query_as(&self.inner.sql.relays)
+            .fetch_all(&self.inner.pool)
+            .await?;
+        rows.into_iter()
+            .map(|(relay, heartbeat_expires_at, alive, leases)| {
+                Ok(RelayStatus {
+                    relay: uuid_from_bytes(&relay)?,
+                    heartbeat_expires_at,
+                    alive,
+                    leases,
+                })
+            })
+            .collect()
     }
 }
 

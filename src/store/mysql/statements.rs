@@ -62,6 +62,8 @@ crate::store::statements::statements! {
     unblock_key,
     pending_count,
     published,
+    topic_stats,
+    relays,
 }
 
 impl Sql {

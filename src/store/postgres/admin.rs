@@ -14,7 +14,8 @@ use crate::error::Result;
 use crate::message::{MessageId, OutboxMessage};
 use crate::store::admin::{admin_api, AdminOps};
 use crate::store::{
-    blocking_message, BlockedKey, DeadLetter, DeadLetterFilter, NotReplayed, ReplayReport,
+    blocking_message, BlockedKey, DeadLetter, DeadLetterFilter, NotReplayed, RelayStatus,
+    ReplayReport, TopicStats,
 };
 
 impl PgOutbox {
@@ -96,6 +97,41 @@ impl AdminOps for PgOutbox {
         let q = sqlx::query(&self.inner.sql.published).bind(limit);
         let rows = self.on_app().rows(q).await?;
         rows.iter().map(published_from_row).collect()
+    }
+
+    async fn select_topics(&self) -> Result<Vec<TopicStats>> {
+        let mut c = self.standalone().await?;
+        let rows: Vec<(String, i64, DateTime<Utc>)> = sqlx::query_as(&self.inner.sql.topic_stats)
+            .persistent(self.named())
+            .fetch_all(c.conn())
+            .await?;
+        c.finish().await?;
+        Ok(rows
+            .into_iter()
+            .map(|(topic, pending, oldest_created_at)| TopicStats {
+                topic,
+                pending,
+                oldest_created_at,
+            })
+            .collect())
+    }
+
+    async fn select_relays(&self) -> Result<Vec<RelayStatus>> {
+        let mut c = self.standalone().await?;
+        let rows: Vec<(Uuid, DateTime<Utc>, bool, i64)> = sqlx::query_as(&self.inner.sql.relays)
+            .persistent(self.named())
+            .fetch_all(c.conn())
+            .await?;
+        c.finish().await?;
+        Ok(rows
+            .into_iter()
+            .map(|(relay, heartbeat_expires_at, alive, leases)| RelayStatus {
+                relay,
+                heartbeat_expires_at,
+                alive,
+                leases,
+            })
+            .collect())
     }
 }
 

@@ -97,6 +97,8 @@ statements! {
     pending_count,
     /// Retained published messages, oldest first.
     published,
+    topic_stats,
+    relays,
 }
 
 #[cfg(test)]

@@ -15,7 +15,7 @@ use crate::message::{MessageId, OutboxMessage};
 use crate::store::admin::{admin_api, AdminOps};
 use crate::store::{
     blocking_message, first_of_each_id, replay_report, BlockedKey, DeadLetter, DeadLetterFilter,
-    ReplayReport,
+    RelayStatus, ReplayReport, TopicStats,
 };
 
 impl SqliteOutbox {
@@ -120,6 +120,38 @@ impl AdminOps for SqliteOutbox {
             .fetch_all(&self.inner.pool)
             .await?;
         rows.iter().map(whole_message_from_row).collect()
+    }
+
+    async fn select_topics(&self) -> Result<Vec<TopicStats>> {
+        let rows: Vec<(String, i64, i64)> = sqlx::query_as(&self.inner.sql.topic_stats)
+            .fetch_all(&self.inner.pool)
+            .await?;
+        rows.into_iter()
+            .map(|(topic, pending, oldest)| {
+                Ok(TopicStats {
+                    topic,
+                    pending,
+                    oldest_created_at: time_from_micros(oldest)?,
+                })
+            })
+            .collect()
+    }
+
+    async fn select_relays(&self) -> Result<Vec<RelayStatus>> {
+        let rows: Vec<(Vec<u8>, i64, bool, i64)> = sqlx::query_as(&self.inner.sql.relays)
+            .bind(micros(chrono::Utc::now()))
+            .fetch_all(&self.inner.pool)
+            .await?;
+        rows.into_iter()
+            .map(|(relay, expires, alive, leases)| {
+                Ok(RelayStatus {
+                    relay: uuid_from_bytes(&relay)?,
+                    heartbeat_expires_at: time_from_micros(expires)?,
+                    alive,
+                    leases,
+                })
+            })
+            .collect()
     }
 }
 

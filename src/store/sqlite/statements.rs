@@ -48,6 +48,8 @@ crate::store::statements::statements! {
     discard_unblock,
     pending_count,
     published,
+    topic_stats,
+    relays,
 }
 
 // Lists of values are bound as one JSON array and read with `json_each`,

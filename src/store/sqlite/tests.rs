@@ -13,7 +13,7 @@ use super::SqliteOutbox;
 use crate::message::{MessageId, NewMessage};
 use crate::store::sealed::StoreOps;
 use crate::store::shorthand::Shorthand;
-use crate::store::{Ack, AckReport, Claimed, Disposition, Lease, Purge};
+use crate::store::{Ack, AckReport, Claimed, Disposition, Lease};
 
 async fn outbox() -> SqliteOutbox {
     // One connection that never closes: the in-memory database lives
@@ -255,25 +255,9 @@ async fn retries_block_and_unblock_keys() {
     assert_eq!(after[0].message.attempt, 1);
 
     // Purge retained rows older than the cut-off.
-    assert_eq!(
-        o.purge_published(Purge {
-            before: later,
-            limit: 10
-        })
-        .await
-        .unwrap(),
-        0
-    );
+    assert_eq!(o.purge_published(later, 10).await.unwrap(), 0);
     let cutoff = later + chrono::Duration::seconds(1);
-    assert_eq!(
-        o.purge_published(Purge {
-            before: cutoff,
-            limit: 10
-        })
-        .await
-        .unwrap(),
-        1
-    );
+    assert_eq!(o.purge_published(cutoff, 10).await.unwrap(), 1);
     assert!(o.published(10).await.unwrap().is_empty());
 }
 

@@ -1,0 +1,323 @@
+//! The `outbox` binary, run as a subprocess against real databases
+//! (SQLite in a temporary file, the local PostgreSQL and MariaDB), its
+//! output and exit codes checked while a relay in this process works.
+
+use std::process::{Command, Output, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use outbox::sqlx::mysql::MySqlPoolOptions;
+use outbox::sqlx::postgres::PgPoolOptions;
+use outbox::sqlx::sqlite::SqlitePoolOptions;
+use outbox::sqlx::Executor;
+use outbox::{
+    FnPublisher, MySqlOutbox, NewMessage, OutboxMessage, PgOutbox, PublishError, Relay, Retention,
+    SqliteOutbox, Store,
+};
+use serde_json::Value;
+use uuid::Uuid;
+
+/// The binary with the connection arguments, run with no terminal.
+struct Cli {
+    args: Vec<String>,
+}
+
+impl Cli {
+    fn run(&self, args: &[&str]) -> Output {
+        Command::new(env!("CARGO_BIN_EXE_outbox"))
+            .args(&self.args)
+            .args(args)
+            .env_remove("DATABASE_URL")
+            .stdin(Stdio::null())
+            .output()
+            .expect("the outbox binary runs")
+    }
+
+    /// Runs a command that must succeed with `code`; its stdout.
+    fn expect(&self, args: &[&str], code: i32) -> String {
+        let out = self.run(args);
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert_eq!(
+            out.status.code(),
+            Some(code),
+            "outbox {args:?}\nstdout: {stdout}\nstderr: {stderr}"
+        );
+        stdout
+    }
+
+    fn json(&self, args: &[&str], code: i32) -> Value {
+        let mut all = vec!["--json"];
+        all.extend_from_slice(args);
+        let out = self.expect(&all, code);
+        serde_json::from_str(&out).unwrap_or_else(|e| panic!("outbox {args:?}: {e}: {out}"))
+    }
+
+    /// `status --json` until `done` holds of it (30 s at most).
+    async fn status_until(&self, what: &str, done: impl Fn(&Value) -> bool) -> Value {
+        let start = Instant::now();
+        loop {
+            let out = self.run(&["--json", "status"]);
+            let status: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+            if done(&status) {
+                return status;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "waited 30 s for {what}; last status: {status}, stderr: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+/// The messages each scenario starts with: on ordered topic `orders`, key
+/// `a`, a poison message (n = 1) and one behind it; on `mail`, one that
+/// goes through; on `junk`, one that always fails.
+fn messages() -> Vec<NewMessage> {
+    let m = |topic: &str, key: &str, n: i64| {
+        NewMessage::json(topic, &serde_json::json!({ "n": n }))
+            .unwrap()
+            .with_partition_key(key)
+    };
+    vec![
+        m("orders", "a", 1),
+        m("orders", "a", 2),
+        m("mail", "x", 3),
+        m("junk", "j", 99),
+    ]
+}
+
+/// The whole operator's session against one outbox holding [`messages`].
+async fn scenario<S: Store + Clone>(cli: Cli, store: S) {
+    // Before any relay: everything pending, and nobody to drain it.
+    let status = cli.json(&["status"], 2);
+    assert_eq!(status["pending"], 4, "{status}");
+    assert!(
+        status["attention"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|a| a.as_str().unwrap().contains("no relay alive")),
+        "{status}"
+    );
+    let human = cli.expect(&["status"], 2);
+    assert!(human.contains("pending       4"), "{human}");
+    assert!(human.contains("orders"), "{human}");
+
+    let poison = Arc::new(AtomicBool::new(true));
+    let publisher = {
+        let poison = poison.clone();
+        FnPublisher::new(move |m: OutboxMessage| {
+            let poison = poison.clone();
+            async move {
+                let n = m.payload_json::<Value>().unwrap()["n"].as_i64().unwrap();
+                if n == 99 || (n == 1 && poison.load(Ordering::SeqCst)) {
+                    return Err(PublishError::permanent(format!("poison message {n}")));
+                }
+                Ok(())
+            }
+        })
+    };
+    let relay = Relay::builder(store, publisher)
+        .poll_interval(Duration::from_millis(100))
+        .retention(Retention::Keep(Duration::from_secs(3600)))
+        .spawn()
+        .unwrap();
+
+    let status = cli
+        .status_until("two dead letters and mail published", |s| {
+            s["dead_letters"] == 2 && s["ready"] == 0 && s["pending"] == 1
+        })
+        .await;
+    let blocked = status["blocked_keys"].as_array().unwrap();
+    assert!(
+        blocked
+            .iter()
+            .any(|b| b["key"] == "a" && b["held_by"] == "dead"),
+        "{status}"
+    );
+    assert_eq!(status["topics"][0]["topic"], "orders", "{status}");
+    assert_eq!(status["topics"][0]["pending"], 1, "{status}");
+    let relays = status["relays"].as_array().unwrap();
+    assert_eq!(relays.len(), 1, "{status}");
+    assert_eq!(relays[0]["alive"], true, "{status}");
+    assert!(relays[0]["leases"].as_i64().unwrap() >= 1, "{status}");
+
+    // The dead letters, listed and shown.
+    let dead = cli.json(&["dead", "list", "--topic", "orders"], 0);
+    let dead = dead.as_array().unwrap();
+    assert_eq!(dead.len(), 1, "{dead:?}");
+    assert_eq!(dead[0]["partition_key"], "a");
+    assert!(dead[0]["last_error"]
+        .as_str()
+        .unwrap()
+        .contains("poison message 1"));
+    let id = dead[0]["id"].as_str().unwrap().to_owned();
+    let listing = cli.expect(&["dead", "list"], 0);
+    assert!(
+        listing.contains(&id) && listing.contains("junk"),
+        "{listing}"
+    );
+    let shown = cli.expect(&["dead", "show", &id], 0);
+    assert!(shown.contains("\"n\": 1"), "{shown}");
+    assert!(shown.contains("poison message 1"), "{shown}");
+    let out = cli.run(&["dead", "show", &Uuid::now_v7().to_string()]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no dead letter with id"));
+    let blocked = cli.expect(&["blocked", "list"], 0);
+    assert!(blocked.contains("a dead letter"), "{blocked}");
+
+    // A bulk change without a terminal needs --yes, and changes nothing
+    // without it.
+    let out = cli.run(&["dead", "replay", "--topic", "orders"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("--yes"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(cli.json(&["dead", "list"], 0).as_array().unwrap().len(), 2);
+
+    // Discard the junk, replay the order once it can go through.
+    let discarded = cli.json(&["dead", "discard", "--topic", "junk", "--yes"], 0);
+    assert_eq!(discarded["discarded"], 1, "{discarded}");
+    poison.store(false, Ordering::SeqCst);
+    let replayed = cli.json(&["dead", "replay", "--topic", "orders", "--yes"], 0);
+    assert_eq!(replayed["replayed"], 1, "{replayed}");
+    let status = cli
+        .status_until("everything published", |s| {
+            s["pending"] == 0 && s["dead_letters"] == 0
+        })
+        .await;
+    assert!(
+        status["attention"].as_array().unwrap().is_empty(),
+        "{status}"
+    );
+    cli.expect(&["status"], 0);
+
+    // The published messages, by position (the replayed one at its own).
+    let tail = cli.expect(&["--json", "tail", "-n", "100", "--count", "3"], 0);
+    let tail: Vec<Value> = tail
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let topics: Vec<&str> = tail.iter().map(|m| m["topic"].as_str().unwrap()).collect();
+    assert_eq!(topics, ["orders", "orders", "mail"], "{tail:?}");
+    assert!(tail[0]["position"].as_i64() < tail[1]["position"].as_i64());
+
+    let out = cli.run(&["blocked", "unblock", "a"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("is not blocked"));
+
+    relay.shutdown().await.unwrap();
+    let purged = cli.json(&["purge", "--older-than", "0s"], 0);
+    assert_eq!(purged["published"], 3, "{purged}");
+    let status = cli.json(&["status"], 0);
+    assert!(status["relays"].as_array().unwrap().is_empty(), "{status}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cli_on_sqlite() {
+    let dir = std::env::temp_dir().join(format!("outbox-cli-{}", Uuid::now_v7().simple()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let url = format!("sqlite:{}", dir.join("app.db").display());
+    let cli = Cli {
+        args: vec!["--database-url".into(), url.clone()],
+    };
+    // A file that does not exist yet: status refuses, migrate creates it.
+    let out = cli.run(&["status"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("outbox migrate"));
+    cli.expect(&["migrate"], 0);
+
+    let pool = SqlitePoolOptions::new().connect(&url).await.unwrap();
+    let outbox = SqliteOutbox::new(pool.clone());
+    let mut tx = pool.begin().await.unwrap();
+    outbox.enqueue_batch(&mut *tx, messages()).await.unwrap();
+    tx.commit().await.unwrap();
+    scenario(cli, outbox).await;
+    pool.close().await;
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cli_on_postgres() {
+    let url = std::env::var("OUTBOX_TEST_POSTGRES")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned());
+    let pool = PgPoolOptions::new()
+        .max_connections(4)
+        .connect(&url)
+        .await
+        .unwrap_or_else(|e| panic!("PostgreSQL at {url} is unreachable: {e}"));
+    let schema = format!("cli_{}", Uuid::now_v7().simple());
+    let cli = Cli {
+        args: vec![
+            "--database-url".into(),
+            url.clone(),
+            "--schema".into(),
+            schema.clone(),
+        ],
+    };
+    // Tables missing: the error says what to do.
+    let out = cli.run(&["status"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("outbox migrate"));
+    cli.expect(&["migrate"], 0);
+
+    let outbox = PgOutbox::builder(pool.clone())
+        .schema(schema.clone())
+        .build()
+        .unwrap();
+    let mut tx = pool.begin().await.unwrap();
+    outbox.enqueue_batch(&mut *tx, messages()).await.unwrap();
+    tx.commit().await.unwrap();
+    scenario(cli, outbox).await;
+    pool.execute(format!("DROP SCHEMA {schema} CASCADE").as_str())
+        .await
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cli_on_mysql() {
+    let url = std::env::var("OUTBOX_TEST_MYSQL")
+        .unwrap_or_else(|_| "mysql://root@127.0.0.1:3306/test".to_owned());
+    let pool = MySqlPoolOptions::new()
+        .max_connections(4)
+        .connect(&url)
+        .await
+        .unwrap_or_else(|e| panic!("MariaDB/MySQL at {url} is unreachable: {e}"));
+    let prefix = format!("cli{}_", &Uuid::now_v7().simple().to_string()[20..]);
+    let cli = Cli {
+        args: vec![
+            "--database-url".into(),
+            url.clone(),
+            "--prefix".into(),
+            prefix.clone(),
+        ],
+    };
+    cli.expect(&["migrate"], 0);
+    let outbox = MySqlOutbox::builder(pool.clone())
+        .table_prefix(prefix.clone())
+        .build()
+        .unwrap();
+    let mut tx = pool.begin().await.unwrap();
+    outbox.enqueue_batch(&mut tx, messages()).await.unwrap();
+    tx.commit().await.unwrap();
+    scenario(cli, outbox).await;
+    let tables: Vec<String> = outbox::sqlx::query_scalar(
+        "SELECT CAST(table_name AS CHAR) FROM information_schema.tables \
+         WHERE table_schema = DATABASE() AND table_name LIKE ?",
+    )
+    .bind(format!("{prefix}%"))
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    for t in tables {
+        pool.execute(format!("DROP TABLE `{t}`").as_str())
+            .await
+            .unwrap();
+    }
+}
