@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use outbox::change::Change;
 use outbox::sqlx::mysql::MySqlPoolOptions;
 use outbox::sqlx::postgres::PgPoolOptions;
 use outbox::sqlx::sqlite::SqlitePoolOptions;
@@ -90,7 +91,16 @@ fn messages() -> Vec<NewMessage> {
     ]
 }
 
-/// The whole operator's session against one outbox holding [`messages`].
+/// Two logged changes: an export consumer `crm` reads the first only.
+fn changes() -> Vec<Change> {
+    vec![
+        Change::insert("candidate", "1", &serde_json::json!({"status": "applied"})).unwrap(),
+        Change::insert("candidate", "2", &serde_json::json!({"status": "hired"})).unwrap(),
+    ]
+}
+
+/// The whole operator's session against one outbox holding [`messages`]
+/// and [`changes`], with consumer `crm` one change behind.
 async fn scenario<S: Store + Clone>(cli: Cli, store: S) {
     // Before any relay: everything pending, and nobody to drain it.
     let status = cli.json(&["status"], 2);
@@ -103,9 +113,14 @@ async fn scenario<S: Store + Clone>(cli: Cli, store: S) {
             .any(|a| a.as_str().unwrap().contains("no relay alive")),
         "{status}"
     );
+    let consumers = status["export_consumers"].as_array().unwrap();
+    assert_eq!(consumers.len(), 1, "{status}");
+    assert_eq!(consumers[0]["consumer"], "crm");
+    assert_eq!(consumers[0]["behind"], 1);
     let human = cli.expect(&["status"], 2);
     assert!(human.contains("pending       4"), "{human}");
     assert!(human.contains("orders"), "{human}");
+    assert!(human.contains("crm"), "{human}");
 
     let poison = Arc::new(AtomicBool::new(true));
     let publisher = {
@@ -237,7 +252,15 @@ async fn cli_on_sqlite() {
     let outbox = SqliteOutbox::new(pool.clone());
     let mut tx = pool.begin().await.unwrap();
     outbox.enqueue_batch(&mut *tx, messages()).await.unwrap();
+    for c in changes() {
+        outbox.log_change(&mut *tx, &c).await.unwrap();
+    }
     tx.commit().await.unwrap();
+    let page = outbox.changes_since("crm", 1).await.unwrap();
+    outbox
+        .commit_cursor("crm", page.next_cursor())
+        .await
+        .unwrap();
     scenario(cli, outbox).await;
     pool.close().await;
     std::fs::remove_dir_all(&dir).unwrap();
@@ -273,7 +296,15 @@ async fn cli_on_postgres() {
         .unwrap();
     let mut tx = pool.begin().await.unwrap();
     outbox.enqueue_batch(&mut *tx, messages()).await.unwrap();
+    for c in changes() {
+        outbox.log_change(&mut *tx, &c).await.unwrap();
+    }
     tx.commit().await.unwrap();
+    let page = outbox.changes_since("crm", 1).await.unwrap();
+    outbox
+        .commit_cursor("crm", page.next_cursor())
+        .await
+        .unwrap();
     scenario(cli, outbox).await;
     pool.execute(format!("DROP SCHEMA {schema} CASCADE").as_str())
         .await
@@ -305,7 +336,15 @@ async fn cli_on_mysql() {
         .unwrap();
     let mut tx = pool.begin().await.unwrap();
     outbox.enqueue_batch(&mut tx, messages()).await.unwrap();
+    for c in changes() {
+        outbox.log_change(&mut tx, &c).await.unwrap();
+    }
     tx.commit().await.unwrap();
+    let page = outbox.changes_since("crm", 1).await.unwrap();
+    outbox
+        .commit_cursor("crm", page.next_cursor())
+        .await
+        .unwrap();
     scenario(cli, outbox).await;
     let tables: Vec<String> = outbox::sqlx::query_scalar(
         "SELECT CAST(table_name AS CHAR) FROM information_schema.tables \
@@ -320,4 +359,46 @@ async fn cli_on_mysql() {
             .await
             .unwrap();
     }
+}
+
+/// Through PgBouncer in transaction mode (127.0.0.1:6433, started by
+/// `.ci/run`): `--transaction-pooling` keeps statements unnamed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cli_through_pgbouncer_in_transaction_mode() {
+    let direct = std::env::var("OUTBOX_TEST_POSTGRES")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned());
+    let pool = PgPoolOptions::new()
+        .max_connections(2)
+        .connect(&direct)
+        .await
+        .unwrap_or_else(|e| panic!("PostgreSQL at {direct} is unreachable: {e}"));
+    let schema = format!("cli_{}", Uuid::now_v7().simple());
+    let outbox = PgOutbox::builder(pool.clone())
+        .schema(schema.clone())
+        .build()
+        .unwrap();
+    outbox.migrate().await.unwrap();
+    let mut tx = pool.begin().await.unwrap();
+    outbox.enqueue_batch(&mut *tx, messages()).await.unwrap();
+    tx.commit().await.unwrap();
+    let cli = Cli {
+        args: vec![
+            "--database-url".into(),
+            "postgres://postgres@127.0.0.1:6433/test".into(),
+            "--schema".into(),
+            schema.clone(),
+            "--transaction-pooling".into(),
+        ],
+    };
+    // Several times: a named statement would meet another session's.
+    for _ in 0..5 {
+        let status = cli.json(&["status"], 2);
+        assert_eq!(status["pending"], 4, "{status}");
+        assert_eq!(status["topics"].as_array().unwrap().len(), 3, "{status}");
+        let dead = cli.json(&["dead", "list"], 0);
+        assert!(dead.as_array().unwrap().is_empty());
+    }
+    pool.execute(format!("DROP SCHEMA {schema} CASCADE").as_str())
+        .await
+        .unwrap();
 }

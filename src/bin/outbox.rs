@@ -18,6 +18,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use clap::{Args, Parser, Subcommand};
+use outbox::export::ExportConsumer;
 use outbox::sqlx::mysql::MySqlPoolOptions;
 use outbox::sqlx::postgres::PgPoolOptions;
 use outbox::sqlx::sqlite::{SqliteConnectOptions, SqlitePoolOptions};
@@ -43,6 +44,10 @@ struct Cli {
     /// builder's: none on PostgreSQL, `outbox_` on SQLite and MySQL).
     #[arg(long, global = true)]
     prefix: Option<String>,
+    /// The PostgreSQL URL goes through a pooler in transaction mode
+    /// (PgBouncer's `pool_mode = transaction`): no named statements.
+    #[arg(long, global = true)]
+    transaction_pooling: bool,
     /// Print JSON instead of tables.
     #[arg(long, global = true)]
     json: bool,
@@ -267,7 +272,7 @@ async fn connect(cli: &Cli) -> Outcome<Outbox> {
             .connect(url)
             .await
             .map_err(unreachable)?;
-        let mut b = PgOutbox::builder(pool);
+        let mut b = PgOutbox::builder(pool).transaction_pooling(cli.transaction_pooling);
         if let Some(prefix) = &cli.prefix {
             b = b.table_prefix(prefix.clone());
         }
@@ -278,6 +283,9 @@ async fn connect(cli: &Cli) -> Outcome<Outbox> {
     }
     if cli.schema.is_some() {
         return Err(wrong_option("schema"));
+    }
+    if cli.transaction_pooling {
+        return Err(wrong_option("transaction-pooling"));
     }
     if let Some(rest) = url
         .strip_prefix("mysql://")
@@ -355,6 +363,7 @@ async fn status(outbox: &Outbox, json: bool, max_age: Duration) -> Outcome<ExitC
     let topics: Vec<TopicStats> = on!(outbox, o => o.topic_stats().await)?;
     let blocked: Vec<BlockedKey> = on!(outbox, o => o.blocked_keys().await)?;
     let relays: Vec<RelayStatus> = on!(outbox, o => o.relays().await)?;
+    let consumers: Vec<ExportConsumer> = on!(outbox, o => o.export_consumers(LAG_COUNTED).await)?;
     let now = Utc::now();
 
     let mut attention = Vec::new();
@@ -382,6 +391,17 @@ async fn status(outbox: &Outbox, json: bool, max_age: Duration) -> Outcome<ExitC
             "{} message(s) pending and no relay alive",
             stats.pending
         ));
+    }
+    for c in &consumers {
+        let idle = age_of(now, c.committed_at);
+        if c.behind > 0 && idle > max_age {
+            attention.push(format!(
+                "export consumer {} is {} change(s) behind and last moved {} ago",
+                c.consumer,
+                behind_text(c),
+                human(idle)
+            ));
+        }
     }
     if let Some(age) = stats.oldest_xmin_age.filter(|a| *a > max_age) {
         attention.push(format!(
@@ -411,6 +431,13 @@ async fn status(outbox: &Outbox, json: bool, max_age: Duration) -> Outcome<ExitC
                 "alive": r.alive,
                 "leases": r.leases,
                 "heartbeat_expires_at": r.heartbeat_expires_at,
+            })).collect::<Vec<_>>(),
+            "export_consumers": consumers.iter().map(|c| json!({
+                "consumer": c.consumer,
+                "behind": c.behind,
+                "behind_at_least": c.more,
+                "committed_at": c.committed_at,
+                "idle_seconds": age_of(now, c.committed_at).as_secs_f64(),
             })).collect::<Vec<_>>(),
             "attention": attention,
         });
@@ -471,6 +498,22 @@ async fn status(outbox: &Outbox, json: bool, max_age: Duration) -> Outcome<ExitC
                     .collect(),
             );
         }
+        if !consumers.is_empty() {
+            println!();
+            table(
+                &["EXPORT CONSUMER", "BEHIND", "LAST MOVED"],
+                consumers
+                    .iter()
+                    .map(|c| {
+                        vec![
+                            c.consumer.clone(),
+                            behind_text(c),
+                            format!("{} ago", human(age_of(now, c.committed_at))),
+                        ]
+                    })
+                    .collect(),
+            );
+        }
         println!();
         if attention.is_empty() {
             println!("ok");
@@ -485,6 +528,18 @@ async fn status(outbox: &Outbox, json: bool, max_age: Duration) -> Outcome<ExitC
     } else {
         ExitCode::from(2)
     })
+}
+
+/// Changes counted behind an export consumer, at most.
+const LAG_COUNTED: i64 = 10_000;
+
+/// How far behind a consumer is, "10000+" past the count.
+fn behind_text(c: &ExportConsumer) -> String {
+    if c.more {
+        format!("{}+", c.behind)
+    } else {
+        c.behind.to_string()
+    }
 }
 
 /// A database error that most likely means the tables are not there.

@@ -1,6 +1,7 @@
 //! The export methods every outbox type has alike, declared once by
 //! `export_api!` over what each backend provides (in `postgres.rs`,
 //! `sqlite.rs`, `mysql.rs`): `insert_change`, `current_cursor`, `stored_cursor`,
+//! `stored_cursors`,
 //! `commit_cursor_alone`, `check_cursor`, `store_cursor`, `read_page` and
 //! `purge_changes_once`.
 
@@ -121,6 +122,49 @@ macro_rules! export_api {
                 .await?
                 .map(|s| s.parse())
                 .transpose()
+        }
+
+        /// Every consumer with a stored cursor, by name, and how far behind
+        /// it is: the changes logged after its cursor (counted up to
+        /// `max`, so a consumer far behind costs one page of `max` rows)
+        /// and when it last committed its cursor.
+        ///
+        /// # Errors
+        ///
+        /// [`Error::InvalidConfig`](crate::Error::InvalidConfig) for a
+        /// `max` below 1; [`Error::InvalidCursor`](crate::Error::InvalidCursor)
+        /// if a stored cursor cannot be read;
+        /// [`Error::Database`](crate::Error::Database) if the database fails.
+        pub async fn export_consumers(
+            &self,
+            max: i64,
+        ) -> crate::Result<Vec<crate::export::ExportConsumer>> {
+            crate::export::at_least_one("max", max)?;
+            let mut all = Vec::new();
+            for (consumer, cursor, committed_at) in self.stored_cursors().await? {
+                let cursor: crate::export::Cursor = cursor.parse()?;
+                // Page after page, as the consumer would read them: one
+                // page may stop short of the end (a PostgreSQL page ends
+                // at its snapshot).
+                let (mut behind, mut more, mut at) = (0i64, false, cursor.clone());
+                while behind < max {
+                    let page = self.read_page(&at, max - behind).await?;
+                    if page.read == 0 {
+                        break;
+                    }
+                    behind += page.read as i64;
+                    more = page.more;
+                    at = page.next;
+                }
+                all.push(crate::export::ExportConsumer {
+                    consumer,
+                    cursor,
+                    committed_at,
+                    behind: behind as u64,
+                    more: more && behind >= max,
+                });
+            }
+            Ok(all)
         }
 
         /// Stores `consumer`'s cursor: call after applying a page. Writes

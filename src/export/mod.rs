@@ -54,6 +54,22 @@ use serde::{Deserialize, Serialize};
 use crate::change::{apply_patch, compose, Change, ChangeKind};
 use crate::error::Error;
 
+/// An export consumer and how far behind it is, from `export_consumers`.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub struct ExportConsumer {
+    /// The consumer's name.
+    pub consumer: String,
+    /// Its stored cursor.
+    pub cursor: Cursor,
+    /// When it last committed that cursor.
+    pub committed_at: chrono::DateTime<chrono::Utc>,
+    /// Changes logged after its cursor, counted up to the `max` asked for.
+    pub behind: u64,
+    /// True if there were more than `behind` (the count stopped at `max`).
+    pub more: bool,
+}
+
 /// Where a pull consumer stands in the change log. Opaque; store it as a
 /// string (`to_string` / `parse`).
 #[derive(Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]

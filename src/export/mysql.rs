@@ -23,6 +23,7 @@
 
 use std::collections::HashSet;
 
+use chrono::{DateTime, Utc};
 use sqlx::mysql::MySqlConnection;
 use sqlx::{Executor, MySql};
 
@@ -124,6 +125,18 @@ impl MySqlOutbox {
         .bind(consumer)
         .fetch_optional(self.pool())
         .await?)
+    }
+
+    /// Every stored cursor: consumer, cursor, when it was committed.
+    async fn stored_cursors(&self) -> Result<Vec<(String, String, DateTime<Utc>)>> {
+        let rows: Vec<(Vec<u8>, String, DateTime<Utc>)> = sqlx::query_as(&self.names().render(
+            "SELECT consumer, `cursor`, updated_at FROM {export_cursors} ORDER BY consumer",
+        ))
+        .fetch_all(self.pool())
+        .await?;
+        rows.into_iter()
+            .map(|(consumer, cursor, at)| Ok((text(consumer)?, cursor, at)))
+            .collect()
     }
 
     async fn commit_cursor_alone(&self, consumer: &str, cursor: &Cursor) -> Result<()> {

@@ -1,5 +1,6 @@
 //! The change log on PostgreSQL.
 
+use chrono::{DateTime, Utc};
 use sqlx::postgres::PgConnection;
 use sqlx::{Executor, Postgres};
 
@@ -78,6 +79,20 @@ impl PgOutbox {
         self.on_app()
             .scalar(sqlx::query_scalar(&sql).bind(consumer))
             .await
+    }
+
+    /// Every stored cursor: consumer, cursor, when it was committed.
+    async fn stored_cursors(&self) -> Result<Vec<(String, String, DateTime<Utc>)>> {
+        let sql = self
+            .names()
+            .render("SELECT consumer, cursor, updated_at FROM {export_cursors} ORDER BY consumer");
+        let mut c = self.standalone().await?;
+        let rows = sqlx::query_as(&sql)
+            .persistent(self.named())
+            .fetch_all(c.conn())
+            .await?;
+        c.finish().await?;
+        Ok(rows)
     }
 
     async fn commit_cursor_alone(&self, consumer: &str, cursor: &Cursor) -> Result<()> {

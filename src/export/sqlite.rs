@@ -1,5 +1,6 @@
 //! The change log on SQLite.
 
+use chrono::{DateTime, Utc};
 use sqlx::sqlite::SqliteConnection;
 use sqlx::{Executor, Sqlite};
 
@@ -65,6 +66,26 @@ impl SqliteOutbox {
         .bind(consumer)
         .fetch_optional(self.pool())
         .await?)
+    }
+
+    /// Every stored cursor: consumer, cursor, when it was committed.
+    async fn stored_cursors(&self) -> Result<Vec<(String, String, DateTime<Utc>)>> {
+        let rows: Vec<(String, String, i64)> =
+            sqlx::query_as(&self.names().render(
+                "SELECT consumer, cursor, updated_at FROM {export_cursors} ORDER BY consumer",
+            ))
+            .fetch_all(self.pool())
+            .await?;
+        rows.into_iter()
+            .map(|(consumer, cursor, at)| {
+                let at = DateTime::<Utc>::from_timestamp_micros(at).ok_or_else(|| {
+                    Error::Database(sqlx::Error::Decode(
+                        format!("export cursor of {consumer}: time {at} out of range").into(),
+                    ))
+                })?;
+                Ok((consumer, cursor, at))
+            })
+            .collect()
     }
 
     async fn commit_cursor_alone(&self, consumer: &str, cursor: &Cursor) -> Result<()> {

@@ -370,6 +370,10 @@ pub trait TestOutbox: Clone + Send + Sync + 'static {
     async fn changes_after(&self, cursor: &Cursor, limit: i64) -> outbox::Result<ChangePage>;
     async fn cursor(&self, consumer: &str) -> outbox::Result<Option<Cursor>>;
     async fn commit_cursor(&self, consumer: &str, cursor: &Cursor) -> outbox::Result<()>;
+    async fn export_consumers(
+        &self,
+        max: i64,
+    ) -> outbox::Result<Vec<outbox::export::ExportConsumer>>;
 }
 
 /// The inbox of one backend, as the scenarios use it.
@@ -594,6 +598,12 @@ macro_rules! test_outbox {
                 cursor: &::outbox::export::Cursor,
             ) -> ::outbox::Result<()> {
                 <$outbox>::commit_cursor(self, consumer, cursor).await
+            }
+            async fn export_consumers(
+                &self,
+                max: i64,
+            ) -> ::outbox::Result<Vec<::outbox::export::ExportConsumer>> {
+                <$outbox>::export_consumers(self, max).await
             }
         }
     };

@@ -173,6 +173,11 @@ pub(crate) trait ExportBackend: ConsumerBackend {
         self.outbox().commit_cursor(consumer, cursor).await
     }
 
+    /// `export_consumers`.
+    async fn export_consumers(&self, max: i64) -> Result<Vec<outbox::export::ExportConsumer>> {
+        self.outbox().export_consumers(max).await
+    }
+
     /// Begins a transaction whose reads all see one snapshot, as a new
     /// consumer's copy of the source needs.
     async fn begin_snapshot(&self) -> Tx<Self>;

@@ -28,6 +28,7 @@ consumer_scenarios! {
     // commit order by construction and no commit comes late.
     a_late_commit_is_exported_later_not_skipped except sqlite,
     bad_cursors_are_typed_errors,
+    consumers_tell_how_far_behind_they_are,
     replica_from_pages_equals_source,
     a_replica_fed_by_the_relay_through_an_inbox_equals_the_source,
 }
@@ -182,6 +183,57 @@ fn keys_of(page: &ChangePage) -> Vec<String> {
         .iter()
         .map(|c| c.change().key().to_owned())
         .collect()
+}
+
+/// Each consumer with a cursor is listed with the changes logged after it,
+/// counted up to the maximum asked for.
+async fn consumers_tell_how_far_behind_they_are<B: ExportBackend>() {
+    let db = B::bare(2).await;
+    db.migrate_outbox().await.unwrap();
+    let log = |from: usize, to: usize| {
+        let db = &db;
+        async move {
+            for i in from..to {
+                let mut tx = db.begin().await;
+                let change = Change::insert("c", format!("k{i}"), &json!({"n": i})).unwrap();
+                db.log_change(&mut tx, &change).await.unwrap();
+                tx.commit().await.unwrap();
+            }
+        }
+    };
+    log(0, 30).await;
+    assert!(db.export_consumers(100).await.unwrap().is_empty());
+    let before = chrono::Utc::now() - chrono::Duration::seconds(60);
+    let page = db.changes_since("crm", 100).await.unwrap();
+    assert_eq!(page.read(), 30);
+    db.commit_cursor("crm", page.next_cursor()).await.unwrap();
+    let page = db.changes_since("billing", 10).await.unwrap();
+    db.commit_cursor("billing", page.next_cursor())
+        .await
+        .unwrap();
+
+    let all = db.export_consumers(100).await.unwrap();
+    let names: Vec<&str> = all.iter().map(|c| c.consumer.as_str()).collect();
+    assert_eq!(names, ["billing", "crm"]);
+    assert_eq!((all[0].behind, all[0].more), (20, false));
+    assert_eq!((all[1].behind, all[1].more), (0, false));
+    assert!(all.iter().all(|c| c.committed_at > before));
+    assert_eq!(
+        &all[1].cursor,
+        page_cursor(&db, "crm").await.as_ref().unwrap()
+    );
+
+    let capped = db.export_consumers(5).await.unwrap();
+    assert_eq!((capped[0].behind, capped[0].more), (5, true));
+    log(30, 33).await;
+    let all = db.export_consumers(100).await.unwrap();
+    assert_eq!((all[0].behind, all[1].behind), (23, 3));
+    assert!(db.export_consumers(0).await.is_err());
+    db.finish().await;
+}
+
+async fn page_cursor<B: ExportBackend>(db: &B, consumer: &str) -> Option<Cursor> {
+    db.cursor(consumer).await.unwrap()
 }
 
 /// One writer at a time, some transactions rolled back: a consumer that
