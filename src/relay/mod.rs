@@ -487,6 +487,12 @@ pub enum RelayState {
     StandingBy,
     /// The last database round failed; retrying with backoff.
     Degraded,
+    /// The database is reachable, but the publisher failed every message
+    /// of the last batches that had any, and none succeeded since (within
+    /// the last minute): the broker is down, refuses, or every message
+    /// waiting is poison. `last_error` holds the publisher's error; the
+    /// gauge `outbox_relay_publish_failing` is 1 meanwhile.
+    PublishFailing,
     /// Asked to stop: finishing (or abandoning) the publisher call in
     /// flight and giving its buckets back.
     Stopping,

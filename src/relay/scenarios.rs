@@ -825,3 +825,60 @@ async fn a_panicking_publisher_fails_its_call_transiently_and_is_logged_once() {
     );
     assert!(text.contains("boom from the publisher"), "{text}");
 }
+
+/// A relay whose every publish fails says so in its health (not
+/// `Running`, with the publisher's error) while the database is fine; one
+/// success brings it back, and a minute without failures too.
+#[tokio::test(start_paused = true)]
+async fn a_relay_whose_every_publish_fails_is_not_running() {
+    let store = MemoryStore::new(1);
+    let journal = Journal::new(&store);
+    journal.answer(|_| Err(PublishError::transient("broker refused the connection")));
+    store.enqueue(message("a1", Some("a"))).unwrap();
+    store.enqueue(message("b1", Some("b"))).unwrap();
+    let (relay, _gate, _) = spawn(&store, &journal, |b| b);
+    until("failing", LIMIT, || {
+        relay.health().state == RelayState::PublishFailing
+    })
+    .await;
+    let h = relay.health();
+    assert!(
+        h.last_error
+            .as_deref()
+            .is_some_and(|e| e.contains("broker refused the connection")),
+        "{h:?}"
+    );
+    assert_eq!(h.published, 0);
+
+    // The broker is back: the retries go through and the state clears.
+    journal.answer(|_| Ok(()));
+    until("drained", LIMIT * 10, || store.pending().is_empty()).await;
+    until("running", LIMIT, || {
+        relay.health().state == RelayState::Running
+    })
+    .await;
+    assert_eq!(relay.health().last_error, None);
+
+    // A poison message alone fails its attempts: failing, until a minute
+    // passes without a failure (it is dead-lettered after its attempts).
+    journal.answer(|m| {
+        if tag(m) == "p1" {
+            Err(PublishError::permanent("schema rejected"))
+        } else {
+            Ok(())
+        }
+    });
+    store.enqueue(message("p1", Some("p"))).unwrap();
+    until("failing again", LIMIT, || {
+        relay.health().state == RelayState::PublishFailing
+    })
+    .await;
+    until("dead-lettered", LIMIT, || store.pending().is_empty()).await;
+    assert_eq!(relay.health().state, RelayState::PublishFailing);
+    tokio::time::sleep(Duration::from_secs(61)).await;
+    until("running after the window", LIMIT, || {
+        relay.health().state == RelayState::Running
+    })
+    .await;
+    relay.shutdown().await.expect("relay task");
+}

@@ -48,7 +48,15 @@ pub(super) struct Worker {
     /// Keys of the last batch with a message that was not published: the
     /// prefetched batch may hold their later messages, which must wait.
     pub(super) unsettled: HashSet<String>,
+    /// When a publish last failed, and its error, while none has succeeded
+    /// since: the relay reports `PublishFailing` within
+    /// [`PUBLISH_FAILING_WINDOW`] of it.
+    pub(super) publish_failure: Option<(Instant, String)>,
 }
+
+/// How long after its last failed publish, with none succeeding since, a
+/// relay reports `PublishFailing`.
+pub(super) const PUBLISH_FAILING_WINDOW: Duration = Duration::from_secs(60);
 
 const MIN_ERROR_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_ERROR_BACKOFF: Duration = Duration::from_secs(10);
@@ -86,6 +94,7 @@ impl Worker {
             parking: None,
             prefetch: None,
             unsettled: HashSet::new(),
+            publish_failure: None,
         }
     }
 
@@ -122,11 +131,36 @@ impl Worker {
         self.publish_health();
     }
 
+    /// A round that reached the database: `Running`, or `PublishFailing`
+    /// while the publisher's last attempts failed and none succeeded.
     fn record_success(&mut self) {
         self.error_backoff = MIN_ERROR_BACKOFF;
-        if self.health.state != RelayState::Running || self.health.last_error.is_some() {
-            self.health.state = RelayState::Running;
-            self.health.last_error = None;
+        let failing = self
+            .publish_failure
+            .as_ref()
+            .filter(|(at, _)| at.elapsed() < PUBLISH_FAILING_WINDOW);
+        let (state, error) = match failing {
+            Some((_, e)) => (RelayState::PublishFailing, Some(format!("publish: {e}"))),
+            None => (RelayState::Running, None),
+        };
+        let was = self.health.state;
+        self.health.state = state;
+        self.health.last_error = error;
+        if was != state {
+            metrics::gauge!("outbox_relay_publish_failing").set(
+                if state == RelayState::PublishFailing {
+                    1.0
+                } else {
+                    0.0
+                },
+            );
+            if state == RelayState::PublishFailing {
+                tracing::warn!(
+                    relay = %self.config.relay_id,
+                    error = self.health.last_error.as_deref().unwrap_or(""),
+                    "outbox relay: every publish fails"
+                );
+            }
         }
         self.publish_health();
     }
