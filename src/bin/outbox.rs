@@ -386,6 +386,11 @@ async fn status(outbox: &Outbox, json: bool, max_age: Duration) -> Outcome<ExitC
             human(max_age)
         ));
     }
+    for r in relays.iter().filter(|r| r.alive) {
+        if let Some(e) = &r.publish_error {
+            attention.push(format!("relay {} cannot publish: {e}", r.relay));
+        }
+    }
     if stats.pending > 0 && !relays.iter().any(|r| r.alive) {
         attention.push(format!(
             "{} message(s) pending and no relay alive",
@@ -431,6 +436,7 @@ async fn status(outbox: &Outbox, json: bool, max_age: Duration) -> Outcome<ExitC
                 "alive": r.alive,
                 "leases": r.leases,
                 "heartbeat_expires_at": r.heartbeat_expires_at,
+                "publish_error": r.publish_error,
             })).collect::<Vec<_>>(),
             "export_consumers": consumers.iter().map(|c| json!({
                 "consumer": c.consumer,
@@ -479,7 +485,7 @@ async fn status(outbox: &Outbox, json: bool, max_age: Duration) -> Outcome<ExitC
             println!("no relay has recorded a heartbeat");
         } else {
             table(
-                &["RELAY", "ALIVE", "LEASES", "HEARTBEAT"],
+                &["RELAY", "ALIVE", "LEASES", "HEARTBEAT", "PUBLISHING"],
                 relays
                     .iter()
                     .map(|r| {
@@ -488,11 +494,16 @@ async fn status(outbox: &Outbox, json: bool, max_age: Duration) -> Outcome<ExitC
                         } else {
                             format!("expired {} ago", human(age_of(now, r.heartbeat_expires_at)))
                         };
+                        let publishing = match &r.publish_error {
+                            Some(e) => format!("failing: {}", first_line(e, 60)),
+                            None => "ok".to_owned(),
+                        };
                         vec![
                             r.relay.to_string(),
                             if r.alive { "yes" } else { "no" }.to_owned(),
                             r.leases.to_string(),
                             beat,
+                            publishing,
                         ]
                     })
                     .collect(),

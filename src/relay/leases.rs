@@ -6,6 +6,7 @@ use std::future::Future;
 use tokio::time::Instant;
 
 use super::worker::Worker;
+use super::RelayState;
 use crate::error::{error_chain, Result};
 use crate::store::{Acquire, Heartbeat, Lease, Release, Renew};
 
@@ -35,7 +36,16 @@ impl Worker {
         // later than ours, so we stop publishing before anyone can take
         // over.
         let started = Instant::now();
-        let live = self.store.heartbeat(Heartbeat { relay, ttl }).await?;
+        let publish_error = match self.health.state {
+            RelayState::PublishFailing => self.health.last_error.clone(),
+            _ => None,
+        };
+        let beat = Heartbeat {
+            relay,
+            ttl,
+            publish_error,
+        };
+        let live = self.store.heartbeat(beat).await?;
         let renew = Renew {
             relay,
             leases: &self.leases,

@@ -525,18 +525,24 @@ pub struct RelayStatus {
     pub heartbeat_expires_at: DateTime<Utc>,
     /// Whether that heartbeat is still current.
     pub alive: bool,
+    /// The publisher's error, as of the relay's last heartbeat, while every
+    /// publish fails (its health is `PublishFailing`).
+    pub publish_error: Option<String>,
     /// The buckets whose unexpired leases it holds.
     pub leases: i64,
 }
 
 /// Parameters of [`StoreOps::heartbeat`](sealed::StoreOps::heartbeat).
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 #[allow(unreachable_pub)] // sealed: reachable only through `Store`
 pub struct Heartbeat {
     /// The relay that is alive.
     pub(crate) relay: Uuid,
     /// How long its heartbeat counts.
     pub(crate) ttl: Duration,
+    /// The publisher's last error while every publish fails (the relay's
+    /// `PublishFailing`), for operators who read the relays table.
+    pub(crate) publish_error: Option<String>,
 }
 
 /// Parameters of [`StoreOps::renew`](sealed::StoreOps::renew).

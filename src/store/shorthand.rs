@@ -15,7 +15,12 @@ use super::{Ack, AckBatch, AckReport, Acquire, Claim, Claimed, Heartbeat, Lease,
 pub(crate) trait Shorthand: StoreOps {
     /// Records `relay` alive for `ttl`; the live relays.
     async fn beat(&self, relay: Uuid, ttl: Duration) -> usize {
-        self.heartbeat(Heartbeat { relay, ttl }).await.unwrap()
+        let beat = Heartbeat {
+            relay,
+            ttl,
+            publish_error: None,
+        };
+        self.heartbeat(beat).await.unwrap()
     }
 
     /// Takes up to `max` buckets for `ttl`.

@@ -351,6 +351,8 @@ pub trait TestOutbox: Clone + Send + Sync + 'static {
     async fn pending_count(&self) -> outbox::Result<i64>;
     async fn published(&self, limit: i64) -> outbox::Result<Vec<OutboxMessage>>;
     async fn stats(&self) -> outbox::Result<outbox::StoreStats>;
+    async fn topic_stats(&self) -> outbox::Result<Vec<outbox::TopicStats>>;
+    async fn relays(&self) -> outbox::Result<Vec<outbox::RelayStatus>>;
     async fn log_change(
         &self,
         tx: &mut Transaction<'static, Self::Db>,
@@ -550,6 +552,12 @@ macro_rules! test_outbox {
             }
             async fn stats(&self) -> ::outbox::Result<::outbox::StoreStats> {
                 <$outbox>::stats(self).await
+            }
+            async fn topic_stats(&self) -> ::outbox::Result<Vec<::outbox::TopicStats>> {
+                <$outbox>::topic_stats(self).await
+            }
+            async fn relays(&self) -> ::outbox::Result<Vec<::outbox::RelayStatus>> {
+                <$outbox>::relays(self).await
             }
             async fn log_change(
                 &self,

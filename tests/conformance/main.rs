@@ -85,6 +85,7 @@ macro_rules! every_backend {
             bad_input::negative_listing_limits_are_refused,
             bad_input::a_stored_message_that_cannot_be_read_is_dead_lettered,
             stats::stats_tell_ready_retry_waiting_and_parked_apart,
+            stats::topics_and_relays_tell_who_is_behind_and_who_cannot_publish,
             config::bad_identifiers_are_typed_errors,
             config::bad_relay_configuration_is_a_typed_error,
             config::prefix_keeps_outboxes_apart,

@@ -1,6 +1,8 @@
 //! What `stats()` says about the outbox: pending messages split into
 //! ready, waiting for a retry, and parked behind a blocked key.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use outbox::{InMemoryPublisher, PublishError};
@@ -62,5 +64,74 @@ pub async fn stats_tell_ready_retry_waiting_and_parked_apart<B: Backend>() {
         "{s:?}"
     );
     assert_eq!(published.messages().len(), 1, "the other key went on");
+    db.close().await;
+}
+
+/// Pending messages per topic, and the relays with their leases: a relay
+/// whose every publish fails says so, with the publisher's error, to
+/// anyone reading the relays (another process, `outbox status`), and stops
+/// saying so once publishing works again; a relay that stops is forgotten.
+pub async fn topics_and_relays_tell_who_is_behind_and_who_cannot_publish<B: Backend>() {
+    let db = B::fresh().await;
+    let outbox = db.outbox();
+    assert!(outbox.topic_stats().await.unwrap().is_empty());
+    assert!(outbox.relays().await.unwrap().is_empty());
+    let before = chrono::Utc::now() - chrono::Duration::seconds(60);
+    for (topic, key, n) in [("mail", "m", 1), ("orders", "a", 1), ("orders", "b", 1)] {
+        outbox.enqueue_alone(keyed(topic, key, n)).await.unwrap();
+    }
+    let topics = outbox.topic_stats().await.unwrap();
+    let counts: Vec<(&str, i64)> = topics
+        .iter()
+        .map(|t| (t.topic.as_str(), t.pending))
+        .collect();
+    assert_eq!(counts, [("mail", 1), ("orders", 2)]);
+    assert!(topics.iter().all(|t| t.oldest_created_at > before));
+
+    let refusing = Arc::new(AtomicBool::new(true));
+    let published = InMemoryPublisher::new();
+    let publisher = {
+        let refusing = refusing.clone();
+        judged(&published, move |_| {
+            refusing
+                .load(Ordering::SeqCst)
+                .then(|| PublishError::transient(std::io::Error::other("broker refused")))
+        })
+    };
+    let id = uuid::Uuid::now_v7();
+    let relay = outbox.fast_relay(publisher).relay_id(id).spawn().unwrap();
+    wait_for(
+        "the relay's heartbeat to carry the publish error",
+        TIMEOUT,
+        || async {
+            outbox.relays().await.unwrap().iter().any(|r| {
+                r.relay == id
+                    && r.alive
+                    && r.leases > 0
+                    && r.publish_error
+                        .as_deref()
+                        .is_some_and(|e| e.contains("broker refused"))
+            })
+        },
+    )
+    .await;
+    refusing.store(false, Ordering::SeqCst);
+    wait_for(
+        "everything published and the error cleared",
+        TIMEOUT * 3,
+        || async {
+            outbox.pending().await == 0
+                && outbox
+                    .relays()
+                    .await
+                    .unwrap()
+                    .iter()
+                    .any(|r| r.relay == id && r.publish_error.is_none())
+        },
+    )
+    .await;
+    assert!(outbox.topic_stats().await.unwrap().is_empty());
+    relay.shutdown().await.unwrap();
+    assert!(outbox.relays().await.unwrap().iter().all(|r| r.relay != id));
     db.close().await;
 }

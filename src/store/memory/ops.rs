@@ -23,7 +23,7 @@ impl StoreOps for MemoryStore {
     }
 
     async fn heartbeat(&self, p: Heartbeat) -> Result<usize> {
-        let Heartbeat { relay, ttl } = p;
+        let Heartbeat { relay, ttl, .. } = p;
         self.pass_gate().await;
         let live = {
             let now = Instant::now();

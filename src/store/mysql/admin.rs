@@ -167,18 +167,22 @@ impl AdminOps for MySqlOutbox {
     }
 
     async fn select_relays(&self) -> Result<Vec<RelayStatus>> {
-        let rows: Vec<(Vec<u8>, DateTime<Utc>, bool, i64)> = sqlx::query_as(&self.inner.sql.relays)
-            .fetch_all(&self.inner.pool)
-            .await?;
+        let rows: Vec<(Vec<u8>, DateTime<Utc>, bool, Option<Vec<u8>>, i64)> =
+            sqlx::query_as(&self.inner.sql.relays)
+                .fetch_all(&self.inner.pool)
+                .await?;
         rows.into_iter()
-            .map(|(relay, heartbeat_expires_at, alive, leases)| {
-                Ok(RelayStatus {
-                    relay: uuid_from_bytes(&relay)?,
-                    heartbeat_expires_at,
-                    alive,
-                    leases,
-                })
-            })
+            .map(
+                |(relay, heartbeat_expires_at, alive, publish_error, leases)| {
+                    Ok(RelayStatus {
+                        relay: uuid_from_bytes(&relay)?,
+                        heartbeat_expires_at,
+                        alive,
+                        publish_error: publish_error.map(text).transpose()?,
+                        leases,
+                    })
+                },
+            )
             .collect()
     }
 }

@@ -25,7 +25,11 @@ pub(super) async fn bucket_count(outbox: &MySqlOutbox) -> Result<i32> {
 }
 
 pub(super) async fn heartbeat(outbox: &MySqlOutbox, p: Heartbeat) -> Result<usize> {
-    let Heartbeat { relay, ttl } = p;
+    let Heartbeat {
+        relay,
+        ttl,
+        publish_error,
+    } = p;
     let relay = relay.as_bytes().to_vec();
     let sql = &outbox.inner.sql;
     let pool = &outbox.inner.pool;
@@ -33,7 +37,8 @@ pub(super) async fn heartbeat(outbox: &MySqlOutbox, p: Heartbeat) -> Result<usiz
         pool,
         sqlx::query(&sql.heartbeat_up)
             .bind(&relay)
-            .bind(micros(ttl)),
+            .bind(micros(ttl))
+            .bind(publish_error),
     )
     .await?;
     execute_read_committed(

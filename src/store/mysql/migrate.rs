@@ -15,8 +15,13 @@ use super::MySqlOutbox;
 use crate::error::{Error, Result};
 use crate::store::{check_schema_current, MigrationSet};
 
-pub(super) const MIGRATIONS: &[(i64, &str)] =
-    &[(1, include_str!("../../../migrations/mysql/0001_core.sql"))];
+pub(super) const MIGRATIONS: &[(i64, &str)] = &[
+    (1, include_str!("../../../migrations/mysql/0001_core.sql")),
+    (
+        2,
+        include_str!("../../../migrations/mysql/0002_relay_publish_error.sql"),
+    ),
+];
 
 const CREATE_TABLE: &str = include_str!("sql/migrations/create_table.sql");
 const LOCK: &str = include_str!("sql/migrations/lock.sql");

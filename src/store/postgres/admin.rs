@@ -118,19 +118,23 @@ impl AdminOps for PgOutbox {
 
     async fn select_relays(&self) -> Result<Vec<RelayStatus>> {
         let mut c = self.standalone().await?;
-        let rows: Vec<(Uuid, DateTime<Utc>, bool, i64)> = sqlx::query_as(&self.inner.sql.relays)
-            .persistent(self.named())
-            .fetch_all(c.conn())
-            .await?;
+        let rows: Vec<(Uuid, DateTime<Utc>, bool, Option<String>, i64)> =
+            sqlx::query_as(&self.inner.sql.relays)
+                .persistent(self.named())
+                .fetch_all(c.conn())
+                .await?;
         c.finish().await?;
         Ok(rows
             .into_iter()
-            .map(|(relay, heartbeat_expires_at, alive, leases)| RelayStatus {
-                relay,
-                heartbeat_expires_at,
-                alive,
-                leases,
-            })
+            .map(
+                |(relay, heartbeat_expires_at, alive, publish_error, leases)| RelayStatus {
+                    relay,
+                    heartbeat_expires_at,
+                    alive,
+                    publish_error,
+                    leases,
+                },
+            )
             .collect())
     }
 }

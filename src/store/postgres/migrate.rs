@@ -36,6 +36,10 @@ const MIGRATIONS: &[(i64, &str)] = &[
         6,
         include_str!("../../../migrations/postgres/0006_parked.sql"),
     ),
+    (
+        7,
+        include_str!("../../../migrations/postgres/0007_relay_publish_error.sql"),
+    ),
 ];
 
 const LOCK: &str = include_str!("sql/migrations/lock.sql");

@@ -34,10 +34,15 @@ impl StoreOps for PgOutbox {
     }
 
     async fn heartbeat(&self, p: Heartbeat) -> Result<usize> {
-        let Heartbeat { relay, ttl } = p;
+        let Heartbeat {
+            relay,
+            ttl,
+            publish_error,
+        } = p;
         let q = sqlx::query_scalar(&self.inner.sql.heartbeat)
             .bind(relay)
-            .bind(secs(ttl));
+            .bind(secs(ttl))
+            .bind(publish_error);
         let n: i64 = self.on_relay().one(q).await?;
         Ok(n.max(1) as usize)
     }

@@ -138,16 +138,18 @@ impl AdminOps for SqliteOutbox {
     }
 
     async fn select_relays(&self) -> Result<Vec<RelayStatus>> {
-        let rows: Vec<(Vec<u8>, i64, bool, i64)> = sqlx::query_as(&self.inner.sql.relays)
-            .bind(micros(chrono::Utc::now()))
-            .fetch_all(&self.inner.pool)
-            .await?;
+        let rows: Vec<(Vec<u8>, i64, bool, Option<String>, i64)> =
+            sqlx::query_as(&self.inner.sql.relays)
+                .bind(micros(chrono::Utc::now()))
+                .fetch_all(&self.inner.pool)
+                .await?;
         rows.into_iter()
-            .map(|(relay, expires, alive, leases)| {
+            .map(|(relay, expires, alive, publish_error, leases)| {
                 Ok(RelayStatus {
                     relay: uuid_from_bytes(&relay)?,
                     heartbeat_expires_at: time_from_micros(expires)?,
                     alive,
+                    publish_error,
                     leases,
                 })
             })

@@ -16,7 +16,11 @@ pub(super) async fn bucket_count(outbox: &SqliteOutbox) -> Result<i32> {
 }
 
 pub(super) async fn heartbeat(outbox: &SqliteOutbox, p: Heartbeat) -> Result<usize> {
-    let Heartbeat { relay, ttl } = p;
+    let Heartbeat {
+        relay,
+        ttl,
+        publish_error,
+    } = p;
     let now = Utc::now();
     let relay = relay.as_bytes().to_vec();
     let mut tx = outbox.inner.pool.begin().await?;
@@ -24,6 +28,7 @@ pub(super) async fn heartbeat(outbox: &SqliteOutbox, p: Heartbeat) -> Result<usi
     sqlx::query(&outbox.inner.sql.heartbeat_up)
         .bind(&relay)
         .bind(micros_after(now, ttl))
+        .bind(publish_error)
         .execute(&mut *tx)
         .await?;
     let gone = micros(now)

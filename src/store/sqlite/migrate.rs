@@ -30,6 +30,10 @@ pub(super) const MIGRATIONS: &[(i64, &str)] = &[
         5,
         include_str!("../../../migrations/sqlite/0005_parked.sql"),
     ),
+    (
+        6,
+        include_str!("../../../migrations/sqlite/0006_relay_publish_error.sql"),
+    ),
 ];
 
 pub(super) const CREATE_TABLE: &str = include_str!("sql/migrations/create_table.sql");

@@ -2,7 +2,7 @@
 -- (microseconds), whether it is current, and how many unexpired leases
 -- each holds.
 -- Binds: now (microseconds).
-SELECT r.relay_id, r.expires_at, r.expires_at > ?1 AS alive,
+SELECT r.relay_id, r.expires_at, r.expires_at > ?1 AS alive, r.publish_error,
        (SELECT count(*) FROM {leases} l
         WHERE l.owner = r.relay_id AND l.expires_at > ?1) AS leases
 FROM {relays} r
