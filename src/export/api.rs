@@ -167,6 +167,32 @@ macro_rules! export_api {
             Ok(all)
         }
 
+        /// [`export_consumers`](Self::export_consumers), also set as gauges
+        /// labelled by consumer: `outbox_export_behind_changes` (changes
+        /// logged after its cursor, counted up to `max`) and
+        /// `outbox_export_idle_seconds` (since it last committed its
+        /// cursor). Call it now and then (every 30 s, say) from one process.
+        ///
+        /// # Errors
+        ///
+        /// As [`export_consumers`](Self::export_consumers); no gauge is set
+        /// then.
+        pub async fn record_export_lag(
+            &self,
+            max: i64,
+        ) -> crate::Result<Vec<crate::export::ExportConsumer>> {
+            let consumers = self.export_consumers(max).await?;
+            let now = chrono::Utc::now();
+            for c in &consumers {
+                let idle = (now - c.committed_at).to_std().unwrap_or_default();
+                metrics::gauge!("outbox_export_behind_changes", "consumer" => c.consumer.clone())
+                    .set(c.behind as f64);
+                metrics::gauge!("outbox_export_idle_seconds", "consumer" => c.consumer.clone())
+                    .set(idle.as_secs_f64());
+            }
+            Ok(consumers)
+        }
+
         /// Stores `consumer`'s cursor: call after applying a page. Writes
         /// in its own statement.
         ///

@@ -7,6 +7,7 @@
 //! parking never delays lease renewal or publishing, nor one the other;
 //! the stats pass reports back for the gauges and warnings.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -18,7 +19,7 @@ use super::worker::Worker;
 use super::Retention;
 use crate::error::error_chain;
 use crate::store::sealed::StoreOps;
-use crate::store::{sleep_horizon, Park, Purge, StoreStats};
+use crate::store::{sleep_horizon, Park, Purge, StoreStats, TopicStats};
 
 /// Dead rows in the messages table above which a relay vacuums it itself
 /// when the server's autovacuum is off.
@@ -76,6 +77,8 @@ impl Drop for Upkeep {
 pub(super) struct Report {
     /// `None` when the statistics were not due or their query failed.
     stats: Option<StoreStats>,
+    /// Pending messages per topic; `None` when their query failed.
+    topics: Option<Vec<TopicStats>>,
     unvacuumed: Option<Unvacuumed>,
 }
 
@@ -135,6 +138,13 @@ impl Pass {
                 None
             }
         };
+        let topics = match self.store.topic_stats().await {
+            Ok(t) => Some(t),
+            Err(e) => {
+                tracing::debug!(error = %error_chain(&e), "outbox relay: topic stats query failed");
+                None
+            }
+        };
         let unvacuumed = stats
             .as_ref()
             .and_then(|s| unvacuumed(s, self.vacuum_if_autovacuum_off));
@@ -150,7 +160,11 @@ impl Pass {
         if let Retention::Keep(keep) = self.retention {
             self.purge_published(keep).await;
         }
-        Report { stats, unvacuumed }
+        Report {
+            stats,
+            topics,
+            unvacuumed,
+        }
     }
 
     /// Deletes retained messages published more than `keep` ago.
@@ -226,6 +240,9 @@ impl Worker {
     }
 
     fn report_maintenance(&mut self, r: &Report) {
+        if let Some(topics) = &r.topics {
+            self.record_topic_gauges(topics);
+        }
         let Some(s) = &r.stats else {
             return;
         };
@@ -249,6 +266,28 @@ impl Worker {
             Some(Unvacuumed::Vacuum | Unvacuumed::Warn) | None => {}
         }
         warn_of_held_back_vacuum(s);
+    }
+}
+
+impl Worker {
+    /// Per-topic gauges; a topic with nothing pending any more reads 0.
+    fn record_topic_gauges(&mut self, topics: &[TopicStats]) {
+        let now = self.clock.now();
+        let mut seen = HashSet::with_capacity(topics.len());
+        for t in topics {
+            let topic = t.topic.clone();
+            metrics::gauge!("outbox_topic_pending", "topic" => topic.clone()).set(t.pending as f64);
+            let age = (now - t.oldest_created_at).to_std().unwrap_or_default();
+            metrics::gauge!("outbox_topic_oldest_pending_age_seconds", "topic" => topic.clone())
+                .set(age.as_secs_f64());
+            seen.insert(topic);
+        }
+        for gone in self.gauged_topics.difference(&seen) {
+            metrics::gauge!("outbox_topic_pending", "topic" => gone.clone()).set(0.0);
+            metrics::gauge!("outbox_topic_oldest_pending_age_seconds", "topic" => gone.clone())
+                .set(0.0);
+        }
+        self.gauged_topics = seen;
     }
 }
 

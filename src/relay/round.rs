@@ -135,7 +135,10 @@ impl Worker {
             let store = self.store.clone();
             number_keys(&*store, &mut claimed).await?;
         }
+        let started = std::time::Instant::now();
         let acks = self.publish_batch(claimed).instrument(span.clone()).await;
+        metrics::histogram!("outbox_publish_duration_seconds")
+            .record(started.elapsed().as_secs_f64());
         let retain = matches!(self.config.retention, Retention::Keep(_));
         let batch = AckBatch {
             relay: self.config.relay_id,
@@ -149,7 +152,11 @@ impl Worker {
         let report = if acks.is_empty() {
             AckReport::default()
         } else {
-            self.store.ack(batch).instrument(span.clone()).await?
+            let started = std::time::Instant::now();
+            let report = self.store.ack(batch).instrument(span.clone()).await?;
+            metrics::histogram!("outbox_ack_duration_seconds")
+                .record(started.elapsed().as_secs_f64());
+            report
         };
         if report.fenced > 0 {
             self.prefetch = None;
@@ -214,7 +221,11 @@ impl Worker {
                 exclude: &exclude,
                 max_bytes,
             };
-            store.claim(claim).await
+            let started = std::time::Instant::now();
+            let claimed = store.claim(claim).await;
+            metrics::histogram!("outbox_claim_duration_seconds")
+                .record(started.elapsed().as_secs_f64());
+            claimed
         }
     }
 }

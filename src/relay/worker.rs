@@ -52,6 +52,8 @@ pub(super) struct Worker {
     /// since: the relay reports `PublishFailing` within
     /// [`PUBLISH_FAILING_WINDOW`] of it.
     pub(super) publish_failure: Option<(Instant, String)>,
+    /// The topics whose gauges were last set, to zero those that empty.
+    pub(super) gauged_topics: HashSet<String>,
 }
 
 /// How long after its last failed publish, with none succeeding since, a
@@ -95,6 +97,7 @@ impl Worker {
             prefetch: None,
             unsettled: HashSet::new(),
             publish_failure: None,
+            gauged_topics: HashSet::new(),
         }
     }
 

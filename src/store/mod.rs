@@ -693,6 +693,8 @@ pub(crate) mod sealed {
         async fn purge_published(&self, p: Purge) -> Result<u64>;
         /// Gauges for metrics.
         async fn stats(&self) -> Result<StoreStats>;
+        /// Pending messages per topic, by topic (gauges labelled by topic).
+        async fn topic_stats(&self) -> Result<Vec<TopicStats>>;
         /// Vacuums the messages table now.
         async fn vacuum(&self) -> Result<()>;
         /// With `p.wake_by`, wakes the sleeping messages due by then and

@@ -7,6 +7,7 @@ use async_trait::async_trait;
 use tokio::sync::Notify;
 
 use super::*;
+use crate::store::TopicStats;
 
 impl Store for MemoryStore {}
 
@@ -266,6 +267,23 @@ impl StoreOps for MemoryStore {
         };
         self.pass_gate().await;
         Ok(stats)
+    }
+
+    async fn topic_stats(&self) -> Result<Vec<TopicStats>> {
+        let s = self.state();
+        let mut topics: std::collections::BTreeMap<String, TopicStats> =
+            std::collections::BTreeMap::new();
+        for p in s.messages.values() {
+            let m = &p.message;
+            let t = topics.entry(m.topic.clone()).or_insert_with(|| TopicStats {
+                topic: m.topic.clone(),
+                pending: 0,
+                oldest_created_at: m.created_at,
+            });
+            t.pending += 1;
+            t.oldest_created_at = t.oldest_created_at.min(m.created_at);
+        }
+        Ok(topics.into_values().collect())
     }
 
     async fn vacuum(&self) -> Result<()> {

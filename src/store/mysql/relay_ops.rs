@@ -106,6 +106,10 @@ impl StoreOps for MySqlOutbox {
         })
     }
 
+    async fn topic_stats(&self) -> Result<Vec<crate::store::TopicStats>> {
+        crate::store::admin::AdminOps::select_topics(self).await
+    }
+
     async fn vacuum(&self) -> Result<()> {
         // InnoDB purges deleted rows in the background.
         Ok(())

@@ -186,6 +186,10 @@ impl StoreOps for PgOutbox {
         stats_from_row(&row)
     }
 
+    async fn topic_stats(&self) -> Result<Vec<crate::store::TopicStats>> {
+        crate::store::admin::AdminOps::select_topics(self).await
+    }
+
     async fn vacuum(&self) -> Result<()> {
         // Not in a transaction (VACUUM refuses one), and a simple query (one
         // protocol message, so a pooler in transaction mode keeps it on one

@@ -105,6 +105,10 @@ impl StoreOps for SqliteOutbox {
         })
     }
 
+    async fn topic_stats(&self) -> Result<Vec<crate::store::TopicStats>> {
+        crate::store::admin::AdminOps::select_topics(self).await
+    }
+
     async fn vacuum(&self) -> Result<()> {
         Ok(())
     }

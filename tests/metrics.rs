@@ -1,0 +1,146 @@
+//! The metrics a relay and the export record, read back from a recorder
+//! installed for this test binary alone: per-topic gauges (a topic that
+//! empties reads 0), claim, publish and acknowledgement durations, and
+//! export lag.
+
+use std::time::Duration;
+
+use metrics_util::debugging::{DebugValue, DebuggingRecorder, Snapshotter};
+use metrics_util::CompositeKey;
+use outbox::change::Change;
+use outbox::sqlx::sqlite::{SqliteConnectOptions, SqlitePoolOptions};
+use outbox::{FnPublisher, NewMessage, OutboxMessage, PublishError, Relay, SqliteOutbox};
+
+/// A metric read back: name, labels, value.
+type Metric = (String, Vec<(String, String)>, DebugValue);
+
+/// Every metric of the last snapshot.
+fn read(s: &Snapshotter) -> Vec<Metric> {
+    s.snapshot()
+        .into_vec()
+        .into_iter()
+        .map(|(k, _, _, v): (CompositeKey, _, _, DebugValue)| {
+            let key = k.key();
+            let labels = key
+                .labels()
+                .map(|l| (l.key().to_owned(), l.value().to_owned()))
+                .collect();
+            (key.name().to_owned(), labels, v)
+        })
+        .collect()
+}
+
+fn gauge(all: &[Metric], name: &str, label: (&str, &str)) -> Option<f64> {
+    all.iter().find_map(|(n, labels, v)| match v {
+        DebugValue::Gauge(g)
+            if n == name && labels.iter().any(|(k, l)| k == label.0 && l == label.1) =>
+        {
+            Some(g.into_inner())
+        }
+        _ => None,
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relays_and_exports_record_their_gauges_and_durations() {
+    let recorder = DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    recorder
+        .install()
+        .expect("the only recorder of this test binary");
+
+    let dir =
+        std::env::temp_dir().join(format!("outbox-metrics-{}", uuid::Uuid::now_v7().simple()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let options = SqliteConnectOptions::new()
+        .filename(dir.join("app.db"))
+        .create_if_missing(true);
+    let pool = SqlitePoolOptions::new()
+        .connect_with(options)
+        .await
+        .unwrap();
+    let outbox = SqliteOutbox::new(pool.clone());
+    outbox.migrate().await.unwrap();
+
+    // Two orders go through; the mail waits an hour for its retry.
+    let mut tx = pool.begin().await.unwrap();
+    for (topic, n) in [("orders", 1), ("orders", 2), ("mail", 3)] {
+        let m = NewMessage::json(topic, &serde_json::json!({ "n": n })).unwrap();
+        outbox.enqueue(&mut *tx, m).await.unwrap();
+    }
+    for key in ["1", "2", "3"] {
+        let c = Change::insert("candidate", key, &serde_json::json!({"status": "new"})).unwrap();
+        outbox.log_change(&mut *tx, &c).await.unwrap();
+    }
+    tx.commit().await.unwrap();
+    let publisher = FnPublisher::new(|m: OutboxMessage| async move {
+        if m.topic() == "mail" {
+            return Err(PublishError::transient("mail server down")
+                .with_retry_after(Duration::from_secs(3600)));
+        }
+        Ok(())
+    });
+    let relay = Relay::builder(outbox.clone(), publisher)
+        .poll_interval(Duration::from_millis(50))
+        .stats_interval(Duration::from_millis(100))
+        .spawn()
+        .unwrap();
+
+    // Gauges are read as they are last set: wait for orders to read 0 (it
+    // emptied) and mail 1.
+    let mut seen_histograms = std::collections::HashSet::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let all = read(&snapshotter);
+        for (name, _, v) in &all {
+            if let DebugValue::Histogram(h) = v {
+                if !h.is_empty() {
+                    seen_histograms.insert(name.clone());
+                }
+            }
+        }
+        let orders = gauge(&all, "outbox_topic_pending", ("topic", "orders"));
+        let mail = gauge(&all, "outbox_topic_pending", ("topic", "mail"));
+        if orders == Some(0.0) && mail == Some(1.0) && seen_histograms.len() == 3 {
+            let age = gauge(
+                &all,
+                "outbox_topic_oldest_pending_age_seconds",
+                ("topic", "mail"),
+            );
+            assert!(age.is_some_and(|a| a >= 0.0), "{age:?}");
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "gauges never settled: orders {orders:?}, mail {mail:?}, histograms {seen_histograms:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for h in [
+        "outbox_claim_duration_seconds",
+        "outbox_publish_duration_seconds",
+        "outbox_ack_duration_seconds",
+    ] {
+        assert!(seen_histograms.contains(h), "{h}: {seen_histograms:?}");
+    }
+    relay.shutdown().await.unwrap();
+
+    // An export consumer one change in, two behind.
+    let page = outbox.changes_since("crm", 1).await.unwrap();
+    outbox
+        .commit_cursor("crm", page.next_cursor())
+        .await
+        .unwrap();
+    let consumers = outbox.record_export_lag(100).await.unwrap();
+    assert_eq!(consumers.len(), 1);
+    let all = read(&snapshotter);
+    assert_eq!(
+        gauge(&all, "outbox_export_behind_changes", ("consumer", "crm")),
+        Some(2.0)
+    );
+    let idle = gauge(&all, "outbox_export_idle_seconds", ("consumer", "crm"));
+    assert!(idle.is_some_and(|s| (0.0..60.0).contains(&s)), "{idle:?}");
+
+    pool.close().await;
+    std::fs::remove_dir_all(&dir).unwrap();
+}
