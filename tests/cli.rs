@@ -101,10 +101,16 @@ fn changes() -> Vec<Change> {
 
 /// The whole operator's session against one outbox holding [`messages`]
 /// and [`changes`], with consumer `crm` one change behind.
-async fn scenario<S: Store + Clone>(cli: Cli, store: S) {
+async fn scenario<S: Store + Clone>(cli: Cli, store: S, sized: bool) {
     // Before any relay: everything pending, and nobody to drain it.
     let status = cli.json(&["status"], 2);
     assert_eq!(status["pending"], 4, "{status}");
+    // The table's size where the database tells it (not SQLite).
+    assert_eq!(
+        status["table_bytes"].as_i64().is_some_and(|b| b > 0),
+        sized,
+        "{status}"
+    );
     assert!(
         status["attention"]
             .as_array()
@@ -261,7 +267,7 @@ async fn cli_on_sqlite() {
         .commit_cursor("crm", page.next_cursor())
         .await
         .unwrap();
-    scenario(cli, outbox).await;
+    scenario(cli, outbox, false).await;
     pool.close().await;
     std::fs::remove_dir_all(&dir).unwrap();
 }
@@ -305,7 +311,7 @@ async fn cli_on_postgres() {
         .commit_cursor("crm", page.next_cursor())
         .await
         .unwrap();
-    scenario(cli, outbox).await;
+    scenario(cli, outbox, true).await;
     pool.execute(format!("DROP SCHEMA {schema} CASCADE").as_str())
         .await
         .unwrap();
@@ -345,7 +351,7 @@ async fn cli_on_mysql() {
         .commit_cursor("crm", page.next_cursor())
         .await
         .unwrap();
-    scenario(cli, outbox).await;
+    scenario(cli, outbox, true).await;
     let tables: Vec<String> = outbox::sqlx::query_scalar(
         "SELECT CAST(table_name AS CHAR) FROM information_schema.tables \
          WHERE table_schema = DATABASE() AND table_name LIKE ?",

@@ -424,6 +424,7 @@ async fn status(outbox: &Outbox, json: bool, max_age: Duration) -> Outcome<ExitC
             "oldest_pending_age_seconds": stats.oldest_pending_age.map(|d| d.as_secs_f64()),
             "dead_letters": stats.dead_letters,
             "dead_tuples": stats.dead_tuples,
+            "table_bytes": stats.table_bytes,
             "oldest_xmin_age_seconds": stats.oldest_xmin_age.map(|d| d.as_secs_f64()),
             "topics": topics.iter().map(|t| json!({
                 "topic": t.topic,
@@ -458,6 +459,9 @@ async fn status(outbox: &Outbox, json: bool, max_age: Duration) -> Outcome<ExitC
         );
         println!("dead letters  {}", stats.dead_letters);
         println!("blocked keys  {}", blocked.len());
+        if let Some(b) = stats.table_bytes {
+            println!("table size    {}", bytes(b));
+        }
         if let Some(d) = stats.dead_tuples {
             println!("dead tuples   {d}");
         }
@@ -1072,6 +1076,22 @@ fn human(d: Duration) -> String {
     }
 }
 
+/// A size for a person.
+fn bytes(n: i64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut unit = 0;
+    while v >= 1024.0 && unit + 1 < UNITS.len() {
+        v /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[unit])
+    }
+}
+
 fn first_line(text: &str, max: usize) -> String {
     let line = text.lines().next().unwrap_or("");
     if line.chars().count() > max {
@@ -1151,5 +1171,7 @@ mod tests {
         assert_eq!(human(Duration::from_secs(75)), "1m 15s");
         assert_eq!(human(Duration::from_secs(2 * 3600 + 120)), "2h 2m");
         assert_eq!(human(Duration::from_secs(3 * 86_400 + 3600)), "3d 1h");
+        assert_eq!(bytes(512), "512 B");
+        assert_eq!(bytes(3 << 20), "3.0 MiB");
     }
 }

@@ -497,6 +497,9 @@ pub struct StoreStats {
     /// Whether autovacuum runs on the messages table (`None`: not
     /// applicable).
     pub autovacuum: Option<bool>,
+    /// Bytes the messages table takes on disk with its indexes
+    /// (PostgreSQL, MySQL; the server's estimate on MySQL).
+    pub table_bytes: Option<i64>,
 }
 
 /// Pending messages of one topic, from the `topic_stats` method of each

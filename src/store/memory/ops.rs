@@ -263,6 +263,7 @@ impl StoreOps for MemoryStore {
                 dead_tuples: s.dead_tuples,
                 oldest_xmin_age: None,
                 autovacuum: s.autovacuum,
+                table_bytes: None,
             }
         };
         self.pass_gate().await;

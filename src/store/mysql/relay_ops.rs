@@ -87,6 +87,7 @@ impl StoreOps for MySqlOutbox {
         let row = sqlx::query(&self.inner.sql.stats)
             .bind(now)
             .bind(now)
+            .bind(format!("{}messages", self.inner.names.prefix))
             .fetch_one(&self.inner.pool)
             .await?;
         let pending: i64 = row.try_get("pending")?;
@@ -103,6 +104,7 @@ impl StoreOps for MySqlOutbox {
             dead_tuples: None,
             oldest_xmin_age: None,
             autovacuum: None,
+            table_bytes: row.try_get("bytes")?,
         })
     }
 

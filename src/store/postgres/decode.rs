@@ -129,5 +129,6 @@ pub(super) fn stats_from_row(row: &PgRow) -> Result<StoreStats> {
         dead_tuples: row.try_get(3)?,
         oldest_xmin_age: xmin_age.map(|s| Duration::from_secs_f64(s.max(0.0))),
         autovacuum: row.try_get(5)?,
+        table_bytes: row.try_get(8)?,
     })
 }

@@ -102,6 +102,7 @@ impl StoreOps for SqliteOutbox {
             dead_tuples: None,
             oldest_xmin_age: None,
             autovacuum: None,
+            table_bytes: None,
         })
     }
 

@@ -1,8 +1,9 @@
 -- What is in the outbox: pending messages, the creation time of the
 -- oldest, the number of dead letters, messages whose retry is not due,
--- and messages due but held back behind a blocked key. The messages table
--- is read once.
--- Binds: now, twice.
+-- messages due but held back behind a blocked key, and the server's
+-- estimate of the bytes the messages table takes with its indexes. The
+-- messages table is read once.
+-- Binds, in order: now, twice; the messages table's name.
 SELECT COUNT(*) AS pending,
        MIN(m.created_at) AS oldest,
        (SELECT COUNT(*) FROM {dead_letters}) AS dead,
@@ -10,5 +11,8 @@ SELECT COUNT(*) AS pending,
        CAST(COALESCE(SUM((m.available_at IS NULL OR m.available_at <= ?)
                          AND (m.parked OR EXISTS (SELECT 1 FROM {blocked} k
                                                   WHERE k.partition_key = m.partition_key
-                                                    AND k.seq < m.seq))), 0) AS SIGNED) AS held
+                                                    AND k.seq < m.seq))), 0) AS SIGNED) AS held,
+       (SELECT CAST(data_length + index_length AS SIGNED)
+        FROM information_schema.tables
+        WHERE table_schema = DATABASE() AND table_name = ?) AS bytes
 FROM {messages} m;

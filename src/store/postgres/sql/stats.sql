@@ -3,8 +3,9 @@
 -- of the oldest transaction in this database that holds back vacuum (this
 -- session's own excluded; transactions in other databases do not hold back
 -- vacuum of this database's tables), whether autovacuum runs on the
--- messages table, messages whose retry is not due, and messages due but
--- held back behind a blocked key. The messages table is read once.
+-- messages table, messages whose retry is not due, messages due but held
+-- back behind a blocked key, and the bytes the messages table takes with
+-- its indexes and TOAST. The messages table is read once.
 --
 -- $1 the messages table's quoted name (cast to regclass).
 WITH m AS (
@@ -30,5 +31,6 @@ SELECT m.pending,
           WHERE c.oid = $1::regclass
             AND o IN ('autovacuum_enabled=false', 'autovacuum_enabled=off')),
        m.retry_waiting,
-       m.parked
+       m.parked,
+       pg_total_relation_size($1::regclass)
 FROM m
