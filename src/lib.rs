@@ -130,8 +130,8 @@ pub use crate::store::postgres::{PgOutbox, PgOutboxBuilder, WakeUp};
 #[cfg(feature = "sqlite")]
 pub use crate::store::sqlite::{SqliteOutbox, SqliteOutboxBuilder};
 pub use crate::store::{
-    BlockedKey, BlockingMessage, DeadLetter, DeadLetterFilter, NotReplayed, RelayStatus,
-    ReplayReport, Store, StoreStats, TopicStats,
+    BlockedKey, BlockingMessage, DeadLetter, DeadLetterFilter, NotReplayed, PublishedMessage,
+    RelayStatus, ReplayReport, Store, StoreStats, TopicStats,
 };
 
 /// The sqlx this crate is built on (0.8), so users can name its exact

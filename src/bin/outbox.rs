@@ -24,7 +24,7 @@ use outbox::sqlx::postgres::PgPoolOptions;
 use outbox::sqlx::sqlite::{SqliteConnectOptions, SqlitePoolOptions};
 use outbox::{
     BlockedKey, BlockingMessage, DeadLetter, DeadLetterFilter, MessageId, MySqlOutbox,
-    OutboxMessage, PgOutbox, RelayStatus, SqliteOutbox, StoreStats, TopicStats,
+    OutboxMessage, PgOutbox, PublishedMessage, RelayStatus, SqliteOutbox, StoreStats, TopicStats,
 };
 use serde_json::{json, Value};
 
@@ -88,9 +88,9 @@ enum Command {
         /// How often to look.
         #[arg(long, default_value = "1s", value_parser = parse_duration)]
         interval: Duration,
-        /// Print the last N published messages first.
-        #[arg(long, short = 'n', default_value_t = 10)]
-        lines: usize,
+        /// Start with what was published this long ago.
+        #[arg(long, default_value = "1m", value_parser = parse_duration)]
+        since: Duration,
         /// Stop after this many messages (default: follow until killed).
         #[arg(long)]
         count: Option<usize>,
@@ -190,7 +190,16 @@ impl<E: std::fmt::Display> From<E> for Failure {
 type Outcome<T> = std::result::Result<T, Failure>;
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    // Usage errors exit with 1, like every error: 2 means "needs
+    // attention" from `status`.
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let code = if e.use_stderr() { 1 } else { 0 };
+            let _ = e.print();
+            return ExitCode::from(code);
+        }
+    };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -235,9 +244,9 @@ async fn run(cli: Cli) -> Outcome<ExitCode> {
             .map(|()| ExitCode::SUCCESS),
         Command::Tail {
             interval,
-            lines,
+            since,
             count,
-        } => tail(&outbox, json, interval, lines, count)
+        } => tail(&outbox, json, interval, since, count)
             .await
             .map(|()| ExitCode::SUCCESS),
     }
@@ -388,7 +397,7 @@ async fn status(outbox: &Outbox, json: bool, max_age: Duration) -> Outcome<ExitC
     }
     for r in relays.iter().filter(|r| r.alive) {
         if let Some(e) = &r.publish_error {
-            attention.push(format!("relay {} cannot publish: {e}", r.relay));
+            attention.push(format!("relay {} cannot publish ({e})", r.relay));
         }
     }
     if stats.pending > 0 && !relays.iter().any(|r| r.alive) {
@@ -670,18 +679,20 @@ async fn dead(outbox: &Outbox, json: bool, command: Dead) -> Outcome<()> {
                 if let Some(a) = after {
                     filter = filter.after_position(a);
                 }
-                // The page's last position, so dead letters that stay
-                // (their id is pending again) are not met twice.
-                let page: Vec<DeadLetter> =
-                    on!(outbox, o => o.dead_letters_matching(&filter).await)?;
-                let Some(last) = page.last().map(|d| d.message.position()) else {
-                    break;
-                };
                 let report = on!(outbox, o => o.replay_dead_letters(&filter).await)?;
+                let met = report.replayed + report.not_replayed.len() as u64;
+                if met == 0 {
+                    break;
+                }
+                // The replay's candidates went back or stayed (listed);
+                // every matching dead letter left up to the last of them
+                // is one that stayed: go on past those.
+                if let Some(p) = report.not_replayed.iter().map(|n| n.position).max() {
+                    after = Some(after.map_or(p, |a| a.max(p)));
+                }
                 replayed += report.replayed;
                 not_replayed.extend(report.not_replayed);
-                after = Some(last);
-                left = left.map(|l| l - page.len() as u64);
+                left = left.map(|l| l.saturating_sub(met));
                 progress(json, "replayed", replayed, matching);
             }
             end_progress(json);
@@ -716,6 +727,7 @@ async fn dead(outbox: &Outbox, json: bool, command: Dead) -> Outcome<()> {
                 &format!("Discard {matching} dead letter(s) for good?"),
             )?;
             let mut discarded = 0u64;
+            let mut kept = 0u64;
             let mut after: Option<i64> = None;
             let mut left = bulk.filter.limit.map(u64::from);
             loop {
@@ -733,8 +745,16 @@ async fn dead(outbox: &Outbox, json: bool, command: Dead) -> Outcome<()> {
                     break;
                 };
                 for d in &page {
-                    // Discarding an id takes its oldest dead letter: one
-                    // call per dead letter met.
+                    // Discarding an id takes its oldest dead letter: only
+                    // when that is the one met, so nothing outside the
+                    // filter goes.
+                    let oldest = DeadLetterFilter::new().id(d.id()).limit(1);
+                    let first: Vec<DeadLetter> =
+                        on!(outbox, o => o.dead_letters_matching(&oldest).await)?;
+                    if first.first().map(|f| f.message.position()) != Some(d.message.position()) {
+                        kept += 1;
+                        continue;
+                    }
                     match on!(outbox, o => o.discard_dead_letter(d.id()).await) {
                         Ok(()) => discarded += 1,
                         Err(outbox::Error::DeadLetterNotFound(_)) => {}
@@ -746,11 +766,14 @@ async fn dead(outbox: &Outbox, json: bool, command: Dead) -> Outcome<()> {
                 progress(json, "discarded", discarded, matching);
             }
             end_progress(json);
-            say(
-                json,
-                json!({"discarded": discarded}),
-                &format!("{discarded} dead letter(s) discarded."),
-            );
+            let mut text = format!("{discarded} dead letter(s) discarded.");
+            if kept > 0 {
+                text.push_str(&format!(
+                    " {kept} kept: an older dead letter of the same id, which the filter \
+                     leaves out, goes first (`outbox dead show ID` shows it)."
+                ));
+            }
+            say(json, json!({"discarded": discarded, "kept": kept}), &text);
         }
     }
     Ok(())
@@ -947,7 +970,7 @@ fn blocked_json(k: &BlockedKey) -> Value {
 // --------------------------------------------------------- purge and tail
 
 async fn purge(outbox: &Outbox, json: bool, older_than: Duration, changes: bool) -> Outcome<()> {
-    let before = Utc::now() - chrono::Duration::from_std(older_than)?;
+    let before = ago(older_than)?;
     let published = on!(outbox, o => o.purge_published(before, 1000).await)?;
     let mut purged_changes = None;
     if changes {
@@ -970,36 +993,38 @@ async fn tail(
     outbox: &Outbox,
     json: bool,
     interval: Duration,
-    lines: usize,
+    since: Duration,
     count: Option<usize>,
 ) -> Outcome<()> {
-    // Retained published messages by position: the tail is the last
-    // `lines` of them, then whatever appears. Positions seen are kept, not
-    // just the largest: a replayed dead letter is published at its old
-    // position.
-    let mut seen: std::collections::HashSet<i64> = std::collections::HashSet::new();
+    // Retained messages in the order they were published, from a moving
+    // time. Each read goes back a little (relays' clocks differ), and the
+    // positions met in that overlap are kept to skip them: memory stays
+    // bounded by what is published within it.
+    const OVERLAP: Duration = Duration::from_secs(5);
+    const PAGE: i64 = 1000;
+    let overlap = chrono::Duration::from_std(OVERLAP)?;
+    let mut from = ago(since)?;
+    let mut seen: std::collections::HashMap<i64, DateTime<Utc>> = std::collections::HashMap::new();
     let mut shown = 0usize;
     let mut first = true;
     loop {
-        let all: Vec<OutboxMessage> = on!(outbox, o => o.published(i64::MAX).await)?;
-        let fresh: Vec<&OutboxMessage> = if first {
-            let skip = all.len().saturating_sub(lines);
-            seen.extend(all.iter().take(skip).map(OutboxMessage::position));
-            all.iter().skip(skip).collect()
-        } else {
-            all.iter()
-                .filter(|m| !seen.contains(&m.position()))
-                .collect()
-        };
-        if first && all.is_empty() && !json {
+        let page: Vec<PublishedMessage> =
+            on!(outbox, o => o.published_since(from - overlap, PAGE).await)?;
+        if first && page.is_empty() && !json {
             eprintln!(
-                "(nothing retained yet: the relay keeps published messages only with \
-                 retention set; following)"
+                "(nothing published since {}: the relay keeps published messages only \
+                 with retention set; following)",
+                from.to_rfc3339()
             );
         }
         first = false;
-        for m in fresh {
-            seen.insert(m.position());
+        let full = page.len() as i64 == PAGE;
+        for p in &page {
+            let m = &p.message;
+            if seen.insert(m.position(), p.published_at).is_some() {
+                continue;
+            }
+            from = from.max(p.published_at);
             if json {
                 println!(
                     "{}",
@@ -1010,12 +1035,13 @@ async fn tail(
                         "partition_key": m.partition_key(),
                         "event_type": m.event_type(),
                         "created_at": m.created_at(),
-                        "attempts": m.attempt(),
+                        "published_at": p.published_at,
                     })
                 );
             } else {
                 println!(
-                    "#{} {} key={} {} {}",
+                    "{} #{} {} key={} {} {}",
+                    p.published_at.format("%H:%M:%S%.3f"),
                     m.position(),
                     m.topic(),
                     m.partition_key().unwrap_or("-"),
@@ -1028,7 +1054,12 @@ async fn tail(
                 return Ok(());
             }
         }
+        seen.retain(|_, at| *at >= from - overlap);
         std::io::stdout().flush()?;
+        if full && page.iter().any(|p| p.published_at > from - overlap) {
+            // More waiting past this page.
+            continue;
+        }
         tokio::time::sleep(interval).await;
     }
 }
@@ -1128,7 +1159,15 @@ fn parse_time(s: &str) -> std::result::Result<DateTime<Utc>, String> {
     }
     let age = parse_duration(s)
         .map_err(|_| format!("{s:?} is neither an RFC 3339 time nor an age like 1h"))?;
-    Ok(Utc::now() - chrono::Duration::from_std(age).map_err(|e| e.to_string())?)
+    ago(age).map_err(|Failure(e)| e)
+}
+
+/// The time `age` ago; an age beyond the calendar is an error.
+fn ago(age: Duration) -> Outcome<DateTime<Utc>> {
+    chrono::Duration::from_std(age)
+        .ok()
+        .and_then(|d| Utc::now().checked_sub_signed(d))
+        .ok_or_else(|| Failure(format!("{} is too long ago", human(age))))
 }
 
 #[cfg(test)]

@@ -146,15 +146,21 @@ macro_rules! export_api {
                 // Page after page, as the consumer would read them: one
                 // page may stop short of the end (a PostgreSQL page ends
                 // at its snapshot).
+                // An empty page that is not caught up but moved the cursor
+                // (a PostgreSQL page that ended its generation) goes on.
                 let (mut behind, mut more, mut at) = (0i64, false, cursor.clone());
-                while behind < max {
-                    let page = self.read_page(&at, max - behind).await?;
-                    if page.read == 0 {
+                for _ in 0..10_000 {
+                    if behind >= max {
                         break;
                     }
+                    let page = self.read_page(&at, max - behind).await?;
                     behind += page.read as i64;
                     more = page.more;
+                    let moved = page.next != at;
                     at = page.next;
+                    if page.read == 0 && (page.caught_up || !moved) {
+                        break;
+                    }
                 }
                 all.push(crate::export::ExportConsumer {
                     consumer,

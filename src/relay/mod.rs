@@ -488,9 +488,9 @@ pub enum RelayState {
     /// The last database round failed; retrying with backoff.
     Degraded,
     /// The database is reachable, but the publisher failed every message
-    /// of the last batches that had any, and none succeeded since (within
-    /// the last minute): the broker is down, refuses, or every message
-    /// waiting is poison. `last_error` holds the publisher's error; the
+    /// of the last batch that had any, and none succeeded since, while a
+    /// retry is scheduled or within a minute of the failure: the broker is
+    /// down, refuses, or every message waiting is poison. `last_error` holds the publisher's error; the
     /// gauge `outbox_relay_publish_failing` is 1 meanwhile.
     PublishFailing,
     /// Asked to stop: finishing (or abandoning) the publisher call in

@@ -107,6 +107,14 @@ impl Worker {
 
     pub(super) fn publish_health(&mut self) {
         self.health.leased_buckets = self.leases.len();
+        // Set with every report, so it drops to 0 whatever state follows.
+        metrics::gauge!("outbox_relay_publish_failing").set(
+            if self.health.state == RelayState::PublishFailing {
+                1.0
+            } else {
+                0.0
+            },
+        );
         let mut h = self.health.clone();
         let shutdown = &self.shutdown;
         self.health_tx.send_if_modified(|old| {
@@ -138,10 +146,13 @@ impl Worker {
     /// while the publisher's last attempts failed and none succeeded.
     fn record_success(&mut self) {
         self.error_backoff = MIN_ERROR_BACKOFF;
+        // A scheduled retry keeps the state: during an outage the retries
+        // back off past the window.
+        let retry_waits = self.next_retry.is_some();
         let failing = self
             .publish_failure
             .as_ref()
-            .filter(|(at, _)| at.elapsed() < PUBLISH_FAILING_WINDOW);
+            .filter(|(at, _)| retry_waits || at.elapsed() < PUBLISH_FAILING_WINDOW);
         let (state, error) = match failing {
             Some((_, e)) => (RelayState::PublishFailing, Some(format!("publish: {e}"))),
             None => (RelayState::Running, None),
@@ -149,21 +160,12 @@ impl Worker {
         let was = self.health.state;
         self.health.state = state;
         self.health.last_error = error;
-        if was != state {
-            metrics::gauge!("outbox_relay_publish_failing").set(
-                if state == RelayState::PublishFailing {
-                    1.0
-                } else {
-                    0.0
-                },
+        if was != state && state == RelayState::PublishFailing {
+            tracing::warn!(
+                relay = %self.config.relay_id,
+                error = self.health.last_error.as_deref().unwrap_or(""),
+                "outbox relay: every publish fails"
             );
-            if state == RelayState::PublishFailing {
-                tracing::warn!(
-                    relay = %self.config.relay_id,
-                    error = self.health.last_error.as_deref().unwrap_or(""),
-                    "outbox relay: every publish fails"
-                );
-            }
         }
         self.publish_health();
     }

@@ -12,7 +12,8 @@ use async_trait::async_trait;
 use crate::error::{Error, Result};
 use crate::message::{MessageId, OutboxMessage};
 use crate::store::{
-    BlockedKey, DeadLetter, DeadLetterFilter, RelayStatus, ReplayReport, TopicStats,
+    BlockedKey, DeadLetter, DeadLetterFilter, PublishedMessage, RelayStatus, ReplayReport,
+    TopicStats,
 };
 
 /// What a backend runs for the operator's API. Each method is one read or
@@ -35,6 +36,13 @@ pub(crate) trait AdminOps: Sync {
     async fn count_pending(&self) -> Result<i64>;
     /// Up to `limit` retained published messages, oldest first.
     async fn select_published(&self, limit: i64) -> Result<Vec<OutboxMessage>>;
+    /// Up to `limit` retained published messages published at or after
+    /// `since`, in the order they were published.
+    async fn select_published_since(
+        &self,
+        since: chrono::DateTime<chrono::Utc>,
+        limit: i64,
+    ) -> Result<Vec<PublishedMessage>>;
     /// Pending messages per topic, by topic.
     async fn select_topics(&self) -> Result<Vec<TopicStats>>;
     /// The relays with a recorded heartbeat, by id.
@@ -283,6 +291,25 @@ macro_rules! admin_api {
                     return Ok(total);
                 }
             }
+        }
+
+        /// Retained published messages published at or after `since`, in
+        /// the order they were published, at most `limit`: what
+        /// `outbox tail` follows (read through the published time's index).
+        /// Empty unless the relay retains published messages.
+        ///
+        /// # Errors
+        ///
+        /// [`Error::InvalidConfig`](crate::Error::InvalidConfig) for a
+        /// negative `limit`; [`Error::Database`](crate::Error::Database) if
+        /// the read fails.
+        pub async fn published_since(
+            &self,
+            since: chrono::DateTime<chrono::Utc>,
+            limit: i64,
+        ) -> crate::Result<Vec<crate::PublishedMessage>> {
+            let limit = crate::store::admin::check_limit(limit)?;
+            crate::store::admin::AdminOps::select_published_since(self, since, limit).await
         }
 
         /// Pending messages per topic (count and oldest), by topic: which

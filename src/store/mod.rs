@@ -502,6 +502,17 @@ pub struct StoreStats {
     pub table_bytes: Option<i64>,
 }
 
+/// A retained published message and when it was published, from the
+/// `published_since` method of each outbox.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub struct PublishedMessage {
+    /// The message.
+    pub message: OutboxMessage,
+    /// When the relay acknowledged it (the relay's clock).
+    pub published_at: DateTime<Utc>,
+}
+
 /// Pending messages of one topic, from the `topic_stats` method of each
 /// outbox.
 #[derive(Debug, Clone, PartialEq)]

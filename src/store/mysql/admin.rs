@@ -15,7 +15,7 @@ use crate::message::{MessageId, OutboxMessage};
 use crate::store::admin::{admin_api, AdminOps};
 use crate::store::{
     blocking_message, first_of_each_id, replay_report, BlockedKey, DeadLetter, DeadLetterFilter,
-    RelayStatus, ReplayReport, TopicStats,
+    PublishedMessage, RelayStatus, ReplayReport, TopicStats,
 };
 
 /// Positions per statement of a replay (two parameters each in the
@@ -149,6 +149,26 @@ impl AdminOps for MySqlOutbox {
             .fetch_all(&self.inner.pool)
             .await?;
         rows.iter().map(whole_message_from_row).collect()
+    }
+
+    async fn select_published_since(
+        &self,
+        since: DateTime<Utc>,
+        limit: i64,
+    ) -> Result<Vec<PublishedMessage>> {
+        let rows = sqlx::query(&self.inner.sql.published_since)
+            .bind(since)
+            .bind(limit)
+            .fetch_all(&self.inner.pool)
+            .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(PublishedMessage {
+                    message: whole_message_from_row(r)?,
+                    published_at: r.try_get("published_at")?,
+                })
+            })
+            .collect()
     }
 
     async fn select_topics(&self) -> Result<Vec<TopicStats>> {

@@ -186,7 +186,16 @@ pub(crate) async fn execute_read_committed(
     query: sqlx::query::Query<'_, MySql, MySqlArguments>,
 ) -> Result<MySqlQueryResult> {
     let mut conn = read_committed(pool).await?;
-    Ok(query.execute(&mut *conn).await?)
+    match query.execute(&mut *conn).await {
+        Ok(done) => Ok(done),
+        Err(e) => {
+            // A statement refused before it ran (at PREPARE) leaves the
+            // isolation level set for the next transaction: that could be
+            // another user's of the pool. Close the connection instead.
+            conn.close_on_drop();
+            Err(e.into())
+        }
+    }
 }
 
 /// Begins the `READ COMMITTED` transaction on a connection from

@@ -123,11 +123,12 @@ impl StoreOps for MySqlOutbox {
         if let Some(wake_by) = p.wake_by {
             execute_read_committed(pool, sqlx::query(&sql.wake_sleeping).bind(wake_by)).await?;
             let keys: Vec<Vec<u8>> = sqlx::query_scalar(&sql.lifted_keys).fetch_all(pool).await?;
-            if !keys.is_empty() {
-                let statement = with_list(&sql.unpark, keys.len());
+            // Within MySQL's 65,535 parameters per statement.
+            for chunk in keys.chunks(10_000) {
+                let statement = with_list(&sql.unpark, chunk.len());
                 let mut q = sqlx::query(&statement);
-                for k in keys {
-                    q = q.bind(k);
+                for k in chunk {
+                    q = q.bind(k.as_slice());
                 }
                 execute_read_committed(pool, q.persistent(false)).await?;
             }

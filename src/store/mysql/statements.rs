@@ -62,6 +62,7 @@ crate::store::statements::statements! {
     unblock_key,
     pending_count,
     published,
+    published_since,
     topic_stats,
     relays,
 }

@@ -14,8 +14,8 @@ use crate::error::Result;
 use crate::message::{MessageId, OutboxMessage};
 use crate::store::admin::{admin_api, AdminOps};
 use crate::store::{
-    blocking_message, BlockedKey, DeadLetter, DeadLetterFilter, NotReplayed, RelayStatus,
-    ReplayReport, TopicStats,
+    blocking_message, BlockedKey, DeadLetter, DeadLetterFilter, NotReplayed, PublishedMessage,
+    RelayStatus, ReplayReport, TopicStats,
 };
 
 impl PgOutbox {
@@ -97,6 +97,25 @@ impl AdminOps for PgOutbox {
         let q = sqlx::query(&self.inner.sql.published).bind(limit);
         let rows = self.on_app().rows(q).await?;
         rows.iter().map(published_from_row).collect()
+    }
+
+    async fn select_published_since(
+        &self,
+        since: DateTime<Utc>,
+        limit: i64,
+    ) -> Result<Vec<PublishedMessage>> {
+        let q = sqlx::query(&self.inner.sql.published_since)
+            .bind(since)
+            .bind(limit);
+        let rows = self.on_app().rows(q).await?;
+        rows.iter()
+            .map(|r| {
+                Ok(PublishedMessage {
+                    message: published_from_row(r)?,
+                    published_at: sqlx::Row::try_get(r, "published_at")?,
+                })
+            })
+            .collect()
     }
 
     async fn select_topics(&self) -> Result<Vec<TopicStats>> {

@@ -97,6 +97,7 @@ statements! {
     pending_count,
     /// Retained published messages, oldest first.
     published,
+    published_since,
     topic_stats,
     relays,
 }

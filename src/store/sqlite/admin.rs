@@ -15,7 +15,7 @@ use crate::message::{MessageId, OutboxMessage};
 use crate::store::admin::{admin_api, AdminOps};
 use crate::store::{
     blocking_message, first_of_each_id, replay_report, BlockedKey, DeadLetter, DeadLetterFilter,
-    RelayStatus, ReplayReport, TopicStats,
+    PublishedMessage, RelayStatus, ReplayReport, TopicStats,
 };
 
 impl SqliteOutbox {
@@ -120,6 +120,26 @@ impl AdminOps for SqliteOutbox {
             .fetch_all(&self.inner.pool)
             .await?;
         rows.iter().map(whole_message_from_row).collect()
+    }
+
+    async fn select_published_since(
+        &self,
+        since: chrono::DateTime<chrono::Utc>,
+        limit: i64,
+    ) -> Result<Vec<PublishedMessage>> {
+        let rows = sqlx::query(&self.inner.sql.published_since)
+            .bind(micros(since))
+            .bind(limit)
+            .fetch_all(&self.inner.pool)
+            .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(PublishedMessage {
+                    message: whole_message_from_row(r)?,
+                    published_at: time_from_micros(r.try_get("published_at")?)?,
+                })
+            })
+            .collect()
     }
 
     async fn select_topics(&self) -> Result<Vec<TopicStats>> {

@@ -48,6 +48,7 @@ crate::store::statements::statements! {
     discard_unblock,
     pending_count,
     published,
+    published_since,
     topic_stats,
     relays,
 }
