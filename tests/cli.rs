@@ -99,6 +99,25 @@ fn changes() -> Vec<Change> {
     ]
 }
 
+/// Writes [`messages`] and [`changes`] in one transaction of `$pool`, then
+/// has consumer `crm` read the first change; `$conn` is the transaction
+/// as the backend's methods take it.
+macro_rules! seed {
+    ($outbox:expr, $pool:expr, |$tx:ident| $conn:expr) => {{
+        let mut $tx = $pool.begin().await.unwrap();
+        $outbox.enqueue_batch($conn, messages()).await.unwrap();
+        for c in changes() {
+            $outbox.log_change($conn, &c).await.unwrap();
+        }
+        $tx.commit().await.unwrap();
+        let page = $outbox.changes_since("crm", 1).await.unwrap();
+        $outbox
+            .commit_cursor("crm", page.next_cursor())
+            .await
+            .unwrap();
+    }};
+}
+
 /// The whole operator's session against one outbox holding [`messages`]
 /// and [`changes`], with consumer `crm` one change behind.
 async fn scenario<S: Store + Clone>(cli: Cli, store: S, sized: bool) {
@@ -259,17 +278,7 @@ async fn cli_on_sqlite() {
 
     let pool = SqlitePoolOptions::new().connect(&url).await.unwrap();
     let outbox = SqliteOutbox::new(pool.clone());
-    let mut tx = pool.begin().await.unwrap();
-    outbox.enqueue_batch(&mut *tx, messages()).await.unwrap();
-    for c in changes() {
-        outbox.log_change(&mut *tx, &c).await.unwrap();
-    }
-    tx.commit().await.unwrap();
-    let page = outbox.changes_since("crm", 1).await.unwrap();
-    outbox
-        .commit_cursor("crm", page.next_cursor())
-        .await
-        .unwrap();
+    seed!(outbox, pool, |tx| &mut *tx);
     scenario(cli, outbox, false).await;
     pool.close().await;
     std::fs::remove_dir_all(&dir).unwrap();
@@ -303,17 +312,7 @@ async fn cli_on_postgres() {
         .schema(schema.clone())
         .build()
         .unwrap();
-    let mut tx = pool.begin().await.unwrap();
-    outbox.enqueue_batch(&mut *tx, messages()).await.unwrap();
-    for c in changes() {
-        outbox.log_change(&mut *tx, &c).await.unwrap();
-    }
-    tx.commit().await.unwrap();
-    let page = outbox.changes_since("crm", 1).await.unwrap();
-    outbox
-        .commit_cursor("crm", page.next_cursor())
-        .await
-        .unwrap();
+    seed!(outbox, pool, |tx| &mut *tx);
     scenario(cli, outbox, true).await;
     pool.execute(format!("DROP SCHEMA {schema} CASCADE").as_str())
         .await
@@ -343,17 +342,7 @@ async fn cli_on_mysql() {
         .table_prefix(prefix.clone())
         .build()
         .unwrap();
-    let mut tx = pool.begin().await.unwrap();
-    outbox.enqueue_batch(&mut tx, messages()).await.unwrap();
-    for c in changes() {
-        outbox.log_change(&mut tx, &c).await.unwrap();
-    }
-    tx.commit().await.unwrap();
-    let page = outbox.changes_since("crm", 1).await.unwrap();
-    outbox
-        .commit_cursor("crm", page.next_cursor())
-        .await
-        .unwrap();
+    seed!(outbox, pool, |tx| &mut tx);
     scenario(cli, outbox, true).await;
     let tables: Vec<String> = outbox::sqlx::query_scalar(
         "SELECT CAST(table_name AS CHAR) FROM information_schema.tables \

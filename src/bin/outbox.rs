@@ -670,15 +670,7 @@ async fn dead(outbox: &Outbox, json: bool, command: Dead) -> Outcome<()> {
             let mut not_replayed = Vec::new();
             let mut after: Option<i64> = None;
             let mut left = bulk.filter.limit.map(u64::from);
-            loop {
-                let chunk = left.map_or(PAGE, |l| l.min(PAGE));
-                if chunk == 0 {
-                    break;
-                }
-                let mut filter = to_filter(&bulk.filter, Some(chunk as u32));
-                if let Some(a) = after {
-                    filter = filter.after_position(a);
-                }
+            while let Some(filter) = next_page(&bulk.filter, after, left) {
                 let report = on!(outbox, o => o.replay_dead_letters(&filter).await)?;
                 let met = report.replayed + report.not_replayed.len() as u64;
                 if met == 0 {
@@ -730,15 +722,7 @@ async fn dead(outbox: &Outbox, json: bool, command: Dead) -> Outcome<()> {
             let mut kept = 0u64;
             let mut after: Option<i64> = None;
             let mut left = bulk.filter.limit.map(u64::from);
-            loop {
-                let chunk = left.map_or(PAGE, |l| l.min(PAGE));
-                if chunk == 0 {
-                    break;
-                }
-                let mut filter = to_filter(&bulk.filter, Some(chunk as u32));
-                if let Some(a) = after {
-                    filter = filter.after_position(a);
-                }
+            while let Some(filter) = next_page(&bulk.filter, after, left) {
                 let page: Vec<DeadLetter> =
                     on!(outbox, o => o.dead_letters_matching(&filter).await)?;
                 let Some(last) = page.last().map(|d| d.message.position()) else {
@@ -781,6 +765,20 @@ async fn dead(outbox: &Outbox, json: bool, command: Dead) -> Outcome<()> {
 
 /// Dead letters handled per page of a bulk operation.
 const PAGE: u64 = 500;
+
+/// The filter of a bulk operation's next page: past `after`, at most
+/// [`PAGE`] and what is `left` of its limit; `None` once the limit is met.
+fn next_page(f: &Filter, after: Option<i64>, left: Option<u64>) -> Option<DeadLetterFilter> {
+    let chunk = left.map_or(PAGE, |l| l.min(PAGE));
+    if chunk == 0 {
+        return None;
+    }
+    let filter = to_filter(f, Some(chunk as u32));
+    Some(match after {
+        Some(a) => filter.after_position(a),
+        None => filter,
+    })
+}
 
 /// How many dead letters a bulk operation will meet (at most its limit).
 async fn count_matching(outbox: &Outbox, f: &Filter) -> Outcome<u64> {
