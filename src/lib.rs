@@ -104,6 +104,7 @@ mod message;
 pub mod publisher;
 mod relay;
 mod store;
+mod trace;
 
 pub use crate::error::{Error, PublishError, PublishErrorKind, Result};
 pub use crate::event::Event;
@@ -133,6 +134,7 @@ pub use crate::store::{
     BlockedKey, BlockingMessage, DeadLetter, DeadLetterFilter, NotReplayed, PublishedMessage,
     RelayStatus, ReplayReport, Store, StoreStats, TopicStats,
 };
+pub use crate::trace::TraceLink;
 
 /// The sqlx this crate is built on (0.8), so users can name its exact
 /// version: types named through this path (`outbox::sqlx::PgPool`,

@@ -126,6 +126,7 @@ pub(crate) struct RelayConfig {
     pub(crate) vacuum_if_autovacuum_off: bool,
     pub(crate) prefetch: bool,
     pub(crate) shutdown_grace: Duration,
+    pub(crate) trace_link: crate::TraceLink,
 }
 
 impl RelayConfig {
@@ -172,6 +173,7 @@ impl Relay {
                 vacuum_if_autovacuum_off: true,
                 prefetch: true,
                 shutdown_grace: Duration::from_secs(10),
+                trace_link: crate::TraceLink::default(),
             },
         }
     }
@@ -282,6 +284,11 @@ impl RelayBuilder {
 
         /// This relay's id in the lease table (default: a fresh UUIDv7).
         pub fn relay_id(id: Uuid) => config.relay_id = id;
+
+        /// How each `outbox.publish` span relates to the trace stored with
+        /// its message (feature `opentelemetry`; default
+        /// [`TraceLink::Parent`](crate::TraceLink::Parent)).
+        pub fn trace_link(link: crate::TraceLink) => config.trace_link = link;
     }
 
     fn validate(&self) -> Result<()> {

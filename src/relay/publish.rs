@@ -14,6 +14,7 @@ use super::worker::Worker;
 use crate::error::{PublishError, Result};
 use crate::message::OutboxMessage;
 use crate::store::Lease;
+use crate::trace::PublishSpans;
 
 /// What became of a publisher call.
 #[derive(Debug)]
@@ -53,9 +54,20 @@ impl Worker {
     /// batch (transiently) instead of taking the relay down.
     pub(super) async fn publish_renewing(
         &mut self,
-        batch: Vec<OutboxMessage>,
+        mut batch: Vec<OutboxMessage>,
         buckets: &HashSet<i32>,
     ) -> Call {
+        let spans = PublishSpans::open(&mut batch, self.config.trace_link);
+        let call = self.call_renewing(batch, buckets).await;
+        spans.close(match &call {
+            Call::Returned(results) => Some(results),
+            Call::Abandoned => None,
+        });
+        call
+    }
+
+    /// [`publish_renewing`](Self::publish_renewing) without the spans.
+    async fn call_renewing(&mut self, batch: Vec<OutboxMessage>, buckets: &HashSet<i32>) -> Call {
         let publisher = self.publisher.clone();
         let n = batch.len();
         let mut call = InFlight(tokio::spawn(async move { publisher.publish(&batch).await }));

@@ -54,6 +54,7 @@ impl MySqlOutbox {
         conn: &mut MySqlConnection,
         message: NewMessage,
     ) -> Result<Enqueued> {
+        let message = message.traced();
         message.validate()?;
         message.check_payload(self.inner.max_payload)?;
         let sql = &self.inner.sql;
@@ -110,7 +111,7 @@ impl MySqlOutbox {
         conn: &mut MySqlConnection,
         messages: impl IntoIterator<Item = NewMessage>,
     ) -> Result<BatchEnqueued> {
-        let messages: Vec<NewMessage> = messages.into_iter().collect();
+        let messages: Vec<NewMessage> = messages.into_iter().map(NewMessage::traced).collect();
         if messages.is_empty() {
             return Ok(BatchEnqueued::default());
         }

@@ -32,6 +32,7 @@ impl PgOutbox {
     where
         E: Executor<'c, Database = Postgres>,
     {
+        let message = message.traced();
         message.validate()?;
         message.check_payload(self.inner.max_payload)?;
         let id = message.id;
@@ -78,7 +79,7 @@ impl PgOutbox {
     where
         E: Executor<'c, Database = Postgres>,
     {
-        let messages: Vec<NewMessage> = messages.into_iter().collect();
+        let messages: Vec<NewMessage> = messages.into_iter().map(NewMessage::traced).collect();
         if messages.is_empty() {
             return Ok(BatchEnqueued::default());
         }

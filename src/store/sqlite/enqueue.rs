@@ -40,6 +40,7 @@ impl SqliteOutbox {
     where
         E: Executor<'c, Database = Sqlite>,
     {
+        let message = message.traced();
         message.validate()?;
         message.check_payload(self.inner.max_payload)?;
         let id = message.id;
@@ -84,7 +85,7 @@ impl SqliteOutbox {
     where
         E: Executor<'c, Database = Sqlite>,
     {
-        let messages: Vec<NewMessage> = messages.into_iter().collect();
+        let messages: Vec<NewMessage> = messages.into_iter().map(NewMessage::traced).collect();
         if messages.is_empty() {
             return Ok(BatchEnqueued::default());
         }
