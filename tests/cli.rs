@@ -280,6 +280,29 @@ async fn cli_on_sqlite() {
     let outbox = SqliteOutbox::new(pool.clone());
     seed!(outbox, pool, |tx| &mut *tx);
     scenario(cli, outbox, false).await;
+
+    // A cursor that cannot be read costs the consumers' lines, not the
+    // status: the rest is shown, and it needs attention.
+    outbox::sqlx::query(
+        "INSERT INTO outbox_export_cursors (consumer, cursor, updated_at) \
+         VALUES ('broken', 'not a cursor', 0)",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    let cli = Cli {
+        args: vec!["--database-url".into(), url.clone()],
+    };
+    let status = cli.json(&["status"], 2);
+    assert_eq!(status["pending"], 0, "{status}");
+    assert!(
+        status["attention"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|a| a.as_str().unwrap().contains("export consumers could not be read")),
+        "{status}"
+    );
     pool.close().await;
     std::fs::remove_dir_all(&dir).unwrap();
 }
