@@ -296,11 +296,10 @@ async fn cli_on_sqlite() {
     let status = cli.json(&["status"], 2);
     assert_eq!(status["pending"], 0, "{status}");
     assert!(
-        status["attention"]
-            .as_array()
+        status["attention"].as_array().unwrap().iter().any(|a| a
+            .as_str()
             .unwrap()
-            .iter()
-            .any(|a| a.as_str().unwrap().contains("export consumers could not be read")),
+            .contains("export consumers could not be read")),
         "{status}"
     );
     pool.close().await;

@@ -11,7 +11,7 @@ use tokio::task::{JoinError, JoinHandle};
 use tokio::time::Instant;
 
 use super::worker::Worker;
-use crate::error::{PublishError, Result};
+use crate::error::{error_chain, PublishError, Result};
 use crate::message::OutboxMessage;
 use crate::store::Lease;
 use crate::trace::PublishSpans;
@@ -63,6 +63,16 @@ impl Worker {
             Call::Returned(results) => Some(results),
             Call::Abandoned => None,
         });
+        // What the publisher said (an abandoned call said nothing): any
+        // success clears the failing state, a call that failed whole
+        // (re)starts it.
+        if let Call::Returned(results) = &call {
+            if results.iter().any(Result::is_ok) {
+                self.publish_failure = None;
+            } else if let Some(Err(e)) = results.first() {
+                self.publish_failure = Some((Instant::now(), error_chain(e)));
+            }
+        }
         call
     }
 

@@ -61,8 +61,6 @@ pub(super) struct Tally {
     pub(super) published: u64,
     pub(super) retried: u64,
     pub(super) dead: u64,
-    /// The error of the last failed publish, if any failed.
-    pub(super) last_error: Option<String>,
     /// The earliest retry scheduled.
     pub(super) next_retry: Option<DateTime<Utc>>,
 }
@@ -76,15 +74,11 @@ pub(super) fn tally(acks: &[Ack], fenced_buckets: &[i32]) -> Tally {
         }
         match &a.disposition {
             Disposition::Published => t.published += 1,
-            Disposition::Retry { at, error, .. } => {
+            Disposition::Retry { at, .. } => {
                 t.retried += 1;
                 t.next_retry = Some(t.next_retry.map_or(*at, |r| r.min(*at)));
-                t.last_error = Some(error.clone());
             }
-            Disposition::Dead { error, .. } => {
-                t.dead += 1;
-                t.last_error = Some(error.clone());
-            }
+            Disposition::Dead { .. } => t.dead += 1,
         }
     }
     t
@@ -186,13 +180,6 @@ impl Worker {
         metrics::counter!("outbox_retried_total").increment(t.retried);
         metrics::counter!("outbox_dead_lettered_total").increment(t.dead);
         self.health.published += t.published;
-        // Any success clears the failing state; a batch that only failed
-        // (re)starts it.
-        if t.published > 0 {
-            self.publish_failure = None;
-        } else if let Some(e) = t.last_error {
-            self.publish_failure = Some((Instant::now(), e));
-        }
         metrics::counter!("outbox_batches_total").increment(1);
         Ok(full)
     }
@@ -317,7 +304,6 @@ mod tests {
                 retried: 2,
                 dead: 1,
                 next_retry: Some(later),
-                last_error: Some("no".into()),
             }
         );
     }
