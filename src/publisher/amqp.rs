@@ -13,7 +13,7 @@ use lapin::{
 };
 use tokio::time::Instant;
 
-use super::failure::{permanent, transient};
+use super::failure::{outcomes_or_retry, permanent, transient};
 use super::hidden::Hidden;
 use super::{Envelope, Publisher};
 use crate::error::PublishError;
@@ -424,16 +424,6 @@ impl Publisher for RabbitMqPublisher {
                 }
             }
         }
-        results
-            .into_iter()
-            .map(|r| {
-                r.unwrap_or_else(|| {
-                    Err(transient(
-                        "no outcome recorded for this message".to_owned(),
-                        None,
-                    ))
-                })
-            })
-            .collect()
+        outcomes_or_retry(results)
     }
 }

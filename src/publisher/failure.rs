@@ -57,3 +57,22 @@ pub(super) fn permanent(reason: String) -> PublishError {
 pub(super) fn transient(reason: String, source: Option<BoxError>) -> PublishError {
     PublishError::transient(Failure { reason, source })
 }
+
+/// The results of a batch from what was recorded per message: a message
+/// with no outcome recorded (a code path that left it out) counts as a
+/// transient failure, to be retried, never as published.
+pub(super) fn outcomes_or_retry(
+    outcomes: Vec<Option<Result<(), PublishError>>>,
+) -> Vec<Result<(), PublishError>> {
+    outcomes
+        .into_iter()
+        .map(|o| {
+            o.unwrap_or_else(|| {
+                Err(transient(
+                    "no outcome recorded for this message".to_owned(),
+                    None,
+                ))
+            })
+        })
+        .collect()
+}

@@ -15,7 +15,7 @@ use async_nats::{HeaderMap, HeaderName, HeaderValue};
 use async_trait::async_trait;
 use tokio::time::Instant;
 
-use super::failure::{permanent, transient, Failure};
+use super::failure::{outcomes_or_retry, permanent, transient, Failure};
 use super::hidden::Hidden;
 use super::{Envelope, Publisher};
 use crate::error::PublishError;
@@ -427,17 +427,7 @@ impl Publisher for NatsPublisher {
             let subject = self.subject_for(&batch[i]);
             outcomes[i] = Some(Err(self.classify(e, &subject, &mut streams).await));
         }
-        outcomes
-            .into_iter()
-            .map(|o| {
-                o.unwrap_or_else(|| {
-                    Err(transient(
-                        "no outcome recorded for this message".to_owned(),
-                        None,
-                    ))
-                })
-            })
-            .collect()
+        outcomes_or_retry(outcomes)
     }
 }
 

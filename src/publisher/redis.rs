@@ -8,7 +8,7 @@ use ::redis::aio::MultiplexedConnection;
 use ::redis::{AsyncConnectionConfig, Client, RedisError, Script};
 use async_trait::async_trait;
 
-use super::failure::{permanent, transient};
+use super::failure::{outcomes_or_retry, permanent, transient};
 use super::hidden::Hidden;
 use super::{Envelope, Publisher};
 use crate::error::PublishError;
@@ -367,16 +367,6 @@ impl Publisher for RedisStreamsPublisher {
                 }
             }
         }
-        results
-            .into_iter()
-            .map(|r| {
-                r.unwrap_or_else(|| {
-                    Err(transient(
-                        "no outcome recorded for this message".to_owned(),
-                        None,
-                    ))
-                })
-            })
-            .collect()
+        outcomes_or_retry(results)
     }
 }

@@ -7,6 +7,8 @@
 #[cfg(any(feature = "postgres", feature = "sqlite", feature = "mysql"))]
 pub(crate) mod admin;
 pub(crate) mod dead_letters;
+#[cfg(any(feature = "postgres", feature = "sqlite", feature = "mysql"))]
+pub(crate) mod decode;
 #[cfg(test)]
 pub(crate) mod memory;
 #[cfg(feature = "mysql")]
@@ -502,6 +504,28 @@ pub struct StoreStats {
     pub table_bytes: Option<i64>,
 }
 
+impl StoreStats {
+    /// The counts every backend reads, `ready` derived from them; the
+    /// fields only some backends report are `None`.
+    pub(crate) fn counted(
+        pending: i64,
+        retry_waiting: i64,
+        parked: i64,
+        oldest_pending_age: Option<Duration>,
+        dead_letters: i64,
+    ) -> Self {
+        StoreStats {
+            pending,
+            ready: (pending - retry_waiting - parked).max(0),
+            retry_waiting,
+            parked,
+            oldest_pending_age,
+            dead_letters,
+            ..StoreStats::default()
+        }
+    }
+}
+
 /// A retained published message and when it was published, from the
 /// `published_since` method of each outbox.
 #[derive(Debug, Clone, PartialEq)]
@@ -723,6 +747,74 @@ pub(crate) mod sealed {
         async fn listen(&self) -> Result<Option<Box<dyn WakeSource>>>;
     }
 }
+
+/// Implements [`StoreOps`](sealed::StoreOps) for a backend whose leases,
+/// claims, acknowledgements and schema check live in its modules `leases`,
+/// `claim`, `ack` and `migrate`, each a function taking the outbox and the
+/// operation's parameters, with the backend's other operations given as
+/// the macro's body. Also implements [`Store`].
+#[cfg(any(feature = "sqlite", feature = "mysql"))]
+macro_rules! store_ops {
+    ($outbox:ty; $($rest:tt)*) => {
+        impl $crate::store::Store for $outbox {}
+
+        #[async_trait::async_trait]
+        impl $crate::store::sealed::StoreOps for $outbox {
+            async fn check_schema(&self) -> Result<()> {
+                migrate::check_schema(self).await
+            }
+
+            async fn bucket_count(&self) -> Result<i32> {
+                leases::bucket_count(self).await
+            }
+
+            async fn heartbeat(&self, p: $crate::store::Heartbeat) -> Result<usize> {
+                leases::heartbeat(self, p).await
+            }
+
+            async fn renew(&self, p: $crate::store::Renew<'_>) -> Result<Vec<$crate::store::Lease>> {
+                leases::renew(self, p).await
+            }
+
+            async fn acquire(&self, p: $crate::store::Acquire) -> Result<Vec<$crate::store::Lease>> {
+                leases::acquire(self, p).await
+            }
+
+            async fn release(&self, p: $crate::store::Release<'_>) -> Result<()> {
+                leases::release(self, p).await
+            }
+
+            async fn leave(&self, relay: uuid::Uuid) -> Result<()> {
+                leases::leave(self, relay).await
+            }
+
+            async fn claim(&self, p: $crate::store::Claim<'_>) -> Result<$crate::store::ClaimedBatch> {
+                claim::claim(self, p).await
+            }
+
+            async fn ack(&self, p: $crate::store::AckBatch<'_>) -> Result<$crate::store::AckReport> {
+                ack::ack(self, p).await
+            }
+
+            async fn topic_stats(&self) -> Result<Vec<$crate::store::TopicStats>> {
+                $crate::store::admin::AdminOps::select_topics(self).await
+            }
+
+            fn local_signal(&self) -> std::sync::Arc<tokio::sync::Notify> {
+                self.inner.signal.clone()
+            }
+
+            async fn listen(&self) -> Result<Option<Box<dyn $crate::store::WakeSource>>> {
+                // No LISTEN/NOTIFY: relays of other processes poll.
+                Ok(None)
+            }
+
+            $($rest)*
+        }
+    };
+}
+#[cfg(any(feature = "sqlite", feature = "mysql"))]
+pub(crate) use store_ops;
 
 /// A storage backend the [`Relay`](crate::Relay) can drain. Implemented by
 /// [`PgOutbox`](crate::PgOutbox), [`SqliteOutbox`](crate::SqliteOutbox) and

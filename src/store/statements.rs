@@ -1,6 +1,10 @@
 //! How a backend declares the SQL it runs: one statement per file under
 //! its `sql/` folder, named after the field that holds it, rendered once
-//! from the validated table names.
+//! from the validated table names. `build.rs` declares each backend's
+//! `Sql` from those files (and from `store/sql/`, the statements every
+//! dialect writes alike); a part that several statements must state alike
+//! (a filter, a fence) is a fragment, `sql/fragments/<name>.sql`, which a
+//! statement names as `{name}`.
 //!
 //! Table names are configurable, so the statements cannot be checked at
 //! compile time; `{messages}`-style placeholders are filled by
@@ -9,49 +13,6 @@
 //! bound parameters.
 
 use super::TableNames;
-
-/// Declares a backend's `Sql`: one field per file `sql/<field>.sql` (the
-/// path is relative to the file that invokes the macro), its constructor,
-/// and `each()`, so a field cannot drift from the file it is read from and
-/// a test can reach every statement.
-///
-/// A part that several statements must state alike (a filter, a fence)
-/// is a fragment, `sql/fragments/<name>.sql`, listed first in
-/// `@fragments(...);`; a statement names it as `{name}`.
-macro_rules! statements {
-    (
-        $(@fragments($($fragment:ident),* $(,)?);)?
-        $($(#[$doc:meta])* $name:ident,)*
-    ) => {
-        /// SQL rendered once from the validated table names.
-        pub(super) struct Sql {
-            $($(#[$doc])* pub(super) $name: String,)*
-        }
-
-        impl Sql {
-            pub(super) fn new(names: &$crate::store::TableNames) -> Self {
-                let fragments: &[(&str, &str)] = &[$($((
-                    concat!("{", stringify!($fragment), "}"),
-                    include_str!(concat!("sql/fragments/", stringify!($fragment), ".sql")),
-                ),)*)?];
-                Self {
-                    $($name: $crate::store::statements::render(
-                        names,
-                        fragments,
-                        include_str!(concat!("sql/", stringify!($name), ".sql")),
-                    ),)*
-                }
-            }
-
-            /// Each statement with its name, for tests over all of them.
-            #[cfg(test)]
-            pub(super) fn each(&self) -> Vec<(&'static str, &str)> {
-                vec![$((stringify!($name), self.$name.as_str()),)*]
-            }
-        }
-    };
-}
-pub(crate) use statements;
 
 /// Renders one statement file: its fragments placed, its table names
 /// filled. The comment lines that open a file are there for its reader and
@@ -78,4 +39,11 @@ pub(crate) fn body(file: &str) -> String {
         .join("\n");
     let body = body.trim_end();
     body.strip_suffix(';').unwrap_or(body).to_owned()
+}
+
+/// `n` rows of `columns` parameters each, `(?, ?), (?, ?)`, for a
+/// multi-row insert. The text depends only on the two numbers.
+pub(crate) fn parameter_rows(n: usize, columns: usize) -> String {
+    let row = format!("({})", vec!["?"; columns].join(", "));
+    vec![row.as_str(); n].join(", ")
 }

@@ -5,19 +5,12 @@
 use chrono::{DateTime, Utc};
 use sqlx::mysql::MySqlRow;
 use sqlx::Row;
-use uuid::Uuid;
 
-use crate::error::{Error, Result};
-use crate::message::{Headers, MessageId, OutboxMessage};
-use crate::store::Lease;
-
-pub(super) fn decode_error(msg: String) -> Error {
-    Error::Database(sqlx::Error::Decode(msg.into()))
-}
-
-pub(super) fn uuid_from_bytes(b: &[u8]) -> Result<Uuid> {
-    Uuid::from_slice(b).map_err(|e| decode_error(format!("invalid message id: {e}")))
-}
+use crate::error::Result;
+use crate::message::{MessageId, OutboxMessage};
+pub(super) use crate::store::decode::{
+    decode_error, leases_from_rows, split_headers, uuid_from_bytes, whole,
+};
 
 /// Text stored as bytes (partition keys): UTF-8 by construction.
 pub(crate) fn text(bytes: Vec<u8>) -> Result<String> {
@@ -48,10 +41,7 @@ pub(super) fn json_time(t: DateTime<Utc>) -> String {
 pub(super) fn message_from_row(r: &MySqlRow) -> Result<(OutboxMessage, Option<String>)> {
     let id: Vec<u8> = r.try_get("id")?;
     let headers = opt_text(r, "headers")?;
-    let (headers, bad) = match OutboxMessage::headers_from_json(headers.as_deref()) {
-        Ok(h) => (h, None),
-        Err(e) => (Headers::new(), Some(e)),
-    };
+    let (headers, bad) = split_headers(headers.as_deref());
     let attempts: i32 = r.try_get("attempts")?;
     let message = OutboxMessage {
         seq: r.try_get("seq")?,
@@ -72,21 +62,7 @@ pub(super) fn message_from_row(r: &MySqlRow) -> Result<(OutboxMessage, Option<St
 
 /// A message row that must decode whole (retained published messages).
 pub(super) fn whole_message_from_row(r: &MySqlRow) -> Result<OutboxMessage> {
-    match message_from_row(r)? {
-        (message, None) => Ok(message),
-        (message, Some(bad)) => Err(decode_error(format!("message {}: {bad}", message.id()))),
-    }
-}
-
-pub(super) fn leases_from_rows(rows: &[MySqlRow]) -> Result<Vec<Lease>> {
-    rows.iter()
-        .map(|r| {
-            Ok(Lease {
-                bucket: r.try_get(0)?,
-                epoch: r.try_get(1)?,
-            })
-        })
-        .collect()
+    whole(message_from_row(r)?)
 }
 
 /// A list as the JSON text `JSON_TABLE` reads.

@@ -2,64 +2,19 @@
 //! acknowledgements live in their own files; the small operations are here.
 
 use std::collections::HashMap;
-use std::sync::Arc;
 use std::time::Duration;
 
-use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use sqlx::Row;
-use tokio::sync::Notify;
-use uuid::Uuid;
 
 use super::decode::text;
 use super::statements::with_list;
 use super::{ack, claim, execute_read_committed, leases, migrate, MySqlOutbox};
 use crate::error::Result;
-use crate::store::sealed::StoreOps;
-use crate::store::{
-    AckBatch, AckReport, Acquire, Claim, ClaimedBatch, Heartbeat, Lease, Park, Purge, Release,
-    Renew, Store, StoreStats, WakeSource,
-};
+use crate::store::{store_ops, Park, Purge, StoreStats};
 
-impl Store for MySqlOutbox {}
-
-#[async_trait]
-impl StoreOps for MySqlOutbox {
-    async fn check_schema(&self) -> Result<()> {
-        migrate::check_schema(self).await
-    }
-
-    async fn bucket_count(&self) -> Result<i32> {
-        leases::bucket_count(self).await
-    }
-
-    async fn heartbeat(&self, p: Heartbeat) -> Result<usize> {
-        leases::heartbeat(self, p).await
-    }
-
-    async fn renew(&self, p: Renew<'_>) -> Result<Vec<Lease>> {
-        leases::renew(self, p).await
-    }
-
-    async fn acquire(&self, p: Acquire) -> Result<Vec<Lease>> {
-        leases::acquire(self, p).await
-    }
-
-    async fn release(&self, p: Release<'_>) -> Result<()> {
-        leases::release(self, p).await
-    }
-
-    async fn leave(&self, relay: Uuid) -> Result<()> {
-        leases::leave(self, relay).await
-    }
-
-    async fn claim(&self, p: Claim<'_>) -> Result<ClaimedBatch> {
-        claim::claim(self, p).await
-    }
-
-    async fn ack(&self, p: AckBatch<'_>) -> Result<AckReport> {
-        ack::ack(self, p).await
-    }
+store_ops! {
+    MySqlOutbox;
 
     async fn key_sequences(&self, keys: &[String]) -> Result<HashMap<String, i64>> {
         if keys.is_empty() {
@@ -90,26 +45,17 @@ impl StoreOps for MySqlOutbox {
             .bind(format!("{}messages", self.inner.names.prefix))
             .fetch_one(&self.inner.pool)
             .await?;
-        let pending: i64 = row.try_get("pending")?;
         let oldest: Option<DateTime<Utc>> = row.try_get("oldest")?;
-        let retry_waiting: i64 = row.try_get("waiting")?;
-        let parked: i64 = row.try_get("held")?;
         Ok(StoreStats {
-            pending,
-            ready: (pending - retry_waiting - parked).max(0),
-            retry_waiting,
-            parked,
-            oldest_pending_age: oldest.map(|t| (now - t).to_std().unwrap_or(Duration::ZERO)),
-            dead_letters: row.try_get("dead")?,
-            dead_tuples: None,
-            oldest_xmin_age: None,
-            autovacuum: None,
             table_bytes: row.try_get("bytes")?,
+            ..StoreStats::counted(
+                row.try_get("pending")?,
+                row.try_get("waiting")?,
+                row.try_get("held")?,
+                oldest.map(|t| (now - t).to_std().unwrap_or(Duration::ZERO)),
+                row.try_get("dead")?,
+            )
         })
-    }
-
-    async fn topic_stats(&self) -> Result<Vec<crate::store::TopicStats>> {
-        crate::store::admin::AdminOps::select_topics(self).await
     }
 
     async fn vacuum(&self) -> Result<()> {
@@ -149,14 +95,5 @@ impl StoreOps for MySqlOutbox {
         // Counted as read: a pass parks again at once while it reads its
         // limit, whether or not a row changed under it meanwhile.
         Ok(seqs.len() as u64)
-    }
-
-    fn local_signal(&self) -> Arc<Notify> {
-        self.inner.signal.clone()
-    }
-
-    async fn listen(&self) -> Result<Option<Box<dyn WakeSource>>> {
-        // No LISTEN/NOTIFY: relays of other processes poll.
-        Ok(None)
     }
 }

@@ -9,9 +9,10 @@ use std::time::Duration;
 use sqlx::postgres::PgRow;
 use sqlx::Row;
 
-use crate::error::{Error, Result};
-use crate::message::{Headers, MessageId, OutboxMessage};
-use crate::store::{Claimed, ClaimedBatch, DeadLetter, Lease, StoreStats};
+use crate::error::Result;
+use crate::message::{MessageId, OutboxMessage};
+pub(super) use crate::store::decode::{leases_from_rows, split_headers, whole};
+use crate::store::{Claimed, ClaimedBatch, DeadLetter, StoreStats};
 
 /// Index of `headers::text` in a claim (`claim.sql`),
 /// where it replaces the JSON column.
@@ -33,10 +34,7 @@ const DEAD_HEADERS: usize = 13;
 /// listing shows it.
 fn message_from_row(r: &PgRow, headers_col: usize) -> Result<(OutboxMessage, Option<String>)> {
     let headers: Option<&str> = r.try_get(headers_col)?;
-    let (headers, bad) = match OutboxMessage::headers_from_json(headers) {
-        Ok(h) => (h, None),
-        Err(e) => (Headers::new(), Some(e)),
-    };
+    let (headers, bad) = split_headers(headers);
     let attempts: i32 = r.try_get(10)?;
     let message = OutboxMessage {
         seq: r.try_get(0)?,
@@ -77,12 +75,7 @@ fn claimed_from_row(r: &PgRow) -> Result<Claimed> {
 
 /// A row of `published.sql`.
 pub(super) fn published_from_row(r: &PgRow) -> Result<OutboxMessage> {
-    match message_from_row(r, PUBLISHED_HEADERS)? {
-        (message, None) => Ok(message),
-        (message, Some(bad)) => Err(Error::Database(sqlx::Error::Decode(
-            format!("published message {}: {bad}", message.id()).into(),
-        ))),
-    }
+    whole(message_from_row(r, PUBLISHED_HEADERS)?)
 }
 
 /// A row of `dead_letters_matching.sql`.
@@ -98,37 +91,23 @@ pub(super) fn dead_letter_from_row(r: &PgRow) -> Result<DeadLetter> {
     })
 }
 
-/// The rows of a lease statement (`renew.sql`, `acquire.sql`): bucket,
-/// epoch.
-pub(super) fn leases_from_rows(rows: Vec<PgRow>) -> Result<Vec<Lease>> {
-    rows.iter()
-        .map(|r| {
-            Ok(Lease {
-                bucket: r.try_get(0)?,
-                epoch: r.try_get(1)?,
-            })
-        })
-        .collect()
-}
-
 /// The row of `stats.sql`. Ages come in seconds; one below zero (a
 /// transaction begun after the statement read its clock) counts as zero.
 pub(super) fn stats_from_row(row: &PgRow) -> Result<StoreStats> {
+    let seconds = |s: f64| Duration::from_secs_f64(s.max(0.0));
     let age: Option<f64> = row.try_get(1)?;
     let xmin_age: Option<f64> = row.try_get(4)?;
-    let pending: i64 = row.try_get(0)?;
-    let retry_waiting: i64 = row.try_get(6)?;
-    let parked: i64 = row.try_get(7)?;
     Ok(StoreStats {
-        pending,
-        ready: (pending - retry_waiting - parked).max(0),
-        retry_waiting,
-        parked,
-        oldest_pending_age: age.map(|s| Duration::from_secs_f64(s.max(0.0))),
-        dead_letters: row.try_get(2)?,
         dead_tuples: row.try_get(3)?,
-        oldest_xmin_age: xmin_age.map(|s| Duration::from_secs_f64(s.max(0.0))),
+        oldest_xmin_age: xmin_age.map(seconds),
         autovacuum: row.try_get(5)?,
         table_bytes: row.try_get(8)?,
+        ..StoreStats::counted(
+            row.try_get(0)?,
+            row.try_get(6)?,
+            row.try_get(7)?,
+            age.map(seconds),
+            row.try_get(2)?,
+        )
     })
 }

@@ -58,7 +58,7 @@ impl StoreOps for PgOutbox {
             .bind(secs(ttl))
             .bind(b)
             .bind(e);
-        leases_from_rows(self.on_relay().rows(q).await?)
+        leases_from_rows(&self.on_relay().rows(q).await?)
     }
 
     async fn acquire(&self, p: Acquire) -> Result<Vec<Lease>> {
@@ -70,7 +70,7 @@ impl StoreOps for PgOutbox {
             .bind(relay)
             .bind(secs(ttl))
             .bind(max as i64);
-        leases_from_rows(self.on_relay().rows(q).await?)
+        leases_from_rows(&self.on_relay().rows(q).await?)
     }
 
     async fn release(&self, p: Release<'_>) -> Result<()> {

@@ -7,11 +7,12 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use sqlx::sqlite::SqliteRow;
 use sqlx::Row;
-use uuid::Uuid;
 
-use crate::error::{Error, Result};
-use crate::message::{Headers, MessageId, OutboxMessage};
-use crate::store::Lease;
+use crate::error::Result;
+use crate::message::{MessageId, OutboxMessage};
+pub(super) use crate::store::decode::{
+    decode_error, leases_from_rows, split_headers, uuid_from_bytes, whole,
+};
 
 pub(super) fn micros(t: DateTime<Utc>) -> i64 {
     t.timestamp_micros()
@@ -21,17 +22,9 @@ pub(super) fn micros_after(t: DateTime<Utc>, d: Duration) -> i64 {
     micros(t).saturating_add(i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
 }
 
-fn decode_error(msg: String) -> Error {
-    Error::Database(sqlx::Error::Decode(msg.into()))
-}
-
 pub(super) fn time_from_micros(us: i64) -> Result<DateTime<Utc>> {
     DateTime::from_timestamp_micros(us)
         .ok_or_else(|| decode_error(format!("time out of range: {us} µs since the epoch")))
-}
-
-pub(super) fn uuid_from_bytes(b: &[u8]) -> Result<Uuid> {
-    Uuid::from_slice(b).map_err(|e| decode_error(format!("invalid message id: {e}")))
 }
 
 /// Decodes a message row. Headers that do not decode are left empty and
@@ -40,10 +33,7 @@ pub(super) fn uuid_from_bytes(b: &[u8]) -> Result<Uuid> {
 pub(super) fn message_from_row(r: &SqliteRow) -> Result<(OutboxMessage, Option<String>)> {
     let id: Vec<u8> = r.try_get("id")?;
     let headers: Option<String> = r.try_get("headers")?;
-    let (headers, bad) = match OutboxMessage::headers_from_json(headers.as_deref()) {
-        Ok(h) => (h, None),
-        Err(e) => (Headers::new(), Some(e)),
-    };
+    let (headers, bad) = split_headers(headers.as_deref());
     let attempts: i32 = r.try_get("attempts")?;
     let message = OutboxMessage {
         seq: r.try_get("seq")?,
@@ -64,21 +54,7 @@ pub(super) fn message_from_row(r: &SqliteRow) -> Result<(OutboxMessage, Option<S
 
 /// A message row that must decode whole (retained published messages).
 pub(super) fn whole_message_from_row(r: &SqliteRow) -> Result<OutboxMessage> {
-    match message_from_row(r)? {
-        (message, None) => Ok(message),
-        (message, Some(bad)) => Err(decode_error(format!("message {}: {bad}", message.id()))),
-    }
-}
-
-pub(super) fn leases_from_rows(rows: &[SqliteRow]) -> Result<Vec<Lease>> {
-    rows.iter()
-        .map(|r| {
-            Ok(Lease {
-                bucket: r.try_get(0)?,
-                epoch: r.try_get(1)?,
-            })
-        })
-        .collect()
+    whole(message_from_row(r)?)
 }
 
 pub(super) fn json(value: &serde_json::Value) -> String {

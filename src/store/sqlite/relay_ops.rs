@@ -2,63 +2,18 @@
 //! acknowledgements live in their own files; the small operations are here.
 
 use std::collections::HashMap;
-use std::sync::Arc;
 use std::time::Duration;
 
-use async_trait::async_trait;
 use chrono::Utc;
 use sqlx::Row;
-use tokio::sync::Notify;
-use uuid::Uuid;
 
 use super::decode::{json, micros};
 use super::{ack, claim, leases, migrate, SqliteOutbox};
 use crate::error::Result;
-use crate::store::sealed::StoreOps;
-use crate::store::{
-    AckBatch, AckReport, Acquire, Claim, ClaimedBatch, Heartbeat, Lease, Park, Purge, Release,
-    Renew, Store, StoreStats, WakeSource,
-};
+use crate::store::{store_ops, Park, Purge, StoreStats};
 
-impl Store for SqliteOutbox {}
-
-#[async_trait]
-impl StoreOps for SqliteOutbox {
-    async fn check_schema(&self) -> Result<()> {
-        migrate::check_schema(self).await
-    }
-
-    async fn bucket_count(&self) -> Result<i32> {
-        leases::bucket_count(self).await
-    }
-
-    async fn heartbeat(&self, p: Heartbeat) -> Result<usize> {
-        leases::heartbeat(self, p).await
-    }
-
-    async fn renew(&self, p: Renew<'_>) -> Result<Vec<Lease>> {
-        leases::renew(self, p).await
-    }
-
-    async fn acquire(&self, p: Acquire) -> Result<Vec<Lease>> {
-        leases::acquire(self, p).await
-    }
-
-    async fn release(&self, p: Release<'_>) -> Result<()> {
-        leases::release(self, p).await
-    }
-
-    async fn leave(&self, relay: Uuid) -> Result<()> {
-        leases::leave(self, relay).await
-    }
-
-    async fn claim(&self, p: Claim<'_>) -> Result<ClaimedBatch> {
-        claim::claim(self, p).await
-    }
-
-    async fn ack(&self, p: AckBatch<'_>) -> Result<AckReport> {
-        ack::ack(self, p).await
-    }
+store_ops! {
+    SqliteOutbox;
 
     async fn key_sequences(&self, keys: &[String]) -> Result<HashMap<String, i64>> {
         if keys.is_empty() {
@@ -88,26 +43,13 @@ impl StoreOps for SqliteOutbox {
             .fetch_one(&self.inner.pool)
             .await?;
         let oldest: Option<i64> = row.try_get(1)?;
-        let pending: i64 = row.try_get(0)?;
-        let retry_waiting: i64 = row.try_get(3)?;
-        let parked: i64 = row.try_get(4)?;
-        Ok(StoreStats {
-            pending,
-            ready: (pending - retry_waiting - parked).max(0),
-            retry_waiting,
-            parked,
-            oldest_pending_age: oldest
-                .map(|t| Duration::from_micros(u64::try_from(now.saturating_sub(t)).unwrap_or(0))),
-            dead_letters: row.try_get(2)?,
-            dead_tuples: None,
-            oldest_xmin_age: None,
-            autovacuum: None,
-            table_bytes: None,
-        })
-    }
-
-    async fn topic_stats(&self) -> Result<Vec<crate::store::TopicStats>> {
-        crate::store::admin::AdminOps::select_topics(self).await
+        Ok(StoreStats::counted(
+            row.try_get(0)?,
+            row.try_get(3)?,
+            row.try_get(4)?,
+            oldest.map(|t| Duration::from_micros(u64::try_from(now.saturating_sub(t)).unwrap_or(0))),
+            row.try_get(2)?,
+        ))
     }
 
     async fn vacuum(&self) -> Result<()> {
@@ -130,13 +72,5 @@ impl StoreOps for SqliteOutbox {
             .execute(pool)
             .await?;
         Ok(parked.rows_affected())
-    }
-
-    fn local_signal(&self) -> Arc<Notify> {
-        self.inner.signal.clone()
-    }
-
-    async fn listen(&self) -> Result<Option<Box<dyn WakeSource>>> {
-        Ok(None)
     }
 }

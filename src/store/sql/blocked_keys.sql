@@ -1,6 +1,7 @@
 -- Every blocked key with the position that blocks it, since when, and
 -- where the message at that position is: 'retrying' (pending), 'dead', or
--- 'gone'. By key, then position (a key may hold several blocks).
+-- 'gone'. By key, then position (a key may hold several blocks). The time
+-- is as the backend stores it (microseconds since the epoch on SQLite).
 SELECT b.partition_key, b.seq, b.since,
        CASE WHEN EXISTS (SELECT 1 FROM {messages} m WHERE m.seq = b.seq)
             THEN 'retrying'
