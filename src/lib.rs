@@ -108,13 +108,8 @@ mod trace;
 
 pub use crate::error::{Error, PublishError, PublishErrorKind, Result};
 pub use crate::event::Event;
-pub use crate::inbox::Receipt;
-#[cfg(feature = "mysql")]
-pub use crate::inbox::{MySqlInbox, MySqlInboxBuilder};
-#[cfg(feature = "postgres")]
-pub use crate::inbox::{PgInbox, PgInboxBuilder};
-#[cfg(feature = "sqlite")]
-pub use crate::inbox::{SqliteInbox, SqliteInboxBuilder};
+// The inbox's whole API: `Receipt` and each enabled backend's inbox.
+pub use crate::inbox::*;
 pub use crate::message::{
     BatchEnqueued, Enqueued, Headers, MessageId, NewMessage, OutboxMessage, CONTENT_TYPE_BYTES,
     CONTENT_TYPE_JSON, DEFAULT_MAX_PAYLOAD_BYTES, MAX_HEADER_VALUE_LEN, MAX_NAME_LEN,

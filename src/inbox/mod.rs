@@ -131,6 +131,91 @@
 //! still recognizes a stale redelivery of a keyed message whose id was
 //! purged. A message without a key whose id was purged is fresh again.
 
+/// The parts of an inbox every backend states alike: its `Debug` and the
+/// methods whose only difference is the statements they run. Each backend
+/// runs those in `insert` (records an id; true if it was new), `purge_batch`
+/// (deletes one batch; how many) and `read_last_sequence`.
+#[cfg(any(feature = "postgres", feature = "sqlite", feature = "mysql"))]
+macro_rules! inbox_api {
+    ($inbox:ident, $pool:ty, $db:ty) => {
+        impl std::fmt::Debug for $inbox {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.debug_struct(stringify!($inbox))
+                    .field("messages", &self.inner.names.messages)
+                    .field("keys", &self.inner.names.keys)
+                    .finish_non_exhaustive()
+            }
+        }
+
+        impl $inbox {
+            /// The pool [`migrate`](Self::migrate), [`purge_before`](Self::purge_before)
+            /// and [`last_sequence`](Self::last_sequence) use.
+            pub fn pool(&self) -> &$pool {
+                &self.inner.pool
+            }
+
+            /// Records that `consumer` received the message `id`, for messages
+            /// from other sources than the relay (no sequence tracking): returns
+            /// [`Receipt::Fresh`] or [`Receipt::Duplicate`], like
+            /// [`receive`](Self::receive).
+            ///
+            /// # Errors
+            ///
+            /// [`Error::InvalidConfig`](crate::Error::InvalidConfig) for an empty, oversized or NUL-holding consumer name, checked
+            /// before anything is sent; [`Error::Database`](crate::Error::Database) if the database fails.
+            pub async fn receive_id<'c, E>(
+                &self,
+                executor: E,
+                consumer: &str,
+                id: crate::message::MessageId,
+            ) -> Result<Receipt>
+            where
+                E: sqlx::Executor<'c, Database = $db>,
+            {
+                validate_consumer(consumer)?;
+                let fresh = self.insert(executor, consumer, id, Utc::now()).await?;
+                Ok(classify(fresh, None, false, None))
+            }
+
+            /// Deletes the ids of all consumers received before `before`, at most
+            /// `batch` per statement (each its own transaction), until a statement
+            /// deletes fewer. Returns how many were deleted. Pick `before` beyond
+            /// the longest time the broker may redeliver a message.
+            ///
+            /// The per-key sequence numbers are kept (one row per consumer and
+            /// key): after a keyed message's id is purged, its number still marks
+            /// a redelivery of it as stale. A purged message without a key is fresh
+            /// again if it is redelivered.
+            ///
+            /// # Errors
+            ///
+            /// [`Error::InvalidConfig`](crate::Error::InvalidConfig) for a `batch` below 1; [`Error::Database`](crate::Error::Database) if the database
+            /// fails.
+            pub async fn purge_before(&self, before: DateTime<Utc>, batch: i64) -> Result<u64> {
+                validate_batch(batch)?;
+                let mut total = 0;
+                loop {
+                    let deleted = self.purge_batch(before, batch).await?;
+                    total += deleted;
+                    if deleted < batch as u64 {
+                        return Ok(total);
+                    }
+                }
+            }
+
+            /// The last per-key sequence number `consumer` received for the
+            /// partition key `key` (committed), if any.
+            ///
+            /// # Errors
+            ///
+            /// [`Error::Database`](crate::Error::Database) if the database fails.
+            pub async fn last_sequence(&self, consumer: &str, key: &str) -> Result<Option<i64>> {
+                self.read_last_sequence(consumer, key).await
+            }
+        }
+    };
+}
+
 #[cfg(feature = "mysql")]
 mod mysql;
 #[cfg(feature = "postgres")]

@@ -3,7 +3,6 @@
 //! `VARBINARY` and compared byte for byte, not under a collation: `Payroll`
 //! and `payroll` are two consumers.
 
-use std::fmt;
 use std::ops::DerefMut;
 use std::sync::Arc;
 
@@ -85,14 +84,7 @@ struct Inner {
     sql: Sql,
 }
 
-impl fmt::Debug for MySqlInbox {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("MySqlInbox")
-            .field("messages", &self.inner.names.messages)
-            .field("keys", &self.inner.names.keys)
-            .finish_non_exhaustive()
-    }
-}
+inbox_api!(MySqlInbox, MySqlPool, MySql);
 
 /// Configures a [`MySqlInbox`].
 #[derive(Debug)]
@@ -204,12 +196,6 @@ impl MySqlInbox {
         }
     }
 
-    /// The pool [`migrate`](Self::migrate), [`purge_before`](Self::purge_before)
-    /// and [`last_sequence`](Self::last_sequence) use.
-    pub fn pool(&self) -> &MySqlPool {
-        &self.inner.pool
-    }
-
     /// Creates or upgrades the inbox's tables. Safe to run on every start
     /// and from several processes at once (serialized by a named lock,
     /// `GET_LOCK`). MySQL commits each DDL statement on its own, so a
@@ -225,12 +211,7 @@ impl MySqlInbox {
     /// resumes where it stopped).
     pub async fn migrate(&self) -> Result<()> {
         let n = &self.inner.names;
-        let set = MigrationSet {
-            migrations: MIGRATIONS,
-            table: &n.migrations,
-            schema: None,
-            names: n,
-        };
+        let set = MigrationSet::new(MIGRATIONS, &n.migrations, None, n);
         apply_migrations(&self.inner.pool, &set).await
     }
 
@@ -298,29 +279,6 @@ impl MySqlInbox {
         Ok(classify(true, Some(sequence), advanced, previous))
     }
 
-    /// Records that `consumer` received the message `id`, for messages
-    /// from other sources than the relay (no sequence tracking): returns
-    /// [`Receipt::Fresh`] or [`Receipt::Duplicate`], like
-    /// [`receive`](Self::receive).
-    ///
-    /// # Errors
-    ///
-    /// [`Error::InvalidConfig`](crate::Error::InvalidConfig) for an empty, oversized or NUL-holding consumer name, checked
-    /// before anything is sent; [`Error::Database`](crate::Error::Database) if the database fails.
-    pub async fn receive_id<'c, E>(
-        &self,
-        executor: E,
-        consumer: &str,
-        id: MessageId,
-    ) -> Result<Receipt>
-    where
-        E: Executor<'c, Database = MySql>,
-    {
-        validate_consumer(consumer)?;
-        let fresh = self.insert(executor, consumer, id, Utc::now()).await?;
-        Ok(classify(fresh, None, false, None))
-    }
-
     async fn insert<'c, E>(
         &self,
         executor: E,
@@ -340,46 +298,17 @@ impl MySqlInbox {
         Ok(done.rows_affected() == 1)
     }
 
-    /// Deletes the ids of all consumers received before `before`, at most
-    /// `batch` per statement (each its own transaction), until a statement
-    /// deletes fewer. Returns how many were deleted. Pick `before` beyond
-    /// the longest time the broker may redeliver a message.
-    ///
-    /// The per-key sequence numbers are kept (one row per consumer and
-    /// key): after a keyed message's id is purged, its number still marks
-    /// a redelivery of it as stale. A purged message without a key is fresh
-    /// again if it is redelivered.
-    ///
-    /// # Errors
-    ///
-    /// [`Error::InvalidConfig`](crate::Error::InvalidConfig) for a `batch` below 1; [`Error::Database`](crate::Error::Database) if the database
-    /// fails.
-    pub async fn purge_before(&self, before: DateTime<Utc>, batch: i64) -> Result<u64> {
-        validate_batch(batch)?;
-        let mut total = 0;
-        loop {
-            // At READ COMMITTED: no gap lock holds consumers' receipts.
-            let q = sqlx::query(&self.inner.sql.purge).bind(before).bind(batch);
-            let deleted = execute_read_committed(&self.inner.pool, q)
-                .await?
-                .rows_affected();
-            total += deleted;
-            if deleted < batch as u64 {
-                return Ok(total);
-            }
-        }
+    /// Deletes one batch of [`purge_before`](Self::purge_before).
+    async fn purge_batch(&self, before: DateTime<Utc>, batch: i64) -> Result<u64> {
+        // At READ COMMITTED: no gap lock holds consumers' receipts.
+        let q = sqlx::query(&self.inner.sql.purge).bind(before).bind(batch);
+        let done = execute_read_committed(&self.inner.pool, q).await?;
+        Ok(done.rows_affected())
     }
 
-    /// The last per-key sequence number `consumer` received for the
-    /// partition key `key` (committed), if any.
-    ///
-    /// # Errors
-    ///
-    /// [`Error::Database`](crate::Error::Database) if the database fails.
-    pub async fn last_sequence(&self, consumer: &str, key: &str) -> Result<Option<i64>> {
-        Ok(sqlx::query_scalar(&self.inner.sql.last_sequence)
-            .bind(consumer.as_bytes())
-            .bind(key.as_bytes())
+    async fn read_last_sequence(&self, consumer: &str, key: &str) -> Result<Option<i64>> {
+        let q = sqlx::query_scalar(&self.inner.sql.last_sequence).bind(consumer.as_bytes());
+        Ok(q.bind(key.as_bytes())
             .fetch_optional(&self.inner.pool)
             .await?)
     }

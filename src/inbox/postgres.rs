@@ -1,6 +1,5 @@
 //! The inbox on PostgreSQL.
 
-use std::fmt;
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
@@ -55,14 +54,7 @@ struct Inner {
     statements: Statements,
 }
 
-impl fmt::Debug for PgInbox {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("PgInbox")
-            .field("messages", &self.inner.names.messages)
-            .field("keys", &self.inner.names.keys)
-            .finish_non_exhaustive()
-    }
-}
+inbox_api!(PgInbox, PgPool, Postgres);
 
 /// Configures a [`PgInbox`].
 #[derive(Debug)]
@@ -184,12 +176,6 @@ impl PgInbox {
         self.inner.statements.alone(&self.inner.pool)
     }
 
-    /// The pool [`migrate`](Self::migrate), [`purge_before`](Self::purge_before)
-    /// and [`last_sequence`](Self::last_sequence) use.
-    pub fn pool(&self) -> &PgPool {
-        &self.inner.pool
-    }
-
     /// Creates or upgrades the inbox's schema and tables, in one
     /// transaction. Safe to run from several processes at once (serialized
     /// by an advisory lock) and on every start. Tables at a newer version
@@ -202,12 +188,7 @@ impl PgInbox {
     /// rolled back).
     pub async fn migrate(&self) -> Result<()> {
         let n = &self.inner.names;
-        let set = MigrationSet {
-            migrations: MIGRATIONS,
-            table: &n.migrations,
-            schema: n.schema(),
-            names: n,
-        };
+        let set = MigrationSet::new(MIGRATIONS, &n.migrations, n.schema(), n);
         apply_migrations(&self.inner.pool, self.inner.statements, &set).await
     }
 
@@ -256,72 +237,34 @@ impl PgInbox {
         Ok(classify(fresh, key.map(|k| k.1), advanced, previous))
     }
 
-    /// Records that `consumer` received the message `id`, for messages
-    /// from other sources than the relay (no sequence tracking): returns
-    /// [`Receipt::Fresh`] or [`Receipt::Duplicate`], like
-    /// [`receive`](Self::receive).
-    ///
-    /// # Errors
-    ///
-    /// [`Error::InvalidConfig`](crate::Error::InvalidConfig) for an empty, oversized or NUL-holding consumer name, checked
-    /// before anything is sent; [`Error::Database`](crate::Error::Database) if the database fails.
-    pub async fn receive_id<'c, E>(
+    /// Records the id alone (see `receive_id`); the server stamps the time.
+    async fn insert<'c, E>(
         &self,
         executor: E,
         consumer: &str,
         id: MessageId,
-    ) -> Result<Receipt>
+        _now: DateTime<Utc>,
+    ) -> Result<bool>
     where
         E: Executor<'c, Database = Postgres>,
     {
-        validate_consumer(consumer)?;
         let inserted: Option<i32> = sqlx::query_scalar(&self.inner.sql.receive_id)
             .persistent(self.inner.statements.named())
             .bind(consumer)
             .bind(id.as_uuid())
             .fetch_optional(executor)
             .await?;
-        Ok(classify(inserted.is_some(), None, false, None))
+        Ok(inserted.is_some())
     }
 
-    /// Deletes the ids of all consumers received before `before`, at most
-    /// `batch` per statement (each its own transaction), until a statement
-    /// deletes fewer. Returns how many were deleted. Pick `before` beyond
-    /// the longest time the broker may redeliver a message.
-    ///
-    /// The per-key sequence numbers are kept (one row per consumer and
-    /// key): after a keyed message's id is purged, its number still marks
-    /// a redelivery of it as stale. A purged message without a key is fresh
-    /// again if it is redelivered.
-    ///
-    /// # Errors
-    ///
-    /// [`Error::InvalidConfig`](crate::Error::InvalidConfig) for a `batch` below 1; [`Error::Database`](crate::Error::Database) if the database
-    /// fails.
-    pub async fn purge_before(&self, before: DateTime<Utc>, batch: i64) -> Result<u64> {
-        validate_batch(batch)?;
-        let mut total = 0;
-        loop {
-            let q = sqlx::query(&self.inner.sql.purge).bind(before).bind(batch);
-            let deleted = self.alone().execute(q).await?;
-            total += deleted;
-            if deleted < batch as u64 {
-                return Ok(total);
-            }
-        }
+    /// Deletes one batch of [`purge_before`](Self::purge_before).
+    async fn purge_batch(&self, before: DateTime<Utc>, batch: i64) -> Result<u64> {
+        let q = sqlx::query(&self.inner.sql.purge).bind(before).bind(batch);
+        self.alone().execute(q).await
     }
 
-    /// The last per-key sequence number `consumer` received for the
-    /// partition key `key` (committed), if any.
-    ///
-    /// # Errors
-    ///
-    /// [`Error::Database`](crate::Error::Database) if the database fails.
-    pub async fn last_sequence(&self, consumer: &str, key: &str) -> Result<Option<i64>> {
-        let q = sqlx::query_scalar(&self.inner.sql.last_sequence)
-            .bind(consumer)
-            .bind(key);
-        let last = self.alone().scalar(q).await?;
-        Ok(last)
+    async fn read_last_sequence(&self, consumer: &str, key: &str) -> Result<Option<i64>> {
+        let q = sqlx::query_scalar(&self.inner.sql.last_sequence).bind(consumer);
+        self.alone().scalar(q.bind(key)).await
     }
 }

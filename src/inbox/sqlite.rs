@@ -1,7 +1,6 @@
 //! The inbox on SQLite. Times are microseconds since the Unix epoch (UTC),
 //! computed in Rust; ids are 16-byte blobs.
 
-use std::fmt;
 use std::ops::DerefMut;
 use std::sync::Arc;
 
@@ -96,14 +95,7 @@ struct Inner {
     sql: Sql,
 }
 
-impl fmt::Debug for SqliteInbox {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("SqliteInbox")
-            .field("messages", &self.inner.names.messages)
-            .field("keys", &self.inner.names.keys)
-            .finish_non_exhaustive()
-    }
-}
+inbox_api!(SqliteInbox, SqlitePool, Sqlite);
 
 /// Configures a [`SqliteInbox`].
 #[derive(Debug)]
@@ -199,12 +191,6 @@ impl SqliteInbox {
         }
     }
 
-    /// The pool [`migrate`](Self::migrate), [`purge_before`](Self::purge_before)
-    /// and [`last_sequence`](Self::last_sequence) use.
-    pub fn pool(&self) -> &SqlitePool {
-        &self.inner.pool
-    }
-
     /// Creates or upgrades the inbox's tables, in one transaction. Safe to
     /// run on every start and from several processes at once (SQLite
     /// serializes the writers). Tables at a newer version than this crate
@@ -217,12 +203,7 @@ impl SqliteInbox {
     /// rolled back).
     pub async fn migrate(&self) -> Result<()> {
         let n = &self.inner.names;
-        let set = MigrationSet {
-            migrations: MIGRATIONS,
-            table: &n.migrations,
-            schema: None,
-            names: n,
-        };
+        let set = MigrationSet::new(MIGRATIONS, &n.migrations, None, n);
         apply_migrations(&self.inner.pool, &set).await
     }
 
@@ -261,7 +242,7 @@ impl SqliteInbox {
     {
         validate_consumer(consumer)?;
         let conn: &mut SqliteConnection = &mut conn;
-        let now = micros(Utc::now());
+        let now = Utc::now();
         let fresh = self.insert(&mut *conn, consumer, message.id(), now).await?;
         let key = tracked(message);
         let (Some((key, sequence)), true) = (key, fresh) else {
@@ -271,7 +252,7 @@ impl SqliteInbox {
             .bind(consumer)
             .bind(key)
             .bind(sequence)
-            .bind(now)
+            .bind(micros(now))
             .fetch_optional(&mut *conn)
             .await?;
         Ok(classify(
@@ -282,37 +263,12 @@ impl SqliteInbox {
         ))
     }
 
-    /// Records that `consumer` received the message `id`, for messages
-    /// from other sources than the relay (no sequence tracking): returns
-    /// [`Receipt::Fresh`] or [`Receipt::Duplicate`], like
-    /// [`receive`](Self::receive).
-    ///
-    /// # Errors
-    ///
-    /// [`Error::InvalidConfig`](crate::Error::InvalidConfig) for an empty, oversized or NUL-holding consumer name, checked
-    /// before anything is sent; [`Error::Database`](crate::Error::Database) if the database fails.
-    pub async fn receive_id<'c, E>(
-        &self,
-        executor: E,
-        consumer: &str,
-        id: MessageId,
-    ) -> Result<Receipt>
-    where
-        E: Executor<'c, Database = Sqlite>,
-    {
-        validate_consumer(consumer)?;
-        let fresh = self
-            .insert(executor, consumer, id, micros(Utc::now()))
-            .await?;
-        Ok(classify(fresh, None, false, None))
-    }
-
     async fn insert<'c, E>(
         &self,
         executor: E,
         consumer: &str,
         id: MessageId,
-        now: i64,
+        now: DateTime<Utc>,
     ) -> Result<bool>
     where
         E: Executor<'c, Database = Sqlite>,
@@ -320,54 +276,24 @@ impl SqliteInbox {
         let done = sqlx::query(&self.inner.sql.insert)
             .bind(consumer)
             .bind(id.as_uuid().as_bytes().to_vec())
-            .bind(now)
+            .bind(micros(now))
             .execute(executor)
             .await?;
         Ok(done.rows_affected() == 1)
     }
 
-    /// Deletes the ids of all consumers received before `before`, at most
-    /// `batch` per statement (each its own transaction), until a statement
-    /// deletes fewer. Returns how many were deleted. Pick `before` beyond
-    /// the longest time the broker may redeliver a message.
-    ///
-    /// The per-key sequence numbers are kept (one row per consumer and
-    /// key): after a keyed message's id is purged, its number still marks
-    /// a redelivery of it as stale. A purged message without a key is fresh
-    /// again if it is redelivered.
-    ///
-    /// # Errors
-    ///
-    /// [`Error::InvalidConfig`](crate::Error::InvalidConfig) for a `batch` below 1; [`Error::Database`](crate::Error::Database) if the database
-    /// fails.
-    pub async fn purge_before(&self, before: DateTime<Utc>, batch: i64) -> Result<u64> {
-        validate_batch(batch)?;
-        let mut total = 0;
-        loop {
-            let deleted = sqlx::query(&self.inner.sql.purge)
-                .bind(micros(before))
-                .bind(batch)
-                .execute(&self.inner.pool)
-                .await?
-                .rows_affected();
-            total += deleted;
-            if deleted < batch as u64 {
-                return Ok(total);
-            }
-        }
+    /// Deletes one batch of [`purge_before`](Self::purge_before).
+    async fn purge_batch(&self, before: DateTime<Utc>, batch: i64) -> Result<u64> {
+        let done = sqlx::query(&self.inner.sql.purge)
+            .bind(micros(before))
+            .bind(batch)
+            .execute(&self.inner.pool)
+            .await?;
+        Ok(done.rows_affected())
     }
 
-    /// The last per-key sequence number `consumer` received for the
-    /// partition key `key` (committed), if any.
-    ///
-    /// # Errors
-    ///
-    /// [`Error::Database`](crate::Error::Database) if the database fails.
-    pub async fn last_sequence(&self, consumer: &str, key: &str) -> Result<Option<i64>> {
-        Ok(sqlx::query_scalar(&self.inner.sql.last_sequence)
-            .bind(consumer)
-            .bind(key)
-            .fetch_optional(&self.inner.pool)
-            .await?)
+    async fn read_last_sequence(&self, consumer: &str, key: &str) -> Result<Option<i64>> {
+        let q = sqlx::query_scalar(&self.inner.sql.last_sequence).bind(consumer);
+        Ok(q.bind(key).fetch_optional(&self.inner.pool).await?)
     }
 }

@@ -2,7 +2,6 @@
 //! message headers, and lease rows.
 
 use sqlx::{ColumnIndex, Decode, Row, Type};
-use uuid::Uuid;
 
 use crate::error::{Error, Result};
 use crate::message::{Headers, OutboxMessage};
@@ -14,8 +13,9 @@ pub(crate) fn decode_error(msg: String) -> Error {
 }
 
 /// A message id stored as 16 bytes.
-pub(crate) fn uuid_from_bytes(b: &[u8]) -> Result<Uuid> {
-    Uuid::from_slice(b).map_err(|e| decode_error(format!("invalid message id: {e}")))
+#[cfg(any(feature = "sqlite", feature = "mysql"))]
+pub(crate) fn uuid_from_bytes(b: &[u8]) -> Result<uuid::Uuid> {
+    uuid::Uuid::from_slice(b).map_err(|e| decode_error(format!("invalid message id: {e}")))
 }
 
 /// A message's stored headers. Headers that do not decode are left empty

@@ -166,7 +166,40 @@ pub(crate) struct MigrationSet<'a> {
 }
 
 #[cfg(any(feature = "postgres", feature = "sqlite", feature = "mysql"))]
-impl MigrationSet<'_> {
+impl<'a> MigrationSet<'a> {
+    /// The set of `migrations` recorded in `table`, its placeholders
+    /// filled from `names`.
+    pub(crate) fn new(
+        migrations: &'static [(i64, &'static str)],
+        table: &'a str,
+        schema: Option<&'a str>,
+        names: &'a dyn RenderNames,
+    ) -> Self {
+        MigrationSet {
+            migrations,
+            table,
+            schema,
+            names,
+        }
+    }
+
+    /// Refuses tables at another version than this build needs, from the
+    /// read of the applied version; a read that fails because the table
+    /// does not exist (as `missing` tells) means never migrated.
+    #[cfg(any(feature = "sqlite", feature = "mysql"))]
+    pub(crate) fn check_current(
+        &self,
+        read: std::result::Result<Option<i64>, sqlx::Error>,
+        missing: impl Fn(&dyn sqlx::error::DatabaseError) -> bool,
+    ) -> Result<()> {
+        let found = match read {
+            Ok(v) => v,
+            Err(sqlx::Error::Database(e)) if missing(e.as_ref()) => None,
+            Err(e) => return Err(e.into()),
+        };
+        check_schema_current(found, self.migrations)
+    }
+
     /// A bookkeeping statement of the runner, its `{migrations}` and
     /// `{schema}` filled from this set.
     pub(crate) fn bookkeeping(&self, file: &str) -> String {
@@ -422,6 +455,19 @@ pub(crate) struct AckPlan<'a> {
 }
 
 impl<'a> AckPlan<'a> {
+    /// The messages to dead-letter as JSON rows `[position, attempts,
+    /// error]`, and their positions.
+    #[cfg(any(feature = "sqlite", feature = "mysql"))]
+    pub(crate) fn dead_rows(&self) -> (serde_json::Value, Vec<i64>) {
+        let rows = self
+            .dead
+            .iter()
+            .map(|(seq, attempts, error)| serde_json::json!([seq, attempts, error]))
+            .collect();
+        let positions = self.dead.iter().map(|d| d.0).collect();
+        (serde_json::Value::Array(rows), positions)
+    }
+
     /// Sorts `acks`; those whose bucket `still_owned` rejects are fenced.
     pub(crate) fn new(acks: &'a [Ack], still_owned: impl Fn(i32) -> bool) -> Self {
         let mut plan = AckPlan::default();

@@ -43,6 +43,7 @@ pub(crate) fn body(file: &str) -> String {
 
 /// `n` rows of `columns` parameters each, `(?, ?), (?, ?)`, for a
 /// multi-row insert. The text depends only on the two numbers.
+#[cfg(any(feature = "sqlite", feature = "mysql"))]
 pub(crate) fn parameter_rows(n: usize, columns: usize) -> String {
     let row = format!("({})", vec!["?"; columns].join(", "));
     vec![row.as_str(); n].join(", ")

@@ -5,7 +5,7 @@
 
 use std::collections::HashSet;
 
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use sqlx::Row;
 
 use super::decode::{json, json_time};
@@ -56,7 +56,6 @@ pub(super) async fn ack(outbox: &MySqlOutbox, p: AckBatch<'_>) -> Result<AckRepo
         tx.rollback().await?;
         return Ok(report);
     }
-    let pairs = |v: &[(&str, i64)]| json(&serde_json::json!(v));
     if !plan.published.is_empty() {
         let seqs = &plan.published;
         if retain {
@@ -70,11 +69,7 @@ pub(super) async fn ack(outbox: &MySqlOutbox, p: AckBatch<'_>) -> Result<AckRepo
         delete(&mut tx, &sql.delete_seqs, seqs).await?;
     }
     if !plan.key_sequences.is_empty() {
-        sqlx::query(&sql.key_seq_upsert)
-            .bind(now)
-            .bind(pairs(&plan.key_sequences))
-            .execute(&mut *tx)
-            .await?;
+        upsert(&mut tx, &sql.key_seq_upsert, now, &plan.key_sequences).await?;
     }
     if !plan.unblock.is_empty() {
         let text = with_pairs(&sql.unblock, plan.unblock.len());
@@ -109,16 +104,9 @@ pub(super) async fn ack(outbox: &MySqlOutbox, p: AckBatch<'_>) -> Result<AckRepo
         q.persistent(false).execute(&mut *tx).await?;
     }
     if !plan.dead.is_empty() {
-        let dead: Vec<serde_json::Value> = plan
-            .dead
-            .iter()
-            .map(|(seq, attempts, error)| serde_json::json!([seq, attempts, error]))
-            .collect();
-        let dead_seqs: Vec<i64> = plan.dead.iter().map(|d| d.0).collect();
+        let (dead, dead_seqs) = plan.dead_rows();
         let text = with_list(&sql.copy_dead, dead_seqs.len());
-        let mut q = sqlx::query(&text)
-            .bind(Utc::now())
-            .bind(json(&serde_json::Value::Array(dead)));
+        let mut q = sqlx::query(&text).bind(Utc::now()).bind(json(&dead));
         for s in &dead_seqs {
             q = q.bind(*s);
         }
@@ -126,11 +114,7 @@ pub(super) async fn ack(outbox: &MySqlOutbox, p: AckBatch<'_>) -> Result<AckRepo
         delete(&mut tx, &sql.delete_seqs, &dead_seqs).await?;
     }
     if !plan.block.is_empty() {
-        sqlx::query(&sql.block)
-            .bind(now)
-            .bind(pairs(&plan.block))
-            .execute(&mut *tx)
-            .await?;
+        upsert(&mut tx, &sql.block, now, &plan.block).await?;
     }
     tx.commit().await?;
     Ok(report)
@@ -148,5 +132,21 @@ async fn delete(
         q = q.bind(*s);
     }
     q.persistent(false).execute(&mut **tx).await?;
+    Ok(())
+}
+
+/// Upserts (key, number) pairs stamped `now` (see `key_seq_upsert.sql`
+/// and `block.sql`), the pairs as JSON.
+async fn upsert(
+    tx: &mut sqlx::Transaction<'_, sqlx::MySql>,
+    statement: &str,
+    now: DateTime<Utc>,
+    pairs: &[(&str, i64)],
+) -> Result<()> {
+    sqlx::query(statement)
+        .bind(now)
+        .bind(json(&serde_json::json!(pairs)))
+        .execute(&mut **tx)
+        .await?;
     Ok(())
 }

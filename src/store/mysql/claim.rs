@@ -13,21 +13,14 @@ use crate::store::{Claim, Claimed, ClaimedBatch};
 const MAX_BUCKETS: i32 = 64;
 
 pub(super) async fn claim(outbox: &MySqlOutbox, p: Claim<'_>) -> Result<ClaimedBatch> {
-    let Claim {
-        buckets,
-        bucket_count,
-        now,
-        limit,
-        exclude,
-        max_bytes,
-    } = p;
+    let (bucket_count, exclude) = (p.bucket_count, p.exclude);
     if !(1..=MAX_BUCKETS).contains(&bucket_count) {
         return Err(Error::InvalidConfig {
             field: "bucket count",
             reason: format!("must be between 1 and {MAX_BUCKETS} on MySQL, not {bucket_count}"),
         });
     }
-    let mask: u64 = match buckets {
+    let mask: u64 = match p.buckets {
         None => u64::MAX,
         Some(b) => b
             .iter()
@@ -47,7 +40,7 @@ pub(super) async fn claim(outbox: &MySqlOutbox, p: Claim<'_>) -> Result<ClaimedB
     let mut q = sqlx::query(&text)
         .bind(bucket_count)
         .bind(bucket_count)
-        .bind(now);
+        .bind(p.now);
     if exclude.is_empty() {
         q = q.bind(-1i64);
     }
@@ -56,8 +49,8 @@ pub(super) async fn claim(outbox: &MySqlOutbox, p: Claim<'_>) -> Result<ClaimedB
     }
     let rows = q
         .bind(mask)
-        .bind(limit)
-        .bind(max_bytes)
+        .bind(p.limit)
+        .bind(p.max_bytes)
         .persistent(exclude.is_empty())
         .fetch_all(pool)
         .await?;
@@ -77,7 +70,7 @@ pub(super) async fn claim(outbox: &MySqlOutbox, p: Claim<'_>) -> Result<ClaimedB
             })
         })
         .collect::<Result<_>>()?;
-    Ok(ClaimedBatch::new(messages, cut, limit))
+    Ok(ClaimedBatch::new(messages, cut, p.limit))
 }
 
 /// Deletes the key blocks whose message is gone: read without locking,

@@ -25,12 +25,8 @@ pub(super) async fn bucket_count(outbox: &MySqlOutbox) -> Result<i32> {
 }
 
 pub(super) async fn heartbeat(outbox: &MySqlOutbox, p: Heartbeat) -> Result<usize> {
-    let Heartbeat {
-        relay,
-        ttl,
-        publish_error,
-    } = p;
-    let relay = relay.as_bytes().to_vec();
+    let ttl = p.ttl;
+    let relay = p.relay.as_bytes().to_vec();
     let sql = &outbox.inner.sql;
     let pool = &outbox.inner.pool;
     execute_read_committed(
@@ -38,7 +34,7 @@ pub(super) async fn heartbeat(outbox: &MySqlOutbox, p: Heartbeat) -> Result<usiz
         sqlx::query(&sql.heartbeat_up)
             .bind(&relay)
             .bind(micros(ttl))
-            .bind(publish_error),
+            .bind(p.publish_error),
     )
     .await?;
     execute_read_committed(

@@ -13,7 +13,7 @@ use sqlx::Executor;
 
 use super::MySqlOutbox;
 use crate::error::{Error, Result};
-use crate::store::{check_schema_current, MigrationSet};
+use crate::store::MigrationSet;
 
 pub(super) const MIGRATIONS: &[(i64, &str)] = &[
     (1, include_str!("../../../migrations/mysql/0001_core.sql")),
@@ -133,12 +133,7 @@ async fn apply_locked(conn: &mut MySqlConnection, set: &MigrationSet<'_>) -> Res
 impl MySqlOutbox {
     fn migrations(&self) -> MigrationSet<'_> {
         let n = &self.inner.names;
-        MigrationSet {
-            migrations: MIGRATIONS,
-            table: &n.migrations,
-            schema: None,
-            names: n,
-        }
+        MigrationSet::new(MIGRATIONS, &n.migrations, None, n)
     }
 
     /// Creates or upgrades the crate's tables. Safe to run on every start
@@ -163,17 +158,12 @@ impl MySqlOutbox {
 
 /// Refuses tables at another migration version than this build needs.
 pub(super) async fn check_schema(outbox: &MySqlOutbox) -> Result<()> {
-    let version = outbox.migrations().bookkeeping(VERSION);
-    let found: Option<i64> = match sqlx::query_scalar(&version)
+    let set = outbox.migrations();
+    let read = sqlx::query_scalar(&set.bookkeeping(VERSION))
         .fetch_one(&outbox.inner.pool)
-        .await
-    {
-        Ok(v) => v,
-        // ER_NO_SUCH_TABLE: never migrated.
-        Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("42S02") => None,
-        Err(e) => return Err(e.into()),
-    };
-    check_schema_current(found, MIGRATIONS)
+        .await;
+    // ER_NO_SUCH_TABLE: never migrated.
+    set.check_current(read, |e| e.code().as_deref() == Some("42S02"))
 }
 
 #[cfg(test)]

@@ -107,12 +107,7 @@ async fn apply_once(pool: &PgPool, statements: Statements, set: &MigrationSet<'_
 impl PgOutbox {
     fn migrations(&self) -> MigrationSet<'_> {
         let n = &self.inner.names;
-        MigrationSet {
-            migrations: MIGRATIONS,
-            table: &n.migrations,
-            schema: n.schema.as_deref(),
-            names: n,
-        }
+        MigrationSet::new(MIGRATIONS, &n.migrations, n.schema.as_deref(), n)
     }
 
     /// Creates or upgrades the crate's schema and tables. Safe to run from

@@ -4,7 +4,8 @@
 
 use std::collections::HashSet;
 
-use chrono::Utc;
+use chrono::{DateTime, Utc};
+use sqlx::SqliteConnection;
 
 use super::decode::{json, micros};
 use super::SqliteOutbox;
@@ -59,12 +60,6 @@ pub(super) async fn ack(outbox: &SqliteOutbox, p: AckBatch<'_>) -> Result<AckRep
         .iter()
         .map(|(seq, attempts, at, error)| serde_json::json!([seq, attempts, micros(*at), error]))
         .collect();
-    let dead: Vec<serde_json::Value> = plan
-        .dead
-        .iter()
-        .map(|(seq, attempts, error)| serde_json::json!([seq, attempts, error]))
-        .collect();
-    let dead_seqs: Vec<i64> = plan.dead.iter().map(|d| d.0).collect();
     if report.applied == 0 {
         tx.rollback().await?;
         return Ok(report);
@@ -72,34 +67,18 @@ pub(super) async fn ack(outbox: &SqliteOutbox, p: AckBatch<'_>) -> Result<AckRep
     if !published.is_empty() {
         let seqs = json(&serde_json::json!(published));
         if retain {
-            sqlx::query(&sql.copy_published)
-                .bind(micros(now))
-                .bind(&seqs)
-                .execute(&mut *tx)
-                .await?;
+            run(&mut tx, &sql.copy_published, Some(now), &seqs).await?;
         }
-        sqlx::query(&sql.delete_seqs)
-            .bind(&seqs)
-            .execute(&mut *tx)
-            .await?;
+        run(&mut tx, &sql.delete_seqs, None, &seqs).await?;
     }
     if !key_seqs.is_empty() {
-        sqlx::query(&sql.key_seq_upsert)
-            .bind(micros(now))
-            .bind(json(&pairs(key_seqs)))
-            .execute(&mut *tx)
-            .await?;
+        let numbers = json(&pairs(key_seqs));
+        run(&mut tx, &sql.key_seq_upsert, Some(now), &numbers).await?;
     }
     if !unblock.is_empty() {
         let lifted = json(&pairs(unblock));
-        sqlx::query(&sql.unblock)
-            .bind(&lifted)
-            .execute(&mut *tx)
-            .await?;
-        sqlx::query(&sql.unpark)
-            .bind(lifted)
-            .execute(&mut *tx)
-            .await?;
+        run(&mut tx, &sql.unblock, None, &lifted).await?;
+        run(&mut tx, &sql.unpark, None, &lifted).await?;
     }
     if !retry.is_empty() {
         sqlx::query(&sql.retry)
@@ -108,24 +87,31 @@ pub(super) async fn ack(outbox: &SqliteOutbox, p: AckBatch<'_>) -> Result<AckRep
             .execute(&mut *tx)
             .await?;
     }
-    if !dead.is_empty() {
-        sqlx::query(&sql.copy_dead)
-            .bind(micros(Utc::now()))
-            .bind(json(&serde_json::Value::Array(dead)))
-            .execute(&mut *tx)
-            .await?;
-        sqlx::query(&sql.delete_seqs)
-            .bind(json(&serde_json::json!(dead_seqs)))
-            .execute(&mut *tx)
-            .await?;
+    if !plan.dead.is_empty() {
+        let (rows, positions) = plan.dead_rows();
+        run(&mut tx, &sql.copy_dead, Some(Utc::now()), &json(&rows)).await?;
+        let positions = json(&serde_json::json!(positions));
+        run(&mut tx, &sql.delete_seqs, None, &positions).await?;
     }
     if !block.is_empty() {
-        sqlx::query(&sql.block)
-            .bind(micros(now))
-            .bind(json(&pairs(block)))
-            .execute(&mut *tx)
-            .await?;
+        run(&mut tx, &sql.block, Some(now), &json(&pairs(block))).await?;
     }
     tx.commit().await?;
     Ok(report)
+}
+
+/// Runs a statement of the acknowledgement that takes a time first where
+/// `at` is given, then a list as JSON.
+async fn run(
+    tx: &mut SqliteConnection,
+    statement: &str,
+    at: Option<DateTime<Utc>>,
+    list: &str,
+) -> Result<()> {
+    let mut q = sqlx::query(statement);
+    if let Some(at) = at {
+        q = q.bind(micros(at));
+    }
+    q.bind(list).execute(tx).await?;
+    Ok(())
 }

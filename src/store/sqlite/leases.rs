@@ -16,19 +16,15 @@ pub(super) async fn bucket_count(outbox: &SqliteOutbox) -> Result<i32> {
 }
 
 pub(super) async fn heartbeat(outbox: &SqliteOutbox, p: Heartbeat) -> Result<usize> {
-    let Heartbeat {
-        relay,
-        ttl,
-        publish_error,
-    } = p;
+    let ttl = p.ttl;
     let now = Utc::now();
-    let relay = relay.as_bytes().to_vec();
+    let relay = p.relay.as_bytes().to_vec();
     let mut tx = outbox.inner.pool.begin().await?;
     // Starts with the write.
     sqlx::query(&outbox.inner.sql.heartbeat_up)
         .bind(&relay)
         .bind(micros_after(now, ttl))
-        .bind(publish_error)
+        .bind(p.publish_error)
         .execute(&mut *tx)
         .await?;
     let gone = micros(now)

@@ -10,7 +10,7 @@ use sqlx::Executor;
 use super::decode::micros;
 use super::SqliteOutbox;
 use crate::error::Result;
-use crate::store::{check_schema_current, MigrationSet};
+use crate::store::MigrationSet;
 
 pub(super) const MIGRATIONS: &[(i64, &str)] = &[
     (1, include_str!("../../../migrations/sqlite/0001_core.sql")),
@@ -79,12 +79,7 @@ pub(crate) async fn apply(pool: &SqlitePool, set: &MigrationSet<'_>) -> Result<(
 impl SqliteOutbox {
     pub(super) fn migrations(&self) -> MigrationSet<'_> {
         let n = &self.inner.names;
-        MigrationSet {
-            migrations: MIGRATIONS,
-            table: &n.migrations,
-            schema: None,
-            names: n,
-        }
+        MigrationSet::new(MIGRATIONS, &n.migrations, None, n)
     }
 
     /// Creates or upgrades the crate's tables, in one transaction. Safe to
@@ -104,15 +99,9 @@ impl SqliteOutbox {
 
 /// Refuses tables at another migration version than this build needs.
 pub(super) async fn check_schema(outbox: &SqliteOutbox) -> Result<()> {
-    let version = outbox.migrations().bookkeeping(VERSION);
-    let found: Option<i64> = match sqlx::query_scalar(&version)
+    let set = outbox.migrations();
+    let read = sqlx::query_scalar(&set.bookkeeping(VERSION))
         .fetch_one(&outbox.inner.pool)
-        .await
-    {
-        Ok(v) => v,
-        // No tables at all: never migrated.
-        Err(sqlx::Error::Database(e)) if e.message().starts_with("no such table") => None,
-        Err(e) => return Err(e.into()),
-    };
-    check_schema_current(found, MIGRATIONS)
+        .await;
+    set.check_current(read, |e| e.message().starts_with("no such table"))
 }
