@@ -18,10 +18,13 @@ use chrono::{DateTime, Utc};
 use outbox::export::{ChangePage, Cursor};
 use outbox::{
     BatchEnqueued, BlockedKey, DeadLetter, DeadLetterFilter, Enqueued, Event, MessageId,
-    NewMessage, OutboxMessage, Publisher, Receipt, RelayBuilder, ReplayReport,
+    NewMessage, OutboxMessage, Publisher, Receipt, RelayBuilder, RelayHandle, ReplayReport,
 };
+use sqlx::pool::PoolOptions;
 use sqlx::Transaction;
 use uuid::Uuid;
+
+use self::sql::{Arg, SuiteDb};
 
 /// A transaction of backend `B`'s database.
 pub type Tx<B> = Transaction<'static, <B as Backend>::Db>;
@@ -37,6 +40,24 @@ pub enum Pool {
     /// and no timeout, idle limit or ping that a jump of the paused clock
     /// could trip.
     PausedTime,
+}
+
+impl Pool {
+    /// The options of this pool on a backend whose usual pool has `usual`
+    /// connections and whose paused-time pool at most `paused`.
+    pub fn options<DB: sqlx::Database>(self, usual: u32, paused: u32) -> PoolOptions<DB> {
+        match self {
+            Pool::Default => PoolOptions::new().max_connections(usual),
+            Pool::Connections(n) => PoolOptions::new().max_connections(n),
+            Pool::PausedTime => PoolOptions::new()
+                .max_connections(paused)
+                .min_connections(4)
+                .acquire_timeout(Duration::from_secs(365 * 24 * 3600))
+                .idle_timeout(None)
+                .max_lifetime(None)
+                .test_before_acquire(false),
+        }
+    }
 }
 
 /// One delivery recorded by a relay process (see [`Backend::record`]).
@@ -69,6 +90,11 @@ impl Delivery {
 
 /// A fresh database of one backend, with a migrated outbox (default table
 /// names) and the scenarios' business table `candidates`.
+///
+/// The scenarios' own tables (`candidates`, `key_counters`, `key_log`,
+/// `received`) are written in SQL every database takes, with the column
+/// types of [`Backend::UUID`] and [`Backend::SERIAL`]; `key` is reserved
+/// in MySQL, so key columns are named `k`.
 #[async_trait]
 pub trait Backend: Send + Sync + Sized + 'static {
     /// The name of the backend's module in the `conformance!` invocation.
@@ -78,8 +104,25 @@ pub trait Backend: Send + Sync + Sized + 'static {
     /// stand by.
     const BUCKETS: usize;
 
-    type Db: sqlx::Database;
+    type Db: SuiteDb;
     type Outbox: TestOutbox<Db = Self::Db>;
+    type Builder: OutboxBuilder<Outbox = Self::Outbox>;
+
+    /// The column type that holds a UUID.
+    const UUID: &'static str;
+    /// The column type of an auto-numbered primary key.
+    const SERIAL: &'static str;
+    /// The names of the tables of the outboxes in this database (those of
+    /// every prefix), in order.
+    const TABLES: &'static str;
+
+    /// The pool of the scenarios' own statements (bookkeeping reads, setup).
+    fn pool(&self) -> &sqlx::Pool<Self::Db>;
+
+    /// The pool the outbox and the scenarios' transactions use.
+    fn app_pool(&self) -> &sqlx::Pool<Self::Db> {
+        self.pool()
+    }
 
     /// A new, empty database with `pool`, dropped by [`Backend::close`].
     async fn create_bare(pool: Pool) -> Self;
@@ -110,19 +153,36 @@ pub trait Backend: Send + Sync + Sized + 'static {
     /// Drops the database (if this handle created it).
     async fn close(&self);
 
+    /// The builder of the outbox, on the pool the outbox uses.
+    fn outbox_builder(&self) -> Self::Builder;
+
     /// The outbox with the default table names.
-    fn outbox(&self) -> Self::Outbox;
+    fn outbox(&self) -> Self::Outbox {
+        self.outbox_builder().build().expect("the default outbox")
+    }
 
     /// An outbox whose table names start with `prefix`, not migrated; the
     /// builder's error for a bad prefix.
-    fn outbox_with_prefix(&self, prefix: &str) -> outbox::Result<Self::Outbox>;
-    /// The outbox with its builder's `max_payload_bytes` set.
-    fn outbox_with_payload_limit(&self, limit: usize) -> outbox::Result<Self::Outbox>;
+    fn outbox_with_prefix(&self, prefix: &str) -> outbox::Result<Self::Outbox> {
+        self.outbox_builder().table_prefix(prefix).build()
+    }
 
-    async fn begin(&self) -> Tx<Self>;
+    /// The outbox with its builder's `max_payload_bytes` set.
+    fn outbox_with_payload_limit(&self, limit: usize) -> outbox::Result<Self::Outbox> {
+        self.outbox_builder().max_payload_bytes(limit).build()
+    }
+
+    async fn begin(&self) -> Tx<Self> {
+        self.app_pool().begin().await.unwrap()
+    }
 
     /// Writes a business row in `tx`.
-    async fn insert_candidate(&self, tx: &mut Tx<Self>, id: i64, status: &str) -> sqlx::Result<()>;
+    async fn insert_candidate(&self, tx: &mut Tx<Self>, id: i64, status: &str) -> sqlx::Result<()> {
+        let sql = "INSERT INTO candidates VALUES (?, ?)";
+        Self::Db::run_in(tx, sql, &[Arg::Int(id), Arg::Text(status)])
+            .await
+            .map(drop)
+    }
 
     /// A transaction that has hired candidate `id`: its business row
     /// written, nothing else yet.
@@ -140,20 +200,40 @@ pub trait Backend: Send + Sync + Sized + 'static {
     /// The database's clock, in the form the crate stores times in.
     const NOW: &'static str;
 
+    /// What a query puts before and after a table's own name (its prefix
+    /// and the table) to name one of the crate's tables.
+    const QUALIFY: [&'static str; 2] = ["", ""];
+
     /// The name a query gives the crate's table `table` of the outbox with
     /// `prefix`.
-    fn table(prefix: &str, table: &str) -> String;
+    fn table(prefix: &str, table: &str) -> String {
+        let [before, after] = Self::QUALIFY;
+        format!("{before}{prefix}{table}{after}")
+    }
 
     /// Runs a query that returns one integer.
-    async fn count(&self, sql: &str) -> i64;
+    async fn count(&self, sql: &str) -> i64 {
+        Self::Db::int(self.pool(), sql).await
+    }
 
     /// Runs a statement that returns no rows, on the scenarios' own
     /// connection (as an operator's SQL would, outside the crate).
-    async fn execute(&self, sql: &str);
+    async fn execute(&self, sql: &str) {
+        Self::Db::raw(self.pool(), sql).await
+    }
 
     /// Blocks `key` at `position` in the default outbox, as a block left by
     /// an older version of the crate (whose message may be gone) would.
-    async fn insert_block(&self, key: &str, position: i64);
+    async fn insert_block(&self, key: &str, position: i64) {
+        let blocked = Self::table(Self::DEFAULT_PREFIX, "blocked_keys");
+        let sql = format!(
+            "INSERT INTO {blocked} (partition_key, seq, since) VALUES (?, ?, {})",
+            Self::NOW
+        );
+        Self::Db::run(self.pool(), &sql, &[Arg::Text(key), Arg::Int(position)])
+            .await
+            .unwrap();
+    }
 
     /// The committed business rows.
     async fn candidates(&self) -> i64 {
@@ -161,7 +241,9 @@ pub trait Backend: Send + Sync + Sized + 'static {
     }
 
     /// The tables of the outboxes in this database (those of every prefix).
-    async fn tables(&self) -> Vec<String>;
+    async fn tables(&self) -> Vec<String> {
+        Self::Db::texts(self.pool(), Self::TABLES).await
+    }
 
     /// Rows in the messages table of the outbox with `prefix`.
     async fn message_rows(&self, prefix: &str) -> i64 {
@@ -215,25 +297,85 @@ pub trait Backend: Send + Sync + Sized + 'static {
     /// Creates `key_counters` (keys `key-0` .. `key-{keys - 1}`, each at 0)
     /// and `key_log`, where writers number each key's messages in commit
     /// order.
-    async fn create_key_counters(&self, keys: usize);
+    async fn create_key_counters(&self, keys: usize) {
+        self.execute("CREATE TABLE key_counters (k VARCHAR(255) PRIMARY KEY, n BIGINT NOT NULL)")
+            .await;
+        self.execute(&format!(
+            "CREATE TABLE key_log (k VARCHAR(255) NOT NULL, n BIGINT NOT NULL, \
+             msg {} NOT NULL, PRIMARY KEY (k, n))",
+            Self::UUID
+        ))
+        .await;
+        if keys > 0 {
+            let rows: Vec<String> = (0..keys).map(|i| format!("('key-{i}', 0)")).collect();
+            self.execute(&format!(
+                "INSERT INTO key_counters (k, n) VALUES {}",
+                rows.join(", ")
+            ))
+            .await;
+        }
+    }
 
     /// Takes the write lock on `key`'s counter row in `tx`.
-    async fn lock_key(&self, tx: &mut Tx<Self>, key: &str) -> sqlx::Result<()>;
+    async fn lock_key(&self, tx: &mut Tx<Self>, key: &str) -> sqlx::Result<()> {
+        let sql = "SELECT n FROM key_counters WHERE k = ? FOR UPDATE";
+        Self::Db::run_in(tx, sql, &[Arg::Text(key)]).await.map(drop)
+    }
 
     /// Counts `key` up in `tx` and logs `message` under the new count.
-    async fn log_key(&self, tx: &mut Tx<Self>, key: &str, message: MessageId) -> sqlx::Result<()>;
+    async fn log_key(&self, tx: &mut Tx<Self>, key: &str, message: MessageId) -> sqlx::Result<()> {
+        // The new count is read back in the same transaction, which holds
+        // the row's lock since the update (MySQL has no UPDATE ...
+        // RETURNING).
+        let sql = "UPDATE key_counters SET n = n + 1 WHERE k = ?";
+        Self::Db::run_in(tx, sql, &[Arg::Text(key)]).await?;
+        let sql = "INSERT INTO key_log (k, n, msg) SELECT k, n, ? FROM key_counters WHERE k = ?";
+        let logged = [Arg::Uuid(message.as_uuid()), Arg::Text(key)];
+        Self::Db::run_in(tx, sql, &logged).await.map(drop)
+    }
 
     /// `key_log` as (key, n, message), by key then n.
-    async fn key_log(&self) -> Vec<(String, i64, Uuid)>;
+    async fn key_log(&self) -> Vec<(String, i64, Uuid)> {
+        Self::Db::key_log(self.pool(), "SELECT k, n, msg FROM key_log ORDER BY k, n").await
+    }
 
     /// Whether the database aborted a writer to break a deadlock.
     fn is_deadlock(error: &outbox::Error) -> bool;
 
     /// Creates `received`, where relays record deliveries.
-    async fn create_received(&self);
+    async fn create_received(&self) {
+        self.execute(&format!(
+            "CREATE TABLE received (seq {}, id {} NOT NULL, k VARCHAR(255) NOT NULL, \
+             n BIGINT NOT NULL, ks BIGINT NOT NULL, relay INT NOT NULL)",
+            Self::SERIAL,
+            Self::UUID
+        ))
+        .await;
+    }
 
     /// Records `deliveries` in one statement.
-    async fn record(&self, deliveries: &[Delivery]) -> sqlx::Result<()>;
+    async fn record(&self, deliveries: &[Delivery]) -> sqlx::Result<()> {
+        if deliveries.is_empty() {
+            return Ok(());
+        }
+        // Five parameters a row: a batch of 200 stays far below every
+        // database's limit of bound parameters.
+        let rows = vec!["(?, ?, ?, ?, ?)"; deliveries.len()].join(", ");
+        let sql = format!("INSERT INTO received (id, k, n, ks, relay) VALUES {rows}");
+        let args: Vec<Arg<'_>> = deliveries
+            .iter()
+            .flat_map(|d| {
+                [
+                    Arg::Uuid(d.id),
+                    Arg::Text(&d.key),
+                    Arg::Int(d.n),
+                    Arg::Int(d.ks),
+                    Arg::Int32(d.relay),
+                ]
+            })
+            .collect();
+        Self::Db::run(self.pool(), &sql, &args).await
+    }
 
     /// The distinct messages recorded as delivered.
     async fn delivered(&self) -> i64 {
@@ -241,7 +383,16 @@ pub trait Backend: Send + Sync + Sized + 'static {
     }
 
     /// Every recorded delivery, in the order recorded.
-    async fn deliveries(&self) -> Vec<Delivery>;
+    async fn deliveries(&self) -> Vec<Delivery> {
+        let sql = "SELECT id, k, n, ks, relay FROM received ORDER BY seq";
+        Self::Db::deliveries(self.pool(), sql).await
+    }
+}
+
+/// Waits (up to a minute) until `relay` holds every bucket of backend `B`;
+/// `what` names the wait in the timeout's message.
+pub async fn every_bucket_held<B: Backend>(relay: &RelayHandle, what: &str) {
+    crate::support::eventually(what, || relay.health().leased_buckets == B::BUCKETS).await;
 }
 
 /// The outbox of one backend, as the scenarios use it: writes in the
@@ -376,6 +527,35 @@ pub trait TestOutbox: Clone + Send + Sync + 'static {
         &self,
         max: i64,
     ) -> outbox::Result<Vec<outbox::export::ExportConsumer>>;
+}
+
+/// The builder of one backend's outbox, as the scenarios configure it.
+pub trait OutboxBuilder: Sized {
+    type Outbox;
+
+    fn table_prefix(self, prefix: &str) -> Self;
+    fn max_payload_bytes(self, limit: usize) -> Self;
+    fn build(self) -> outbox::Result<Self::Outbox>;
+}
+
+/// Implements [`OutboxBuilder`] for a builder type by calling its inherent
+/// methods of the same names.
+macro_rules! outbox_builder {
+    ($builder:ty, $outbox:ty) => {
+        impl crate::backend::OutboxBuilder for $builder {
+            type Outbox = $outbox;
+
+            fn table_prefix(self, prefix: &str) -> Self {
+                <$builder>::table_prefix(self, prefix)
+            }
+            fn max_payload_bytes(self, limit: usize) -> Self {
+                <$builder>::max_payload_bytes(self, limit)
+            }
+            fn build(self) -> ::outbox::Result<$outbox> {
+                <$builder>::build(self)
+            }
+        }
+    };
 }
 
 /// The inbox of one backend, as the scenarios use it.
@@ -619,6 +799,7 @@ macro_rules! test_outbox {
 
 mod mysql;
 pub mod postgres;
+pub mod sql;
 mod sqlite;
 
 pub use mysql::MySql;

@@ -20,6 +20,7 @@ use outbox::export::{ChangePage, Cursor};
 use outbox::{MessageId, NewMessage, OutboxMessage, Publisher, Receipt, RelayBuilder, Result};
 use serde_json::Value;
 
+use crate::backend::sql::{Arg, SuiteDb};
 use crate::backend::{Backend, Pool, TestInbox, TestOutbox, Tx};
 
 /// A [`Backend`] database made for one consumer scenario: empty until a
@@ -38,7 +39,9 @@ pub(crate) trait ConsumerBackend: Backend {
 
     /// Runs `SELECT 1` in `tx`: a transaction aborted by an error would
     /// refuse it.
-    async fn select_one(tx: &mut Tx<Self>) -> i32;
+    async fn select_one(tx: &mut Tx<Self>) -> i32 {
+        Self::Db::select_one(tx).await
+    }
 
     /// Creates or upgrades the outbox.
     async fn migrate_outbox(&self) -> Result<()> {
@@ -76,7 +79,9 @@ pub(crate) trait InboxBackend: ConsumerBackend {
 
     /// The name to query one of the default inbox's tables by
     /// (`inbox_messages`, `inbox_keys`, `inbox_migrations`).
-    fn inbox_table(table: &str) -> String;
+    fn inbox_table(table: &str) -> String {
+        Self::table(Self::DEFAULT_PREFIX, table)
+    }
 
     /// Creates or upgrades the default inbox.
     async fn migrate_inbox(&self) -> Result<()> {
@@ -118,7 +123,16 @@ pub(crate) trait InboxBackend: ConsumerBackend {
 
     /// Records, as a release newer than this crate would, that the default
     /// inbox's tables are at `version`.
-    async fn record_inbox_version(&self, version: i64);
+    async fn record_inbox_version(&self, version: i64) {
+        let migrations = Self::inbox_table("inbox_migrations");
+        let sql = format!(
+            "INSERT INTO {migrations} (version, applied_at) VALUES (?, {})",
+            Self::NOW
+        );
+        Self::Db::run(self.pool(), &sql, &[Arg::Int(version)])
+            .await
+            .expect("record an inbox version");
+    }
 
     /// Builds an inbox in `schema` (`None`: the default) with table names
     /// prefixed by `prefix`. Only backends with schemas take `Some`: the
@@ -131,17 +145,41 @@ pub(crate) trait InboxBackend: ConsumerBackend {
     async fn inbox_relations(&self, schema: Option<&str>, prefix: &str) -> i64;
 
     /// Creates the consumer's `effects (message_id, consumer)` table.
-    async fn create_effects_table(&self);
+    async fn create_effects_table(&self) {
+        self.execute(
+            "CREATE TABLE effects (message_id VARCHAR(64) NOT NULL, \
+             consumer VARCHAR(255) NOT NULL)",
+        )
+        .await;
+    }
 
     /// Inserts one row into `effects` in `tx`.
-    async fn record_effect(tx: &mut Tx<Self>, message: &OutboxMessage, consumer: &str);
+    async fn record_effect(tx: &mut Tx<Self>, message: &OutboxMessage, consumer: &str) {
+        let id = message.id().to_string();
+        let sql = "INSERT INTO effects (message_id, consumer) VALUES (?, ?)";
+        Self::Db::run_in(tx, sql, &[Arg::Text(&id), Arg::Text(consumer)])
+            .await
+            .expect("record an effect");
+    }
 }
 
 /// The change log of a [`ConsumerBackend`], and tables of entities
-/// (`key` text primary key, `doc` a JSON document) for sources and
+/// (`k` text primary key, `doc` a JSON document as text) for sources and
 /// replicas.
 #[async_trait]
 pub(crate) trait ExportBackend: ConsumerBackend {
+    /// What ends a read that locks the entity it reads until the
+    /// transaction ends.
+    const LOCKING_READ: &'static str = "FOR UPDATE";
+
+    /// An insert that skips an entity whose key exists: the words before
+    /// the table and the clause after the values.
+    const INSERT_NEW: [&'static str; 2] = ["INSERT INTO", "ON CONFLICT DO NOTHING"];
+
+    /// The clause that turns an insert into a replacement of the document
+    /// of an existing key.
+    const REPLACE_DOC: &'static str = "ON CONFLICT (k) DO UPDATE SET doc = excluded.doc";
+
     /// `log_change` in `tx`.
     async fn log_change(&self, tx: &mut Tx<Self>, change: &Change) -> Result<()> {
         self.outbox().log_change(tx, change).await
@@ -191,25 +229,66 @@ pub(crate) trait ExportBackend: ConsumerBackend {
     fn foreign_cursor() -> Cursor;
 
     /// Creates an entity table named `table`.
-    async fn create_entity_table(&self, table: &str);
+    async fn create_entity_table(&self, table: &str) {
+        self.execute(&format!(
+            "CREATE TABLE {table} (k VARCHAR(255) PRIMARY KEY, doc TEXT NOT NULL)"
+        ))
+        .await;
+    }
 
     /// Begins a transaction that reads an entity and then writes it.
     async fn begin_write(&self) -> Tx<Self>;
 
     /// The entity `key` of `table`, locked until `tx` ends.
-    async fn entity_for_update(tx: &mut Tx<Self>, table: &str, key: &str) -> Option<Value>;
+    async fn entity_for_update(tx: &mut Tx<Self>, table: &str, key: &str) -> Option<Value> {
+        let sql = format!("SELECT doc FROM {table} WHERE k = ? {}", Self::LOCKING_READ);
+        let doc = Self::Db::text_in(tx, &sql, &[Arg::Text(key)]).await;
+        doc.as_deref().map(parse_doc)
+    }
+
+    /// Whether `error`, from inserting an entity, means that another
+    /// writer's row for the key came first (nothing was inserted).
+    fn lost_insert_race(_error: &sqlx::Error) -> bool {
+        false
+    }
 
     /// Inserts the entity unless `key` exists; whether it did.
-    async fn insert_entity(tx: &mut Tx<Self>, table: &str, key: &str, doc: &Value) -> bool;
+    async fn insert_entity(tx: &mut Tx<Self>, table: &str, key: &str, doc: &Value) -> bool {
+        let [insert, skip] = Self::INSERT_NEW;
+        let sql = format!("{insert} {table} (k, doc) VALUES (?, ?) {skip}");
+        let doc = doc.to_string();
+        match Self::Db::run_in(tx, &sql, &[Arg::Text(key), Arg::Text(&doc)]).await {
+            Ok(rows) => rows == 1,
+            Err(e) if Self::lost_insert_race(&e) => false,
+            Err(e) => panic!("insert an entity: {e}"),
+        }
+    }
 
     /// Inserts or replaces the entity.
-    async fn put_entity(tx: &mut Tx<Self>, table: &str, key: &str, doc: &Value);
+    async fn put_entity(tx: &mut Tx<Self>, table: &str, key: &str, doc: &Value) {
+        let sql = format!(
+            "INSERT INTO {table} (k, doc) VALUES (?, ?) {}",
+            Self::REPLACE_DOC
+        );
+        let doc = doc.to_string();
+        Self::Db::run_in(tx, &sql, &[Arg::Text(key), Arg::Text(&doc)])
+            .await
+            .expect("put an entity");
+    }
 
     /// Deletes the entity.
-    async fn delete_entity(tx: &mut Tx<Self>, table: &str, key: &str);
+    async fn delete_entity(tx: &mut Tx<Self>, table: &str, key: &str) {
+        let sql = format!("DELETE FROM {table} WHERE k = ?");
+        Self::Db::run_in(tx, &sql, &[Arg::Text(key)])
+            .await
+            .expect("delete an entity");
+    }
 
     /// Every entity of `table` as `tx` sees them.
-    async fn entities(tx: &mut Tx<Self>, table: &str) -> HashMap<String, Value>;
+    async fn entities(tx: &mut Tx<Self>, table: &str) -> HashMap<String, Value> {
+        let rows = Self::Db::text_pairs_in(tx, &format!("SELECT k, doc FROM {table}")).await;
+        rows.into_iter().map(|(k, d)| (k, parse_doc(&d))).collect()
+    }
 }
 
 /// Generates, for each backend, a module (`postgres`, `sqlite`, ...) with one

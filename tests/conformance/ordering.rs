@@ -30,7 +30,7 @@ use outbox::{
     RelayBuilder, RelayHandle, RetryPolicy,
 };
 
-use crate::backend::{Backend, Delivery, Pool, TestOutbox};
+use crate::backend::{every_bucket_held, Backend, Delivery, Pool, TestOutbox};
 use crate::support::{eventually, wait_for};
 
 /// The multiplier of `OUTBOX_ORDERING_SCALE`.
@@ -60,7 +60,9 @@ fn fair_share<B: Backend>(relays: usize) -> RangeInclusive<usize> {
 struct Received {
     log: Mutex<Vec<MessageId>>,
     /// Messages the destination kept although the publisher reported a
-    /// failure: the only ones allowed to arrive twice.
+    /// failure, or delivered by a call that never returned (the relay
+    /// abandoned it when its lease ran out, and the bucket's next owner
+    /// publishes them again): the only ones allowed to arrive twice.
     ambiguous: Mutex<HashSet<MessageId>>,
     /// The per-key number each delivery carried.
     numbers: Mutex<Vec<(MessageId, i64)>>,
@@ -73,9 +75,32 @@ struct ChaosPublisher {
     rng: Mutex<fastrand::Rng>,
 }
 
+/// The messages a publisher call has delivered so far; should the call be
+/// dropped before it returns (an abandoned call is aborted), they count as
+/// ambiguous.
+struct InFlight<'a> {
+    received: &'a Received,
+    delivered: Vec<MessageId>,
+    returned: bool,
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        if !self.returned {
+            let mut ambiguous = self.received.ambiguous.lock().unwrap();
+            ambiguous.extend(self.delivered.iter().copied());
+        }
+    }
+}
+
 #[async_trait]
 impl Publisher for ChaosPublisher {
     async fn publish(&self, batch: &[OutboxMessage]) -> Vec<Result<(), PublishError>> {
+        let mut call = InFlight {
+            received: &self.received,
+            delivered: Vec::new(),
+            returned: false,
+        };
         let mut out = Vec::with_capacity(batch.len());
         for m in batch {
             let r = self.rng.lock().unwrap().f64();
@@ -86,6 +111,7 @@ impl Publisher for ChaosPublisher {
                 continue;
             }
             self.received.log.lock().unwrap().push(m.id());
+            call.delivered.push(m.id());
             self.received.numbers.lock().unwrap().push((
                 m.id(),
                 m.key_sequence().expect("keyed messages are numbered"),
@@ -99,13 +125,19 @@ impl Publisher for ChaosPublisher {
                 out.push(Ok(()));
             }
         }
+        // The broker's confirmations come back: a relay that stalled past
+        // its lease abandons the call here, and its deliveries count as
+        // ambiguous.
+        tokio::task::yield_now().await;
+        call.returned = true;
         out
     }
 }
 
 /// 16 writers and 4 relays whose publishers fail at random, before and
 /// after delivering: every committed message arrives, nothing rolled back
-/// does, duplicates only where a delivery was reported as failed, and per
+/// does, duplicates only where a delivery was reported as failed or its
+/// call abandoned (a relay stalled past its 2 s lease), and per
 /// key the first deliveries and their numbers follow commit order.
 pub async fn many_writers_many_relays_random_failures_keep_commit_order<B: Backend>() {
     let db = Arc::new(B::create(Pool::Connections(40)).await);
@@ -220,7 +252,7 @@ pub async fn many_writers_many_relays_random_failures_keep_commit_order<B: Backe
         assert!(committed.contains(id), "{id} was never committed");
     }
     // Duplicates only where the destination kept a message the publisher
-    // reported as failed.
+    // reported as failed, or whose call was abandoned.
     let mut count: HashMap<MessageId, usize> = HashMap::new();
     for id in &log {
         *count.entry(*id).or_default() += 1;
@@ -752,10 +784,7 @@ pub async fn a_slow_publisher_keeps_its_leases<B: Backend>() {
         .poll_interval(Duration::from_millis(10))
         .spawn()
         .unwrap();
-    eventually("A holds every bucket", || {
-        a.health().leased_buckets == B::BUCKETS
-    })
-    .await;
+    every_bucket_held::<B>(&a, "A holds every bucket").await;
     let b = outbox
         .relay(slow(log.clone(), Duration::ZERO))
         .lease_ttl(ttl)
@@ -794,10 +823,7 @@ pub async fn leases_rebalance_when_relays_join_and_leave<B: Backend>() {
             .unwrap()
     };
     let a = relay();
-    eventually("A alone takes every bucket", || {
-        a.health().leased_buckets == B::BUCKETS
-    })
-    .await;
+    every_bucket_held::<B>(&a, "A alone takes every bucket").await;
     let b = relay();
     let c = relay();
     let three = fair_share::<B>(3);

@@ -11,7 +11,7 @@ use outbox::{
     Publisher, Retention, RetryPolicy,
 };
 
-use crate::backend::{Backend, Pool, TestOutbox};
+use crate::backend::{every_bucket_held, Backend, Pool, TestOutbox};
 use crate::messages::{judged, keyed, n_of, numbered};
 use crate::support::{eventually, wait_for};
 
@@ -773,10 +773,7 @@ pub async fn commit_wakes_the_relay_without_polling<B: Backend>() {
         .lease_ttl(Duration::from_secs(3600))
         .spawn()
         .unwrap();
-    eventually("relay running", || {
-        relay.health().leased_buckets == B::BUCKETS
-    })
-    .await;
+    every_bucket_held::<B>(&relay, "relay running").await;
     tokio::time::sleep(Duration::from_millis(100)).await;
 
     for n in 1..=2 {

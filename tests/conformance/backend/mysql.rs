@@ -1,22 +1,21 @@
 //! The MySQL/MariaDB backend of the suite.
 
-use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use outbox::export::Cursor;
-use outbox::{MessageId, MySqlInbox, MySqlOutbox, OutboxMessage, Receipt, Result};
-use serde_json::Value;
+use outbox::{MessageId, MySqlInbox, MySqlOutbox, MySqlOutboxBuilder, Receipt, Result};
 use sqlx::mysql::{
     MySqlConnectOptions, MySqlConnection, MySqlDatabaseError, MySqlPool, MySqlPoolOptions,
 };
-use sqlx::{ConnectOptions, Connection, Row};
+use sqlx::{ConnectOptions, Connection};
 use uuid::Uuid;
 
-use super::{Backend, Delivery, Pool, Tx};
-use crate::consumer_backend::{parse_doc, ConsumerBackend, ExportBackend, InboxBackend};
+use super::{Backend, Pool, Tx};
+use crate::consumer_backend::{ConsumerBackend, ExportBackend, InboxBackend};
 
+outbox_builder!(MySqlOutboxBuilder, MySqlOutbox);
 test_outbox!(MySqlOutbox, sqlx::MySql);
 test_inbox!(MySqlInbox, sqlx::MySql);
 
@@ -125,45 +124,24 @@ impl Backend for MySql {
 
     type Db = sqlx::MySql;
     type Outbox = MySqlOutbox;
+    type Builder = MySqlOutboxBuilder;
     const NOW: &'static str = "UTC_TIMESTAMP(6)";
     const DEFAULT_PREFIX: &'static str = "outbox_";
+    const QUALIFY: [&'static str; 2] = ["`", "`"];
+    const UUID: &'static str = "BINARY(16)";
+    const SERIAL: &'static str = "BIGINT AUTO_INCREMENT PRIMARY KEY";
+    // Cast: some servers describe information_schema's names as binary
+    // strings.
+    const TABLES: &'static str = "SELECT CAST(table_name AS CHAR) \
+        FROM information_schema.tables \
+        WHERE table_schema = DATABASE() AND table_name <> 'candidates' ORDER BY 1";
 
-    fn table(prefix: &str, table: &str) -> String {
-        format!("`{prefix}{table}`")
-    }
-
-    async fn count(&self, sql: &str) -> i64 {
-        sqlx::query_scalar(sql).fetch_one(&self.pool).await.unwrap()
-    }
-
-    async fn execute(&self, sql: &str) {
-        sqlx::raw_sql(sql).execute(&self.pool).await.unwrap();
-    }
-
-    async fn insert_block(&self, key: &str, position: i64) {
-        sqlx::query(
-            "INSERT INTO `outbox_blocked_keys` (partition_key, seq, since) \
-             VALUES (?, ?, UTC_TIMESTAMP(6))",
-        )
-        .bind(key.as_bytes())
-        .bind(position)
-        .execute(&self.pool)
-        .await
-        .unwrap();
+    fn pool(&self) -> &MySqlPool {
+        &self.pool
     }
 
     async fn create_bare(pool: Pool) -> Self {
-        let options = match pool {
-            Pool::Default => MySqlPoolOptions::new().max_connections(8),
-            Pool::Connections(n) => MySqlPoolOptions::new().max_connections(n),
-            Pool::PausedTime => MySqlPoolOptions::new()
-                .max_connections(10)
-                .min_connections(4)
-                .acquire_timeout(Duration::from_secs(365 * 24 * 3600))
-                .idle_timeout(None)
-                .max_lifetime(None)
-                .test_before_acquire(false),
-        };
+        let options = pool.options(8, 10);
         let name = format!("outbox_test_{}", Uuid::now_v7().simple());
         let mut admin = Self::admin_connection().await;
         // utf8mb4, the default of MySQL 8 and of current MariaDB: the
@@ -210,115 +188,17 @@ impl Backend for MySql {
         }
     }
 
-    fn outbox(&self) -> MySqlOutbox {
-        MySqlOutbox::new(self.pool.clone())
-    }
-
-    fn outbox_with_prefix(&self, prefix: &str) -> outbox::Result<MySqlOutbox> {
+    fn outbox_builder(&self) -> MySqlOutboxBuilder {
         MySqlOutbox::builder(self.pool.clone())
-            .table_prefix(prefix)
-            .build()
-    }
-
-    fn outbox_with_payload_limit(&self, limit: usize) -> outbox::Result<MySqlOutbox> {
-        MySqlOutbox::builder(self.pool.clone())
-            .max_payload_bytes(limit)
-            .build()
-    }
-
-    async fn begin(&self) -> Tx<Self> {
-        self.pool.begin().await.unwrap()
-    }
-
-    async fn insert_candidate(&self, tx: &mut Tx<Self>, id: i64, status: &str) -> sqlx::Result<()> {
-        sqlx::query("INSERT INTO candidates VALUES (?, ?)")
-            .bind(id)
-            .bind(status)
-            .execute(&mut **tx)
-            .await
-            .map(drop)
-    }
-
-    async fn tables(&self) -> Vec<String> {
-        // Cast: some servers describe information_schema's names as
-        // binary strings.
-        sqlx::query_scalar(
-            "SELECT CAST(table_name AS CHAR) FROM information_schema.tables \
-             WHERE table_schema = DATABASE() AND table_name <> 'candidates' ORDER BY 1",
-        )
-        .fetch_all(&self.pool)
-        .await
-        .unwrap()
     }
 
     async fn backdate_published(&self, by: Duration) {
-        sqlx::query(
-            "UPDATE `outbox_published` SET published_at = published_at - INTERVAL ? MICROSECOND",
-        )
-        .bind(by.as_micros() as i64)
-        .execute(&self.pool)
-        .await
-        .unwrap();
-    }
-
-    async fn create_key_counters(&self, keys: usize) {
-        // `key` is a reserved word in MySQL: the column is `k`.
-        sqlx::query("CREATE TABLE key_counters (k VARCHAR(255) PRIMARY KEY, n BIGINT NOT NULL)")
-            .execute(&self.pool)
-            .await
-            .unwrap();
-        sqlx::query(
-            "CREATE TABLE key_log (k VARCHAR(255) NOT NULL, n BIGINT NOT NULL, \
-             msg BINARY(16) NOT NULL, PRIMARY KEY (k, n))",
-        )
-        .execute(&self.pool)
-        .await
-        .unwrap();
-        if keys == 0 {
-            return;
-        }
-        let rows = vec!["(?, 0)"; keys].join(", ");
-        let sql = format!("INSERT INTO key_counters (k, n) VALUES {rows}");
-        let mut q = sqlx::query(&sql);
-        for i in 0..keys {
-            q = q.bind(format!("key-{i}"));
-        }
-        q.execute(&self.pool).await.unwrap();
-    }
-
-    async fn lock_key(&self, tx: &mut Tx<Self>, key: &str) -> sqlx::Result<()> {
-        sqlx::query("SELECT n FROM key_counters WHERE k = ? FOR UPDATE")
-            .bind(key)
-            .execute(&mut **tx)
-            .await
-            .map(drop)
-    }
-
-    async fn log_key(&self, tx: &mut Tx<Self>, key: &str, message: MessageId) -> sqlx::Result<()> {
-        // No RETURNING on UPDATE: the count is read back in the same
-        // transaction, which holds the row's lock since the update.
-        sqlx::query("UPDATE key_counters SET n = n + 1 WHERE k = ?")
-            .bind(key)
-            .execute(&mut **tx)
-            .await?;
-        let n: i64 = sqlx::query_scalar("SELECT n FROM key_counters WHERE k = ?")
-            .bind(key)
-            .fetch_one(&mut **tx)
-            .await?;
-        sqlx::query("INSERT INTO key_log (k, n, msg) VALUES (?, ?, ?)")
-            .bind(key)
-            .bind(n)
-            .bind(message.as_uuid())
-            .execute(&mut **tx)
-            .await
-            .map(drop)
-    }
-
-    async fn key_log(&self) -> Vec<(String, i64, Uuid)> {
-        sqlx::query_as("SELECT k, n, msg FROM key_log ORDER BY k, n")
-            .fetch_all(&self.pool)
-            .await
-            .unwrap()
+        let micros = by.as_micros();
+        self.execute(&format!(
+            "UPDATE `outbox_published` \
+             SET published_at = published_at - INTERVAL {micros} MICROSECOND"
+        ))
+        .await;
     }
 
     fn is_deadlock(error: &outbox::Error) -> bool {
@@ -327,59 +207,9 @@ impl Backend for MySql {
             _ => false,
         }
     }
-
-    async fn create_received(&self) {
-        sqlx::query(
-            "CREATE TABLE received (seq BIGINT AUTO_INCREMENT PRIMARY KEY, \
-             id BINARY(16) NOT NULL, k VARCHAR(255) NOT NULL, n BIGINT NOT NULL, \
-             ks BIGINT NOT NULL, relay INT NOT NULL)",
-        )
-        .execute(&self.pool)
-        .await
-        .unwrap();
-    }
-
-    async fn record(&self, deliveries: &[Delivery]) -> sqlx::Result<()> {
-        if deliveries.is_empty() {
-            return Ok(());
-        }
-        // Five parameters a row: a batch of 200 stays far below MySQL's
-        // limit of 65,535 bound parameters.
-        let rows = vec!["(?, ?, ?, ?, ?)"; deliveries.len()].join(", ");
-        let sql = format!("INSERT INTO received (id, k, n, ks, relay) VALUES {rows}");
-        let mut q = sqlx::query(&sql);
-        for d in deliveries {
-            q = q.bind(d.id).bind(&d.key).bind(d.n).bind(d.ks).bind(d.relay);
-        }
-        q.execute(&self.pool).await.map(drop)
-    }
-
-    async fn deliveries(&self) -> Vec<Delivery> {
-        sqlx::query("SELECT id, k, n, ks, relay FROM received ORDER BY seq")
-            .fetch_all(&self.pool)
-            .await
-            .unwrap()
-            .iter()
-            .map(|r| Delivery {
-                id: r.get(0),
-                key: r.get(1),
-                n: r.get(2),
-                ks: r.get(3),
-                relay: r.get(4),
-            })
-            .collect()
-    }
 }
 
-#[async_trait]
-impl ConsumerBackend for MySql {
-    async fn select_one(tx: &mut Tx<Self>) -> i32 {
-        sqlx::query_scalar("SELECT 1")
-            .fetch_one(&mut **tx)
-            .await
-            .expect("SELECT 1")
-    }
-}
+impl ConsumerBackend for MySql {}
 
 #[async_trait]
 impl InboxBackend for MySql {
@@ -389,26 +219,11 @@ impl InboxBackend for MySql {
         MySqlInbox::new(self.pool.clone())
     }
 
-    fn inbox_table(table: &str) -> String {
-        format!("`outbox_{table}`")
-    }
-
     async fn receive_id_autocommit(&self, consumer: &str, id: MessageId) -> Result<Receipt> {
         // A connection of its own, in autocommit.
         let mut conn = self.pool.acquire().await?;
         let receipt = self.inbox().receive_id(&mut *conn, consumer, id).await?;
         Ok(receipt)
-    }
-
-    async fn record_inbox_version(&self, version: i64) {
-        sqlx::query(
-            "INSERT INTO `outbox_inbox_migrations` (version, applied_at) \
-             VALUES (?, UTC_TIMESTAMP(6))",
-        )
-        .bind(version)
-        .execute(&self.pool)
-        .await
-        .expect("record an inbox version");
     }
 
     fn build_inbox(&self, schema: Option<&str>, prefix: &str) -> Result<MySqlInbox> {
@@ -443,29 +258,13 @@ impl InboxBackend for MySql {
             .await;
         tables + indexes
     }
-
-    async fn create_effects_table(&self) {
-        sqlx::query(
-            "CREATE TABLE effects (message_id VARCHAR(64) NOT NULL, \
-             consumer VARCHAR(255) NOT NULL)",
-        )
-        .execute(&self.pool)
-        .await
-        .expect("create the effects table");
-    }
-
-    async fn record_effect(tx: &mut Tx<Self>, message: &OutboxMessage, consumer: &str) {
-        sqlx::query("INSERT INTO effects (message_id, consumer) VALUES (?, ?)")
-            .bind(message.id().to_string())
-            .bind(consumer)
-            .execute(&mut **tx)
-            .await
-            .expect("record an effect");
-    }
 }
 
 #[async_trait]
 impl ExportBackend for MySql {
+    const INSERT_NEW: [&'static str; 2] = ["INSERT IGNORE INTO", ""];
+    const REPLACE_DOC: &'static str = "ON DUPLICATE KEY UPDATE doc = VALUES(doc)";
+
     async fn begin_snapshot(&self) -> Tx<Self> {
         // REPEATABLE READ (the server's default) reads one snapshot, taken
         // here rather than at the first read.
@@ -479,74 +278,16 @@ impl ExportBackend for MySql {
         "pg1|||0".parse().expect("a PostgreSQL cursor")
     }
 
-    async fn create_entity_table(&self, table: &str) {
-        sqlx::query(&format!(
-            "CREATE TABLE `{table}` (k VARCHAR(255) PRIMARY KEY, doc LONGTEXT NOT NULL)"
-        ))
-        .execute(&self.pool)
-        .await
-        .expect("create an entity table");
-    }
-
     async fn begin_write(&self) -> Tx<Self> {
         // Row locks (`FOR UPDATE`) order the writers of one entity.
         self.begin().await
     }
 
-    async fn entity_for_update(tx: &mut Tx<Self>, table: &str, key: &str) -> Option<Value> {
-        let doc: Option<String> =
-            sqlx::query_scalar(&format!("SELECT doc FROM `{table}` WHERE k = ? FOR UPDATE"))
-                .bind(key)
-                .fetch_optional(&mut **tx)
-                .await
-                .expect("read an entity");
-        doc.as_deref().map(parse_doc)
-    }
-
-    async fn insert_entity(tx: &mut Tx<Self>, table: &str, key: &str, doc: &Value) -> bool {
-        let inserted = sqlx::query(&format!(
-            "INSERT IGNORE INTO `{table}` (k, doc) VALUES (?, ?)"
-        ))
-        .bind(key)
-        .bind(doc.to_string())
-        .execute(&mut **tx)
-        .await;
-        match inserted {
-            Ok(done) => done.rows_affected() == 1,
-            // Under REPEATABLE READ the locking read of a missing key locked
-            // the gap it goes in; two writers inserting into one gap
-            // deadlock, and InnoDB rolls one back: that one inserted
-            // nothing, as if the other's row had come first.
-            Err(e) if deadlocked(&e) => false,
-            Err(e) => panic!("insert an entity: {e}"),
-        }
-    }
-
-    async fn put_entity(tx: &mut Tx<Self>, table: &str, key: &str, doc: &Value) {
-        sqlx::query(&format!(
-            "INSERT INTO `{table}` (k, doc) VALUES (?, ?) \
-             ON DUPLICATE KEY UPDATE doc = VALUES(doc)"
-        ))
-        .bind(key)
-        .bind(doc.to_string())
-        .execute(&mut **tx)
-        .await
-        .expect("put an entity");
-    }
-
-    async fn delete_entity(tx: &mut Tx<Self>, table: &str, key: &str) {
-        sqlx::query(&format!("DELETE FROM `{table}` WHERE k = ?"))
-            .bind(key)
-            .execute(&mut **tx)
-            .await
-            .expect("delete an entity");
-    }
-
-    async fn entities(tx: &mut Tx<Self>, table: &str) -> HashMap<String, Value> {
-        let rows: Vec<(String, String)> = sqlx::query_as(&format!("SELECT k, doc FROM `{table}`"))
-            .fetch_all(&mut **tx)
-            .await
-            .expect("read the entities");
-        rows.into_iter().map(|(k, d)| (k, parse_doc(&d))).collect()
+    fn lost_insert_race(error: &sqlx::Error) -> bool {
+        // Under REPEATABLE READ the locking read of a missing key locked
+        // the gap it goes in; two writers inserting into one gap
+        // deadlock, and InnoDB rolls one back: that one inserted
+        // nothing, as if the other's row had come first.
+        deadlocked(error)
     }
 }
