@@ -183,6 +183,46 @@ impl<'a> MigrationSet<'a> {
         }
     }
 
+    /// Applies the migrations after the version `version` reads, each
+    /// recorded by `record`, on `conn` (in the caller's transaction where
+    /// the backend has transactional DDL). `persistent`: whether the
+    /// bookkeeping statements may be prepared and cached.
+    pub(crate) async fn apply_pending<DB>(
+        &self,
+        conn: &mut DB::Connection,
+        version: &str,
+        record: &str,
+        persistent: bool,
+    ) -> Result<()>
+    where
+        DB: sqlx::Database + sqlx::database::HasStatementCache,
+        for<'c> &'c mut DB::Connection: sqlx::Executor<'c, Database = DB>,
+        for<'q> i64: sqlx::Encode<'q, DB> + sqlx::Decode<'q, DB> + sqlx::Type<DB>,
+        for<'q> <DB as sqlx::Database>::Arguments<'q>: sqlx::IntoArguments<'q, DB>,
+        usize: sqlx::ColumnIndex<DB::Row>,
+    {
+        use sqlx::Executor as _;
+        let current: Option<i64> = sqlx::query_scalar(&self.bookkeeping(version))
+            .persistent(persistent)
+            .fetch_one(&mut *conn)
+            .await?;
+        let current = current.unwrap_or(0);
+        self.check_not_newer(current)?;
+        let record = self.bookkeeping(record);
+        for (version, migration) in self.pending(current) {
+            // Several statements: `execute` on a string without arguments
+            // sends them as one simple (text) query, and, unlike
+            // `raw_sql`, keeps the future `Send` inside `tokio::spawn`.
+            (&mut *conn).execute(migration.as_str()).await?;
+            sqlx::query(&record)
+                .persistent(persistent)
+                .bind(version)
+                .execute(&mut *conn)
+                .await?;
+        }
+        Ok(())
+    }
+
     /// Refuses tables at another version than this build needs, from the
     /// read of the applied version; a read that fails because the table
     /// does not exist (as `missing` tells) means never migrated.

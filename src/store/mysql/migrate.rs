@@ -112,21 +112,8 @@ pub(crate) async fn apply(pool: &MySqlPool, set: &MigrationSet<'_>) -> Result<()
 
 async fn apply_locked(conn: &mut MySqlConnection, set: &MigrationSet<'_>) -> Result<()> {
     conn.execute(set.bookkeeping(CREATE_TABLE).as_str()).await?;
-    let current: Option<i64> = sqlx::query_scalar(&set.bookkeeping(VERSION))
-        .fetch_one(&mut *conn)
+    set.apply_pending::<sqlx::MySql>(conn, VERSION, RECORD, true)
         .await?;
-    let current = current.unwrap_or(0);
-    set.check_not_newer(current)?;
-    let record = set.bookkeeping(RECORD);
-    for (version, migration) in set.pending(current) {
-        // Several statements: `execute` on a string without arguments
-        // sends them as one text query.
-        conn.execute(migration.as_str()).await?;
-        sqlx::query(&record)
-            .bind(version)
-            .execute(&mut *conn)
-            .await?;
-    }
     Ok(())
 }
 

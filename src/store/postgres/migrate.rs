@@ -82,24 +82,8 @@ async fn apply_once(pool: &PgPool, statements: Statements, set: &MigrationSet<'_
         .await?;
     tx.execute(set.bookkeeping(CREATE_SCHEMA).as_str()).await?;
     tx.execute(set.bookkeeping(CREATE_TABLE).as_str()).await?;
-    let current: Option<i64> = sqlx::query_scalar(&set.bookkeeping(VERSION))
-        .persistent(named)
-        .fetch_one(&mut *tx)
+    set.apply_pending::<sqlx::Postgres>(&mut tx, VERSION, RECORD, named)
         .await?;
-    let current = current.unwrap_or(0);
-    set.check_not_newer(current)?;
-    let record = set.bookkeeping(RECORD);
-    for (version, migration) in set.pending(current) {
-        // Several statements: `execute` on a string without arguments
-        // uses the simple query protocol (and, unlike `raw_sql`, keeps
-        // the future `Send` inside `tokio::spawn`).
-        tx.execute(migration.as_str()).await?;
-        sqlx::query(&record)
-            .persistent(named)
-            .bind(version)
-            .execute(&mut *tx)
-            .await?;
-    }
     tx.commit().await?;
     Ok(())
 }

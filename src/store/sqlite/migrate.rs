@@ -3,11 +3,8 @@
 //! migrations, [`SqliteOutbox::migrate`] and the check that the tables are
 //! at the version this build needs.
 
-use chrono::Utc;
 use sqlx::sqlite::SqlitePool;
-use sqlx::Executor;
 
-use super::decode::micros;
 use super::SqliteOutbox;
 use crate::error::Result;
 use crate::store::MigrationSet;
@@ -56,22 +53,8 @@ pub(crate) async fn apply(pool: &SqlitePool, set: &MigrationSet<'_>) -> Result<(
     sqlx::query(&set.bookkeeping(LOCK))
         .execute(&mut *tx)
         .await?;
-    let current: Option<i64> = sqlx::query_scalar(&set.bookkeeping(VERSION))
-        .fetch_one(&mut *tx)
+    set.apply_pending::<sqlx::Sqlite>(&mut tx, VERSION, RECORD, true)
         .await?;
-    let current = current.unwrap_or(0);
-    set.check_not_newer(current)?;
-    let record = set.bookkeeping(RECORD);
-    for (version, migration) in set.pending(current) {
-        // Several statements: `execute` on a string without arguments
-        // runs them all (and, unlike `raw_sql`, keeps the future `Send`).
-        tx.execute(migration.as_str()).await?;
-        sqlx::query(&record)
-            .bind(version)
-            .bind(micros(Utc::now()))
-            .execute(&mut *tx)
-            .await?;
-    }
     tx.commit().await?;
     Ok(())
 }
