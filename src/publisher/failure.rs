@@ -4,7 +4,13 @@
 // Each publisher uses the constructors it needs: with only some publishers
 // enabled, the others are unused.
 #![cfg_attr(
-    not(all(feature = "amqp", feature = "nats", feature = "redis")),
+    not(all(
+        feature = "amqp",
+        feature = "nats",
+        feature = "redis",
+        feature = "http",
+        feature = "kafka"
+    )),
     allow(dead_code)
 )]
 

@@ -13,6 +13,7 @@ use sha2::Sha256;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
+use super::failure::Failure;
 use super::{Envelope, Publisher};
 use crate::error::{Error, PublishError, Result};
 use crate::message::OutboxMessage;
@@ -450,32 +451,11 @@ fn request_error(e: reqwest::Error, shown: &str) -> PublishError {
         "failed"
     };
     let permanent = e.is_builder();
-    let err = RequestFailure {
-        what: format!("POST {shown} {what}"),
-        source: e.without_url(),
-    };
+    let err = Failure::new(format!("POST {shown} {what}"), e.without_url());
     if permanent {
         PublishError::permanent(err)
     } else {
         PublishError::transient(err)
-    }
-}
-
-#[derive(Debug)]
-struct RequestFailure {
-    what: String,
-    source: reqwest::Error,
-}
-
-impl fmt::Display for RequestFailure {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.what)
-    }
-}
-
-impl std::error::Error for RequestFailure {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        Some(&self.source)
     }
 }
 

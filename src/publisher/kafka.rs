@@ -10,6 +10,7 @@ use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
 
+use super::failure::Failure;
 use super::{Envelope, Publisher, CLOUDEVENTS_JSON};
 use crate::error::{Error, PublishError, Result};
 use crate::message::OutboxMessage;
@@ -380,25 +381,6 @@ impl Publisher for KafkaPublisher {
     }
 }
 
-/// A Kafka failure with what it means for this message.
-#[derive(Debug)]
-struct KafkaFailure {
-    reason: String,
-    source: KafkaError,
-}
-
-impl fmt::Display for KafkaFailure {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.reason)
-    }
-}
-
-impl std::error::Error for KafkaFailure {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        Some(&self.source)
-    }
-}
-
 /// Sorts a Kafka error into transient or permanent (see the module
 /// documentation's table).
 fn classify(e: KafkaError, topic: &str, m: &OutboxMessage) -> PublishError {
@@ -435,7 +417,7 @@ fn classify(e: KafkaError, topic: &str, m: &OutboxMessage) -> PublishError {
         _ => None,
     };
     if let Some(reason) = permanent {
-        return PublishError::permanent(KafkaFailure { reason, source: e });
+        return PublishError::permanent(Failure::new(reason, e));
     }
     let reason = match code {
         Some(C::QueueFull) => "Kafka producer queue is full".to_owned(),
@@ -451,5 +433,5 @@ fn classify(e: KafkaError, topic: &str, m: &OutboxMessage) -> PublishError {
         }
         _ => format!("Kafka delivery to topic `{topic}` failed"),
     };
-    PublishError::transient(KafkaFailure { reason, source: e })
+    PublishError::transient(Failure::new(reason, e))
 }

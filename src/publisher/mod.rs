@@ -20,7 +20,13 @@
 mod amqp;
 mod closure;
 mod envelope;
-#[cfg(any(feature = "amqp", feature = "nats", feature = "redis"))]
+#[cfg(any(
+    feature = "amqp",
+    feature = "nats",
+    feature = "redis",
+    feature = "http",
+    feature = "kafka"
+))]
 mod failure;
 #[cfg(any(feature = "amqp", feature = "nats", feature = "redis"))]
 mod hidden;

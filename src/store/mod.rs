@@ -835,19 +835,40 @@ pub(crate) mod sealed {
 }
 
 /// Implements [`StoreOps`](sealed::StoreOps) for a backend whose leases,
-/// claims, acknowledgements and schema check live in its modules `leases`,
-/// `claim`, `ack` and `migrate`, each a function taking the outbox and the
-/// operation's parameters, with the backend's other operations given as
-/// the macro's body. Also implements [`Store`].
+/// claims and acknowledgements live in its modules `leases`, `claim` and
+/// `ack`, each a function taking the outbox and the operation's
+/// parameters, and whose `migrate` module tells the version statement and
+/// a missing table; the backend's other operations are the macro's body.
+/// Also implements [`Store`] and `Debug`.
 #[cfg(any(feature = "sqlite", feature = "mysql"))]
 macro_rules! store_ops {
     ($outbox:ty; $($rest:tt)*) => {
         impl $crate::store::Store for $outbox {}
 
+        impl std::fmt::Debug for $outbox {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.debug_struct(stringify!($outbox))
+                    .field("messages", &self.inner.names.messages)
+                    .finish_non_exhaustive()
+            }
+        }
+
+        impl $outbox {
+            /// The crate's migrations, for this outbox's tables.
+            pub(super) fn migrations(&self) -> $crate::store::MigrationSet<'_> {
+                let n = &self.inner.names;
+                $crate::store::MigrationSet::new(migrate::MIGRATIONS, &n.migrations, None, n)
+            }
+        }
+
         #[async_trait::async_trait]
         impl $crate::store::sealed::StoreOps for $outbox {
             async fn check_schema(&self) -> Result<()> {
-                migrate::check_schema(self).await
+                let set = self.migrations();
+                let read = sqlx::query_scalar(&set.bookkeeping(migrate::VERSION))
+                    .fetch_one(&self.inner.pool)
+                    .await;
+                set.check_current(read, migrate::missing_table)
             }
 
             async fn bucket_count(&self) -> Result<i32> {

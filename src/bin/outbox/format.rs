@@ -7,6 +7,16 @@ use chrono::{DateTime, Utc};
 use crate::{Failure, Outcome};
 
 /// Prints rows under a header, in columns as wide as their widest cell.
+/// A section of a report: a blank line, then `items` as a table, one
+/// `row` each; nothing at all without items.
+pub(crate) fn section<T>(header: &[&str], items: &[T], row: impl Fn(&T) -> Vec<String>) {
+    if items.is_empty() {
+        return;
+    }
+    println!();
+    table(header, items.iter().map(row).collect());
+}
+
 pub(crate) fn table(header: &[&str], rows: Vec<Vec<String>>) {
     let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
     for r in &rows {

@@ -9,7 +9,7 @@ use outbox::{BlockedKey, RelayStatus, StoreStats, TopicStats};
 use serde_json::json;
 
 use crate::blocked::blocked_json;
-use crate::format::{age_of, bytes, first_line, human, table};
+use crate::format::{age_of, bytes, first_line, human, section, table};
 use crate::{Failure, Outbox, Outcome};
 
 pub(crate) async fn status(outbox: &Outbox, json: bool, max_age: Duration) -> Outcome<ExitCode> {
@@ -132,22 +132,13 @@ pub(crate) async fn status(outbox: &Outbox, json: bool, max_age: Duration) -> Ou
         if let Some(a) = stats.oldest_xmin_age {
             println!("oldest open transaction  {}", human(a));
         }
-        if !topics.is_empty() {
-            println!();
-            table(
-                &["TOPIC", "PENDING", "OLDEST"],
-                topics
-                    .iter()
-                    .map(|t| {
-                        vec![
-                            t.topic.clone(),
-                            t.pending.to_string(),
-                            human(age_of(now, t.oldest_created_at)),
-                        ]
-                    })
-                    .collect(),
-            );
-        }
+        section(&["TOPIC", "PENDING", "OLDEST"], &topics, |t| {
+            vec![
+                t.topic.clone(),
+                t.pending.to_string(),
+                human(age_of(now, t.oldest_created_at)),
+            ]
+        });
         println!();
         if relays.is_empty() {
             println!("no relay has recorded a heartbeat");
@@ -177,22 +168,17 @@ pub(crate) async fn status(outbox: &Outbox, json: bool, max_age: Duration) -> Ou
                     .collect(),
             );
         }
-        if !consumers.is_empty() {
-            println!();
-            table(
-                &["EXPORT CONSUMER", "BEHIND", "LAST MOVED"],
-                consumers
-                    .iter()
-                    .map(|c| {
-                        vec![
-                            c.consumer.clone(),
-                            behind_text(c),
-                            format!("{} ago", human(age_of(now, c.committed_at))),
-                        ]
-                    })
-                    .collect(),
-            );
-        }
+        section(
+            &["EXPORT CONSUMER", "BEHIND", "LAST MOVED"],
+            &consumers,
+            |c| {
+                vec![
+                    c.consumer.clone(),
+                    behind_text(c),
+                    format!("{} ago", human(age_of(now, c.committed_at))),
+                ]
+            },
+        );
         println!();
         if attention.is_empty() {
             println!("ok");

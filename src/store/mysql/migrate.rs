@@ -26,7 +26,7 @@ pub(super) const MIGRATIONS: &[(i64, &str)] = &[
 const CREATE_TABLE: &str = include_str!("sql/migrations/create_table.sql");
 const LOCK: &str = include_str!("sql/migrations/lock.sql");
 const UNLOCK: &str = include_str!("sql/migrations/unlock.sql");
-const VERSION: &str = include_str!("sql/migrations/version.sql");
+pub(super) const VERSION: &str = include_str!("sql/migrations/version.sql");
 const RECORD: &str = include_str!("sql/migrations/record.sql");
 
 /// What the statements need of the server: `SKIP LOCKED`, `JSON_TABLE`
@@ -118,11 +118,6 @@ async fn apply_locked(conn: &mut MySqlConnection, set: &MigrationSet<'_>) -> Res
 }
 
 impl MySqlOutbox {
-    fn migrations(&self) -> MigrationSet<'_> {
-        let n = &self.inner.names;
-        MigrationSet::new(MIGRATIONS, &n.migrations, None, n)
-    }
-
     /// Creates or upgrades the crate's tables. Safe to run on every start
     /// and from several processes at once (a named lock serializes them).
     ///
@@ -143,14 +138,10 @@ impl MySqlOutbox {
     }
 }
 
-/// Refuses tables at another migration version than this build needs.
-pub(super) async fn check_schema(outbox: &MySqlOutbox) -> Result<()> {
-    let set = outbox.migrations();
-    let read = sqlx::query_scalar(&set.bookkeeping(VERSION))
-        .fetch_one(&outbox.inner.pool)
-        .await;
-    // ER_NO_SUCH_TABLE: never migrated.
-    set.check_current(read, |e| e.code().as_deref() == Some("42S02"))
+/// Whether a failed read of the applied version says the table does not
+/// exist (never migrated).
+pub(super) fn missing_table(e: &dyn sqlx::error::DatabaseError) -> bool {
+    e.code().as_deref() == Some("42S02")
 }
 
 #[cfg(test)]

@@ -50,7 +50,6 @@ mod statements;
 #[cfg(test)]
 mod tests;
 
-use std::fmt;
 use std::sync::{Arc, OnceLock};
 
 use sqlx::mysql::{MySql, MySqlArguments, MySqlConnection, MySqlPool, MySqlQueryResult};
@@ -126,14 +125,6 @@ struct Inner {
     sweep: super::BlockSweep,
     /// MySQL or MariaDB, found on first need.
     flavor: OnceLock<Flavor>,
-}
-
-impl fmt::Debug for MySqlOutbox {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("MySqlOutbox")
-            .field("messages", &self.inner.names.messages)
-            .finish_non_exhaustive()
-    }
 }
 
 impl MySqlOutbox {

@@ -35,7 +35,7 @@ pub(super) const MIGRATIONS: &[(i64, &str)] = &[
 
 pub(super) const CREATE_TABLE: &str = include_str!("sql/migrations/create_table.sql");
 const LOCK: &str = include_str!("sql/migrations/lock.sql");
-const VERSION: &str = include_str!("sql/migrations/version.sql");
+pub(super) const VERSION: &str = include_str!("sql/migrations/version.sql");
 pub(super) const RECORD: &str = include_str!("sql/migrations/record.sql");
 
 /// Creates or upgrades the tables of `set`, in one transaction. Safe to
@@ -60,11 +60,6 @@ pub(crate) async fn apply(pool: &SqlitePool, set: &MigrationSet<'_>) -> Result<(
 }
 
 impl SqliteOutbox {
-    pub(super) fn migrations(&self) -> MigrationSet<'_> {
-        let n = &self.inner.names;
-        MigrationSet::new(MIGRATIONS, &n.migrations, None, n)
-    }
-
     /// Creates or upgrades the crate's tables, in one transaction. Safe to
     /// run on every start and from several processes at once (SQLite
     /// serializes the writers).
@@ -80,11 +75,8 @@ impl SqliteOutbox {
     }
 }
 
-/// Refuses tables at another migration version than this build needs.
-pub(super) async fn check_schema(outbox: &SqliteOutbox) -> Result<()> {
-    let set = outbox.migrations();
-    let read = sqlx::query_scalar(&set.bookkeeping(VERSION))
-        .fetch_one(&outbox.inner.pool)
-        .await;
-    set.check_current(read, |e| e.message().starts_with("no such table"))
+/// Whether a failed read of the applied version says the table does not
+/// exist (never migrated).
+pub(super) fn missing_table(e: &dyn sqlx::error::DatabaseError) -> bool {
+    e.message().starts_with("no such table")
 }

@@ -23,7 +23,6 @@ mod statements;
 #[cfg(test)]
 mod tests;
 
-use std::fmt;
 use std::sync::Arc;
 
 use sqlx::sqlite::SqlitePool;
@@ -98,14 +97,6 @@ struct Inner {
     max_payload: usize,
     /// When the claim path last swept away blocks whose message is gone.
     sweep: super::BlockSweep,
-}
-
-impl fmt::Debug for SqliteOutbox {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("SqliteOutbox")
-            .field("messages", &self.inner.names.messages)
-            .finish_non_exhaustive()
-    }
 }
 
 impl SqliteOutbox {
