@@ -65,13 +65,10 @@ impl AdminOps for PgOutbox {
     }
 
     async fn select_blocked_keys(&self) -> Result<Vec<BlockedKey>> {
-        let mut c = self.standalone().await?;
-        let rows: Vec<(String, i64, DateTime<Utc>, String)> =
-            sqlx::query_as(&self.inner.sql.blocked_keys)
-                .persistent(self.named())
-                .fetch_all(c.conn())
-                .await?;
-        c.finish().await?;
+        let rows: Vec<(String, i64, DateTime<Utc>, String)> = self
+            .on_app()
+            .all(sqlx::query_as(&self.inner.sql.blocked_keys))
+            .await?;
         Ok(rows
             .into_iter()
             .map(|(partition_key, position, since, at)| BlockedKey {
@@ -119,12 +116,10 @@ impl AdminOps for PgOutbox {
     }
 
     async fn select_topics(&self) -> Result<Vec<TopicStats>> {
-        let mut c = self.standalone().await?;
-        let rows: Vec<(String, i64, DateTime<Utc>)> = sqlx::query_as(&self.inner.sql.topic_stats)
-            .persistent(self.named())
-            .fetch_all(c.conn())
+        let rows: Vec<(String, i64, DateTime<Utc>)> = self
+            .on_app()
+            .all(sqlx::query_as(&self.inner.sql.topic_stats))
             .await?;
-        c.finish().await?;
         Ok(rows
             .into_iter()
             .map(|(topic, pending, oldest_created_at)| TopicStats {
@@ -136,13 +131,10 @@ impl AdminOps for PgOutbox {
     }
 
     async fn select_relays(&self) -> Result<Vec<RelayStatus>> {
-        let mut c = self.standalone().await?;
-        let rows: Vec<(Uuid, DateTime<Utc>, bool, Option<String>, i64)> =
-            sqlx::query_as(&self.inner.sql.relays)
-                .persistent(self.named())
-                .fetch_all(c.conn())
-                .await?;
-        c.finish().await?;
+        let rows: Vec<(Uuid, DateTime<Utc>, bool, Option<String>, i64)> = self
+            .on_app()
+            .all(sqlx::query_as(&self.inner.sql.relays))
+            .await?;
         Ok(rows
             .into_iter()
             .map(

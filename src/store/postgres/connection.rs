@@ -16,7 +16,7 @@
 
 use sqlx::pool::PoolConnection;
 use sqlx::postgres::{PgArguments, PgConnection, PgPool, PgRow, Postgres};
-use sqlx::query::{Query, QueryScalar};
+use sqlx::query::{Query, QueryAs, QueryScalar};
 use sqlx::{FromRow, Transaction};
 
 use crate::error::Result;
@@ -87,6 +87,20 @@ impl Alone<'_> {
             .await?;
         c.finish().await?;
         Ok(rows)
+    }
+
+    /// Runs a statement whose rows decode as `O`.
+    pub(crate) async fn all<O>(self, query: QueryAs<'_, Postgres, O, PgArguments>) -> Result<Vec<O>>
+    where
+        O: Send + Unpin + for<'r> FromRow<'r, PgRow>,
+    {
+        let mut c = self.statements.standalone(self.pool).await?;
+        let all = query
+            .persistent(self.statements.named())
+            .fetch_all(c.conn())
+            .await?;
+        c.finish().await?;
+        Ok(all)
     }
 
     /// Runs a statement that returns exactly one value (a count, say).
