@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use chrono::Utc;
-use sqlx::sqlite::SqlitePoolOptions;
+use sqlx::sqlite::{SqlitePool, SqlitePoolOptions};
 use sqlx::Executor;
 use uuid::Uuid;
 
@@ -15,17 +15,20 @@ use crate::store::sealed::StoreOps;
 use crate::store::shorthand::Shorthand;
 use crate::store::{Ack, AckReport, Claimed, Disposition, Lease};
 
-async fn outbox() -> SqliteOutbox {
-    // One connection that never closes: the in-memory database lives
-    // as long as it does.
-    let pool = SqlitePoolOptions::new()
+/// An in-memory database on one connection that never closes: the
+/// database lives as long as it does.
+async fn memory_pool() -> SqlitePool {
+    SqlitePoolOptions::new()
         .max_connections(1)
         .idle_timeout(None)
         .max_lifetime(None)
         .connect("sqlite::memory:")
         .await
-        .unwrap();
-    let outbox = SqliteOutbox::new(pool);
+        .unwrap()
+}
+
+async fn outbox() -> SqliteOutbox {
+    let outbox = SqliteOutbox::new(memory_pool().await);
     outbox.migrate().await.unwrap();
     outbox
 }
@@ -40,6 +43,17 @@ async fn enqueue(outbox: &SqliteOutbox, key: Option<&str>) -> MessageId {
 
 fn ack(c: &Claimed, disposition: Disposition) -> Ack {
     Ack::of(c, disposition)
+}
+
+/// Dead-letters `c` and blocks its key.
+fn dead_blocking(c: &Claimed) -> Ack {
+    ack(
+        c,
+        Disposition::Dead {
+            error: "rejected".into(),
+            block_key: true,
+        },
+    )
 }
 
 fn published(claimed: &[Claimed]) -> Vec<Ack> {
@@ -234,13 +248,7 @@ async fn retries_block_and_unblock_keys() {
 
     // Dead with a block: the key stays blocked until the dead letter
     // is replayed.
-    let dead = ack(
-        &next[0],
-        Disposition::Dead {
-            error: "rejected".into(),
-            block_key: true,
-        },
-    );
+    let dead = dead_blocking(&next[0]);
     o.ack_at(r, &leases, &[dead], false, later).await;
     let third = enqueue(&o, Some("k")).await;
     assert_eq!(ids(o.claim_at(later).await), vec![free]);
@@ -291,13 +299,7 @@ async fn every_statement_is_rendered_and_prepares() {
 /// is no longer unique among them.
 #[tokio::test]
 async fn dead_letters_keyed_by_position_migrate_with_their_rows() {
-    let pool = SqlitePoolOptions::new()
-        .max_connections(1)
-        .idle_timeout(None)
-        .max_lifetime(None)
-        .connect("sqlite::memory:")
-        .await
-        .unwrap();
+    let pool = memory_pool().await;
     let o = SqliteOutbox::new(pool.clone());
     let n = &o.inner.names;
     let set = o.migrations();
@@ -419,13 +421,7 @@ async fn parked_messages_leave_the_claims_and_keep_their_keys_order() {
     // and the block is deleted by hand: nothing of the key is claimed
     // while an earlier message of it is parked.
     let claimed = o.claim_at(now).await;
-    let dead = ack(
-        &claimed[0],
-        Disposition::Dead {
-            error: "rejected".into(),
-            block_key: true,
-        },
-    );
+    let dead = dead_blocking(&claimed[0]);
     o.ack_at(r, &leases, &[dead], false, now).await;
     assert_eq!(o.park_at(now, 100).await, 1);
     let last = enqueue(&o, Some("k")).await;
