@@ -10,11 +10,11 @@ use async_trait::async_trait;
 use futures_util::StreamExt;
 use lapin::message::Delivery;
 use lapin::options::{
-    BasicAckOptions, BasicConsumeOptions, ExchangeDeclareOptions, ExchangeDeleteOptions,
-    QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions,
+    BasicAckOptions, BasicConsumeOptions, ExchangeDeleteOptions, QueueDeclareOptions,
+    QueueDeleteOptions,
 };
 use lapin::types::{AMQPValue, FieldTable};
-use lapin::{Channel, Connection, ConnectionProperties, ExchangeKind};
+use lapin::{Channel, Connection, ConnectionProperties};
 use outbox::publisher::{Envelope, RabbitMqPublisher};
 use outbox::{MessageId, NewMessage};
 use support::broker::{self, candidate, TestBroker};
@@ -54,39 +54,15 @@ impl TestQueue {
         let id = uuid::Uuid::now_v7().simple().to_string();
         let exchange = format!("outbox.test.{id}");
         let queue = format!("outbox.test.{id}.candidates");
-        channel
-            .exchange_declare(
-                exchange.as_str().into(),
-                ExchangeKind::Topic,
-                ExchangeDeclareOptions {
-                    auto_delete: true,
-                    ..Default::default()
-                },
-                FieldTable::default(),
-            )
-            .await
-            .unwrap();
-        channel
-            .queue_declare(
-                queue.as_str().into(),
-                QueueDeclareOptions {
-                    exclusive: true,
-                    ..Default::default()
-                },
-                FieldTable::default(),
-            )
-            .await
-            .unwrap();
-        channel
-            .queue_bind(
-                queue.as_str().into(),
-                exchange.as_str().into(),
-                "candidates".into(),
-                QueueBindOptions::default(),
-                FieldTable::default(),
-            )
-            .await
-            .unwrap();
+        support::amqp::declare_bound_queue(
+            &channel,
+            &exchange,
+            &queue,
+            "candidates",
+            support::amqp::Lifetime::Transient,
+        )
+        .await
+        .unwrap();
         TestQueue {
             conn,
             channel,

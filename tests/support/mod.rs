@@ -5,6 +5,8 @@
 //! passes ([`broker`]).
 #![allow(dead_code, unreachable_pub)]
 
+#[cfg(feature = "amqp")]
+pub mod amqp;
 #[cfg(feature = "sqlite")]
 pub mod broker;
 pub mod pg;
