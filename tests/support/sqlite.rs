@@ -130,6 +130,13 @@ pub async fn enqueue_until_transient_failures(
     assert!(outbox.dead_letters(10).await.unwrap().is_empty());
 }
 
+/// Asserts that `dead` was dead-lettered at its first attempt (a permanent
+/// failure: no retry), with an error that mentions `error`.
+pub fn assert_dead_at_once(dead: &DeadLetter, error: &str) {
+    assert_eq!(dead.attempts, 1, "permanent: no retry");
+    assert!(dead.last_error.contains(error), "{}", dead.last_error);
+}
+
 /// A relay polling every 50 ms with `retry`.
 pub fn relay(outbox: &SqliteOutbox, publisher: impl Publisher, retry: RetryPolicy) -> RelayHandle {
     Relay::builder(outbox.clone(), publisher)
