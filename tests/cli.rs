@@ -8,10 +8,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use outbox::change::Change;
-use outbox::sqlx::mysql::MySqlPoolOptions;
-use outbox::sqlx::postgres::PgPoolOptions;
+use outbox::sqlx::mysql::MySql;
+use outbox::sqlx::pool::PoolOptions;
+use outbox::sqlx::postgres::PgPool;
 use outbox::sqlx::sqlite::SqlitePoolOptions;
-use outbox::sqlx::Executor;
+use outbox::sqlx::{Database, Executor, Pool};
 use outbox::{
     FnPublisher, MySqlOutbox, NewMessage, OutboxMessage, PgOutbox, PublishError, Relay, Retention,
     SqliteOutbox, Store,
@@ -25,6 +26,13 @@ struct Cli {
 }
 
 impl Cli {
+    /// The binary on the database at `url`, with the `extra` arguments.
+    fn on(url: &str, extra: &[&str]) -> Cli {
+        let mut args = vec!["--database-url".to_owned(), url.to_owned()];
+        args.extend(extra.iter().map(|a| (*a).to_owned()));
+        Cli { args }
+    }
+
     fn run(&self, args: &[&str]) -> Output {
         Command::new(env!("CARGO_BIN_EXE_outbox"))
             .args(&self.args)
@@ -264,9 +272,7 @@ async fn cli_on_sqlite() {
     let dir = std::env::temp_dir().join(format!("outbox-cli-{}", Uuid::now_v7().simple()));
     std::fs::create_dir_all(&dir).unwrap();
     let url = format!("sqlite:{}", dir.join("app.db").display());
-    let cli = Cli {
-        args: vec!["--database-url".into(), url.clone()],
-    };
+    let cli = Cli::on(&url, &[]);
     // A file that does not exist yet: status refuses, migrate creates it.
     let out = cli.run(&["status"]);
     assert_eq!(out.status.code(), Some(1));
@@ -290,9 +296,7 @@ async fn cli_on_sqlite() {
     .execute(&pool)
     .await
     .unwrap();
-    let cli = Cli {
-        args: vec!["--database-url".into(), url.clone()],
-    };
+    let cli = Cli::on(&url, &[]);
     let status = cli.json(&["status"], 2);
     assert_eq!(status["pending"], 0, "{status}");
     assert!(
@@ -306,59 +310,76 @@ async fn cli_on_sqlite() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn cli_on_postgres() {
-    let url = std::env::var("OUTBOX_TEST_POSTGRES")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned());
-    let pool = PgPoolOptions::new()
-        .max_connections(4)
+const POSTGRES: &str = "postgres://postgres@127.0.0.1:5432/test";
+const MYSQL: &str = "mysql://root@127.0.0.1:3306/test";
+
+/// A pool of `max_connections` on the database at the URL in the
+/// environment variable `var` (else `default`), and that URL; `server`
+/// names it when it is unreachable.
+async fn connect<DB: Database>(
+    var: &str,
+    default: &str,
+    server: &str,
+    max_connections: u32,
+) -> (String, Pool<DB>) {
+    let url = std::env::var(var).unwrap_or_else(|_| default.to_owned());
+    let pool = PoolOptions::<DB>::new()
+        .max_connections(max_connections)
         .connect(&url)
         .await
-        .unwrap_or_else(|e| panic!("PostgreSQL at {url} is unreachable: {e}"));
+        .unwrap_or_else(|e| panic!("{server} at {url} is unreachable: {e}"));
+    (url, pool)
+}
+
+/// [`connect`] to the test PostgreSQL (`OUTBOX_TEST_POSTGRES`).
+async fn postgres(max_connections: u32) -> (String, PgPool) {
+    connect(
+        "OUTBOX_TEST_POSTGRES",
+        POSTGRES,
+        "PostgreSQL",
+        max_connections,
+    )
+    .await
+}
+
+/// An outbox in `schema` on `pool`.
+fn pg_outbox(pool: &PgPool, schema: &str) -> PgOutbox {
+    PgOutbox::builder(pool.clone())
+        .schema(schema.to_owned())
+        .build()
+        .unwrap()
+}
+
+/// Drops `what` (`SCHEMA …`, `TABLE …`) on `pool`.
+async fn drop_object<DB: Database>(pool: &Pool<DB>, what: &str)
+where
+    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
+{
+    pool.execute(format!("DROP {what}").as_str()).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cli_on_postgres() {
+    let (url, pool) = postgres(4).await;
     let schema = format!("cli_{}", Uuid::now_v7().simple());
-    let cli = Cli {
-        args: vec![
-            "--database-url".into(),
-            url.clone(),
-            "--schema".into(),
-            schema.clone(),
-        ],
-    };
+    let cli = Cli::on(&url, &["--schema", &schema]);
     // Tables missing: the error says what to do.
     let out = cli.run(&["status"]);
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("outbox migrate"));
     cli.expect(&["migrate"], 0);
 
-    let outbox = PgOutbox::builder(pool.clone())
-        .schema(schema.clone())
-        .build()
-        .unwrap();
+    let outbox = pg_outbox(&pool, &schema);
     seed!(outbox, pool, |tx| &mut *tx);
     scenario(cli, outbox, true).await;
-    pool.execute(format!("DROP SCHEMA {schema} CASCADE").as_str())
-        .await
-        .unwrap();
+    drop_object(&pool, &format!("SCHEMA {schema} CASCADE")).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cli_on_mysql() {
-    let url = std::env::var("OUTBOX_TEST_MYSQL")
-        .unwrap_or_else(|_| "mysql://root@127.0.0.1:3306/test".to_owned());
-    let pool = MySqlPoolOptions::new()
-        .max_connections(4)
-        .connect(&url)
-        .await
-        .unwrap_or_else(|e| panic!("MariaDB/MySQL at {url} is unreachable: {e}"));
+    let (url, pool) = connect::<MySql>("OUTBOX_TEST_MYSQL", MYSQL, "MariaDB/MySQL", 4).await;
     let prefix = format!("cli{}_", &Uuid::now_v7().simple().to_string()[20..]);
-    let cli = Cli {
-        args: vec![
-            "--database-url".into(),
-            url.clone(),
-            "--prefix".into(),
-            prefix.clone(),
-        ],
-    };
+    let cli = Cli::on(&url, &["--prefix", &prefix]);
     cli.expect(&["migrate"], 0);
     let outbox = MySqlOutbox::builder(pool.clone())
         .table_prefix(prefix.clone())
@@ -375,9 +396,7 @@ async fn cli_on_mysql() {
     .await
     .unwrap();
     for t in tables {
-        pool.execute(format!("DROP TABLE `{t}`").as_str())
-            .await
-            .unwrap();
+        drop_object(&pool, &format!("TABLE `{t}`")).await;
     }
 }
 
@@ -385,31 +404,17 @@ async fn cli_on_mysql() {
 /// `.ci/run`): `--transaction-pooling` keeps statements unnamed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cli_through_pgbouncer_in_transaction_mode() {
-    let direct = std::env::var("OUTBOX_TEST_POSTGRES")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned());
-    let pool = PgPoolOptions::new()
-        .max_connections(2)
-        .connect(&direct)
-        .await
-        .unwrap_or_else(|e| panic!("PostgreSQL at {direct} is unreachable: {e}"));
+    let (_, pool) = postgres(2).await;
     let schema = format!("cli_{}", Uuid::now_v7().simple());
-    let outbox = PgOutbox::builder(pool.clone())
-        .schema(schema.clone())
-        .build()
-        .unwrap();
+    let outbox = pg_outbox(&pool, &schema);
     outbox.migrate().await.unwrap();
     let mut tx = pool.begin().await.unwrap();
     outbox.enqueue_batch(&mut *tx, messages()).await.unwrap();
     tx.commit().await.unwrap();
-    let cli = Cli {
-        args: vec![
-            "--database-url".into(),
-            "postgres://postgres@127.0.0.1:6433/test".into(),
-            "--schema".into(),
-            schema.clone(),
-            "--transaction-pooling".into(),
-        ],
-    };
+    let cli = Cli::on(
+        "postgres://postgres@127.0.0.1:6433/test",
+        &["--schema", &schema, "--transaction-pooling"],
+    );
     // Several times: a named statement would meet another session's.
     for _ in 0..5 {
         let status = cli.json(&["status"], 2);
@@ -418,7 +423,5 @@ async fn cli_through_pgbouncer_in_transaction_mode() {
         let dead = cli.json(&["dead", "list"], 0);
         assert!(dead.as_array().unwrap().is_empty());
     }
-    pool.execute(format!("DROP SCHEMA {schema} CASCADE").as_str())
-        .await
-        .unwrap();
+    drop_object(&pool, &format!("SCHEMA {schema} CASCADE")).await;
 }

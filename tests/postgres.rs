@@ -13,7 +13,7 @@ use std::time::Duration;
 use outbox::{
     Error, FnPublisher, InMemoryPublisher, NewMessage, OutboxMessage, PgOutbox, Relay, WakeUp,
 };
-use sqlx::postgres::PgPoolOptions;
+use sqlx::postgres::{PgPool, PgPoolOptions};
 
 mod support;
 
@@ -76,6 +76,15 @@ async fn bad_schema_names_are_typed_errors() {
     db.drop().await;
 }
 
+/// Asserts that the rows of text `sql` returns on `db` include each of
+/// `expected`.
+async fn assert_rows_include(db: &TestDb, sql: &str, expected: &[&str]) {
+    let rows: Vec<String> = sqlx::query_scalar(sql).fetch_all(&db.pool).await.unwrap();
+    for e in expected {
+        assert!(rows.iter().any(|r| r == e), "{e} not in {rows:?}");
+    }
+}
+
 #[tokio::test]
 async fn custom_schema_and_prefix_keep_outboxes_apart() {
     let db = TestDb::new().await;
@@ -95,33 +104,23 @@ async fn custom_schema_and_prefix_keep_outboxes_apart() {
     a.enqueue(&db.pool, msg("t", "k", 1)).await.unwrap();
     assert_eq!(a.pending_count().await.unwrap(), 1);
     assert_eq!(b.pending_count().await.unwrap(), 0);
-    let tables: Vec<String> = sqlx::query_scalar(
+    assert_rows_include(
+        &db,
         "SELECT tablename::text FROM pg_tables WHERE schemaname = 'events' ORDER BY 1",
+        &["billing_messages", "crm_messages"],
     )
-    .fetch_all(&db.pool)
-    .await
-    .unwrap();
-    assert!(
-        tables.contains(&"billing_messages".to_owned()),
-        "{tables:?}"
-    );
-    assert!(tables.contains(&"crm_messages".to_owned()), "{tables:?}");
+    .await;
 
     // The migration sets aggressive per-table autovacuum.
-    let opts: Vec<String> = sqlx::query_scalar(
+    assert_rows_include(
+        &db,
         "SELECT unnest(reloptions) FROM pg_class WHERE oid = 'events.billing_messages'::regclass",
+        &[
+            "autovacuum_vacuum_scale_factor=0",
+            "autovacuum_vacuum_cost_delay=0",
+        ],
     )
-    .fetch_all(&db.pool)
-    .await
-    .unwrap();
-    assert!(
-        opts.contains(&"autovacuum_vacuum_scale_factor=0".to_owned()),
-        "{opts:?}"
-    );
-    assert!(
-        opts.contains(&"autovacuum_vacuum_cost_delay=0".to_owned()),
-        "{opts:?}"
-    );
+    .await;
 
     // A schema newer than this crate is refused.
     sqlx::query("INSERT INTO events.billing_migrations (version) VALUES (999)")
@@ -150,43 +149,52 @@ async fn relay_woken_only_by_wake_ups(
     relay
 }
 
+/// Runs `produce` with the pool of another "process" and the publisher of
+/// a relay woken only by wake-ups (see [`relay_woken_only_by_wake_ups`]);
+/// then stops the relay and drops the database.
+async fn from_another_process(produce: impl AsyncFnOnce(&PgPool, &InMemoryPublisher)) {
+    let (db, outbox) = setup().await;
+    let publisher = InMemoryPublisher::new();
+    let relay = relay_woken_only_by_wake_ups(&outbox, &publisher).await;
+    let other_pool = db.other_process_pool().await;
+    produce(&other_pool, &publisher).await;
+    relay.shutdown().await.unwrap();
+    other_pool.close().await;
+    db.drop().await;
+}
+
 /// A relay wakes on the NOTIFY of a producer in another process: sent by
 /// `PgOutbox::commit` after the commit, or inside the transaction. (The
 /// in-process wake-up on commit is in the conformance suite.)
 #[tokio::test]
 async fn notify_wakes_the_relay_without_polling() {
-    let (db, outbox) = setup().await;
-    let publisher = InMemoryPublisher::new();
-    let relay = relay_woken_only_by_wake_ups(&outbox, &publisher).await;
-
     // Another "process": a second outbox on its own pool, so only the
     // NOTIFY sent after its commit can reach the relay.
-    let other_pool = db.other_process_pool().await;
-    let producer = PgOutbox::new(other_pool.clone());
-    let mut tx = other_pool.begin().await.unwrap();
-    producer.enqueue(&mut *tx, msg("t", "b", 1)).await.unwrap();
-    producer.commit(tx).await.unwrap();
-    eventually("woken by NOTIFY after commit", || publisher.len() == 1).await;
+    from_another_process(async |other_pool, publisher| {
+        let producer = PgOutbox::new(other_pool.clone());
+        let mut tx = other_pool.begin().await.unwrap();
+        producer.enqueue(&mut *tx, msg("t", "b", 1)).await.unwrap();
+        producer.commit(tx).await.unwrap();
+        eventually("woken by NOTIFY after commit", || publisher.len() == 1).await;
 
-    // In-transaction NOTIFY: a plain tx.commit() wakes it too.
-    let notifying = PgOutbox::builder(other_pool.clone())
-        .wake_up(WakeUp::InTransaction)
-        .build()
-        .unwrap();
-    let mut tx = other_pool.begin().await.unwrap();
-    notifying.enqueue(&mut *tx, msg("t", "c", 1)).await.unwrap();
-    notifying
-        .enqueue_batch(&mut *tx, vec![msg("t", "c", 2)])
-        .await
-        .unwrap();
-    tx.commit().await.unwrap();
-    eventually("woken by NOTIFY in the transaction", || {
-        publisher.len() == 3
+        // In-transaction NOTIFY: a plain tx.commit() wakes it too.
+        let notifying = PgOutbox::builder(other_pool.clone())
+            .wake_up(WakeUp::InTransaction)
+            .build()
+            .unwrap();
+        let mut tx = other_pool.begin().await.unwrap();
+        notifying.enqueue(&mut *tx, msg("t", "c", 1)).await.unwrap();
+        notifying
+            .enqueue_batch(&mut *tx, vec![msg("t", "c", 2)])
+            .await
+            .unwrap();
+        tx.commit().await.unwrap();
+        eventually("woken by NOTIFY in the transaction", || {
+            publisher.len() == 3
+        })
+        .await;
     })
     .await;
-    relay.shutdown().await.unwrap();
-    other_pool.close().await;
-    db.drop().await;
 }
 
 /// The default wake-up without a transaction of its own under load: an
@@ -196,59 +204,53 @@ async fn notify_wakes_the_relay_without_polling() {
 
 #[tokio::test]
 async fn carried_notifications_wake_relays_in_other_processes() {
-    let (db, outbox) = setup().await;
-    let publisher = InMemoryPublisher::new();
-    let relay = relay_woken_only_by_wake_ups(&outbox, &publisher).await;
-
     // The producer has a pool of its own: only a notification through
     // PostgreSQL can reach the relay.
-    let other_pool = db.other_process_pool().await;
-    let producer = PgOutbox::builder(other_pool.clone())
-        .notify_interval(Duration::from_millis(300))
-        .build()
-        .unwrap();
-    let enqueue = |key: &'static str| {
-        let producer = producer.clone();
-        let pool = other_pool.clone();
-        async move {
-            let mut tx = pool.begin().await.unwrap();
-            producer.enqueue(&mut *tx, msg("t", key, 1)).await.unwrap();
-            tx
-        }
-    };
+    from_another_process(async |other_pool, publisher| {
+        let producer = PgOutbox::builder(other_pool.clone())
+            .notify_interval(Duration::from_millis(300))
+            .build()
+            .unwrap();
+        let enqueue = |key: &'static str| {
+            let producer = producer.clone();
+            let pool = other_pool.clone();
+            async move {
+                let mut tx = pool.begin().await.unwrap();
+                producer.enqueue(&mut *tx, msg("t", key, 1)).await.unwrap();
+                tx
+            }
+        };
 
-    // The first enqueue carries one: a plain commit wakes the relay.
-    enqueue("a").await.commit().await.unwrap();
-    eventually("woken by the carried notification", || publisher.len() == 1).await;
+        // The first enqueue carries one: a plain commit wakes the relay.
+        enqueue("a").await.commit().await.unwrap();
+        eventually("woken by the carried notification", || publisher.len() == 1).await;
 
-    // Within the interval, an enqueue carries none: PgOutbox::commit sends
-    // a NOTIFY of its own once no later enqueue covered the commit.
-    producer.commit(enqueue("b").await).await.unwrap();
-    eventually("woken by the NOTIFY after the commit", || {
-        publisher.len() == 2
+        // Within the interval, an enqueue carries none: PgOutbox::commit sends
+        // a NOTIFY of its own once no later enqueue covered the commit.
+        producer.commit(enqueue("b").await).await.unwrap();
+        eventually("woken by the NOTIFY after the commit", || {
+            publisher.len() == 2
+        })
+        .await;
+
+        // A plain commit that carried nothing waits for the next carried
+        // notification, which covers it.
+        let uncovered = enqueue("c").await;
+        uncovered.commit().await.unwrap();
+        tokio::time::sleep(Duration::from_millis(350)).await;
+        enqueue("d").await.commit().await.unwrap();
+        eventually("both woken by the later carried notification", || {
+            publisher.len() == 4
+        })
+        .await;
+        let keys: HashSet<String> = publisher
+            .messages()
+            .iter()
+            .filter_map(|m| m.partition_key().map(str::to_owned))
+            .collect();
+        assert_eq!(keys.len(), 4);
     })
     .await;
-
-    // A plain commit that carried nothing waits for the next carried
-    // notification, which covers it.
-    let uncovered = enqueue("c").await;
-    uncovered.commit().await.unwrap();
-    tokio::time::sleep(Duration::from_millis(350)).await;
-    enqueue("d").await.commit().await.unwrap();
-    eventually("both woken by the later carried notification", || {
-        publisher.len() == 4
-    })
-    .await;
-    let keys: HashSet<String> = publisher
-        .messages()
-        .iter()
-        .filter_map(|m| m.partition_key().map(str::to_owned))
-        .collect();
-    assert_eq!(keys.len(), 4);
-
-    relay.shutdown().await.unwrap();
-    other_pool.close().await;
-    db.drop().await;
 }
 
 #[tokio::test]

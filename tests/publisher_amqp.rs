@@ -10,15 +10,14 @@ use async_trait::async_trait;
 use futures_util::StreamExt;
 use lapin::message::Delivery;
 use lapin::options::{
-    BasicAckOptions, BasicConsumeOptions, ExchangeDeclareOptions, ExchangeDeleteOptions,
-    QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions,
+    BasicAckOptions, BasicConsumeOptions, ExchangeDeleteOptions, QueueDeclareOptions,
+    QueueDeleteOptions,
 };
 use lapin::types::{AMQPValue, FieldTable};
-use lapin::{Channel, Connection, ConnectionProperties, ExchangeKind};
+use lapin::{Channel, Connection, ConnectionProperties};
 use outbox::publisher::{Envelope, RabbitMqPublisher};
-use outbox::{MessageId, NewMessage};
 use support::broker::{self, candidate, TestBroker};
-use support::sqlite::{enqueue, migrated, relay_until_drained};
+use support::sqlite::{assert_dead_at_once, enqueue, migrated, relay_until_drained};
 
 const RABBIT: &str = "127.0.0.1:5672";
 const START_RABBIT: &str = "rabbitmq-server -detached";
@@ -54,39 +53,15 @@ impl TestQueue {
         let id = uuid::Uuid::now_v7().simple().to_string();
         let exchange = format!("outbox.test.{id}");
         let queue = format!("outbox.test.{id}.candidates");
-        channel
-            .exchange_declare(
-                exchange.as_str().into(),
-                ExchangeKind::Topic,
-                ExchangeDeclareOptions {
-                    auto_delete: true,
-                    ..Default::default()
-                },
-                FieldTable::default(),
-            )
-            .await
-            .unwrap();
-        channel
-            .queue_declare(
-                queue.as_str().into(),
-                QueueDeclareOptions {
-                    exclusive: true,
-                    ..Default::default()
-                },
-                FieldTable::default(),
-            )
-            .await
-            .unwrap();
-        channel
-            .queue_bind(
-                queue.as_str().into(),
-                exchange.as_str().into(),
-                "candidates".into(),
-                QueueBindOptions::default(),
-                FieldTable::default(),
-            )
-            .await
-            .unwrap();
+        support::amqp::declare_bound_queue(
+            &channel,
+            &exchange,
+            &queue,
+            "candidates",
+            support::amqp::Lifetime::Transient,
+        )
+        .await
+        .unwrap();
         TestQueue {
             conn,
             channel,
@@ -188,10 +163,7 @@ fn message_id(d: &Delivery) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn relay_publishes_to_a_queue_with_properties() {
     let broker = TestQueue::new().await;
-    let (db, outbox) = migrated(DB).await;
-    let messages: Vec<NewMessage> = (0..5).map(|n| candidate("candidates", n)).collect();
-    let ids: Vec<MessageId> = messages.iter().map(NewMessage::id).collect();
-    enqueue(&db, &outbox, messages).await;
+    let (_db, outbox, ids) = broker::with_candidates(DB, 0..5).await;
 
     let publisher = RabbitMqPublisher::new(uri(RABBIT), &broker.exchange);
     relay_until_drained(&outbox, publisher, "the outbox to drain", TIMEOUT).await;
@@ -229,10 +201,8 @@ async fn relay_publishes_to_a_queue_with_properties() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cloudevents_binary_mode_uses_amqp_binding_headers() {
     let broker = TestQueue::new().await;
-    let (db, outbox) = migrated(DB).await;
-    let m = candidate("candidates", 7);
-    let id = m.id().to_string();
-    enqueue(&db, &outbox, vec![m]).await;
+    let (_db, outbox, ids) = broker::with_candidates(DB, [7]).await;
+    let id = ids[0].to_string();
 
     let publisher = RabbitMqPublisher::new(uri(RABBIT), &broker.exchange).with_envelope(
         Envelope::CloudEventsBinary {
@@ -330,13 +300,7 @@ async fn unroutable_messages_are_dead_lettered() {
         unroutable
     );
     for d in &dead {
-        assert_eq!(d.attempts, 1, "permanent: no retry");
-        assert!(
-            d.last_error
-                .contains("no queue bound for routing key \"nobody.listens\""),
-            "{}",
-            d.last_error
-        );
+        assert_dead_at_once(d, "no queue bound for routing key \"nobody.listens\"");
     }
     let got: HashSet<String> = broker.consume(5).await.iter().map(message_id).collect();
     assert_eq!(got, routable);

@@ -19,7 +19,7 @@ use outbox::publisher::{
 };
 use outbox::{MessageId, NewMessage, RelayHandle, SqliteOutbox};
 use support::sqlite::{
-    drained, enqueue, migrated, pending, relay, the_dead_letter, transient_failures,
+    drained, enqueue, enqueue_until_transient_failures, migrated, pending, relay, the_dead_letter,
 };
 use support::{fast_retry, wait_for};
 
@@ -32,14 +32,7 @@ const TOLERANCE: Duration = Duration::from_secs(300);
 // ---------------------------------------------------------------- database
 
 fn candidate(n: u32, key: &str) -> NewMessage {
-    NewMessage::json(
-        "recruiting.candidates",
-        &serde_json::json!({ "n": n, "candidate": key }),
-    )
-    .unwrap()
-    .with_partition_key(key)
-    .with_event_type("CandidateStatusChanged")
-    .with_schema_version(2)
+    support::keyed_candidate("recruiting.candidates", n, key)
 }
 
 // ------------------------------------------------------------------ server
@@ -420,13 +413,8 @@ async fn unreachable_server_then_back_loses_nothing() {
         .map(|n| candidate(n, &format!("candidate-{}", n % 3)))
         .collect();
     let ids: Vec<MessageId> = messages.iter().map(NewMessage::id).collect();
-    enqueue(&db, &outbox, messages).await;
     // Failed attempts are recorded as transient, and nothing is dead.
-    wait_for("several failed attempts", TIMEOUT, || {
-        transient_failures(&db, 3)
-    })
-    .await;
-    assert!(outbox.dead_letters(10).await.unwrap().is_empty());
+    enqueue_until_transient_failures(&db, &outbox, messages, 3, TIMEOUT).await;
     assert_eq!(server.seen().len(), 1, "nothing got through the cut");
 
     proxy.restore();
@@ -451,22 +439,39 @@ async fn unreachable_server_then_back_loses_nothing() {
     assert!(outbox.dead_letters(10).await.unwrap().is_empty());
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn structured_cloudevents_body_is_a_valid_cloudevent() {
+/// Relays `m` to a server that accepts everything, through a webhook
+/// publisher in the CloudEvents envelope that `envelope` makes of the source
+/// `/recruiting/candidates`, signing with `secret` if one is given; returns
+/// the one request the server saw.
+async fn relay_cloudevent(
+    envelope: fn(String) -> Envelope,
+    secret: Option<&[u8]>,
+    m: NewMessage,
+) -> Seen {
     let (db, outbox) = migrated(DB).await;
     let server = Server::start(|_| Server::ok()).await;
-    let publisher = WebhookPublisher::builder(server.url("/events"))
-        .envelope(Envelope::CloudEventsStructured {
-            source: "/recruiting/candidates".into(),
-        })
-        .signing_secret(SECRET)
-        .build()
-        .unwrap();
-    let m = candidate(7, "candidate-7").with_header("traceparent", "00-1-2-01");
-    let (id, payload) = (m.id(), m.payload().to_vec());
+    let mut builder = WebhookPublisher::builder(server.url("/events"))
+        .envelope(envelope("/recruiting/candidates".into()));
+    if let Some(secret) = secret {
+        builder = builder.signing_secret(secret);
+    }
+    let publisher = builder.build().unwrap();
     enqueue(&db, &outbox, vec![m]).await;
     let relay = relay(&outbox, publisher, fast_retry());
-    let s = &server.seen_once_drained(&outbox, relay, 1).await[0];
+    let mut seen = server.seen_once_drained(&outbox, relay, 1).await;
+    seen.swap_remove(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn structured_cloudevents_body_is_a_valid_cloudevent() {
+    let m = candidate(7, "candidate-7").with_header("traceparent", "00-1-2-01");
+    let (id, payload) = (m.id(), m.payload().to_vec());
+    let s = &relay_cloudevent(
+        |source| Envelope::CloudEventsStructured { source },
+        Some(SECRET),
+        m,
+    )
+    .await;
     assert_eq!(s.header("content-type"), CLOUDEVENTS_JSON);
     assert_eq!(s.id(), id);
     assert_eq!(s.header("traceparent"), "00-1-2-01");
@@ -499,19 +504,9 @@ async fn structured_cloudevents_body_is_a_valid_cloudevent() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn binary_cloudevents_attributes_travel_as_headers() {
-    let (db, outbox) = migrated(DB).await;
-    let server = Server::start(|_| Server::ok()).await;
-    let publisher = WebhookPublisher::builder(server.url("/events"))
-        .envelope(Envelope::CloudEventsBinary {
-            source: "/recruiting/candidates".into(),
-        })
-        .build()
-        .unwrap();
     let m = candidate(8, "candidate 8 é");
     let (id, payload) = (m.id(), m.payload().to_vec());
-    enqueue(&db, &outbox, vec![m]).await;
-    let relay = relay(&outbox, publisher, fast_retry());
-    let s = &server.seen_once_drained(&outbox, relay, 1).await[0];
+    let s = &relay_cloudevent(|source| Envelope::CloudEventsBinary { source }, None, m).await;
     assert_eq!(&s.body[..], &payload[..]);
     assert_eq!(s.header("content-type"), "application/json");
     assert_eq!(s.header("ce-specversion"), "1.0");

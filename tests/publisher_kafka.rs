@@ -19,11 +19,11 @@ use rdkafka::mocking::MockCluster;
 use rdkafka::producer::{DefaultProducerContext, Producer};
 use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
 use rdkafka::{Offset, TopicPartitionList};
+use support::fast_retry;
 use support::sqlite::{
-    drained, enqueue, migrated, migrated_with_payload_limit, relay, the_dead_letter,
-    transient_failures, TempDb,
+    drained, enqueue, enqueue_until_transient_failures, migrated, migrated_with_payload_limit,
+    relay, the_dead_letter, TempDb,
 };
-use support::{fast_retry, wait_for};
 
 const TIMEOUT: Duration = Duration::from_secs(30);
 /// The prefix of the database files.
@@ -33,14 +33,7 @@ const PARTITIONS: i32 = 3;
 // ---------------------------------------------------------------- database
 
 fn candidate(n: u32, key: &str) -> NewMessage {
-    NewMessage::json(
-        "candidates",
-        &serde_json::json!({ "n": n, "candidate": key }),
-    )
-    .unwrap()
-    .with_partition_key(key)
-    .with_event_type("CandidateStatusChanged")
-    .with_schema_version(2)
+    support::keyed_candidate("candidates", n, key)
 }
 
 // ------------------------------------------------------------------- kafka
@@ -69,6 +62,20 @@ impl MockKafka {
     /// A consumer reading every partition of the topic from the beginning.
     fn consumer(&self) -> StreamConsumer {
         consumer(&self.bootstrap, self.topic)
+    }
+
+    /// A publisher whose deliveries time out after 500 ms, with the
+    /// librdkafka `settings` on top.
+    fn timing_out_publisher(&self, settings: &[(&str, &str)]) -> KafkaPublisher {
+        settings
+            .iter()
+            .fold(
+                KafkaPublisher::builder(&self.bootstrap)
+                    .delivery_timeout(Duration::from_millis(500)),
+                |builder, &(key, value)| builder.set(key, value),
+            )
+            .build()
+            .unwrap()
     }
 
     /// A relay that retries for as long as a test runs, started with a
@@ -389,78 +396,69 @@ async fn producer_is_idempotent_and_application_resends_are_detectable() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn broker_down_fails_transiently_and_the_relay_retries_until_delivered() {
+/// A relay through a publisher with the librdkafka `settings` (see
+/// [`MockKafka::timing_out_publisher`]), warmed up; then `fail` breaks the
+/// cluster, `messages` are enqueued until two failed attempts are recorded
+/// as transient, and `recover` heals the cluster: everything arrives, first
+/// arrivals per key in commit order.
+async fn retried_until_delivered(
+    settings: &[(&str, &str)],
+    fail: impl FnOnce(&MockCluster<'static, DefaultProducerContext>),
+    messages: Vec<NewMessage>,
+    recover: impl FnOnce(&MockCluster<'static, DefaultProducerContext>),
+) {
     let kafka = MockKafka::start("candidates");
     let (db, outbox) = migrated(DB).await;
-    let publisher = KafkaPublisher::builder(&kafka.bootstrap)
-        .delivery_timeout(Duration::from_millis(500))
-        .set("reconnect.backoff.max.ms", "200")
-        .build()
-        .unwrap();
+    let publisher = kafka.timing_out_publisher(settings);
     let (relay, consumer) = kafka.warmed_up(&db, &outbox, publisher).await;
 
-    kafka.cluster.broker_down(1).unwrap();
-    let messages: Vec<NewMessage> = (1..=9)
-        .map(|n| candidate(n, &format!("candidate-{}", n % 3)))
-        .collect();
+    fail(&kafka.cluster);
     let ids: HashSet<MessageId> = messages.iter().map(NewMessage::id).collect();
-    enqueue(&db, &outbox, messages).await;
-    wait_for("failed attempts recorded as transient", TIMEOUT, || {
-        transient_failures(&db, 2)
-    })
-    .await;
-    assert!(outbox.dead_letters(10).await.unwrap().is_empty());
+    enqueue_until_transient_failures(&db, &outbox, messages, 2, TIMEOUT).await;
 
-    kafka.cluster.broker_up(1).unwrap();
+    recover(&kafka.cluster);
     drain_and_stop(&outbox, relay).await;
-
-    // Everything arrived; first arrivals per key are in commit order.
     assert_key_order(&first_arrivals(&consumer, &ids).await);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn produce_errors_are_retried_by_the_producer_then_by_the_relay() {
-    let kafka = MockKafka::start("candidates");
-    let (db, outbox) = migrated(DB).await;
-    let publisher = KafkaPublisher::builder(&kafka.bootstrap)
-        .delivery_timeout(Duration::from_millis(500))
-        .set("retry.backoff.ms", "20")
-        .set("retry.backoff.max.ms", "50")
-        .build()
-        .unwrap();
-    let (relay, consumer) = kafka.warmed_up(&db, &outbox, publisher).await;
+async fn broker_down_fails_transiently_and_the_relay_retries_until_delivered() {
+    retried_until_delivered(
+        &[("reconnect.backoff.max.ms", "200")],
+        |cluster| cluster.broker_down(1).unwrap(),
+        (1..=9)
+            .map(|n| candidate(n, &format!("candidate-{}", n % 3)))
+            .collect(),
+        |cluster| cluster.broker_up(1).unwrap(),
+    )
+    .await;
+}
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn produce_errors_are_retried_by_the_producer_then_by_the_relay() {
     // A retriable broker error the producer retries by itself until the
     // delivery timeout, for as long as it takes the relay to record two
     // transient failures (the error list outlasts any number of timeouts
     // until it is cleared); then the broker recovers.
-    kafka.cluster.request_errors(
-        RDKafkaApiKey::Produce,
-        &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_NOT_ENOUGH_REPLICAS; 100_000],
-    );
-    let messages: Vec<NewMessage> = (1..=4).map(|n| candidate(n, "candidate-1")).collect();
-    let ids: HashSet<MessageId> = messages.iter().map(NewMessage::id).collect();
-    enqueue(&db, &outbox, messages).await;
-    wait_for("two transient failures recorded", TIMEOUT, || {
-        transient_failures(&db, 2)
-    })
+    retried_until_delivered(
+        &[("retry.backoff.ms", "20"), ("retry.backoff.max.ms", "50")],
+        |cluster| {
+            cluster.request_errors(
+                RDKafkaApiKey::Produce,
+                &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_NOT_ENOUGH_REPLICAS; 100_000],
+            );
+        },
+        (1..=4).map(|n| candidate(n, "candidate-1")).collect(),
+        |cluster| cluster.clear_request_errors(RDKafkaApiKey::Produce),
+    )
     .await;
-    kafka.cluster.clear_request_errors(RDKafkaApiKey::Produce);
-    drain_and_stop(&outbox, relay).await;
-    assert_key_order(&first_arrivals(&consumer, &ids).await);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fatal_idempotence_error_replaces_the_producer_and_loses_nothing() {
     let kafka = MockKafka::start("candidates");
     let (db, outbox) = migrated(DB).await;
-    let publisher = std::sync::Arc::new(
-        KafkaPublisher::builder(&kafka.bootstrap)
-            .delivery_timeout(Duration::from_millis(500))
-            .build()
-            .unwrap(),
-    );
+    let publisher = std::sync::Arc::new(kafka.timing_out_publisher(&[]));
     let first_producer = publisher.producer();
     let (relay, consumer) = kafka.warmed_up(&db, &outbox, publisher.clone()).await;
 

@@ -9,9 +9,11 @@ use async_nats::jetstream::{self, consumer, stream};
 use async_trait::async_trait;
 use futures_util::StreamExt;
 use outbox::publisher::{Envelope, NatsPublisher};
-use outbox::{MessageId, NewMessage};
+use outbox::NewMessage;
 use support::broker::{self, candidate, TestBroker};
-use support::sqlite::{enqueue, migrated, migrated_with_payload_limit, relay_until_drained};
+use support::sqlite::{
+    assert_dead_at_once, enqueue, migrated, migrated_with_payload_limit, relay_until_drained,
+};
 
 const NATS: &str = "127.0.0.1:4222";
 const START_NATS: &str = "start-stop-daemon --start --oknodo --background \
@@ -148,10 +150,7 @@ fn header<'a>(m: &'a async_nats::Message, name: &str) -> Option<&'a str> {
 async fn relay_publishes_to_jetstream_with_headers() {
     let client = nats().await;
     let stream = TestStream::create(&client).await;
-    let (db, outbox) = migrated(DB).await;
-    let messages: Vec<NewMessage> = (0..5).map(|n| candidate("candidates", n)).collect();
-    let ids: Vec<MessageId> = messages.iter().map(NewMessage::id).collect();
-    enqueue(&db, &outbox, messages).await;
+    let (_db, outbox, ids) = broker::with_candidates(DB, 0..5).await;
 
     let publisher = NatsPublisher::new(client.clone()).with_subject_prefix(&stream.prefix);
     relay_until_drained(&outbox, publisher, "the outbox to drain", TIMEOUT).await;
@@ -299,12 +298,7 @@ async fn rejected_messages_are_dead_lettered() {
     let dead = outbox.dead_letters(10).await.unwrap();
     assert_eq!(dead.len(), 1, "{dead:?}");
     assert_eq!(dead[0].id(), too_big_id);
-    assert_eq!(dead[0].attempts, 1, "permanent: no retry");
-    assert!(
-        dead[0].last_error.contains("max_payload"),
-        "{}",
-        dead[0].last_error
-    );
+    assert_dead_at_once(&dead[0], "max_payload");
     let got = stream.consume(1).await;
     assert_eq!(
         header(&got[0], "Nats-Msg-Id"),
@@ -328,14 +322,7 @@ async fn rejected_messages_are_dead_lettered() {
         .iter()
         .find(|d| d.id() == orphan_id)
         .expect("the orphan is a dead letter");
-    assert_eq!(orphan_dead.attempts, 1);
-    assert!(
-        orphan_dead
-            .last_error
-            .contains("no JetStream stream captures subject"),
-        "{}",
-        orphan_dead.last_error
-    );
+    assert_dead_at_once(orphan_dead, "no JetStream stream captures subject");
     assert_eq!(stream.count().await, 1);
 }
 

@@ -7,11 +7,11 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use outbox::publisher::{Envelope, RedisStreamsPublisher};
-use outbox::{MessageId, NewMessage};
+use outbox::NewMessage;
 use redis::streams::{StreamId, StreamReadReply};
 use redis::AsyncCommands;
 use support::broker::{self, candidate, TestBroker};
-use support::sqlite::{enqueue, migrated, relay_until_drained};
+use support::sqlite::{assert_dead_at_once, enqueue, migrated, relay_until_drained};
 
 const REDIS: &str = "127.0.0.1:6379";
 const START_REDIS: &str = "redis-server --daemonize yes --bind 127.0.0.1 -::1 --port 6379 \
@@ -128,10 +128,7 @@ fn field(e: &StreamId, name: &str) -> Option<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn relay_appends_to_streams_with_fields() {
     let keys = TestKeys::new().await;
-    let (db, outbox) = migrated(DB).await;
-    let messages: Vec<NewMessage> = (0..5).map(|n| candidate("candidates", n)).collect();
-    let ids: Vec<MessageId> = messages.iter().map(NewMessage::id).collect();
-    enqueue(&db, &outbox, messages).await;
+    let (_db, outbox, ids) = broker::with_candidates(DB, 0..5).await;
 
     relay_until_drained(&outbox, keys.publisher(), "the outbox to drain", TIMEOUT).await;
 
@@ -177,10 +174,8 @@ async fn relay_appends_to_streams_with_fields() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cloudevents_structured_mode_and_trimming() {
     let keys = TestKeys::new().await;
-    let (db, outbox) = migrated(DB).await;
-    let m = candidate("candidates", 9);
-    let id = m.id().to_string();
-    enqueue(&db, &outbox, vec![m]).await;
+    let (_db, outbox, ids) = broker::with_candidates(DB, [9]).await;
+    let id = ids[0].to_string();
 
     let publisher = keys
         .publisher()
@@ -244,20 +239,9 @@ async fn rejected_messages_are_dead_lettered() {
     let dead = outbox.dead_letters(10).await.unwrap();
     assert_eq!(dead.len(), 2, "{dead:?}");
     let big = dead.iter().find(|d| d.id() == too_big_id).unwrap();
-    assert_eq!(big.attempts, 1, "permanent: no retry");
-    assert!(
-        big.last_error
-            .contains("over the configured maximum of 1024"),
-        "{}",
-        big.last_error
-    );
+    assert_dead_at_once(big, "over the configured maximum of 1024");
     let wrong = dead.iter().find(|d| d.id() == wrong_type_id).unwrap();
-    assert_eq!(wrong.attempts, 1);
-    assert!(
-        wrong.last_error.contains("not a stream"),
-        "{}",
-        wrong.last_error
-    );
+    assert_dead_at_once(wrong, "not a stream");
     // The failed XADD left no dedupe key behind: a replay is not taken for
     // a duplicate.
     let guard: Option<String> = conn

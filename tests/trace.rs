@@ -128,6 +128,16 @@ async fn run(
     (ids, traceparent, spans)
 }
 
+/// The spans of the two publish attempts among `spans`.
+fn the_two_publishes(spans: &[SpanData]) -> Vec<&SpanData> {
+    let publishes: Vec<&SpanData> = spans
+        .iter()
+        .filter(|s| s.name == "publish orders")
+        .collect();
+    assert_eq!(publishes.len(), 2, "two attempts: {spans:#?}");
+    publishes
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_trace_from_the_request_to_the_consumer() {
     let exporter = InMemorySpanExporter::default();
@@ -140,11 +150,7 @@ async fn one_trace_from_the_request_to_the_consumer() {
 
     // Parent: one trace, the attempts side by side under the request.
     let ((trace, request), traceparent, spans) = run(&exporter, &provider, TraceLink::Parent).await;
-    let publishes: Vec<&SpanData> = spans
-        .iter()
-        .filter(|s| s.name == "publish orders")
-        .collect();
-    assert_eq!(publishes.len(), 2, "two attempts: {spans:#?}");
+    let publishes = the_two_publishes(&spans);
     for s in &publishes {
         assert_eq!(s.span_context.trace_id(), trace);
         assert_eq!(s.parent_span_id, request, "every attempt under the request");
@@ -169,11 +175,7 @@ async fn one_trace_from_the_request_to_the_consumer() {
 
     // Link: a trace of its own per attempt, linked to the request.
     let ((trace, request), traceparent, spans) = run(&exporter, &provider, TraceLink::Link).await;
-    let publishes: Vec<&SpanData> = spans
-        .iter()
-        .filter(|s| s.name == "publish orders")
-        .collect();
-    assert_eq!(publishes.len(), 2, "{spans:#?}");
+    let publishes = the_two_publishes(&spans);
     for s in &publishes {
         assert_ne!(s.span_context.trace_id(), trace);
         assert!(

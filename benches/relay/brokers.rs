@@ -5,12 +5,16 @@
 use super::*;
 use async_nats::jetstream;
 use lapin::options::{
-    BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions, ExchangeDeleteOptions,
-    QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions,
+    BasicPublishOptions, ConfirmSelectOptions, ExchangeDeleteOptions, QueueDeleteOptions,
 };
-use lapin::types::{FieldTable, ShortString};
-use lapin::{BasicProperties, Connection, ConnectionProperties, ExchangeKind};
+use lapin::types::ShortString;
+use lapin::{BasicProperties, Connection, ConnectionProperties};
 use outbox::publisher::{NatsPublisher, RabbitMqPublisher};
+
+/// The exchange and queue declaration the AMQP tests use too.
+#[allow(dead_code, unreachable_pub)]
+#[path = "../../tests/support/amqp.rs"]
+mod amqp;
 
 const AMQP: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 
@@ -130,36 +134,9 @@ pub(super) async fn run(cfg: &Config, res: &mut Results) {
         .unwrap();
     let exchange = format!("outbox.bench.{id}");
     let queue = format!("outbox.bench.{id}.q");
-    ch.exchange_declare(
-        exchange.as_str().into(),
-        ExchangeKind::Topic,
-        ExchangeDeclareOptions {
-            durable: true,
-            ..Default::default()
-        },
-        FieldTable::default(),
-    )
-    .await
-    .unwrap();
-    ch.queue_declare(
-        queue.as_str().into(),
-        QueueDeclareOptions {
-            durable: true,
-            ..Default::default()
-        },
-        FieldTable::default(),
-    )
-    .await
-    .unwrap();
-    ch.queue_bind(
-        queue.as_str().into(),
-        exchange.as_str().into(),
-        "#".into(),
-        QueueBindOptions::default(),
-        FieldTable::default(),
-    )
-    .await
-    .unwrap();
+    amqp::declare_bound_queue(&ch, &exchange, &queue, "#", amqp::Lifetime::Durable)
+        .await
+        .unwrap();
     let raw = raw_publish_rate(n, async || {
         let props = BasicProperties::default()
             .with_delivery_mode(2)

@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use outbox::{
-    BlockingMessage, DeadLetter, DeadLetterFilter, Error, InMemoryPublisher, MessageId,
+    BlockedKey, BlockingMessage, DeadLetter, DeadLetterFilter, Error, InMemoryPublisher, MessageId,
     PublishError, Publisher, ReplayReport, RetryPolicy,
 };
 
@@ -45,6 +45,17 @@ async fn replay<O: TestOutbox>(outbox: &O, filter: DeadLetterFilter) -> ReplayRe
 
 fn ids(published: &InMemoryPublisher) -> Vec<MessageId> {
     published.messages().iter().map(|m| m.id()).collect()
+}
+
+/// `field` of each key `outbox` holds blocked.
+async fn blocks<T>(outbox: &impl TestOutbox, field: impl FnMut(BlockedKey) -> T) -> Vec<T> {
+    outbox
+        .blocked_keys()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(field)
+        .collect()
 }
 
 /// (key, position) of each dead letter.
@@ -109,13 +120,7 @@ pub async fn a_reenqueued_id_keeps_every_dead_letter_and_every_key_moves_again<B
         ["a", "b", "c"],
         "no dead letter overwritten: {dead_at:?}"
     );
-    let blocked: Vec<(String, i64, BlockingMessage)> = outbox
-        .blocked_keys()
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|b| (b.partition_key, b.position, b.message))
-        .collect();
+    let blocked = blocks(&outbox, |b| (b.partition_key, b.position, b.message)).await;
     let expected: Vec<(String, i64, BlockingMessage)> = dead_at
         .iter()
         .map(|(k, p)| (k.clone(), *p, BlockingMessage::Dead))
@@ -144,13 +149,7 @@ pub async fn a_reenqueued_id_keeps_every_dead_letter_and_every_key_moves_again<B
         keys_and_positions(&outbox.dead_letters(10).await.unwrap()),
         dead_at[1..]
     );
-    let still: Vec<String> = outbox
-        .blocked_keys()
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|b| b.partition_key)
-        .collect();
+    let still = blocks(&outbox, |b| b.partition_key).await;
     assert_eq!(still, ["b", "c"], "the replay lifted a's block only");
 
     // Discard takes the oldest dead letter of the id: b's.
@@ -644,13 +643,7 @@ pub async fn a_replayed_older_message_lifts_only_its_own_block<B: Backend>() {
         [second, older],
         "the newer dead letter still holds the key"
     );
-    let blocked: Vec<i64> = outbox
-        .blocked_keys()
-        .await
-        .unwrap()
-        .iter()
-        .map(|b| b.position)
-        .collect();
+    let blocked = blocks(&outbox, |b| b.position).await;
     let newer_position = outbox.dead_letters(10).await.unwrap()[0].message.position();
     assert_eq!(blocked, [newer_position]);
 

@@ -100,6 +100,13 @@ async fn setup<B: InboxBackend>() -> Arc<B> {
     Arc::new(db)
 }
 
+/// [`setup`], then a message of the key `a` and one with no key published.
+async fn setup_with_keyed_and_unkeyed<B: InboxBackend>() -> (Arc<B>, Vec<OutboxMessage>) {
+    let db = setup::<B>().await;
+    let m = published(&*db, vec![keyed("a", 1), unkeyed(2)]).await;
+    (db, m)
+}
+
 /// Publishes `messages` through a producer in `db` and stops it.
 async fn published<B: ConsumerBackend>(db: &B, messages: Vec<NewMessage>) -> Vec<OutboxMessage> {
     let producer = Producer::start(db).await;
@@ -240,8 +247,7 @@ async fn duplicate_leaves_the_transaction_usable<B: InboxBackend>() {
 }
 
 async fn rolled_back_transaction_records_nothing<B: InboxBackend>() {
-    let db = setup::<B>().await;
-    let m = published(&*db, vec![keyed("a", 1), unkeyed(2)]).await;
+    let (db, m) = setup_with_keyed_and_unkeyed::<B>().await;
 
     for msg in &m {
         let mut tx = db.begin().await;
@@ -269,8 +275,7 @@ async fn rolled_back_transaction_records_nothing<B: InboxBackend>() {
 /// others wait (on the primary key, or for the single writer) and see a
 /// duplicate, without an error.
 async fn concurrent_redeliveries_have_exactly_one_fresh<B: InboxBackend>() {
-    let db = setup::<B>().await;
-    let m = published(&*db, vec![keyed("a", 1), unkeyed(2)]).await;
+    let (db, m) = setup_with_keyed_and_unkeyed::<B>().await;
 
     for message in &m {
         let barrier = Arc::new(Barrier::new(8));

@@ -33,6 +33,28 @@ use outbox::{
 use crate::backend::{every_bucket_held, Backend, Delivery, Pool, TestOutbox};
 use crate::support::{eventually, wait_for};
 
+/// Spawns 16 writers, writer `w` with its own handles on `db` and `outbox`
+/// and a random generator seeded with `seed + w`.
+fn spawn_writers<D, O, T, Fut>(
+    db: &D,
+    outbox: &O,
+    seed: u64,
+    writer: impl Fn(u64, D, O, fastrand::Rng) -> Fut,
+) -> Vec<tokio::task::JoinHandle<T>>
+where
+    D: Clone,
+    O: Clone,
+    Fut: std::future::Future<Output = T> + Send + 'static,
+    T: Send + 'static,
+{
+    (0..16u64)
+        .map(|w| {
+            let rng = fastrand::Rng::with_seed(seed + w);
+            tokio::spawn(writer(w, db.clone(), outbox.clone(), rng))
+        })
+        .collect()
+}
+
 /// The multiplier of `OUTBOX_ORDERING_SCALE`.
 fn scale() -> u64 {
     std::env::var("OUTBOX_ORDERING_SCALE")
@@ -159,12 +181,11 @@ pub async fn many_writers_many_relays_random_failures_keep_commit_order<B: Backe
     // enqueue before touching the key's counter row, so the counter's lock
     // alone does not order them; one in ten rolls back.
     let transactions = 150 * scale();
-    let mut writers = Vec::new();
-    for w in 0..16u64 {
-        let db = db.clone();
-        let outbox = outbox.clone();
-        writers.push(tokio::spawn(async move {
-            let mut rng = fastrand::Rng::with_seed(1000 + w);
+    let writers = spawn_writers(
+        &db,
+        &outbox,
+        1000,
+        move |_, db, outbox, mut rng| async move {
             let (mut committed, mut rolled_back) = (Vec::new(), Vec::new());
             for _ in 0..transactions {
                 let mut keys: Vec<String> = (0..rng.usize(1..=3))
@@ -212,8 +233,8 @@ pub async fn many_writers_many_relays_random_failures_keep_commit_order<B: Backe
                 }
             }
             (committed, rolled_back)
-        }));
-    }
+        },
+    );
     let (mut committed, mut rolled_back) = (HashSet::new(), HashSet::new());
     for w in writers {
         let (c, r) = w.await.unwrap();
@@ -863,12 +884,11 @@ pub async fn writers_never_deadlock_with_busy_relays<B: Backend>() {
     let publisher = outbox::InMemoryPublisher::new();
     let relays = outbox.fast_relays(4, &publisher, 100);
     let until = Instant::now() + Duration::from_secs(5 * scale());
-    let mut writers = Vec::new();
-    for w in 0..16u64 {
-        let outbox = outbox.clone();
-        let db = db.clone();
-        writers.push(tokio::spawn(async move {
-            let mut rng = fastrand::Rng::with_seed(7000 + w);
+    let writers = spawn_writers(
+        &db,
+        &outbox,
+        7000,
+        move |w, db, outbox, mut rng| async move {
             let mut committed = 0usize;
             while Instant::now() < until {
                 // A batch locks its keys' slots in one order (ascending
@@ -901,8 +921,8 @@ pub async fn writers_never_deadlock_with_busy_relays<B: Backend>() {
                 committed += n;
             }
             committed
-        }));
-    }
+        },
+    );
     let mut committed = 0;
     for w in writers {
         committed += w.await.expect("a writer got an error");

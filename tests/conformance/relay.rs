@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use outbox::{
     Error, FnPublisher, InMemoryPublisher, MessageId, OrderingPolicy, OutboxMessage, PublishError,
-    Publisher, Retention, RetryPolicy,
+    Publisher, RelayHandle, Retention, RetryPolicy,
 };
 
 use crate::backend::{every_bucket_held, Backend, Pool, TestOutbox};
@@ -16,6 +16,21 @@ use crate::messages::{judged, keyed, n_of, numbered};
 use crate::support::{eventually, wait_for};
 
 const TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A fast relay that publishes the topic `metrics` unordered and retries
+/// with `retry`.
+fn unordered_metrics_relay(
+    outbox: &impl TestOutbox,
+    publisher: impl Publisher + 'static,
+    retry: RetryPolicy,
+) -> RelayHandle {
+    outbox
+        .fast_relay(publisher)
+        .topic_ordering("metrics", OrderingPolicy::Unordered)
+        .retry(retry)
+        .spawn()
+        .unwrap()
+}
 
 /// Fails the test process if not dropped within `limit` of real time.
 fn real_time_watchdog(what: &'static str, limit: Duration) -> impl Drop {
@@ -343,17 +358,14 @@ pub async fn unordered_topic_parks_the_failure_and_the_key_moves_on<B: Backend>(
             published.publish(std::slice::from_ref(&m)).await.remove(0)
         }
     });
-    let relay = outbox
-        .fast_relay(publisher)
-        .topic_ordering("metrics", OrderingPolicy::Unordered)
-        .retry(
-            RetryPolicy::new()
-                .initial_delay(Duration::from_millis(10))
-                .max_delay(Duration::from_millis(20))
-                .max_attempts(3),
-        )
-        .spawn()
-        .unwrap();
+    let relay = unordered_metrics_relay(
+        &outbox,
+        publisher,
+        RetryPolicy::new()
+            .initial_delay(Duration::from_millis(10))
+            .max_delay(Duration::from_millis(20))
+            .max_attempts(3),
+    );
     eventually("later message of the key published", || {
         published.messages().iter().any(|m| m.id() == behind)
     })
@@ -387,16 +399,13 @@ pub async fn a_distant_retry_sleeps_then_wakes_in_time<B: Backend>() {
                 .then(|| PublishError::transient("the broker is away"))
         })
     };
-    let relay = outbox
-        .fast_relay(publisher)
-        .topic_ordering("metrics", OrderingPolicy::Unordered)
-        .retry(
-            RetryPolicy::new()
-                .initial_delay(Duration::from_secs(4))
-                .jitter(false),
-        )
-        .spawn()
-        .unwrap();
+    let relay = unordered_metrics_relay(
+        &outbox,
+        publisher,
+        RetryPolicy::new()
+            .initial_delay(Duration::from_secs(4))
+            .jitter(false),
+    );
     wait_for("both heads asleep", TIMEOUT, || async {
         db.count(&sleeping).await == 2
     })

@@ -7,10 +7,10 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use outbox::{NewMessage, OutboxMessage, Publisher, Relay};
+use outbox::{MessageId, NewMessage, OutboxMessage, Publisher, Relay, SqliteOutbox};
 
 use super::probe::Probe;
-use super::sqlite::{drained, enqueue, migrated, pending, relay_until_drained};
+use super::sqlite::{drained, enqueue, migrated, pending, relay_until_drained, TempDb};
 use super::{fast_retry, wait_for, Proxy};
 
 /// How long a scenario waits for the relay or the broker.
@@ -47,16 +47,28 @@ pub fn candidate(topic: &str, n: u32) -> NewMessage {
     .with_header("traceparent", format!("00-trace-{n}-01"))
 }
 
+/// A fresh outbox (database files named after `prefix`) holding a
+/// [`candidate`] on the topic `candidates` for each of `ns`, and their ids
+/// in order.
+pub async fn with_candidates(
+    prefix: &str,
+    ns: impl IntoIterator<Item = u32>,
+) -> (TempDb, SqliteOutbox, Vec<MessageId>) {
+    let (db, outbox) = migrated(prefix).await;
+    let messages: Vec<NewMessage> = ns.into_iter().map(|n| candidate("candidates", n)).collect();
+    let ids = messages.iter().map(NewMessage::id).collect();
+    enqueue(&db, &outbox, messages).await;
+    (db, outbox, ids)
+}
+
 /// Relays ten messages through a publisher whose first acknowledgement of
 /// each is "lost", so each is sent twice. Returns the ids enqueued and the
 /// messages as the publisher was given them.
 pub async fn publish_each_twice<B: TestBroker>(
     broker: &B,
 ) -> (HashSet<String>, Vec<OutboxMessage>) {
-    let (db, outbox) = migrated(B::NAME).await;
-    let messages: Vec<NewMessage> = (0..10).map(|n| candidate("candidates", n)).collect();
-    let ids: HashSet<String> = messages.iter().map(|m| m.id().to_string()).collect();
-    enqueue(&db, &outbox, messages).await;
+    let (_db, outbox, ids) = with_candidates(B::NAME, 0..10).await;
+    let ids: HashSet<String> = ids.iter().map(ToString::to_string).collect();
 
     let mut probe = Probe::new(broker.publisher());
     probe.lose_first_ack = true;

@@ -5,6 +5,8 @@
 //! passes ([`broker`]).
 #![allow(dead_code, unreachable_pub)]
 
+#[cfg(feature = "amqp")]
+pub mod amqp;
 #[cfg(feature = "sqlite")]
 pub mod broker;
 pub mod pg;
@@ -18,7 +20,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use outbox::RetryPolicy;
+use outbox::{NewMessage, RetryPolicy};
 use tokio::io::copy_bidirectional;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Notify;
@@ -123,4 +125,14 @@ pub fn fast_retry() -> RetryPolicy {
     RetryPolicy::new()
         .initial_delay(Duration::from_millis(20))
         .max_delay(Duration::from_millis(200))
+}
+
+/// Candidate `n`'s status change on `topic`, under the partition key `key`,
+/// with an event type and a schema version.
+pub fn keyed_candidate(topic: &str, n: u32, key: &str) -> NewMessage {
+    NewMessage::json(topic, &serde_json::json!({ "n": n, "candidate": key }))
+        .unwrap()
+        .with_partition_key(key)
+        .with_event_type("CandidateStatusChanged")
+        .with_schema_version(2)
 }

@@ -113,6 +113,30 @@ pub async fn transient_failures(db: &TempDb, min_attempts: i64) -> bool {
         && error.is_some_and(|e| e.contains("transient publish failure"))
 }
 
+/// Enqueues `messages` while the destination is down and waits (up to
+/// `timeout`) until some message has been attempted at least
+/// `min_attempts` times, each failure recorded as transient; checks that
+/// nothing was dead-lettered meanwhile.
+pub async fn enqueue_until_transient_failures(
+    db: &TempDb,
+    outbox: &SqliteOutbox,
+    messages: Vec<NewMessage>,
+    min_attempts: i64,
+    timeout: Duration,
+) {
+    enqueue(db, outbox, messages).await;
+    let what = format!("{min_attempts} failed attempts recorded as transient");
+    super::wait_for(&what, timeout, || transient_failures(db, min_attempts)).await;
+    assert!(outbox.dead_letters(10).await.unwrap().is_empty());
+}
+
+/// Asserts that `dead` was dead-lettered at its first attempt (a permanent
+/// failure: no retry), with an error that mentions `error`.
+pub fn assert_dead_at_once(dead: &DeadLetter, error: &str) {
+    assert_eq!(dead.attempts, 1, "permanent: no retry");
+    assert!(dead.last_error.contains(error), "{}", dead.last_error);
+}
+
 /// A relay polling every 50 ms with `retry`.
 pub fn relay(outbox: &SqliteOutbox, publisher: impl Publisher, retry: RetryPolicy) -> RelayHandle {
     Relay::builder(outbox.clone(), publisher)
