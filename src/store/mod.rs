@@ -588,6 +588,13 @@ pub struct StoreStats {
     /// Bytes the messages table takes on disk with its indexes
     /// (PostgreSQL, MySQL; the server's estimate on MySQL).
     pub table_bytes: Option<i64>,
+    /// The last position assigned to an enqueued message: how many were
+    /// ever enqueued, give or take the positions of rolled-back
+    /// transactions. Its growth less the growth of `pending` is what left
+    /// the outbox (published or dead-lettered). On MySQL, the
+    /// `AUTO_INCREMENT` that `information_schema` reports (MySQL 8 caches
+    /// it for `information_schema_stats_expiry`; MariaDB does not).
+    pub last_position: Option<i64>,
 }
 
 impl StoreStats {

@@ -36,6 +36,8 @@ pub async fn stats_tell_ready_retry_waiting_and_parked_apart<B: Backend>() {
         "{fresh:?}"
     );
     assert!(fresh.oldest_pending_age.is_some());
+    // Three positions assigned on a fresh database: the third is the last.
+    assert_eq!(fresh.last_position, Some(3), "{fresh:?}");
 
     let published = InMemoryPublisher::new();
     let publisher = judged(&published, move |m| {
@@ -64,6 +66,8 @@ pub async fn stats_tell_ready_retry_waiting_and_parked_apart<B: Backend>() {
         "{s:?}"
     );
     assert_eq!(published.messages().len(), 1, "the other key went on");
+    // Publishing does not move the high-water mark; it outlives the rows.
+    assert_eq!(s.last_position, Some(3), "{s:?}");
     db.close().await;
 }
 

@@ -43,11 +43,13 @@ store_ops! {
             .bind(now)
             .bind(now)
             .bind(format!("{}messages", self.inner.names.prefix))
+            .bind(format!("{}messages", self.inner.names.prefix))
             .fetch_one(&self.inner.pool)
             .await?;
         let oldest: Option<DateTime<Utc>> = row.try_get("oldest")?;
         Ok(StoreStats {
             table_bytes: row.try_get("bytes")?,
+            last_position: row.try_get("last_position")?,
             ..StoreStats::counted(
                 row.try_get("pending")?,
                 row.try_get("waiting")?,

@@ -102,6 +102,7 @@ pub(super) fn stats_from_row(row: &PgRow) -> Result<StoreStats> {
         oldest_xmin_age: xmin_age.map(seconds),
         autovacuum: row.try_get(5)?,
         table_bytes: row.try_get(8)?,
+        last_position: row.try_get(9)?,
         ..StoreStats::counted(
             row.try_get(0)?,
             row.try_get(6)?,

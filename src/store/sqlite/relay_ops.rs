@@ -40,16 +40,22 @@ store_ops! {
         let now = micros(Utc::now());
         let row = sqlx::query(&self.inner.sql.stats)
             .bind(now)
+            .bind(format!("{}messages", self.inner.names.prefix))
             .fetch_one(&self.inner.pool)
             .await?;
         let oldest: Option<i64> = row.try_get(1)?;
-        Ok(StoreStats::counted(
-            row.try_get(0)?,
-            row.try_get(3)?,
-            row.try_get(4)?,
-            oldest.map(|t| Duration::from_micros(u64::try_from(now.saturating_sub(t)).unwrap_or(0))),
-            row.try_get(2)?,
-        ))
+        Ok(StoreStats {
+            last_position: row.try_get(5)?,
+            ..StoreStats::counted(
+                row.try_get(0)?,
+                row.try_get(3)?,
+                row.try_get(4)?,
+                oldest.map(|t| {
+                    Duration::from_micros(u64::try_from(now.saturating_sub(t)).unwrap_or(0))
+                }),
+                row.try_get(2)?,
+            )
+        })
     }
 
     async fn vacuum(&self) -> Result<()> {

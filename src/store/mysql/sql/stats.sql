@@ -1,9 +1,11 @@
 -- What is in the outbox: pending messages, the creation time of the
 -- oldest, the number of dead letters, messages whose retry is not due,
 -- messages due but held back behind a blocked key, and the server's
--- estimate of the bytes the messages table takes with its indexes. The
--- messages table is read once.
--- Binds, in order: now, twice; the messages table's name.
+-- estimate of the bytes the messages table takes with its indexes, and the
+-- last position assigned (AUTO_INCREMENT as information_schema reports it:
+-- MySQL 8 caches it for information_schema_stats_expiry, MariaDB does
+-- not). The messages table is read once.
+-- Binds, in order: now, twice; the messages table's name, twice.
 SELECT COUNT(*) AS pending,
        MIN(m.created_at) AS oldest,
        (SELECT COUNT(*) FROM {dead_letters}) AS dead,
@@ -14,5 +16,8 @@ SELECT COUNT(*) AS pending,
                                                     AND k.seq < m.seq))), 0) AS SIGNED) AS held,
        (SELECT CAST(data_length + index_length AS SIGNED)
         FROM information_schema.tables
-        WHERE table_schema = DATABASE() AND table_name = ?) AS bytes
+        WHERE table_schema = DATABASE() AND table_name = ?) AS bytes,
+       (SELECT CAST(auto_increment AS SIGNED) - 1
+        FROM information_schema.tables
+        WHERE table_schema = DATABASE() AND table_name = ?) AS last_position
 FROM {messages} m;

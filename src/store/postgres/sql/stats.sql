@@ -5,7 +5,8 @@
 -- vacuum of this database's tables), whether autovacuum runs on the
 -- messages table, messages whose retry is not due, messages due but held
 -- back behind a blocked key, and the bytes the messages table takes with
--- its indexes and TOAST. The messages table is read once.
+-- its indexes and TOAST, and the last position assigned (the sequence's
+-- high-water mark). The messages table is read once.
 --
 -- $1 the messages table's quoted name (cast to regclass).
 WITH m AS (
@@ -32,5 +33,6 @@ SELECT m.pending,
             AND o IN ('autovacuum_enabled=false', 'autovacuum_enabled=off')),
        m.retry_waiting,
        m.parked,
-       pg_total_relation_size($1::regclass)
+       pg_total_relation_size($1::regclass),
+       pg_sequence_last_value(pg_get_serial_sequence($1, 'seq')::regclass)
 FROM m

@@ -1,9 +1,10 @@
 -- What is in the outbox: pending messages, the creation time of the
 -- oldest (microseconds), the number of dead letters, messages whose retry is
--- not due, and messages due but held back behind a blocked key. The
--- messages table is read once.
+-- not due, messages due but held back behind a blocked key, and the last
+-- position assigned (AUTOINCREMENT's high-water mark). The messages table
+-- is read once.
 --
--- ?1 now (microseconds).
+-- ?1 now (microseconds); ?2 the messages table's name.
 SELECT count(*),
        min(m.created_at),
        (SELECT count(*) FROM {dead_letters}),
@@ -11,5 +12,6 @@ SELECT count(*),
        count(*) FILTER (
            WHERE (m.available_at IS NULL OR m.available_at <= ?1)
              AND EXISTS (SELECT 1 FROM {blocked} k
-                          WHERE k.partition_key = m.partition_key AND k.seq < m.seq))
+                          WHERE k.partition_key = m.partition_key AND k.seq < m.seq)),
+       (SELECT seq FROM sqlite_sequence WHERE name = ?2)
 FROM {messages} m;
