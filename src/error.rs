@@ -109,6 +109,10 @@ pub enum Error {
     /// The relay task ended abnormally (it panicked or was aborted).
     #[error("relay task ended abnormally")]
     RelayTask(#[source] tokio::task::JoinError),
+    /// A network operation of the crate's own failed: the console could
+    /// not read its address or serve.
+    #[error("network I/O failed")]
+    Io(#[source] std::io::Error),
 }
 
 impl From<sqlx::Error> for Error {

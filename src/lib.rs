@@ -96,6 +96,9 @@
 mod setters;
 
 pub mod change;
+#[cfg(feature = "console")]
+#[cfg_attr(docsrs, doc(cfg(feature = "console")))]
+pub mod console;
 mod error;
 mod event;
 pub mod export;

@@ -90,6 +90,47 @@ enum Command {
         #[arg(long)]
         count: Option<usize>,
     },
+    /// Serves the web console (overview, dead letters, blocked keys,
+    /// export consumers) until killed.
+    Console(ConsoleArgs),
+}
+
+#[derive(Debug, Args)]
+struct ConsoleArgs {
+    /// The address to listen on. Without credentials only a loopback
+    /// address is accepted (reach it through an SSH tunnel).
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    listen: std::net::SocketAddr,
+    /// Require basic auth with this user (the password comes from
+    /// OUTBOX_CONSOLE_PASSWORD).
+    #[arg(long, requires = "password")]
+    user: Option<String>,
+    /// The basic auth password.
+    #[arg(
+        long,
+        env = "OUTBOX_CONSOLE_PASSWORD",
+        hide_env_values = true,
+        requires = "user"
+    )]
+    password: Option<String>,
+    /// Require `Authorization: Bearer` with this token (as a proxy in
+    /// front adds it).
+    #[arg(
+        long,
+        env = "OUTBOX_CONSOLE_TOKEN",
+        hide_env_values = true,
+        conflicts_with = "user"
+    )]
+    token: Option<String>,
+    /// Refuse every change: no replay, discard or unblock.
+    #[arg(long)]
+    read_only: bool,
+    /// Keep payloads off the page.
+    #[arg(long)]
+    hide_payloads: bool,
+    /// How often the charts are sampled.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    sample_every: Duration,
 }
 
 #[derive(Debug, Subcommand)]
@@ -256,7 +297,31 @@ async fn run(cli: Cli) -> Outcome<ExitCode> {
         } => published::tail(&outbox, json, interval, since, count)
             .await
             .map(|()| ExitCode::SUCCESS),
+        Command::Console(args) => serve_console(outbox, args)
+            .await
+            .map(|()| ExitCode::SUCCESS),
     }
+}
+
+/// `outbox console`: serves until killed.
+async fn serve_console(outbox: Outbox, args: ConsoleArgs) -> Outcome<()> {
+    use outbox::console::Console;
+    let console = on!(outbox, o => Console::new(o));
+    let mut console = console
+        .read_only(args.read_only)
+        .hide_payloads(args.hide_payloads)
+        .sample_every(args.sample_every);
+    if let (Some(user), Some(password)) = (args.user, args.password) {
+        console = console.basic_auth(user, password);
+    } else if let Some(token) = args.token {
+        console = console.bearer_token(token);
+    }
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .map_err(|e| Failure(format!("cannot listen on {}: {e}", args.listen)))?;
+    eprintln!("outbox console on http://{}/", args.listen);
+    console.serve(listener).await?;
+    Ok(())
 }
 
 /// Opens the outbox the URL names. Nothing is created: a SQLite file must

@@ -1,0 +1,263 @@
+//! A web console for whoever is on call (feature `console`): an [`axum`]
+//! router over the operator's API of an outbox, to mount in a service or
+//! to run with `outbox console --listen 127.0.0.1:8080`.
+//!
+//! - **Overview**, refreshed every two seconds: pending messages (ready,
+//!   waiting for a retry, parked behind a blocked key), dead letters,
+//!   blocked keys, the oldest pending message's age, per topic; the relays
+//!   with their leases, heartbeats and publish errors; charts of the last
+//!   hour (published per second, pending, oldest age, dead letters, the
+//!   largest export consumer lag), sampled every
+//!   [`sample_every`](Console::sample_every) for as long as the console
+//!   runs.
+//! - **Dead letters**: search by topic, key, error text and time; a dead
+//!   letter whole, with its payload and headers; replay or discard one, or
+//!   every one a search matches.
+//! - **Blocked keys** with what holds each, and unblock; **export
+//!   consumers** and how far behind each is.
+//!
+//! Safe by default:
+//!
+//! - Without credentials the console answers only requests from loopback
+//!   addresses that name this machine in their `Host` (so a web page of
+//!   another site cannot reach it through DNS rebinding); it needs the
+//!   client's address, which [`Console::serve`] provides (or
+//!   `into_make_service_with_connect_info::<SocketAddr>()`).
+//! - With [`basic_auth`](Console::basic_auth) or
+//!   [`bearer_token`](Console::bearer_token) every request needs them.
+//! - A request that changes anything carries the page's CSRF token in the
+//!   `X-CSRF-Token` header, which another site's page cannot read or send;
+//!   [`read_only`](Console::read_only) refuses every change.
+//! - [`hide_payloads`](Console::hide_payloads) keeps payloads off the page.
+//! - Its page, script and styles are embedded in the crate: nothing is
+//!   fetched from elsewhere.
+//!
+//! ```no_run
+//! # async fn demo(outbox: outbox::PgOutbox) -> outbox::Result<()> {
+//! use outbox::console::Console;
+//!
+//! // Mounted in the service's own router, behind its own authentication:
+//! let app: axum::Router = axum::Router::new().nest(
+//!     "/outbox",
+//!     Console::new(outbox.clone()).bearer_token("from-the-proxy").router(),
+//! );
+//! // Or served on its own, on loopback (an SSH tunnel away):
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:8080").await?;
+//! Console::new(outbox).serve(listener).await?;
+//! # Ok(()) }
+//! ```
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::http::{header, HeaderValue};
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+
+mod api;
+mod guard;
+mod history;
+mod source;
+
+pub use self::source::ConsoleSource;
+
+use self::guard::Credentials;
+use self::history::History;
+use crate::error::{Error, Result};
+
+const PAGE: &str = include_str!("assets/console.html");
+const SCRIPT: &str = include_str!("assets/console.js");
+const STYLE: &str = include_str!("assets/console.css");
+
+/// Configures a console; [`router`](Self::router) or
+/// [`serve`](Self::serve) starts it. See the [module documentation](self).
+pub struct Console {
+    source: Arc<dyn ConsoleSource>,
+    credentials: Option<Credentials>,
+    read_only: bool,
+    hide_payloads: bool,
+    sample_every: Duration,
+    keep: usize,
+}
+
+impl std::fmt::Debug for Console {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Console")
+            .field("credentials", &self.credentials)
+            .field("read_only", &self.read_only)
+            .field("hide_payloads", &self.hide_payloads)
+            .field("sample_every", &self.sample_every)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What every request of one console shares.
+pub(crate) struct State {
+    source: Arc<dyn ConsoleSource>,
+    credentials: Option<Credentials>,
+    read_only: bool,
+    hide_payloads: bool,
+    sample_every: Duration,
+    csrf: String,
+    history: Mutex<History>,
+}
+
+impl Console {
+    /// A console over `source` (an outbox): loopback only, changes
+    /// allowed, payloads shown, a sample every 10 s kept for an hour.
+    pub fn new(source: impl ConsoleSource) -> Self {
+        Console {
+            source: Arc::new(source),
+            credentials: None,
+            read_only: false,
+            hide_payloads: false,
+            sample_every: Duration::from_secs(10),
+            keep: 360,
+        }
+    }
+
+    /// Requires `Authorization: Basic` with this user and password (the
+    /// browser asks for them); the console may then answer on any address.
+    /// Serve it over TLS (a proxy in front) beyond a trusted network.
+    pub fn basic_auth(mut self, user: impl Into<String>, password: impl Into<String>) -> Self {
+        self.credentials = Some(Credentials::Basic {
+            user: user.into(),
+            password: password.into(),
+        });
+        self
+    }
+
+    /// Requires `Authorization: Bearer` with this token, as a proxy in
+    /// front of the console adds once it has authenticated the operator.
+    pub fn bearer_token(mut self, token: impl Into<String>) -> Self {
+        self.credentials = Some(Credentials::Bearer(token.into()));
+        self
+    }
+
+    /// Refuses every change (replay, discard, unblock); the page shows no
+    /// buttons for them. Default off.
+    pub fn read_only(mut self, on: bool) -> Self {
+        self.read_only = on;
+        self
+    }
+
+    /// Leaves payloads off the page and its API (headers are still shown).
+    /// Default off.
+    pub fn hide_payloads(mut self, on: bool) -> Self {
+        self.hide_payloads = on;
+        self
+    }
+
+    /// How often the charts' samples are taken (default 10 s; at least
+    /// 1 s); an hour of them is kept. Each sample reads the outbox's stats
+    /// and counts each export consumer's lag.
+    pub fn sample_every(mut self, every: Duration) -> Self {
+        self.sample_every = every.max(Duration::from_secs(1));
+        self.keep = (3600 / self.sample_every.as_secs().max(1)).max(60) as usize;
+        self
+    }
+
+    /// The console's router. Called inside a Tokio runtime, it also starts
+    /// the task that samples the charts, which ends when the router is
+    /// dropped; elsewhere the charts are sampled when the page asks.
+    pub fn router(self) -> Router {
+        let mut token = [0u8; 16];
+        token.copy_from_slice(uuid::Uuid::new_v4().as_bytes());
+        let state = Arc::new(State {
+            source: self.source,
+            credentials: self.credentials,
+            read_only: self.read_only,
+            hide_payloads: self.hide_payloads,
+            sample_every: self.sample_every,
+            csrf: token.iter().map(|b| format!("{b:02x}")).collect(),
+            history: Mutex::new(History::new(self.keep)),
+        });
+        if tokio::runtime::Handle::try_current().is_ok() {
+            tokio::spawn(history::run(Arc::downgrade(&state), self.sample_every));
+        }
+        Router::new()
+            .route("/", get(page))
+            .route(
+                "/console.js",
+                get(|| asset(SCRIPT, "text/javascript; charset=utf-8")),
+            )
+            .route(
+                "/console.css",
+                get(|| asset(STYLE, "text/css; charset=utf-8")),
+            )
+            .route(
+                "/favicon.ico",
+                get(|| async { axum::http::StatusCode::NO_CONTENT }),
+            )
+            .route("/api/overview", get(api::overview))
+            .route("/api/dead", get(api::dead_letters))
+            .route("/api/dead/replay", post(api::replay_matching))
+            .route("/api/dead/discard", post(api::discard_matching_letters))
+            .route("/api/dead/{id}", get(api::dead_letter))
+            .route("/api/dead/{id}/replay", post(api::replay_one))
+            .route("/api/dead/{id}/discard", post(api::discard_one))
+            .route("/api/blocked", get(api::blocked))
+            .route("/api/blocked/unblock", post(api::unblock))
+            .route("/api/consumers", get(api::consumers))
+            .layer(axum::middleware::from_fn_with_state(
+                state.clone(),
+                guard::guard,
+            ))
+            .with_state(state)
+    }
+
+    /// Serves the console on `listener` until the task is dropped or the
+    /// listener fails.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidConfig`] before anything is served if the listener
+    /// is on an address other than loopback and no credentials are set;
+    /// [`Error::Io`] if serving fails.
+    pub async fn serve(self, listener: tokio::net::TcpListener) -> Result<()> {
+        let addr = listener.local_addr().map_err(Error::Io)?;
+        if self.credentials.is_none() && !addr.ip().is_loopback() {
+            return Err(Error::InvalidConfig {
+                field: "console listen address",
+                reason: format!(
+                    "{addr} is not loopback: without credentials the console listens only \
+                     on 127.0.0.1 or ::1; set basic or bearer auth to listen there"
+                ),
+            });
+        }
+        let app = self
+            .router()
+            .into_make_service_with_connect_info::<SocketAddr>();
+        axum::serve(listener, app).await.map_err(Error::Io)
+    }
+}
+
+/// The page, with its CSRF token and settings.
+async fn page(axum::extract::State(state): axum::extract::State<Arc<State>>) -> Response {
+    let html = PAGE.replace("{csrf}", &state.csrf).replace(
+        "{read_only}",
+        if state.read_only { "true" } else { "false" },
+    );
+    let mut answer = Html(html).into_response();
+    let headers = answer.headers_mut();
+    headers.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(
+            "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; \
+             connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'",
+        ),
+    );
+    headers.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    headers.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    answer
+}
+
+async fn asset(body: &'static str, content_type: &'static str) -> Response {
+    ([(header::CONTENT_TYPE, content_type)], body).into_response()
+}

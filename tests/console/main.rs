@@ -1,0 +1,364 @@
+//! The web console, in a real browser (Debian's headless Chromium through
+//! `chromedriver`) and over plain HTTP for what a browser would not try:
+//! the pending count moves on the overview, a dead letter is found,
+//! opened and replayed and then published; a change without the CSRF
+//! token, a read-only console, credentials and loopback are refused as
+//! they should be. Screenshots of each page go to
+//! `target/tmp/console-screenshots/`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use outbox::console::Console;
+use outbox::publisher::Publisher;
+use outbox::{MessageId, NewMessage, OutboxMessage, PublishError, Relay, SqliteOutbox};
+use serde_json::{json, Value};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions};
+
+mod webdriver;
+
+use webdriver::Browser;
+
+/// Fails `payments` permanently while `fail` is set; records the rest.
+#[derive(Clone, Default)]
+struct Payments {
+    fail: Arc<AtomicBool>,
+    published: Arc<Mutex<Vec<MessageId>>>,
+}
+
+#[async_trait]
+impl Publisher for Payments {
+    async fn publish(&self, batch: &[OutboxMessage]) -> Vec<Result<(), PublishError>> {
+        batch
+            .iter()
+            .map(|m| {
+                if m.topic() == "payments" && self.fail.load(Ordering::SeqCst) {
+                    Err(PublishError::permanent(std::io::Error::other(
+                        "card processor rejected the schema",
+                    )))
+                } else {
+                    self.published.lock().unwrap().push(m.id());
+                    Ok(())
+                }
+            })
+            .collect()
+    }
+}
+
+/// A migrated outbox in a fresh SQLite file.
+async fn outbox() -> SqliteOutbox {
+    let path = std::env::temp_dir().join(format!("outbox-console-{}.db", uuid::Uuid::now_v7()));
+    let options = SqliteConnectOptions::new()
+        .filename(&path)
+        .create_if_missing(true)
+        .journal_mode(SqliteJournalMode::Wal)
+        .busy_timeout(Duration::from_secs(10));
+    let pool = SqlitePoolOptions::new()
+        .max_connections(4)
+        .connect_with(options)
+        .await
+        .expect("open the SQLite file");
+    let outbox = SqliteOutbox::new(pool);
+    outbox.migrate().await.unwrap();
+    outbox
+}
+
+async fn enqueue(outbox: &SqliteOutbox, topic: &str, key: &str, body: Value) -> MessageId {
+    let m = NewMessage::json(topic, &body)
+        .unwrap()
+        .with_partition_key(key);
+    outbox.enqueue(outbox.pool(), m).await.unwrap().id()
+}
+
+/// Serves `console` on a loopback port; its base URL.
+async fn serve(console: Console) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr: SocketAddr = listener.local_addr().unwrap();
+    tokio::spawn(async move { console.serve(listener).await.unwrap() });
+    format!("http://{addr}")
+}
+
+fn screenshots() -> PathBuf {
+    PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("console-screenshots")
+}
+
+async fn wait_until(what: &str, mut ok: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !ok() {
+        assert!(start.elapsed() < Duration::from_secs(30), "{what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The CSRF token of the console's page.
+async fn csrf(http: &reqwest::Client, base: &str) -> String {
+    let page = http
+        .get(format!("{base}/"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let at = page
+        .find("name=\"csrf-token\" content=\"")
+        .expect("a CSRF token")
+        + 27;
+    page[at..at + 32].to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_operator_sees_the_queue_move_and_replays_a_dead_letter_in_a_browser() {
+    let outbox = outbox().await;
+    for i in 0..3 {
+        enqueue(&outbox, "orders", &format!("order-{i}"), json!({ "n": i })).await;
+    }
+    let base = serve(Console::new(outbox.clone()).sample_every(Duration::from_secs(1))).await;
+    let browser = Browser::start().await;
+    let shots = screenshots();
+
+    browser.goto(&format!("{base}/")).await;
+    browser
+        .wait_text("#pending", "three pending at first", |t| t == "3")
+        .await;
+    browser.screenshot(&shots, "1-overview-pending").await;
+    for i in 3..5 {
+        enqueue(&outbox, "orders", &format!("order-{i}"), json!({ "n": i })).await;
+    }
+    // The overview refreshes itself: the count moves without a reload.
+    browser
+        .wait_text("#pending", "five pending once two more are enqueued", |t| {
+            t == "5"
+        })
+        .await;
+
+    // A relay publishes everything but the payment, which goes dead.
+    let publisher = Payments::default();
+    publisher.fail.store(true, Ordering::SeqCst);
+    let relay = Relay::builder(outbox.clone(), publisher.clone())
+        .poll_interval(Duration::from_millis(50))
+        .spawn()
+        .unwrap();
+    let payment = enqueue(
+        &outbox,
+        "payments",
+        "account-7",
+        json!({ "amount": 4200, "currency": "EUR", "memo": "console-test-payload" }),
+    )
+    .await;
+    browser
+        .wait_text("#dead_letters", "the payment dead-lettered", |t| t == "1")
+        .await;
+    browser
+        .wait_text("#pending", "the orders published", |t| t == "0")
+        .await;
+    browser.screenshot(&shots, "2-overview-dead-letter").await;
+
+    // Find it among the dead letters and open it.
+    browser.click("nav a[data-view=dead]").await;
+    let row = format!("#dead-table tr[data-id=\"{payment}\"]");
+    browser
+        .wait_text(&row, "the dead letter listed", |t| t.contains("payments"))
+        .await;
+    browser.screenshot(&shots, "3-dead-letters").await;
+    browser.click(&row).await;
+    browser
+        .wait_text("#letter-payload", "the payload shown", |t| {
+            t.contains("console-test-payload")
+        })
+        .await;
+    let fields = browser.text("#letter-fields").await.unwrap();
+    assert!(
+        fields.contains("card processor rejected the schema"),
+        "{fields}"
+    );
+    browser.screenshot(&shots, "4-dead-letter").await;
+
+    // Fixed downstream; replay it from the page: it is published.
+    publisher.fail.store(false, Ordering::SeqCst);
+    browser.click("#replay").await;
+    browser
+        .wait_text("#flash", "the replay confirmed", |t| {
+            t.starts_with("Replayed")
+        })
+        .await;
+    wait_until("the replayed payment published", || {
+        publisher.published.lock().unwrap().contains(&payment)
+    })
+    .await;
+    browser
+        .wait_text("#dead-empty", "no dead letter left", |t| {
+            t.contains("No dead letter")
+        })
+        .await;
+    assert!(outbox.dead_letters(10).await.unwrap().is_empty());
+    browser.screenshot(&shots, "5-replayed").await;
+
+    browser.click("nav a[data-view=blocked]").await;
+    browser
+        .wait_text("#blocked-empty", "no blocked key", |t| t.contains("No key"))
+        .await;
+    browser.screenshot(&shots, "6-blocked-keys").await;
+    browser.click("nav a[data-view=consumers]").await;
+    browser
+        .wait_text("#consumers-empty", "no consumer", |t| {
+            t.contains("No export consumer")
+        })
+        .await;
+    browser.click("nav a[data-view=overview]").await;
+    browser
+        .wait_text("#dead_letters", "the overview back", |t| t == "0")
+        .await;
+    browser.screenshot(&shots, "7-overview-after").await;
+    relay.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_change_without_the_csrf_token_is_refused_and_changes_nothing() {
+    let outbox = outbox().await;
+    let publisher = Payments::default();
+    publisher.fail.store(true, Ordering::SeqCst);
+    let relay = Relay::builder(outbox.clone(), publisher)
+        .poll_interval(Duration::from_millis(50))
+        .spawn()
+        .unwrap();
+    let id = enqueue(&outbox, "payments", "a", json!({})).await;
+    let start = Instant::now();
+    while outbox.dead_letters(10).await.unwrap().is_empty() {
+        assert!(start.elapsed() < Duration::from_secs(30), "no dead letter");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    relay.shutdown().await.unwrap();
+    let base = serve(Console::new(outbox.clone())).await;
+    let http = reqwest::Client::new();
+    let discard = format!("{base}/api/dead/{id}/discard");
+
+    let bare = http.post(&discard).send().await.unwrap();
+    assert_eq!(bare.status(), 403);
+    assert!(bare.text().await.unwrap().contains("CSRF"));
+    let wrong = http
+        .post(&discard)
+        .header("x-csrf-token", "0".repeat(32))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(wrong.status(), 403);
+    assert_eq!(
+        outbox.dead_letters(10).await.unwrap().len(),
+        1,
+        "nothing discarded"
+    );
+
+    // The page's own token is accepted.
+    let token = csrf(&http, &base).await;
+    let done = http
+        .post(&discard)
+        .header("x-csrf-token", token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(done.status(), 200);
+    assert!(outbox.dead_letters(10).await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn read_only_credentials_loopback_and_hidden_payloads_hold() {
+    let outbox = outbox().await;
+    let id = enqueue(&outbox, "orders", "k", json!({ "secret": "card-number" })).await;
+    let http = reqwest::Client::new();
+
+    // Read-only: even with the page's token, no change.
+    let base = serve(Console::new(outbox.clone()).read_only(true)).await;
+    let token = csrf(&http, &base).await;
+    let refused = http
+        .post(format!("{base}/api/blocked/unblock"))
+        .header("x-csrf-token", token)
+        .header("content-type", "application/json")
+        .body(r#"{"key":"k"}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 403);
+    assert!(refused.text().await.unwrap().contains("read-only"));
+
+    // Another site's name for this machine is refused without credentials.
+    let rebound = http
+        .get(format!("{base}/api/overview"))
+        .header("host", "evil.example")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(rebound.status(), 403);
+
+    // Basic auth: asked for, then let in.
+    let base = serve(Console::new(outbox.clone()).basic_auth("oncall", "s3cret")).await;
+    let asked = http.get(format!("{base}/")).send().await.unwrap();
+    assert_eq!(asked.status(), 401);
+    assert!(asked.headers()["www-authenticate"]
+        .to_str()
+        .unwrap()
+        .starts_with("Basic"));
+    let wrong = http
+        .get(format!("{base}/"))
+        .basic_auth("oncall", Some("guess"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(wrong.status(), 401);
+    let right = http
+        .get(format!("{base}/api/overview"))
+        .basic_auth("oncall", Some("s3cret"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(right.status(), 200);
+    let overview: Value = serde_json::from_str(&right.text().await.unwrap()).unwrap();
+    assert_eq!(overview["stats"]["pending"], json!(1));
+
+    // Bearer.
+    let base = serve(Console::new(outbox.clone()).bearer_token("t0ken")).await;
+    let bearer = |t: &'static str| {
+        http.get(format!("{base}/api/overview"))
+            .header("authorization", format!("Bearer {t}"))
+            .send()
+    };
+    assert_eq!(bearer("nope").await.unwrap().status(), 401);
+    assert_eq!(bearer("t0ken").await.unwrap().status(), 200);
+
+    // No credentials: it will not listen beyond loopback.
+    let wide = tokio::net::TcpListener::bind("0.0.0.0:0").await.unwrap();
+    let err = Console::new(outbox.clone()).serve(wide).await.unwrap_err();
+    assert!(matches!(err, outbox::Error::InvalidConfig { .. }), "{err}");
+
+    // Hidden payloads: the page's API leaves them out. The message is
+    // dead-lettered by hand here through a relay that rejects it.
+    let publisher = Payments::default();
+    publisher.fail.store(true, Ordering::SeqCst);
+    let payment = enqueue(&outbox, "payments", "p", json!({ "secret": "card-number" })).await;
+    let relay = Relay::builder(outbox.clone(), publisher)
+        .poll_interval(Duration::from_millis(50))
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    while outbox.dead_letters(10).await.unwrap().is_empty() {
+        assert!(start.elapsed() < Duration::from_secs(30), "no dead letter");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    relay.shutdown().await.unwrap();
+    let base = serve(Console::new(outbox.clone()).hide_payloads(true)).await;
+    let letter = http
+        .get(format!("{base}/api/dead/{payment}"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(!letter.contains("card-number"), "{letter}");
+    assert!(letter.contains("\"payload_hidden\":true"), "{letter}");
+    let _ = id;
+}
