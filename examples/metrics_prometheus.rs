@@ -23,6 +23,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let handle = PrometheusBuilder::new()
         // Seconds-long histograms: claims, publishes, acknowledgements.
         .set_buckets(&[0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0])?
+        // An inbox's lag, from enqueue to receipt: up to minutes.
+        .set_buckets_for_metric(
+            metrics_exporter_prometheus::Matcher::Full("outbox_inbox_lag_seconds".into()),
+            &[0.01, 0.1, 0.5, 1.0, 5.0, 15.0, 60.0, 300.0, 900.0],
+        )?
         .install_recorder()?;
 
     let dir = std::env::temp_dir().join(format!("outbox-metrics-{}", std::process::id()));

@@ -9,7 +9,9 @@ use metrics_util::debugging::{DebugValue, DebuggingRecorder, Snapshotter};
 use metrics_util::CompositeKey;
 use outbox::change::Change;
 use outbox::sqlx::sqlite::{SqliteConnectOptions, SqlitePoolOptions};
-use outbox::{FnPublisher, NewMessage, OutboxMessage, PublishError, Relay, SqliteOutbox};
+use outbox::{
+    FnPublisher, NewMessage, OutboxMessage, PublishError, Relay, SqliteInbox, SqliteOutbox,
+};
 
 /// A metric read back: name, labels, value.
 type Metric = (String, Vec<(String, String)>, DebugValue);
@@ -73,12 +75,18 @@ async fn relays_and_exports_record_their_gauges_and_durations() {
         outbox.log_change(&mut *tx, &c).await.unwrap();
     }
     tx.commit().await.unwrap();
-    let publisher = FnPublisher::new(|m: OutboxMessage| async move {
-        if m.topic() == "mail" {
-            return Err(PublishError::transient("mail server down")
-                .with_retry_after(Duration::from_secs(3600)));
+    let delivered = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let kept = delivered.clone();
+    let publisher = FnPublisher::new(move |m: OutboxMessage| {
+        let kept = kept.clone();
+        async move {
+            if m.topic() == "mail" {
+                return Err(PublishError::transient("mail server down")
+                    .with_retry_after(Duration::from_secs(3600)));
+            }
+            kept.lock().unwrap().push(m);
+            Ok(())
         }
-        Ok(())
     });
     let relay = Relay::builder(outbox.clone(), publisher)
         .poll_interval(Duration::from_millis(50))
@@ -140,6 +148,30 @@ async fn relays_and_exports_record_their_gauges_and_durations() {
     );
     let idle = gauge(&all, "outbox_export_idle_seconds", ("consumer", "crm"));
     assert!(idle.is_some_and(|s| (0.0..60.0).contains(&s)), "{idle:?}");
+
+    // An inbox records how long a message took from its enqueue to a
+    // fresh receipt, per consumer; a duplicate adds nothing.
+    let inbox = SqliteInbox::new(pool.clone());
+    inbox.migrate().await.unwrap();
+    let order = delivered.lock().unwrap()[0].clone();
+    for _ in 0..2 {
+        let mut tx = pool.begin().await.unwrap();
+        inbox.receive(&mut *tx, "billing", &order).await.unwrap();
+        tx.commit().await.unwrap();
+    }
+    let lags: Vec<f64> = read(&snapshotter)
+        .into_iter()
+        .filter(|(n, labels, _)| {
+            n == "outbox_inbox_lag_seconds"
+                && labels.contains(&("consumer".into(), "billing".into()))
+        })
+        .flat_map(|(_, _, v)| match v {
+            DebugValue::Histogram(h) => h.into_iter().map(|x| x.into_inner()).collect(),
+            _ => Vec::new(),
+        })
+        .collect();
+    assert_eq!(lags.len(), 1, "one fresh receipt: {lags:?}");
+    assert!((0.0..60.0).contains(&lags[0]), "{lags:?}");
 
     pool.close().await;
     std::fs::remove_dir_all(&dir).unwrap();

@@ -237,6 +237,23 @@ use crate::message::OutboxMessage;
 #[cfg(any(feature = "postgres", feature = "sqlite", feature = "mysql"))]
 use crate::message::MAX_NAME_LEN;
 
+/// Records, for a fresh receipt, how long `message` took from its enqueue
+/// to this receipt: the histogram `outbox_inbox_lag_seconds`, labelled by
+/// consumer. It is measured against the producer's clock (the message's
+/// `created_at`), so it includes any skew between the two machines, and
+/// it is recorded before the caller's transaction commits.
+#[cfg(any(feature = "postgres", feature = "sqlite", feature = "mysql"))]
+fn observed(consumer: &str, message: &OutboxMessage, receipt: Receipt) -> Receipt {
+    if receipt.is_fresh() {
+        let lag = (chrono::Utc::now() - message.created_at())
+            .num_microseconds()
+            .map_or(0.0, |us| us.max(0) as f64 / 1e6);
+        metrics::histogram!("outbox_inbox_lag_seconds", "consumer" => consumer.to_owned())
+            .record(lag);
+    }
+    receipt
+}
+
 /// What `receive` found for a message.
 ///
 /// ```

@@ -10,7 +10,7 @@ use chrono::{DateTime, Utc};
 use sqlx::mysql::{MySql, MySqlConnection, MySqlPool};
 use sqlx::Executor;
 
-use super::{classify, tracked, validate_batch, validate_consumer, InboxNames, Receipt};
+use super::{classify, observed, tracked, validate_batch, validate_consumer, InboxNames, Receipt};
 use crate::error::Result;
 use crate::message::{MessageId, OutboxMessage};
 use crate::store::mysql::{apply_migrations, execute_read_committed};
@@ -256,7 +256,11 @@ impl MySqlInbox {
         let fresh = self.insert(&mut *conn, consumer, message.id(), now).await?;
         let key = tracked(message);
         let (Some((key, sequence)), true) = (key, fresh) else {
-            return Ok(classify(fresh, None, false, None));
+            return Ok(observed(
+                consumer,
+                message,
+                classify(fresh, None, false, None),
+            ));
         };
         let id = message.id().as_uuid().as_bytes().to_vec();
         sqlx::query(&self.inner.sql.advance)

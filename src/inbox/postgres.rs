@@ -8,7 +8,7 @@ use sqlx::Executor;
 
 use crate::store::postgres::{apply_migrations, Statements};
 
-use super::{classify, tracked, validate_batch, validate_consumer, InboxNames, Receipt};
+use super::{classify, observed, tracked, validate_batch, validate_consumer, InboxNames, Receipt};
 use crate::error::Result;
 use crate::message::{MessageId, OutboxMessage};
 use crate::store::MigrationSet;
@@ -234,7 +234,8 @@ impl PgInbox {
                 .bind(key.map(|k| k.1))
                 .fetch_one(executor)
                 .await?;
-        Ok(classify(fresh, key.map(|k| k.1), advanced, previous))
+        let receipt = classify(fresh, key.map(|k| k.1), advanced, previous);
+        Ok(observed(consumer, message, receipt))
     }
 
     /// Records the id alone (see `receive_id`); the server stamps the time.

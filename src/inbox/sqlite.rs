@@ -8,7 +8,7 @@ use chrono::{DateTime, Utc};
 use sqlx::sqlite::{Sqlite, SqliteConnection, SqlitePool};
 use sqlx::Executor;
 
-use super::{classify, tracked, validate_batch, validate_consumer, InboxNames, Receipt};
+use super::{classify, observed, tracked, validate_batch, validate_consumer, InboxNames, Receipt};
 use crate::error::Result;
 use crate::message::{MessageId, OutboxMessage};
 use crate::store::sqlite::apply_migrations;
@@ -246,7 +246,11 @@ impl SqliteInbox {
         let fresh = self.insert(&mut *conn, consumer, message.id(), now).await?;
         let key = tracked(message);
         let (Some((key, sequence)), true) = (key, fresh) else {
-            return Ok(classify(fresh, None, false, None));
+            return Ok(observed(
+                consumer,
+                message,
+                classify(fresh, None, false, None),
+            ));
         };
         let previous: Option<Option<i64>> = sqlx::query_scalar(&self.inner.sql.advance)
             .bind(consumer)
