@@ -425,3 +425,65 @@ async fn cli_through_pgbouncer_in_transaction_mode() {
     }
     drop_object(&pool, &format!("SCHEMA {schema} CASCADE")).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cli_serves_the_console_on_loopback_unless_given_credentials() {
+    let dir = std::env::temp_dir().join(format!("outbox-cli-{}", Uuid::now_v7().simple()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let url = format!("sqlite:{}", dir.join("app.db").display());
+    let cli = Cli::on(&url, &[]);
+    cli.expect(&["migrate"], 0);
+
+    // Beyond loopback without credentials: refused before serving.
+    let out = cli.run(&["console", "--listen", "0.0.0.0:0"]);
+    assert_eq!(out.status.code(), Some(1));
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(said.contains("not loopback"), "{said}");
+    // A user without a password is a usage error.
+    let out = cli.run(&["console", "--user", "oncall"]);
+    assert_eq!(out.status.code(), Some(1));
+
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let listen = format!("127.0.0.1:{port}");
+    let mut console = Command::new(env!("CARGO_BIN_EXE_outbox"))
+        .args([
+            "--database-url",
+            &url,
+            "console",
+            "--listen",
+            &listen,
+            "--read-only",
+        ])
+        .env_remove("DATABASE_URL")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("the outbox binary runs");
+    let http = reqwest::Client::new();
+    let start = std::time::Instant::now();
+    let overview: Value = loop {
+        if let Ok(r) = http
+            .get(format!("http://{listen}/api/overview"))
+            .send()
+            .await
+        {
+            assert_eq!(r.status(), 200);
+            break serde_json::from_str(&r.text().await.unwrap()).unwrap();
+        }
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(30),
+            "the console never answered on {listen}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
+    assert_eq!(overview["read_only"], Value::Bool(true), "{overview}");
+    assert_eq!(overview["stats"]["pending"], 0, "{overview}");
+    console.kill().unwrap();
+    console.wait().unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
+}
