@@ -36,8 +36,18 @@ fn failed(e: Error) -> Response {
     refuse(status, e.to_string())
 }
 
-fn bad_request(reason: impl Into<String>) -> Response {
-    refuse(StatusCode::BAD_REQUEST, reason)
+/// A request the console cannot take as it is (400), with the reason.
+#[derive(Debug)]
+pub(crate) struct BadRequest(String);
+
+impl IntoResponse for BadRequest {
+    fn into_response(self) -> Response {
+        refuse(StatusCode::BAD_REQUEST, self.0)
+    }
+}
+
+fn bad_request(reason: impl Into<String>) -> BadRequest {
+    BadRequest(reason.into())
 }
 
 /// Everything the overview shows, with the charts' samples.
@@ -112,7 +122,7 @@ pub(crate) struct Search {
     limit: Option<String>,
 }
 
-fn time(field: &str, text: &str) -> Result<DateTime<Utc>, Response> {
+fn time(field: &str, text: &str) -> Result<DateTime<Utc>, BadRequest> {
     DateTime::parse_from_rfc3339(text)
         .map(|t| t.with_timezone(&Utc))
         .map_err(|e| bad_request(format!("{field}: {text:?} is not an RFC 3339 time ({e})")))
@@ -125,7 +135,7 @@ fn given(v: &Option<String>) -> Option<&str> {
 
 impl Search {
     /// The filter, or a 400 naming the field that does not parse.
-    fn filter(&self, default_limit: Option<u32>) -> Result<DeadLetterFilter, Response> {
+    fn filter(&self, default_limit: Option<u32>) -> Result<DeadLetterFilter, BadRequest> {
         let mut f = DeadLetterFilter::new();
         if let Some(t) = given(&self.topic) {
             f = f.topic(t);
@@ -178,7 +188,7 @@ fn listed(d: &DeadLetter) -> Value {
 pub(crate) async fn dead_letters(State(state): Shared, Query(search): Query<Search>) -> Response {
     let filter = match search.filter(Some(100)) {
         Ok(f) => f.limit(search.limit().ok().flatten().unwrap_or(100).min(MAX_LISTED)),
-        Err(r) => return r,
+        Err(r) => return r.into_response(),
     };
     match state.source.dead_letters_matching(&filter).await {
         Ok(list) => Json(json!({ "dead_letters": list.iter().map(listed).collect::<Vec<_>>() }))
@@ -187,7 +197,7 @@ pub(crate) async fn dead_letters(State(state): Shared, Query(search): Query<Sear
     }
 }
 
-fn message_id(text: &str) -> Result<MessageId, Response> {
+fn message_id(text: &str) -> Result<MessageId, BadRequest> {
     text.parse()
         .map_err(|_| bad_request(format!("{text:?} is not a message id")))
 }
@@ -196,7 +206,7 @@ fn message_id(text: &str) -> Result<MessageId, Response> {
 pub(crate) async fn dead_letter(State(state): Shared, Path(id): Path<String>) -> Response {
     let id = match message_id(&id) {
         Ok(id) => id,
-        Err(r) => return r,
+        Err(r) => return r.into_response(),
     };
     let found = state
         .source
@@ -229,7 +239,7 @@ pub(crate) async fn dead_letter(State(state): Shared, Path(id): Path<String>) ->
 pub(crate) async fn replay_one(State(state): Shared, Path(id): Path<String>) -> Response {
     let id = match message_id(&id) {
         Ok(id) => id,
-        Err(r) => return r,
+        Err(r) => return r.into_response(),
     };
     let filter = DeadLetterFilter::new().id(id).limit(1);
     match state.source.replay_dead_letters(&filter).await {
@@ -246,7 +256,7 @@ pub(crate) async fn replay_one(State(state): Shared, Path(id): Path<String>) -> 
 pub(crate) async fn discard_one(State(state): Shared, Path(id): Path<String>) -> Response {
     let id = match message_id(&id) {
         Ok(id) => id,
-        Err(r) => return r,
+        Err(r) => return r.into_response(),
     };
     match state.source.discard_dead_letter(id).await {
         Ok(()) => Json(json!({ "discarded": 1 })).into_response(),
@@ -258,7 +268,7 @@ pub(crate) async fn discard_one(State(state): Shared, Path(id): Path<String>) ->
 pub(crate) async fn replay_matching(State(state): Shared, Json(search): Json<Search>) -> Response {
     let filter = match search.filter(None) {
         Ok(f) => f,
-        Err(r) => return r,
+        Err(r) => return r.into_response(),
     };
     match state.source.replay_dead_letters(&filter).await {
         Ok(r) => Json(json!({ "replayed": r.replayed, "not_replayed": r.not_replayed.len() }))
@@ -274,7 +284,7 @@ pub(crate) async fn discard_matching_letters(
 ) -> Response {
     let filter = match search.filter(None) {
         Ok(f) => f,
-        Err(r) => return r,
+        Err(r) => return r.into_response(),
     };
     match discard_matching(state.source.as_ref(), &filter).await {
         Ok(d) => Json(json!({ "discarded": d.discarded, "kept": d.kept })).into_response(),

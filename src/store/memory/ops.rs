@@ -263,6 +263,7 @@ impl StoreOps for MemoryStore {
                 dead_tuples: s.dead_tuples,
                 oldest_xmin_age: None,
                 autovacuum: s.autovacuum,
+                last_position: (s.next_seq > 1).then_some(s.next_seq - 1),
                 table_bytes: None,
             }
         };
