@@ -38,6 +38,8 @@ impl Cli {
             .args(&self.args)
             .args(args)
             .env_remove("DATABASE_URL")
+            .env_remove("OUTBOX_CONSOLE_PASSWORD")
+            .env_remove("OUTBOX_CONSOLE_TOKEN")
             .stdin(Stdio::null())
             .output()
             .expect("the outbox binary runs")
@@ -439,9 +441,11 @@ async fn cli_serves_the_console_on_loopback_unless_given_credentials() {
     assert_eq!(out.status.code(), Some(1));
     let said = String::from_utf8_lossy(&out.stderr);
     assert!(said.contains("not loopback"), "{said}");
-    // A user without a password is a usage error.
+    // A user without a password in the environment is refused.
     let out = cli.run(&["console", "--user", "oncall"]);
     assert_eq!(out.status.code(), Some(1));
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(said.contains("OUTBOX_CONSOLE_PASSWORD"), "{said}");
 
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()

@@ -646,8 +646,8 @@ pub struct TopicStats {
 /// A relay that recorded a heartbeat, from the `relays` method of each
 /// outbox. A relay that stopped cleanly is forgotten at once; one
 /// that died stays listed, its heartbeat expired, until another relay
-/// forgets it.
-#[derive(Debug, Clone, PartialEq)]
+/// forgets it. Serializes as an object of its fields.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
 #[non_exhaustive]
 pub struct RelayStatus {
     /// The relay's id.

@@ -15,12 +15,17 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use outbox::console::Console;
 use outbox::publisher::Publisher;
-use outbox::{MessageId, NewMessage, OutboxMessage, PublishError, Relay, SqliteOutbox};
+use outbox::{
+    DeadLetterFilter, MessageId, NewMessage, OutboxMessage, PublishError, Relay, SqliteOutbox,
+};
 use serde_json::{json, Value};
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions};
 
+#[path = "../support/mod.rs"]
+mod support;
 mod webdriver;
 
+use support::sqlite::TempDb;
+use support::wait_for;
 use webdriver::Browser;
 
 /// Fails `payments` permanently while `fail` is set; records the rest.
@@ -49,22 +54,40 @@ impl Publisher for Payments {
     }
 }
 
-/// A migrated outbox in a fresh SQLite file.
-async fn outbox() -> SqliteOutbox {
-    let path = std::env::temp_dir().join(format!("outbox-console-{}.db", uuid::Uuid::now_v7()));
-    let options = SqliteConnectOptions::new()
-        .filename(&path)
-        .create_if_missing(true)
-        .journal_mode(SqliteJournalMode::Wal)
-        .busy_timeout(Duration::from_secs(10));
-    let pool = SqlitePoolOptions::new()
-        .max_connections(4)
-        .connect_with(options)
-        .await
-        .expect("open the SQLite file");
-    let outbox = SqliteOutbox::new(pool);
+/// A migrated outbox in a fresh SQLite file, deleted when the handle
+/// drops.
+async fn outbox() -> (TempDb, SqliteOutbox) {
+    let db = TempDb::new("outbox-console").await;
+    let outbox = SqliteOutbox::new(db.pool.clone());
     outbox.migrate().await.unwrap();
-    outbox
+    (db, outbox)
+}
+
+/// Enqueues a payment that a relay rejects for good: its id, once it is
+/// a dead letter.
+async fn dead_payment(outbox: &SqliteOutbox, body: Value) -> MessageId {
+    let publisher = Payments::default();
+    publisher.fail.store(true, Ordering::SeqCst);
+    let relay = Relay::builder(outbox.clone(), publisher)
+        .poll_interval(Duration::from_millis(50))
+        .spawn()
+        .unwrap();
+    let id = enqueue(outbox, "payments", "account-9", body).await;
+    let its_own = DeadLetterFilter::new().id(id);
+    wait_for(
+        "the payment dead-lettered",
+        Duration::from_secs(30),
+        || async {
+            !outbox
+                .dead_letters_matching(&its_own)
+                .await
+                .unwrap()
+                .is_empty()
+        },
+    )
+    .await;
+    relay.shutdown().await.unwrap();
+    id
 }
 
 async fn enqueue(outbox: &SqliteOutbox, topic: &str, key: &str, body: Value) -> MessageId {
@@ -94,16 +117,15 @@ async fn wait_until(what: &str, mut ok: impl FnMut() -> bool) {
     }
 }
 
+/// The body of a GET of `url`.
+async fn body(http: &reqwest::Client, url: &str) -> String {
+    let answer = http.get(url).send().await.expect("reach the console");
+    answer.text().await.unwrap()
+}
+
 /// The CSRF token of the console's page.
 async fn csrf(http: &reqwest::Client, base: &str) -> String {
-    let page = http
-        .get(format!("{base}/"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let page = body(http, &format!("{base}/")).await;
     let at = page
         .find("name=\"csrf-token\" content=\"")
         .expect("a CSRF token")
@@ -113,7 +135,7 @@ async fn csrf(http: &reqwest::Client, base: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_operator_sees_the_queue_move_and_replays_a_dead_letter_in_a_browser() {
-    let outbox = outbox().await;
+    let (_db, outbox) = outbox().await;
     for i in 0..3 {
         enqueue(&outbox, "orders", &format!("order-{i}"), json!({ "n": i })).await;
     }
@@ -219,20 +241,8 @@ async fn an_operator_sees_the_queue_move_and_replays_a_dead_letter_in_a_browser(
 
 #[tokio::test]
 async fn a_change_without_the_csrf_token_is_refused_and_changes_nothing() {
-    let outbox = outbox().await;
-    let publisher = Payments::default();
-    publisher.fail.store(true, Ordering::SeqCst);
-    let relay = Relay::builder(outbox.clone(), publisher)
-        .poll_interval(Duration::from_millis(50))
-        .spawn()
-        .unwrap();
-    let id = enqueue(&outbox, "payments", "a", json!({})).await;
-    let start = Instant::now();
-    while outbox.dead_letters(10).await.unwrap().is_empty() {
-        assert!(start.elapsed() < Duration::from_secs(30), "no dead letter");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    relay.shutdown().await.unwrap();
+    let (_db, outbox) = outbox().await;
+    let id = dead_payment(&outbox, json!({})).await;
     let base = serve(Console::new(outbox.clone())).await;
     let http = reqwest::Client::new();
     let discard = format!("{base}/api/dead/{id}/discard");
@@ -267,8 +277,8 @@ async fn a_change_without_the_csrf_token_is_refused_and_changes_nothing() {
 
 #[tokio::test]
 async fn read_only_credentials_loopback_and_hidden_payloads_hold() {
-    let outbox = outbox().await;
-    let id = enqueue(&outbox, "orders", "k", json!({ "secret": "card-number" })).await;
+    let (_db, outbox) = outbox().await;
+    enqueue(&outbox, "orders", "k", json!({ "n": 1 })).await;
     let http = reqwest::Client::new();
 
     // Read-only: even with the page's token, no change.
@@ -302,19 +312,13 @@ async fn read_only_credentials_loopback_and_hidden_payloads_hold() {
         .to_str()
         .unwrap()
         .starts_with("Basic"));
-    let wrong = http
-        .get(format!("{base}/"))
-        .basic_auth("oncall", Some("guess"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(wrong.status(), 401);
-    let right = http
-        .get(format!("{base}/api/overview"))
-        .basic_auth("oncall", Some("s3cret"))
-        .send()
-        .await
-        .unwrap();
+    let with = |password: &'static str| {
+        http.get(format!("{base}/api/overview"))
+            .basic_auth("oncall", Some(password))
+            .send()
+    };
+    assert_eq!(with("guess").await.unwrap().status(), 401);
+    let right = with("s3cret").await.unwrap();
     assert_eq!(right.status(), 200);
     let overview: Value = serde_json::from_str(&right.text().await.unwrap()).unwrap();
     assert_eq!(overview["stats"]["pending"], json!(1));
@@ -334,31 +338,10 @@ async fn read_only_credentials_loopback_and_hidden_payloads_hold() {
     let err = Console::new(outbox.clone()).serve(wide).await.unwrap_err();
     assert!(matches!(err, outbox::Error::InvalidConfig { .. }), "{err}");
 
-    // Hidden payloads: the page's API leaves them out. The message is
-    // dead-lettered by hand here through a relay that rejects it.
-    let publisher = Payments::default();
-    publisher.fail.store(true, Ordering::SeqCst);
-    let payment = enqueue(&outbox, "payments", "p", json!({ "secret": "card-number" })).await;
-    let relay = Relay::builder(outbox.clone(), publisher)
-        .poll_interval(Duration::from_millis(50))
-        .spawn()
-        .unwrap();
-    let start = Instant::now();
-    while outbox.dead_letters(10).await.unwrap().is_empty() {
-        assert!(start.elapsed() < Duration::from_secs(30), "no dead letter");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    relay.shutdown().await.unwrap();
+    // Hidden payloads: the page's API leaves them out.
+    let payment = dead_payment(&outbox, json!({ "secret": "card-number" })).await;
     let base = serve(Console::new(outbox.clone()).hide_payloads(true)).await;
-    let letter = http
-        .get(format!("{base}/api/dead/{payment}"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let letter = body(&http, &format!("{base}/api/dead/{payment}")).await;
     assert!(!letter.contains("card-number"), "{letter}");
     assert!(letter.contains("\"payload_hidden\":true"), "{letter}");
-    let _ = id;
 }

@@ -101,27 +101,15 @@ struct ConsoleArgs {
     /// address is accepted (reach it through an SSH tunnel).
     #[arg(long, default_value = "127.0.0.1:8080")]
     listen: std::net::SocketAddr,
-    /// Require basic auth with this user (the password comes from
-    /// OUTBOX_CONSOLE_PASSWORD).
-    #[arg(long, requires = "password")]
+    /// Require basic auth with this user; the password comes from the
+    /// environment variable OUTBOX_CONSOLE_PASSWORD (never the command
+    /// line, which other users of the machine can read).
+    #[arg(long, conflicts_with = "bearer")]
     user: Option<String>,
-    /// The basic auth password.
-    #[arg(
-        long,
-        env = "OUTBOX_CONSOLE_PASSWORD",
-        hide_env_values = true,
-        requires = "user"
-    )]
-    password: Option<String>,
-    /// Require `Authorization: Bearer` with this token (as a proxy in
-    /// front adds it).
-    #[arg(
-        long,
-        env = "OUTBOX_CONSOLE_TOKEN",
-        hide_env_values = true,
-        conflicts_with = "user"
-    )]
-    token: Option<String>,
+    /// Require `Authorization: Bearer` with the token in the environment
+    /// variable OUTBOX_CONSOLE_TOKEN (as a proxy in front adds it).
+    #[arg(long)]
+    bearer: bool,
     /// Refuse every change: no replay, discard or unblock.
     #[arg(long)]
     read_only: bool,
@@ -311,10 +299,16 @@ async fn serve_console(outbox: Outbox, args: ConsoleArgs) -> Outcome<()> {
         .read_only(args.read_only)
         .hide_payloads(args.hide_payloads)
         .sample_every(args.sample_every);
-    if let (Some(user), Some(password)) = (args.user, args.password) {
-        console = console.basic_auth(user, password);
-    } else if let Some(token) = args.token {
-        console = console.bearer_token(token);
+    let secret = |var: &str| {
+        std::env::var(var)
+            .ok()
+            .filter(|v| !v.is_empty())
+            .ok_or_else(|| Failure(format!("set {var}: the console's credentials come from it")))
+    };
+    if let Some(user) = args.user {
+        console = console.basic_auth(user, secret("OUTBOX_CONSOLE_PASSWORD")?);
+    } else if args.bearer {
+        console = console.bearer_token(secret("OUTBOX_CONSOLE_TOKEN")?);
     }
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await

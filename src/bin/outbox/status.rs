@@ -96,13 +96,7 @@ pub(crate) async fn status(outbox: &Outbox, json: bool, max_age: Duration) -> Ou
                 "oldest_age_seconds": age_of(now, t.oldest_created_at).as_secs_f64(),
             })).collect::<Vec<_>>(),
             "blocked_keys": blocked.iter().map(blocked_json).collect::<Vec<_>>(),
-            "relays": relays.iter().map(|r| json!({
-                "relay": r.relay,
-                "alive": r.alive,
-                "leases": r.leases,
-                "heartbeat_expires_at": r.heartbeat_expires_at,
-                "publish_error": r.publish_error,
-            })).collect::<Vec<_>>(),
+            "relays": relays,
             "export_consumers": consumers.iter().map(|c| json!({
                 "consumer": c.consumer,
                 "behind": c.behind,
