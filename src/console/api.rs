@@ -52,12 +52,13 @@ fn bad_request(reason: impl Into<String>) -> BadRequest {
 
 /// Everything the overview shows, with the charts' samples.
 pub(crate) async fn overview(State(state): Shared) -> Response {
-    if state
-        .history
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .stale(state.sample_every)
-    {
+    let stale = !state.sampler
+        && state
+            .history
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .stale(state.sample_every);
+    if stale {
         history::sample(state.source.as_ref(), &state.history).await;
     }
     let source = state.source.as_ref();

@@ -25,6 +25,16 @@ pub(crate) enum Credentials {
     Bearer(String),
 }
 
+impl Credentials {
+    /// A user, password or token that is empty: never accepted.
+    pub(crate) fn is_empty(&self) -> bool {
+        match self {
+            Credentials::Basic { user, password } => user.is_empty() || password.is_empty(),
+            Credentials::Bearer(token) => token.is_empty(),
+        }
+    }
+}
+
 impl std::fmt::Debug for Credentials {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
@@ -48,6 +58,9 @@ fn same(a: &[u8], b: &[u8]) -> bool {
 }
 
 fn authorized(credentials: &Credentials, headers: &HeaderMap) -> bool {
+    if credentials.is_empty() {
+        return false;
+    }
     let Some(given) = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -116,6 +129,14 @@ fn loopback_host(headers: &HeaderMap) -> bool {
             .is_ok_and(|ip| ip.is_loopback())
 }
 
+/// Whether a proxy passed the request on: a proxy on this machine makes
+/// every client look local.
+fn forwarded(headers: &HeaderMap) -> bool {
+    ["forwarded", "x-forwarded-for", "via"]
+        .iter()
+        .any(|h| headers.contains_key(*h))
+}
+
 /// Checks every request; see the module documentation.
 pub(crate) async fn guard(
     State(state): State<Arc<ConsoleState>>,
@@ -144,12 +165,15 @@ pub(crate) async fn guard(
                 .get::<ConnectInfo<SocketAddr>>()
                 .map(|c| c.0);
             match peer {
-                Some(peer) if peer.ip().is_loopback() && loopback_host(headers) => {}
+                Some(peer)
+                    if peer.ip().is_loopback() && loopback_host(headers) && !forwarded(headers) => {
+                }
                 Some(_) => {
                     return refuse(
                         StatusCode::FORBIDDEN,
                         "this console has no credentials set, so it answers only on \
-                         loopback (127.0.0.1, ::1, localhost); set basic or bearer auth",
+                         loopback (127.0.0.1, ::1, localhost) and not through a proxy; set \
+                         basic or bearer auth",
                     )
                 }
                 None => {

@@ -20,8 +20,11 @@
 //!
 //! - Without credentials the console answers only requests from loopback
 //!   addresses that name this machine in their `Host` (so a web page of
-//!   another site cannot reach it through DNS rebinding); it needs the
-//!   client's address, which [`Console::serve`] provides (or
+//!   another site cannot reach it through DNS rebinding) and that no proxy
+//!   forwarded (`Forwarded`, `X-Forwarded-For`, `Via`): a proxy on the same
+//!   machine would make every client look local, so a proxied console
+//!   needs credentials. It needs the client's address, which
+//!   [`Console::serve`] provides (or
 //!   `into_make_service_with_connect_info::<SocketAddr>()`).
 //! - With [`basic_auth`](Console::basic_auth) or
 //!   [`bearer_token`](Console::bearer_token) every request needs them.
@@ -42,7 +45,9 @@
 //!     Console::new(outbox.clone()).bearer_token("from-the-proxy").router(),
 //! );
 //! // Or served on its own, on loopback (an SSH tunnel away):
-//! let listener = tokio::net::TcpListener::bind("127.0.0.1:8080").await?;
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:8080")
+//!     .await
+//!     .map_err(outbox::Error::Io)?;
 //! Console::new(outbox).serve(listener).await?;
 //! # Ok(()) }
 //! ```
@@ -95,6 +100,8 @@ impl std::fmt::Debug for Console {
 
 /// What every request of one console shares.
 pub(crate) struct State {
+    /// Whether a task samples the charts; otherwise the overview does.
+    sampler: bool,
     source: Arc<dyn ConsoleSource>,
     credentials: Option<Credentials>,
     read_only: bool,
@@ -165,7 +172,9 @@ impl Console {
     pub fn router(self) -> Router {
         let mut token = [0u8; 16];
         token.copy_from_slice(uuid::Uuid::new_v4().as_bytes());
+        let sampler = tokio::runtime::Handle::try_current().is_ok();
         let state = Arc::new(State {
+            sampler,
             source: self.source,
             credentials: self.credentials,
             read_only: self.read_only,
@@ -174,7 +183,7 @@ impl Console {
             csrf: token.iter().map(|b| format!("{b:02x}")).collect(),
             history: Mutex::new(History::new(self.keep)),
         });
-        if tokio::runtime::Handle::try_current().is_ok() {
+        if sampler {
             tokio::spawn(history::run(Arc::downgrade(&state), self.sample_every));
         }
         Router::new()
@@ -214,9 +223,16 @@ impl Console {
     /// # Errors
     ///
     /// [`Error::InvalidConfig`] before anything is served if the listener
-    /// is on an address other than loopback and no credentials are set;
-    /// [`Error::Io`] if serving fails.
+    /// is on an address other than loopback and no credentials are set, or
+    /// if a user, password or token is empty; [`Error::Io`] if serving
+    /// fails.
     pub async fn serve(self, listener: tokio::net::TcpListener) -> Result<()> {
+        if self.credentials.as_ref().is_some_and(Credentials::is_empty) {
+            return Err(Error::InvalidConfig {
+                field: "console credentials",
+                reason: "a user, password or token is empty".into(),
+            });
+        }
         let addr = listener.local_addr().map_err(Error::Io)?;
         if self.credentials.is_none() && !addr.ip().is_loopback() {
             return Err(Error::InvalidConfig {
@@ -235,18 +251,38 @@ impl Console {
 }
 
 /// The page, with its CSRF token and settings.
-async fn page(axum::extract::State(state): axum::extract::State<Arc<State>>) -> Response {
-    let html = PAGE.replace("{csrf}", &state.csrf).replace(
-        "{read_only}",
-        if state.read_only { "true" } else { "false" },
-    );
+/// The page, with its CSRF token and settings. Its links are relative to
+/// where the router is mounted (`<base>`), so it works nested under a
+/// prefix of the service's own router.
+async fn page(
+    axum::extract::State(state): axum::extract::State<Arc<State>>,
+    nested: std::result::Result<
+        axum::extract::NestedPath,
+        axum::extract::rejection::NestedPathRejection,
+    >,
+) -> Response {
+    let prefix = nested.map_or(String::new(), |n| {
+        n.as_str().trim_end_matches('/').to_owned()
+    });
+    // The prefix is a route the service chose; escaped all the same.
+    let base = format!("{prefix}/")
+        .replace('&', "&amp;")
+        .replace('"', "&quot;")
+        .replace('<', "&lt;");
+    let html = PAGE
+        .replace("{base}", &base)
+        .replace("{csrf}", &state.csrf)
+        .replace(
+            "{read_only}",
+            if state.read_only { "true" } else { "false" },
+        );
     let mut answer = Html(html).into_response();
     let headers = answer.headers_mut();
     headers.insert(
         header::CONTENT_SECURITY_POLICY,
         HeaderValue::from_static(
             "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; \
-             connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'",
+             connect-src 'self'; frame-ancestors 'none'; base-uri 'self'; form-action 'none'",
         ),
     );
     headers.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));

@@ -93,13 +93,22 @@ pub(crate) struct Discarded {
     pub(crate) kept: u64,
 }
 
-/// Discards every dead letter that `filter` matches, page by page.
-/// Discarding an id removes its oldest dead letter, so one is discarded
-/// only when it is the oldest of its id: nothing outside the filter goes.
+/// Discards every dead letter that `filter` matches, page by page, of
+/// those dead-lettered before the call: one that dies while it runs was
+/// never shown to the operator and stays. Discarding an id removes its
+/// oldest dead letter, so one is discarded only when it is the oldest of
+/// its id: nothing outside the filter goes (unless another operator
+/// discards that oldest one between the check and the discard).
 pub(crate) async fn discard_matching(
     source: &dyn ConsoleSource,
     filter: &DeadLetterFilter,
 ) -> Result<Discarded> {
+    let started = chrono::Utc::now();
+    let mut filter = filter.clone();
+    if filter.dead_before.is_none_or(|b| b > started) {
+        filter.dead_before = Some(started);
+    }
+    let filter = &filter;
     let mut done = Discarded::default();
     let mut left = filter.limit.map(u64::from);
     let mut after = filter.after_position;

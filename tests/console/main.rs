@@ -345,3 +345,48 @@ async fn read_only_credentials_loopback_and_hidden_payloads_hold() {
     assert!(!letter.contains("card-number"), "{letter}");
     assert!(letter.contains("\"payload_hidden\":true"), "{letter}");
 }
+
+#[tokio::test]
+async fn mounted_under_a_prefix_the_page_finds_its_script_and_api() {
+    let (_db, outbox) = outbox().await;
+    enqueue(&outbox, "orders", "k", json!({ "n": 1 })).await;
+    let app = axum::Router::new().nest("/outbox", Console::new(outbox.clone()).router());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        axum::serve(
+            listener,
+            app.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .await
+        .unwrap()
+    });
+    let http = reqwest::Client::new();
+    let page = body(&http, &format!("http://{addr}/outbox")).await;
+    assert!(page.contains("<base href=\"/outbox/\">"), "{page}");
+    // What the page asks for, resolved against its base.
+    for asset in ["console.js", "console.css", "api/overview"] {
+        let answer = http
+            .get(format!("http://{addr}/outbox/{asset}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(answer.status(), 200, "{asset}");
+    }
+    // A request a proxy passed on is not local, whatever its address.
+    let proxied = http
+        .get(format!("http://{addr}/outbox/api/overview"))
+        .header("x-forwarded-for", "203.0.113.9")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(proxied.status(), 403);
+    // Empty credentials are refused before anything is served.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let err = Console::new(outbox.clone())
+        .basic_auth("oncall", "")
+        .serve(listener)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, outbox::Error::InvalidConfig { .. }), "{err}");
+}

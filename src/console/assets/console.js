@@ -149,6 +149,18 @@ async function overview() {
   $("#storage").textContent = storage.join(" · ");
 }
 
+// The search last listed, without the listing's limit: what a bulk change
+// applies to.
+function bulkFilter() {
+  const { limit, ...filter } = lastSearch;
+  return filter;
+}
+
+function describe(filter) {
+  const parts = Object.entries(filter).map(([k, v]) => `${k} ${JSON.stringify(v)}`);
+  return parts.length ? parts.join(", ") : "no filter (every dead letter)";
+}
+
 function searchParams() {
   const form = new FormData($("#search"));
   const params = {};
@@ -156,8 +168,11 @@ function searchParams() {
   return params;
 }
 
+let lastSearch = {};
+
 async function deadLetters() {
   const params = searchParams();
+  lastSearch = params;
   const list = (await api("api/dead?" + new URLSearchParams(params))).dead_letters;
   fill($("#dead-table tbody"), list.map((d) => {
     const tr = row([when(d.dead_at), d.topic, d.key || "–", d.attempts, d.last_error, el("code", d.id)]);
@@ -233,21 +248,28 @@ function show(view) {
   }
 }
 
+let generation = 0;
+
 async function route() {
-  clearInterval(refresh);
+  const mine = ++generation;
+  clearTimeout(refresh);
   const hash = location.hash.replace(/^#\/?/, "");
   const [page, id] = hash.split("/");
-  const views = {
-    "": ["overview", overview, true],
-    dead: id ? ["letter", () => letter(id), false] : ["dead", deadLetters, false],
-    blocked: ["blocked", blocked, false],
-    consumers: ["consumers", consumers, true],
-  };
-  const [view, load, live] = views[page] || views[""];
+  const views = new Map([
+    ["", ["overview", overview, true]],
+    ["dead", id ? ["letter", () => letter(id), false] : ["dead", deadLetters, false]],
+    ["blocked", ["blocked", blocked, false]],
+    ["consumers", ["consumers", consumers, true]],
+  ]);
+  const [view, load, live] = views.get(page) || views.get("");
   show(view);
-  const run = () => load().catch((e) => flash(e.message, true));
+  // One request at a time, the next two seconds after the last answered,
+  // and only while this view is still the one shown.
+  const run = async () => {
+    await load().catch((e) => flash(e.message, true));
+    if (live && mine === generation) refresh = setTimeout(run, 2000);
+  };
   await run();
-  if (live) refresh = setInterval(run, 2000);
 }
 
 document.addEventListener("DOMContentLoaded", () => {
@@ -257,14 +279,14 @@ document.addEventListener("DOMContentLoaded", () => {
   }
   $("#search").addEventListener("submit", (e) => { e.preventDefault(); deadLetters().catch((x) => flash(x.message, true)); });
   $("#replay-matching").addEventListener("click", () => {
-    if (confirm("Replay every dead letter that matches the search?")) {
-      change("api/dead/replay", searchParams(), (r) =>
+    if (confirm(`Replay every dead letter that matches ${describe(bulkFilter())}, not only those listed?`)) {
+      change("api/dead/replay", bulkFilter(), (r) =>
         `Replayed ${r.replayed}; ${r.not_replayed} stayed (their id is pending).`, "#/dead");
     }
   });
   $("#discard-matching").addEventListener("click", () => {
-    if (confirm("Discard every dead letter that matches the search, for good?")) {
-      change("api/dead/discard", searchParams(), (r) =>
+    if (confirm(`Discard every dead letter that matches ${describe(bulkFilter())} for good, not only those listed?`)) {
+      change("api/dead/discard", bulkFilter(), (r) =>
         `Discarded ${r.discarded}; ${r.kept} kept (an older dead letter of their id goes first).`, "#/dead");
     }
   });
