@@ -25,6 +25,7 @@ mod support;
 
 mod backend;
 mod bad_input;
+mod chaos;
 mod config;
 mod consumer_backend;
 mod dead_letters;
