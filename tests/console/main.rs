@@ -390,3 +390,90 @@ async fn mounted_under_a_prefix_the_page_finds_its_script_and_api() {
         .unwrap_err();
     assert!(matches!(err, outbox::Error::InvalidConfig { .. }), "{err}");
 }
+
+/// What every backend must answer: the overview with the pending message,
+/// each listing, and a change made with the page's token.
+async fn answers_on_its_backend(base: &str) {
+    let http = reqwest::Client::new();
+    let overview: Value = serde_json::from_str(&body(&http, &format!("{base}/api/overview")).await)
+        .expect("the overview is JSON");
+    assert_eq!(overview["stats"]["pending"], json!(1), "{overview}");
+    assert_eq!(
+        overview["topics"][0]["topic"],
+        json!("orders"),
+        "{overview}"
+    );
+    for list in ["dead", "blocked", "consumers"] {
+        let answer = http.get(format!("{base}/api/{list}")).send().await.unwrap();
+        assert_eq!(
+            answer.status(),
+            200,
+            "{list}: {}",
+            answer.text().await.unwrap()
+        );
+    }
+    let token = csrf(&http, base).await;
+    let unblock = http
+        .post(format!("{base}/api/blocked/unblock"))
+        .header("x-csrf-token", token)
+        .header("content-type", "application/json")
+        .body(r#"{"key":"never-blocked"}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(unblock.status(), 200);
+    assert!(unblock
+        .text()
+        .await
+        .unwrap()
+        .contains("\"unblocked\":false"));
+}
+
+fn order() -> NewMessage {
+    NewMessage::json("orders", &json!({ "n": 1 }))
+        .unwrap()
+        .with_partition_key("order-1")
+}
+
+#[tokio::test]
+async fn the_console_answers_on_postgresql() {
+    let db = support::pg::TestDb::new().await;
+    let outbox = outbox::PgOutbox::new(db.pool.clone());
+    outbox.migrate().await.unwrap();
+    outbox.enqueue(&db.pool, order()).await.unwrap();
+    answers_on_its_backend(&serve(Console::new(outbox)).await).await;
+    db.drop().await;
+}
+
+#[tokio::test]
+async fn the_console_answers_on_mysql() {
+    use sqlx::{ConnectOptions, Connection};
+    let admin: sqlx::mysql::MySqlConnectOptions = std::env::var("OUTBOX_TEST_MYSQL")
+        .unwrap_or_else(|_| "mysql://root@127.0.0.1:3306/test".to_owned())
+        .parse()
+        .unwrap();
+    let mut conn = admin.connect().await.unwrap_or_else(|e| {
+        panic!("MariaDB/MySQL is not reachable at 127.0.0.1:3306 ({e}); start mariadbd")
+    });
+    let name = format!("outbox_test_{}", uuid::Uuid::now_v7().simple());
+    sqlx::query(&format!("CREATE DATABASE `{name}`"))
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    let pool = sqlx::mysql::MySqlPoolOptions::new()
+        .connect_with(admin.clone().database(&name))
+        .await
+        .unwrap();
+    let outbox = outbox::MySqlOutbox::new(pool.clone());
+    outbox.migrate().await.unwrap();
+    let mut tx = pool.begin().await.unwrap();
+    outbox.enqueue(&mut *tx, order()).await.unwrap();
+    outbox.commit(tx).await.unwrap();
+    answers_on_its_backend(&serve(Console::new(outbox)).await).await;
+    pool.close().await;
+    sqlx::query(&format!("DROP DATABASE `{name}`"))
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    conn.close().await.ok();
+}
