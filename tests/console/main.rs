@@ -467,7 +467,7 @@ async fn the_console_answers_on_mysql() {
     let outbox = outbox::MySqlOutbox::new(pool.clone());
     outbox.migrate().await.unwrap();
     let mut tx = pool.begin().await.unwrap();
-    outbox.enqueue(&mut *tx, order()).await.unwrap();
+    outbox.enqueue(&mut tx, order()).await.unwrap();
     outbox.commit(tx).await.unwrap();
     answers_on_its_backend(&serve(Console::new(outbox)).await).await;
     pool.close().await;
