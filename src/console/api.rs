@@ -26,11 +26,16 @@ type Shared = State<Arc<ConsoleState>>;
 const MAX_LISTED: u32 = 1000;
 
 /// An error as an answer: bad input is the caller's (400), a missing dead
-/// letter 404, anything else the database's (503).
+/// letter 404, what the crate cannot read 500, anything else the
+/// database's (503).
 fn failed(e: Error) -> Response {
     let status = match &e {
         Error::DeadLetterNotFound(_) => StatusCode::NOT_FOUND,
         Error::InvalidConfig { .. } => StatusCode::BAD_REQUEST,
+        // A stored row or cursor the crate cannot read: retrying will not help.
+        Error::Deserialize { .. } | Error::Serialize(_) | Error::InvalidCursor(_) => {
+            StatusCode::INTERNAL_SERVER_ERROR
+        }
         _ => StatusCode::SERVICE_UNAVAILABLE,
     };
     refuse(status, e.to_string())

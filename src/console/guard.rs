@@ -68,14 +68,20 @@ fn authorized(credentials: &Credentials, headers: &HeaderMap) -> bool {
         return false;
     };
     match credentials {
-        Credentials::Basic { user, password } => given
-            .strip_prefix("Basic ")
+        Credentials::Basic { user, password } => scheme(given, "Basic")
             .and_then(|b| decode_base64(b.trim()))
             .is_some_and(|pair| same(&pair, format!("{user}:{password}").as_bytes())),
-        Credentials::Bearer(token) => given
-            .strip_prefix("Bearer ")
-            .is_some_and(|t| same(t.trim().as_bytes(), token.as_bytes())),
+        Credentials::Bearer(token) => {
+            scheme(given, "Bearer").is_some_and(|t| same(t.trim().as_bytes(), token.as_bytes()))
+        }
     }
+}
+
+/// The credentials after an authorization scheme, named in any case
+/// (RFC 9110).
+fn scheme<'a>(given: &'a str, name: &str) -> Option<&'a str> {
+    let (s, rest) = given.split_once(' ')?;
+    s.eq_ignore_ascii_case(name).then_some(rest)
 }
 
 /// Standard base64 with padding, as `Authorization: Basic` uses.
@@ -199,7 +205,17 @@ pub(crate) async fn guard(
             );
         }
     }
-    next.run(request).await
+    let mut answer = next.run(request).await;
+    // Payloads stay out of caches; nothing is read as another type.
+    let headers = answer.headers_mut();
+    headers
+        .entry(header::CACHE_CONTROL)
+        .or_insert(header::HeaderValue::from_static("no-store"));
+    headers.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        header::HeaderValue::from_static("nosniff"),
+    );
+    answer
 }
 
 #[cfg(test)]
@@ -230,6 +246,25 @@ mod tests {
         assert!(!host("10.0.0.5"));
         assert!(!host("localhost.evil.example"));
         assert!(!HeaderMap::new().is_empty() || !loopback_host(&HeaderMap::new()));
+    }
+
+    #[test]
+    fn the_scheme_is_named_in_any_case_and_empty_credentials_never_pass() {
+        let with = |value: &str| {
+            let mut m = HeaderMap::new();
+            m.insert(header::AUTHORIZATION, value.parse().unwrap());
+            m
+        };
+        let bearer = Credentials::Bearer("t0ken".into());
+        assert!(authorized(&bearer, &with("Bearer t0ken")));
+        assert!(authorized(&bearer, &with("bearer t0ken")));
+        assert!(!authorized(&bearer, &with("Basic t0ken")));
+        let empty = Credentials::Basic {
+            user: String::new(),
+            password: String::new(),
+        };
+        // "Basic :" is what empty credentials would look like.
+        assert!(!authorized(&empty, &with("Basic Og==")));
     }
 
     #[test]
