@@ -370,6 +370,11 @@ async fn drains_a_large_backlog(server: Server) {
     broker::drains_a_large_backlog(&stream).await;
 }
 
+/// Held shared by the tests on the cluster, alone by the one that kills a
+/// node: the other tests of this binary run beside each other, not beside
+/// a lost node.
+static NODES_UP: tokio::sync::RwLock<()> = tokio::sync::RwLock::const_new(());
+
 /// Messages of the leader-loss run: `OUTBOX_NATS_CLUSTER_MESSAGES`, or
 /// 20,000 (the 100,000 take a few minutes here:
 /// `OUTBOX_NATS_CLUSTER_MESSAGES=100000 cargo test --all-features --test
@@ -414,6 +419,7 @@ async fn kill_and_restart(name: &str) {
 /// the copies by `Nats-Msg-Id`), per key in order, nothing lost.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_cluster_loses_its_stream_leader_and_keeps_each_message_once_in_order() {
+    let _alone = NODES_UP.write().await;
     let server = CLUSTER;
     let client = nats(server).await;
     let stream = TestStream::create(&client, server).await;
@@ -501,6 +507,15 @@ async fn the_cluster_loses_its_stream_leader_and_keeps_each_message_once_in_orde
         );
     }
     assert_eq!(seen.len(), n, "nothing lost");
+    // The node is back for the tests that follow.
+    support::wait_for("the restarted node to listen", TIMEOUT, || async {
+        let mut up = true;
+        for addr in server.addrs {
+            up &= tokio::net::TcpStream::connect(addr).await.is_ok();
+        }
+        up
+    })
+    .await;
 }
 
 /// Each test above, once per server.
@@ -519,6 +534,7 @@ macro_rules! on_each_server {
             $(
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn $test() {
+                    let _shared = super::NODES_UP.read().await;
                     super::$test(super::CLUSTER).await;
                 }
             )*
