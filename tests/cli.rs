@@ -269,11 +269,18 @@ async fn scenario<S: Store + Clone>(cli: Cli, store: S, sized: bool) {
     assert!(status["relays"].as_array().unwrap().is_empty(), "{status}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn cli_on_sqlite() {
+/// A directory of its own and the URL of an SQLite file in it, not yet
+/// created.
+fn sqlite_file() -> (std::path::PathBuf, String) {
     let dir = std::env::temp_dir().join(format!("outbox-cli-{}", Uuid::now_v7().simple()));
     std::fs::create_dir_all(&dir).unwrap();
     let url = format!("sqlite:{}", dir.join("app.db").display());
+    (dir, url)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cli_on_sqlite() {
+    let (dir, url) = sqlite_file();
     let cli = Cli::on(&url, &[]);
     // A file that does not exist yet: status refuses, migrate creates it.
     let out = cli.run(&["status"]);
@@ -430,9 +437,7 @@ async fn cli_through_pgbouncer_in_transaction_mode() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cli_serves_the_console_on_loopback_unless_given_credentials() {
-    let dir = std::env::temp_dir().join(format!("outbox-cli-{}", Uuid::now_v7().simple()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let url = format!("sqlite:{}", dir.join("app.db").display());
+    let (dir, url) = sqlite_file();
     let cli = Cli::on(&url, &[]);
     cli.expect(&["migrate"], 0);
 

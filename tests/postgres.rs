@@ -652,3 +652,49 @@ async fn a_relay_s_memory_stays_within_its_byte_budget() {
     assert_eq!(outbox.pending_count().await.unwrap(), 0);
     db.drop().await;
 }
+
+/// A monitoring user with SELECT on the outbox tables and nothing else
+/// reads the stats; only the last position assigned, which needs the
+/// sequence, is missing.
+#[tokio::test]
+async fn stats_need_no_more_than_select_on_the_tables() {
+    let db = TestDb::new().await;
+    let outbox = PgOutbox::new(db.pool.clone());
+    outbox.migrate().await.unwrap();
+    outbox
+        .enqueue(
+            &db.pool,
+            NewMessage::json("t", &serde_json::json!({})).unwrap(),
+        )
+        .await
+        .unwrap();
+    let role = format!("monitor_{}", uuid::Uuid::now_v7().simple());
+    for grant in [
+        format!("CREATE ROLE {role} LOGIN"),
+        format!("GRANT USAGE ON SCHEMA outbox TO {role}"),
+        format!("GRANT SELECT ON ALL TABLES IN SCHEMA outbox TO {role}"),
+    ] {
+        sqlx::query(&grant).execute(&db.pool).await.unwrap();
+    }
+    let monitor = PgPoolOptions::new()
+        .max_connections(1)
+        .connect_with(db.options().username(&role))
+        .await
+        .unwrap();
+    let stats = PgOutbox::new(monitor.clone()).stats().await.unwrap();
+    assert_eq!(stats.pending, 1, "{stats:?}");
+    assert_eq!(stats.last_position, None, "{stats:?}");
+    assert_eq!(outbox.stats().await.unwrap().last_position, Some(1));
+    monitor.close().await;
+    let owned = format!("DROP OWNED BY {role}");
+    sqlx::query(&owned).execute(&db.pool).await.unwrap();
+    db.drop().await;
+    let admin = PgPoolOptions::new()
+        .connect(&support::pg::admin_url())
+        .await
+        .unwrap();
+    sqlx::query(&format!("DROP ROLE {role}"))
+        .execute(&admin)
+        .await
+        .unwrap();
+}

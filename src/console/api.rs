@@ -187,7 +187,10 @@ fn listed(d: &DeadLetter) -> Value {
 /// Dead letters that match a search, oldest first.
 pub(crate) async fn dead_letters(State(state): Shared, Query(search): Query<Search>) -> Response {
     let filter = match search.filter(Some(100)) {
-        Ok(f) => f.limit(search.limit().ok().flatten().unwrap_or(100).min(MAX_LISTED)),
+        Ok(f) => {
+            let listed = f.limit.unwrap_or(100).min(MAX_LISTED);
+            f.limit(listed)
+        }
         Err(r) => return r.into_response(),
     };
     match state.source.dead_letters_matching(&filter).await {

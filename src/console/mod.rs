@@ -158,8 +158,8 @@ impl Console {
     }
 
     /// How often the charts' samples are taken (default 10 s; at least
-    /// 1 s); an hour of them is kept. Each sample reads the outbox's stats
-    /// and counts each export consumer's lag.
+    /// 1 s); an hour of them is kept, and at least 60. Each sample reads the
+    /// outbox's stats and counts each export consumer's lag.
     pub fn sample_every(mut self, every: Duration) -> Self {
         self.sample_every = every.max(Duration::from_secs(1));
         self.keep = (3600 / self.sample_every.as_secs().max(1)).max(60) as usize;
@@ -170,8 +170,6 @@ impl Console {
     /// the task that samples the charts, which ends when the router is
     /// dropped; elsewhere the charts are sampled when the page asks.
     pub fn router(self) -> Router {
-        let mut token = [0u8; 16];
-        token.copy_from_slice(uuid::Uuid::new_v4().as_bytes());
         let sampler = tokio::runtime::Handle::try_current().is_ok();
         let state = Arc::new(State {
             sampler,
@@ -180,7 +178,8 @@ impl Console {
             read_only: self.read_only,
             hide_payloads: self.hide_payloads,
             sample_every: self.sample_every,
-            csrf: token.iter().map(|b| format!("{b:02x}")).collect(),
+            // 122 random bits from the system's generator, as 32 hex digits.
+            csrf: uuid::Uuid::new_v4().simple().to_string(),
             history: Mutex::new(History::new(self.keep)),
         });
         if sampler {

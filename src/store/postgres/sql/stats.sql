@@ -6,7 +6,9 @@
 -- messages table, messages whose retry is not due, messages due but held
 -- back behind a blocked key, and the bytes the messages table takes with
 -- its indexes and TOAST, and the last position assigned (the sequence's
--- high-water mark). The messages table is read once.
+-- high-water mark; NULL for a user that may not read the sequence, so that
+-- a monitoring user with SELECT on the tables alone still gets the rest).
+-- The messages table is read once.
 --
 -- $1 the messages table's quoted name (cast to regclass).
 WITH m AS (
@@ -34,5 +36,7 @@ SELECT m.pending,
        m.retry_waiting,
        m.parked,
        pg_total_relation_size($1::regclass),
-       pg_sequence_last_value(pg_get_serial_sequence($1, 'seq')::regclass)
+       (SELECT CASE WHEN has_sequence_privilege(q.s, 'SELECT')
+                    THEN pg_sequence_last_value(q.s) END
+          FROM (SELECT pg_get_serial_sequence($1, 'seq')::regclass AS s) q)
 FROM m
