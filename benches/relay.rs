@@ -7,7 +7,7 @@
 //! ```
 //!
 //! Parts and sizes for profiling one thing: `--only=write|drain|export|
-//! blocked|health|brokers|latency`, `--writers=1,8,32`, `--rows=N` (drain backlog),
+//! blocked|health|brokers|latency|group`, `--writers=1,8,32`, `--rows=N` (drain backlog),
 //! `--relays=1,2,4`, `--variants=ordered,unordered,numbered`,
 //! `--health-secs=N`.
 //!
@@ -647,6 +647,8 @@ async fn table_health(cfg: &Config, res: &mut Results) {
 #[cfg(all(feature = "nats", feature = "amqp"))]
 #[path = "relay/brokers.rs"]
 mod brokers;
+#[path = "relay/group.rs"]
+mod group;
 
 /// Pull throughput: a change log of `rows` changes over 10,000 entities,
 /// read by `changes_since` in pages of 1,000, cursor committed each page.
@@ -767,7 +769,7 @@ fn main() {
         .unwrap();
     let mut res = Results::default();
     let started = Instant::now();
-    // `--only write|drain|export|blocked|health|brokers|latency` runs one part
+    // `--only write|drain|export|blocked|health|brokers|latency|group` runs one part
     // (brokers: with features `nats` and `amqp`).
     let only = arg("only");
     let run = |part: &str| only.as_deref().is_none_or(|o| o == part);
@@ -790,6 +792,9 @@ fn main() {
         #[cfg(all(feature = "nats", feature = "amqp"))]
         if run("brokers") {
             brokers::run(&cfg, &mut res).await;
+        }
+        if run("group") {
+            group::run(&cfg, &mut res).await;
         }
         if run("latency") {
             for rate in [10.0, 1000.0, 5000.0] {

@@ -119,8 +119,8 @@ pub use crate::message::{
 };
 pub use crate::publisher::{FnPublisher, InMemoryPublisher, LogPublisher, Publisher};
 pub use crate::relay::{
-    Health, OrderingPolicy, Relay, RelayBuilder, RelayHandle, RelayState, Retention, RetryPolicy,
-    DEFAULT_MAX_BATCH_BYTES,
+    Health, OrderingPolicy, Relay, RelayBuilder, RelayGroup, RelayGroupBuilder, RelayHandle,
+    RelayState, Retention, RetryPolicy, DEFAULT_CONCURRENT_ROUNDS, DEFAULT_MAX_BATCH_BYTES,
 };
 #[cfg(feature = "mysql")]
 pub use crate::store::mysql::{MySqlOutbox, MySqlOutboxBuilder};

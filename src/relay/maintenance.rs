@@ -15,6 +15,7 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use super::clock::Clock;
+use super::labels::Labels;
 use super::worker::Worker;
 use super::Retention;
 use crate::error::error_chain;
@@ -95,7 +96,7 @@ impl Drop for Parking {
 /// lifted and parks what blocked keys hold back, a batch at a time. A
 /// failure waits for the next pass, a second later; it is logged at `warn`,
 /// since while it lasts retries stay asleep and lifted keys wait.
-async fn park(store: Arc<dyn StoreOps>, clock: Clock) {
+async fn park(store: Arc<dyn StoreOps>, clock: Clock, labels: Labels) {
     for call in 0..PARKS_PER_PASS {
         let park = Park {
             wake_by: (call == 0).then(|| sleep_horizon(clock.now())),
@@ -103,15 +104,18 @@ async fn park(store: Arc<dyn StoreOps>, clock: Clock) {
         };
         match store.park(park).await {
             Ok(n) => {
-                metrics::counter!("outbox_parked_total").increment(n);
+                metrics::counter!("outbox_parked_total", labels.all()).increment(n);
                 if (n as i64) < PARK_BATCH {
                     break;
                 }
             }
             Err(e) => {
                 tracing::warn!(error = %error_chain(&e), "outbox relay: parking failed");
-                metrics::counter!("outbox_relay_errors_total", "operation" => "parking")
-                    .increment(1);
+                metrics::counter!(
+                    "outbox_relay_errors_total",
+                    labels.with("operation", "parking")
+                )
+                .increment(1);
                 break;
             }
         }
@@ -125,6 +129,7 @@ struct Pass {
     retention: Retention,
     purge_batch: i64,
     vacuum_if_autovacuum_off: bool,
+    labels: Labels,
 }
 
 impl Pass {
@@ -150,7 +155,9 @@ impl Pass {
             .and_then(|s| unvacuumed(s, self.vacuum_if_autovacuum_off));
         if unvacuumed == Some(Unvacuumed::Vacuum) {
             match self.store.vacuum().await {
-                Ok(()) => metrics::counter!("outbox_self_vacuums_total").increment(1),
+                Ok(()) => {
+                    metrics::counter!("outbox_self_vacuums_total", self.labels.all()).increment(1)
+                }
                 Err(e) => tracing::warn!(
                     error = %error_chain(&e),
                     "outbox relay: vacuum of the outbox table failed"
@@ -204,7 +211,7 @@ impl Worker {
             // A standby relay leaves it to those that hold buckets.
             let idle = self.parking.as_ref().is_none_or(|p| p.0.is_finished());
             if idle && !self.leases.is_empty() {
-                let task = park(self.store.clone(), self.clock);
+                let task = park(self.store.clone(), self.clock, self.config.labels.clone());
                 self.parking = Some(Parking(tokio::spawn(task)));
             }
         }
@@ -218,6 +225,7 @@ impl Worker {
             retention: self.config.retention,
             purge_batch: self.config.purge_batch,
             vacuum_if_autovacuum_off: self.config.vacuum_if_autovacuum_off,
+            labels: self.config.labels.clone(),
         };
         self.upkeep = Some(Upkeep(tokio::spawn(pass.run())));
     }
@@ -246,7 +254,7 @@ impl Worker {
         let Some(s) = &r.stats else {
             return;
         };
-        record_gauges(s);
+        record_gauges(s, &self.config.labels);
         match r.unvacuumed {
             Some(Unvacuumed::Vacuum) if !self.warned_autovacuum_off => {
                 self.warned_autovacuum_off = true;
@@ -276,33 +284,47 @@ impl Worker {
         let mut seen = HashSet::with_capacity(topics.len());
         for t in topics {
             let topic = t.topic.clone();
-            metrics::gauge!("outbox_topic_pending", "topic" => topic.clone()).set(t.pending as f64);
+            metrics::gauge!(
+                "outbox_topic_pending",
+                self.config.labels.with("topic", topic.clone())
+            )
+            .set(t.pending as f64);
             let age = (now - t.oldest_created_at).to_std().unwrap_or_default();
-            metrics::gauge!("outbox_topic_oldest_pending_age_seconds", "topic" => topic.clone())
-                .set(age.as_secs_f64());
+            metrics::gauge!(
+                "outbox_topic_oldest_pending_age_seconds",
+                self.config.labels.with("topic", topic.clone())
+            )
+            .set(age.as_secs_f64());
             seen.insert(topic);
         }
         for gone in self.gauged_topics.difference(&seen) {
-            metrics::gauge!("outbox_topic_pending", "topic" => gone.clone()).set(0.0);
-            metrics::gauge!("outbox_topic_oldest_pending_age_seconds", "topic" => gone.clone())
-                .set(0.0);
+            metrics::gauge!(
+                "outbox_topic_pending",
+                self.config.labels.with("topic", gone.clone())
+            )
+            .set(0.0);
+            metrics::gauge!(
+                "outbox_topic_oldest_pending_age_seconds",
+                self.config.labels.with("topic", gone.clone())
+            )
+            .set(0.0);
         }
         self.gauged_topics = seen;
     }
 }
 
-fn record_gauges(s: &StoreStats) {
-    metrics::gauge!("outbox_pending").set(s.pending as f64);
-    metrics::gauge!("outbox_ready").set(s.ready as f64);
-    metrics::gauge!("outbox_retry_waiting").set(s.retry_waiting as f64);
-    metrics::gauge!("outbox_parked").set(s.parked as f64);
-    metrics::gauge!("outbox_dead_letters").set(s.dead_letters as f64);
-    metrics::gauge!("outbox_oldest_pending_age_seconds")
+fn record_gauges(s: &StoreStats, labels: &Labels) {
+    metrics::gauge!("outbox_pending", labels.all()).set(s.pending as f64);
+    metrics::gauge!("outbox_ready", labels.all()).set(s.ready as f64);
+    metrics::gauge!("outbox_retry_waiting", labels.all()).set(s.retry_waiting as f64);
+    metrics::gauge!("outbox_parked", labels.all()).set(s.parked as f64);
+    metrics::gauge!("outbox_dead_letters", labels.all()).set(s.dead_letters as f64);
+    metrics::gauge!("outbox_oldest_pending_age_seconds", labels.all())
         .set(s.oldest_pending_age.map_or(0.0, |d| d.as_secs_f64()));
     if let Some(dead) = s.dead_tuples {
-        metrics::gauge!("outbox_dead_tuples").set(dead as f64);
+        metrics::gauge!("outbox_dead_tuples", labels.all()).set(dead as f64);
     }
-    metrics::gauge!("outbox_oldest_transaction_age_seconds")
+    metrics::gauge!("outbox_oldest_transaction_age_seconds", labels.all())
         .set(s.oldest_xmin_age.unwrap_or_default().as_secs_f64());
 }
 

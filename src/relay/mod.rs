@@ -49,6 +49,8 @@
 //! library leaves the hook alone, since it belongs to the application.
 
 mod clock;
+mod group;
+mod labels;
 mod leases;
 mod maintenance;
 mod numbering;
@@ -74,6 +76,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use uuid::Uuid;
 
+pub use self::group::{RelayGroup, RelayGroupBuilder, DEFAULT_CONCURRENT_ROUNDS};
 pub use self::retry::RetryPolicy;
 use crate::error::{Error, Result};
 use crate::publisher::Publisher;
@@ -127,6 +130,10 @@ pub(crate) struct RelayConfig {
     pub(crate) prefetch: bool,
     pub(crate) shutdown_grace: Duration,
     pub(crate) trace_link: crate::TraceLink,
+    /// The outbox's name on metrics (`outbox` label) and logs.
+    pub(crate) labels: labels::Labels,
+    /// The group's fair turn for rounds, for a member of a relay group.
+    pub(crate) turns: Option<Arc<tokio::sync::Semaphore>>,
 }
 
 impl RelayConfig {
@@ -174,6 +181,8 @@ impl Relay {
                 prefetch: true,
                 shutdown_grace: Duration::from_secs(10),
                 trace_link: crate::TraceLink::default(),
+                labels: labels::Labels::default(),
+                turns: None,
             },
         }
     }
@@ -291,6 +300,17 @@ impl RelayBuilder {
         pub fn trace_link(link: crate::TraceLink) => config.trace_link = link;
     }
 
+    /// Names the outbox this relay serves: every metric it records carries
+    /// the label `outbox="<name>"`, and its logs say the name. For
+    /// processes that run relays over several outboxes; a
+    /// [`RelayGroup`] names its members itself. The name must be 1 to 128
+    /// characters, none of them a control character.
+    #[must_use]
+    pub fn outbox_name(mut self, name: &str) -> Self {
+        self.config.labels = labels::Labels::named(name);
+        self
+    }
+
     fn validate(&self) -> Result<()> {
         let c = &self.config;
         let bad = |field, reason: &str| {
@@ -326,6 +346,9 @@ impl RelayBuilder {
                 );
             }
         }
+        if let Some(name) = c.labels.name() {
+            group::validate_name(name)?;
+        }
         c.retry.validate()
     }
 
@@ -346,6 +369,11 @@ impl RelayBuilder {
         let (health_tx, health_rx) = watch::channel(Health::starting());
         let health_tx = Arc::new(health_tx);
         let shutdown = shutdown::Shutdown::new(stop_rx, self.config.shutdown_grace);
+        let span = match self.config.labels.name() {
+            Some(name) => tracing::info_span!("outbox.relay", outbox = name),
+            None => tracing::Span::none(),
+        };
+
         let worker = worker::Worker::new(
             self.store,
             self.publisher,
@@ -353,7 +381,7 @@ impl RelayBuilder {
             shutdown,
             health_tx.clone(),
         );
-        let join = tokio::spawn(worker.run());
+        let join = tokio::spawn(tracing::Instrument::instrument(worker.run(), span));
         Ok(RelayHandle {
             stop: stop_tx,
             health_tx,

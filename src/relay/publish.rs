@@ -134,7 +134,11 @@ impl Worker {
             "outbox relay: abandoning a publisher call: {why}; its messages stay \
              pending and are published again by the owner of their buckets"
         );
-        metrics::counter!("outbox_abandoned_calls_total", "reason" => reason).increment(1);
+        metrics::counter!(
+            "outbox_abandoned_calls_total",
+            self.config.labels.with("reason", reason)
+        )
+        .increment(1);
         // Claimed under leases that may be gone.
         self.prefetch = None;
         Call::Abandoned

@@ -131,7 +131,7 @@ impl Worker {
         }
         let started = std::time::Instant::now();
         let acks = self.publish_batch(claimed).instrument(span.clone()).await;
-        metrics::histogram!("outbox_publish_duration_seconds")
+        metrics::histogram!("outbox_publish_duration_seconds", self.config.labels.all())
             .record(started.elapsed().as_secs_f64());
         let retain = matches!(self.config.retention, Retention::Keep(_));
         let batch = AckBatch {
@@ -148,7 +148,7 @@ impl Worker {
         } else {
             let started = std::time::Instant::now();
             let report = self.store.ack(batch).instrument(span.clone()).await?;
-            metrics::histogram!("outbox_ack_duration_seconds")
+            metrics::histogram!("outbox_ack_duration_seconds", self.config.labels.all())
                 .record(started.elapsed().as_secs_f64());
             report
         };
@@ -166,7 +166,8 @@ impl Worker {
         span.record("failed", t.retried + t.dead);
         span.record("fenced", report.fenced);
         if report.fenced > 0 {
-            metrics::counter!("outbox_fenced_total").increment(report.fenced as u64);
+            metrics::counter!("outbox_fenced_total", self.config.labels.all())
+                .increment(report.fenced as u64);
             tracing::warn!(
                 relay = %self.config.relay_id,
                 fenced = report.fenced,
@@ -176,11 +177,12 @@ impl Worker {
             // Find out which leases are gone before the next round.
             self.next_lease_tick = Instant::now();
         }
-        metrics::counter!("outbox_published_total").increment(t.published);
-        metrics::counter!("outbox_retried_total").increment(t.retried);
-        metrics::counter!("outbox_dead_lettered_total").increment(t.dead);
+        metrics::counter!("outbox_published_total", self.config.labels.all())
+            .increment(t.published);
+        metrics::counter!("outbox_retried_total", self.config.labels.all()).increment(t.retried);
+        metrics::counter!("outbox_dead_lettered_total", self.config.labels.all()).increment(t.dead);
         self.health.published += t.published;
-        metrics::counter!("outbox_batches_total").increment(1);
+        metrics::counter!("outbox_batches_total", self.config.labels.all()).increment(1);
         Ok(full)
     }
 
@@ -193,6 +195,7 @@ impl Worker {
     ) -> impl std::future::Future<Output = Result<ClaimedBatch>> + Send + 'static {
         let buckets = claim_scope(&self.leases, self.bucket_count);
         let store = self.store.clone();
+        let labels = self.config.labels.all();
         let (count, now, limit, max_bytes) = (
             self.bucket_count,
             self.clock.now(),
@@ -210,7 +213,7 @@ impl Worker {
             };
             let started = std::time::Instant::now();
             let claimed = store.claim(claim).await;
-            metrics::histogram!("outbox_claim_duration_seconds")
+            metrics::histogram!("outbox_claim_duration_seconds", labels)
                 .record(started.elapsed().as_secs_f64());
             claimed
         }

@@ -4,7 +4,7 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::watch;
+use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
 use super::clock::Clock;
@@ -54,6 +54,16 @@ pub(super) struct Worker {
     pub(super) publish_failure: Option<(Instant, String)>,
     /// The topics whose gauges were last set, to zero those that empty.
     pub(super) gauged_topics: HashSet<String>,
+}
+
+/// The outcome of queueing for a turn in a relay group.
+enum Turn {
+    /// The turn: a round may run while it is held.
+    Taken(OwnedSemaphorePermit),
+    /// The leases need the loop's attention first.
+    Renew,
+    /// The relay is asked to stop.
+    Stop,
 }
 
 /// How long after its last failed publish, with none succeeding since, a
@@ -108,7 +118,7 @@ impl Worker {
     pub(super) fn publish_health(&mut self) {
         self.health.leased_buckets = self.leases.len();
         // Set with every report, so it drops to 0 whatever state follows.
-        metrics::gauge!("outbox_relay_publish_failing").set(
+        metrics::gauge!("outbox_relay_publish_failing", self.config.labels.all()).set(
             if self.health.state == RelayState::PublishFailing {
                 1.0
             } else {
@@ -136,7 +146,11 @@ impl Worker {
 
     fn record_error(&mut self, what: &'static str, e: &crate::Error) {
         tracing::warn!(relay = %self.config.relay_id, error = %error_chain(e), "outbox relay: {what} failed");
-        metrics::counter!("outbox_relay_errors_total", "operation" => what).increment(1);
+        metrics::counter!(
+            "outbox_relay_errors_total",
+            self.config.labels.with("operation", what)
+        )
+        .increment(1);
         self.health.state = RelayState::Degraded;
         self.health.last_error = Some(format!("{what}: {}", error_chain(e)));
         self.publish_health();
@@ -250,7 +264,18 @@ impl Worker {
                 self.wait(&signal, self.next_lease_tick).await;
                 continue;
             }
-            match shutdown.bound(self.round()).await {
+            // In a group, each round waits its turn.
+            let turn = match self.config.turns.clone() {
+                Some(turns) => match self.take_turn(turns).await {
+                    Turn::Taken(permit) => Some(permit),
+                    Turn::Renew => continue,
+                    Turn::Stop => break,
+                },
+                None => None,
+            };
+            let ran = shutdown.bound(self.round()).await;
+            drop(turn);
+            match ran {
                 // Stopping, and the round's store calls ran out of time:
                 // whether its acknowledgement landed is unknown, and the
                 // next owner publishes whatever it did not settle.
@@ -300,6 +325,41 @@ impl Worker {
         self.health.state = RelayState::Stopped;
         self.publish_health();
         tracing::info!(relay = %relay, "outbox relay stopped");
+    }
+
+    /// Queues for a round's turn in the group, first come, first served,
+    /// so a member with a backlog goes behind the others after every
+    /// batch. The leases are renewed on time while it waits: a long queue
+    /// must not let them lapse.
+    async fn take_turn(&mut self, turns: Arc<Semaphore>) -> Turn {
+        let shutdown = self.shutdown.clone();
+        let queued = turns.acquire_owned();
+        tokio::pin!(queued);
+        loop {
+            tokio::select! {
+                biased;
+                _ = shutdown.asked() => return Turn::Stop,
+                permit = &mut queued => {
+                    let Ok(permit) = permit else {
+                        return Turn::Stop;
+                    };
+                    // A failed renewal or a lost bucket while queued: the
+                    // loop sorts the leases out before any round.
+                    let stale = Instant::now() >= self.lease_deadline || self.leases.is_empty();
+                    return if stale { Turn::Renew } else { Turn::Taken(permit) };
+                }
+                () = tokio::time::sleep_until(self.next_lease_tick) => {
+                    match shutdown.bound(self.manage_leases()).await {
+                        None => return Turn::Stop,
+                        Some(Ok(())) => {}
+                        Some(Err(e)) => {
+                            self.record_error("lease renewal", &e);
+                            return Turn::Renew;
+                        }
+                    }
+                }
+            }
+        }
     }
 
     fn wake_deadline(&self) -> Instant {

@@ -1,0 +1,257 @@
+//! Many outboxes: one database per outbox, relayed by one [`RelayGroup`]
+//! or by as many separate relays, side by side in one run. For 1, 10 and
+//! 50 outboxes: a backlog drained (throughput), then steady traffic from
+//! producers elsewhere (commit-to-publish p99, woken by notifications), and
+//! the connections each arrangement holds meanwhile.
+
+use outbox::RelayGroup;
+
+use super::*;
+
+/// Each member's pool, as the group's docs advise.
+fn member_pool_options() -> PgPoolOptions {
+    PgPoolOptions::new()
+        .max_connections(4)
+        .min_connections(0)
+        .idle_timeout(Duration::from_secs(30))
+}
+
+/// Records when each message reached the publisher.
+#[derive(Default)]
+struct Arrivals {
+    seen: Mutex<HashMap<outbox::MessageId, Instant>>,
+    count: AtomicU64,
+}
+
+#[async_trait]
+impl Publisher for Arrivals {
+    async fn publish(&self, batch: &[OutboxMessage]) -> Vec<Result<(), PublishError>> {
+        let now = Instant::now();
+        let mut seen = self.seen.lock().unwrap();
+        for m in batch {
+            seen.entry(m.id()).or_insert(now);
+        }
+        self.count.fetch_add(batch.len() as u64, Ordering::Relaxed);
+        batch.iter().map(|_| Ok(())).collect()
+    }
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Arrangement {
+    Group,
+    Separate,
+}
+
+impl Arrangement {
+    fn name(self) -> &'static str {
+        match self {
+            Arrangement::Group => "group",
+            Arrangement::Separate => "separate",
+        }
+    }
+}
+
+/// The relays of one arrangement; stopping them when done.
+enum Running {
+    Group(RelayGroup),
+    Separate(Vec<RelayHandle>),
+}
+
+impl Running {
+    async fn stop(self) {
+        match self {
+            Running::Group(g) => g.shutdown().await.unwrap(),
+            Running::Separate(rs) => {
+                for r in rs {
+                    r.shutdown().await.unwrap();
+                }
+            }
+        }
+    }
+}
+
+async fn start(
+    arrangement: Arrangement,
+    dbs: &[String],
+    publisher: &Arc<Arrivals>,
+    application: &str,
+) -> Running {
+    let admin: PgConnectOptions = admin_url().parse().unwrap();
+    match arrangement {
+        Arrangement::Group => {
+            let group = RelayGroup::builder().build().unwrap();
+            for db in dbs {
+                let pool = member_pool_options()
+                    .connect_with(admin.clone().database(db).application_name(application))
+                    .await
+                    .unwrap();
+                group
+                    .add(db, Relay::builder(PgOutbox::new(pool), publisher.clone()))
+                    .unwrap();
+            }
+            Running::Group(group)
+        }
+        Arrangement::Separate => {
+            let mut relays = Vec::new();
+            for db in dbs {
+                // A relay as a service would run it alone: sqlx's default pool.
+                let pool = PgPoolOptions::new()
+                    .connect_with(admin.clone().database(db).application_name(application))
+                    .await
+                    .unwrap();
+                relays.push(
+                    Relay::builder(PgOutbox::new(pool), publisher.clone())
+                        .spawn()
+                        .unwrap(),
+                );
+            }
+            Running::Separate(relays)
+        }
+    }
+}
+
+async fn connections(application: &str) -> i64 {
+    let pool = PgPoolOptions::new()
+        .max_connections(1)
+        .connect(&admin_url())
+        .await
+        .unwrap();
+    let n = sqlx::query_scalar("SELECT count(*) FROM pg_stat_activity WHERE application_name = $1")
+        .bind(application)
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    pool.close().await;
+    n
+}
+
+/// Prefills every outbox with `per_outbox` messages and times the drain.
+async fn drain(arrangement: Arrangement, dbs: &[String], pools: &[PgPool], per_outbox: i64) -> f64 {
+    for pool in pools {
+        let outbox = PgOutbox::new(pool.clone());
+        let batch: Vec<NewMessage> = (0..per_outbox as u64)
+            .map(|i| {
+                NewMessage::json("bench", &payload(i))
+                    .unwrap()
+                    .with_partition_key(format!("k{}", i % 100))
+            })
+            .collect();
+        for chunk in batch.chunks(5_000) {
+            outbox.enqueue_batch(pool, chunk.to_vec()).await.unwrap();
+        }
+    }
+    let publisher = Arc::new(Arrivals::default());
+    let total = per_outbox as u64 * dbs.len() as u64;
+    let started = Instant::now();
+    let running = start(arrangement, dbs, &publisher, "outbox-bench-drain").await;
+    while publisher.count.load(Ordering::Relaxed) < total {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let per_s = total as f64 / started.elapsed().as_secs_f64();
+    running.stop().await;
+    per_s
+}
+
+/// Steady traffic at `rate` messages per second spread over the outboxes,
+/// from producers with pools of their own: the p99 from commit to publish,
+/// and the connections the relays held.
+async fn steady(arrangement: Arrangement, dbs: &[String], rate: f64, secs: f64) -> (Duration, i64) {
+    let application = format!("outbox-bench-{}", arrangement.name());
+    let publisher = Arc::new(Arrivals::default());
+    let running = start(arrangement, dbs, &publisher, &application).await;
+    // Let the relays take their leases and open their listeners.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let admin: PgConnectOptions = admin_url().parse().unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let every = Duration::from_secs_f64(dbs.len() as f64 / rate);
+    let mut writers = Vec::new();
+    for db in dbs {
+        let pool = PgPoolOptions::new()
+            .max_connections(1)
+            .connect_with(admin.clone().database(db))
+            .await
+            .unwrap();
+        let stop = stop.clone();
+        writers.push(tokio::spawn(async move {
+            let outbox = PgOutbox::new(pool.clone());
+            let mut committed = Vec::new();
+            let mut tick = tokio::time::interval(every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let mut i = 0_u64;
+            while !stop.load(Ordering::Relaxed) {
+                tick.tick().await;
+                i += 1;
+                let m = NewMessage::json("bench", &payload(i))
+                    .unwrap()
+                    .with_partition_key(format!("k{}", i % 10));
+                let id = m.id();
+                let mut tx = pool.begin().await.unwrap();
+                outbox.enqueue(&mut *tx, m).await.unwrap();
+                outbox.commit(tx).await.unwrap();
+                committed.push((id, Instant::now()));
+            }
+            pool.close().await;
+            committed
+        }));
+    }
+    tokio::time::sleep(Duration::from_secs_f64(secs / 2.0)).await;
+    let held = connections(&application).await;
+    tokio::time::sleep(Duration::from_secs_f64(secs / 2.0)).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut committed = Vec::new();
+    for w in writers {
+        committed.extend(w.await.unwrap());
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while publisher.count.load(Ordering::Relaxed) < committed.len() as u64 {
+        assert!(
+            Instant::now() < deadline,
+            "steady traffic was not all published"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    running.stop().await;
+    let seen = publisher.seen.lock().unwrap();
+    let mut lat: Vec<Duration> = committed
+        .iter()
+        .map(|(id, at)| seen[id].saturating_duration_since(*at))
+        .collect();
+    lat.sort();
+    (lat[(lat.len() - 1) * 99 / 100], held)
+}
+
+pub(super) async fn run(cfg: &Config, res: &mut Results) {
+    let counts: &[usize] = &[1, 10, 50];
+    let secs = if cfg.quick { 4.0 } else { 15.0 };
+    let total_backlog: i64 = if cfg.quick { 20_000 } else { 200_000 };
+    let rate = 1000.0;
+    for &n in counts {
+        let mut dbs = Vec::new();
+        let mut pools = Vec::new();
+        for i in 0..n {
+            let name = format!("outbox_bench_group_{i:02}");
+            let pool = fresh_db(&name).await;
+            PgOutbox::new(pool.clone()).migrate().await.unwrap();
+            dbs.push(name);
+            pools.push(pool);
+        }
+        for arrangement in [Arrangement::Group, Arrangement::Separate] {
+            let per_s = drain(arrangement, &dbs, &pools, total_backlog / n as i64).await;
+            let (p99, held) = steady(arrangement, &dbs, rate, secs).await;
+            let p99_ms = p99.as_secs_f64() * 1e3;
+            let name = arrangement.name();
+            res.put(&format!("{name}_per_s_{n}"), per_s);
+            res.put(&format!("{name}_p99_ms_{n}"), p99_ms);
+            res.put(&format!("{name}_connections_{n}"), held as f64);
+            res.row(
+                format!(
+                    "{n} outboxes, {name} relays: drain / steady {rate} msg/s p99 / connections"
+                ),
+                format!("{per_s:.0} msg/s / {p99_ms:.1} ms / {held}"),
+            );
+        }
+        for pool in pools {
+            pool.close().await;
+        }
+    }
+}

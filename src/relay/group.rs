@@ -1,0 +1,426 @@
+//! Relay groups: one process relaying many outboxes (a database, or a
+//! schema, per tenant or per shard), added and removed while it runs.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use tokio::sync::{watch, Semaphore};
+
+use super::{labels::Labels, Health, RelayBuilder, RelayHandle};
+use crate::error::{Error, Result};
+
+/// The default of [`RelayGroupBuilder::concurrent_rounds`].
+pub const DEFAULT_CONCURRENT_ROUNDS: usize = 16;
+
+/// Most characters in an outbox's name.
+const MAX_NAME_CHARS: usize = 128;
+
+/// Checks an outbox name: 1 to 128 characters, no control characters (it
+/// becomes a metric label and a log field).
+pub(crate) fn validate_name(name: &str) -> Result<()> {
+    let reason = if name.is_empty() {
+        "is empty".to_owned()
+    } else if name.chars().count() > MAX_NAME_CHARS {
+        format!("is longer than {MAX_NAME_CHARS} characters")
+    } else if name.chars().any(char::is_control) {
+        format!("{name:?} holds a control character")
+    } else {
+        return Ok(());
+    };
+    Err(Error::InvalidConfig {
+        field: "outbox_name",
+        reason,
+    })
+}
+
+/// Many outboxes relayed by one process: one [`Relay`](super::Relay) per
+/// outbox, each named, taking turns for their rounds.
+///
+/// ```no_run
+/// # async fn demo(tenants: Vec<(String, sqlx::PgPool)>) -> outbox::Result<()> {
+/// use std::sync::Arc;
+/// use outbox::{LogPublisher, PgOutbox, Relay, RelayGroup};
+///
+/// let publisher = Arc::new(LogPublisher::tracing());
+/// let group = RelayGroup::builder().concurrent_rounds(4).build()?;
+/// for (name, pool) in tenants {
+///     let outbox = PgOutbox::new(pool);
+///     group.add(&name, Relay::builder(outbox, publisher.clone()))?;
+/// }
+/// // ... later, a tenant leaves:
+/// group.remove("tenant-42").await?;
+/// // ... and at exit:
+/// group.shutdown().await?;
+/// # Ok(()) }
+/// ```
+///
+/// # Fair turns
+///
+/// A member claims, publishes and acknowledges a batch (a round) only in
+/// its turn: at most [`concurrent_rounds`](RelayGroupBuilder::concurrent_rounds)
+/// members run a round at once, and members queue for a turn first come,
+/// first served. A member with a backlog goes to the back of the queue
+/// after each batch, so an outbox with a million messages waiting delays
+/// another's new message by at most the rounds queued ahead of it, never
+/// by its backlog. Leases, wake-ups and upkeep do not wait for turns.
+///
+/// # Connections
+///
+/// Each member keeps its own store and pool. A member's round uses at most
+/// two connections of its pool at once (the next batch is claimed while
+/// the current one is acknowledged), so at most `2 × concurrent_rounds`
+/// connections do relay work at any moment. Besides, a member renews its
+/// leases and reads its statistics on its own schedule, and a PostgreSQL
+/// member keeps one connection of its pool for its wake-up `LISTEN`
+/// (notifications are per database). Build the members' pools small, with
+/// room for those four, and let idle connections go, for example
+/// `PgPoolOptions::new().max_connections(4).min_connections(0)
+/// .idle_timeout(Duration::from_secs(30))`: the group then holds one
+/// listener per database and about `2 × concurrent_rounds` working
+/// connections, plus those not yet idle long enough to close. A pool too
+/// small to renew the leases on time while a round runs makes the member
+/// abandon its publisher calls (they are published again).
+///
+/// # Several processes
+///
+/// Run the same group in several processes: each member is an ordinary
+/// relay, so the members of one outbox share its buckets through the
+/// fenced leases, and a process that dies hands its buckets over when its
+/// leases expire, as a lone relay's would.
+///
+/// # Health and metrics
+///
+/// Every metric a member records carries `outbox="<name>"`;
+/// [`health`](Self::health) reports each member by name. Cloning the group
+/// is cheap and shares it; when the last clone is dropped every member is
+/// asked to stop.
+#[derive(Clone)]
+pub struct RelayGroup {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    turns: Arc<Semaphore>,
+    concurrent_rounds: usize,
+    members: Mutex<BTreeMap<String, RelayHandle>>,
+}
+
+impl fmt::Debug for RelayGroup {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RelayGroup")
+            .field("concurrent_rounds", &self.inner.concurrent_rounds)
+            .field("outboxes", &self.names())
+            .finish()
+    }
+}
+
+/// Configures a [`RelayGroup`].
+#[derive(Debug, Clone)]
+pub struct RelayGroupBuilder {
+    concurrent_rounds: usize,
+}
+
+impl RelayGroupBuilder {
+    /// Most members that claim, publish and acknowledge at once (default
+    /// [`DEFAULT_CONCURRENT_ROUNDS`], 16; between 1 and 1024). More lets
+    /// slow publishers overlap; fewer holds fewer connections busy.
+    #[must_use]
+    pub fn concurrent_rounds(mut self, n: usize) -> Self {
+        self.concurrent_rounds = n;
+        self
+    }
+
+    /// An empty group.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidConfig`] (`concurrent_rounds`) for a value outside
+    /// 1 to 1024.
+    pub fn build(self) -> Result<RelayGroup> {
+        if !(1..=1024).contains(&self.concurrent_rounds) {
+            return Err(Error::InvalidConfig {
+                field: "concurrent_rounds",
+                reason: format!("must be between 1 and 1024, not {}", self.concurrent_rounds),
+            });
+        }
+        Ok(RelayGroup {
+            inner: Arc::new(Inner {
+                turns: Arc::new(Semaphore::new(self.concurrent_rounds)),
+                concurrent_rounds: self.concurrent_rounds,
+                members: Mutex::new(BTreeMap::new()),
+            }),
+        })
+    }
+}
+
+impl RelayGroup {
+    /// A group builder with defaults.
+    pub fn builder() -> RelayGroupBuilder {
+        RelayGroupBuilder {
+            concurrent_rounds: DEFAULT_CONCURRENT_ROUNDS,
+        }
+    }
+
+    fn members(&self) -> MutexGuard<'_, BTreeMap<String, RelayHandle>> {
+        // A panic while the map was held cannot leave it half-changed: every
+        // change is one insert or one remove.
+        self.inner
+            .members
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Starts relaying the outbox of `relay` under `name`, on the current
+    /// tokio runtime. The builder keeps its own settings (batch size,
+    /// retry policy, publisher...); the group names it (see
+    /// [`RelayBuilder::outbox_name`]) and gives it turns.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidConfig`]: `outbox_name` for a bad name or one
+    /// already in the group, or the setting of `relay` that is out of its
+    /// range. Nothing is started then.
+    pub fn add(&self, name: &str, relay: RelayBuilder) -> Result<()> {
+        validate_name(name)?;
+        let mut members = self.members();
+        if members.contains_key(name) {
+            return Err(Error::InvalidConfig {
+                field: "outbox_name",
+                reason: format!("{name:?} is already in the group"),
+            });
+        }
+        let mut relay = relay;
+        relay.config.labels = Labels::named(name);
+        relay.config.turns = Some(self.inner.turns.clone());
+        let handle = relay.spawn()?;
+        members.insert(name.to_owned(), handle);
+        tracing::info!(outbox = name, "outbox relay group: outbox added");
+        Ok(())
+    }
+
+    /// Stops relaying the outbox named `name`, as
+    /// [`RelayHandle::shutdown`] does (bounded by its shutdown grace), and
+    /// returns whether the group had it. Its messages stay in its database
+    /// for the next relay.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::RelayTask`] if the member's task had panicked; it is out of
+    /// the group either way.
+    pub async fn remove(&self, name: &str) -> Result<bool> {
+        let Some(handle) = self.members().remove(name) else {
+            return Ok(false);
+        };
+        let stopped = handle.shutdown().await;
+        tracing::info!(outbox = name, "outbox relay group: outbox removed");
+        stopped.map(|()| true)
+    }
+
+    /// The names of the outboxes in the group, in order.
+    pub fn names(&self) -> Vec<String> {
+        self.members().keys().cloned().collect()
+    }
+
+    /// How many outboxes the group relays.
+    pub fn len(&self) -> usize {
+        self.members().len()
+    }
+
+    /// Whether the group relays no outbox.
+    pub fn is_empty(&self) -> bool {
+        self.members().is_empty()
+    }
+
+    /// Each member's health, by outbox name.
+    pub fn health(&self) -> BTreeMap<String, Health> {
+        self.members()
+            .iter()
+            .map(|(name, h)| (name.clone(), h.health()))
+            .collect()
+    }
+
+    /// A receiver of every health change of the member named `name`.
+    pub fn watch_health(&self, name: &str) -> Option<watch::Receiver<Health>> {
+        self.members().get(name).map(RelayHandle::watch_health)
+    }
+
+    /// Stops every member at once, each bounded by its shutdown grace, and
+    /// empties the group (outboxes added meanwhile keep running).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::RelayTask`] naming no member if one's task had panicked;
+    /// all the others are stopped first.
+    pub async fn shutdown(&self) -> Result<()> {
+        let members = std::mem::take(&mut *self.members());
+        let mut stops = tokio::task::JoinSet::new();
+        for (name, handle) in members {
+            stops.spawn(async move { (name, handle.shutdown().await) });
+        }
+        let mut first_error = None;
+        while let Some(joined) = stops.join_next().await {
+            let outcome = match joined {
+                Ok((name, Err(e))) => {
+                    tracing::warn!(outbox = %name, error = %e, "outbox relay group: member ended abnormally");
+                    Err(e)
+                }
+                Ok((_, Ok(()))) => Ok(()),
+                Err(e) => Err(Error::RelayTask(e)),
+            };
+            if let Err(e) = outcome {
+                first_error.get_or_insert(e);
+            }
+        }
+        first_error.map_or(Ok(()), Err)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::publisher::InMemoryPublisher;
+    use crate::relay::{Relay, RelayState};
+    use crate::store::memory::MemoryStore;
+
+    #[test]
+    fn names_and_settings_out_of_range_are_refused() {
+        for bad in ["", "a\nb", &"x".repeat(129)] {
+            match validate_name(bad) {
+                Err(Error::InvalidConfig { field, .. }) => assert_eq!(field, "outbox_name"),
+                other => panic!("{bad:?}: {other:?}"),
+            }
+        }
+        validate_name(&"é".repeat(128)).expect("128 characters");
+        for bad in [0, 1025] {
+            match RelayGroup::builder().concurrent_rounds(bad).build() {
+                Err(Error::InvalidConfig { field, .. }) => assert_eq!(field, "concurrent_rounds"),
+                other => panic!("{bad}: {other:?}"),
+            }
+        }
+    }
+
+    /// Publishes after a pause longer than any scheduling delay, and logs
+    /// each message's tag in publish order across every member.
+    #[derive(Clone, Default)]
+    struct Ledger(Arc<Mutex<Vec<String>>>);
+
+    #[async_trait::async_trait]
+    impl crate::Publisher for Ledger {
+        async fn publish(
+            &self,
+            batch: &[crate::OutboxMessage],
+        ) -> Vec<std::result::Result<(), crate::PublishError>> {
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            let mut log = self.0.lock().unwrap();
+            log.extend(batch.iter().map(crate::relay::scripted::tag));
+            batch.iter().map(|_| Ok(())).collect()
+        }
+    }
+
+    impl Ledger {
+        fn backlog_published(&self) -> usize {
+            self.0
+                .lock()
+                .unwrap()
+                .iter()
+                .filter(|t| t.starts_with("backlog"))
+                .count()
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_backlog_takes_turns_with_the_other_outboxes_instead_of_starving_them() {
+        use crate::relay::scripted::message;
+        const BACKLOG: usize = 1000;
+        const BATCH: usize = 5;
+        let group = RelayGroup::builder().concurrent_rounds(1).build().unwrap();
+        let ledger = Ledger::default();
+        let busy = MemoryStore::new(4);
+        for i in 0..BACKLOG {
+            let key = format!("k{}", i % 50);
+            busy.enqueue(message(&format!("backlog-{i}"), Some(&key)));
+        }
+        let quiet = MemoryStore::new(4);
+        group
+            .add(
+                "busy",
+                Relay::builder(busy.clone(), ledger.clone()).batch_size(BATCH),
+            )
+            .unwrap();
+        group
+            .add(
+                "quiet",
+                Relay::builder(quiet.clone(), ledger.clone()).batch_size(BATCH),
+            )
+            .unwrap();
+        while ledger.backlog_published() < 2 * BATCH {
+            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+        }
+        for probe in 0..5 {
+            let tag = format!("probe-{probe}");
+            let before = ledger.backlog_published();
+            quiet.enqueue(message(&tag, Some("q")));
+            let at = loop {
+                let log = ledger.0.lock().unwrap().clone();
+                if let Some(i) = log.iter().position(|t| *t == tag) {
+                    break log[..i].iter().filter(|t| t.starts_with("backlog")).count();
+                }
+                drop(log);
+                tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+            };
+            // The busy outbox's round in flight, and at most one more that
+            // took the turn before the quiet one queued for it.
+            assert!(
+                at - before <= 2 * BATCH,
+                "{tag} waited for {} backlog messages",
+                at - before
+            );
+            assert!(at < BACKLOG, "{tag} went out only after the backlog");
+        }
+        group.shutdown().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn members_are_added_by_unique_name_and_removed_while_the_rest_run() {
+        let group = RelayGroup::builder().concurrent_rounds(1).build().unwrap();
+        let publisher = InMemoryPublisher::new();
+        for name in ["b", "a"] {
+            group
+                .add(name, Relay::builder(MemoryStore::new(1), publisher.clone()))
+                .unwrap();
+        }
+        match group.add("a", Relay::builder(MemoryStore::new(1), publisher.clone())) {
+            Err(Error::InvalidConfig { field, reason }) => {
+                assert_eq!(field, "outbox_name");
+                assert!(reason.contains("already"), "{reason}");
+            }
+            other => panic!("{other:?}"),
+        }
+        match group.add(
+            "c",
+            Relay::builder(MemoryStore::new(1), publisher.clone()).batch_size(0),
+        ) {
+            Err(Error::InvalidConfig { field, .. }) => assert_eq!(field, "batch_size"),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(group.names(), ["a", "b"]);
+        let mut b = group.watch_health("b").unwrap();
+        b.wait_for(|h| h.state == RelayState::Running)
+            .await
+            .unwrap();
+        assert!(group.remove("b").await.unwrap());
+        assert!(!group.remove("b").await.unwrap(), "already gone");
+        assert_eq!(b.borrow().state, RelayState::Stopped);
+        assert_eq!(group.names(), ["a"]);
+        let health = group.health();
+        assert_eq!(health.len(), 1);
+        assert_ne!(health["a"].state, RelayState::Stopped);
+        let mut a = group.watch_health("a").unwrap();
+        group.shutdown().await.unwrap();
+        assert!(group.is_empty());
+        a.wait_for(|h| h.state == RelayState::Stopped)
+            .await
+            .unwrap();
+    }
+}
