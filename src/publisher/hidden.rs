@@ -42,6 +42,13 @@ mod tests {
             let shown = format!("{:?}", crate::publisher::RedisStreamsPublisher::new(client));
             assert!(!shown.contains("hunter2"), "{shown}");
             assert!(shown.contains("stream_prefix"), "{shown}");
+            let cluster = crate::publisher::RedisStreamsPublisher::cluster([
+                "redis://:hunter2@127.0.0.1:7101",
+            ])
+            .unwrap();
+            let shown = format!("{cluster:?}");
+            assert!(!shown.contains("hunter2"), "{shown}");
+            assert!(shown.contains("Cluster"), "{shown}");
         }
         #[cfg(feature = "amqp")]
         {

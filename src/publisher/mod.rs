@@ -14,7 +14,7 @@
 //! Also `NatsPublisher` (feature `nats`: JetStream with `Nats-Msg-Id`
 //! deduplication), `RabbitMqPublisher` (feature `amqp`: publisher confirms,
 //! mandatory routing) and `RedisStreamsPublisher` (feature `redis`: `XADD`
-//! behind an atomic deduplication guard).
+//! behind an atomic deduplication guard, on a server or a Redis Cluster).
 
 #[cfg(feature = "amqp")]
 mod amqp;

@@ -5,13 +5,19 @@
 use std::time::Duration;
 
 use ::redis::aio::MultiplexedConnection;
-use ::redis::{AsyncConnectionConfig, Client, RedisError, Script};
+use ::redis::cluster::{ClusterClient, ClusterConfig};
+use ::redis::cluster_async::ClusterConnection;
+use ::redis::cluster_routing::Slot;
+use ::redis::{
+    AsyncConnectionConfig, Client, IntoConnectionInfo, Pipeline, RedisError, Script, Value,
+};
 use async_trait::async_trait;
+use futures_util::future::join_all;
 
-use super::failure::{outcomes_or_retry, permanent, transient};
+use super::failure::{outcomes_or_retry, permanent, transient, BoxError};
 use super::hidden::Hidden;
 use super::{Envelope, Publisher};
-use crate::error::PublishError;
+use crate::error::{Error, PublishError};
 use crate::message::OutboxMessage;
 
 const DEFAULT_DEDUPE_TTL: Duration = Duration::from_secs(24 * 60 * 60);
@@ -20,9 +26,11 @@ const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Sets the dedupe key and appends to the stream in one atomic step.
 ///
 /// KEYS[1] dedupe key, KEYS[2] stream; ARGV[1] TTL in ms, ARGV[2] MAXLEN
-/// (0 = no trimming), ARGV[3..] field/value pairs. Never raises: returns
-/// `{1, entry id}` (appended), `{0, entry id of the first copy}`
-/// (duplicate) or `{-1, error}` (nothing written).
+/// (0 = no trimming), ARGV[3] `1` to rewrite the dedupe key of a duplicate
+/// (see [`RedisStreamsPublisher::with_replica_acks`]), ARGV[4..]
+/// field/value pairs. Never raises: returns `{1, entry id}` (appended),
+/// `{0, entry id of the first copy}` (duplicate) or `{-1, error}` (nothing
+/// written).
 const DEDUPE_XADD: &str = r#"
 local set = redis.pcall('SET', KEYS[1], '', 'NX', 'PX', ARGV[1])
 if type(set) == 'table' and set.err then
@@ -31,6 +39,9 @@ end
 if not set then
   local first = redis.pcall('GET', KEYS[1])
   if type(first) ~= 'string' then first = '' end
+  if ARGV[3] == '1' then
+    redis.pcall('SET', KEYS[1], first, 'XX', 'KEEPTTL')
+  end
   return {0, first}
 end
 local args = {KEYS[2]}
@@ -41,7 +52,7 @@ if maxlen and maxlen > 0 then
   args[#args + 1] = ARGV[2]
 end
 args[#args + 1] = '*'
-for i = 3, #ARGV do
+for i = 4, #ARGV do
   args[#args + 1] = ARGV[i]
 end
 local id = redis.pcall('XADD', unpack(args))
@@ -54,7 +65,7 @@ return {1, id}
 "#;
 
 /// Appends messages to Redis Streams with an atomic deduplication guard
-/// (feature `redis`).
+/// (feature `redis`), on a standalone server or a Redis Cluster.
 ///
 /// # Mapping
 ///
@@ -63,8 +74,8 @@ return {1, id}
 ///
 /// | outbox | Redis |
 /// |---|---|
-/// | topic | stream key `<stream prefix><topic>` (prefix empty by default) |
-/// | id | field `id`, and the dedupe key `<dedupe prefix><id>` (default prefix `outbox:dedupe:`) |
+/// | topic | stream key `<stream prefix><topic>` (prefix empty by default; on a cluster `<stream prefix>{<topic>}`, see [Redis Cluster](#redis-cluster)) |
+/// | id | field `id`, and the dedupe key `<dedupe prefix><id>` (default prefix `outbox:dedupe:`; on a cluster `<dedupe prefix>{<topic>}:<id>`) |
 /// | event type | field `event_type` |
 /// | schema version | field `schema_version` |
 /// | position | field `position` |
@@ -86,28 +97,84 @@ return {1, id}
 /// is not mistaken for a duplicate. The guard lasts the
 /// [dedupe TTL](Self::with_dedupe_ttl) (default 24 hours): a copy that
 /// arrives later is appended again (consumers can still deduplicate on
-/// the `id` field). The keys of the script are the dedupe key and the
-/// stream: on Redis Cluster both must hash to the same slot; this
-/// publisher targets a standalone server (or a Sentinel-managed primary).
+/// the `id` field). The script's two keys must live on one node: see
+/// [Redis Cluster](#redis-cluster).
 ///
 /// # Pipelining
 ///
 /// A batch is sent in one round trip: `SCRIPT LOAD` followed by one
-/// `EVALSHA` per message, pipelined; each message has its own result.
+/// `EVALSHA` per message (and a `WAIT` if [replica
+/// acknowledgements](Self::with_replica_acks) are asked for), pipelined;
+/// each message has its own result. On a cluster, one such pipeline per
+/// hash slot of the batch, sent concurrently.
 ///
 /// # Connection
 ///
-/// One multiplexed connection, opened lazily on the first batch and
-/// reopened on the batch after a connection error.
+/// One multiplexed connection (on a cluster, one connection manager that
+/// holds a connection to each node and follows the slot map), opened
+/// lazily on the first batch and reopened on the batch after a connection
+/// error.
+///
+/// # Redis Cluster
+///
+/// [`cluster`](Self::cluster) (or [`new_cluster`](Self::new_cluster) over a
+/// [`ClusterClient`] of your own) publishes to a Redis Cluster. A script
+/// there may only touch keys of one hash slot, so both keys of a message
+/// carry its topic as their **hash tag**, the part of a key between the
+/// first `{` and the next `}`, which alone decides its slot:
+///
+/// | key | standalone | cluster |
+/// |---|---|---|
+/// | stream | `<stream prefix><topic>` | `<stream prefix>{<topic>}` |
+/// | dedupe key | `<dedupe prefix><id>` | `<dedupe prefix>{<topic>}:<id>` |
+///
+/// With the default prefixes, topic `orders` is appended to the stream
+/// `{orders}` under the dedupe keys `outbox:dedupe:{orders}:<id>`.
+/// Consumers read the stream under that name; the dedupe keys of a topic
+/// take their memory on the shard that holds its stream.
+///
+/// Neither prefix may hold `{` or `}`: a brace there would put the hash tag
+/// in the prefix, and the two keys of a message could land in different
+/// slots. [`validate`](Self::validate) reports such a prefix as an
+/// [`Error::InvalidConfig`]; every batch checks the same and fails
+/// transiently with that error as its cause (the messages wait, nothing is
+/// dead-lettered at once). A topic that starts with `}` leaves the tag
+/// empty, so Redis would hash each key whole: such a message fails
+/// permanently.
+///
+/// The client follows `MOVED` and `ASK` redirections and the slot map
+/// through a failover; when it sends a pipeline again, the guard makes
+/// the repeated scripts harmless (they find their keys and append
+/// nothing).
+///
+/// **What a failover can lose.** A master answers the script before its
+/// replicas have its effects (Redis replicates asynchronously). If the
+/// master dies in that moment, the replica promoted in its place has
+/// neither the entry nor its dedupe key: a message the publisher confirmed,
+/// and the relay deleted, is gone. By default the publisher has that
+/// window, as any write to Redis without `WAIT` has.
+/// [`with_replica_acks`](Self::with_replica_acks) closes it: a batch is confirmed only once `WAIT` reports that many
+/// replicas have its writes, so a confirmed message is lost only if every
+/// replica that acknowledged it is lost too or a replica that did not is
+/// promoted (ask for as many acknowledgements as each master has replicas).
+/// A failover adds no duplicates: the entry and its dedupe key reach a
+/// replica together (the script's effects replicate as one transaction),
+/// so a message sent again after a failover finds its key wherever its
+/// entry survived. Writes to the lost master's slots fail until its replica
+/// is promoted (the cluster's node timeout and an election, seconds); the
+/// relay retries them, so give it a retry policy that outlasts a failover.
 ///
 /// # Errors
 ///
 /// | failure | kind |
 /// |---|---|
 /// | cannot connect, connection lost, no reply within the [timeout](Self::with_timeout) | transient (reconnects on the next batch) |
-/// | the server refuses the write (`OOM`, `READONLY` replica, `LOADING`, ...) | transient |
+/// | the server refuses the write (`OOM`, `READONLY` replica, `LOADING`, `CLUSTERDOWN`, ...) | transient |
+/// | fewer replicas acknowledged than [asked for](Self::with_replica_acks) | transient |
+/// | on a cluster, a prefix with a brace (see above) | transient, with an [`Error::InvalidConfig`] as its cause |
 /// | payload larger than the [configured maximum](Self::with_max_payload) | permanent |
 /// | the stream key holds another type (`WRONGTYPE`), or ACLs forbid the commands (`NOPERM`) | permanent |
+/// | on a cluster, a topic that starts with `}` | permanent |
 ///
 /// # Example
 ///
@@ -123,19 +190,83 @@ return {1, id}
 /// # relay.shutdown().await?;
 /// # Ok(()) }
 /// ```
+///
+/// On a cluster, with each batch confirmed only once the master's replica
+/// has it:
+///
+/// ```no_run
+/// # async fn demo(outbox: impl outbox::Store) -> Result<(), Box<dyn std::error::Error>> {
+/// use std::time::Duration;
+///
+/// use outbox::publisher::RedisStreamsPublisher;
+/// use outbox::Relay;
+///
+/// let publisher = RedisStreamsPublisher::cluster([
+///     "redis://redis-1:6379",
+///     "redis://redis-2:6379",
+///     "redis://redis-3:6379",
+/// ])?
+/// .with_stream_prefix("events:") // topic `orders`: stream `events:{orders}`
+/// .with_replica_acks(1, Duration::from_secs(1));
+/// publisher.validate()?;
+/// let relay = Relay::builder(outbox, publisher).spawn()?;
+/// # relay.shutdown().await?;
+/// # Ok(()) }
+/// ```
 #[derive(Debug)]
 pub struct RedisStreamsPublisher {
-    /// Hidden: its connection info may hold a password.
-    client: Hidden<Client>,
+    target: Target,
     script: Hidden<Script>,
     stream_prefix: String,
     dedupe_prefix: String,
     dedupe_ttl: Duration,
     max_len: Option<u64>,
     max_payload: Option<usize>,
+    replica_acks: Option<(u32, Duration)>,
     timeout: Duration,
     envelope: Envelope,
-    conn: Hidden<tokio::sync::Mutex<Option<MultiplexedConnection>>>,
+    conn: Hidden<tokio::sync::Mutex<Option<Connection>>>,
+}
+
+/// Where the publisher writes. Hidden: the connection info may hold a
+/// password.
+#[derive(Debug)]
+enum Target {
+    Server(Hidden<Client>),
+    Cluster(Hidden<Box<ClusterClient>>),
+}
+
+/// An open connection to the [`Target`].
+#[derive(Clone)]
+enum Connection {
+    Server(MultiplexedConnection),
+    Cluster(ClusterConnection),
+}
+
+impl Connection {
+    async fn query(&mut self, pipe: &Pipeline) -> Result<Vec<Value>, RedisError> {
+        match self {
+            Connection::Server(c) => pipe.query_async(c).await,
+            Connection::Cluster(c) => pipe.query_async(c).await,
+        }
+    }
+}
+
+/// The messages of a batch that go to one hash slot (all of them on a
+/// standalone server), in one pipeline.
+struct Group {
+    slot: Option<Slot>,
+    /// Indexes into the batch, in the order of the pipeline's scripts.
+    members: Vec<usize>,
+    pipe: Pipeline,
+}
+
+/// Why a group's pipeline brought no replies.
+struct Unanswered {
+    reason: String,
+    source: Option<RedisError>,
+    /// The connection is broken: open another for the next batch.
+    reconnect: bool,
 }
 
 impl RedisStreamsPublisher {
@@ -152,14 +283,42 @@ impl RedisStreamsPublisher {
 
     /// A publisher on an existing client.
     pub fn new(client: Client) -> Self {
+        Self::on(Target::Server(Hidden(client)))
+    }
+
+    /// A publisher for the Redis Cluster that `nodes` belong to (URLs as
+    /// for [`from_url`](Self::from_url); any one that answers is enough,
+    /// the others are found from it). Keys are named as in [Redis
+    /// Cluster](#redis-cluster). Only parses the URLs; the connection opens
+    /// on the first batch.
+    ///
+    /// # Errors
+    ///
+    /// The client's [`RedisError`] if a URL cannot be parsed or the nodes'
+    /// credentials differ.
+    pub fn cluster<T: IntoConnectionInfo>(
+        nodes: impl IntoIterator<Item = T>,
+    ) -> Result<Self, RedisError> {
+        Ok(Self::new_cluster(ClusterClient::new(nodes)?))
+    }
+
+    /// A publisher on an existing cluster client (for TLS, credentials,
+    /// retries or read routing of your own). Keys are named as in [Redis
+    /// Cluster](#redis-cluster).
+    pub fn new_cluster(client: ClusterClient) -> Self {
+        Self::on(Target::Cluster(Hidden(Box::new(client))))
+    }
+
+    fn on(target: Target) -> Self {
         Self {
-            client: Hidden(client),
+            target,
             script: Hidden(Script::new(DEDUPE_XADD)),
             stream_prefix: String::new(),
             dedupe_prefix: "outbox:dedupe:".to_owned(),
             dedupe_ttl: DEFAULT_DEDUPE_TTL,
             max_len: None,
             max_payload: None,
+            replica_acks: None,
             timeout: DEFAULT_TIMEOUT,
             envelope: Envelope::Plain,
             conn: Hidden(tokio::sync::Mutex::new(None)),
@@ -168,10 +327,11 @@ impl RedisStreamsPublisher {
 
     setters! {
         /// Prepends `prefix` to every topic to form the stream key (default
-        /// empty).
+        /// empty). On a cluster it must not hold `{` or `}`.
         pub fn with_stream_prefix(prefix: impl Into<String>) => stream_prefix = prefix.into();
 
-        /// Prefix of the dedupe keys (default `outbox:dedupe:`).
+        /// Prefix of the dedupe keys (default `outbox:dedupe:`). On a
+        /// cluster it must not hold `{` or `}`.
         pub fn with_dedupe_prefix(prefix: impl Into<String>) => dedupe_prefix = prefix.into();
 
         /// How long a message's dedupe key lives (default 24 hours, at least
@@ -196,14 +356,79 @@ impl RedisStreamsPublisher {
         pub fn with_envelope(envelope: Envelope) => envelope = envelope;
     }
 
-    /// The stream key a message is appended to.
-    pub fn stream_for(&self, message: &OutboxMessage) -> String {
-        format!("{}{}", self.stream_prefix, message.topic())
+    /// Confirms a batch only once `replicas` replicas acknowledge its
+    /// writes, waiting up to `within` (at least 1 ms; keep it below the
+    /// [timeout](Self::with_timeout)) with `WAIT` after the batch's scripts.
+    /// Fewer acknowledgements fail the batch transiently; its writes stay
+    /// on the master, and the retry finds them. Off by default (`0`).
+    ///
+    /// This closes the window in which a failover loses a message the
+    /// master had confirmed (see [Redis Cluster](#redis-cluster)); it also
+    /// serves a standalone primary with replicas. While a master has fewer
+    /// replicas in sync than asked for (after a failover, until the lost
+    /// node is back as a replica), its writes are not confirmed and the
+    /// relay retries them. With acknowledgements on, the script rewrites
+    /// the dedupe key of a duplicate (same value, same expiry), so that
+    /// `WAIT` on a new connection also covers the first copy's write.
+    #[must_use]
+    pub fn with_replica_acks(mut self, replicas: u32, within: Duration) -> Self {
+        self.replica_acks =
+            (replicas > 0).then_some((replicas, within.max(Duration::from_millis(1))));
+        self
     }
 
-    /// The key that guards a message against a second append.
+    /// Checks what a cluster would refuse before the relay starts: on a
+    /// cluster, that neither prefix holds `{` or `}` (see [Redis
+    /// Cluster](#redis-cluster)). Always `Ok` on a standalone server.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidConfig`] naming the prefix (`stream_prefix` or
+    /// `dedupe_prefix`) and why.
+    pub fn validate(&self) -> Result<(), Error> {
+        if let Target::Server(_) = self.target {
+            return Ok(());
+        }
+        for (field, prefix) in [
+            ("stream_prefix", &self.stream_prefix),
+            ("dedupe_prefix", &self.dedupe_prefix),
+        ] {
+            if prefix.contains(['{', '}']) {
+                return Err(Error::InvalidConfig {
+                    field,
+                    reason: format!(
+                        "{prefix:?} holds a brace: on Redis Cluster the publisher makes the \
+                         topic the keys' hash tag (`{{<topic>}}`), and a brace in a prefix \
+                         would move it, so that a message's stream and dedupe key could land \
+                         in different hash slots"
+                    ),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// The stream key a message is appended to: `<stream prefix><topic>`,
+    /// on a cluster `<stream prefix>{<topic>}`.
+    pub fn stream_for(&self, message: &OutboxMessage) -> String {
+        match self.target {
+            Target::Server(_) => format!("{}{}", self.stream_prefix, message.topic()),
+            Target::Cluster(_) => format!("{}{{{}}}", self.stream_prefix, message.topic()),
+        }
+    }
+
+    /// The key that guards a message against a second append:
+    /// `<dedupe prefix><id>`, on a cluster `<dedupe prefix>{<topic>}:<id>`.
     pub fn dedupe_key_for(&self, message: &OutboxMessage) -> String {
-        format!("{}{}", self.dedupe_prefix, message.id())
+        match self.target {
+            Target::Server(_) => format!("{}{}", self.dedupe_prefix, message.id()),
+            Target::Cluster(_) => format!(
+                "{}{{{}}}:{}",
+                self.dedupe_prefix,
+                message.topic(),
+                message.id()
+            ),
+        }
     }
 
     /// The stream entry's fields, in order, or why the message cannot be
@@ -252,24 +477,145 @@ impl RedisStreamsPublisher {
         Ok(f)
     }
 
-    async fn connection(&self) -> Result<MultiplexedConnection, RedisError> {
+    async fn connection(&self) -> Result<Connection, RedisError> {
         let mut slot = self.conn.lock().await;
         if let Some(c) = slot.as_ref() {
             return Ok(c.clone());
         }
-        let config = AsyncConnectionConfig::new()
-            .set_connection_timeout(Some(self.timeout))
-            .set_response_timeout(Some(self.timeout));
-        let c = self
-            .client
-            .get_multiplexed_async_connection_with_config(&config)
-            .await?;
+        let c = match &self.target {
+            Target::Server(client) => {
+                let config = AsyncConnectionConfig::new()
+                    .set_connection_timeout(Some(self.timeout))
+                    .set_response_timeout(Some(self.timeout));
+                Connection::Server(
+                    client
+                        .get_multiplexed_async_connection_with_config(&config)
+                        .await?,
+                )
+            }
+            Target::Cluster(client) => {
+                let config = ClusterConfig::new()
+                    .set_connection_timeout(self.timeout)
+                    .set_response_timeout(self.timeout);
+                Connection::Cluster(client.get_async_connection_with_config(config).await?)
+            }
+        };
         *slot = Some(c.clone());
         Ok(c)
     }
 
     async fn forget_connection(&self) {
         *self.conn.lock().await = None;
+    }
+
+    /// Where a message's script must run, or why it cannot: `None` on a
+    /// standalone server, its keys' hash slot on a cluster.
+    fn slot_for(&self, stream: &str, dedupe: &str) -> Result<Option<Slot>, PublishError> {
+        if let Target::Server(_) = self.target {
+            return Ok(None);
+        }
+        if let Err(e) = self.validate() {
+            return Err(transient(
+                "the Redis publisher's configuration breaks hash-slot co-location".to_owned(),
+                Some(Box::new(e)),
+            ));
+        }
+        let slot = Slot::for_key(stream);
+        if slot != Slot::for_key(dedupe) {
+            return Err(permanent(format!(
+                "stream {stream:?} and dedupe key {dedupe:?} hash to different Redis Cluster \
+                 slots (a topic that starts with `}}` leaves the hash tag empty)"
+            )));
+        }
+        Ok(Some(slot))
+    }
+
+    /// Runs one group's pipeline: the scripts' replies, then `WAIT`'s if
+    /// replica acknowledgements are asked for.
+    async fn run(
+        &self,
+        conn: Result<Connection, RedisError>,
+        pipe: &Pipeline,
+    ) -> Result<Vec<Value>, Unanswered> {
+        let mut conn = conn.map_err(|e| Unanswered {
+            reason: "cannot connect to Redis".to_owned(),
+            source: Some(e),
+            reconnect: false,
+        })?;
+        match tokio::time::timeout(self.timeout, conn.query(pipe)).await {
+            Ok(Ok(replies)) => Ok(replies),
+            Ok(Err(e)) => Err(Unanswered {
+                reason: "the pipeline to Redis failed".to_owned(),
+                reconnect: e.is_io_error()
+                    || e.is_timeout()
+                    || e.is_connection_dropped()
+                    || e.is_unrecoverable_error(),
+                source: Some(e),
+            }),
+            Err(_) => Err(Unanswered {
+                reason: format!("no reply from Redis within {:?}", self.timeout),
+                source: None,
+                reconnect: true,
+            }),
+        }
+    }
+
+    /// Records the outcome of each message of `group` from its replies.
+    fn record(
+        &self,
+        batch: &[OutboxMessage],
+        group: &Group,
+        replies: Result<Vec<Value>, Unanswered>,
+        results: &mut [Option<Result<(), PublishError>>],
+    ) {
+        let fail_all = |results: &mut [Option<Result<(), PublishError>>],
+                        reason: &str,
+                        source: Option<&RedisError>| {
+            for &i in &group.members {
+                let source = source.map(|e| Box::new(e.clone()) as BoxError);
+                results[i] = Some(Err(transient(reason.to_owned(), source)));
+            }
+        };
+        let mut replies = match replies {
+            Ok(r) => r,
+            Err(u) => return fail_all(results, &u.reason, u.source.as_ref()),
+        };
+        let expected = group.members.len() + usize::from(self.replica_acks.is_some());
+        if replies.len() != expected {
+            let reason = format!(
+                "Redis answered {} replies for {} messages",
+                replies.len(),
+                group.members.len()
+            );
+            return fail_all(results, &reason, None);
+        }
+        // Checked before the scripts' own outcomes: a script that appended
+        // is not confirmed until its replicas have it.
+        let unacknowledged = self.replica_acks.and_then(|(wanted, within)| {
+            let acked = ::redis::from_redis_value::<u64>(replies.pop().unwrap_or(Value::Nil));
+            match acked {
+                Ok(n) if n >= u64::from(wanted) => None,
+                Ok(n) => Some(format!(
+                    "{n} of the {wanted} replicas asked for acknowledged the writes within {within:?}"
+                )),
+                Err(e) => Some(format!("WAIT answered something else than a count: {e}")),
+            }
+        });
+        for (&i, reply) in group.members.iter().zip(replies) {
+            let outcome = match ::redis::from_redis_value::<(i64, String)>(reply) {
+                Ok((-1, error)) => Err(server_refusal(&self.stream_for(&batch[i]), &error)),
+                // Appended, or already there (a duplicate).
+                Ok(_) => match &unacknowledged {
+                    None => Ok(()),
+                    Some(reason) => Err(transient(reason.clone(), None)),
+                },
+                Err(e) => Err(transient(
+                    "the deduplicating script answered something unexpected".to_owned(),
+                    Some(Box::new(e)),
+                )),
+            };
+            results[i] = Some(outcome);
+        }
     }
 }
 
@@ -295,78 +641,161 @@ impl Publisher for RedisStreamsPublisher {
             batch.iter().map(|_| None).collect();
         let ttl_ms = u64::try_from(self.dedupe_ttl.as_millis()).unwrap_or(u64::MAX);
         let max_len = self.max_len.unwrap_or(0);
-        let mut pipe = ::redis::pipe();
-        pipe.load_script(&self.script).ignore();
-        let mut sent: Vec<usize> = Vec::with_capacity(batch.len());
+        let touch = if self.replica_acks.is_some() {
+            "1"
+        } else {
+            "0"
+        };
+        let mut groups: Vec<Group> = Vec::new();
         for (i, m) in batch.iter().enumerate() {
-            let fields = match self.fields(m) {
-                Ok(f) => f,
+            let (stream, dedupe) = (self.stream_for(m), self.dedupe_key_for(m));
+            let prepared = self
+                .fields(m)
+                .and_then(|f| self.slot_for(&stream, &dedupe).map(|slot| (f, slot)));
+            let (fields, slot) = match prepared {
+                Ok(p) => p,
                 Err(e) => {
                     results[i] = Some(Err(e));
                     continue;
                 }
             };
+            let group = match groups.iter().position(|g| g.slot == slot) {
+                Some(g) => &mut groups[g],
+                None => {
+                    let mut pipe = ::redis::pipe();
+                    // On whichever node the pipeline lands, even one just
+                    // promoted: the script cache is not replicated.
+                    pipe.load_script(&self.script).ignore();
+                    groups.push(Group {
+                        slot,
+                        members: Vec::new(),
+                        pipe,
+                    });
+                    groups.last_mut().expect("just pushed")
+                }
+            };
             let mut call = self.script.prepare_invoke();
-            call.key(self.dedupe_key_for(m))
-                .key(self.stream_for(m))
+            call.key(dedupe)
+                .key(stream)
                 .arg(ttl_ms)
-                .arg(max_len);
+                .arg(max_len)
+                .arg(touch);
             for (k, v) in &fields {
                 call.arg(k).arg(v.as_slice());
             }
-            pipe.invoke_script(&call);
-            sent.push(i);
+            group.pipe.invoke_script(&call);
+            group.members.push(i);
         }
-        if !sent.is_empty() {
-            let replies: Result<Vec<(i64, String)>, String> = match self.connection().await {
-                Ok(mut conn) => {
-                    match tokio::time::timeout(self.timeout, pipe.query_async(&mut conn)).await {
-                        Ok(Ok(r)) => Ok(r),
-                        Ok(Err(e)) => {
-                            if e.is_io_error()
-                                || e.is_timeout()
-                                || e.is_connection_dropped()
-                                || e.is_unrecoverable_error()
-                            {
-                                self.forget_connection().await;
-                            }
-                            Err(format!("the pipeline to Redis failed: {e}"))
-                        }
-                        Err(_) => {
-                            self.forget_connection().await;
-                            Err(format!("no reply from Redis within {:?}", self.timeout))
-                        }
-                    }
-                }
-                Err(e) => Err(format!("cannot connect to Redis: {e}")),
-            };
-            match replies {
-                Ok(replies) if replies.len() == sent.len() => {
-                    for (&i, (status, text)) in sent.iter().zip(replies) {
-                        results[i] = Some(match status {
-                            // Appended, or already there (a duplicate).
-                            1 | 0 => Ok(()),
-                            _ => Err(server_refusal(&self.stream_for(&batch[i]), &text)),
-                        });
-                    }
-                }
-                Ok(replies) => {
-                    let reason = format!(
-                        "Redis answered {} replies for {} messages",
-                        replies.len(),
-                        sent.len()
-                    );
-                    for &i in &sent {
-                        results[i] = Some(Err(transient(reason.clone(), None)));
-                    }
-                }
-                Err(reason) => {
-                    for &i in &sent {
-                        results[i] = Some(Err(transient(reason.clone(), None)));
-                    }
-                }
+        if groups.is_empty() {
+            return outcomes_or_retry(results);
+        }
+        if let Some((replicas, within)) = self.replica_acks {
+            let ms = u64::try_from(within.as_millis()).unwrap_or(u64::MAX);
+            for g in &mut groups {
+                g.pipe.cmd("WAIT").arg(replicas).arg(ms);
             }
         }
+        let conn = self.connection().await;
+        // One pipeline per slot, all at once; a connection error is each
+        // group's to report.
+        let replies: Vec<Result<Vec<Value>, Unanswered>> = {
+            let runs = groups.iter().map(|g| self.run(conn.clone(), &g.pipe));
+            join_all(runs).await
+        };
+        let mut reconnect = false;
+        for (group, replies) in groups.iter().zip(replies) {
+            reconnect |= replies.as_ref().is_err_and(|u| u.reconnect);
+            self.record(batch, group, replies, &mut results);
+        }
+        if reconnect {
+            self.forget_connection().await;
+        }
         outcomes_or_retry(results)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::message::MessageId;
+
+    fn message(topic: &str) -> OutboxMessage {
+        OutboxMessage {
+            seq: 1,
+            id: MessageId::new(),
+            topic: topic.into(),
+            partition_key: None,
+            event_type: "CandidateHired".into(),
+            schema_version: 1,
+            payload: b"{}".to_vec(),
+            content_type: "application/json".into(),
+            headers: Default::default(),
+            created_at: chrono::Utc::now(),
+            attempt: 1,
+            key_sequence: None,
+        }
+    }
+
+    fn cluster() -> RedisStreamsPublisher {
+        RedisStreamsPublisher::cluster(["redis://127.0.0.1:7101"]).unwrap()
+    }
+
+    #[test]
+    fn keys_are_named_as_documented() {
+        let m = message("orders");
+        let id = m.id();
+        let standalone = RedisStreamsPublisher::from_url("redis://127.0.0.1:6379")
+            .unwrap()
+            .with_stream_prefix("events:");
+        assert_eq!(standalone.stream_for(&m), "events:orders");
+        assert_eq!(standalone.dedupe_key_for(&m), format!("outbox:dedupe:{id}"));
+        let cluster = cluster().with_stream_prefix("events:");
+        assert_eq!(cluster.stream_for(&m), "events:{orders}");
+        assert_eq!(
+            cluster.dedupe_key_for(&m),
+            format!("outbox:dedupe:{{orders}}:{id}")
+        );
+    }
+
+    #[test]
+    fn on_a_cluster_both_keys_of_a_message_share_its_topics_slot() {
+        let p = cluster();
+        for topic in ["orders", "a}b", "{x}", "with spaces", "é"] {
+            let m = message(topic);
+            let slot = p
+                .slot_for(&p.stream_for(&m), &p.dedupe_key_for(&m))
+                .unwrap_or_else(|e| panic!("{topic}: {e:?}"));
+            assert_eq!(slot, Some(Slot::for_key(format!("{{{topic}}}"))), "{topic}");
+        }
+        let m = message("}odd");
+        let e = p
+            .slot_for(&p.stream_for(&m), &p.dedupe_key_for(&m))
+            .unwrap_err();
+        assert!(!e.is_transient());
+    }
+
+    #[test]
+    fn a_prefix_with_a_brace_is_refused_on_a_cluster_only() {
+        for (p, field) in [
+            (cluster().with_stream_prefix("{tenant}:"), "stream_prefix"),
+            (cluster().with_dedupe_prefix("dedupe}:"), "dedupe_prefix"),
+        ] {
+            match p.validate() {
+                Err(Error::InvalidConfig { field: f, .. }) => assert_eq!(f, field),
+                other => panic!("expected InvalidConfig, got {other:?}"),
+            }
+            let m = message("orders");
+            let e = p
+                .slot_for(&p.stream_for(&m), &p.dedupe_key_for(&m))
+                .unwrap_err();
+            assert!(
+                e.is_transient(),
+                "the messages wait for a corrected publisher"
+            );
+        }
+        let standalone = RedisStreamsPublisher::from_url("redis://127.0.0.1:6379")
+            .unwrap()
+            .with_stream_prefix("{tenant}:");
+        standalone.validate().unwrap();
     }
 }

@@ -2,7 +2,7 @@
 //! a client off from a real service and let it back in, polling helpers, a
 //! fast retry policy and a probing publisher; per backend, a fresh database
 //! per test ([`pg`], [`sqlite`]); the scenarios every broker publisher
-//! passes ([`broker`]).
+//! passes ([`broker`]); the local Redis Cluster ([`redis_cluster`]).
 #![allow(dead_code, unreachable_pub)]
 
 #[cfg(feature = "amqp")]
@@ -11,6 +11,8 @@ pub mod amqp;
 pub mod broker;
 pub mod pg;
 pub mod probe;
+#[cfg(feature = "redis")]
+pub mod redis_cluster;
 #[cfg(feature = "sqlite")]
 pub mod sqlite;
 
@@ -36,10 +38,23 @@ pub struct Proxy {
 
 impl Proxy {
     pub async fn start(target: &str) -> Proxy {
+        Proxy::switched(
+            target,
+            Arc::new(AtomicBool::new(true)),
+            Arc::new(Notify::new()),
+        )
+        .await
+    }
+
+    /// Another port forwarded to `target`, cut and restored together with
+    /// this one (the nodes of one cluster).
+    pub async fn beside(&self, target: &str) -> Proxy {
+        Proxy::switched(target, self.up.clone(), self.cut.clone()).await
+    }
+
+    async fn switched(target: &str, up: Arc<AtomicBool>, cut: Arc<Notify>) -> Proxy {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let up = Arc::new(AtomicBool::new(true));
-        let cut = Arc::new(Notify::new());
         let target = target.to_owned();
         let (up2, cut2) = (up.clone(), cut.clone());
         tokio::spawn(async move {
