@@ -74,6 +74,8 @@
 //! - [`inbox`]: idempotent consumers that record each message id with
 //!   their effects, and spot gaps through per-key sequence numbers.
 //! - [`publisher`]: the [`Publisher`] trait and the built-in publishers.
+//! - [`RelayGroup`]: one process relaying many outboxes (a database per
+//!   tenant or shard), with fair turns, added and removed while it runs.
 //!
 //! ## Which sqlx
 //!
