@@ -1,7 +1,7 @@
 //! The metrics a relay and the export record, read back from a recorder
 //! installed for this test binary alone: per-topic gauges (a topic that
-//! empties reads 0), claim, publish and acknowledgement durations, and
-//! export lag.
+//! empties reads 0), claim, publish and acknowledgement durations, export
+//! lag, inbox lag, and the `outbox` label of a relay group's members.
 
 use std::time::Duration;
 
@@ -172,6 +172,63 @@ async fn relays_and_exports_record_their_gauges_and_durations() {
         .collect();
     assert_eq!(lags.len(), 1, "one fresh receipt: {lags:?}");
     assert!((0.0..60.0).contains(&lags[0]), "{lags:?}");
+
+    // A relay group's members label every metric with their outbox: two
+    // SQLite outboxes, two and three messages.
+    let group = outbox::RelayGroup::builder().build().unwrap();
+    let publisher = std::sync::Arc::new(outbox::InMemoryPublisher::new());
+    let mut tenants = Vec::new();
+    for (tenant, n) in [("tenant-a", 2), ("tenant-b", 3)] {
+        let options = SqliteConnectOptions::new()
+            .filename(dir.join(format!("{tenant}.db")))
+            .create_if_missing(true);
+        let pool = SqlitePoolOptions::new()
+            .connect_with(options)
+            .await
+            .unwrap();
+        let outbox = SqliteOutbox::new(pool.clone());
+        outbox.migrate().await.unwrap();
+        for i in 0..n {
+            let m = NewMessage::json("orders", &i).unwrap();
+            outbox.enqueue(&pool, m).await.unwrap();
+        }
+        let relay = Relay::builder(outbox, publisher.clone())
+            .poll_interval(Duration::from_millis(50))
+            .stats_interval(Duration::from_millis(100));
+        group.add(tenant, relay).unwrap();
+        tenants.push(pool);
+    }
+    let counter = |all: &[Metric], tenant: &str| {
+        all.iter().find_map(|(n, labels, v)| match v {
+            DebugValue::Counter(c)
+                if n == "outbox_published_total"
+                    && labels.contains(&("outbox".into(), tenant.into())) =>
+            {
+                Some(*c)
+            }
+            _ => None,
+        })
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let all = read(&snapshotter);
+        let (a, b) = (counter(&all, "tenant-a"), counter(&all, "tenant-b"));
+        let pending_a = all.iter().any(|(n, labels, _)| {
+            n == "outbox_pending" && labels.contains(&("outbox".into(), "tenant-a".into()))
+        });
+        if a == Some(2) && b == Some(3) && pending_a {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "published per outbox: tenant-a {a:?}, tenant-b {b:?}; pending gauge of tenant-a: {pending_a}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    group.shutdown().await.unwrap();
+    for pool in tenants {
+        pool.close().await;
+    }
 
     pool.close().await;
     std::fs::remove_dir_all(&dir).unwrap();
