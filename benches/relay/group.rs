@@ -11,7 +11,7 @@ use super::*;
 /// Each member's pool, as the group's docs advise.
 fn member_pool_options() -> PgPoolOptions {
     PgPoolOptions::new()
-        .max_connections(4)
+        .max_connections(5)
         .min_connections(0)
         .idle_timeout(Duration::from_secs(30))
 }
@@ -70,43 +70,52 @@ impl Running {
     }
 }
 
-async fn start(
+/// The pools of one arrangement: pools of five for the group's members,
+/// as its docs advise; sqlx's defaults (up to ten) for separate relays, as
+/// a service running its relay alone would have.
+async fn connect(arrangement: Arrangement, dbs: &[String], application: &str) -> Vec<PgPool> {
+    let admin: PgConnectOptions = admin_url().parse().unwrap();
+    let mut pools = Vec::new();
+    for db in dbs {
+        let options = match arrangement {
+            Arrangement::Group => member_pool_options(),
+            Arrangement::Separate => PgPoolOptions::new(),
+        };
+        let pool = options
+            .connect_with(admin.clone().database(db).application_name(application))
+            .await
+            .unwrap();
+        pools.push(pool);
+    }
+    pools
+}
+
+fn start(
     arrangement: Arrangement,
     dbs: &[String],
+    pools: Vec<PgPool>,
     publisher: &Arc<Arrivals>,
-    application: &str,
 ) -> Running {
-    let admin: PgConnectOptions = admin_url().parse().unwrap();
     match arrangement {
         Arrangement::Group => {
             let group = RelayGroup::builder().build().unwrap();
-            for db in dbs {
-                let pool = member_pool_options()
-                    .connect_with(admin.clone().database(db).application_name(application))
-                    .await
-                    .unwrap();
+            for (db, pool) in dbs.iter().zip(pools) {
                 group
                     .add(db, Relay::builder(PgOutbox::new(pool), publisher.clone()))
                     .unwrap();
             }
             Running::Group(group)
         }
-        Arrangement::Separate => {
-            let mut relays = Vec::new();
-            for db in dbs {
-                // A relay as a service would run it alone: sqlx's default pool.
-                let pool = PgPoolOptions::new()
-                    .connect_with(admin.clone().database(db).application_name(application))
-                    .await
-                    .unwrap();
-                relays.push(
+        Arrangement::Separate => Running::Separate(
+            pools
+                .into_iter()
+                .map(|pool| {
                     Relay::builder(PgOutbox::new(pool), publisher.clone())
                         .spawn()
-                        .unwrap(),
-                );
-            }
-            Running::Separate(relays)
-        }
+                        .unwrap()
+                })
+                .collect(),
+        ),
     }
 }
 
@@ -142,8 +151,9 @@ async fn drain(arrangement: Arrangement, dbs: &[String], pools: &[PgPool], per_o
     }
     let publisher = Arc::new(Arrivals::default());
     let total = per_outbox as u64 * dbs.len() as u64;
+    let relay_pools = connect(arrangement, dbs, "outbox-bench-drain").await;
     let started = Instant::now();
-    let running = start(arrangement, dbs, &publisher, "outbox-bench-drain").await;
+    let running = start(arrangement, dbs, relay_pools, &publisher);
     while publisher.count.load(Ordering::Relaxed) < total {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
@@ -158,7 +168,8 @@ async fn drain(arrangement: Arrangement, dbs: &[String], pools: &[PgPool], per_o
 async fn steady(arrangement: Arrangement, dbs: &[String], rate: f64, secs: f64) -> (Duration, i64) {
     let application = format!("outbox-bench-{}", arrangement.name());
     let publisher = Arc::new(Arrivals::default());
-    let running = start(arrangement, dbs, &publisher, &application).await;
+    let relay_pools = connect(arrangement, dbs, &application).await;
+    let running = start(arrangement, dbs, relay_pools, &publisher);
     // Let the relays take their leases and open their listeners.
     tokio::time::sleep(Duration::from_secs(2)).await;
     let admin: PgConnectOptions = admin_url().parse().unwrap();

@@ -63,24 +63,26 @@ pub(crate) fn validate_name(name: &str) -> Result<()> {
 /// first served. A member with a backlog goes to the back of the queue
 /// after each batch, so an outbox with a million messages waiting delays
 /// another's new message by at most the rounds queued ahead of it, never
-/// by its backlog. Leases, wake-ups and upkeep do not wait for turns.
+/// by its backlog. A round that outlasts the lease TTL (a publisher hung on
+/// one tenant's broker) gives its turn to the next member and goes on
+/// without it. Lease renewals, wake-ups, parking and statistics do not
+/// wait for turns.
 ///
 /// # Connections
 ///
-/// Each member keeps its own store and pool. A member's round uses at most
-/// two connections of its pool at once (the next batch is claimed while
-/// the current one is acknowledged), so at most `2 × concurrent_rounds`
-/// connections do relay work at any moment. Besides, a member renews its
-/// leases and reads its statistics on its own schedule, and a PostgreSQL
-/// member keeps one connection of its pool for its wake-up `LISTEN`
-/// (notifications are per database). Build the members' pools small, with
-/// room for those four, and let idle connections go, for example
-/// `PgPoolOptions::new().max_connections(4).min_connections(0)
-/// .idle_timeout(Duration::from_secs(30))`: the group then holds one
-/// listener per database and about `2 × concurrent_rounds` working
-/// connections, plus those not yet idle long enough to close. A pool too
-/// small to renew the leases on time while a round runs makes the member
-/// abandon its publisher calls (they are published again).
+/// Turns bound the relay work running at once, not the connections held:
+/// each member keeps its own store and pool, and a pool keeps the
+/// connections it opened while they are in use now and then (sqlx reuses
+/// its idle connections in turn, so a member active every few seconds
+/// keeps them all). A member needs up to five at once: its wake-up
+/// `LISTEN` (PostgreSQL, taken from its pool unless
+/// `PgOutboxBuilder::listen_options` gives it one of its own), the claim
+/// of its next batch, the acknowledgement or a lease renewal, its
+/// statistics pass and its parking pass. Give each member a pool of five;
+/// a pool too small to renew the leases on time while a round runs makes
+/// the member abandon its publisher calls (they are published again).
+/// Plan for about five connections per outbox per group process, and
+/// PostgreSQL's `max_connections` accordingly.
 ///
 /// # Several processes
 ///
@@ -176,11 +178,18 @@ impl RelayGroup {
     /// retry policy, publisher...); the group names it (see
     /// [`RelayBuilder::outbox_name`]) and gives it turns.
     ///
+    /// A name removed with [`remove`](Self::remove) can be added again at
+    /// once, when `remove` has returned.
+    ///
     /// # Errors
     ///
     /// [`Error::InvalidConfig`]: `outbox_name` for a bad name or one
     /// already in the group, or the setting of `relay` that is out of its
     /// range. Nothing is started then.
+    ///
+    /// # Panics
+    ///
+    /// Outside a tokio runtime, as [`RelayBuilder::spawn`] does.
     pub fn add(&self, name: &str, relay: RelayBuilder) -> Result<()> {
         validate_name(name)?;
         let mut members = self.members();
@@ -202,7 +211,10 @@ impl RelayGroup {
     /// Stops relaying the outbox named `name`, as
     /// [`RelayHandle::shutdown`] does (bounded by its shutdown grace), and
     /// returns whether the group had it. Its messages stay in its database
-    /// for the next relay.
+    /// for the next relay, its leases are given back at once, and its
+    /// gauges read 0. Until this returns, the name is not in the group but
+    /// its relay may still be finishing: wait for it before adding the
+    /// name again.
     ///
     /// # Errors
     ///
@@ -379,6 +391,59 @@ mod tests {
             assert!(at < BACKLOG, "{tag} went out only after the backlog");
         }
         group.shutdown().await.unwrap();
+    }
+
+    /// Never answers, like a broker behind a black-holed connection; says
+    /// when it is first called.
+    struct Hung(Arc<tokio::sync::Notify>);
+
+    #[async_trait::async_trait]
+    impl crate::Publisher for Hung {
+        async fn publish(
+            &self,
+            _: &[crate::OutboxMessage],
+        ) -> Vec<std::result::Result<(), crate::PublishError>> {
+            self.0.notify_one();
+            std::future::pending().await
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_member_hung_on_its_broker_gives_its_turn_up_after_the_lease_ttl() {
+        use crate::relay::scripted::message;
+        let group = RelayGroup::builder().concurrent_rounds(1).build().unwrap();
+        let hung = MemoryStore::new(1);
+        hung.enqueue(message("stuck", Some("k")));
+        let ttl = std::time::Duration::from_millis(500);
+        let called = Arc::new(tokio::sync::Notify::new());
+        group
+            .add(
+                "hung",
+                Relay::builder(hung.clone(), Hung(called.clone())).lease_ttl(ttl),
+            )
+            .unwrap();
+        // It holds the only turn, hung.
+        called.notified().await;
+        let fine = MemoryStore::new(1);
+        let publisher = InMemoryPublisher::new();
+        group
+            .add(
+                "fine",
+                Relay::builder(fine.clone(), publisher.clone()).lease_ttl(ttl),
+            )
+            .unwrap();
+        fine.enqueue(message("goes", Some("k")));
+        tokio::time::timeout(std::time::Duration::from_secs(20), async {
+            while publisher.is_empty() {
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            }
+        })
+        .await
+        .expect("the other member never got a turn");
+        assert!(hung.published().is_empty());
+        assert!(group.remove("fine").await.unwrap());
+        // The hung call is abandoned after the shutdown grace.
+        drop(group);
     }
 
     #[tokio::test]

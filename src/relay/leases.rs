@@ -130,7 +130,7 @@ impl Worker {
     }
 
     /// Sets the deadlines that follow a renewal requested at `started`.
-    fn renewed_at(&mut self, started: Instant) {
+    pub(super) fn renewed_at(&mut self, started: Instant) {
         let ttl = self.config.lease_ttl;
         self.lease_deadline = started + ttl.mul_f64(0.8);
         self.next_lease_tick = started + ttl / 3;

@@ -313,6 +313,39 @@ impl Worker {
     }
 }
 
+impl Worker {
+    /// Zeroes the gauges of a named relay that stops, such as a member
+    /// removed from its group: alerts on an outbox no longer relayed here
+    /// must not fire on its last readings. A lone, unnamed relay leaves
+    /// them, since another relay of the process may share them.
+    pub(super) fn zero_named_gauges(&mut self) {
+        let labels = &self.config.labels;
+        if labels.name().is_none() {
+            return;
+        }
+        for g in [
+            "outbox_pending",
+            "outbox_ready",
+            "outbox_retry_waiting",
+            "outbox_parked",
+            "outbox_dead_letters",
+            "outbox_oldest_pending_age_seconds",
+            "outbox_dead_tuples",
+            "outbox_oldest_transaction_age_seconds",
+        ] {
+            metrics::gauge!(g, labels.all()).set(0.0);
+        }
+        for topic in std::mem::take(&mut self.gauged_topics) {
+            metrics::gauge!("outbox_topic_pending", labels.with("topic", topic.clone())).set(0.0);
+            metrics::gauge!(
+                "outbox_topic_oldest_pending_age_seconds",
+                labels.with("topic", topic)
+            )
+            .set(0.0);
+        }
+    }
+}
+
 fn record_gauges(s: &StoreStats, labels: &Labels) {
     metrics::gauge!("outbox_pending", labels.all()).set(s.pending as f64);
     metrics::gauge!("outbox_ready", labels.all()).set(s.ready as f64);

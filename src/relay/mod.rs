@@ -467,9 +467,18 @@ impl RelayHandle {
         });
     }
 
-    /// The relay's current health.
+    /// The relay's current health. A relay whose task ended without
+    /// stopping (it panicked) reads [`RelayState::Stopped`], with the
+    /// reason as its last error.
     pub fn health(&self) -> Health {
-        self.health.borrow().clone()
+        let mut h = self.health.borrow().clone();
+        let ended = self.join.as_ref().is_some_and(JoinHandle::is_finished);
+        if ended && h.state != RelayState::Stopped {
+            h.state = RelayState::Stopped;
+            h.leased_buckets = 0;
+            h.last_error = Some("the relay's task ended abnormally (it panicked)".to_owned());
+        }
+        h
     }
 
     /// A receiver that sees every health change.

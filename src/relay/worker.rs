@@ -62,6 +62,8 @@ enum Turn {
     Taken(OwnedSemaphorePermit),
     /// The leases need the loop's attention first.
     Renew,
+    /// Renewing the leases failed: back off, then let the loop retry.
+    Failed,
     /// The relay is asked to stop.
     Stop,
 }
@@ -269,12 +271,18 @@ impl Worker {
                 Some(turns) => match self.take_turn(turns).await {
                     Turn::Taken(permit) => Some(permit),
                     Turn::Renew => continue,
+                    Turn::Failed => {
+                        self.back_off().await;
+                        continue;
+                    }
                     Turn::Stop => break,
                 },
                 None => None,
             };
-            let ran = shutdown.bound(self.round()).await;
-            drop(turn);
+            let ran = match turn {
+                Some(turn) => self.round_in_turn(turn).await,
+                None => shutdown.bound(self.round()).await,
+            };
             match ran {
                 // Stopping, and the round's store calls ran out of time:
                 // whether its acknowledgement landed is unknown, and the
@@ -322,6 +330,7 @@ impl Worker {
         }
         let _ = shutdown.bound(self.store.leave(relay)).await;
         self.leases.clear();
+        self.zero_named_gauges();
         self.health.state = RelayState::Stopped;
         self.publish_health();
         tracing::info!(relay = %relay, "outbox relay stopped");
@@ -329,12 +338,14 @@ impl Worker {
 
     /// Queues for a round's turn in the group, first come, first served,
     /// so a member with a backlog goes behind the others after every
-    /// batch. The leases are renewed on time while it waits: a long queue
-    /// must not let them lapse.
+    /// batch. While it waits, its leases are renewed on time (beside the
+    /// queue, which keeps its place and can hand over the turn meanwhile)
+    /// and its parking and statistics passes start when due.
     async fn take_turn(&mut self, turns: Arc<Semaphore>) -> Turn {
         let shutdown = self.shutdown.clone();
         let queued = turns.acquire_owned();
         tokio::pin!(queued);
+        let mut renewing = None;
         loop {
             tokio::select! {
                 biased;
@@ -343,21 +354,78 @@ impl Worker {
                     let Ok(permit) = permit else {
                         return Turn::Stop;
                     };
-                    // A failed renewal or a lost bucket while queued: the
-                    // loop sorts the leases out before any round.
+                    if let Some(renewal) = renewing.take() {
+                        // Rarely: the turn came during a renewal. Let it
+                        // end, bounded like any store call.
+                        match shutdown.bound(renewal).await {
+                            None => return Turn::Stop,
+                            Some((started, kept)) => {
+                                if !self.renewed_in_queue(started, kept) {
+                                    return Turn::Failed;
+                                }
+                            }
+                        }
+                    }
+                    // A bucket lost while queued, or leases too old to
+                    // publish on: the loop sorts the leases out first.
                     let stale = Instant::now() >= self.lease_deadline || self.leases.is_empty();
                     return if stale { Turn::Renew } else { Turn::Taken(permit) };
                 }
-                () = tokio::time::sleep_until(self.next_lease_tick) => {
-                    match shutdown.bound(self.manage_leases()).await {
-                        None => return Turn::Stop,
-                        Some(Ok(())) => {}
-                        Some(Err(e)) => {
-                            self.record_error("lease renewal", &e);
-                            return Turn::Renew;
-                        }
+                (started, kept) = async { renewing.as_mut().expect("guarded").await },
+                    if renewing.is_some() => {
+                    renewing = None;
+                    if !self.renewed_in_queue(started, kept) {
+                        return Turn::Failed;
                     }
                 }
+                () = tokio::time::sleep_until(self.next_lease_tick), if renewing.is_none() => {
+                    renewing = Some(Box::pin(self.renewal()));
+                    self.start_maintenance();
+                }
+            }
+        }
+    }
+
+    /// A round in the group's turn. A round that outlasts the lease TTL
+    /// (a publisher hanging on one tenant's broker) gives its turn up and
+    /// goes on without it, so hung members cannot hold every turn.
+    async fn round_in_turn(&mut self, turn: OwnedSemaphorePermit) -> Option<crate::Result<bool>> {
+        let shutdown = self.shutdown.clone();
+        let budget = tokio::time::sleep(self.config.lease_ttl);
+        let relay = self.config.relay_id;
+        let round = shutdown.bound(self.round());
+        tokio::pin!(round, budget);
+        let mut turn = Some(turn);
+        loop {
+            tokio::select! {
+                ran = &mut round => return ran,
+                () = &mut budget, if turn.is_some() => {
+                    turn = None;
+                    tracing::warn!(
+                        relay = %relay,
+                        "outbox relay group: a round outlasted the lease TTL; \
+                         its turn goes to the next member"
+                    );
+                }
+            }
+        }
+    }
+
+    /// Takes in a renewal made while queued for a turn; false if it failed.
+    fn renewed_in_queue(&mut self, started: Instant, kept: crate::Result<Vec<Lease>>) -> bool {
+        match kept {
+            Ok(kept) => {
+                if kept != self.leases {
+                    self.prefetch = None;
+                }
+                self.leases = kept;
+                self.renewed_at(started);
+                self.publish_health();
+                true
+            }
+            Err(e) => {
+                self.record_error("lease renewal", &e);
+                false
             }
         }
     }
