@@ -177,11 +177,8 @@ pub(crate) async fn status(
     let blocked: usize = read.iter().map(|r| r.blocked.len()).sum();
     let live: usize = read.iter().map(|r| live_relays(r)).sum();
     let count = |verdict: &str| rows.iter().filter(|r| r.verdict() == verdict).count();
-    let (ok, attention, unreachable) = (
-        count("ok"),
-        count("needs attention"),
-        count("unreachable"),
-    );
+    let (ok, attention, unreachable) =
+        (count("ok"), count("needs attention"), count("unreachable"));
     if json {
         let value = json!({
             "outboxes": rows.iter().map(row_json).collect::<Vec<_>>(),

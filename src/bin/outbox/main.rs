@@ -432,7 +432,12 @@ async fn connect(cli: &Cli, named: bool) -> Outcome<Outbox> {
              (postgres://..., mysql://..., sqlite:path){also}"
         )));
     };
-    open(url, &Settings::of(cli), matches!(cli.command, Command::Migrate)).await
+    open(
+        url,
+        &Settings::of(cli),
+        matches!(cli.command, Command::Migrate),
+    )
+    .await
 }
 
 /// Opens the outbox the URL names. Nothing is created unless `create`
