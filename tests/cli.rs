@@ -496,3 +496,226 @@ async fn cli_serves_the_console_on_loopback_unless_given_credentials() {
     console.wait().unwrap();
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// The binary with `args` only: no `--database-url`.
+fn bare(args: &[&str]) -> Cli {
+    Cli {
+        args: args.iter().map(|a| (*a).to_owned()).collect(),
+    }
+}
+
+/// A PostgreSQL database of its own (an outbox in the default schema),
+/// its URL and the admin pool that drops it.
+async fn pg_database() -> (String, String, PgPool) {
+    let (url, admin) = postgres(2).await;
+    let name = format!("cli_group_{}", Uuid::now_v7().simple());
+    drop_object(&admin, &format!("DATABASE IF EXISTS {name}")).await;
+    admin
+        .execute(format!("CREATE DATABASE {name}").as_str())
+        .await
+        .unwrap();
+    let base = url.rsplit_once('/').unwrap().0;
+    (format!("{base}/{name}"), name, admin)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn group_status_shows_each_outbox_and_what_needs_attention() {
+    // "clean": SQLite, migrated, nothing in it.
+    let (dir, clean_url) = sqlite_file();
+    Cli::on(&clean_url, &[]).expect(&["migrate"], 0);
+    // "stuck": PostgreSQL, a message that failed for good and its key.
+    let (stuck_url, stuck_db, admin) = pg_database().await;
+    let stuck_pool = PgPool::connect(&stuck_url).await.unwrap();
+    let stuck = PgOutbox::new(stuck_pool.clone());
+    stuck.migrate().await.unwrap();
+    let poison = NewMessage::json("orders", &serde_json::json!({ "n": 1 }))
+        .unwrap()
+        .with_partition_key("a");
+    stuck.enqueue(&stuck_pool, poison).await.unwrap();
+    let relay = Relay::builder(
+        stuck.clone(),
+        FnPublisher::new(|_m: OutboxMessage| async {
+            Err(PublishError::permanent("the schema was rejected"))
+        }),
+    )
+    .poll_interval(Duration::from_millis(50))
+    .spawn()
+    .unwrap();
+    let start = Instant::now();
+    while stuck.dead_letters(1).await.unwrap().is_empty() {
+        assert!(start.elapsed() < Duration::from_secs(30), "no dead letter");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    relay.shutdown().await.unwrap();
+    let blocked = stuck.blocked_keys().await.unwrap().len();
+    // "silent": accepts connections and never answers, with a password
+    // that must appear nowhere.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let silent_url = format!(
+        "postgres://relay:s3cret-pw@{}/app",
+        silent.local_addr().unwrap()
+    );
+    // Named in a file (a name with a space, comments) and by option.
+    let list = dir.join("outboxes.txt");
+    std::fs::write(
+        &list,
+        format!("# tenants\n\nclean shop  {clean_url}\nsilent {silent_url}\n"),
+    )
+    .unwrap();
+    let list = list.to_str().unwrap();
+    let cli = bare(&[
+        "--outbox",
+        &format!("stuck={stuck_url}"),
+        "--outboxes",
+        list,
+    ]);
+
+    let started = Instant::now();
+    let status = cli.json(&["group", "status", "--timeout", "2s"], 2);
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "a silent database held the command for {:?}",
+        started.elapsed()
+    );
+    let rows = status["outboxes"].as_array().unwrap();
+    let names: Vec<&str> = rows.iter().map(|r| r["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["stuck", "clean shop", "silent"], "{status}");
+    let (stuck_row, clean_row, silent_row) = (&rows[0], &rows[1], &rows[2]);
+    assert_eq!(stuck_row["verdict"], "needs attention", "{status}");
+    assert_eq!(stuck_row["dead_letters"], 1, "{status}");
+    assert_eq!(stuck_row["blocked_keys"], blocked, "{status}");
+    assert_eq!(stuck_row["pending"], 0, "{status}");
+    assert!(
+        stuck_row["attention"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|a| a.as_str().unwrap().contains("1 dead letter")),
+        "{status}"
+    );
+    assert_eq!(clean_row["verdict"], "ok", "{status}");
+    assert_eq!(clean_row["pending"], 0, "{status}");
+    assert_eq!(clean_row["live_relays"], 0, "{status}");
+    assert_eq!(silent_row["verdict"], "unreachable", "{status}");
+    assert!(
+        silent_row["error"]
+            .as_str()
+            .unwrap()
+            .contains("did not answer within 2s"),
+        "{status}"
+    );
+    assert_eq!(
+        silent_row["url"],
+        format!("postgres://relay:***@{}/app", silent.local_addr().unwrap()),
+        "{status}"
+    );
+    let totals = &status["totals"];
+    assert_eq!(totals["outboxes"], 3, "{status}");
+    assert_eq!(totals["ok"], 1, "{status}");
+    assert_eq!(totals["needs_attention"], 1, "{status}");
+    assert_eq!(totals["unreachable"], 1, "{status}");
+    assert_eq!(totals["dead_letters"], 1, "{status}");
+
+    let out = cli.run(&["group", "status", "--timeout", "2s"]);
+    assert_eq!(out.status.code(), Some(2));
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = |name: &str| {
+        text.lines()
+            .find(|l| l.starts_with(name))
+            .unwrap_or_else(|| panic!("no row for {name}: {text}"))
+            .to_owned()
+    };
+    assert!(line("stuck ").ends_with("needs attention"), "{text}");
+    assert!(line("clean shop ").ends_with("ok"), "{text}");
+    assert!(line("silent ").ends_with("unreachable"), "{text}");
+    assert!(
+        line("TOTAL").contains("1 ok, 1 need attention, 1 unreachable"),
+        "{text}"
+    );
+    assert!(text.contains("stuck: 1 dead letter(s)"), "{text}");
+    assert!(text.contains("silent: unreachable: "), "{text}");
+    let everything = format!("{text}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(!everything.contains("s3cret-pw"), "{everything}");
+
+    // Without the stuck and the silent one: all is well.
+    let healthy = bare(&["--outbox", &format!("clean={clean_url}")]);
+    let status = healthy.json(&["group", "status"], 0);
+    assert_eq!(status["totals"]["ok"], 1, "{status}");
+
+    // A name given twice, a line without a URL, no outbox at all: errors
+    // that name what is wrong.
+    let twice = bare(&[
+        "--outbox",
+        &format!("clean shop={clean_url}"),
+        "--outboxes",
+        list,
+    ]);
+    let out = twice.run(&["group", "status"]);
+    assert_eq!(out.status.code(), Some(1));
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(said.contains("\"clean shop\" is given twice"), "{said}");
+    let broken = dir.join("broken.txt");
+    std::fs::write(&broken, "lonely\n").unwrap();
+    let out = bare(&["--outboxes", broken.to_str().unwrap()]).run(&["group", "status"]);
+    assert_eq!(out.status.code(), Some(1));
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(said.contains("broken.txt line 1"), "{said}");
+    let out = bare(&[]).run(&["group", "status"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--outbox NAME=URL"));
+
+    // `outbox console` given several outboxes serves the group's index.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let listen = format!("127.0.0.1:{port}");
+    let mut console = Command::new(env!("CARGO_BIN_EXE_outbox"))
+        .args(["--outbox", &format!("clean={clean_url}")])
+        .args(["--outbox", &format!("stuck={stuck_url}")])
+        .args(["console", "--listen", &listen])
+        .env_remove("DATABASE_URL")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("the outbox binary runs");
+    let http = reqwest::Client::new();
+    let index: Value = loop {
+        if let Ok(r) = http
+            .get(format!("http://{listen}/api/outboxes"))
+            .send()
+            .await
+        {
+            assert_eq!(r.status(), 200);
+            break serde_json::from_str(&r.text().await.unwrap()).unwrap();
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "the console never answered on {listen}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(index["outboxes"][0]["name"], "clean", "{index}");
+    assert_eq!(index["outboxes"][1]["dead_letters"], 1, "{index}");
+    let dead: Value = serde_json::from_str(
+        &http
+            .get(format!("http://{listen}/o/stuck/api/dead"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(dead["dead_letters"].as_array().unwrap().len(), 1, "{dead}");
+    console.kill().unwrap();
+    console.wait().unwrap();
+
+    drop(silent);
+    stuck_pool.close().await;
+    drop_object(&admin, &format!("DATABASE {stuck_db} WITH (FORCE)")).await;
+    std::fs::remove_dir_all(&dir).unwrap();
+}

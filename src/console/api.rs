@@ -106,7 +106,7 @@ pub(crate) async fn overview(State(state): Shared) -> Response {
         "relays": relays,
         "history": samples,
         "sample_error": sample_error,
-        "read_only": state.read_only,
+        "read_only": state.gate.read_only,
     }))
     .into_response()
 }

@@ -11,8 +11,6 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 
-use super::State as ConsoleState;
-
 /// The header a changing request carries the CSRF token in.
 pub(crate) const CSRF_HEADER: &str = "x-csrf-token";
 
@@ -45,6 +43,51 @@ impl std::fmt::Debug for Credentials {
             Credentials::Bearer(_) => f.write_str("Bearer(..)"),
         }
     }
+}
+
+/// Who may use a console or a group's index, and whether they may change
+/// anything: what [`guard`] checks.
+pub(crate) struct Gate {
+    pub(crate) credentials: Option<Credentials>,
+    pub(crate) read_only: bool,
+    /// The token a changing request carries, as the page holds it.
+    pub(crate) csrf: String,
+}
+
+impl Gate {
+    /// A gate with a fresh CSRF token: 122 random bits from the system's
+    /// generator, as 32 hex digits.
+    pub(crate) fn new(credentials: Option<Credentials>, read_only: bool) -> Gate {
+        Gate {
+            credentials,
+            read_only,
+            csrf: uuid::Uuid::new_v4().simple().to_string(),
+        }
+    }
+}
+
+/// Refuses, before anything is served, credentials that are empty and,
+/// without credentials, an address other than loopback.
+pub(crate) fn check_listener(
+    credentials: Option<&Credentials>,
+    addr: SocketAddr,
+) -> crate::error::Result<()> {
+    if credentials.is_some_and(Credentials::is_empty) {
+        return Err(crate::error::Error::InvalidConfig {
+            field: "console credentials",
+            reason: "a user, password or token is empty".into(),
+        });
+    }
+    if credentials.is_none() && !addr.ip().is_loopback() {
+        return Err(crate::error::Error::InvalidConfig {
+            field: "console listen address",
+            reason: format!(
+                "{addr} is not loopback: without credentials the console listens only \
+                 on 127.0.0.1 or ::1; set basic or bearer auth to listen there"
+            ),
+        });
+    }
+    Ok(())
 }
 
 /// An answer that refuses a request, with the reason as JSON.
@@ -145,7 +188,7 @@ fn forwarded(headers: &HeaderMap) -> bool {
 
 /// Checks every request; see the module documentation.
 pub(crate) async fn guard(
-    State(state): State<Arc<ConsoleState>>,
+    State(state): State<Arc<Gate>>,
     request: Request,
     next: Next,
 ) -> Response {

@@ -15,6 +15,9 @@
 //!   every one a search matches.
 //! - **Blocked keys** with what holds each, and unblock; **export
 //!   consumers** and how far behind each is.
+//! - For many outboxes (as a [`RelayGroup`](crate::RelayGroup) relays
+//!   them), a [`ConsoleGroup`]: an index of every outbox with its counts
+//!   and status, and each one's console under it.
 //!
 //! Safe by default:
 //!
@@ -62,13 +65,15 @@ use axum::routing::{get, post};
 use axum::Router;
 
 mod api;
+mod group;
 mod guard;
 mod history;
 mod source;
 
+pub use self::group::ConsoleGroup;
 pub use self::source::ConsoleSource;
 
-use self::guard::Credentials;
+use self::guard::{Credentials, Gate};
 use self::history::History;
 use crate::error::{Error, Result};
 
@@ -85,6 +90,9 @@ pub struct Console {
     hide_payloads: bool,
     sample_every: Duration,
     keep: usize,
+    /// The outbox's name in a [`ConsoleGroup`], shown with a way back to
+    /// the group's index.
+    group_name: Option<String>,
 }
 
 impl std::fmt::Debug for Console {
@@ -94,6 +102,7 @@ impl std::fmt::Debug for Console {
             .field("read_only", &self.read_only)
             .field("hide_payloads", &self.hide_payloads)
             .field("sample_every", &self.sample_every)
+            .field("group_name", &self.group_name)
             .finish_non_exhaustive()
     }
 }
@@ -102,12 +111,11 @@ impl std::fmt::Debug for Console {
 pub(crate) struct State {
     /// Whether a task samples the charts; otherwise the overview does.
     sampler: bool,
+    group_name: Option<String>,
     source: Arc<dyn ConsoleSource>,
-    credentials: Option<Credentials>,
-    read_only: bool,
+    gate: Arc<Gate>,
     hide_payloads: bool,
     sample_every: Duration,
-    csrf: String,
     history: Mutex<History>,
 }
 
@@ -122,6 +130,7 @@ impl Console {
             hide_payloads: false,
             sample_every: Duration::from_secs(10),
             keep: 360,
+            group_name: None,
         }
     }
 
@@ -171,15 +180,14 @@ impl Console {
     /// dropped; elsewhere the charts are sampled when the page asks.
     pub fn router(self) -> Router {
         let sampler = tokio::runtime::Handle::try_current().is_ok();
+        let gate = Arc::new(Gate::new(self.credentials, self.read_only));
         let state = Arc::new(State {
             sampler,
+            group_name: self.group_name,
             source: self.source,
-            credentials: self.credentials,
-            read_only: self.read_only,
+            gate: gate.clone(),
             hide_payloads: self.hide_payloads,
             sample_every: self.sample_every,
-            // 122 random bits from the system's generator, as 32 hex digits.
-            csrf: uuid::Uuid::new_v4().simple().to_string(),
             history: Mutex::new(History::new(self.keep)),
         });
         if sampler {
@@ -209,10 +217,7 @@ impl Console {
             .route("/api/blocked", get(api::blocked))
             .route("/api/blocked/unblock", post(api::unblock))
             .route("/api/consumers", get(api::consumers))
-            .layer(axum::middleware::from_fn_with_state(
-                state.clone(),
-                guard::guard,
-            ))
+            .layer(axum::middleware::from_fn_with_state(gate, guard::guard))
             .with_state(state)
     }
 
@@ -226,22 +231,8 @@ impl Console {
     /// if a user, password or token is empty; [`Error::Io`] if serving
     /// fails.
     pub async fn serve(self, listener: tokio::net::TcpListener) -> Result<()> {
-        if self.credentials.as_ref().is_some_and(Credentials::is_empty) {
-            return Err(Error::InvalidConfig {
-                field: "console credentials",
-                reason: "a user, password or token is empty".into(),
-            });
-        }
         let addr = listener.local_addr().map_err(Error::Io)?;
-        if self.credentials.is_none() && !addr.ip().is_loopback() {
-            return Err(Error::InvalidConfig {
-                field: "console listen address",
-                reason: format!(
-                    "{addr} is not loopback: without credentials the console listens only \
-                     on 127.0.0.1 or ::1; set basic or bearer auth to listen there"
-                ),
-            });
-        }
+        guard::check_listener(self.credentials.as_ref(), addr)?;
         let app = self
             .router()
             .into_make_service_with_connect_info::<SocketAddr>();
@@ -249,7 +240,6 @@ impl Console {
     }
 }
 
-/// The page, with its CSRF token and settings.
 /// The page, with its CSRF token and settings. Its links are relative to
 /// where the router is mounted (`<base>`), so it works nested under a
 /// prefix of the service's own router.
@@ -260,21 +250,67 @@ async fn page(
         axum::extract::rejection::NestedPathRejection,
     >,
 ) -> Response {
+    // The name is the operator's: escaped, braces too, so that nothing in
+    // it is taken for a placeholder.
+    let (title, group) = match &state.group_name {
+        Some(name) => (
+            format!("{} · outbox console", escape(name)),
+            format!(
+                "<a class=\"group\" href=\"../../\">All outboxes</a>\
+                 <span class=\"outbox-name\">{}</span>",
+                escape(name)
+            ),
+        ),
+        None => ("outbox console".to_owned(), String::new()),
+    };
+    let html = PAGE
+        .replace("{base}", &base(nested))
+        .replace("{csrf}", &state.gate.csrf)
+        .replace(
+            "{read_only}",
+            if state.gate.read_only {
+                "true"
+            } else {
+                "false"
+            },
+        )
+        .replace("{title}", &title)
+        .replace("{group}", &group);
+    secure_page(html)
+}
+
+/// The `<base href>` of a page: where its router is mounted, escaped for
+/// an attribute.
+fn base(
+    nested: std::result::Result<
+        axum::extract::NestedPath,
+        axum::extract::rejection::NestedPathRejection,
+    >,
+) -> String {
     let prefix = nested.map_or(String::new(), |n| {
         n.as_str().trim_end_matches('/').to_owned()
     });
     // The prefix is a route the service chose; escaped all the same.
-    let base = format!("{prefix}/")
+    format!("{prefix}/")
         .replace('&', "&amp;")
         .replace('"', "&quot;")
-        .replace('<', "&lt;");
-    let html = PAGE
-        .replace("{base}", &base)
-        .replace("{csrf}", &state.csrf)
-        .replace(
-            "{read_only}",
-            if state.read_only { "true" } else { "false" },
-        );
+        .replace('<', "&lt;")
+}
+
+/// Text made safe for HTML, in an element or an attribute.
+fn escape(text: &str) -> String {
+    text.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+        .replace('\'', "&#39;")
+        .replace('{', "&#123;")
+}
+
+/// A page of the console as an answer, with headers that let it load
+/// nothing but its own script and styles and keep it out of frames and
+/// caches.
+fn secure_page(html: String) -> Response {
     let mut answer = Html(html).into_response();
     let headers = answer.headers_mut();
     headers.insert(

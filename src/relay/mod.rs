@@ -49,7 +49,7 @@
 //! library leaves the hook alone, since it belongs to the application.
 
 mod clock;
-mod group;
+pub(crate) mod group;
 mod labels;
 mod leases;
 mod maintenance;

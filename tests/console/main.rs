@@ -3,8 +3,8 @@
 //! the pending count moves on the overview, a dead letter is found,
 //! opened and replayed and then published; a change without the CSRF
 //! token, a read-only console, credentials and loopback are refused as
-//! they should be. Screenshots of each page go to
-//! `target/tmp/console-screenshots/`.
+//! they should be; the console of a group of outboxes ([`group`]).
+//! Screenshots of each page go to `target/tmp/console-screenshots/`.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -20,6 +20,7 @@ use outbox::{
 };
 use serde_json::{json, Value};
 
+mod group;
 #[path = "../support/mod.rs"]
 mod support;
 mod webdriver;

@@ -6,6 +6,7 @@
 //! outbox dead list --topic orders --error timeout
 //! outbox dead replay --topic orders --yes
 //! outbox blocked unblock order-42
+//! outbox --outboxes tenants.txt group status
 //! ```
 //!
 //! Exit codes: 0 done (and, for `status`, nothing needs attention), 1 an
@@ -13,6 +14,7 @@
 //! that needs attention (usable as a health check).
 
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -46,6 +48,21 @@ struct Cli {
     /// Print JSON instead of tables.
     #[arg(long, global = true)]
     json: bool,
+    /// One outbox of a group, as NAME=URL (the name ends at the first
+    /// `=`); repeat it for each. Read by `group status` and `console`.
+    /// A password in a command line is visible to other users of the
+    /// machine: prefer --outboxes.
+    #[arg(long = "outbox", value_name = "NAME=URL", global = true)]
+    outbox: Vec<String>,
+    /// A file naming a group's outboxes, one per line: the name, then
+    /// the URL as the line's last word (so a name may hold spaces, e.g.
+    /// `eu west  postgres://relay@db-eu/app`). Blank lines and lines
+    /// starting with `#` are skipped. Names are 1 to 128 characters, no
+    /// control characters, each used once (with the --outbox ones). The
+    /// global --schema, --prefix and --transaction-pooling apply to every
+    /// outbox.
+    #[arg(long, value_name = "FILE", global = true)]
+    outboxes: Option<std::path::PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -91,8 +108,27 @@ enum Command {
         count: Option<usize>,
     },
     /// Serves the web console (overview, dead letters, blocked keys,
-    /// export consumers) until killed.
+    /// export consumers) until killed; given --outbox or --outboxes, an
+    /// index of those outboxes with each one's console under it.
     Console(ConsoleArgs),
+    /// The outboxes named by --outbox and --outboxes, together.
+    #[command(subcommand)]
+    Group(Group),
+}
+
+#[derive(Debug, Subcommand)]
+enum Group {
+    /// One line per outbox (pending, oldest, dead letters, blocked keys,
+    /// live relays, verdict) and totals; exits with 2 when an outbox needs
+    /// attention or cannot be read.
+    Status {
+        /// A pending message older than this needs attention.
+        #[arg(long, default_value = "5m", value_parser = parse_duration)]
+        max_age: Duration,
+        /// An outbox that has not answered within this is unreachable.
+        #[arg(long, default_value = "10s", value_parser = parse_duration)]
+        timeout: Duration,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -204,6 +240,7 @@ macro_rules! on {
 mod blocked;
 mod dead;
 mod format;
+mod group;
 mod published;
 mod status;
 
@@ -253,7 +290,20 @@ fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> Outcome<ExitCode> {
-    let outbox = connect(&cli).await?;
+    let named = group::named_outboxes(&cli.outbox, cli.outboxes.as_deref())?;
+    let settings = Arc::new(Settings::of(&cli));
+    match cli.command {
+        Command::Group(Group::Status { max_age, timeout }) => {
+            return group::status(named, settings, cli.json, max_age, timeout).await;
+        }
+        Command::Console(args) if !named.is_empty() => {
+            return group::serve_console(named, settings, args)
+                .await
+                .map(|()| ExitCode::SUCCESS);
+        }
+        _ => {}
+    }
+    let outbox = connect(&cli, !named.is_empty()).await?;
     let json = cli.json;
     match cli.command {
         Command::Status { max_age } => status::status(&outbox, json, max_age).await,
@@ -288,46 +338,111 @@ async fn run(cli: Cli) -> Outcome<ExitCode> {
         Command::Console(args) => serve_console(outbox, args)
             .await
             .map(|()| ExitCode::SUCCESS),
+        Command::Group(_) => unreachable!("answered above"),
     }
 }
 
 /// `outbox console`: serves until killed.
 async fn serve_console(outbox: Outbox, args: ConsoleArgs) -> Outcome<()> {
+    let console = configured(outbox, &args);
+    let console = match console_credentials(&args)? {
+        Some(Credentials::Basic(user, password)) => console.basic_auth(user, password),
+        Some(Credentials::Bearer(token)) => console.bearer_token(token),
+        None => console,
+    };
+    let listener = listen(&args).await?;
+    console.serve(listener).await?;
+    Ok(())
+}
+
+/// The console of `outbox` with the options of `outbox console`,
+/// credentials aside.
+fn configured(outbox: Outbox, args: &ConsoleArgs) -> outbox::console::Console {
     use outbox::console::Console;
-    let console = on!(outbox, o => Console::new(o));
-    let mut console = console
+    on!(outbox, o => Console::new(o))
         .read_only(args.read_only)
         .hide_payloads(args.hide_payloads)
-        .sample_every(args.sample_every);
+        .sample_every(args.sample_every)
+}
+
+/// What a console asks of its users.
+enum Credentials {
+    Basic(String, String),
+    Bearer(String),
+}
+
+/// The console's credentials, from the environment as the options name.
+fn console_credentials(args: &ConsoleArgs) -> Outcome<Option<Credentials>> {
     let secret = |var: &str| {
         std::env::var(var)
             .ok()
             .filter(|v| !v.is_empty())
             .ok_or_else(|| Failure(format!("set {var}: the console's credentials come from it")))
     };
-    if let Some(user) = args.user {
-        console = console.basic_auth(user, secret("OUTBOX_CONSOLE_PASSWORD")?);
+    Ok(if let Some(user) = &args.user {
+        Some(Credentials::Basic(
+            user.clone(),
+            secret("OUTBOX_CONSOLE_PASSWORD")?,
+        ))
     } else if args.bearer {
-        console = console.bearer_token(secret("OUTBOX_CONSOLE_TOKEN")?);
-    }
+        Some(Credentials::Bearer(secret("OUTBOX_CONSOLE_TOKEN")?))
+    } else {
+        None
+    })
+}
+
+/// The console's listener, announced on stderr.
+async fn listen(args: &ConsoleArgs) -> Outcome<tokio::net::TcpListener> {
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .map_err(|e| Failure(format!("cannot listen on {}: {e}", args.listen)))?;
     eprintln!("outbox console on http://{}/", args.listen);
-    console.serve(listener).await?;
-    Ok(())
+    Ok(listener)
 }
 
-/// Opens the outbox the URL names. Nothing is created: a SQLite file must
-/// exist, except for `migrate`.
-async fn connect(cli: &Cli) -> Outcome<Outbox> {
+/// How every outbox is opened: the global options but the URL.
+#[derive(Debug, Clone)]
+struct Settings {
+    schema: Option<String>,
+    prefix: Option<String>,
+    transaction_pooling: bool,
+}
+
+impl Settings {
+    fn of(cli: &Cli) -> Settings {
+        Settings {
+            schema: cli.schema.clone(),
+            prefix: cli.prefix.clone(),
+            transaction_pooling: cli.transaction_pooling,
+        }
+    }
+}
+
+/// Opens the outbox of `--database-url`; `named` says that outboxes were
+/// named for a group, which this command does not read.
+async fn connect(cli: &Cli, named: bool) -> Outcome<Outbox> {
     let Some(url) = cli.database_url.as_deref() else {
-        return Err(Failure(
+        let also = if named {
+            "; --outbox and --outboxes name outboxes for `group status` and `console` only"
+        } else {
+            ""
+        };
+        return Err(Failure(format!(
             "no database: pass --database-url or set DATABASE_URL \
-             (postgres://..., mysql://..., sqlite:path)"
-                .into(),
-        ));
+             (postgres://..., mysql://..., sqlite:path){also}"
+        )));
     };
+    open(
+        url,
+        &Settings::of(cli),
+        matches!(cli.command, Command::Migrate),
+    )
+    .await
+}
+
+/// Opens the outbox the URL names. Nothing is created unless `create`
+/// (for `migrate`): a SQLite file must exist.
+async fn open(url: &str, settings: &Settings, create: bool) -> Outcome<Outbox> {
     let unreachable = |e: outbox::sqlx::Error| {
         Failure(format!(
             "cannot connect to {}: {e}; check the URL, that the server runs and that it \
@@ -347,19 +462,19 @@ async fn connect(cli: &Cli) -> Outcome<Outbox> {
             .connect(url)
             .await
             .map_err(unreachable)?;
-        let mut b = PgOutbox::builder(pool).transaction_pooling(cli.transaction_pooling);
-        if let Some(prefix) = &cli.prefix {
+        let mut b = PgOutbox::builder(pool).transaction_pooling(settings.transaction_pooling);
+        if let Some(prefix) = &settings.prefix {
             b = b.table_prefix(prefix.clone());
         }
-        if let Some(schema) = &cli.schema {
+        if let Some(schema) = &settings.schema {
             b = b.schema(schema.clone());
         }
         return Ok(Outbox::Pg(b.build()?));
     }
-    if cli.schema.is_some() {
+    if settings.schema.is_some() {
         return Err(wrong_option("schema"));
     }
-    if cli.transaction_pooling {
+    if settings.transaction_pooling {
         return Err(wrong_option("transaction-pooling"));
     }
     if let Some(rest) = url
@@ -372,14 +487,13 @@ async fn connect(cli: &Cli) -> Outcome<Outbox> {
             .await
             .map_err(unreachable)?;
         let mut b = MySqlOutbox::builder(pool);
-        if let Some(prefix) = &cli.prefix {
+        if let Some(prefix) = &settings.prefix {
             b = b.table_prefix(prefix.clone());
         }
         let o = b.build()?;
         return Ok(Outbox::MySql(o));
     }
     if url.starts_with("sqlite:") {
-        let create = matches!(cli.command, Command::Migrate);
         let options: SqliteConnectOptions = url
             .parse::<SqliteConnectOptions>()
             .map_err(unreachable)?
@@ -395,7 +509,7 @@ async fn connect(cli: &Cli) -> Outcome<Outbox> {
                 ))
             })?;
         let mut b = SqliteOutbox::builder(pool);
-        if let Some(prefix) = &cli.prefix {
+        if let Some(prefix) = &settings.prefix {
             b = b.table_prefix(prefix.clone());
         }
         let o = b.build()?;

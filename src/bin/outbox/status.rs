@@ -12,7 +12,21 @@ use crate::blocked::blocked_json;
 use crate::format::{age_of, bytes, first_line, human, section, table};
 use crate::{Failure, Outbox, Outcome};
 
-pub(crate) async fn status(outbox: &Outbox, json: bool, max_age: Duration) -> Outcome<ExitCode> {
+/// What `status` reads of one outbox, and what of it needs attention.
+pub(crate) struct Report {
+    pub(crate) stats: StoreStats,
+    pub(crate) topics: Vec<TopicStats>,
+    pub(crate) blocked: Vec<BlockedKey>,
+    pub(crate) relays: Vec<RelayStatus>,
+    pub(crate) consumers: Vec<ExportConsumer>,
+    /// Each thing that needs attention, said for a person.
+    pub(crate) attention: Vec<String>,
+    now: chrono::DateTime<Utc>,
+}
+
+/// Reads the outbox's state and judges it: a pending message older than
+/// `max_age` needs attention, as does a consumer idle that long.
+pub(crate) async fn report(outbox: &Outbox, max_age: Duration) -> Outcome<Report> {
     let stats: StoreStats = on!(outbox, o => o.stats().await).map_err(missing_tables)?;
     let topics: Vec<TopicStats> = on!(outbox, o => o.topic_stats().await)?;
     let blocked: Vec<BlockedKey> = on!(outbox, o => o.blocked_keys().await)?;
@@ -79,6 +93,27 @@ pub(crate) async fn status(outbox: &Outbox, json: bool, max_age: Duration) -> Ou
         ));
     }
 
+    Ok(Report {
+        stats,
+        topics,
+        blocked,
+        relays,
+        consumers,
+        attention,
+        now,
+    })
+}
+
+pub(crate) async fn status(outbox: &Outbox, json: bool, max_age: Duration) -> Outcome<ExitCode> {
+    let Report {
+        stats,
+        topics,
+        blocked,
+        relays,
+        consumers,
+        attention,
+        now,
+    } = report(outbox, max_age).await?;
     if json {
         let value = json!({
             "pending": stats.pending,
