@@ -134,20 +134,25 @@ async fn connections(application: &str) -> i64 {
     n
 }
 
+/// Enqueues `n` messages over 100 keys.
+async fn prefill(pool: &PgPool, n: i64) {
+    let outbox = PgOutbox::new(pool.clone());
+    let batch: Vec<NewMessage> = (0..n as u64)
+        .map(|i| {
+            NewMessage::json("bench", &payload(i))
+                .unwrap()
+                .with_partition_key(format!("k{}", i % 100))
+        })
+        .collect();
+    for chunk in batch.chunks(5_000) {
+        outbox.enqueue_batch(pool, chunk.to_vec()).await.unwrap();
+    }
+}
+
 /// Prefills every outbox with `per_outbox` messages and times the drain.
 async fn drain(arrangement: Arrangement, dbs: &[String], pools: &[PgPool], per_outbox: i64) -> f64 {
     for pool in pools {
-        let outbox = PgOutbox::new(pool.clone());
-        let batch: Vec<NewMessage> = (0..per_outbox as u64)
-            .map(|i| {
-                NewMessage::json("bench", &payload(i))
-                    .unwrap()
-                    .with_partition_key(format!("k{}", i % 100))
-            })
-            .collect();
-        for chunk in batch.chunks(5_000) {
-            outbox.enqueue_batch(pool, chunk.to_vec()).await.unwrap();
-        }
+        prefill(pool, per_outbox).await;
     }
     let publisher = Arc::new(Arrivals::default());
     let total = per_outbox as u64 * dbs.len() as u64;
@@ -163,20 +168,35 @@ async fn drain(arrangement: Arrangement, dbs: &[String], pools: &[PgPool], per_o
 }
 
 /// Steady traffic at `rate` messages per second spread over the outboxes,
-/// from producers with pools of their own: the p99 from commit to publish,
-/// and the connections the relays held.
-async fn steady(arrangement: Arrangement, dbs: &[String], rate: f64, secs: f64) -> (Duration, i64) {
+/// from producers with pools of their own, while the first outbox drains a
+/// backlog of `backlog` messages (none with one outbox): the p99 from
+/// commit to publish of the steady traffic, the connections the relays
+/// held, and the backlog left when the traffic stopped.
+async fn steady(
+    arrangement: Arrangement,
+    dbs: &[String],
+    pools: &[PgPool],
+    rate: f64,
+    secs: f64,
+    backlog: i64,
+) -> (Duration, i64, i64) {
     let application = format!("outbox-bench-{}", arrangement.name());
     let publisher = Arc::new(Arrivals::default());
     let relay_pools = connect(arrangement, dbs, &application).await;
     let running = start(arrangement, dbs, relay_pools, &publisher);
     // Let the relays take their leases and open their listeners.
     tokio::time::sleep(Duration::from_secs(2)).await;
+    let steady_dbs = if dbs.len() > 1 && backlog > 0 {
+        prefill(&pools[0], backlog).await;
+        &dbs[1..]
+    } else {
+        dbs
+    };
     let admin: PgConnectOptions = admin_url().parse().unwrap();
     let stop = Arc::new(AtomicBool::new(false));
-    let every = Duration::from_secs_f64(dbs.len() as f64 / rate);
+    let every = Duration::from_secs_f64(steady_dbs.len() as f64 / rate);
     let mut writers = Vec::new();
-    for db in dbs {
+    for db in steady_dbs {
         let pool = PgPoolOptions::new()
             .max_connections(1)
             .connect_with(admin.clone().database(db))
@@ -213,8 +233,23 @@ async fn steady(arrangement: Arrangement, dbs: &[String], rate: f64, secs: f64) 
     for w in writers {
         committed.extend(w.await.unwrap());
     }
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while publisher.count.load(Ordering::Relaxed) < committed.len() as u64 {
+    let left: i64 = if steady_dbs.len() < dbs.len() {
+        sqlx::query_scalar("SELECT count(*) FROM outbox.messages")
+            .fetch_one(&pools[0])
+            .await
+            .unwrap()
+    } else {
+        0
+    };
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let all_seen = {
+            let seen = publisher.seen.lock().unwrap();
+            committed.iter().all(|(id, _)| seen.contains_key(id))
+        };
+        if all_seen {
+            break;
+        }
         assert!(
             Instant::now() < deadline,
             "steady traffic was not all published"
@@ -222,19 +257,26 @@ async fn steady(arrangement: Arrangement, dbs: &[String], rate: f64, secs: f64) 
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     running.stop().await;
+    // What the backlog left is deleted, for the next arrangement.
+    sqlx::query("DELETE FROM outbox.messages")
+        .execute(&pools[0])
+        .await
+        .unwrap();
     let seen = publisher.seen.lock().unwrap();
     let mut lat: Vec<Duration> = committed
         .iter()
         .map(|(id, at)| seen[id].saturating_duration_since(*at))
         .collect();
     lat.sort();
-    (lat[(lat.len() - 1) * 99 / 100], held)
+    (lat[(lat.len() - 1) * 99 / 100], held, left)
 }
 
 pub(super) async fn run(cfg: &Config, res: &mut Results) {
     let counts: &[usize] = &[1, 10, 50];
     let secs = if cfg.quick { 4.0 } else { 15.0 };
     let total_backlog: i64 = if cfg.quick { 20_000 } else { 200_000 };
+    // One outbox's backlog during the steady traffic: it should outlast it.
+    let steady_backlog: i64 = if cfg.quick { 50_000 } else { 500_000 };
     let rate = 1000.0;
     for &n in counts {
         let mut dbs = Vec::new();
@@ -248,15 +290,28 @@ pub(super) async fn run(cfg: &Config, res: &mut Results) {
         }
         for arrangement in [Arrangement::Group, Arrangement::Separate] {
             let per_s = drain(arrangement, &dbs, &pools, total_backlog / n as i64).await;
-            let (p99, held) = steady(arrangement, &dbs, rate, secs).await;
+            let backlog = if n > 1 { steady_backlog } else { 0 };
+            let (p99, held, left) = steady(arrangement, &dbs, &pools, rate, secs, backlog).await;
             let p99_ms = p99.as_secs_f64() * 1e3;
             let name = arrangement.name();
             res.put(&format!("{name}_per_s_{n}"), per_s);
             res.put(&format!("{name}_p99_ms_{n}"), p99_ms);
             res.put(&format!("{name}_connections_{n}"), held as f64);
+            let how = match arrangement {
+                Arrangement::Group => "one group, pools of 5",
+                Arrangement::Separate => "one relay each, sqlx default pools",
+            };
+            let during = if backlog > 0 {
+                format!(
+                    " on {} while one drains {backlog} ({left} left at the end)",
+                    n - 1
+                )
+            } else {
+                String::new()
+            };
             res.row(
                 format!(
-                    "{n} outboxes, {name} relays: drain / steady {rate} msg/s p99 / connections"
+                    "{n} outboxes, {name} ({how}): drain / steady {rate} msg/s{during} p99 / connections"
                 ),
                 format!("{per_s:.0} msg/s / {p99_ms:.1} ms / {held}"),
             );
