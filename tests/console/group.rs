@@ -329,19 +329,8 @@ async fn mounted_under_a_prefix_the_index_and_its_consoles_find_their_way() {
     let group = ConsoleGroup::new()
         .add("a b", Console::new(a.clone()))
         .unwrap();
-    let app = axum::Router::new().nest("/ops", group.router());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        axum::serve(
-            listener,
-            app.into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .await
-        .unwrap()
-    });
+    let base = super::serve_nested("/ops", group.router()).await;
     let http = reqwest::Client::new();
-    let base = format!("http://{addr}/ops");
     let index = body(&http, &base).await;
     assert!(index.contains("<base href=\"/ops/\">"), "{index}");
     let listed = json_of(&http, &format!("{base}/api/outboxes")).await;

@@ -106,6 +106,23 @@ async fn serve(console: Console) -> String {
     format!("http://{addr}")
 }
 
+/// Serves `router` nested at `prefix` on a loopback port; the base URL
+/// with the prefix.
+async fn serve_nested(prefix: &str, router: axum::Router) -> String {
+    let app = axum::Router::new().nest(prefix, router);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        axum::serve(
+            listener,
+            app.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .await
+        .unwrap()
+    });
+    format!("http://{addr}{prefix}")
+}
+
 fn screenshots() -> PathBuf {
     PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("console-screenshots")
 }
@@ -351,32 +368,18 @@ async fn read_only_credentials_loopback_and_hidden_payloads_hold() {
 async fn mounted_under_a_prefix_the_page_finds_its_script_and_api() {
     let (_db, outbox) = outbox().await;
     enqueue(&outbox, "orders", "k", json!({ "n": 1 })).await;
-    let app = axum::Router::new().nest("/outbox", Console::new(outbox.clone()).router());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        axum::serve(
-            listener,
-            app.into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .await
-        .unwrap()
-    });
+    let base = serve_nested("/outbox", Console::new(outbox.clone()).router()).await;
     let http = reqwest::Client::new();
-    let page = body(&http, &format!("http://{addr}/outbox")).await;
+    let page = body(&http, &base).await;
     assert!(page.contains("<base href=\"/outbox/\">"), "{page}");
     // What the page asks for, resolved against its base.
     for asset in ["console.js", "console.css", "api/overview"] {
-        let answer = http
-            .get(format!("http://{addr}/outbox/{asset}"))
-            .send()
-            .await
-            .unwrap();
+        let answer = http.get(format!("{base}/{asset}")).send().await.unwrap();
         assert_eq!(answer.status(), 200, "{asset}");
     }
     // A request a proxy passed on is not local, whatever its address.
     let proxied = http
-        .get(format!("http://{addr}/outbox/api/overview"))
+        .get(format!("{base}/api/overview"))
         .header("x-forwarded-for", "203.0.113.9")
         .send()
         .await
