@@ -272,13 +272,21 @@ async fn steady(
 }
 
 pub(super) async fn run(cfg: &Config, res: &mut Results) {
-    let counts: &[usize] = &[1, 10, 50];
+    // `--group-counts=50`, `--group-rate=250`: one size, another pace.
+    let counts: Vec<usize> = arg("group-counts").map_or_else(
+        || vec![1, 10, 50],
+        |c| {
+            c.split(',')
+                .map(|n| n.parse().expect("--group-counts=1,10,50"))
+                .collect()
+        },
+    );
     let secs = if cfg.quick { 4.0 } else { 15.0 };
     let total_backlog: i64 = if cfg.quick { 20_000 } else { 200_000 };
     // One outbox's backlog during the steady traffic: it should outlast it.
     let steady_backlog: i64 = if cfg.quick { 50_000 } else { 500_000 };
-    let rate = 1000.0;
-    for &n in counts {
+    let rate: f64 = arg("group-rate").map_or(1000.0, |r| r.parse().expect("--group-rate=N"));
+    for &n in &counts {
         let mut dbs = Vec::new();
         let mut pools = Vec::new();
         for i in 0..n {
