@@ -9,14 +9,12 @@ use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
+use futures_util::StreamExt;
 use serde_json::{json, Value};
-use tokio::sync::Semaphore;
-use tokio::task::JoinSet;
 
 use super::guard::{self, Credentials, Gate};
 use super::{asset, base, secure_page, Console, ConsoleSource, SCRIPT, STYLE};
 use crate::error::{Error, Result};
-use crate::relay::group::validate_name;
 
 const INDEX: &str = include_str!("assets/group.html");
 const INDEX_SCRIPT: &str = include_str!("assets/group.js");
@@ -89,7 +87,7 @@ impl ConsoleGroup {
     /// the group.
     pub fn add(mut self, name: impl Into<String>, console: Console) -> Result<Self> {
         let name = name.into();
-        validate_name(&name)?;
+        crate::RelayGroup::validate_name(&name)?;
         let reason = if name == "." || name == ".." {
             format!("{name:?} cannot name a path segment")
         } else if self.members.iter().any(|(n, _)| *n == name) {
@@ -237,49 +235,32 @@ async fn page(
     secure_page(INDEX.replace("{base}", &base(nested)))
 }
 
-/// Every outbox's summary, read side by side, each within
+/// Every outbox's summary, [`AT_ONCE`] at a time, each within
 /// [`READ_TIMEOUT`]; in the order they were added.
 async fn outboxes(State(index): State<Arc<Index>>) -> Response {
-    let permits = Arc::new(Semaphore::new(AT_ONCE));
-    let mut reads = JoinSet::new();
-    for (i, member) in index.members.iter().enumerate() {
-        let (permits, source) = (permits.clone(), member.source.clone());
-        let max_age = index.max_pending_age;
-        reads.spawn(async move {
-            let _permit = permits.acquire_owned().await;
-            let summary = tokio::time::timeout(READ_TIMEOUT, summary(source.as_ref(), max_age))
-                .await
-                .unwrap_or_else(|_| {
-                    Err(format!(
-                        "did not answer within {} s",
-                        READ_TIMEOUT.as_secs()
-                    ))
-                });
-            (i, summary)
-        });
-    }
-    let mut found: Vec<Option<std::result::Result<Value, String>>> =
-        index.members.iter().map(|_| None).collect();
-    while let Some(done) = reads.join_next().await {
-        if let Ok((i, summary)) = done {
-            found[i] = Some(summary);
-        }
-    }
-    let list: Vec<Value> = index
-        .members
-        .iter()
-        .zip(found)
-        .map(|(m, summary)| {
-            let mut value = match summary {
-                Some(Ok(v)) => v,
-                Some(Err(e)) => json!({ "status": "unreachable", "error": e }),
-                None => json!({ "status": "unreachable", "error": "the read failed" }),
-            };
-            value["name"] = json!(m.name);
-            value["path"] = json!(m.path);
-            value
+    let max_age = index.max_pending_age;
+    let list: Vec<Value> = futures_util::stream::iter(0..index.members.len())
+        .map(|i| {
+            let index = index.clone();
+            async move {
+                let m = &index.members[i];
+                let read = tokio::time::timeout(READ_TIMEOUT, summary(m.source.as_ref(), max_age));
+                let mut value = match read.await {
+                    Ok(Ok(v)) => v,
+                    Ok(Err(e)) => json!({ "status": "unreachable", "error": e }),
+                    Err(_) => json!({
+                        "status": "unreachable",
+                        "error": format!("did not answer within {} s", READ_TIMEOUT.as_secs()),
+                    }),
+                };
+                value["name"] = json!(m.name);
+                value["path"] = json!(m.path);
+                value
+            }
         })
-        .collect();
+        .buffered(AT_ONCE)
+        .collect()
+        .await;
     Json(json!({ "outboxes": list })).into_response()
 }
 

@@ -157,6 +157,17 @@ impl RelayGroupBuilder {
 }
 
 impl RelayGroup {
+    /// Checks an outbox name as [`add`](Self::add) does: 1 to 128
+    /// characters, no control characters (it becomes a metric label, a
+    /// log field and, in tools, a table cell).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidConfig`] (field `outbox_name`) saying what is wrong.
+    pub fn validate_name(name: &str) -> Result<()> {
+        validate_name(name)
+    }
+
     /// A group builder with defaults.
     pub fn builder() -> RelayGroupBuilder {
         RelayGroupBuilder {

@@ -7,7 +7,7 @@ use tokio::time::Instant;
 
 use super::worker::Worker;
 use super::RelayState;
-use crate::error::{error_chain, Result};
+use crate::error::Result;
 use crate::store::{Acquire, Heartbeat, Lease, Release, Renew};
 
 /// How many buckets each of `live` relays should hold: a fair share,
@@ -109,27 +109,27 @@ impl Worker {
     /// Takes in a renewal made while publishing. Buckets found taken are
     /// dropped from `self.leases`, which stops the batch's later waves for
     /// them.
-    pub(super) fn renewed_while_publishing(&mut self, started: Instant, kept: Result<Vec<Lease>>) {
-        match kept {
-            Ok(kept) => {
-                if kept.len() < self.leases.len() {
-                    self.prefetch = None;
-                    tracing::warn!(
-                        relay = %self.config.relay_id,
-                        "outbox relay: leases lost while publishing"
-                    );
-                }
-                self.leases = kept;
-                self.renewed_at(started);
-            }
-            Err(e) => tracing::warn!(
-                error = %error_chain(&e),
-                "outbox relay: lease renewal during publish failed"
-            ),
+    /// Takes in a renewal made beside the loop (during a publisher call,
+    /// or while queued for a group's turn): the leases it kept and their
+    /// new deadline, or its error, which leaves the leases as they were.
+    pub(super) fn take_renewal(
+        &mut self,
+        started: Instant,
+        kept: Result<Vec<Lease>>,
+    ) -> Result<()> {
+        let kept = kept?;
+        if kept.len() < self.leases.len() {
+            self.prefetch = None;
+            tracing::warn!(
+                relay = %self.config.relay_id,
+                "outbox relay: leases lost during a renewal"
+            );
         }
+        self.leases = kept;
+        self.renewed_at(started);
+        Ok(())
     }
 
-    /// Sets the deadlines that follow a renewal requested at `started`.
     pub(super) fn renewed_at(&mut self, started: Instant) {
         let ttl = self.config.lease_ttl;
         self.lease_deadline = started + ttl.mul_f64(0.8);

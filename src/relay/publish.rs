@@ -113,7 +113,12 @@ impl Worker {
                     if renewal.is_some() =>
                 {
                     renewal = None;
-                    self.renewed_while_publishing(started, kept);
+                    if let Err(e) = self.take_renewal(started, kept) {
+                        tracing::warn!(
+                            error = %error_chain(&e),
+                            "outbox relay: lease renewal during publish failed"
+                        );
+                    }
                     let held: HashSet<i32> = self.leases.iter().map(|l| l.bucket).collect();
                     if buckets.is_subset(&held) {
                         deadline = self.lease_deadline;

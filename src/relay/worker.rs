@@ -413,13 +413,8 @@ impl Worker {
 
     /// Takes in a renewal made while queued for a turn; false if it failed.
     fn renewed_in_queue(&mut self, started: Instant, kept: crate::Result<Vec<Lease>>) -> bool {
-        match kept {
-            Ok(kept) => {
-                if kept != self.leases {
-                    self.prefetch = None;
-                }
-                self.leases = kept;
-                self.renewed_at(started);
+        match self.take_renewal(started, kept) {
+            Ok(()) => {
                 self.publish_health();
                 true
             }

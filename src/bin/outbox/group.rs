@@ -6,9 +6,8 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures_util::StreamExt;
 use serde_json::{json, Value};
-use tokio::sync::Semaphore;
-use tokio::task::JoinSet;
 
 use crate::format::{human, table};
 use crate::status::{report, Report};
@@ -17,9 +16,6 @@ use crate::{open, redact, ConsoleArgs, Failure, Outcome, Settings};
 /// Outboxes read at once: a group of hundreds must not open hundreds of
 /// connections together.
 const AT_ONCE: usize = 8;
-
-/// Most characters in an outbox's name, as a relay group takes them.
-const MAX_NAME_CHARS: usize = 128;
 
 /// An outbox of the group.
 #[derive(Debug, Clone)]
@@ -88,18 +84,12 @@ pub(crate) fn named_outboxes(options: &[String], file: Option<&Path>) -> Outcome
     Ok(named.into_iter().map(|(_, n)| n).collect())
 }
 
-/// A name as a relay group takes it: 1 to 128 characters, none a control
-/// character.
+/// A name as a relay group takes it; the reason it is refused otherwise.
 fn check_name(name: &str) -> std::result::Result<(), String> {
-    if name.is_empty() {
-        Err("is empty".to_owned())
-    } else if name.chars().count() > MAX_NAME_CHARS {
-        Err(format!("is longer than {MAX_NAME_CHARS} characters"))
-    } else if name.chars().any(char::is_control) {
-        Err(format!("{name:?} holds a control character"))
-    } else {
-        Ok(())
-    }
+    outbox::RelayGroup::validate_name(name).map_err(|e| match e {
+        outbox::Error::InvalidConfig { reason, .. } => reason,
+        other => other.to_string(),
+    })
 }
 
 /// What was found of one outbox.
@@ -126,36 +116,28 @@ async fn read_all(
     max_age: Duration,
     timeout: Duration,
 ) -> Vec<Row> {
-    let permits = Arc::new(Semaphore::new(AT_ONCE));
-    let mut reads = JoinSet::new();
-    for (i, n) in named.into_iter().enumerate() {
-        let (permits, settings) = (permits.clone(), settings.clone());
-        reads.spawn(async move {
-            let _permit = permits.acquire_owned().await;
-            let read = async {
-                let outbox = open(&n.url, &settings, false).await?;
-                report(&outbox, max_age).await
-            };
-            let found = match tokio::time::timeout(timeout, read).await {
-                Ok(found) => found,
-                Err(_) => Err(Failure(format!(
-                    "{} did not answer within {}",
-                    redact(&n.url),
-                    human(timeout)
-                ))),
-            };
-            (i, Row { named: n, found })
-        });
-    }
-    let mut rows = Vec::new();
-    while let Some(done) = reads.join_next().await {
-        match done {
-            Ok(row) => rows.push(row),
-            Err(e) => std::panic::resume_unwind(e.into_panic()),
-        }
-    }
-    rows.sort_by_key(|(i, _)| *i);
-    rows.into_iter().map(|(_, r)| r).collect()
+    futures_util::stream::iter(named)
+        .map(|n| {
+            let settings = settings.clone();
+            async move {
+                let read = async {
+                    let outbox = open(&n.url, &settings, false).await?;
+                    report(&outbox, max_age).await
+                };
+                let found = match tokio::time::timeout(timeout, read).await {
+                    Ok(found) => found,
+                    Err(_) => Err(Failure(format!(
+                        "{} did not answer within {}",
+                        redact(&n.url),
+                        human(timeout)
+                    ))),
+                };
+                Row { named: n, found }
+            }
+        })
+        .buffered(AT_ONCE)
+        .collect()
+        .await
 }
 
 /// `outbox group status`.
