@@ -10,7 +10,8 @@ use metrics_util::CompositeKey;
 use outbox::change::Change;
 use outbox::sqlx::sqlite::{SqliteConnectOptions, SqlitePoolOptions};
 use outbox::{
-    FnPublisher, NewMessage, OutboxMessage, PublishError, Relay, SqliteInbox, SqliteOutbox,
+    FnPublisher, NewMessage, OutboxMessage, PublishError, Publisher, Relay, SqliteInbox,
+    SqliteOutbox,
 };
 
 /// A metric read back: name, labels, value.
@@ -40,6 +41,27 @@ fn gauge(all: &[Metric], name: &str, label: (&str, &str)) -> Option<f64> {
             Some(g.into_inner())
         }
         _ => None,
+    })
+}
+
+/// A gauge of one outbox (and topic), by its labels.
+fn tenant_gauge(all: &[Metric], name: &str, outbox: &str, topic: Option<&str>) -> Option<f64> {
+    all.iter().find_map(|(n, labels, v)| {
+        let topic_matches = labels
+            .iter()
+            .find(|(k, _)| k == "topic")
+            .map(|(_, t)| t.as_str())
+            == topic;
+        match v {
+            DebugValue::Gauge(g)
+                if n == name
+                    && labels.contains(&("outbox".into(), outbox.into()))
+                    && topic_matches =>
+            {
+                Some(g.into_inner())
+            }
+            _ => None,
+        }
     })
 }
 
@@ -173,12 +195,17 @@ async fn relays_and_exports_record_their_gauges_and_durations() {
     assert_eq!(lags.len(), 1, "one fresh receipt: {lags:?}");
     assert!((0.0..60.0).contains(&lags[0]), "{lags:?}");
 
-    // A relay group's members label every metric with their outbox: two
-    // SQLite outboxes, two and three messages.
+    // A relay group's members label every metric with their outbox: three
+    // SQLite outboxes, two and three messages published, and one that
+    // waits an hour for its retry.
     let group = outbox::RelayGroup::builder().build().unwrap();
     let publisher = std::sync::Arc::new(outbox::InMemoryPublisher::new());
+    let down: std::sync::Arc<dyn Publisher> =
+        std::sync::Arc::new(FnPublisher::new(|_: OutboxMessage| async {
+            Err(PublishError::transient("broker down").with_retry_after(Duration::from_secs(3600)))
+        }));
     let mut tenants = Vec::new();
-    for (tenant, n) in [("tenant-a", 2), ("tenant-b", 3)] {
+    for (tenant, n) in [("tenant-a", 2), ("tenant-b", 3), ("tenant-c", 1)] {
         let options = SqliteConnectOptions::new()
             .filename(dir.join(format!("{tenant}.db")))
             .create_if_missing(true);
@@ -192,7 +219,12 @@ async fn relays_and_exports_record_their_gauges_and_durations() {
             let m = NewMessage::json("orders", &i).unwrap();
             outbox.enqueue(&pool, m).await.unwrap();
         }
-        let relay = Relay::builder(outbox, publisher.clone())
+        let to: std::sync::Arc<dyn Publisher> = if tenant == "tenant-c" {
+            down.clone()
+        } else {
+            publisher.clone()
+        };
+        let relay = Relay::builder(outbox, to)
             .poll_interval(Duration::from_millis(50))
             .stats_interval(Duration::from_millis(100));
         group.add(tenant, relay).unwrap();
@@ -213,18 +245,36 @@ async fn relays_and_exports_record_their_gauges_and_durations() {
     loop {
         let all = read(&snapshotter);
         let (a, b) = (counter(&all, "tenant-a"), counter(&all, "tenant-b"));
-        let pending_a = all.iter().any(|(n, labels, _)| {
-            n == "outbox_pending" && labels.contains(&("outbox".into(), "tenant-a".into()))
-        });
-        if a == Some(2) && b == Some(3) && pending_a {
+        let pending_a = tenant_gauge(&all, "outbox_pending", "tenant-a", None);
+        let pending_c = tenant_gauge(&all, "outbox_pending", "tenant-c", None);
+        let topic_c = tenant_gauge(&all, "outbox_topic_pending", "tenant-c", Some("orders"));
+        if a == Some(2)
+            && b == Some(3)
+            && pending_a.is_some()
+            && pending_c == Some(1.0)
+            && topic_c == Some(1.0)
+        {
             break;
         }
         assert!(
             std::time::Instant::now() < deadline,
-            "published per outbox: tenant-a {a:?}, tenant-b {b:?}; pending gauge of tenant-a: {pending_a}"
+            "published per outbox: tenant-a {a:?}, tenant-b {b:?}; pending gauges of \
+             tenant-a {pending_a:?}, tenant-c {pending_c:?} (orders {topic_c:?})"
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    // A member taken out of the group zeroes its gauges: alerts on an
+    // outbox relayed elsewhere now must not fire on its last readings.
+    assert!(group.remove("tenant-c").await.unwrap());
+    let all = read(&snapshotter);
+    assert_eq!(
+        tenant_gauge(&all, "outbox_pending", "tenant-c", None),
+        Some(0.0)
+    );
+    assert_eq!(
+        tenant_gauge(&all, "outbox_topic_pending", "tenant-c", Some("orders")),
+        Some(0.0)
+    );
     group.shutdown().await.unwrap();
     for pool in tenants {
         pool.close().await;

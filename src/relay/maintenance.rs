@@ -319,30 +319,16 @@ impl Worker {
     /// must not fire on its last readings. A lone, unnamed relay leaves
     /// them, since another relay of the process may share them.
     pub(super) fn zero_named_gauges(&mut self) {
-        let labels = &self.config.labels;
-        if labels.name().is_none() {
+        if self.config.labels.name().is_none() {
             return;
         }
-        for g in [
-            "outbox_pending",
-            "outbox_ready",
-            "outbox_retry_waiting",
-            "outbox_parked",
-            "outbox_dead_letters",
-            "outbox_oldest_pending_age_seconds",
-            "outbox_dead_tuples",
-            "outbox_oldest_transaction_age_seconds",
-        ] {
-            metrics::gauge!(g, labels.all()).set(0.0);
-        }
-        for topic in std::mem::take(&mut self.gauged_topics) {
-            metrics::gauge!("outbox_topic_pending", labels.with("topic", topic.clone())).set(0.0);
-            metrics::gauge!(
-                "outbox_topic_oldest_pending_age_seconds",
-                labels.with("topic", topic)
-            )
-            .set(0.0);
-        }
+        let zero = StoreStats {
+            dead_tuples: Some(0),
+            ..StoreStats::default()
+        };
+        record_gauges(&zero, &self.config.labels);
+        // Every topic gauged so far reads 0, as one that empties does.
+        self.record_topic_gauges(&[]);
     }
 }
 
