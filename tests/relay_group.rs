@@ -386,7 +386,18 @@ async fn a_group_process_is_killed_while_fifty_outboxes_flow_and_a_backlog_drain
         .fetch_one(&sink)
         .await
         .unwrap();
-        if by_child > 0 && delivered_distinct(&sink, &busy).await >= third {
+        // And this process must have published from the outbox that
+        // leaves its group, or the check after it proves nothing.
+        let here_from_leaving: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM deliveries WHERE outbox = $1 AND process = $2",
+        )
+        .bind(&fleet.dbs[1])
+        .bind(THIS_PROCESS)
+        .fetch_one(&sink)
+        .await
+        .unwrap();
+        if by_child > 0 && here_from_leaving > 0 && delivered_distinct(&sink, &busy).await >= third
+        {
             break;
         }
         assert!(
@@ -395,7 +406,7 @@ async fn a_group_process_is_killed_while_fifty_outboxes_flow_and_a_backlog_drain
         );
         assert!(
             started.elapsed() < Duration::from_secs(300),
-            "a third of the backlog, some by the child, was not delivered in 5 minutes"
+            "in 5 minutes: not a third of the backlog, or none of it by the child, or nothing of the leaving outbox by this process"
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
@@ -547,7 +558,7 @@ async fn a_group_process_is_killed_while_fifty_outboxes_flow_and_a_backlog_drain
     );
     assert!(by_killed > 0, "the killed process had published nothing");
     assert!(
-        steady_latencies.len() > 500,
+        steady_latencies.len() > 100,
         "too little steady traffic to judge"
     );
     // Starved outboxes would wait for the backlog: half their messages
