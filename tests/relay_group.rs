@@ -36,6 +36,8 @@ const STEADY_EVERY: Duration = Duration::from_millis(200);
 const BACKLOG_KEYS: usize = 100;
 /// The test process's own deliveries.
 const THIS_PROCESS: i32 = 0;
+/// This process's group: its connection budget (the child's has none).
+const BUDGET: usize = 12;
 
 fn setting(name: &str, default: usize) -> usize {
     std::env::var(name)
@@ -273,6 +275,25 @@ async fn prefill_backlog(db: &str, n: usize) {
     pool.close().await;
 }
 
+/// Samples the connections this process's group uses (those not idle)
+/// every 20 ms until told to stop; the most seen at once.
+async fn most_connections_in_use(stop: Arc<AtomicBool>) -> i64 {
+    let mut conn = admin_connection().await;
+    let mut most = 0;
+    while !stop.load(Ordering::Relaxed) {
+        let n: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_stat_activity \
+             WHERE application_name = 'outbox-group-test' AND state <> 'idle'",
+        )
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+        most = most.max(n);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    most
+}
+
 async fn delivered_distinct(sink: &PgPool, outbox: &str) -> i64 {
     sqlx::query_scalar("SELECT count(DISTINCT id) FROM deliveries WHERE outbox = $1")
         .bind(outbox)
@@ -338,6 +359,7 @@ async fn a_group_process_is_killed_while_fifty_outboxes_flow_and_a_backlog_drain
     let mut conn = admin_connection().await;
     fleet.create_db(&mut conn, &fleet.sink.clone()).await;
     let sink = sink_pool(&fleet.sink).await;
+    let stop_sampling = Arc::new(AtomicBool::new(false));
     sqlx::query(
         "CREATE TABLE deliveries (n bigserial PRIMARY KEY, outbox text NOT NULL, id uuid NOT NULL, \
          key text NOT NULL, counter bigint NOT NULL, created_at timestamptz NOT NULL, \
@@ -358,11 +380,15 @@ async fn a_group_process_is_killed_while_fifty_outboxes_flow_and_a_backlog_drain
         pool: sink.clone(),
         process: THIS_PROCESS,
     });
-    let group = RelayGroup::builder().build().unwrap();
+    let group = RelayGroup::builder()
+        .max_connections(BUDGET)
+        .build()
+        .unwrap();
     for db in &fleet.dbs {
         let relay = member(db, publisher.clone(), "outbox-group-test").await;
         group.add(db, relay).unwrap();
     }
+    let in_use = tokio::spawn(most_connections_in_use(stop_sampling.clone()));
     let stop = Arc::new(AtomicBool::new(false));
     let mut writers = tokio::task::JoinSet::new();
     for db in &fleet.dbs[1..] {
@@ -470,6 +496,15 @@ async fn a_group_process_is_killed_while_fifty_outboxes_flow_and_a_backlog_drain
     assert!(
         health.values().all(|h| h.state != RelayState::Stopped),
         "{health:?}"
+    );
+    stop_sampling.store(true, Ordering::Relaxed);
+    let most_in_use = in_use.await.unwrap();
+    eprintln!("most connections in use at once: {most_in_use} (budget {BUDGET})");
+    // Listening connections wait idle; a member that joins runs its
+    // LISTEN once, outside the budget.
+    assert!(
+        most_in_use <= BUDGET as i64 + 1,
+        "{most_in_use} connections in use at once, with a budget of {BUDGET}"
     );
     group.shutdown().await.unwrap();
     drop(child);

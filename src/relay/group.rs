@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use tokio::sync::{watch, Semaphore};
 
+use super::budget::{Budget, Budgeted};
 use super::{labels::Labels, Health, RelayBuilder, RelayHandle};
 use crate::error::{Error, Result};
 
@@ -70,18 +71,23 @@ pub(crate) fn validate_name(name: &str) -> Result<()> {
 ///
 /// # Connections
 ///
-/// Turns bound the relay work running at once, not the connections held:
-/// each member keeps its own store and pool, and a pool keeps the
-/// connections it opened while they are in use now and then (sqlx reuses
-/// its idle connections in turn, so a member active every few seconds
-/// keeps them all). A member needs up to five at once: its wake-up
-/// `LISTEN` (PostgreSQL, taken from its pool unless
-/// `PgOutboxBuilder::listen_options` gives it one of its own), the claim
-/// of its next batch, the acknowledgement or a lease renewal, its
-/// statistics pass and its parking pass. Give each member a pool of five;
-/// a pool too small to renew the leases on time while a round runs makes
-/// the member abandon its publisher calls (they are published again).
-/// Plan for about five connections per outbox per group process, and
+/// Each member keeps its own store and pool: a connection reaches one
+/// database, so members of different databases cannot share one. A
+/// member needs up to five at once: its wake-up `LISTEN` (PostgreSQL,
+/// taken from its pool unless `PgOutboxBuilder::listen_options` gives it
+/// one of its own), the claim of its next batch, the acknowledgement or a
+/// lease renewal, its statistics pass and its parking pass. Give each
+/// member a pool of five; a pool too small to renew the leases on time
+/// while a round runs makes the member abandon its publisher calls (they
+/// are published again).
+///
+/// [`max_connections`](RelayGroupBuilder::max_connections) bounds the
+/// connections the members use at once, all together; the turns bound the
+/// rounds. What the group holds is that, plus one listening connection per
+/// PostgreSQL member, plus the idle connections its members' pools keep
+/// between calls: give them `min_connections(0)` and a short
+/// `idle_timeout` so quiet members hand theirs back. Without a budget,
+/// plan for up to five connections per outbox per group process, and
 /// PostgreSQL's `max_connections` accordingly.
 ///
 /// # Several processes
@@ -105,6 +111,8 @@ pub struct RelayGroup {
 struct Inner {
     turns: Arc<Semaphore>,
     concurrent_rounds: usize,
+    /// The connection budget, if it has one.
+    budget: Option<Arc<Budget>>,
     members: Mutex<BTreeMap<String, RelayHandle>>,
 }
 
@@ -112,6 +120,10 @@ impl fmt::Debug for RelayGroup {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RelayGroup")
             .field("concurrent_rounds", &self.inner.concurrent_rounds)
+            .field(
+                "max_connections",
+                &self.inner.budget.as_ref().map(|b| b.size()),
+            )
             .field("outboxes", &self.names())
             .finish()
     }
@@ -121,6 +133,7 @@ impl fmt::Debug for RelayGroup {
 #[derive(Debug, Clone)]
 pub struct RelayGroupBuilder {
     concurrent_rounds: usize,
+    max_connections: Option<usize>,
 }
 
 impl RelayGroupBuilder {
@@ -133,12 +146,37 @@ impl RelayGroupBuilder {
         self
     }
 
+    /// The group's connection budget: most store calls (claims,
+    /// acknowledgements, lease renewals, statistics, parking...) its
+    /// members run at once, all members together (between 2 and 65536;
+    /// none by default). Each call holds a connection while it runs, so
+    /// this bounds the connections the group uses at once, shared by
+    /// whichever members have work: a quiet tenant's share goes to a busy
+    /// one. Calls beyond it wait, first come, first served.
+    ///
+    /// Not counted: each PostgreSQL member's wake-up `LISTEN` connection,
+    /// held for as long as the member runs, and the idle connections
+    /// members' pools keep between calls (see [`RelayGroup`]'s
+    /// *Connections*). A quarter of the budget (at least one connection)
+    /// is kept for lease calls, so renewals do not queue behind rounds.
+    /// Leave room for two calls per round running at once
+    /// (the claim of the next batch beside the acknowledgement of the
+    /// last) plus lease renewals: a budget much below twice
+    /// [`concurrent_rounds`](Self::concurrent_rounds) slows rounds down, and
+    /// one too small to renew leases on time makes members abandon their
+    /// publisher calls (they are published again).
+    #[must_use]
+    pub fn max_connections(mut self, n: usize) -> Self {
+        self.max_connections = Some(n);
+        self
+    }
+
     /// An empty group.
     ///
     /// # Errors
     ///
     /// [`Error::InvalidConfig`] (`concurrent_rounds`) for a value outside
-    /// 1 to 1024.
+    /// 1 to 1024, (`max_connections`) for one outside 2 to 65536.
     pub fn build(self) -> Result<RelayGroup> {
         if !(1..=1024).contains(&self.concurrent_rounds) {
             return Err(Error::InvalidConfig {
@@ -146,10 +184,17 @@ impl RelayGroupBuilder {
                 reason: format!("must be between 1 and 1024, not {}", self.concurrent_rounds),
             });
         }
+        if let Some(n) = self.max_connections.filter(|n| !(2..=65536).contains(n)) {
+            return Err(Error::InvalidConfig {
+                field: "max_connections",
+                reason: format!("must be between 2 and 65536, not {n}"),
+            });
+        }
         Ok(RelayGroup {
             inner: Arc::new(Inner {
                 turns: Arc::new(Semaphore::new(self.concurrent_rounds)),
                 concurrent_rounds: self.concurrent_rounds,
+                budget: self.max_connections.map(|n| Arc::new(Budget::new(n))),
                 members: Mutex::new(BTreeMap::new()),
             }),
         })
@@ -172,6 +217,7 @@ impl RelayGroup {
     pub fn builder() -> RelayGroupBuilder {
         RelayGroupBuilder {
             concurrent_rounds: DEFAULT_CONCURRENT_ROUNDS,
+            max_connections: None,
         }
     }
 
@@ -213,6 +259,9 @@ impl RelayGroup {
         let mut relay = relay;
         relay.config.labels = Labels::named(name);
         relay.config.turns = Some(self.inner.turns.clone());
+        if let Some(budget) = &self.inner.budget {
+            relay.store = Arc::new(Budgeted::new(relay.store, budget.clone()));
+        }
         let handle = relay.spawn()?;
         members.insert(name.to_owned(), handle);
         tracing::info!(outbox = name, "outbox relay group: outbox added");
@@ -238,6 +287,12 @@ impl RelayGroup {
         let stopped = handle.shutdown().await;
         tracing::info!(outbox = name, "outbox relay group: outbox removed");
         stopped.map(|()| true)
+    }
+
+    /// How many of the connection budget's calls run now (see
+    /// [`RelayGroupBuilder::max_connections`]); `None` without a budget.
+    pub fn connections_in_use(&self) -> Option<usize> {
+        Some(self.inner.budget.as_ref()?.in_use())
     }
 
     /// The names of the outboxes in the group, in order.
@@ -303,6 +358,7 @@ impl RelayGroup {
 mod tests {
     use super::*;
     use crate::publisher::InMemoryPublisher;
+    use crate::relay::budget::guarded_store_ops;
     use crate::relay::{Relay, RelayState};
     use crate::store::memory::MemoryStore;
 
@@ -318,6 +374,97 @@ mod tests {
         for bad in [0, 1025] {
             match RelayGroup::builder().concurrent_rounds(bad).build() {
                 Err(Error::InvalidConfig { field, .. }) => assert_eq!(field, "concurrent_rounds"),
+                other => panic!("{bad}: {other:?}"),
+            }
+        }
+    }
+
+    /// Counts the store calls of every member in flight at once; each call
+    /// lasts at least 2 ms, so calls that may overlap do.
+    #[derive(Debug)]
+    struct Counted {
+        inner: Arc<dyn crate::store::sealed::StoreOps>,
+        calls: Arc<InFlight>,
+    }
+
+    #[derive(Debug, Default)]
+    struct InFlight {
+        now: std::sync::atomic::AtomicUsize,
+        most: std::sync::atomic::AtomicUsize,
+    }
+
+    struct Call(Arc<InFlight>);
+
+    impl Drop for Call {
+        fn drop(&mut self) {
+            self.0.now.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+
+    impl Counted {
+        async fn enter(&self) -> Call {
+            use std::sync::atomic::Ordering::SeqCst;
+            let now = self.calls.now.fetch_add(1, SeqCst) + 1;
+            // Counted out on drop, also if the call is abandoned.
+            let call = Call(self.calls.clone());
+            self.calls.most.fetch_max(now, SeqCst);
+            tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+            call
+        }
+    }
+
+    guarded_store_ops!(Counted, inner, |this, _op| this.enter().await);
+    impl crate::store::Store for Counted {}
+
+    /// Eight members with a backlog each, eight turns: the most store
+    /// calls in flight at once, all members together.
+    async fn most_calls_at_once(max_connections: Option<usize>) -> usize {
+        use crate::relay::scripted::message;
+        let mut builder = RelayGroup::builder().concurrent_rounds(8);
+        if let Some(n) = max_connections {
+            builder = builder.max_connections(n);
+        }
+        let group = builder.build().unwrap();
+        let calls = Arc::new(InFlight::default());
+        let publisher = InMemoryPublisher::new();
+        for member in 0..8 {
+            let store = MemoryStore::new(4);
+            for i in 0..100 {
+                store.enqueue(message(&format!("{member}-{i}"), Some(&format!("k{i}"))));
+            }
+            let counted = Counted {
+                inner: Arc::new(store),
+                calls: calls.clone(),
+            };
+            let relay = Relay::builder(counted, publisher.clone()).batch_size(10);
+            group.add(&format!("m{member}"), relay).unwrap();
+        }
+        while publisher.len() < 800 {
+            if let Some(n) = max_connections {
+                assert!(group.connections_in_use().unwrap() <= n);
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+        }
+        group.shutdown().await.unwrap();
+        assert_eq!(group.connections_in_use(), max_connections.map(|_| 0));
+        calls.most.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn members_never_run_more_store_calls_at_once_than_the_connection_budget() {
+        // Without a budget, eight members with work overlap their calls
+        // beyond three: the count can see a budget broken.
+        let unbounded = most_calls_at_once(None).await;
+        assert!(
+            unbounded > 3,
+            "only {unbounded} calls at once without a budget"
+        );
+        let bounded = most_calls_at_once(Some(3)).await;
+        assert!(bounded <= 3, "{bounded} calls at once within a budget of 3");
+        assert!(bounded >= 2, "the budget's room went unused: {bounded}");
+        for bad in [0, 1, 65537] {
+            match RelayGroup::builder().max_connections(bad).build() {
+                Err(Error::InvalidConfig { field, .. }) => assert_eq!(field, "max_connections"),
                 other => panic!("{bad}: {other:?}"),
             }
         }

@@ -48,6 +48,7 @@
 //! still runs first, and the default hook prints every panic to stderr; the
 //! library leaves the hook alone, since it belongs to the application.
 
+mod budget;
 mod clock;
 pub(crate) mod group;
 mod labels;
