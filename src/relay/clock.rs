@@ -34,6 +34,13 @@ impl Clock {
     }
 }
 
+/// `period`, spread at random over 3/4 to 5/4 of it: relays started
+/// together (a group's members) drift apart instead of running their
+/// periodic passes at the same moments.
+pub(super) fn spread(period: Duration) -> Duration {
+    period.mul_f64(0.75 + fastrand::f64() / 2.0)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -52,5 +59,19 @@ mod tests {
         );
         let earlier = start - chrono::Duration::seconds(30);
         assert_eq!(clock.instant_of(earlier), clock.at);
+    }
+
+    #[test]
+    fn spread_periods_vary_within_a_quarter_either_way() {
+        let period = Duration::from_secs(4);
+        let spread: Vec<Duration> = (0..200).map(|_| spread(period)).collect();
+        assert!(spread
+            .iter()
+            .all(|d| *d >= Duration::from_secs(3) && *d <= Duration::from_secs(5)));
+        let (lo, hi) = (spread.iter().min().unwrap(), spread.iter().max().unwrap());
+        assert!(
+            *hi - *lo > Duration::from_secs(1),
+            "{lo:?}..{hi:?}: not spread"
+        );
     }
 }

@@ -133,7 +133,10 @@ impl Worker {
     pub(super) fn renewed_at(&mut self, started: Instant) {
         let ttl = self.config.lease_ttl;
         self.lease_deadline = started + ttl.mul_f64(0.8);
-        self.next_lease_tick = started + ttl / 3;
+        // Between a quarter and a third of the TTL, at random: relays
+        // started together (a group's members) drift apart instead of
+        // renewing at the same moments.
+        self.next_lease_tick = started + ttl.mul_f64(0.25 + fastrand::f64() / 12.0);
     }
 }
 

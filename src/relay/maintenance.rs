@@ -14,7 +14,7 @@ use std::time::Duration;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
-use super::clock::Clock;
+use super::clock::{spread, Clock};
 use super::labels::Labels;
 use super::worker::Worker;
 use super::Retention;
@@ -207,7 +207,7 @@ impl Worker {
             // Due again a period later, whether or not a pass starts now:
             // a pass still running (a large parking, a slow connection)
             // skips this turn.
-            self.next_park = now + PARK_INTERVAL;
+            self.next_park = now + spread(PARK_INTERVAL);
             // A standby relay leaves it to those that hold buckets.
             let idle = self.parking.as_ref().is_none_or(|p| p.0.is_finished());
             if idle && !self.leases.is_empty() {
@@ -218,7 +218,7 @@ impl Worker {
         if now < self.next_stats || self.upkeep.is_some() {
             return;
         }
-        self.next_stats = now + self.config.stats_interval;
+        self.next_stats = now + spread(self.config.stats_interval);
         let pass = Pass {
             store: self.store.clone(),
             clock: self.clock,
