@@ -9,7 +9,9 @@
 //! Parts and sizes for profiling one thing: `--only=write|drain|export|
 //! blocked|health|brokers|latency|group`, `--writers=1,8,32`, `--rows=N` (drain backlog),
 //! `--relays=1,2,4`, `--variants=ordered,unordered,numbered`,
-//! `--health-secs=N`, `--group-counts=1,10,50`, `--group-rate=N`.
+//! `--health-secs=N`, `--group-counts=1,10,50`, `--group-rate=N`,
+//! `--group-backlog=N`, `--group-arrangements=group,separate`,
+//! `--group-budget=N` (the group's `max_connections`).
 //!
 //! Results go to `target/outbox-bench/results.json` (flat keys) and a
 //! markdown table on stdout. `OUTBOX_BENCH_PG` overrides the admin URL

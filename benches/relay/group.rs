@@ -98,7 +98,11 @@ fn start(
 ) -> Running {
     match arrangement {
         Arrangement::Group => {
-            let group = RelayGroup::builder().build().unwrap();
+            let mut group = RelayGroup::builder();
+            if let Some(n) = arg("group-budget") {
+                group = group.max_connections(n.parse().expect("--group-budget=N"));
+            }
+            let group = group.build().unwrap();
             for (db, pool) in dbs.iter().zip(pools) {
                 group
                     .add(db, Relay::builder(PgOutbox::new(pool), publisher.clone()))
@@ -272,7 +276,8 @@ async fn steady(
 }
 
 pub(super) async fn run(cfg: &Config, res: &mut Results) {
-    // `--group-counts=50`, `--group-rate=250`: one size, another pace.
+    // `--group-counts=50`, `--group-rate=250`, `--group-backlog=0`: one
+    // size, another pace, another backlog (0: none).
     let counts: Vec<usize> = arg("group-counts").map_or_else(
         || vec![1, 10, 50],
         |c| {
@@ -284,8 +289,23 @@ pub(super) async fn run(cfg: &Config, res: &mut Results) {
     let secs = if cfg.quick { 4.0 } else { 15.0 };
     let total_backlog: i64 = if cfg.quick { 20_000 } else { 200_000 };
     // One outbox's backlog during the steady traffic: it should outlast it.
-    let steady_backlog: i64 = if cfg.quick { 50_000 } else { 500_000 };
+    let steady_backlog: i64 = arg("group-backlog")
+        .map_or(if cfg.quick { 50_000 } else { 500_000 }, |b| {
+            b.parse().expect("--group-backlog=N")
+        });
     let rate: f64 = arg("group-rate").map_or(1000.0, |r| r.parse().expect("--group-rate=N"));
+    let arrangements: Vec<Arrangement> = arg("group-arrangements").map_or_else(
+        || vec![Arrangement::Group, Arrangement::Separate],
+        |a| {
+            a.split(',')
+                .map(|a| match a {
+                    "group" => Arrangement::Group,
+                    "separate" => Arrangement::Separate,
+                    _ => panic!("--group-arrangements=group,separate"),
+                })
+                .collect()
+        },
+    );
     for &n in &counts {
         let mut dbs = Vec::new();
         let mut pools = Vec::new();
@@ -296,7 +316,7 @@ pub(super) async fn run(cfg: &Config, res: &mut Results) {
             dbs.push(name);
             pools.push(pool);
         }
-        for arrangement in [Arrangement::Group, Arrangement::Separate] {
+        for arrangement in arrangements.iter().copied() {
             let per_s = drain(arrangement, &dbs, &pools, total_backlog / n as i64).await;
             let backlog = if n > 1 { steady_backlog } else { 0 };
             let (p99, held, left) = steady(arrangement, &dbs, &pools, rate, secs, backlog).await;
