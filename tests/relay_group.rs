@@ -36,8 +36,10 @@ const STEADY_EVERY: Duration = Duration::from_millis(200);
 const BACKLOG_KEYS: usize = 100;
 /// The test process's own deliveries.
 const THIS_PROCESS: i32 = 0;
-/// This process's group: its connection budget (the child's has none).
-const BUDGET: usize = 12;
+/// This process's group: its connection budget, three per round at once
+/// (the child's group has none).
+const BUDGET: usize = 24;
+const ROUNDS: usize = 8;
 
 fn setting(name: &str, default: usize) -> usize {
     std::env::var(name)
@@ -381,6 +383,7 @@ async fn a_group_process_is_killed_while_fifty_outboxes_flow_and_a_backlog_drain
         process: THIS_PROCESS,
     });
     let group = RelayGroup::builder()
+        .concurrent_rounds(ROUNDS)
         .max_connections(BUDGET)
         .build()
         .unwrap();
