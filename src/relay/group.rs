@@ -159,12 +159,14 @@ impl RelayGroupBuilder {
     /// members' pools keep between calls (see [`RelayGroup`]'s
     /// *Connections*). A quarter of the budget (at least one connection)
     /// is kept for lease calls, so renewals do not queue behind rounds.
-    /// Leave room for two calls per round running at once
-    /// (the claim of the next batch beside the acknowledgement of the
-    /// last) plus lease renewals: a budget much below twice
-    /// [`concurrent_rounds`](Self::concurrent_rounds) slows rounds down, and
-    /// one too small to renew leases on time makes members abandon their
-    /// publisher calls (they are published again).
+    /// Give it about three connections per round running at once
+    /// ([`concurrent_rounds`](Self::concurrent_rounds)): the claim of the
+    /// next batch beside the acknowledgement of the last, and the
+    /// members' parking and statistics passes; a quarter of that goes to
+    /// lease calls. A smaller budget slows rounds down, and one too small
+    /// to renew every member's leases on time (each renews every few
+    /// seconds) makes members abandon their publisher calls (they are
+    /// published again, a lapse each logs).
     #[must_use]
     pub fn max_connections(mut self, n: usize) -> Self {
         self.max_connections = Some(n);
