@@ -7,7 +7,10 @@
 //! ```
 //!
 //! Parts and sizes for profiling one thing: `--only=write|drain|export|
-//! blocked|health|brokers|latency|group`, `--writers=1,8,32`, `--rows=N` (drain backlog),
+//! blocked|health|brokers|latency|group` (`write` includes the slow-commit
+//! rows, `slow-commit` runs them alone), `--writers=1,8,32`,
+//! `--commit-delay=µs` (slow commits, default 2000), `--latency-rates=10,1000`
+//! (events/s), `--rows=N` (drain backlog),
 //! `--relays=1,2,4`, `--variants=ordered,unordered,numbered`,
 //! `--health-secs=N`, `--group-counts=1,10,50`, `--group-rate=N`,
 //! `--group-backlog=N`, `--group-arrangements=group,separate`,
@@ -98,207 +101,14 @@ const RAW_TABLE: &str = "CREATE TABLE raw_outbox (
     content_type text NOT NULL, headers jsonb, created_at timestamptz NOT NULL DEFAULT now(),
     attempts integer NOT NULL DEFAULT 0, available_at timestamptz, last_error text)";
 
-#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
-enum WriteMode {
-    /// One domain row, commit.
-    BusinessOnly,
-    /// Plus one raw-SQL outbox INSERT of the same row shape.
-    RawInsert,
-    /// Plus the crate's enqueue, committed with `tx.commit()`.
-    Enqueue,
-    /// The same without the per-key commit-order lock.
-    EnqueueNoLock,
-    /// Plus the crate's enqueue, committed with `outbox.commit(tx)` (the
-    /// default wake-up: in-process signal and a coalesced NOTIFY).
-    EnqueueWake,
-}
-
 fn payload(i: u64) -> serde_json::Value {
     serde_json::json!({"candidate_id": i, "status": "hired", "by": "bench"})
 }
 
-/// Transactions per second over `secs` with `writers` tasks.
-async fn write_tps(
-    pool: &PgPool,
-    outbox: &PgOutbox,
-    mode: WriteMode,
-    writers: usize,
-    secs: f64,
-) -> f64 {
-    let stop = Arc::new(AtomicBool::new(false));
-    let done = Arc::new(AtomicU64::new(0));
-    let mut tasks = Vec::new();
-    for w in 0..writers {
-        let pool = pool.clone();
-        let outbox = outbox.clone();
-        let stop = stop.clone();
-        let done = done.clone();
-        tasks.push(tokio::spawn(async move {
-            let mut i = (w as u64) << 40;
-            while !stop.load(Ordering::Relaxed) {
-                i += 1;
-                let mut tx = pool.begin().await.unwrap();
-                sqlx::query("INSERT INTO business (id, status) VALUES ($1, 'hired')")
-                    .bind(i as i64)
-                    .execute(&mut *tx)
-                    .await
-                    .unwrap();
-                let key = format!("candidate-{}", i % 10_000);
-                match mode {
-                    WriteMode::BusinessOnly => {
-                        tx.commit().await.unwrap();
-                    }
-                    WriteMode::RawInsert => {
-                        let body = serde_json::to_vec(&payload(i)).unwrap();
-                        sqlx::query(
-                            "INSERT INTO raw_outbox (id, topic, partition_key, event_type, \
-                             schema_version, payload, content_type, headers) \
-                             VALUES ($1, $2, $3, $4, $5, $6, $7, $8::jsonb)",
-                        )
-                        .bind(uuid::Uuid::now_v7())
-                        .bind("candidates")
-                        .bind(&key)
-                        .bind("CandidateHired")
-                        .bind(1_i32)
-                        .bind(body)
-                        .bind("application/json")
-                        .bind(None::<String>)
-                        .execute(&mut *tx)
-                        .await
-                        .unwrap();
-                        tx.commit().await.unwrap();
-                    }
-                    WriteMode::Enqueue | WriteMode::EnqueueNoLock | WriteMode::EnqueueWake => {
-                        let m = NewMessage::json("candidates", &payload(i))
-                            .unwrap()
-                            .with_partition_key(key)
-                            .with_event_type("CandidateHired");
-                        outbox.enqueue(&mut *tx, m).await.unwrap();
-                        if mode == WriteMode::EnqueueWake {
-                            outbox.commit(tx).await.unwrap();
-                        } else {
-                            tx.commit().await.unwrap();
-                        }
-                    }
-                }
-                done.fetch_add(1, Ordering::Relaxed);
-            }
-        }));
-    }
-    // Warm up, then measure.
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let start_count = done.load(Ordering::Relaxed);
-    let start = Instant::now();
-    tokio::time::sleep(Duration::from_secs_f64(secs)).await;
-    let n = done.load(Ordering::Relaxed) - start_count;
-    let elapsed = start.elapsed().as_secs_f64();
-    stop.store(true, Ordering::Relaxed);
-    for t in tasks {
-        t.await.unwrap();
-    }
-    n as f64 / elapsed
-}
-
-async fn bench_writes(cfg: &Config, res: &mut Results) {
-    let pool = fresh_db("outbox_bench_write").await;
-    let outbox = PgOutbox::new(pool.clone());
-    let unlocked = PgOutbox::builder(pool.clone())
-        .commit_order_lock(false)
-        .build()
-        .unwrap();
-    outbox.migrate().await.unwrap();
-    sqlx::query("CREATE TABLE business (id bigint PRIMARY KEY, status text NOT NULL)")
-        .execute(&pool)
-        .await
-        .unwrap();
-    sqlx::query(RAW_TABLE).execute(&pool).await.unwrap();
-    let counts = cfg.writers.clone().unwrap_or_else(|| vec![1, 8, 32]);
-    for writers in counts {
-        // Modes interleaved, `rounds` times, median per mode: the machine's
-        // drift hits every mode alike.
-        let mut runs: HashMap<WriteMode, Vec<f64>> = HashMap::new();
-        for mode in (0..cfg.write_rounds).flat_map(|_| {
-            [
-                WriteMode::BusinessOnly,
-                WriteMode::RawInsert,
-                WriteMode::Enqueue,
-                WriteMode::EnqueueNoLock,
-                WriteMode::EnqueueWake,
-            ]
-        }) {
-            sqlx::raw_sql("TRUNCATE business; TRUNCATE raw_outbox; TRUNCATE outbox.messages")
-                .execute(&pool)
-                .await
-                .unwrap();
-            let o = if mode == WriteMode::EnqueueNoLock {
-                &unlocked
-            } else {
-                &outbox
-            };
-            let t = write_tps(&pool, o, mode, writers, cfg.write_secs).await;
-            runs.entry(mode).or_default().push(t);
-        }
-        // Each ratio is the median of the per-round ratios: a round runs
-        // every mode back to back, so both sides of a ratio share the
-        // machine's state of the moment.
-        let median = |mut v: Vec<f64>| {
-            v.sort_by(|a, b| a.partial_cmp(b).unwrap());
-            v[v.len() / 2]
-        };
-        let ratio = |a: WriteMode, b: WriteMode| {
-            median(runs[&a].iter().zip(&runs[&b]).map(|(x, y)| x / y).collect())
-        };
-        let vs_raw = ratio(WriteMode::Enqueue, WriteMode::RawInsert);
-        let nolock_vs_raw = ratio(WriteMode::EnqueueNoLock, WriteMode::RawInsert);
-        let wake_vs_business = ratio(WriteMode::EnqueueWake, WriteMode::BusinessOnly);
-        let enq_vs_business = ratio(WriteMode::Enqueue, WriteMode::BusinessOnly);
-        let raw_vs_business = ratio(WriteMode::RawInsert, WriteMode::BusinessOnly);
-        let tps: HashMap<WriteMode, f64> = runs
-            .into_iter()
-            .map(|(mode, v)| (mode, median(v)))
-            .collect();
-        let business = tps[&WriteMode::BusinessOnly];
-        let raw = tps[&WriteMode::RawInsert];
-        let enq = tps[&WriteMode::Enqueue];
-        let unlocked_tps = tps[&WriteMode::EnqueueNoLock];
-        let woken = tps[&WriteMode::EnqueueWake];
-        let w = writers;
-        res.put(&format!("write_tps_business_{w}"), business);
-        res.put(&format!("write_tps_raw_{w}"), raw);
-        res.put(&format!("write_tps_enqueue_{w}"), enq);
-        res.put(&format!("write_tps_enqueue_nolock_{w}"), unlocked_tps);
-        res.put(&format!("write_tps_enqueue_wake_{w}"), woken);
-        res.put(&format!("write_ratio_vs_raw_{w}"), vs_raw);
-        res.put(&format!("write_ratio_nolock_vs_raw_{w}"), nolock_vs_raw);
-        res.put(&format!("write_ratio_vs_business_{w}"), wake_vs_business);
-        res.put(
-            &format!("write_ratio_vs_business_nowake_{w}"),
-            enq_vs_business,
-        );
-        res.put(&format!("write_ratio_raw_vs_business_{w}"), raw_vs_business);
-        res.row(
-            format!("write, {w} writers: enqueue / raw INSERT"),
-            format!("{vs_raw:.2} ({enq:.0} vs {raw:.0} tx/s)"),
-        );
-        res.row(
-            format!("write, {w} writers: enqueue without commit-order lock / raw INSERT"),
-            format!("{nolock_vs_raw:.2} ({unlocked_tps:.0} tx/s)"),
-        );
-        res.row(
-            format!("write, {w} writers: enqueue + default wake-up / business only"),
-            format!("{wake_vs_business:.2} ({woken:.0} vs {business:.0} tx/s)"),
-        );
-        res.row(
-            format!("write, {w} writers: enqueue, no wake-up / business only"),
-            format!("{enq_vs_business:.2}"),
-        );
-        res.row(
-            format!("write, {w} writers: raw INSERT / business only (the pattern's floor)"),
-            format!("{raw_vs_business:.2}"),
-        );
-    }
-    pool.close().await;
-}
+/// The write part: transactions per second with and without the outbox.
+#[path = "relay/write.rs"]
+mod write;
+use write::{bench_slow_commits, bench_writes};
 
 async fn fill(pool: &PgPool, table: &str, rows: i64, keys: i64) {
     let chunk = 100_000;
@@ -771,13 +581,16 @@ fn main() {
         .unwrap();
     let mut res = Results::default();
     let started = Instant::now();
-    // `--only write|drain|export|blocked|health|brokers|latency|group` runs one part
+    // `--only write|slow-commit|drain|export|blocked|health|brokers|latency|group` runs one part
     // (brokers: with features `nats` and `amqp`).
     let only = arg("only");
     let run = |part: &str| only.as_deref().is_none_or(|o| o == part);
     rt.block_on(async {
         if run("write") {
             bench_writes(&cfg, &mut res).await;
+        }
+        if run("write") || only.as_deref() == Some("slow-commit") {
+            bench_slow_commits(&cfg, &mut res).await;
         }
         if run("drain") {
             bench_drain(&cfg, &mut res).await;
@@ -799,7 +612,12 @@ fn main() {
             group::run(&cfg, &mut res).await;
         }
         if run("latency") {
-            for rate in [10.0, 1000.0, 5000.0] {
+            let rates: Vec<f64> = arg("latency-rates").map_or(vec![10.0, 1000.0, 5000.0], |r| {
+                r.split(',')
+                    .map(|n| n.parse().expect("--latency-rates=10,1000"))
+                    .collect()
+            });
+            for rate in rates {
                 latency(&cfg, rate, &mut res).await;
             }
         }

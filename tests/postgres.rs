@@ -7,13 +7,14 @@
 //! `postgres://postgres@127.0.0.1:5432/postgres`) and dropped at the end.
 
 use std::collections::HashSet;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use outbox::{
     Error, FnPublisher, InMemoryPublisher, NewMessage, OutboxMessage, PgOutbox, Relay, WakeUp,
 };
-use sqlx::postgres::{PgPool, PgPoolOptions};
+use sqlx::postgres::{PgListener, PgPool, PgPoolOptions};
 
 mod support;
 
@@ -197,58 +198,161 @@ async fn notify_wakes_the_relay_without_polling() {
     .await;
 }
 
-/// The default wake-up without a transaction of its own under load: an
-/// enqueue carries a `pg_notify` in its transaction at most once per
-/// interval, and `PgOutbox::commit` sends one of its own only for a commit
-/// that no carried notification covers.
+/// Counts the notifications on the default outbox's channel, as relays in
+/// other processes receive them, from the moment it returns.
+struct NotificationCount {
+    seen: Arc<AtomicUsize>,
+    task: tokio::task::JoinHandle<()>,
+}
 
+impl NotificationCount {
+    async fn listen(pool: &PgPool) -> Self {
+        let mut listener = PgListener::connect_with(pool).await.unwrap();
+        listener.listen("outbox_outbox_").await.unwrap();
+        let seen = Arc::new(AtomicUsize::new(0));
+        let task = tokio::spawn({
+            let seen = seen.clone();
+            async move {
+                while listener.recv().await.is_ok() {
+                    seen.fetch_add(1, Ordering::SeqCst);
+                }
+            }
+        });
+        Self { seen, task }
+    }
+
+    fn get(&self) -> usize {
+        self.seen.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for NotificationCount {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Long enough for a notification sent at a commit to arrive.
+const ARRIVAL: Duration = Duration::from_millis(300);
+
+/// With the default wake-up no producer transaction carries a notification
+/// (so none can be rolled back with it): a plain commit or a rollback
+/// sends none, `PgOutbox::commit` and `PgOutbox::wake` send one after the
+/// commit, and it wakes relays for everything committed before it.
 #[tokio::test]
-async fn carried_notifications_wake_relays_in_other_processes() {
-    // The producer has a pool of its own: only a notification through
-    // PostgreSQL can reach the relay.
+async fn the_default_wake_up_notifies_after_commits_never_inside_them() {
     from_another_process(async |other_pool, publisher| {
-        let producer = PgOutbox::builder(other_pool.clone())
-            .notify_interval(Duration::from_millis(300))
-            .build()
-            .unwrap();
+        let producer = PgOutbox::new(other_pool.clone());
+        let notifications = NotificationCount::listen(other_pool).await;
         let enqueue = |key: &'static str| {
             let producer = producer.clone();
             let pool = other_pool.clone();
             async move {
                 let mut tx = pool.begin().await.unwrap();
                 producer.enqueue(&mut *tx, msg("t", key, 1)).await.unwrap();
+                producer
+                    .enqueue_batch(&mut *tx, vec![msg("t", key, 2)])
+                    .await
+                    .unwrap();
                 tx
             }
         };
 
-        // The first enqueue carries one: a plain commit wakes the relay.
-        enqueue("a").await.commit().await.unwrap();
-        eventually("woken by the carried notification", || publisher.len() == 1).await;
+        enqueue("plain").await.commit().await.unwrap();
+        enqueue("rolled-back").await.rollback().await.unwrap();
+        tokio::time::sleep(ARRIVAL).await;
+        assert_eq!(notifications.get(), 0, "a producer's transaction notified");
+        assert_eq!(publisher.len(), 0, "nothing woke the relay");
 
-        // Within the interval, an enqueue carries none: PgOutbox::commit sends
-        // a NOTIFY of its own once no later enqueue covered the commit.
-        producer.commit(enqueue("b").await).await.unwrap();
+        // One NOTIFY after the commit wakes the relay, which finds the
+        // plain commit's messages too.
+        producer.commit(enqueue("committed").await).await.unwrap();
         eventually("woken by the NOTIFY after the commit", || {
-            publisher.len() == 2
-        })
-        .await;
-
-        // A plain commit that carried nothing waits for the next carried
-        // notification, which covers it.
-        let uncovered = enqueue("c").await;
-        uncovered.commit().await.unwrap();
-        tokio::time::sleep(Duration::from_millis(350)).await;
-        enqueue("d").await.commit().await.unwrap();
-        eventually("both woken by the later carried notification", || {
             publisher.len() == 4
         })
         .await;
+        eventually("one notification", || notifications.get() == 1).await;
+
+        // A plain commit followed by `wake`.
+        enqueue("woken").await.commit().await.unwrap();
+        producer.wake();
+        eventually("woken by wake()", || publisher.len() == 6).await;
         let keys: HashSet<String> = publisher
             .messages()
             .iter()
             .filter_map(|m| m.partition_key().map(str::to_owned))
             .collect();
-        assert_eq!(keys.len(), 4);
+        let expected: HashSet<String> = ["plain", "committed", "woken"].map(str::to_owned).into();
+        assert_eq!(
+            keys, expected,
+            "the rolled-back messages were never published"
+        );
+    })
+    .await;
+}
+
+/// Many producers committing at once: their transactions carry no
+/// notification; after commits through `PgOutbox::commit` the outbox sends
+/// at most one NOTIFY per `notify_interval`, far fewer than the commits,
+/// and still wakes the relay for every one of them (it never polls).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn notifications_after_concurrent_commits_are_bounded_and_wake_for_every_message() {
+    const WRITERS: u64 = 16;
+    const EACH: u64 = 25;
+    const COMMITS: usize = (WRITERS * EACH) as usize;
+    let interval = Duration::from_millis(50);
+    from_another_process(async |other_pool, publisher| {
+        let producer = PgOutbox::builder(other_pool.clone())
+            .notify_interval(interval)
+            .build()
+            .unwrap();
+        let notifications = NotificationCount::listen(other_pool).await;
+        let run = async |through_outbox: bool, round: u64| {
+            let writers: Vec<_> = (0..WRITERS)
+                .map(|w| {
+                    let (producer, pool) = (producer.clone(), other_pool.clone());
+                    tokio::spawn(async move {
+                        for i in 0..EACH {
+                            let key = format!("r{round}-w{w}-{i}");
+                            let mut tx = pool.begin().await.unwrap();
+                            producer.enqueue(&mut *tx, msg("t", &key, i)).await.unwrap();
+                            if through_outbox {
+                                producer.commit(tx).await.unwrap();
+                            } else {
+                                tx.commit().await.unwrap();
+                            }
+                        }
+                    })
+                })
+                .collect();
+            for w in writers {
+                w.await.unwrap();
+            }
+        };
+
+        run(false, 0).await;
+        tokio::time::sleep(ARRIVAL).await;
+        assert_eq!(notifications.get(), 0, "a producer's transaction notified");
+
+        let start = std::time::Instant::now();
+        run(true, 1).await;
+        eventually("every message published", || publisher.len() == 2 * COMMITS).await;
+        tokio::time::sleep(ARRIVAL).await;
+        let sent = notifications.get();
+        // Every NOTIFY was sent since `start`, each at least `interval`
+        // after the one before.
+        let bound = (start.elapsed().as_secs_f64() / interval.as_secs_f64()) as usize + 1;
+        assert!(sent >= 1, "no notification woke the relay");
+        assert!(
+            sent <= bound,
+            "{sent} notifications for {COMMITS} commits, more than one per {interval:?} ({bound})"
+        );
+        assert!(
+            sent < COMMITS / 4,
+            "{sent} notifications for {COMMITS} commits"
+        );
+        let ids: HashSet<_> = publisher.messages().iter().map(|m| m.id()).collect();
+        assert_eq!(ids.len(), 2 * COMMITS);
     })
     .await;
 }

@@ -50,11 +50,18 @@ impl PgOutboxBuilder {
     }
 
     setters! {
-        /// With [`WakeUp::AfterCommit`], the least time between two enqueues
-        /// that carry a `pg_notify` (default 1 ms; see [`WakeUp::AfterCommit`]).
-        /// A busy producer then adds about one notification per interval,
-        /// whatever its commit rate. Zero makes every enqueue carry one, as
-        /// [`WakeUp::InTransaction`] does.
+        /// With [`WakeUp::AfterCommit`], the least time between two `NOTIFY`s
+        /// the outbox sends after commits (default 1 ms, at most 10 s; see
+        /// [`WakeUp::AfterCommit`]). A busy process then sends at most one
+        /// notification per interval for the outbox, whatever its commit
+        /// rate, and a commit waits at most this long (plus the `NOTIFY`'s
+        /// round trip) for relays elsewhere to be woken. Zero sends one after
+        /// each commit, coalescing only the commits made while the previous
+        /// one was being sent.
+        ///
+        /// Before this crate moved wake-ups off producers' transactions, the
+        /// interval spaced the enqueues that carried a `pg_notify`; zero made
+        /// every enqueue carry one. For that, use [`WakeUp::InTransaction`].
         pub fn notify_interval(interval: Duration) => notify_interval = interval;
 
         /// The schema holding the crate's tables (default `outbox`; created by
@@ -148,7 +155,7 @@ impl PgOutboxBuilder {
                 field: "notify_interval",
                 reason: format!(
                     "must be at most {MAX_NOTIFY_INTERVAL:?}, not {:?}: relays in other \
-                     processes would wait that long for commits no later enqueue covers",
+                     processes would wait that long for a commit's notification",
                     self.notify_interval
                 ),
             });

@@ -144,8 +144,9 @@ impl PgOutbox {
     }
 
     /// Commits the caller's transaction, then wakes the relays (see
-    /// [`WakeUp`](super::WakeUp)). Equivalent to `tx.commit()` plus a prompt
-    /// wake-up.
+    /// [`WakeUp`](super::WakeUp)): those in this process at once, those
+    /// elsewhere by a `NOTIFY` the outbox sends after the commit returned.
+    /// Equivalent to `tx.commit()` followed by [`wake`](Self::wake).
     ///
     /// # Errors
     ///

@@ -1,15 +1,17 @@
-//! Waking relays: the in-process signal, notifications carried by enqueues,
-//! the `NOTIFY` task for commits no enqueue covered, and the `LISTEN` wake
+//! Waking relays: the in-process signal, the `NOTIFY` task that wakes
+//! relays elsewhere after commits, notifications carried in producers'
+//! transactions (with [`WakeUp::InTransaction`]), and the `LISTEN` wake
 //! source relays wait on.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use sqlx::postgres::{PgConnection, PgListener, PgPool, PgPoolOptions};
 use sqlx::{Connection, Executor};
 use tokio::sync::Notify;
+use tokio::time::Instant;
 
 use super::PgOutbox;
 use crate::error::Result;
@@ -20,30 +22,40 @@ use crate::store::WakeSource;
 #[non_exhaustive]
 pub enum WakeUp {
     /// Relays in this process wake at once on [`PgOutbox::commit`]; relays
-    /// elsewhere are woken by notifications spread thin over the commits:
+    /// elsewhere on a `NOTIFY` the outbox sends just after the commit
+    /// returned, on a connection of its own. The producer's transaction
+    /// carries no notification.
     ///
-    /// - The first enqueue after [`notify_interval`](super::PgOutboxBuilder::notify_interval)
-    ///   (1 ms) without one carries a `pg_notify` in the caller's
-    ///   transaction, delivered when it commits. Under load one transaction
-    ///   in every so many pays for it, and no transaction of its own is
-    ///   spent on waking relays.
-    /// - A commit made through `PgOutbox::commit` that no later enqueue
-    ///   covered within twice the interval (at least 1 ms), such as the
-    ///   last of a burst, gets a `NOTIFY` of its own, sent on one
-    ///   connection outside the pool (opened at the first such `NOTIFY`,
-    ///   closed within a second of the outbox being dropped or its pool
-    ///   closed).
+    /// - Each commit through `PgOutbox::commit` (or [`PgOutbox::wake`]) is
+    ///   followed by a `NOTIFY` sent after it returned, so no such commit
+    ///   waits for the relay's poll.
+    /// - The `NOTIFY`s are coalesced and bounded in rate: one at a time, at
+    ///   most one per [`notify_interval`](super::PgOutboxBuilder::notify_interval)
+    ///   (1 ms) for the outbox and all its clones, each covering every
+    ///   commit that returned before it was sent. The first commit after a
+    ///   quiet interval is notified at once.
+    /// - The connection is opened outside the pool at the first `NOTIFY`,
+    ///   and closed within a second of the outbox being dropped or its
+    ///   pool closed.
     ///
-    /// Transactions committed without `PgOutbox::commit` are woken by the
-    /// next carried notification or found by the relay's poll, and so are
-    /// commits just before an enqueue whose transaction rolled back with
-    /// its notification.
+    /// Why not in the transaction: PostgreSQL serializes the commits of
+    /// transactions that notify (each holds the notification queue's lock
+    /// from just before its commit until the commit is flushed to disk), so
+    /// when commits are slow, producers that notify queue behind each
+    /// other's flushes. A `NOTIFY` in a transaction of its own writes no
+    /// WAL, so its commit waits for no flush and holds that lock briefly.
+    ///
+    /// Transactions committed without `PgOutbox::commit` are found by the
+    /// next `NOTIFY` (any later commit's) or by the relay's poll; call
+    /// [`PgOutbox::wake`] after such a commit to wake relays at once. A
+    /// transaction that rolls back sends nothing.
     #[default]
     AfterCommit,
     /// Each enqueue adds a `pg_notify` to the producer's transaction:
     /// relays wake on every commit, however it is made, at the price of
-    /// serializing commits on the notification queue (measured: about 40 %
-    /// of write throughput at 8 writers).
+    /// serializing the commits of those transactions on the notification
+    /// queue's lock (measured: about 40 % of write throughput at 8 writers,
+    /// and far less when commits wait for a slow disk).
     InTransaction,
     /// No `NOTIFY`: relays in this process wake on `PgOutbox::commit`,
     /// others on their poll interval.
@@ -60,6 +72,8 @@ pub(super) struct WakeState {
     pub(super) signal: Arc<Notify>,
     /// Raised by `commit` for the `NOTIFY` task.
     remote: Arc<Notify>,
+    /// How many wake-ups `commit` has asked the `NOTIFY` task for.
+    commits: AtomicU64,
     /// Set once the `NOTIFY` task runs.
     notifier: OnceLock<()>,
     /// The direct connection for `LISTEN`, with
@@ -67,13 +81,6 @@ pub(super) struct WakeState {
     listen_pool: OnceLock<PgPool>,
     /// Whether relays were told that `LISTEN` cannot work here.
     said_no_listen: AtomicBool,
-    /// Wake-up bookkeeping, in microseconds since `epoch` (0: never): when
-    /// the last enqueue that carried a `pg_notify` (or the last separate
-    /// `NOTIFY`) was sent, and when the last commit through
-    /// [`PgOutbox::commit`] returned.
-    epoch: Instant,
-    carried_at: AtomicU64,
-    committed_at: AtomicU64,
 }
 
 impl WakeState {
@@ -86,62 +93,31 @@ impl WakeState {
             notify_interval,
             signal: Arc::new(Notify::new()),
             remote: Arc::new(Notify::new()),
+            commits: AtomicU64::new(0),
             notifier: OnceLock::new(),
             listen_pool: OnceLock::new(),
             said_no_listen: AtomicBool::new(false),
-            epoch: Instant::now(),
-            carried_at: AtomicU64::new(0),
-            committed_at: AtomicU64::new(0),
         }
-    }
-
-    fn micros(&self) -> u64 {
-        // Never 0, which stands for "never".
-        self.epoch.elapsed().as_micros() as u64 + 1
     }
 }
 
 impl PgOutbox {
-    /// The channel an enqueue's statement notifies, if it carries the
-    /// wake-up (see [`carries_wake_up`](Self::carries_wake_up)).
+    /// The channel an enqueue's statement notifies in the caller's
+    /// transaction: only with [`WakeUp::InTransaction`].
     pub(super) fn carried_channel(&self) -> Option<&str> {
-        self.carries_wake_up()
-            .then_some(self.inner.wake.channel.as_str())
+        (self.inner.wake.mode == WakeUp::InTransaction).then_some(self.inner.wake.channel.as_str())
     }
 
-    /// Whether this enqueue carries the wake-up: always with
-    /// [`WakeUp::InTransaction`]; with [`WakeUp::AfterCommit`], the first
-    /// enqueue after `notify_interval` without one. Its `pg_notify` is sent
-    /// when the caller's transaction commits: no transaction of its own,
-    /// and, under load, one in every so many transactions pays for it.
-    fn carries_wake_up(&self) -> bool {
-        let w = &self.inner.wake;
-        match w.mode {
-            WakeUp::InTransaction => true,
-            WakeUp::LocalOnly => false,
-            WakeUp::AfterCommit => {
-                let now = w.micros();
-                let last = w.carried_at.load(Ordering::Acquire);
-                let interval = w.notify_interval.as_micros() as u64;
-                if interval == 0 {
-                    w.carried_at.fetch_max(now, Ordering::AcqRel);
-                    return true;
-                }
-                (last == 0 || now.saturating_sub(last) >= interval)
-                    && w.carried_at
-                        .compare_exchange(last, now, Ordering::AcqRel, Ordering::Relaxed)
-                        .is_ok()
-            }
-        }
-    }
-
-    /// Wakes relays now, as after a commit.
+    /// Wakes relays now, as after a commit: those in this process at once,
+    /// and with [`WakeUp::AfterCommit`] those elsewhere by a `NOTIFY` sent
+    /// from now on (see [`WakeUp::AfterCommit`]). Call it after committing
+    /// a transaction that enqueued without [`commit`](Self::commit).
     pub fn wake(&self) {
         let w = &self.inner.wake;
         w.signal.notify_waiters();
         w.signal.notify_one();
         if w.mode == WakeUp::AfterCommit {
-            w.committed_at.fetch_max(w.micros(), Ordering::AcqRel);
+            w.commits.fetch_add(1, Ordering::AcqRel);
             self.spawn_notifier();
             w.remote.notify_one();
         }
@@ -158,9 +134,9 @@ impl PgOutbox {
             // A NOTIFY of its own is one prepared statement in an implicit
             // transaction. A transaction that only notifies writes no WAL of
             // its own, so its commit never waits for a flush (measured: one
-            // WAL sync per thousand of them); an explicit BEGIN/SET/COMMIT
-            // around it cost four commands and about four times the server
-            // time.
+            // WAL sync per thousand of them) and holds the notification
+            // queue's lock only briefly; an explicit BEGIN/SET/COMMIT around
+            // it cost four commands and about four times the server time.
             let notify = self.inner.sql.notify.clone();
             let channel = self.inner.wake.channel.clone();
             // Behind transaction pooling a prepared statement would not
@@ -171,38 +147,40 @@ impl PgOutbox {
             // The task holds the outbox weakly and ends soon after the last
             // clone of it is dropped.
             let alive = Arc::downgrade(&self.inner);
-            // A commit is covered by any `pg_notify` carried by an enqueue
-            // made after it returned (that transaction commits later still,
-            // and its notification goes out then). Under load the next
-            // enqueue comes within `notify_interval` and carries one; this
-            // task sends a NOTIFY of its own only for commits that no such
-            // enqueue followed within twice the interval (at least 1 ms):
-            // the end of a burst, or commits of transactions that enqueued
-            // through another outbox.
-            let grace = (interval * 2).max(Duration::from_millis(1));
             handle.spawn(async move {
                 let mut conn: Option<PgConnection> = None;
+                // Wake-ups covered by the last NOTIFY sent, and when it was
+                // sent: the next goes no sooner than `interval` after it.
+                let mut covered = 0u64;
+                let mut last_sent: Option<Instant> = None;
                 loop {
                     if alive.strong_count() == 0 || pool.is_closed() {
                         return;
                     }
-                    if tokio::time::timeout(Duration::from_secs(1), remote.notified())
-                        .await
-                        .is_err()
-                    {
+                    let asked = match alive.upgrade() {
+                        Some(inner) => inner.wake.commits.load(Ordering::Acquire),
+                        None => return,
+                    };
+                    if asked == covered {
+                        // A wake-up asked after the load above leaves a
+                        // permit, so this wait cannot miss it.
+                        let _ =
+                            tokio::time::timeout(Duration::from_secs(1), remote.notified()).await;
                         continue;
                     }
-                    let Some(inner) = alive.upgrade() else { return };
-                    let committed = inner.wake.committed_at.load(Ordering::Acquire);
-                    let due = inner.wake.epoch + Duration::from_micros(committed) + grace;
-                    drop(inner);
-                    tokio::time::sleep_until(due.into()).await;
-                    let Some(inner) = alive.upgrade() else { return };
-                    if inner.wake.carried_at.load(Ordering::Acquire) > committed {
-                        continue;
+                    if let Some(last) = last_sent {
+                        tokio::time::sleep_until(last + interval).await;
                     }
-                    let started = inner.wake.micros();
-                    drop(inner);
+                    // Every wake-up counted now was asked after its commit
+                    // returned, and the NOTIFY goes out after this load: it
+                    // covers them all, and those asked meanwhile too.
+                    let Some(asked) = alive
+                        .upgrade()
+                        .map(|inner| inner.wake.commits.load(Ordering::Acquire))
+                    else {
+                        return;
+                    };
+                    let started = Instant::now();
                     let mut delivered = false;
                     // On a connection of its own, outside the pool: no pool
                     // checkout and liveness ping per NOTIFY, and no pool slot
@@ -238,15 +216,11 @@ impl PgOutbox {
                         }
                     }
                     if delivered {
-                        // Counts as carried from its start: enqueues within
-                        // the next interval need not carry one.
-                        if let Some(inner) = alive.upgrade() {
-                            inner.wake.carried_at.fetch_max(started, Ordering::AcqRel);
-                        }
+                        covered = asked;
+                        last_sent = Some(started);
                     } else {
                         // Not sent: try again shortly, for the same commits.
                         tokio::time::sleep(Duration::from_millis(100)).await;
-                        remote.notify_one();
                     }
                 }
             });

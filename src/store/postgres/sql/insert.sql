@@ -7,10 +7,10 @@
 -- count over l make the lock come before the insert.
 -- An id already present inserts nothing: the row count tells the caller.
 --
--- With a channel ($10), it carries a pg_notify in the caller's transaction
--- (see WakeUp): relays listening on the channel are woken when it commits,
--- and not at all if it rolls back. Without one, n is empty and pg_notify
--- is not called.
+-- With a channel ($10; only WakeUp::InTransaction passes one), it carries a
+-- pg_notify in the caller's transaction: relays listening on the channel
+-- are woken when it commits, and not at all if it rolls back. Without one,
+-- n is empty and pg_notify is not called.
 --
 -- $1 id, $2 topic, $3 partition key, $4 event type, $5 schema version,
 -- $6 payload, $7 content type, $8 headers (JSON text),
