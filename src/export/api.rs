@@ -2,8 +2,8 @@
 //! `export_api!` over what each backend provides (in `postgres.rs`,
 //! `sqlite.rs`, `mysql.rs`): `insert_change`, `current_cursor`, `stored_cursor`,
 //! `stored_cursors`,
-//! `commit_cursor_alone`, `check_cursor`, `store_cursor`, `read_page` and
-//! `purge_changes_once`.
+//! `commit_cursor_alone`, `check_cursor`, `store_cursor`, `read_page`,
+//! `page_since` and `purge_changes_once`.
 
 /// Declares the export methods on an outbox type of database `$db` whose
 /// connection type is `$conn`; the documentation given after `snapshot:`
@@ -254,11 +254,8 @@ macro_rules! export_api {
             consumer: &str,
             limit: i64,
         ) -> crate::Result<crate::export::ChangePage> {
-            let cursor = self
-                .cursor(consumer)
-                .await?
-                .unwrap_or_else(crate::export::Cursor::beginning);
-            self.changes_after(&cursor, limit).await
+            crate::export::at_least_one("limit", limit)?;
+            self.page_since(consumer, limit).await
         }
 
         /// The next page after `cursor`.

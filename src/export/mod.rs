@@ -379,25 +379,48 @@ fn merge(acc: Net, next: Change) -> Merged {
 
 /// A row of the change log as both backends select it: position, entity
 /// type, entity key, kind, and the JSON text of `data` and `before`.
+#[cfg(any(feature = "sqlite", feature = "mysql"))]
 type LogRow = (i64, String, String, String, Option<String>, Option<String>);
 
 /// Decodes change-log rows into positions and changes.
+#[cfg(any(feature = "sqlite", feature = "mysql"))]
 fn decode_log(rows: Vec<LogRow>) -> Result<Vec<(i64, Change)>, Error> {
     rows.into_iter()
         .map(|(seq, entity_type, key, kind, data, before)| {
-            let kind = ChangeKind::parse(&kind).ok_or_else(|| {
-                Error::InvalidMessage(format!("unknown change kind {kind:?} in the change log"))
-            })?;
-            let change = Change::from_parts(
+            logged_change(
+                seq,
                 entity_type,
                 key,
-                kind,
-                parse_json(data)?,
-                parse_json(before)?,
-            );
-            Ok((seq, change))
+                &kind,
+                data.as_deref(),
+                before.as_deref(),
+            )
         })
         .collect()
+}
+
+/// One change-log row as a position and a change; the kind and the JSON
+/// texts are only read, so a backend can lend them from its row.
+#[cfg(any(feature = "postgres", feature = "sqlite", feature = "mysql"))]
+fn logged_change(
+    seq: i64,
+    entity_type: String,
+    key: String,
+    kind: &str,
+    data: Option<&str>,
+    before: Option<&str>,
+) -> Result<(i64, Change), Error> {
+    let kind = ChangeKind::parse(kind).ok_or_else(|| {
+        Error::InvalidMessage(format!("unknown change kind {kind:?} in the change log"))
+    })?;
+    let change = Change::from_parts(
+        entity_type,
+        key,
+        kind,
+        parse_json(data)?,
+        parse_json(before)?,
+    );
+    Ok((seq, change))
 }
 
 /// A JSON value as the text the change log stores.
@@ -405,8 +428,9 @@ fn json_text(v: Option<&serde_json::Value>) -> Option<String> {
     v.map(|v| v.to_string())
 }
 
-fn parse_json(s: Option<String>) -> Result<Option<serde_json::Value>, Error> {
-    s.map(|s| serde_json::from_str(&s).map_err(Error::Serialize))
+#[cfg(any(feature = "postgres", feature = "sqlite", feature = "mysql"))]
+fn parse_json(s: Option<&str>) -> Result<Option<serde_json::Value>, Error> {
+    s.map(|s| serde_json::from_str(s).map_err(Error::Serialize))
         .transpose()
 }
 
@@ -430,13 +454,26 @@ pub(crate) fn coalesce(rows: Vec<(i64, Change)>) -> Vec<ExportedChange> {
         last: i64,
         merged: usize,
     }
+    // Which entity each row is (numbered in order of first appearance),
+    // found with the names the rows hold, not copies of them.
+    let (entity, entities) = {
+        let mut ids: HashMap<(&str, &str), usize> = HashMap::with_capacity(rows.len());
+        let entity: Vec<usize> = rows
+            .iter()
+            .map(|(_, c)| {
+                let next = ids.len();
+                *ids.entry((c.entity_type(), c.key())).or_insert(next)
+            })
+            .collect();
+        (entity, ids.len())
+    };
     // Entities can need more than one slot when two of their changes do
-    // not merge; slots keep their order of first appearance.
-    let mut slots: Vec<Slot> = Vec::new();
-    let mut open: HashMap<(String, String), usize> = HashMap::new();
-    for (pos, change) in rows {
-        let id = (change.entity_type().to_owned(), change.key().to_owned());
-        match open.get(&id).copied() {
+    // not merge; slots keep their order of first appearance. `open` is
+    // each entity's current slot.
+    let mut slots: Vec<Slot> = Vec::with_capacity(entities);
+    let mut open: Vec<Option<usize>> = vec![None; entities];
+    for ((pos, change), e) in rows.into_iter().zip(entity) {
+        match open[e] {
             Some(i) => {
                 let slot = &mut slots[i];
                 let acc = std::mem::replace(&mut slot.net, Net::Nothing);
@@ -454,7 +491,7 @@ pub(crate) fn coalesce(rows: Vec<(i64, Change)>) -> Vec<ExportedChange> {
                             last: pos,
                             merged: 1,
                         });
-                        open.insert(id, slots.len() - 1);
+                        open[e] = Some(slots.len() - 1);
                     }
                 }
             }
@@ -465,7 +502,7 @@ pub(crate) fn coalesce(rows: Vec<(i64, Change)>) -> Vec<ExportedChange> {
                     last: pos,
                     merged: 1,
                 });
-                open.insert(id, slots.len() - 1);
+                open[e] = Some(slots.len() - 1);
             }
         }
     }

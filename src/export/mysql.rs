@@ -219,6 +219,17 @@ impl MySqlOutbox {
         }
     }
 
+    /// The next page after `consumer`'s stored cursor (the start of the
+    /// log if it has none).
+    async fn page_since(&self, consumer: &str, limit: i64) -> Result<ChangePage> {
+        let cursor = self
+            .cursor(consumer)
+            .await?
+            .unwrap_or_else(Cursor::beginning);
+        self.check_cursor(&cursor)?;
+        self.read_page(&cursor, limit).await
+    }
+
     /// The next page after `cursor` (of this backend), at most `limit`
     /// logged changes before coalescing.
     async fn read_page(&self, cursor: &Cursor, limit: i64) -> Result<ChangePage> {

@@ -2,10 +2,10 @@
 
 use chrono::{DateTime, Utc};
 use sqlx::postgres::PgConnection;
-use sqlx::{Executor, Postgres};
+use sqlx::{Executor, Postgres, Row};
 
 use super::api::export_api;
-use super::{coalesce, decode_log, json_text, ChangePage, Cursor, CursorState, LogRow};
+use super::{coalesce, json_text, logged_change, ChangePage, Cursor, CursorState};
 use crate::change::Change;
 use crate::error::{Error, Result};
 use crate::store::postgres::change_lock_class;
@@ -73,11 +73,9 @@ impl PgOutbox {
     }
 
     async fn stored_cursor(&self, consumer: &str) -> Result<Option<String>> {
-        let sql = self
-            .names()
-            .render("SELECT cursor FROM {export_cursors} WHERE consumer = $1");
+        let sql = &self.sql().export_cursor;
         self.on_app()
-            .scalar(sqlx::query_scalar(&sql).bind(consumer))
+            .scalar(sqlx::query_scalar(sql).bind(consumer))
             .await
     }
 
@@ -115,21 +113,51 @@ impl PgOutbox {
     where
         E: Executor<'c, Database = Postgres>,
     {
-        sqlx::query(&self.names().render(
-            "INSERT INTO {export_cursors} (consumer, cursor) VALUES ($1, $2) \
-             ON CONFLICT (consumer) DO UPDATE SET cursor = excluded.cursor, updated_at = now()",
-        ))
-        .persistent(self.named())
-        .bind(consumer)
-        .bind(cursor.to_string())
-        .execute(executor)
-        .await?;
+        sqlx::query(&self.sql().export_store_cursor)
+            .persistent(self.named())
+            .bind(consumer)
+            .bind(cursor.to_string())
+            .execute(executor)
+            .await?;
         Ok(())
+    }
+
+    /// The next page after `consumer`'s stored cursor (the start of the
+    /// log if it has none): the cursor and the page are read on one
+    /// connection.
+    async fn page_since(&self, consumer: &str, limit: i64) -> Result<ChangePage> {
+        let mut c = self.standalone().await?;
+        let stored: Option<String> = sqlx::query_scalar(&self.sql().export_cursor)
+            .persistent(self.named())
+            .bind(consumer)
+            .fetch_optional(c.conn())
+            .await?;
+        let cursor = match stored {
+            Some(s) => s.parse()?,
+            None => Cursor::beginning(),
+        };
+        self.check_cursor(&cursor)?;
+        let page = self.read_page_on(c.conn(), &cursor, limit).await?;
+        c.finish().await?;
+        Ok(page)
     }
 
     /// The next page after `cursor` (of this backend), at most `limit`
     /// logged changes before coalescing.
     async fn read_page(&self, cursor: &Cursor, limit: i64) -> Result<ChangePage> {
+        let mut c = self.standalone().await?;
+        let page = self.read_page_on(c.conn(), cursor, limit).await?;
+        c.finish().await?;
+        Ok(page)
+    }
+
+    /// [`read_page`](Self::read_page) on the connection `conn`.
+    async fn read_page_on(
+        &self,
+        conn: &mut PgConnection,
+        cursor: &Cursor,
+        limit: i64,
+    ) -> Result<ChangePage> {
         let start = CursorState::Pg {
             done: None,
             reading: None,
@@ -151,51 +179,45 @@ impl PgOutbox {
         // reads it to its end is caught up. One opened earlier may miss
         // changes committed since.
         let fresh = reading.is_none();
-        let mut c = self.standalone().await?;
         // A new generation: everything committed as of now and not as of
         // `done`.
         let (reading, last) = match reading {
             Some(r) => (r.clone(), *last),
             None => {
-                // Where the generation starts, found once through the txid
-                // index, so that its pages walk positions from there.
-                let (snap, first): (String, Option<i64>) = sqlx::query_as(&self.names().render(
-                    "WITH s AS (SELECT pg_current_snapshot() AS cur) \
-                     SELECT s.cur::text, (SELECT min(seq) FROM {changes} \
-                       WHERE txid >= coalesce(pg_snapshot_xmin($1::text::pg_snapshot), '0'::xid8) \
-                         AND txid < pg_snapshot_xmax(s.cur) \
-                         AND pg_visible_in_snapshot(txid, s.cur) \
-                         AND ($1::text IS NULL \
-                              OR NOT pg_visible_in_snapshot(txid, $1::text::pg_snapshot))) \
-                     FROM s",
-                ))
-                .persistent(self.named())
-                .bind(done.as_deref())
-                .fetch_one(c.conn())
-                .await?;
+                let (snap, first): (String, Option<i64>) =
+                    sqlx::query_as(&self.sql().export_generation)
+                        .persistent(self.named())
+                        .bind(done.as_deref())
+                        .fetch_one(&mut *conn)
+                        .await?;
                 (snap, first.map_or(i64::MAX - 1, |f| f - 1))
             }
         };
-        let rows: Vec<LogRow> = sqlx::query_as(&self.names().render(
-            "SELECT seq, entity_type, entity_key, kind, data::text AS data, \
-                    before::text AS before \
-             FROM {changes} \
-             WHERE pg_visible_in_snapshot(txid, $2::text::pg_snapshot) \
-               AND ($1::text IS NULL \
-                    OR NOT pg_visible_in_snapshot(txid, $1::text::pg_snapshot)) \
-               AND seq > $3 \
-             ORDER BY seq LIMIT $4",
-        ))
-        .persistent(self.named())
-        .bind(done.as_deref())
-        .bind(&reading)
-        .bind(last)
-        .bind(limit)
-        .fetch_all(c.conn())
-        .await?;
-        c.finish().await?;
+        let rows = sqlx::query(&self.sql().export_page)
+            .persistent(self.named())
+            .bind(done.as_deref())
+            .bind(&reading)
+            .bind(last)
+            .bind(limit)
+            .fetch_all(&mut *conn)
+            .await?;
         let read = rows.len();
-        let log = decode_log(rows)?;
+        // Decoded in place: the kind and the JSON text are read where the
+        // row holds them.
+        let log = rows
+            .iter()
+            .map(|r| {
+                logged_change(
+                    r.try_get(0)?,
+                    r.try_get(1)?,
+                    r.try_get(2)?,
+                    r.try_get(3)?,
+                    r.try_get(4)?,
+                    r.try_get(5)?,
+                )
+            })
+            .collect::<Result<Vec<_>>>()?;
+        drop(rows);
         let full = read as i64 >= limit;
         let next = if full {
             CursorState::Pg {

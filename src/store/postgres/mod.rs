@@ -41,7 +41,7 @@ pub(crate) use self::locks::change_lock_class;
 pub(crate) use self::migrate::apply as apply_migrations;
 pub use self::wake::WakeUp;
 
-use self::statements::Sql;
+pub(crate) use self::statements::Sql;
 use self::wake::WakeState;
 use super::TableNames;
 
@@ -127,6 +127,11 @@ impl PgOutbox {
 
     pub(crate) fn names(&self) -> &TableNames {
         &self.inner.names
+    }
+
+    /// The statements, rendered once from the table names.
+    pub(crate) fn sql(&self) -> &Sql {
+        &self.inner.sql
     }
 
     /// Whether statements may be prepared under a name.
