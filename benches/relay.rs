@@ -7,7 +7,7 @@
 //! ```
 //!
 //! Parts and sizes for profiling one thing: `--only=write|drain|export|
-//! blocked|health|brokers|latency|group` (`write` includes the slow-commit
+//! blocked|health|brokers|hotkeys|latency|group` (`write` includes the slow-commit
 //! rows, `slow-commit` runs them alone), `--writers=1,8,32`,
 //! `--commit-delay=µs` (slow commits, default 2000), `--latency-rates=10,1000`
 //! (events/s), `--rows=N` (drain backlog),
@@ -461,6 +461,8 @@ async fn table_health(cfg: &Config, res: &mut Results) {
 mod brokers;
 #[path = "relay/group.rs"]
 mod group;
+#[path = "relay/hotkeys.rs"]
+mod hotkeys;
 
 /// Pull throughput: a change log of `rows` changes over 10,000 entities,
 /// read by `changes_since` in pages of 1,000, cursor committed each page.
@@ -581,7 +583,7 @@ fn main() {
         .unwrap();
     let mut res = Results::default();
     let started = Instant::now();
-    // `--only write|slow-commit|drain|export|blocked|health|brokers|latency|group` runs one part
+    // `--only write|slow-commit|drain|export|blocked|health|brokers|hotkeys|latency|group` runs one part
     // (brokers: with features `nats` and `amqp`).
     let only = arg("only");
     let run = |part: &str| only.as_deref().is_none_or(|o| o == part);
@@ -607,6 +609,9 @@ fn main() {
         #[cfg(all(feature = "nats", feature = "amqp"))]
         if run("brokers") {
             brokers::run(&cfg, &mut res).await;
+        }
+        if run("hotkeys") {
+            hotkeys::run(&cfg, &mut res).await;
         }
         if run("group") {
             group::run(&cfg, &mut res).await;

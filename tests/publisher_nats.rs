@@ -13,10 +13,11 @@ use async_nats::jetstream::{self, consumer, stream};
 use async_trait::async_trait;
 use futures_util::StreamExt;
 use outbox::publisher::{Envelope, NatsPublisher};
-use outbox::NewMessage;
+use outbox::{NewMessage, Relay};
 use support::broker::{self, candidate, TestBroker};
 use support::sqlite::{
-    assert_dead_at_once, enqueue, migrated, migrated_with_payload_limit, relay_until_drained,
+    assert_dead_at_once, enqueue, migrated, migrated_with_payload_limit, pending,
+    relay_until_drained, the_dead_letter,
 };
 
 /// Where a test publishes.
@@ -365,6 +366,70 @@ async fn rejected_messages_are_dead_lettered(server: Server) {
     assert_eq!(stream.count().await, 1);
 }
 
+/// Runs of a key in one batch: stored in order, and nothing of the key
+/// after its first failure. One key's 200 messages go out with a run of
+/// another key whose second message is too big for the server: the first
+/// key is stored whole and in order; of the second, only the message
+/// before the failure.
+async fn a_keys_run_is_stored_in_order_and_stops_at_its_first_failure(server: Server) {
+    let client = nats(server).await;
+    let stream = TestStream::create(&client, server).await;
+    let (db, outbox) = migrated_with_payload_limit(DB, 4 << 20).await;
+    let max_payload = client.server_info().max_payload;
+    let mut messages: Vec<NewMessage> = (0..200)
+        .map(|n| support::keyed_candidate("candidates", n, "hot"))
+        .collect();
+    let failing = [
+        support::keyed_candidate("candidates", 0, "failing"),
+        NewMessage::bytes("candidates", vec![b'x'; max_payload + 1]).with_partition_key("failing"),
+        support::keyed_candidate("candidates", 2, "failing"),
+        support::keyed_candidate("candidates", 3, "failing"),
+    ];
+    let (first_failing, too_big) = (failing[0].id(), failing[1].id());
+    messages.splice(100..100, failing);
+    enqueue(&db, &outbox, messages).await;
+
+    let publisher = NatsPublisher::new(client.clone()).with_subject_prefix(&stream.prefix);
+    assert!(outbox::Publisher::keeps_key_order(&publisher));
+    let relay = Relay::builder(outbox.clone(), publisher)
+        .batch_size(1000)
+        .spawn()
+        .expect("relay");
+    // The dead letter is acknowledged with the call that carried the whole
+    // run: whatever that call stored is in the stream by then.
+    let dead = the_dead_letter(&outbox, relay, TIMEOUT).await;
+    assert_eq!(dead.id(), too_big);
+    assert_eq!(
+        pending(&outbox).await,
+        2,
+        "the rest of the blocked key waits"
+    );
+    assert_eq!(stream.count().await, 201);
+    let got = stream.consume(201).await;
+    let keyed: Vec<(String, u64)> = got
+        .iter()
+        .map(|m| {
+            let doc: serde_json::Value = serde_json::from_slice(&m.payload).unwrap();
+            (
+                doc["candidate"].as_str().unwrap().to_owned(),
+                doc["n"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    let hot: Vec<u64> = keyed
+        .iter()
+        .filter(|(k, _)| k == "hot")
+        .map(|(_, n)| *n)
+        .collect();
+    assert_eq!(hot, (0..200).collect::<Vec<u64>>(), "the hot key in order");
+    let failing: Vec<&str> = got
+        .iter()
+        .filter(|m| header(m, "outbox-partition-key") == Some("failing"))
+        .map(|m| header(m, "Nats-Msg-Id").unwrap())
+        .collect();
+    assert_eq!(failing, [first_failing.to_string().as_str()]);
+}
+
 async fn drains_a_large_backlog(server: Server) {
     let stream = TestStream::create(&nats(server).await, server).await;
     broker::drains_a_large_backlog(&stream).await;
@@ -548,5 +613,6 @@ on_each_server!(
     a_message_sent_twice_is_stored_once,
     nothing_is_lost_while_the_broker_is_unreachable,
     rejected_messages_are_dead_lettered,
+    a_keys_run_is_stored_in_order_and_stops_at_its_first_failure,
     drains_a_large_backlog
 );

@@ -56,7 +56,9 @@ const DEFAULT_DELIVERY_TIMEOUT: Duration = Duration::from_secs(5);
 /// messages of a batch are handed to the producer first and their delivery
 /// reports awaited afterwards, so a batch costs about one round trip. This
 /// keeps per-key order because the relay never puts two messages of one key
-/// into the same batch.
+/// into the same batch (this publisher does not claim
+/// [`Publisher::keeps_key_order`]: a record that fails for good would not
+/// stop the idempotent producer from storing the key's later records).
 ///
 /// # Configuration the publisher enforces
 ///

@@ -5,7 +5,7 @@ use std::io::Write;
 
 use async_trait::async_trait;
 
-use super::Publisher;
+use super::{FailedKeys, Publisher};
 use crate::error::PublishError;
 use crate::message::OutboxMessage;
 
@@ -32,7 +32,12 @@ impl LogPublisher {
 impl Publisher for LogPublisher {
     async fn publish(&self, batch: &[OutboxMessage]) -> Vec<Result<(), PublishError>> {
         let mut out = Vec::with_capacity(batch.len());
+        let mut failed = FailedKeys::default();
         for m in batch {
+            if let Some(e) = failed.held_back(m) {
+                out.push(Err(e));
+                continue;
+            }
             let payload = String::from_utf8_lossy(m.payload());
             if self.stdout {
                 let mut lock = std::io::stdout().lock();
@@ -46,7 +51,9 @@ impl Publisher for LogPublisher {
                     m.schema_version(),
                     payload
                 );
-                out.push(r.map_err(PublishError::transient));
+                let r = r.map_err(PublishError::transient);
+                failed.note(m, &r);
+                out.push(r);
             } else {
                 tracing::info!(
                     target: "outbox::publish",
@@ -62,5 +69,9 @@ impl Publisher for LogPublisher {
             }
         }
         out
+    }
+
+    fn keeps_key_order(&self) -> bool {
+        true
     }
 }

@@ -66,4 +66,9 @@ impl Publisher for InMemoryPublisher {
         }
         batch.iter().map(|_| Ok(())).collect()
     }
+
+    /// Every message is kept, in batch order: runs of a key arrive in order.
+    fn keeps_key_order(&self) -> bool {
+        true
+    }
 }

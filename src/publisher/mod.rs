@@ -1,9 +1,10 @@
 //! Publishers: where the relay sends committed messages.
 //!
 //! A [`Publisher`] receives a batch and returns one result per message, in
-//! the same order. The relay never puts two messages with the same partition
-//! key in one batch, so a publisher may send a batch's messages in parallel
-//! or pipelined without breaking per-key order.
+//! the same order. Unless the publisher says it keeps a key's order within a
+//! batch ([`Publisher::keeps_key_order`]), the relay never puts two messages
+//! with the same partition key in one batch, so a publisher may send a
+//! batch's messages in parallel or pipelined without breaking per-key order.
 //!
 //! Built in: [`InMemoryPublisher`] (for tests), [`FnPublisher`] (a closure)
 //! and [`LogPublisher`] (tracing or stdout).
@@ -109,6 +110,36 @@ use crate::message::OutboxMessage;
 pub trait Publisher: Send + Sync + 'static {
     /// Publishes a batch; one result per message, in order.
     async fn publish(&self, batch: &[OutboxMessage]) -> Vec<Result<(), PublishError>>;
+
+    /// Whether a batch may hold several messages of one partition key.
+    ///
+    /// `false` (the default): every batch holds at most one message per
+    /// key, and the relay waits for a key's message before it sends the
+    /// next. One busy key then drains at one message per publisher call.
+    ///
+    /// `true`: the relay passes a key's pending messages together, as a run
+    /// in position order, and the publisher promises, for each key:
+    /// - it makes a message durable at the destination only after every
+    ///   earlier message of the key in the batch is (sent one after the
+    ///   other, or pipelined to a destination that keeps them in order and
+    ///   drops the later ones when an earlier one fails);
+    /// - after a message of the key fails, it sends none of the key's later
+    ///   messages in this call and reports each of them as an error (for
+    ///   instance [`PublishError::transient`]).
+    ///
+    /// The relay acknowledges nothing of a key after its first failure in
+    /// a call: those messages stay pending and go out behind the failed
+    /// one, whatever their results said. A success reported after an
+    /// earlier failure of its key breaks the promise (the destination may
+    /// hold the later message before the earlier one); the relay logs it
+    /// as an error and sends the message again in order.
+    ///
+    /// Built in: [`InMemoryPublisher`], [`FnPublisher`] and
+    /// [`LogPublisher`] keep the order; so does `NatsPublisher` (a key's
+    /// messages one after the other, keys pipelined).
+    fn keeps_key_order(&self) -> bool {
+        false
+    }
 }
 
 #[async_trait]
@@ -116,12 +147,47 @@ impl<P: Publisher + ?Sized> Publisher for std::sync::Arc<P> {
     async fn publish(&self, batch: &[OutboxMessage]) -> Vec<Result<(), PublishError>> {
         (**self).publish(batch).await
     }
+
+    fn keeps_key_order(&self) -> bool {
+        (**self).keeps_key_order()
+    }
 }
 
 #[async_trait]
 impl<P: Publisher + ?Sized> Publisher for Box<P> {
     async fn publish(&self, batch: &[OutboxMessage]) -> Vec<Result<(), PublishError>> {
         (**self).publish(batch).await
+    }
+
+    fn keeps_key_order(&self) -> bool {
+        (**self).keeps_key_order()
+    }
+}
+
+/// The keys whose message failed in a publisher call, for publishers that
+/// keep a key's order within a batch ([`Publisher::keeps_key_order`]): a
+/// key's later messages in the call are not sent once one of its messages
+/// failed.
+#[derive(Debug, Default)]
+pub(crate) struct FailedKeys<'a>(std::collections::HashSet<&'a str>);
+
+impl<'a> FailedKeys<'a> {
+    /// The error to report instead of sending `m`, if an earlier message of
+    /// its key failed in this call.
+    pub(crate) fn held_back(&self, m: &OutboxMessage) -> Option<PublishError> {
+        let key = m.partition_key()?;
+        self.0.contains(key).then(|| {
+            PublishError::transient(format!(
+                "not sent: an earlier message of key {key:?} failed in the same call"
+            ))
+        })
+    }
+
+    /// Notes the outcome of sending `m`.
+    pub(crate) fn note(&mut self, m: &'a OutboxMessage, result: &Result<(), PublishError>) {
+        if let (Err(_), Some(key)) = (result, m.partition_key()) {
+            self.0.insert(key);
+        }
     }
 }
 

@@ -17,7 +17,7 @@ use tokio::time::Instant;
 
 use super::failure::{outcomes_or_retry, permanent, transient, Failure};
 use super::hidden::Hidden;
-use super::{Envelope, Publisher};
+use super::{Envelope, FailedKeys, Publisher};
 use crate::error::PublishError;
 use crate::message::OutboxMessage;
 
@@ -54,9 +54,11 @@ const DEFAULT_MAX_IN_FLIGHT: usize = 1024;
 /// | the message's own headers | headers of the same name, in every mode |
 ///
 /// Partition keys are not used for routing: JetStream keeps the order in
-/// which a stream stores messages, and the relay never sends two messages
-/// of one key in the same batch, so a key's messages are stored in commit
-/// order.
+/// which a stream stores messages. A batch may hold several messages of one
+/// key ([`Publisher::keeps_key_order`]): they are sent one after the other,
+/// each once the stream has stored the one before, and after one fails the
+/// rest of its key is not sent; different keys are pipelined. So a key's
+/// messages are stored in commit order.
 ///
 /// # Pipelining
 ///
@@ -361,6 +363,69 @@ async fn await_ack(fut: PublishAckFuture, deadline: Instant) -> Outcome {
     }
 }
 
+impl NatsPublisher {
+    /// Sends the messages of `batch` at `indices` pipelined (at most
+    /// `max_in_flight` unacknowledged) and records each one's outcome.
+    async fn send_round(
+        &self,
+        batch: &[OutboxMessage],
+        indices: &[usize],
+        max_payload: usize,
+        outcomes: &mut [Option<Result<(), PublishError>>],
+    ) {
+        let mut failed: Vec<(usize, NatsPublishError)> = Vec::new();
+        let mut pending: VecDeque<(usize, Instant, PublishAckFuture)> = VecDeque::new();
+        let mut settle =
+            |i: usize, outcome: Outcome, outcomes: &mut [Option<Result<(), PublishError>>]| {
+                match outcome {
+                    Outcome::Acked => outcomes[i] = Some(Ok(())),
+                    Outcome::Failed(e) => failed.push((i, e)),
+                    Outcome::Elapsed => {
+                        outcomes[i] = Some(Err(transient(
+                            format!(
+                                "no acknowledgement from JetStream within {:?}",
+                                self.ack_timeout
+                            ),
+                            None,
+                        )))
+                    }
+                }
+            };
+        for &i in indices {
+            let (subject, publish) = match self.prepare(&batch[i], max_payload) {
+                Ok(p) => p,
+                Err(e) => {
+                    outcomes[i] = Some(Err(e));
+                    continue;
+                }
+            };
+            if pending.len() >= self.max_in_flight {
+                if let Some((j, deadline, fut)) = pending.pop_front() {
+                    let outcome = await_ack(fut, deadline).await;
+                    settle(j, outcome, outcomes);
+                }
+            }
+            let sent =
+                tokio::time::timeout(self.ack_timeout, self.js.send_publish(subject, publish))
+                    .await;
+            match sent {
+                Ok(Ok(fut)) => pending.push_back((i, Instant::now() + self.ack_timeout, fut)),
+                Ok(Err(e)) => settle(i, Outcome::Failed(e), outcomes),
+                Err(_) => settle(i, Outcome::Elapsed, outcomes),
+            }
+        }
+        while let Some((j, deadline, fut)) = pending.pop_front() {
+            let outcome = await_ack(fut, deadline).await;
+            settle(j, outcome, outcomes);
+        }
+        let mut streams = HashMap::new();
+        for (i, e) in failed {
+            let subject = self.subject_for(&batch[i]);
+            outcomes[i] = Some(Err(self.classify(e, &subject, &mut streams).await));
+        }
+    }
+}
+
 #[async_trait]
 impl Publisher for NatsPublisher {
     async fn publish(&self, batch: &[OutboxMessage]) -> Vec<Result<(), PublishError>> {
@@ -380,54 +445,50 @@ impl Publisher for NatsPublisher {
         let max_payload = self.client.server_info().max_payload;
         let mut outcomes: Vec<Option<Result<(), PublishError>>> =
             batch.iter().map(|_| None).collect();
-        let mut failed: Vec<(usize, NatsPublishError)> = Vec::new();
-        let mut pending: VecDeque<(usize, Instant, PublishAckFuture)> = VecDeque::new();
-        let mut settle = |i: usize, outcome: Outcome, outcomes: &mut Vec<_>| match outcome {
-            Outcome::Acked => outcomes[i] = Some(Ok(())),
-            Outcome::Failed(e) => failed.push((i, e)),
-            Outcome::Elapsed => {
-                outcomes[i] = Some(Err(transient(
-                    format!(
-                        "no acknowledgement from JetStream within {:?}",
-                        self.ack_timeout
-                    ),
-                    None,
-                )))
-            }
-        };
+        // Round r holds the r-th message of each key (keyless messages all
+        // go in the first): a key's messages go out one after the other,
+        // each once the stream has stored the one before; different keys
+        // are pipelined together.
+        let mut rounds: Vec<Vec<usize>> = Vec::new();
+        let mut rank: HashMap<&str, usize> = HashMap::new();
         for (i, m) in batch.iter().enumerate() {
-            let (subject, publish) = match self.prepare(m, max_payload) {
-                Ok(p) => p,
-                Err(e) => {
-                    outcomes[i] = Some(Err(e));
-                    continue;
+            let r = match m.partition_key() {
+                Some(k) => {
+                    let r = rank.entry(k).or_insert(0);
+                    *r += 1;
+                    *r - 1
                 }
+                None => 0,
             };
-            if pending.len() >= self.max_in_flight {
-                if let Some((j, deadline, fut)) = pending.pop_front() {
-                    let outcome = await_ack(fut, deadline).await;
-                    settle(j, outcome, &mut outcomes);
+            if rounds.len() <= r {
+                rounds.resize_with(r + 1, Vec::new);
+            }
+            rounds[r].push(i);
+        }
+        let mut failed_keys = FailedKeys::default();
+        for round in rounds {
+            let mut send = Vec::with_capacity(round.len());
+            for i in round {
+                match failed_keys.held_back(&batch[i]) {
+                    Some(e) => outcomes[i] = Some(Err(e)),
+                    None => send.push(i),
                 }
             }
-            let sent =
-                tokio::time::timeout(self.ack_timeout, self.js.send_publish(subject, publish))
-                    .await;
-            match sent {
-                Ok(Ok(fut)) => pending.push_back((i, Instant::now() + self.ack_timeout, fut)),
-                Ok(Err(e)) => settle(i, Outcome::Failed(e), &mut outcomes),
-                Err(_) => settle(i, Outcome::Elapsed, &mut outcomes),
+            self.send_round(batch, &send, max_payload, &mut outcomes)
+                .await;
+            for i in send {
+                if let Some(r) = &outcomes[i] {
+                    failed_keys.note(&batch[i], r);
+                }
             }
-        }
-        while let Some((j, deadline, fut)) = pending.pop_front() {
-            let outcome = await_ack(fut, deadline).await;
-            settle(j, outcome, &mut outcomes);
-        }
-        let mut streams = HashMap::new();
-        for (i, e) in failed {
-            let subject = self.subject_for(&batch[i]);
-            outcomes[i] = Some(Err(self.classify(e, &subject, &mut streams).await));
         }
         outcomes_or_retry(outcomes)
+    }
+
+    /// A key's messages go out one after the other, each once the stream
+    /// stored the one before, and none after one failed.
+    fn keeps_key_order(&self) -> bool {
+        true
     }
 }
 

@@ -19,7 +19,11 @@
 //! lease TTL and picks up the buckets of relays that stopped renewing. A
 //! relay reads the due messages of its buckets in position order and
 //! publishes them in waves: one message per partition key per wave, so
-//! different keys go out together and the same key goes out in order.
+//! different keys go out together and the same key goes out in order. A
+//! publisher that keeps a key's order within a call
+//! ([`Publisher::keeps_key_order`](crate::Publisher::keeps_key_order))
+//! gets each key's messages as one run instead, in a single call; nothing
+//! of a key after its first failure in the call is acknowledged.
 //! Every acknowledgement is fenced by the lease's epoch: if the bucket
 //! changed hands, the acknowledgement is refused and the new owner
 //! publishes the message again.
@@ -60,6 +64,8 @@ mod properties;
 mod publish;
 mod retry;
 mod round;
+#[cfg(test)]
+mod runs;
 #[cfg(test)]
 mod scenarios;
 #[cfg(test)]

@@ -308,7 +308,7 @@ proptest! {
         let mut stopped: HashSet<String> = HashSet::new();
         let mut n = 0;
         loop {
-            let wave = waves.next(&owned);
+            let wave = waves.next(&owned, false);
             if wave.is_empty() {
                 break;
             }

@@ -50,6 +50,8 @@ struct Inner {
     /// How long call `n` takes after the messages are handed over;
     /// `Duration::MAX`: it never returns.
     delay: Arc<dyn Fn(usize) -> Duration + Send + Sync>,
+    /// What the publishers say of [`Publisher::keeps_key_order`].
+    runs: bool,
 }
 
 impl Journal {
@@ -61,6 +63,7 @@ impl Journal {
                 sent: Vec::new(),
                 answer: Arc::new(|_| Ok(())),
                 delay: Arc::new(|_| Duration::ZERO),
+                runs: false,
             })),
             calls: Arc::new(watch::channel(0).0),
         }
@@ -75,6 +78,14 @@ impl Journal {
 
     pub(super) fn delay(&self, f: impl Fn(usize) -> Duration + Send + Sync + 'static) {
         self.inner.lock().expect("poisoned").delay = Arc::new(f);
+    }
+
+    /// Makes the publishers take runs of a key in one call. They answer
+    /// each message by the script all the same: a script that confirms a
+    /// message after an earlier one of its key failed plays a publisher
+    /// that breaks its promise.
+    pub(super) fn runs(&self, on: bool) {
+        self.inner.lock().expect("poisoned").runs = on;
     }
 
     pub(super) fn sent(&self) -> Vec<Sent> {
@@ -150,6 +161,10 @@ impl Publisher for ScriptedPublisher {
             tokio::time::sleep(delay).await;
         }
         results
+    }
+
+    fn keeps_key_order(&self) -> bool {
+        self.journal.inner.lock().expect("poisoned").runs
     }
 }
 

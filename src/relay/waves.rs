@@ -1,5 +1,7 @@
 //! Waves: a batch published at most one message per partition key per
-//! publisher call, and each publish result turned into an acknowledgement.
+//! publisher call (or, to a publisher that keeps a key's order within a
+//! call, each key's messages as one run), and each publish result turned
+//! into an acknowledgement.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 
@@ -46,9 +48,10 @@ impl Waves {
     }
 
     /// The next wave: the head of every queue still going, tagged with its
-    /// queue. A queue whose head lies in a bucket not in `owned` stops for
+    /// queue; with `runs`, every message left in those queues, in position
+    /// order. A queue whose head lies in a bucket not in `owned` stops for
     /// good. Empty when nothing is left to publish.
-    pub(super) fn next(&mut self, owned: &HashSet<i32>) -> Vec<(usize, Claimed)> {
+    pub(super) fn next(&mut self, owned: &HashSet<i32>, runs: bool) -> Vec<(usize, Claimed)> {
         let mut wave = Vec::new();
         for (i, q) in self.queues.iter_mut().enumerate() {
             if self.stopped.contains(&i) {
@@ -58,9 +61,14 @@ impl Waves {
                 self.stopped.insert(i);
                 continue;
             }
-            if let Some(c) = q.pop_front() {
+            if runs {
+                wave.extend(q.drain(..).map(|c| (i, c)));
+            } else if let Some(c) = q.pop_front() {
                 wave.push((i, c));
             }
+        }
+        if runs {
+            wave.sort_unstable_by_key(|(_, c)| c.message.seq);
         }
         wave
     }
@@ -136,10 +144,14 @@ pub(super) fn ack_of(c: &Claimed, disposition: Disposition) -> Ack {
 }
 
 impl Worker {
-    /// Publishes in waves of at most one message per partition key. A
-    /// message left out (never sent, or sent in a call that was abandoned)
-    /// gets no acknowledgement: it stays pending.
+    /// Publishes in waves of at most one message per partition key, or, to
+    /// a publisher that keeps a key's order within a call, in one call with
+    /// each key's messages as a run. A message left out (never sent, sent
+    /// in a call that was abandoned, or sent behind an earlier message of
+    /// its key that failed in the same call) gets no acknowledgement: it
+    /// stays pending.
     pub(super) async fn publish_batch(&mut self, claimed: Vec<Claimed>) -> Vec<Ack> {
+        let runs = self.publisher.keeps_key_order();
         let mut waves = Waves::new(claimed);
         let mut acks = Vec::new();
         loop {
@@ -152,17 +164,24 @@ impl Worker {
             // found it taken) belongs to another relay now: publish nothing
             // more of it.
             let owned: HashSet<i32> = self.leases.iter().map(|l| l.bucket).collect();
-            let mut wave = waves.next(&owned);
-            if wave.is_empty() {
+            let taken = waves.next(&owned, runs);
+            if taken.is_empty() {
                 break;
             }
             // A row that could not be read whole is dead-lettered with the
             // reason, never published without what it lacks; under the
-            // ordered policy it blocks its key like any dead letter.
-            let (unreadable, readable): (Vec<_>, Vec<_>) =
-                wave.into_iter().partition(|(_, c)| c.undecodable.is_some());
-            wave = readable;
-            for (queue, c) in unreadable {
+            // ordered policy it blocks its key like any dead letter, and
+            // the rest of the key's run stays pending.
+            let mut wave = Vec::with_capacity(taken.len());
+            let mut cut: HashSet<usize> = HashSet::new();
+            for (queue, c) in taken {
+                if cut.contains(&queue) {
+                    continue;
+                }
+                if c.undecodable.is_none() {
+                    wave.push((queue, c));
+                    continue;
+                }
                 let why = c.undecodable.as_deref().unwrap_or_default();
                 let policy = self.config.policy_for(&c.message.topic);
                 let block_key = blocks_on_failure(policy, &c.message);
@@ -178,6 +197,7 @@ impl Worker {
                 };
                 if block_key {
                     waves.stop(queue);
+                    cut.insert(queue);
                 }
                 acks.push(ack_of(&c, d));
             }
@@ -215,7 +235,18 @@ impl Worker {
                 // out ahead of it.
                 Call::Abandoned => break,
             };
+            // After a key's first failure in the call, nothing more of the
+            // key is acknowledged: its later messages go out behind it.
+            let mut failed: HashSet<usize> = HashSet::new();
+            let mut broken = 0usize;
             for ((queue, c), result) in wave.into_iter().zip(results) {
+                if failed.contains(&queue) {
+                    broken += usize::from(result.is_ok());
+                    continue;
+                }
+                if result.is_err() {
+                    failed.insert(queue);
+                }
                 let policy = self.config.policy_for(&c.message.topic);
                 let d = disposition(
                     result,
@@ -228,6 +259,16 @@ impl Worker {
                     waves.stop(queue);
                 }
                 acks.push(ack_of(&c, d));
+            }
+            if broken > 0 {
+                tracing::error!(
+                    relay = %self.config.relay_id,
+                    messages = broken,
+                    "outbox relay: the publisher reported messages sent after an earlier \
+                     message of their key failed in the same call, which breaks its promise \
+                     to keep a key's order (Publisher::keeps_key_order); they are sent again, \
+                     in order"
+                );
             }
         }
         acks
@@ -260,10 +301,20 @@ mod tests {
     fn a_wave_holds_one_message_per_key_and_keys_keep_their_order() {
         let owned = HashSet::from([0, 1]);
         let mut waves = Waves::new(batch());
-        assert_eq!(seqs(&waves.next(&owned)), [1, 3, 4, 6]);
-        assert_eq!(seqs(&waves.next(&owned)), [2]);
-        assert_eq!(seqs(&waves.next(&owned)), [5]);
-        assert!(waves.next(&owned).is_empty());
+        assert_eq!(seqs(&waves.next(&owned, false)), [1, 3, 4, 6]);
+        assert_eq!(seqs(&waves.next(&owned, false)), [2]);
+        assert_eq!(seqs(&waves.next(&owned, false)), [5]);
+        assert!(waves.next(&owned, false).is_empty());
+    }
+
+    #[test]
+    fn a_wave_of_runs_holds_every_message_left_in_position_order() {
+        let owned = HashSet::from([0, 1]);
+        let mut waves = Waves::new(batch());
+        assert_eq!(seqs(&waves.next(&owned, true)), [1, 2, 3, 4, 5, 6]);
+        assert!(waves.next(&owned, true).is_empty());
+        let mut waves = Waves::new(batch());
+        assert_eq!(seqs(&waves.next(&HashSet::from([1]), true)), [3, 6]);
     }
 
     #[test]
@@ -275,19 +326,19 @@ mod tests {
             claimed(3, Some("a"), 0),
             claimed(4, Some("b"), 0),
         ]);
-        let first = waves.next(&owned);
+        let first = waves.next(&owned, false);
         let a = first[0].0;
         waves.stop(a);
-        assert_eq!(seqs(&waves.next(&owned)), [4]);
-        assert!(waves.next(&owned).is_empty());
+        assert_eq!(seqs(&waves.next(&owned, false)), [4]);
+        assert!(waves.next(&owned, false).is_empty());
     }
 
     #[test]
     fn a_bucket_lost_mid_batch_stops_its_keys_for_good() {
         let mut waves = Waves::new(batch());
-        assert_eq!(seqs(&waves.next(&HashSet::from([1]))), [3, 6]);
+        assert_eq!(seqs(&waves.next(&HashSet::from([1]), false)), [3, 6]);
         // Owning it again later (a new lease) does not resume the old claim.
-        assert!(waves.next(&HashSet::from([0, 1])).is_empty());
+        assert!(waves.next(&HashSet::from([0, 1]), false).is_empty());
     }
 
     fn policy() -> RetryPolicy {

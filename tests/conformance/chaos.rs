@@ -25,10 +25,14 @@ pub(crate) struct Received {
 }
 
 /// Fails about 5 % of messages before delivering them and about 1 % after
-/// (the broker kept the message, the confirmation was lost).
+/// (the broker kept the message, the confirmation was lost). With `runs`
+/// it takes several messages of a key per call, and after a key's failure
+/// delivers nothing more of the key in the call, as its promise says
+/// ([`Publisher::keeps_key_order`]).
 struct ChaosPublisher {
     received: Arc<Received>,
     rng: Mutex<fastrand::Rng>,
+    runs: bool,
 }
 
 /// The messages a publisher call has delivered so far; should the call be
@@ -58,8 +62,20 @@ impl Publisher for ChaosPublisher {
             returned: false,
         };
         let mut out = Vec::with_capacity(batch.len());
+        let mut failed_keys: HashSet<&str> = HashSet::new();
         for m in batch {
+            if m.partition_key().is_some_and(|k| failed_keys.contains(k)) {
+                out.push(Err(PublishError::transient(std::io::Error::other(
+                    "held back behind its key's failure",
+                ))));
+                continue;
+            }
             let r = self.rng.lock().unwrap().f64();
+            if r < 0.06 {
+                if let Some(k) = m.partition_key() {
+                    failed_keys.insert(k);
+                }
+            }
             if r < 0.05 {
                 out.push(Err(PublishError::transient(std::io::Error::other(
                     "broker busy",
@@ -88,6 +104,10 @@ impl Publisher for ChaosPublisher {
         call.returned = true;
         out
     }
+
+    fn keeps_key_order(&self) -> bool {
+        self.runs
+    }
 }
 
 /// A relay whose [`ChaosPublisher`] draws from seed `seed`; per-key
@@ -97,10 +117,21 @@ pub(crate) fn chaos_relay<O: TestOutbox>(
     received: &Arc<Received>,
     seed: u64,
 ) -> RelayBuilder {
+    chaos_relay_taking_runs(outbox, received, seed, false)
+}
+
+/// [`chaos_relay`], whose publisher takes runs of a key if `runs`.
+pub(crate) fn chaos_relay_taking_runs<O: TestOutbox>(
+    outbox: &O,
+    received: &Arc<Received>,
+    seed: u64,
+    runs: bool,
+) -> RelayBuilder {
     outbox
         .relay(ChaosPublisher {
             received: received.clone(),
             rng: Mutex::new(fastrand::Rng::with_seed(seed)),
+            runs,
         })
         .poll_interval(Duration::from_millis(20))
         .key_sequences(true)

@@ -31,7 +31,7 @@ use outbox::{
 };
 
 use crate::backend::{every_bucket_held, Backend, Delivery, Pool, TestOutbox};
-use crate::chaos::{chaos_relay, Received};
+use crate::chaos::{chaos_relay, chaos_relay_taking_runs, Received};
 use crate::support::{eventually, wait_for};
 
 /// Spawns 16 writers, writer `w` with its own handles on `db` and `outbox`
@@ -99,9 +99,12 @@ pub async fn many_writers_many_relays_random_failures_keep_commit_order<B: Backe
     db.create_key_counters(300).await;
 
     let received = Arc::new(Received::default());
+    // Two of them take runs of a key in one call (a publisher that keeps a
+    // key's order), two one message per key per call; buckets move between
+    // both kinds as leases change hands.
     let relays: Vec<RelayHandle> = (0..4)
         .map(|i| {
-            chaos_relay(&outbox, &received, i)
+            chaos_relay_taking_runs(&outbox, &received, i, i % 2 == 1)
                 .batch_size(50)
                 .lease_ttl(Duration::from_secs(10))
                 .spawn()

@@ -1,0 +1,179 @@
+//! Hot keys: a backlog of one busy key, and a Zipf-like mix of keys,
+//! drained through a publisher that takes 1 ms per call (a broker's round
+//! trip) against the same backlog over 10,000 uniform keys, measured just
+//! before; one key drained with runs of a key turned off, for the figure
+//! before them; and one hot key through NATS JetStream against uniform
+//! keys through it.
+
+use super::*;
+
+/// How the backlog's keys are drawn.
+#[derive(Clone, Copy)]
+enum Keys {
+    /// 10,000 keys, each as busy as the others.
+    Uniform,
+    /// One key for every message.
+    One,
+    /// Key k drawn with probability about 1/k over 10,000 keys (log-uniform
+    /// ranks): the busiest key holds about a tenth of the messages.
+    Zipf,
+}
+
+impl Keys {
+    /// The SQL expression of message `g`'s key.
+    fn sql(self) -> &'static str {
+        match self {
+            Keys::Uniform => "'candidate-' || (g % 10000)",
+            Keys::One => "'candidate-hot'",
+            Keys::Zipf => "'candidate-' || floor(exp(random() * ln(10000)))::int",
+        }
+    }
+}
+
+async fn prefill(pool: &PgPool, topic: &str, rows: i64, keys: Keys) {
+    sqlx::query(&format!(
+        "INSERT INTO outbox.messages (id, topic, partition_key, event_type, schema_version, \
+         payload, content_type) SELECT gen_random_uuid(), $1, {}, 'CandidateHired', 1, \
+         convert_to('{{\"candidate_id\": ' || g || '}}', 'UTF8'), 'application/json' \
+         FROM generate_series(1, $2) g",
+        keys.sql()
+    ))
+    .bind(topic)
+    .bind(rows)
+    .execute(pool)
+    .await
+    .unwrap();
+    sqlx::query("VACUUM ANALYZE outbox.messages")
+        .execute(pool)
+        .await
+        .unwrap();
+}
+
+/// [`Noop`] behind a call that takes `delay`, taking runs of a key or not.
+struct Slow {
+    inner: Arc<Noop>,
+    delay: Duration,
+    runs: bool,
+}
+
+#[async_trait]
+impl Publisher for Slow {
+    async fn publish(&self, batch: &[OutboxMessage]) -> Vec<Result<(), PublishError>> {
+        tokio::time::sleep(self.delay).await;
+        self.inner.publish(batch).await
+    }
+
+    fn keeps_key_order(&self) -> bool {
+        self.runs
+    }
+}
+
+/// Drains the whole outbox with `publisher` (batch 1000): messages per
+/// second.
+async fn drain_through<P: Publisher>(pool: &PgPool, rows: i64, publisher: P) -> f64 {
+    let outbox = PgOutbox::new(pool.clone());
+    let start = Instant::now();
+    let relay = Relay::builder(outbox.clone(), publisher)
+        .batch_size(1000)
+        .poll_interval(Duration::from_millis(50))
+        .spawn()
+        .unwrap();
+    while outbox.pending_count().await.unwrap() > 0 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let rate = rows as f64 / start.elapsed().as_secs_f64();
+    relay.shutdown().await.unwrap();
+    rate
+}
+
+/// The rate of a drain of `rows` messages keyed by `keys` through a
+/// publisher taking 1 ms per call.
+async fn slow_drain(pool: &PgPool, rows: i64, keys: Keys, runs: bool) -> f64 {
+    prefill(pool, "candidates", rows, keys).await;
+    let noop = Arc::new(Noop::default());
+    let publisher = Slow {
+        inner: noop.clone(),
+        delay: Duration::from_millis(1),
+        runs,
+    };
+    let rate = drain_through(pool, rows, publisher).await;
+    assert_eq!(noop.count.load(Ordering::Relaxed), rows as u64);
+    VIOLATIONS.fetch_add(noop.violations.load(Ordering::Relaxed), Ordering::Relaxed);
+    rate
+}
+
+pub(super) async fn run(cfg: &Config, res: &mut Results) {
+    let pool = fresh_db("outbox_bench_hotkeys").await;
+    PgOutbox::new(pool.clone()).migrate().await.unwrap();
+    let rows = if cfg.quick { 20_000 } else { 100_000 };
+
+    let uniform = slow_drain(&pool, rows, Keys::Uniform, true).await;
+    let hot = slow_drain(&pool, rows, Keys::One, true).await;
+    let zipf = slow_drain(&pool, rows, Keys::Zipf, true).await;
+    // Without runs a hot key drains at one message per call: fewer rows.
+    let waves_rows = rows / 10;
+    let waves = slow_drain(&pool, waves_rows, Keys::One, false).await;
+    res.put("hotkey_uniform_per_s", uniform);
+    res.put("hotkey_per_s", hot);
+    res.put("hotkey_ratio_vs_uniform", hot / uniform);
+    res.put("zipf_ratio_vs_uniform", zipf / uniform);
+    res.put("hotkey_waves_ratio_vs_uniform", waves / uniform);
+    res.row(
+        format!(
+            "hot key, {rows} messages of one key / 10,000 uniform keys, publisher 1 ms per call"
+        ),
+        format!("{:.2} ({hot:.0} vs {uniform:.0} msg/s)", hot / uniform),
+    );
+    res.row(
+        format!("Zipf-like keys, {rows} messages / uniform keys, publisher 1 ms per call"),
+        format!("{:.2} ({zipf:.0} msg/s)", zipf / uniform),
+    );
+    res.row(
+        format!(
+            "hot key, {waves_rows} messages, one message per key per call (a publisher \
+             that does not keep a key's order) / uniform keys"
+        ),
+        format!("{:.3} ({waves:.0} msg/s)", waves / uniform),
+    );
+
+    #[cfg(feature = "nats")]
+    nats(cfg, &pool, res).await;
+    pool.close().await;
+}
+
+/// One hot key through NATS JetStream against uniform keys through it.
+#[cfg(feature = "nats")]
+async fn nats(cfg: &Config, pool: &PgPool, res: &mut Results) {
+    use async_nats::jetstream;
+    use outbox::publisher::NatsPublisher;
+
+    let n = cfg.drain_rows / 5;
+    let client = async_nats::connect("127.0.0.1:4222")
+        .await
+        .expect("NATS at 127.0.0.1:4222");
+    let js = jetstream::new(client.clone());
+    let id = uuid::Uuid::now_v7().simple().to_string();
+    let stream = format!("OUTBOX_BENCH_HOT_{id}");
+    js.create_stream(jetstream::stream::Config {
+        name: stream.clone(),
+        subjects: vec![format!("outboxbench.{id}.>")],
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let mut rates = Vec::new();
+    for keys in [Keys::Uniform, Keys::One] {
+        let topic = format!("outboxbench.{id}.hot");
+        prefill(pool, &topic, n, keys).await;
+        rates.push(drain_through(pool, n, NatsPublisher::new(client.clone())).await);
+    }
+    js.delete_stream(&stream).await.unwrap();
+    let (uniform, hot) = (rates[0], rates[1]);
+    res.put("hotkey_nats_uniform_per_s", uniform);
+    res.put("hotkey_nats_per_s", hot);
+    res.put("hotkey_nats_ratio_vs_uniform", hot / uniform);
+    res.row(
+        format!("hot key through NATS JetStream, {n} messages of one key / 10,000 uniform keys"),
+        format!("{:.2} ({hot:.0} vs {uniform:.0} msg/s)", hot / uniform),
+    );
+}
