@@ -14,7 +14,9 @@
 //! `--relays=1,2,4`, `--variants=ordered,unordered,numbered`,
 //! `--health-secs=N`, `--group-counts=1,10,50`, `--group-rate=N`,
 //! `--group-backlog=N`, `--group-arrangements=group,separate`,
-//! `--group-budget=N` (the group's `max_connections`).
+//! `--group-budget=N` (the group's `max_connections`),
+//! `--group-backlog-share=F` (its `backlog_share`), `--group-timeline`
+//! (the steady traffic's latency second by second, on stderr).
 //!
 //! Results go to `target/outbox-bench/results.json` (flat keys) and a
 //! markdown table on stdout. `OUTBOX_BENCH_PG` overrides the admin URL

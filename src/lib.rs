@@ -122,7 +122,8 @@ pub use crate::message::{
 pub use crate::publisher::{FnPublisher, InMemoryPublisher, LogPublisher, Publisher};
 pub use crate::relay::{
     Health, OrderingPolicy, Relay, RelayBuilder, RelayGroup, RelayGroupBuilder, RelayHandle,
-    RelayState, Retention, RetryPolicy, DEFAULT_CONCURRENT_ROUNDS, DEFAULT_MAX_BATCH_BYTES,
+    RelayState, Retention, RetryPolicy, DEFAULT_BACKLOG_SHARE, DEFAULT_CONCURRENT_ROUNDS,
+    DEFAULT_MAX_BATCH_BYTES,
 };
 #[cfg(feature = "mysql")]
 pub use crate::store::mysql::{MySqlOutbox, MySqlOutboxBuilder};

@@ -1,6 +1,8 @@
 //! End to end through real brokers: the relay draining a backlog into
-//! NATS JetStream and RabbitMQ, against the broker's own publish ceiling
-//! (pipelined publishes awaiting acks/confirms) measured in the same run.
+//! NATS JetStream, RabbitMQ and Redis Streams, against the broker's own
+//! publish ceiling (pipelined publishes awaiting acks/confirms/replies)
+//! measured in the same run; and into Kafka's mock cluster (librdkafka's
+//! own, in process: no raw ceiling to hold it against), its rate alone.
 
 use super::*;
 use async_nats::jetstream;
@@ -174,5 +176,81 @@ pub(super) async fn run(cfg: &Config, res: &mut Results) {
         raw,
         relayed,
     );
+    #[cfg(feature = "redis")]
+    redis_streams(&pool, n, &id, res).await;
+    #[cfg(feature = "kafka")]
+    kafka(&pool, n, res).await;
     pool.close().await;
+}
+
+/// Redis Streams: the relay (an atomic deduplication guard and `XADD` per
+/// message) against raw `XADD`s pipelined a thousand at a time.
+#[cfg(feature = "redis")]
+async fn redis_streams(pool: &PgPool, n: i64, id: &str, res: &mut Results) {
+    use outbox::publisher::RedisStreamsPublisher;
+
+    let client = redis::Client::open("redis://127.0.0.1:6379").unwrap();
+    let mut conn = client
+        .get_multiplexed_async_connection()
+        .await
+        .expect("Redis at 127.0.0.1:6379");
+    let raw_key = format!("outboxbench:{id}:raw");
+    let start = Instant::now();
+    let mut sent = 0;
+    while sent < n {
+        let chunk = 1000.min(n - sent);
+        let mut pipe = redis::pipe();
+        for _ in 0..chunk {
+            pipe.cmd("XADD")
+                .arg(&raw_key)
+                .arg("*")
+                .arg("id")
+                .arg(uuid::Uuid::now_v7().to_string())
+                .arg("payload")
+                .arg(br#"{"candidate_id": 1}"#.as_slice());
+        }
+        let _: Vec<String> = pipe.query_async(&mut conn).await.unwrap();
+        sent += chunk;
+    }
+    let raw = n as f64 / start.elapsed().as_secs_f64();
+    let prefix = format!("outboxbench:{id}:");
+    let relayed = relay_into(
+        pool,
+        "relay",
+        n,
+        RedisStreamsPublisher::new(client.clone()).with_stream_prefix(&prefix),
+    )
+    .await;
+    let _: () = redis::cmd("DEL")
+        .arg(&raw_key)
+        .arg(format!("{prefix}relay"))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    record(
+        res,
+        "redis",
+        format!("Redis Streams, {n} messages: relay / raw pipelined XADD"),
+        raw,
+        relayed,
+    );
+}
+
+/// Kafka's mock cluster (one broker, in this process): the relay's rate.
+#[cfg(feature = "kafka")]
+async fn kafka(pool: &PgPool, n: i64, res: &mut Results) {
+    use outbox::publisher::KafkaPublisher;
+    use rdkafka::mocking::MockCluster;
+    use rdkafka::producer::DefaultProducerContext;
+
+    let cluster: MockCluster<'static, DefaultProducerContext> =
+        MockCluster::new(1).expect("mock cluster");
+    cluster.create_topic("relay", 3, 1).unwrap();
+    let publisher = KafkaPublisher::new(cluster.bootstrap_servers()).unwrap();
+    let relayed = relay_into(pool, "relay", n, publisher).await;
+    res.put("broker_kafka_per_s", relayed);
+    res.row(
+        format!("Kafka (librdkafka's mock cluster, in process), {n} messages: relay"),
+        format!("{relayed:.0} events/s"),
+    );
 }

@@ -102,6 +102,9 @@ fn start(
             if let Some(n) = arg("group-budget") {
                 group = group.max_connections(n.parse().expect("--group-budget=N"));
             }
+            if let Some(f) = arg("group-backlog-share") {
+                group = group.backlog_share(f.parse().expect("--group-backlog-share=F"));
+            }
             let group = group.build().unwrap();
             for (db, pool) in dbs.iter().zip(pools) {
                 group
@@ -267,12 +270,49 @@ async fn steady(
         .await
         .unwrap();
     let seen = publisher.seen.lock().unwrap();
+    if std::env::args().any(|a| a == "--group-timeline") {
+        timeline(arrangement, &committed, &seen);
+    }
     let mut lat: Vec<Duration> = committed
         .iter()
         .map(|(id, at)| seen[id].saturating_duration_since(*at))
         .collect();
     lat.sort();
     (lat[(lat.len() - 1) * 99 / 100], held, left)
+}
+
+/// `--group-timeline`: the steady traffic's latency second by second (p50,
+/// p99, max), to tell periodic tails from a steady load.
+fn timeline(
+    arrangement: Arrangement,
+    committed: &[(outbox::MessageId, Instant)],
+    seen: &HashMap<outbox::MessageId, Instant>,
+) {
+    let Some(first) = committed.iter().map(|(_, at)| *at).min() else {
+        return;
+    };
+    let mut seconds: BTreeMap<u64, Vec<f64>> = BTreeMap::new();
+    for (id, at) in committed {
+        let ms = seen[id].saturating_duration_since(*at).as_secs_f64() * 1e3;
+        seconds
+            .entry(at.duration_since(first).as_secs())
+            .or_default()
+            .push(ms);
+    }
+    eprintln!(
+        "{} timeline: second, messages, p50, p99, max (ms)",
+        arrangement.name()
+    );
+    for (second, mut ms) in seconds {
+        ms.sort_by(|a, b| a.partial_cmp(b).unwrap());
+        eprintln!(
+            "  {second:>3} {:>5} {:>7.1} {:>7.1} {:>7.1}",
+            ms.len(),
+            percentile(&ms, 0.5),
+            percentile(&ms, 0.99),
+            ms[ms.len() - 1]
+        );
+    }
 }
 
 pub(super) async fn run(cfg: &Config, res: &mut Results) {

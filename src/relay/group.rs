@@ -8,11 +8,15 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use tokio::sync::{watch, Semaphore};
 
 use super::budget::{Budget, Budgeted};
+use super::pacing::Pacing;
 use super::{labels::Labels, Health, RelayBuilder, RelayHandle};
 use crate::error::{Error, Result};
 
 /// The default of [`RelayGroupBuilder::concurrent_rounds`].
 pub const DEFAULT_CONCURRENT_ROUNDS: usize = 16;
+
+/// The default of [`RelayGroupBuilder::backlog_share`].
+pub const DEFAULT_BACKLOG_SHARE: f64 = 0.5;
 
 /// Most characters in an outbox's name.
 const MAX_NAME_CHARS: usize = 128;
@@ -69,6 +73,12 @@ pub(crate) fn validate_name(name: &str) -> Result<()> {
 /// without it. Lease renewals, wake-ups, parking and statistics do not
 /// wait for turns.
 ///
+/// Turns bound the rounds, not the work a backlog's rounds make for the
+/// database and the process: while other members have fresh messages, a
+/// member draining a backlog pauses after each full batch, so its rounds
+/// take only [`backlog_share`](RelayGroupBuilder::backlog_share) of its
+/// time (half, by default); alone, it drains at full speed.
+///
 /// # Connections
 ///
 /// Each member keeps its own store and pool: a connection reaches one
@@ -113,6 +123,8 @@ struct Inner {
     concurrent_rounds: usize,
     /// The connection budget, if it has one.
     budget: Option<Arc<Budget>>,
+    /// The pace of backlogs while others have fresh messages.
+    pacing: Arc<Pacing>,
     members: Mutex<BTreeMap<String, RelayHandle>>,
 }
 
@@ -134,6 +146,7 @@ impl fmt::Debug for RelayGroup {
 pub struct RelayGroupBuilder {
     concurrent_rounds: usize,
     max_connections: Option<usize>,
+    backlog_share: f64,
 }
 
 impl RelayGroupBuilder {
@@ -173,6 +186,21 @@ impl RelayGroupBuilder {
         self
     }
 
+    /// The share of time a member draining a backlog spends in rounds
+    /// while other members have fresh messages (default
+    /// [`DEFAULT_BACKLOG_SHARE`], 0.5; more than 0, at most 1). After each
+    /// full batch such a member pauses (up to half a second) so that its
+    /// rounds take this share of its time: its claims and acknowledgements
+    /// then leave the database and the process room for the others'
+    /// messages, which are published sooner. Alone, or once the others
+    /// have had nothing new for a second, it drains at full speed. 1: no
+    /// pause.
+    #[must_use]
+    pub fn backlog_share(mut self, share: f64) -> Self {
+        self.backlog_share = share;
+        self
+    }
+
     /// An empty group.
     ///
     /// # Errors
@@ -186,6 +214,15 @@ impl RelayGroupBuilder {
                 reason: format!("must be between 1 and 1024, not {}", self.concurrent_rounds),
             });
         }
+        if !(self.backlog_share > 0.0 && self.backlog_share <= 1.0) {
+            return Err(Error::InvalidConfig {
+                field: "backlog_share",
+                reason: format!(
+                    "must be more than 0 and at most 1, not {}",
+                    self.backlog_share
+                ),
+            });
+        }
         if let Some(n) = self.max_connections.filter(|n| !(2..=65536).contains(n)) {
             return Err(Error::InvalidConfig {
                 field: "max_connections",
@@ -197,6 +234,7 @@ impl RelayGroupBuilder {
                 turns: Arc::new(Semaphore::new(self.concurrent_rounds)),
                 concurrent_rounds: self.concurrent_rounds,
                 budget: self.max_connections.map(|n| Arc::new(Budget::new(n))),
+                pacing: Arc::new(Pacing::new(self.backlog_share)),
                 members: Mutex::new(BTreeMap::new()),
             }),
         })
@@ -220,6 +258,7 @@ impl RelayGroup {
         RelayGroupBuilder {
             concurrent_rounds: DEFAULT_CONCURRENT_ROUNDS,
             max_connections: None,
+            backlog_share: DEFAULT_BACKLOG_SHARE,
         }
     }
 
@@ -261,6 +300,7 @@ impl RelayGroup {
         let mut relay = relay;
         relay.config.labels = Labels::named(name);
         relay.config.turns = Some(self.inner.turns.clone());
+        relay.config.pacing = Some(self.inner.pacing.clone());
         if let Some(budget) = &self.inner.budget {
             relay.store = Arc::new(Budgeted::new(relay.store, budget.clone()));
         }
@@ -379,6 +419,16 @@ mod tests {
                 other => panic!("{bad}: {other:?}"),
             }
         }
+        for bad in [0.0, -0.5, 1.01, f64::NAN] {
+            match RelayGroup::builder().backlog_share(bad).build() {
+                Err(Error::InvalidConfig { field, .. }) => assert_eq!(field, "backlog_share"),
+                other => panic!("{bad}: {other:?}"),
+            }
+        }
+        RelayGroup::builder()
+            .backlog_share(1.0)
+            .build()
+            .expect("1: no pause");
     }
 
     /// Counts the store calls of every member in flight at once; each call

@@ -59,6 +59,7 @@ mod labels;
 mod leases;
 mod maintenance;
 mod numbering;
+mod pacing;
 #[cfg(test)]
 mod properties;
 mod publish;
@@ -83,7 +84,9 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use uuid::Uuid;
 
-pub use self::group::{RelayGroup, RelayGroupBuilder, DEFAULT_CONCURRENT_ROUNDS};
+pub use self::group::{
+    RelayGroup, RelayGroupBuilder, DEFAULT_BACKLOG_SHARE, DEFAULT_CONCURRENT_ROUNDS,
+};
 pub use self::retry::RetryPolicy;
 use crate::error::{Error, Result};
 use crate::publisher::Publisher;
@@ -141,6 +144,8 @@ pub(crate) struct RelayConfig {
     pub(crate) labels: labels::Labels,
     /// The group's fair turn for rounds, for a member of a relay group.
     pub(crate) turns: Option<Arc<tokio::sync::Semaphore>>,
+    /// The group's pace for backlogs, for a member of a relay group.
+    pub(crate) pacing: Option<Arc<pacing::Pacing>>,
 }
 
 impl RelayConfig {
@@ -190,6 +195,7 @@ impl Relay {
                 trace_link: crate::TraceLink::default(),
                 labels: labels::Labels::default(),
                 turns: None,
+                pacing: None,
             },
         }
     }

@@ -104,6 +104,7 @@ impl Worker {
             }
         };
         self.unsettled.clear();
+        self.last_claimed = claimed.len();
         if claimed.is_empty() {
             return Ok(full);
         }

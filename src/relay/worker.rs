@@ -54,6 +54,8 @@ pub(super) struct Worker {
     pub(super) publish_failure: Option<(Instant, String)>,
     /// The topics whose gauges were last set, to zero those that empty.
     pub(super) gauged_topics: HashSet<String>,
+    /// How many messages the last round claimed.
+    pub(super) last_claimed: usize,
 }
 
 /// The outcome of queueing for a turn in a relay group.
@@ -110,6 +112,7 @@ impl Worker {
             unsettled: HashSet::new(),
             publish_failure: None,
             gauged_topics: HashSet::new(),
+            last_claimed: 0,
         }
     }
 
@@ -279,6 +282,7 @@ impl Worker {
                 },
                 None => None,
             };
+            let started = Instant::now();
             let ran = match turn {
                 Some(turn) => self.round_in_turn(turn).await,
                 None => shutdown.bound(self.round()).await,
@@ -291,8 +295,25 @@ impl Worker {
                 Some(Ok(full)) => {
                     self.record_success();
                     if !full {
+                        if let Some(p) = self
+                            .config
+                            .pacing
+                            .as_ref()
+                            .filter(|_| self.last_claimed > 0)
+                        {
+                            p.light_round();
+                        }
                         let until = self.wake_deadline();
                         self.wait(&signal, until).await;
+                    } else if let Some(p) = &self.config.pacing {
+                        let pause = p.pause_after_full(started.elapsed());
+                        if !pause.is_zero() {
+                            let until = (Instant::now() + pause).min(self.next_lease_tick);
+                            tokio::select! {
+                                () = tokio::time::sleep_until(until) => {}
+                                _ = shutdown.asked() => {}
+                            }
+                        }
                     }
                 }
                 Some(Err(e)) => {
