@@ -72,6 +72,16 @@ struct TestStream {
 
 impl TestStream {
     async fn create(client: &async_nats::Client, server: Server) -> TestStream {
+        Self::create_with(client, server, -1).await
+    }
+
+    /// A stream that refuses messages over `max_msg_size` bytes (-1: no
+    /// limit of its own).
+    async fn create_with(
+        client: &async_nats::Client,
+        server: Server,
+        max_msg_size: i32,
+    ) -> TestStream {
         let id = uuid::Uuid::now_v7().simple().to_string();
         let name = format!("OUTBOX_TEST_{id}");
         let prefix = format!("outboxtest.{id}.");
@@ -81,6 +91,7 @@ impl TestStream {
             subjects: vec![format!("{prefix}>")],
             duplicate_window: Duration::from_secs(120),
             num_replicas: server.replicas,
+            max_message_size: max_msg_size,
             ..Default::default()
         })
         .await
@@ -368,20 +379,21 @@ async fn rejected_messages_are_dead_lettered(server: Server) {
 
 /// Runs of a key in one batch: stored in order, and nothing of the key
 /// after its first failure. One key's 200 messages go out with a run of
-/// another key whose second message is too big for the server: the first
-/// key is stored whole and in order; of the second, only the message
-/// before the failure.
+/// another key whose second message the stream refuses (larger than the
+/// stream's own limit, under the server's: it is sent, and the stream
+/// answers with an error): the first key is stored whole and in order; of
+/// the second, only the message before the failure.
 async fn a_keys_run_is_stored_in_order_and_stops_at_its_first_failure(server: Server) {
     let client = nats(server).await;
-    let stream = TestStream::create(&client, server).await;
-    let (db, outbox) = migrated_with_payload_limit(DB, 4 << 20).await;
-    let max_payload = client.server_info().max_payload;
+    let stream = TestStream::create_with(&client, server, 4096).await;
+    let (db, outbox) = migrated(DB).await;
+    assert!(client.server_info().max_payload > 8192);
     let mut messages: Vec<NewMessage> = (0..200)
         .map(|n| support::keyed_candidate("candidates", n, "hot"))
         .collect();
     let failing = [
         support::keyed_candidate("candidates", 0, "failing"),
-        NewMessage::bytes("candidates", vec![b'x'; max_payload + 1]).with_partition_key("failing"),
+        NewMessage::bytes("candidates", vec![b'x'; 8192]).with_partition_key("failing"),
         support::keyed_candidate("candidates", 2, "failing"),
         support::keyed_candidate("candidates", 3, "failing"),
     ];
@@ -399,6 +411,7 @@ async fn a_keys_run_is_stored_in_order_and_stops_at_its_first_failure(server: Se
     // run: whatever that call stored is in the stream by then.
     let dead = the_dead_letter(&outbox, relay, TIMEOUT).await;
     assert_eq!(dead.id(), too_big);
+    assert_eq!(dead.attempts, 1, "refused for good: {}", dead.last_error);
     assert_eq!(
         pending(&outbox).await,
         2,

@@ -177,8 +177,12 @@ async fn drain(arrangement: Arrangement, dbs: &[String], pools: &[PgPool], per_o
 /// Steady traffic at `rate` messages per second spread over the outboxes,
 /// from producers with pools of their own, while the first outbox drains a
 /// backlog of `backlog` messages (none with one outbox): the p99 from
-/// commit to publish of the steady traffic, the connections the relays
-/// held, and the backlog left when the traffic stopped.
+/// commit to publish of the steady traffic after a one-second warm-up (each
+/// producer's first commit opens its outbox's NOTIFY connection), the
+/// connections the relays held, and the backlog left when the traffic
+/// stopped. Producers keep their outboxes until everything is published: a
+/// service that commits and then closes its pool at once leaves its last
+/// wake-up unsent, and the relay finds those messages at its next poll.
 async fn steady(
     arrangement: Arrangement,
     dbs: &[String],
@@ -202,6 +206,7 @@ async fn steady(
     let admin: PgConnectOptions = admin_url().parse().unwrap();
     let stop = Arc::new(AtomicBool::new(false));
     let every = Duration::from_secs_f64(steady_dbs.len() as f64 / rate);
+    let traffic_started = Instant::now();
     let mut writers = Vec::new();
     for db in steady_dbs {
         let pool = PgPoolOptions::new()
@@ -228,17 +233,19 @@ async fn steady(
                 outbox.commit(tx).await.unwrap();
                 committed.push((id, Instant::now()));
             }
-            pool.close().await;
-            committed
+            (committed, pool, outbox)
         }));
     }
-    tokio::time::sleep(Duration::from_secs_f64(secs / 2.0)).await;
+    tokio::time::sleep(Duration::from_secs_f64(1.0 + secs / 2.0)).await;
     let held = connections(&application).await;
     tokio::time::sleep(Duration::from_secs_f64(secs / 2.0)).await;
     stop.store(true, Ordering::Relaxed);
     let mut committed = Vec::new();
+    let mut producers = Vec::new();
     for w in writers {
-        committed.extend(w.await.unwrap());
+        let (c, pool, outbox) = w.await.unwrap();
+        committed.extend(c);
+        producers.push((pool, outbox));
     }
     let left: i64 = if steady_dbs.len() < dbs.len() {
         sqlx::query_scalar("SELECT count(*) FROM outbox.messages")
@@ -264,6 +271,10 @@ async fn steady(
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     running.stop().await;
+    for (pool, outbox) in producers {
+        drop(outbox);
+        pool.close().await;
+    }
     // What the backlog left is deleted, for the next arrangement.
     sqlx::query("DELETE FROM outbox.messages")
         .execute(&pools[0])
@@ -273,8 +284,10 @@ async fn steady(
     if std::env::args().any(|a| a == "--group-timeline") {
         timeline(arrangement, &committed, &seen);
     }
+    let warm = traffic_started + Duration::from_secs(1);
     let mut lat: Vec<Duration> = committed
         .iter()
+        .filter(|(_, at)| *at >= warm)
         .map(|(id, at)| seen[id].saturating_duration_since(*at))
         .collect();
     lat.sort();

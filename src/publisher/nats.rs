@@ -62,9 +62,13 @@ const DEFAULT_MAX_IN_FLIGHT: usize = 1024;
 ///
 /// # Pipelining
 ///
-/// A batch is sent without waiting, then the acknowledgements are awaited
-/// (at most [`max_in_flight`](Self::with_max_in_flight) unanswered
-/// messages at a time). Each message has its own result.
+/// A batch goes out in rounds: the first holds each key's first message
+/// (and every keyless one), the second each key's second, and so on. A
+/// round is sent without waiting, then its acknowledgements are awaited (at
+/// most [`max_in_flight`](Self::with_max_in_flight) unanswered messages at
+/// a time) before the next round goes. A batch of distinct keys is one
+/// round; one key's run costs one round trip per message. Each message has
+/// its own result.
 ///
 /// # Errors
 ///
@@ -477,8 +481,11 @@ impl Publisher for NatsPublisher {
             self.send_round(batch, &send, max_payload, &mut outcomes)
                 .await;
             for i in send {
-                if let Some(r) = &outcomes[i] {
-                    failed_keys.note(&batch[i], r);
+                match &outcomes[i] {
+                    Some(r) => failed_keys.note(&batch[i], r),
+                    // No outcome counts as a failure (and is reported as
+                    // one).
+                    None => failed_keys.note(&batch[i], &Err(transient("no outcome".into(), None))),
                 }
             }
         }

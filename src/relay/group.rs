@@ -16,7 +16,7 @@ use crate::error::{Error, Result};
 pub const DEFAULT_CONCURRENT_ROUNDS: usize = 16;
 
 /// The default of [`RelayGroupBuilder::backlog_share`].
-pub const DEFAULT_BACKLOG_SHARE: f64 = 0.5;
+pub const DEFAULT_BACKLOG_SHARE: f64 = 1.0;
 
 /// Most characters in an outbox's name.
 const MAX_NAME_CHARS: usize = 128;
@@ -74,10 +74,11 @@ pub(crate) fn validate_name(name: &str) -> Result<()> {
 /// wait for turns.
 ///
 /// Turns bound the rounds, not the work a backlog's rounds make for the
-/// database and the process: while other members have fresh messages, a
-/// member draining a backlog pauses after each full batch, so its rounds
-/// take only [`backlog_share`](RelayGroupBuilder::backlog_share) of its
-/// time (half, by default); alone, it drains at full speed.
+/// database and the process: with
+/// [`backlog_share`](RelayGroupBuilder::backlog_share) below 1, a member
+/// draining a backlog pauses after each full batch while other members
+/// have fresh messages, so its rounds take only that share of its time;
+/// alone, it drains at full speed.
 ///
 /// # Connections
 ///
@@ -187,14 +188,16 @@ impl RelayGroupBuilder {
     }
 
     /// The share of time a member draining a backlog spends in rounds
-    /// while other members have fresh messages (default
-    /// [`DEFAULT_BACKLOG_SHARE`], 0.5; more than 0, at most 1). After each
+    /// while other members have fresh messages (more than 0, at most 1;
+    /// default [`DEFAULT_BACKLOG_SHARE`], 1: no pause). Below 1, after each
     /// full batch such a member pauses (up to half a second) so that its
     /// rounds take this share of its time: its claims and acknowledgements
-    /// then leave the database and the process room for the others'
-    /// messages, which are published sooner. Alone, or once the others
-    /// have had nothing new for a second, it drains at full speed. 1: no
-    /// pause.
+    /// leave the database and the process room for the others' messages.
+    /// Alone, or once the others have had nothing new for a second, it
+    /// drains at full speed. Worth trying where the others' latency
+    /// matters more than the backlog's drain and the database's CPU is
+    /// the bottleneck; measure it (the benchmark's `--group-backlog-share`):
+    /// on a saturated two-core machine its effect was lost in the noise.
     #[must_use]
     pub fn backlog_share(mut self, share: f64) -> Self {
         self.backlog_share = share;

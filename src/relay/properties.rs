@@ -340,4 +340,29 @@ proptest! {
             prop_assert_eq!(seen.len(), keys.len());
         }
     }
+
+    #[test]
+    fn a_wave_of_runs_holds_each_owned_message_once_in_position_order(
+        keys in prop::collection::vec(prop::option::of(0u8..6), 0..60),
+    ) {
+        // A key's bucket is its number's parity; a keyless message's, its
+        // position's. Only bucket 0 is owned.
+        let bucket = |i: usize, k: Option<u8>| i32::from(k.map_or(i % 2 == 1, |k| k % 2 == 1));
+        let batch: Vec<_> = keys
+            .iter()
+            .enumerate()
+            .map(|(i, k)| claimed(i as i64, k.map(|k| format!("k{k}")).as_deref(), bucket(i, *k)))
+            .collect();
+        let mut waves = Waves::new(batch);
+        let owned = HashSet::from([0]);
+        let got: Vec<i64> = waves.next(&owned, true).iter().map(|(_, c)| c.message.seq).collect();
+        let want: Vec<i64> = keys
+            .iter()
+            .enumerate()
+            .filter(|(i, k)| bucket(*i, **k) == 0)
+            .map(|(i, _)| i as i64)
+            .collect();
+        prop_assert_eq!(got, want);
+        prop_assert!(waves.next(&HashSet::from([0, 1]), true).is_empty());
+    }
 }

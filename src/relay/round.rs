@@ -86,7 +86,8 @@ pub(super) fn tally(acks: &[Ack], fenced_buckets: &[i32]) -> Tally {
 
 impl Worker {
     /// Claims one batch, publishes it and acknowledges it. Returns true if
-    /// the batch was full (more may be waiting).
+    /// the batch was full or left messages behind a failure of their key in
+    /// the same call (more may be waiting).
     pub(super) async fn round(&mut self) -> Result<bool> {
         let (claimed, full) = match self.prefetch.take() {
             Some(mut p) => {
@@ -105,6 +106,7 @@ impl Worker {
         };
         self.unsettled.clear();
         self.last_claimed = claimed.len();
+        self.held_back = false;
         if claimed.is_empty() {
             return Ok(full);
         }
@@ -184,7 +186,10 @@ impl Worker {
         metrics::counter!("outbox_dead_lettered_total", self.config.labels.all()).increment(t.dead);
         self.health.published += t.published;
         metrics::counter!("outbox_batches_total", self.config.labels.all()).increment(1);
-        Ok(full)
+        // Messages held back behind a failure of their key in the call go
+        // out with the next claim (under the unordered policy, ahead of
+        // the failed one's retry), not at the next wake-up.
+        Ok(full || self.held_back)
     }
 
     /// A claim of this relay's buckets, leaving out the positions in

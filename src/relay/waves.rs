@@ -242,6 +242,7 @@ impl Worker {
             for ((queue, c), result) in wave.into_iter().zip(results) {
                 if failed.contains(&queue) {
                     broken += usize::from(result.is_ok());
+                    self.held_back = true;
                     continue;
                 }
                 if result.is_err() {

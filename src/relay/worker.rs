@@ -56,6 +56,10 @@ pub(super) struct Worker {
     pub(super) gauged_topics: HashSet<String>,
     /// How many messages the last round claimed.
     pub(super) last_claimed: usize,
+    /// Whether the last batch left messages pending behind a failure of
+    /// their key in the same publisher call (runs of a key): the next
+    /// claim runs at once rather than at the next wake-up.
+    pub(super) held_back: bool,
 }
 
 /// The outcome of queueing for a turn in a relay group.
@@ -113,6 +117,7 @@ impl Worker {
             publish_failure: None,
             gauged_topics: HashSet::new(),
             last_claimed: 0,
+            held_back: false,
         }
     }
 
@@ -301,12 +306,12 @@ impl Worker {
                             .as_ref()
                             .filter(|_| self.last_claimed > 0)
                         {
-                            p.light_round();
+                            p.light_round(self.config.relay_id);
                         }
                         let until = self.wake_deadline();
                         self.wait(&signal, until).await;
                     } else if let Some(p) = &self.config.pacing {
-                        let pause = p.pause_after_full(started.elapsed());
+                        let pause = p.pause_after_full(self.config.relay_id, started.elapsed());
                         if !pause.is_zero() {
                             let until = (Instant::now() + pause).min(self.next_lease_tick);
                             tokio::select! {

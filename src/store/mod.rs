@@ -486,7 +486,8 @@ pub(crate) struct AckPlan<'a> {
     pub(crate) report: AckReport,
     /// Positions to delete (or move to the published table).
     pub(crate) published: Vec<i64>,
-    /// (key, number) of each published numbered message.
+    /// (key, number) of each published numbered message, and of each one
+    /// that failed under the unordered policy (its number is spent).
     pub(crate) key_sequences: Vec<(&'a str, i64)>,
     /// (key, position) of heads whose block is lifted.
     pub(crate) unblock: Vec<(&'a str, i64)>,
@@ -499,6 +500,21 @@ pub(crate) struct AckPlan<'a> {
 }
 
 impl<'a> AckPlan<'a> {
+    /// Records the number of a failed message that does not hold its key
+    /// back (the unordered policy) as spent: the key's later messages go on
+    /// past it, and one of them may have been sent already under the next
+    /// number, so the failed one comes back later with a higher number
+    /// instead of taking a number twice. Under the ordered policy the key
+    /// waits, and the message keeps its number for its redelivery.
+    fn spend_number(&mut self, a: &'a Ack, block_key: bool) {
+        if block_key {
+            return;
+        }
+        if let (Some(k), Some(n)) = (&a.partition_key, a.key_sequence) {
+            self.key_sequences.push((k, n));
+        }
+    }
+
     /// The messages to dead-letter as JSON rows `[position, attempts,
     /// error]`, and their positions.
     #[cfg(any(feature = "sqlite", feature = "mysql"))]
@@ -538,10 +554,12 @@ impl<'a> AckPlan<'a> {
                     block_key,
                 } => {
                     plan.retry.push((a.seq, a.attempts, *at, error));
+                    plan.spend_number(a, *block_key);
                     *block_key
                 }
                 Disposition::Dead { error, block_key } => {
                     plan.dead.push((a.seq, a.attempts, error));
+                    plan.spend_number(a, *block_key);
                     *block_key
                 }
             };

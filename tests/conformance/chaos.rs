@@ -22,6 +22,8 @@ pub(crate) struct Received {
     pub(crate) ambiguous: Mutex<HashSet<MessageId>>,
     /// The per-key number each delivery carried.
     pub(crate) numbers: Mutex<Vec<(MessageId, i64)>>,
+    /// The most messages of one key a publisher call was given.
+    pub(crate) longest_run: std::sync::atomic::AtomicUsize,
 }
 
 /// Fails about 5 % of messages before delivering them and about 1 % after
@@ -63,6 +65,14 @@ impl Publisher for ChaosPublisher {
         };
         let mut out = Vec::with_capacity(batch.len());
         let mut failed_keys: HashSet<&str> = HashSet::new();
+        let mut per_key: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
+        for k in batch.iter().filter_map(|m| m.partition_key()) {
+            let n = per_key.entry(k).or_default();
+            *n += 1;
+            self.received
+                .longest_run
+                .fetch_max(*n, std::sync::atomic::Ordering::Relaxed);
+        }
         for m in batch {
             if m.partition_key().is_some_and(|k| failed_keys.contains(k)) {
                 out.push(Err(PublishError::transient(std::io::Error::other(

@@ -267,6 +267,13 @@ pub async fn many_writers_many_relays_random_failures_keep_commit_order<B: Backe
         violations
     );
     assert_eq!(violations, 0);
+    assert!(
+        received
+            .longest_run
+            .load(std::sync::atomic::Ordering::Relaxed)
+            >= 2,
+        "the relays taking runs were given several messages of a key at once"
+    );
     assert_eq!(outbox.pending().await, 0);
     db.close().await;
 }
