@@ -5,7 +5,6 @@
 //! own, in process: no raw ceiling to hold it against), its rate alone.
 
 use super::*;
-use async_nats::jetstream;
 use lapin::options::{
     BasicPublishOptions, ConfirmSelectOptions, ExchangeDeleteOptions, QueueDeleteOptions,
 };
@@ -86,19 +85,7 @@ pub(super) async fn run(cfg: &Config, res: &mut Results) {
     let body = br#"{"candidate_id": 1}"#.to_vec();
 
     // NATS JetStream.
-    let client = async_nats::connect("127.0.0.1:4222")
-        .await
-        .expect("NATS at 127.0.0.1:4222");
-    let js = jetstream::new(client.clone());
-    let id = uuid::Uuid::now_v7().simple().to_string();
-    let stream = format!("OUTBOX_BENCH_{id}");
-    js.create_stream(jetstream::stream::Config {
-        name: stream.clone(),
-        subjects: vec![format!("outboxbench.{id}.>")],
-        ..Default::default()
-    })
-    .await
-    .unwrap();
+    let (client, js, stream, id) = super::hotkeys::bench_stream("OUTBOX_BENCH").await;
     let raw = raw_publish_rate(n, async || {
         let mut headers = async_nats::HeaderMap::new();
         headers.insert("Nats-Msg-Id", uuid::Uuid::now_v7().to_string().as_str());

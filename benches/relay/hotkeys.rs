@@ -141,26 +141,41 @@ pub(super) async fn run(cfg: &Config, res: &mut Results) {
     pool.close().await;
 }
 
-/// One hot key through NATS JetStream against uniform keys through it.
+/// A JetStream stream of its own, named `<prefix>_<id>` and capturing
+/// `outboxbench.<id>.>`: the client, its JetStream context, the stream's
+/// name and the id.
 #[cfg(feature = "nats")]
-async fn nats(cfg: &Config, pool: &PgPool, res: &mut Results) {
-    use async_nats::jetstream;
-    use outbox::publisher::NatsPublisher;
-
-    let n = cfg.drain_rows / 5;
+pub(super) async fn bench_stream(
+    prefix: &str,
+) -> (
+    async_nats::Client,
+    async_nats::jetstream::Context,
+    String,
+    String,
+) {
     let client = async_nats::connect("127.0.0.1:4222")
         .await
         .expect("NATS at 127.0.0.1:4222");
-    let js = jetstream::new(client.clone());
+    let js = async_nats::jetstream::new(client.clone());
     let id = uuid::Uuid::now_v7().simple().to_string();
-    let stream = format!("OUTBOX_BENCH_HOT_{id}");
-    js.create_stream(jetstream::stream::Config {
+    let stream = format!("{prefix}_{id}");
+    js.create_stream(async_nats::jetstream::stream::Config {
         name: stream.clone(),
         subjects: vec![format!("outboxbench.{id}.>")],
         ..Default::default()
     })
     .await
     .unwrap();
+    (client, js, stream, id)
+}
+
+/// One hot key through NATS JetStream against uniform keys through it.
+#[cfg(feature = "nats")]
+async fn nats(cfg: &Config, pool: &PgPool, res: &mut Results) {
+    use outbox::publisher::NatsPublisher;
+
+    let n = cfg.drain_rows / 5;
+    let (client, js, stream, id) = bench_stream("OUTBOX_BENCH_HOT").await;
     let mut rates = Vec::new();
     for keys in [Keys::Uniform, Keys::One] {
         let topic = format!("outboxbench.{id}.hot");

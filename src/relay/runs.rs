@@ -6,9 +6,9 @@
 
 use std::time::Duration;
 
+use super::scenarios::fails_first_attempt_of;
 use super::scripted::{message, spawn, tag, until, Journal};
 use super::{OrderingPolicy, RetryPolicy};
-use crate::error::PublishError;
 use crate::store::memory::MemoryStore;
 
 const LIMIT: Duration = Duration::from_secs(60);
@@ -31,43 +31,26 @@ fn calls(journal: &Journal) -> Vec<Vec<String>> {
     calls
 }
 
-fn enqueue_all(store: &MemoryStore, messages: &[(&str, Option<&str>)]) {
-    for (t, k) in messages {
-        store.enqueue(message(t, *k)).unwrap();
+/// A one-bucket-per-`buckets` store holding `tags` (the key is a tag's
+/// letter; `n` tags are keyless) and a journal whose publishers take runs
+/// of a key, failing the first attempt of `failing` if given.
+fn runs_of(buckets: i32, tags: &[&str], failing: Option<&'static str>) -> (MemoryStore, Journal) {
+    let store = MemoryStore::new(buckets);
+    let journal = Journal::new(&store);
+    journal.runs(true);
+    for t in tags {
+        let key = (!t.starts_with('n')).then(|| &t[..1]);
+        store.enqueue(message(t, key)).unwrap();
     }
-}
-
-/// Fails the first attempt of `failing`; confirms everything else, even a
-/// message sent behind a failure of its key (a publisher breaking its
-/// promise).
-fn fails_first_attempt_of(
-    failing: &'static str,
-) -> impl Fn(&crate::OutboxMessage) -> Result<(), PublishError> {
-    move |m| {
-        if tag(m) == failing && m.attempt() == 1 {
-            Err(PublishError::transient("destination down"))
-        } else {
-            Ok(())
-        }
+    if let Some(f) = failing {
+        journal.answer(fails_first_attempt_of(f));
     }
+    (store, journal)
 }
 
 #[tokio::test(start_paused = true)]
 async fn a_publisher_that_keeps_key_order_gets_each_key_as_a_run_in_one_call() {
-    let store = MemoryStore::new(4);
-    let journal = Journal::new(&store);
-    journal.runs(true);
-    enqueue_all(
-        &store,
-        &[
-            ("a1", Some("a")),
-            ("a2", Some("a")),
-            ("b1", Some("b")),
-            ("a3", Some("a")),
-            ("n1", None),
-            ("b2", Some("b")),
-        ],
-    );
+    let (store, journal) = runs_of(4, &["a1", "a2", "b1", "a3", "n1", "b2"], None);
     let (_relay, _gate, _) = spawn(&store, &journal, |b| b);
     until("drained", LIMIT, || store.pending().is_empty()).await;
     assert_eq!(
@@ -79,20 +62,7 @@ async fn a_publisher_that_keeps_key_order_gets_each_key_as_a_run_in_one_call() {
 
 #[tokio::test(start_paused = true)]
 async fn an_ordered_failure_in_a_run_leaves_the_rest_of_the_key_pending_whatever_its_results() {
-    let store = MemoryStore::new(1);
-    let journal = Journal::new(&store);
-    journal.runs(true);
-    enqueue_all(
-        &store,
-        &[
-            ("a1", Some("a")),
-            ("a2", Some("a")),
-            ("b1", Some("b")),
-            ("a3", Some("a")),
-            ("b2", Some("b")),
-        ],
-    );
-    journal.answer(fails_first_attempt_of("a2"));
+    let (store, journal) = runs_of(1, &["a1", "a2", "b1", "a3", "b2"], Some("a2"));
     let (_relay, _gate, _) = spawn(&store, &journal, |b| b);
     until("drained", LIMIT, || store.pending().is_empty()).await;
     // a3 was reported sent behind a2's failure: not acknowledged, sent
@@ -105,20 +75,7 @@ async fn an_ordered_failure_in_a_run_leaves_the_rest_of_the_key_pending_whatever
 
 #[tokio::test(start_paused = true)]
 async fn an_unordered_failure_in_a_run_sends_the_rest_of_the_key_next_round() {
-    let store = MemoryStore::new(1);
-    let journal = Journal::new(&store);
-    journal.runs(true);
-    enqueue_all(
-        &store,
-        &[
-            ("a1", Some("a")),
-            ("a2", Some("a")),
-            ("a3", Some("a")),
-            ("a4", Some("a")),
-            ("b1", Some("b")),
-        ],
-    );
-    journal.answer(fails_first_attempt_of("a2"));
+    let (store, journal) = runs_of(1, &["a1", "a2", "a3", "a4", "b1"], Some("a2"));
     // Nothing wakes the relay before a2's retry, 10 s away (no poll, no
     // lease renewal), but for the messages it held back.
     let (_relay, _gate, _) = spawn(&store, &journal, |b| {
@@ -149,14 +106,7 @@ async fn an_unordered_failure_in_a_run_sends_the_rest_of_the_key_next_round() {
 
 #[tokio::test(start_paused = true)]
 async fn an_unordered_failure_in_a_run_spends_its_number() {
-    let store = MemoryStore::new(1);
-    let journal = Journal::new(&store);
-    journal.runs(true);
-    enqueue_all(
-        &store,
-        &[("a1", Some("a")), ("a2", Some("a")), ("a3", Some("a"))],
-    );
-    journal.answer(fails_first_attempt_of("a2"));
+    let (store, journal) = runs_of(1, &["a1", "a2", "a3"], Some("a2"));
     let (_relay, _gate, _) = spawn(&store, &journal, |b| {
         b.topic_ordering("t", OrderingPolicy::Unordered)
             .key_sequences(true)

@@ -28,7 +28,8 @@ fn sent_tags(journal: &Journal) -> Vec<String> {
         .collect()
 }
 
-fn fails_first_attempt_of(
+/// Fails the first attempt of the message tagged `t`; confirms the rest.
+pub(super) fn fails_first_attempt_of(
     t: &'static str,
 ) -> impl Fn(&crate::OutboxMessage) -> Result<(), PublishError> {
     move |m| {
