@@ -273,6 +273,16 @@ async fn bench_drain(cfg: &Config, res: &mut Results) {
         raws.sort_by(|a, b| a.partial_cmp(b).unwrap());
         res.put("drain_raw_rows_per_s", raws[raws.len() / 2]);
     }
+    // Four relays against one, ordered, in the same run: more relays may
+    // not add throughput on two cores, but must not take it away.
+    let rate = |n: usize| res.values.get(&format!("relay_rows_per_s_{n}")).copied();
+    if let (Some(one), Some(four)) = (rate(1), rate(4)) {
+        res.put("relay_ratio_4_vs_1", four / one);
+        res.row(
+            "drain: 4 relays / 1 relay, Ordered (same run)",
+            format!("{:.2}", four / one),
+        );
+    }
     pool.close().await;
 }
 
