@@ -58,6 +58,16 @@ impl Backend for Sqlite {
 
     async fn create_bare(pool: Pool) -> Self {
         let path = std::env::temp_dir().join(format!("outbox-conformance-{}.db", Uuid::now_v7()));
+        // One connection creates the file and switches it to WAL first:
+        // the pool's connections opening together would race to change the
+        // journal mode of a new file, which can fail with "database is
+        // locked" whatever the busy timeout.
+        let first = sqlx::ConnectOptions::connect(&Self::connect_options(&path))
+            .await
+            .expect("create the test database");
+        sqlx::Connection::close(first)
+            .await
+            .expect("close the creating connection");
         let pool = pool
             .options(8, 8)
             .connect_with(Self::connect_options(&path))
