@@ -32,16 +32,14 @@ async fn relay_into<P: Publisher>(pool: &PgPool, topic: &str, n: i64, publisher:
     .execute(pool)
     .await
     .unwrap();
-    let start = Instant::now();
-    let relay = Relay::builder(outbox.clone(), publisher)
+    let timed = Timed::new(publisher);
+    let relay = Relay::builder(outbox.clone(), timed.clone())
         .batch_size(1000)
         .spawn()
         .unwrap();
-    while outbox.pending_count().await.unwrap() > 0 {
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    let rate = n as f64 / start.elapsed().as_secs_f64();
+    let rate = timed.rate_after(n as u64).await;
     relay.shutdown().await.unwrap();
+    assert_eq!(outbox.pending_count().await.unwrap(), 0);
     rate
 }
 

@@ -49,24 +49,6 @@ async fn prefill(pool: &PgPool, topic: &str, rows: i64, keys: Keys) {
         .unwrap();
 }
 
-/// Another publisher, noting when it was first called.
-struct Timed<P> {
-    inner: P,
-    first: Mutex<Option<Instant>>,
-}
-
-#[async_trait]
-impl<P: Publisher> Publisher for Timed<P> {
-    async fn publish(&self, batch: &[OutboxMessage]) -> Vec<Result<(), PublishError>> {
-        self.first.lock().unwrap().get_or_insert_with(Instant::now);
-        self.inner.publish(batch).await
-    }
-
-    fn keeps_key_order(&self) -> bool {
-        self.inner.keeps_key_order()
-    }
-}
-
 /// [`Noop`] behind a call that takes `delay`, taking runs of a key or not.
 struct Slow {
     inner: Arc<Noop>,
@@ -99,21 +81,15 @@ async fn drain_through<P: Publisher>(
 ) -> f64 {
     let outbox = PgOutbox::new(pool.clone());
     prefill(pool, topic, rows, keys).await;
-    let timed = Arc::new(Timed {
-        inner: publisher,
-        first: Mutex::new(None),
-    });
+    let timed = Timed::new(publisher);
     let relay = Relay::builder(outbox.clone(), timed.clone())
         .batch_size(1000)
         .poll_interval(Duration::from_millis(50))
         .spawn()
         .unwrap();
-    while outbox.pending_count().await.unwrap() > 0 {
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    let first = timed.first.lock().unwrap().expect("published");
-    let rate = rows as f64 / first.elapsed().as_secs_f64();
+    let rate = timed.rate_after(rows as u64).await;
     relay.shutdown().await.unwrap();
+    assert_eq!(outbox.pending_count().await.unwrap(), 0);
     rate
 }
 

@@ -59,6 +59,8 @@ mod labels;
 mod leases;
 mod maintenance;
 mod numbering;
+#[cfg(test)]
+mod overlap;
 mod pacing;
 #[cfg(test)]
 mod properties;

@@ -84,10 +84,26 @@ pub(super) fn tally(acks: &[Ack], fenced_buckets: &[i32]) -> Tally {
     t
 }
 
+/// An acknowledgement written while the next batch is published: its
+/// task, and the positions of its batch, which a claim started before it
+/// lands leaves out.
+pub(super) struct PendingAck {
+    task: tokio::task::JoinHandle<(Vec<Ack>, Result<AckReport>)>,
+    positions: Vec<i64>,
+    span: tracing::Span,
+}
+
 impl Worker {
     /// Claims one batch, publishes it and acknowledges it. Returns true if
     /// the batch was full or left messages behind a failure of their key in
     /// the same call (more may be waiting).
+    ///
+    /// When more may be waiting, the acknowledgement is written while the
+    /// next round publishes (it lands before that round's own, in order):
+    /// the database and the publisher work at the same time. The next
+    /// round's batch was claimed before it landed, so it is claimed
+    /// without the positions of both batches in flight and loses every
+    /// message of a key either batch left unsettled.
     pub(super) async fn round(&mut self) -> Result<bool> {
         let (claimed, full) = match self.prefetch.take() {
             Some(mut p) => {
@@ -99,6 +115,9 @@ impl Worker {
                 (without_unsettled(got.messages, &unsettled), full)
             }
             None => {
+                // A claim of its own reads the store as every
+                // acknowledgement left it.
+                self.settle_ack().await?;
                 let got = self.claim(Vec::new()).await?;
                 let full = got.more;
                 (got.messages, full)
@@ -108,10 +127,20 @@ impl Worker {
         self.last_claimed = claimed.len();
         self.held_back = false;
         if claimed.is_empty() {
+            if !full {
+                self.settle_ack().await?;
+            }
             return Ok(full);
         }
+        // Whether the early claim below runs while the last batch's
+        // acknowledgement is in flight.
+        let mut claimed_over_ack = false;
         if full && self.config.prefetch && !self.shutdown.requested() {
-            let in_flight: Vec<i64> = claimed.iter().map(|c| c.message.seq).collect();
+            let mut in_flight: Vec<i64> = claimed.iter().map(|c| c.message.seq).collect();
+            if let Some(p) = &self.pending_ack {
+                in_flight.extend_from_slice(&p.positions);
+                claimed_over_ack = true;
+            }
             let claim = self.claim(in_flight);
             self.prefetch = Some(Prefetch(tokio::spawn(claim)));
         }
@@ -129,6 +158,8 @@ impl Worker {
         );
         let mut claimed = claimed;
         if self.config.key_sequences {
+            // Numbers continue from those the last acknowledgement stored.
+            self.settle_ack().await?;
             let store = self.store.clone();
             number_keys(&*store, &mut claimed).await?;
         }
@@ -136,31 +167,88 @@ impl Worker {
         let acks = self.publish_batch(claimed).instrument(span.clone()).await;
         metrics::histogram!("outbox_publish_duration_seconds", self.config.labels.all())
             .record(started.elapsed().as_secs_f64());
-        let retain = matches!(self.config.retention, Retention::Keep(_));
-        let batch = AckBatch {
-            relay: self.config.relay_id,
-            leases: &self.leases,
-            acks: &acks,
-            retain,
-            now: self.clock.now(),
-        };
+        // The last batch's acknowledgement lands before this one's is
+        // written; its failure is reported once this one is on its way.
+        let previous = self.settle_ack().await;
+        let unsettled = unsettled_keys(batch_keys.clone(), &acks);
+        let settled_before = std::mem::replace(&mut self.last_unsettled, unsettled.clone());
+        if self.prefetch.is_some() {
+            self.unsettled = unsettled;
+            if claimed_over_ack {
+                self.unsettled.extend(settled_before);
+            }
+        }
+        let more = full || self.held_back;
         // Nothing to write when no call returned (a lease ran out, or the
         // relay is stopping): one round trip fewer, which a shutdown feels.
-        let report = if acks.is_empty() {
-            AckReport::default()
+        if acks.is_empty() {
+            self.took_ack(&acks, AckReport::default(), &span);
         } else {
-            let started = std::time::Instant::now();
-            let report = self.store.ack(batch).instrument(span.clone()).await?;
-            metrics::histogram!("outbox_ack_duration_seconds", self.config.labels.all())
-                .record(started.elapsed().as_secs_f64());
-            report
+            let task = self.ack_task(acks).instrument(span.clone());
+            if more && previous.is_ok() && !self.shutdown.requested() {
+                self.pending_ack = Some(PendingAck {
+                    task: tokio::spawn(task),
+                    positions: batch_keys.into_iter().map(|(seq, _)| seq).collect(),
+                    span,
+                });
+            } else {
+                let (acks, report) = task.await;
+                self.took_ack(&acks, report?, &span);
+            }
+        }
+        previous?;
+        // Messages held back behind a failure of their key in the call go
+        // out with the next claim (under the unordered policy, ahead of
+        // the failed one's retry), not at the next wake-up.
+        Ok(more)
+    }
+
+    /// Waits for the acknowledgement in flight, if any, and takes in what
+    /// it reported.
+    pub(super) async fn settle_ack(&mut self) -> Result<()> {
+        let Some(p) = self.pending_ack.take() else {
+            return Ok(());
         };
+        let (acks, report) = p.task.await.map_err(crate::Error::RelayTask)?;
+        self.took_ack(&acks, report?, &p.span);
+        Ok(())
+    }
+
+    /// The acknowledgement of `acks` under the current leases; it owns
+    /// what it needs, so it can run as a task of its own, and gives the
+    /// acknowledgements back with the store's report.
+    fn ack_task(
+        &self,
+        acks: Vec<Ack>,
+    ) -> impl std::future::Future<Output = (Vec<Ack>, Result<AckReport>)> + Send + 'static {
+        let store = self.store.clone();
+        let leases = self.leases.clone();
+        let labels = self.config.labels.all();
+        let (relay, now) = (self.config.relay_id, self.clock.now());
+        let retain = matches!(self.config.retention, Retention::Keep(_));
+        async move {
+            let batch = AckBatch {
+                relay,
+                leases: &leases,
+                acks: &acks,
+                retain,
+                now,
+            };
+            let started = std::time::Instant::now();
+            let report = store.ack(batch).await;
+            metrics::histogram!("outbox_ack_duration_seconds", labels)
+                .record(started.elapsed().as_secs_f64());
+            (acks, report)
+        }
+    }
+
+    /// Takes in a written acknowledgement: counts, the next retry, and
+    /// fencing (the early claim was made under leases that changed hands).
+    fn took_ack(&mut self, acks: &[Ack], report: AckReport, span: &tracing::Span) {
         if report.fenced > 0 {
             self.prefetch = None;
-        } else if self.prefetch.is_some() {
-            self.unsettled = unsettled_keys(batch_keys, &acks);
         }
-        let t = tally(&acks, &report.fenced_buckets);
+        let t = tally(acks, &report.fenced_buckets);
         if let Some(at) = t.next_retry {
             let when = self.clock.instant_of(at);
             self.next_retry = Some(self.next_retry.map_or(when, |r| r.min(when)));
@@ -186,10 +274,6 @@ impl Worker {
         metrics::counter!("outbox_dead_lettered_total", self.config.labels.all()).increment(t.dead);
         self.health.published += t.published;
         metrics::counter!("outbox_batches_total", self.config.labels.all()).increment(1);
-        // Messages held back behind a failure of their key in the call go
-        // out with the next claim (under the unordered policy, ahead of
-        // the failed one's retry), not at the next wake-up.
-        Ok(full || self.held_back)
     }
 
     /// A claim of this relay's buckets, leaving out the positions in

@@ -9,7 +9,7 @@ use tokio::time::Instant;
 
 use super::clock::Clock;
 use super::maintenance::{Parking, Upkeep};
-use super::round::Prefetch;
+use super::round::{PendingAck, Prefetch};
 use super::shutdown::Shutdown;
 use super::{Health, RelayConfig, RelayState};
 use crate::error::error_chain;
@@ -45,9 +45,16 @@ pub(super) struct Worker {
     pub(super) parking: Option<Parking>,
     /// The next batch, claimed while the current one was in flight.
     pub(super) prefetch: Option<Prefetch>,
-    /// Keys of the last batch with a message that was not published: the
-    /// prefetched batch may hold their later messages, which must wait.
+    /// Keys with a message that was not published in a batch whose
+    /// acknowledgement had not landed when the prefetched batch was
+    /// claimed: it may hold their later messages, which must wait.
     pub(super) unsettled: HashSet<String>,
+    /// The keys the last batch left unsettled, for the early claim made
+    /// while its acknowledgement is in flight.
+    pub(super) last_unsettled: HashSet<String>,
+    /// The last batch's acknowledgement, written while this one is
+    /// published.
+    pub(super) pending_ack: Option<PendingAck>,
     /// When a publish last failed, and its error, while none has succeeded
     /// since: the relay reports `PublishFailing` within
     /// [`PUBLISH_FAILING_WINDOW`] of it.
@@ -114,6 +121,8 @@ impl Worker {
             parking: None,
             prefetch: None,
             unsettled: HashSet::new(),
+            last_unsettled: HashSet::new(),
+            pending_ack: None,
             publish_failure: None,
             gauged_topics: HashSet::new(),
             last_claimed: 0,
@@ -231,6 +240,17 @@ impl Worker {
             self.collect_maintenance().await;
             let now = Instant::now();
             if now >= self.next_lease_tick {
+                // The leases change under no acknowledgement in flight.
+                match shutdown.bound(self.settle_ack()).await {
+                    None => break,
+                    Some(Ok(())) => {}
+                    Some(Err(e)) => {
+                        self.prefetch = None;
+                        self.record_error("publish round", &e);
+                        self.back_off().await;
+                        continue;
+                    }
+                }
                 match shutdown.bound(self.manage_leases()).await {
                     None => break,
                     Some(Ok(())) => {}
@@ -331,6 +351,12 @@ impl Worker {
             }
         }
         self.prefetch = None;
+        // The last acknowledgement lands before the leases go back (one
+        // that does not lands fenced or not at all: the buckets' next
+        // owner publishes its messages again).
+        if let Some(Err(e)) = shutdown.bound(self.settle_ack()).await {
+            self.record_error("publish round", &e);
+        }
         // A vacuum or purge cut short is harmless: the next relay's pass
         // does it again.
         self.upkeep = None;

@@ -141,6 +141,7 @@ struct State {
     parks: usize,
     /// How long each parking call takes.
     park_delay: Duration,
+    ack_delay: Duration,
     /// Maintenance calls begun so far.
     maintenance_calls: usize,
     /// Maintenance calls in progress now, and the most ever at once.
@@ -434,6 +435,12 @@ impl MemoryStore {
     /// connection).
     pub(crate) fn set_park_delay(&self, delay: Duration) {
         self.state().park_delay = delay;
+    }
+
+    /// Makes each acknowledgement take `delay` before it is written (a
+    /// slow commit).
+    pub(crate) fn set_ack_delay(&self, delay: Duration) {
+        self.state().ack_delay = delay;
     }
 }
 

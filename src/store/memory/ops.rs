@@ -191,6 +191,10 @@ impl StoreOps for MemoryStore {
     async fn ack(&self, p: AckBatch<'_>) -> Result<AckReport> {
         let (relay, acks, now) = (p.relay, p.acks, p.now);
         self.pass_gate().await;
+        let delay = self.state().ack_delay;
+        if !delay.is_zero() {
+            tokio::time::sleep(delay).await;
+        }
         let dead_at = self.now();
         let report = {
             let mut s = self.state();
