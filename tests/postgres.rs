@@ -198,6 +198,34 @@ async fn notify_wakes_the_relay_without_polling() {
     .await;
 }
 
+/// A producer that commits and drops its outbox at once (a service that
+/// exits) still wakes relays elsewhere for that commit, though its NOTIFY
+/// was still waiting for the notify interval when the outbox went.
+#[tokio::test]
+async fn a_commit_just_before_the_outbox_is_dropped_still_wakes_relays() {
+    from_another_process(async |other_pool, publisher| {
+        let producer = PgOutbox::builder(other_pool.clone())
+            .notify_interval(Duration::from_millis(500))
+            .build()
+            .unwrap();
+        let mut tx = other_pool.begin().await.unwrap();
+        producer.enqueue(&mut *tx, msg("t", "k", 1)).await.unwrap();
+        producer.commit(tx).await.unwrap();
+        eventually("woken by the first NOTIFY", || publisher.len() == 1).await;
+        // Within the interval of the first NOTIFY: this one waits for it.
+        let mut tx = other_pool.begin().await.unwrap();
+        producer.enqueue(&mut *tx, msg("t", "k", 2)).await.unwrap();
+        producer.commit(tx).await.unwrap();
+        drop(producer);
+        eventually(
+            "woken by the NOTIFY sent after the outbox was dropped",
+            || publisher.len() == 2,
+        )
+        .await;
+    })
+    .await;
+}
+
 /// Counts the notifications on the default outbox's channel, as relays in
 /// other processes receive them, from the moment it returns.
 struct NotificationCount {

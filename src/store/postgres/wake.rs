@@ -35,7 +35,10 @@ pub enum WakeUp {
     ///   commit that returned before it was sent. The first commit after a
     ///   quiet interval is notified at once.
     /// - The connection is opened outside the pool at the first `NOTIFY`,
-    ///   and closed within a second of the outbox being dropped or its
+    ///   and closed within a second of the outbox being dropped (after a
+    ///   last `NOTIFY` covering the commits made before, so a service that
+    ///   commits and exits at once does not leave its last messages to
+    ///   the relays' poll, as long as its runtime lives that long) or its
     ///   pool closed.
     ///
     /// Why not in the transaction: PostgreSQL serializes the commits of
@@ -72,8 +75,9 @@ pub(super) struct WakeState {
     pub(super) signal: Arc<Notify>,
     /// Raised by `commit` for the `NOTIFY` task.
     remote: Arc<Notify>,
-    /// How many wake-ups `commit` has asked the `NOTIFY` task for.
-    commits: AtomicU64,
+    /// How many wake-ups `commit` has asked the `NOTIFY` task for (shared
+    /// with it, so it can cover the last ones after the outbox is dropped).
+    commits: Arc<AtomicU64>,
     /// Set once the `NOTIFY` task runs.
     notifier: OnceLock<()>,
     /// The direct connection for `LISTEN`, with
@@ -93,7 +97,7 @@ impl WakeState {
             notify_interval,
             signal: Arc::new(Notify::new()),
             remote: Arc::new(Notify::new()),
-            commits: AtomicU64::new(0),
+            commits: Arc::new(AtomicU64::new(0)),
             notifier: OnceLock::new(),
             listen_pool: OnceLock::new(),
             said_no_listen: AtomicBool::new(false),
@@ -145,8 +149,11 @@ impl PgOutbox {
             // is built from validated identifiers.
             let simple_notify = (!self.named()).then(|| format!("NOTIFY \"{channel}\""));
             // The task holds the outbox weakly and ends soon after the last
-            // clone of it is dropped.
+            // clone of it is dropped, once it covered every commit made
+            // before: a service that commits and exits at once wakes the
+            // relays for its last messages too, not at their poll.
             let alive = Arc::downgrade(&self.inner);
+            let commits = self.inner.wake.commits.clone();
             handle.spawn(async move {
                 let mut conn: Option<PgConnection> = None;
                 // Wake-ups covered by the last NOTIFY sent, and when it was
@@ -154,14 +161,15 @@ impl PgOutbox {
                 let mut covered = 0u64;
                 let mut last_sent: Option<Instant> = None;
                 loop {
-                    if alive.strong_count() == 0 || pool.is_closed() {
+                    if pool.is_closed() {
                         return;
                     }
-                    let asked = match alive.upgrade() {
-                        Some(inner) => inner.wake.commits.load(Ordering::Acquire),
-                        None => return,
-                    };
+                    let dropped = alive.strong_count() == 0;
+                    let asked = commits.load(Ordering::Acquire);
                     if asked == covered {
+                        if dropped {
+                            return;
+                        }
                         // A wake-up asked after the load above leaves a
                         // permit, so this wait cannot miss it.
                         let _ =
@@ -174,12 +182,7 @@ impl PgOutbox {
                     // Every wake-up counted now was asked after its commit
                     // returned, and the NOTIFY goes out after this load: it
                     // covers them all, and those asked meanwhile too.
-                    let Some(asked) = alive
-                        .upgrade()
-                        .map(|inner| inner.wake.commits.load(Ordering::Acquire))
-                    else {
-                        return;
-                    };
+                    let asked = commits.load(Ordering::Acquire);
                     let started = Instant::now();
                     let mut delivered = false;
                     // On a connection of its own, outside the pool: no pool
@@ -218,6 +221,10 @@ impl PgOutbox {
                     if delivered {
                         covered = asked;
                         last_sent = Some(started);
+                    } else if dropped {
+                        // Nobody left to try for: the relays' poll finds
+                        // these commits.
+                        return;
                     } else {
                         // Not sent: try again shortly, for the same commits.
                         tokio::time::sleep(Duration::from_millis(100)).await;
