@@ -279,18 +279,24 @@ impl RelayBuilder {
         /// bound and claims slow down.
         pub fn vacuum_if_autovacuum_off(on: bool) => config.vacuum_if_autovacuum_off = on;
 
-        /// Whether the relay claims the next batch while it publishes and
-        /// acknowledges the current one, when the current one was full (default
-        /// on). The database's claim then overlaps the publisher's and the
-        /// acknowledgement's time instead of adding to it.
+        /// Whether the relay works on three batches at once while more are
+        /// waiting (default on): it claims the next batch while it publishes
+        /// the current one, and writes the last one's acknowledgement
+        /// meanwhile too. The database's claim and acknowledgement then
+        /// overlap the publisher's time instead of adding to it. Off, each
+        /// round claims, publishes and acknowledges one batch in turn.
         ///
         /// Order and delivery guarantees are the same either way: the early
-        /// claim leaves out the batch in flight, and the relay drops from it
-        /// every message of a key whose earlier message was not published
-        /// (failed, retried, or left when a lease ran out), and the whole of it
-        /// when its leases changed meanwhile; those messages stay pending and
-        /// are claimed again in order. Each relay then uses up to two pool
-        /// connections at once.
+        /// claim leaves out the batches in flight (the one being published,
+        /// and the one whose acknowledgement has not landed), and the relay
+        /// drops from it every message of a key whose earlier message in
+        /// either was not published (failed, retried, or left when a lease
+        /// ran out), and the whole of it when its leases changed meanwhile;
+        /// those messages stay pending and are claimed again in order. A
+        /// batch's acknowledgement lands before the next one's is written,
+        /// and before the relay renews its leases, numbers keys, waits for
+        /// work or stops. Each relay then uses up to two pool connections at
+        /// once.
         pub fn prefetch(on: bool) => config.prefetch = on;
 
         /// How long [`RelayHandle::shutdown`] lets the publisher call in flight

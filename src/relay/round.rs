@@ -185,7 +185,7 @@ impl Worker {
             self.took_ack(&acks, AckReport::default(), &span);
         } else {
             let task = self.ack_task(acks).instrument(span.clone());
-            if more && previous.is_ok() && !self.shutdown.requested() {
+            if more && self.config.prefetch && previous.is_ok() && !self.shutdown.requested() {
                 self.pending_ack = Some(PendingAck {
                     task: tokio::spawn(task),
                     positions: batch_keys.into_iter().map(|(seq, _)| seq).collect(),
