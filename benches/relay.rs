@@ -185,9 +185,10 @@ impl Publisher for Noop {
 
 /// Another publisher, noting when it was first called and counting the
 /// messages it confirmed, so a drain is timed from its first call (not
-/// the relay's start: its leases, its first claim) to its last
-/// confirmation, without querying the outbox while it drains (a count of
-/// a large table on every poll takes a core of its own on two).
+/// the relay's start: its leases, its first claim) to an empty outbox,
+/// which is counted only once the publisher confirmed as many messages
+/// as it held (a count of a large table on every poll while it drains
+/// takes a core of its own on two).
 struct Timed<P> {
     inner: P,
     first: Mutex<Option<Instant>>,
@@ -203,11 +204,26 @@ impl<P> Timed<P> {
         })
     }
 
-    /// Waits until `n` messages are confirmed: messages per second since
-    /// the first call.
-    async fn rate_after(&self, n: u64) -> f64 {
-        while self.confirmed.load(Ordering::Relaxed) < n {
-            tokio::time::sleep(Duration::from_millis(2)).await;
+    /// Waits until `n` messages are confirmed and `outbox` holds none
+    /// (a message confirmed twice counts twice, so the count alone may
+    /// run ahead): messages per second since the first call. Fails after
+    /// 30 minutes, naming what is left.
+    async fn rate_after(&self, n: u64, outbox: &PgOutbox) -> f64 {
+        let deadline = Instant::now() + Duration::from_secs(1800);
+        loop {
+            if self.confirmed.load(Ordering::Relaxed) < n {
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            } else if outbox.pending_count().await.unwrap() > 0 {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            } else {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "drain of {n} messages unfinished after 30 minutes: {} confirmed, {} pending",
+                self.confirmed.load(Ordering::Relaxed),
+                outbox.pending_count().await.unwrap()
+            );
         }
         let first = self.first.lock().unwrap().expect("published");
         n as f64 / first.elapsed().as_secs_f64()

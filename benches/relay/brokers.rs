@@ -37,7 +37,7 @@ async fn relay_into<P: Publisher>(pool: &PgPool, topic: &str, n: i64, publisher:
         .batch_size(1000)
         .spawn()
         .unwrap();
-    let rate = timed.rate_after(n as u64).await;
+    let rate = timed.rate_after(n as u64, &outbox).await;
     relay.shutdown().await.unwrap();
     assert_eq!(outbox.pending_count().await.unwrap(), 0);
     rate

@@ -87,7 +87,7 @@ async fn drain_through<P: Publisher>(
         .poll_interval(Duration::from_millis(50))
         .spawn()
         .unwrap();
-    let rate = timed.rate_after(rows as u64).await;
+    let rate = timed.rate_after(rows as u64, &outbox).await;
     relay.shutdown().await.unwrap();
     assert_eq!(outbox.pending_count().await.unwrap(), 0);
     rate

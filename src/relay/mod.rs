@@ -294,9 +294,14 @@ impl RelayBuilder {
         /// ran out), and the whole of it when its leases changed meanwhile;
         /// those messages stay pending and are claimed again in order. A
         /// batch's acknowledgement lands before the next one's is written,
-        /// and before the relay renews its leases, numbers keys, waits for
-        /// work or stops. Each relay then uses up to two pool connections at
-        /// once.
+        /// and before the relay renews its leases, numbers keys, claims on
+        /// its own, waits for work or stops; one the store refused (a lease
+        /// changed hands) sends it to renew its leases before it claims or
+        /// numbers again. Each relay then uses up to three pool connections
+        /// at once (the early claim, the acknowledgement, a lease renewal
+        /// during a long publisher call). In a [relay group](crate::RelayGroup)
+        /// a member acknowledges within its own turn, so only the claim
+        /// overlaps.
         pub fn prefetch(on: bool) => config.prefetch = on;
 
         /// How long [`RelayHandle::shutdown`] lets the publisher call in flight

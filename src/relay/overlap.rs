@@ -90,3 +90,35 @@ async fn a_claim_made_while_a_failure_is_being_acknowledged_never_overtakes_it()
         .collect();
     assert_eq!(a, ["a1!", "a1", "a2"], "{:?}", sent(&journal));
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_failed_acknowledgement_leaves_the_next_batch_unacknowledged_too() {
+    // [a1] goes out and its acknowledgement fails while [a2], claimed
+    // early, goes out: acknowledging a2 alone would leave a1 to be
+    // delivered again after it.
+    let (store, journal, _) = slow_acks(&["a1", "a2", "b1"]);
+    store.fail_acks(1);
+    let (_relay, _gate, _) = spawn(&store, &journal, |b| b.batch_size(1));
+    until("drained", LIMIT, || store.pending().is_empty()).await;
+    let a: Vec<String> = sent(&journal)
+        .into_iter()
+        .filter(|t| t.starts_with('a'))
+        .collect();
+    assert_eq!(a, ["a1", "a2", "a1", "a2"], "{:?}", sent(&journal));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_refused_acknowledgement_stops_numbering_until_the_leases_are_renewed() {
+    // a1's acknowledgement lands after the bucket changed hands: a2,
+    // claimed early, must not be numbered (the new owner numbers the key)
+    // nor published.
+    let (store, journal, _) = slow_acks(&["a1", "a2", "a3"]);
+    let (_relay, _gate, _) = spawn(&store, &journal, |b| b.batch_size(1).key_sequences(true));
+    journal.calls(1).await;
+    store.take_over(0, Duration::from_secs(3600));
+    until("acknowledged", LIMIT, || !store.acks().is_empty()).await;
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    assert_eq!(sent(&journal), ["a1"]);
+    assert_eq!(store.acks()[0].report.fenced, 1);
+    assert_eq!(store.pending().len(), 3);
+}

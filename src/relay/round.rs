@@ -1,5 +1,6 @@
 //! One round: claim a batch (or take the one claimed early), publish it,
-//! acknowledge it, and report what happened.
+//! acknowledge it (or leave its acknowledgement to land while the next
+//! round publishes), and report what happened.
 
 use std::collections::HashSet;
 
@@ -14,8 +15,8 @@ use super::Retention;
 use crate::error::Result;
 use crate::store::{Ack, AckBatch, AckReport, Claim, Claimed, ClaimedBatch, Disposition};
 
-/// A claim running while the batch before it is published and
-/// acknowledged; aborted when dropped.
+/// A claim running while the batch before it is published; aborted when
+/// dropped.
 pub(super) struct Prefetch(tokio::task::JoinHandle<Result<ClaimedBatch>>);
 
 impl Drop for Prefetch {
@@ -93,6 +94,15 @@ pub(super) struct PendingAck {
     span: tracing::Span,
 }
 
+impl Drop for PendingAck {
+    /// Dropped unsettled only when the relay stops without waiting for it:
+    /// it lands or not, as a round cut short does, and the buckets' next
+    /// owner publishes what it did not settle.
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
 impl Worker {
     /// Claims one batch, publishes it and acknowledges it. Returns true if
     /// the batch was full or left messages behind a failure of their key in
@@ -116,8 +126,11 @@ impl Worker {
             }
             None => {
                 // A claim of its own reads the store as every
-                // acknowledgement left it.
-                self.settle_ack().await?;
+                // acknowledgement left it, under leases known to hold: a
+                // refused acknowledgement sends the relay to renew first.
+                if self.settle_ack().await? {
+                    return Ok(true);
+                }
                 let got = self.claim(Vec::new()).await?;
                 let full = got.more;
                 (got.messages, full)
@@ -158,8 +171,12 @@ impl Worker {
         );
         let mut claimed = claimed;
         if self.config.key_sequences {
-            // Numbers continue from those the last acknowledgement stored.
-            self.settle_ack().await?;
+            // Numbers continue from those the last acknowledgement stored,
+            // and only the bucket's owner numbers its keys: after a refused
+            // acknowledgement, this batch waits until the leases are renewed.
+            if self.settle_ack().await? {
+                return Ok(true);
+            }
             let store = self.store.clone();
             number_keys(&*store, &mut claimed).await?;
         }
@@ -168,8 +185,11 @@ impl Worker {
         metrics::histogram!("outbox_publish_duration_seconds", self.config.labels.all())
             .record(started.elapsed().as_secs_f64());
         // The last batch's acknowledgement lands before this one's is
-        // written; its failure is reported once this one is on its way.
-        let previous = self.settle_ack().await;
+        // written. If it failed, this one is not written either: both
+        // batches stay pending and go out again in order (a key's message
+        // acknowledged here while its earlier one stays pending would be
+        // delivered again after it).
+        self.settle_ack().await?;
         let unsettled = unsettled_keys(batch_keys.clone(), &acks);
         let settled_before = std::mem::replace(&mut self.last_unsettled, unsettled.clone());
         if self.prefetch.is_some() {
@@ -185,7 +205,9 @@ impl Worker {
             self.took_ack(&acks, AckReport::default(), &span);
         } else {
             let task = self.ack_task(acks).instrument(span.clone());
-            if more && self.config.prefetch && previous.is_ok() && !self.shutdown.requested() {
+            // In a group, a member acknowledges in its own turn.
+            let overlap = self.config.prefetch && self.config.turns.is_none();
+            if more && overlap && !self.shutdown.requested() {
                 self.pending_ack = Some(PendingAck {
                     task: tokio::spawn(task),
                     positions: batch_keys.into_iter().map(|(seq, _)| seq).collect(),
@@ -196,7 +218,6 @@ impl Worker {
                 self.took_ack(&acks, report?, &span);
             }
         }
-        previous?;
         // Messages held back behind a failure of their key in the call go
         // out with the next claim (under the unordered policy, ahead of
         // the failed one's retry), not at the next wake-up.
@@ -204,14 +225,19 @@ impl Worker {
     }
 
     /// Waits for the acknowledgement in flight, if any, and takes in what
-    /// it reported.
-    pub(super) async fn settle_ack(&mut self) -> Result<()> {
-        let Some(p) = self.pending_ack.take() else {
-            return Ok(());
+    /// it reported. True if the store refused some of it (a lease changed
+    /// hands): the leases must be renewed before the next claim.
+    pub(super) async fn settle_ack(&mut self) -> Result<bool> {
+        let Some(mut p) = self.pending_ack.take() else {
+            return Ok(false);
         };
-        let (acks, report) = p.task.await.map_err(crate::Error::RelayTask)?;
-        self.took_ack(&acks, report?, &p.span);
-        Ok(())
+        let (acks, report) = (&mut p.task).await.map_err(crate::Error::RelayTask)?;
+        let report = report?;
+        let fenced = report.fenced > 0;
+        self.took_ack(&acks, report, &p.span);
+        // The round that published it returned before it landed.
+        self.record_success();
+        Ok(fenced)
     }
 
     /// The acknowledgement of `acks` under the current leases; it owns

@@ -177,7 +177,7 @@ impl Worker {
 
     /// A round that reached the database: `Running`, or `PublishFailing`
     /// while the publisher's last attempts failed and none succeeded.
-    fn record_success(&mut self) {
+    pub(super) fn record_success(&mut self) {
         self.error_backoff = MIN_ERROR_BACKOFF;
         // A scheduled retry keeps the state: during an outage the retries
         // back off past the window.
@@ -243,7 +243,7 @@ impl Worker {
                 // The leases change under no acknowledgement in flight.
                 match shutdown.bound(self.settle_ack()).await {
                     None => break,
-                    Some(Ok(())) => {}
+                    Some(Ok(_)) => {}
                     Some(Err(e)) => {
                         self.prefetch = None;
                         self.record_error("publish round", &e);
@@ -318,7 +318,11 @@ impl Worker {
                 // next owner publishes whatever it did not settle.
                 None => break,
                 Some(Ok(full)) => {
-                    self.record_success();
+                    // An acknowledgement still in flight reports when it
+                    // lands.
+                    if self.pending_ack.is_none() {
+                        self.record_success();
+                    }
                     if !full {
                         if let Some(p) = self
                             .config

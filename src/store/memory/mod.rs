@@ -142,6 +142,8 @@ struct State {
     /// How long each parking call takes.
     park_delay: Duration,
     ack_delay: Duration,
+    /// How many of the next acknowledgements fail without applying.
+    failing_acks: usize,
     /// Maintenance calls begun so far.
     maintenance_calls: usize,
     /// Maintenance calls in progress now, and the most ever at once.
@@ -435,6 +437,12 @@ impl MemoryStore {
     /// connection).
     pub(crate) fn set_park_delay(&self, delay: Duration) {
         self.state().park_delay = delay;
+    }
+
+    /// Makes the next `n` acknowledgements fail without applying (a lost
+    /// connection before the commit).
+    pub(crate) fn fail_acks(&self, n: usize) {
+        self.state().failing_acks = n;
     }
 
     /// Makes each acknowledgement take `delay` before it is written (a

@@ -195,6 +195,15 @@ impl StoreOps for MemoryStore {
         if !delay.is_zero() {
             tokio::time::sleep(delay).await;
         }
+        {
+            let mut s = self.state();
+            if s.failing_acks > 0 {
+                s.failing_acks -= 1;
+                return Err(crate::Error::Io(std::io::Error::other(
+                    "the connection was lost before the commit",
+                )));
+            }
+        }
         let dead_at = self.now();
         let report = {
             let mut s = self.state();

@@ -12,6 +12,10 @@ use crate::store::{Claim, Claimed, ClaimedBatch};
 /// The most buckets a claim's mask can name.
 const MAX_BUCKETS: i32 = 64;
 
+/// Most positions in flight a claim leaves out: MySQL binds at most 65,535
+/// parameters in a statement, and the claim has a few of its own.
+const MAX_EXCLUDED: usize = 65_000;
+
 pub(super) async fn claim(outbox: &MySqlOutbox, p: Claim<'_>) -> Result<ClaimedBatch> {
     let (bucket_count, exclude) = (p.bucket_count, p.exclude);
     if !(1..=MAX_BUCKETS).contains(&bucket_count) {
@@ -29,6 +33,15 @@ pub(super) async fn claim(outbox: &MySqlOutbox, p: Claim<'_>) -> Result<ClaimedB
     };
     if mask == 0 {
         return Ok(ClaimedBatch::default());
+    }
+    if exclude.len() > MAX_EXCLUDED {
+        // More positions in flight than one statement can bind (a relay's
+        // early claim over two very large batches): nothing now, and more
+        // to come, so the relay claims again once they have landed.
+        return Ok(ClaimedBatch {
+            messages: Vec::new(),
+            more: true,
+        });
     }
     let pool = &outbox.inner.pool;
     if outbox.inner.sweep.due() {
