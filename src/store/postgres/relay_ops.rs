@@ -116,7 +116,7 @@ impl StoreOps for PgOutbox {
         // no start-up parameter a pooler would refuse is needed. The sweep
         // of gone blocks, once a second, probes by index through a nested
         // loop: it runs first, and the join settings follow it.
-        let tx = if self.inner.sweep.due() {
+        let mut tx = if self.inner.sweep.due() {
             let mut tx = self.relay_pool().begin_with(CLAIM_BEGIN).await?;
             sqlx::query(&self.inner.sql.sweep_gone_blocks)
                 .persistent(self.named())
@@ -125,10 +125,8 @@ impl StoreOps for PgOutbox {
             sqlx::Executor::execute(&mut *tx, CLAIM_JOINS).await?;
             tx
         } else {
-            let begin = format!("{CLAIM_BEGIN}; {CLAIM_JOINS}");
-            self.relay_pool().begin_with(begin).await?
+            self.relay_pool().begin_with(CLAIM_BEGIN_JOINS).await?
         };
-        let mut tx = tx;
         let rows = q.persistent(self.named()).fetch_all(&mut *tx).await?;
         tx.commit().await?;
         claimed_batch(&rows, p.limit)
@@ -227,8 +225,15 @@ const CLAIM_BEGIN: &str =
     "BEGIN; SET LOCAL enable_seqscan = off; SET LOCAL max_parallel_workers_per_gather = 0";
 
 /// The claim's join settings: the positions in flight merged, never
-/// looped over nor hashed (a hash join would lose the scan's order).
-const CLAIM_JOINS: &str = "SET LOCAL enable_nestloop = off; SET LOCAL enable_hashjoin = off";
+/// looped over nor hashed (a hash join would lose the scan's order); and
+/// no bitmap scan, which would read every ready row and sort them.
+const CLAIM_JOINS: &str = "SET LOCAL enable_nestloop = off; SET LOCAL enable_hashjoin = off; \
+     SET LOCAL enable_bitmapscan = off";
+
+/// [`CLAIM_BEGIN`] and [`CLAIM_JOINS`] in one round trip.
+const CLAIM_BEGIN_JOINS: &str = "BEGIN; SET LOCAL enable_seqscan = off; \
+     SET LOCAL max_parallel_workers_per_gather = 0; SET LOCAL enable_nestloop = off; \
+     SET LOCAL enable_hashjoin = off; SET LOCAL enable_bitmapscan = off";
 
 /// Opens a parking transaction with the planner settings it needs.
 const PARK_BEGIN: &str = "BEGIN; SET LOCAL enable_seqscan = off; \
