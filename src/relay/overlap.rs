@@ -5,8 +5,8 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use super::scenarios::fails_first_attempt_of;
-use super::scripted::{message, spawn, tag, until, Journal};
+use super::scenarios::{fails_first_attempt_of, sent_tags as sent};
+use super::scripted::{message, spawn, until, Journal};
 use crate::store::memory::MemoryStore;
 
 const LIMIT: Duration = Duration::from_secs(60);
@@ -22,21 +22,6 @@ fn slow_acks(tags: &[&'static str]) -> (MemoryStore, Journal, HashMap<&'static s
     }
     store.set_ack_delay(Duration::from_millis(200));
     (store, journal, seq)
-}
-
-fn sent(journal: &Journal) -> Vec<String> {
-    journal
-        .sent()
-        .iter()
-        .map(|s| {
-            let t = tag(&s.message);
-            if s.ok {
-                t
-            } else {
-                format!("{t}!")
-            }
-        })
-        .collect()
 }
 
 #[tokio::test(start_paused = true)]

@@ -13,7 +13,7 @@ use crate::store::Disposition;
 const LIMIT: Duration = Duration::from_secs(60);
 
 /// Tags of everything sent, failures marked with `!`.
-fn sent_tags(journal: &Journal) -> Vec<String> {
+pub(super) fn sent_tags(journal: &Journal) -> Vec<String> {
     journal
         .sent()
         .iter()
