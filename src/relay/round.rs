@@ -42,16 +42,16 @@ pub(super) fn without_unsettled(got: Vec<Claimed>, unsettled: &HashSet<String>) 
 /// The keys of a batch (position, key) with a message that `acks` does not
 /// report published: failed, retried, or never sent because a lease ran out
 /// or the key stopped.
-pub(super) fn unsettled_keys(batch: Vec<(i64, Option<String>)>, acks: &[Ack]) -> HashSet<String> {
+pub(super) fn unsettled_keys(batch: &[(i64, Option<String>)], acks: &[Ack]) -> HashSet<String> {
     let done: HashSet<i64> = acks
         .iter()
         .filter(|a| matches!(a.disposition, Disposition::Published))
         .map(|a| a.seq)
         .collect();
     batch
-        .into_iter()
+        .iter()
         .filter(|(seq, _)| !done.contains(seq))
-        .filter_map(|(_, k)| k)
+        .filter_map(|(_, k)| k.clone())
         .collect()
 }
 
@@ -190,7 +190,7 @@ impl Worker {
         // acknowledged here while its earlier one stays pending would be
         // delivered again after it).
         self.settle_ack().await?;
-        let unsettled = unsettled_keys(batch_keys.clone(), &acks);
+        let unsettled = unsettled_keys(&batch_keys, &acks);
         let settled_before = std::mem::replace(&mut self.last_unsettled, unsettled.clone());
         if self.prefetch.is_some() {
             self.unsettled = unsettled;
@@ -392,7 +392,7 @@ mod tests {
                 },
             ),
         ];
-        let mut keys: Vec<String> = unsettled_keys(batch, &acks).into_iter().collect();
+        let mut keys: Vec<String> = unsettled_keys(&batch, &acks).into_iter().collect();
         keys.sort();
         assert_eq!(keys, ["b", "c", "d"]);
     }
