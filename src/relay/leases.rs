@@ -95,8 +95,14 @@ impl Worker {
         let store = self.store.clone();
         let leases = self.leases.clone();
         let (relay, ttl) = (self.config.relay_id, self.config.lease_ttl);
+        let ack_landed = self.pending_ack.as_ref().map(|p| p.landed());
         async move {
+            // Asked now: the deadline counts from here, however long the
+            // acknowledgement in flight takes to land first.
             let started = Instant::now();
+            if let Some(landed) = ack_landed {
+                landed.await;
+            }
             let renew = Renew {
                 relay,
                 leases: &leases,

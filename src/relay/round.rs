@@ -92,6 +92,22 @@ pub(super) struct PendingAck {
     task: tokio::task::JoinHandle<(Vec<Ack>, Result<AckReport>)>,
     positions: Vec<i64>,
     span: tracing::Span,
+    /// Turns true when the acknowledgement has landed (or its sender is
+    /// gone with the task).
+    landed: tokio::sync::watch::Receiver<bool>,
+}
+
+impl PendingAck {
+    /// Resolves once the acknowledgement has landed: a lease renewal
+    /// waits for it, so the relay's renewal never contends with its own
+    /// acknowledgement's share locks on the lease rows.
+    pub(super) fn landed(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let mut landed = self.landed.clone();
+        async move {
+            // An error means the task is gone: nothing left to wait for.
+            let _ = landed.wait_for(|l| *l).await;
+        }
+    }
 }
 
 impl Drop for PendingAck {
@@ -208,10 +224,17 @@ impl Worker {
             // In a group, a member acknowledges in its own turn.
             let overlap = self.config.prefetch && self.config.turns.is_none();
             if more && overlap && !self.shutdown.requested() {
+                let (done, landed) = tokio::sync::watch::channel(false);
+                let task = async move {
+                    let acked = task.await;
+                    done.send_replace(true);
+                    acked
+                };
                 self.pending_ack = Some(PendingAck {
                     task: tokio::spawn(task),
                     positions: batch_keys.into_iter().map(|(seq, _)| seq).collect(),
                     span,
+                    landed,
                 });
             } else {
                 let (acks, report) = task.await;
