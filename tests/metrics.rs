@@ -99,13 +99,21 @@ async fn relays_and_exports_record_their_gauges_and_durations() {
     tx.commit().await.unwrap();
     let delivered = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
     let kept = delivered.clone();
+    // Orders wait, inside the publisher call, until a stats pass has gauged
+    // them pending: the gauges move while a call hangs, and the test sees
+    // the gauge go from 2 to 0 rather than never set.
+    let (open_gate, gate) = tokio::sync::watch::channel(false);
     let publisher = FnPublisher::new(move |m: OutboxMessage| {
         let kept = kept.clone();
+        let mut gate = gate.clone();
         async move {
             if m.topic() == "mail" {
                 return Err(PublishError::transient("mail server down")
                     .with_retry_after(Duration::from_secs(3600)));
             }
+            gate.wait_for(|open| *open)
+                .await
+                .expect("the test holds the gate");
             kept.lock().unwrap().push(m);
             Ok(())
         }
@@ -116,8 +124,25 @@ async fn relays_and_exports_record_their_gauges_and_durations() {
         .spawn()
         .unwrap();
 
-    // Gauges are read as they are last set: wait for orders to read 0 (it
-    // emptied) and mail 1.
+    // Gauges are read as they are last set: wait for orders to read 2 while
+    // held back, then 0 (it emptied) and mail 1.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let orders = gauge(
+            &read(&snapshotter),
+            "outbox_topic_pending",
+            ("topic", "orders"),
+        );
+        if orders == Some(2.0) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "orders never gauged pending: {orders:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    open_gate.send(true).unwrap();
     let mut seen_histograms = std::collections::HashSet::new();
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     loop {

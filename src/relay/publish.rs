@@ -6,6 +6,7 @@ use std::any::Any;
 use std::collections::HashSet;
 use std::future::Future;
 use std::pin::Pin;
+use std::time::Duration;
 
 use tokio::task::{JoinError, JoinHandle};
 use tokio::time::Instant;
@@ -35,6 +36,9 @@ impl Drop for InFlight {
         self.0.abort();
     }
 }
+
+/// How often a long publisher call looks in on the maintenance passes.
+const UPKEEP_CHECK: Duration = Duration::from_secs(1);
 
 type Renewal = Pin<Box<dyn Future<Output = (Instant, Result<Vec<Lease>>)> + Send>>;
 
@@ -88,6 +92,10 @@ impl Worker {
         let mut deadline = self.lease_deadline;
         let mut renew_at = Instant::now() + ttl / 3;
         let mut renewal: Option<Renewal> = None;
+        // Gauges keep moving while a call takes long: a stuck destination
+        // must show as a growing backlog, not as its last reading.
+        let upkeep_every = self.config.stats_interval.min(UPKEEP_CHECK);
+        let mut upkeep_at = Instant::now() + upkeep_every;
         loop {
             tokio::select! {
                 // Deadlines first: a result that comes as late as they do
@@ -127,6 +135,11 @@ impl Worker {
                 }
                 () = tokio::time::sleep_until(renew_at), if renewal.is_none() => {
                     renewal = Some(Box::pin(self.renewal()));
+                }
+                () = tokio::time::sleep_until(upkeep_at) => {
+                    self.collect_maintenance().await;
+                    self.start_maintenance();
+                    upkeep_at = Instant::now() + upkeep_every;
                 }
             }
         }
