@@ -7,7 +7,7 @@
 //! ```
 //!
 //! Parts and sizes for profiling one thing: `--only=write|drain|export|
-//! blocked|health|brokers|hotkeys|latency|group` (`write` includes the slow-commit
+//! blocked|health|brokers|hotkeys|pinned|latency|group` (`write` includes the slow-commit
 //! rows, `slow-commit` runs them alone), `--writers=1,8,32`,
 //! `--commit-delay=µs` (slow commits, default 2000), `--latency-rates=10,1000`
 //! (events/s), `--rows=N` (drain backlog),
@@ -432,7 +432,7 @@ async fn bench_blocked(cfg: &Config, res: &mut Results) {
 /// Commit-to-publish latency.
 #[path = "relay/latency.rs"]
 mod latency;
-use latency::{latency, percentile, relay_child};
+use latency::{latency, percentile, pinned, relay_child};
 
 /// Records when each publish call happened.
 #[derive(Default)]
@@ -657,7 +657,7 @@ fn main() {
         .unwrap();
     let mut res = Results::default();
     let started = Instant::now();
-    // `--only write|slow-commit|drain|export|blocked|health|brokers|hotkeys|latency|group` runs one part
+    // `--only write|slow-commit|drain|export|blocked|health|brokers|hotkeys|pinned|latency|group` runs one part
     // (brokers: with features `nats` and `amqp`).
     let only = arg("only");
     let run = |part: &str| only.as_deref().is_none_or(|o| o == part);
@@ -689,6 +689,9 @@ fn main() {
         }
         if run("group") {
             group::run(&cfg, &mut res).await;
+        }
+        if run("pinned") {
+            pinned(&cfg, &mut res).await;
         }
         if run("latency") {
             let rates: Vec<f64> = arg("latency-rates").map_or(vec![10.0, 1000.0, 5000.0], |r| {

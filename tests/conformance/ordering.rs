@@ -92,6 +92,13 @@ fn fair_share<B: Backend>(relays: usize) -> RangeInclusive<usize> {
 /// fenced off). The buckets spread over the relays by release, not by
 /// expiry, so the longer lease changes nothing else here.
 pub async fn many_writers_many_relays_random_failures_keep_commit_order<B: Backend>() {
+    // The relays' warnings (failed acknowledgements, fencing, abandoned
+    // calls) are printed with a failure's output: they say which window a
+    // duplicate came through.
+    let _ = tracing_subscriber::fmt()
+        .with_test_writer()
+        .with_env_filter("outbox=warn")
+        .try_init();
     // 39: behind PgBouncer in session mode (40 server connections a
     // database) the outbox's own NOTIFY connection is the 40th.
     let db = Arc::new(B::create(Pool::Connections(39)).await);
