@@ -111,7 +111,7 @@ pub(super) async fn pinned(cfg: &Config, res: &mut Results) {
     let rate = 3000.0;
     let (before, pin) = if cfg.quick { (5.0, 10.0) } else { (15.0, 30.0) };
     let (samples, (from, to)) = commit_to_publish(rate, before + pin, Some(before)).await;
-    let p99_of = |keep: &dyn Fn(u128) -> bool| {
+    let percentiles_of = |keep: &dyn Fn(u128) -> bool| {
         let mut s: Vec<f64> = samples
             .iter()
             .filter(|(at, _)| keep(*at))
@@ -120,9 +120,10 @@ pub(super) async fn pinned(cfg: &Config, res: &mut Results) {
         s.sort_by(|a, b| a.partial_cmp(b).unwrap());
         (percentile(&s, 0.5), percentile(&s, 0.99), s.len())
     };
-    let (p50_before, p99_before, n_before) = p99_of(&|at| at < from);
+    let (p50_before, p99_before, n_before) = percentiles_of(&|at| at < from);
     // The first second of the pin is left out: dead rows pile up from it.
-    let (p50_pinned, p99_pinned, n_pinned) = p99_of(&|at| at >= from + 1_000_000 && at < to);
+    let (p50_pinned, p99_pinned, n_pinned) =
+        percentiles_of(&|at| at >= from + 1_000_000 && at < to);
     let ratio = p99_pinned / p99_before;
     res.put("pinned_p50_ms_before", p50_before);
     res.put("pinned_p99_ms_before", p99_before);
