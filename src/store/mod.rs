@@ -289,6 +289,7 @@ pub(crate) struct TableNames {
     pub(crate) dead_letters: String,
     pub(crate) published: String,
     pub(crate) blocked: String,
+    pub(crate) ready_floor: String,
     pub(crate) leases: String,
     pub(crate) relays: String,
     pub(crate) key_sequences: String,
@@ -315,6 +316,7 @@ impl TableNames {
             dead_letters: q("dead_letters"),
             published: q("published"),
             blocked: q("blocked_keys"),
+            ready_floor: q("ready_floor"),
             leases: q("leases"),
             relays: q("relays"),
             key_sequences: q("key_sequences"),
@@ -334,6 +336,7 @@ impl TableNames {
             .replace("{dead_letters}", &self.dead_letters)
             .replace("{published}", &self.published)
             .replace("{blocked}", &self.blocked)
+            .replace("{ready_floor}", &self.ready_floor)
             .replace("{leases}", &self.leases)
             .replace("{relays}", &self.relays)
             .replace("{key_sequences}", &self.key_sequences)

@@ -184,6 +184,7 @@ impl PgOutboxBuilder {
                 max_payload,
                 sweep: crate::store::BlockSweep::new(),
                 wake,
+                floor: super::floor::Floor::default(),
             }),
         })
     }

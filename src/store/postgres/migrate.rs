@@ -40,6 +40,10 @@ const MIGRATIONS: &[(i64, &str)] = &[
         7,
         include_str!("../../../migrations/postgres/0007_relay_publish_error.sql"),
     ),
+    (
+        8,
+        include_str!("../../../migrations/postgres/0008_ready_floor.sql"),
+    ),
 ];
 
 const LOCK: &str = include_str!("sql/migrations/lock.sql");

@@ -24,6 +24,7 @@ mod builder;
 mod connection;
 mod decode;
 mod enqueue;
+mod floor;
 mod locks;
 mod migrate;
 mod relay_ops;
@@ -91,6 +92,8 @@ struct Inner {
     /// When the claim path last swept away blocks whose message is gone.
     sweep: super::BlockSweep,
     wake: WakeState,
+    /// The claims' low-water mark's next raise: see [`floor`].
+    floor: floor::Floor,
 }
 
 impl fmt::Debug for PgOutbox {

@@ -148,6 +148,8 @@ impl StoreOps for PgOutbox {
                 .execute(&mut *tx)
                 .await?;
             tx.commit().await?;
+            // Once a pass, after the wake-ups that lower it.
+            self.advance_floor().await;
         }
         let mut tx = self.relay_pool().begin_with(PARK_BEGIN).await?;
         let parked = sqlx::query(&self.inner.sql.park)
@@ -221,8 +223,8 @@ impl StoreOps for PgOutbox {
 }
 
 /// Opens a claim's transaction with the planner settings its scan needs.
-const CLAIM_BEGIN: &str =
-    "BEGIN; SET LOCAL enable_seqscan = off; SET LOCAL max_parallel_workers_per_gather = 0";
+const CLAIM_BEGIN: &str = "BEGIN; SET LOCAL enable_seqscan = off; \
+     SET LOCAL max_parallel_workers_per_gather = 0; SET LOCAL jit = off";
 
 /// The claim's join settings: the positions in flight merged, never
 /// looped over nor hashed (a hash join would lose the scan's order); and
@@ -231,12 +233,13 @@ const CLAIM_JOINS: &str = "SET LOCAL enable_nestloop = off; SET LOCAL enable_has
      SET LOCAL enable_bitmapscan = off";
 
 /// [`CLAIM_BEGIN`] and [`CLAIM_JOINS`] in one round trip.
-const CLAIM_BEGIN_JOINS: &str = "BEGIN; SET LOCAL enable_seqscan = off; \
-     SET LOCAL max_parallel_workers_per_gather = 0; SET LOCAL enable_nestloop = off; \
+pub(super) const CLAIM_BEGIN_JOINS: &str = "BEGIN; SET LOCAL enable_seqscan = off; \
+     SET LOCAL max_parallel_workers_per_gather = 0; SET LOCAL jit = off; \
+     SET LOCAL enable_nestloop = off; \
      SET LOCAL enable_hashjoin = off; SET LOCAL enable_bitmapscan = off";
 
 /// Opens a parking transaction with the planner settings it needs.
-const PARK_BEGIN: &str = "BEGIN; SET LOCAL enable_seqscan = off; \
+const PARK_BEGIN: &str = "BEGIN; SET LOCAL enable_seqscan = off; SET LOCAL jit = off; \
      SET LOCAL enable_bitmapscan = off; SET LOCAL enable_sort = off; \
      SET LOCAL enable_hashjoin = off; SET LOCAL enable_mergejoin = off";
 

@@ -9,7 +9,8 @@
 --
 -- The read walks messages_ready_idx in position order, which leaves out
 -- the messages parked behind blocked keys and those sleeping until a
--- retry (migration 6), and filters. Two
+-- retry (migration 6), from the low-water mark on (migration 8: below it
+-- lie only rows deleted, which a held-back horizon keeps), and filters. Two
 -- tests keep the order of a key whatever the parking's progress: the block
 -- itself holds back what arrived behind it since the last parking, and a
 -- parked message of the key holds back every later one (a block lifted
@@ -50,6 +51,7 @@ FROM (SELECT l.*,
                        END AS bucket
             ) b
             WHERE NOT m.parked AND NOT m.sleeping
+              AND m.seq >= COALESCE((SELECT f.seq FROM {ready_floor} f WHERE f.only_row), 0)
               AND (m.available_at IS NULL OR m.available_at <= $1)
               AND ($5::int[] IS NULL OR b.bucket = ANY($5))
               AND CASE

@@ -16,13 +16,19 @@
 -- $6 payload, $7 content type, $8 headers (JSON text),
 -- $9 any value to take the commit-order lock (NULL: no lock),
 -- $10 notification channel (NULL: none).
+-- x gives the transaction its id before the insert draws a position
+-- (pg_current_xact_id, PostgreSQL 13 and later): a transaction that holds
+-- a position not yet committed is then always among the in-progress ids of
+-- a snapshot taken after the draw, which the claims' low-water mark relies
+-- on (floor_advance.sql).
 WITH l AS MATERIALIZED (
          SELECT 1 FROM {key_slots}
          WHERE slot = hashtext($3) & 65535 AND $9 IS NOT NULL
          FOR NO KEY UPDATE),
-     n AS MATERIALIZED (SELECT pg_notify($10::text, '') WHERE $10::text IS NOT NULL)
+     n AS MATERIALIZED (SELECT pg_notify($10::text, '') WHERE $10::text IS NOT NULL),
+     x AS MATERIALIZED (SELECT pg_current_xact_id())
 INSERT INTO {messages} (id, topic, partition_key, event_type, schema_version,
                         payload, content_type, headers)
 SELECT $1, $2, $3, $4, $5, $6, $7, $8::jsonb
-WHERE (SELECT count(*) FROM l) + (SELECT count(*) FROM n) >= 0
+WHERE (SELECT count(*) FROM l) + (SELECT count(*) FROM n) + (SELECT count(*) FROM x) >= 0
 ON CONFLICT (id) DO NOTHING

@@ -8,7 +8,8 @@
 -- block. The insert decides (ON CONFLICT on the id, which also covers a
 -- producer enqueueing the id at this moment), and only what it inserted is
 -- deleted from the dead letters and unblocked, so nothing is lost and a
--- pending id never aborts the statement.
+-- pending id never aborts the statement. The claims' low-water mark comes
+-- down to the positions it inserted (fragments/lower_floor.sql).
 --
 -- Returns how many went back, then the positions and ids of the matching
 -- dead letters left in place, oldest first.
@@ -35,6 +36,8 @@ WITH cand AS MATERIALIZED (
      gone AS (DELETE FROM {dead_letters} d USING ins WHERE d.seq = ins.seq),
      u AS (DELETE FROM {blocked} b USING ins
            WHERE b.partition_key = ins.partition_key AND b.seq = ins.seq),
+     back AS (SELECT seq FROM ins),
+     {lower_floor},
      left_in_place AS (
          SELECT seq, id FROM cand c
          WHERE NOT EXISTS (SELECT 1 FROM ins WHERE ins.seq = c.seq))

@@ -7,7 +7,8 @@
 -- earliest parked message (everything after it is behind that block too);
 -- a key whose earliest parked message is free is unparked whole, and what
 -- a later block of it still holds is parked again by the next pass.
--- Returns how many messages it unparked.
+-- The claims' low-water mark comes down to them
+-- (fragments/lower_floor.sql). Returns how many messages it unparked.
 WITH RECURSIVE k(key) AS (
          SELECT (SELECT m.partition_key FROM {messages} m
                  WHERE m.parked AND m.partition_key IS NOT NULL
@@ -26,9 +27,10 @@ WITH RECURSIVE k(key) AS (
                  AND b.seq < (SELECT m.seq FROM {messages} m
                               WHERE m.parked AND m.partition_key = k.key
                               ORDER BY m.partition_key, m.seq LIMIT 1))),
-     u AS (
+     back AS (
          UPDATE {messages} m SET parked = false
          WHERE m.parked
            AND m.partition_key = ANY(ARRAY(SELECT key FROM lifted))
-         RETURNING 1)
-SELECT count(*) FROM u
+         RETURNING m.seq),
+     {lower_floor}
+SELECT count(*) FROM back

@@ -1,0 +1,132 @@
+//! The claims' low-water mark (migration 8): the position below which no
+//! message can be claimed, so claims skip what was deleted below it. While
+//! a long transaction elsewhere holds back the horizon, vacuum keeps every
+//! deleted row, and a claim walking from the first entry of the ready
+//! index would visit each of them.
+//!
+//! The relays' upkeep raises the mark in two steps a second apart. A mark
+//! is the sequence's last position, then the transactions in progress
+//! (a snapshot, read after it): every transaction that holds a position up
+//! to it and has not committed is among them, because an insert gives its
+//! transaction an id before it draws a position (`insert.sql`). Once they
+//! have all ended, every position up to the mark is committed or gone, and
+//! `floor_advance.sql` raises the mark to just past it, or to the first
+//! message still in the claims' path if that is lower. Whatever puts a
+//! message back below the mark lowers it in its own transaction
+//! (`fragments/lower_floor.sql`).
+//!
+//! Every [`REPAIR_EVERY`] passes, starting with the first, the upkeep also
+//! looks below the mark for a message in the claims' path that a statement
+//! put back without lowering it (`floor_repair.sql`): a relay built before
+//! migration 8 still running beside newer ones, or an UPDATE by hand. Such
+//! a message waits at most that many passes, instead of for ever.
+//!
+//! What keeps the mark down: a message in the claims' path (one retried
+//! soon, one held behind its key's failure), and a transaction with an id
+//! that stays open. A read-only transaction, such as a report or a dump,
+//! has no id and keeps nothing down, which is the case the mark is for.
+
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::Mutex;
+
+use super::relay_ops::CLAIM_BEGIN_JOINS;
+use super::PgOutbox;
+use crate::error::{error_chain, Result};
+
+/// How many passes (about a second each) apart the mark is checked for a
+/// message left below it (`floor_repair.sql`, which reads the dead rows
+/// below the mark that the claims skip).
+pub(super) const REPAIR_EVERY: u32 = 10;
+
+/// A mark waiting for its transactions to end, the passes so far, and
+/// whether a failure was reported already.
+#[derive(Debug, Default)]
+pub(super) struct Floor {
+    /// The position and the snapshot's text.
+    mark: Mutex<Option<(i64, String)>>,
+    passes: AtomicU32,
+    warned: AtomicBool,
+}
+
+impl PgOutbox {
+    /// Raises the mark if the pending one has settled, then takes the next
+    /// one. A failure (a role that may not read the sequence, say) leaves
+    /// the mark where it is, which is always safe, and is reported once.
+    pub(super) async fn advance_floor(&self) {
+        match self.try_advance_floor().await {
+            Ok(()) => {}
+            Err(e) => {
+                if !self.inner.floor.warned.swap(true, Ordering::Relaxed) {
+                    tracing::warn!(
+                        error = %error_chain(&e),
+                        "outbox relay: cannot raise the claims' low-water mark; claims \
+                         read from the first message, which is slower while a long \
+                         transaction holds back vacuum"
+                    );
+                }
+            }
+        }
+    }
+
+    async fn try_advance_floor(&self) -> Result<()> {
+        let sql = &self.inner.sql;
+        if self
+            .inner
+            .floor
+            .passes
+            .fetch_add(1, Ordering::Relaxed)
+            .is_multiple_of(REPAIR_EVERY)
+        {
+            let mut tx = self.relay_pool().begin_with(CLAIM_BEGIN_JOINS).await?;
+            let lowered: Option<i64> = sqlx::query_scalar(&sql.floor_repair)
+                .persistent(self.named())
+                .fetch_one(&mut *tx)
+                .await?;
+            tx.commit().await?;
+            if let Some(seq) = lowered {
+                tracing::warn!(
+                    seq,
+                    "outbox relay: a message below the claims' low-water mark was put \
+                     back in their path without lowering it (a relay older than \
+                     migration 8, or a change by hand); the mark is lowered to it"
+                );
+            }
+        }
+        let pending = self.inner.floor.mark.lock().expect("not poisoned").clone();
+        if let Some((seq, snapshot)) = pending {
+            let mut tx = self.relay_pool().begin_with(CLAIM_BEGIN_JOINS).await?;
+            let (settled, _raised): (bool, Option<i64>) = sqlx::query_as(&sql.floor_advance)
+                .persistent(self.named())
+                .bind(seq)
+                .bind(snapshot)
+                .fetch_one(&mut *tx)
+                .await?;
+            tx.commit().await?;
+            if !settled {
+                return Ok(());
+            }
+        }
+        // In this order, in two statements: the snapshot must come after
+        // the position (floor_snapshot.sql). In one transaction, so that a
+        // pooler in transaction mode keeps both on one server connection.
+        let mut tx = self.relay_pool().begin().await?;
+        let seq: Option<i64> = sqlx::query_scalar(&sql.floor_mark)
+            .persistent(self.named())
+            .bind(&self.inner.names.messages)
+            .fetch_one(&mut *tx)
+            .await?;
+        let next = match seq {
+            Some(seq) => {
+                let snapshot: String = sqlx::query_scalar(&sql.floor_snapshot)
+                    .persistent(self.named())
+                    .fetch_one(&mut *tx)
+                    .await?;
+                Some((seq, snapshot))
+            }
+            None => None,
+        };
+        tx.commit().await?;
+        *self.inner.floor.mark.lock().expect("not poisoned") = next;
+        Ok(())
+    }
+}

@@ -1,0 +1,302 @@
+//! The claims' low-water mark on PostgreSQL (migration 8): it rises past
+//! what was published while a read-only transaction holds back vacuum,
+//! and never past a message that can still be claimed: one whose
+//! transaction had not committed when the mark was taken, one woken from
+//! its retry's sleep, one unparked behind its key, one replayed from the
+//! dead letters.
+//!
+//! Each test gets its own database, created from `OUTBOX_TEST_PG` (default
+//! `postgres://postgres@127.0.0.1:5432/postgres`) and dropped at the end.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use outbox::{
+    FnPublisher, InMemoryPublisher, NewMessage, OutboxMessage, PgOutbox, PublishError, Relay,
+    RetryPolicy,
+};
+
+mod support;
+
+use support::eventually;
+use support::pg::TestDb;
+
+async fn setup() -> (TestDb, PgOutbox) {
+    let db = TestDb::new().await;
+    let outbox = PgOutbox::new(db.pool.clone());
+    outbox.migrate().await.expect("migrate");
+    (db, outbox)
+}
+
+fn msg(key: &str, n: u64) -> NewMessage {
+    NewMessage::json("t", &serde_json::json!({ "key": key, "n": n }))
+        .unwrap()
+        .with_partition_key(key)
+}
+
+async fn floor(db: &TestDb) -> i64 {
+    sqlx::query_scalar("SELECT seq FROM outbox.ready_floor")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap()
+}
+
+async fn enqueue(outbox: &PgOutbox, db: &TestDb, key: &str, n: u64) {
+    let mut tx = db.pool.begin().await.unwrap();
+    outbox.enqueue(&mut *tx, msg(key, n)).await.unwrap();
+    outbox.commit(tx).await.unwrap();
+}
+
+/// Waits until the mark has risen above `above`: it moves a pass or two
+/// (about a second each) after what it may pass was published.
+async fn floor_rises_above(db: &TestDb, above: i64) -> i64 {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let f = floor(db).await;
+        if f > above {
+            return f;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the low-water mark stayed at {f}, not above {above}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The positions of `key`'s pending messages.
+async fn positions(db: &TestDb, key: &str) -> Vec<i64> {
+    sqlx::query_scalar("SELECT seq FROM outbox.messages WHERE partition_key = $1 ORDER BY seq")
+        .bind(key)
+        .fetch_all(&db.pool)
+        .await
+        .unwrap()
+}
+
+/// Published messages leave the mark behind them, while a read-only
+/// `REPEATABLE READ` transaction is open all along; and a message whose
+/// transaction drew its position before a mark and commits after it is
+/// still published, while the mark waits for that transaction.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_mark_rises_under_a_pinned_horizon_and_waits_for_open_writers() {
+    let (db, outbox) = setup().await;
+    let mut pin = db.pool.begin().await.unwrap();
+    sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+        .execute(&mut *pin)
+        .await
+        .unwrap();
+    sqlx::query("SELECT count(*) FROM outbox.messages")
+        .execute(&mut *pin)
+        .await
+        .unwrap();
+
+    let publisher = InMemoryPublisher::new();
+    let relay = Relay::builder(outbox.clone(), publisher.clone())
+        .poll_interval(Duration::from_millis(20))
+        .spawn()
+        .unwrap();
+    for n in 0..20 {
+        enqueue(&outbox, &db, "a", n).await;
+    }
+    eventually("20 published", || publisher.len() == 20).await;
+    let mark = floor_rises_above(&db, 0).await;
+    // Only deleted rows below it; up to one past the last position.
+    let last = sqlx::query_scalar::<_, i64>(
+        "SELECT pg_sequence_last_value(pg_get_serial_sequence('outbox.messages', 'seq'))",
+    )
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    assert!(mark <= last + 1, "{mark} > {last} + 1");
+
+    // A writer draws its position and stays open across several passes.
+    let mut open = db.pool.begin().await.unwrap();
+    outbox.enqueue(&mut *open, msg("late", 0)).await.unwrap();
+    for n in 20..40 {
+        enqueue(&outbox, &db, "a", n).await;
+    }
+    eventually("40 published", || publisher.len() == 40).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    open.commit().await.unwrap();
+    eventually("the late writer's message published", || {
+        publisher
+            .messages()
+            .iter()
+            .any(|m| m.partition_key() == Some("late"))
+    })
+    .await;
+    // And once it is, the mark passes it.
+    floor_rises_above(&db, mark).await;
+    pin.commit().await.unwrap();
+    relay.shutdown().await.unwrap();
+    db.drop().await;
+}
+
+/// Messages that leave the claims' path and come back below a risen mark
+/// are published: one woken from its retry's sleep, a dead letter
+/// replayed at its position, and the messages of its key parked behind it
+/// and unparked when it goes through, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_back_below_the_mark_are_published() {
+    let (db, outbox) = setup().await;
+    let sleepy_calls = Arc::new(AtomicUsize::new(0));
+    let dead_calls = Arc::new(AtomicUsize::new(0));
+    let delivered = Arc::new(std::sync::Mutex::new(Vec::<(String, u64)>::new()));
+    let publisher = FnPublisher::new({
+        let (sleepy_calls, dead_calls, delivered) =
+            (sleepy_calls.clone(), dead_calls.clone(), delivered.clone());
+        move |m: OutboxMessage| {
+            let (sleepy_calls, dead_calls, delivered) =
+                (sleepy_calls.clone(), dead_calls.clone(), delivered.clone());
+            async move {
+                let key = m.partition_key().unwrap_or_default().to_owned();
+                let body: serde_json::Value = serde_json::from_slice(m.payload()).unwrap();
+                let n = body["n"].as_u64().unwrap();
+                // Its first attempt sleeps until a retry 10 s later.
+                if key == "sleepy" && sleepy_calls.fetch_add(1, Ordering::SeqCst) == 0 {
+                    return Err(
+                        PublishError::transient("later").with_retry_after(Duration::from_secs(10))
+                    );
+                }
+                // Dead-lettered at once; its key's later messages wait.
+                if key == "dead" && n == 0 && dead_calls.fetch_add(1, Ordering::SeqCst) == 0 {
+                    return Err(PublishError::permanent("refused"));
+                }
+                if key == "lifted" && n == 0 {
+                    return Err(PublishError::permanent("refused for good"));
+                }
+                delivered.lock().unwrap().push((key, n));
+                Ok(())
+            }
+        }
+    });
+    let relay = Relay::builder(outbox.clone(), publisher)
+        .poll_interval(Duration::from_millis(20))
+        .retry(RetryPolicy::new().initial_delay(Duration::from_millis(10)))
+        .spawn()
+        .unwrap();
+    enqueue(&outbox, &db, "sleepy", 0).await;
+    let sleepy = positions(&db, "sleepy").await[0];
+    for n in 0..4 {
+        enqueue(&outbox, &db, "dead", n).await;
+    }
+    let dead = *positions(&db, "dead").await.last().unwrap();
+    for n in 0..3 {
+        enqueue(&outbox, &db, "lifted", n).await;
+    }
+    let lifted = *positions(&db, "lifted").await.last().unwrap();
+    for n in 0..20 {
+        enqueue(&outbox, &db, "a", n).await;
+    }
+    // The sleeper sleeps, the dead letter's key is parked, the rest goes:
+    // the mark passes them all.
+    floor_rises_above(&db, dead.max(sleepy).max(lifted)).await;
+    let seen = |key: &str| {
+        delivered
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(k, _)| k == key)
+            .map(|(_, n)| *n)
+            .collect::<Vec<_>>()
+    };
+    assert!(seen("dead").is_empty(), "{:?}", seen("dead"));
+    assert_eq!(seen("a").len(), 20);
+
+    // Woken below the mark, the sleeper goes.
+    eventually("the sleeper published", || seen("sleepy") == vec![0]).await;
+    // Replayed below the mark (risen again once the sleeper went), the
+    // dead letter goes, and its key after it.
+    floor_rises_above(&db, dead.max(sleepy).max(lifted)).await;
+    let replay = outbox::DeadLetterFilter::new().partition_key("dead");
+    assert_eq!(
+        outbox.replay_dead_letters(&replay).await.unwrap().replayed,
+        1
+    );
+    eventually("the dead letter's key published in order", || {
+        seen("dead") == vec![0, 1, 2, 3]
+    })
+    .await;
+    // Discarded by an operator, the other dead letter frees its key: the
+    // upkeep unparks the rest below the mark, and they go.
+    floor_rises_above(&db, lifted).await;
+    let head: Vec<uuid::Uuid> =
+        sqlx::query_scalar("SELECT id FROM outbox.dead_letters WHERE partition_key = 'lifted'")
+            .fetch_all(&db.pool)
+            .await
+            .unwrap();
+    assert_eq!(head.len(), 1);
+    outbox
+        .discard_dead_letter(outbox::MessageId::from_uuid(head[0]))
+        .await
+        .unwrap();
+    eventually("the freed key's rest published in order", || {
+        seen("lifted") == vec![1, 2]
+    })
+    .await;
+    relay.shutdown().await.unwrap();
+    assert_eq!(outbox.pending_count().await.unwrap(), 0);
+    db.drop().await;
+}
+
+/// A message put back in the claims' path below the mark by a statement
+/// that does not lower it (a relay built before migration 8, still running
+/// beside newer ones, or an UPDATE by hand) is found by the upkeep's
+/// periodic look below the mark, and published.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_put_back_without_lowering_the_mark_is_found() {
+    let (db, outbox) = setup().await;
+    let calls = Arc::new(AtomicUsize::new(0));
+    let publisher = InMemoryPublisher::new();
+    let relay = Relay::builder(
+        outbox.clone(),
+        FnPublisher::new({
+            let (calls, publisher) = (calls.clone(), publisher.clone());
+            move |m: OutboxMessage| {
+                let (calls, publisher) = (calls.clone(), publisher.clone());
+                async move {
+                    // The stray's first attempt sleeps for an hour.
+                    if m.partition_key() == Some("stray")
+                        && calls.fetch_add(1, Ordering::SeqCst) == 0
+                    {
+                        return Err(PublishError::transient("later")
+                            .with_retry_after(Duration::from_secs(3600)));
+                    }
+                    outbox::Publisher::publish(&publisher, std::slice::from_ref(&m))
+                        .await
+                        .remove(0)
+                }
+            }
+        }),
+    )
+    .poll_interval(Duration::from_millis(20))
+    .spawn()
+    .unwrap();
+    enqueue(&outbox, &db, "stray", 0).await;
+    let stray = positions(&db, "stray").await[0];
+    for n in 0..20 {
+        enqueue(&outbox, &db, "a", n).await;
+    }
+    eventually("20 published", || publisher.len() == 20).await;
+    floor_rises_above(&db, stray).await;
+    // Woken by hand, without lowering the mark.
+    let woken = sqlx::query(
+        "UPDATE outbox.messages SET sleeping = false, available_at = NULL WHERE seq = $1",
+    )
+    .bind(stray)
+    .execute(&db.pool)
+    .await
+    .unwrap()
+    .rows_affected();
+    assert_eq!(woken, 1, "the stray was not pending");
+    eventually("the stray published", || {
+        publisher
+            .messages()
+            .iter()
+            .any(|m| m.partition_key() == Some("stray"))
+    })
+    .await;
+    relay.shutdown().await.unwrap();
+    db.drop().await;
+}
