@@ -14,7 +14,8 @@
 //! `--relays=1,2,4`, `--variants=ordered,unordered,numbered`,
 //! `--health-secs=N`, `--group-counts=1,10,50`, `--group-rate=N`,
 //! `--group-backlog=N`, `--group-arrangements=group,separate`,
-//! `--group-budget=N` (the group's `max_connections`),
+//! `--group-budget=N` (the group's `max_connections`), `--group-rounds=N`
+//! (its `concurrent_rounds`),
 //! `--group-backlog-share=F` (its `backlog_share`), `--group-timeline`
 //! (the steady traffic's latency second by second, on stderr).
 //!

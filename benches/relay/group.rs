@@ -102,6 +102,9 @@ fn start(
             if let Some(n) = arg("group-budget") {
                 group = group.max_connections(n.parse().expect("--group-budget=N"));
             }
+            if let Some(n) = arg("group-rounds") {
+                group = group.concurrent_rounds(n.parse().expect("--group-rounds=N"));
+            }
             if let Some(f) = arg("group-backlog-share") {
                 group = group.backlog_share(f.parse().expect("--group-backlog-share=F"));
             }

@@ -68,64 +68,74 @@ impl PgOutbox {
         }
     }
 
+    /// One transaction a pass: the look below the mark when it is due,
+    /// the raise, then the next mark. A lowering in this transaction (the
+    /// look) is seen by the raise that follows it, which then stops at the
+    /// message it found.
     async fn try_advance_floor(&self) -> Result<()> {
         let sql = &self.inner.sql;
-        if self
+        let mut tx = self.relay_pool().begin_with(CLAIM_BEGIN_JOINS).await?;
+        let repair_due = self
             .inner
             .floor
             .passes
             .fetch_add(1, Ordering::Relaxed)
-            .is_multiple_of(REPAIR_EVERY)
-        {
-            let mut tx = self.relay_pool().begin_with(CLAIM_BEGIN_JOINS).await?;
-            let lowered: Option<i64> = sqlx::query_scalar(&sql.floor_repair)
+            .is_multiple_of(REPAIR_EVERY);
+        let lowered: Option<i64> = if repair_due {
+            sqlx::query_scalar(&sql.floor_repair)
                 .persistent(self.named())
                 .fetch_one(&mut *tx)
-                .await?;
-            tx.commit().await?;
-            if let Some(seq) = lowered {
-                tracing::warn!(
-                    seq,
-                    "outbox relay: a message below the claims' low-water mark was put \
-                     back in their path without lowering it (a relay older than \
-                     migration 8, or a change by hand); the mark is lowered to it"
-                );
-            }
-        }
+                .await?
+        } else {
+            None
+        };
         let pending = self.inner.floor.mark.lock().expect("not poisoned").clone();
-        if let Some((seq, snapshot)) = pending {
-            let mut tx = self.relay_pool().begin_with(CLAIM_BEGIN_JOINS).await?;
-            let (settled, _raised): (bool, Option<i64>) = sqlx::query_as(&sql.floor_advance)
-                .persistent(self.named())
-                .bind(seq)
-                .bind(snapshot)
-                .fetch_one(&mut *tx)
-                .await?;
-            tx.commit().await?;
-            if !settled {
-                return Ok(());
+        let settled = match pending {
+            Some((seq, snapshot)) => {
+                let (settled, _raised): (bool, Option<i64>) = sqlx::query_as(&sql.floor_advance)
+                    .persistent(self.named())
+                    .bind(seq)
+                    .bind(snapshot)
+                    .fetch_one(&mut *tx)
+                    .await?;
+                settled
             }
-        }
+            None => true,
+        };
         // In this order, in two statements: the snapshot must come after
         // the position (floor_snapshot.sql). In one transaction, so that a
         // pooler in transaction mode keeps both on one server connection.
-        let mut tx = self.relay_pool().begin().await?;
-        let seq: Option<i64> = sqlx::query_scalar(&sql.floor_mark)
-            .persistent(self.named())
-            .bind(&self.inner.names.messages)
-            .fetch_one(&mut *tx)
-            .await?;
-        let next = match seq {
-            Some(seq) => {
-                let snapshot: String = sqlx::query_scalar(&sql.floor_snapshot)
-                    .persistent(self.named())
-                    .fetch_one(&mut *tx)
-                    .await?;
-                Some((seq, snapshot))
+        let next = if settled {
+            let seq: Option<i64> = sqlx::query_scalar(&sql.floor_mark)
+                .persistent(self.named())
+                .bind(&self.inner.names.messages)
+                .fetch_one(&mut *tx)
+                .await?;
+            match seq {
+                Some(seq) => {
+                    let snapshot: String = sqlx::query_scalar(&sql.floor_snapshot)
+                        .persistent(self.named())
+                        .fetch_one(&mut *tx)
+                        .await?;
+                    Some(Some((seq, snapshot)))
+                }
+                None => Some(None),
             }
-            None => None,
+        } else {
+            None
         };
         tx.commit().await?;
+        if let Some(seq) = lowered {
+            tracing::warn!(
+                seq,
+                "outbox relay: a message below the claims' low-water mark was put \
+                 back in their path without lowering it (a relay older than \
+                 migration 8, or a change by hand); the mark is lowered to it"
+            );
+        }
+        let Some(next) = next else {
+            return Ok(());
+        };
         *self.inner.floor.mark.lock().expect("not poisoned") = next;
         Ok(())
     }
