@@ -65,6 +65,50 @@ async fn floor_rises_above(db: &TestDb, above: i64) -> i64 {
     }
 }
 
+/// Watches the mark's invariant from another connection until dropped: no
+/// message in the claims' path lies below it, in any snapshot. A message
+/// below it would wait for the upkeep's periodic look below the mark,
+/// which hides such a hole from a test that only waits for publication.
+struct FloorWatch {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    task: tokio::task::JoinHandle<Option<String>>,
+}
+
+impl FloorWatch {
+    fn start(db: &TestDb) -> Self {
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let pool = db.pool.clone();
+        let task = tokio::spawn({
+            let stop = stop.clone();
+            async move {
+                while !stop.load(Ordering::SeqCst) {
+                    let below: Option<(i64, i64)> = sqlx::query_as(
+                        "SELECT m.seq, f.seq FROM outbox.messages m, outbox.ready_floor f \
+                         WHERE NOT m.parked AND NOT m.sleeping AND m.seq < f.seq LIMIT 1",
+                    )
+                    .fetch_optional(&pool)
+                    .await
+                    .unwrap();
+                    if let Some((seq, floor)) = below {
+                        return Some(format!("message {seq} ready below the mark {floor}"));
+                    }
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+                None
+            }
+        });
+        Self { stop, task }
+    }
+
+    /// Stops watching; panics with the first violation seen.
+    async fn check(self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(violation) = self.task.await.unwrap() {
+            panic!("{violation}");
+        }
+    }
+}
+
 /// The positions of `key`'s pending messages.
 async fn positions(db: &TestDb, key: &str) -> Vec<i64> {
     sqlx::query_scalar("SELECT seq FROM outbox.messages WHERE partition_key = $1 ORDER BY seq")
@@ -81,6 +125,7 @@ async fn positions(db: &TestDb, key: &str) -> Vec<i64> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_mark_rises_under_a_pinned_horizon_and_waits_for_open_writers() {
     let (db, outbox) = setup().await;
+    let watch = FloorWatch::start(&db);
     let mut pin = db.pool.begin().await.unwrap();
     sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
         .execute(&mut *pin)
@@ -130,7 +175,62 @@ async fn the_mark_rises_under_a_pinned_horizon_and_waits_for_open_writers() {
     floor_rises_above(&db, mark).await;
     pin.commit().await.unwrap();
     relay.shutdown().await.unwrap();
+    watch.check().await;
     db.drop().await;
+}
+
+/// A writer that drew its position and stays open while nothing else
+/// commits (a quiet outbox: no transaction ends after it took its id)
+/// keeps the mark at or below its position until it commits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lone_open_writer_holds_the_mark_down() {
+    let (db, outbox) = setup().await;
+    let watch = FloorWatch::start(&db);
+    let publisher = InMemoryPublisher::new();
+    let relay = Relay::builder(outbox.clone(), publisher.clone())
+        .poll_interval(Duration::from_millis(20))
+        .spawn()
+        .unwrap();
+    for n in 0..5 {
+        enqueue(&outbox, &db, "a", n).await;
+    }
+    eventually("5 published", || publisher.len() == 5).await;
+    floor_rises_above(&db, positions_published(&db).await).await;
+    for round in 0..3 {
+        let mut open = db.pool.begin().await.unwrap();
+        outbox
+            .enqueue(&mut *open, msg("lone", round))
+            .await
+            .unwrap();
+        let mine: i64 = sqlx::query_scalar(
+            "SELECT seq FROM outbox.messages WHERE partition_key = 'lone' ORDER BY seq DESC LIMIT 1",
+        )
+        .fetch_one(&mut *open)
+        .await
+        .unwrap();
+        // Several upkeep passes while it is open.
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let f = floor(&db).await;
+        assert!(f <= mine, "the mark rose to {f} past open position {mine}");
+        open.commit().await.unwrap();
+        eventually("the lone writer's message published", || {
+            publisher.len() == 6 + round as usize
+        })
+        .await;
+    }
+    relay.shutdown().await.unwrap();
+    watch.check().await;
+    db.drop().await;
+}
+
+/// The sequence's last value: every message up to it was enqueued.
+async fn positions_published(db: &TestDb) -> i64 {
+    sqlx::query_scalar::<_, i64>(
+        "SELECT pg_sequence_last_value(pg_get_serial_sequence('outbox.messages', 'seq'))",
+    )
+    .fetch_one(&db.pool)
+    .await
+    .unwrap()
 }
 
 /// Messages that leave the claims' path and come back below a risen mark
@@ -140,6 +240,7 @@ async fn the_mark_rises_under_a_pinned_horizon_and_waits_for_open_writers() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn messages_back_below_the_mark_are_published() {
     let (db, outbox) = setup().await;
+    let watch = FloorWatch::start(&db);
     let sleepy_calls = Arc::new(AtomicUsize::new(0));
     let dead_calls = Arc::new(AtomicUsize::new(0));
     let delivered = Arc::new(std::sync::Mutex::new(Vec::<(String, u64)>::new()));
@@ -237,6 +338,7 @@ async fn messages_back_below_the_mark_are_published() {
     .await;
     relay.shutdown().await.unwrap();
     assert_eq!(outbox.pending_count().await.unwrap(), 0);
+    watch.check().await;
     db.drop().await;
 }
 

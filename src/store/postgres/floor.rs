@@ -5,15 +5,18 @@
 //! index would visit each of them.
 //!
 //! The relays' upkeep raises the mark in two steps a second apart. A mark
-//! is the sequence's last position, then the transactions in progress
-//! (a snapshot, read after it): every transaction that holds a position up
-//! to it and has not committed is among them, because an insert gives its
-//! transaction an id before it draws a position (`insert.sql`). Once they
-//! have all ended, every position up to the mark is committed or gone, and
+//! is the sequence's last position, then an id given to the marking
+//! transaction (`floor_xid.sql`), newer than the id of every transaction
+//! that holds a position up to the mark, because an insert gives its
+//! transaction an id before it draws a position (`insert.sql`). Once no
+//! transaction with an id up to the mark's is running (the oldest running
+//! one is newer), every position up to the mark is committed or gone, and
 //! `floor_advance.sql` raises the mark to just past it, or to the first
-//! message still in the claims' path if that is lower. Whatever puts a
-//! message back below the mark lowers it in its own transaction
-//! (`fragments/lower_floor.sql`).
+//! message still in the claims' path if that is lower. (The in-progress
+//! list of a snapshot taken after the position would not do: it leaves out
+//! running transactions with ids at or above its `xmax`, one past the
+//! newest finished id.) Whatever puts a message back below the mark
+//! lowers it in its own statement (`fragments/lower_floor.sql`).
 //!
 //! Every [`REPAIR_EVERY`] passes, starting with the first, the upkeep also
 //! looks below the mark for a message in the claims' path that a statement
@@ -42,7 +45,7 @@ pub(super) const REPAIR_EVERY: u32 = 10;
 /// whether a failure was reported already.
 #[derive(Debug, Default)]
 pub(super) struct Floor {
-    /// The position and the snapshot's text.
+    /// The position and the marking transaction's id, as text.
     mark: Mutex<Option<(i64, String)>>,
     passes: AtomicU32,
     warned: AtomicBool,
@@ -68,13 +71,31 @@ impl PgOutbox {
         }
     }
 
-    /// One transaction a pass: the look below the mark when it is due,
-    /// the raise, then the next mark. A lowering in this transaction (the
-    /// look) is seen by the raise that follows it, which then stops at the
-    /// message it found.
+    /// One transaction a pass: the next mark first, while the transaction
+    /// has no id (floor_xid.sql gives it one), then the look below the
+    /// mark when it is due, then the raise to the pending mark. A lowering
+    /// by the look is seen by the raise that follows it in this
+    /// transaction, which then stops at the message it found.
     async fn try_advance_floor(&self) -> Result<()> {
         let sql = &self.inner.sql;
         let mut tx = self.relay_pool().begin_with(CLAIM_BEGIN_JOINS).await?;
+        // In this order, in two statements: the id must be newer than the
+        // position (floor_xid.sql).
+        let seq: Option<i64> = sqlx::query_scalar(&sql.floor_mark)
+            .persistent(self.named())
+            .bind(&self.inner.names.messages)
+            .fetch_one(&mut *tx)
+            .await?;
+        let next = match seq {
+            Some(seq) => {
+                let xid: String = sqlx::query_scalar(&sql.floor_xid)
+                    .persistent(self.named())
+                    .fetch_one(&mut *tx)
+                    .await?;
+                Some((seq, xid))
+            }
+            None => None,
+        };
         let repair_due = self
             .inner
             .floor
@@ -91,38 +112,16 @@ impl PgOutbox {
         };
         let pending = self.inner.floor.mark.lock().expect("not poisoned").clone();
         let settled = match pending {
-            Some((seq, snapshot)) => {
+            Some((seq, xid)) => {
                 let (settled, _raised): (bool, Option<i64>) = sqlx::query_as(&sql.floor_advance)
                     .persistent(self.named())
                     .bind(seq)
-                    .bind(snapshot)
+                    .bind(xid)
                     .fetch_one(&mut *tx)
                     .await?;
                 settled
             }
             None => true,
-        };
-        // In this order, in two statements: the snapshot must come after
-        // the position (floor_snapshot.sql). In one transaction, so that a
-        // pooler in transaction mode keeps both on one server connection.
-        let next = if settled {
-            let seq: Option<i64> = sqlx::query_scalar(&sql.floor_mark)
-                .persistent(self.named())
-                .bind(&self.inner.names.messages)
-                .fetch_one(&mut *tx)
-                .await?;
-            match seq {
-                Some(seq) => {
-                    let snapshot: String = sqlx::query_scalar(&sql.floor_snapshot)
-                        .persistent(self.named())
-                        .fetch_one(&mut *tx)
-                        .await?;
-                    Some(Some((seq, snapshot)))
-                }
-                None => Some(None),
-            }
-        } else {
-            None
         };
         tx.commit().await?;
         if let Some(seq) = lowered {
@@ -133,10 +132,11 @@ impl PgOutbox {
                  migration 8, or a change by hand); the mark is lowered to it"
             );
         }
-        let Some(next) = next else {
-            return Ok(());
-        };
-        *self.inner.floor.mark.lock().expect("not poisoned") = next;
+        // The pending mark stays until its transactions have ended; the
+        // one taken now is dropped meanwhile.
+        if settled {
+            *self.inner.floor.mark.lock().expect("not poisoned") = next;
+        }
         Ok(())
     }
 }

@@ -135,7 +135,11 @@ impl StoreOps for PgOutbox {
     async fn park(&self, p: Park) -> Result<u64> {
         // Planner settings for these transactions alone (park.sql says
         // why). Waking and unparking commit on their own, so a parking
-        // that fails cannot hold them back.
+        // that fails cannot hold them back; and each in a transaction of
+        // its own, as the last statement there: one that lowers the claims'
+        // low-water mark holds its row to the commit, and must not then
+        // wait for messages an acknowledgement holds while it waits for
+        // that row (an acknowledgement lowers it too, in unpark.sql).
         if let Some(wake_by) = p.wake_by {
             let mut tx = self.relay_pool().begin_with(PARK_BEGIN).await?;
             sqlx::query(&self.inner.sql.wake_sleeping)
@@ -143,6 +147,8 @@ impl StoreOps for PgOutbox {
                 .bind(wake_by)
                 .execute(&mut *tx)
                 .await?;
+            tx.commit().await?;
+            let mut tx = self.relay_pool().begin_with(PARK_BEGIN).await?;
             sqlx::query(&self.inner.sql.unpark_lifted)
                 .persistent(self.named())
                 .execute(&mut *tx)

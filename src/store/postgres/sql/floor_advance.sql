@@ -1,5 +1,7 @@
 -- Raises the claims' low-water mark (migration 8) once every transaction
--- of a mark (floor_mark.sql, floor_snapshot.sql) has ended: up to one past
+-- of a mark (floor_mark.sql, floor_xid.sql) has ended, that is once no
+-- transaction with an id up to the mark's is still running (the oldest
+-- running one, this statement's snapshot's xmin, is newer): up to one past
 -- the mark's position, or to the first message in the claims' path at or
 -- above the current mark if that is lower. Every transaction of the mark
 -- ended before this statement's snapshot, so the scan sees each position
@@ -12,11 +14,10 @@
 -- since the last raise. Returns whether the mark's transactions had all
 -- ended, and the new mark if it rose.
 --
--- $1 the mark's position, $2 its snapshot (text).
+-- $1 the mark's position, $2 its transaction id (text).
 WITH cur AS (SELECT seq, version FROM {ready_floor} WHERE only_row),
      settled AS (
-         SELECT coalesce(bool_and(pg_visible_in_snapshot(x, pg_current_snapshot())), true) AS ok
-         FROM pg_snapshot_xip($2::pg_snapshot) x),
+         SELECT pg_snapshot_xmin(pg_current_snapshot()) > $2::text::xid8 AS ok),
      first AS (
          SELECT m.seq FROM {messages} m
          WHERE NOT m.parked AND NOT m.sleeping

@@ -12,9 +12,9 @@
 -- $10 notification channel (NULL: none).
 -- x gives the transaction its id before the insert draws a position
 -- (pg_current_xact_id, PostgreSQL 13 and later): a transaction that holds
--- a position not yet committed is then always among the in-progress ids of
--- a snapshot taken after the draw, which the claims' low-water mark relies
--- on (floor_advance.sql).
+-- a position not yet committed then has an older id than any transaction
+-- given one after the draw, which the claims' low-water mark relies on
+-- (floor_xid.sql, floor_advance.sql).
 WITH l AS MATERIALIZED (
          SELECT 1 FROM {key_slots}
          WHERE slot IN (SELECT hashtext(k) & 65535 FROM unnest($3::text[]) k
