@@ -147,12 +147,7 @@ async fn the_mark_rises_under_a_pinned_horizon_and_waits_for_open_writers() {
     eventually("20 published", || publisher.len() == 20).await;
     let mark = floor_rises_above(&db, 0).await;
     // Only deleted rows below it; up to one past the last position.
-    let last = sqlx::query_scalar::<_, i64>(
-        "SELECT pg_sequence_last_value(pg_get_serial_sequence('outbox.messages', 'seq'))",
-    )
-    .fetch_one(&db.pool)
-    .await
-    .unwrap();
+    let last = last_position(&db).await;
     assert!(mark <= last + 1, "{mark} > {last} + 1");
 
     // A writer draws its position and stays open across several passes.
@@ -195,7 +190,7 @@ async fn a_lone_open_writer_holds_the_mark_down() {
         enqueue(&outbox, &db, "a", n).await;
     }
     eventually("5 published", || publisher.len() == 5).await;
-    floor_rises_above(&db, positions_published(&db).await).await;
+    floor_rises_above(&db, last_position(&db).await).await;
     for round in 0..3 {
         let mut open = db.pool.begin().await.unwrap();
         outbox
@@ -223,8 +218,8 @@ async fn a_lone_open_writer_holds_the_mark_down() {
     db.drop().await;
 }
 
-/// The sequence's last value: every message up to it was enqueued.
-async fn positions_published(db: &TestDb) -> i64 {
+/// The last position the messages' sequence handed out.
+async fn last_position(db: &TestDb) -> i64 {
     sqlx::query_scalar::<_, i64>(
         "SELECT pg_sequence_last_value(pg_get_serial_sequence('outbox.messages', 'seq'))",
     )
