@@ -7,6 +7,8 @@
 #[cfg(any(feature = "postgres", feature = "sqlite", feature = "mysql"))]
 pub(crate) mod admin;
 pub(crate) mod dead_letters;
+#[cfg(any(feature = "postgres", feature = "mysql"))]
+pub(crate) mod deadlock;
 #[cfg(any(feature = "postgres", feature = "sqlite", feature = "mysql"))]
 pub(crate) mod decode;
 #[cfg(test)]

@@ -14,33 +14,12 @@ use super::{begin, read_committed, MySqlOutbox};
 use crate::error::{Error, Result};
 use crate::store::{sleep_horizon, AckBatch, AckPlan, AckReport};
 
-/// How many times an acknowledgement that InnoDB chose as a deadlock's
-/// victim runs, in all.
-const DEADLOCK_ATTEMPTS: u32 = 5;
-
 /// Acknowledges `p`, running the transaction again when InnoDB rolled it
 /// back to break a deadlock (error 1213): with other relays' fences,
 /// acknowledgements and lease moves, and producers' inserts next to the
-/// same index gaps. Nothing of a rolled-back attempt remains, and the
-/// fence is checked again, so a retry is the acknowledgement itself; an
-/// acknowledgement given up instead would publish the batch twice.
+/// same index gaps (`store::deadlock`).
 pub(super) async fn ack(outbox: &MySqlOutbox, p: AckBatch<'_>) -> Result<AckReport> {
-    let mut attempt = 1;
-    loop {
-        match ack_once(outbox, p).await {
-            Err(e) if attempt < DEADLOCK_ATTEMPTS && deadlocked(&e) => {
-                tracing::warn!(
-                    attempt,
-                    "outbox: acknowledgement deadlocked; running it again"
-                );
-                // Apart from the other side, which runs on meanwhile.
-                let pause = fastrand::u64(1..=10 * u64::from(attempt));
-                tokio::time::sleep(std::time::Duration::from_millis(pause)).await;
-                attempt += 1;
-            }
-            done => return done,
-        }
-    }
+    crate::store::deadlock::retried(deadlocked, || ack_once(outbox, p)).await
 }
 
 /// Whether `e` is InnoDB's deadlock error, after which it has rolled the

@@ -7,12 +7,28 @@ use chrono::{DateTime, Utc};
 
 use super::relay_ops::lease_arrays;
 use super::PgOutbox;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::store::{sleep_horizon, AckBatch, AckPlan, AckReport, Disposition};
 
+/// Whether `e` is PostgreSQL's deadlock error (SQLSTATE 40P01), after
+/// which it has rolled the whole transaction back. An acknowledgement that
+/// lifts a key's block updates the key's parked messages (`unpark.sql`),
+/// as the upkeep's `unpark_lifted.sql` does, each in its own order.
+pub(super) fn deadlocked(e: &Error) -> bool {
+    match e {
+        Error::Database(sqlx::Error::Database(d)) => d.code().as_deref() == Some("40P01"),
+        _ => false,
+    }
+}
+
 impl PgOutbox {
-    /// Applies acknowledgements, fenced by the leases' epochs.
+    /// Applies acknowledgements, fenced by the leases' epochs, running them
+    /// again when PostgreSQL chose them as a deadlock's victim.
     pub(super) async fn apply_acks(&self, p: AckBatch<'_>) -> Result<AckReport> {
+        crate::store::deadlock::retried(deadlocked, || self.apply_acks_once(p)).await
+    }
+
+    async fn apply_acks_once(&self, p: AckBatch<'_>) -> Result<AckReport> {
         let AckBatch {
             relay,
             leases,
