@@ -105,34 +105,26 @@ impl TestStream {
         }
     }
 
-    /// Reads `n` messages through an ephemeral pull consumer.
+    /// Reads `n` messages through an ordered pull consumer: one that
+    /// notices a gap in the stream sequences it receives (a message sent
+    /// as a pull request expired, or by a consumer leader that was lost)
+    /// and starts again after the last message it got, so each stored
+    /// message is read once, in the stream's order.
     async fn consume(&self, n: usize) -> Vec<async_nats::Message> {
         let s = self.js.get_stream(&self.name).await.expect("get stream");
         let consumer = s
-            .create_consumer(consumer::pull::Config {
-                ack_policy: consumer::AckPolicy::None,
-                ..Default::default()
-            })
+            .create_consumer(consumer::pull::OrderedConfig::default())
             .await
             .expect("create consumer");
+        let mut messages = consumer.messages().await.expect("consume");
         let mut out = Vec::new();
         let deadline = tokio::time::Instant::now() + TIMEOUT;
         while out.len() < n {
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "consumer got {} of {n} messages",
-                out.len()
-            );
-            let mut batch = consumer
-                .fetch()
-                .max_messages(n - out.len())
-                .expires(Duration::from_millis(500))
-                .messages()
-                .await
-                .expect("fetch");
-            while let Some(m) = batch.next().await {
-                out.push(m.expect("message").message);
-            }
+            let next = tokio::time::timeout_at(deadline, messages.next()).await;
+            let Ok(Some(m)) = next else {
+                panic!("consumer got {} of {n} messages", out.len());
+            };
+            out.push(m.expect("message").message);
         }
         out
     }
