@@ -51,12 +51,40 @@ pub(super) struct Floor {
     warned: AtomicBool,
 }
 
+/// Whether a pass of the mark has anything to do: the look below it is
+/// due, or the mark (`floor`) is not yet past the sequence's `last`
+/// position.
+fn pass_due(last: Option<i64>, floor: Option<i64>, repair_due: bool) -> bool {
+    repair_due
+        || match (last, floor) {
+            (None, _) => false,
+            (Some(last), Some(floor)) => floor <= last,
+            (Some(_), None) => true,
+        }
+}
+
 impl PgOutbox {
     /// Raises the mark if the pending one has settled, then takes the next
     /// one. A failure (a role that may not read the sequence, say) leaves
     /// the mark where it is, which is always safe, and is reported once.
-    pub(super) async fn advance_floor(&self) {
-        match self.try_advance_floor().await {
+    ///
+    /// `last` and `floor` are the sequence's last position and the mark,
+    /// read just before: once the mark is past every position handed out,
+    /// there is nothing to raise, and the pass is skipped (a quiet
+    /// outbox's upkeep then takes no transaction id) unless the look below
+    /// the mark is due. A skipped pass never raises the mark, so skipping
+    /// on stale figures is safe; the next pass that runs takes a mark.
+    pub(super) async fn advance_floor(&self, last: Option<i64>, floor: Option<i64>) {
+        let repair_due = self
+            .inner
+            .floor
+            .passes
+            .fetch_add(1, Ordering::Relaxed)
+            .is_multiple_of(REPAIR_EVERY);
+        if !pass_due(last, floor, repair_due) {
+            return;
+        }
+        match self.try_advance_floor(repair_due).await {
             Ok(()) => {}
             Err(e) => {
                 if !self.inner.floor.warned.swap(true, Ordering::Relaxed) {
@@ -76,7 +104,7 @@ impl PgOutbox {
     /// mark when it is due, then the raise to the pending mark. A lowering
     /// by the look is seen by the raise that follows it in this
     /// transaction, which then stops at the message it found.
-    async fn try_advance_floor(&self) -> Result<()> {
+    async fn try_advance_floor(&self, repair_due: bool) -> Result<()> {
         let sql = &self.inner.sql;
         let mut tx = self.relay_pool().begin_with(CLAIM_BEGIN_JOINS).await?;
         // In this order, in two statements: the id must be newer than the
@@ -96,12 +124,6 @@ impl PgOutbox {
             }
             None => None,
         };
-        let repair_due = self
-            .inner
-            .floor
-            .passes
-            .fetch_add(1, Ordering::Relaxed)
-            .is_multiple_of(REPAIR_EVERY);
         let lowered: Option<i64> = if repair_due {
             sqlx::query_scalar(&sql.floor_repair)
                 .persistent(self.named())
@@ -138,5 +160,30 @@ impl PgOutbox {
             *self.inner.floor.mark.lock().expect("not poisoned") = next;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::pass_due;
+
+    #[test]
+    fn a_pass_runs_while_the_mark_trails_the_sequence_or_the_look_is_due() {
+        assert!(!pass_due(None, Some(0), false), "no message ever");
+        assert!(
+            !pass_due(Some(41), Some(42), false),
+            "the mark is past the last"
+        );
+        assert!(
+            pass_due(Some(42), Some(42), false),
+            "the last may still rise it"
+        );
+        assert!(pass_due(Some(100), Some(42), false));
+        assert!(pass_due(Some(41), Some(42), true), "the look below is due");
+        assert!(pass_due(None, None, true));
+        assert!(
+            pass_due(Some(1), None, false),
+            "no mark row: run and find out"
+        );
     }
 }

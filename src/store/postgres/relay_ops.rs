@@ -141,21 +141,42 @@ impl StoreOps for PgOutbox {
         // wait for messages an acknowledgement holds while it waits for
         // that row (an acknowledgement lowers it too, in unpark.sql).
         if let Some(wake_by) = p.wake_by {
-            let mut tx = self.relay_pool().begin_with(PARK_BEGIN).await?;
-            sqlx::query(&self.inner.sql.wake_sleeping)
-                .persistent(self.named())
+            // One look first, in no transaction; each step below runs only
+            // if it has something to do. What the look misses by a moment
+            // waits for the next pass, a second later: a retry just put to
+            // sleep, a key just blocked (the claims hold its messages back
+            // meanwhile).
+            let q = sqlx::query_as::<_, Probe>(&self.inner.sql.upkeep_probe)
                 .bind(wake_by)
-                .execute(&mut *tx)
-                .await?;
-            tx.commit().await?;
-            let mut tx = self.relay_pool().begin_with(PARK_BEGIN).await?;
-            sqlx::query(&self.inner.sql.unpark_lifted)
-                .persistent(self.named())
-                .execute(&mut *tx)
-                .await?;
-            tx.commit().await?;
+                .bind(&self.inner.names.messages);
+            let (due, parked, blocked, last, floor) = self
+                .on_relay()
+                .all(q)
+                .await?
+                .pop()
+                .ok_or(crate::Error::Database(sqlx::Error::RowNotFound))?;
+            if due {
+                let mut tx = self.relay_pool().begin_with(PARK_BEGIN).await?;
+                sqlx::query(&self.inner.sql.wake_sleeping)
+                    .persistent(self.named())
+                    .bind(wake_by)
+                    .execute(&mut *tx)
+                    .await?;
+                tx.commit().await?;
+            }
+            if parked {
+                let mut tx = self.relay_pool().begin_with(PARK_BEGIN).await?;
+                sqlx::query(&self.inner.sql.unpark_lifted)
+                    .persistent(self.named())
+                    .execute(&mut *tx)
+                    .await?;
+                tx.commit().await?;
+            }
             // Once a pass, after the wake-ups that lower it.
-            self.advance_floor().await;
+            self.advance_floor(last, floor).await;
+            if !blocked {
+                return Ok(0);
+            }
         }
         let mut tx = self.relay_pool().begin_with(PARK_BEGIN).await?;
         let parked = sqlx::query(&self.inner.sql.park)
@@ -243,6 +264,10 @@ pub(super) const CLAIM_BEGIN_JOINS: &str = "BEGIN; SET LOCAL enable_seqscan = of
      SET LOCAL max_parallel_workers_per_gather = 0; SET LOCAL jit = off; \
      SET LOCAL enable_nestloop = off; \
      SET LOCAL enable_hashjoin = off; SET LOCAL enable_bitmapscan = off";
+
+/// What `upkeep_probe.sql` finds: sleeping messages due, a message parked,
+/// a key blocked, the sequence's last position and the low-water mark.
+type Probe = (bool, bool, bool, Option<i64>, Option<i64>);
 
 /// Opens a parking transaction with the planner settings it needs.
 const PARK_BEGIN: &str = "BEGIN; SET LOCAL enable_seqscan = off; SET LOCAL jit = off; \
