@@ -13,7 +13,7 @@ use super::numbering::number_keys;
 use super::worker::Worker;
 use super::Retention;
 use crate::error::Result;
-use crate::store::{Ack, AckBatch, AckReport, Claim, Claimed, ClaimedBatch, Disposition};
+use crate::store::{Ack, AckBatch, AckReport, Claim, Claimed, ClaimedBatch, Disposition, Lease};
 
 /// A claim running while the batch before it is published; aborted when
 /// dropped.
@@ -36,6 +36,17 @@ pub(super) fn without_unsettled(got: Vec<Claimed>, unsettled: &HashSet<String>) 
                 .as_ref()
                 .is_none_or(|k| !unsettled.contains(k))
         })
+        .collect()
+}
+
+/// The leases of the buckets `acks` acknowledge: all a store needs to
+/// fence them.
+pub(super) fn acked_leases(leases: &[Lease], acks: &[Ack]) -> Vec<Lease> {
+    let buckets: HashSet<i32> = acks.iter().map(|a| a.bucket).collect();
+    leases
+        .iter()
+        .filter(|l| buckets.contains(&l.bucket))
+        .cloned()
         .collect()
 }
 
@@ -271,7 +282,12 @@ impl Worker {
         acks: Vec<Ack>,
     ) -> impl std::future::Future<Output = (Vec<Ack>, Result<AckReport>)> + Send + 'static {
         let store = self.store.clone();
-        let leases = self.leases.clone();
+        // Only the leases of the buckets acknowledged: the store fences
+        // each acknowledgement by its bucket's lease alone, and locks every
+        // lease it is given (PostgreSQL: a share lock, one WAL record, per
+        // row), so a one-message batch locks one lease rather than all the
+        // relay holds.
+        let leases = acked_leases(&self.leases, &acks);
         let labels = self.config.labels.all();
         let (relay, now) = (self.config.relay_id, self.clock.now());
         let retain = matches!(self.config.retention, Retention::Keep(_));
@@ -448,5 +464,28 @@ mod tests {
                 next_retry: Some(later),
             }
         );
+    }
+
+    #[test]
+    fn an_acknowledgement_carries_only_the_leases_of_its_buckets() {
+        let leases: Vec<Lease> = (0..64)
+            .map(|b| Lease {
+                bucket: b,
+                epoch: 7,
+            })
+            .collect();
+        let acks = [
+            ack(1, 3, Disposition::Published),
+            ack(2, 9, retry(Utc::now())),
+            ack(3, 3, Disposition::Published),
+            // A bucket the relay no longer holds stays out: it is fenced.
+            ack(4, 70, Disposition::Published),
+        ];
+        let mut got: Vec<i32> = acked_leases(&leases, &acks)
+            .iter()
+            .map(|l| l.bucket)
+            .collect();
+        got.sort();
+        assert_eq!(got, [3, 9]);
     }
 }
