@@ -17,7 +17,9 @@
 //! `--group-budget=N` (the group's `max_connections`), `--group-rounds=N`
 //! (its `concurrent_rounds`),
 //! `--group-backlog-share=F` (its `backlog_share`), `--group-timeline`
-//! (the steady traffic's latency second by second, on stderr).
+//! (the steady traffic's latency second by second, on stderr),
+//! `--group-no-ping` (the members' pools skip sqlx's ping before each
+//! acquire: `test_before_acquire(false)`).
 //!
 //! Results go to `target/outbox-bench/results.json` (flat keys) and a
 //! markdown table on stdout. `OUTBOX_BENCH_PG` overrides the admin URL

@@ -14,6 +14,7 @@ fn member_pool_options() -> PgPoolOptions {
         .max_connections(5)
         .min_connections(0)
         .idle_timeout(Duration::from_secs(30))
+        .test_before_acquire(!std::env::args().any(|a| a == "--group-no-ping"))
 }
 
 /// Records when each message reached the publisher.
