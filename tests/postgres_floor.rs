@@ -397,3 +397,73 @@ async fn a_message_put_back_without_lowering_the_mark_is_found() {
     relay.shutdown().await.unwrap();
     db.drop().await;
 }
+
+/// A relay whose role may read and write the outbox's tables but not read
+/// its sequence (producers alone draw positions) cannot take a mark, and
+/// its upkeep must still wake a retry from its sleep: the upkeep's first
+/// look reads the sequence only where the role may.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relay_that_may_not_read_the_sequence_still_wakes_retries() {
+    let (db, outbox) = setup().await;
+    let role = format!("outbox_relay_{}", uuid::Uuid::now_v7().simple());
+    for grant in [
+        format!("CREATE ROLE {role} LOGIN"),
+        format!("GRANT USAGE ON SCHEMA outbox TO {role}"),
+        format!("GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA outbox TO {role}"),
+    ] {
+        sqlx::query(&grant).execute(&db.pool).await.unwrap();
+    }
+    let relay_pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(5)
+        .connect_with(db.options().username(&role))
+        .await
+        .unwrap();
+    let may_read: bool = sqlx::query_scalar(
+        "SELECT has_sequence_privilege(pg_get_serial_sequence('outbox.messages', 'seq'), 'SELECT')",
+    )
+    .fetch_one(&relay_pool)
+    .await
+    .unwrap();
+    assert!(
+        !may_read,
+        "the role may read the sequence: nothing is tested"
+    );
+
+    let calls = Arc::new(AtomicUsize::new(0));
+    let publisher = Arc::new(InMemoryPublisher::new());
+    let relay = Relay::builder(
+        PgOutbox::new(relay_pool.clone()),
+        FnPublisher::new({
+            let (calls, publisher) = (calls.clone(), publisher.clone());
+            move |m: OutboxMessage| {
+                let (calls, publisher) = (calls.clone(), publisher.clone());
+                async move {
+                    // Put to sleep by its first attempt: only the upkeep
+                    // wakes it.
+                    if calls.fetch_add(1, Ordering::SeqCst) == 0 {
+                        return Err(PublishError::transient("later")
+                            .with_retry_after(Duration::from_secs(4)));
+                    }
+                    outbox::Publisher::publish(&*publisher, std::slice::from_ref(&m))
+                        .await
+                        .remove(0)
+                }
+            }
+        }),
+    )
+    .poll_interval(Duration::from_millis(20))
+    .spawn()
+    .unwrap();
+    enqueue(&outbox, &db, "sleepy", 0).await;
+    eventually("the retry woken and published", || publisher.len() == 1).await;
+    assert_eq!(calls.load(Ordering::SeqCst), 2);
+    relay.shutdown().await.unwrap();
+    relay_pool.close().await;
+    db.drop().await;
+    let admin: sqlx::postgres::PgConnectOptions = support::pg::admin_url().parse().unwrap();
+    let mut conn = sqlx::ConnectOptions::connect(&admin).await.unwrap();
+    sqlx::query(&format!("DROP ROLE {role}"))
+        .execute(&mut conn)
+        .await
+        .unwrap();
+}
