@@ -422,6 +422,62 @@ async fn rejected_messages_are_dead_lettered(server: Server) {
     assert_eq!(keys.len("not-a-stream").await, 1);
 }
 
+/// A batch spans several script calls (a hundred messages each); the
+/// messages the server refuses, scattered through it, fail alone: the
+/// others of their call are appended once each, in order, with their
+/// guards, and the refused ones leave no guard behind.
+async fn refusals_amid_a_batch_fail_only_their_own_messages(server: Server) {
+    let keys = TestKeys::new(server).await;
+    let (db, outbox) = migrated(DB).await;
+    let mut conn = keys.conn.clone();
+    let _: () = conn.set(keys.stream("not-a-stream"), "oops").await.unwrap();
+    let refused = |n: u32| n % 100 == 37;
+    let messages: Vec<NewMessage> = (0..450)
+        .map(|n| {
+            candidate(
+                if refused(n) {
+                    "not-a-stream"
+                } else {
+                    "candidates"
+                },
+                n,
+            )
+        })
+        .collect();
+    let ids: Vec<_> = messages.iter().map(|m| m.id()).collect();
+    enqueue(&db, &outbox, messages).await;
+
+    relay_until_drained(&outbox, keys.publisher(), "the outbox to drain", TIMEOUT).await;
+
+    let dead = outbox.dead_letters(100).await.unwrap();
+    let dead_ids: HashSet<_> = dead.iter().map(|d| d.id()).collect();
+    let expected: HashSet<_> = (0..450)
+        .filter(|&n| refused(n))
+        .map(|n| ids[n as usize])
+        .collect();
+    assert_eq!(dead_ids, expected, "{dead:?}");
+    for d in &dead {
+        assert_dead_at_once(d, "not a stream");
+        let guard: Option<String> = conn
+            .get(keys.dedupe_key("not-a-stream", d.id()))
+            .await
+            .unwrap();
+        assert_eq!(guard, None, "a refused message left its guard");
+    }
+    let entries = keys.read("candidates").await;
+    let appended: Vec<String> = entries.iter().map(|e| field(e, "id").unwrap()).collect();
+    let fine: Vec<String> = (0..450)
+        .filter(|&n| !refused(n))
+        .map(|n| ids[n as usize].to_string())
+        .collect();
+    assert_eq!(appended, fine, "each accepted message once, in order");
+    for e in entries.iter().step_by(97) {
+        let id = field(e, "id").unwrap();
+        let guard: Option<String> = conn.get(keys.dedupe_key("candidates", &id)).await.unwrap();
+        assert_eq!(guard.as_deref(), Some(e.id.as_str()), "the guard of {id}");
+    }
+}
+
 async fn drains_a_large_backlog(server: Server) {
     broker::drains_a_large_backlog(&TestKeys::new(server).await).await;
 }
@@ -697,5 +753,6 @@ on_each_server!(
     a_message_sent_twice_is_appended_once,
     nothing_is_lost_while_the_server_is_unreachable,
     rejected_messages_are_dead_lettered,
+    refusals_amid_a_batch_fail_only_their_own_messages,
     drains_a_large_backlog
 );

@@ -9,7 +9,8 @@ use ::redis::cluster::{ClusterClient, ClusterConfig};
 use ::redis::cluster_async::ClusterConnection;
 use ::redis::cluster_routing::Slot;
 use ::redis::{
-    AsyncConnectionConfig, Client, IntoConnectionInfo, Pipeline, RedisError, Script, Value,
+    AsyncConnectionConfig, Client, IntoConnectionInfo, Pipeline, RedisError, Script,
+    ScriptInvocation, Value,
 };
 use async_trait::async_trait;
 use futures_util::future::join_all;
@@ -23,45 +24,60 @@ use crate::message::OutboxMessage;
 const DEFAULT_DEDUPE_TTL: Duration = Duration::from_secs(24 * 60 * 60);
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Sets the dedupe key and appends to the stream in one atomic step.
+/// How many messages one script call carries at most: enough to spread
+/// the call's own cost thin, few enough that the server, which runs a
+/// script to its end before anything else, is never held for long (about
+/// half a millisecond).
+const MESSAGES_PER_CALL: usize = 100;
+
+/// For each message in turn, sets its dedupe key and appends it to its
+/// stream in one atomic step.
 ///
-/// KEYS[1] dedupe key, KEYS[2] stream; ARGV[1] TTL in ms, ARGV[2] MAXLEN
-/// (0 = no trimming), ARGV[3] `1` to rewrite the dedupe key of a duplicate
-/// (see [`RedisStreamsPublisher::with_replica_acks`]), ARGV[4..]
-/// field/value pairs. Never raises: returns `{1, entry id}` (appended),
-/// `{0, entry id of the first copy}` (duplicate) or `{-1, error}` (nothing
-/// written).
+/// KEYS: per message, its dedupe key then its stream. ARGV[1] TTL in ms,
+/// ARGV[2] MAXLEN (0 = no trimming), ARGV[3] `1` to rewrite the dedupe key
+/// of a duplicate (see [`RedisStreamsPublisher::with_replica_acks`]); then
+/// per message the number of its field/value arguments and those
+/// arguments. Answers one reply per message, in order: `{1, entry id}`
+/// (appended), `{0, entry id of the first copy}` (duplicate) or `{-1,
+/// error}` (nothing written for it). A message's failure does not stop
+/// the next: each stands alone, as the relay never puts two messages of
+/// one key in a batch for this publisher.
 const DEDUPE_XADD: &str = r#"
-local set = redis.pcall('SET', KEYS[1], '', 'NX', 'PX', ARGV[1])
-if type(set) == 'table' and set.err then
-  return {-1, set.err}
-end
-if not set then
-  local first = redis.pcall('GET', KEYS[1])
-  if type(first) ~= 'string' then first = '' end
-  if ARGV[3] == '1' then
-    redis.pcall('SET', KEYS[1], first, 'XX', 'KEEPTTL')
+local ttl, maxlen, touch = ARGV[1], tonumber(ARGV[2]), ARGV[3]
+local replies = {}
+local a = 4
+for m = 1, #KEYS / 2 do
+  local dedupe, stream = KEYS[2 * m - 1], KEYS[2 * m]
+  local n = tonumber(ARGV[a])
+  local fields = a + 1
+  a = fields + n
+  local set = redis.pcall('SET', dedupe, '', 'NX', 'PX', ttl)
+  if type(set) == 'table' and set.err then
+    replies[m] = {-1, set.err}
+  elseif not set then
+    local first = redis.pcall('GET', dedupe)
+    if type(first) ~= 'string' then first = '' end
+    if touch == '1' then
+      redis.pcall('SET', dedupe, first, 'XX', 'KEEPTTL')
+    end
+    replies[m] = {0, first}
+  else
+    local id
+    if maxlen and maxlen > 0 then
+      id = redis.pcall('XADD', stream, 'MAXLEN', '~', ARGV[2], '*', unpack(ARGV, fields, a - 1))
+    else
+      id = redis.pcall('XADD', stream, '*', unpack(ARGV, fields, a - 1))
+    end
+    if type(id) == 'table' and id.err then
+      redis.call('DEL', dedupe)
+      replies[m] = {-1, id.err}
+    else
+      redis.call('SET', dedupe, id, 'PX', ttl)
+      replies[m] = {1, id}
+    end
   end
-  return {0, first}
 end
-local args = {KEYS[2]}
-local maxlen = tonumber(ARGV[2])
-if maxlen and maxlen > 0 then
-  args[#args + 1] = 'MAXLEN'
-  args[#args + 1] = '~'
-  args[#args + 1] = ARGV[2]
-end
-args[#args + 1] = '*'
-for i = 4, #ARGV do
-  args[#args + 1] = ARGV[i]
-end
-local id = redis.pcall('XADD', unpack(args))
-if type(id) == 'table' and id.err then
-  redis.call('DEL', KEYS[1])
-  return {-1, id.err}
-end
-redis.call('SET', KEYS[1], id, 'PX', ARGV[1])
-return {1, id}
+return replies
 "#;
 
 /// Appends messages to Redis Streams with an atomic deduplication guard
@@ -97,16 +113,21 @@ return {1, id}
 /// is not mistaken for a duplicate. The guard lasts the
 /// [dedupe TTL](Self::with_dedupe_ttl) (default 24 hours): a copy that
 /// arrives later is appended again (consumers can still deduplicate on
-/// the `id` field). The script's two keys must live on one node: see
-/// [Redis Cluster](#redis-cluster).
+/// the `id` field). A message's two keys, and those of every message the
+/// same script call carries, must live in one hash slot: see [Redis
+/// Cluster](#redis-cluster).
 ///
 /// # Pipelining
 ///
 /// A batch is sent in one round trip: `SCRIPT LOAD` followed by one
-/// `EVALSHA` per message (and a `WAIT` if [replica
-/// acknowledgements](Self::with_replica_acks) are asked for), pipelined;
-/// each message has its own result. On a cluster, one such pipeline per
-/// hash slot of the batch, sent concurrently.
+/// `EVALSHA` per hundred messages (and a `WAIT` if [replica
+/// acknowledgements](Self::with_replica_acks) are asked for), pipelined.
+/// Each call runs the guard for its messages one after the other and
+/// answers each message's own result: one message refused does not fail
+/// the others. A call holds the server for about half a millisecond at
+/// most (Redis runs a script to its end before any other command). On a
+/// cluster, one such pipeline per hash slot of the batch, sent
+/// concurrently.
 ///
 /// # Connection
 ///
@@ -131,7 +152,8 @@ return {1, id}
 /// With the default prefixes, topic `orders` is appended to the stream
 /// `{orders}` under the dedupe keys `outbox:dedupe:{orders}:<id>`.
 /// Consumers read the stream under that name; the dedupe keys of a topic
-/// take their memory on the shard that holds its stream.
+/// take their memory on the shard that holds its stream. A script call
+/// carries only messages whose keys share one slot.
 ///
 /// Neither prefix may hold `{` or `}`: a brace there would put the hash tag
 /// in the prefix, and the two keys of a message could land in different
@@ -254,11 +276,27 @@ impl Connection {
 
 /// The messages of a batch that go to one hash slot (all of them on a
 /// standalone server), in one pipeline.
-struct Group {
+struct Group<'s> {
     slot: Option<Slot>,
-    /// Indexes into the batch, in the order of the pipeline's scripts.
-    members: Vec<usize>,
+    /// Indexes into the batch: one list per script call, in the order of
+    /// the pipeline's calls.
+    calls: Vec<Vec<usize>>,
+    /// The call being filled, not yet in `pipe`.
+    open: Option<ScriptInvocation<'s>>,
     pipe: Pipeline,
+}
+
+impl Group<'_> {
+    fn members(&self) -> impl Iterator<Item = usize> + '_ {
+        self.calls.iter().flatten().copied()
+    }
+
+    /// Moves the call being filled into the pipeline.
+    fn close(&mut self) {
+        if let Some(call) = self.open.take() {
+            self.pipe.invoke_script(&call);
+        }
+    }
 }
 
 /// Why a group's pipeline brought no replies.
@@ -564,30 +602,31 @@ impl RedisStreamsPublisher {
     fn record(
         &self,
         batch: &[OutboxMessage],
-        group: &Group,
+        group: &Group<'_>,
         replies: Result<Vec<Value>, Unanswered>,
         results: &mut [Option<Result<(), PublishError>>],
     ) {
-        let fail_all = |results: &mut [Option<Result<(), PublishError>>],
-                        reason: &str,
-                        source: Option<&RedisError>| {
-            for &i in &group.members {
+        let fail = |results: &mut [Option<Result<(), PublishError>>],
+                    members: &mut dyn Iterator<Item = usize>,
+                    reason: &str,
+                    source: Option<&RedisError>| {
+            for i in members {
                 let source = source.map(|e| Box::new(e.clone()) as BoxError);
                 results[i] = Some(Err(transient(reason.to_owned(), source)));
             }
         };
         let mut replies = match replies {
             Ok(r) => r,
-            Err(u) => return fail_all(results, &u.reason, u.source.as_ref()),
+            Err(u) => return fail(results, &mut group.members(), &u.reason, u.source.as_ref()),
         };
-        let expected = group.members.len() + usize::from(self.replica_acks.is_some());
+        let expected = group.calls.len() + usize::from(self.replica_acks.is_some());
         if replies.len() != expected {
             let reason = format!(
-                "Redis answered {} replies for {} messages",
+                "Redis answered {} replies for {} script calls",
                 replies.len(),
-                group.members.len()
+                group.calls.len()
             );
-            return fail_all(results, &reason, None);
+            return fail(results, &mut group.members(), &reason, None);
         }
         // Checked before the scripts' own outcomes: a script that appended
         // is not confirmed until its replicas have it.
@@ -601,20 +640,35 @@ impl RedisStreamsPublisher {
                 Err(e) => Some(format!("WAIT answered something else than a count: {e}")),
             }
         });
-        for (&i, reply) in group.members.iter().zip(replies) {
-            let outcome = match ::redis::from_redis_value::<(i64, String)>(reply) {
-                Ok((-1, error)) => Err(server_refusal(&self.stream_for(&batch[i]), &error)),
-                // Appended, or already there (a duplicate).
-                Ok(_) => match &unacknowledged {
-                    None => Ok(()),
-                    Some(reason) => Err(transient(reason.clone(), None)),
-                },
-                Err(e) => Err(transient(
-                    "the deduplicating script answered something unexpected".to_owned(),
-                    Some(Box::new(e)),
-                )),
+        for (members, reply) in group.calls.iter().zip(replies) {
+            let outcomes = match ::redis::from_redis_value::<Vec<(i64, String)>>(reply) {
+                Ok(o) if o.len() == members.len() => o,
+                Ok(o) => {
+                    let reason = format!(
+                        "the deduplicating script answered {} outcomes for {} messages",
+                        o.len(),
+                        members.len()
+                    );
+                    fail(results, &mut members.iter().copied(), &reason, None);
+                    continue;
+                }
+                Err(e) => {
+                    let reason =
+                        format!("the deduplicating script answered something unexpected: {e}");
+                    fail(results, &mut members.iter().copied(), &reason, None);
+                    continue;
+                }
             };
-            results[i] = Some(outcome);
+            for (&i, (code, detail)) in members.iter().zip(outcomes) {
+                results[i] = Some(match code {
+                    -1 => Err(server_refusal(&self.stream_for(&batch[i]), &detail)),
+                    // Appended, or already there (a duplicate).
+                    _ => match &unacknowledged {
+                        None => Ok(()),
+                        Some(reason) => Err(transient(reason.clone(), None)),
+                    },
+                });
+            }
         }
     }
 }
@@ -646,7 +700,7 @@ impl Publisher for RedisStreamsPublisher {
         } else {
             "0"
         };
-        let mut groups: Vec<Group> = Vec::new();
+        let mut groups: Vec<Group<'_>> = Vec::new();
         for (i, m) in batch.iter().enumerate() {
             let (stream, dedupe) = (self.stream_for(m), self.dedupe_key_for(m));
             let prepared = self
@@ -668,23 +722,31 @@ impl Publisher for RedisStreamsPublisher {
                     pipe.load_script(&self.script).ignore();
                     groups.push(Group {
                         slot,
-                        members: Vec::new(),
+                        calls: Vec::new(),
+                        open: None,
                         pipe,
                     });
                     groups.last_mut().expect("just pushed")
                 }
             };
-            let mut call = self.script.prepare_invoke();
-            call.key(dedupe)
-                .key(stream)
-                .arg(ttl_ms)
-                .arg(max_len)
-                .arg(touch);
+            let call = group.open.get_or_insert_with(|| {
+                let mut call = self.script.prepare_invoke();
+                call.arg(ttl_ms).arg(max_len).arg(touch);
+                group.calls.push(Vec::new());
+                call
+            });
+            call.key(dedupe).key(stream).arg(fields.len() * 2);
             for (k, v) in &fields {
                 call.arg(k).arg(v.as_slice());
             }
-            group.pipe.invoke_script(&call);
-            group.members.push(i);
+            let members = group.calls.last_mut().expect("opened with the call");
+            members.push(i);
+            if members.len() == MESSAGES_PER_CALL {
+                group.close();
+            }
+        }
+        for g in &mut groups {
+            g.close();
         }
         if groups.is_empty() {
             return outcomes_or_retry(results);
