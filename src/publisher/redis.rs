@@ -27,7 +27,7 @@ const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
 /// How many messages one script call carries at most: enough to spread
 /// the call's own cost thin, few enough that the server, which runs a
 /// script to its end before anything else, is never held for long (about
-/// half a millisecond).
+/// a millisecond, at 8 to 12 µs a message on a busy two-core machine).
 const MESSAGES_PER_CALL: usize = 100;
 
 /// For each message in turn, sets its dedupe key and appends it to its
@@ -124,8 +124,8 @@ return replies
 /// acknowledgements](Self::with_replica_acks) are asked for), pipelined.
 /// Each call runs the guard for its messages one after the other and
 /// answers each message's own result: one message refused does not fail
-/// the others. A call holds the server for about half a millisecond at
-/// most (Redis runs a script to its end before any other command). On a
+/// the others. A call holds the server for about a millisecond at most
+/// (Redis runs a script to its end before any other command). On a
 /// cluster, one such pipeline per hash slot of the batch, sent
 /// concurrently.
 ///
