@@ -30,8 +30,9 @@ const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
 /// a millisecond, at 8 to 12 µs a message on a busy two-core machine).
 const MESSAGES_PER_CALL: usize = 100;
 
-/// For each message in turn, sets its dedupe key and appends it to its
-/// stream in one atomic step.
+/// For each message in turn, looks its dedupe key up and, if absent,
+/// appends the message to its stream and sets the key to the new entry's
+/// id, in one atomic step.
 ///
 /// KEYS: per message, its dedupe key then its stream. ARGV[1] TTL in ms,
 /// ARGV[2] MAXLEN (0 = no trimming), ARGV[3] `1` to rewrite the dedupe key
@@ -41,7 +42,11 @@ const MESSAGES_PER_CALL: usize = 100;
 /// (appended), `{0, entry id of the first copy}` (duplicate) or `{-1,
 /// error}` (nothing written for it). A message's failure does not stop
 /// the next: each stands alone, as the relay never puts two messages of
-/// one key in a batch for this publisher.
+/// one key in a batch for this publisher. Nothing is written before the
+/// append succeeds, so a refused append leaves no guard that would make
+/// its retry look like a duplicate; a guard that cannot be written after
+/// the append (an ACL that denies `SET`) leaves the entry appended and
+/// unguarded, and the message counts as appended.
 const DEDUPE_XADD: &str = r#"
 local ttl, maxlen, touch = ARGV[1], tonumber(ARGV[2]), ARGV[3]
 local replies = {}
@@ -51,12 +56,10 @@ for m = 1, #KEYS / 2 do
   local n = tonumber(ARGV[a])
   local fields = a + 1
   a = fields + n
-  local set = redis.pcall('SET', dedupe, '', 'NX', 'PX', ttl)
-  if type(set) == 'table' and set.err then
-    replies[m] = {-1, set.err}
-  elseif not set then
-    local first = redis.pcall('GET', dedupe)
-    if type(first) ~= 'string' then first = '' end
+  local first = redis.pcall('GET', dedupe)
+  if type(first) == 'table' and first.err then
+    replies[m] = {-1, first.err}
+  elseif first then
     if touch == '1' then
       redis.pcall('SET', dedupe, first, 'XX', 'KEEPTTL')
     end
@@ -69,10 +72,9 @@ for m = 1, #KEYS / 2 do
       id = redis.pcall('XADD', stream, '*', unpack(ARGV, fields, a - 1))
     end
     if type(id) == 'table' and id.err then
-      redis.call('DEL', dedupe)
       replies[m] = {-1, id.err}
     else
-      redis.call('SET', dedupe, id, 'PX', ttl)
+      redis.pcall('SET', dedupe, id, 'PX', ttl)
       replies[m] = {1, id}
     end
   end
@@ -105,12 +107,12 @@ return replies
 /// # Deduplication
 ///
 /// Streams do not deduplicate, so every message goes through a Lua script
-/// that runs atomically on the server: `SET <dedupe key> NX PX <ttl>`,
-/// and `XADD` only if that `SET` succeeded; the dedupe key then holds the
-/// new entry's id. A second copy of a message (a retry after a lost
-/// reply, a relay crash) finds the key, appends nothing and counts as
-/// published. If `XADD` fails, the key is removed again so that the retry
-/// is not mistaken for a duplicate. The guard lasts the
+/// that runs atomically on the server: `GET <dedupe key>`, and only if the
+/// key is absent `XADD`, then `SET <dedupe key> <entry id> PX <ttl>`; the
+/// dedupe key holds the new entry's id. A second copy of a message (a
+/// retry after a lost reply, a relay crash) finds the key, appends nothing
+/// and counts as published. If `XADD` fails, nothing was written, so the
+/// retry is not mistaken for a duplicate. The guard lasts the
 /// [dedupe TTL](Self::with_dedupe_ttl) (default 24 hours): a copy that
 /// arrives later is appended again (consumers can still deduplicate on
 /// the `id` field). A message's two keys, and those of every message the
@@ -123,11 +125,14 @@ return replies
 /// `EVALSHA` per hundred messages (and a `WAIT` if [replica
 /// acknowledgements](Self::with_replica_acks) are asked for), pipelined.
 /// Each call runs the guard for its messages one after the other and
-/// answers each message's own result: one message refused does not fail
-/// the others. A call holds the server for about a millisecond at most
-/// (Redis runs a script to its end before any other command). On a
-/// cluster, one such pipeline per hash slot of the batch, sent
-/// concurrently.
+/// answers each message's own result: a message the server refuses
+/// (`WRONGTYPE`, `OOM`, ...) does not fail the others. An error that stops
+/// a call or the pipeline (`LOADING`, `CLUSTERDOWN`, a lost connection)
+/// fails every message of the pipeline transiently; their retry finds the
+/// guards of those already appended. A call holds the server for about a
+/// millisecond at most (Redis runs a script to its end before any other
+/// command). On a cluster, one such pipeline per hash slot of the batch,
+/// sent concurrently, a call per hundred messages of the slot.
 ///
 /// # Connection
 ///
