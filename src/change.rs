@@ -25,7 +25,10 @@
 //!
 //! [RFC 7386]: https://www.rfc-editor.org/rfc/rfc7386
 
-use serde::{Deserialize, Serialize};
+use std::fmt;
+use std::sync::OnceLock;
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use serde_json::{Map, Value};
 
 use crate::error::{Error, Result};
@@ -70,9 +73,75 @@ pub struct Change {
     key: String,
     kind: ChangeKind,
     #[serde(skip_serializing_if = "Option::is_none", default)]
-    data: Option<Value>,
+    data: Option<Doc>,
     #[serde(skip_serializing_if = "Option::is_none", default)]
-    before: Option<Value>,
+    before: Option<Doc>,
+}
+
+/// A JSON document of a change: a value, or the text a change log holds
+/// (PostgreSQL's `jsonb` output, valid JSON by construction), parsed the
+/// first time it is looked at. A page a consumer forwards without reading
+/// its documents is never parsed.
+#[derive(Clone)]
+pub(crate) struct Doc {
+    /// The logged text, if the document came from a log; `value` is then
+    /// parsed from it on first access.
+    text: Option<Box<str>>,
+    value: OnceLock<Value>,
+}
+
+impl Doc {
+    fn value(&self) -> &Value {
+        self.value.get_or_init(|| match &self.text {
+            // The text came from a column whose type admits valid JSON
+            // only (see `from_valid_text`).
+            Some(t) => serde_json::from_str(t).expect("a logged JSON document is valid JSON"),
+            None => Value::Null,
+        })
+    }
+
+    /// The document from text a database vouches is valid JSON (a
+    /// PostgreSQL `jsonb` column's output); parsed on first access.
+    #[cfg_attr(not(feature = "postgres"), allow(dead_code))]
+    pub(crate) fn from_valid_text(text: &str) -> Self {
+        Doc {
+            text: Some(text.into()),
+            value: OnceLock::new(),
+        }
+    }
+}
+
+impl From<Value> for Doc {
+    fn from(v: Value) -> Self {
+        Doc {
+            text: None,
+            value: OnceLock::from(v),
+        }
+    }
+}
+
+impl PartialEq for Doc {
+    fn eq(&self, other: &Self) -> bool {
+        self.value() == other.value()
+    }
+}
+
+impl fmt::Debug for Doc {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.value().fmt(f)
+    }
+}
+
+impl Serialize for Doc {
+    fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        self.value().serialize(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for Doc {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        Value::deserialize(d).map(Doc::from)
+    }
 }
 
 fn to_value<T: Serialize + ?Sized>(v: &T) -> Result<Value> {
@@ -94,7 +163,7 @@ impl Change {
             entity_type: entity_type.into(),
             key: key.into(),
             kind: ChangeKind::Insert,
-            data: Some(to_value(after)?),
+            data: Some(to_value(after)?.into()),
             before: None,
         })
     }
@@ -117,7 +186,7 @@ impl Change {
             entity_type: entity_type.into(),
             key: key.into(),
             kind: ChangeKind::Update,
-            data: Some(patch),
+            data: Some(patch.into()),
             before: None,
         }))
     }
@@ -140,7 +209,7 @@ impl Change {
     ///
     /// [`Error::Serialize`] if `before` cannot be serialized as JSON.
     pub fn with_before<T: Serialize + ?Sized>(mut self, before: &T) -> Result<Self> {
-        self.before = Some(to_value(before)?);
+        self.before = Some(to_value(before)?.into());
         Ok(self)
     }
 
@@ -149,10 +218,10 @@ impl Change {
     pub(crate) fn validate(&self) -> Result<()> {
         check_name("entity type", &self.entity_type)?;
         check_name("entity key", &self.key)?;
-        if let Some(d) = &self.data {
+        if let Some(d) = self.data() {
             check_json("change data", d)?;
         }
-        if let Some(b) = &self.before {
+        if let Some(b) = self.before() {
             check_json("change before values", b)?;
         }
         Ok(())
@@ -174,13 +243,29 @@ impl Change {
     }
 
     /// The whole entity (insert) or the merge patch (update).
+    ///
+    /// A change read from a PostgreSQL change log holds its documents as
+    /// the text the database returned and parses each the first time it
+    /// is looked at, here or by [`before`](Self::before), comparing or
+    /// serializing: a page whose documents are never looked at costs no
+    /// JSON parsing.
     pub fn data(&self) -> Option<&Value> {
-        self.data.as_ref()
+        self.data.as_ref().map(Doc::value)
     }
 
     /// The values before the change, if recorded.
     pub fn before(&self) -> Option<&Value> {
+        self.before.as_ref().map(Doc::value)
+    }
+
+    /// The values before the change, as they are held (not parsed).
+    pub(crate) fn before_doc(&self) -> Option<&Doc> {
         self.before.as_ref()
+    }
+
+    /// Replaces the values before the change.
+    pub(crate) fn set_before_doc(&mut self, before: Option<Doc>) {
+        self.before = before;
     }
 
     /// The partition key used for this change's message and its ordering:
@@ -208,11 +293,11 @@ impl Change {
     /// delete removes. Applying the same change twice gives the same result.
     pub fn apply_to(&self, entity: &mut Option<Value>) {
         match self.kind {
-            ChangeKind::Insert => *entity = self.data.clone(),
+            ChangeKind::Insert => *entity = self.data().cloned(),
             ChangeKind::Delete => *entity = None,
             ChangeKind::Update => {
                 let mut v = entity.take().unwrap_or_else(|| Value::Object(Map::new()));
-                if let Some(p) = &self.data {
+                if let Some(p) = self.data() {
                     apply_patch(&mut v, p);
                 }
                 *entity = Some(v);
@@ -224,8 +309,8 @@ impl Change {
         entity_type: String,
         key: String,
         kind: ChangeKind,
-        data: Option<Value>,
-        before: Option<Value>,
+        data: Option<Doc>,
+        before: Option<Doc>,
     ) -> Self {
         Self {
             entity_type,
@@ -345,6 +430,51 @@ mod tests {
     use serde_json::json;
 
     use super::*;
+
+    #[test]
+    fn a_logged_document_reads_as_the_value_it_holds() {
+        let value = json!({"status": "hired", "n": 7, "address": {"zip": "N7"}, "tags": [1, null]});
+        let text = value.to_string();
+        let logged = || {
+            Change::from_parts(
+                "candidate".into(),
+                "42".into(),
+                ChangeKind::Update,
+                Some(Doc::from_valid_text(&text)),
+                Some(Doc::from_valid_text("{\"status\": \"interviewing\"}")),
+            )
+        };
+        let built = Change::update(
+            "candidate",
+            "42",
+            &json!({"status": "interviewing"}),
+            &json!({"status": "hired", "n": 7, "address": {"zip": "N7"}, "tags": [1, null]}),
+        )
+        .unwrap()
+        .unwrap()
+        .with_before(&json!({"status": "interviewing"}))
+        .unwrap();
+        // Compared, serialized and printed before and after a look at the
+        // document, and cloned unparsed: always the same change.
+        let fresh = logged();
+        assert_eq!(fresh, built);
+        assert_eq!(
+            serde_json::to_string(&logged()).unwrap(),
+            serde_json::to_string(&built).unwrap()
+        );
+        assert_eq!(format!("{:?}", logged()), format!("{built:?}"));
+        let unparsed = logged();
+        let copy = unparsed.clone();
+        assert_eq!(copy.data(), Some(&value));
+        assert_eq!(unparsed.before(), Some(&json!({"status": "interviewing"})));
+        let back: Change = serde_json::from_str(&serde_json::to_string(&copy).unwrap()).unwrap();
+        assert_eq!(back, built);
+        let mut replica = Some(json!({"status": "interviewing", "n": 1}));
+        logged().apply_to(&mut replica);
+        let mut expected = Some(json!({"status": "interviewing", "n": 1}));
+        built.apply_to(&mut expected);
+        assert_eq!(replica, expected);
+    }
 
     #[test]
     fn changes_a_database_would_refuse_fail_validation() {

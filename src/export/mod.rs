@@ -51,7 +51,7 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
-use crate::change::{apply_patch, compose, Change, ChangeKind};
+use crate::change::{apply_patch, compose, Change, ChangeKind, Doc};
 use crate::error::Error;
 
 /// An export consumer and how far behind it is, from `export_consumers`.
@@ -319,16 +319,10 @@ fn merge(acc: Net, next: Change) -> Merged {
         }
         Net::Change(c) => c,
     };
-    let before = cur.before().cloned();
+    let before = cur.before_doc().cloned();
     let keep_before = |mut c: Change| {
-        if let Some(b) = &before {
-            c = Change::from_parts(
-                c.entity_type().to_owned(),
-                c.key().to_owned(),
-                c.kind(),
-                c.data().cloned(),
-                Some(b.clone()),
-            );
+        if before.is_some() {
+            c.set_before_doc(before.clone());
         }
         c
     };
@@ -342,7 +336,7 @@ fn merge(acc: Net, next: Change) -> Merged {
                 cur.entity_type().to_owned(),
                 cur.key().to_owned(),
                 Insert,
-                Some(doc),
+                Some(doc.into()),
                 before,
             )))
         }
@@ -361,7 +355,7 @@ fn merge(acc: Net, next: Change) -> Merged {
                     cur.entity_type().to_owned(),
                     cur.key().to_owned(),
                     Update,
-                    Some(p),
+                    Some(p.into()),
                     before,
                 ))),
                 None => Merged::Apart(Net::Change(cur), next),
@@ -392,8 +386,8 @@ fn decode_log(rows: Vec<LogRow>) -> Result<Vec<(i64, Change)>, Error> {
                 entity_type,
                 key,
                 &kind,
-                data.as_deref(),
-                before.as_deref(),
+                parse_json(data.as_deref())?,
+                parse_json(before.as_deref())?,
             )
         })
         .collect()
@@ -407,19 +401,13 @@ fn logged_change(
     entity_type: String,
     key: String,
     kind: &str,
-    data: Option<&str>,
-    before: Option<&str>,
+    data: Option<Doc>,
+    before: Option<Doc>,
 ) -> Result<(i64, Change), Error> {
     let kind = ChangeKind::parse(kind).ok_or_else(|| {
         Error::InvalidMessage(format!("unknown change kind {kind:?} in the change log"))
     })?;
-    let change = Change::from_parts(
-        entity_type,
-        key,
-        kind,
-        parse_json(data)?,
-        parse_json(before)?,
-    );
+    let change = Change::from_parts(entity_type, key, kind, data, before);
     Ok((seq, change))
 }
 
@@ -428,10 +416,14 @@ fn json_text(v: Option<&serde_json::Value>) -> Option<String> {
     v.map(|v| v.to_string())
 }
 
-#[cfg(any(feature = "postgres", feature = "sqlite", feature = "mysql"))]
-fn parse_json(s: Option<&str>) -> Result<Option<serde_json::Value>, Error> {
-    s.map(|s| serde_json::from_str(s).map_err(Error::Serialize))
-        .transpose()
+#[cfg(any(feature = "sqlite", feature = "mysql"))]
+fn parse_json(s: Option<&str>) -> Result<Option<Doc>, Error> {
+    s.map(|s| {
+        serde_json::from_str::<serde_json::Value>(s)
+            .map(Doc::from)
+            .map_err(Error::Serialize)
+    })
+    .transpose()
 }
 
 /// Page sizes and purge batches: zero or less would never make progress.

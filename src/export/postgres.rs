@@ -6,7 +6,7 @@ use sqlx::{Executor, Postgres, Row};
 
 use super::api::export_api;
 use super::{coalesce, json_text, logged_change, ChangePage, Cursor, CursorState};
-use crate::change::Change;
+use crate::change::{Change, Doc};
 use crate::error::{Error, Result};
 use crate::store::postgres::change_lock_class;
 use crate::PgOutbox;
@@ -202,8 +202,10 @@ impl PgOutbox {
             .fetch_all(&mut *conn)
             .await?;
         let read = rows.len();
-        // Decoded in place: the kind and the JSON text are read where the
-        // row holds them.
+        // Decoded in place: the kind is read where the row holds it, and
+        // the documents are kept as `jsonb`'s text (valid JSON), parsed
+        // only if looked at.
+        let doc = |t: Option<&str>| t.map(Doc::from_valid_text);
         let log = rows
             .iter()
             .map(|r| {
@@ -212,8 +214,8 @@ impl PgOutbox {
                     r.try_get(1)?,
                     r.try_get(2)?,
                     r.try_get(3)?,
-                    r.try_get(4)?,
-                    r.try_get(5)?,
+                    doc(r.try_get(4)?),
+                    doc(r.try_get(5)?),
                 )
             })
             .collect::<Result<Vec<_>>>()?;
