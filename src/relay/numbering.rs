@@ -5,22 +5,157 @@ use std::collections::HashMap;
 
 use crate::error::Result;
 use crate::store::sealed::StoreOps;
-use crate::store::Claimed;
+use crate::store::{Ack, AckReport, Claimed, Disposition, Lease};
+
+/// Most keys [`KnownNumbers`] remembers; past it, it starts over.
+const MAX_KNOWN_KEYS: usize = 100_000;
+
+/// The last number stored for each key this relay numbered or read, while
+/// it holds the key's bucket: what a read of the store would return, so a
+/// batch of known keys is numbered without one.
+///
+/// Only a bucket's owner stores its keys' numbers, with an acknowledgement
+/// fenced by the bucket's lease epoch. So a number learnt under the epoch
+/// the relay still holds cannot have moved since: each entry keeps the
+/// bucket and the epoch it was learnt under, and counts only while the
+/// relay holds that bucket under that epoch. An entry is learnt from a
+/// read, or from an acknowledgement that stored it; one the store may have
+/// changed in a way this cannot follow (a failed message's number spent, a
+/// fenced or failed acknowledgement) is forgotten, and read again.
+#[derive(Debug, Default)]
+pub(super) struct KnownNumbers {
+    known: HashMap<String, Known>,
+    /// The bucket count the entries were learnt under: keys map to other
+    /// buckets under another.
+    bucket_count: i32,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Known {
+    number: i64,
+    bucket: i32,
+    epoch: i64,
+}
+
+impl KnownNumbers {
+    /// Forgets everything: the next batch reads its numbers.
+    pub(super) fn forget(&mut self) {
+        self.known.clear();
+    }
+
+    /// The last stored number of `key`, in `bucket`, if known under a
+    /// lease held now.
+    fn get(&self, key: &str, bucket: i32, leases: &[Lease]) -> Option<i64> {
+        let k = self.known.get(key)?;
+        (k.bucket == bucket && epoch_of(leases, bucket) == Some(k.epoch)).then_some(k.number)
+    }
+
+    fn learn(&mut self, key: &str, known: Known) {
+        if self.known.len() >= MAX_KNOWN_KEYS && !self.known.contains_key(key) {
+            self.known.clear();
+        }
+        self.known.insert(key.to_owned(), known);
+    }
+
+    /// Takes in a written acknowledgement of `acks`, fenced by `leases`:
+    /// keys whose messages were all published now stand at their highest
+    /// number; keys with a failed message are forgotten (the store may have
+    /// spent its number); a fenced acknowledgement forgets everything.
+    pub(super) fn acknowledged(&mut self, acks: &[Ack], report: &AckReport, leases: &[Lease]) {
+        if report.fenced > 0 {
+            self.forget();
+            return;
+        }
+        let mut stored: HashMap<&str, Option<Known>> = HashMap::new();
+        for a in acks {
+            let Some(key) = a.partition_key.as_deref() else {
+                continue;
+            };
+            let known = match (&a.disposition, a.key_sequence, epoch_of(leases, a.bucket)) {
+                (Disposition::Published, Some(number), Some(epoch)) => Some(Known {
+                    number,
+                    bucket: a.bucket,
+                    epoch,
+                }),
+                _ => None,
+            };
+            let entry = stored.entry(key).or_insert(known);
+            *entry = match (*entry, known) {
+                (Some(a), Some(b)) => Some(if b.number > a.number { b } else { a }),
+                _ => None,
+            };
+        }
+        for (key, known) in stored {
+            match known {
+                Some(k) => self.learn(key, k),
+                None => {
+                    self.known.remove(key);
+                }
+            }
+        }
+    }
+}
+
+/// The epoch of `bucket`'s lease among `leases`, if held.
+fn epoch_of(leases: &[Lease], bucket: i32) -> Option<i64> {
+    leases.iter().find(|l| l.bucket == bucket).map(|l| l.epoch)
+}
 
 /// Gives each keyed message its per-key sequence number: the last one
 /// published for the key, plus its rank among the key's messages in this
 /// batch. Only the bucket's owner numbers a key, and a number is stored
 /// only with a successful, fenced acknowledgement, so a redelivery gets
-/// the same number and numbers stay dense.
+/// the same number and numbers stay dense. The last numbers come from
+/// `known` where it has them under `leases`, from the store otherwise.
 /// (A free function: the worker holds the listener, which is not `Sync`.)
-pub(super) async fn number_keys(store: &dyn StoreOps, claimed: &mut [Claimed]) -> Result<()> {
-    let mut keys: Vec<String> = claimed
-        .iter()
-        .filter_map(|c| c.message.partition_key.clone())
-        .collect();
-    keys.sort_unstable();
-    keys.dedup();
-    let last = store.key_sequences(&keys).await?;
+pub(super) async fn number_keys(
+    store: &dyn StoreOps,
+    claimed: &mut [Claimed],
+    known: &mut KnownNumbers,
+    leases: &[Lease],
+    bucket_count: i32,
+) -> Result<()> {
+    if known.bucket_count != bucket_count {
+        known.forget();
+        known.bucket_count = bucket_count;
+    }
+    let mut last: HashMap<String, i64> = HashMap::new();
+    let mut unknown: Vec<(String, i32)> = Vec::new();
+    for c in claimed.iter() {
+        let Some(key) = &c.message.partition_key else {
+            continue;
+        };
+        if last.contains_key(key) {
+            continue;
+        }
+        match known.get(key, c.bucket, leases) {
+            Some(n) => {
+                last.insert(key.clone(), n);
+            }
+            None => unknown.push((key.clone(), c.bucket)),
+        }
+    }
+    unknown.sort_unstable();
+    unknown.dedup_by(|a, b| a.0 == b.0);
+    if !unknown.is_empty() {
+        let keys: Vec<String> = unknown.iter().map(|(k, _)| k.clone()).collect();
+        let read = store.key_sequences(&keys).await?;
+        for (key, bucket) in unknown {
+            // A key never numbered stands at 0.
+            let number = read.get(&key).copied().unwrap_or(0);
+            if let Some(epoch) = epoch_of(leases, bucket) {
+                known.learn(
+                    &key,
+                    Known {
+                        number,
+                        bucket,
+                        epoch,
+                    },
+                );
+            }
+            last.insert(key, number);
+        }
+    }
     assign_numbers(claimed, last);
     Ok(())
 }
@@ -40,7 +175,112 @@ fn assign_numbers(claimed: &mut [Claimed], mut last: HashMap<String, i64>) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::memory::claimed;
+    use crate::store::memory::{claimed, MemoryStore};
+
+    fn lease(bucket: i32, epoch: i64) -> Lease {
+        Lease { bucket, epoch }
+    }
+
+    fn published(c: &Claimed) -> Ack {
+        Ack::of(c, Disposition::Published)
+    }
+
+    /// Numbers a batch of `keys` (all in bucket 0) against an empty store,
+    /// after `known`: what each message got.
+    async fn number(known: &mut KnownNumbers, keys: &[&str], leases: &[Lease]) -> Vec<Claimed> {
+        let store = MemoryStore::new(4);
+        let mut batch: Vec<Claimed> = keys
+            .iter()
+            .enumerate()
+            .map(|(i, k)| claimed(i as i64 + 1, Some(k), 0))
+            .collect();
+        number_keys(&store, &mut batch, known, leases, 4)
+            .await
+            .unwrap();
+        batch
+    }
+
+    fn numbers(batch: &[Claimed]) -> Vec<Option<i64>> {
+        batch.iter().map(|c| c.message.key_sequence).collect()
+    }
+
+    #[tokio::test]
+    async fn numbers_learnt_from_an_acknowledgement_count_only_under_its_lease() {
+        let held = [lease(0, 3)];
+        let mut known = KnownNumbers::default();
+        // Nothing known: the (empty) store says every key starts at 1.
+        let batch = number(&mut known, &["a", "a", "b"], &held).await;
+        assert_eq!(numbers(&batch), [Some(1), Some(2), Some(1)]);
+        let acks: Vec<Ack> = batch.iter().map(published).collect();
+        known.acknowledged(&acks, &AckReport::default(), &held);
+        // Known now, under the same lease: the store (still empty here)
+        // is not what numbers them.
+        let batch = number(&mut known, &["a", "b"], &held).await;
+        assert_eq!(numbers(&batch), [Some(3), Some(2)]);
+        // Unacknowledged numbers are not learnt: the same batch numbers
+        // alike again.
+        let again = number(&mut known, &["a", "b"], &held).await;
+        assert_eq!(numbers(&again), [Some(3), Some(2)]);
+        // The bucket lost and taken again under a later epoch: another
+        // relay may have numbered its keys meanwhile, so the store says.
+        let batch = number(&mut known, &["a"], &[lease(0, 5)]).await;
+        assert_eq!(numbers(&batch), [Some(1)]);
+        // Not held at all: the store says, and nothing is learnt.
+        let mut fresh = KnownNumbers::default();
+        let batch = number(&mut fresh, &["a"], &[]).await;
+        let acks: Vec<Ack> = batch.iter().map(published).collect();
+        fresh.acknowledged(&acks, &AckReport::default(), &[]);
+        assert!(fresh.known.is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_failed_message_or_a_fenced_acknowledgement_forgets_numbers() {
+        let held = [lease(0, 1)];
+        let mut known = KnownNumbers::default();
+        let batch = number(&mut known, &["a", "b", "b"], &held).await;
+        known.acknowledged(
+            &batch.iter().map(published).collect::<Vec<_>>(),
+            &AckReport::default(),
+            &held,
+        );
+        let batch = number(&mut known, &["a", "b", "b"], &held).await;
+        assert_eq!(numbers(&batch), [Some(2), Some(3), Some(4)]);
+        // b's second message failed (its number may be spent): b is read
+        // again; a's published number is learnt.
+        let mut acks: Vec<Ack> = batch.iter().map(published).collect();
+        acks[2].disposition = Disposition::Dead {
+            error: "refused".into(),
+            block_key: false,
+        };
+        known.acknowledged(&acks, &AckReport::default(), &held);
+        assert_eq!(known.get("a", 0, &held), Some(2));
+        assert_eq!(known.get("b", 0, &held), None);
+        // The key claimed in another bucket is another matter.
+        assert_eq!(known.get("a", 1, &held), None);
+        // Some of an acknowledgement fenced: nothing is trusted.
+        let fenced = AckReport {
+            fenced: 1,
+            fenced_buckets: vec![0],
+            ..AckReport::default()
+        };
+        known.acknowledged(&acks[..1], &fenced, &held);
+        assert!(known.known.is_empty());
+        // Another bucket count maps keys to other buckets: forgotten.
+        known.learn(
+            "a",
+            Known {
+                number: 9,
+                bucket: 0,
+                epoch: 1,
+            },
+        );
+        let store = MemoryStore::new(8);
+        let mut batch = vec![claimed(1, Some("a"), 0)];
+        number_keys(&store, &mut batch, &mut known, &held, 8)
+            .await
+            .unwrap();
+        assert_eq!(numbers(&batch), [Some(1)]);
+    }
 
     #[test]
     fn numbers_continue_from_the_last_published_one_in_batch_order() {

@@ -100,7 +100,7 @@ pub(super) fn tally(acks: &[Ack], fenced_buckets: &[i32]) -> Tally {
 /// task, and the positions of its batch, which a claim started before it
 /// lands leaves out.
 pub(super) struct PendingAck {
-    task: tokio::task::JoinHandle<(Vec<Ack>, Result<AckReport>)>,
+    task: tokio::task::JoinHandle<(Vec<Ack>, Vec<Lease>, Result<AckReport>)>,
     positions: Vec<i64>,
     span: tracing::Span,
     /// Turns true when the acknowledgement has landed (or its sender is
@@ -205,7 +205,14 @@ impl Worker {
                 return Ok(true);
             }
             let store = self.store.clone();
-            number_keys(&*store, &mut claimed).await?;
+            number_keys(
+                &*store,
+                &mut claimed,
+                &mut self.known_numbers,
+                &self.leases,
+                self.bucket_count,
+            )
+            .await?;
         }
         let started = std::time::Instant::now();
         let acks = self.publish_batch(claimed).instrument(span.clone()).await;
@@ -229,7 +236,7 @@ impl Worker {
         // Nothing to write when no call returned (a lease ran out, or the
         // relay is stopping): one round trip fewer, which a shutdown feels.
         if acks.is_empty() {
-            self.took_ack(&acks, AckReport::default(), &span);
+            self.took_ack(&acks, &[], AckReport::default(), &span);
         } else {
             let task = self.ack_task(acks).instrument(span.clone());
             // In a group, a member acknowledges in its own turn.
@@ -248,8 +255,9 @@ impl Worker {
                     landed,
                 });
             } else {
-                let (acks, report) = task.await;
-                self.took_ack(&acks, report?, &span);
+                let (acks, leases, report) = task.await;
+                let report = self.forget_numbers_on_error(report)?;
+                self.took_ack(&acks, &leases, report, &span);
             }
         }
         // Messages held back behind a failure of their key in the call go
@@ -265,10 +273,16 @@ impl Worker {
         let Some(mut p) = self.pending_ack.take() else {
             return Ok(false);
         };
-        let (acks, report) = (&mut p.task).await.map_err(crate::Error::RelayTask)?;
-        let report = report?;
+        let (acks, leases, report) = match (&mut p.task).await {
+            Ok(done) => done,
+            Err(e) => {
+                self.known_numbers.forget();
+                return Err(crate::Error::RelayTask(e));
+            }
+        };
+        let report = self.forget_numbers_on_error(report)?;
         let fenced = report.fenced > 0;
-        self.took_ack(&acks, report, &p.span);
+        self.took_ack(&acks, &leases, report, &p.span);
         // The round that published it returned before it landed.
         self.record_success();
         Ok(fenced)
@@ -280,7 +294,8 @@ impl Worker {
     fn ack_task(
         &self,
         acks: Vec<Ack>,
-    ) -> impl std::future::Future<Output = (Vec<Ack>, Result<AckReport>)> + Send + 'static {
+    ) -> impl std::future::Future<Output = (Vec<Ack>, Vec<Lease>, Result<AckReport>)> + Send + 'static
+    {
         let store = self.store.clone();
         // Only the leases of the buckets acknowledged: the store fences
         // each acknowledgement by its bucket's lease alone, and locks every
@@ -303,15 +318,35 @@ impl Worker {
             let report = store.ack(batch).await;
             metrics::histogram!("outbox_ack_duration_seconds", labels)
                 .record(started.elapsed().as_secs_f64());
-            (acks, report)
+            (acks, leases, report)
         }
+    }
+
+    /// Passes on an acknowledgement's result; after an error, whatever the
+    /// store holds of the keys' numbers is unknown, so the numbers known
+    /// are forgotten.
+    fn forget_numbers_on_error(&mut self, report: Result<AckReport>) -> Result<AckReport> {
+        if report.is_err() {
+            self.known_numbers.forget();
+        }
+        report
     }
 
     /// Takes in a written acknowledgement: counts, the next retry, and
     /// fencing (the early claim was made under leases that changed hands).
-    fn took_ack(&mut self, acks: &[Ack], report: AckReport, span: &tracing::Span) {
+    /// `leases` are those the acknowledgement was fenced by.
+    fn took_ack(
+        &mut self,
+        acks: &[Ack],
+        leases: &[Lease],
+        report: AckReport,
+        span: &tracing::Span,
+    ) {
         if report.fenced > 0 {
             self.prefetch = None;
+        }
+        if self.config.key_sequences {
+            self.known_numbers.acknowledged(acks, &report, leases);
         }
         let t = tally(acks, &report.fenced_buckets);
         if let Some(at) = t.next_retry {

@@ -9,6 +9,7 @@ use tokio::time::Instant;
 
 use super::clock::Clock;
 use super::maintenance::{Parking, Upkeep};
+use super::numbering::KnownNumbers;
 use super::round::{PendingAck, Prefetch};
 use super::shutdown::Shutdown;
 use super::{Health, RelayConfig, RelayState};
@@ -67,6 +68,9 @@ pub(super) struct Worker {
     /// their key in the same publisher call (runs of a key): the next
     /// claim runs at once rather than at the next wake-up.
     pub(super) held_back: bool,
+    /// The last per-key numbers stored for keys of the buckets held, as
+    /// far as this relay knows them (numbering on).
+    pub(super) known_numbers: KnownNumbers,
 }
 
 /// The outcome of queueing for a turn in a relay group.
@@ -127,6 +131,7 @@ impl Worker {
             gauged_topics: HashSet::new(),
             last_claimed: 0,
             held_back: false,
+            known_numbers: KnownNumbers::default(),
         }
     }
 
