@@ -2,6 +2,7 @@
 //! key.
 
 use std::collections::HashMap;
+use std::time::{Duration, SystemTime};
 
 use crate::error::Result;
 use crate::store::sealed::StoreOps;
@@ -22,12 +23,21 @@ const MAX_KNOWN_KEYS: usize = 100_000;
 /// read, or from an acknowledgement that stored it; one the store may have
 /// changed in a way this cannot follow (a failed message's number spent, a
 /// fenced or failed acknowledgement) is forgotten, and read again.
+///
+/// Two guards go beyond the leases, for when the relay's belief that it
+/// holds a lease could be wrong in time: an entry older than the lease
+/// TTL by the wall clock is read again (a process suspended past its
+/// lease, whose monotonic clock stood still, does not number from what it
+/// knew before); and after an acknowledgement that failed (its commit may
+/// still land), nothing is learnt for a lease TTL.
 #[derive(Debug, Default)]
 pub(super) struct KnownNumbers {
     known: HashMap<String, Known>,
-    /// The bucket count the entries were learnt under: keys map to other
-    /// buckets under another.
+    /// The bucket count the entries were learnt under: keys would map to
+    /// other buckets under another.
     bucket_count: i32,
+    /// Nothing is learnt before this.
+    quiet_until: Option<SystemTime>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -35,6 +45,8 @@ struct Known {
     number: i64,
     bucket: i32,
     epoch: i64,
+    /// When it was learnt, by the wall clock.
+    at: SystemTime,
 }
 
 impl KnownNumbers {
@@ -43,14 +55,34 @@ impl KnownNumbers {
         self.known.clear();
     }
 
+    /// Forgets everything after an acknowledgement whose outcome is
+    /// unknown, and learns nothing for `ttl`: the commit may land after a
+    /// read that does not see it yet.
+    pub(super) fn forget_after_failure(&mut self, now: SystemTime, ttl: Duration) {
+        self.forget();
+        self.quiet_until = Some(now + ttl);
+    }
+
     /// The last stored number of `key`, in `bucket`, if known under a
-    /// lease held now.
-    fn get(&self, key: &str, bucket: i32, leases: &[Lease]) -> Option<i64> {
+    /// lease held now and learnt within `ttl` before `now`.
+    fn get(
+        &self,
+        key: &str,
+        bucket: i32,
+        leases: &[Lease],
+        now: SystemTime,
+        ttl: Duration,
+    ) -> Option<i64> {
         let k = self.known.get(key)?;
-        (k.bucket == bucket && epoch_of(leases, bucket) == Some(k.epoch)).then_some(k.number)
+        let fresh = now.duration_since(k.at).is_ok_and(|age| age < ttl);
+        (fresh && k.bucket == bucket && epoch_of(leases, bucket) == Some(k.epoch))
+            .then_some(k.number)
     }
 
     fn learn(&mut self, key: &str, known: Known) {
+        if self.quiet_until.is_some_and(|q| known.at < q) {
+            return;
+        }
         if self.known.len() >= MAX_KNOWN_KEYS && !self.known.contains_key(key) {
             self.known.clear();
         }
@@ -61,7 +93,13 @@ impl KnownNumbers {
     /// keys whose messages were all published now stand at their highest
     /// number; keys with a failed message are forgotten (the store may have
     /// spent its number); a fenced acknowledgement forgets everything.
-    pub(super) fn acknowledged(&mut self, acks: &[Ack], report: &AckReport, leases: &[Lease]) {
+    pub(super) fn acknowledged(
+        &mut self,
+        acks: &[Ack],
+        report: &AckReport,
+        leases: &[Lease],
+        now: SystemTime,
+    ) {
         if report.fenced > 0 {
             self.forget();
             return;
@@ -76,6 +114,7 @@ impl KnownNumbers {
                     number,
                     bucket: a.bucket,
                     epoch,
+                    at: now,
                 }),
                 _ => None,
             };
@@ -106,7 +145,8 @@ fn epoch_of(leases: &[Lease], bucket: i32) -> Option<i64> {
 /// batch. Only the bucket's owner numbers a key, and a number is stored
 /// only with a successful, fenced acknowledgement, so a redelivery gets
 /// the same number and numbers stay dense. The last numbers come from
-/// `known` where it has them under `leases`, from the store otherwise.
+/// `known` where it has them under `leases` (learnt within `ttl`, the
+/// lease TTL), from the store otherwise.
 /// (A free function: the worker holds the listener, which is not `Sync`.)
 pub(super) async fn number_keys(
     store: &dyn StoreOps,
@@ -114,7 +154,9 @@ pub(super) async fn number_keys(
     known: &mut KnownNumbers,
     leases: &[Lease],
     bucket_count: i32,
+    ttl: Duration,
 ) -> Result<()> {
+    let now = SystemTime::now();
     if known.bucket_count != bucket_count {
         known.forget();
         known.bucket_count = bucket_count;
@@ -128,7 +170,7 @@ pub(super) async fn number_keys(
         if last.contains_key(key) {
             continue;
         }
-        match known.get(key, c.bucket, leases) {
+        match known.get(key, c.bucket, leases, now, ttl) {
             Some(n) => {
                 last.insert(key.clone(), n);
             }
@@ -150,6 +192,7 @@ pub(super) async fn number_keys(
                         number,
                         bucket,
                         epoch,
+                        at: now,
                     },
                 );
             }
@@ -177,6 +220,8 @@ mod tests {
     use super::*;
     use crate::store::memory::{claimed, MemoryStore};
 
+    const TTL: Duration = Duration::from_secs(10);
+
     fn lease(bucket: i32, epoch: i64) -> Lease {
         Lease { bucket, epoch }
     }
@@ -194,7 +239,7 @@ mod tests {
             .enumerate()
             .map(|(i, k)| claimed(i as i64 + 1, Some(k), 0))
             .collect();
-        number_keys(&store, &mut batch, known, leases, 4)
+        number_keys(&store, &mut batch, known, leases, 4, TTL)
             .await
             .unwrap();
         batch
@@ -212,7 +257,7 @@ mod tests {
         let batch = number(&mut known, &["a", "a", "b"], &held).await;
         assert_eq!(numbers(&batch), [Some(1), Some(2), Some(1)]);
         let acks: Vec<Ack> = batch.iter().map(published).collect();
-        known.acknowledged(&acks, &AckReport::default(), &held);
+        known.acknowledged(&acks, &AckReport::default(), &held, SystemTime::now());
         // Known now, under the same lease: the store (still empty here)
         // is not what numbers them.
         let batch = number(&mut known, &["a", "b"], &held).await;
@@ -229,7 +274,7 @@ mod tests {
         let mut fresh = KnownNumbers::default();
         let batch = number(&mut fresh, &["a"], &[]).await;
         let acks: Vec<Ack> = batch.iter().map(published).collect();
-        fresh.acknowledged(&acks, &AckReport::default(), &[]);
+        fresh.acknowledged(&acks, &AckReport::default(), &[], SystemTime::now());
         assert!(fresh.known.is_empty());
     }
 
@@ -242,6 +287,7 @@ mod tests {
             &batch.iter().map(published).collect::<Vec<_>>(),
             &AckReport::default(),
             &held,
+            SystemTime::now(),
         );
         let batch = number(&mut known, &["a", "b", "b"], &held).await;
         assert_eq!(numbers(&batch), [Some(2), Some(3), Some(4)]);
@@ -252,18 +298,19 @@ mod tests {
             error: "refused".into(),
             block_key: false,
         };
-        known.acknowledged(&acks, &AckReport::default(), &held);
-        assert_eq!(known.get("a", 0, &held), Some(2));
-        assert_eq!(known.get("b", 0, &held), None);
+        let now = SystemTime::now();
+        known.acknowledged(&acks, &AckReport::default(), &held, now);
+        assert_eq!(known.get("a", 0, &held, now, TTL), Some(2));
+        assert_eq!(known.get("b", 0, &held, now, TTL), None);
         // The key claimed in another bucket is another matter.
-        assert_eq!(known.get("a", 1, &held), None);
+        assert_eq!(known.get("a", 1, &held, now, TTL), None);
         // Some of an acknowledgement fenced: nothing is trusted.
         let fenced = AckReport {
             fenced: 1,
             fenced_buckets: vec![0],
             ..AckReport::default()
         };
-        known.acknowledged(&acks[..1], &fenced, &held);
+        known.acknowledged(&acks[..1], &fenced, &held, now);
         assert!(known.known.is_empty());
         // Another bucket count maps keys to other buckets: forgotten.
         known.learn(
@@ -272,11 +319,12 @@ mod tests {
                 number: 9,
                 bucket: 0,
                 epoch: 1,
+                at: now,
             },
         );
         let store = MemoryStore::new(8);
         let mut batch = vec![claimed(1, Some("a"), 0)];
-        number_keys(&store, &mut batch, &mut known, &held, 8)
+        number_keys(&store, &mut batch, &mut known, &held, 8, TTL)
             .await
             .unwrap();
         assert_eq!(numbers(&batch), [Some(1)]);
@@ -293,5 +341,52 @@ mod tests {
         assign_numbers(&mut batch, HashMap::from([("a".to_owned(), 5)]));
         let numbers: Vec<Option<i64>> = batch.iter().map(|c| c.message.key_sequence).collect();
         assert_eq!(numbers, [Some(6), Some(1), None, Some(7)]);
+    }
+
+    #[test]
+    fn numbers_go_stale_by_the_wall_clock_and_learning_pauses_after_a_failure() {
+        let held = [lease(0, 1)];
+        let now = SystemTime::now();
+        let mut known = KnownNumbers::default();
+        let at = |secs: u64| now + Duration::from_secs(secs);
+        known.learn(
+            "a",
+            Known {
+                number: 4,
+                bucket: 0,
+                epoch: 1,
+                at: now,
+            },
+        );
+        assert_eq!(known.get("a", 0, &held, at(9), TTL), Some(4));
+        // A lease TTL later by the wall clock (a process suspended while
+        // its monotonic clock stood still), or learnt in the future (the
+        // wall clock went back): read again.
+        assert_eq!(known.get("a", 0, &held, at(10), TTL), None);
+        assert_eq!(
+            known.get("a", 0, &held, now - Duration::from_secs(1), TTL),
+            None
+        );
+        // After a failed acknowledgement: nothing learnt for a TTL, from a
+        // read or an acknowledgement.
+        known.forget_after_failure(now, TTL);
+        assert!(known.known.is_empty());
+        let entry = |secs| Known {
+            number: 7,
+            bucket: 0,
+            epoch: 1,
+            at: at(secs),
+        };
+        known.learn("a", entry(9));
+        assert!(known.known.is_empty());
+        let acks = [published(&{
+            let mut c = claimed(1, Some("a"), 0);
+            c.message.key_sequence = Some(7);
+            c
+        })];
+        known.acknowledged(&acks, &AckReport::default(), &held, at(9));
+        assert!(known.known.is_empty());
+        known.acknowledged(&acks, &AckReport::default(), &held, at(10));
+        assert_eq!(known.get("a", 0, &held, at(11), TTL), Some(7));
     }
 }

@@ -211,6 +211,7 @@ impl Worker {
                 &mut self.known_numbers,
                 &self.leases,
                 self.bucket_count,
+                self.config.lease_ttl,
             )
             .await?;
         }
@@ -276,7 +277,7 @@ impl Worker {
         let (acks, leases, report) = match (&mut p.task).await {
             Ok(done) => done,
             Err(e) => {
-                self.known_numbers.forget();
+                self.forget_numbers_after_failure();
                 return Err(crate::Error::RelayTask(e));
             }
         };
@@ -327,9 +328,14 @@ impl Worker {
     /// are forgotten.
     fn forget_numbers_on_error(&mut self, report: Result<AckReport>) -> Result<AckReport> {
         if report.is_err() {
-            self.known_numbers.forget();
+            self.forget_numbers_after_failure();
         }
         report
+    }
+
+    fn forget_numbers_after_failure(&mut self) {
+        self.known_numbers
+            .forget_after_failure(std::time::SystemTime::now(), self.config.lease_ttl);
     }
 
     /// Takes in a written acknowledgement: counts, the next retry, and
@@ -346,7 +352,8 @@ impl Worker {
             self.prefetch = None;
         }
         if self.config.key_sequences {
-            self.known_numbers.acknowledged(acks, &report, leases);
+            let now = std::time::SystemTime::now();
+            self.known_numbers.acknowledged(acks, &report, leases, now);
         }
         let t = tally(acks, &report.fenced_buckets);
         if let Some(at) = t.next_retry {
