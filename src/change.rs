@@ -96,7 +96,7 @@ impl Doc {
             // The text came from a column whose type admits valid JSON
             // only (see `from_valid_text`).
             Some(t) => serde_json::from_str(t).expect("a logged JSON document is valid JSON"),
-            None => Value::Null,
+            None => unreachable!("a document without text is built with its value"),
         })
     }
 

@@ -120,7 +120,7 @@ impl KnownNumbers {
             };
             let entry = stored.entry(key).or_insert(known);
             *entry = match (*entry, known) {
-                (Some(a), Some(b)) => Some(if b.number > a.number { b } else { a }),
+                (Some(was), Some(this)) => Some(if this.number > was.number { this } else { was }),
                 _ => None,
             };
         }
