@@ -19,7 +19,8 @@
 //! `--group-backlog-share=F` (its `backlog_share`), `--group-timeline`
 //! (the steady traffic's latency second by second, on stderr),
 //! `--group-no-ping` (the members' pools skip sqlx's ping before each
-//! acquire: `test_before_acquire(false)`).
+//! acquire: `test_before_acquire(false)`), `--group-min-connections=N`
+//! (the members' pools keep N connections open).
 //!
 //! Results go to `target/outbox-bench/results.json` (flat keys) and a
 //! markdown table on stdout. `OUTBOX_BENCH_PG` overrides the admin URL
