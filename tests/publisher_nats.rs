@@ -109,22 +109,42 @@ impl TestStream {
     /// notices a gap in the stream sequences it receives (a message sent
     /// as a pull request expired, or by a consumer leader that was lost)
     /// and starts again after the last message it got, so each stored
-    /// message is read once, in the stream's order.
+    /// message is read once, in the stream's order. A gap at the very end
+    /// has no later message to reveal it: a consumer that delivers nothing
+    /// for `STALL` is replaced by one that starts after the last stream
+    /// sequence received.
     async fn consume(&self, n: usize) -> Vec<async_nats::Message> {
+        const STALL: Duration = Duration::from_secs(10);
         let s = self.js.get_stream(&self.name).await.expect("get stream");
-        let consumer = s
-            .create_consumer(consumer::pull::OrderedConfig::default())
-            .await
-            .expect("create consumer");
-        let mut messages = consumer.messages().await.expect("consume");
         let mut out = Vec::new();
+        let mut after = 0;
         let deadline = tokio::time::Instant::now() + TIMEOUT;
         while out.len() < n {
-            let next = tokio::time::timeout_at(deadline, messages.next()).await;
-            let Ok(Some(m)) = next else {
-                panic!("consumer got {} of {n} messages", out.len());
+            let config = consumer::pull::OrderedConfig {
+                deliver_policy: if after == 0 {
+                    consumer::DeliverPolicy::All
+                } else {
+                    consumer::DeliverPolicy::ByStartSequence {
+                        start_sequence: after + 1,
+                    }
+                },
+                ..Default::default()
             };
-            out.push(m.expect("message").message);
+            let consumer = s.create_consumer(config).await.expect("create consumer");
+            let mut messages = consumer.messages().await.expect("consume");
+            while out.len() < n {
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "consumer got {} of {n} messages",
+                    out.len()
+                );
+                let Ok(Some(m)) = tokio::time::timeout(STALL, messages.next()).await else {
+                    break; // stalled: a new consumer after `after`
+                };
+                let m = m.expect("message");
+                after = m.info().expect("a stream message's info").stream_sequence;
+                out.push(m.message);
+            }
         }
         out
     }

@@ -137,7 +137,7 @@ impl PgOutbox {
             None => Cursor::beginning(),
         };
         self.check_cursor(&cursor)?;
-        let page = self.read_page_on(c.conn(), &cursor, limit).await?;
+        let page = self.read_page_on(c.conn(), &cursor, limit, None).await?;
         c.finish().await?;
         Ok(page)
     }
@@ -146,17 +146,35 @@ impl PgOutbox {
     /// logged changes before coalescing.
     async fn read_page(&self, cursor: &Cursor, limit: i64) -> Result<ChangePage> {
         let mut c = self.standalone().await?;
-        let page = self.read_page_on(c.conn(), cursor, limit).await?;
+        let page = self.read_page_on(c.conn(), cursor, limit, None).await?;
         c.finish().await?;
         Ok(page)
     }
 
-    /// [`read_page`](Self::read_page) on the connection `conn`.
+    /// Stores `cursor` as `consumer`'s, then reads the page after it, on
+    /// one connection: within a generation, in one statement.
+    async fn commit_then_read(
+        &self,
+        consumer: &str,
+        cursor: &Cursor,
+        limit: i64,
+    ) -> Result<ChangePage> {
+        let mut c = self.standalone().await?;
+        let page = self
+            .read_page_on(c.conn(), cursor, limit, Some(consumer))
+            .await?;
+        c.finish().await?;
+        Ok(page)
+    }
+
+    /// [`read_page`](Self::read_page) on the connection `conn`; first
+    /// storing `cursor` as `committing`'s cursor, if given.
     async fn read_page_on(
         &self,
         conn: &mut PgConnection,
         cursor: &Cursor,
         limit: i64,
+        committing: Option<&str>,
     ) -> Result<ChangePage> {
         let start = CursorState::Pg {
             done: None,
@@ -179,6 +197,15 @@ impl PgOutbox {
         // reads it to its end is caught up. One opened earlier may miss
         // changes committed since.
         let fresh = reading.is_none();
+        // Within a generation the cursor is stored by the page's own
+        // statement; before a new one, by a statement of its own.
+        let stored_with_page = match committing {
+            Some(consumer) if fresh => {
+                self.store_cursor(&mut *conn, consumer, cursor).await?;
+                None
+            }
+            other => other,
+        };
         // A new generation: everything committed as of now and not as of
         // `done`.
         let (reading, last) = match reading {
@@ -193,14 +220,20 @@ impl PgOutbox {
                 (snap, first.map_or(i64::MAX - 1, |f| f - 1))
             }
         };
-        let rows = sqlx::query(&self.sql().export_page)
+        let sql = match stored_with_page {
+            Some(_) => &self.sql().export_commit_page,
+            None => &self.sql().export_page,
+        };
+        let mut page = sqlx::query(sql)
             .persistent(self.named())
             .bind(done.as_deref())
             .bind(&reading)
             .bind(last)
-            .bind(limit)
-            .fetch_all(&mut *conn)
-            .await?;
+            .bind(limit);
+        if let Some(consumer) = stored_with_page {
+            page = page.bind(consumer).bind(cursor.to_string());
+        }
+        let rows = page.fetch_all(&mut *conn).await?;
         let read = rows.len();
         // Decoded in place: the kind is read where the row holds it, and
         // the documents are kept as `jsonb`'s text (valid JSON), parsed

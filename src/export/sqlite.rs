@@ -130,6 +130,17 @@ impl SqliteOutbox {
         self.read_page(&cursor, limit).await
     }
 
+    /// Stores `cursor` as `consumer`'s, then reads the page after it.
+    async fn commit_then_read(
+        &self,
+        consumer: &str,
+        cursor: &Cursor,
+        limit: i64,
+    ) -> Result<ChangePage> {
+        self.commit_cursor_alone(consumer, cursor).await?;
+        self.read_page(cursor, limit).await
+    }
+
     /// The next page after `cursor` (of this backend), at most `limit`
     /// logged changes before coalescing.
     async fn read_page(&self, cursor: &Cursor, limit: i64) -> Result<ChangePage> {

@@ -523,6 +523,12 @@ pub trait TestOutbox: Clone + Send + Sync + 'static {
     async fn changes_after(&self, cursor: &Cursor, limit: i64) -> outbox::Result<ChangePage>;
     async fn cursor(&self, consumer: &str) -> outbox::Result<Option<Cursor>>;
     async fn commit_cursor(&self, consumer: &str, cursor: &Cursor) -> outbox::Result<()>;
+    async fn commit_and_read(
+        &self,
+        consumer: &str,
+        cursor: &Cursor,
+        limit: i64,
+    ) -> outbox::Result<ChangePage>;
     async fn export_consumers(
         &self,
         max: i64,
@@ -786,6 +792,14 @@ macro_rules! test_outbox {
                 cursor: &::outbox::export::Cursor,
             ) -> ::outbox::Result<()> {
                 <$outbox>::commit_cursor(self, consumer, cursor).await
+            }
+            async fn commit_and_read(
+                &self,
+                consumer: &str,
+                cursor: &::outbox::export::Cursor,
+                limit: i64,
+            ) -> ::outbox::Result<::outbox::export::ChangePage> {
+                <$outbox>::commit_and_read(self, consumer, cursor, limit).await
             }
             async fn export_consumers(
                 &self,

@@ -211,6 +211,16 @@ pub(crate) trait ExportBackend: ConsumerBackend {
         self.outbox().commit_cursor(consumer, cursor).await
     }
 
+    /// `commit_and_read`.
+    async fn commit_and_read(
+        &self,
+        consumer: &str,
+        cursor: &Cursor,
+        limit: i64,
+    ) -> Result<ChangePage> {
+        self.outbox().commit_and_read(consumer, cursor, limit).await
+    }
+
     /// `export_consumers`.
     async fn export_consumers(&self, max: i64) -> Result<Vec<outbox::export::ExportConsumer>> {
         self.outbox().export_consumers(max).await

@@ -29,6 +29,7 @@ consumer_scenarios! {
     a_late_commit_is_exported_later_not_skipped except sqlite,
     bad_cursors_are_typed_errors,
     consumers_tell_how_far_behind_they_are,
+    commit_and_read_stores_the_cursor_and_reads_the_page_after_it,
     replica_from_pages_equals_source,
     a_replica_fed_by_the_relay_through_an_inbox_equals_the_source,
 }
@@ -131,7 +132,8 @@ fn apply_page(replica: &mut HashMap<String, Value>, page: &ChangePage) {
 
 /// Pulls pages for `consumer` until a page read after `writers_done` was
 /// set is caught up; it sometimes "crashes" after applying a page and
-/// before committing its cursor.
+/// before committing its cursor. It commits a cursor either alone or with
+/// the read of the next page (`commit_and_read`), at random.
 async fn pull_until_drained<B: ExportBackend>(
     db: &B,
     consumer: &str,
@@ -140,18 +142,36 @@ async fn pull_until_drained<B: ExportBackend>(
     rng: &mut fastrand::Rng,
 ) -> (usize, usize) {
     let (mut pages, mut crashes) = (0, 0);
+    // A page read with the last commit, and whether the writers were done
+    // before it was read.
+    let mut ahead: Option<(bool, ChangePage)> = None;
     loop {
-        let finished = writers_done.load(Ordering::SeqCst);
-        let page = db.changes_since(consumer, rng.i64(1..40)).await.unwrap();
+        let (finished, page) = match ahead.take() {
+            Some(read) => read,
+            None => {
+                let finished = writers_done.load(Ordering::SeqCst);
+                let page = db.changes_since(consumer, rng.i64(1..40)).await.unwrap();
+                (finished, page)
+            }
+        };
         pages += 1;
         apply_page(replica, &page);
         if rng.u8(0..5) == 0 {
             crashes += 1; // applied, cursor not committed: read it again
             continue;
         }
-        db.commit_cursor(consumer, page.next_cursor())
-            .await
-            .unwrap();
+        if rng.bool() {
+            let done = writers_done.load(Ordering::SeqCst);
+            let next = db
+                .commit_and_read(consumer, page.next_cursor(), rng.i64(1..40))
+                .await
+                .unwrap();
+            ahead = Some((done, next));
+        } else {
+            db.commit_cursor(consumer, page.next_cursor())
+                .await
+                .unwrap();
+        }
         assert_eq!(
             db.cursor(consumer).await.unwrap().as_ref(),
             Some(page.next_cursor()),
@@ -183,6 +203,76 @@ fn keys_of(page: &ChangePage) -> Vec<String> {
         .iter()
         .map(|c| c.change().key().to_owned())
         .collect()
+}
+
+/// Inserts of entities `k{from}` to `k{to}` (not included), one
+/// transaction each.
+async fn log_inserts<B: ExportBackend>(db: &B, from: usize, to: usize) {
+    for i in from..to {
+        let mut tx = db.begin().await;
+        let change = Change::insert("c", format!("k{i}"), &json!({"n": i})).unwrap();
+        db.log_change(&mut tx, &change).await.unwrap();
+        tx.commit().await.unwrap();
+    }
+}
+
+/// `commit_and_read` stores the cursor it is given and returns the page
+/// `changes_after` returns for that cursor: within a generation of pages
+/// (PostgreSQL: one statement), at the start of a new one, and from the
+/// beginning.
+async fn commit_and_read_stores_the_cursor_and_reads_the_page_after_it<B: ExportBackend>() {
+    let db = B::bare(2).await;
+    db.migrate_outbox().await.unwrap();
+    log_inserts(&db, 0, 25).await;
+    let page = db
+        .commit_and_read("crm", &Cursor::beginning(), 10)
+        .await
+        .unwrap();
+    assert_eq!(db.cursor("crm").await.unwrap(), Some(Cursor::beginning()));
+    let mut keys = keys_of(&page);
+    assert_eq!(keys.len(), 10);
+    let mut page = page;
+    while !page.caught_up() {
+        let expected = db.changes_after(page.next_cursor(), 10).await.unwrap();
+        let next = db
+            .commit_and_read("crm", page.next_cursor(), 10)
+            .await
+            .unwrap();
+        assert_eq!(
+            db.cursor("crm").await.unwrap().as_ref(),
+            Some(page.next_cursor()),
+            "the cursor given is stored"
+        );
+        assert_eq!(keys_of(&next), keys_of(&expected));
+        assert_eq!(next.caught_up(), expected.caught_up());
+        // The cursors may differ in their text (on PostgreSQL a new
+        // generation's snapshot is taken after the commit, whose
+        // transaction it counts), not in where they lead.
+        let (a, b) = (
+            db.changes_after(next.next_cursor(), 10).await.unwrap(),
+            db.changes_after(expected.next_cursor(), 10).await.unwrap(),
+        );
+        assert_eq!(keys_of(&a), keys_of(&b));
+        keys.extend(keys_of(&next));
+        page = next;
+    }
+    let all: Vec<String> = (0..25).map(|i| format!("k{i}")).collect();
+    assert_eq!(keys, all, "every change once, in order");
+    // Caught up; more changes open a new generation.
+    log_inserts(&db, 25, 28).await;
+    let next = db
+        .commit_and_read("crm", page.next_cursor(), 10)
+        .await
+        .unwrap();
+    assert_eq!(
+        db.cursor("crm").await.unwrap().as_ref(),
+        Some(page.next_cursor())
+    );
+    assert_eq!(keys_of(&next), vec!["k25", "k26", "k27"]);
+    // A crash after that read: the stored cursor gives the same page.
+    let again = db.changes_since("crm", 10).await.unwrap();
+    assert_eq!(keys_of(&again), keys_of(&next));
+    db.finish().await;
 }
 
 /// Each consumer with a cursor is listed with the changes logged after it,
@@ -472,6 +562,19 @@ async fn bad_cursors_are_typed_errors<B: ExportBackend>() {
         db.changes_after(&Cursor::beginning(), 0).await,
         Err(outbox::Error::InvalidConfig { field: "limit", .. })
     ));
+    assert!(matches!(
+        db.commit_and_read("r", &foreign, 10).await,
+        Err(outbox::Error::CursorBackendMismatch(_))
+    ));
+    assert!(matches!(
+        db.commit_and_read("r", &Cursor::beginning(), 0).await,
+        Err(outbox::Error::InvalidConfig { field: "limit", .. })
+    ));
+    assert_eq!(
+        db.cursor("r").await.unwrap(),
+        None,
+        "a refused call stores nothing"
+    );
     db.finish().await;
 }
 
