@@ -5,8 +5,9 @@
 //! A producer records [`Change`]s in its own transaction
 //! (`log_change`, or `record_change` to also enqueue them for the relay).
 //! A consumer pulls pages with `changes_since(consumer, limit)`, applies
-//! them, then commits the page's cursor with `commit_cursor`. Reading a page
-//! again after a crash before the commit is safe: every change applies
+//! them, then commits the page's cursor with `commit_cursor`, or commits it
+//! and reads the next page in one call with `commit_and_read`. Reading a
+//! page again after a crash before the commit is safe: every change applies
 //! idempotently ([`Change::apply_to`]).
 //!
 //! Within a page, the changes of one entity are coalesced into their net
