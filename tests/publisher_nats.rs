@@ -112,7 +112,7 @@ impl TestStream {
     /// message is read once, in the stream's order. A gap at the very end
     /// has no later message to reveal it: a consumer that delivers nothing
     /// for `STALL` is replaced by one that starts after the last stream
-    /// sequence received.
+    /// sequence received, and so is one that fails.
     async fn consume(&self, n: usize) -> Vec<async_nats::Message> {
         const STALL: Duration = Duration::from_secs(10);
         let s = self.js.get_stream(&self.name).await.expect("get stream");
@@ -130,18 +130,23 @@ impl TestStream {
                 },
                 ..Default::default()
             };
-            let consumer = s.create_consumer(config).await.expect("create consumer");
-            let mut messages = consumer.messages().await.expect("consume");
+            let now = tokio::time::Instant::now();
+            assert!(now < deadline, "consumer got {} of {n} messages", out.len());
+            // While the cluster elects a leader a consumer may not be
+            // created yet, or may fail: another is made after `after`.
+            let Ok(consumer) = s.create_consumer(config).await else {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                continue;
+            };
+            let Ok(mut messages) = consumer.messages().await else {
+                continue;
+            };
             while out.len() < n {
-                assert!(
-                    tokio::time::Instant::now() < deadline,
-                    "consumer got {} of {n} messages",
-                    out.len()
-                );
-                let Ok(Some(m)) = tokio::time::timeout(STALL, messages.next()).await else {
-                    break; // stalled: a new consumer after `after`
+                let wait =
+                    STALL.min(deadline.saturating_duration_since(tokio::time::Instant::now()));
+                let Ok(Some(Ok(m))) = tokio::time::timeout(wait, messages.next()).await else {
+                    break; // stalled or failed: a new consumer after `after`
                 };
-                let m = m.expect("message");
                 after = m.info().expect("a stream message's info").stream_sequence;
                 out.push(m.message);
             }
