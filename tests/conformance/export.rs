@@ -226,14 +226,13 @@ async fn commit_and_read_stores_the_cursor_and_reads_the_page_after_it<B: Export
     // Twenty: the second page ends on its limit, so the third, read with
     // the second's commit, holds nothing and ends the generation.
     log_inserts(&db, 0, 20).await;
-    let page = db
+    let mut page = db
         .commit_and_read("crm", &Cursor::beginning(), 10)
         .await
         .unwrap();
     assert_eq!(db.cursor("crm").await.unwrap(), Some(Cursor::beginning()));
     let mut keys = keys_of(&page);
     assert_eq!(keys.len(), 10);
-    let mut page = page;
     while !page.caught_up() {
         let expected = db.changes_after(page.next_cursor(), 10).await.unwrap();
         let next = db
@@ -284,18 +283,7 @@ async fn commit_and_read_stores_the_cursor_and_reads_the_page_after_it<B: Export
 async fn consumers_tell_how_far_behind_they_are<B: ExportBackend>() {
     let db = B::bare(2).await;
     db.migrate_outbox().await.unwrap();
-    let log = |from: usize, to: usize| {
-        let db = &db;
-        async move {
-            for i in from..to {
-                let mut tx = db.begin().await;
-                let change = Change::insert("c", format!("k{i}"), &json!({"n": i})).unwrap();
-                db.log_change(&mut tx, &change).await.unwrap();
-                tx.commit().await.unwrap();
-            }
-        }
-    };
-    log(0, 30).await;
+    log_inserts(&db, 0, 30).await;
     assert!(db.export_consumers(100).await.unwrap().is_empty());
     let before = chrono::Utc::now() - chrono::Duration::seconds(60);
     let page = db.changes_since("crm", 100).await.unwrap();
@@ -319,7 +307,7 @@ async fn consumers_tell_how_far_behind_they_are<B: ExportBackend>() {
 
     let capped = db.export_consumers(5).await.unwrap();
     assert_eq!((capped[0].behind, capped[0].more), (5, true));
-    log(30, 33).await;
+    log_inserts(&db, 30, 33).await;
     let all = db.export_consumers(100).await.unwrap();
     assert_eq!((all[0].behind, all[1].behind), (23, 3));
     assert!(db.export_consumers(0).await.is_err());
