@@ -122,6 +122,14 @@ async fn custom_schema_and_prefix_keep_outboxes_apart() {
         ],
     )
     .await;
+    // And room on the per-key numbers' pages for updates in place.
+    assert_rows_include(
+        &db,
+        "SELECT unnest(reloptions) FROM pg_class \
+         WHERE oid = 'events.billing_key_sequences'::regclass",
+        &["fillfactor=50"],
+    )
+    .await;
 
     // A schema newer than this crate is refused.
     sqlx::query("INSERT INTO events.billing_migrations (version) VALUES (999)")

@@ -44,6 +44,10 @@ const MIGRATIONS: &[(i64, &str)] = &[
         8,
         include_str!("../../../migrations/postgres/0008_ready_floor.sql"),
     ),
+    (
+        9,
+        include_str!("../../../migrations/postgres/0009_key_sequences_fillfactor.sql"),
+    ),
 ];
 
 const LOCK: &str = include_str!("sql/migrations/lock.sql");
