@@ -7,12 +7,19 @@
 //! | `GET /changes?consumer=crm&limit=500` | the next page after `crm`'s stored cursor |
 //! | `GET /changes?cursor=<cursor>&limit=500` | the next page after an explicit cursor |
 //! | `PUT /cursors/crm` with `{"cursor": "<next_cursor>"}` | commits `crm`'s cursor (204) |
+//! | `POST /changes?consumer=crm&limit=500` with `{"cursor": "<next_cursor>"}` | commits `crm`'s cursor, then answers the page after it: one request a page |
 //!
 //! A page is JSON: `{"changes": [{"entity_type", "key", "kind", "data",
 //! "before", "first_position", "last_position", "merged"}], "next_cursor":
-//! "...", "has_more": bool, "caught_up": bool}`. The consumer applies the changes, then commits
-//! `next_cursor`; re-reading a page it did not commit is safe. Bad
-//! parameters answer 400 with `{"error": "..."}`, database errors 503.
+//! "...", "has_more": bool, "caught_up": bool}`. The consumer applies the
+//! changes, then commits `next_cursor`; re-reading a page it did not commit
+//! is safe. A consumer that reads on after committing sends the commit with
+//! `POST /changes` and gets the next page in the same answer, as the
+//! outboxes' `commit_and_read` does: the cursor is stored before the page
+//! is read, so a request that fails after storing it leaves the consumer
+//! where it asked to be, and the next `GET` or `POST` reads on from there.
+//! Bad parameters, and a body that is not `{"cursor": "..."}` in JSON,
+//! answer 400 with `{"error": "..."}`; database errors answer 503.
 //!
 //! ```no_run
 //! # async fn demo(outbox: outbox::PgOutbox) -> std::io::Result<()> {
@@ -26,6 +33,7 @@
 //! it reads every change and moves consumers' cursors.
 
 use async_trait::async_trait;
+use axum::extract::rejection::JsonRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -50,6 +58,19 @@ pub trait ChangeFeed: Clone + Send + Sync + 'static {
     async fn page_for(&self, consumer: &str, limit: i64) -> Result<ChangePage>;
     /// Stores `consumer`'s cursor.
     async fn store_cursor(&self, consumer: &str, cursor: &Cursor) -> Result<()>;
+    /// Stores `consumer`'s cursor, then reads the page after it. By
+    /// default two calls, [`store_cursor`](Self::store_cursor) then
+    /// [`page_after`](Self::page_after); the crate's outboxes do it in one
+    /// call (`commit_and_read`).
+    async fn commit_and_page(
+        &self,
+        consumer: &str,
+        cursor: &Cursor,
+        limit: i64,
+    ) -> Result<ChangePage> {
+        self.store_cursor(consumer, cursor).await?;
+        self.page_after(cursor, limit).await
+    }
 }
 
 macro_rules! feed {
@@ -65,6 +86,14 @@ macro_rules! feed {
             async fn store_cursor(&self, consumer: &str, cursor: &Cursor) -> Result<()> {
                 self.commit_cursor(consumer, cursor).await
             }
+            async fn commit_and_page(
+                &self,
+                consumer: &str,
+                cursor: &Cursor,
+                limit: i64,
+            ) -> Result<ChangePage> {
+                self.commit_and_read(consumer, cursor, limit).await
+            }
         }
     };
 }
@@ -76,10 +105,11 @@ feed!(crate::SqliteOutbox);
 #[cfg(feature = "mysql")]
 feed!(crate::MySqlOutbox);
 
-/// The router: `GET /changes` and `PUT /cursors/{consumer}`.
+/// The router: `GET /changes`, `POST /changes` and
+/// `PUT /cursors/{consumer}`.
 pub fn router<F: ChangeFeed>(feed: F) -> Router {
     Router::new()
-        .route("/changes", get(changes::<F>))
+        .route("/changes", get(changes::<F>).post(commit_and_page::<F>))
         .route("/cursors/{consumer}", put(commit::<F>))
         .with_state(feed)
 }
@@ -92,22 +122,22 @@ struct PageQuery {
 }
 
 #[derive(Debug, Serialize)]
-struct PageBody {
-    changes: Vec<ChangeBody>,
+struct PageBody<'a> {
+    changes: Vec<ChangeBody<'a>>,
     next_cursor: String,
     has_more: bool,
     caught_up: bool,
 }
 
 #[derive(Debug, Serialize)]
-struct ChangeBody {
-    entity_type: String,
-    key: String,
+struct ChangeBody<'a> {
+    entity_type: &'a str,
+    key: &'a str,
     kind: ChangeKind,
     #[serde(skip_serializing_if = "Option::is_none")]
-    data: Option<serde_json::Value>,
+    data: Option<&'a serde_json::Value>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    before: Option<serde_json::Value>,
+    before: Option<&'a serde_json::Value>,
     first_position: i64,
     last_position: i64,
     merged: usize,
@@ -137,6 +167,17 @@ fn failure(e: Error) -> Response {
     }
 }
 
+/// The answer to a body that is not `{"cursor": "..."}` in JSON.
+fn bad_body(e: JsonRejection) -> Response {
+    problem(
+        StatusCode::BAD_REQUEST,
+        format!(
+            "the body must be {{\"cursor\": \"...\"}} in JSON: {}",
+            e.body_text()
+        ),
+    )
+}
+
 /// The answer to give if the consumer name is unusable.
 fn bad_consumer(consumer: &str) -> Option<Response> {
     (consumer.is_empty() || consumer.len() > 200 || consumer.contains('\0')).then(|| {
@@ -147,14 +188,21 @@ fn bad_consumer(consumer: &str) -> Option<Response> {
     })
 }
 
-async fn changes<F: ChangeFeed>(State(feed): State<F>, Query(q): Query<PageQuery>) -> Response {
-    let limit = q.limit.unwrap_or(500);
-    if !(1..=MAX_LIMIT).contains(&limit) {
-        return problem(
-            StatusCode::BAD_REQUEST,
-            format!("limit must be between 1 and {MAX_LIMIT}"),
-        );
+/// The page size asked for (500 if not given), or why it is refused.
+fn checked_limit(limit: Option<i64>) -> std::result::Result<i64, String> {
+    let limit = limit.unwrap_or(500);
+    if (1..=MAX_LIMIT).contains(&limit) {
+        Ok(limit)
+    } else {
+        Err(format!("limit must be between 1 and {MAX_LIMIT}"))
     }
+}
+
+async fn changes<F: ChangeFeed>(State(feed): State<F>, Query(q): Query<PageQuery>) -> Response {
+    let limit = match checked_limit(q.limit) {
+        Ok(l) => l,
+        Err(why) => return problem(StatusCode::BAD_REQUEST, why),
+    };
     let page = match (&q.cursor, &q.consumer) {
         (Some(c), _) => match c.parse::<Cursor>() {
             Ok(cursor) => feed.page_after(&cursor, limit).await,
@@ -173,43 +221,83 @@ async fn changes<F: ChangeFeed>(State(feed): State<F>, Query(q): Query<PageQuery
             )
         }
     };
-    match page {
-        Ok(page) => {
-            let body = PageBody {
-                next_cursor: page.next_cursor().to_string(),
-                has_more: page.has_more(),
-                caught_up: page.caught_up(),
-                changes: page
-                    .into_changes()
-                    .into_iter()
-                    .map(|c| {
-                        let (first_position, last_position, merged) =
-                            (c.first_position(), c.last_position(), c.merged());
-                        let change = c.into_change();
-                        ChangeBody {
-                            entity_type: change.entity_type().to_owned(),
-                            key: change.key().to_owned(),
-                            kind: change.kind(),
-                            data: change.data().cloned(),
-                            before: change.before().cloned(),
-                            first_position,
-                            last_position,
-                            merged,
-                        }
-                    })
-                    .collect(),
-            };
-            Json(body).into_response()
+    page_answer(page)
+}
+
+/// The answer to a page request: the page as JSON, or the error.
+fn page_answer(page: Result<ChangePage>) -> Response {
+    let page = match page {
+        Ok(page) => page,
+        Err(e) => return failure(e),
+    };
+    let body = PageBody {
+        next_cursor: page.next_cursor().to_string(),
+        has_more: page.has_more(),
+        caught_up: page.caught_up(),
+        changes: page
+            .changes()
+            .iter()
+            .map(|c| {
+                let change = c.change();
+                ChangeBody {
+                    entity_type: change.entity_type(),
+                    key: change.key(),
+                    kind: change.kind(),
+                    data: change.data(),
+                    before: change.before(),
+                    first_position: c.first_position(),
+                    last_position: c.last_position(),
+                    merged: c.merged(),
+                }
+            })
+            .collect(),
+    };
+    Json(body).into_response()
+}
+
+/// `POST /changes?consumer=..&limit=..` with `{"cursor": ".."}`: stores the
+/// consumer's cursor, then answers the page after it.
+async fn commit_and_page<F: ChangeFeed>(
+    State(feed): State<F>,
+    Query(q): Query<PageQuery>,
+    body: std::result::Result<Json<CommitBody>, JsonRejection>,
+) -> Response {
+    let body = match body {
+        Ok(Json(b)) => b,
+        Err(e) => return bad_body(e),
+    };
+    let limit = match checked_limit(q.limit) {
+        Ok(l) => l,
+        Err(why) => return problem(StatusCode::BAD_REQUEST, why),
+    };
+    let consumer = match (&q.consumer, &q.cursor) {
+        (Some(consumer), None) => consumer,
+        _ => {
+            return problem(
+                StatusCode::BAD_REQUEST,
+                "POST /changes commits a consumer's cursor: give consumer (and the cursor in the body), not cursor".to_owned(),
+            )
         }
-        Err(e) => failure(e),
+    };
+    if let Some(r) = bad_consumer(consumer) {
+        return r;
     }
+    let cursor = match body.cursor.parse::<Cursor>() {
+        Ok(c) => c,
+        Err(e) => return failure(e),
+    };
+    page_answer(feed.commit_and_page(consumer, &cursor, limit).await)
 }
 
 async fn commit<F: ChangeFeed>(
     State(feed): State<F>,
     Path(consumer): Path<String>,
-    Json(body): Json<CommitBody>,
+    body: std::result::Result<Json<CommitBody>, JsonRejection>,
 ) -> Response {
+    let body = match body {
+        Ok(Json(b)) => b,
+        Err(e) => return bad_body(e),
+    };
     if let Some(r) = bad_consumer(&consumer) {
         return r;
     }
