@@ -617,7 +617,62 @@ async fn bench_export(cfg: &Config, res: &mut Results) {
         "export, the same pages: changes_since, then commit_cursor / raw paged SELECT",
         format!("{:.2} ({apart:.0} changes/s)", apart / raw),
     );
+    export_polls(&pool, &outbox, cfg, res).await;
     pool.close().await;
+}
+
+/// A caught-up consumer's polls: each commits the cursor it holds and reads
+/// an empty page (`commit_and_read`), against the least a poll that stores
+/// its place costs, one raw statement upserting a row and reading an empty
+/// page. Raw polls before and after, averaged.
+async fn export_polls(pool: &PgPool, outbox: &PgOutbox, cfg: &Config, res: &mut Results) {
+    let polls = if cfg.quick { 300 } else { 1000 };
+    sqlx::query("CREATE TABLE raw_cursor (consumer text PRIMARY KEY, cursor text NOT NULL)")
+        .execute(pool)
+        .await
+        .unwrap();
+    let last: i64 = sqlx::query_scalar("SELECT max(seq) FROM outbox.changes")
+        .fetch_one(pool)
+        .await
+        .unwrap();
+    let raw_polls = || async {
+        let start = Instant::now();
+        for i in 0..polls {
+            let page: Vec<(i64, String)> = sqlx::query_as(
+                "WITH s AS (INSERT INTO raw_cursor VALUES ('c', $1) ON CONFLICT (consumer) \
+                 DO UPDATE SET cursor = excluded.cursor RETURNING 1) \
+                 SELECT seq, data::text FROM outbox.changes WHERE seq > $2 ORDER BY seq LIMIT 1000",
+            )
+            .bind(format!("cursor-{i}"))
+            .bind(last)
+            .fetch_all(pool)
+            .await
+            .unwrap();
+            assert!(page.is_empty());
+        }
+        start.elapsed().as_secs_f64()
+    };
+    let raw_before = raw_polls().await;
+    // `bench-1` read everything and committed its last cursor.
+    let mut page = outbox.changes_since("bench-1", 1000).await.unwrap();
+    let start = Instant::now();
+    for _ in 0..polls {
+        page = outbox
+            .commit_and_read("bench-1", page.next_cursor(), 1000)
+            .await
+            .unwrap();
+        assert!(page.read() == 0 && page.caught_up());
+    }
+    let secs = start.elapsed().as_secs_f64();
+    let raw_after = raw_polls().await;
+    let rate = polls as f64 / secs;
+    let raw = 2.0 * polls as f64 / (raw_before + raw_after);
+    res.put("export_poll_per_s", rate);
+    res.put("export_poll_ratio_vs_raw", rate / raw);
+    res.row(
+        format!("export, a caught-up consumer's {polls} polls: commit_and_read (empty page) / one raw statement upserting a row and reading an empty page"),
+        format!("{:.2} ({rate:.0} vs {raw:.0} polls/s)", rate / raw),
+    );
 }
 
 /// A consumer that reads a page with `changes_since`, then commits its

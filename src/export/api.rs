@@ -264,7 +264,9 @@ macro_rules! export_api {
         /// [`changes_after`](Self::changes_after) do, in one call. A consumer
         /// that applies a page, then commits its cursor and reads on, gets
         /// its next page this way with fewer round trips: on PostgreSQL, one
-        /// statement within a snapshot's generation of pages.
+        /// statement, whether the page goes on through a snapshot's
+        /// generation of pages or opens the next one (as a caught-up
+        /// consumer's every call does).
         ///
         /// ```no_run
         /// # async fn demo(outbox: outbox::PgOutbox) -> outbox::Result<()> {

@@ -151,8 +151,8 @@ impl PgOutbox {
         Ok(page)
     }
 
-    /// Stores `cursor` as `consumer`'s, then reads the page after it, on
-    /// one connection: within a generation, in one statement.
+    /// Stores `cursor` as `consumer`'s, then reads the page after it, in
+    /// one statement.
     async fn commit_then_read(
         &self,
         consumer: &str,
@@ -197,43 +197,55 @@ impl PgOutbox {
         // reads it to its end is caught up. One opened earlier may miss
         // changes committed since.
         let fresh = reading.is_none();
-        // Within a generation the cursor is stored by the page's own
-        // statement; before a new one, by a statement of its own.
-        let stored_with_page = match committing {
-            Some(consumer) if fresh => {
-                self.store_cursor(&mut *conn, consumer, cursor).await?;
-                None
+        let (rows, reading, last) = match reading {
+            // Within a generation: its next page, storing the cursor in
+            // the same statement if asked.
+            Some(reading) => {
+                let sql = match committing {
+                    Some(_) => &self.sql().export_commit_page,
+                    None => &self.sql().export_page,
+                };
+                let mut page = sqlx::query(sql)
+                    .persistent(self.named())
+                    .bind(done.as_deref())
+                    .bind(reading)
+                    .bind(*last)
+                    .bind(limit);
+                if let Some(consumer) = committing {
+                    page = page.bind(consumer).bind(cursor.to_string());
+                }
+                (page.fetch_all(&mut *conn).await?, reading.clone(), *last)
             }
-            other => other,
-        };
-        // A new generation: everything committed as of now and not as of
-        // `done`.
-        let (reading, last) = match reading {
-            Some(r) => (r.clone(), *last),
+            // A new generation, everything committed as of now and not as
+            // of `done`, opened and read from its first position in one
+            // statement, which stores the cursor too if asked: every row
+            // carries the generation's snapshot, and an empty page is one
+            // row without a change.
             None => {
-                let (snap, first): (String, Option<i64>) =
-                    sqlx::query_as(&self.sql().export_generation)
-                        .persistent(self.named())
-                        .bind(done.as_deref())
-                        .fetch_one(&mut *conn)
-                        .await?;
-                (snap, first.map_or(i64::MAX - 1, |f| f - 1))
+                let sql = match committing {
+                    Some(_) => &self.sql().export_commit_open_page,
+                    None => &self.sql().export_open_page,
+                };
+                let mut page = sqlx::query(sql)
+                    .persistent(self.named())
+                    .bind(done.as_deref())
+                    .bind(limit);
+                if let Some(consumer) = committing {
+                    page = page.bind(consumer).bind(cursor.to_string());
+                }
+                let mut rows = page.fetch_all(&mut *conn).await?;
+                let snapshot: String = match rows.first() {
+                    Some(r) => r.try_get(6)?,
+                    None => {
+                        return Err(Error::Database(sqlx::Error::Protocol(
+                            "opening a change-log generation returned no row".to_owned(),
+                        )))
+                    }
+                };
+                rows.retain(|r| !matches!(r.try_get::<Option<i64>, _>(0), Ok(None)));
+                (rows, snapshot, 0)
             }
         };
-        let sql = match stored_with_page {
-            Some(_) => &self.sql().export_commit_page,
-            None => &self.sql().export_page,
-        };
-        let mut page = sqlx::query(sql)
-            .persistent(self.named())
-            .bind(done.as_deref())
-            .bind(&reading)
-            .bind(last)
-            .bind(limit);
-        if let Some(consumer) = stored_with_page {
-            page = page.bind(consumer).bind(cursor.to_string());
-        }
-        let rows = page.fetch_all(&mut *conn).await?;
         let read = rows.len();
         // Decoded in place: the kind is read where the row holds it, and
         // the documents are kept as `jsonb`'s text (valid JSON), parsed
