@@ -119,7 +119,10 @@ async fn pull_by_posting(base: &str) {
 /// the backend.
 async fn bad_posts_are_400(base: &str) {
     let http = reqwest::Client::new();
-    let good = json!({"cursor": ""}).to_string();
+    // A valid body: each request below is refused for its query alone (a
+    // request let through would store `start` as crm's cursor, which the
+    // callers check did not happen).
+    let good = json!({"cursor": "start"}).to_string();
     for (url, body) in [
         (format!("{base}/changes"), good.clone()),
         (format!("{base}/changes?consumer="), good.clone()),
@@ -128,6 +131,19 @@ async fn bad_posts_are_400(base: &str) {
             good.clone(),
         ),
         (format!("{base}/changes?consumer=crm&limit=0"), good.clone()),
+        (
+            format!("{base}/changes?consumer=crm&limit=ten"),
+            good.clone(),
+        ),
+        (
+            format!("{base}/changes?consumer=crm&consumer=erp"),
+            good.clone(),
+        ),
+        // A cursor of another backend.
+        (
+            format!("{base}/changes?consumer=crm"),
+            json!({"cursor": "my1|5|"}).to_string(),
+        ),
         (
             format!("{base}/changes?consumer=crm"),
             json!({"cursor": "garbage"}).to_string(),
@@ -257,6 +273,7 @@ async fn bad_requests_are_400_with_a_reason() {
         format!("{base}/changes?consumer=crm&limit=1000000"),
         format!("{base}/changes?cursor=not-a-cursor"),
         format!("{base}/changes?cursor=pg1%7C%7C%7C0"), // a PostgreSQL cursor on SQLite
+        format!("{base}/changes?consumer=crm&limit=ten"),
     ] {
         let (status, body) = get_json(&http, &url).await;
         assert_eq!(status, 400, "{url}");
@@ -272,4 +289,24 @@ async fn bad_requests_are_400_with_a_reason() {
     )
     .await;
     assert_eq!(status, 400);
+    // A body that is not JSON, or JSON without its content type: the same
+    // shape of answer.
+    for (content_type, body, expected) in [
+        ("application/json", "{not json", 400),
+        ("text/plain", r#"{"cursor": "start"}"#, 415),
+    ] {
+        let r = http
+            .put(format!("{base}/cursors/crm"))
+            .header("content-type", content_type)
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), expected, "{content_type} {body}");
+        let answer: Value = serde_json::from_slice(&r.bytes().await.unwrap()).unwrap();
+        assert!(
+            answer["error"].as_str().is_some_and(|e| !e.is_empty()),
+            "{answer}"
+        );
+    }
 }

@@ -19,7 +19,9 @@
 //! is read, so a request that fails after storing it leaves the consumer
 //! where it asked to be, and the next `GET` or `POST` reads on from there.
 //! Bad parameters, and a body that is not `{"cursor": "..."}` in JSON,
-//! answer 400 with `{"error": "..."}`; database errors answer 503.
+//! answer 400 with `{"error": "..."}` (a body sent without a JSON content
+//! type 415, one too large 413, with the same shape); database errors
+//! answer 503.
 //!
 //! ```no_run
 //! # async fn demo(outbox: outbox::PgOutbox) -> std::io::Result<()> {
@@ -33,7 +35,7 @@
 //! it reads every change and moves consumers' cursors.
 
 use async_trait::async_trait;
-use axum::extract::rejection::JsonRejection;
+use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -169,13 +171,28 @@ fn failure(e: Error) -> Response {
 
 /// The answer to a body that is not `{"cursor": "..."}` in JSON.
 fn bad_body(e: JsonRejection) -> Response {
+    // Not JSON, or not that shape: a bad request like any bad parameter.
+    // Otherwise (no JSON content type, a body too large or cut off) the
+    // status axum gives it.
+    let status = match e {
+        JsonRejection::JsonSyntaxError(_) | JsonRejection::JsonDataError(_) => {
+            StatusCode::BAD_REQUEST
+        }
+        _ => e.status(),
+    };
     problem(
-        StatusCode::BAD_REQUEST,
+        status,
         format!(
             "the body must be {{\"cursor\": \"...\"}} in JSON: {}",
             e.body_text()
         ),
     )
+}
+
+/// The answer to a query string that does not parse (a `limit` that is
+/// not a number, a parameter given twice).
+fn bad_query(e: QueryRejection) -> Response {
+    problem(StatusCode::BAD_REQUEST, e.body_text())
 }
 
 /// The answer to give if the consumer name is unusable.
@@ -198,7 +215,14 @@ fn checked_limit(limit: Option<i64>) -> std::result::Result<i64, String> {
     }
 }
 
-async fn changes<F: ChangeFeed>(State(feed): State<F>, Query(q): Query<PageQuery>) -> Response {
+async fn changes<F: ChangeFeed>(
+    State(feed): State<F>,
+    q: std::result::Result<Query<PageQuery>, QueryRejection>,
+) -> Response {
+    let q = match q {
+        Ok(Query(q)) => q,
+        Err(e) => return bad_query(e),
+    };
     let limit = match checked_limit(q.limit) {
         Ok(l) => l,
         Err(why) => return problem(StatusCode::BAD_REQUEST, why),
@@ -259,9 +283,13 @@ fn page_answer(page: Result<ChangePage>) -> Response {
 /// consumer's cursor, then answers the page after it.
 async fn commit_and_page<F: ChangeFeed>(
     State(feed): State<F>,
-    Query(q): Query<PageQuery>,
+    q: std::result::Result<Query<PageQuery>, QueryRejection>,
     body: std::result::Result<Json<CommitBody>, JsonRejection>,
 ) -> Response {
+    let q = match q {
+        Ok(Query(q)) => q,
+        Err(e) => return bad_query(e),
+    };
     let body = match body {
         Ok(Json(b)) => b,
         Err(e) => return bad_body(e),

@@ -218,9 +218,9 @@ impl PgOutbox {
             }
             // A new generation, everything committed as of now and not as
             // of `done`, opened and read from its first position in one
-            // statement, which stores the cursor too if asked: every row
-            // carries the generation's snapshot, and an empty page is one
-            // row without a change.
+            // statement, which stores the cursor too if asked: the page's
+            // rows, and one row without a change that carries the
+            // generation's snapshot.
             None => {
                 let sql = match committing {
                     Some(_) => &self.sql().export_commit_open_page,
@@ -233,16 +233,21 @@ impl PgOutbox {
                 if let Some(consumer) = committing {
                     page = page.bind(consumer).bind(cursor.to_string());
                 }
+                let mut snapshot = None;
                 let mut rows = page.fetch_all(&mut *conn).await?;
-                let snapshot: String = match rows.first() {
-                    Some(r) => r.try_get(6)?,
-                    None => {
-                        return Err(Error::Database(sqlx::Error::Protocol(
-                            "opening a change-log generation returned no row".to_owned(),
-                        )))
+                let mut i = 0;
+                while i < rows.len() {
+                    if rows[i].try_get::<Option<i64>, _>(0)?.is_none() {
+                        snapshot = Some(rows.remove(i).try_get::<String, _>(6)?);
+                    } else {
+                        i += 1;
                     }
+                }
+                let Some(snapshot) = snapshot else {
+                    return Err(Error::Database(sqlx::Error::Protocol(
+                        "opening a change-log generation returned no snapshot".to_owned(),
+                    )));
                 };
-                rows.retain(|r| !matches!(r.try_get::<Option<i64>, _>(0), Ok(None)));
                 (rows, snapshot, 0)
             }
         };
@@ -265,6 +270,12 @@ impl PgOutbox {
             })
             .collect::<Result<Vec<_>>>()?;
         drop(rows);
+        // In position order as read (a new generation's statement does not
+        // promise it over its union; its page's rows come in that order).
+        let mut log = log;
+        if !log.is_sorted_by_key(|(s, _)| *s) {
+            log.sort_by_key(|(s, _)| *s);
+        }
         let full = read as i64 >= limit;
         let next = if full {
             CursorState::Pg {

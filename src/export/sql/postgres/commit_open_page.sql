@@ -1,7 +1,7 @@
 -- Stores a consumer's cursor (as store_cursor.sql), opens a generation and
 -- reads its first page (as open_page.sql), in one statement: a consumer
 -- that commits the end of a generation and reads on, as a caught-up one
--- does on every call, pays one round trip.
+-- does on every call, pays one statement.
 --
 -- $1 and $2 as open_page.sql, $3 consumer, $4 cursor.
 WITH stored AS (

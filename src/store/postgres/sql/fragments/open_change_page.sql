@@ -3,10 +3,13 @@
 -- snapshot and the first position of a change committed as of it and not
 -- as of the snapshot consumed before (found once through the txid index,
 -- so that the generation's pages walk positions from there), and the page
--- of the fragment `change_page` from that position. Every row carries the
--- snapshot; an empty page is one row of NULLs with the snapshot, so a
--- caught-up consumer's call is one round trip. Columns are decoded by
--- index (see `read_page_on` in export/postgres.rs).
+-- of the fragment `change_page` from that position. It returns the page's
+-- rows, then one more row without a change that carries the
+-- snapshot, so even a caught-up consumer's call is one statement. No
+-- ORDER BY over the whole: the page's rows stream in position order from
+-- the primary key (a sort over a union would hold up to a page of
+-- documents); the caller finds the snapshot's row by its NULL position.
+-- Columns are decoded by index (see `read_page_on` in export/postgres.rs).
 --
 -- A list of common table expressions and the final SELECT, to follow
 -- `WITH` or another expression's comma.
@@ -20,7 +23,7 @@ gen AS (
               AND txid < pg_snapshot_xmax(s.cur)
               AND pg_visible_in_snapshot(txid, s.cur)
               AND ($1::text IS NULL
-                   OR NOT pg_visible_in_snapshot(txid, $1::text::pg_snapshot))) AS first
+                   OR NOT pg_visible_in_snapshot(txid, (SELECT $1::text::pg_snapshot)))) AS first
     FROM (SELECT pg_current_snapshot() AS cur) s),
 page AS (
     SELECT seq, entity_type, entity_key, kind, data::text AS data,
@@ -32,7 +35,7 @@ page AS (
       AND seq >= (SELECT first FROM gen)
     ORDER BY seq
     LIMIT $2)
-SELECT page.seq, page.entity_type, page.entity_key, page.kind, page.data,
-       page.before, gen.cur::text AS snapshot
-FROM gen LEFT JOIN page ON true
-ORDER BY page.seq
+SELECT seq, entity_type, entity_key, kind, data, before, NULL::text AS snapshot
+FROM page
+UNION ALL
+SELECT NULL, NULL, NULL, NULL, NULL, NULL, gen.cur::text FROM gen
