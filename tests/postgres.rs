@@ -838,3 +838,149 @@ async fn stats_need_no_more_than_select_on_the_tables() {
         .await
         .unwrap();
 }
+
+/// Autovacuum ran while the outbox was empty, so the statistics say the
+/// messages table holds nothing; then a bulk import arrives before any
+/// analyze. The relay's statements are prepared, and a generic plan made
+/// from those statistics must still find each acknowledged message through
+/// the primary key: the index entries read stay in proportion to the
+/// messages (a plan that joined the positions to a scan of the whole index
+/// for each read about rows × batch / 2 of them, seconds a batch).
+#[tokio::test]
+async fn acknowledgements_find_their_messages_by_position_whatever_the_statistics_say() {
+    let db = TestDb::with_options(PgPoolOptions::new().max_connections(10).after_connect(
+        |conn, _| {
+            Box::pin(async move {
+                // The plan PostgreSQL settles on after a few runs, at once.
+                sqlx::query("SET plan_cache_mode = force_generic_plan")
+                    .execute(conn)
+                    .await?;
+                Ok(())
+            })
+        },
+    ))
+    .await;
+    let outbox = PgOutbox::new(db.pool.clone());
+    outbox.migrate().await.unwrap();
+    // Nothing corrects the statistics during the test.
+    sqlx::query("ALTER TABLE outbox.messages SET (autovacuum_enabled = false)")
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    let rows = 20_000u64;
+    let batch: Vec<NewMessage> = (0..rows)
+        .map(|i| msg("import", &format!("k{}", i % 1000), i))
+        .collect();
+    let import = async || {
+        for chunk in batch.chunks(5_000) {
+            outbox
+                .enqueue_batch(&db.pool, chunk.to_vec())
+                .await
+                .unwrap();
+        }
+    };
+    // Earlier traffic, all published (deleted), then a vacuum of the
+    // table as it stood: pages, no rows (kept, as a vacuum that cannot
+    // take the lock to truncate them keeps them).
+    import().await;
+    sqlx::query("DELETE FROM outbox.messages")
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    sqlx::query("VACUUM (TRUNCATE false) outbox.messages")
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    let (reltuples, relpages): (f32, i32) = sqlx::query_as(
+        "SELECT reltuples, relpages FROM pg_class WHERE oid = 'outbox.messages'::regclass",
+    )
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    assert!(
+        reltuples == 0.0 && relpages > 0,
+        "the statistics say the table is empty: {reltuples} rows in {relpages} pages"
+    );
+    import().await;
+
+    // Every fourth message fails once and is retried; every fourth but
+    // one fails for good and becomes a dead letter at its second attempt:
+    // the retry and dead-letter statements find their messages too.
+    let tried: Arc<Mutex<HashSet<u64>>> = Arc::default();
+    let published = Arc::new(AtomicUsize::new(0));
+    let (seen, count) = (tried.clone(), published.clone());
+    let publisher = FnPublisher::new(move |m: OutboxMessage| {
+        let n = m.payload_json::<serde_json::Value>().unwrap()["n"]
+            .as_u64()
+            .unwrap();
+        let first = seen.lock().unwrap().insert(n);
+        let fails = (n.is_multiple_of(4) && first) || n % 4 == 1;
+        if !fails {
+            count.fetch_add(1, Ordering::SeqCst);
+        }
+        async move {
+            if fails {
+                Err(outbox::PublishError::transient("refused"))
+            } else {
+                Ok(())
+            }
+        }
+    });
+    let relay = fast_relay(&outbox, publisher)
+        .batch_size(500)
+        .ordering(outbox::OrderingPolicy::Unordered)
+        .retry(
+            outbox::RetryPolicy::new()
+                .initial_delay(Duration::from_millis(10))
+                .jitter(false)
+                .max_attempts(2),
+        )
+        .vacuum_if_autovacuum_off(false)
+        .spawn()
+        .unwrap();
+    let dead = rows as usize / 4;
+    eventually("the import published", || {
+        published.load(Ordering::SeqCst) >= rows as usize - dead
+    })
+    .await;
+    let start = std::time::Instant::now();
+    while outbox.pending_count().await.unwrap() > 0 {
+        assert!(start.elapsed() < Duration::from_secs(60), "messages left");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    relay.shutdown().await.unwrap();
+    assert_eq!(published.load(Ordering::SeqCst), rows as usize - dead);
+    let dead_letters: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox.dead_letters")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(dead_letters, dead as i64);
+    // The relay's backends report their counts when they exit.
+    db.pool.close().await;
+    let other = db.other_process_pool().await;
+    let mut read = 0i64;
+    for _ in 0..50 {
+        read = sqlx::query_scalar(
+            "SELECT idx_tup_read FROM pg_stat_user_indexes \
+             WHERE schemaname = 'outbox' AND indexrelname = 'messages_pkey'",
+        )
+        .fetch_one(&other)
+        .await
+        .unwrap();
+        if read >= rows as i64 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        // A new snapshot of the statistics on the next read.
+        sqlx::query("SELECT pg_stat_clear_snapshot()")
+            .execute(&other)
+            .await
+            .unwrap();
+    }
+    assert!(
+        (rows as i64..5 * rows as i64).contains(&read),
+        "{read} index entries read to acknowledge {rows} messages"
+    );
+    other.close().await;
+    db.drop().await;
+}

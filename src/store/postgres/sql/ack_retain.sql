@@ -10,8 +10,9 @@
 WITH {ack_fence},
      d AS (
          DELETE FROM {messages} m
-         USING unnest($4::bigint[], $5::int[]) a(seq, bucket)
-         WHERE m.seq = a.seq AND a.bucket IN (SELECT bucket FROM fence)
+         WHERE m.seq = ANY (ARRAY(
+             SELECT a.seq FROM unnest($4::bigint[], $5::int[]) a(seq, bucket)
+             WHERE a.bucket IN (SELECT bucket FROM fence)))
          RETURNING m.*),
      ins AS (
          INSERT INTO {published} (seq, id, topic, partition_key, event_type,
