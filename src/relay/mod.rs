@@ -270,7 +270,7 @@ impl RelayBuilder {
         /// batch for the keys whose last number the relay does not know
         /// (it remembers those it stored or read while it holds their
         /// bucket's lease, up to 100,000 keys, for at most a lease TTL):
-        /// 0.6 to 0.75 of the relay's throughput without numbers with a
+        /// 0.6 to 0.8 of the relay's throughput without numbers with a
         /// no-op publisher on PostgreSQL, as the next batch is numbered only
         /// once the last one's upsert has landed. Producers pay nothing. Turn it on when
         /// consumers check for gaps (the [inbox](crate::inbox) does).
