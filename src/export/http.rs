@@ -189,12 +189,6 @@ fn bad_body(e: JsonRejection) -> Response {
     )
 }
 
-/// The answer to a query string that does not parse (a `limit` that is
-/// not a number, a parameter given twice).
-fn bad_query(e: QueryRejection) -> Response {
-    problem(StatusCode::BAD_REQUEST, e.body_text())
-}
-
 /// The answer to give if the consumer name is unusable.
 fn bad_consumer(consumer: &str) -> Option<Response> {
     (consumer.is_empty() || consumer.len() > 200 || consumer.contains('\0')).then(|| {
@@ -205,26 +199,27 @@ fn bad_consumer(consumer: &str) -> Option<Response> {
     })
 }
 
-/// The page size asked for (500 if not given), or why it is refused.
-fn checked_limit(limit: Option<i64>) -> std::result::Result<i64, String> {
-    let limit = limit.unwrap_or(500);
-    if (1..=MAX_LIMIT).contains(&limit) {
-        Ok(limit)
-    } else {
-        Err(format!("limit must be between 1 and {MAX_LIMIT}"))
+/// The parameters of a page request and the page size asked for (500 if
+/// not given), or why they are refused: a query string that does not parse
+/// (a `limit` that is not a number, a parameter given twice) or a size out
+/// of range.
+fn page_query(
+    q: std::result::Result<Query<PageQuery>, QueryRejection>,
+) -> std::result::Result<(PageQuery, i64), String> {
+    let Query(q) = q.map_err(|e| e.body_text())?;
+    let limit = q.limit.unwrap_or(500);
+    if !(1..=MAX_LIMIT).contains(&limit) {
+        return Err(format!("limit must be between 1 and {MAX_LIMIT}"));
     }
+    Ok((q, limit))
 }
 
 async fn changes<F: ChangeFeed>(
     State(feed): State<F>,
     q: std::result::Result<Query<PageQuery>, QueryRejection>,
 ) -> Response {
-    let q = match q {
-        Ok(Query(q)) => q,
-        Err(e) => return bad_query(e),
-    };
-    let limit = match checked_limit(q.limit) {
-        Ok(l) => l,
+    let (q, limit) = match page_query(q) {
+        Ok(parsed) => parsed,
         Err(why) => return problem(StatusCode::BAD_REQUEST, why),
     };
     let page = match (&q.cursor, &q.consumer) {
@@ -286,17 +281,13 @@ async fn commit_and_page<F: ChangeFeed>(
     q: std::result::Result<Query<PageQuery>, QueryRejection>,
     body: std::result::Result<Json<CommitBody>, JsonRejection>,
 ) -> Response {
-    let q = match q {
-        Ok(Query(q)) => q,
-        Err(e) => return bad_query(e),
+    let (q, limit) = match page_query(q) {
+        Ok(parsed) => parsed,
+        Err(why) => return problem(StatusCode::BAD_REQUEST, why),
     };
     let body = match body {
         Ok(Json(b)) => b,
         Err(e) => return bad_body(e),
-    };
-    let limit = match checked_limit(q.limit) {
-        Ok(l) => l,
-        Err(why) => return problem(StatusCode::BAD_REQUEST, why),
     };
     let consumer = match (&q.consumer, &q.cursor) {
         (Some(consumer), None) => consumer,
