@@ -233,21 +233,19 @@ impl PgOutbox {
                 if let Some(consumer) = committing {
                     page = page.bind(consumer).bind(cursor.to_string());
                 }
-                let mut snapshot = None;
                 let mut rows = page.fetch_all(&mut *conn).await?;
-                let mut i = 0;
-                while i < rows.len() {
-                    if rows[i].try_get::<Option<i64>, _>(0)?.is_none() {
-                        snapshot = Some(rows.remove(i).try_get::<String, _>(6)?);
-                    } else {
-                        i += 1;
+                let mut at = None;
+                for (i, r) in rows.iter().enumerate() {
+                    if r.try_get::<Option<i64>, _>(0)?.is_none() {
+                        at = Some(i);
                     }
                 }
-                let Some(snapshot) = snapshot else {
+                let Some(at) = at else {
                     return Err(Error::Database(sqlx::Error::Protocol(
                         "opening a change-log generation returned no snapshot".to_owned(),
                     )));
                 };
+                let snapshot: String = rows.remove(at).try_get(6)?;
                 (rows, snapshot, 0)
             }
         };
@@ -256,7 +254,7 @@ impl PgOutbox {
         // the documents are kept as `jsonb`'s text (valid JSON), parsed
         // only if looked at.
         let doc = |t: Option<&str>| t.map(Doc::from_valid_text);
-        let log = rows
+        let mut log = rows
             .iter()
             .map(|r| {
                 logged_change(
@@ -272,7 +270,6 @@ impl PgOutbox {
         drop(rows);
         // In position order as read (a new generation's statement does not
         // promise it over its union; its page's rows come in that order).
-        let mut log = log;
         if !log.is_sorted_by_key(|(s, _)| *s) {
             log.sort_by_key(|(s, _)| *s);
         }
