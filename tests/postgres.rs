@@ -839,6 +839,91 @@ async fn stats_need_no_more_than_select_on_the_tables() {
         .unwrap();
 }
 
+/// Four relays share the buckets, and each claim reads its own relay's
+/// messages only: the entries read from the ready messages' indexes stay
+/// about the messages sent (a claim that walked every ready message in
+/// position order to find its buckets' read each message about once per
+/// relay: four times as many).
+#[tokio::test]
+async fn relays_holding_some_buckets_read_only_their_own_messages() {
+    let (db, outbox) = setup().await;
+    let rows = 20_000usize;
+    let published = Arc::new(AtomicUsize::new(0));
+    let relays: Vec<outbox::RelayHandle> = (0..4)
+        .map(|_| {
+            let count = published.clone();
+            let publisher = FnPublisher::new(move |_m: OutboxMessage| {
+                count.fetch_add(1, Ordering::SeqCst);
+                async { Ok(()) }
+            });
+            // The enqueue's notification wakes them: no poll reads the
+            // table again while they wait.
+            fast_relay(&outbox, publisher)
+                .batch_size(rows)
+                .poll_interval(Duration::from_secs(10))
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    eventually("the relays hold 16 buckets each", || {
+        relays.iter().all(|r| r.health().leased_buckets == 16)
+    })
+    .await;
+    let batch: Vec<NewMessage> = (0..rows as u64)
+        .map(|i| msg("spread", &format!("k{}", i % 1000), i))
+        .collect();
+    // All committed at once: each relay's first claim finds all of its
+    // share, among everybody's.
+    let mut tx = db.pool.begin().await.unwrap();
+    outbox.enqueue_batch(&mut *tx, batch).await.unwrap();
+    tx.commit().await.unwrap();
+    eventually("every message published", || {
+        published.load(Ordering::SeqCst) >= rows
+    })
+    .await;
+    assert!(
+        relays.iter().all(|r| r.health().leased_buckets == 16),
+        "the buckets stayed where they were"
+    );
+    for relay in relays {
+        relay.shutdown().await.unwrap();
+    }
+    assert_eq!(published.load(Ordering::SeqCst), rows);
+    // The relays' backends report their counts when they exit.
+    db.pool.close().await;
+    let other = db.other_process_pool().await;
+    let mut read = (0i64, 0i64);
+    for _ in 0..50 {
+        read = sqlx::query_as(
+            "SELECT coalesce(sum(idx_tup_read) FILTER \
+                      (WHERE indexrelname = 'messages_bucket_idx'), 0)::bigint, \
+                    coalesce(sum(idx_tup_read) FILTER \
+                      (WHERE indexrelname = 'messages_ready_idx'), 0)::bigint \
+             FROM pg_stat_user_indexes WHERE schemaname = 'outbox'",
+        )
+        .fetch_one(&other)
+        .await
+        .unwrap();
+        if read.0 >= rows as i64 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        sqlx::query("SELECT pg_stat_clear_snapshot()")
+            .execute(&other)
+            .await
+            .unwrap();
+    }
+    let (by_bucket, by_position) = read;
+    eprintln!("{by_bucket} entries read by bucket, {by_position} in position order");
+    assert!(
+        by_bucket >= rows as i64 && by_bucket + by_position < 2 * rows as i64,
+        "{by_bucket} entries read by bucket and {by_position} in position order \
+         to claim {rows} messages"
+    );
+    other.close().await;
+    db.drop().await;
+}
+
 /// Autovacuum ran while the outbox was empty, so the statistics say the
 /// messages table holds nothing; then a bulk import arrives before any
 /// analyze. The relay's statements are prepared, and a generic plan made

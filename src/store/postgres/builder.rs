@@ -185,6 +185,7 @@ impl PgOutboxBuilder {
                 sweep: crate::store::BlockSweep::new(),
                 wake,
                 floor: super::floor::Floor::default(),
+                bucket_claims: super::claims::BucketClaims::default(),
             }),
         })
     }

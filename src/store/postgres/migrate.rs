@@ -48,6 +48,10 @@ const MIGRATIONS: &[(i64, &str)] = &[
         9,
         include_str!("../../../migrations/postgres/0009_key_sequences_fillfactor.sql"),
     ),
+    (
+        10,
+        include_str!("../../../migrations/postgres/0010_bucket_index.sql"),
+    ),
 ];
 
 const LOCK: &str = include_str!("sql/migrations/lock.sql");

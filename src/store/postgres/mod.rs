@@ -21,6 +21,7 @@
 mod ack;
 mod admin;
 mod builder;
+mod claims;
 mod connection;
 mod decode;
 mod enqueue;
@@ -94,6 +95,8 @@ struct Inner {
     wake: WakeState,
     /// The claims' low-water mark's next raise: see [`floor`].
     floor: floor::Floor,
+    /// The claims of relays that hold some of the buckets.
+    bucket_claims: claims::BucketClaims,
 }
 
 impl fmt::Debug for PgOutbox {

@@ -92,13 +92,26 @@ impl StoreOps for PgOutbox {
     }
 
     async fn claim(&self, p: Claim<'_>) -> Result<ClaimedBatch> {
-        let q = sqlx::query(&self.inner.sql.claim)
-            .bind(p.now)
-            .bind(p.bucket_count)
-            .bind(p.limit)
-            .bind(p.exclude)
-            .bind(p.buckets)
-            .bind(p.max_bytes);
+        let by_bucket = self.inner.bucket_claims.statement(
+            &self.inner.sql.claim_buckets,
+            p.bucket_count,
+            p.buckets,
+        );
+        let q = match by_bucket {
+            Some(sql) => sqlx::query(sql)
+                .bind(p.now)
+                .bind(p.limit)
+                .bind(p.exclude)
+                .bind(p.buckets)
+                .bind(p.max_bytes),
+            None => sqlx::query(&self.inner.sql.claim)
+                .bind(p.now)
+                .bind(p.bucket_count)
+                .bind(p.limit)
+                .bind(p.exclude)
+                .bind(p.buckets)
+                .bind(p.max_bytes),
+        };
         // The claim reads the messages table in position order through its
         // primary key, and must keep doing so when the table's statistics
         // mislead the planner: after a large backlog drains, the table

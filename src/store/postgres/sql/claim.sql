@@ -22,9 +22,11 @@
 -- index for each row; as two filters, it would run the parked test first,
 -- measured 8 us a row against under 1 us). Each probe runs only if there
 -- is a block, or a parked message, at all (looked up once per claim), so
--- an outbox with nothing stuck pays no probe per row. The bucket
--- test cannot use an index either way, so one statement serves a relay
--- holding some buckets and one reading all of them.
+-- an outbox with nothing stuck pays no probe per row. A relay that holds
+-- some of the 64 buckets reads only its own through messages_bucket_idx
+-- (claim_buckets.sql); this statement serves a relay reading every bucket,
+-- and one holding some under another bucket count (the bucket test then
+-- filters each row).
 --
 -- The budget: `l` reads up to $3 rows; the running sum of their payload
 -- sizes (octet_length reads a stored value's size without fetching it)

@@ -1,0 +1,57 @@
+-- The claim of a relay that holds some of the 64 buckets (claim.sql's
+-- rows, in the same order and with the same tests, for the buckets in
+-- $4). As written it reads the first bucket of $4; the claim repeats the
+-- scan between the two markers once per bucket it holds, the n-th reading
+-- `$4[n]`, joined by UNION ALL. Each scan reads messages_bucket_idx
+-- (migration 10) in position order from the low-water mark: its bucket's
+-- ready messages only, where claim.sql walks every relay's messages to
+-- find its own. The scans are merged (Merge Append: each scan is ordered
+-- by its own ORDER BY, without which PostgreSQL would append them and
+-- sort all their rows) and read lazily, so a claim reads about the rows
+-- it takes, from the buckets that have them. The positions in flight are
+-- left out after the merge, so a bucket whose first messages are in
+-- flight gives the ones after them.
+--
+-- $1 now, $2 limit, $3 positions in flight (bigint[]), $4 the buckets to
+-- read (int[]), $5 the byte budget.
+SELECT c.*
+FROM (SELECT l.*,
+             sum(l.size) OVER w - l.size AS bytes_before,
+             lead(l.seq) OVER w IS NOT NULL AS followed
+      FROM (SELECT s.*
+            FROM (
+                /* scan */
+                (SELECT m.seq, m.id, m.topic, m.partition_key, m.event_type,
+                        m.schema_version, m.payload, m.content_type,
+                        m.headers::text AS headers, m.created_at, m.attempts,
+                        $4[1] AS bucket, octet_length(m.payload) AS size
+                 FROM {messages} m
+                 WHERE NOT m.parked AND NOT m.sleeping
+                   AND (CASE WHEN m.partition_key IS NULL THEN (m.seq % 64)::int
+                             ELSE (hashtext(m.partition_key) & 2147483647) % 64
+                        END) = $4[1]
+                   AND m.seq >= COALESCE((SELECT f.seq FROM {ready_floor} f WHERE f.only_row), 0)
+                   AND (m.available_at IS NULL OR m.available_at <= $1)
+                   AND CASE
+                       WHEN m.partition_key IS NULL THEN true
+                       WHEN (SELECT EXISTS (SELECT 1 FROM {blocked}))
+                            AND EXISTS (SELECT 1 FROM {blocked} k
+                                        WHERE k.partition_key = m.partition_key
+                                          AND k.seq < m.seq) THEN false
+                       WHEN (SELECT EXISTS (SELECT 1 FROM {messages} WHERE parked))
+                            THEN NOT EXISTS (SELECT 1 FROM {messages} p
+                                             WHERE p.parked
+                                               AND p.partition_key = m.partition_key
+                                               AND p.seq < m.seq)
+                       ELSE true
+                       END
+                 ORDER BY m.seq)
+                /* end scan */
+            ) s
+            WHERE NOT EXISTS (SELECT 1 FROM unnest($3::bigint[]) x(seq)
+                              WHERE x.seq = s.seq)
+            ORDER BY s.seq
+            LIMIT $2) l
+      WINDOW w AS (ORDER BY l.seq)) c
+WHERE c.bytes_before < $5
+ORDER BY c.seq
