@@ -2,6 +2,7 @@
 //! up when the share shrinks, and watched while a batch is published.
 
 use std::future::Future;
+use std::time::Duration;
 
 use tokio::time::Instant;
 
@@ -16,6 +17,22 @@ pub(super) fn lease_target(bucket_count: i32, live: usize) -> usize {
     (bucket_count.max(0) as usize).div_ceil(live.max(1))
 }
 
+/// How long lease ticks stay frequent after the last change of the live
+/// relays or of this relay's leases, as a share of the lease TTL: longer
+/// than the usual cadence (at most a third of it), so a relay that joined
+/// others is still looking often when they next look, see it, and give
+/// up their extra buckets.
+pub(super) const SETTLING: f64 = 0.4;
+
+/// The interval between lease ticks while shares settle: a fortieth of the
+/// TTL (250 ms at the default 10 s), so a relay started beside others
+/// holds its share within about two of them, where the usual cadence (a
+/// quarter to a third of the TTL) took two or three cadences, seconds in
+/// which one relay did all the work.
+fn settling_tick(ttl: Duration) -> Duration {
+    (ttl / 40).max(Duration::from_millis(25))
+}
+
 /// The buckets a claim reads: `None` (all of them, the cheaper query) when
 /// this relay holds every bucket.
 pub(super) fn claim_scope(leases: &[Lease], bucket_count: i32) -> Option<Vec<i32>> {
@@ -28,8 +45,9 @@ pub(super) fn claim_scope(leases: &[Lease], bucket_count: i32) -> Option<Vec<i32
 
 impl Worker {
     /// Heartbeat, renewal, and acquiring or releasing buckets until this
-    /// relay holds its fair share.
-    pub(super) async fn manage_leases(&mut self) -> Result<()> {
+    /// relay holds its fair share; true if the live relays or this relay's
+    /// leases changed.
+    pub(super) async fn manage_leases(&mut self) -> Result<bool> {
         let relay = self.config.relay_id;
         let ttl = self.config.lease_ttl;
         // Deadlines count from before the request: the database's expiry is
@@ -78,10 +96,20 @@ impl Worker {
             // Claimed under other leases: its buckets may have changed hands.
             self.prefetch = None;
         }
+        let changed = leases != self.leases || live != self.last_live;
+        if changed {
+            // Relays came or went, or buckets moved: the others' shares
+            // move too (a relay started beside one that holds every bucket
+            // waits for its release), so look again soon rather than a
+            // quarter of the TTL from now. A look that finds nothing
+            // moved makes no claim (see the worker's loop).
+            self.settle_until = started + ttl.mul_f64(SETTLING);
+        }
+        self.last_live = live;
         self.leases = leases;
         self.renewed_at(started);
         self.publish_health();
-        Ok(())
+        Ok(changed)
     }
 
     /// A renewal of the leases while the publisher works, so a slow
@@ -143,6 +171,9 @@ impl Worker {
         // started together (a group's members) drift apart instead of
         // renewing at the same moments.
         self.next_lease_tick = started + ttl.mul_f64(0.25 + fastrand::f64() / 12.0);
+        if started < self.settle_until {
+            self.next_lease_tick = self.next_lease_tick.min(started + settling_tick(ttl));
+        }
     }
 }
 

@@ -219,6 +219,20 @@ impl Worker {
             return;
         }
         self.next_stats = now + spread(self.config.stats_interval);
+        // The figures, the purge and the vacuum are the outbox's, not this
+        // relay's: one relay of a fleet does them, the holder of bucket 0,
+        // where each used to count the whole table (four relays on a
+        // backlog of a million spent their first seconds counting it four
+        // times over).
+        if !self.leases.iter().any(|l| l.bucket == 0) {
+            if std::mem::take(&mut self.keeps_books) {
+                // Read 0 here, so the sum or the largest of the processes'
+                // readings is the holder's.
+                self.zero_gauges();
+            }
+            return;
+        }
+        self.keeps_books = true;
         let pass = Pass {
             store: self.store.clone(),
             clock: self.clock,
@@ -319,9 +333,13 @@ impl Worker {
     /// must not fire on its last readings. A lone, unnamed relay leaves
     /// them, since another relay of the process may share them.
     pub(super) fn zero_named_gauges(&mut self) {
-        if self.config.labels.name().is_none() {
-            return;
+        if self.config.labels.name().is_some() {
+            self.zero_gauges();
         }
+    }
+
+    /// Sets the outbox's gauges to 0, as an empty outbox reads.
+    fn zero_gauges(&mut self) {
         let zero = StoreStats {
             dead_tuples: Some(0),
             ..StoreStats::default()

@@ -261,7 +261,9 @@ impl RelayBuilder {
         pub fn retention(retention: Retention) => config.retention = retention;
 
         /// How often gauges (pending, oldest age, dead tuples) are refreshed and
-        /// retained messages purged (default 10 s).
+        /// retained messages purged (default 10 s). Of several relays on one
+        /// outbox, the one holding bucket 0 does it; the others' gauges read 0,
+        /// so the sum or the largest across processes is the outbox's.
         pub fn stats_interval(d: Duration) => config.stats_interval = d;
 
         /// Whether to number each key's messages 1, 2, 3, ... (default off; see

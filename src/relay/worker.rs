@@ -32,6 +32,17 @@ pub(super) struct Worker {
     pub(super) leases: Vec<Lease>,
     pub(super) lease_deadline: Instant,
     pub(super) next_lease_tick: Instant,
+    /// Until when lease ticks come often: shares are settling after the
+    /// live relays or this relay's leases changed.
+    pub(super) settle_until: Instant,
+    /// The live relays the last heartbeat counted.
+    pub(super) last_live: usize,
+    /// Whether this relay's last upkeep pass set the outbox's gauges (it
+    /// held bucket 0).
+    pub(super) keeps_books: bool,
+    /// When the next round is due without a wake-up: a poll interval after
+    /// a round that found the batch short, at once after a full one.
+    poll_due: Instant,
     pub(super) next_stats: Instant,
     /// When the next parking of messages behind blocked keys is due.
     pub(super) next_park: Instant,
@@ -101,6 +112,8 @@ impl Worker {
         health_tx: Arc<watch::Sender<Health>>,
     ) -> Self {
         let now = Instant::now();
+        // Relays started together settle their shares at once.
+        let settle_until = now + config.lease_ttl.mul_f64(super::leases::SETTLING);
         let health = health_tx.borrow().clone();
         Self {
             store,
@@ -114,6 +127,10 @@ impl Worker {
             leases: Vec::new(),
             lease_deadline: now,
             next_lease_tick: now,
+            settle_until,
+            last_live: 0,
+            keeps_books: false,
+            poll_due: now,
             next_stats: now,
             next_park: now,
             next_retry: None,
@@ -245,6 +262,7 @@ impl Worker {
             self.collect_maintenance().await;
             let now = Instant::now();
             if now >= self.next_lease_tick {
+                let settling = now < self.settle_until;
                 // The leases change under no acknowledgement in flight.
                 match shutdown.bound(self.settle_ack()).await {
                     None => break,
@@ -258,7 +276,15 @@ impl Worker {
                 }
                 match shutdown.bound(self.manage_leases()).await {
                     None => break,
-                    Some(Ok(())) => {}
+                    Some(Ok(changed)) => {
+                        if settling && !changed && Instant::now() < self.poll_due {
+                            // An early look while shares settle found
+                            // nothing moved: no round before it is due.
+                            let until = self.wake_deadline().min(self.poll_due);
+                            self.wait(&signal, until).await;
+                            continue;
+                        }
+                    }
                     Some(Err(e)) => {
                         // Keep the leases: renewing them with the same epoch
                         // is safe later, and the deadline keeps us from
@@ -328,7 +354,9 @@ impl Worker {
                     if self.pending_ack.is_none() {
                         self.record_success();
                     }
+                    self.poll_due = Instant::now();
                     if !full {
+                        self.poll_due += self.config.poll_interval;
                         if let Some(p) = self
                             .config
                             .pacing

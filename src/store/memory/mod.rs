@@ -139,6 +139,8 @@ struct State {
     vacuums: usize,
     /// Parking calls so far.
     parks: usize,
+    /// Stats calls so far.
+    stats_reads: usize,
     /// How long each parking call takes.
     park_delay: Duration,
     ack_delay: Duration,
@@ -431,6 +433,11 @@ impl MemoryStore {
     /// Parking calls so far.
     pub(crate) fn parks(&self) -> usize {
         self.state().parks
+    }
+
+    /// Stats calls so far.
+    pub(crate) fn stats_reads(&self) -> usize {
+        self.state().stats_reads
     }
 
     /// Makes each parking call take `delay` (a large parking, a slow

@@ -251,7 +251,8 @@ impl StoreOps for MemoryStore {
         let _call = self.begin_maintenance().await;
         let now = self.now();
         let stats = {
-            let s = self.state();
+            let mut s = self.state();
+            s.stats_reads += 1;
             let waiting = |p: &&Pending| p.available_at.is_some_and(|at| at > now);
             let retry_waiting = s.messages.values().filter(waiting).count() as i64;
             let parked = s
