@@ -21,7 +21,7 @@ pub(crate) struct Browser {
     session: String,
     base: String,
     driver: Child,
-    _profile: tempdir::Dir,
+    profile: tempdir::Dir,
 }
 
 mod tempdir {
@@ -87,7 +87,7 @@ impl Browser {
             session: String::new(),
             base,
             driver,
-            _profile: tempdir::Dir(profile.clone()),
+            profile: tempdir::Dir(profile.clone()),
         };
         let args = [
             "--headless=new".to_owned(),
@@ -218,8 +218,44 @@ impl Browser {
 }
 
 impl Drop for Browser {
+    /// Ends the session, which makes `chromedriver` close Chromium, then
+    /// stops `chromedriver` and whatever Chromium process still runs on
+    /// this browser's profile (killing `chromedriver` alone left Chromium
+    /// and its crash handler running after every test).
     fn drop(&mut self) {
+        if !self.session.is_empty() {
+            self.end_session();
+        }
         let _ = self.driver.kill();
         let _ = self.driver.wait();
+        let _ = Command::new("pkill")
+            .arg("-KILL")
+            .arg("-f")
+            .arg(self.profile.0.as_os_str())
+            .status();
+    }
+}
+
+impl Browser {
+    /// `DELETE /session/{id}`, in plain blocking HTTP: `Drop` cannot await
+    /// the client. Bounded, so a hung driver cannot hold the test.
+    fn end_session(&self) {
+        use std::io::{Read as _, Write as _};
+        let Some(addr) = self.base.strip_prefix("http://") else {
+            return;
+        };
+        let Ok(mut stream) = std::net::TcpStream::connect(addr) else {
+            return;
+        };
+        let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
+        let request = format!(
+            "DELETE /session/{} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 0\r\n\
+             Connection: close\r\n\r\n",
+            self.session
+        );
+        if stream.write_all(request.as_bytes()).is_ok() {
+            let mut answer = Vec::new();
+            let _ = stream.read_to_end(&mut answer);
+        }
     }
 }

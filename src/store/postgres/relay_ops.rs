@@ -262,9 +262,13 @@ impl StoreOps for PgOutbox {
     }
 }
 
-/// Opens a claim's transaction with the planner settings its scan needs.
+/// Opens a claim's transaction with the planner settings its scan needs,
+/// and the plan PostgreSQL caches for the statement from the first run: a
+/// claim by bucket with many scans took 5 to 9 ms to plan afresh, and
+/// with 63 scans PostgreSQL kept planning it afresh on every run.
 const CLAIM_BEGIN: &str = "BEGIN; SET LOCAL enable_seqscan = off; \
-     SET LOCAL max_parallel_workers_per_gather = 0; SET LOCAL jit = off";
+     SET LOCAL max_parallel_workers_per_gather = 0; SET LOCAL jit = off; \
+     SET LOCAL plan_cache_mode = force_generic_plan";
 
 /// The claim's join settings: the positions in flight merged, never
 /// looped over nor hashed (a hash join would lose the scan's order); and
@@ -275,6 +279,7 @@ const CLAIM_JOINS: &str = "SET LOCAL enable_nestloop = off; SET LOCAL enable_has
 /// [`CLAIM_BEGIN`] and [`CLAIM_JOINS`] in one round trip.
 pub(super) const CLAIM_BEGIN_JOINS: &str = "BEGIN; SET LOCAL enable_seqscan = off; \
      SET LOCAL max_parallel_workers_per_gather = 0; SET LOCAL jit = off; \
+     SET LOCAL plan_cache_mode = force_generic_plan; \
      SET LOCAL enable_nestloop = off; \
      SET LOCAL enable_hashjoin = off; SET LOCAL enable_bitmapscan = off";
 

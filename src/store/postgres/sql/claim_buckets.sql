@@ -8,12 +8,20 @@
 -- find its own. The scans are merged (Merge Append: each scan is ordered
 -- by its own ORDER BY, without which PostgreSQL would append them and
 -- sort all their rows) and read lazily, so a claim reads about the rows
--- it takes, from the buckets that have them. The positions in flight are
--- left out after the merge, so a bucket whose first messages are in
--- flight gives the ones after them.
+-- it takes, from the buckets that have them. The positions in flight and
+-- the blocked keys' tests come after the merge, so a bucket whose first
+-- messages are in flight gives the ones after them.
+--
+-- Every scan is started on every claim, so each scan is kept to its index
+-- scan: the low-water mark is read once (`g`), and the tests that
+-- claim.sql makes inside its scan are made here on the merged rows
+-- (measured with 63 buckets: 2.3 ms a claim of 1,000 against 3.4 ms with
+-- each scan carrying them).
 --
 -- $1 now, $2 limit, $3 positions in flight (bigint[]), $4 the buckets to
 -- read (int[]), $5 the byte budget.
+WITH g AS MATERIALIZED (
+    SELECT COALESCE((SELECT f.seq FROM {ready_floor} f WHERE f.only_row), 0) AS floor)
 SELECT c.*
 FROM (SELECT l.*,
              sum(l.size) OVER w - l.size AS bytes_before,
@@ -30,26 +38,26 @@ FROM (SELECT l.*,
                    AND (CASE WHEN m.partition_key IS NULL THEN (m.seq % 64)::int
                              ELSE (hashtext(m.partition_key) & 2147483647) % 64
                         END) = $4[1]
-                   AND m.seq >= COALESCE((SELECT f.seq FROM {ready_floor} f WHERE f.only_row), 0)
+                   AND m.seq >= (SELECT g.floor FROM g)
                    AND (m.available_at IS NULL OR m.available_at <= $1)
-                   AND CASE
-                       WHEN m.partition_key IS NULL THEN true
-                       WHEN (SELECT EXISTS (SELECT 1 FROM {blocked}))
-                            AND EXISTS (SELECT 1 FROM {blocked} k
-                                        WHERE k.partition_key = m.partition_key
-                                          AND k.seq < m.seq) THEN false
-                       WHEN (SELECT EXISTS (SELECT 1 FROM {messages} WHERE parked))
-                            THEN NOT EXISTS (SELECT 1 FROM {messages} p
-                                             WHERE p.parked
-                                               AND p.partition_key = m.partition_key
-                                               AND p.seq < m.seq)
-                       ELSE true
-                       END
                  ORDER BY m.seq)
                 /* end scan */
             ) s
             WHERE NOT EXISTS (SELECT 1 FROM unnest($3::bigint[]) x(seq)
                               WHERE x.seq = s.seq)
+              AND CASE
+                  WHEN s.partition_key IS NULL THEN true
+                  WHEN (SELECT EXISTS (SELECT 1 FROM {blocked}))
+                       AND EXISTS (SELECT 1 FROM {blocked} k
+                                   WHERE k.partition_key = s.partition_key
+                                     AND k.seq < s.seq) THEN false
+                  WHEN (SELECT EXISTS (SELECT 1 FROM {messages} WHERE parked))
+                       THEN NOT EXISTS (SELECT 1 FROM {messages} p
+                                        WHERE p.parked
+                                          AND p.partition_key = s.partition_key
+                                          AND p.seq < s.seq)
+                  ELSE true
+                  END
             ORDER BY s.seq
             LIMIT $2) l
       WINDOW w AS (ORDER BY l.seq)) c
