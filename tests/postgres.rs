@@ -839,6 +839,37 @@ async fn stats_need_no_more_than_select_on_the_tables() {
         .unwrap();
 }
 
+/// The index entries read so far from each index of schema `outbox`, as
+/// a function of the index's name, once `done` holds for them or five
+/// seconds have passed: backends report their counts as they exit, a
+/// moment after.
+async fn index_entries_read(
+    pool: &PgPool,
+    done: impl Fn(&dyn Fn(&str) -> i64) -> bool,
+) -> impl Fn(&str) -> i64 {
+    let mut read = std::collections::HashMap::new();
+    for _ in 0..50 {
+        let rows: Vec<(String, i64)> = sqlx::query_as(
+            "SELECT indexrelname::text, idx_tup_read FROM pg_stat_user_indexes \
+             WHERE schemaname = 'outbox'",
+        )
+        .fetch_all(pool)
+        .await
+        .unwrap();
+        read = rows.into_iter().collect();
+        if done(&|name: &str| read.get(name).copied().unwrap_or(0)) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        // A new snapshot of the statistics on the next read.
+        sqlx::query("SELECT pg_stat_clear_snapshot()")
+            .execute(pool)
+            .await
+            .unwrap();
+    }
+    move |name: &str| read.get(name).copied().unwrap_or(0)
+}
+
 /// Four relays share the buckets, and each claim reads its own relay's
 /// messages only: the entries read from the ready messages' indexes stay
 /// about the messages sent (a claim that walked every ready message in
@@ -892,28 +923,8 @@ async fn relays_holding_some_buckets_read_only_their_own_messages() {
     // The relays' backends report their counts when they exit.
     db.pool.close().await;
     let other = db.other_process_pool().await;
-    let mut read = (0i64, 0i64);
-    for _ in 0..50 {
-        read = sqlx::query_as(
-            "SELECT coalesce(sum(idx_tup_read) FILTER \
-                      (WHERE indexrelname = 'messages_bucket_idx'), 0)::bigint, \
-                    coalesce(sum(idx_tup_read) FILTER \
-                      (WHERE indexrelname = 'messages_ready_idx'), 0)::bigint \
-             FROM pg_stat_user_indexes WHERE schemaname = 'outbox'",
-        )
-        .fetch_one(&other)
-        .await
-        .unwrap();
-        if read.0 >= rows as i64 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        sqlx::query("SELECT pg_stat_clear_snapshot()")
-            .execute(&other)
-            .await
-            .unwrap();
-    }
-    let (by_bucket, by_position) = read;
+    let read = index_entries_read(&other, |read| read("messages_bucket_idx") >= rows as i64).await;
+    let (by_bucket, by_position) = (read("messages_bucket_idx"), read("messages_ready_idx"));
     eprintln!("{by_bucket} entries read by bucket, {by_position} in position order");
     assert!(
         by_bucket >= rows as i64 && by_bucket + by_position < 2 * rows as i64,
@@ -1043,25 +1054,8 @@ async fn acknowledgements_find_their_messages_by_position_whatever_the_statistic
     // The relay's backends report their counts when they exit.
     db.pool.close().await;
     let other = db.other_process_pool().await;
-    let mut read = 0i64;
-    for _ in 0..50 {
-        read = sqlx::query_scalar(
-            "SELECT idx_tup_read FROM pg_stat_user_indexes \
-             WHERE schemaname = 'outbox' AND indexrelname = 'messages_pkey'",
-        )
-        .fetch_one(&other)
-        .await
-        .unwrap();
-        if read >= rows as i64 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        // A new snapshot of the statistics on the next read.
-        sqlx::query("SELECT pg_stat_clear_snapshot()")
-            .execute(&other)
-            .await
-            .unwrap();
-    }
+    let read = index_entries_read(&other, |read| read("messages_pkey") >= rows as i64).await;
+    let read = read("messages_pkey");
     assert!(
         (rows as i64..5 * rows as i64).contains(&read),
         "{read} index entries read to acknowledge {rows} messages"

@@ -56,19 +56,7 @@ FROM (SELECT l.*,
               AND m.seq >= COALESCE((SELECT f.seq FROM {ready_floor} f WHERE f.only_row), 0)
               AND (m.available_at IS NULL OR m.available_at <= $1)
               AND ($5::int[] IS NULL OR b.bucket = ANY($5))
-              AND CASE
-                  WHEN m.partition_key IS NULL THEN true
-                  WHEN (SELECT EXISTS (SELECT 1 FROM {blocked}))
-                       AND EXISTS (SELECT 1 FROM {blocked} k
-                                   WHERE k.partition_key = m.partition_key
-                                     AND k.seq < m.seq) THEN false
-                  WHEN (SELECT EXISTS (SELECT 1 FROM {messages} WHERE parked))
-                       THEN NOT EXISTS (SELECT 1 FROM {messages} p
-                                        WHERE p.parked
-                                          AND p.partition_key = m.partition_key
-                                          AND p.seq < m.seq)
-                  ELSE true
-                  END
+              AND {not_held_back}
               AND NOT EXISTS (SELECT 1 FROM unnest($4::bigint[]) x(seq)
                               WHERE x.seq = m.seq)
             ORDER BY m.seq

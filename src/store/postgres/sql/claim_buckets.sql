@@ -26,7 +26,7 @@ SELECT c.*
 FROM (SELECT l.*,
              sum(l.size) OVER w - l.size AS bytes_before,
              lead(l.seq) OVER w IS NOT NULL AS followed
-      FROM (SELECT s.*
+      FROM (SELECT m.*
             FROM (
                 /* scan */
                 (SELECT m.seq, m.id, m.topic, m.partition_key, m.event_type,
@@ -42,23 +42,11 @@ FROM (SELECT l.*,
                    AND (m.available_at IS NULL OR m.available_at <= $1)
                  ORDER BY m.seq)
                 /* end scan */
-            ) s
+            ) m
             WHERE NOT EXISTS (SELECT 1 FROM unnest($3::bigint[]) x(seq)
-                              WHERE x.seq = s.seq)
-              AND CASE
-                  WHEN s.partition_key IS NULL THEN true
-                  WHEN (SELECT EXISTS (SELECT 1 FROM {blocked}))
-                       AND EXISTS (SELECT 1 FROM {blocked} k
-                                   WHERE k.partition_key = s.partition_key
-                                     AND k.seq < s.seq) THEN false
-                  WHEN (SELECT EXISTS (SELECT 1 FROM {messages} WHERE parked))
-                       THEN NOT EXISTS (SELECT 1 FROM {messages} p
-                                        WHERE p.parked
-                                          AND p.partition_key = s.partition_key
-                                          AND p.seq < s.seq)
-                  ELSE true
-                  END
-            ORDER BY s.seq
+                              WHERE x.seq = m.seq)
+              AND {not_held_back}
+            ORDER BY m.seq
             LIMIT $2) l
       WINDOW w AS (ORDER BY l.seq)) c
 WHERE c.bytes_before < $5
