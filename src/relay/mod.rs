@@ -54,6 +54,8 @@
 
 mod budget;
 mod clock;
+#[cfg(test)]
+mod fleet_scenarios;
 pub(crate) mod group;
 mod labels;
 mod leases;

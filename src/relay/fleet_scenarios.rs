@@ -1,0 +1,91 @@
+//! Relays sharing one outbox: how fast their shares of the buckets
+//! settle, and which of them reads the outbox's figures. Driven like
+//! `scenarios.rs`, through real relays on the in-memory store and paused
+//! time.
+
+use std::time::Duration;
+
+use super::scripted::{spawn, until, Journal};
+use crate::store::memory::MemoryStore;
+
+/// Relays started together hold their fair shares within a few looks made
+/// while shares settle (a fortieth of the TTL apart), not the two or three
+/// usual cadences (a quarter to a third of it each) it took one of them to
+/// see the others and give up its extra buckets, and the others to take
+/// them: seconds during which one relay did all the work.
+#[tokio::test(start_paused = true)]
+async fn relays_started_together_hold_their_shares_within_a_few_looks() {
+    let store = MemoryStore::new(64);
+    let journal = Journal::new(&store);
+    let ttl = Duration::from_secs(60);
+    let relays: Vec<_> = (0..4)
+        .map(|_| spawn(&store, &journal, |b| b.lease_ttl(ttl)))
+        .collect();
+    // The usual cadence would take at least 15 s.
+    until("four shares of 16", Duration::from_secs(6), || {
+        relays
+            .iter()
+            .all(|(r, _, _)| r.health().leased_buckets == 16)
+    })
+    .await;
+    for (r, _, _) in relays {
+        r.shutdown().await.unwrap();
+    }
+}
+
+/// The outbox's figures are read by one relay of a fleet, the holder of
+/// bucket 0, each stats interval (1 s here), not by every relay: on a large
+/// backlog each reading counts the whole table.
+#[tokio::test(start_paused = true)]
+async fn one_relay_of_several_reads_the_outbox_figures() {
+    let store = MemoryStore::new(64);
+    let journal = Journal::new(&store);
+    let relays: Vec<_> = (0..4).map(|_| spawn(&store, &journal, |b| b)).collect();
+    until("four shares of 16", Duration::from_secs(10), || {
+        relays
+            .iter()
+            .all(|(r, _, _)| r.health().leased_buckets == 16)
+    })
+    .await;
+    let before = store.stats_reads();
+    tokio::time::sleep(Duration::from_secs(20)).await;
+    let reads = store.stats_reads() - before;
+    assert!((15..=25).contains(&reads), "{reads} readings in 20 s");
+    for (r, _, _) in relays {
+        r.shutdown().await.unwrap();
+    }
+}
+
+/// A relay that joins one holding every bucket takes its share within a
+/// look of the holder's next usual one (which sees it and releases), where
+/// it used to wait for its own next usual look as well.
+#[tokio::test(start_paused = true)]
+async fn a_relay_joining_takes_its_share_soon_after_the_holder_gives_it_up() {
+    let store = MemoryStore::new(64);
+    let journal = Journal::new(&store);
+    let ttl = Duration::from_secs(60);
+    let (first, _g1, _) = spawn(&store, &journal, |b| b.lease_ttl(ttl));
+    until(
+        "the first relay holds every bucket",
+        Duration::from_secs(5),
+        || first.health().leased_buckets == 64,
+    )
+    .await;
+    // Long after its shares settled: it looks at its usual cadence.
+    tokio::time::sleep(Duration::from_secs(90)).await;
+    let (second, _g2, _) = spawn(&store, &journal, |b| b.lease_ttl(ttl));
+    // The holder's next usual look is at most 20 s away.
+    until("the holder gives up half", Duration::from_secs(21), || {
+        first.health().leased_buckets == 32
+    })
+    .await;
+    // The newcomer's next usual look could be up to 20 s later.
+    until(
+        "the newcomer holds the other half",
+        Duration::from_secs(2),
+        || second.health().leased_buckets == 32,
+    )
+    .await;
+    first.shutdown().await.unwrap();
+    second.shutdown().await.unwrap();
+}
