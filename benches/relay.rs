@@ -12,6 +12,7 @@
 //! `--commit-delay=µs` (slow commits, default 2000), `--latency-rates=10,1000`
 //! (events/s), `--rows=N` (drain backlog),
 //! `--relays=1,2,4`, `--variants=ordered,unordered,numbered`,
+//! `--brokers=nats,rabbitmq,redis,kafka` (with `--only=brokers`),
 //! `--health-secs=N`, `--group-counts=1,10,50`, `--group-rate=N`,
 //! `--group-backlog=N`, `--group-arrangements=group,separate`,
 //! `--group-budget=N` (the group's `max_connections`), `--group-rounds=N`

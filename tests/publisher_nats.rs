@@ -392,6 +392,31 @@ async fn rejected_messages_are_dead_lettered(server: Server) {
         .expect("the orphan is a dead letter");
     assert_dead_at_once(orphan_dead, "no JetStream stream captures subject");
     assert_eq!(stream.count().await, 1);
+
+    // Headers NATS cannot carry, in rows written around the outbox's own
+    // checks: a name with ':', a value with a line break.
+    let (bad_name, bad_value) = (candidate("candidates", 3), candidate("candidates", 4));
+    let (bad_name_id, bad_value_id) = (bad_name.id(), bad_value.id());
+    enqueue(&db, &outbox, vec![bad_name, bad_value]).await;
+    for (id, headers) in [
+        (bad_name_id, r#"{"bad:name": "v"}"#),
+        (bad_value_id, r#"{"x-split": "a\nInjected: yes"}"#),
+    ] {
+        let set = sqlx::query("UPDATE outbox_messages SET headers = ? WHERE id = ?")
+            .bind(headers)
+            .bind(id.as_uuid().as_bytes().to_vec())
+            .execute(&db.pool)
+            .await
+            .unwrap();
+        assert_eq!(set.rows_affected(), 1);
+    }
+    let publisher = NatsPublisher::new(client.clone()).with_subject_prefix(&stream.prefix);
+    relay_until_drained(&outbox, publisher, "the bad headers to drain", TIMEOUT).await;
+    let dead = outbox.dead_letters(10).await.unwrap();
+    let of = |id| dead.iter().find(|d| d.id() == id).expect("a dead letter");
+    assert_dead_at_once(of(bad_name_id), "cannot be sent over NATS");
+    assert_dead_at_once(of(bad_value_id), "NATS cannot carry (CR or LF)");
+    assert_eq!(stream.count().await, 1);
 }
 
 /// Runs of a key in one batch: stored in order, and nothing of the key

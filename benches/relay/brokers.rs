@@ -19,7 +19,7 @@ mod amqp;
 
 const AMQP: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 
-async fn relay_into<P: Publisher>(pool: &PgPool, topic: &str, n: i64, publisher: P) -> f64 {
+async fn relay_into<P: Publisher>(pool: &PgPool, topic: &str, n: i64, publisher: P) -> Drained {
     let outbox = PgOutbox::new(pool.clone());
     sqlx::query(
         "INSERT INTO outbox.messages (id, topic, partition_key, event_type, schema_version, \
@@ -33,25 +33,66 @@ async fn relay_into<P: Publisher>(pool: &PgPool, topic: &str, n: i64, publisher:
     .await
     .unwrap();
     let timed = Timed::new(publisher);
+    let cpu = busy_cpu_secs();
     let relay = Relay::builder(outbox.clone(), timed.clone())
         .batch_size(1000)
         .spawn()
         .unwrap();
     let rate = timed.rate_after(n as u64, &outbox).await;
+    let cpu = busy_cpu_secs() - cpu;
     relay.shutdown().await.unwrap();
     assert_eq!(outbox.pending_count().await.unwrap(), 0);
-    rate
+    Drained {
+        rate,
+        cpu_us: cpu * 1e6 / n as f64,
+    }
+}
+
+/// What a drain (or a raw loop) measured: messages per second, and the
+/// machine's busy CPU time per message in microseconds.
+#[derive(Clone, Copy)]
+struct Drained {
+    rate: f64,
+    cpu_us: f64,
+}
+
+/// CPU time the whole machine has spent busy since boot (user, nice,
+/// system, irq, softirq, steal), in seconds, from `/proc/stat`; 0 where
+/// there is none. Broker, database and relay share the machine's cores:
+/// where they are all busy, a relay's ratio cannot beat the raw loop's
+/// CPU per message over the relay's.
+fn busy_cpu_secs() -> f64 {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let ticks: Vec<f64> = stat
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|f| f.parse().ok())
+        .collect();
+    // user nice system idle iowait irq softirq steal, in USER_HZ (100 on
+    // Linux).
+    [0, 1, 2, 5, 6, 7]
+        .iter()
+        .filter_map(|&i| ticks.get(i))
+        .sum::<f64>()
+        / 100.0
 }
 
 /// The broker's own ceiling: `n` publishes through `publish`, which
 /// sends one message and gives back what acknowledges (or confirms) it;
 /// those are awaited a thousand at a time. Messages per second.
-async fn raw_publish_rate<A, T, E, F>(n: i64, mut publish: impl AsyncFnMut() -> Result<A, F>) -> f64
+async fn raw_publish_rate<A, T, E, F>(
+    n: i64,
+    mut publish: impl AsyncFnMut() -> Result<A, F>,
+) -> Drained
 where
     A: std::future::IntoFuture<Output = Result<T, E>>,
     E: std::fmt::Debug,
     F: std::fmt::Debug,
 {
+    let cpu = busy_cpu_secs();
     let start = Instant::now();
     let mut pending = Vec::new();
     for i in 0..n {
@@ -62,27 +103,67 @@ where
             }
         }
     }
-    n as f64 / start.elapsed().as_secs_f64()
+    Drained {
+        rate: n as f64 / start.elapsed().as_secs_f64(),
+        cpu_us: (busy_cpu_secs() - cpu) * 1e6 / n as f64,
+    }
 }
 
-/// Records the relay's rate against the broker's raw rate under `key`.
-fn record(res: &mut Results, key: &str, what: String, raw: f64, relayed: f64) {
-    res.put(&format!("broker_{key}_raw_per_s"), raw);
-    res.put(&format!("broker_{key}_relay_per_s"), relayed);
-    res.put(&format!("broker_{key}_ratio"), relayed / raw);
+/// Records the relay's rate against the broker's raw rate under `key`,
+/// and the machine's CPU time per message in each.
+fn record(res: &mut Results, key: &str, what: String, raw: Drained, relayed: Drained) {
+    res.put(&format!("broker_{key}_raw_per_s"), raw.rate);
+    res.put(&format!("broker_{key}_relay_per_s"), relayed.rate);
+    res.put(&format!("broker_{key}_ratio"), relayed.rate / raw.rate);
+    res.put(&format!("broker_{key}_raw_cpu_us_per_msg"), raw.cpu_us);
+    res.put(
+        &format!("broker_{key}_relay_cpu_us_per_msg"),
+        relayed.cpu_us,
+    );
     res.row(
         what,
-        format!("{:.2} ({relayed:.0} vs {raw:.0} events/s)", relayed / raw),
+        format!(
+            "{:.2} ({:.0} vs {:.0} events/s; machine CPU {:.1} vs {:.1} µs/event)",
+            relayed.rate / raw.rate,
+            relayed.rate,
+            raw.rate,
+            relayed.cpu_us,
+            raw.cpu_us
+        ),
     );
+}
+
+/// Whether `--brokers=` (default: all) names `broker`.
+fn wanted(broker: &str) -> bool {
+    arg("brokers").is_none_or(|b| b.split(',').any(|x| x == broker))
 }
 
 pub(super) async fn run(cfg: &Config, res: &mut Results) {
     let n = cfg.drain_rows / 5;
     let pool = fresh_db("outbox_bench_brokers").await;
     PgOutbox::new(pool.clone()).migrate().await.unwrap();
-    let body = br#"{"candidate_id": 1}"#.to_vec();
+    let id = uuid::Uuid::now_v7().simple().to_string();
+    if wanted("nats") {
+        nats(&pool, n, res).await;
+    }
+    if wanted("rabbitmq") {
+        rabbitmq(&pool, n, &id, res).await;
+    }
+    #[cfg(feature = "redis")]
+    if wanted("redis") {
+        redis_streams(&pool, n, &id, res).await;
+    }
+    #[cfg(feature = "kafka")]
+    if wanted("kafka") {
+        kafka(&pool, n, res).await;
+    }
+    pool.close().await;
+}
 
-    // NATS JetStream.
+/// NATS JetStream: the relay against pipelined publishes, each with its
+/// `Nats-Msg-Id`.
+async fn nats(pool: &PgPool, n: i64, res: &mut Results) {
+    let body = br#"{"candidate_id": 1}"#.to_vec();
     let (client, js, stream, id) = super::hotkeys::bench_stream("OUTBOX_BENCH").await;
     let raw = raw_publish_rate(n, async || {
         let mut headers = async_nats::HeaderMap::new();
@@ -96,7 +177,7 @@ pub(super) async fn run(cfg: &Config, res: &mut Results) {
     })
     .await;
     let relayed = relay_into(
-        &pool,
+        pool,
         &format!("outboxbench.{id}.relay"),
         n,
         NatsPublisher::new(client.clone()),
@@ -110,8 +191,11 @@ pub(super) async fn run(cfg: &Config, res: &mut Results) {
         raw,
         relayed,
     );
+}
 
-    // RabbitMQ.
+/// RabbitMQ: the relay against publishes with confirms, persistent.
+async fn rabbitmq(pool: &PgPool, n: i64, id: &str, res: &mut Results) {
+    let body = br#"{"candidate_id": 1}"#.to_vec();
     let conn = Connection::connect(AMQP, ConnectionProperties::default())
         .await
         .expect("RabbitMQ at 127.0.0.1:5672");
@@ -142,7 +226,7 @@ pub(super) async fn run(cfg: &Config, res: &mut Results) {
     })
     .await;
     let relayed = relay_into(
-        &pool,
+        pool,
         "relay",
         n,
         RabbitMqPublisher::new(AMQP, exchange.clone()),
@@ -161,11 +245,6 @@ pub(super) async fn run(cfg: &Config, res: &mut Results) {
         raw,
         relayed,
     );
-    #[cfg(feature = "redis")]
-    redis_streams(&pool, n, &id, res).await;
-    #[cfg(feature = "kafka")]
-    kafka(&pool, n, res).await;
-    pool.close().await;
 }
 
 /// Redis Streams: the relay (an atomic deduplication guard and `XADD` per
@@ -180,6 +259,7 @@ async fn redis_streams(pool: &PgPool, n: i64, id: &str, res: &mut Results) {
         .await
         .expect("Redis at 127.0.0.1:6379");
     let raw_key = format!("outboxbench:{id}:raw");
+    let cpu = busy_cpu_secs();
     let start = Instant::now();
     let mut sent = 0;
     while sent < n {
@@ -197,7 +277,10 @@ async fn redis_streams(pool: &PgPool, n: i64, id: &str, res: &mut Results) {
         let _: Vec<String> = pipe.query_async(&mut conn).await.unwrap();
         sent += chunk;
     }
-    let raw = n as f64 / start.elapsed().as_secs_f64();
+    let raw = Drained {
+        rate: n as f64 / start.elapsed().as_secs_f64(),
+        cpu_us: (busy_cpu_secs() - cpu) * 1e6 / n as f64,
+    };
     let prefix = format!("outboxbench:{id}:");
     let relayed = relay_into(
         pool,
@@ -233,9 +316,13 @@ async fn kafka(pool: &PgPool, n: i64, res: &mut Results) {
     cluster.create_topic("relay", 3, 1).unwrap();
     let publisher = KafkaPublisher::new(cluster.bootstrap_servers()).unwrap();
     let relayed = relay_into(pool, "relay", n, publisher).await;
-    res.put("broker_kafka_per_s", relayed);
+    res.put("broker_kafka_per_s", relayed.rate);
+    res.put("broker_kafka_relay_cpu_us_per_msg", relayed.cpu_us);
     res.row(
         format!("Kafka (librdkafka's mock cluster, in process), {n} messages: relay"),
-        format!("{relayed:.0} events/s"),
+        format!(
+            "{:.0} events/s (machine CPU {:.1} µs/event)",
+            relayed.rate, relayed.cpu_us
+        ),
     );
 }

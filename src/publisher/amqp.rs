@@ -13,6 +13,7 @@ use lapin::{
 };
 use tokio::time::Instant;
 
+use super::envelope::CePrefix;
 use super::failure::{outcomes_or_retry, permanent, transient};
 use super::hidden::Hidden;
 use super::{Envelope, Publisher};
@@ -255,11 +256,27 @@ impl RabbitMqPublisher {
         };
         let routing_key = short("the routing key", self.routing_key_for(m))?;
         let (body, content_type) = self.envelope.body(m);
-        let pairs = self.envelope.headers(m, "cloudEvents:");
         let mut headers = FieldTable::default();
-        for (k, v) in pairs {
-            let name = short(&format!("header name {k:?}"), &k)?;
-            headers.insert(name, AMQPValue::LongString(LongString::from(v)));
+        let mut refused = None;
+        self.envelope.each_header(m, CePrefix::Amqp, |k, v| {
+            if refused.is_some() {
+                return;
+            }
+            let k = k.as_str();
+            match ShortString::try_new(k) {
+                Ok(name) => {
+                    headers.insert(name, AMQPValue::LongString(LongString::from(v)));
+                }
+                Err(_) => {
+                    refused = Some(permanent(format!(
+                        "header name {k:?} is {} bytes; AMQP allows at most {MAX_SHORT_STRING}",
+                        k.len()
+                    )))
+                }
+            }
+        });
+        if let Some(e) = refused {
+            return Err(e);
         }
         let timestamp = u64::try_from(m.created_at().timestamp()).unwrap_or(0);
         let props = BasicProperties::default()

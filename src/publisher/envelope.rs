@@ -45,6 +45,63 @@ pub enum Envelope {
 /// Content type of a structured CloudEvents body.
 pub const CLOUDEVENTS_JSON: &str = "application/cloudevents+json";
 
+/// A header's name as [`Envelope::each_header`] gives it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum HeaderName<'m> {
+    /// A name the crate fixes (`outbox-id`, `ce-type`, ...).
+    Fixed(&'static str),
+    /// The name of one of the message's own headers.
+    Own(&'m str),
+}
+
+impl<'m> HeaderName<'m> {
+    /// The name.
+    pub(crate) fn as_str(self) -> &'m str {
+        match self {
+            HeaderName::Fixed(s) => s,
+            HeaderName::Own(s) => s,
+        }
+    }
+}
+
+/// How a protocol binding names CloudEvents attributes in headers.
+#[cfg(any(feature = "amqp", feature = "nats"))]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum CePrefix {
+    /// `ce-<attribute>` (HTTP, NATS).
+    Dash,
+    /// `cloudEvents:<attribute>` (AMQP).
+    Amqp,
+}
+
+#[cfg(any(feature = "amqp", feature = "nats"))]
+impl CePrefix {
+    /// The header named for `attribute`, or `None` for `datacontenttype`,
+    /// which the broker's own content type carries.
+    fn name(self, attribute: &str) -> Option<&'static str> {
+        macro_rules! names {
+            ($($attr:literal),*) => {
+                match (self, attribute) {
+                    $((CePrefix::Dash, $attr) => Some(concat!("ce-", $attr)),
+                      (CePrefix::Amqp, $attr) => Some(concat!("cloudEvents:", $attr)),)*
+                    _ => None,
+                }
+            };
+        }
+        names!(
+            "specversion",
+            "id",
+            "source",
+            "type",
+            "time",
+            "schemaversion",
+            "sequence",
+            "subject",
+            "keysequence"
+        )
+    }
+}
+
 impl Envelope {
     /// The outbox's own metadata as `(name, value)` pairs, for
     /// [`Envelope::Plain`]: `outbox-id`, `outbox-event-type`,
@@ -53,29 +110,35 @@ impl Envelope {
     /// `outbox-created-at` (RFC 3339), followed by the message's own
     /// headers.
     pub fn metadata(m: &OutboxMessage) -> Vec<(String, String)> {
-        let mut out = vec![
-            ("outbox-id".to_owned(), m.id().to_string()),
-            ("outbox-event-type".to_owned(), m.event_type().to_owned()),
-            (
-                "outbox-schema-version".to_owned(),
-                m.schema_version().to_string(),
-            ),
-        ];
-        if let Some(k) = m.partition_key() {
-            out.push(("outbox-partition-key".to_owned(), k.to_owned()));
-        }
-        out.push(("outbox-position".to_owned(), m.position().to_string()));
-        if let Some(n) = m.key_sequence() {
-            out.push(("outbox-key-sequence".to_owned(), n.to_string()));
-        }
-        out.push((
-            "outbox-created-at".to_owned(),
-            m.created_at().to_rfc3339_opts(SecondsFormat::Micros, true),
-        ));
-        for (k, v) in m.headers() {
-            out.push((k.clone(), v.clone()));
-        }
+        let mut out = Vec::with_capacity(7 + m.headers().len());
+        Envelope::each_metadata(m, |k, v| out.push((k.as_str().to_owned(), v)));
         out
+    }
+
+    /// [`Envelope::metadata`], one pair at a time, the outbox's own names
+    /// as `'static` strings (no allocation for a name).
+    fn each_metadata<'m>(m: &'m OutboxMessage, mut f: impl FnMut(HeaderName<'m>, String)) {
+        use HeaderName::Fixed;
+        f(Fixed("outbox-id"), m.id().to_string());
+        f(Fixed("outbox-event-type"), m.event_type().to_owned());
+        f(
+            Fixed("outbox-schema-version"),
+            m.schema_version().to_string(),
+        );
+        if let Some(k) = m.partition_key() {
+            f(Fixed("outbox-partition-key"), k.to_owned());
+        }
+        f(Fixed("outbox-position"), m.position().to_string());
+        if let Some(n) = m.key_sequence() {
+            f(Fixed("outbox-key-sequence"), n.to_string());
+        }
+        f(
+            Fixed("outbox-created-at"),
+            m.created_at().to_rfc3339_opts(SecondsFormat::Micros, true),
+        );
+        for (k, v) in m.headers() {
+            f(HeaderName::Own(k), v.clone());
+        }
     }
 
     /// The CloudEvents context attributes of a message, unprefixed
@@ -83,54 +146,74 @@ impl Envelope {
     /// `subject`, `schemaversion`, `sequence`). Empty for
     /// [`Envelope::Plain`].
     pub fn cloudevents_attributes(&self, m: &OutboxMessage) -> Vec<(&'static str, String)> {
+        let mut out = Vec::with_capacity(10);
+        self.each_cloudevents_attribute(m, |k, v| out.push((k, v)));
+        out
+    }
+
+    /// [`Envelope::cloudevents_attributes`], one at a time.
+    fn each_cloudevents_attribute(
+        &self,
+        m: &OutboxMessage,
+        mut f: impl FnMut(&'static str, String),
+    ) {
         let source = match self {
-            Envelope::Plain => return Vec::new(),
+            Envelope::Plain => return,
             Envelope::CloudEventsStructured { source } | Envelope::CloudEventsBinary { source } => {
                 source
             }
         };
-        let mut out = vec![
-            ("specversion", "1.0".to_owned()),
-            ("id", m.id().to_string()),
-            ("source", source.clone()),
-            ("type", m.event_type().to_owned()),
-            (
-                "time",
-                m.created_at().to_rfc3339_opts(SecondsFormat::Micros, true),
-            ),
-            ("datacontenttype", m.content_type().to_owned()),
-            ("schemaversion", m.schema_version().to_string()),
-            ("sequence", m.position().to_string()),
-        ];
+        f("specversion", "1.0".to_owned());
+        f("id", m.id().to_string());
+        f("source", source.clone());
+        f("type", m.event_type().to_owned());
+        f(
+            "time",
+            m.created_at().to_rfc3339_opts(SecondsFormat::Micros, true),
+        );
+        f("datacontenttype", m.content_type().to_owned());
+        f("schemaversion", m.schema_version().to_string());
+        f("sequence", m.position().to_string());
         if let Some(k) = m.partition_key() {
-            out.push(("subject", k.to_owned()));
+            f("subject", k.to_owned());
         }
         if let Some(n) = m.key_sequence() {
-            out.push(("keysequence", n.to_string()));
+            f("keysequence", n.to_string());
         }
-        out
     }
 
     /// The headers of a message on a broker whose messages carry string
-    /// headers beside the body: in binary CloudEvents mode the message's own
-    /// headers, then the attributes named `<ce_prefix><attribute>` but
-    /// `datacontenttype` (the broker's content type says it); in structured
-    /// mode the message's own headers (the attributes are in the body);
-    /// otherwise [`Envelope::metadata`].
+    /// headers beside the body, one at a time: in binary CloudEvents mode
+    /// the message's own headers, then the attributes under `prefix`'s
+    /// names but `datacontenttype` (the broker's content type says it); in
+    /// structured mode the message's own headers (the attributes are in
+    /// the body); otherwise [`Envelope::metadata`]. Names the crate fixes
+    /// come as `'static` strings, so a publisher builds them without
+    /// allocating.
     #[cfg(any(feature = "amqp", feature = "nats"))]
-    pub(crate) fn headers(&self, m: &OutboxMessage, ce_prefix: &str) -> Vec<(String, String)> {
-        let own = m.headers().iter().map(|(k, v)| (k.clone(), v.clone()));
+    pub(crate) fn each_header<'m>(
+        &self,
+        m: &'m OutboxMessage,
+        prefix: CePrefix,
+        mut f: impl FnMut(HeaderName<'m>, String),
+    ) {
         match self {
-            Envelope::Plain => Envelope::metadata(m),
-            Envelope::CloudEventsStructured { .. } => own.collect(),
-            Envelope::CloudEventsBinary { .. } => own
-                .chain(
-                    self.cloudevents_attributes(m)
-                        .into_iter()
-                        .filter(|(k, _)| *k != "datacontenttype")
-                        .map(|(k, v)| (format!("{ce_prefix}{k}"), v)),
-                )
-                .collect(),
+            Envelope::Plain => Envelope::each_metadata(m, f),
+            Envelope::CloudEventsStructured { .. } => {
+                for (k, v) in m.headers() {
+                    f(HeaderName::Own(k), v.clone());
+                }
+            }
+            Envelope::CloudEventsBinary { .. } => {
+                for (k, v) in m.headers() {
+                    f(HeaderName::Own(k), v.clone());
+                }
+                self.each_cloudevents_attribute(m, |k, v| {
+                    if let Some(name) = prefix.name(k) {
+                        f(HeaderName::Fixed(name), v);
+                    }
+                });
+            }
         }
     }
 
@@ -266,5 +349,42 @@ mod tests {
             (body.as_slice(), ct.as_str()),
             (&b"{}"[..], CONTENT_TYPE_JSON)
         );
+    }
+
+    #[cfg(any(feature = "amqp", feature = "nats"))]
+    #[test]
+    fn headers_name_every_attribute_under_the_binding_prefix() {
+        let m = message(b"{}", CONTENT_TYPE_JSON);
+        let collect = |e: &Envelope, prefix| {
+            let mut out = Vec::new();
+            e.each_header(&m, prefix, |k, v| out.push((k.as_str().to_owned(), v)));
+            out
+        };
+        let binary = Envelope::CloudEventsBinary {
+            source: "/candidates".into(),
+        };
+        for (prefix, text) in [(CePrefix::Dash, "ce-"), (CePrefix::Amqp, "cloudEvents:")] {
+            // The message's own headers, then every attribute but the
+            // content type (the broker's own header carries it).
+            let mut want = vec![("traceparent".to_owned(), "00-1-2-01".to_owned())];
+            want.extend(
+                binary
+                    .cloudevents_attributes(&m)
+                    .into_iter()
+                    .filter(|(k, _)| *k != "datacontenttype")
+                    .map(|(k, v)| (format!("{text}{k}"), v)),
+            );
+            assert_eq!(collect(&binary, prefix), want);
+            assert_eq!(collect(&Envelope::Plain, prefix), Envelope::metadata(&m));
+        }
+        let structured = Envelope::CloudEventsStructured {
+            source: "/candidates".into(),
+        };
+        assert_eq!(
+            collect(&structured, CePrefix::Dash),
+            [("traceparent".to_owned(), "00-1-2-01".to_owned())]
+        );
+        // Every attribute is there: keysequence and subject included.
+        assert_eq!(binary.cloudevents_attributes(&m).len(), 10);
     }
 }
