@@ -112,11 +112,16 @@ mod otel {
     /// The headers a context travels in.
     const FIELDS: [&str; 3] = ["traceparent", "tracestate", "baggage"];
 
-    fn propagator() -> TextMapCompositePropagator {
-        TextMapCompositePropagator::new(vec![
-            Box::new(TraceContextPropagator::new()),
-            Box::new(BaggagePropagator::new()),
-        ])
+    /// W3C trace context and baggage, built once.
+    fn propagator() -> &'static TextMapCompositePropagator {
+        static PROPAGATOR: std::sync::OnceLock<TextMapCompositePropagator> =
+            std::sync::OnceLock::new();
+        PROPAGATOR.get_or_init(|| {
+            TextMapCompositePropagator::new(vec![
+                Box::new(TraceContextPropagator::new()),
+                Box::new(BaggagePropagator::new()),
+            ])
+        })
     }
 
     /// Headers as the propagators read and write them; empty values are
@@ -170,6 +175,11 @@ mod otel {
             outbox.position = m.seq,
             outbox.attempt = m.attempt,
         );
+        if span.is_disabled() {
+            // No subscriber records it: its context would be empty, and
+            // the stored one travels on untouched.
+            return span;
+        }
         let stored = propagator().extract(&Carrier(&mut m.headers));
         if stored.span().span_context().is_valid() {
             match link {
@@ -189,5 +199,43 @@ mod otel {
             propagator().inject_context(&cx, &mut Carrier(&mut m.headers));
         }
         span
+    }
+}
+
+#[cfg(all(test, feature = "opentelemetry"))]
+mod tests {
+    use super::*;
+    use crate::message::MessageId;
+
+    #[test]
+    fn without_a_subscriber_the_stored_context_travels_untouched() {
+        let stored = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+        let mut batch = vec![OutboxMessage {
+            seq: 1,
+            id: MessageId::new(),
+            topic: "orders".into(),
+            partition_key: None,
+            event_type: "OrderPaid".into(),
+            schema_version: 1,
+            payload: b"{}".to_vec(),
+            content_type: "application/json".into(),
+            headers: [
+                ("traceparent".to_owned(), stored.to_owned()),
+                ("tracestate".to_owned(), "vendor=1".to_owned()),
+            ]
+            .into(),
+            created_at: chrono::Utc::now(),
+            attempt: 1,
+            key_sequence: None,
+        }];
+        let before = batch[0].headers.clone();
+        tracing::subscriber::with_default(tracing::subscriber::NoSubscriber::default(), || {
+            for link in [TraceLink::Parent, TraceLink::Link] {
+                let spans = PublishSpans::open(&mut batch, link);
+                assert!(spans.spans.iter().all(tracing::Span::is_disabled));
+                spans.close(None);
+                assert_eq!(batch[0].headers, before);
+            }
+        });
     }
 }
