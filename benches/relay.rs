@@ -10,7 +10,8 @@
 //! blocked|health|brokers|hotkeys|pinned|latency|group` (`write` includes the slow-commit
 //! rows, `slow-commit` runs them alone), `--writers=1,8,32`,
 //! `--commit-delay=µs` (slow commits, default 2000), `--latency-rates=10,1000`
-//! (events/s), `--rows=N` (drain backlog),
+//! (events/s), `--rows=N` (drain backlog), `--keys=N` (its keys, default
+//! 10,000),
 //! `--relays=1,2,4`, `--variants=ordered,unordered,numbered`,
 //! `--brokers=nats,rabbitmq,redis,kafka` (with `--only=brokers`),
 //! `--health-secs=N`, `--group-counts=1,10,50`, `--group-rate=N`,
@@ -301,6 +302,9 @@ async fn bench_drain(cfg: &Config, res: &mut Results) {
     outbox.migrate().await.unwrap();
     sqlx::query(RAW_TABLE).execute(&pool).await.unwrap();
     let rows = cfg.drain_rows;
+    let keys: i64 = arg("keys")
+        .map(|k| k.parse().expect("--keys=N"))
+        .unwrap_or(10_000);
     let relay_counts: Vec<usize> = match &cfg.relays {
         Some(r) => r.clone(),
         None if cfg.quick => vec![1, 4],
@@ -327,10 +331,10 @@ async fn bench_drain(cfg: &Config, res: &mut Results) {
             if numbered && n > 1 {
                 continue;
             }
-            fill(&pool, "raw_outbox", rows, 10_000).await;
+            fill(&pool, "raw_outbox", rows, keys).await;
             let raw = raw_drain(&pool, rows).await;
             raws.push(raw);
-            fill(&pool, "outbox.messages", rows, 10_000).await;
+            fill(&pool, "outbox.messages", rows, keys).await;
             let r = relay_drain(&pool, rows, n, policy, numbered).await;
             assert_eq!(outbox.pending_count().await.unwrap(), 0);
             res.put(&format!("relay_rows_per_s_{n}{tag}"), r);

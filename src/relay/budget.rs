@@ -26,6 +26,7 @@ macro_rules! guarded_store_ops {
             Work claim(p: $crate::store::Claim<'_>) -> $crate::store::ClaimedBatch;
             Work key_sequences(keys: &[String]) -> std::collections::HashMap<String, i64>;
             Work ack(p: $crate::store::AckBatch<'_>) -> $crate::store::AckReport;
+            Work fold_key_sequences(limit: i64) -> u64;
             Work purge_published(p: $crate::store::Purge) -> u64;
             Work stats() -> $crate::store::StoreStats;
             Work topic_stats() -> Vec<$crate::store::TopicStats>;

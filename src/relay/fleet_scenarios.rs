@@ -1,11 +1,12 @@
 //! Relays sharing one outbox: how fast their shares of the buckets
-//! settle, and which of them reads the outbox's figures. Driven like
-//! `scenarios.rs`, through real relays on the in-memory store and paused
-//! time.
+//! settle, which of them reads the outbox's figures, and when the key
+//! numbers acknowledgements record are folded. Driven like `scenarios.rs`,
+//! through real relays on the in-memory store and paused time.
 
 use std::time::Duration;
 
-use super::scripted::{spawn, until, Journal};
+use super::maintenance::FOLD_EVERY;
+use super::scripted::{message, spawn, until, Journal};
 use crate::store::memory::MemoryStore;
 
 /// Relays started together hold their fair shares within a few looks made
@@ -88,4 +89,37 @@ async fn a_relay_joining_takes_its_share_soon_after_the_holder_gives_it_up() {
     .await;
     first.shutdown().await.unwrap();
     second.shutdown().await.unwrap();
+}
+
+/// A numbering relay folds the key numbers its acknowledgements recorded
+/// every [`FOLD_EVERY`] of them, between its parking passes (which fold
+/// too), so a read of a key's number goes through a few records at most;
+/// a relay that does not number never folds.
+#[tokio::test(start_paused = true)]
+async fn a_numbering_relay_folds_recorded_numbers_every_few_acknowledgements() {
+    let acks = 3 * FOLD_EVERY as usize;
+    for numbered in [true, false] {
+        let store = MemoryStore::new(1);
+        let journal = Journal::new(&store);
+        for i in 0..acks {
+            store.enqueue(message(&format!("m{i}"), Some("k"))).unwrap();
+        }
+        let (relay, _gate, _) = spawn(&store, &journal, |b| {
+            b.batch_size(1).key_sequences(numbered)
+        });
+        until("drained", Duration::from_secs(60), || {
+            store.pending().is_empty()
+        })
+        .await;
+        let folds = store.folds();
+        relay.shutdown().await.unwrap();
+        if numbered {
+            // One as the relay starts (its first parking pass), then one
+            // every FOLD_EVERY acknowledgements, with no second parking
+            // pass: the drain takes no time.
+            assert!(folds >= 3, "{folds} folds over {acks} acknowledgements");
+        } else {
+            assert_eq!(folds, 0);
+        }
+    }
 }

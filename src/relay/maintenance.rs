@@ -40,6 +40,18 @@ const PARK_BATCH: i64 = 10_000;
 /// short transaction of its own.
 const PARKS_PER_PASS: usize = 20;
 
+/// Acknowledgements recording key numbers after which a relay folds them
+/// into their table (PostgreSQL records them apart, one row per
+/// acknowledgement, which a read of a key's number goes through until
+/// they are folded).
+pub(super) const FOLD_EVERY: u32 = 16;
+
+/// Most recorded acknowledgements one fold statement takes.
+const FOLD_ROWS: i64 = 64;
+
+/// Most fold statements per pass.
+const FOLDS_PER_PASS: usize = 8;
+
 /// What the relay does about a messages table the server does not vacuum.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Unvacuumed {
@@ -96,7 +108,9 @@ impl Drop for Parking {
 /// lifted and parks what blocked keys hold back, a batch at a time. A
 /// failure waits for the next pass, a second later; it is logged at `warn`,
 /// since while it lasts retries stay asleep and lifted keys wait.
-async fn park(store: Arc<dyn StoreOps>, clock: Clock, labels: Labels) {
+///
+/// With `fold`, it then folds the key numbers acknowledgements recorded.
+async fn park(store: Arc<dyn StoreOps>, clock: Clock, labels: Labels, fold: bool) {
     for call in 0..PARKS_PER_PASS {
         let park = Park {
             wake_by: (call == 0).then(|| sleep_horizon(clock.now())),
@@ -114,6 +128,30 @@ async fn park(store: Arc<dyn StoreOps>, clock: Clock, labels: Labels) {
                 metrics::counter!(
                     "outbox_relay_errors_total",
                     labels.with("operation", "parking")
+                )
+                .increment(1);
+                break;
+            }
+        }
+    }
+    if fold {
+        fold_key_sequences(&*store, &labels).await;
+    }
+}
+
+/// Folds the key numbers acknowledgements recorded apart into their
+/// table, a bounded number of statements at a time. A failure waits for
+/// the next pass: reads go through what is not folded yet meanwhile.
+async fn fold_key_sequences(store: &dyn StoreOps, labels: &Labels) {
+    for _ in 0..FOLDS_PER_PASS {
+        match store.fold_key_sequences(FOLD_ROWS).await {
+            Ok(n) if n as i64 >= FOLD_ROWS => continue,
+            Ok(_) => break,
+            Err(e) => {
+                tracing::warn!(error = %error_chain(&e), "outbox relay: folding key numbers failed");
+                metrics::counter!(
+                    "outbox_relay_errors_total",
+                    labels.with("operation", "folding key numbers")
                 )
                 .increment(1);
                 break;
@@ -211,9 +249,29 @@ impl Worker {
             // A standby relay leaves it to those that hold buckets.
             let idle = self.parking.as_ref().is_none_or(|p| p.0.is_finished());
             if idle && !self.leases.is_empty() {
-                let task = park(self.store.clone(), self.clock, self.config.labels.clone());
+                let fold = self.config.key_sequences;
+                if fold {
+                    self.unfolded_acks = 0;
+                }
+                let task = park(
+                    self.store.clone(),
+                    self.clock,
+                    self.config.labels.clone(),
+                    fold,
+                );
                 self.parking = Some(Parking(tokio::spawn(task)));
             }
+        } else if self.unfolded_acks >= FOLD_EVERY
+            && self.parking.as_ref().is_none_or(|p| p.0.is_finished())
+        {
+            // Between parking passes, the key numbers recorded by the last
+            // few dozen acknowledgements are folded in the parking pass's
+            // place (one connection for both), so that a read of a key's
+            // number goes through a few of them at most.
+            self.unfolded_acks = 0;
+            let (store, labels) = (self.store.clone(), self.config.labels.clone());
+            let task = async move { fold_key_sequences(&*store, &labels).await };
+            self.parking = Some(Parking(tokio::spawn(task)));
         }
         if now < self.next_stats || self.upkeep.is_some() {
             return;

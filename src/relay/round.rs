@@ -354,6 +354,9 @@ impl Worker {
         if self.config.key_sequences {
             let now = std::time::SystemTime::now();
             self.known_numbers.acknowledged(acks, &report, leases, now);
+            if report.applied > 0 && acks.iter().any(|a| a.key_sequence.is_some()) {
+                self.unfolded_acks += 1;
+            }
         }
         let t = tally(acks, &report.fenced_buckets);
         if let Some(at) = t.next_retry {

@@ -82,6 +82,9 @@ pub(super) struct Worker {
     /// The last per-key numbers stored for keys of the buckets held, as
     /// far as this relay knows them (numbering on).
     pub(super) known_numbers: KnownNumbers,
+    /// Acknowledgements that recorded key numbers since the last fold of
+    /// the recorded numbers started.
+    pub(super) unfolded_acks: u32,
 }
 
 /// The outcome of queueing for a turn in a relay group.
@@ -149,6 +152,7 @@ impl Worker {
             last_claimed: 0,
             held_back: false,
             known_numbers: KnownNumbers::default(),
+            unfolded_acks: 0,
         }
     }
 

@@ -295,6 +295,7 @@ pub(crate) struct TableNames {
     pub(crate) leases: String,
     pub(crate) relays: String,
     pub(crate) key_sequences: String,
+    pub(crate) key_sequence_log: String,
     pub(crate) key_slots: String,
     pub(crate) sequencer: String,
     pub(crate) changes: String,
@@ -322,6 +323,7 @@ impl TableNames {
             leases: q("leases"),
             relays: q("relays"),
             key_sequences: q("key_sequences"),
+            key_sequence_log: q("key_sequence_log"),
             key_slots: q("key_slots"),
             sequencer: q("sequencer"),
             changes: q("changes"),
@@ -342,6 +344,7 @@ impl TableNames {
             .replace("{leases}", &self.leases)
             .replace("{relays}", &self.relays)
             .replace("{key_sequences}", &self.key_sequences)
+            .replace("{key_sequence_log}", &self.key_sequence_log)
             .replace("{key_slots}", &self.key_slots)
             .replace("{sequencer}", &self.sequencer)
             .replace("{changes}", &self.changes)
@@ -846,6 +849,11 @@ pub(crate) mod sealed {
         async fn key_sequences(&self, keys: &[String]) -> Result<HashMap<String, i64>>;
         /// Applies acknowledgements, fenced by the leases' epochs.
         async fn ack(&self, p: AckBatch<'_>) -> Result<AckReport>;
+        /// Folds up to `limit` of the per-key sequence numbers that
+        /// acknowledgements recorded apart into their table; returns how
+        /// many records it folded (0 where acknowledgements write them in
+        /// place).
+        async fn fold_key_sequences(&self, limit: i64) -> Result<u64>;
         /// Deletes up to `limit` retained published messages older than
         /// `before`.
         async fn purge_published(&self, p: Purge) -> Result<u64>;

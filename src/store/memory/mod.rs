@@ -141,6 +141,8 @@ struct State {
     parks: usize,
     /// Stats calls so far.
     stats_reads: usize,
+    /// Calls of `fold_key_sequences`.
+    folds: usize,
     /// How long each parking call takes.
     park_delay: Duration,
     ack_delay: Duration,
@@ -438,6 +440,12 @@ impl MemoryStore {
     /// Stats calls so far.
     pub(crate) fn stats_reads(&self) -> usize {
         self.state().stats_reads
+    }
+
+    /// How many times a relay asked to fold recorded key numbers (this
+    /// store records them in place, and folds nothing).
+    pub(crate) fn folds(&self) -> usize {
+        self.state().folds
     }
 
     /// Makes each parking call take `delay` (a large parking, a slow

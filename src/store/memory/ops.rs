@@ -188,6 +188,11 @@ impl StoreOps for MemoryStore {
         Ok(found)
     }
 
+    async fn fold_key_sequences(&self, _limit: i64) -> Result<u64> {
+        self.state().folds += 1;
+        Ok(0)
+    }
+
     async fn ack(&self, p: AckBatch<'_>) -> Result<AckReport> {
         let (relay, acks, now) = (p.relay, p.acks, p.now);
         self.pass_gate().await;

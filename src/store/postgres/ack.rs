@@ -131,7 +131,7 @@ impl PgOutbox {
             }
         }
         if !ks_k.is_empty() {
-            sqlx::query(&self.inner.sql.key_seq_upsert)
+            sqlx::query(&self.inner.sql.key_seq_log)
                 .persistent(self.named())
                 .bind(ks_k)
                 .bind(ks_n)

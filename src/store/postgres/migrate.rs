@@ -52,6 +52,10 @@ const MIGRATIONS: &[(i64, &str)] = &[
         10,
         include_str!("../../../migrations/postgres/0010_bucket_index.sql"),
     ),
+    (
+        11,
+        include_str!("../../../migrations/postgres/0011_key_sequence_log.sql"),
+    ),
 ];
 
 const LOCK: &str = include_str!("sql/migrations/lock.sql");

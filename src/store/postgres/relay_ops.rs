@@ -220,6 +220,17 @@ impl StoreOps for PgOutbox {
         Ok(rows.into_iter().collect())
     }
 
+    async fn fold_key_sequences(&self, limit: i64) -> Result<u64> {
+        let mut c = self.relay_conn().await?;
+        let folded: i64 = sqlx::query_scalar(&self.inner.sql.key_seq_fold)
+            .persistent(self.named())
+            .bind(limit)
+            .fetch_one(c.conn())
+            .await?;
+        c.finish().await?;
+        Ok(folded as u64)
+    }
+
     async fn purge_published(&self, p: Purge) -> Result<u64> {
         let q = sqlx::query(&self.inner.sql.purge)
             .bind(p.before)

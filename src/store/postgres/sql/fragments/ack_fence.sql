@@ -3,7 +3,7 @@
 -- lease is still the relay's with an unchanged epoch, locked FOR SHARE so
 -- they cannot change hands until the statement's transaction commits; and
 -- `ks`, the per-key sequence numbers of numbered messages, recorded only in
--- the buckets that passed.
+-- the buckets that passed, as one row of the log (key_seq_log.sql).
 --
 -- $1 relay id, $2 leased buckets (int[]), $3 their epochs (bigint[]),
 -- $6 keys of numbered messages (text[]), $7 their sequence numbers
@@ -15,12 +15,8 @@ fence AS (
     WHERE l.owner = $1
     FOR SHARE OF l),
 ks AS (
-    INSERT INTO {key_sequences} (partition_key, last_sequence)
-    SELECT u.k, max(u.n)
+    INSERT INTO {key_sequence_log} (keys, numbers)
+    SELECT array_agg(u.k), array_agg(u.n)
     FROM unnest($6::text[], $7::bigint[], $8::int[]) u(k, n, b)
     WHERE u.b IN (SELECT bucket FROM fence)
-    GROUP BY u.k
-    ON CONFLICT (partition_key) DO UPDATE
-    SET last_sequence = GREATEST({key_sequences}.last_sequence,
-                                 excluded.last_sequence),
-        updated_at = now())
+    HAVING count(*) > 0)

@@ -1,0 +1,170 @@
+//! Per-key numbers on PostgreSQL (migration 11): acknowledgements record
+//! them as rows of a log, which relays fold into `key_sequences` a few
+//! dozen at a time. A relay numbering a key reads the greater of its row
+//! there and its entries in the log, so numbers continue whether or not
+//! the log was folded; a fold never lowers a number.
+//!
+//! Each test gets its own database, created from `OUTBOX_TEST_PG` (default
+//! `postgres://postgres@127.0.0.1:5432/postgres`) and dropped at the end.
+
+use std::time::Duration;
+
+use outbox::{InMemoryPublisher, NewMessage, PgOutbox, Relay};
+
+mod support;
+
+use support::pg::TestDb;
+use support::wait_for;
+
+const TIMEOUT: Duration = Duration::from_secs(30);
+
+fn msg(key: &str, n: u64) -> NewMessage {
+    NewMessage::json("t", &serde_json::json!({ "key": key, "n": n }))
+        .unwrap()
+        .with_partition_key(key)
+}
+
+async fn enqueue(outbox: &PgOutbox, db: &TestDb, messages: Vec<NewMessage>) {
+    let mut tx = db.pool.begin().await.unwrap();
+    outbox.enqueue_batch(&mut *tx, messages).await.unwrap();
+    outbox.commit(tx).await.unwrap();
+}
+
+/// The stored number of `key`: its row of `key_sequences`, if any.
+async fn stored(db: &TestDb, key: &str) -> Option<i64> {
+    sqlx::query_scalar("SELECT last_sequence FROM outbox.key_sequences WHERE partition_key = $1")
+        .bind(key)
+        .fetch_optional(&db.pool)
+        .await
+        .unwrap()
+}
+
+async fn log_rows(db: &TestDb) -> i64 {
+    sqlx::query_scalar("SELECT count(*) FROM outbox.key_sequence_log")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap()
+}
+
+/// Publishes `messages` through a numbering relay and returns each one's
+/// number, in the order given; the relay is stopped.
+async fn numbered(db: &TestDb, outbox: &PgOutbox, messages: Vec<NewMessage>) -> Vec<Option<i64>> {
+    let ids: Vec<_> = messages.iter().map(NewMessage::id).collect();
+    let publisher = InMemoryPublisher::new();
+    let relay = Relay::builder(outbox.clone(), publisher.clone())
+        .key_sequences(true)
+        .poll_interval(Duration::from_millis(20))
+        .spawn()
+        .unwrap();
+    enqueue(outbox, db, messages).await;
+    wait_for("the messages published", TIMEOUT, || async {
+        publisher.messages().len() >= ids.len()
+    })
+    .await;
+    relay.shutdown().await.unwrap();
+    let published = publisher.messages();
+    ids.iter()
+        .map(|id| {
+            published
+                .iter()
+                .find(|m| m.id() == *id)
+                .expect("published")
+                .key_sequence()
+        })
+        .collect()
+}
+
+/// A relay reads a key's number from the log while no fold can run (a
+/// transaction holds the log's rows), taking the greatest of a key's
+/// entries; once the fold runs, `key_sequences` holds the greatest number
+/// and the log is empty.
+#[tokio::test]
+async fn numbers_continue_from_the_log_before_it_is_folded_and_a_fold_never_lowers_one() {
+    let db = TestDb::new().await;
+    let outbox = PgOutbox::new(db.pool.clone());
+    outbox.migrate().await.unwrap();
+
+    // Numbers as a relay left them: k at 5 in the log beside an older
+    // entry at 2 and a folded row at 4; j at 3 in the log only.
+    sqlx::query("INSERT INTO outbox.key_sequences (partition_key, last_sequence) VALUES ('k', 4)")
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    sqlx::query(
+        "INSERT INTO outbox.key_sequence_log (keys, numbers) \
+         VALUES ('{k}', '{2}'), ('{k,j}', '{5,3}')",
+    )
+    .execute(&db.pool)
+    .await
+    .unwrap();
+
+    // While a transaction holds the log's rows, a fold waits for it.
+    let mut holder = db.pool.begin().await.unwrap();
+    sqlx::query("SELECT id FROM outbox.key_sequence_log FOR UPDATE")
+        .fetch_all(&mut *holder)
+        .await
+        .unwrap();
+    let got = numbered(&db, &outbox, vec![msg("k", 1), msg("j", 1), msg("k", 2)]).await;
+    assert_eq!(got, [Some(6), Some(4), Some(7)]);
+    assert_eq!(stored(&db, "k").await, Some(4), "nothing folded yet");
+    assert_eq!(stored(&db, "j").await, None);
+    holder.rollback().await.unwrap();
+
+    // A relay folds at each parking pass (about a second apart): the
+    // greatest numbers land in the table, its own acknowledgement's too.
+    let publisher = InMemoryPublisher::new();
+    let relay = Relay::builder(outbox.clone(), publisher.clone())
+        .key_sequences(true)
+        .poll_interval(Duration::from_millis(20))
+        .spawn()
+        .unwrap();
+    enqueue(&outbox, &db, vec![msg("j", 2)]).await;
+    wait_for("j published and the log folded", TIMEOUT, || async {
+        publisher.messages().len() == 1 && log_rows(&db).await == 0
+    })
+    .await;
+    relay.shutdown().await.unwrap();
+    assert_eq!(publisher.messages()[0].key_sequence(), Some(5));
+    assert_eq!(stored(&db, "k").await, Some(7));
+    assert_eq!(stored(&db, "j").await, Some(5));
+}
+
+/// A numbering relay folds the log as it goes: after a few hundred
+/// acknowledgements, a handful of rows at most wait, and every key's row
+/// holds its last number.
+#[tokio::test]
+async fn a_numbering_relay_keeps_the_log_short() {
+    let db = TestDb::new().await;
+    let outbox = PgOutbox::new(db.pool.clone());
+    outbox.migrate().await.unwrap();
+    let publisher = InMemoryPublisher::new();
+    let relay = Relay::builder(outbox.clone(), publisher.clone())
+        .key_sequences(true)
+        .batch_size(1)
+        .poll_interval(Duration::from_millis(20))
+        .spawn()
+        .unwrap();
+    let keys = ["a", "b", "c"];
+    let messages: Vec<NewMessage> = (0..300).map(|i| msg(keys[i % 3], i as u64)).collect();
+    enqueue(&outbox, &db, messages).await;
+    wait_for("300 messages published", TIMEOUT, || async {
+        publisher.messages().len() >= 300
+    })
+    .await;
+    // One acknowledgement a message: 300 log rows unless folded on the way.
+    let waiting = log_rows(&db).await;
+    assert!(
+        waiting < 100,
+        "{waiting} log rows after 300 acknowledgements"
+    );
+    relay.shutdown().await.unwrap();
+    let last: i64 = sqlx::query_scalar(
+        "SELECT max(n) FROM (SELECT last_sequence FROM outbox.key_sequences WHERE partition_key = 'a' \
+         UNION ALL SELECT u.n FROM outbox.key_sequence_log l, unnest(l.keys, l.numbers) u(k, n) \
+         WHERE u.k = 'a') s(n)",
+    )
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(last, 100);
+}
