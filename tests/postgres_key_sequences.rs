@@ -127,11 +127,30 @@ async fn numbers_continue_from_the_log_before_it_is_folded_and_a_fold_never_lowe
     assert_eq!(publisher.messages()[0].key_sequence(), Some(5));
     assert_eq!(stored(&db, "k").await, Some(7));
     assert_eq!(stored(&db, "j").await, Some(5));
+
+    // A lone entry below the stored number (an acknowledgement that
+    // landed late) is folded without lowering it.
+    sqlx::query("INSERT INTO outbox.key_sequence_log (keys, numbers) VALUES ('{k}', '{3}')")
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    let relay = Relay::builder(outbox.clone(), InMemoryPublisher::new())
+        .key_sequences(true)
+        .spawn()
+        .unwrap();
+    wait_for("the lone entry folded", TIMEOUT, || async {
+        log_rows(&db).await == 0
+    })
+    .await;
+    relay.shutdown().await.unwrap();
+    assert_eq!(stored(&db, "k").await, Some(7));
 }
 
-/// A numbering relay folds the log as it goes: after a few hundred
-/// acknowledgements, a handful of rows at most wait, and every key's row
-/// holds its last number.
+/// A numbering relay folds the log as it goes: after 300 acknowledgements,
+/// far fewer rows wait (every 16 acknowledgements start a fold; parking
+/// passes, a second apart, fold too), and a key's last number is read
+/// back. (The in-memory scenarios check the cadence itself, with no
+/// clock to race.)
 #[tokio::test]
 async fn a_numbering_relay_keeps_the_log_short() {
     let db = TestDb::new().await;

@@ -8,7 +8,7 @@ use super::api::export_api;
 use super::{coalesce, json_text, logged_change, ChangePage, Cursor, CursorState};
 use crate::change::{Change, Doc};
 use crate::error::{Error, Result};
-use crate::store::postgres::change_lock_class;
+use crate::store::postgres::{change_lock_class, column};
 use crate::PgOutbox;
 
 impl PgOutbox {
@@ -256,14 +256,17 @@ impl PgOutbox {
         let doc = |t: Option<&str>| t.map(Doc::from_valid_text);
         let mut log = rows
             .iter()
-            .map(|r| {
+            .enumerate()
+            .map(|(i, r)| {
+                // Types checked on the first row (see `column`).
+                let check = i == 0;
                 logged_change(
-                    r.try_get(0)?,
-                    r.try_get(1)?,
-                    r.try_get(2)?,
-                    r.try_get(3)?,
-                    doc(r.try_get(4)?),
-                    doc(r.try_get(5)?),
+                    column(r, 0, check)?,
+                    column(r, 1, check)?,
+                    column(r, 2, check)?,
+                    column(r, 3, check)?,
+                    doc(column(r, 4, check)?),
+                    doc(column(r, 5, check)?),
                 )
             })
             .collect::<Result<Vec<_>>>()?;

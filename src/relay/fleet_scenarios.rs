@@ -123,3 +123,33 @@ async fn a_numbering_relay_folds_recorded_numbers_every_few_acknowledgements() {
         }
     }
 }
+
+/// Folds between parking passes share the parking pass's slot (one
+/// connection for both), and parking passes keep their cadence beside
+/// them: with acknowledgements of 200 ms and folds of 2.5 s, a fold holds
+/// the slot most of the time, and passes still start every few seconds
+/// (each one's own fold takes 2.5 s here), never waiting on folds for good.
+#[tokio::test(start_paused = true)]
+async fn parking_passes_go_on_beside_folds_of_key_numbers() {
+    let store = MemoryStore::new(1);
+    let journal = Journal::new(&store);
+    for i in 0..1000 {
+        store
+            .enqueue(message(&format!("m{i}"), Some(&format!("k{}", i % 7))))
+            .unwrap();
+    }
+    store.set_ack_delay(Duration::from_millis(200));
+    store.set_fold_delay(Duration::from_millis(2500));
+    let (relay, _gate, _) = spawn(&store, &journal, |b| b.batch_size(1).key_sequences(true));
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let (parks, folds) = (store.parks(), store.folds());
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    let (parks, folds) = (store.parks() - parks, store.folds() - folds);
+    relay.shutdown().await.unwrap();
+    // Folds of their own (beyond the passes' folds) ran, and passes too.
+    assert!(folds > parks, "{folds} folds beside {parks} passes in 30 s");
+    assert!(
+        parks >= 6,
+        "{parks} parking passes in 30 s, beside {folds} folds"
+    );
+}

@@ -49,6 +49,21 @@ pub(super) const FOLD_EVERY: u32 = 16;
 /// Most recorded acknowledgements one fold statement takes.
 const FOLD_ROWS: i64 = 64;
 
+/// Most key numbers one fold statement takes (each recorded
+/// acknowledgement holds up to a batch of them).
+const FOLD_NUMBERS: i64 = 65_536;
+
+/// Recorded acknowledgements per fold statement under `batch_size`:
+/// [`FOLD_ROWS`], fewer for large batches, so that a statement stays short
+/// (about 40 ms for 64,000 numbers over 10,000 keys) whatever the batch.
+fn fold_rows(batch_size: usize) -> i64 {
+    (FOLD_NUMBERS / batch_size.max(1) as i64).clamp(1, FOLD_ROWS)
+}
+
+/// How soon a parking pass due while a fold of key numbers holds its slot
+/// looks again.
+const FOLD_LOOK_AGAIN: Duration = Duration::from_millis(20);
+
 /// Most fold statements per pass.
 const FOLDS_PER_PASS: usize = 8;
 
@@ -95,12 +110,17 @@ pub(super) struct Report {
     unvacuumed: Option<Unvacuumed>,
 }
 
-/// A parking pass in its own task; aborted when dropped.
-pub(super) struct Parking(JoinHandle<()>);
+/// A parking pass (or a fold of key numbers alone) in its own task;
+/// aborted when dropped.
+pub(super) struct Parking {
+    task: JoinHandle<()>,
+    /// A fold of key numbers between parking passes.
+    folding_only: bool,
+}
 
 impl Drop for Parking {
     fn drop(&mut self) {
-        self.0.abort();
+        self.task.abort();
     }
 }
 
@@ -109,8 +129,9 @@ impl Drop for Parking {
 /// failure waits for the next pass, a second later; it is logged at `warn`,
 /// since while it lasts retries stay asleep and lifted keys wait.
 ///
-/// With `fold`, it then folds the key numbers acknowledgements recorded.
-async fn park(store: Arc<dyn StoreOps>, clock: Clock, labels: Labels, fold: bool) {
+/// With `fold`, it then folds the key numbers acknowledgements recorded,
+/// that many recorded acknowledgements a statement.
+async fn park(store: Arc<dyn StoreOps>, clock: Clock, labels: Labels, fold: Option<i64>) {
     for call in 0..PARKS_PER_PASS {
         let park = Park {
             wake_by: (call == 0).then(|| sleep_horizon(clock.now())),
@@ -134,18 +155,18 @@ async fn park(store: Arc<dyn StoreOps>, clock: Clock, labels: Labels, fold: bool
             }
         }
     }
-    if fold {
-        fold_key_sequences(&*store, &labels).await;
+    if let Some(rows) = fold {
+        fold_key_sequences(&*store, &labels, rows).await;
     }
 }
 
 /// Folds the key numbers acknowledgements recorded apart into their
 /// table, a bounded number of statements at a time. A failure waits for
 /// the next pass: reads go through what is not folded yet meanwhile.
-async fn fold_key_sequences(store: &dyn StoreOps, labels: &Labels) {
+async fn fold_key_sequences(store: &dyn StoreOps, labels: &Labels, rows: i64) {
     for _ in 0..FOLDS_PER_PASS {
-        match store.fold_key_sequences(FOLD_ROWS).await {
-            Ok(n) if n as i64 >= FOLD_ROWS => continue,
+        match store.fold_key_sequences(rows).await {
+            Ok(n) if n as i64 >= rows => continue,
             Ok(_) => break,
             Err(e) => {
                 tracing::warn!(error = %error_chain(&e), "outbox relay: folding key numbers failed");
@@ -241,37 +262,48 @@ impl Worker {
     /// interval delays the next one, never a round).
     pub(super) fn start_maintenance(&mut self) {
         let now = Instant::now();
-        if now >= self.next_park {
+        let idle = self.parking.as_ref().is_none_or(|p| p.task.is_finished());
+        let folding = self.parking.as_ref().is_some_and(|p| p.folding_only) && !idle;
+        if now >= self.next_park && folding {
+            // A fold of key numbers holds the slot: the parking pass does
+            // not skip its turn but starts once the fold ends (looked at
+            // again shortly, so the relay's waits do not spin meanwhile).
+            self.next_park = now + FOLD_LOOK_AGAIN;
+        } else if now >= self.next_park {
             // Due again a period later, whether or not a pass starts now:
             // a pass still running (a large parking, a slow connection)
             // skips this turn.
             self.next_park = now + spread(PARK_INTERVAL);
             // A standby relay leaves it to those that hold buckets.
-            let idle = self.parking.as_ref().is_none_or(|p| p.0.is_finished());
             if idle && !self.leases.is_empty() {
-                let fold = self.config.key_sequences;
-                if fold {
+                let fold = self.config.key_sequences.then(|| {
                     self.unfolded_acks = 0;
-                }
+                    fold_rows(self.config.batch_size)
+                });
                 let task = park(
                     self.store.clone(),
                     self.clock,
                     self.config.labels.clone(),
                     fold,
                 );
-                self.parking = Some(Parking(tokio::spawn(task)));
+                self.parking = Some(Parking {
+                    task: tokio::spawn(task),
+                    folding_only: false,
+                });
             }
-        } else if self.unfolded_acks >= FOLD_EVERY
-            && self.parking.as_ref().is_none_or(|p| p.0.is_finished())
-        {
+        } else if self.unfolded_acks >= FOLD_EVERY && idle {
             // Between parking passes, the key numbers recorded by the last
             // few dozen acknowledgements are folded in the parking pass's
             // place (one connection for both), so that a read of a key's
             // number goes through a few of them at most.
             self.unfolded_acks = 0;
             let (store, labels) = (self.store.clone(), self.config.labels.clone());
-            let task = async move { fold_key_sequences(&*store, &labels).await };
-            self.parking = Some(Parking(tokio::spawn(task)));
+            let rows = fold_rows(self.config.batch_size);
+            let task = async move { fold_key_sequences(&*store, &labels, rows).await };
+            self.parking = Some(Parking {
+                task: tokio::spawn(task),
+                folding_only: true,
+            });
         }
         if now < self.next_stats || self.upkeep.is_some() {
             return;
@@ -468,5 +500,17 @@ mod tests {
         let few = Some(SELF_VACUUM_DEAD_ROWS);
         assert_eq!(unvacuumed(&stats(few, Some(false)), true), None);
         assert_eq!(unvacuumed(&stats(None, Some(false)), true), None);
+    }
+
+    #[test]
+    fn a_fold_takes_fewer_recorded_acknowledgements_the_larger_the_batch() {
+        assert_eq!(fold_rows(1), FOLD_ROWS);
+        assert_eq!(fold_rows(500), FOLD_ROWS);
+        assert_eq!(fold_rows(1000), 64);
+        assert_eq!(fold_rows(10_000), 6);
+        assert_eq!(fold_rows(100_000), 1);
+        for b in [1, 500, 1000, 4096, 10_000, 100_000] {
+            assert!(fold_rows(b) * b as i64 <= FOLD_NUMBERS.max(b as i64));
+        }
     }
 }

@@ -143,6 +143,8 @@ struct State {
     stats_reads: usize,
     /// Calls of `fold_key_sequences`.
     folds: usize,
+    /// How long each of them takes.
+    fold_delay: Duration,
     /// How long each parking call takes.
     park_delay: Duration,
     ack_delay: Duration,
@@ -446,6 +448,11 @@ impl MemoryStore {
     /// store records them in place, and folds nothing).
     pub(crate) fn folds(&self) -> usize {
         self.state().folds
+    }
+
+    /// Makes each fold of key numbers take `delay`.
+    pub(crate) fn set_fold_delay(&self, delay: Duration) {
+        self.state().fold_delay = delay;
     }
 
     /// Makes each parking call take `delay` (a large parking, a slow

@@ -189,7 +189,12 @@ impl StoreOps for MemoryStore {
     }
 
     async fn fold_key_sequences(&self, _limit: i64) -> Result<u64> {
-        self.state().folds += 1;
+        let delay = {
+            let mut s = self.state();
+            s.folds += 1;
+            s.fold_delay
+        };
+        tokio::time::sleep(delay).await;
         Ok(0)
     }
 

@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use sqlx::postgres::PgRow;
+use sqlx::postgres::{PgRow, Postgres};
 use sqlx::Row;
 
 use crate::error::Result;
@@ -26,56 +26,82 @@ const PUBLISHED_HEADERS: usize = 11;
 /// Index of `headers::text` in `dead_letters_matching.sql`.
 const DEAD_HEADERS: usize = 13;
 
+/// Column `i` of `r`, its type checked against `T` only with `check`. The
+/// rows of one result share their columns' types, so a result of many
+/// rows is checked on its first (a mismatch is still a typed error, before
+/// anything is decoded) and decoded unchecked after it: the check built
+/// and compared the compatible types for each text column of each row, a
+/// visible share of decoding a claim or an export page.
+pub(crate) fn column<'r, T>(r: &'r PgRow, i: usize, check: bool) -> Result<T>
+where
+    T: sqlx::Decode<'r, Postgres> + sqlx::Type<Postgres>,
+{
+    Ok(if check {
+        r.try_get(i)?
+    } else {
+        r.try_get_unchecked(i)?
+    })
+}
+
 /// Decodes a row that starts with the message columns in their order, with
-/// the headers as text in column `headers_col`.
+/// the headers as text in column `headers_col`; types checked with `check`
+/// (see [`column`]).
 ///
 /// Headers that do not decode are left empty and the reason returned
 /// beside the message: the relay dead-letters such a row, an operator's
 /// listing shows it.
-fn message_from_row(r: &PgRow, headers_col: usize) -> Result<(OutboxMessage, Option<String>)> {
-    let headers: Option<&str> = r.try_get(headers_col)?;
+fn message_from_row(
+    r: &PgRow,
+    headers_col: usize,
+    check: bool,
+) -> Result<(OutboxMessage, Option<String>)> {
+    let headers: Option<&str> = column(r, headers_col, check)?;
     let (headers, bad) = split_headers(headers);
-    let attempts: i32 = r.try_get(10)?;
+    let attempts: i32 = column(r, 10, check)?;
     let message = OutboxMessage {
-        seq: r.try_get(0)?,
-        id: MessageId::from_uuid(r.try_get(1)?),
-        topic: r.try_get(2)?,
-        partition_key: r.try_get(3)?,
-        event_type: r.try_get(4)?,
-        schema_version: r.try_get(5)?,
-        payload: r.try_get(6)?,
-        content_type: r.try_get(7)?,
+        seq: column(r, 0, check)?,
+        id: MessageId::from_uuid(column(r, 1, check)?),
+        topic: column(r, 2, check)?,
+        partition_key: column(r, 3, check)?,
+        event_type: column(r, 4, check)?,
+        schema_version: column(r, 5, check)?,
+        payload: column(r, 6, check)?,
+        content_type: column(r, 7, check)?,
         headers,
-        created_at: r.try_get(9)?,
+        created_at: column(r, 9, check)?,
         attempt: attempts + 1,
         key_sequence: None,
     };
     Ok((message, bad))
 }
 
-/// A row of a claim.
 /// The rows of `claim.sql`, under a claim of at most `limit`.
 pub(super) fn claimed_batch(rows: &[PgRow], limit: i64) -> Result<ClaimedBatch> {
     let cut = match rows.last() {
         Some(r) => r.try_get(CLAIM_FOLLOWED)?,
         None => false,
     };
-    let messages = rows.iter().map(claimed_from_row).collect::<Result<_>>()?;
+    let messages = rows
+        .iter()
+        .enumerate()
+        .map(|(i, r)| claimed_from_row(r, i == 0))
+        .collect::<Result<_>>()?;
     Ok(ClaimedBatch::new(messages, cut, limit))
 }
 
-fn claimed_from_row(r: &PgRow) -> Result<Claimed> {
-    let (message, undecodable) = message_from_row(r, CLAIM_HEADERS)?;
+/// A row of a claim.
+fn claimed_from_row(r: &PgRow, check: bool) -> Result<Claimed> {
+    let (message, undecodable) = message_from_row(r, CLAIM_HEADERS, check)?;
     Ok(Claimed {
         message,
-        bucket: r.try_get(CLAIM_BUCKET)?,
+        bucket: column(r, CLAIM_BUCKET, check)?,
         undecodable,
     })
 }
 
 /// A row of `published.sql`.
 pub(super) fn published_from_row(r: &PgRow) -> Result<OutboxMessage> {
-    whole(message_from_row(r, PUBLISHED_HEADERS)?)
+    whole(message_from_row(r, PUBLISHED_HEADERS, true)?)
 }
 
 /// A row of `dead_letters_matching.sql`.
@@ -84,7 +110,7 @@ pub(super) fn published_from_row(r: &PgRow) -> Result<OutboxMessage> {
 /// dead-lettered for that reason, which its last error says.
 pub(super) fn dead_letter_from_row(r: &PgRow) -> Result<DeadLetter> {
     Ok(DeadLetter {
-        message: message_from_row(r, DEAD_HEADERS)?.0,
+        message: message_from_row(r, DEAD_HEADERS, true)?.0,
         attempts: r.try_get("attempts")?,
         last_error: r.try_get("last_error")?,
         dead_at: r.try_get("dead_at")?,

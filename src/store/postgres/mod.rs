@@ -39,6 +39,7 @@ use sqlx::postgres::{PgConnectOptions, PgPool};
 
 pub use self::builder::PgOutboxBuilder;
 pub(crate) use self::connection::{Alone, Standalone, Statements};
+pub(crate) use self::decode::column;
 pub(crate) use self::locks::change_lock_class;
 pub(crate) use self::migrate::apply as apply_migrations;
 pub use self::wake::WakeUp;

@@ -2,14 +2,15 @@
 -- one upsert per key, at its greatest number, however many rows held it;
 -- a number never goes back. Rows are deleted and folded in one statement,
 -- so a reader sees each number in one place or the other. Two folds at
--- once take disjoint rows (the second waits for the first's row locks,
--- then skips the rows it deleted), and each locks its keys in key order,
--- after reading all its rows.
+-- once take disjoint rows without waiting for each other (the rows are
+-- locked in id order, skipping those another fold holds), and each locks
+-- its keys in key order, after reading all its rows.
 --
 -- $1 most log rows to fold. Returns the rows folded.
 WITH folded AS (
     DELETE FROM {key_sequence_log}
-    WHERE id IN (SELECT id FROM {key_sequence_log} ORDER BY id LIMIT $1)
+    WHERE id IN (SELECT id FROM {key_sequence_log} ORDER BY id LIMIT $1
+                 FOR UPDATE SKIP LOCKED)
     RETURNING keys, numbers),
 upserted AS (
     INSERT INTO {key_sequences} (partition_key, last_sequence)
