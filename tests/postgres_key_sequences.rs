@@ -9,7 +9,7 @@
 
 use std::time::Duration;
 
-use outbox::{InMemoryPublisher, NewMessage, PgOutbox, Relay};
+use outbox::{InMemoryPublisher, NewMessage, PgOutbox, Relay, RelayHandle};
 
 mod support;
 
@@ -46,16 +46,22 @@ async fn log_rows(db: &TestDb) -> i64 {
         .unwrap()
 }
 
-/// Publishes `messages` through a numbering relay and returns each one's
-/// number, in the order given; the relay is stopped.
-async fn numbered(db: &TestDb, outbox: &PgOutbox, messages: Vec<NewMessage>) -> Vec<Option<i64>> {
-    let ids: Vec<_> = messages.iter().map(NewMessage::id).collect();
+/// A relay numbering keys over `outbox`, and what it published.
+fn numbering_relay(outbox: &PgOutbox) -> (RelayHandle, InMemoryPublisher) {
     let publisher = InMemoryPublisher::new();
     let relay = Relay::builder(outbox.clone(), publisher.clone())
         .key_sequences(true)
         .poll_interval(Duration::from_millis(20))
         .spawn()
         .unwrap();
+    (relay, publisher)
+}
+
+/// Publishes `messages` through a numbering relay and returns each one's
+/// number, in the order given; the relay is stopped.
+async fn numbered(db: &TestDb, outbox: &PgOutbox, messages: Vec<NewMessage>) -> Vec<Option<i64>> {
+    let ids: Vec<_> = messages.iter().map(NewMessage::id).collect();
+    let (relay, publisher) = numbering_relay(outbox);
     enqueue(outbox, db, messages).await;
     wait_for("the messages published", TIMEOUT, || async {
         publisher.messages().len() >= ids.len()
@@ -112,12 +118,7 @@ async fn numbers_continue_from_the_log_before_it_is_folded_and_a_fold_never_lowe
 
     // A relay folds at each parking pass (about a second apart): the
     // greatest numbers land in the table, its own acknowledgement's too.
-    let publisher = InMemoryPublisher::new();
-    let relay = Relay::builder(outbox.clone(), publisher.clone())
-        .key_sequences(true)
-        .poll_interval(Duration::from_millis(20))
-        .spawn()
-        .unwrap();
+    let (relay, publisher) = numbering_relay(&outbox);
     enqueue(&outbox, &db, vec![msg("j", 2)]).await;
     wait_for("j published and the log folded", TIMEOUT, || async {
         publisher.messages().len() == 1 && log_rows(&db).await == 0
@@ -134,10 +135,7 @@ async fn numbers_continue_from_the_log_before_it_is_folded_and_a_fold_never_lowe
         .execute(&db.pool)
         .await
         .unwrap();
-    let relay = Relay::builder(outbox.clone(), InMemoryPublisher::new())
-        .key_sequences(true)
-        .spawn()
-        .unwrap();
+    let (relay, _) = numbering_relay(&outbox);
     wait_for("the lone entry folded", TIMEOUT, || async {
         log_rows(&db).await == 0
     })

@@ -271,21 +271,23 @@ async fn rabbitmq(pool: &PgPool, n: i64, id: &str, res: &mut Results) {
     amqp::declare_bound_queue(&ch, &exchange, &queue, "#", amqp::Lifetime::Durable)
         .await
         .unwrap();
-    let raw = raw_publish_rate(n, async || {
-        let props = BasicProperties::default()
-            .with_delivery_mode(2)
-            .with_message_id(ShortString::from(uuid::Uuid::now_v7().to_string()));
+    // A persistent, mandatory publish under `key`.
+    let publish = async |key: &str, props: BasicProperties| {
         ch.basic_publish(
             exchange.as_str().into(),
-            "raw".into(),
+            key.into(),
             BasicPublishOptions {
                 mandatory: true,
                 ..Default::default()
             },
             &body,
-            props,
+            props.with_delivery_mode(2),
         )
         .await
+    };
+    let raw = raw_publish_rate(n, async || {
+        let id = ShortString::from(uuid::Uuid::now_v7().to_string());
+        publish("raw", BasicProperties::default().with_message_id(id)).await
     })
     .await;
     let mut i = 0u64;
@@ -296,23 +298,12 @@ async fn rabbitmq(pool: &PgPool, n: i64, id: &str, res: &mut Results) {
             headers.insert(k.into(), AMQPValue::LongString(v.into()));
         }
         let props = BasicProperties::default()
-            .with_delivery_mode(2)
             .with_message_id(ShortString::from(uuid::Uuid::now_v7().to_string()))
             .with_content_type("application/json".into())
             .with_type("CandidateHired".into())
             .with_timestamp(chrono::Utc::now().timestamp() as u64)
             .with_headers(headers);
-        ch.basic_publish(
-            exchange.as_str().into(),
-            "rawheaders".into(),
-            BasicPublishOptions {
-                mandatory: true,
-                ..Default::default()
-            },
-            &body,
-            props,
-        )
-        .await
+        publish("rawheaders", props).await
     })
     .await;
     let relayed = relay_into(
