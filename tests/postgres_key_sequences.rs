@@ -81,7 +81,7 @@ async fn numbered(db: &TestDb, outbox: &PgOutbox, messages: Vec<NewMessage>) -> 
 }
 
 /// A relay reads a key's number from the log while no fold can run (a
-/// transaction holds the log's rows), taking the greatest of a key's
+/// transaction holds `key_sequences` in SHARE mode), taking the greatest of a key's
 /// entries; once the fold runs, `key_sequences` holds the greatest number
 /// and the log is empty.
 #[tokio::test]
@@ -104,10 +104,11 @@ async fn numbers_continue_from_the_log_before_it_is_folded_and_a_fold_never_lowe
     .await
     .unwrap();
 
-    // While a transaction holds the log's rows, a fold waits for it.
+    // While a transaction holds key_sequences in SHARE mode, a fold (which
+    // writes it) waits for it; reads and acknowledgements do not.
     let mut holder = db.pool.begin().await.unwrap();
-    sqlx::query("SELECT id FROM outbox.key_sequence_log FOR UPDATE")
-        .fetch_all(&mut *holder)
+    sqlx::query("LOCK TABLE outbox.key_sequences IN SHARE MODE")
+        .execute(&mut *holder)
         .await
         .unwrap();
     let got = numbered(&db, &outbox, vec![msg("k", 1), msg("j", 1), msg("k", 2)]).await;

@@ -197,23 +197,19 @@ impl Envelope {
         prefix: CePrefix,
         mut f: impl FnMut(HeaderName<'m>, String),
     ) {
-        match self {
-            Envelope::Plain => Envelope::each_metadata(m, f),
-            Envelope::CloudEventsStructured { .. } => {
-                for (k, v) in m.headers() {
-                    f(HeaderName::Own(k), v.clone());
+        if *self == Envelope::Plain {
+            return Envelope::each_metadata(m, f);
+        }
+        for (k, v) in m.headers() {
+            f(HeaderName::Own(k), v.clone());
+        }
+        // Structured mode carries the attributes in the body.
+        if matches!(self, Envelope::CloudEventsBinary { .. }) {
+            self.each_cloudevents_attribute(m, |k, v| {
+                if let Some(name) = prefix.name(k) {
+                    f(HeaderName::Fixed(name), v);
                 }
-            }
-            Envelope::CloudEventsBinary { .. } => {
-                for (k, v) in m.headers() {
-                    f(HeaderName::Own(k), v.clone());
-                }
-                self.each_cloudevents_attribute(m, |k, v| {
-                    if let Some(name) = prefix.name(k) {
-                        f(HeaderName::Fixed(name), v);
-                    }
-                });
-            }
+            });
         }
     }
 

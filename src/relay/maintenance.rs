@@ -145,12 +145,7 @@ async fn park(store: Arc<dyn StoreOps>, clock: Clock, labels: Labels, fold: Opti
                 }
             }
             Err(e) => {
-                tracing::warn!(error = %error_chain(&e), "outbox relay: parking failed");
-                metrics::counter!(
-                    "outbox_relay_errors_total",
-                    labels.with("operation", "parking")
-                )
-                .increment(1);
+                failed(&labels, "parking", &e);
                 break;
             }
         }
@@ -158,6 +153,17 @@ async fn park(store: Arc<dyn StoreOps>, clock: Clock, labels: Labels, fold: Opti
     if let Some(rows) = fold {
         fold_key_sequences(&*store, &labels, rows).await;
     }
+}
+
+/// A maintenance step of its own task that failed: logged at `warn` and
+/// counted in `outbox_relay_errors_total` under `operation`.
+fn failed(labels: &Labels, operation: &'static str, e: &crate::Error) {
+    tracing::warn!(error = %error_chain(e), "outbox relay: {operation} failed");
+    metrics::counter!(
+        "outbox_relay_errors_total",
+        labels.with("operation", operation)
+    )
+    .increment(1);
 }
 
 /// Folds the key numbers acknowledgements recorded apart into their
@@ -169,12 +175,7 @@ async fn fold_key_sequences(store: &dyn StoreOps, labels: &Labels, rows: i64) {
             Ok(n) if n as i64 >= rows => continue,
             Ok(_) => break,
             Err(e) => {
-                tracing::warn!(error = %error_chain(&e), "outbox relay: folding key numbers failed");
-                metrics::counter!(
-                    "outbox_relay_errors_total",
-                    labels.with("operation", "folding key numbers")
-                )
-                .increment(1);
+                failed(labels, "folding key numbers", &e);
                 break;
             }
         }
