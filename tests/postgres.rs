@@ -1063,3 +1063,37 @@ async fn acknowledgements_find_their_messages_by_position_whatever_the_statistic
     other.close().await;
     db.drop().await;
 }
+
+/// `stats().parked` counts each message held back behind a blocked key
+/// once, however many blocked positions its key has, and only messages
+/// after the key's first one: the count joins each key's first blocked
+/// position to the messages, where a plain join on the blocked rows would
+/// count a message once per row.
+#[tokio::test]
+async fn parked_counts_each_held_back_message_once() {
+    let (db, outbox) = setup().await;
+    for n in 1..=5 {
+        outbox.enqueue(&db.pool, msg("t", "k", n)).await.unwrap();
+    }
+    outbox
+        .enqueue(&db.pool, msg("t", "other", 1))
+        .await
+        .unwrap();
+    let seqs: Vec<i64> = sqlx::query_scalar(
+        "SELECT seq FROM outbox.messages WHERE partition_key = 'k' ORDER BY seq",
+    )
+    .fetch_all(&db.pool)
+    .await
+    .unwrap();
+    // Blocked at the second and the fourth message: the third, fourth and
+    // fifth are held back; the first and the other key are not.
+    sqlx::query("INSERT INTO outbox.blocked_keys (partition_key, seq) VALUES ('k', $1), ('k', $2)")
+        .bind(seqs[1])
+        .bind(seqs[3])
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    let s = outbox.stats().await.unwrap();
+    assert_eq!((s.pending, s.parked), (6, 3), "{s:?}");
+    db.drop().await;
+}

@@ -146,7 +146,8 @@ fn epoch_of(leases: &[Lease], bucket: i32) -> Option<i64> {
 /// only with a successful, fenced acknowledgement, so a redelivery gets
 /// the same number and numbers stay dense. The last numbers come from
 /// `known` where it has them under `leases` (learnt within `ttl`, the
-/// lease TTL), from the store otherwise.
+/// lease TTL), from the store otherwise. Returns whether it read the
+/// store.
 /// (A free function: the worker holds the listener, which is not `Sync`.)
 pub(super) async fn number_keys(
     store: &dyn StoreOps,
@@ -155,7 +156,7 @@ pub(super) async fn number_keys(
     leases: &[Lease],
     bucket_count: i32,
     ttl: Duration,
-) -> Result<()> {
+) -> Result<bool> {
     let now = SystemTime::now();
     if known.bucket_count != bucket_count {
         known.forget();
@@ -179,7 +180,8 @@ pub(super) async fn number_keys(
     }
     unknown.sort_unstable();
     unknown.dedup_by(|a, b| a.0 == b.0);
-    if !unknown.is_empty() {
+    let read = !unknown.is_empty();
+    if read {
         let keys: Vec<String> = unknown.iter().map(|(k, _)| k.clone()).collect();
         let read = store.key_sequences(&keys).await?;
         for (key, bucket) in unknown {
@@ -200,7 +202,7 @@ pub(super) async fn number_keys(
         }
     }
     assign_numbers(claimed, last);
-    Ok(())
+    Ok(read)
 }
 
 /// Numbers each keyed message after the last number `last` holds for its
@@ -231,18 +233,27 @@ mod tests {
     }
 
     /// Numbers a batch of `keys` (all in bucket 0) against an empty store,
-    /// after `known`: what each message got.
-    async fn number(known: &mut KnownNumbers, keys: &[&str], leases: &[Lease]) -> Vec<Claimed> {
+    /// after `known`: what each message got, and whether the store was read.
+    async fn number_reading(
+        known: &mut KnownNumbers,
+        keys: &[&str],
+        leases: &[Lease],
+    ) -> (Vec<Claimed>, bool) {
         let store = MemoryStore::new(4);
         let mut batch: Vec<Claimed> = keys
             .iter()
             .enumerate()
             .map(|(i, k)| claimed(i as i64 + 1, Some(k), 0))
             .collect();
-        number_keys(&store, &mut batch, known, leases, 4, TTL)
+        let read = number_keys(&store, &mut batch, known, leases, 4, TTL)
             .await
             .unwrap();
-        batch
+        (batch, read)
+    }
+
+    /// [`number_reading`] without whether it read.
+    async fn number(known: &mut KnownNumbers, keys: &[&str], leases: &[Lease]) -> Vec<Claimed> {
+        number_reading(known, keys, leases).await.0
     }
 
     fn numbers(batch: &[Claimed]) -> Vec<Option<i64>> {
@@ -254,14 +265,16 @@ mod tests {
         let held = [lease(0, 3)];
         let mut known = KnownNumbers::default();
         // Nothing known: the (empty) store says every key starts at 1.
-        let batch = number(&mut known, &["a", "a", "b"], &held).await;
+        let (batch, read) = number_reading(&mut known, &["a", "a", "b"], &held).await;
         assert_eq!(numbers(&batch), [Some(1), Some(2), Some(1)]);
+        assert!(read);
         let acks: Vec<Ack> = batch.iter().map(published).collect();
         known.acknowledged(&acks, &AckReport::default(), &held, SystemTime::now());
         // Known now, under the same lease: the store (still empty here)
-        // is not what numbers them.
-        let batch = number(&mut known, &["a", "b"], &held).await;
+        // is not what numbers them, nor read.
+        let (batch, read) = number_reading(&mut known, &["a", "b"], &held).await;
         assert_eq!(numbers(&batch), [Some(3), Some(2)]);
+        assert!(!read);
         // Unacknowledged numbers are not learnt: the same batch numbers
         // alike again.
         let again = number(&mut known, &["a", "b"], &held).await;

@@ -205,7 +205,7 @@ impl Worker {
                 return Ok(true);
             }
             let store = self.store.clone();
-            number_keys(
+            self.read_numbers |= number_keys(
                 &*store,
                 &mut claimed,
                 &mut self.known_numbers,

@@ -85,6 +85,9 @@ pub(super) struct Worker {
     /// Acknowledgements that recorded key numbers since the last fold of
     /// the recorded numbers started.
     pub(super) unfolded_acks: u32,
+    /// Whether numbering read numbers from the store since the last fold
+    /// started (see [`fold_every`](super::maintenance::fold_every)).
+    pub(super) read_numbers: bool,
 }
 
 /// The outcome of queueing for a turn in a relay group.
@@ -153,6 +156,7 @@ impl Worker {
             held_back: false,
             known_numbers: KnownNumbers::default(),
             unfolded_acks: 0,
+            read_numbers: false,
         }
     }
 
