@@ -1064,11 +1064,12 @@ async fn acknowledgements_find_their_messages_by_position_whatever_the_statistic
     db.drop().await;
 }
 
-/// `stats().parked` counts each message held back behind a blocked key
-/// once, however many blocked positions its key has, and only messages
-/// after the key's first one: the count joins each key's first blocked
-/// position to the messages, where a plain join on the blocked rows would
-/// count a message once per row.
+/// `stats().parked` counts each due message held back behind a blocked
+/// key once, however many blocked positions its key has, and only
+/// messages after the key's first one: the count joins each key's first
+/// blocked position to the messages, where a plain join on the blocked
+/// rows would count a message once per row. One waiting for its retry is
+/// not due: it counts as waiting, not as parked.
 #[tokio::test]
 async fn parked_counts_each_held_back_message_once() {
     let (db, outbox) = setup().await;
@@ -1079,6 +1080,8 @@ async fn parked_counts_each_held_back_message_once() {
         .enqueue(&db.pool, msg("t", "other", 1))
         .await
         .unwrap();
+    let unkeyed = NewMessage::json("t", &serde_json::json!({ "n": 0 })).unwrap();
+    outbox.enqueue(&db.pool, unkeyed).await.unwrap();
     let seqs: Vec<i64> = sqlx::query_scalar(
         "SELECT seq FROM outbox.messages WHERE partition_key = 'k' ORDER BY seq",
     )
@@ -1086,14 +1089,26 @@ async fn parked_counts_each_held_back_message_once() {
     .await
     .unwrap();
     // Blocked at the second and the fourth message: the third, fourth and
-    // fifth are held back; the first and the other key are not.
+    // fifth are held back, the fifth also waiting for a retry; the first,
+    // the other key and the unkeyed message are not.
     sqlx::query("INSERT INTO outbox.blocked_keys (partition_key, seq) VALUES ('k', $1), ('k', $2)")
         .bind(seqs[1])
         .bind(seqs[3])
         .execute(&db.pool)
         .await
         .unwrap();
+    sqlx::query(
+        "UPDATE outbox.messages SET available_at = now() + interval '1 hour' WHERE seq = $1",
+    )
+    .bind(seqs[4])
+    .execute(&db.pool)
+    .await
+    .unwrap();
     let s = outbox.stats().await.unwrap();
-    assert_eq!((s.pending, s.parked), (6, 3), "{s:?}");
+    assert_eq!(
+        (s.pending, s.parked, s.retry_waiting, s.ready),
+        (7, 2, 1, 4),
+        "{s:?}"
+    );
     db.drop().await;
 }

@@ -183,10 +183,10 @@ pub(super) async fn number_keys(
     let read = !unknown.is_empty();
     if read {
         let keys: Vec<String> = unknown.iter().map(|(k, _)| k.clone()).collect();
-        let read = store.key_sequences(&keys).await?;
+        let stored = store.key_sequences(&keys).await?;
         for (key, bucket) in unknown {
             // A key never numbered stands at 0.
-            let number = read.get(&key).copied().unwrap_or(0);
+            let number = stored.get(&key).copied().unwrap_or(0);
             if let Some(epoch) = epoch_of(leases, bucket) {
                 known.learn(
                     &key,

@@ -600,8 +600,8 @@ pub struct StoreStats {
     pub ready: i64,
     /// Of those, the ones whose retry is not due yet.
     pub retry_waiting: i64,
-    /// Of those, the ones held back behind an earlier message of their
-    /// partition key that failed (ordered policy), due or not.
+    /// Of those, the due ones held back behind an earlier message of
+    /// their partition key that failed (ordered policy).
     pub parked: i64,
     /// How long the oldest pending message has waited.
     pub oldest_pending_age: Option<Duration>,
