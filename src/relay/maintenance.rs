@@ -44,10 +44,10 @@ const PARKS_PER_PASS: usize = 20;
 /// into their table (PostgreSQL records them apart, one row per
 /// acknowledgement, which a read of a key's number goes through until
 /// they are folded), while it has read no numbers from the store since
-/// its last fold (it knows its keys' numbers). A fold costs about 4 µs per distinct key and writes each
-/// key once however many records hold it: over 10,000 busy keys, folding
-/// every 64 acknowledgements of 1,000 rather than every 16 writes 0.16
-/// rather than 0.5 rows per message.
+/// its last fold (it knows its keys' numbers). A fold costs about 4 µs
+/// per distinct key and writes each key once however many records hold
+/// it: over 10,000 busy keys, folding every 64 acknowledgements of 1,000
+/// rather than every 16 writes 0.16 rather than 0.5 rows per message.
 pub(super) const FOLD_EVERY: u32 = 64;
 
 /// The same, while the relay reads numbers of keys it does not know: each
@@ -87,8 +87,8 @@ fn fold_rows(batch_size: usize) -> i64 {
 /// looks again.
 const FOLD_LOOK_AGAIN: Duration = Duration::from_millis(20);
 
-/// Most fold statements per pass, at least enough for [`FOLD_EVERY`]
-/// records and one more statement (see [`folds_per_pass`]).
+/// Fold statements per pass, unless the batch size makes each take so
+/// few records that [`folds_per_pass`] needs more.
 const FOLDS_PER_PASS: usize = 8;
 
 /// Fold statements a pass may run when each takes `rows` records: enough
