@@ -840,15 +840,19 @@ async fn stats_need_no_more_than_select_on_the_tables() {
 }
 
 /// The index entries read so far from each index of schema `outbox`, as
-/// a function of the index's name, once `done` holds for them or five
-/// seconds have passed: backends report their counts as they exit, a
-/// moment after.
+/// a function of the index's name, once `done` holds for them or twenty
+/// seconds have passed. Backends report their counts as they exit, a
+/// moment after, except one that lives on a while: a relay's wake-up
+/// listener holds one of the pool's connections, which may have claimed
+/// before, and releases it (`UNLISTEN *`) as it is dropped, after the
+/// pool closed; PostgreSQL reports an idle backend's counts after ten
+/// seconds (seen: 9.5 s, one run in three).
 async fn index_entries_read(
     pool: &PgPool,
     done: impl Fn(&dyn Fn(&str) -> i64) -> bool,
 ) -> impl Fn(&str) -> i64 {
     let mut read = std::collections::HashMap::new();
-    for _ in 0..50 {
+    for _ in 0..200 {
         let rows: Vec<(String, i64)> = sqlx::query_as(
             "SELECT indexrelname::text, idx_tup_read FROM pg_stat_user_indexes \
              WHERE schemaname = 'outbox'",

@@ -1,7 +1,8 @@
 //! The claim of a relay that holds some of the buckets: `claim_buckets.sql`
 //! with its scan repeated once per bucket held (one statement text per
 //! number of buckets, rendered on first use and then reused, so each
-//! connection prepares at most one per count).
+//! connection prepares at most one per count); and the positions in
+//! flight as `claim.sql` leaves them out, by range.
 
 use std::sync::OnceLock;
 
@@ -62,10 +63,104 @@ fn repeat_scan(sql: &str, n: usize) -> String {
     format!("{head}{}{tail}", scans.join("\nUNION ALL\n"))
 }
 
+/// The positions in flight as `claim.sql` leaves them out: it reads the
+/// positions before `first`, those after `last`, and the gaps between
+/// (`gap_firsts[i]` to `gap_lasts[i]`, in order), which together are every
+/// position but those in flight.
+#[derive(Debug, PartialEq, Eq)]
+pub(super) struct InFlight {
+    pub(super) first: i64,
+    pub(super) last: i64,
+    pub(super) gap_firsts: Vec<i64>,
+    pub(super) gap_lasts: Vec<i64>,
+}
+
+impl InFlight {
+    /// The span and gaps of `positions`, in any order, repeats allowed.
+    /// With none, the span is empty: `first` is the largest position and
+    /// `last` the one below it, so the reads before and after cover all.
+    pub(super) fn of(positions: &[i64]) -> Self {
+        let mut sorted = positions.to_vec();
+        sorted.sort_unstable();
+        sorted.dedup();
+        let (Some(&first), Some(&last)) = (sorted.first(), sorted.last()) else {
+            return Self {
+                first: i64::MAX,
+                last: i64::MAX - 1,
+                gap_firsts: Vec::new(),
+                gap_lasts: Vec::new(),
+            };
+        };
+        let (mut gap_firsts, mut gap_lasts) = (Vec::new(), Vec::new());
+        for pair in sorted.windows(2) {
+            // Strictly increasing, so both sides stay within i64.
+            if pair[1] - pair[0] > 1 {
+                gap_firsts.push(pair[0] + 1);
+                gap_lasts.push(pair[1] - 1);
+            }
+        }
+        Self {
+            first,
+            last,
+            gap_firsts,
+            gap_lasts,
+        }
+    }
+
+    /// Whether `claim.sql` reads `position`: outside the span or in a gap.
+    #[cfg(test)]
+    fn reads(&self, position: i64) -> bool {
+        position < self.first
+            || position > self.last
+            || self
+                .gap_firsts
+                .iter()
+                .zip(&self.gap_lasts)
+                .any(|(a, b)| (*a..=*b).contains(&position))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::super::Sql;
     use super::*;
+
+    #[test]
+    fn the_reads_around_positions_in_flight_cover_every_other_position() {
+        assert_eq!(
+            InFlight::of(&[9, 4, 5, 5, 12, 6]),
+            InFlight {
+                first: 4,
+                last: 12,
+                gap_firsts: vec![7, 10],
+                gap_lasts: vec![8, 11],
+            }
+        );
+        // A run of consecutive positions leaves no gap.
+        assert!(InFlight::of(&(100..2100).collect::<Vec<_>>())
+            .gap_firsts
+            .is_empty());
+        for seed in 0..200_u64 {
+            let mut rng = fastrand::Rng::with_seed(seed);
+            let in_flight: Vec<i64> = (0..rng.usize(0..40)).map(|_| rng.i64(0..60)).collect();
+            let reads = InFlight::of(&in_flight);
+            for p in -2..64 {
+                assert_eq!(reads.reads(p), !in_flight.contains(&p), "{p} of {in_flight:?}");
+            }
+            // Gaps in order, apart, none empty: each position read once.
+            let gaps: Vec<(i64, i64)> = reads
+                .gap_firsts
+                .iter()
+                .copied()
+                .zip(reads.gap_lasts.iter().copied())
+                .collect();
+            assert!(gaps.iter().all(|(a, b)| a <= b));
+            assert!(gaps.windows(2).all(|w| w[0].1 < w[1].0));
+        }
+        // Nothing in flight: all is read, positions at the very end too.
+        let none = InFlight::of(&[]);
+        assert!([0, i64::MAX - 1, i64::MAX].iter().all(|p| none.reads(*p)));
+    }
     use crate::store::TableNames;
 
     #[test]

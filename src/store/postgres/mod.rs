@@ -17,6 +17,8 @@
 //! - `admin.rs`: dead letters (filtered, paged, replayed, discarded),
 //!   blocked keys, pending count, retained messages.
 //! - `decode.rs`: rows into messages, dead letters, leases and gauges.
+//! - `tests.rs`: what the conformance suite cannot reach from outside:
+//!   claims around positions in flight.
 
 mod ack;
 mod admin;
@@ -30,6 +32,8 @@ mod locks;
 mod migrate;
 mod relay_ops;
 mod statements;
+#[cfg(test)]
+mod tests;
 mod wake;
 
 use std::fmt;

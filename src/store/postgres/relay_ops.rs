@@ -11,6 +11,7 @@ use sqlx::Executor;
 use tokio::sync::Notify;
 use uuid::Uuid;
 
+use super::claims::InFlight;
 use super::decode::{claimed_batch, leases_from_rows, stats_from_row};
 use super::PgOutbox;
 use crate::error::Result;
@@ -97,48 +98,66 @@ impl StoreOps for PgOutbox {
             p.bucket_count,
             p.buckets,
         );
-        let q = match by_bucket {
-            Some(sql) => sqlx::query(sql)
-                .bind(p.now)
-                .bind(p.limit)
-                .bind(p.exclude)
-                .bind(p.buckets)
-                .bind(p.max_bytes),
-            None => sqlx::query(&self.inner.sql.claim)
-                .bind(p.now)
-                .bind(p.bucket_count)
-                .bind(p.limit)
-                .bind(p.exclude)
-                .bind(p.buckets)
-                .bind(p.max_bytes),
+        let (q, joins) = match by_bucket {
+            Some(sql) => (
+                sqlx::query(sql)
+                    .bind(p.now)
+                    .bind(p.limit)
+                    .bind(p.exclude)
+                    .bind(p.buckets)
+                    .bind(p.max_bytes),
+                true,
+            ),
+            None => {
+                let in_flight = InFlight::of(p.exclude);
+                (
+                    sqlx::query(&self.inner.sql.claim)
+                        .bind(p.now)
+                        .bind(p.bucket_count)
+                        .bind(p.limit)
+                        .bind(in_flight.first)
+                        .bind(p.buckets)
+                        .bind(p.max_bytes)
+                        .bind(in_flight.gap_firsts)
+                        .bind(in_flight.gap_lasts)
+                        .bind(in_flight.last),
+                    false,
+                )
+            }
         };
         // The claim reads the messages table in position order through its
         // primary key, and must keep doing so when the table's statistics
         // mislead the planner: after a large backlog drains, the table
         // keeps its size with a few live rows, and the planner then prefers
         // a sequential scan and a sort (measured: 20-40 ms per claim on a
-        // 250 MB table, against 0.3 ms through the index), or a parallel
-        // plan. The positions in flight must be left out by a merge anti
-        // join (the array sorted once, the scan keeps its order): the plan
-        // PostgreSQL caches for the statement after a few runs guesses ten
-        // positions, and a nested loop over the array for every row read
-        // (measured: 170 ms for a claim beside 1,000 positions in flight,
-        // against 3 ms merged). The settings that forbid all that last only
-        // for the claim's own transaction (sent with its BEGIN, in one
-        // round trip), so nothing outlives it on a pooled connection, and
-        // no start-up parameter a pooler would refuse is needed. The sweep
-        // of gone blocks, once a second, probes by index through a nested
-        // loop: it runs first, and the join settings follow it.
+        // 250 MB table, against 0.3 ms through the index), a parallel plan,
+        // or a bitmap scan (which reads every ready row and sorts them).
+        // The claim by bucket leaves out the positions in flight with a
+        // merge anti join (the array sorted once, the scan keeps its
+        // order): the plan PostgreSQL caches for the statement after a few
+        // runs guesses ten positions, and a nested loop over the array for
+        // every row read (measured: 170 ms for a claim beside 1,000
+        // positions in flight, against 3 ms merged). `claim.sql` reads
+        // around them instead, its gaps through a nested loop. The settings
+        // that forbid all that last only for the claim's own transaction
+        // (sent with its BEGIN, in one round trip), so nothing outlives it
+        // on a pooled connection, and no start-up parameter a pooler would
+        // refuse is needed. The sweep of gone blocks, once a second,
+        // probes by index through a nested loop: it runs first, and the
+        // join settings follow it.
         let mut tx = if self.inner.sweep.due() {
             let mut tx = self.relay_pool().begin_with(CLAIM_BEGIN).await?;
             sqlx::query(&self.inner.sql.sweep_gone_blocks)
                 .persistent(self.named())
                 .execute(&mut *tx)
                 .await?;
-            sqlx::Executor::execute(&mut *tx, CLAIM_JOINS).await?;
+            let settings = if joins { CLAIM_JOINS } else { CLAIM_SCANS };
+            sqlx::Executor::execute(&mut *tx, settings).await?;
             tx
-        } else {
+        } else if joins {
             self.relay_pool().begin_with(CLAIM_BEGIN_JOINS).await?
+        } else {
+            self.relay_pool().begin_with(CLAIM_BEGIN_SCANS).await?
         };
         let rows = q.persistent(self.named()).fetch_all(&mut *tx).await?;
         tx.commit().await?;
@@ -285,6 +304,16 @@ const CLAIM_BEGIN: &str = "BEGIN; SET LOCAL enable_seqscan = off; \
 /// looped over nor hashed (a hash join would lose the scan's order); and
 /// no bitmap scan, which would read every ready row and sort them.
 const CLAIM_JOINS: &str = "SET LOCAL enable_nestloop = off; SET LOCAL enable_hashjoin = off; \
+     SET LOCAL enable_bitmapscan = off";
+
+/// The settings of `claim.sql`, which joins nothing but its gaps between
+/// positions in flight (a nested loop): no bitmap scan.
+const CLAIM_SCANS: &str = "SET LOCAL enable_bitmapscan = off";
+
+/// [`CLAIM_BEGIN`] and [`CLAIM_SCANS`] in one round trip.
+const CLAIM_BEGIN_SCANS: &str = "BEGIN; SET LOCAL enable_seqscan = off; \
+     SET LOCAL max_parallel_workers_per_gather = 0; SET LOCAL jit = off; \
+     SET LOCAL plan_cache_mode = force_generic_plan; \
      SET LOCAL enable_bitmapscan = off";
 
 /// [`CLAIM_BEGIN`] and [`CLAIM_JOINS`] in one round trip.

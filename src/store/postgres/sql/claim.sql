@@ -36,8 +36,26 @@
 -- left rows out. One window pass, streamed: a payload dropped here is
 -- never fetched (large ones stay out of line until sent).
 --
--- $1 now, $2 bucket count, $3 limit, $4 positions in flight (bigint[]),
--- $5 the buckets to read (int[]; NULL: every bucket), $6 the byte budget.
+-- The positions in flight (the one or two batches claimed before, not
+-- acknowledged yet) are left out by range, never read: the scan is three
+-- scans merged in position order, of the positions before the first one
+-- in flight, of the gaps between positions in flight ($7 and $8, the
+-- first and last position of each gap, in order), and of those after the
+-- last one. Their union is every position from the low-water mark on but
+-- those in flight, so a message that committed late inside the span in
+-- flight (a gap) is read like any other. Batches in flight are mostly
+-- runs of consecutive positions, so there are few gaps, each read through
+-- the index by its range (the nested loop, kept as one by OFFSET 0):
+-- measured at 1.0 ms a claim of 1,000 beside 2,000 positions in flight,
+-- against 1.7 ms when each was read and dropped by an anti join. Nothing
+-- in flight: $4 is the largest position and $9 the one below it.
+--
+-- $1 now, $2 bucket count, $3 limit, $4 the first position in flight,
+-- $5 the buckets to read (int[]; NULL: every bucket), $6 the byte budget,
+-- $7 and $8 the first and last positions of the gaps between positions in
+-- flight (bigint[]), $9 the last position in flight.
+WITH g AS MATERIALIZED (
+    SELECT COALESCE((SELECT f.seq FROM {ready_floor} f WHERE f.only_row), 0) AS floor)
 SELECT c.*
 FROM (SELECT l.*,
              sum(l.size) OVER w - l.size AS bytes_before,
@@ -46,19 +64,32 @@ FROM (SELECT l.*,
                    m.schema_version, m.payload, m.content_type,
                    m.headers::text AS headers, m.created_at, m.attempts,
                    b.bucket, octet_length(m.payload) AS size
-            FROM {messages} m
+            FROM ((SELECT m.* FROM {messages} m
+                   WHERE NOT m.parked AND NOT m.sleeping
+                     AND m.seq >= (SELECT g.floor FROM g) AND m.seq < $4
+                   ORDER BY m.seq)
+                  UNION ALL
+                  (SELECT m.* FROM unnest($7::bigint[], $8::bigint[]) h(first, last)
+                   CROSS JOIN LATERAL (
+                       SELECT m.* FROM {messages} m
+                       WHERE NOT m.parked AND NOT m.sleeping
+                         AND m.seq BETWEEN h.first AND h.last
+                         AND m.seq >= (SELECT g.floor FROM g)
+                       OFFSET 0) m
+                   ORDER BY m.seq)
+                  UNION ALL
+                  (SELECT m.* FROM {messages} m
+                   WHERE NOT m.parked AND NOT m.sleeping
+                     AND m.seq >= (SELECT g.floor FROM g) AND m.seq > $9
+                   ORDER BY m.seq)) m
             CROSS JOIN LATERAL (
                 SELECT CASE WHEN m.partition_key IS NULL THEN (m.seq % $2)::int
                             ELSE (hashtext(m.partition_key) & 2147483647) % $2
                        END AS bucket
             ) b
-            WHERE NOT m.parked AND NOT m.sleeping
-              AND m.seq >= COALESCE((SELECT f.seq FROM {ready_floor} f WHERE f.only_row), 0)
-              AND (m.available_at IS NULL OR m.available_at <= $1)
+            WHERE (m.available_at IS NULL OR m.available_at <= $1)
               AND ($5::int[] IS NULL OR b.bucket = ANY($5))
               AND {not_held_back}
-              AND NOT EXISTS (SELECT 1 FROM unnest($4::bigint[]) x(seq)
-                              WHERE x.seq = m.seq)
             ORDER BY m.seq
             LIMIT $3) l
       WINDOW w AS (ORDER BY l.seq)) c
