@@ -173,7 +173,10 @@ async fn parking_passes_go_on_beside_folds_of_key_numbers() {
     let (parks, folds) = (store.parks(), store.folds());
     tokio::time::sleep(Duration::from_secs(60)).await;
     let (parks, folds) = (store.parks() - parks, store.folds() - folds);
-    assert!(!store.pending().is_empty(), "drained before the minute ended");
+    assert!(
+        !store.pending().is_empty(),
+        "drained before the minute ended"
+    );
     relay.shutdown().await.unwrap();
     assert!(
         parks >= 10,

@@ -145,7 +145,11 @@ mod tests {
             let in_flight: Vec<i64> = (0..rng.usize(0..40)).map(|_| rng.i64(0..60)).collect();
             let reads = InFlight::of(&in_flight);
             for p in -2..64 {
-                assert_eq!(reads.reads(p), !in_flight.contains(&p), "{p} of {in_flight:?}");
+                assert_eq!(
+                    reads.reads(p),
+                    !in_flight.contains(&p),
+                    "{p} of {in_flight:?}"
+                );
             }
             // Gaps in order, apart, none empty: each position read once.
             let gaps: Vec<(i64, i64)> = reads

@@ -125,6 +125,9 @@ async fn claims_leave_out_positions_in_flight_and_read_their_gaps() {
     in_flight.extend([w, z]);
     let after = claim(&o, &in_flight, 100).await;
     assert_eq!(after.len(), 1, "{after:?}");
-    assert!(w < after[0] && after[0] < z, "{after:?} between {w} and {z}");
+    assert!(
+        w < after[0] && after[0] < z,
+        "{after:?} between {w} and {z}"
+    );
     drop_database(o, &db).await;
 }
