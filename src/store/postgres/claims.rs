@@ -77,8 +77,8 @@ pub(super) struct InFlight {
 
 impl InFlight {
     /// The span and gaps of `positions`, in any order, repeats allowed.
-    /// With none, the span is empty: `first` is the largest position and
-    /// `last` the one below it, so the reads before and after cover all.
+    /// With none, the span is empty: `first` is `i64::MAX` and `last` the
+    /// value below it, so the reads before and after cover all.
     pub(super) fn of(positions: &[i64]) -> Self {
         let mut sorted = positions.to_vec();
         sorted.sort_unstable();
@@ -93,8 +93,8 @@ impl InFlight {
         };
         let (mut gap_firsts, mut gap_lasts) = (Vec::new(), Vec::new());
         for pair in sorted.windows(2) {
-            // Strictly increasing, so both sides stay within i64.
-            if pair[1] - pair[0] > 1 {
+            // Strictly increasing, so both bounds stay within i64.
+            if pair[0] + 1 < pair[1] {
                 gap_firsts.push(pair[0] + 1);
                 gap_lasts.push(pair[1] - 1);
             }
@@ -124,6 +124,7 @@ impl InFlight {
 mod tests {
     use super::super::Sql;
     use super::*;
+    use crate::store::TableNames;
 
     #[test]
     fn the_reads_around_positions_in_flight_cover_every_other_position() {
@@ -158,14 +159,15 @@ mod tests {
                 .copied()
                 .zip(reads.gap_lasts.iter().copied())
                 .collect();
-            assert!(gaps.iter().all(|(a, b)| a <= b));
+            assert!(gaps
+                .iter()
+                .all(|(a, b)| reads.first < *a && a <= b && *b < reads.last));
             assert!(gaps.windows(2).all(|w| w[0].1 < w[1].0));
         }
         // Nothing in flight: all is read, positions at the very end too.
         let none = InFlight::of(&[]);
         assert!([0, i64::MAX - 1, i64::MAX].iter().all(|p| none.reads(*p)));
     }
-    use crate::store::TableNames;
 
     #[test]
     fn each_bucket_held_gets_a_scan_of_its_own() {

@@ -300,9 +300,10 @@ const CLAIM_BEGIN: &str = "BEGIN; SET LOCAL enable_seqscan = off; \
      SET LOCAL max_parallel_workers_per_gather = 0; SET LOCAL jit = off; \
      SET LOCAL plan_cache_mode = force_generic_plan";
 
-/// The claim's join settings: the positions in flight merged, never
-/// looped over nor hashed (a hash join would lose the scan's order); and
-/// no bitmap scan, which would read every ready row and sort them.
+/// The join settings of the claim by bucket (`claim_buckets.sql`): the
+/// positions in flight merged, never looped over nor hashed (a hash join
+/// would lose the scan's order); and no bitmap scan, which would read
+/// every ready row and sort them.
 const CLAIM_JOINS: &str = "SET LOCAL enable_nestloop = off; SET LOCAL enable_hashjoin = off; \
      SET LOCAL enable_bitmapscan = off";
 

@@ -68,18 +68,31 @@ async fn commit_one(o: &PgOutbox, pool: &PgPool, key: &str) -> i64 {
 
 /// The positions a claim of every bucket takes beside `in_flight`.
 async fn claim(o: &PgOutbox, in_flight: &[i64], limit: i64) -> Vec<i64> {
+    claim_some(o, in_flight, limit, None, 1 << 20).await.0
+}
+
+/// The positions a claim of `buckets` of 32 (all 64 if `None`) takes
+/// beside `in_flight`, and whether it says more may be waiting.
+async fn claim_some(
+    o: &PgOutbox,
+    in_flight: &[i64],
+    limit: i64,
+    buckets: Option<&[i32]>,
+    max_bytes: i64,
+) -> (Vec<i64>, bool) {
     let batch = o
         .claim(Claim {
-            buckets: None,
-            bucket_count: 64,
+            buckets,
+            bucket_count: if buckets.is_some() { 32 } else { 64 },
             now: chrono::Utc::now(),
             limit,
             exclude: in_flight,
-            max_bytes: 1 << 20,
+            max_bytes,
         })
         .await
         .unwrap();
-    batch.messages.iter().map(|m| m.message.seq).collect()
+    let got = batch.messages.iter().map(|m| m.message.seq).collect();
+    (got, batch.more)
 }
 
 /// A claim leaves out exactly the positions in flight, in any order and
@@ -129,5 +142,68 @@ async fn claims_leave_out_positions_in_flight_and_read_their_gaps() {
         w < after[0] && after[0] < z,
         "{after:?} between {w} and {z}"
     );
+    drop_database(o, &db).await;
+}
+
+/// Every branch of the read around positions in flight keeps the claim's
+/// tests: parked, sleeping and not yet due messages stay out before, in
+/// and after the span; under another bucket count than the index's (the
+/// claim then filters by bucket) only the buckets asked for come; the
+/// byte budget cuts the merged rows.
+#[tokio::test]
+async fn claims_around_positions_in_flight_keep_every_test() {
+    let (o, db) = fresh_outbox().await;
+    let pool = o.pool().clone();
+    let mut all = Vec::new();
+    for i in 0..20 {
+        all.push(commit_one(&o, &pool, &format!("k{i}")).await);
+    }
+    let in_flight = [all[2], all[10], all[18]];
+    // Before the span, in each gap, after it.
+    let set = |column: &str, value: &str, seqs: &[i64]| {
+        let sql = format!("UPDATE outbox.messages SET {column} = {value} WHERE seq = ANY($1)");
+        let seqs = seqs.to_vec();
+        let pool = pool.clone();
+        async move {
+            sqlx::query(&sql).bind(seqs).execute(&pool).await.unwrap();
+        }
+    };
+    set(
+        "available_at",
+        "now() + interval '1 hour'",
+        &[all[0], all[14]],
+    )
+    .await;
+    set("parked", "true", &[all[4], all[19]]).await;
+    set("sleeping", "true", &[all[12]]).await;
+    let left_out = [0, 2, 4, 10, 12, 14, 18, 19];
+    let expected: Vec<i64> = (0..20)
+        .filter(|i| !left_out.contains(i))
+        .map(|i| all[i])
+        .collect();
+    assert_eq!(claim(&o, &in_flight, 100).await, expected);
+
+    // The byte budget: always one message, and more said to wait.
+    let (one, more) = claim_some(&o, &in_flight, 100, None, 1).await;
+    assert_eq!((one, more), (vec![expected[0]], true));
+
+    // Half of 32 buckets, as the database hashes keys.
+    let buckets: Vec<i32> = (0..16).collect();
+    let theirs: Vec<i64> = sqlx::query_scalar(
+        "SELECT seq FROM outbox.messages \
+         WHERE seq = ANY($1) AND (hashtext(partition_key) & 2147483647) % 32 = ANY($2) \
+         ORDER BY seq",
+    )
+    .bind(&expected)
+    .bind(&buckets)
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    assert!(
+        !theirs.is_empty() && theirs.len() < expected.len(),
+        "{theirs:?} of {expected:?}"
+    );
+    let (got, _) = claim_some(&o, &in_flight, 100, Some(&buckets), 1 << 20).await;
+    assert_eq!(got, theirs);
     drop_database(o, &db).await;
 }
