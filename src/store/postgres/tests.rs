@@ -2,7 +2,7 @@
 //! API: claims around positions in flight, read by range.
 
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
-use sqlx::{ConnectOptions, Connection, Executor, PgPool};
+use sqlx::{ConnectOptions, Connection, Executor};
 use uuid::Uuid;
 
 use super::PgOutbox;
@@ -51,19 +51,33 @@ async fn drop_database(o: PgOutbox, db: &str) {
         .unwrap();
 }
 
-/// Commits one message of key `key` and returns its position.
-async fn commit_one(o: &PgOutbox, pool: &PgPool, key: &str) -> i64 {
-    let mut tx = pool.begin().await.unwrap();
-    let msg = NewMessage::json("t", &serde_json::json!({ "k": key }))
+/// A message of key `key`.
+fn message(key: &str) -> NewMessage {
+    NewMessage::json("t", &serde_json::json!({ "k": key }))
         .unwrap()
-        .with_partition_key(key);
-    o.enqueue(&mut *tx, msg).await.unwrap();
+        .with_partition_key(key)
+}
+
+/// Commits one message of key `key` and returns its position.
+async fn commit_one(o: &PgOutbox, key: &str) -> i64 {
+    let mut tx = o.pool().begin().await.unwrap();
+    o.enqueue(&mut *tx, message(key)).await.unwrap();
     let seq: i64 = sqlx::query_scalar("SELECT max(seq) FROM outbox.messages")
         .fetch_one(&mut *tx)
         .await
         .unwrap();
     tx.commit().await.unwrap();
     seq
+}
+
+/// Commits `n` messages of keys `k0`, `k1`, ... one transaction each:
+/// their positions.
+async fn commit_keys(o: &PgOutbox, n: usize) -> Vec<i64> {
+    let mut all = Vec::with_capacity(n);
+    for i in 0..n {
+        all.push(commit_one(o, &format!("k{i}")).await);
+    }
+    all
 }
 
 /// The positions a claim of every bucket takes beside `in_flight`.
@@ -102,11 +116,7 @@ async fn claim_some(
 #[tokio::test]
 async fn claims_leave_out_positions_in_flight_and_read_their_gaps() {
     let (o, db) = fresh_outbox().await;
-    let pool = o.pool().clone();
-    let mut all = Vec::new();
-    for i in 0..20 {
-        all.push(commit_one(&o, &pool, &format!("k{i}")).await);
-    }
+    let all = commit_keys(&o, 20).await;
     assert_eq!(claim(&o, &[], 100).await, all);
     let in_flight = [all[9], all[3], all[4], all[5], all[4], all[8], all[15]];
     let rest: Vec<i64> = all
@@ -124,13 +134,10 @@ async fn claims_leave_out_positions_in_flight_and_read_their_gaps() {
     // A message inside the span in flight commits after the claim that
     // put the span in flight: w and z are claimed, x in between is not
     // visible yet.
-    let w = commit_one(&o, &pool, "w").await;
-    let mut late = pool.begin().await.unwrap();
-    let msg = NewMessage::json("t", &serde_json::json!({ "k": "x" }))
-        .unwrap()
-        .with_partition_key("x");
-    o.enqueue(&mut *late, msg).await.unwrap();
-    let z = commit_one(&o, &pool, "z").await;
+    let w = commit_one(&o, "w").await;
+    let mut late = o.pool().begin().await.unwrap();
+    o.enqueue(&mut *late, message("x")).await.unwrap();
+    let z = commit_one(&o, "z").await;
     let before = claim(&o, &all, 100).await;
     assert_eq!(before, [w, z]);
     late.commit().await.unwrap();
@@ -154,10 +161,7 @@ async fn claims_leave_out_positions_in_flight_and_read_their_gaps() {
 async fn claims_around_positions_in_flight_keep_every_test() {
     let (o, db) = fresh_outbox().await;
     let pool = o.pool().clone();
-    let mut all = Vec::new();
-    for i in 0..20 {
-        all.push(commit_one(&o, &pool, &format!("k{i}")).await);
-    }
+    let all = commit_keys(&o, 20).await;
     let in_flight = [all[2], all[10], all[18]];
     // Before the span, in each gap, after it.
     let set = |column: &str, value: &str, seqs: &[i64]| {
