@@ -6,7 +6,7 @@ use std::collections::HashSet;
 use chrono::{DateTime, Utc};
 
 use super::relay_ops::lease_arrays;
-use super::PgOutbox;
+use super::{begin, PgOutbox};
 use crate::error::{Error, Result};
 use crate::store::{sleep_horizon, AckBatch, AckPlan, AckReport, Disposition};
 
@@ -93,7 +93,7 @@ impl PgOutbox {
             return Ok(report);
         }
 
-        let mut tx = self.relay_pool().begin().await?;
+        let mut tx = begin(self.relay_pool(), None).await?;
         let valid: Vec<i32> = sqlx::query_scalar(&self.inner.sql.fence)
             .persistent(self.named())
             .bind(relay)

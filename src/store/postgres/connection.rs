@@ -21,6 +21,31 @@ use sqlx::{FromRow, Transaction};
 
 use crate::error::Result;
 
+/// Begins a transaction on a connection of `pool`, with `statement` in
+/// place of a bare `BEGIN`, in a task of its own that runs to the end even
+/// if the caller is dropped meanwhile (a relay stopping aborts its passes
+/// and abandons its last calls).
+///
+/// sqlx 0.8 does not roll back a `BEGIN` whose future is dropped before
+/// the server answers, and returns the connection to the pool inside that
+/// transaction: every later statement on it, the next borrower's too
+/// (an acknowledgement, a producer's own), would run inside it, hold its
+/// locks and never commit. Here a transaction nobody waits for any more
+/// is dropped in the task once begun, which rolls it back.
+pub(crate) async fn begin(
+    pool: &PgPool,
+    statement: Option<&'static str>,
+) -> Result<Transaction<'static, Postgres>> {
+    let pool = pool.clone();
+    let begun = tokio::spawn(async move {
+        match statement {
+            Some(s) => pool.begin_with(s).await,
+            None => pool.begin().await,
+        }
+    });
+    Ok(begun.await.map_err(crate::Error::RelayTask)??)
+}
+
 /// Settings that decide how statements are sent.
 #[derive(Debug, Clone, Copy, Default)]
 pub(crate) struct Statements {
@@ -40,7 +65,7 @@ impl Statements {
     /// its own. Call [`Standalone::finish`] when done.
     pub(crate) async fn standalone(self, pool: &PgPool) -> Result<Standalone> {
         Ok(if self.transaction_pooling {
-            Standalone::Tx(pool.begin().await?)
+            Standalone::Tx(begin(pool, None).await?)
         } else {
             Standalone::Pooled(pool.acquire().await?)
         })

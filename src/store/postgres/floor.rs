@@ -33,6 +33,7 @@ use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Mutex;
 
 use super::relay_ops::CLAIM_BEGIN_JOINS;
+use super::begin;
 use super::PgOutbox;
 use crate::error::{error_chain, Result};
 
@@ -106,7 +107,7 @@ impl PgOutbox {
     /// transaction, which then stops at the message it found.
     async fn try_advance_floor(&self, repair_due: bool) -> Result<()> {
         let sql = &self.inner.sql;
-        let mut tx = self.relay_pool().begin_with(CLAIM_BEGIN_JOINS).await?;
+        let mut tx = begin(self.relay_pool(), Some(CLAIM_BEGIN_JOINS)).await?;
         // In this order, in two statements: the id must be newer than the
         // position (floor_xid.sql).
         let seq: Option<i64> = sqlx::query_scalar(&sql.floor_mark)

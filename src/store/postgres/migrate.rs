@@ -7,7 +7,7 @@ use sqlx::postgres::PgPool;
 use sqlx::Executor;
 
 use super::locks::fnv1a32;
-use super::{PgOutbox, Statements};
+use super::{begin, PgOutbox, Statements};
 use crate::error::{Error, Result};
 use crate::store::{check_schema_current, MigrationSet};
 
@@ -90,7 +90,7 @@ pub(crate) async fn apply(
 
 async fn apply_once(pool: &PgPool, statements: Statements, set: &MigrationSet<'_>) -> Result<()> {
     let named = statements.named();
-    let mut tx = pool.begin().await?;
+    let mut tx = begin(pool, None).await?;
     sqlx::query(&set.bookkeeping(LOCK))
         .persistent(named)
         .bind(fnv1a32(set.table.as_bytes()))

@@ -42,7 +42,7 @@ use std::sync::Arc;
 use sqlx::postgres::{PgConnectOptions, PgPool};
 
 pub use self::builder::PgOutboxBuilder;
-pub(crate) use self::connection::{Alone, Standalone, Statements};
+pub(crate) use self::connection::{begin, Alone, Standalone, Statements};
 pub(crate) use self::decode::column;
 pub(crate) use self::locks::change_lock_class;
 pub(crate) use self::migrate::apply as apply_migrations;

@@ -13,7 +13,7 @@ use uuid::Uuid;
 
 use super::claims::InFlight;
 use super::decode::{claimed_batch, leases_from_rows, stats_from_row};
-use super::PgOutbox;
+use super::{begin, PgOutbox};
 use crate::error::Result;
 use crate::store::sealed::StoreOps;
 use crate::store::{
@@ -146,7 +146,7 @@ impl StoreOps for PgOutbox {
         // probes by index through a nested loop: it runs first, and the
         // join settings follow it.
         let mut tx = if self.inner.sweep.due() {
-            let mut tx = self.relay_pool().begin_with(CLAIM_BEGIN).await?;
+            let mut tx = begin(self.relay_pool(), Some(CLAIM_BEGIN)).await?;
             sqlx::query(&self.inner.sql.sweep_gone_blocks)
                 .persistent(self.named())
                 .execute(&mut *tx)
@@ -155,9 +155,9 @@ impl StoreOps for PgOutbox {
             sqlx::Executor::execute(&mut *tx, settings).await?;
             tx
         } else if joins {
-            self.relay_pool().begin_with(CLAIM_BEGIN_JOINS).await?
+            begin(self.relay_pool(), Some(CLAIM_BEGIN_JOINS)).await?
         } else {
-            self.relay_pool().begin_with(CLAIM_BEGIN_SCANS).await?
+            begin(self.relay_pool(), Some(CLAIM_BEGIN_SCANS)).await?
         };
         let rows = q.persistent(self.named()).fetch_all(&mut *tx).await?;
         tx.commit().await?;
@@ -188,7 +188,7 @@ impl StoreOps for PgOutbox {
                 .pop()
                 .ok_or(crate::Error::Database(sqlx::Error::RowNotFound))?;
             if due {
-                let mut tx = self.relay_pool().begin_with(PARK_BEGIN).await?;
+                let mut tx = begin(self.relay_pool(), Some(PARK_BEGIN)).await?;
                 sqlx::query(&self.inner.sql.wake_sleeping)
                     .persistent(self.named())
                     .bind(wake_by)
@@ -197,7 +197,7 @@ impl StoreOps for PgOutbox {
                 tx.commit().await?;
             }
             if parked {
-                let mut tx = self.relay_pool().begin_with(PARK_BEGIN).await?;
+                let mut tx = begin(self.relay_pool(), Some(PARK_BEGIN)).await?;
                 sqlx::query(&self.inner.sql.unpark_lifted)
                     .persistent(self.named())
                     .execute(&mut *tx)
@@ -210,7 +210,7 @@ impl StoreOps for PgOutbox {
                 return Ok(0);
             }
         }
-        let mut tx = self.relay_pool().begin_with(PARK_BEGIN).await?;
+        let mut tx = begin(self.relay_pool(), Some(PARK_BEGIN)).await?;
         let parked = sqlx::query(&self.inner.sql.park)
             .persistent(self.named())
             .bind(p.limit)

@@ -1,11 +1,12 @@
 //! Tests of what the conformance suite cannot reach through the public
-//! API: claims around positions in flight, read by range.
+//! API: claims around positions in flight, read by range, and
+//! transactions begun by a caller that went away.
 
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{ConnectOptions, Connection, Executor};
 use uuid::Uuid;
 
-use super::PgOutbox;
+use super::{begin, PgOutbox};
 use crate::store::sealed::StoreOps;
 use crate::store::Claim;
 use crate::NewMessage;
@@ -209,5 +210,36 @@ async fn claims_around_positions_in_flight_keep_every_test() {
     );
     let (got, _) = claim_some(&o, &in_flight, 100, Some(&buckets), 1 << 20).await;
     assert_eq!(got, theirs);
+    drop_database(o, &db).await;
+}
+
+/// A caller dropped while its `BEGIN` is on the way leaves no transaction
+/// open on the pool's connection: a statement run on it next, outside any
+/// transaction, commits. (Through sqlx's own `begin_with`, the connection
+/// goes back to the pool inside the transaction, and the insert is never
+/// seen from another connection.)
+#[tokio::test]
+async fn a_begin_dropped_on_the_way_leaves_no_transaction_open() {
+    let (o, db) = fresh_outbox().await;
+    let one = PgPoolOptions::new()
+        .max_connections(1)
+        .connect_with(admin_options().database(&db))
+        .await
+        .unwrap();
+    one.execute("CREATE TABLE t (n int)").await.unwrap();
+    // A BEGIN the server answers after 300 ms, dropped after 50.
+    let begun = begin(&one, Some("BEGIN; SELECT pg_sleep(0.3)"));
+    let dropped = tokio::time::timeout(std::time::Duration::from_millis(50), begun).await;
+    assert!(dropped.is_err(), "the begin was to be dropped on the way");
+    sqlx::query("INSERT INTO t VALUES (1)")
+        .execute(&one)
+        .await
+        .unwrap();
+    let seen: i64 = sqlx::query_scalar("SELECT count(*) FROM t")
+        .fetch_one(o.pool())
+        .await
+        .unwrap();
+    assert_eq!(seen, 1, "the insert ran inside a transaction left open");
+    one.close().await;
     drop_database(o, &db).await;
 }
