@@ -32,7 +32,7 @@ use super::{coalesce, decode_log, json_text, ChangePage, Cursor, CursorState};
 use crate::change::Change;
 use crate::error::{Error, Result};
 use crate::store::mysql::decode::text;
-use crate::store::mysql::{begin, execute_read_committed, key_slot, read_committed, with_list};
+use crate::store::mysql::{begin_read_committed, execute_read_committed, key_slot, with_list};
 use crate::MySqlOutbox;
 
 /// Changes stamped per sequencer transaction.
@@ -185,9 +185,8 @@ impl MySqlOutbox {
         let stamp = names
             .render("UPDATE {changes} SET stamp = ? + seq WHERE seq IN ({list}) AND stamp IS NULL");
         let advance = names.render("UPDATE {sequencer} SET last_stamp = ? WHERE id = 1");
-        let mut conn = read_committed(self.pool()).await?;
         loop {
-            let mut tx = begin(&mut conn).await?;
+            let mut tx = begin_read_committed(self.pool()).await?;
             let last: i64 = sqlx::query_scalar(&lock).fetch_one(&mut *tx).await?;
             // A plain read at READ COMMITTED: committed changes only.
             let seqs: Vec<i64> = sqlx::query_scalar(&unstamped)
@@ -214,8 +213,6 @@ impl MySqlOutbox {
             if (seqs.len() as i64) < STAMP_BATCH {
                 return Ok(());
             }
-            conn.execute("SET TRANSACTION ISOLATION LEVEL READ COMMITTED")
-                .await?;
         }
     }
 

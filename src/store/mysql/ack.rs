@@ -10,7 +10,7 @@ use sqlx::Row;
 
 use super::decode::{json, json_time};
 use super::statements::{with_list, with_pairs};
-use super::{begin, read_committed, MySqlOutbox};
+use super::{begin_read_committed, MySqlOutbox};
 use crate::error::{Error, Result};
 use crate::store::{sleep_horizon, AckBatch, AckPlan, AckReport};
 
@@ -39,8 +39,7 @@ async fn ack_once(outbox: &MySqlOutbox, p: AckBatch<'_>) -> Result<AckReport> {
     }
     let (relay, acks, retain, now) = (p.relay, p.acks, p.retain, p.now);
     let sql = &outbox.inner.sql;
-    let mut conn = read_committed(&outbox.inner.pool).await?;
-    let mut tx = begin(&mut conn).await?;
+    let mut tx = begin_read_committed(&outbox.inner.pool).await?;
     // The fence: the relay's leases, locked in share mode until the
     // commit, so none changes hands before then; a bucket counts only
     // with the epoch the relay holds.

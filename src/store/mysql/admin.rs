@@ -9,7 +9,7 @@ use sqlx::Row;
 
 use super::decode::{message_from_row, req_text, text, uuid_from_bytes, whole_message_from_row};
 use super::statements::{with_list, with_pairs};
-use super::{begin, execute_read_committed, read_committed, MySqlOutbox};
+use super::{begin_read_committed, execute_read_committed, MySqlOutbox};
 use crate::error::Result;
 use crate::message::{MessageId, OutboxMessage};
 use crate::store::admin::{admin_api, AdminOps};
@@ -37,8 +37,7 @@ impl AdminOps for MySqlOutbox {
 
     async fn replay_matching(&self, filter: &DeadLetterFilter) -> Result<ReplayReport> {
         let sql = &self.inner.sql;
-        let mut conn = read_committed(&self.inner.pool).await?;
-        let mut tx = begin(&mut conn).await?;
+        let mut tx = begin_read_committed(&self.inner.pool).await?;
         let rows: Vec<(i64, Vec<u8>)> = bind_filter(sqlx::query_as(&sql.replay_candidates), filter)
             .fetch_all(&mut *tx)
             .await?;
@@ -89,8 +88,7 @@ impl AdminOps for MySqlOutbox {
 
     async fn delete_dead_letter(&self, id: MessageId) -> Result<bool> {
         let sql = &self.inner.sql;
-        let mut conn = read_committed(&self.inner.pool).await?;
-        let mut tx = begin(&mut conn).await?;
+        let mut tx = begin_read_committed(&self.inner.pool).await?;
         let gone: Option<(Option<Vec<u8>>, i64)> = sqlx::query_as(&sql.discard_candidate)
             .bind(id.as_uuid().as_bytes().to_vec())
             .fetch_optional(&mut *tx)

@@ -8,7 +8,7 @@ use uuid::Uuid;
 
 use super::decode::leases_from_rows;
 use super::statements::{with_list, with_pairs};
-use super::{begin, execute_read_committed, read_committed, MySqlOutbox};
+use super::{begin_read_committed, execute_read_committed, MySqlOutbox};
 use crate::error::Result;
 use crate::store::{Acquire, Heartbeat, Lease, Release, Renew};
 
@@ -56,8 +56,7 @@ pub(super) async fn renew(outbox: &MySqlOutbox, p: Renew<'_>) -> Result<Vec<Leas
     }
     let relay = relay.as_bytes().to_vec();
     let sql = &outbox.inner.sql;
-    let mut conn = read_committed(&outbox.inner.pool).await?;
-    let mut tx = begin(&mut conn).await?;
+    let mut tx = begin_read_committed(&outbox.inner.pool).await?;
     let text = with_pairs(&sql.renew, leases.len());
     let mut q = sqlx::query(&text).bind(micros(ttl));
     for l in leases {
@@ -80,8 +79,7 @@ pub(super) async fn acquire(outbox: &MySqlOutbox, p: Acquire) -> Result<Vec<Leas
         return Ok(Vec::new());
     }
     let sql = &outbox.inner.sql;
-    let mut conn = read_committed(&outbox.inner.pool).await?;
-    let mut tx = begin(&mut conn).await?;
+    let mut tx = begin_read_committed(&outbox.inner.pool).await?;
     let free: Vec<i32> = sqlx::query_scalar(&sql.acquire_free)
         .bind(i64::try_from(max).unwrap_or(i64::MAX))
         .fetch_all(&mut *tx)

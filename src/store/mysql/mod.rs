@@ -54,7 +54,7 @@ use std::sync::{Arc, OnceLock};
 
 use sqlx::mysql::{MySql, MySqlArguments, MySqlConnection, MySqlPool, MySqlQueryResult};
 use sqlx::pool::PoolConnection;
-use sqlx::{Connection, Executor, Transaction};
+use sqlx::{Executor, Transaction};
 use tokio::sync::Notify;
 
 pub use self::builder::MySqlOutboxBuilder;
@@ -189,8 +189,32 @@ pub(crate) async fn execute_read_committed(
     }
 }
 
-/// Begins the `READ COMMITTED` transaction on a connection from
-/// [`read_committed`].
-pub(crate) async fn begin(conn: &mut PoolConnection<MySql>) -> Result<Transaction<'_, MySql>> {
-    Ok(Connection::begin(&mut **conn).await?)
+/// Begins a `READ COMMITTED` transaction on a connection of `pool`, in a
+/// task of its own that runs to the end even if the caller is dropped
+/// meanwhile (a relay stopping aborts its passes and abandons its last
+/// calls).
+///
+/// sqlx 0.8 does not roll back a `BEGIN` whose future is dropped before
+/// the server answers, and returns the connection to the pool inside that
+/// transaction: every later statement on it, the next borrower's too,
+/// would run inside it, hold its locks and never commit. Here a
+/// transaction nobody waits for any more is dropped in the task once
+/// begun, which rolls it back.
+pub(crate) async fn begin_read_committed(pool: &MySqlPool) -> Result<Transaction<'static, MySql>> {
+    begin_detached(
+        pool,
+        "SET TRANSACTION ISOLATION LEVEL READ COMMITTED; START TRANSACTION",
+    )
+    .await
+}
+
+/// Begins a transaction on a connection of `pool` with `statement`, in a
+/// task of its own ([`begin_read_committed`] says why).
+async fn begin_detached(
+    pool: &MySqlPool,
+    statement: &'static str,
+) -> Result<Transaction<'static, MySql>> {
+    let pool = pool.clone();
+    let begun = tokio::spawn(async move { pool.begin_with(statement).await });
+    Ok(begun.await.map_err(crate::Error::RelayTask)??)
 }

@@ -1,12 +1,12 @@
 //! Tests of what only this backend has: every statement prepared by the
-//! server, against migrated tables (the scenarios of the conformance
-//! suite run the rest).
+//! server, against migrated tables, and transactions begun by a caller
+//! that went away (the scenarios of the conformance suite run the rest).
 
 use sqlx::mysql::MySqlPoolOptions;
 use sqlx::Executor;
 use uuid::Uuid;
 
-use super::MySqlOutbox;
+use super::{begin_detached, MySqlOutbox};
 use crate::store::sealed::StoreOps;
 use crate::store::{Ack, AckBatch, Acquire, Claim, Disposition};
 use crate::NewMessage;
@@ -171,4 +171,35 @@ async fn every_statement_is_accepted_by_the_server() {
     }
     drop_database(&admin, o, &db).await;
     assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+}
+
+/// A caller dropped while its `BEGIN` is on the way leaves no transaction
+/// open on the pool's connection: a statement run on it next, outside any
+/// transaction, commits. (Through sqlx's own `begin_with`, the connection
+/// goes back to the pool inside the transaction, and the insert is never
+/// seen from another connection.)
+#[tokio::test]
+async fn a_begin_dropped_on_the_way_leaves_no_transaction_open() {
+    let (admin, o, db) = fresh_outbox().await;
+    let one = MySqlPoolOptions::new()
+        .max_connections(1)
+        .connect_with(o.pool().connect_options().as_ref().clone())
+        .await
+        .unwrap();
+    one.execute("CREATE TABLE t (n INT)").await.unwrap();
+    // A BEGIN the server answers after 300 ms, dropped after 50.
+    let begun = begin_detached(&one, "START TRANSACTION; DO SLEEP(0.3)");
+    let dropped = tokio::time::timeout(std::time::Duration::from_millis(50), begun).await;
+    assert!(dropped.is_err(), "the begin was to be dropped on the way");
+    sqlx::query("INSERT INTO t VALUES (1)")
+        .execute(&one)
+        .await
+        .unwrap();
+    let seen: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM t")
+        .fetch_one(o.pool())
+        .await
+        .unwrap();
+    assert_eq!(seen, 1, "the insert ran inside a transaction left open");
+    one.close().await;
+    drop_database(&admin, o, &db).await;
 }
