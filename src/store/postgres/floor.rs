@@ -32,8 +32,8 @@
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Mutex;
 
-use super::relay_ops::CLAIM_BEGIN_JOINS;
 use super::begin;
+use super::relay_ops::CLAIM_BEGIN_JOINS;
 use super::PgOutbox;
 use crate::error::{error_chain, Result};
 
