@@ -298,7 +298,8 @@ async fn messages_back_below_the_mark_are_published() {
             .collect::<Vec<_>>()
     };
     assert!(seen("dead").is_empty(), "{:?}", seen("dead"));
-    assert_eq!(seen("a").len(), 20);
+    // The mark may stop at the first of them while the rest still go out.
+    eventually("the 20 of key a published", || seen("a").len() == 20).await;
 
     // Woken below the mark, the sleeper goes.
     eventually("the sleeper published", || seen("sleepy") == vec![0]).await;

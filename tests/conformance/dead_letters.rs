@@ -637,6 +637,12 @@ pub async fn a_replayed_older_message_lifts_only_its_own_block<B: Backend>() {
         published_on(&published, "k").contains(&older)
     })
     .await;
+    // Its acknowledgement lifts the block its failure put on the key; only
+    // the last message, behind the newer dead letter, stays pending.
+    wait_for("the older message acknowledged", TIMEOUT, || async {
+        outbox.pending().await == 1
+    })
+    .await;
     tokio::time::sleep(SETTLE).await;
     assert_eq!(
         published_on(&published, "k"),
