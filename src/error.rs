@@ -106,8 +106,10 @@ pub enum Error {
     /// dead letters.
     #[error("dead letter {0} cannot be replayed while a message with its id is pending")]
     DeadLetterIdPending(MessageId),
-    /// The relay task ended abnormally (it panicked or was aborted).
-    #[error("relay task ended abnormally")]
+    /// A task of the crate's own ended abnormally (it panicked, or was
+    /// aborted as a runtime shut down): the relay's, or one that began a
+    /// transaction for the crate.
+    #[error("a task of the outbox ended abnormally")]
     RelayTask(#[source] tokio::task::JoinError),
     /// A network operation of the crate's own failed: the console could
     /// not read its address or serve.

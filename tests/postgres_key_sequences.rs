@@ -136,6 +136,7 @@ async fn numbers_continue_from_the_log_before_it_is_folded_and_a_fold_never_lowe
     })
     .await;
     relay.shutdown().await.unwrap();
+    assert_eq!(publisher.messages().len(), 1, "j published once");
     assert_eq!(publisher.messages()[0].key_sequence(), Some(5));
     assert_eq!(stored(&db, "k").await, Some(7));
     assert_eq!(stored(&db, "j").await, Some(5));
