@@ -6,6 +6,8 @@
 
 #[cfg(any(feature = "postgres", feature = "sqlite", feature = "mysql"))]
 pub(crate) mod admin;
+#[cfg(any(feature = "postgres", feature = "mysql"))]
+pub(crate) mod begin;
 pub(crate) mod dead_letters;
 #[cfg(any(feature = "postgres", feature = "mysql"))]
 pub(crate) mod deadlock;

@@ -57,6 +57,8 @@ use sqlx::pool::PoolConnection;
 use sqlx::{Executor, Transaction};
 use tokio::sync::Notify;
 
+use crate::store::begin::begin_detached;
+
 pub use self::builder::MySqlOutboxBuilder;
 pub(crate) use self::migrate::apply as apply_migrations;
 pub(crate) use self::migrate::Flavor;
@@ -189,32 +191,13 @@ pub(crate) async fn execute_read_committed(
     }
 }
 
-/// Begins a `READ COMMITTED` transaction on a connection of `pool`, in a
-/// task of its own that runs to the end even if the caller is dropped
-/// meanwhile (a relay stopping aborts its passes and abandons its last
-/// calls).
-///
-/// sqlx 0.8 does not roll back a `BEGIN` whose future is dropped before
-/// the server answers, and returns the connection to the pool inside that
-/// transaction: every later statement on it, the next borrower's too,
-/// would run inside it, hold its locks and never commit. Here a
-/// transaction nobody waits for any more is dropped in the task once
-/// begun, which rolls it back.
+/// Begins a `READ COMMITTED` transaction on a connection of `pool`; a
+/// caller dropped meanwhile leaves no transaction open on the connection
+/// ([`crate::store::begin`]).
 pub(crate) async fn begin_read_committed(pool: &MySqlPool) -> Result<Transaction<'static, MySql>> {
     begin_detached(
         pool,
-        "SET TRANSACTION ISOLATION LEVEL READ COMMITTED; START TRANSACTION",
+        Some("SET TRANSACTION ISOLATION LEVEL READ COMMITTED; START TRANSACTION"),
     )
     .await
-}
-
-/// Begins a transaction on a connection of `pool` with `statement`, in a
-/// task of its own ([`begin_read_committed`] says why).
-async fn begin_detached(
-    pool: &MySqlPool,
-    statement: &'static str,
-) -> Result<Transaction<'static, MySql>> {
-    let pool = pool.clone();
-    let begun = tokio::spawn(async move { pool.begin_with(statement).await });
-    Ok(begun.await.map_err(crate::Error::RelayTask)??)
 }

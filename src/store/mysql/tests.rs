@@ -188,7 +188,7 @@ async fn a_begin_dropped_on_the_way_leaves_no_transaction_open() {
         .unwrap();
     one.execute("CREATE TABLE t (n INT)").await.unwrap();
     // A BEGIN the server answers after 300 ms, dropped after 50.
-    let begun = begin_detached(&one, "START TRANSACTION; DO SLEEP(0.3)");
+    let begun = begin_detached(&one, Some("START TRANSACTION; DO SLEEP(0.3)"));
     let dropped = tokio::time::timeout(std::time::Duration::from_millis(50), begun).await;
     assert!(dropped.is_err(), "the begin was to be dropped on the way");
     sqlx::query("INSERT INTO t VALUES (1)")

@@ -22,28 +22,13 @@ use sqlx::{FromRow, Transaction};
 use crate::error::Result;
 
 /// Begins a transaction on a connection of `pool`, with `statement` in
-/// place of a bare `BEGIN`, in a task of its own that runs to the end even
-/// if the caller is dropped meanwhile (a relay stopping aborts its passes
-/// and abandons its last calls).
-///
-/// sqlx 0.8 does not roll back a `BEGIN` whose future is dropped before
-/// the server answers, and returns the connection to the pool inside that
-/// transaction: every later statement on it, the next borrower's too
-/// (an acknowledgement, a producer's own), would run inside it, hold its
-/// locks and never commit. Here a transaction nobody waits for any more
-/// is dropped in the task once begun, which rolls it back.
+/// place of a bare `BEGIN`; a caller dropped meanwhile leaves no
+/// transaction open on the connection ([`crate::store::begin`]).
 pub(crate) async fn begin(
     pool: &PgPool,
     statement: Option<&'static str>,
 ) -> Result<Transaction<'static, Postgres>> {
-    let pool = pool.clone();
-    let begun = tokio::spawn(async move {
-        match statement {
-            Some(s) => pool.begin_with(s).await,
-            None => pool.begin().await,
-        }
-    });
-    Ok(begun.await.map_err(crate::Error::RelayTask)??)
+    crate::store::begin::begin_detached(pool, statement).await
 }
 
 /// Settings that decide how statements are sent.
