@@ -161,32 +161,59 @@ impl MySqlOutbox {
     }
 }
 
-/// A pooled connection whose next transaction runs at `READ COMMITTED`,
-/// as every transaction of the relay does: no gap locks, and each
-/// statement sees what is committed when it starts.
-pub(crate) async fn read_committed(pool: &MySqlPool) -> Result<PoolConnection<MySql>> {
-    let mut conn = pool.acquire().await?;
-    conn.execute("SET TRANSACTION ISOLATION LEVEL READ COMMITTED")
-        .await?;
-    Ok(conn)
-}
-
 /// Runs one statement that writes in a `READ COMMITTED` transaction of its
 /// own, on a connection of `pool`: the pool's default isolation may be
 /// `REPEATABLE READ`, whose gap locks would hold producers' inserts.
+///
+/// `SET TRANSACTION` covers the connection's next transaction, so the
+/// connection goes back to the pool only once the statement has run: if
+/// the statement fails (refused at `PREPARE`, before it ran), or the
+/// caller is dropped between the two calls, the connection is closed
+/// instead, and no other user of the pool inherits the isolation level.
 pub(crate) async fn execute_read_committed(
     pool: &MySqlPool,
     query: sqlx::query::Query<'_, MySql, MySqlArguments>,
 ) -> Result<MySqlQueryResult> {
-    let mut conn = read_committed(pool).await?;
-    match query.execute(&mut *conn).await {
-        Ok(done) => Ok(done),
-        Err(e) => {
-            // A statement refused before it ran (at PREPARE) leaves the
-            // isolation level set for the next transaction: that could be
-            // another user's of the pool. Close the connection instead.
+    execute_after(
+        pool,
+        "SET TRANSACTION ISOLATION LEVEL READ COMMITTED",
+        query,
+    )
+    .await
+}
+
+/// Runs `set`, then `query`, on one connection of `pool`, which goes back
+/// to the pool only if both ran (see [`execute_read_committed`]).
+async fn execute_after(
+    pool: &MySqlPool,
+    set: &'static str,
+    query: sqlx::query::Query<'_, MySql, MySqlArguments>,
+) -> Result<MySqlQueryResult> {
+    let mut conn = CloseUnlessDone(Some(pool.acquire().await?));
+    let c = conn.0.as_mut().expect("held until done");
+    c.execute(set).await?;
+    let done = query.execute(&mut **c).await?;
+    conn.done();
+    Ok(done)
+}
+
+/// A pooled connection that is closed when dropped, unless [`done`] hands
+/// it back to the pool first.
+///
+/// [`done`]: CloseUnlessDone::done
+struct CloseUnlessDone(Option<PoolConnection<MySql>>);
+
+impl CloseUnlessDone {
+    /// Returns the connection to the pool.
+    fn done(mut self) {
+        drop(self.0.take());
+    }
+}
+
+impl Drop for CloseUnlessDone {
+    fn drop(&mut self) {
+        if let Some(conn) = self.0.as_mut() {
             conn.close_on_drop();
-            Err(e.into())
         }
     }
 }

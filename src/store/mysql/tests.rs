@@ -6,7 +6,7 @@ use sqlx::mysql::MySqlPoolOptions;
 use sqlx::Executor;
 use uuid::Uuid;
 
-use super::{begin_detached, MySqlOutbox};
+use super::{begin_detached, execute_after, MySqlOutbox};
 use crate::store::sealed::StoreOps;
 use crate::store::{Ack, AckBatch, Acquire, Claim, Disposition};
 use crate::NewMessage;
@@ -200,6 +200,55 @@ async fn a_begin_dropped_on_the_way_leaves_no_transaction_open() {
         .await
         .unwrap();
     assert_eq!(seen, 1, "the insert ran inside a transaction left open");
+    one.close().await;
+    drop_database(&admin, o, &db).await;
+}
+
+#[tokio::test]
+async fn a_statement_dropped_on_the_way_leaves_no_isolation_level_behind() {
+    let (admin, o, db) = fresh_outbox().await;
+    let one = MySqlPoolOptions::new()
+        .max_connections(1)
+        .connect_with(o.pool().connect_options().as_ref().clone())
+        .await
+        .unwrap();
+    one.execute("CREATE TABLE t (n INT)").await.unwrap();
+    // The isolation level of the next transaction is set after 300 ms; the
+    // caller is gone after 50, before its statement could use it.
+    let run = execute_after(
+        &one,
+        "DO SLEEP(0.3); SET TRANSACTION ISOLATION LEVEL READ COMMITTED",
+        sqlx::query("INSERT INTO t VALUES (1)"),
+    );
+    let dropped = tokio::time::timeout(std::time::Duration::from_millis(50), run).await;
+    assert!(
+        dropped.is_err(),
+        "the statement was to be dropped on the way"
+    );
+    // The pool's next transaction runs at the pool's own level.
+    let mut tx = one.begin().await.unwrap();
+    let thread: u64 = sqlx::query_scalar("SELECT CONNECTION_ID()")
+        .fetch_one(&mut *tx)
+        .await
+        .unwrap();
+    sqlx::query("INSERT INTO t VALUES (2)")
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    let level: String = sqlx::query_scalar(
+        "SELECT trx_isolation_level FROM information_schema.innodb_trx \
+         WHERE trx_mysql_thread_id = ?",
+    )
+    .bind(thread)
+    .fetch_one(o.pool())
+    .await
+    .unwrap();
+    // The pools here run at the servers' default, REPEATABLE READ.
+    assert_ne!(
+        level, "READ COMMITTED",
+        "the transaction inherited the level set for a statement that never ran"
+    );
+    tx.rollback().await.unwrap();
     one.close().await;
     drop_database(&admin, o, &db).await;
 }
