@@ -173,6 +173,18 @@ async fn every_statement_is_accepted_by_the_server() {
     assert!(failures.is_empty(), "{}", failures.join("\n\n"));
 }
 
+/// A pool of a single connection to `o`'s database, where an empty table
+/// `t (n INT)` is made.
+async fn one_connection_and_table(o: &MySqlOutbox) -> sqlx::MySqlPool {
+    let one = MySqlPoolOptions::new()
+        .max_connections(1)
+        .connect_with(o.pool().connect_options().as_ref().clone())
+        .await
+        .unwrap();
+    one.execute("CREATE TABLE t (n INT)").await.unwrap();
+    one
+}
+
 /// A caller dropped while its `BEGIN` is on the way leaves no transaction
 /// open on the pool's connection: a statement run on it next, outside any
 /// transaction, commits. (Through sqlx's own `begin_with`, the connection
@@ -181,12 +193,7 @@ async fn every_statement_is_accepted_by_the_server() {
 #[tokio::test]
 async fn a_begin_dropped_on_the_way_leaves_no_transaction_open() {
     let (admin, o, db) = fresh_outbox().await;
-    let one = MySqlPoolOptions::new()
-        .max_connections(1)
-        .connect_with(o.pool().connect_options().as_ref().clone())
-        .await
-        .unwrap();
-    one.execute("CREATE TABLE t (n INT)").await.unwrap();
+    let one = one_connection_and_table(&o).await;
     // A BEGIN the server answers after 300 ms, dropped after 50.
     let begun = begin_detached(&one, Some("START TRANSACTION; DO SLEEP(0.3)"));
     let dropped = tokio::time::timeout(std::time::Duration::from_millis(50), begun).await;
@@ -204,15 +211,14 @@ async fn a_begin_dropped_on_the_way_leaves_no_transaction_open() {
     drop_database(&admin, o, &db).await;
 }
 
+/// A caller dropped between `SET TRANSACTION` and its statement leaves no
+/// isolation level behind for the pool's next transaction: the connection
+/// is closed rather than handed back. (Handed back, the next transaction
+/// runs at `READ COMMITTED`.)
 #[tokio::test]
 async fn a_statement_dropped_on_the_way_leaves_no_isolation_level_behind() {
     let (admin, o, db) = fresh_outbox().await;
-    let one = MySqlPoolOptions::new()
-        .max_connections(1)
-        .connect_with(o.pool().connect_options().as_ref().clone())
-        .await
-        .unwrap();
-    one.execute("CREATE TABLE t (n INT)").await.unwrap();
+    let one = one_connection_and_table(&o).await;
     // The isolation level of the next transaction is set after 300 ms; the
     // caller is gone after 50, before its statement could use it.
     let run = execute_after(
