@@ -197,3 +197,30 @@ async fn a_numbering_relay_keeps_the_log_short() {
     .unwrap();
     assert_eq!(last, 100);
 }
+
+/// A log row whose arrays do not pair up (written by hand, or damaged)
+/// does not stop the folds: its pairs of a key and a number are folded,
+/// the rest dropped, and the rows beside it are folded too.
+#[tokio::test]
+async fn a_log_row_that_does_not_pair_up_does_not_stop_the_folds() {
+    let db = TestDb::new().await;
+    let outbox = PgOutbox::new(db.pool.clone());
+    outbox.migrate().await.unwrap();
+    sqlx::query(
+        "INSERT INTO outbox.key_sequence_log (keys, numbers) VALUES \
+         ('{k,j}', '{5}'), ('{NULL,m}', '{1,2}'), ('{n}', '{NULL}'), ('{k}', '{6}')",
+    )
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    let (relay, _) = numbering_relay(&outbox);
+    wait_for("the log folded", TIMEOUT, || async {
+        log_rows(&db).await == 0
+    })
+    .await;
+    relay.shutdown().await.unwrap();
+    assert_eq!(stored(&db, "k").await, Some(6));
+    assert_eq!(stored(&db, "m").await, Some(2));
+    assert_eq!(stored(&db, "j").await, None, "j came without a number");
+    assert_eq!(stored(&db, "n").await, None, "n came with a NULL number");
+}
