@@ -224,3 +224,25 @@ async fn a_log_row_that_does_not_pair_up_does_not_stop_the_folds() {
     assert_eq!(stored(&db, "j").await, None, "j came without a number");
     assert_eq!(stored(&db, "n").await, None, "n came with a NULL number");
 }
+
+/// A key whose only entry in the log has no number is numbered from 1
+/// while that row waits for a fold (a transaction holds `key_sequences`
+/// in SHARE mode, so no fold can run): the read takes no number from it.
+#[tokio::test]
+async fn a_log_entry_without_a_number_does_not_stop_its_key_being_numbered() {
+    let db = TestDb::new().await;
+    let outbox = PgOutbox::new(db.pool.clone());
+    outbox.migrate().await.unwrap();
+    sqlx::query("INSERT INTO outbox.key_sequence_log (keys, numbers) VALUES ('{q}', '{NULL}')")
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    let mut holder = db.pool.begin().await.unwrap();
+    sqlx::query("LOCK TABLE outbox.key_sequences IN SHARE MODE")
+        .execute(&mut *holder)
+        .await
+        .unwrap();
+    let got = numbered(&db, &outbox, vec![msg("q", 1)]).await;
+    assert_eq!(got, [Some(1)]);
+    holder.rollback().await.unwrap();
+}

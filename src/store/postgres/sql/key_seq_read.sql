@@ -2,7 +2,8 @@
 -- that has one: the greater of its row of key_sequences and its entries in
 -- the log not folded yet. The log is joined by hash on the keys asked
 -- for, so a read costs one pass over the log's few rows, whatever the
--- number of keys.
+-- number of keys. A log entry without a number (a row whose arrays do
+-- not pair up, which key_seq_fold.sql folds the same way) counts for none.
 --
 -- $1 keys (text[]).
 SELECT k, max(n)
@@ -14,5 +15,6 @@ FROM (
     FROM {key_sequence_log} l
     CROSS JOIN LATERAL unnest(l.keys, l.numbers) u(k, n)
     JOIN unnest($1::text[]) w(k) ON w.k = u.k
+    WHERE u.n IS NOT NULL
 ) s(k, n)
 GROUP BY k
