@@ -265,7 +265,12 @@ impl RelayBuilder {
         /// How often gauges (pending, oldest age, dead tuples) are refreshed and
         /// retained messages purged (default 10 s). Of several relays on one
         /// outbox, the one holding bucket 0 does it; the others' gauges read 0,
-        /// so the sum or the largest across processes is the outbox's.
+        /// so the sum or the largest across processes is the outbox's. The
+        /// statistics queries count the whole messages table: where they
+        /// take longer than a tenth of the interval twice in a row (a
+        /// backlog of tens of millions), the next pass waits ten times as
+        /// long as they took, so counting takes at most that share of the
+        /// time.
         pub fn stats_interval(d: Duration) => config.stats_interval = d;
 
         /// Whether to number each key's messages 1, 2, 3, ... (default off; see

@@ -404,6 +404,33 @@ async fn a_slow_parking_pass_holds_up_nothing_but_the_next_one() {
     drop(done);
 }
 
+/// Statistics queries that take a second (a table of tens of millions to
+/// count) run at most about a tenth of the time, not back to back at the
+/// stats interval; quick ones keep the interval.
+#[tokio::test(start_paused = true)]
+async fn slow_statistics_queries_stretch_the_stats_interval() {
+    for (delay, expect) in [
+        (Duration::from_secs(1), 4..=8),
+        (Duration::from_millis(20), 30..=70),
+    ] {
+        let store = MemoryStore::new(1);
+        store.set_stats_delay(delay);
+        let journal = Journal::new(&store);
+        let (relay, _gate, _) = spawn(&store, &journal, |b| {
+            b.stats_interval(Duration::from_secs(1))
+        });
+        until("a first stats pass", LIMIT, || store.stats_reads() > 0).await;
+        let first = store.stats_reads();
+        tokio::time::sleep(Duration::from_secs(60)).await;
+        let passes = store.stats_reads() - first;
+        assert!(
+            expect.contains(&passes),
+            "{passes} stats passes in 60 s with queries taking {delay:?}"
+        );
+        relay.shutdown().await.unwrap();
+    }
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_table_nothing_vacuums_is_vacuumed_by_the_relay_unless_told_not_to() {
     for (allowed, expect) in [(true, true), (false, false)] {

@@ -44,6 +44,9 @@ pub(super) struct Worker {
     /// a round that found the batch short, at once after a full one.
     poll_due: Instant,
     pub(super) next_stats: Instant,
+    /// How long the last stats pass's queries took (see
+    /// [`STATS_SHARE`](super::maintenance::STATS_SHARE)).
+    pub(super) last_counting: Option<Duration>,
     /// When the next parking of messages behind blocked keys is due.
     pub(super) next_park: Instant,
     pub(super) next_retry: Option<Instant>,
@@ -138,6 +141,7 @@ impl Worker {
             keeps_books: false,
             poll_due: now,
             next_stats: now,
+            last_counting: None,
             next_park: now,
             next_retry: None,
             listener: None,

@@ -147,6 +147,7 @@ struct State {
     fold_delay: Duration,
     /// How long each parking call takes.
     park_delay: Duration,
+    stats_delay: Duration,
     ack_delay: Duration,
     /// How many of the next acknowledgements fail without applying.
     failing_acks: usize,
@@ -453,6 +454,12 @@ impl MemoryStore {
     /// Makes each fold of key numbers take `delay`.
     pub(crate) fn set_fold_delay(&self, delay: Duration) {
         self.state().fold_delay = delay;
+    }
+
+    /// Makes each statistics read take `delay` (a table of tens of
+    /// millions of messages to count).
+    pub(crate) fn set_stats_delay(&self, delay: Duration) {
+        self.state().stats_delay = delay;
     }
 
     /// Makes each parking call take `delay` (a large parking, a slow

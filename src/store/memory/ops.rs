@@ -260,6 +260,10 @@ impl StoreOps for MemoryStore {
     async fn stats(&self) -> Result<StoreStats> {
         let _call = self.begin_maintenance().await;
         let now = self.now();
+        let delay = self.state().stats_delay;
+        if !delay.is_zero() {
+            tokio::time::sleep(delay).await;
+        }
         let stats = {
             let mut s = self.state();
             s.stats_reads += 1;
