@@ -1122,3 +1122,55 @@ async fn parked_counts_each_held_back_message_once() {
     );
     db.drop().await;
 }
+
+/// With a relay pool of its own, the relay needs nothing of the
+/// application's pool: it drains everything while the application holds
+/// that pool's only connection (a pool exhausted, or a connection left
+/// inside a transaction by application code).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relay_pool_of_its_own_keeps_the_relay_off_the_application_pool() {
+    let db = TestDb::new().await;
+    let app = PgPoolOptions::new()
+        .max_connections(1)
+        .acquire_timeout(Duration::from_millis(500))
+        .connect_with(db.options())
+        .await
+        .unwrap();
+    let relay_pool = PgPoolOptions::new()
+        .max_connections(3)
+        .connect_with(db.options())
+        .await
+        .unwrap();
+    let outbox = PgOutbox::builder(app.clone())
+        .relay_pool(relay_pool.clone())
+        .build()
+        .unwrap();
+    outbox.migrate().await.unwrap();
+    let batch: Vec<_> = (0..500)
+        .map(|i| msg("t", &format!("k{}", i % 7), i))
+        .collect();
+    outbox.enqueue_batch(&app, batch).await.unwrap();
+    // The application's only connection, held inside a transaction.
+    let mut held = app.begin().await.unwrap();
+    sqlx::query("SELECT 1").execute(&mut *held).await.unwrap();
+    let publisher = InMemoryPublisher::new();
+    let relay = fast_relay(&outbox, publisher.clone())
+        .stats_interval(Duration::from_millis(50))
+        .spawn()
+        .unwrap();
+    eventually(
+        "500 messages published beside a held application pool",
+        || publisher.len() >= 500,
+    )
+    .await;
+    // A stats pass or two ran meanwhile, on the relay's pool as well.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let health = relay.health();
+    assert_eq!(health.last_error, None, "the relay met an error");
+    relay.shutdown().await.unwrap();
+    held.rollback().await.unwrap();
+    assert_eq!(outbox.pending_count().await.unwrap(), 0);
+    relay_pool.close().await;
+    app.close().await;
+    db.drop().await;
+}

@@ -33,7 +33,7 @@ macro_rules! store_ops {
             async fn check_schema(&self) -> Result<()> {
                 let set = self.migrations();
                 let read = sqlx::query_scalar(&set.bookkeeping(migrate::VERSION))
-                    .fetch_one(&self.inner.pool)
+                    .fetch_one(self.relay_pool())
                     .await;
                 set.check_current(read, migrate::missing_table)
             }
@@ -76,7 +76,7 @@ macro_rules! store_ops {
             }
 
             async fn topic_stats(&self) -> Result<Vec<$crate::store::TopicStats>> {
-                $crate::store::admin::AdminOps::select_topics(self).await
+                self.relay_topic_stats().await
             }
 
             fn local_signal(&self) -> std::sync::Arc<tokio::sync::Notify> {

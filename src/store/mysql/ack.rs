@@ -39,7 +39,7 @@ async fn ack_once(outbox: &MySqlOutbox, p: AckBatch<'_>) -> Result<AckReport> {
     }
     let (relay, acks, retain, now) = (p.relay, p.acks, p.retain, p.now);
     let sql = &outbox.inner.sql;
-    let mut tx = begin_read_committed(&outbox.inner.pool).await?;
+    let mut tx = begin_read_committed(outbox.relay_pool()).await?;
     // The fence: the relay's leases, locked in share mode until the
     // commit, so none changes hands before then; a bucket counts only
     // with the epoch the relay holds.

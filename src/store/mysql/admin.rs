@@ -4,7 +4,7 @@
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use sqlx::mysql::{MySql, MySqlArguments, MySqlRow};
+use sqlx::mysql::{MySql, MySqlArguments, MySqlPool, MySqlRow};
 use sqlx::Row;
 
 use super::decode::{message_from_row, req_text, text, uuid_from_bytes, whole_message_from_row};
@@ -24,6 +24,28 @@ const REPLAY_CHUNK: usize = 10_000;
 
 impl MySqlOutbox {
     admin_api!();
+
+    /// Pending messages per topic, read on `pool` (the application's pool
+    /// for the operator, the relay's for its gauges).
+    async fn topics_on(&self, pool: &MySqlPool) -> Result<Vec<TopicStats>> {
+        let rows: Vec<(Vec<u8>, i64, DateTime<Utc>)> = sqlx::query_as(&self.inner.sql.topic_stats)
+            .fetch_all(pool)
+            .await?;
+        rows.into_iter()
+            .map(|(topic, pending, oldest_created_at)| {
+                Ok(TopicStats {
+                    topic: text(topic)?,
+                    pending,
+                    oldest_created_at,
+                })
+            })
+            .collect()
+    }
+
+    /// Pending messages per topic, for the relay's gauges: on its pool.
+    pub(super) async fn relay_topic_stats(&self) -> Result<Vec<TopicStats>> {
+        self.topics_on(self.relay_pool()).await
+    }
 }
 
 #[async_trait]
@@ -170,18 +192,7 @@ impl AdminOps for MySqlOutbox {
     }
 
     async fn select_topics(&self) -> Result<Vec<TopicStats>> {
-        let rows: Vec<(Vec<u8>, i64, DateTime<Utc>)> = sqlx::query_as(&self.inner.sql.topic_stats)
-            .fetch_all(&self.inner.pool)
-            .await?;
-        rows.into_iter()
-            .map(|(topic, pending, oldest_created_at)| {
-                Ok(TopicStats {
-                    topic: text(topic)?,
-                    pending,
-                    oldest_created_at,
-                })
-            })
-            .collect()
+        self.topics_on(&self.inner.pool).await
     }
 
     async fn select_relays(&self) -> Result<Vec<RelayStatus>> {

@@ -16,6 +16,7 @@ pub struct MySqlOutboxBuilder {
     pool: MySqlPool,
     prefix: String,
     max_payload: usize,
+    relay_pool: Option<MySqlPool>,
 }
 
 impl MySqlOutboxBuilder {
@@ -24,6 +25,7 @@ impl MySqlOutboxBuilder {
             pool,
             prefix: "outbox_".to_owned(),
             max_payload: crate::DEFAULT_MAX_PAYLOAD_BYTES,
+            relay_pool: None,
         }
     }
 
@@ -39,6 +41,16 @@ impl MySqlOutboxBuilder {
         /// before anything is written. The server's `max_allowed_packet`
         /// must hold a batch of them.
         pub fn max_payload_bytes(limit: usize) => max_payload = limit;
+
+        /// The pool the relay's own statements run on: claims,
+        /// acknowledgements, leases and maintenance (default: the pool the
+        /// outbox was built with). Give the relay a pool of its own to bound
+        /// the connections it takes apart from the application's, and to
+        /// keep it off connections application code may have left in a bad
+        /// state (see the README on sqlx's `begin()`); it needs two (a claim
+        /// runs while the previous batch is acknowledged). Its
+        /// `after_connect` hooks apply as to any pool.
+        pub fn relay_pool(pool: MySqlPool) => relay_pool = Some(pool);
     }
 
     /// Validates the names and builds the outbox. Nothing is sent to the
@@ -58,6 +70,7 @@ impl MySqlOutboxBuilder {
         Ok(MySqlOutbox {
             inner: Arc::new(Inner {
                 pool: self.pool,
+                relay_pool: self.relay_pool,
                 names,
                 signal: Arc::new(Notify::new()),
                 sql,

@@ -43,7 +43,7 @@ pub(super) async fn claim(outbox: &MySqlOutbox, p: Claim<'_>) -> Result<ClaimedB
             more: true,
         });
     }
-    let pool = &outbox.inner.pool;
+    let pool = outbox.relay_pool();
     if outbox.inner.sweep.due() {
         sweep_gone_blocks(outbox).await?;
     }
@@ -90,7 +90,7 @@ pub(super) async fn claim(outbox: &MySqlOutbox, p: Claim<'_>) -> Result<ClaimedB
 /// then deleted by primary key, so the sweep locks no message row and
 /// waits for no transaction but one holding those blocks.
 async fn sweep_gone_blocks(outbox: &MySqlOutbox) -> Result<()> {
-    let pool = &outbox.inner.pool;
+    let pool = outbox.relay_pool();
     let sql = &outbox.inner.sql;
     let gone: Vec<(Vec<u8>, i64)> = sqlx::query_as(&sql.sweep_gone_blocks)
         .fetch_all(pool)

@@ -19,7 +19,7 @@ fn micros(d: Duration) -> i64 {
 
 pub(super) async fn bucket_count(outbox: &MySqlOutbox) -> Result<i32> {
     let n: i64 = sqlx::query_scalar(&outbox.inner.sql.bucket_count)
-        .fetch_one(&outbox.inner.pool)
+        .fetch_one(outbox.relay_pool())
         .await?;
     Ok(i32::try_from(n).unwrap_or(i32::MAX))
 }
@@ -28,7 +28,7 @@ pub(super) async fn heartbeat(outbox: &MySqlOutbox, p: Heartbeat) -> Result<usiz
     let ttl = p.ttl;
     let relay = p.relay.as_bytes().to_vec();
     let sql = &outbox.inner.sql;
-    let pool = &outbox.inner.pool;
+    let pool = outbox.relay_pool();
     execute_read_committed(
         pool,
         sqlx::query(&sql.heartbeat_up)
@@ -56,7 +56,7 @@ pub(super) async fn renew(outbox: &MySqlOutbox, p: Renew<'_>) -> Result<Vec<Leas
     }
     let relay = relay.as_bytes().to_vec();
     let sql = &outbox.inner.sql;
-    let mut tx = begin_read_committed(&outbox.inner.pool).await?;
+    let mut tx = begin_read_committed(outbox.relay_pool()).await?;
     let text = with_pairs(&sql.renew, leases.len());
     let mut q = sqlx::query(&text).bind(micros(ttl));
     for l in leases {
@@ -79,7 +79,7 @@ pub(super) async fn acquire(outbox: &MySqlOutbox, p: Acquire) -> Result<Vec<Leas
         return Ok(Vec::new());
     }
     let sql = &outbox.inner.sql;
-    let mut tx = begin_read_committed(&outbox.inner.pool).await?;
+    let mut tx = begin_read_committed(outbox.relay_pool()).await?;
     let free: Vec<i32> = sqlx::query_scalar(&sql.acquire_free)
         .bind(i64::try_from(max).unwrap_or(i64::MAX))
         .fetch_all(&mut *tx)
@@ -111,7 +111,7 @@ pub(super) async fn release(outbox: &MySqlOutbox, p: Release<'_>) -> Result<()> 
     let relay = relay.as_bytes().to_vec();
     for l in leases {
         execute_read_committed(
-            &outbox.inner.pool,
+            outbox.relay_pool(),
             sqlx::query(&outbox.inner.sql.release)
                 .bind(l.bucket)
                 .bind(l.epoch)
@@ -124,7 +124,7 @@ pub(super) async fn release(outbox: &MySqlOutbox, p: Release<'_>) -> Result<()> 
 
 pub(super) async fn leave(outbox: &MySqlOutbox, relay: Uuid) -> Result<()> {
     execute_read_committed(
-        &outbox.inner.pool,
+        outbox.relay_pool(),
         sqlx::query(&outbox.inner.sql.leave).bind(relay.as_bytes().to_vec()),
     )
     .await?;

@@ -118,6 +118,8 @@ pub struct MySqlOutbox {
 
 struct Inner {
     pool: MySqlPool,
+    /// Where the relay's statements run, if not on `pool`.
+    relay_pool: Option<MySqlPool>,
     names: TableNames,
     signal: Arc<Notify>,
     sql: Sql,
@@ -142,9 +144,18 @@ impl MySqlOutbox {
         MySqlOutboxBuilder::new(pool)
     }
 
-    /// The pool the relay and the administrative methods use.
+    /// The pool the outbox was built with: enqueues outside a
+    /// transaction, the administrative methods and the relay's statements
+    /// unless [`relay_pool`](MySqlOutboxBuilder::relay_pool) gives it one
+    /// of its own.
     pub fn pool(&self) -> &MySqlPool {
         &self.inner.pool
+    }
+
+    /// The pool the relay's claims, acknowledgements, leases and
+    /// maintenance run on.
+    pub(crate) fn relay_pool(&self) -> &MySqlPool {
+        self.inner.relay_pool.as_ref().unwrap_or(&self.inner.pool)
     }
 
     pub(crate) fn names(&self) -> &TableNames {

@@ -25,14 +25,14 @@ store_ops! {
         for k in keys {
             q = q.bind(k);
         }
-        let rows = q.persistent(false).fetch_all(&self.inner.pool).await?;
+        let rows = q.persistent(false).fetch_all(self.relay_pool()).await?;
         rows.into_iter().map(|(k, n)| Ok((text(k)?, n))).collect()
     }
 
     async fn purge_published(&self, p: Purge) -> Result<u64> {
         let Purge { before, limit } = p;
         let q = sqlx::query(&self.inner.sql.purge).bind(before).bind(limit);
-        Ok(execute_read_committed(&self.inner.pool, q)
+        Ok(execute_read_committed(self.relay_pool(), q)
             .await?
             .rows_affected())
     }
@@ -44,7 +44,7 @@ store_ops! {
             .bind(now)
             .bind(format!("{}messages", self.inner.names.prefix))
             .bind(format!("{}messages", self.inner.names.prefix))
-            .fetch_one(&self.inner.pool)
+            .fetch_one(self.relay_pool())
             .await?;
         let oldest: Option<DateTime<Utc>> = row.try_get("oldest")?;
         Ok(StoreStats {
@@ -66,7 +66,7 @@ store_ops! {
     }
 
     async fn park(&self, p: Park) -> Result<u64> {
-        let pool = &self.inner.pool;
+        let pool = self.relay_pool();
         let sql = &self.inner.sql;
         if let Some(wake_by) = p.wake_by {
             execute_read_committed(pool, sqlx::query(&sql.wake_sleeping).bind(wake_by)).await?;

@@ -258,3 +258,68 @@ async fn a_statement_dropped_on_the_way_leaves_no_isolation_level_behind() {
     one.close().await;
     drop_database(&admin, o, &db).await;
 }
+
+/// With a relay pool of its own, the relay needs nothing of the
+/// application's pool: it drains everything while the application holds
+/// that pool's only connection (a pool exhausted, or a connection left
+/// inside a transaction by application code).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relay_pool_of_its_own_keeps_the_relay_off_the_application_pool() {
+    use std::time::Duration;
+
+    let (admin, o, db) = fresh_outbox().await;
+    let options = o.pool().connect_options().as_ref().clone();
+    let app = MySqlPoolOptions::new()
+        .max_connections(1)
+        .acquire_timeout(Duration::from_millis(500))
+        .connect_with(options.clone())
+        .await
+        .unwrap();
+    let relay_pool = MySqlPoolOptions::new()
+        .max_connections(3)
+        .connect_with(options)
+        .await
+        .unwrap();
+    let outbox = MySqlOutbox::builder(app.clone())
+        .table_prefix("p_")
+        .relay_pool(relay_pool.clone())
+        .build()
+        .unwrap();
+    let batch: Vec<_> = (0..300)
+        .map(|i| {
+            NewMessage::json("t", &i)
+                .unwrap()
+                .with_partition_key(format!("k{}", i % 7))
+        })
+        .collect();
+    let mut conn = app.acquire().await.unwrap();
+    outbox.enqueue_batch(&mut conn, batch).await.unwrap();
+    drop(conn);
+    // The application's only connection, held inside a transaction.
+    let mut held = app.begin().await.unwrap();
+    sqlx::query("SELECT 1").execute(&mut *held).await.unwrap();
+    let publisher = crate::InMemoryPublisher::new();
+    let relay = crate::Relay::builder(outbox.clone(), publisher.clone())
+        .poll_interval(Duration::from_millis(20))
+        .stats_interval(Duration::from_millis(50))
+        .spawn()
+        .unwrap();
+    let start = std::time::Instant::now();
+    while publisher.len() < 300 {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "{} of 300 published beside a held application pool",
+            publisher.len()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // A stats pass or two ran meanwhile, on the relay's pool as well.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(relay.health().last_error, None, "the relay met an error");
+    relay.shutdown().await.unwrap();
+    held.rollback().await.unwrap();
+    assert_eq!(outbox.pending_count().await.unwrap(), 0);
+    relay_pool.close().await;
+    app.close().await;
+    drop_database(&admin, o, &db).await;
+}

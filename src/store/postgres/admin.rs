@@ -8,6 +8,7 @@ use sqlx::postgres::{PgArguments, Postgres};
 use sqlx::query::{Query, QueryAs};
 use uuid::Uuid;
 
+use super::connection::Alone;
 use super::decode::{dead_letter_from_row, published_from_row};
 use super::PgOutbox;
 use crate::error::Result;
@@ -20,6 +21,21 @@ use crate::store::{
 
 impl PgOutbox {
     admin_api!();
+
+    /// Pending messages per topic, read through `on` (the application's
+    /// pool for the operator, the relay's for its gauges).
+    pub(super) async fn topics_on(&self, on: Alone<'_>) -> Result<Vec<TopicStats>> {
+        let rows: Vec<(String, i64, DateTime<Utc>)> =
+            on.all(sqlx::query_as(&self.inner.sql.topic_stats)).await?;
+        Ok(rows
+            .into_iter()
+            .map(|(topic, pending, oldest_created_at)| TopicStats {
+                topic,
+                pending,
+                oldest_created_at,
+            })
+            .collect())
+    }
 }
 
 #[async_trait]
@@ -116,18 +132,7 @@ impl AdminOps for PgOutbox {
     }
 
     async fn select_topics(&self) -> Result<Vec<TopicStats>> {
-        let rows: Vec<(String, i64, DateTime<Utc>)> = self
-            .on_app()
-            .all(sqlx::query_as(&self.inner.sql.topic_stats))
-            .await?;
-        Ok(rows
-            .into_iter()
-            .map(|(topic, pending, oldest_created_at)| TopicStats {
-                topic,
-                pending,
-                oldest_created_at,
-            })
-            .collect())
+        self.topics_on(self.on_app()).await
     }
 
     async fn select_relays(&self) -> Result<Vec<RelayStatus>> {

@@ -129,7 +129,7 @@ impl PgOutbox {
     /// this crate knows.
     pub(super) async fn check_schema_is_known(&self) -> Result<()> {
         let version = self.migrations().bookkeeping(VERSION);
-        let found: Option<i64> = match self.on_app().one(sqlx::query_scalar(&version)).await {
+        let found: Option<i64> = match self.on_relay().one(sqlx::query_scalar(&version)).await {
             Ok(v) => v,
             // No tables at all: never migrated.
             Err(Error::Database(sqlx::Error::Database(e)))

@@ -167,7 +167,7 @@ impl PgOutbox {
     }
 
     /// Single statements on the relay's pool, each alone.
-    fn on_relay(&self) -> Alone<'_> {
+    pub(super) fn on_relay(&self) -> Alone<'_> {
         self.inner.statements.alone(self.relay_pool())
     }
 

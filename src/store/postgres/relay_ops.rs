@@ -270,7 +270,7 @@ impl StoreOps for PgOutbox {
     }
 
     async fn topic_stats(&self) -> Result<Vec<crate::store::TopicStats>> {
-        crate::store::admin::AdminOps::select_topics(self).await
+        self.topics_on(self.on_relay()).await
     }
 
     async fn vacuum(&self) -> Result<()> {

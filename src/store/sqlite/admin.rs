@@ -20,6 +20,11 @@ use crate::store::{
 
 impl SqliteOutbox {
     admin_api!();
+
+    /// Pending messages per topic, for the relay's gauges (one pool here).
+    pub(super) async fn relay_topic_stats(&self) -> Result<Vec<TopicStats>> {
+        AdminOps::select_topics(self).await
+    }
 }
 
 #[async_trait]

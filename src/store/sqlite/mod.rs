@@ -117,6 +117,11 @@ impl SqliteOutbox {
         &self.inner.pool
     }
 
+    /// The pool the relay's statements run on: the one pool.
+    pub(crate) fn relay_pool(&self) -> &SqlitePool {
+        &self.inner.pool
+    }
+
     pub(crate) fn names(&self) -> &TableNames {
         &self.inner.names
     }
