@@ -30,6 +30,7 @@ macro_rules! guarded_store_ops {
             Work purge_published(p: $crate::store::Purge) -> u64;
             Work stats() -> $crate::store::StoreStats;
             Work topic_stats() -> Vec<$crate::store::TopicStats>;
+            Work figures() -> ($crate::store::StoreStats, Vec<$crate::store::TopicStats>);
             Work vacuum() -> ();
             Work park(p: $crate::store::Park) -> u64;
         );

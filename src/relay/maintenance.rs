@@ -241,18 +241,11 @@ impl Pass {
     /// messages; failures are logged and wait for the next pass.
     async fn run(self) -> Report {
         let counting = Instant::now();
-        let stats = match self.store.stats().await {
-            Ok(s) => Some(s),
+        let (stats, topics) = match self.store.figures().await {
+            Ok((s, t)) => (Some(s), Some(t)),
             Err(e) => {
                 tracing::debug!(error = %error_chain(&e), "outbox relay: stats query failed");
-                None
-            }
-        };
-        let topics = match self.store.topic_stats().await {
-            Ok(t) => Some(t),
-            Err(e) => {
-                tracing::debug!(error = %error_chain(&e), "outbox relay: topic stats query failed");
-                None
+                (None, None)
             }
         };
         let counting = counting.elapsed();

@@ -863,6 +863,12 @@ pub(crate) mod sealed {
         async fn stats(&self) -> Result<StoreStats>;
         /// Pending messages per topic, by topic (gauges labelled by topic).
         async fn topic_stats(&self) -> Result<Vec<TopicStats>>;
+        /// [`stats`](Self::stats) and [`topic_stats`](Self::topic_stats)
+        /// together, for the relay's stats pass: one scan of the messages
+        /// table where the backend can count both at once.
+        async fn figures(&self) -> Result<(StoreStats, Vec<TopicStats>)> {
+            Ok((self.stats().await?, self.topic_stats().await?))
+        }
         /// Vacuums the messages table now.
         async fn vacuum(&self) -> Result<()>;
         /// With `p.wake_by`, wakes the sleeping messages due by then and

@@ -14,15 +14,22 @@ use crate::support::wait_for;
 const TIMEOUT: Duration = Duration::from_secs(10);
 
 /// One key's head waits an hour for its retry and blocks the key's second
-/// message; another key publishes. Pending is 2, but nothing is ready: a
-/// caller waiting for `pending == 0` would wait an hour, one waiting for
-/// `ready == 0` would not.
+/// message; another key, of another topic, publishes. Pending is 2, but
+/// nothing is ready: a caller waiting for `pending == 0` would wait an
+/// hour, one waiting for `ready == 0` would not. The figures are the
+/// outbox's, whatever the topics.
 pub async fn stats_tell_ready_retry_waiting_and_parked_apart<B: Backend>() {
     let db = B::fresh().await;
     let outbox = db.outbox();
+    let empty = outbox.stats().await.unwrap();
+    assert_eq!(
+        (empty.pending, empty.ready, empty.oldest_pending_age),
+        (0, 0, None),
+        "{empty:?}"
+    );
     let head = outbox.enqueue_id(keyed("t", "k", 1)).await;
     outbox.enqueue_alone(keyed("t", "k", 2)).await.unwrap();
-    outbox.enqueue_alone(keyed("t", "j", 1)).await.unwrap();
+    outbox.enqueue_alone(keyed("u", "j", 1)).await.unwrap();
 
     let fresh = outbox.stats().await.unwrap();
     assert_eq!(

@@ -9,14 +9,16 @@ use sqlx::query::{Query, QueryAs};
 use uuid::Uuid;
 
 use super::connection::Alone;
-use super::decode::{dead_letter_from_row, published_from_row};
+use super::decode::{
+    dead_letter_from_row, published_from_row, stats_from_row, topics_from_counts, TopicCount,
+};
 use super::PgOutbox;
 use crate::error::Result;
 use crate::message::{MessageId, OutboxMessage};
 use crate::store::admin::{admin_api, AdminOps};
 use crate::store::{
     blocking_message, BlockedKey, DeadLetter, DeadLetterFilter, NotReplayed, PublishedMessage,
-    RelayStatus, ReplayReport, TopicStats,
+    RelayStatus, ReplayReport, StoreStats, TopicStats,
 };
 
 impl PgOutbox {
@@ -25,16 +27,26 @@ impl PgOutbox {
     /// Pending messages per topic, read through `on` (the application's
     /// pool for the operator, the relay's for its gauges).
     pub(super) async fn topics_on(&self, on: Alone<'_>) -> Result<Vec<TopicStats>> {
-        let rows: Vec<(String, i64, DateTime<Utc>)> =
-            on.all(sqlx::query_as(&self.inner.sql.topic_stats)).await?;
-        Ok(rows
-            .into_iter()
-            .map(|(topic, pending, oldest_created_at)| TopicStats {
-                topic,
-                pending,
-                oldest_created_at,
-            })
-            .collect())
+        Ok(topics_from_counts(self.topic_counts(on).await?))
+    }
+
+    /// The outbox's figures and its topics', through `on`: one scan of
+    /// the messages table, by topic, and one read of what lies outside it.
+    pub(super) async fn figures_on(&self, on: Alone<'_>) -> Result<(StoreStats, Vec<TopicStats>)> {
+        let counts = self.topic_counts(on).await?;
+        let rows = on
+            .rows(sqlx::query(&self.inner.sql.stats).bind(self.inner.names.messages.clone()))
+            .await?;
+        let row = rows
+            .first()
+            .ok_or(crate::Error::Database(sqlx::Error::RowNotFound))?;
+        let stats = stats_from_row(row, &counts)?;
+        Ok((stats, topics_from_counts(counts)))
+    }
+
+    /// The rows of `topic_stats.sql`, through `on`.
+    async fn topic_counts(&self, on: Alone<'_>) -> Result<Vec<TopicCount>> {
+        on.all(sqlx::query_as(&self.inner.sql.topic_stats)).await
     }
 }
 

@@ -6,13 +6,14 @@
 
 use std::time::Duration;
 
+use chrono::{DateTime, Utc};
 use sqlx::postgres::{PgRow, Postgres};
 use sqlx::Row;
 
 use crate::error::Result;
 use crate::message::{MessageId, OutboxMessage};
 pub(super) use crate::store::decode::{leases_from_rows, split_headers, whole};
-use crate::store::{Claimed, ClaimedBatch, DeadLetter, StoreStats};
+use crate::store::{Claimed, ClaimedBatch, DeadLetter, StoreStats, TopicStats};
 
 /// Index of `headers::text` in a claim (`claim.sql`),
 /// where it replaces the JSON column.
@@ -117,24 +118,46 @@ pub(super) fn dead_letter_from_row(r: &PgRow) -> Result<DeadLetter> {
     })
 }
 
-/// The row of `stats.sql`. Ages come in seconds; one below zero (a
-/// transaction begun after the statement read its clock) counts as zero.
-pub(super) fn stats_from_row(row: &PgRow) -> Result<StoreStats> {
-    let seconds = |s: f64| Duration::from_secs_f64(s.max(0.0));
-    let age: Option<f64> = row.try_get(1)?;
-    let xmin_age: Option<f64> = row.try_get(4)?;
+/// A row of `topic_stats.sql`: topic, pending, oldest's creation time,
+/// its age in seconds, retries not due, held back behind a blocked key.
+pub(super) type TopicCount = (String, i64, DateTime<Utc>, f64, i64, i64);
+
+/// Seconds as a duration; below zero (a transaction begun after the
+/// statement read its clock) counts as zero.
+fn seconds(s: f64) -> Duration {
+    Duration::from_secs_f64(s.max(0.0))
+}
+
+/// The row of `stats.sql` and the topics' counts of `topic_stats.sql`,
+/// summed.
+pub(super) fn stats_from_row(row: &PgRow, topics: &[TopicCount]) -> Result<StoreStats> {
+    let xmin_age: Option<f64> = row.try_get(2)?;
+    let sum = |f: fn(&TopicCount) -> i64| topics.iter().map(f).sum::<i64>();
+    let age = topics.iter().map(|t| t.3).reduce(f64::max);
     Ok(StoreStats {
-        dead_tuples: row.try_get(3)?,
+        dead_tuples: row.try_get(1)?,
         oldest_xmin_age: xmin_age.map(seconds),
-        autovacuum: row.try_get(5)?,
-        table_bytes: row.try_get(8)?,
-        last_position: row.try_get(9)?,
+        autovacuum: row.try_get(3)?,
+        table_bytes: row.try_get(4)?,
+        last_position: row.try_get(5)?,
         ..StoreStats::counted(
-            row.try_get(0)?,
-            row.try_get(6)?,
-            row.try_get(7)?,
+            sum(|t| t.1),
+            sum(|t| t.4),
+            sum(|t| t.5),
             age.map(seconds),
-            row.try_get(2)?,
+            row.try_get(0)?,
         )
     })
+}
+
+/// The topics' counts as the gauges per topic read them.
+pub(super) fn topics_from_counts(counts: Vec<TopicCount>) -> Vec<TopicStats> {
+    counts
+        .into_iter()
+        .map(|(topic, pending, oldest_created_at, ..)| TopicStats {
+            topic,
+            pending,
+            oldest_created_at,
+        })
+        .collect()
 }

@@ -12,7 +12,7 @@ use tokio::sync::Notify;
 use uuid::Uuid;
 
 use super::claims::InFlight;
-use super::decode::{claimed_batch, leases_from_rows, stats_from_row};
+use super::decode::{claimed_batch, leases_from_rows};
 use super::{begin, PgOutbox};
 use crate::error::Result;
 use crate::store::sealed::StoreOps;
@@ -258,19 +258,15 @@ impl StoreOps for PgOutbox {
     }
 
     async fn stats(&self) -> Result<StoreStats> {
-        let messages = self.inner.names.messages.clone();
-        let mut c = self.relay_conn().await?;
-        let row = sqlx::query(&self.inner.sql.stats)
-            .persistent(self.named())
-            .bind(messages)
-            .fetch_one(c.conn())
-            .await?;
-        c.finish().await?;
-        stats_from_row(&row)
+        Ok(self.figures_on(self.on_relay()).await?.0)
     }
 
     async fn topic_stats(&self) -> Result<Vec<crate::store::TopicStats>> {
         self.topics_on(self.on_relay()).await
+    }
+
+    async fn figures(&self) -> Result<(StoreStats, Vec<crate::store::TopicStats>)> {
+        self.figures_on(self.on_relay()).await
     }
 
     async fn vacuum(&self) -> Result<()> {
