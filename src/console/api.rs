@@ -69,13 +69,12 @@ pub(crate) async fn overview(State(state): Shared) -> Response {
     let source = state.source.as_ref();
     let read = async {
         Ok::<_, Error>((
-            source.stats().await?,
-            source.topic_stats().await?,
+            source.stats_and_topics().await?,
             source.relays().await?,
             source.blocked_keys().await?.len(),
         ))
     };
-    let (stats, topics, relays, blocked) = match read.await {
+    let ((stats, topics), relays, blocked) = match read.await {
         Ok(v) => v,
         Err(e) => return failed(e),
     };

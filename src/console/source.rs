@@ -23,6 +23,11 @@ pub trait ConsoleSource: Send + Sync + 'static {
     async fn stats(&self) -> Result<StoreStats>;
     /// See `topic_stats` on the outboxes.
     async fn topic_stats(&self) -> Result<Vec<TopicStats>>;
+    /// `stats` and `topic_stats` together; the outboxes of this crate read
+    /// both in one scan of the messages table where the backend can.
+    async fn stats_and_topics(&self) -> Result<(StoreStats, Vec<TopicStats>)> {
+        Ok((self.stats().await?, self.topic_stats().await?))
+    }
     /// See `relays` on the outboxes.
     async fn relays(&self) -> Result<Vec<RelayStatus>>;
     /// See `dead_letters_matching` on the outboxes.
@@ -48,6 +53,9 @@ macro_rules! console_source {
             }
             async fn topic_stats(&self) -> Result<Vec<TopicStats>> {
                 <$outbox>::topic_stats(self).await
+            }
+            async fn stats_and_topics(&self) -> Result<(StoreStats, Vec<TopicStats>)> {
+                crate::store::sealed::StoreOps::figures(self).await
             }
             async fn relays(&self) -> Result<Vec<RelayStatus>> {
                 <$outbox>::relays(self).await
