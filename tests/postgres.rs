@@ -1163,6 +1163,12 @@ async fn a_relay_pool_of_its_own_keeps_the_relay_off_the_application_pool() {
         || publisher.len() >= 500,
     )
     .await;
+    // The relay listens on a connection of its own, not one of the
+    // application's.
+    support::wait_for("the relay's LISTEN", Duration::from_secs(30), || async {
+        listening(&db).await == 1
+    })
+    .await;
     // A stats pass or two ran meanwhile, on the relay's pool as well.
     tokio::time::sleep(Duration::from_millis(200)).await;
     let health = relay.health();
@@ -1172,5 +1178,56 @@ async fn a_relay_pool_of_its_own_keeps_the_relay_off_the_application_pool() {
     assert_eq!(outbox.pending_count().await.unwrap(), 0);
     relay_pool.close().await;
     app.close().await;
+    db.drop().await;
+}
+
+/// Backends of this database whose last statement was a `LISTEN`.
+async fn listening(db: &TestDb) -> i64 {
+    sqlx::query_scalar(
+        "SELECT count(*) FROM pg_stat_activity \
+         WHERE datname = current_database() AND query LIKE 'LISTEN %'",
+    )
+    .fetch_one(&db.pool)
+    .await
+    .unwrap()
+}
+
+/// Each relay listens on a connection of its own, with `listen_options`
+/// as without: two relays of one outbox in one process both listen (with
+/// one connection for the outbox, the second would wait for the first's),
+/// and their connections close with them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_relay_listens_on_a_connection_of_its_own() {
+    let db = TestDb::new().await;
+    for direct in [false, true] {
+        let mut builder = PgOutbox::builder(db.pool.clone());
+        if direct {
+            builder = builder.listen_options(db.options());
+        }
+        let outbox = builder.build().unwrap();
+        outbox.migrate().await.unwrap();
+        let relays: Vec<_> = (0..2)
+            .map(|_| {
+                fast_relay(&outbox, InMemoryPublisher::new())
+                    .spawn()
+                    .unwrap()
+            })
+            .collect();
+        support::wait_for(
+            &format!("two LISTEN connections (listen_options: {direct})"),
+            Duration::from_secs(30),
+            || async { listening(&db).await == 2 },
+        )
+        .await;
+        for relay in relays {
+            relay.shutdown().await.unwrap();
+        }
+        support::wait_for(
+            &format!("the LISTEN connections closed (listen_options: {direct})"),
+            Duration::from_secs(30),
+            || async { listening(&db).await == 0 },
+        )
+        .await;
+    }
     db.drop().await;
 }

@@ -23,8 +23,7 @@ pub trait ConsoleSource: Send + Sync + 'static {
     async fn stats(&self) -> Result<StoreStats>;
     /// See `topic_stats` on the outboxes.
     async fn topic_stats(&self) -> Result<Vec<TopicStats>>;
-    /// `stats` and `topic_stats` together; the outboxes of this crate read
-    /// both in one scan of the messages table where the backend can.
+    /// See `stats_and_topics` on the outboxes.
     async fn stats_and_topics(&self) -> Result<(StoreStats, Vec<TopicStats>)> {
         Ok((self.stats().await?, self.topic_stats().await?))
     }
@@ -55,7 +54,7 @@ macro_rules! console_source {
                 <$outbox>::topic_stats(self).await
             }
             async fn stats_and_topics(&self) -> Result<(StoreStats, Vec<TopicStats>)> {
-                crate::store::sealed::StoreOps::figures(self).await
+                <$outbox>::stats_and_topics(self).await
             }
             async fn relays(&self) -> Result<Vec<RelayStatus>> {
                 <$outbox>::relays(self).await

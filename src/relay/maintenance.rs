@@ -150,8 +150,10 @@ pub(super) struct Report {
     /// Pending messages per topic; `None` when their query failed.
     topics: Option<Vec<TopicStats>>,
     unvacuumed: Option<Unvacuumed>,
-    /// How long the two statistics queries took together.
-    counting: Duration,
+    /// When the pass started.
+    started: Instant,
+    /// How long reading the figures took; `None` if it failed.
+    counting: Option<Duration>,
 }
 
 /// A parking pass (or a fold of key numbers alone) in its own task;
@@ -240,15 +242,14 @@ impl Pass {
     /// Reads the statistics, vacuums if needed and purges retained
     /// messages; failures are logged and wait for the next pass.
     async fn run(self) -> Report {
-        let counting = Instant::now();
-        let (stats, topics) = match self.store.figures().await {
-            Ok((s, t)) => (Some(s), Some(t)),
+        let started = Instant::now();
+        let (stats, topics, counting) = match self.store.figures().await {
+            Ok((s, t)) => (Some(s), Some(t), Some(started.elapsed())),
             Err(e) => {
                 tracing::debug!(error = %error_chain(&e), "outbox relay: stats query failed");
-                (None, None)
+                (None, None, None)
             }
         };
-        let counting = counting.elapsed();
         let unvacuumed = stats
             .as_ref()
             .and_then(|s| unvacuumed(s, self.vacuum_if_autovacuum_off));
@@ -270,6 +271,7 @@ impl Pass {
             stats,
             topics,
             unvacuumed,
+            started,
             counting,
         }
     }
@@ -393,11 +395,15 @@ impl Worker {
                 // Counts slower than a tenth of the interval, twice in a
                 // row (a backlog of tens of millions), stretch it, so that
                 // counting takes at most that share of a database core.
-                let slow = match self.last_counting.replace(report.counting) {
-                    Some(before) => before.min(report.counting),
-                    None => Duration::ZERO,
+                // A failed read (a timeout, a lost connection) says
+                // nothing of how long counting takes: it stretches nothing
+                // and is not compared with the next.
+                let slow = match (report.counting, self.last_counting) {
+                    (Some(took), Some(before)) => took.min(before),
+                    _ => Duration::ZERO,
                 };
-                let floor = Instant::now() + slow * (STATS_SHARE - 1);
+                self.last_counting = report.counting;
+                let floor = report.started + slow * STATS_SHARE;
                 if floor > self.next_stats {
                     tracing::debug!(
                         counting_ms = slow.as_millis() as u64,

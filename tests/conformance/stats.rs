@@ -27,9 +27,11 @@ pub async fn stats_tell_ready_retry_waiting_and_parked_apart<B: Backend>() {
         (0, 0, None),
         "{empty:?}"
     );
+    // The oldest message, of the later topic, a second before the rest.
+    outbox.enqueue_alone(keyed("u", "j", 1)).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(1100)).await;
     let head = outbox.enqueue_id(keyed("t", "k", 1)).await;
     outbox.enqueue_alone(keyed("t", "k", 2)).await.unwrap();
-    outbox.enqueue_alone(keyed("u", "j", 1)).await.unwrap();
 
     let fresh = outbox.stats().await.unwrap();
     assert_eq!(
@@ -42,7 +44,12 @@ pub async fn stats_tell_ready_retry_waiting_and_parked_apart<B: Backend>() {
         (3, 3, 0, 0),
         "{fresh:?}"
     );
-    assert!(fresh.oldest_pending_age.is_some());
+    assert!(
+        fresh
+            .oldest_pending_age
+            .is_some_and(|a| a >= Duration::from_secs(1)),
+        "the oldest of all topics: {fresh:?}"
+    );
     // Three positions assigned on a fresh database: the third is the last.
     assert_eq!(fresh.last_position, Some(3), "{fresh:?}");
 

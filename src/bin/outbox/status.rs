@@ -27,8 +27,8 @@ pub(crate) struct Report {
 /// Reads the outbox's state and judges it: a pending message older than
 /// `max_age` needs attention, as does a consumer idle that long.
 pub(crate) async fn report(outbox: &Outbox, max_age: Duration) -> Outcome<Report> {
-    let stats: StoreStats = on!(outbox, o => o.stats().await).map_err(missing_tables)?;
-    let topics: Vec<TopicStats> = on!(outbox, o => o.topic_stats().await)?;
+    let (stats, topics): (StoreStats, Vec<TopicStats>) =
+        on!(outbox, o => o.stats_and_topics().await).map_err(missing_tables)?;
     let blocked: Vec<BlockedKey> = on!(outbox, o => o.blocked_keys().await)?;
     let relays: Vec<RelayStatus> = on!(outbox, o => o.relays().await)?;
     let mut attention = Vec::new();

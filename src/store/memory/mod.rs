@@ -148,6 +148,7 @@ struct State {
     /// How long each parking call takes.
     park_delay: Duration,
     stats_delay: Duration,
+    stats_fail: bool,
     ack_delay: Duration,
     /// How many of the next acknowledgements fail without applying.
     failing_acks: usize,
@@ -457,9 +458,12 @@ impl MemoryStore {
     }
 
     /// Makes each statistics read take `delay` (a table of tens of
-    /// millions of messages to count).
-    pub(crate) fn set_stats_delay(&self, delay: Duration) {
-        self.state().stats_delay = delay;
+    /// millions of messages to count), and fail at its end if `fail` (a
+    /// statement timeout).
+    pub(crate) fn set_stats_delay(&self, delay: Duration, fail: bool) {
+        let mut s = self.state();
+        s.stats_delay = delay;
+        s.stats_fail = fail;
     }
 
     /// Makes each parking call take `delay` (a large parking, a slow

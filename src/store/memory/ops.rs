@@ -260,9 +260,16 @@ impl StoreOps for MemoryStore {
     async fn stats(&self) -> Result<StoreStats> {
         let _call = self.begin_maintenance().await;
         let now = self.now();
-        let delay = self.state().stats_delay;
+        let (delay, fail) = {
+            let s = self.state();
+            (s.stats_delay, s.stats_fail)
+        };
         if !delay.is_zero() {
             tokio::time::sleep(delay).await;
+        }
+        if fail {
+            self.state().stats_reads += 1;
+            return Err(crate::Error::Database(sqlx::Error::PoolTimedOut));
         }
         let stats = {
             let mut s = self.state();

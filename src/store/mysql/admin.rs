@@ -15,7 +15,7 @@ use crate::message::{MessageId, OutboxMessage};
 use crate::store::admin::{admin_api, AdminOps};
 use crate::store::{
     blocking_message, first_of_each_id, replay_report, BlockedKey, DeadLetter, DeadLetterFilter,
-    PublishedMessage, RelayStatus, ReplayReport, TopicStats,
+    PublishedMessage, RelayStatus, ReplayReport, StoreStats, TopicStats,
 };
 
 /// Positions per statement of a replay (two parameters each in the
@@ -193,6 +193,10 @@ impl AdminOps for MySqlOutbox {
 
     async fn select_topics(&self) -> Result<Vec<TopicStats>> {
         self.topics_on(&self.inner.pool).await
+    }
+
+    async fn select_stats(&self) -> Result<StoreStats> {
+        self.stats_on(&self.inner.pool).await
     }
 
     async fn select_relays(&self) -> Result<Vec<RelayStatus>> {

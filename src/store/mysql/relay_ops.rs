@@ -5,6 +5,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use sqlx::mysql::MySqlPool;
 use sqlx::Row;
 
 use super::decode::text;
@@ -38,26 +39,7 @@ store_ops! {
     }
 
     async fn stats(&self) -> Result<StoreStats> {
-        let now = Utc::now();
-        let row = sqlx::query(&self.inner.sql.stats)
-            .bind(now)
-            .bind(now)
-            .bind(format!("{}messages", self.inner.names.prefix))
-            .bind(format!("{}messages", self.inner.names.prefix))
-            .fetch_one(self.relay_pool())
-            .await?;
-        let oldest: Option<DateTime<Utc>> = row.try_get("oldest")?;
-        Ok(StoreStats {
-            table_bytes: row.try_get("bytes")?,
-            last_position: row.try_get("last_position")?,
-            ..StoreStats::counted(
-                row.try_get("pending")?,
-                row.try_get("waiting")?,
-                row.try_get("held")?,
-                oldest.map(|t| (now - t).to_std().unwrap_or(Duration::ZERO)),
-                row.try_get("dead")?,
-            )
-        })
+        self.stats_on(self.relay_pool()).await
     }
 
     async fn vacuum(&self) -> Result<()> {
@@ -97,5 +79,31 @@ store_ops! {
         // Counted as read: a pass parks again at once while it reads its
         // limit, whether or not a row changed under it meanwhile.
         Ok(seqs.len() as u64)
+    }
+}
+
+impl MySqlOutbox {
+    /// What is in the outbox now, read on `pool`.
+    pub(super) async fn stats_on(&self, pool: &MySqlPool) -> Result<StoreStats> {
+        let now = Utc::now();
+        let row = sqlx::query(&self.inner.sql.stats)
+            .bind(now)
+            .bind(now)
+            .bind(format!("{}messages", self.inner.names.prefix))
+            .bind(format!("{}messages", self.inner.names.prefix))
+            .fetch_one(pool)
+            .await?;
+        let oldest: Option<DateTime<Utc>> = row.try_get("oldest")?;
+        Ok(StoreStats {
+            table_bytes: row.try_get("bytes")?,
+            last_position: row.try_get("last_position")?,
+            ..StoreStats::counted(
+                row.try_get("pending")?,
+                row.try_get("waiting")?,
+                row.try_get("held")?,
+                oldest.map(|t| (now - t).to_std().unwrap_or(Duration::ZERO)),
+                row.try_get("dead")?,
+            )
+        })
     }
 }

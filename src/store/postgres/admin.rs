@@ -147,6 +147,14 @@ impl AdminOps for PgOutbox {
         self.topics_on(self.on_app()).await
     }
 
+    async fn select_stats(&self) -> Result<StoreStats> {
+        Ok(self.figures_on(self.on_app()).await?.0)
+    }
+
+    async fn select_figures(&self) -> Result<(StoreStats, Vec<TopicStats>)> {
+        self.figures_on(self.on_app()).await
+    }
+
     async fn select_relays(&self) -> Result<Vec<RelayStatus>> {
         let rows: Vec<(Uuid, DateTime<Utc>, bool, Option<String>, i64)> = self
             .on_app()

@@ -114,9 +114,11 @@ impl PgOutboxBuilder {
         pub fn transaction_pooling(on: bool) => transaction_pooling = on;
 
         /// Where relays `LISTEN` for notifications: a direct connection to the
-        /// server, bypassing a pooler in transaction mode (default: the pool's
-        /// own connect options, which is right without a pooler or with one in
-        /// session mode).
+        /// server, bypassing a pooler in transaction mode (default: the
+        /// connect options of the relay's pool, which is right without a
+        /// pooler or with one in session mode). Each relay opens one
+        /// connection of its own for it, outside the pools, and holds it
+        /// while it runs.
         pub fn listen_options(options: PgConnectOptions) => listen_options = Some(options);
 
         /// The pool the relay's own statements run on: claims,

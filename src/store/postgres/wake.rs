@@ -8,7 +8,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use sqlx::postgres::{PgConnection, PgListener, PgPool, PgPoolOptions};
+use sqlx::postgres::{PgConnection, PgListener, PgPoolOptions};
 use sqlx::{Connection, Executor};
 use tokio::sync::Notify;
 use tokio::time::Instant;
@@ -80,9 +80,6 @@ pub(super) struct WakeState {
     commits: Arc<AtomicU64>,
     /// Set once the `NOTIFY` task runs.
     notifier: OnceLock<()>,
-    /// The direct connection for `LISTEN`, with
-    /// [`listen_options`](super::PgOutboxBuilder::listen_options).
-    listen_pool: OnceLock<PgPool>,
     /// Whether relays were told that `LISTEN` cannot work here.
     said_no_listen: AtomicBool,
 }
@@ -99,7 +96,6 @@ impl WakeState {
             remote: Arc::new(Notify::new()),
             commits: Arc::new(AtomicU64::new(0)),
             notifier: OnceLock::new(),
-            listen_pool: OnceLock::new(),
             said_no_listen: AtomicBool::new(false),
         }
     }
@@ -239,15 +235,8 @@ impl PgOutbox {
         if self.inner.wake.mode == WakeUp::LocalOnly {
             return Ok(None);
         }
-        let mut listener = match &self.inner.listen_options {
-            Some(options) => {
-                let pool = self.inner.wake.listen_pool.get_or_init(|| {
-                    PgPoolOptions::new()
-                        .max_connections(1)
-                        .connect_lazy_with(options.clone())
-                });
-                PgListener::connect_with(pool).await?
-            }
+        let options = match &self.inner.listen_options {
+            Some(options) => options.clone(),
             None if self.inner.statements.transaction_pooling => {
                 if !self.inner.wake.said_no_listen.swap(true, Ordering::Relaxed) {
                     tracing::warn!(
@@ -259,8 +248,18 @@ impl PgOutbox {
                 }
                 return Ok(None);
             }
-            None => PgListener::connect_with(&self.inner.pool).await?,
+            None => self.relay_pool().connect_options().as_ref().clone(),
         };
+        // A connection of this listener's own, outside the pools the outbox
+        // was given (taken from one of them, it would hold one of its
+        // connections for as long as the relay runs, and wait behind the
+        // application for it): one per relay, each relay's to reconnect.
+        let pool = PgPoolOptions::new()
+            .max_connections(1)
+            .max_lifetime(None)
+            .idle_timeout(None)
+            .connect_lazy_with(options);
+        let mut listener = PgListener::connect_with(&pool).await?;
         listener.listen(&self.inner.wake.channel).await?;
         Ok(Some(Box::new(PgWake::drain(listener))))
     }

@@ -15,7 +15,7 @@ use crate::message::{MessageId, OutboxMessage};
 use crate::store::admin::{admin_api, AdminOps};
 use crate::store::{
     blocking_message, first_of_each_id, replay_report, BlockedKey, DeadLetter, DeadLetterFilter,
-    PublishedMessage, RelayStatus, ReplayReport, TopicStats,
+    PublishedMessage, RelayStatus, ReplayReport, StoreStats, TopicStats,
 };
 
 impl SqliteOutbox {
@@ -145,6 +145,11 @@ impl AdminOps for SqliteOutbox {
                 })
             })
             .collect()
+    }
+
+    async fn select_stats(&self) -> Result<StoreStats> {
+        // One pool: the relay's statement is the operator's.
+        crate::store::sealed::StoreOps::stats(self).await
     }
 
     async fn select_topics(&self) -> Result<Vec<TopicStats>> {

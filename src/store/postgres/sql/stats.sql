@@ -7,7 +7,8 @@
 -- takes with its indexes and TOAST, and the last position assigned (the
 -- sequence's high-water mark; NULL for a user that may not read the
 -- sequence, so that a monitoring user with SELECT on the tables alone
--- still gets the rest).
+-- still gets the rest). Run beside topic_stats.sql, as a statement of its
+-- own: the two read the outbox a moment apart, which gauges can afford.
 --
 -- $1 the messages table's quoted name (cast to regclass).
 SELECT (SELECT count(*) FROM {dead_letters}),

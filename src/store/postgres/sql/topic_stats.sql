@@ -2,7 +2,7 @@
 -- its pending messages, the creation time of its oldest and that one's age
 -- in seconds, its messages whose retry is not due, and those due but held
 -- back behind a blocked key; in topic order. The relay's stats pass and
--- the outbox.s `stats` sum the topics; `topic_stats` reads them as they
+-- the outbox's `stats` sum the topics; `topic_stats` reads them as they
 -- are. Each message is joined by hash to its key's first blocked position,
 -- if the key is blocked: a message after it is held back. (A correlated
 -- lookup per message cost three times the scan, and its estimated cost had
