@@ -131,7 +131,10 @@ impl PgOutbox {
         PgOutboxBuilder::new(pool)
     }
 
-    /// The pool the relay and the administrative methods use.
+    /// The pool the outbox was built with: the administrative methods,
+    /// the delta exports and the relay's statements unless
+    /// [`relay_pool`](PgOutboxBuilder::relay_pool) gives it one of its
+    /// own.
     pub fn pool(&self) -> &PgPool {
         &self.inner.pool
     }
