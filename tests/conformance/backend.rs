@@ -503,6 +503,9 @@ pub trait TestOutbox: Clone + Send + Sync + 'static {
     async fn published(&self, limit: i64) -> outbox::Result<Vec<OutboxMessage>>;
     async fn stats(&self) -> outbox::Result<outbox::StoreStats>;
     async fn topic_stats(&self) -> outbox::Result<Vec<outbox::TopicStats>>;
+    async fn stats_and_topics(
+        &self,
+    ) -> outbox::Result<(outbox::StoreStats, Vec<outbox::TopicStats>)>;
     async fn relays(&self) -> outbox::Result<Vec<outbox::RelayStatus>>;
     async fn log_change(
         &self,
@@ -741,6 +744,11 @@ macro_rules! test_outbox {
             }
             async fn topic_stats(&self) -> ::outbox::Result<Vec<::outbox::TopicStats>> {
                 <$outbox>::topic_stats(self).await
+            }
+            async fn stats_and_topics(
+                &self,
+            ) -> ::outbox::Result<(::outbox::StoreStats, Vec<::outbox::TopicStats>)> {
+                <$outbox>::stats_and_topics(self).await
             }
             async fn relays(&self) -> ::outbox::Result<Vec<::outbox::RelayStatus>> {
                 <$outbox>::relays(self).await

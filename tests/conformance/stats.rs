@@ -13,6 +13,32 @@ use crate::support::wait_for;
 
 const TIMEOUT: Duration = Duration::from_secs(10);
 
+/// `stats_and_topics` says what `stats` and `topic_stats` say, read apart
+/// (on an outbox nothing changes meanwhile).
+async fn figures_agree<B: Backend>(outbox: &B::Outbox) {
+    let (stats, topics) = outbox.stats_and_topics().await.unwrap();
+    let alone = outbox.stats().await.unwrap();
+    let counts = |s: &outbox::StoreStats| {
+        (
+            s.pending,
+            s.ready,
+            s.retry_waiting,
+            s.parked,
+            s.dead_letters,
+            s.last_position,
+            s.oldest_pending_age.is_some(),
+        )
+    };
+    assert_eq!(counts(&stats), counts(&alone), "{stats:?} / {alone:?}");
+    let per_topic = |t: &[outbox::TopicStats]| -> Vec<_> {
+        t.iter()
+            .map(|t| (t.topic.clone(), t.pending, t.oldest_created_at))
+            .collect()
+    };
+    let topics_alone = outbox.topic_stats().await.unwrap();
+    assert_eq!(per_topic(&topics), per_topic(&topics_alone));
+}
+
 /// One key's head waits an hour for its retry and blocks the key's second
 /// message; another key, of another topic, publishes. Pending is 2, but
 /// nothing is ready: a caller waiting for `pending == 0` would wait an
@@ -27,6 +53,7 @@ pub async fn stats_tell_ready_retry_waiting_and_parked_apart<B: Backend>() {
         (0, 0, None),
         "{empty:?}"
     );
+    figures_agree::<B>(&outbox).await;
     // The oldest message, of the later topic, a second before the rest.
     outbox.enqueue_alone(keyed("u", "j", 1)).await.unwrap();
     tokio::time::sleep(Duration::from_millis(1100)).await;
@@ -52,6 +79,7 @@ pub async fn stats_tell_ready_retry_waiting_and_parked_apart<B: Backend>() {
     );
     // Three positions assigned on a fresh database: the third is the last.
     assert_eq!(fresh.last_position, Some(3), "{fresh:?}");
+    figures_agree::<B>(&outbox).await;
 
     let published = InMemoryPublisher::new();
     let publisher = judged(&published, move |m| {
@@ -82,6 +110,7 @@ pub async fn stats_tell_ready_retry_waiting_and_parked_apart<B: Backend>() {
     assert_eq!(published.messages().len(), 1, "the other key went on");
     // Publishing does not move the high-water mark; it outlives the rows.
     assert_eq!(s.last_position, Some(3), "{s:?}");
+    figures_agree::<B>(&outbox).await;
     db.close().await;
 }
 

@@ -28,11 +28,10 @@ impl MySqlOutbox {
     /// Pending messages per topic, read on `pool` (the application's pool
     /// for the operator, the relay's for its gauges).
     async fn topics_on(&self, pool: &MySqlPool) -> Result<Vec<TopicStats>> {
-        let rows: Vec<(Vec<u8>, i64, DateTime<Utc>)> = sqlx::query_as(&self.inner.sql.topic_stats)
-            .fetch_all(pool)
-            .await?;
-        rows.into_iter()
-            .map(|(topic, pending, oldest_created_at)| {
+        self.topic_counts_on(pool, Utc::now())
+            .await?
+            .into_iter()
+            .map(|(topic, pending, oldest_created_at, ..)| {
                 Ok(TopicStats {
                     topic: text(topic)?,
                     pending,
@@ -196,7 +195,11 @@ impl AdminOps for MySqlOutbox {
     }
 
     async fn select_stats(&self) -> Result<StoreStats> {
-        self.stats_on(&self.inner.pool).await
+        Ok(self.figures_on(&self.inner.pool).await?.0)
+    }
+
+    async fn select_figures(&self) -> Result<(StoreStats, Vec<TopicStats>)> {
+        self.figures_on(&self.inner.pool).await
     }
 
     async fn select_relays(&self) -> Result<Vec<RelayStatus>> {

@@ -12,7 +12,7 @@ use super::decode::text;
 use super::statements::with_list;
 use super::{ack, claim, execute_read_committed, leases, migrate, MySqlOutbox};
 use crate::error::Result;
-use crate::store::{store_ops, Park, Purge, StoreStats};
+use crate::store::{store_ops, Park, Purge, StoreStats, TopicStats};
 
 store_ops! {
     MySqlOutbox;
@@ -39,7 +39,11 @@ store_ops! {
     }
 
     async fn stats(&self) -> Result<StoreStats> {
-        self.stats_on(self.relay_pool()).await
+        Ok(self.figures_on(self.relay_pool()).await?.0)
+    }
+
+    async fn figures(&self) -> Result<(StoreStats, Vec<TopicStats>)> {
+        self.figures_on(self.relay_pool()).await
     }
 
     async fn vacuum(&self) -> Result<()> {
@@ -83,27 +87,61 @@ store_ops! {
 }
 
 impl MySqlOutbox {
-    /// What is in the outbox now, read on `pool`.
-    pub(super) async fn stats_on(&self, pool: &MySqlPool) -> Result<StoreStats> {
+    /// What is in the outbox now and its topics', read on `pool`: one
+    /// scan of the messages table, by topic, and one read of what lies
+    /// outside it.
+    pub(super) async fn figures_on(
+        &self,
+        pool: &MySqlPool,
+    ) -> Result<(StoreStats, Vec<TopicStats>)> {
         let now = Utc::now();
+        let counts = self.topic_counts_on(pool, now).await?;
+        let table = format!("{}messages", self.inner.names.prefix);
         let row = sqlx::query(&self.inner.sql.stats)
-            .bind(now)
-            .bind(now)
-            .bind(format!("{}messages", self.inner.names.prefix))
-            .bind(format!("{}messages", self.inner.names.prefix))
+            .bind(&table)
+            .bind(&table)
             .fetch_one(pool)
             .await?;
-        let oldest: Option<DateTime<Utc>> = row.try_get("oldest")?;
-        Ok(StoreStats {
+        let sum = |f: fn(&TopicCount) -> i64| counts.iter().map(f).sum::<i64>();
+        let oldest = counts.iter().map(|t| t.2).min();
+        let stats = StoreStats {
             table_bytes: row.try_get("bytes")?,
             last_position: row.try_get("last_position")?,
             ..StoreStats::counted(
-                row.try_get("pending")?,
-                row.try_get("waiting")?,
-                row.try_get("held")?,
+                sum(|t| t.1),
+                sum(|t| t.3),
+                sum(|t| t.4),
                 oldest.map(|t| (now - t).to_std().unwrap_or(Duration::ZERO)),
                 row.try_get("dead")?,
             )
-        })
+        };
+        let topics = counts
+            .into_iter()
+            .map(|(topic, pending, oldest_created_at, ..)| {
+                Ok(TopicStats {
+                    topic: text(topic)?,
+                    pending,
+                    oldest_created_at,
+                })
+            })
+            .collect::<Result<_>>()?;
+        Ok((stats, topics))
+    }
+
+    /// The rows of `topic_stats.sql`, read on `pool` as of `now`.
+    pub(super) async fn topic_counts_on(
+        &self,
+        pool: &MySqlPool,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<TopicCount>> {
+        Ok(sqlx::query_as(&self.inner.sql.topic_stats)
+            .bind(now)
+            .bind(now)
+            .fetch_all(pool)
+            .await?)
     }
 }
+
+/// A row of `topic_stats.sql`: topic, pending, oldest's creation time,
+/// retries not due, held back behind a blocked key.
+pub(super) type TopicCount = (Vec<u8>, i64, DateTime<Utc>, i64, i64);
