@@ -8,6 +8,7 @@ use sqlx::mysql::{MySql, MySqlArguments, MySqlPool, MySqlRow};
 use sqlx::Row;
 
 use super::decode::{message_from_row, req_text, text, uuid_from_bytes, whole_message_from_row};
+use super::relay_ops::topics_from_counts;
 use super::statements::{with_list, with_pairs};
 use super::{begin_read_committed, execute_read_committed, MySqlOutbox};
 use crate::error::Result;
@@ -28,17 +29,7 @@ impl MySqlOutbox {
     /// Pending messages per topic, read on `pool` (the application's pool
     /// for the operator, the relay's for its gauges).
     async fn topics_on(&self, pool: &MySqlPool) -> Result<Vec<TopicStats>> {
-        self.topic_counts_on(pool, Utc::now())
-            .await?
-            .into_iter()
-            .map(|(topic, pending, oldest_created_at, ..)| {
-                Ok(TopicStats {
-                    topic: text(topic)?,
-                    pending,
-                    oldest_created_at,
-                })
-            })
-            .collect()
+        topics_from_counts(self.topic_counts_on(pool, Utc::now()).await?)
     }
 
     /// Pending messages per topic, for the relay's gauges: on its pool.

@@ -115,17 +115,7 @@ impl MySqlOutbox {
                 row.try_get("dead")?,
             )
         };
-        let topics = counts
-            .into_iter()
-            .map(|(topic, pending, oldest_created_at, ..)| {
-                Ok(TopicStats {
-                    topic: text(topic)?,
-                    pending,
-                    oldest_created_at,
-                })
-            })
-            .collect::<Result<_>>()?;
-        Ok((stats, topics))
+        Ok((stats, topics_from_counts(counts)?))
     }
 
     /// The rows of `topic_stats.sql`, read on `pool` as of `now`.
@@ -145,3 +135,17 @@ impl MySqlOutbox {
 /// A row of `topic_stats.sql`: topic, pending, oldest's creation time,
 /// retries not due, held back behind a blocked key.
 pub(super) type TopicCount = (Vec<u8>, i64, DateTime<Utc>, i64, i64);
+
+/// The topics' counts as the gauges per topic read them.
+pub(super) fn topics_from_counts(counts: Vec<TopicCount>) -> Result<Vec<TopicStats>> {
+    counts
+        .into_iter()
+        .map(|(topic, pending, oldest_created_at, ..)| {
+            Ok(TopicStats {
+                topic: text(topic)?,
+                pending,
+                oldest_created_at,
+            })
+        })
+        .collect()
+}
