@@ -246,7 +246,9 @@ impl Pass {
         let (stats, topics, counting) = match self.store.figures().await {
             Ok((s, t)) => (Some(s), Some(t), Some(started.elapsed())),
             Err(e) => {
-                tracing::debug!(error = %error_chain(&e), "outbox relay: stats query failed");
+                // The gauges keep their last readings meanwhile: say so
+                // where an alert on the errors can see it.
+                failed(&self.labels, "reading statistics", &e);
                 (None, None, None)
             }
         };
@@ -258,10 +260,7 @@ impl Pass {
                 Ok(()) => {
                     metrics::counter!("outbox_self_vacuums_total", self.labels.all()).increment(1)
                 }
-                Err(e) => tracing::warn!(
-                    error = %error_chain(&e),
-                    "outbox relay: vacuum of the outbox table failed"
-                ),
+                Err(e) => failed(&self.labels, "vacuuming the outbox table", &e),
             }
         }
         if let Retention::Keep(keep) = self.retention {
@@ -291,7 +290,7 @@ impl Pass {
                 Ok(n) if n as i64 >= self.purge_batch => continue,
                 Ok(_) => break,
                 Err(e) => {
-                    tracing::debug!(error = %error_chain(&e), "outbox relay: purge failed");
+                    failed(&self.labels, "purging published messages", &e);
                     break;
                 }
             }

@@ -433,6 +433,43 @@ async fn slow_statistics_queries_stretch_the_stats_interval() {
     }
 }
 
+/// A statistics read that fails leaves the gauges at their last readings,
+/// so it is counted where an alert on errors sees it, under its own
+/// `operation`.
+#[tokio::test(start_paused = true)]
+async fn a_failed_statistics_read_is_counted_as_an_error() {
+    use metrics_util::debugging::{DebugValue, DebuggingRecorder};
+
+    let recorder = DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    let _local = metrics::set_default_local_recorder(&recorder);
+    let store = MemoryStore::new(1);
+    store.set_stats_delay(Duration::ZERO, true);
+    let journal = Journal::new(&store);
+    let (relay, _gate, _) = spawn(&store, &journal, |b| {
+        b.stats_interval(Duration::from_secs(1))
+    });
+    until("a few stats passes", LIMIT, || store.stats_reads() >= 3).await;
+    relay.shutdown().await.unwrap();
+    let counted: u64 = snapshotter
+        .snapshot()
+        .into_vec()
+        .into_iter()
+        .filter(|(key, ..)| {
+            let key = key.key();
+            key.name() == "outbox_relay_errors_total"
+                && key
+                    .labels()
+                    .any(|l| l.key() == "operation" && l.value() == "reading statistics")
+        })
+        .map(|(.., value)| match value {
+            DebugValue::Counter(n) => n,
+            _ => 0,
+        })
+        .sum();
+    assert!(counted >= 3, "{counted} failed statistics reads counted");
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_table_nothing_vacuums_is_vacuumed_by_the_relay_unless_told_not_to() {
     for (allowed, expect) in [(true, true), (false, false)] {
