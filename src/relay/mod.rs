@@ -76,6 +76,8 @@ mod scenarios;
 #[cfg(test)]
 mod scripted;
 mod shutdown;
+#[cfg(test)]
+mod upkeep_scenarios;
 mod waves;
 mod worker;
 
