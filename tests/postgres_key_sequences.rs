@@ -54,6 +54,36 @@ async fn log_rows(db: &TestDb) -> i64 {
         .unwrap()
 }
 
+/// A fresh database with a migrated outbox in it.
+async fn migrated() -> (TestDb, PgOutbox) {
+    let db = TestDb::new().await;
+    let outbox = PgOutbox::new(db.pool.clone());
+    outbox.migrate().await.unwrap();
+    (db, outbox)
+}
+
+/// Writes rows into the log of key numbers as acknowledgements would (or
+/// as no acknowledgement would): `rows` is the `VALUES` list of
+/// `(keys, numbers)` arrays.
+async fn add_to_log(db: &TestDb, rows: &str) {
+    sqlx::query(&format!(
+        "INSERT INTO outbox.key_sequence_log (keys, numbers) VALUES {rows}"
+    ))
+    .execute(&db.pool)
+    .await
+    .unwrap();
+}
+
+/// Runs a numbering relay over `outbox` until the log is folded away.
+async fn folded_by_a_relay(db: &TestDb, outbox: &PgOutbox) {
+    let (relay, _) = numbering_relay(outbox);
+    wait_for("the log folded", TIMEOUT, || async {
+        log_rows(db).await == 0
+    })
+    .await;
+    relay.shutdown().await.unwrap();
+}
+
 /// A relay numbering keys over `outbox`, and what it published.
 fn numbering_relay(outbox: &PgOutbox) -> (RelayHandle, InMemoryPublisher) {
     let publisher = InMemoryPublisher::new();
@@ -94,9 +124,7 @@ async fn numbered(db: &TestDb, outbox: &PgOutbox, messages: Vec<NewMessage>) -> 
 /// and the log is empty.
 #[tokio::test]
 async fn numbers_continue_from_the_log_before_it_is_folded_and_a_fold_never_lowers_one() {
-    let db = TestDb::new().await;
-    let outbox = PgOutbox::new(db.pool.clone());
-    outbox.migrate().await.unwrap();
+    let (db, outbox) = migrated().await;
 
     // Numbers as a relay left them: k at 5 in the log beside an older
     // entry at 2 and a folded row at 4; j at 3 in the log only.
@@ -104,13 +132,7 @@ async fn numbers_continue_from_the_log_before_it_is_folded_and_a_fold_never_lowe
         .execute(&db.pool)
         .await
         .unwrap();
-    sqlx::query(
-        "INSERT INTO outbox.key_sequence_log (keys, numbers) \
-         VALUES ('{k}', '{2}'), ('{k,j}', '{5,3}')",
-    )
-    .execute(&db.pool)
-    .await
-    .unwrap();
+    add_to_log(&db, "('{k}', '{2}'), ('{k,j}', '{5,3}')").await;
 
     // While a transaction holds key_sequences in SHARE mode, a fold (which
     // writes it) waits for it; reads and acknowledgements do not.
@@ -143,16 +165,8 @@ async fn numbers_continue_from_the_log_before_it_is_folded_and_a_fold_never_lowe
 
     // A lone entry below the stored number (an acknowledgement that
     // landed late) is folded without lowering it.
-    sqlx::query("INSERT INTO outbox.key_sequence_log (keys, numbers) VALUES ('{k}', '{3}')")
-        .execute(&db.pool)
-        .await
-        .unwrap();
-    let (relay, _) = numbering_relay(&outbox);
-    wait_for("the lone entry folded", TIMEOUT, || async {
-        log_rows(&db).await == 0
-    })
-    .await;
-    relay.shutdown().await.unwrap();
+    add_to_log(&db, "('{k}', '{3}')").await;
+    folded_by_a_relay(&db, &outbox).await;
     assert_eq!(stored(&db, "k").await, Some(7));
 }
 
@@ -163,9 +177,7 @@ async fn numbers_continue_from_the_log_before_it_is_folded_and_a_fold_never_lowe
 /// clock to race.)
 #[tokio::test]
 async fn a_numbering_relay_keeps_the_log_short() {
-    let db = TestDb::new().await;
-    let outbox = PgOutbox::new(db.pool.clone());
-    outbox.migrate().await.unwrap();
+    let (db, outbox) = migrated().await;
     let publisher = InMemoryPublisher::new();
     let relay = Relay::builder(outbox.clone(), publisher.clone())
         .key_sequences(true)
@@ -203,22 +215,13 @@ async fn a_numbering_relay_keeps_the_log_short() {
 /// the rest dropped, and the rows beside it are folded too.
 #[tokio::test]
 async fn a_log_row_that_does_not_pair_up_does_not_stop_the_folds() {
-    let db = TestDb::new().await;
-    let outbox = PgOutbox::new(db.pool.clone());
-    outbox.migrate().await.unwrap();
-    sqlx::query(
-        "INSERT INTO outbox.key_sequence_log (keys, numbers) VALUES \
-         ('{k,j}', '{5}'), ('{NULL,m}', '{1,2}'), ('{n}', '{NULL}'), ('{k}', '{6}')",
+    let (db, outbox) = migrated().await;
+    add_to_log(
+        &db,
+        "('{k,j}', '{5}'), ('{NULL,m}', '{1,2}'), ('{n}', '{NULL}'), ('{k}', '{6}')",
     )
-    .execute(&db.pool)
-    .await
-    .unwrap();
-    let (relay, _) = numbering_relay(&outbox);
-    wait_for("the log folded", TIMEOUT, || async {
-        log_rows(&db).await == 0
-    })
     .await;
-    relay.shutdown().await.unwrap();
+    folded_by_a_relay(&db, &outbox).await;
     assert_eq!(stored(&db, "k").await, Some(6));
     assert_eq!(stored(&db, "m").await, Some(2));
     assert_eq!(stored(&db, "j").await, None, "j came without a number");
@@ -230,13 +233,8 @@ async fn a_log_row_that_does_not_pair_up_does_not_stop_the_folds() {
 /// in SHARE mode, so no fold can run): the read takes no number from it.
 #[tokio::test]
 async fn a_log_entry_without_a_number_does_not_stop_its_key_being_numbered() {
-    let db = TestDb::new().await;
-    let outbox = PgOutbox::new(db.pool.clone());
-    outbox.migrate().await.unwrap();
-    sqlx::query("INSERT INTO outbox.key_sequence_log (keys, numbers) VALUES ('{q}', '{NULL}')")
-        .execute(&db.pool)
-        .await
-        .unwrap();
+    let (db, outbox) = migrated().await;
+    add_to_log(&db, "('{q}', '{NULL}')").await;
     let mut holder = db.pool.begin().await.unwrap();
     sqlx::query("LOCK TABLE outbox.key_sequences IN SHARE MODE")
         .execute(&mut *holder)
